@@ -14,7 +14,11 @@ pub enum Error {
 
     /// The GGUF container itself is malformed: a length, count or offset that does not fit.
     #[error("{file}: GGUF error at byte offset {offset}: {msg}")]
-    Gguf { file: String, offset: u64, msg: String },
+    Gguf {
+        file: String,
+        offset: u64,
+        msg: String,
+    },
 
     /// The container is fine but it is not a model we can run (architecture, shapes, types).
     #[error("{file}: {msg}")]
@@ -38,6 +42,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -238,7 +238,11 @@ impl Value {
     pub fn summary(&self) -> String {
         match self {
             Value::String(s) if s.chars().count() > 60 => {
-                format!("{:?}... ({} bytes)", s.chars().take(60).collect::<String>(), s.len())
+                format!(
+                    "{:?}... ({} bytes)",
+                    s.chars().take(60).collect::<String>(),
+                    s.len()
+                )
             }
             Value::String(s) => format!("{s:?}"),
             Value::Array(t, v) => format!("[{:?}; {}]", t, v.len()),
@@ -316,14 +320,24 @@ impl GgufFile {
     }
 
     fn parse(name: String, bytes: Bytes) -> Result<GgufFile> {
-        let mut r = Reader { data: &bytes, pos: 0, file: &name };
+        let mut r = Reader {
+            data: &bytes,
+            pos: 0,
+            file: &name,
+        };
         let magic = r.bytes(4, "magic")?;
         if magic != MAGIC {
-            return Err(r.err_at(0, format!("not a GGUF file: magic is {magic:?}, expected \"GGUF\"")));
+            return Err(r.err_at(
+                0,
+                format!("not a GGUF file: magic is {magic:?}, expected \"GGUF\""),
+            ));
         }
         let version = r.u32("version")?;
         if version != 2 && version != 3 {
-            return Err(r.err_at(4, format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(r.err_at(
+                4,
+                format!("GGUF version {version} is not supported (2 and 3 are)"),
+            ));
         }
         let tensor_count = r.u64("tensor count")?;
         let kv_count = r.u64("metadata key/value count")?;
@@ -377,19 +391,26 @@ impl GgufFile {
             for d in 0..n_dims {
                 let dim = r.u64(&format!("dimension {d} of tensor {tname}"))?;
                 if dim == 0 {
-                    return Err(r.err_at(at, format!("tensor {tname} has dimension {d} equal to 0")));
+                    return Err(
+                        r.err_at(at, format!("tensor {tname} has dimension {d} equal to 0"))
+                    );
                 }
                 dims.push(dim);
             }
             let ty = GgmlType(r.u32(&format!("type of tensor {tname}"))?);
             if !ty.is_known() {
-                return Err(r.err_at(at, format!("tensor {tname} has unknown ggml type id {}", ty.0)));
+                return Err(r.err_at(
+                    at,
+                    format!("tensor {tname} has unknown ggml type id {}", ty.0),
+                ));
             }
             let rel_offset = r.u64(&format!("offset of tensor {tname}"))?;
             let elems = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| r.err_at(at, format!("tensor {tname}: dimensions {dims:?} overflow")))?;
+                .ok_or_else(|| {
+                    r.err_at(at, format!("tensor {tname}: dimensions {dims:?} overflow"))
+                })?;
             if dims[0] % ty.block_elems() != 0 {
                 return Err(r.err_at(
                     at,
@@ -401,9 +422,12 @@ impl GgufFile {
                     ),
                 ));
             }
-            let n_bytes = ty
-                .bytes_for(elems)
-                .ok_or_else(|| r.err_at(at, format!("tensor {tname}: size of {elems} {ty} elements overflows")))?;
+            let n_bytes = ty.bytes_for(elems).ok_or_else(|| {
+                r.err_at(
+                    at,
+                    format!("tensor {tname}: size of {elems} {ty} elements overflows"),
+                )
+            })?;
             if rel_offset % alignment != 0 {
                 return Err(r.err_at(
                     at,
@@ -420,7 +444,9 @@ impl GgufFile {
         let file_len = bytes.len() as u64;
         let mut tensors = Vec::with_capacity(raw.len());
         for (tname, dims, ty, rel, n_bytes, at) in raw {
-            let end = data_offset.checked_add(rel).and_then(|o| o.checked_add(n_bytes));
+            let end = data_offset
+                .checked_add(rel)
+                .and_then(|o| o.checked_add(n_bytes));
             match end {
                 Some(end) if end <= file_len => {}
                 _ => {
@@ -433,7 +459,13 @@ impl GgufFile {
                     ))
                 }
             }
-            tensors.push(TensorInfo { name: tname, dims, ggml_type: ty, offset: data_offset + rel, n_bytes });
+            tensors.push(TensorInfo {
+                name: tname,
+                dims,
+                ggml_type: ty,
+                offset: data_offset + rel,
+                n_bytes,
+            });
         }
         // Overlapping tensors would alias data: refuse them.
         let mut order: Vec<usize> = (0..tensors.len()).collect();
@@ -449,7 +481,17 @@ impl GgufFile {
             }
         }
 
-        Ok(GgufFile { name, version, metadata, tensors, alignment, data_offset, key_index, tensor_index, bytes })
+        Ok(GgufFile {
+            name,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            key_index,
+            tensor_index,
+            bytes,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -470,7 +512,10 @@ impl GgufFile {
     }
 
     fn model_err(&self, msg: String) -> Error {
-        Error::Model { file: self.name.clone(), msg }
+        Error::Model {
+            file: self.name.clone(),
+            msg,
+        }
     }
 
     /// Integer metadata of any integer type, converted to `T` with a range check.
@@ -479,7 +524,10 @@ impl GgufFile {
             None => Ok(None),
             Some(v) => {
                 let i = v.as_int().ok_or_else(|| {
-                    self.model_err(format!("metadata {key} should be an integer, found {:?}", v.value_type()))
+                    self.model_err(format!(
+                        "metadata {key} should be an integer, found {:?}",
+                        v.value_type()
+                    ))
                 })?;
                 T::try_from(i)
                     .map(Some)
@@ -492,7 +540,10 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                self.model_err(format!("metadata {key} should be a number, found {:?}", v.value_type()))
+                self.model_err(format!(
+                    "metadata {key} should be a number, found {:?}",
+                    v.value_type()
+                ))
             }),
         }
     }
@@ -501,7 +552,10 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_str().map(Some).ok_or_else(|| {
-                self.model_err(format!("metadata {key} should be a string, found {:?}", v.value_type()))
+                self.model_err(format!(
+                    "metadata {key} should be a string, found {:?}",
+                    v.value_type()
+                ))
             }),
         }
     }
@@ -512,10 +566,17 @@ impl GgufFile {
             None => Ok(None),
             Some(Value::Array(_, items)) => items
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| self.model_err(format!("metadata {key} should hold strings"))))
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        self.model_err(format!("metadata {key} should hold strings"))
+                    })
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(self.model_err(format!("metadata {key} should be an array, found {:?}", v.value_type()))),
+            Some(v) => Err(self.model_err(format!(
+                "metadata {key} should be an array, found {:?}",
+                v.value_type()
+            ))),
         }
     }
 
@@ -526,13 +587,16 @@ impl GgufFile {
             Some(Value::Array(_, items)) => items
                 .iter()
                 .map(|v| {
-                    v.as_int()
-                        .map(|i| i as i64)
-                        .ok_or_else(|| self.model_err(format!("metadata {key} should hold integers")))
+                    v.as_int().map(|i| i as i64).ok_or_else(|| {
+                        self.model_err(format!("metadata {key} should hold integers"))
+                    })
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(self.model_err(format!("metadata {key} should be an array, found {:?}", v.value_type()))),
+            Some(v) => Err(self.model_err(format!(
+                "metadata {key} should be an array, found {:?}",
+                v.value_type()
+            ))),
         }
     }
 }
@@ -549,7 +613,11 @@ const MAX_ARRAY_DEPTH: u32 = 8;
 
 impl<'a> Reader<'a> {
     fn err_at(&self, offset: u64, msg: String) -> Error {
-        Error::Gguf { file: self.file.to_string(), offset, msg }
+        Error::Gguf {
+            file: self.file.to_string(),
+            offset,
+            msg,
+        }
     }
 
     fn remaining(&self) -> u64 {
@@ -560,7 +628,10 @@ impl<'a> Reader<'a> {
         if n > self.remaining() {
             return Err(self.err_at(
                 self.pos as u64,
-                format!("{what} needs {n} bytes but only {} remain (file truncated?)", self.remaining()),
+                format!(
+                    "{what} needs {n} bytes but only {} remain (file truncated?)",
+                    self.remaining()
+                ),
             ));
         }
         let s = &self.data[self.pos..self.pos + n as usize];
@@ -572,7 +643,10 @@ impl<'a> Reader<'a> {
         if count.saturating_mul(min_bytes_each) > self.remaining() {
             return Err(self.err_at(
                 self.pos as u64,
-                format!("{what} {count} cannot fit in the {} bytes that remain", self.remaining()),
+                format!(
+                    "{what} {count} cannot fit in the {} bytes that remain",
+                    self.remaining()
+                ),
             ));
         }
         Ok(())
@@ -597,7 +671,8 @@ impl<'a> Reader<'a> {
     fn value_type(&mut self, key: &str) -> Result<ValueType> {
         let at = self.pos as u64;
         let t = self.u32(&format!("type of metadata {key}"))?;
-        ValueType::from_u32(t).ok_or_else(|| self.err_at(at, format!("metadata {key} has unknown value type {t}")))
+        ValueType::from_u32(t)
+            .ok_or_else(|| self.err_at(at, format!("metadata {key} has unknown value type {t}")))
     }
 
     fn value(&mut self, vt: ValueType, key: &str, depth: u32) -> Result<Value> {
@@ -605,8 +680,12 @@ impl<'a> Reader<'a> {
         Ok(match vt {
             ValueType::U8 => Value::U8(self.bytes(1, &what)?[0]),
             ValueType::I8 => Value::I8(self.bytes(1, &what)?[0] as i8),
-            ValueType::U16 => Value::U16(u16::from_le_bytes(self.bytes(2, &what)?.try_into().unwrap())),
-            ValueType::I16 => Value::I16(i16::from_le_bytes(self.bytes(2, &what)?.try_into().unwrap())),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(
+                self.bytes(2, &what)?.try_into().unwrap(),
+            )),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(
+                self.bytes(2, &what)?.try_into().unwrap(),
+            )),
             ValueType::U32 => Value::U32(self.u32(&what)?),
             ValueType::I32 => Value::I32(self.u32(&what)? as i32),
             ValueType::F32 => Value::F32(f32::from_bits(self.u32(&what)?)),
@@ -618,18 +697,28 @@ impl<'a> Reader<'a> {
                 match self.bytes(1, &what)?[0] {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    b => return Err(self.err_at(at, format!("metadata {key}: bool byte is {b}, not 0 or 1"))),
+                    b => {
+                        return Err(self
+                            .err_at(at, format!("metadata {key}: bool byte is {b}, not 0 or 1")))
+                    }
                 }
             }
             ValueType::String => Value::String(self.string(&what)?),
             ValueType::Array => {
                 let at = self.pos as u64;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err_at(at, format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(self.err_at(
+                        at,
+                        format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                    ));
                 }
                 let et = self.value_type(key)?;
                 let n = self.u64(&format!("array length of metadata {key}"))?;
-                self.check_count(n, et.min_bytes(), &format!("array length of metadata {key}:"))?;
+                self.check_count(
+                    n,
+                    et.min_bytes(),
+                    &format!("array length of metadata {key}:"),
+                )?;
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     items.push(self.value(et, key, depth + 1)?);
@@ -653,7 +742,9 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn n_bytes(&self) -> u64 {
-        self.ggml_type.bytes_for(self.dims.iter().product()).expect("tensor size is a whole number of blocks")
+        self.ggml_type
+            .bytes_for(self.dims.iter().product())
+            .expect("tensor size is a whole number of blocks")
     }
 }
 
@@ -671,7 +762,11 @@ impl GgufWriter {
     }
 
     pub fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: GgmlType) {
-        self.tensors.push(TensorSpec { name: name.to_string(), dims: dims.to_vec(), ggml_type });
+        self.tensors.push(TensorSpec {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            ggml_type,
+        });
     }
 
     pub fn write<W: Write>(
@@ -701,10 +796,16 @@ impl GgufWriter {
             header.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + t.n_bytes()).div_ceil(alignment) * alignment;
         }
-        header.resize((header.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
+        header.resize(
+            (header.len() as u64).div_ceil(alignment) as usize * alignment as usize,
+            0,
+        );
         out.write_all(&header)?;
         for t in &self.tensors {
-            let mut counter = CountingWriter { inner: &mut *out, count: 0 };
+            let mut counter = CountingWriter {
+                inner: &mut *out,
+                count: 0,
+            };
             fill(t, &mut counter)?;
             let written = counter.count;
             if written != t.n_bytes() {

@@ -1,3 +1,12 @@
-//! glm-flash: GLM-4.7-Flash inference.
+//! glm-flash: GLM-4.7-Flash inference from GGUF files.
+//!
+//! Data flow: [`gguf::GgufFile`] (the mapped file) -> [`config::Config`] (the blueprint) and
+//! [`weights::Weights`] (typed views into the file) -> a [`backend::Backend`] (the CPU
+//! reference in [`cpu`], WGSL kernels in `gpu`) -> logits -> [`sampler`].
+pub mod backend;
+pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod gguf;
+pub mod quant;
+pub mod weights;

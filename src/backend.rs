@@ -1,0 +1,23 @@
+//! What the generation loop needs from a backend; the CPU and GPU backends implement it.
+
+use crate::error::Result;
+
+pub trait Backend {
+    /// A one-line description ("cpu, 2 threads", "gpu: NVIDIA H100 (Vulkan)").
+    fn describe(&self) -> String;
+
+    /// Feed `tokens` at positions `start_pos..`, appending them to the cache. Returns the
+    /// logits of the last position, or of every position (row-major `[tokens][vocab]`)
+    /// when `all_logits`. Prefill and teacher forcing both go through here.
+    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>>;
+
+    /// Feed tokens and return only the argmax of the last position's logits (greedy
+    /// decoding; the GPU reads back a single id).
+    fn forward_argmax(&mut self, tokens: &[u32], start_pos: usize) -> Result<u32> {
+        let logits = self.forward(tokens, start_pos, false)?;
+        Ok(crate::cpu::ops::argmax(&logits) as u32)
+    }
+
+    /// Positions the cache can hold.
+    fn max_context(&self) -> usize;
+}

@@ -1,0 +1,119 @@
+//! The reference ops. Each GPU kernel is checked against the function of the same name here.
+
+use rayon::prelude::*;
+
+use crate::weights::Matrix;
+
+/// `out = x / rms(x) * weight`, with the mean of squares taken in f64 for stability.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let inv = (1.0 / (mean_sq + eps as f64).sqrt()) as f32;
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * inv * w;
+    }
+}
+
+/// In-place variant for the q and kv latents.
+pub fn rmsnorm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    let copy = x.to_vec();
+    rmsnorm(&copy, weight, eps, x);
+}
+
+/// Rows per rayon task: large enough to amortise scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[r] = m[r] · x` for every row, over the machine's cores.
+pub fn matvec(m: &Matrix, x: &[f32], out: &mut [f32]) {
+    debug_assert_eq!(x.len(), m.cols);
+    debug_assert_eq!(out.len(), m.rows);
+    out.par_chunks_mut(ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(chunk, outs)| {
+            for (i, o) in outs.iter_mut().enumerate() {
+                *o = m.dot_row(chunk * ROWS_PER_TASK + i, x);
+            }
+        });
+}
+
+/// RoPE on consecutive pairs (x0,x1), (x2,x3), ... with angle `pos * base^(-2i/n)`
+/// (llama.cpp's rope type 0, not NeoX's half split). Angles in f64: positions run to 200K.
+pub fn rope(v: &mut [f32], pos: usize, base: f32) {
+    let n = v.len();
+    for i in 0..n / 2 {
+        let theta = pos as f64 * (base as f64).powf(-2.0 * i as f64 / n as f64);
+        let (sin, cos) = theta.sin_cos();
+        let (a, b) = (v[2 * i] as f64, v[2 * i + 1] as f64);
+        v[2 * i] = (a * cos - b * sin) as f32;
+        v[2 * i + 1] = (a * sin + b * cos) as f32;
+    }
+}
+
+pub fn softmax(v: &mut [f32]) {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// MoE routing: choose the `k` experts with the largest `sigmoid(logit) + bias`; their weights
+/// are the unbiased sigmoids, divided by their sum (clamped below at 6.1e-5) when `norm`,
+/// times `scale`. Returns (expert, weight) in order of selection score; ties go to the lower id.
+pub fn route(
+    router_logits: &[f32],
+    bias: &[f32],
+    k: usize,
+    norm: bool,
+    scale: f32,
+) -> Vec<(usize, f32)> {
+    let probs: Vec<f32> = router_logits.iter().map(|&l| sigmoid(l)).collect();
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| {
+        (probs[b] + bias[b])
+            .total_cmp(&(probs[a] + bias[a]))
+            .then(a.cmp(&b))
+    });
+    order.truncate(k);
+    let sum: f32 = order.iter().map(|&e| probs[e]).sum();
+    let div = if norm { sum.max(6.1e-5) } else { 1.0 };
+    order
+        .into_iter()
+        .map(|e| (e, probs[e] / div * scale))
+        .collect()
+}
+
+pub fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,147 @@
+//! Tensor element formats we compute with: F32, F16, BF16 and Q8_0.
+//!
+//! Q8_0 stores blocks of 32 values as one f16 scale `d` and 32 signed bytes `q`;
+//! the value is `d * q`. Everything here reads raw little-endian bytes (no alignment
+//! assumptions), so it works on any slice of a memory-mapped file.
+
+use crate::gguf::GgmlType;
+
+pub const Q8_0_BLOCK: usize = 32;
+
+/// One Q8_0 block as stored in GGUF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ8_0 {
+    /// f16 bits of the scale.
+    pub d: u16,
+    pub qs: [i8; Q8_0_BLOCK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+/// The types the engine computes with; every other type is refused by `weights`.
+pub const SUPPORTED: [GgmlType; 4] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0];
+
+pub fn is_supported(t: GgmlType) -> bool {
+    SUPPORTED.contains(&t)
+}
+
+pub fn supported_names() -> String {
+    SUPPORTED
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+#[inline]
+fn bf16_at(b: &[u8], i: usize) -> f32 {
+    half::bf16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+#[inline]
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Decode `out.len()` values of type `ty` from `bytes` (which must hold exactly them).
+pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f32_at(bytes, 4 * i)),
+        GgmlType::F16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f16_at(bytes, 2 * i)),
+        GgmlType::BF16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = bf16_at(bytes, 2 * i)),
+        GgmlType::Q8_0 => {
+            for (block, vals) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+                let d = f16_at(block, 0);
+                for (v, &q) in vals.iter_mut().zip(&block[2..]) {
+                    *v = d * (q as i8) as f32;
+                }
+            }
+        }
+        other => unreachable!("type {other} is refused when weights are loaded"),
+    }
+}
+
+/// Dot product of one stored row (`bytes`, type `ty`) with `x` (same length), in f32.
+/// This is the reference every GPU mat-vec is checked against.
+#[inline]
+pub fn dot(ty: GgmlType, bytes: &[u8], x: &[f32]) -> f32 {
+    match ty {
+        GgmlType::Q8_0 => {
+            let mut sum = 0f32;
+            for (block, xs) in bytes.chunks_exact(34).zip(x.chunks_exact(Q8_0_BLOCK)) {
+                let d = f16_at(block, 0);
+                let mut s = 0f32;
+                for (&q, &xv) in block[2..].iter().zip(xs) {
+                    s += (q as i8) as f32 * xv;
+                }
+                sum += d * s;
+            }
+            sum
+        }
+        GgmlType::F32 => x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f32_at(bytes, 4 * i) * v)
+            .sum(),
+        GgmlType::F16 => x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f16_at(bytes, 2 * i) * v)
+            .sum(),
+        GgmlType::BF16 => x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| bf16_at(bytes, 2 * i) * v)
+            .sum(),
+        other => unreachable!("type {other} is refused when weights are loaded"),
+    }
+}
+
+/// Quantize f32 values (a multiple of 32) to Q8_0 bytes, as ggml does (round to nearest).
+pub fn quantize_q8_0(values: &[f32], out: &mut Vec<u8>) {
+    for block in values.chunks_exact(Q8_0_BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_roundtrip_and_dot_agree_with_dequantized() {
+        let vals: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.13)
+            .collect();
+        let mut bytes = Vec::new();
+        quantize_q8_0(&vals, &mut bytes);
+        assert_eq!(bytes.len(), 2 * 34);
+        let mut deq = vec![0f32; 64];
+        dequantize(GgmlType::Q8_0, &bytes, &mut deq);
+        for (a, b) in vals.iter().zip(&deq) {
+            assert!((a - b).abs() <= 1.43 / 127.0 * 0.51 + 1e-3, "{a} vs {b}");
+        }
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.1).sin()).collect();
+        let want: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let got = dot(GgmlType::Q8_0, &bytes, &x);
+        assert!((want - got).abs() < 1e-4, "{want} vs {got}");
+    }
+}

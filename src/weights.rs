@@ -1,0 +1,338 @@
+//! Named, shape-checked views into the GGUF file, shared read-only by both backends.
+//!
+//! Shapes in comments are row-major `[rows][cols]`: a mat-vec reads `cols` inputs and writes
+//! `rows` outputs. GGUF lists dims innermost first, so a GGUF `{cols, rows}` is `[rows][cols]`.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::quant;
+
+/// A weight matrix stored row by row in the file: `[rows][cols]` of `ty`.
+#[derive(Clone, Copy)]
+pub struct Matrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> Matrix<'a> {
+    pub fn row_bytes(&self) -> usize {
+        self.ty.bytes_for(self.cols as u64).unwrap() as usize
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Rows `start..start + n` as a matrix of their own.
+    pub fn rows(&self, start: usize, n: usize) -> Matrix<'a> {
+        let rb = self.row_bytes();
+        Matrix {
+            ty: self.ty,
+            rows: n,
+            cols: self.cols,
+            data: &self.data[start * rb..(start + n) * rb],
+        }
+    }
+
+    pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+        quant::dot(self.ty, self.row(r), x)
+    }
+
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        quant::dequantize(self.ty, self.row(r), out)
+    }
+}
+
+/// A stack of per-expert matrices inside one tensor: expert `e` is rows
+/// `e * stride + first .. + rows`. Separate gate/up tensors have `stride = rows, first = 0`;
+/// a fused `ffn_gate_up_exps` tensor holds gate then up for each expert.
+#[derive(Clone, Copy)]
+pub struct ExpertStack<'a> {
+    pub all: Matrix<'a>,
+    pub stride: usize,
+    pub first: usize,
+    pub rows: usize,
+}
+
+impl<'a> ExpertStack<'a> {
+    pub fn expert(&self, e: usize) -> Matrix<'a> {
+        self.all.rows(e * self.stride + self.first, self.rows)
+    }
+}
+
+/// SwiGLU feed-forward: `down · (silu(gate · h) * (up · h))`.
+pub struct DenseFfn<'a> {
+    /// [ffn][hidden]
+    pub gate: Matrix<'a>,
+    /// [ffn][hidden]
+    pub up: Matrix<'a>,
+    /// [hidden][ffn]
+    pub down: Matrix<'a>,
+}
+
+pub struct MoeFfn<'a> {
+    /// [experts][hidden], usually f32.
+    pub gate_inp: Matrix<'a>,
+    /// [experts] selection bias, added to the sigmoid scores only to choose experts.
+    pub exp_probs_b: Vec<f32>,
+    /// per expert [expert_ffn][hidden]
+    pub gate_exps: ExpertStack<'a>,
+    /// per expert [expert_ffn][hidden]
+    pub up_exps: ExpertStack<'a>,
+    /// per expert [hidden][expert_ffn]
+    pub down_exps: ExpertStack<'a>,
+    /// The shared expert, always applied (None when the file has no shared expert).
+    pub shexp: Option<DenseFfn<'a>>,
+}
+
+/// Chosen from the tensors a layer has, not from its index.
+pub enum Ffn<'a> {
+    Dense(DenseFfn<'a>),
+    Moe(MoeFfn<'a>),
+}
+
+pub struct Layer<'a> {
+    /// [hidden]
+    pub attn_norm: Vec<f32>,
+    /// [q_lora][hidden]
+    pub attn_q_a: Matrix<'a>,
+    /// [q_lora]
+    pub attn_q_a_norm: Vec<f32>,
+    /// [heads * (nope + rope)][q_lora]
+    pub attn_q_b: Matrix<'a>,
+    /// [kv_lora + rope][hidden]
+    pub attn_kv_a_mqa: Matrix<'a>,
+    /// [kv_lora]
+    pub attn_kv_a_norm: Vec<f32>,
+    /// [heads * kv_lora][nope]: per head, q_nope -> latent space
+    pub attn_k_b: Matrix<'a>,
+    /// [heads * v_head][kv_lora]: per head, latent context -> v
+    pub attn_v_b: Matrix<'a>,
+    /// [hidden][heads * v_head]
+    pub attn_output: Matrix<'a>,
+    /// [hidden]
+    pub ffn_norm: Vec<f32>,
+    pub ffn: Ffn<'a>,
+}
+
+pub struct Weights<'a> {
+    /// [vocab][hidden]
+    pub token_embd: Matrix<'a>,
+    pub layers: Vec<Layer<'a>>,
+    /// [hidden]
+    pub output_norm: Vec<f32>,
+    /// [vocab][hidden]; the embedding when the file ties them.
+    pub output: Matrix<'a>,
+}
+
+impl<'a> Weights<'a> {
+    pub fn from_gguf(f: &'a GgufFile, cfg: &Config) -> Result<Weights<'a>> {
+        let loader = Loader { f };
+        let (h, v) = (cfg.hidden, cfg.vocab);
+        let token_embd = loader.matrix("token_embd.weight", v, h)?;
+        let output = match f.tensor("output.weight") {
+            Some(_) => loader.matrix("output.weight", v, h)?,
+            None => token_embd,
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            layers.push(loader.layer(i, cfg)?);
+        }
+        Ok(Weights {
+            token_embd,
+            layers,
+            output_norm: loader.vector("output_norm.weight", h)?,
+            output,
+        })
+    }
+
+    /// Bytes of weights one decoded token reads (attention, the dense FFN, the experts a
+    /// token uses, the shared expert, the head), for bandwidth figures.
+    pub fn bytes_per_token(&self, cfg: &Config) -> u64 {
+        let m = |m: &Matrix| m.data.len() as u64;
+        let mut total = m(&self.output) + self.token_embd.row_bytes() as u64;
+        for l in &self.layers {
+            total += m(&l.attn_q_a)
+                + m(&l.attn_q_b)
+                + m(&l.attn_kv_a_mqa)
+                + m(&l.attn_k_b)
+                + m(&l.attn_v_b);
+            total += m(&l.attn_output);
+            let dense = |d: &DenseFfn| m(&d.gate) + m(&d.up) + m(&d.down);
+            total += match &l.ffn {
+                Ffn::Dense(d) => dense(d),
+                Ffn::Moe(moe) => {
+                    let per_expert = m(&moe.gate_exps.expert(0))
+                        + m(&moe.up_exps.expert(0))
+                        + m(&moe.down_exps.expert(0));
+                    m(&moe.gate_inp)
+                        + per_expert * cfg.n_experts_used as u64
+                        + moe.shexp.as_ref().map_or(0, dense)
+                }
+            };
+        }
+        total
+    }
+}
+
+struct Loader<'a> {
+    f: &'a GgufFile,
+}
+
+impl<'a> Loader<'a> {
+    fn err(&self, msg: String) -> Error {
+        Error::Model {
+            file: self.f.name.clone(),
+            msg,
+        }
+    }
+
+    /// A tensor with exactly these GGUF dims (innermost first) and a supported type.
+    fn tensor(&self, name: &str, dims: &[usize]) -> Result<&'a TensorInfo> {
+        let t = self
+            .f
+            .tensor(name)
+            .ok_or_else(|| self.err(format!("missing tensor {name}")))?;
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if t.dims != want {
+            return Err(self.err(format!(
+                "tensor {name} has shape {:?}, expected {:?}",
+                t.dims, want
+            )));
+        }
+        if !quant::is_supported(t.ggml_type) {
+            return Err(self.err(format!(
+                "tensor {name} has type {}, which is not supported (supported: {})",
+                t.ggml_type,
+                quant::supported_names()
+            )));
+        }
+        Ok(t)
+    }
+
+    /// `[rows][cols]` from GGUF dims `{cols, rows}`.
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix<'a>> {
+        let t = self.tensor(name, &[cols, rows])?;
+        Ok(Matrix {
+            ty: t.ggml_type,
+            rows,
+            cols,
+            data: self.f.tensor_data(t),
+        })
+    }
+
+    /// A 3-d tensor `{cols, rows, n}` viewed as `[n * rows][cols]`.
+    fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Matrix<'a>> {
+        let t = self.tensor(name, &[cols, rows, n])?;
+        Ok(Matrix {
+            ty: t.ggml_type,
+            rows: n * rows,
+            cols,
+            data: self.f.tensor_data(t),
+        })
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        let t = self.tensor(name, &[n])?;
+        let mut out = vec![0f32; n];
+        quant::dequantize(t.ggml_type, self.f.tensor_data(t), &mut out);
+        Ok(out)
+    }
+
+    fn dense(&self, p: &str, suffix: &str, hidden: usize, ffn: usize) -> Result<DenseFfn<'a>> {
+        Ok(DenseFfn {
+            gate: self.matrix(&format!("{p}.ffn_gate{suffix}.weight"), ffn, hidden)?,
+            up: self.matrix(&format!("{p}.ffn_up{suffix}.weight"), ffn, hidden)?,
+            down: self.matrix(&format!("{p}.ffn_down{suffix}.weight"), hidden, ffn)?,
+        })
+    }
+
+    fn layer(&self, i: usize, c: &Config) -> Result<Layer<'a>> {
+        let p = format!("blk.{i}");
+        let h = c.hidden;
+        let has = |name: &str| self.f.tensor(&format!("{p}.{name}")).is_some();
+        let ffn = if has("ffn_gate_inp.weight") {
+            let (e, ef) = (c.n_experts, c.expert_ffn);
+            let (gate_exps, up_exps) = if has("ffn_gate_up_exps.weight") {
+                let all = self.stacked(&format!("{p}.ffn_gate_up_exps.weight"), e, 2 * ef, h)?;
+                (
+                    ExpertStack {
+                        all,
+                        stride: 2 * ef,
+                        first: 0,
+                        rows: ef,
+                    },
+                    ExpertStack {
+                        all,
+                        stride: 2 * ef,
+                        first: ef,
+                        rows: ef,
+                    },
+                )
+            } else {
+                let stack = |name: &str| -> Result<ExpertStack<'a>> {
+                    Ok(ExpertStack {
+                        all: self.stacked(&format!("{p}.{name}"), e, ef, h)?,
+                        stride: ef,
+                        first: 0,
+                        rows: ef,
+                    })
+                };
+                (stack("ffn_gate_exps.weight")?, stack("ffn_up_exps.weight")?)
+            };
+            let down = self.stacked(&format!("{p}.ffn_down_exps.weight"), e, h, ef)?;
+            let shexp = if c.n_shared_experts > 0 {
+                Some(self.dense(&p, "_shexp", h, ef * c.n_shared_experts)?)
+            } else {
+                None
+            };
+            let exp_probs_b = if has("exp_probs_b.bias") {
+                self.vector(&format!("{p}.exp_probs_b.bias"), e)?
+            } else {
+                vec![0.0; e]
+            };
+            Ffn::Moe(MoeFfn {
+                gate_inp: self.matrix(&format!("{p}.ffn_gate_inp.weight"), e, h)?,
+                exp_probs_b,
+                gate_exps,
+                up_exps,
+                down_exps: ExpertStack {
+                    all: down,
+                    stride: h,
+                    first: 0,
+                    rows: h,
+                },
+                shexp,
+            })
+        } else if has("ffn_gate.weight") {
+            Ffn::Dense(self.dense(&p, "", h, c.dense_ffn)?)
+        } else {
+            return Err(self.err(format!(
+                "layer {i} has neither a dense FFN ({p}.ffn_gate.weight) nor a router ({p}.ffn_gate_inp.weight)"
+            )));
+        };
+        let (heads, nope, rope, kv, vh) =
+            (c.n_heads, c.qk_nope, c.qk_rope, c.kv_lora_rank, c.v_head);
+        Ok(Layer {
+            attn_norm: self.vector(&format!("{p}.attn_norm.weight"), h)?,
+            attn_q_a: self.matrix(&format!("{p}.attn_q_a.weight"), c.q_lora_rank, h)?,
+            attn_q_a_norm: self.vector(&format!("{p}.attn_q_a_norm.weight"), c.q_lora_rank)?,
+            attn_q_b: self.matrix(
+                &format!("{p}.attn_q_b.weight"),
+                heads * (nope + rope),
+                c.q_lora_rank,
+            )?,
+            attn_kv_a_mqa: self.matrix(&format!("{p}.attn_kv_a_mqa.weight"), kv + rope, h)?,
+            attn_kv_a_norm: self.vector(&format!("{p}.attn_kv_a_norm.weight"), kv)?,
+            attn_k_b: self.stacked(&format!("{p}.attn_k_b.weight"), heads, kv, nope)?,
+            attn_v_b: self.stacked(&format!("{p}.attn_v_b.weight"), heads, vh, kv)?,
+            attn_output: self.matrix(&format!("{p}.attn_output.weight"), h, heads * vh)?,
+            ffn_norm: self.vector(&format!("{p}.ffn_norm.weight"), h)?,
+            ffn,
+        })
+    }
+}
