@@ -4,6 +4,7 @@
 //! [`weights::Weights`] (typed views into the file) -> a [`backend::Backend`] (the CPU
 //! reference in [`cpu`], WGSL kernels in `gpu`) -> logits -> [`sampler`].
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod error;

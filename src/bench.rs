@@ -1,0 +1,153 @@
+//! Decode and prefill measurements on any backend, for `glm-flash bench` and `cargo bench`.
+//!
+//! Decode is timed token by token at a chosen cache depth (the cache is filled first, not
+//! timed), so the numbers show how speed falls with context. Prefill is one timed
+//! `forward` over N tokens. Bandwidth is the bytes of weights a token reads (attention,
+//! the dense FFN or the chosen experts, the shared expert, the LM head) over its time.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Positions already in the cache when decode timing starts.
+    pub depth: usize,
+    /// Tokens decoded (timed one by one).
+    pub decode_tokens: usize,
+    /// Tokens of the timed prefill (0 skips it).
+    pub prefill_tokens: usize,
+    /// Untimed decode steps before timing.
+    pub warmup: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeReport {
+    pub depth: usize,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub bytes_per_token: u64,
+    /// Weight bytes per token over the median token time.
+    pub gb_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PrefillReport {
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub decode: DecodeReport,
+    pub prefill: Option<PrefillReport>,
+}
+
+/// Deterministic token ids spread over the vocabulary (never the special tokens at its end).
+fn token_stream(n: usize, vocab: usize) -> Vec<u32> {
+    let span = (vocab * 9 / 10).max(1) as u64;
+    (0..n as u64)
+        .map(|i| ((i * 2654435761 + 17) % span) as u32)
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+pub fn run(
+    backend: &mut dyn Backend,
+    vocab: usize,
+    bytes_per_token: u64,
+    opts: &BenchOptions,
+) -> Result<BenchReport> {
+    let need = opts.depth + opts.warmup + opts.decode_tokens;
+    if need > backend.max_context() || opts.prefill_tokens > backend.max_context() {
+        return Err(Error::Input(format!(
+            "the benchmark needs {} positions but the context holds {}",
+            need.max(opts.prefill_tokens),
+            backend.max_context()
+        )));
+    }
+    if opts.decode_tokens == 0 {
+        return Err(Error::Input("decode_tokens must be at least 1".into()));
+    }
+
+    let prefill = if opts.prefill_tokens > 0 {
+        let tokens = token_stream(opts.prefill_tokens, vocab);
+        let start = Instant::now();
+        backend.forward_argmax(&tokens, 0)?;
+        let seconds = start.elapsed().as_secs_f64();
+        Some(PrefillReport {
+            tokens: tokens.len(),
+            seconds,
+            tokens_per_s: tokens.len() as f64 / seconds,
+        })
+    } else {
+        None
+    };
+
+    let mut pos = 0;
+    if opts.depth > 0 {
+        backend.forward_argmax(&token_stream(opts.depth, vocab), 0)?;
+        pos = opts.depth;
+    }
+    let mut token = token_stream(1, vocab)[0];
+    let mut times = Vec::with_capacity(opts.decode_tokens);
+    for step in 0..opts.warmup + opts.decode_tokens {
+        let start = Instant::now();
+        token = backend.forward_argmax(&[token], pos)?;
+        if step >= opts.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        pos += 1;
+    }
+    let total: f64 = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    let p50 = percentile(&times, 0.5);
+    Ok(BenchReport {
+        backend: backend.describe(),
+        decode: DecodeReport {
+            depth: opts.depth,
+            tokens: times.len(),
+            tokens_per_s: times.len() as f64 / total,
+            p50_ms: p50 * 1e3,
+            p95_ms: percentile(&times, 0.95) * 1e3,
+            bytes_per_token,
+            gb_per_s: bytes_per_token as f64 / p50 / 1e9,
+        },
+        prefill,
+    })
+}
+
+impl BenchReport {
+    /// A few aligned lines for the terminal.
+    pub fn table(&self) -> String {
+        let d = &self.decode;
+        let mut s = format!(
+            "backend: {}\ndecode @ depth {:>6}: {:>8.2} tok/s  p50 {:>8.3} ms  p95 {:>8.3} ms  {:>7.1} MB/token  {:>7.2} GB/s\n",
+            self.backend,
+            d.depth,
+            d.tokens_per_s,
+            d.p50_ms,
+            d.p95_ms,
+            d.bytes_per_token as f64 / 1e6,
+            d.gb_per_s
+        );
+        if let Some(p) = &self.prefill {
+            s += &format!(
+                "prefill {:>6} tokens: {:>8.2} tok/s  ({:.3} s)\n",
+                p.tokens, p.tokens_per_s, p.seconds
+            );
+        }
+        s
+    }
+}
