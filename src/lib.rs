@@ -5,9 +5,11 @@
 //! reference in [`cpu`], WGSL kernels in `gpu`) -> logits -> [`sampler`].
 pub mod backend;
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod gguf;
 pub mod quant;
+pub mod tokenizer;
 pub mod weights;
