@@ -2,14 +2,18 @@
 //!
 //! Data flow: [`gguf::GgufFile`] (the mapped file) -> [`config::Config`] (the blueprint) and
 //! [`weights::Weights`] (typed views into the file) -> a [`backend::Backend`] (the CPU
-//! reference in [`cpu`], WGSL kernels in `gpu`) -> logits -> [`sampler`].
+//! reference in [`cpu`], WGSL kernels in `gpu`) -> logits -> [`sampler`]; [`generate`] runs
+//! the prefill/decode loop and [`synth`] writes random models of the real layout.
 pub mod backend;
 pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod quant;
+pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;

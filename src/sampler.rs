@@ -1,0 +1,344 @@
+//! Choosing the next token from logits: greedy, or temperature with top-k, top-p and min-p.
+//!
+//! The order follows the brief of llama.cpp's common chain: top-k on the logits, softmax
+//! with the temperature, top-p, min-p, renormalise, then one draw from a seeded PRNG. The
+//! filtering is a pure function ([`candidates`]) so tests can check exactly which tokens
+//! each filter keeps; the draw uses our own SplitMix64 so a seed gives the same text on
+//! every platform and every run.
+
+/// Sampling settings, filled by the CLI. Every filter has a value that switches it off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerOptions {
+    /// 0 (or below) = greedy: the argmax, ties to the lowest id.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probabilities add up to at least
+    /// `top_p`; 1 = off.
+    pub top_p: f32,
+    /// Keep tokens whose probability is at least `min_p` times the largest; 0 = off.
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplerOptions {
+    /// GLM-4.7's suggested temperature and top-p, with llama.cpp's top-k and min-p.
+    fn default() -> Self {
+        SamplerOptions {
+            temperature: 1.0,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplerOptions {
+    pub fn greedy() -> Self {
+        SamplerOptions {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
+    /// Values no filter can work with, reported before any work is done.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() {
+            return Err(format!("temperature {} is not a number", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top-p {} must be in (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min-p {} must be in [0, 1]", self.min_p));
+        }
+        Ok(())
+    }
+}
+
+/// A token that survived the filters, with its renormalised probability.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub id: u32,
+    pub prob: f32,
+}
+
+/// The argmax of `logits`, ties to the lowest id (NaN never wins).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in logits.iter().enumerate() {
+        if !x.is_nan() && best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map_or(0, |(i, _)| i as u32)
+}
+
+/// Probabilities below this much under the top-p target still count as reaching it, so a
+/// set whose probabilities add up to exactly `top_p` on paper is kept despite rounding.
+const TOP_P_SLACK: f64 = 1e-6;
+
+/// The tokens a non-greedy sampler may draw, most likely first (ties by lower id), with
+/// probabilities renormalised to sum to 1. Never empty for a non-empty `logits`.
+pub fn candidates(logits: &[f32], opts: &SamplerOptions) -> Vec<Candidate> {
+    assert!(!logits.is_empty(), "no logits to sample from");
+    let by_rank = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut ranked: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l }))
+        .collect();
+    // top-k first: a partial selection keeps this cheap on a 150K vocabulary.
+    if opts.top_k > 0 && opts.top_k < ranked.len() {
+        ranked.select_nth_unstable_by(opts.top_k - 1, by_rank);
+        ranked.truncate(opts.top_k);
+    }
+    ranked.sort_unstable_by(by_rank);
+
+    // Softmax with the temperature, in f64 so long tails do not lose mass.
+    let t = opts.temperature.max(f32::MIN_POSITIVE) as f64;
+    let max = ranked[0].1 as f64;
+    let mut probs: Vec<f64> = ranked
+        .iter()
+        .map(|&(_, l)| ((l as f64 - max) / t).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+
+    // top-p: the shortest prefix whose mass reaches top_p (at least one token).
+    let mut keep = probs.len();
+    if opts.top_p < 1.0 {
+        let mut cum = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            cum += p;
+            if cum >= opts.top_p as f64 - TOP_P_SLACK {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    // min-p: relative to the most likely token, which is always kept.
+    let floor = opts.min_p as f64 * probs[0];
+    keep = probs[..keep]
+        .iter()
+        .take_while(|&&p| p >= floor)
+        .count()
+        .max(1);
+
+    let kept_mass: f64 = probs[..keep].iter().sum();
+    ranked[..keep]
+        .iter()
+        .zip(&probs)
+        .map(|(&(id, _), &p)| Candidate {
+            id,
+            prob: (p / kept_mass) as f32,
+        })
+        .collect()
+}
+
+/// SplitMix64: tiny, fast, and the same sequence everywhere for a given seed.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+pub struct Sampler {
+    opts: SamplerOptions,
+    rng: SplitMix64,
+}
+
+impl Sampler {
+    pub fn new(opts: SamplerOptions) -> Self {
+        let rng = SplitMix64(opts.seed);
+        Sampler { opts, rng }
+    }
+
+    pub fn options(&self) -> &SamplerOptions {
+        &self.opts
+    }
+
+    /// The next token: the argmax when greedy, otherwise one draw from [`candidates`].
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.opts.is_greedy() {
+            return argmax(logits);
+        }
+        let cands = candidates(logits, &self.opts);
+        let mut u = self.rng.next_f64();
+        for c in &cands {
+            u -= c.prob as f64;
+            if u < 0.0 {
+                return c.id;
+            }
+        }
+        // Rounding left a sliver of mass past the last candidate.
+        cands.last().unwrap().id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logits whose softmax at temperature 1 is exactly `probs` (on paper).
+    fn logits_of(probs: &[f64]) -> Vec<f32> {
+        probs.iter().map(|p| p.ln() as f32).collect()
+    }
+
+    fn opts(top_k: usize, top_p: f32, min_p: f32) -> SamplerOptions {
+        SamplerOptions {
+            temperature: 1.0,
+            top_k,
+            top_p,
+            min_p,
+            seed: 1,
+        }
+    }
+
+    fn ids(c: &[Candidate]) -> Vec<u32> {
+        c.iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_ties_to_lowest_id() {
+        let mut s = Sampler::new(SamplerOptions::greedy());
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0]), 1);
+        assert_eq!(s.sample(&[2.0, 2.0]), 0);
+        assert_eq!(s.sample(&[f32::NAN, 1.0]), 1);
+    }
+
+    #[test]
+    fn no_filter_keeps_everything_most_likely_first() {
+        // probs 0.1, 0.4, 0.2, 0.3 -> ranked ids 1, 3, 2, 0 with those probabilities.
+        let c = candidates(&logits_of(&[0.1, 0.4, 0.2, 0.3]), &opts(0, 1.0, 0.0));
+        assert_eq!(ids(&c), [1, 3, 2, 0]);
+        for (c, want) in c.iter().zip([0.4, 0.3, 0.2, 0.1]) {
+            assert!((c.prob - want).abs() < 1e-6, "{c:?} vs {want}");
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_the_k_largest() {
+        let l = logits_of(&[0.1, 0.4, 0.2, 0.3]);
+        assert_eq!(ids(&candidates(&l, &opts(2, 1.0, 0.0))), [1, 3]);
+        assert_eq!(ids(&candidates(&l, &opts(1, 1.0, 0.0))), [1]);
+        // k larger than the vocabulary: no-op.
+        assert_eq!(ids(&candidates(&l, &opts(10, 1.0, 0.0))).len(), 4);
+    }
+
+    #[test]
+    fn top_k_ties_go_to_lower_ids() {
+        let l = [1.0, 2.0, 2.0, 2.0];
+        assert_eq!(ids(&candidates(&l, &opts(2, 1.0, 0.0))), [1, 2]);
+    }
+
+    #[test]
+    fn top_p_keeps_smallest_prefix_reaching_p() {
+        let l = logits_of(&[0.5, 0.3, 0.15, 0.05]);
+        // 0.5 < 0.8 <= 0.5 + 0.3
+        assert_eq!(ids(&candidates(&l, &opts(0, 0.8, 0.0))), [0, 1]);
+        // 0.5 + 0.3 < 0.81 <= 0.95
+        assert_eq!(ids(&candidates(&l, &opts(0, 0.81, 0.0))), [0, 1, 2]);
+        // 0.4 <= 0.5: the top token alone
+        assert_eq!(ids(&candidates(&l, &opts(0, 0.4, 0.0))), [0]);
+        // a tiny p still keeps one token
+        assert_eq!(ids(&candidates(&l, &opts(0, 1e-9, 0.0))), [0]);
+        // renormalised over the kept set: 0.5/0.8 and 0.3/0.8
+        let c = candidates(&l, &opts(0, 0.8, 0.0));
+        assert!((c[0].prob - 0.625).abs() < 1e-6 && (c[1].prob - 0.375).abs() < 1e-6);
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_above_fraction_of_max() {
+        let l = logits_of(&[0.5, 0.3, 0.15, 0.05]);
+        // floor 0.2 * 0.5 = 0.1: keeps 0.5, 0.3, 0.15
+        assert_eq!(ids(&candidates(&l, &opts(0, 1.0, 0.2))), [0, 1, 2]);
+        // floor 0.5 * 0.5 = 0.25: keeps 0.5, 0.3
+        assert_eq!(ids(&candidates(&l, &opts(0, 1.0, 0.5))), [0, 1]);
+        // floor 1.0 * 0.5: only the max
+        assert_eq!(ids(&candidates(&l, &opts(0, 1.0, 1.0))), [0]);
+    }
+
+    #[test]
+    fn filters_compose_in_order() {
+        // top-k 3 renormalises over 0.5, 0.3, 0.15 (mass 0.95): 0.526, 0.316, 0.158.
+        // top-p 0.9: 0.526 + 0.316 = 0.842 < 0.9, so all three stay.
+        let l = logits_of(&[0.5, 0.3, 0.15, 0.05]);
+        assert_eq!(ids(&candidates(&l, &opts(3, 0.9, 0.0))), [0, 1, 2]);
+        // then min-p 0.4: floor 0.4 * 0.526 = 0.21 drops 0.158.
+        assert_eq!(ids(&candidates(&l, &opts(3, 0.9, 0.4))), [0, 1]);
+    }
+
+    #[test]
+    fn temperature_sharpens_and_flattens() {
+        // probs 0.8, 0.2: at temperature 0.5 they become 0.64 : 0.04 -> 0.941, 0.059;
+        // at temperature 2 they become sqrt(0.8) : sqrt(0.2) = 2 : 1 -> 0.667, 0.333.
+        let l = logits_of(&[0.8, 0.2]);
+        let at = |t| {
+            let o = SamplerOptions {
+                temperature: t,
+                ..opts(0, 1.0, 0.0)
+            };
+            candidates(&l, &o)[0].prob
+        };
+        assert!((at(0.5) - 0.64 / 0.68).abs() < 1e-6);
+        assert!((at(2.0) - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    fn draws(seed: u64, n: usize) -> Vec<u32> {
+        let l: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut s = Sampler::new(SamplerOptions {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed,
+        });
+        (0..n).map(|_| s.sample(&l)).collect()
+    }
+
+    #[test]
+    fn same_seed_same_draws_other_seed_other_draws() {
+        assert_eq!(draws(42, 100), draws(42, 100));
+        assert_ne!(draws(42, 100), draws(43, 100));
+    }
+
+    #[test]
+    fn draws_follow_the_distribution() {
+        // probs 0.7, 0.2, 0.1 over 20000 draws: each frequency within 0.02 of its prob.
+        let l = logits_of(&[0.7, 0.2, 0.1]);
+        let mut s = Sampler::new(opts(0, 1.0, 0.0));
+        let mut counts = [0usize; 3];
+        for _ in 0..20000 {
+            counts[s.sample(&l) as usize] += 1;
+        }
+        for (c, p) in counts.iter().zip([0.7, 0.2, 0.1]) {
+            assert!((*c as f64 / 20000.0 - p).abs() < 0.02, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn splitmix_matches_its_published_sequence() {
+        // First outputs of SplitMix64 seeded with 0 (Vigna's reference implementation).
+        let mut r = SplitMix64(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+}
