@@ -29,12 +29,13 @@ fn ok(args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Runs and expects `error: ...` and exit code 1; returns stderr.
+/// Runs and expects exit code 1 with `error: ...` as the last line; returns stderr.
 fn fails(args: &[&str]) -> String {
     let out = glm_flash(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "glm-flash {args:?}: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
