@@ -603,22 +603,25 @@ fn vocabulary(vocab: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
         }
     }
 
-    // Fill the rest with merges of two existing tokens (no space inside a token, at most
-    // 16 characters), chosen by a fixed PRNG so the vocabulary depends on `vocab` only.
+    // Fill the rest with merges of two printable-ASCII tokens (a space only at the start,
+    // at most 16 characters), chosen by a fixed PRNG so the vocabulary depends on `vocab`
+    // only. ASCII keeps every token valid UTF-8, so random models print words, not U+FFFD.
     let space = to_char[b' ' as usize];
-    let mut rng = SplitMix64(0x5EED_0F_70CE_5);
+    let ascii = |t: &String| t.chars().all(|c| c.is_ascii_graphic() || c == space);
+    let mut pool: Vec<String> = tokens.iter().filter(|t| ascii(t)).cloned().collect();
+    let mut rng = SplitMix64(0x5EED_0F70_CE50);
     while tokens.len() < n_normal {
-        let a = &tokens[(rng.next_u64() % tokens.len() as u64) as usize];
-        let b = &tokens[(rng.next_u64() % tokens.len() as u64) as usize];
-        if b.starts_with(space) || a.chars().count() + b.chars().count() > 16 {
+        let a = &pool[(rng.next_u64() % pool.len() as u64) as usize];
+        let b = &pool[(rng.next_u64() % pool.len() as u64) as usize];
+        if b.starts_with(space) || a.len() + b.len() > 16 {
             continue;
         }
         let ab = format!("{a}{b}");
-        if known.contains(&ab) {
+        if !known.insert(ab.clone()) {
             continue;
         }
         merges.push(format!("{a} {b}"));
-        known.insert(ab.clone());
+        pool.push(ab.clone());
         tokens.push(ab);
     }
     let mut types = vec![1i32; tokens.len()];

@@ -346,3 +346,40 @@ fn bad_inputs_give_errors() {
     ]);
     assert!(err.contains("99999"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_generation_with_timings() {
+    // A prompt long enough that its prefill runs for seconds, so the signal lands in it.
+    let prompt = temp_path("long-prompt.txt");
+    std::fs::write(&prompt, "lighthouse keeper ".repeat(2_500)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args([
+            "run",
+            "-f",
+            path_str(&prompt),
+            "--ctx",
+            "30000",
+            "--backend",
+            "cpu",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_file(&prompt).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("[interrupted]"), "{stderr}");
+    assert!(
+        stderr.contains("prompt: ") && stderr.contains("tok/s"),
+        "{stderr}"
+    );
+}
