@@ -862,8 +862,11 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
         .expect("valid progress template"),
     );
     let start = Instant::now();
-    let io = |e| Error::io(&a.out, e);
-    let file = std::fs::File::create(&a.out).map_err(io)?;
+    // Written under a temporary name and renamed at the end, so an interrupted run never
+    // leaves a truncated file under the requested name.
+    let partial = PathBuf::from(format!("{}.partial", a.out.display()));
+    let io = |e| Error::io(&partial, e);
+    let file = std::fs::File::create(&partial).map_err(io)?;
     let mut out = std::io::BufWriter::with_capacity(8 << 20, file);
     model
         .write(&mut out, &mut |done| bar.set_position(done))
@@ -872,6 +875,7 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
         .map_err(|e| io(e.into_error()))?
         .sync_all()
         .map_err(io)?;
+    std::fs::rename(&partial, &a.out).map_err(|e| Error::io(&a.out, e))?;
     bar.finish_and_clear();
     let c = &model.config;
     eprintln!(
