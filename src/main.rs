@@ -273,9 +273,9 @@ struct BenchArgs {
     /// Untimed decode steps first.
     #[arg(long, value_name = "N", default_value_t = 2)]
     warmup: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -909,13 +909,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             weights.bytes_per_token(cfg),
             &opts,
         )?;
-        let text = if a.json {
-            serde_json::to_string_pretty(&report).expect("report serialises") + "\n"
-        } else {
-            report.table()
-        };
+        if let Some(path) = &a.json {
+            let json = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
+            std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+        }
         std::io::stdout()
-            .write_all(text.as_bytes())
+            .write_all(report.table().as_bytes())
             .map_err(stdout_err)
     })
 }
