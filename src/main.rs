@@ -332,8 +332,9 @@ fn make_backend<'a>(
         Ok(Box::new(CpuBackend::new(cfg, weights, ctx, args.threads)?))
     };
     // GPU backend hook: when src/gpu lands, build `GpuBackend::new(cfg, weights, ctx,
-    // &GpuOptions { adapter: args.adapter, max_binding_bytes: None })` for Gpu, and try it
-    // first for Auto, falling back to the CPU on error (with a log::info of why).
+    // &GpuOptions { adapter: args.adapter, ..Default::default() })` (or `with_progress` for
+    // an upload bar) for Gpu, and try it first for Auto, falling back to the CPU on error
+    // (log::info of why). `ctx` sizes the GPU cache up front, hence the 4096 default.
     match args.backend {
         BackendKind::Cpu => cpu(),
         BackendKind::Gpu => Err(gpu_not_built()),
@@ -349,8 +350,8 @@ fn gpu_not_built() -> Error {
 }
 
 fn cmd_devices() -> Result<()> {
-    // GPU backend hook: print `gpu::context::list_adapters()` here, one per line with its
-    // index (the value of --adapter), name, backend and device type.
+    // GPU backend hook: print each line of `gpu::context::list_adapters()` (already
+    // numbered in --adapter order).
     Err(gpu_not_built())
 }
 
