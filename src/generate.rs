@@ -307,4 +307,31 @@ mod tests {
         assert_eq!(g.stop, StopReason::Interrupted);
         assert!(g.ids.is_empty());
     }
+
+    #[test]
+    fn reusing_a_cached_prefix_gives_the_same_reply() {
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let o = opts(5, SamplerOptions::greedy());
+        let first = tok.encode("The wind came from the north").unwrap();
+        let second = tok.encode("The wind came from the south, and").unwrap();
+        let shared = first
+            .iter()
+            .zip(&second)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(shared > 2 && shared < first.len());
+
+        let mut warm = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+        let g = generate(&mut warm, &tok, &first, 0, &o, None, &mut |_| {}).unwrap();
+        assert!(g.cache_len >= first.len());
+        let reused = generate(&mut warm, &tok, &second, shared, &o, None, &mut |_| {}).unwrap();
+        assert_eq!(reused.timings.prompt_tokens, second.len() - shared);
+
+        let mut cold = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+        let fresh = generate(&mut cold, &tok, &second, 0, &o, None, &mut |_| {}).unwrap();
+        assert_eq!(reused.ids, fresh.ids);
+    }
 }

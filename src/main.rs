@@ -658,8 +658,10 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
                 Ok(answer) => history.push(answer),
                 Err(e) if is_broken_pipe(&e) => return Err(e),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    // The turn is dropped; the cache may hold part of it, so start afresh.
+                    eprintln!("error: {e} (/reset clears the history)");
                     history.pop();
+                    cached.clear();
                 }
             }
         }

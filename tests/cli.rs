@@ -383,3 +383,51 @@ fn ctrl_c_stops_generation_with_timings() {
         "{stderr}"
     );
 }
+
+#[test]
+fn chat_keeps_history_and_reuses_the_cache() {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args([
+            "chat",
+            "-m",
+            path_str(&fixture("small2-q8_0.gguf")),
+            "-n",
+            "6",
+            "--seed",
+            "1",
+            "--backend",
+            "cpu",
+            "--verbose",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello there\nAnd again\n/reset\nFresh start\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // "[N prompt tokens, M reused from the cache]" per turn.
+    let turns: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.split_once(" prompt tokens, "))
+        .map(|(n, rest)| {
+            let m = rest.split_once(' ').unwrap().0;
+            (n.parse().unwrap(), m.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(turns.len(), 3, "{stderr}");
+    assert_eq!(turns[0].1, 0, "nothing cached before the first turn");
+    // The second prompt holds the first exchange: longer, and its start comes from the cache.
+    assert!(turns[1].0 > turns[0].0 && turns[1].1 >= 4, "{turns:?}");
+    // After /reset the history is gone: the prompt is short again.
+    assert!(turns[2].0 < turns[1].0, "{turns:?}");
+    assert!(stderr.contains("[history cleared]"));
+}
