@@ -8,5 +8,6 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod gguf;
+pub mod gpu;
 pub mod quant;
 pub mod weights;
