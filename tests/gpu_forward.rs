@@ -17,7 +17,9 @@ const F32_TOLERANCE: f64 = 1e-4;
 /// Enough for the longest case (284 tokens); small enough that a 1 MiB binding holds the cache.
 const CONTEXT: usize = 320;
 
-fn gpu_matches_reference(opts: &GpuOptions, label: &str) {
+/// Returns the dispatches per layer of each case's model.
+fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
+    let mut per_layer = Vec::new();
     for name in CASES {
         let case = load_case(name);
         let file = GgufFile::open(&case.gguf).unwrap();
@@ -25,7 +27,13 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) {
         let weights = Weights::from_gguf(&file, &cfg).unwrap();
         let mut gpu = GpuBackend::new(&cfg, &weights, CONTEXT, opts).unwrap();
         println!("{label}: {}", gpu.describe());
+        let t = std::time::Instant::now();
         let got = gpu.forward(&case.tokens, 0, true).unwrap();
+        println!(
+            "{label} {name}: {} tokens in {:.2?}",
+            case.tokens.len(),
+            t.elapsed()
+        );
         check_against_reference(&case, &got, F32_TOLERANCE, label);
 
         let mut cpu = CpuBackend::new(&cfg, &weights, CONTEXT, 0).unwrap();
@@ -40,12 +48,18 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) {
             max <= F32_TOLERANCE,
             "{label} {name}: GPU vs CPU rel L2 {max:.3e}"
         );
+        per_layer.push(gpu.stats().dispatches_per_layer.clone());
     }
+    per_layer
 }
 
 #[test]
 fn gpu_logits_match_reference_and_cpu_on_every_case() {
-    gpu_matches_reference(&GpuOptions::default(), "gpu");
+    let per_layer = gpu_matches_reference(&GpuOptions::default(), "gpu");
+    // Unsplit, every layer of every case runs its fixed set of dispatches.
+    for layers in per_layer {
+        assert!(layers.iter().all(|&n| n == 10 || n == 12), "{layers:?}");
+    }
 }
 
 /// A 1 MiB binding limit splits the LM head, the embedding and the expert stacks into
@@ -57,7 +71,14 @@ fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
         no_subgroups: true,
         ..Default::default()
     };
-    gpu_matches_reference(&opts, "gpu 1MiB bindings, no subgroups");
+    let per_layer = gpu_matches_reference(&opts, "gpu 1MiB bindings, no subgroups");
+    // small2's LM head, dense FFN and expert stacks exceed 1 MiB: more dispatches than unsplit.
+    let small2: usize = per_layer[2].iter().sum();
+    assert!(
+        small2 > 10 + 12,
+        "small2 per layer {:?}: nothing was split",
+        per_layer[2]
+    );
 }
 
 #[test]
