@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gpu;
 pub mod quant;
 pub mod sampler;
 pub mod synth;

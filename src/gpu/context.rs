@@ -1,0 +1,291 @@
+//! Instance, adapter and device: which GPU we run on and what it can do.
+//!
+//! The device is requested with the adapter's own limits (wgpu's defaults allow only 8
+//! storage buffers and 128 MiB bindings) and with the optional features we use when present.
+
+use crate::error::{Error, Result};
+use crate::gpu::shaders::Dispatch;
+
+/// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Index into [`list_adapters`]' order; `None` picks the high-performance adapter.
+    pub adapter: Option<usize>,
+    /// Force a lower storage-binding limit than the device's (tests use it to run the
+    /// paths that split large matrices into several bindings).
+    pub max_binding_bytes: Option<u64>,
+    /// Use the workgroup-memory reductions even when the device has subgroups (tests use it
+    /// to run the fallback; also a way around a driver with broken subgroup support).
+    pub no_subgroups: bool,
+}
+
+/// Optional features we enable when the adapter has them.
+const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY);
+
+/// No binding may reach 4 GiB: Metal mis-sizes such bindings silently, and WGSL indexes
+/// with u32. Keep a margin so byte counts stay below 2^32.
+const MAX_BINDING_EVER: u64 = (1 << 32) - 256;
+
+/// Workgroup size every kernel uses; subgroup reductions need the subgroup to divide it.
+pub const WORKGROUP_SIZE: u32 = 64;
+
+/// The device and what the kernels may assume about it.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Largest storage binding we create: the device limit, capped below 4 GiB and by
+    /// [`GpuOptions::max_binding_bytes`].
+    pub max_binding: u64,
+    /// Kernels reduce with subgroup builtins (else through workgroup memory).
+    pub subgroups: bool,
+    /// A small storage buffer bound where a kernel variant ignores a binding.
+    pub dummy: wgpu::Buffer,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle())
+}
+
+fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+fn describe_adapter(i: usize, a: &wgpu::Adapter) -> Vec<String> {
+    let info = a.get_info();
+    let l = a.limits();
+    let f = a.features();
+    let mib = |b: u64| format!("{} MiB", b >> 20);
+    let feats: Vec<&str> = [
+        (wgpu::Features::SUBGROUP, "subgroup"),
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+    ]
+    .iter()
+    .filter(|(flag, _)| f.contains(*flag))
+    .map(|(_, name)| *name)
+    .collect();
+    vec![
+        format!(
+            "[{i}] {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        ),
+        format!("    driver: {} {}", info.driver, info.driver_info),
+        format!(
+            "    features: {}; subgroup size {}..{}",
+            if feats.is_empty() {
+                "none of subgroup, shader-f16, timestamp-query".to_string()
+            } else {
+                feats.join(", ")
+            },
+            info.subgroup_min_size,
+            info.subgroup_max_size
+        ),
+        format!(
+            "    limits: storage binding {}, buffer {}, {} storage buffers per stage, workgroup memory {} B, {} invocations per workgroup",
+            mib(l.max_storage_buffer_binding_size),
+            mib(l.max_buffer_size),
+            l.max_storage_buffers_per_shader_stage,
+            l.max_compute_workgroup_storage_size,
+            l.max_compute_invocations_per_workgroup
+        ),
+    ]
+}
+
+/// Printable lines describing every adapter wgpu finds, in the order `--adapter` indexes.
+pub fn list_adapters() -> Vec<String> {
+    let list = adapters(&instance());
+    if list.is_empty() {
+        return vec!["no GPU adapter found (wgpu enumerated none on any backend)".into()];
+    }
+    list.iter()
+        .enumerate()
+        .flat_map(|(i, a)| describe_adapter(i, a))
+        .collect()
+}
+
+/// What a kernel launch needs the device to support.
+fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
+    let l = a.limits();
+    let info = a.get_info();
+    let need = WORKGROUP_SIZE.max(crate::gpu::kernels::argmax::WORKGROUP);
+    if l.max_compute_invocations_per_workgroup < need {
+        return Err(format!(
+            "{} allows {} invocations per workgroup, the kernels need {need}",
+            info.name, l.max_compute_invocations_per_workgroup
+        ));
+    }
+    if !a
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32)
+    {
+        return Err(format!(
+            "{} cannot run unpack2x16float (downlevel flag SHADER_F16_IN_F32), which reads the Q8_0 scales",
+            info.name
+        ));
+    }
+    if l.max_storage_buffers_per_shader_stage < 8 {
+        return Err(format!(
+            "{} allows {} storage buffers per stage, the kernels need 8",
+            info.name, l.max_storage_buffers_per_shader_stage
+        ));
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    pub fn new(opts: &GpuOptions) -> Result<GpuContext> {
+        let instance = instance();
+        let list = adapters(&instance);
+        let names = || {
+            if list.is_empty() {
+                "wgpu found no adapter on any backend (Vulkan, Metal, DX12, GL)".to_string()
+            } else {
+                let v: Vec<String> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let info = a.get_info();
+                        format!("[{i}] {} ({:?})", info.name, info.backend)
+                    })
+                    .collect();
+                format!("adapters found: {}", v.join(", "))
+            }
+        };
+        let adapter = match opts.adapter {
+            Some(i) => list
+                .get(i)
+                .cloned()
+                .ok_or_else(|| Error::Gpu(format!("adapter index {i} requested; {}", names())))?,
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| {
+                Error::Gpu(format!(
+                    "need a GPU adapter with compute shaders ({e}); {}",
+                    names()
+                ))
+            })?,
+        };
+        check_usable(&adapter).map_err(Error::Gpu)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("glm-flash"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let mut max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(MAX_BINDING_EVER);
+        if let Some(forced) = opts.max_binding_bytes {
+            max_binding = max_binding.min(forced);
+        }
+        max_binding &= !255;
+        // Subgroup reductions assume a subgroup fits the workgroup and divides it.
+        let subgroups = !opts.no_subgroups
+            && features.contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_max_size <= WORKGROUP_SIZE
+            && info.subgroup_min_size >= 1
+            && WORKGROUP_SIZE % info.subgroup_max_size == 0;
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(GpuContext {
+            dummy,
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            max_binding,
+            subgroups,
+        })
+    }
+
+    /// "NVIDIA H100 (Vulkan)"
+    pub fn describe(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+}
+
+impl GpuContext {
+    /// Records `dispatches` into one compute pass, submits and waits (tests and one-off work).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.wait()
+    }
+
+    /// Blocks until the GPU has finished everything submitted.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))
+    }
+
+    /// Copies `size` bytes of `buffer` (which needs COPY_SRC) back to the host.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        map_read(self, &staging, size)
+    }
+
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buffer, 4 * n as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// Maps a MAP_READ buffer whose copy has been submitted, waits, and copies its bytes out.
+pub fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait()?;
+    rx.recv()
+        .map_err(|_| Error::Gpu("buffer map callback never ran".into()))?
+        .map_err(|e| Error::Gpu(format!("cannot map a readback buffer: {e}")))?;
+    let out = staging
+        .get_mapped_range(0..size)
+        .map_err(|e| Error::Gpu(format!("cannot read a mapped buffer: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(out)
+}

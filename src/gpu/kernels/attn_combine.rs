@@ -1,0 +1,48 @@
+//! Launcher of `wgsl/attn_combine.wgsl`: merges the position chunks of `attn_partial` into
+//! each head's softmax-weighted latent context (`kqv`). Reference: `cpu::attention`.
+
+use crate::config::Config;
+use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::attn_partial;
+use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::upload::uniform;
+
+pub const SHADER: Shader = Shader {
+    name: "attn_combine",
+    source: include_str!("../../../wgsl/attn_combine.wgsl"),
+    bindings: &[Slot::Uniform, Slot::Uniform, Slot::Read, Slot::ReadWrite],
+    reduces: false,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    kv: u32,
+    max_chunks: u32,
+    _pad: [u32; 2],
+}
+
+pub fn dispatch(
+    ctx: &GpuContext,
+    pipes: &Pipelines,
+    cfg: &Config,
+    max_context: usize,
+    token: &wgpu::Buffer,
+    partial: &wgpu::Buffer,
+    kqv: &wgpu::Buffer,
+) -> Dispatch {
+    let params = uniform(
+        ctx,
+        "attn_combine params",
+        &Params {
+            kv: cfg.kv_lora_rank as u32,
+            max_chunks: attn_partial::chunks(max_context) as u32,
+            _pad: [0; 2],
+        },
+    );
+    pipes.get(ctx, SHADER, &[]).dispatch(
+        ctx,
+        &[&params, token, partial, kqv],
+        [cfg.n_heads as u32, 1, 1],
+    )
+}

@@ -1,0 +1,37 @@
+//! Launcher of `wgsl/embed.wgsl`: the token's embedding row, dequantized into x.
+//! Reference: `Matrix::dequantize_row`.
+
+use crate::gpu::context::GpuContext;
+use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::upload::{uniform, GpuMatrix};
+
+pub const SHADER: Shader = Shader {
+    name: "embed",
+    source: include_str!("../../../wgsl/embed.wgsl"),
+    bindings: &[
+        Slot::Uniform,
+        Slot::Uniform,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+    ],
+    reduces: false,
+};
+
+/// One dispatch per chunk of the table; the forward pass records the one holding the token
+/// and sets `TokenParams::embd_row` to the token's row within it.
+pub fn dispatches(
+    ctx: &GpuContext,
+    pipes: &Pipelines,
+    table: &GpuMatrix,
+    token: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+) -> Vec<Dispatch> {
+    let kernel = pipes.get(ctx, SHADER, &[("WEIGHTS_F32", flag(table.format.is_f32()))]);
+    let params = uniform(ctx, "embed params", &[table.cols as u32, 0, 0, 0]);
+    table
+        .chunks
+        .iter()
+        .map(|c| kernel.dispatch(ctx, &[&params, token, &c.quants, &c.scales, x], [1, 1, 1]))
+        .collect()
+}

@@ -1,0 +1,71 @@
+//! Launcher of `wgsl/ffn_down.wgsl`: the down projections of every expert a token uses,
+//! weighted by the route and added to the residual, in one dispatch per chunk.
+//! Reference: `cpu::ops::matvec` and the weighted sum of `cpu::moe_ffn`.
+
+use crate::gpu::context::GpuContext;
+use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::upload::{uniform, GpuMatrix};
+
+pub const SHADER: Shader = Shader {
+    name: "ffn_down",
+    source: include_str!("../../../wgsl/ffn_down.wgsl"),
+    bindings: &[
+        Slot::Uniform,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+    ],
+    reduces: true,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    hidden: u32,
+    ffn: u32,
+    slots: u32,
+    row_start: u32,
+    rows: u32,
+    _pad: [u32; 3],
+}
+
+/// `stack`: `[experts][hidden][ffn]`. `act`: [slots][ffn]. `route`: ids then weights of the
+/// slots. `x`: [hidden] residual, added to.
+#[allow(clippy::too_many_arguments)]
+pub fn dispatches(
+    ctx: &GpuContext,
+    pipes: &Pipelines,
+    stack: &GpuMatrix,
+    hidden: usize,
+    slots: usize,
+    act: &wgpu::Buffer,
+    route: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+) -> Vec<Dispatch> {
+    let kernel = pipes.get(ctx, SHADER, &[("WEIGHTS_F32", flag(stack.format.is_f32()))]);
+    stack
+        .chunks
+        .iter()
+        .map(|c| {
+            let params = uniform(
+                ctx,
+                "ffn_down params",
+                &Params {
+                    hidden: hidden as u32,
+                    ffn: stack.cols as u32,
+                    slots: slots as u32,
+                    row_start: c.row_start as u32,
+                    rows: c.rows as u32,
+                    _pad: [0; 3],
+                },
+            );
+            kernel.dispatch(
+                ctx,
+                &[&params, &c.quants, &c.scales, act, route, x],
+                [hidden.div_ceil(4) as u32, 1, 1],
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,96 @@
+//! Launcher of `wgsl/matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
+//! and per-head batching. Reference: `cpu::ops::matvec` (and `rmsnorm` for the prologue).
+
+use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::grid;
+use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::upload::{uniform, GpuMatrix};
+
+pub const SHADER: Shader = Shader {
+    name: "matvec",
+    source: include_str!("../../../wgsl/matvec.wgsl"),
+    bindings: &[
+        Slot::Uniform,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+    ],
+    reduces: true,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    row_offset: u32,
+    in_offset: u32,
+    group_rows: u32,
+    group_stride: u32,
+    eps: f32,
+    groups_x: u32,
+}
+
+/// How one mat-vec reads its input and writes its output.
+pub struct Matvec<'a> {
+    /// Input vector; the matrix reads `cols` values from `in_offset`.
+    pub input: &'a wgpu::Buffer,
+    pub in_offset: usize,
+    /// Per-head batching: rows `[g * rows, (g + 1) * rows)` read the input at
+    /// `in_offset + g * stride`. None: every row reads the same input.
+    pub groups: Option<(usize, usize)>,
+    /// RMSNorm prologue: input = rmsnorm(input) * weight.
+    pub norm: Option<(&'a wgpu::Buffer, f32)>,
+    pub out: &'a wgpu::Buffer,
+    /// Residual epilogue: out += W · input.
+    pub accumulate: bool,
+}
+
+pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec) -> Vec<Dispatch> {
+    let (group_rows, group_stride) = a.groups.unwrap_or((m.rows, 0));
+    assert!(
+        a.in_offset % 4 == 0 && group_stride % 4 == 0,
+        "matvec input must be vec4-aligned"
+    );
+    assert!(
+        a.groups.is_none() || (group_rows % 4 == 0 && a.norm.is_none()),
+        "batched matvec: groups must be whole workgroups and cannot be normed"
+    );
+    let kernel = pipes.get(
+        ctx,
+        SHADER,
+        &[
+            ("WEIGHTS_F32", flag(m.format.is_f32())),
+            ("NORM", flag(a.norm.is_some())),
+            ("ACCUMULATE", flag(a.accumulate)),
+        ],
+    );
+    let (norm_w, eps) = a.norm.unwrap_or((&ctx.dummy, 0.0));
+    m.chunks
+        .iter()
+        .map(|c| {
+            let (workgroups, groups_x) = grid(ctx, c.rows.div_ceil(4));
+            let params = uniform(
+                ctx,
+                "matvec params",
+                &Params {
+                    rows: c.rows as u32,
+                    cols: m.cols as u32,
+                    row_offset: c.row_start as u32,
+                    in_offset: a.in_offset as u32,
+                    group_rows: group_rows as u32,
+                    group_stride: group_stride as u32,
+                    eps,
+                    groups_x,
+                },
+            );
+            kernel.dispatch(
+                ctx,
+                &[&params, &c.quants, &c.scales, a.input, norm_w, a.out],
+                workgroups,
+            )
+        })
+        .collect()
+}

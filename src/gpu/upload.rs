@@ -1,0 +1,321 @@
+//! Weights on the GPU: repacked once at load into the layout the kernels read, split into
+//! row chunks so that no binding exceeds the device's limit.
+//!
+//! Q8_0 matrices become two arrays per chunk: the int8 quants, 4 per u32, row-major; and the
+//! f16 block scales, 2 per u32, row-major (see wgsl/matvec.wgsl). F32, F16 and BF16 matrices
+//! become f32. Activations, norms and small vectors are plain f32 buffers.
+
+use std::time::Instant;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::gpu::context::GpuContext;
+use crate::quant::{self, Q8_0_BLOCK};
+use crate::weights::Matrix;
+
+/// How a matrix is stored on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Q8_0,
+    F32,
+}
+
+impl Format {
+    /// Bytes one row of `cols` occupies in the largest array of a chunk.
+    pub fn row_bytes(self, cols: usize) -> u64 {
+        match self {
+            Format::Q8_0 => cols as u64,
+            Format::F32 => 4 * cols as u64,
+        }
+    }
+
+    /// The format for rows taken from matrices of these types: Q8_0 stays Q8_0, anything
+    /// else (or a mix) becomes f32.
+    pub fn for_types(types: &[GgmlType]) -> Format {
+        if types.iter().all(|&t| t == GgmlType::Q8_0) {
+            Format::Q8_0
+        } else {
+            Format::F32
+        }
+    }
+
+    pub fn is_f32(self) -> bool {
+        self == Format::F32
+    }
+}
+
+/// Rows `row_start..row_start + rows` of a GPU matrix, each array its own buffer.
+pub struct Chunk {
+    pub row_start: usize,
+    pub rows: usize,
+    /// Q8_0: quants; F32: the values.
+    pub quants: wgpu::Buffer,
+    /// Q8_0: f16 scales; F32: a 4-byte placeholder (bindings cannot be empty).
+    pub scales: wgpu::Buffer,
+}
+
+/// A `[rows][cols]` matrix in GPU layout, in one or more row chunks.
+pub struct GpuMatrix {
+    pub format: Format,
+    pub rows: usize,
+    pub cols: usize,
+    pub chunks: Vec<Chunk>,
+}
+
+/// One row of a GPU matrix: row `row` of `m`, columns `col_start..col_start + cols`.
+#[derive(Clone, Copy)]
+pub struct RowRef<'a> {
+    pub m: Matrix<'a>,
+    pub row: usize,
+    pub col_start: usize,
+}
+
+/// Upload byte counts and time, for progress and the load summary.
+pub struct Uploader<'p> {
+    pub bytes: u64,
+    pub total: u64,
+    pub started: Instant,
+    progress: Option<&'p mut dyn FnMut(u64, u64)>,
+}
+
+impl<'p> Uploader<'p> {
+    /// `total`: the bytes expected (for the progress callback, which gets (done, total)).
+    pub fn new(total: u64, progress: Option<&'p mut dyn FnMut(u64, u64)>) -> Self {
+        Uploader {
+            bytes: 0,
+            total,
+            started: Instant::now(),
+            progress,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.bytes += n;
+        if let Some(p) = self.progress.as_mut() {
+            p(self.bytes, self.total);
+        }
+    }
+
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+/// A storage buffer holding `data`, copyable both ways (tests poison and read them).
+pub fn storage_init(ctx: &GpuContext, label: &str, data: &[u8]) -> wgpu::Buffer {
+    // Bindings must be non-empty and a multiple of 4 bytes.
+    let mut padded;
+    let contents = if data.is_empty() || data.len() % 4 != 0 {
+        padded = data.to_vec();
+        padded.resize(data.len().div_ceil(4).max(1) * 4, 0);
+        &padded[..]
+    } else {
+        data
+    };
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+pub fn storage_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
+    storage_init(ctx, label, bytemuck::cast_slice(data))
+}
+
+/// A zeroed f32 storage buffer of `n` values; errors if it exceeds the binding limit.
+pub fn storage_zeroed(ctx: &GpuContext, label: &str, n: usize) -> Result<wgpu::Buffer> {
+    let size = (4 * n.max(1)) as u64;
+    if size > ctx.max_binding {
+        return Err(Error::Gpu(format!(
+            "{label} needs a {size}-byte binding; the limit is {} bytes",
+            ctx.max_binding
+        )));
+    }
+    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    }))
+}
+
+pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+impl GpuMatrix {
+    /// Builds a `[rows][cols]` matrix whose row i is `row_of(i)`, in chunks of a multiple of
+    /// `row_align` rows (so that groups the kernels read together stay in one chunk).
+    pub fn build<'a>(
+        ctx: &GpuContext,
+        label: &str,
+        format: Format,
+        rows: usize,
+        cols: usize,
+        row_align: usize,
+        up: &mut Uploader,
+        row_of: impl Fn(usize) -> RowRef<'a>,
+    ) -> Result<GpuMatrix> {
+        if format == Format::Q8_0 && cols % Q8_0_BLOCK != 0 {
+            return Err(Error::Gpu(format!(
+                "{label}: {cols} columns is not a multiple of the Q8_0 block ({Q8_0_BLOCK})"
+            )));
+        }
+        if cols % 16 != 0 {
+            return Err(Error::Gpu(format!(
+                "{label}: the kernels need a multiple of 16 columns, not {cols}"
+            )));
+        }
+        let row_bytes = format.row_bytes(cols);
+        // Multiples of 4 rows keep the kernels' 4-row workgroups in one chunk.
+        let align = lcm(row_align, 4);
+        let fit = (ctx.max_binding / row_bytes) as usize / align * align;
+        if fit == 0 {
+            return Err(Error::Gpu(format!(
+                "{label}: {align} rows of {row_bytes} bytes exceed the {}-byte binding limit",
+                ctx.max_binding
+            )));
+        }
+        let mut chunks = Vec::new();
+        let mut row_start = 0;
+        while row_start < rows {
+            let n = fit.min(rows - row_start);
+            let (q, s) = pack(format, cols, (row_start..row_start + n).map(&row_of));
+            up.add((q.len() + s.len()) as u64);
+            chunks.push(Chunk {
+                row_start,
+                rows: n,
+                quants: storage_init(ctx, label, &q),
+                scales: storage_init(ctx, label, &s),
+            });
+            row_start += n;
+        }
+        Ok(GpuMatrix {
+            format,
+            rows,
+            cols,
+            chunks,
+        })
+    }
+
+    /// A file matrix as it is.
+    pub fn from_matrix(
+        ctx: &GpuContext,
+        label: &str,
+        m: &Matrix,
+        up: &mut Uploader,
+    ) -> Result<GpuMatrix> {
+        let m = *m;
+        Self::build(
+            ctx,
+            label,
+            Format::for_types(&[m.ty]),
+            m.rows,
+            m.cols,
+            1,
+            up,
+            |r| RowRef {
+                m,
+                row: r,
+                col_start: 0,
+            },
+        )
+    }
+
+    /// File matrices of equal width stacked into one (rows of the first, then the second...).
+    pub fn concat(
+        ctx: &GpuContext,
+        label: &str,
+        parts: &[Matrix],
+        up: &mut Uploader,
+    ) -> Result<GpuMatrix> {
+        let cols = parts[0].cols;
+        if let Some(bad) = parts.iter().find(|m| m.cols != cols) {
+            return Err(Error::Gpu(format!(
+                "{label}: cannot stack a {}-column matrix under {cols}-column ones",
+                bad.cols
+            )));
+        }
+        let types: Vec<GgmlType> = parts.iter().map(|m| m.ty).collect();
+        let rows: usize = parts.iter().map(|m| m.rows).sum();
+        let parts = parts.to_vec();
+        Self::build(
+            ctx,
+            label,
+            Format::for_types(&types),
+            rows,
+            cols,
+            1,
+            up,
+            |mut r| {
+                for m in &parts {
+                    if r < m.rows {
+                        return RowRef {
+                            m: *m,
+                            row: r,
+                            col_start: 0,
+                        };
+                    }
+                    r -= m.rows;
+                }
+                unreachable!("row index checked against the total")
+            },
+        )
+    }
+}
+
+/// Repack rows into the GPU layout: (quants or f32 values, f16 scales).
+fn pack<'a>(
+    format: Format,
+    cols: usize,
+    rows: impl Iterator<Item = RowRef<'a>>,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut q = Vec::new();
+    let mut s = Vec::new();
+    let mut vals = vec![0f32; cols];
+    for r in rows {
+        let m = r.m;
+        let row = m.row(r.row);
+        let start = m.ty.bytes_for(r.col_start as u64).unwrap() as usize;
+        let len = m.ty.bytes_for(cols as u64).unwrap() as usize;
+        let bytes = &row[start..start + len];
+        match format {
+            Format::Q8_0 => {
+                debug_assert_eq!(m.ty, GgmlType::Q8_0);
+                for block in bytes.chunks_exact(34) {
+                    s.extend_from_slice(&block[..2]);
+                    q.extend_from_slice(&block[2..]);
+                }
+            }
+            Format::F32 => {
+                quant::dequantize(m.ty, bytes, &mut vals);
+                q.extend_from_slice(bytemuck::cast_slice(&vals));
+            }
+        }
+    }
+    (q, s)
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    a / gcd(a, b) * b
+}

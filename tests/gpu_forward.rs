@@ -1,0 +1,164 @@
+//! The GPU backend end to end, on whatever adapter wgpu finds (lavapipe in CI): against the
+//! fixtures' f64 reference, against the CPU backend, greedy decoding, the weight-splitting
+//! paths, and the per-token work counts. A missing adapter fails these tests.
+mod common;
+
+use common::*;
+use glm_flash::backend::Backend;
+use glm_flash::config::Config;
+use glm_flash::cpu::CpuBackend;
+use glm_flash::gguf::GgufFile;
+use glm_flash::gpu::{GpuBackend, GpuOptions};
+use glm_flash::weights::Weights;
+
+/// Fixtures README: an engine computing in f32 reaches rel L2 <= 1e-4 on every row.
+const F32_TOLERANCE: f64 = 1e-4;
+
+/// Enough for the longest case (284 tokens); small enough that a 1 MiB binding holds the cache.
+const CONTEXT: usize = 320;
+
+/// Returns the dispatches per layer of each case's model.
+fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
+    let mut per_layer = Vec::new();
+    for name in CASES {
+        let case = load_case(name);
+        let file = GgufFile::open(&case.gguf).unwrap();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let weights = Weights::from_gguf(&file, &cfg).unwrap();
+        let mut gpu = GpuBackend::new(&cfg, &weights, CONTEXT, opts).unwrap();
+        println!("{label}: {}", gpu.describe());
+        let t = std::time::Instant::now();
+        let got = gpu.forward(&case.tokens, 0, true).unwrap();
+        println!(
+            "{label} {name}: {} tokens in {:.2?}",
+            case.tokens.len(),
+            t.elapsed()
+        );
+        check_against_reference(&case, &got, F32_TOLERANCE, label);
+
+        let mut cpu = CpuBackend::new(&cfg, &weights, CONTEXT, 0).unwrap();
+        let want = cpu.forward(&case.tokens, 0, true).unwrap();
+        let rows = rel_l2_rows(&want, &got, case.vocab);
+        let max = rows.iter().cloned().fold(0f64, f64::max);
+        println!(
+            "{label} {name}: vs cpu rel L2 mean {:.3e} max {max:.3e}",
+            rows.iter().sum::<f64>() / rows.len() as f64
+        );
+        assert!(
+            max <= F32_TOLERANCE,
+            "{label} {name}: GPU vs CPU rel L2 {max:.3e}"
+        );
+        per_layer.push(gpu.stats().dispatches_per_layer.clone());
+    }
+    per_layer
+}
+
+#[test]
+fn gpu_logits_match_reference_and_cpu_on_every_case() {
+    let per_layer = gpu_matches_reference(&GpuOptions::default(), "gpu");
+    // Unsplit, every layer of every case runs its fixed set of dispatches.
+    for layers in per_layer {
+        assert!(layers.iter().all(|&n| n == 10 || n == 12), "{layers:?}");
+    }
+}
+
+/// A 1 MiB binding limit splits the LM head, the embedding and the expert stacks into
+/// several chunks (one dispatch each); the reductions use workgroup memory, not subgroups.
+#[test]
+fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
+    let opts = GpuOptions {
+        max_binding_bytes: Some(1 << 20),
+        no_subgroups: true,
+        ..Default::default()
+    };
+    let per_layer = gpu_matches_reference(&opts, "gpu 1MiB bindings, no subgroups");
+    // small2's LM head, dense FFN and expert stacks exceed 1 MiB: more dispatches than unsplit.
+    let small2: usize = per_layer[2].iter().sum();
+    assert!(
+        small2 > 10 + 12,
+        "small2 per layer {:?}: nothing was split",
+        per_layer[2]
+    );
+}
+
+#[test]
+fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
+    let case = load_case("tiny-q8_0.short");
+    let file = GgufFile::open(&case.gguf).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let mut gpu = GpuBackend::new(&cfg, &weights, 256, &GpuOptions::default()).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, 256, 0).unwrap();
+    let prompt = &case.tokens[..case.n_prompt];
+    let mut g = gpu.forward_argmax(prompt, 0).unwrap();
+    let mut c = cpu.forward_argmax(prompt, 0).unwrap();
+    let mut pos = prompt.len();
+    let mut generated = Vec::new();
+    for step in 0..32 {
+        assert_eq!(g, c, "step {step}: gpu {g} cpu {c} after {generated:?}");
+        generated.push(g);
+        g = gpu.forward_argmax(&[g], pos).unwrap();
+        c = cpu.forward_argmax(&[c], pos).unwrap();
+        pos += 1;
+    }
+    println!("greedy: {generated:?}");
+    // Greedy decoding reads back the 4-byte id only, in one submit of one pass.
+    let s = gpu.stats().last_token;
+    assert_eq!((s.submits, s.compute_passes, s.bytes_read_back), (1, 1, 4));
+}
+
+#[test]
+fn gpu_work_per_token_and_binding_discipline() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
+    gpu.forward_argmax(&[1, 2, 3], 0).unwrap();
+    let stats = gpu.stats().clone();
+    println!(
+        "per layer: {:?}; last token: {:?}",
+        stats.dispatches_per_layer, stats.last_token
+    );
+    for (l, &n) in stats.dispatches_per_layer.iter().enumerate() {
+        assert!(n <= 12, "layer {l}: {n} dispatches");
+    }
+    let layers: u64 = stats.dispatches_per_layer.iter().map(|&n| n as u64).sum();
+    // embedding + layers + LM head + argmax
+    assert_eq!(stats.last_token.dispatches, 1 + layers + 1 + 1);
+    assert_eq!(stats.total.submits, 3);
+    assert_eq!(stats.total.bytes_read_back, 4);
+    // Prefill tokens skip the LM head.
+    assert_eq!(stats.total.dispatches, 3 * (1 + layers) + 2);
+
+    let registry = gpu.pipelines();
+    assert!(!registry.is_empty());
+    for p in &registry {
+        assert!(p.bindings <= 30, "{} has {} bindings", p.name, p.bindings);
+        assert!(
+            p.storage_buffers <= 29,
+            "{} has {} storage buffers",
+            p.name,
+            p.storage_buffers
+        );
+    }
+    println!(
+        "{} pipelines, all within 30 bindings / 29 storage buffers",
+        registry.len()
+    );
+}
+
+#[test]
+fn gpu_rewind_recomputes_like_a_fresh_run() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
+    let first = gpu.forward(&[5, 6, 7, 8], 0, false).unwrap();
+    gpu.forward(&[9, 10], 4, false).unwrap();
+    let again = gpu.forward(&[7, 8], 2, false).unwrap();
+    assert_eq!(first, again);
+    assert!(
+        gpu.forward(&[1], 64, false).is_err(),
+        "position past the context must fail"
+    );
+}

@@ -1,0 +1,585 @@
+//! Kernel parity: every GPU kernel against its CPU op on random inputs, on whatever adapter
+//! wgpu finds (a missing adapter fails). Outputs are poisoned with NaN before each kernel so
+//! an element the kernel fails to write fails the comparison.
+//!
+//! Tolerance: max |gpu - cpu| <= TOL * max |cpu| (floor 1e-3): f32 sums in another order.
+mod common;
+
+use common::fixture;
+use glm_flash::config::Config;
+use glm_flash::cpu::ops;
+use glm_flash::gguf::{GgmlType, GgufFile};
+use glm_flash::gpu::kernels::{
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, moe_route,
+    rope_append, TokenParams,
+};
+use glm_flash::gpu::shaders::Pipelines;
+use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
+use glm_flash::gpu::{GpuContext, GpuOptions};
+use glm_flash::quant;
+use glm_flash::weights::Matrix;
+
+const TOL: f32 = 2e-5;
+
+/// xorshift64*: deterministic inputs without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 40;
+        v as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn check(label: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let mut worst = (0, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.is_finite(),
+            "{label}: element {i} is {g} (unwritten or NaN), want {w}"
+        );
+        let e = (g - w).abs();
+        if e > worst.1 {
+            worst = (i, e);
+        }
+    }
+    println!(
+        "{label}: max abs error {:.2e} (element {}) of scale {scale:.2e}",
+        worst.1, worst.0
+    );
+    assert!(
+        worst.1 <= TOL * scale,
+        "{label}: element {} off by {:.3e}",
+        worst.0,
+        worst.1
+    );
+}
+
+fn ctx(max_binding: Option<u64>, no_subgroups: bool) -> GpuContext {
+    GpuContext::new(&GpuOptions {
+        max_binding_bytes: max_binding,
+        no_subgroups,
+        ..Default::default()
+    })
+    .expect("a GPU adapter is required for these tests")
+}
+
+/// Both reduction variants (where the device has subgroups), each with a small binding
+/// limit so that matrices split into several chunks.
+fn contexts() -> Vec<(String, GpuContext)> {
+    let mut v = vec![(
+        "workgroup reductions".to_string(),
+        ctx(Some(16 << 10), true),
+    )];
+    let c = ctx(Some(16 << 10), false);
+    if c.subgroups {
+        v.push(("subgroup reductions".to_string(), c));
+    }
+    v
+}
+
+fn q8_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    quant::quantize_q8_0(&rng.vec(rows * cols), &mut bytes);
+    bytes
+}
+
+fn poison(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    storage_f32(ctx, "poisoned output", &vec![f32::NAN; n])
+}
+
+fn tiny_config() -> Config {
+    Config::from_gguf(&GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap()).unwrap()
+}
+
+#[test]
+fn matvec_matches_cpu_in_every_variant() {
+    let mut rng = Rng(1);
+    let (rows, cols) = (300, 256);
+    let q8 = q8_matrix(&mut rng, rows, cols);
+    let f32s: Vec<f32> = rng.vec(rows * cols);
+    let f32_bytes: Vec<u8> = bytemuck::cast_slice(&f32s).to_vec();
+    let mats = [
+        Matrix {
+            ty: GgmlType::Q8_0,
+            rows,
+            cols,
+            data: &q8,
+        },
+        Matrix {
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            data: &f32_bytes,
+        },
+    ];
+    let x = rng.vec(2 * cols + 64);
+    let norm_w = rng.vec(cols);
+    let base = rng.vec(rows);
+    for (label, ctx) in contexts() {
+        let p = Pipelines::new();
+        for m in &mats {
+            let gm = GpuMatrix::from_matrix(&ctx, "m", m, &mut Uploader::new(0, None)).unwrap();
+            assert!(
+                gm.chunks.len() > 1,
+                "the small binding limit must split the matrix"
+            );
+            let xb = storage_f32(&ctx, "x", &x);
+            let nb = storage_f32(&ctx, "norm", &norm_w);
+            // plain, from an offset
+            let out = poison(&ctx, rows);
+            let spec = matvec::Matvec {
+                input: &xb,
+                in_offset: 64,
+                groups: None,
+                norm: None,
+                out: &out,
+                accumulate: false,
+            };
+            let d = matvec::dispatches(&ctx, &p, &gm, &spec);
+            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            let want: Vec<f32> = (0..rows).map(|r| m.dot_row(r, &x[64..64 + cols])).collect();
+            check(
+                &format!("matvec {} {label}", m.ty),
+                &ctx.read_f32(&out, rows).unwrap(),
+                &want,
+            );
+
+            // RMSNorm prologue and residual epilogue
+            let out = storage_f32(&ctx, "out", &base);
+            let spec = matvec::Matvec {
+                input: &xb,
+                in_offset: 0,
+                groups: None,
+                norm: Some((&nb, 1e-5)),
+                out: &out,
+                accumulate: true,
+            };
+            let d = matvec::dispatches(&ctx, &p, &gm, &spec);
+            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            let mut h = vec![0f32; cols];
+            ops::rmsnorm(&x[..cols], &norm_w, 1e-5, &mut h);
+            let want: Vec<f32> = (0..rows).map(|r| base[r] + m.dot_row(r, &h)).collect();
+            check(
+                &format!("matvec norm+add {} {label}", m.ty),
+                &ctx.read_f32(&out, rows).unwrap(),
+                &want,
+            );
+
+            // per-head batching: groups of 100 rows read inputs 128 apart
+            let out = poison(&ctx, rows);
+            let spec = matvec::Matvec {
+                input: &xb,
+                in_offset: 0,
+                groups: Some((100, 128)),
+                norm: None,
+                out: &out,
+                accumulate: false,
+            };
+            let d = matvec::dispatches(&ctx, &p, &gm, &spec);
+            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            let want: Vec<f32> = (0..rows)
+                .map(|r| m.dot_row(r, &x[(r / 100) * 128..][..cols]))
+                .collect();
+            check(
+                &format!("matvec batched {} {label}", m.ty),
+                &ctx.read_f32(&out, rows).unwrap(),
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn embed_matches_dequantize_row() {
+    let mut rng = Rng(2);
+    let (rows, cols) = (200, 128);
+    let q8 = q8_matrix(&mut rng, rows, cols);
+    let m = Matrix {
+        ty: GgmlType::Q8_0,
+        rows,
+        cols,
+        data: &q8,
+    };
+    let ctx = ctx(Some(4 << 10), false);
+    let p = Pipelines::new();
+    let gm = GpuMatrix::from_matrix(&ctx, "embd", &m, &mut Uploader::new(0, None)).unwrap();
+    for token in [0usize, 77, 199] {
+        let chunk = gm
+            .chunks
+            .iter()
+            .rposition(|c| c.row_start <= token)
+            .unwrap();
+        let tok = uniform(
+            &ctx,
+            "token",
+            &TokenParams {
+                embd_row: (token - gm.chunks[chunk].row_start) as u32,
+                ..Default::default()
+            },
+        );
+        let x = poison(&ctx, cols);
+        let d = embed::dispatches(&ctx, &p, &gm, &tok, &x);
+        ctx.run(&[&d[chunk]]).unwrap();
+        let mut want = vec![0f32; cols];
+        m.dequantize_row(token, &mut want);
+        check(
+            &format!("embed token {token}"),
+            &ctx.read_f32(&x, cols).unwrap(),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn rope_append_matches_cpu_rope_and_norm() {
+    let cfg = tiny_config();
+    let mut rng = Rng(3);
+    let (heads, nope, rope, kv, q_lora) = (
+        cfg.n_heads,
+        cfg.qk_nope,
+        cfg.qk_rope,
+        cfg.kv_lora_rank,
+        cfg.q_lora_rank,
+    );
+    let head_dim = nope + rope;
+    let row = kv + rope;
+    let positions = 10;
+    for (label, ctx) in contexts() {
+        let p = Pipelines::new();
+        for pos in [0usize, 7, 9] {
+            let qkv_a = rng.vec(q_lora + row);
+            let q = rng.vec(heads * head_dim);
+            let kv_norm = rng.vec(kv);
+            let cache_init = rng.vec(positions * row);
+            let tok = uniform(
+                &ctx,
+                "token",
+                &TokenParams {
+                    pos: pos as u32,
+                    n_ctx: pos as u32 + 1,
+                    ..Default::default()
+                },
+            );
+            let cs = storage_init(
+                &ctx,
+                "rope",
+                bytemuck::cast_slice(&rope_append::rope_table(pos, rope, cfg.rope_base)),
+            );
+            let (kv_a_b, kv_norm_b, q_b, cache_b) = (
+                storage_f32(&ctx, "kv_a", &qkv_a),
+                storage_f32(&ctx, "kv_norm", &kv_norm),
+                storage_f32(&ctx, "q", &q),
+                storage_f32(&ctx, "cache", &cache_init),
+            );
+            let d = rope_append::dispatch(
+                &ctx, &p, &cfg, q_lora, &tok, &cs, &kv_a_b, &kv_norm_b, &q_b, &cache_b,
+            );
+            ctx.run(&[&d]).unwrap();
+            let mut want_q = q.clone();
+            for head in want_q.chunks_exact_mut(head_dim) {
+                ops::rope(&mut head[nope..], pos, cfg.rope_base);
+            }
+            let mut want_cache = cache_init.clone();
+            let new = &mut want_cache[pos * row..(pos + 1) * row];
+            ops::rmsnorm(
+                &qkv_a[q_lora..q_lora + kv],
+                &kv_norm,
+                cfg.rms_eps,
+                &mut new[..kv],
+            );
+            new[kv..].copy_from_slice(&qkv_a[q_lora + kv..]);
+            ops::rope(&mut new[kv..], pos, cfg.rope_base);
+            check(
+                &format!("rope q pos {pos} {label}"),
+                &ctx.read_f32(&q_b, q.len()).unwrap(),
+                &want_q,
+            );
+            check(
+                &format!("cache append pos {pos} {label}"),
+                &ctx.read_f32(&cache_b, cache_init.len()).unwrap(),
+                &want_cache,
+            );
+        }
+    }
+}
+
+/// Attention over the cache (attn_partial + attn_combine) against the CPU's per-head
+/// softmax, with the real per-head dims (kv 512, rope 64), from 1 position to past 8192.
+#[test]
+fn attention_matches_cpu_up_to_long_contexts() {
+    let mut cfg = tiny_config();
+    (cfg.n_heads, cfg.kv_lora_rank, cfg.qk_rope, cfg.qk_nope) = (4, 512, 64, 192);
+    let (heads, kv, rope, head_dim) = (
+        cfg.n_heads,
+        cfg.kv_lora_rank,
+        cfg.qk_rope,
+        cfg.qk_nope + cfg.qk_rope,
+    );
+    let row = kv + rope;
+    let max_context = 9000;
+    let mut rng = Rng(4);
+    let cache = rng.vec(max_context * row);
+    let q_abs = rng.vec(heads * kv);
+    let q: Vec<f32> = rng.vec(heads * head_dim).iter().map(|v| 4.0 * v).collect();
+    for (label, ctx) in contexts()
+        .into_iter()
+        .take(1)
+        .chain([("device defaults".to_string(), self::ctx(None, false))])
+    {
+        let p = Pipelines::new();
+        let (cache_b, q_abs_b, q_b) = (
+            storage_f32(&ctx, "cache", &cache),
+            storage_f32(&ctx, "q_abs", &q_abs),
+            storage_f32(&ctx, "q", &q),
+        );
+        let partial = poison(&ctx, attn_partial::partial_len(&cfg, max_context));
+        let kqv = poison(&ctx, heads * kv);
+        for n_ctx in [1usize, 300, 9000] {
+            let tok = uniform(
+                &ctx,
+                "token",
+                &TokenParams {
+                    pos: n_ctx as u32 - 1,
+                    n_ctx: n_ctx as u32,
+                    ..Default::default()
+                },
+            );
+            let dp = attn_partial::dispatch(
+                &ctx,
+                &p,
+                &cfg,
+                max_context,
+                &tok,
+                &q_abs_b,
+                &q_b,
+                &cache_b,
+                &partial,
+            );
+            let dc = attn_combine::dispatch(&ctx, &p, &cfg, max_context, &tok, &partial, &kqv);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                dp.record_sized(
+                    &mut pass,
+                    [attn_partial::chunks(n_ctx) as u32, heads as u32, 1],
+                );
+                dc.record(&mut pass);
+            }
+            ctx.queue.submit([enc.finish()]);
+            let got = ctx.read_f32(&kqv, heads * kv).unwrap();
+            let mut want = vec![0f32; heads * kv];
+            for h in 0..heads {
+                let qa = &q_abs[h * kv..(h + 1) * kv];
+                let qpe = &q[h * head_dim + cfg.qk_nope..(h + 1) * head_dim];
+                let mut kq: Vec<f32> = cache[..n_ctx * row]
+                    .chunks_exact(row)
+                    .map(|t| (ops::dot(qa, &t[..kv]) + ops::dot(qpe, &t[kv..])) * cfg.attn_scale())
+                    .collect();
+                ops::softmax(&mut kq);
+                for (pr, t) in kq.iter().zip(cache.chunks_exact(row)) {
+                    for (o, l) in want[h * kv..(h + 1) * kv].iter_mut().zip(&t[..kv]) {
+                        *o += pr * l;
+                    }
+                }
+            }
+            check(&format!("attention n_ctx {n_ctx} {label}"), &got, &want);
+        }
+    }
+}
+
+#[test]
+fn moe_route_matches_cpu_route_including_ties() {
+    let ctx = ctx(None, false);
+    let p = Pipelines::new();
+    let mut rng = Rng(5);
+    for (experts, k, shared, norm) in [
+        (16, 4, 1, true),
+        (64, 4, 1, true),
+        (8, 2, 0, false),
+        (64, 8, 2, true),
+    ] {
+        for trial in 0..4 {
+            let mut logits = rng.vec(experts);
+            let mut bias: Vec<f32> = rng.vec(experts).iter().map(|v| 0.1 * v).collect();
+            if trial % 2 == 1 {
+                // exact ties in the selection score: equal logits and biases
+                for e in (0..experts).step_by(3) {
+                    logits[e] = 0.25;
+                    bias[e] = 0.0;
+                }
+            }
+            let route = storage_init(&ctx, "route", &vec![0xffu8; 8 * (k + shared)]);
+            let d = moe_route::dispatch(
+                &ctx,
+                &p,
+                experts,
+                k,
+                shared,
+                norm,
+                1.8,
+                &storage_f32(&ctx, "l", &logits),
+                &storage_f32(&ctx, "b", &bias),
+                &route,
+            );
+            ctx.run(&[&d]).unwrap();
+            let got: Vec<u32> = bytemuck::pod_collect_to_vec(
+                &ctx.read_bytes(&route, 8 * (k + shared) as u64).unwrap(),
+            );
+            let want = ops::route(&logits, &bias, k, norm, 1.8);
+            let slots = k + shared;
+            let ids: Vec<usize> = got[..k].iter().map(|&i| i as usize).collect();
+            assert_eq!(
+                ids,
+                want.iter().map(|w| w.0).collect::<Vec<_>>(),
+                "experts {experts} trial {trial}"
+            );
+            let weights: Vec<f32> = got[slots..slots + k]
+                .iter()
+                .map(|&b| f32::from_bits(b))
+                .collect();
+            check(
+                &format!("route weights {experts}/{k}"),
+                &weights,
+                &want.iter().map(|w| w.1).collect::<Vec<_>>(),
+            );
+            for j in 0..shared {
+                assert_eq!(got[k + j] as usize, experts + j);
+                assert_eq!(f32::from_bits(got[slots + k + j]), 1.0);
+            }
+        }
+    }
+}
+
+/// The two expert kernels on an expert stack split over several chunks: SwiGLU gate/up with
+/// the norm prologue, then the weighted down projections added to the residual.
+#[test]
+fn expert_ffn_matches_cpu() {
+    let mut rng = Rng(6);
+    let (experts, ffn, hidden) = (6, 64, 128);
+    let gate = q8_matrix(&mut rng, experts * ffn, hidden);
+    let upm = q8_matrix(&mut rng, experts * ffn, hidden);
+    let down = q8_matrix(&mut rng, experts * hidden, ffn);
+    let (gate, upm, down) = (
+        Matrix {
+            ty: GgmlType::Q8_0,
+            rows: experts * ffn,
+            cols: hidden,
+            data: &gate,
+        },
+        Matrix {
+            ty: GgmlType::Q8_0,
+            rows: experts * ffn,
+            cols: hidden,
+            data: &upm,
+        },
+        Matrix {
+            ty: GgmlType::Q8_0,
+            rows: experts * hidden,
+            cols: ffn,
+            data: &down,
+        },
+    );
+    let x = rng.vec(hidden);
+    let norm_w = rng.vec(hidden);
+    let ids = [4u32, 1, 5];
+    let weights = [0.7f32, -0.4, 1.0];
+    let mut route: Vec<u32> = ids.to_vec();
+    route.extend(weights.iter().map(|w| w.to_bits()));
+    for (label, ctx) in contexts() {
+        let p = Pipelines::new();
+        let mut up = Uploader::new(0, None);
+        let gate_up = GpuMatrix::build(
+            &ctx,
+            "gate_up",
+            glm_flash::gpu::upload::Format::Q8_0,
+            experts * 2 * ffn,
+            hidden,
+            2,
+            &mut up,
+            |r| RowRef {
+                m: if r % 2 == 0 { gate } else { upm },
+                row: (r / (2 * ffn)) * ffn + (r % (2 * ffn)) / 2,
+                col_start: 0,
+            },
+        )
+        .unwrap();
+        let down_g = GpuMatrix::from_matrix(&ctx, "down", &down, &mut up).unwrap();
+        assert!(gate_up.chunks.len() > 1 && down_g.chunks.len() > 1);
+        let (xb, nb, rb) = (
+            storage_f32(&ctx, "x", &x),
+            storage_f32(&ctx, "n", &norm_w),
+            storage_init(&ctx, "route", bytemuck::cast_slice(&route)),
+        );
+        let act = poison(&ctx, ids.len() * ffn);
+        let d = ffn_gate_up::dispatches(
+            &ctx,
+            &p,
+            &gate_up,
+            ffn,
+            ids.len(),
+            &xb,
+            &nb,
+            1e-5,
+            &rb,
+            &act,
+        );
+        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        let mut h = vec![0f32; hidden];
+        ops::rmsnorm(&x, &norm_w, 1e-5, &mut h);
+        let mut want_act = Vec::new();
+        for &e in &ids {
+            let e = e as usize;
+            let mut g: Vec<f32> = (0..ffn).map(|i| gate.dot_row(e * ffn + i, &h)).collect();
+            let u: Vec<f32> = (0..ffn).map(|i| upm.dot_row(e * ffn + i, &h)).collect();
+            ops::swiglu(&mut g, &u);
+            want_act.extend(g);
+        }
+        check(
+            &format!("ffn_gate_up {label}"),
+            &ctx.read_f32(&act, want_act.len()).unwrap(),
+            &want_act,
+        );
+
+        let d = ffn_down::dispatches(&ctx, &p, &down_g, hidden, ids.len(), &act, &rb, &xb);
+        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        let mut want_x = x.clone();
+        for (s, &e) in ids.iter().enumerate() {
+            for (r, o) in want_x.iter_mut().enumerate() {
+                *o += weights[s]
+                    * down.dot_row(e as usize * hidden + r, &want_act[s * ffn..(s + 1) * ffn]);
+            }
+        }
+        check(
+            &format!("ffn_down {label}"),
+            &ctx.read_f32(&xb, hidden).unwrap(),
+            &want_x,
+        );
+    }
+}
+
+#[test]
+fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
+    let ctx = ctx(None, false);
+    let p = Pipelines::new();
+    let mut rng = Rng(7);
+    for n in [1usize, 255, 4096, 154880] {
+        let mut logits = rng.vec(n);
+        if n > 300 {
+            logits[n - 7] = 3.0; // a tie: the lower index wins
+            logits[290] = 3.0;
+        }
+        let result = storage_init(&ctx, "result", &[0xff; 4]);
+        let d = argmax::dispatch(&ctx, &p, n, &storage_f32(&ctx, "logits", &logits), &result);
+        ctx.run(&[&d]).unwrap();
+        let got = u32::from_le_bytes(ctx.read_bytes(&result, 4).unwrap().try_into().unwrap());
+        assert_eq!(got as usize, ops::argmax(&logits), "n = {n}");
+    }
+}

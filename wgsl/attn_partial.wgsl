@@ -1,0 +1,102 @@
+// Absorbed MLA attention over the latent cache, first pass (split over positions):
+// for head h and chunk c of CHUNK positions,
+//   score[t] = (q_abs[h] · latent[t] + q_pe[h] · k_pe[t]) * scale
+//   m = max score, l = Σ exp(score - m), ctx = Σ exp(score[t] - m) * latent[t]
+// written to partial[h][c] = [m, l, ctx[kv]]; attn_combine.wgsl merges the chunks.
+// Launcher: src/gpu/kernels/attn_partial.rs. Appended: a reduce_*.wgsl.
+// Grid: (chunks, heads); each invocation scores 4 positions (CHUNK = 4 * WG).
+
+const CHUNK: u32 = 4u * WG;
+/// Largest kv + rope (576 in GLM-4.7-Flash), in vec4.
+const MAX_ROW4: u32 = 256u;
+
+struct Params {
+    kv: u32,
+    rope: u32,
+    /// Stride of q between heads (nope + rope) and offset of q_pe within a head.
+    head_dim: u32,
+    nope: u32,
+    scale: f32,
+    /// Chunks per head in `partial` (the stride between heads).
+    max_chunks: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct Token {
+    pos: u32,
+    n_ctx: u32,
+    embd_row: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> tok: Token;
+/// [heads][kv]
+@group(0) @binding(2) var<storage, read> q_abs: array<f32>;
+/// [heads][nope + rope], q_pe already roped
+@group(0) @binding(3) var<storage, read> q: array<f32>;
+/// [positions][kv + rope]
+@group(0) @binding(4) var<storage, read> cache: array<vec4<f32>>;
+/// [heads][max_chunks][2 + kv]
+@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
+
+/// This head's [q_abs | q_pe].
+var<workgroup> qk: array<vec4<f32>, MAX_ROW4>;
+var<workgroup> probs: array<f32, CHUNK>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x;
+    let h = wid.y;
+    let row4 = (p.kv + p.rope) / 4u;
+    for (var j = lid; j < row4; j += WG) {
+        let i = 4u * j;
+        if (i < p.kv) {
+            let b = h * p.kv + i;
+            qk[j] = vec4<f32>(q_abs[b], q_abs[b + 1u], q_abs[b + 2u], q_abs[b + 3u]);
+        } else {
+            let b = h * p.head_dim + p.nope + i - p.kv;
+            qk[j] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+        }
+    }
+    workgroupBarrier();
+    let t0 = c * CHUNK;
+    var score = vec4<f32>(-3.0e38);
+    for (var k = 0u; k < 4u; k++) {
+        let t = t0 + lid + k * WG;
+        if (t < tok.n_ctx) {
+            var acc = 0.0;
+            for (var j = 0u; j < row4; j++) {
+                acc += dot(qk[j], cache[t * row4 + j]);
+            }
+            score[k] = acc * p.scale;
+        }
+    }
+    let m4 = reduce_max4(score, lid);
+    let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    var e = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        if (t0 + lid + k * WG < tok.n_ctx) {
+            e[k] = exp(score[k] - m);
+        }
+        probs[lid + k * WG] = e[k];
+    }
+    let l4 = reduce_sum4(e, lid);
+    let n = min(CHUNK, tok.n_ctx - t0);
+    let out = (h * p.max_chunks + c) * (2u + p.kv);
+    for (var j = lid; j < p.kv / 4u; j += WG) {
+        var acc = vec4<f32>(0.0);
+        for (var i = 0u; i < n; i++) {
+            acc += probs[i] * cache[(t0 + i) * row4 + j];
+        }
+        partial[out + 2u + 4u * j] = acc.x;
+        partial[out + 3u + 4u * j] = acc.y;
+        partial[out + 4u + 4u * j] = acc.z;
+        partial[out + 5u + 4u * j] = acc.w;
+    }
+    if (lid == 0u) {
+        partial[out] = m;
+        partial[out + 1u] = l4.x + l4.y + l4.z + l4.w;
+    }
+}

@@ -1,0 +1,53 @@
+// Embedding lookup: x = row `tok.embd_row` of the chunk of token_embd holding the token,
+// dequantized. Weight layout as in matvec.wgsl (Q8_0 or F32).
+// Launcher: src/gpu/kernels/embed.rs. Grid: 1 workgroup.
+
+const WG: u32 = 64u;
+
+override WEIGHTS_F32: bool = false;
+
+struct Params {
+    cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Token {
+    pos: u32,
+    n_ctx: u32,
+    embd_row: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> tok: Token;
+@group(0) @binding(2) var<storage, read> quants: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
+@group(0) @binding(4) var<storage, read_write> x: array<vec4<f32>>;
+
+fn q8(w: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    let row = tok.embd_row;
+    if (WEIGHTS_F32) {
+        let units = p.cols / 4u;
+        for (var u = lid; u < units; u += WG) {
+            x[u] = bitcast<vec4<f32>>(quants[row * units + u]);
+        }
+    } else {
+        let units = p.cols / 16u;
+        for (var u = lid; u < units; u += WG) {
+            let q = quants[row * units + u];
+            let si = row * (p.cols / 32u) + u / 2u;
+            let d = unpack2x16float(scales[si / 2u])[si % 2u];
+            x[4u * u] = d * q8(q.x);
+            x[4u * u + 1u] = d * q8(q.y);
+            x[4u * u + 2u] = d * q8(q.z);
+            x[4u * u + 3u] = d * q8(q.w);
+        }
+    }
+}
