@@ -8,7 +8,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use common::model_file::{micro_model, SplitMix64};
+use glm_flash::backend::Backend;
 use glm_flash::config::Config;
+use glm_flash::cpu::CpuBackend;
 use glm_flash::error::Error;
 use glm_flash::gguf::{GgmlType, GgufFile, ValueType};
 use glm_flash::weights::Weights;
@@ -760,8 +762,9 @@ struct Outcomes {
     loaded: usize,
 }
 
-/// Parse, then Config and Weights when the stage before succeeded; returns the stage that
-/// failed. Any panic inside is the caller's to catch.
+/// Parse, then Config and Weights when the stage before succeeded, and a forward pass of
+/// two tokens through what loads; counts the stage that failed. Any panic inside is the
+/// caller's to catch.
 fn load(bytes: Vec<u8>, out: &mut Outcomes) {
     let Ok(f) = parse(bytes) else {
         out.gguf_errors += 1;
@@ -771,15 +774,18 @@ fn load(bytes: Vec<u8>, out: &mut Outcomes) {
         out.config_errors += 1;
         return;
     };
-    match Weights::from_gguf(&f, &cfg) {
-        Ok(_) => out.loaded += 1,
-        Err(_) => out.weights_errors += 1,
-    }
+    let Ok(weights) = Weights::from_gguf(&f, &cfg) else {
+        out.weights_errors += 1;
+        return;
+    };
+    out.loaded += 1;
+    let mut cpu = CpuBackend::new(&cfg, &weights, 8, 1).unwrap();
+    let _ = cpu.forward(&[0, 1], 0, true);
 }
 
 /// Thousands of random corruptions of a valid micro model: every one parses or fails with
-/// an error, Config and Weights never panic on what parses, and no parse holds much more
-/// heap than the file's size.
+/// an error, Config, Weights and the CPU forward pass never panic on what parses, and no
+/// parse holds much more heap than the file's size.
 #[test]
 fn random_corruptions_never_panic() {
     const ITERATIONS: u64 = 20_000;
@@ -808,8 +814,9 @@ fn random_corruptions_never_panic() {
         if peak > worst_heap.0 {
             worst_heap = (peak, i);
         }
-        catch_unwind(AssertUnwindSafe(|| load(bytes, &mut out)))
-            .unwrap_or_else(|_| panic!("Config or Weights panicked: seed {SEED:#x} iteration {i}"));
+        catch_unwind(AssertUnwindSafe(|| load(bytes, &mut out))).unwrap_or_else(|_| {
+            panic!("Config, Weights or forward panicked: seed {SEED:#x} iteration {i}")
+        });
     }
     println!(
         "{out:?}; largest heap {} bytes (iteration {})",
@@ -824,18 +831,18 @@ fn random_corruptions_never_panic() {
     assert!(out.loaded > 0);
 }
 
-/// Writes the fuzzer's seed corpus (see fuzz/README.md): the micro model, and a small
-/// file with only metadata.
+/// Writes the fuzzer's seed corpus (see fuzz/README.md): two micro models (with and
+/// without general.alignment) and one file with only their metadata.
 #[test]
 #[ignore]
 fn write_fuzz_seeds() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf_reader");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("micro-model.gguf"), micro_bytes()).unwrap();
+    let mut default_alignment = micro_model(3);
+    default_alignment.remove("general.alignment");
+    std::fs::write(dir.join("micro-model-3.gguf"), default_alignment.to_bytes()).unwrap();
     let mut meta_only = micro_model(2);
     meta_only.tensors.clear();
     std::fs::write(dir.join("metadata-only.gguf"), meta_only.to_bytes()).unwrap();
-    let mut tied = micro_model(3);
-    tied.remove("general.alignment");
-    std::fs::write(dir.join("micro-model-3.gguf"), tied.to_bytes()).unwrap();
 }
