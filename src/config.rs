@@ -6,6 +6,9 @@ use crate::gguf::GgufFile;
 /// GGUF files of GLM-4.7-Flash declare this architecture.
 pub const ARCHITECTURE: &str = "deepseek2";
 
+/// The largest size or count `validate` accepts: products of two stay within 64 bits.
+pub const MAX_SIZE: usize = u32::MAX as usize;
+
 /// Length of one latent-cache row per layer and position: `kv_lora_rank + rope_dims`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -105,16 +108,27 @@ impl Config {
                 )));
             }
         }
-        let vocab = match f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
-            Some(t) => t.len(),
-            None => match f.tensor("token_embd.weight") {
-                Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
-                _ => {
-                    return Err(err(
-                        "missing tokenizer.ggml.tokens and token_embd.weight".into()
-                    ))
-                }
-            },
+        // The vocabulary is the tokenizer's token list; the embedding must have one row per
+        // token, or ids from the tokenizer would index past it (or leave rows unreachable).
+        let n_tokens = f.get_str_array("tokenizer.ggml.tokens")?.map(|t| t.len());
+        let embd_rows = match f.tensor("token_embd.weight") {
+            Some(t) if t.dims.len() == 2 => Some(t.dims[1]),
+            _ => None,
+        };
+        let vocab = match (n_tokens, embd_rows) {
+            (Some(n), Some(rows)) if n as u64 != rows => {
+                return Err(err(format!(
+                    "the tokenizer and the model disagree on the vocabulary: tokenizer.ggml.tokens has {n} tokens but token_embd.weight has {rows} rows"
+                )))
+            }
+            (Some(n), _) => n,
+            (None, Some(rows)) => usize::try_from(rows)
+                .map_err(|_| err(format!("token_embd.weight has {rows} rows")))?,
+            (None, None) => {
+                return Err(err(
+                    "missing tokenizer.ggml.tokens and token_embd.weight".into()
+                ))
+            }
         };
         let cfg = Config {
             n_layers: block_count - n_nextn_layers,
@@ -162,6 +176,29 @@ impl Config {
         for (name, v) in positive {
             if v == 0 {
                 return Err(format!("{name} is 0"));
+            }
+        }
+        // Products of two sizes (heads * head dim, experts * rows) must not overflow.
+        let sizes = [
+            ("block_count", self.n_layers),
+            ("embedding_length", self.hidden),
+            ("feed_forward_length", self.dense_ffn),
+            ("attention.head_count", self.n_heads),
+            ("attention.q_lora_rank", self.q_lora_rank),
+            ("attention.kv_lora_rank", self.kv_lora_rank),
+            ("attention.key_length_mla", self.qk_nope + self.qk_rope),
+            ("attention.value_length_mla", self.v_head),
+            ("expert_count", self.n_experts),
+            ("expert_shared_count", self.n_shared_experts),
+            ("expert_feed_forward_length", self.expert_ffn),
+            ("context_length", self.context_length),
+            ("vocabulary size", self.vocab),
+        ];
+        for (name, v) in sizes {
+            if v > MAX_SIZE {
+                return Err(format!(
+                    "{name} = {v} is larger than any model's (at most {MAX_SIZE})"
+                ));
             }
         }
         if self.n_dense_layers > self.n_layers {

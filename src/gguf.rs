@@ -329,7 +329,10 @@ impl GgufFile {
         if magic != MAGIC {
             return Err(r.err_at(
                 0,
-                format!("not a GGUF file: magic is {magic:?}, expected \"GGUF\""),
+                format!(
+                    "not a GGUF file: magic is \"{}\", expected \"GGUF\"",
+                    magic.escape_ascii()
+                ),
             ));
         }
         let version = r.u32("version")?;
@@ -346,36 +349,36 @@ impl GgufFile {
         r.check_count(kv_count, 13, "metadata key/value count")?;
         r.check_count(tensor_count, 32, "tensor count")?;
 
-        let mut metadata = Vec::with_capacity(kv_count as usize);
+        let mut metadata = Vec::with_capacity(prealloc(kv_count));
         let mut key_index = HashMap::new();
+        let mut alignment = DEFAULT_ALIGNMENT;
         for i in 0..kv_count {
-            let at = r.pos;
+            let at = r.pos as u64;
             let key = r.string(&format!("key of metadata entry {i}"))?;
             let vt = r.value_type(&key)?;
             let value = r.value(vt, &key, 0)?;
             if key_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(r.err_at(at as u64, format!("duplicate metadata key {key:?}")));
+                return Err(r.err_at(at, format!("duplicate metadata key {key:?}")));
+            }
+            if key == "general.alignment" {
+                alignment = match value {
+                    Value::U32(a) if a > 0 && a.is_power_of_two() => a as u64,
+                    ref other => {
+                        return Err(r.err_at(
+                            at,
+                            format!(
+                                "general.alignment must be a u32 power of two, found {:?} {}",
+                                other.value_type(),
+                                other.summary()
+                            ),
+                        ))
+                    }
+                };
             }
             metadata.push((key, value));
         }
 
-        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some((_, v)) => match v {
-                Value::U32(a) if *a > 0 && a.is_power_of_two() => *a as u64,
-                other => {
-                    return Err(r.err_at(
-                        0,
-                        format!(
-                            "general.alignment must be a u32 power of two, found {}",
-                            other.summary()
-                        ),
-                    ))
-                }
-            },
-        };
-
-        let mut raw = Vec::with_capacity(tensor_count as usize);
+        let mut raw = Vec::with_capacity(prealloc(tensor_count));
         let mut tensor_index = HashMap::new();
         for i in 0..tensor_count {
             let at = r.pos as u64;
@@ -611,6 +614,15 @@ struct Reader<'a> {
 /// Arrays nested deeper than this are refused (real files use depth 1).
 const MAX_ARRAY_DEPTH: u32 = 8;
 
+/// Capacity to reserve for `count` items read from the file. Counts are already bounded by
+/// the bytes that remain, but an in-memory item is larger than its smallest encoding (a
+/// `Value` is 32 bytes, a u8 in the file 1), so a count that the file only claims would
+/// still reserve many times the file size before the first short read. Reserve a bounded
+/// amount and let the vector grow with what is actually read.
+fn prealloc(count: u64) -> usize {
+    count.min(4096) as usize
+}
+
 impl<'a> Reader<'a> {
     fn err_at(&self, offset: u64, msg: String) -> Error {
         Error::Gguf {
@@ -719,7 +731,7 @@ impl<'a> Reader<'a> {
                     et.min_bytes(),
                     &format!("array length of metadata {key}:"),
                 )?;
-                let mut items = Vec::with_capacity(n as usize);
+                let mut items = Vec::with_capacity(prealloc(n));
                 for _ in 0..n {
                     items.push(self.value(et, key, depth + 1)?);
                 }
@@ -774,7 +786,12 @@ impl GgufWriter {
         out: &mut W,
         mut fill: impl FnMut(&TensorSpec, &mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let alignment = DEFAULT_ALIGNMENT;
+        // Honour a valid general.alignment (the reader aligns by it); anything else gets the
+        // default, so tests can still write files whose alignment key is malformed.
+        let alignment = match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
+            Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
+            _ => DEFAULT_ALIGNMENT,
+        };
         let mut header = Vec::new();
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&3u32.to_le_bytes());

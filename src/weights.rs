@@ -138,10 +138,11 @@ impl<'a> Weights<'a> {
             Some(_) => loader.matrix("output.weight", v, h)?,
             None => token_embd,
         };
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            layers.push(loader.layer(i, cfg)?);
-        }
+        // Not `with_capacity(n_layers)`: the count comes from the file, and a hostile
+        // block_count must fail at the first missing layer, not in the allocator.
+        let layers = (0..cfg.n_layers)
+            .map(|i| loader.layer(i, cfg))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Weights {
             token_embd,
             layers,

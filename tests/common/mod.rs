@@ -1,6 +1,8 @@
 //! Shared by the integration tests: the fixture cases and how logits are compared.
 #![allow(dead_code)]
 
+pub mod model_file;
+
 use std::path::PathBuf;
 
 pub fn fixture(name: &str) -> PathBuf {
