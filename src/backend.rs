@@ -2,6 +2,24 @@
 
 use crate::error::Result;
 
+/// Work of one token (or summed over tokens) on a GPU: what the design targets count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TokenStats {
+    pub dispatches: u64,
+    pub compute_passes: u64,
+    pub submits: u64,
+    pub bytes_read_back: u64,
+}
+
+impl std::ops::AddAssign for TokenStats {
+    fn add_assign(&mut self, o: TokenStats) {
+        self.dispatches += o.dispatches;
+        self.compute_passes += o.compute_passes;
+        self.submits += o.submits;
+        self.bytes_read_back += o.bytes_read_back;
+    }
+}
+
 pub trait Backend {
     /// A one-line description ("cpu, 2 threads", "gpu: NVIDIA H100 (Vulkan)").
     fn describe(&self) -> String;
@@ -20,4 +38,9 @@ pub trait Backend {
 
     /// Positions the cache can hold.
     fn max_context(&self) -> usize;
+
+    /// Dispatches, passes, submits and bytes read back by the last token (GPU backends).
+    fn last_token_stats(&self) -> Option<TokenStats> {
+        None
+    }
 }

@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, TokenStats};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Positions already in the cache when decode timing starts.
-    pub depth: usize,
+    /// Positions already in the cache when decode timing starts; one decode run each.
+    pub depths: Vec<usize>,
     /// Tokens decoded (timed one by one).
     pub decode_tokens: usize,
     /// Tokens of the timed prefill (0 skips it).
@@ -34,6 +34,8 @@ pub struct DecodeReport {
     pub bytes_per_token: u64,
     /// Weight bytes per token over the median token time.
     pub gb_per_s: f64,
+    /// Dispatches, passes, submits and read-back bytes of one decoded token (GPU only).
+    pub token_stats: Option<TokenStats>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -46,7 +48,7 @@ pub struct PrefillReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub backend: String,
-    pub decode: DecodeReport,
+    pub decode: Vec<DecodeReport>,
     pub prefill: Option<PrefillReport>,
 }
 
@@ -69,11 +71,11 @@ pub fn run(
     bytes_per_token: u64,
     opts: &BenchOptions,
 ) -> Result<BenchReport> {
-    let need = opts.depth + opts.warmup + opts.decode_tokens;
-    if need > backend.max_context() || opts.prefill_tokens > backend.max_context() {
+    let deepest = opts.depths.iter().copied().max().unwrap_or(0);
+    let need = (deepest + opts.warmup + opts.decode_tokens).max(opts.prefill_tokens);
+    if need > backend.max_context() {
         return Err(Error::Input(format!(
-            "the benchmark needs {} positions but the context holds {}",
-            need.max(opts.prefill_tokens),
+            "the benchmark needs {need} positions but the context holds {}",
             backend.max_context()
         )));
     }
@@ -94,13 +96,31 @@ pub fn run(
     } else {
         None
     };
+    let decode = opts
+        .depths
+        .iter()
+        .map(|&depth| decode_at(backend, vocab, bytes_per_token, depth, opts))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BenchReport {
+        backend: backend.describe(),
+        decode,
+        prefill,
+    })
+}
 
-    let mut pos = 0;
-    if opts.depth > 0 {
-        backend.forward_argmax(&token_stream(opts.depth, vocab), 0)?;
-        pos = opts.depth;
-    }
+/// Fills the cache to `depth` (untimed), then times decode steps one by one.
+fn decode_at(
+    backend: &mut dyn Backend,
+    vocab: usize,
+    bytes_per_token: u64,
+    depth: usize,
+    opts: &BenchOptions,
+) -> Result<DecodeReport> {
     let mut token = token_stream(1, vocab)[0];
+    if depth > 0 {
+        token = backend.forward_argmax(&token_stream(depth, vocab), 0)?;
+    }
+    let mut pos = depth;
     let mut times = Vec::with_capacity(opts.decode_tokens);
     for step in 0..opts.warmup + opts.decode_tokens {
         let start = Instant::now();
@@ -113,35 +133,37 @@ pub fn run(
     let total: f64 = times.iter().sum();
     times.sort_by(f64::total_cmp);
     let p50 = percentile(&times, 0.5);
-    Ok(BenchReport {
-        backend: backend.describe(),
-        decode: DecodeReport {
-            depth: opts.depth,
-            tokens: times.len(),
-            tokens_per_s: times.len() as f64 / total,
-            p50_ms: p50 * 1e3,
-            p95_ms: percentile(&times, 0.95) * 1e3,
-            bytes_per_token,
-            gb_per_s: bytes_per_token as f64 / p50 / 1e9,
-        },
-        prefill,
+    Ok(DecodeReport {
+        depth,
+        tokens: times.len(),
+        tokens_per_s: times.len() as f64 / total,
+        p50_ms: p50 * 1e3,
+        p95_ms: percentile(&times, 0.95) * 1e3,
+        bytes_per_token,
+        gb_per_s: bytes_per_token as f64 / p50 / 1e9,
+        token_stats: backend.last_token_stats(),
     })
 }
 
 impl BenchReport {
     /// A few aligned lines for the terminal.
     pub fn table(&self) -> String {
-        let d = &self.decode;
-        let mut s = format!(
-            "backend: {}\ndecode @ depth {:>6}: {:>8.2} tok/s  p50 {:>8.3} ms  p95 {:>8.3} ms  {:>7.1} MB/token  {:>7.2} GB/s\n",
-            self.backend,
-            d.depth,
-            d.tokens_per_s,
-            d.p50_ms,
-            d.p95_ms,
-            d.bytes_per_token as f64 / 1e6,
-            d.gb_per_s
-        );
+        let mut s = format!("backend: {}\n", self.backend);
+        for d in &self.decode {
+            s += &format!(
+                "decode @ depth {:>6}: {:>8.2} tok/s  p50 {:>8.3} ms  p95 {:>8.3} ms  {:>7.1} MB/token  {:>7.2} GB/s",
+                d.depth,
+                d.tokens_per_s,
+                d.p50_ms,
+                d.p95_ms,
+                d.bytes_per_token as f64 / 1e6,
+                d.gb_per_s
+            );
+            if let Some(t) = d.token_stats {
+                s += &format!("  {} dispatches/token", t.dispatches);
+            }
+            s += "\n";
+        }
         if let Some(p) = &self.prefill {
             s += &format!(
                 "prefill {:>6} tokens: {:>8.2} tok/s  ({:.3} s)\n",

@@ -18,6 +18,7 @@ use glm_flash::cpu::CpuBackend;
 use glm_flash::error::{Error, Result};
 use glm_flash::generate::{generate, GenerateOptions, Generation, StopReason};
 use glm_flash::gguf::GgufFile;
+use glm_flash::gpu::{self, GpuBackend, GpuOptions};
 use glm_flash::sampler::SamplerOptions;
 use glm_flash::synth::{self, Preset, SynthModel, SynthOptions};
 use glm_flash::tokenizer::Tokenizer;
@@ -261,9 +262,9 @@ struct SynthArgs {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// Positions in the cache before decode is timed.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    depth: usize,
+    /// Positions in the cache before decode is timed; a comma list runs one decode per depth.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0")]
+    depth: Vec<usize>,
     /// Decode steps timed.
     #[arg(long, value_name = "N", default_value_t = 32)]
     decode: usize,
@@ -331,28 +332,53 @@ fn make_backend<'a>(
     let cpu = || -> Result<Box<dyn Backend + 'a>> {
         Ok(Box::new(CpuBackend::new(cfg, weights, ctx, args.threads)?))
     };
-    // GPU backend hook: when src/gpu lands, build `GpuBackend::new(cfg, weights, ctx,
-    // &GpuOptions { adapter: args.adapter, ..Default::default() })` (or `with_progress` for
-    // an upload bar) for Gpu, and try it first for Auto, falling back to the CPU on error
-    // (log::info of why). `ctx` sizes the GPU cache up front, hence the 4096 default.
+    let gpu = || -> Result<Box<dyn Backend + 'a>> {
+        let opts = GpuOptions {
+            adapter: args.adapter,
+            ..Default::default()
+        };
+        let bar = progress_bar(0);
+        let mut progress = |done: u64, total: u64| {
+            bar.set_length(total);
+            bar.set_position(done);
+        };
+        let backend = GpuBackend::with_progress(cfg, weights, ctx, &opts, Some(&mut progress))?;
+        bar.finish_and_clear();
+        let stats = backend.stats();
+        log::info!(
+            "uploaded {:.2} GB of weights at {:.2} GB/s",
+            stats.upload_bytes as f64 / 1e9,
+            stats.upload_bytes_per_second / 1e9
+        );
+        Ok(Box::new(backend))
+    };
     match args.backend {
         BackendKind::Cpu => cpu(),
-        BackendKind::Gpu => Err(gpu_not_built()),
-        BackendKind::Auto => {
-            log::info!("{}; using the CPU", gpu_not_built());
+        BackendKind::Gpu => gpu(),
+        BackendKind::Auto => gpu().or_else(|e| {
+            eprintln!("no usable GPU ({e}); running on the CPU");
             cpu()
-        }
+        }),
     }
 }
 
-fn gpu_not_built() -> Error {
-    Error::Gpu("the GPU backend is not built yet".into())
+/// A byte progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid progress template"),
+    );
+    bar
 }
 
 fn cmd_devices() -> Result<()> {
-    // GPU backend hook: print each line of `gpu::context::list_adapters()` (already
-    // numbered in --adapter order).
-    Err(gpu_not_built())
+    for line in gpu::context::list_adapters() {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// A file's text, with the byte offset of the first invalid UTF-8 sequence if any.
@@ -591,6 +617,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         if a.verbose {
             eprintln!("generated ids: {}", join_ids(&g.ids));
             eprintln!("stop: {:?}", g.stop);
+            if let Some(t) = backend.last_token_stats() {
+                eprintln!(
+                    "per token: {} dispatches, {} compute passes, {} submits, {} bytes read back",
+                    t.dispatches, t.compute_passes, t.submits, t.bytes_read_back
+                );
+            }
         }
         eprintln!("{}", g.timings.summary());
         Ok(())
@@ -857,13 +889,7 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
     };
     let model = SynthModel::new(&opts)?;
     let total = model.tensor_bytes();
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid progress template"),
-    );
+    let bar = progress_bar(total);
     let start = Instant::now();
     // Written under a temporary name and renamed at the end, so an interrupted run never
     // leaves a truncated file under the requested name.
@@ -898,12 +924,13 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     let file = open_model(&a.model.path)?;
     let opts = BenchOptions {
-        depth: a.depth,
+        depths: a.depth.clone(),
         decode_tokens: a.decode,
         prefill_tokens: a.prefill,
         warmup: a.warmup,
     };
-    let need = (a.depth + a.warmup + a.decode).max(a.prefill);
+    let deepest = a.depth.iter().copied().max().unwrap_or(0);
+    let need = (deepest + a.warmup + a.decode).max(a.prefill);
     with_model(&file, |cfg, weights| {
         let mut backend = make_backend(&a.backend, cfg, weights, need)?;
         let report = bench::run(

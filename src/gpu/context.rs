@@ -47,12 +47,18 @@ pub struct GpuContext {
     pub dummy: wgpu::Buffer,
 }
 
+/// Vulkan, Metal and DX12 only: the GL backend lacks the storage-buffer counts and compute
+/// features the kernels need, and probing it prints windowing-system noise on headless hosts.
+const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
+
 fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle())
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = BACKENDS;
+    wgpu::Instance::new(desc)
 }
 
 fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    pollster::block_on(instance.enumerate_adapters(BACKENDS))
 }
 
 fn describe_adapter(i: usize, a: &wgpu::Adapter) -> Vec<String> {

@@ -23,23 +23,7 @@ use kernels::{
 use shaders::{Dispatch, PipelineInfo, Pipelines};
 use upload::{storage_f32, storage_zeroed, Format, GpuMatrix, RowRef, Uploader};
 
-/// Work of one token (or summed over tokens): what the design targets count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenStats {
-    pub dispatches: u64,
-    pub compute_passes: u64,
-    pub submits: u64,
-    pub bytes_read_back: u64,
-}
-
-impl std::ops::AddAssign for TokenStats {
-    fn add_assign(&mut self, o: TokenStats) {
-        self.dispatches += o.dispatches;
-        self.compute_passes += o.compute_passes;
-        self.submits += o.submits;
-        self.bytes_read_back += o.bytes_read_back;
-    }
-}
+pub use crate::backend::TokenStats;
 
 #[derive(Clone, Debug, Default)]
 pub struct GpuStats {
@@ -465,6 +449,10 @@ impl Backend for GpuBackend {
 
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    fn last_token_stats(&self) -> Option<TokenStats> {
+        Some(self.stats.last_token)
     }
 }
 
