@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Full-size benchmark on the GPU machine (see ../shared/device/README.md):
+#   - prebuilt binaries in .bin/ (cargo build --release; cp target/release/glm-flash .bin/)
+#   - the Vulkan loader .deb in .gl/
+# Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at context 128 and
+# 4096 and a 512-token prefill on the GPU, leaving JSON and logs under $OUT.
+#
+#   tools/bench-gpu.sh [MODEL_PATH]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/glm-flash-bench}
+mkdir -p "$OUT"
+MODEL=${1:-/tmp/glm-flash-full.gguf}
+BIN=.bin/glm-flash
+
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+
+"$BIN" devices | tee "$OUT/devices.txt"
+git rev-parse HEAD 2>/dev/null > "$OUT/commit.txt" || true
+
+if [ ! -f "$MODEL" ]; then
+    /usr/bin/time -v "$BIN" synth --preset full --out "$MODEL" 2> "$OUT/synth.log"
+fi
+ls -la "$MODEL"
+
+"$BIN" bench -m "$MODEL" --backend gpu --ctx 8192 \
+    --depth 128,4096 --decode 64 --warmup 4 --prefill 512 \
+    --json "$OUT/bench-gpu-full.json" 2>&1 | tee "$OUT/bench-gpu-full.txt"
