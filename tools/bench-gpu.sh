@@ -23,7 +23,9 @@ fi
 git rev-parse HEAD 2>/dev/null > "$OUT/commit.txt" || true
 
 if [ ! -f "$MODEL" ]; then
-    /usr/bin/time -v "$BIN" synth --preset full --out "$MODEL" 2> "$OUT/synth.log"
+    start=$(date +%s)
+    "$BIN" synth --preset full --out "$MODEL"
+    echo "synth: $(( $(date +%s) - start )) s"
 fi
 ls -la "$MODEL"
 
