@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Full-size benchmark on the GPU machine (see ../shared/device/README.md):
 #   - prebuilt binaries in .bin/ (cargo build --release; cp target/release/glm-flash .bin/)
-#   - the Vulkan loader .deb in .gl/
+#   - the Vulkan loader and glvnd .debs in .gl/ (the NVIDIA ICD lives in libGLX_nvidia,
+#     which needs glvnd's dispatch libraries; see /work/.library/device/README.md)
 # Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at context 128 and
 # 4096 and a 512-token prefill on the GPU, leaving JSON and logs under $OUT.
 #
@@ -17,6 +18,7 @@ for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
 
 "$BIN" devices | tee "$OUT/devices.txt"
