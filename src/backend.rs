@@ -20,6 +20,34 @@ impl std::ops::AddAssign for TokenStats {
     }
 }
 
+/// GPU time of each dispatch of one token, in recording order.
+#[derive(Clone, Debug)]
+pub struct TokenProfile {
+    pub dispatches: Vec<(&'static str, f64)>,
+}
+
+impl TokenProfile {
+    /// (kernel name, dispatches, seconds) summed per kernel, slowest first.
+    pub fn by_kernel(&self) -> Vec<(&'static str, usize, f64)> {
+        let mut sums: Vec<(&'static str, usize, f64)> = Vec::new();
+        for &(name, t) in &self.dispatches {
+            match sums.iter_mut().find(|s| s.0 == name) {
+                Some(s) => {
+                    s.1 += 1;
+                    s.2 += t;
+                }
+                None => sums.push((name, 1, t)),
+            }
+        }
+        sums.sort_by(|a, b| b.2.total_cmp(&a.2));
+        sums
+    }
+
+    pub fn total(&self) -> f64 {
+        self.dispatches.iter().map(|d| d.1).sum()
+    }
+}
+
 pub trait Backend {
     /// A one-line description ("cpu, 2 threads", "gpu: NVIDIA H100 (Vulkan)").
     fn describe(&self) -> String;
@@ -42,5 +70,11 @@ pub trait Backend {
     /// Dispatches, passes, submits and bytes read back by the last token (GPU backends).
     fn last_token_stats(&self) -> Option<TokenStats> {
         None
+    }
+
+    /// One greedy decode step with the GPU time of every dispatch (None where the backend
+    /// cannot time its work).
+    fn profile_token(&mut self, _token: u32, _pos: usize) -> Result<Option<TokenProfile>> {
+        Ok(None)
     }
 }

@@ -22,6 +22,16 @@ pub struct BenchOptions {
     pub prefill_tokens: usize,
     /// Untimed decode steps before timing.
     pub warmup: usize,
+    /// After each decode run, time every dispatch of one more token (GPU only).
+    pub profile: bool,
+}
+
+/// GPU time of one kernel's dispatches within a token.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub dispatches: usize,
+    pub microseconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,6 +46,8 @@ pub struct DecodeReport {
     pub gb_per_s: f64,
     /// Dispatches, passes, submits and read-back bytes of one decoded token (GPU only).
     pub token_stats: Option<TokenStats>,
+    /// Per-kernel GPU time of one token, slowest first (with `profile`).
+    pub kernels: Option<Vec<KernelTime>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -72,7 +84,8 @@ pub fn run(
     opts: &BenchOptions,
 ) -> Result<BenchReport> {
     let deepest = opts.depths.iter().copied().max().unwrap_or(0);
-    let need = (deepest + opts.warmup + opts.decode_tokens).max(opts.prefill_tokens);
+    let need = (deepest + opts.warmup + opts.decode_tokens + opts.profile as usize)
+        .max(opts.prefill_tokens);
     if need > backend.max_context() {
         return Err(Error::Input(format!(
             "the benchmark needs {need} positions but the context holds {}",
@@ -130,10 +143,24 @@ fn decode_at(
         }
         pos += 1;
     }
+    let kernels = match opts.profile {
+        true => backend.profile_token(token, pos)?.map(|p| {
+            p.by_kernel()
+                .into_iter()
+                .map(|(kernel, dispatches, t)| KernelTime {
+                    kernel,
+                    dispatches,
+                    microseconds: t * 1e6,
+                })
+                .collect()
+        }),
+        false => None,
+    };
     let total: f64 = times.iter().sum();
     times.sort_by(f64::total_cmp);
     let p50 = percentile(&times, 0.5);
     Ok(DecodeReport {
+        kernels,
         depth,
         tokens: times.len(),
         tokens_per_s: times.len() as f64 / total,
@@ -163,6 +190,12 @@ impl BenchReport {
                 s += &format!("  {} dispatches/token", t.dispatches);
             }
             s += "\n";
+            for k in d.kernels.iter().flatten() {
+                s += &format!(
+                    "    {:<16} {:>5} dispatches {:>10.1} us\n",
+                    k.kernel, k.dispatches, k.microseconds
+                );
+            }
         }
         if let Some(p) = &self.prefill {
             s += &format!(

@@ -277,6 +277,10 @@ struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// After each decode run, time every dispatch of one token and print the time per kernel
+    /// (GPU with timestamp queries only).
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -928,9 +932,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         decode_tokens: a.decode,
         prefill_tokens: a.prefill,
         warmup: a.warmup,
+        profile: a.profile,
     };
     let deepest = a.depth.iter().copied().max().unwrap_or(0);
-    let need = (deepest + a.warmup + a.decode).max(a.prefill);
+    let need = (deepest + a.warmup + a.decode + a.profile as usize).max(a.prefill);
     with_model(&file, |cfg, weights| {
         let mut backend = make_backend(&a.backend, cfg, weights, need)?;
         let report = bench::run(

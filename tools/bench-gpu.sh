@@ -32,5 +32,5 @@ fi
 ls -la "$MODEL"
 
 "$BIN" bench -m "$MODEL" --backend gpu --ctx 8192 \
-    --depth 128,4096 --decode 64 --warmup 4 --prefill 512 \
+    --depth 128,4096 --decode 64 --warmup 4 --prefill 512 --profile \
     --json "$OUT/bench-gpu-full.json" 2>&1 | tee "$OUT/bench-gpu-full.txt"

@@ -22,7 +22,8 @@ pub struct GpuOptions {
 /// Optional features we enable when the adapter has them.
 const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::SHADER_F16)
-    .union(wgpu::Features::TIMESTAMP_QUERY);
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
 /// No binding may reach 4 GiB: Metal mis-sizes such bindings silently, and WGSL indexes
 /// with u32. Keep a margin so byte counts stay below 2^32.

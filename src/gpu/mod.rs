@@ -23,7 +23,7 @@ use kernels::{
 use shaders::{Dispatch, PipelineInfo, Pipelines};
 use upload::{storage_f32, storage_zeroed, Format, GpuMatrix, RowRef, Uploader};
 
-pub use crate::backend::TokenStats;
+pub use crate::backend::{TokenProfile, TokenStats};
 
 #[derive(Clone, Debug, Default)]
 pub struct GpuStats {
@@ -129,25 +129,34 @@ enum Readback {
     Argmax,
 }
 
-/// Counts dispatches while recording one compute pass.
+/// Counts dispatches while recording one compute pass, and when profiling writes a GPU
+/// timestamp after each one.
 struct Recorder<'p> {
     pass: wgpu::ComputePass<'p>,
     dispatches: u64,
+    /// The query set and the name of each dispatch recorded so far (profiling only).
+    timestamps: Option<(&'p wgpu::QuerySet, Vec<&'static str>)>,
 }
 
 impl Recorder<'_> {
     fn run(&mut self, ds: &[Dispatch]) {
         for d in ds {
-            d.record(&mut self.pass);
+            self.run_sized(d, d.workgroups);
         }
-        self.dispatches += ds.len() as u64;
     }
 
     fn run_sized(&mut self, d: &Dispatch, workgroups: [u32; 3]) {
         d.record_sized(&mut self.pass, workgroups);
         self.dispatches += 1;
+        if let Some((queries, names)) = &mut self.timestamps {
+            names.push(d.name);
+            self.pass.write_timestamp(queries, names.len() as u32);
+        }
     }
 }
+
+/// Timestamps of one profiled token: at most this many dispatches are timed (wgpu's cap).
+const MAX_TIMESTAMPS: u32 = wgpu::QUERY_SET_MAX_QUERIES;
 
 pub struct GpuBackend {
     ctx: GpuContext,
@@ -301,6 +310,55 @@ impl GpuBackend {
 
     /// One token through every layer, recorded into one encoder and submitted once.
     fn token(&mut self, token: u32, pos: usize, read: Readback) -> Result<Vec<u8>> {
+        self.token_profiled(token, pos, read, None)
+    }
+
+    /// Runs one decode step (greedy) with a timestamp after every dispatch and returns the
+    /// GPU time of each. Needs TIMESTAMP_QUERY_INSIDE_PASSES.
+    pub fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {
+        let needed =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if !self.ctx.features.contains(needed) {
+            return Err(Error::Gpu(format!(
+                "{} cannot time dispatches (needs timestamp queries inside passes)",
+                self.ctx.describe()
+            )));
+        }
+        check_positions(&[token], pos, self.max_context, self.cfg.vocab)?;
+        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("dispatch timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: MAX_TIMESTAMPS,
+        });
+        let mut names = Vec::new();
+        self.token_profiled(token, pos, Readback::Argmax, Some((&queries, &mut names)))?;
+        let size = 8 * (names.len() as u64 + 1);
+        let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.resolve_query_set(&queries, 0..names.len() as u32 + 1, &resolved, 0);
+        self.ctx.queue.submit([enc.finish()]);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.ctx.read_bytes(&resolved, size)?);
+        let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+        let dispatches = names
+            .iter()
+            .zip(ticks.windows(2))
+            .map(|(&n, w)| (n, w[1].saturating_sub(w[0]) as f64 * period))
+            .collect();
+        Ok(TokenProfile { dispatches })
+    }
+
+    fn token_profiled(
+        &mut self,
+        token: u32,
+        pos: usize,
+        read: Readback,
+        profile: Option<(&wgpu::QuerySet, &mut Vec<&'static str>)>,
+    ) -> Result<Vec<u8>> {
         let (ctx, cfg, act) = (&self.ctx, &self.cfg, &self.act);
         let (embd_start, embed) = self
             .embed
@@ -334,7 +392,11 @@ impl GpuBackend {
                 })
                 .forget_lifetime(),
             dispatches: 0,
+            timestamps: profile.as_ref().map(|(q, _)| (*q, Vec::new())),
         };
+        if let Some((queries, _)) = &rec.timestamps {
+            rec.pass.write_timestamp(queries, 0);
+        }
         rec.run(std::slice::from_ref(embed)); // x = token_embd[token]
         for l in &self.layers {
             // attention (DESIGN steps 1-9)
@@ -362,6 +424,9 @@ impl GpuBackend {
             rec.run(std::slice::from_ref(&self.result_argmax));
         }
         let dispatches = rec.dispatches;
+        if let (Some((_, names)), Some((_, out))) = (rec.timestamps.take(), profile) {
+            *out = names;
+        }
         drop(rec);
         let (staging, size) = match read {
             Readback::Nothing => (None, 0),
@@ -453,6 +518,10 @@ impl Backend for GpuBackend {
 
     fn last_token_stats(&self) -> Option<TokenStats> {
         Some(self.stats.last_token)
+    }
+
+    fn profile_token(&mut self, token: u32, pos: usize) -> Result<Option<TokenProfile>> {
+        GpuBackend::profile_token(self, token, pos).map(Some)
     }
 }
 
