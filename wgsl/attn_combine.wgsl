@@ -1,10 +1,12 @@
 // Absorbed MLA attention, second pass: merge the chunks of attn_partial.wgsl into the
 // softmax-weighted latent context of each head:
 //   M = max_c m_c,  L = Σ_c exp(m_c - M) l_c,  kqv[h] = Σ_c exp(m_c - M) ctx_c / L
-// Launcher: src/gpu/kernels/attn_combine.rs. Grid: heads workgroups.
+// Launcher: src/gpu/kernels/attn_combine.rs. Grid: (heads, kv / WG); one invocation per
+// latent element, each recomputing its head's M and L (a few hundred cached reads).
 
 const WG: u32 = 64u;
-const CHUNK: u32 = 256u;
+/// Positions per chunk: attn_partial.wgsl's CHUNK.
+const CHUNK: u32 = 64u;
 
 struct Params {
     kv: u32,
@@ -30,6 +32,7 @@ struct Token {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
+    let d = wid.y * WG + lid;
     let chunks = (tok.n_ctx + CHUNK - 1u) / CHUNK;
     let stride = 2u + p.kv;
     let head = h * p.max_chunks * stride;
@@ -42,7 +45,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         l += exp(partial[head + c * stride] - m) * partial[head + c * stride + 1u];
     }
     let inv = 1.0 / l;
-    for (var d = lid; d < p.kv; d += WG) {
+    if (d < p.kv) {
         var acc = 0.0;
         for (var c = 0u; c < chunks; c++) {
             acc += exp(partial[head + c * stride] - m) * partial[head + c * stride + 2u + d];

@@ -4,9 +4,12 @@
 //   m = max score, l = Σ exp(score - m), ctx = Σ exp(score[t] - m) * latent[t]
 // written to partial[h][c] = [m, l, ctx[kv]]; attn_combine.wgsl merges the chunks.
 // Launcher: src/gpu/kernels/attn_partial.rs. Appended: a reduce_*.wgsl.
-// Grid: (chunks, heads); each invocation scores 4 positions (CHUNK = 4 * WG).
+// Grid: (chunks, heads). A workgroup takes CHUNK = WG positions: LANES invocations share
+// each position's score dot product (consecutive lanes read consecutive 16 bytes of the
+// cache row, so loads coalesce), then each invocation owns one position for the softmax.
 
-const CHUNK: u32 = 4u * WG;
+const CHUNK: u32 = WG;
+const LANES: u32 = 8u;
 /// Largest kv + rope (576 in GLM-4.7-Flash), in vec4.
 const MAX_ROW4: u32 = 256u;
 
@@ -43,7 +46,8 @@ struct Token {
 
 /// This head's [q_abs | q_pe].
 var<workgroup> qk: array<vec4<f32>, MAX_ROW4>;
-var<workgroup> probs: array<f32, CHUNK>;
+/// Per position, the LANES partial dot products; then probs[i] = part[i * LANES].
+var<workgroup> part: array<f32, CHUNK * LANES>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -62,33 +66,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     let t0 = c * CHUNK;
-    var score = vec4<f32>(-3.0e38);
-    for (var k = 0u; k < 4u; k++) {
-        let t = t0 + lid + k * WG;
-        if (t < tok.n_ctx) {
-            var acc = 0.0;
-            for (var j = 0u; j < row4; j++) {
-                acc += dot(qk[j], cache[t * row4 + j]);
-            }
-            score[k] = acc * p.scale;
-        }
-    }
-    let m4 = reduce_max4(score, lid);
-    let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
-    var e = vec4<f32>(0.0);
-    for (var k = 0u; k < 4u; k++) {
-        if (t0 + lid + k * WG < tok.n_ctx) {
-            e[k] = exp(score[k] - m);
-        }
-        probs[lid + k * WG] = e[k];
-    }
-    let l4 = reduce_sum4(e, lid);
     let n = min(CHUNK, tok.n_ctx - t0);
+    let lane = lid % LANES;
+    for (var i = lid / LANES; i < n; i += WG / LANES) {
+        let row = (t0 + i) * row4;
+        var acc = 0.0;
+        for (var j = lane; j < row4; j += LANES) {
+            acc += dot(qk[j], cache[row + j]);
+        }
+        part[i * LANES + lane] = acc;
+    }
+    workgroupBarrier();
+    var score = -3.0e38;
+    if (lid < n) {
+        var acc = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            acc += part[lid * LANES + l];
+        }
+        score = acc * p.scale;
+    }
+    let m = reduce_max4(vec4<f32>(score), lid).x;
+    var e = 0.0;
+    if (lid < n) {
+        e = exp(score - m);
+    }
+    let l = reduce_sum4(vec4<f32>(e, 0.0, 0.0, 0.0), lid).x;
+    workgroupBarrier(); // every sum of `part` above is done before it is overwritten
+    part[lid * LANES] = e;
+    workgroupBarrier();
     let out = (h * p.max_chunks + c) * (2u + p.kv);
     for (var j = lid; j < p.kv / 4u; j += WG) {
         var acc = vec4<f32>(0.0);
         for (var i = 0u; i < n; i++) {
-            acc += probs[i] * cache[(t0 + i) * row4 + j];
+            acc += part[i * LANES] * cache[(t0 + i) * row4 + j];
         }
         partial[out + 2u + 4u * j] = acc.x;
         partial[out + 3u + 4u * j] = acc.y;
@@ -97,6 +107,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (lid == 0u) {
         partial[out] = m;
-        partial[out + 1u] = l4.x + l4.y + l4.z + l4.w;
+        partial[out + 1u] = l;
     }
 }

@@ -2,7 +2,9 @@
 // experts with the largest s + bias (ties to the lower id); weights are the unbiased s of
 // those k, divided by their sum (clamped below at 6.1e-5) when NORM, times scale.
 // Shared experts follow as slots k.. with ids n_experts.. and weight 1.
-// Launcher: src/gpu/kernels/moe_route.rs. One invocation: k * n_experts comparisons.
+// Launcher: src/gpu/kernels/moe_route.rs. One workgroup: each invocation scores its experts,
+// then ranks each against all others (rank = experts that beat it), so the k experts of
+// rank < k land in selection order without a sort.
 //
 // route = [ids of the slots][weights of the slots as f32 bits]
 
@@ -24,38 +26,46 @@ struct Params {
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> route: array<u32>;
 
-@compute @workgroup_size(1)
-fn main() {
-    var chosen: array<bool, MAX_EXPERTS>;
-    var probs: array<f32, MAX_EXPERTS>;
-    for (var e = 0u; e < p.experts; e++) {
+const WG: u32 = 64u;
+
+var<workgroup> probs: array<f32, MAX_EXPERTS>;
+var<workgroup> scores: array<f32, MAX_EXPERTS>;
+var<workgroup> chosen: array<u32, MAX_EXPERTS>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    for (var e = lid; e < p.experts; e += WG) {
         probs[e] = 1.0 / (1.0 + exp(-logits[e]));
-        chosen[e] = false;
+        scores[e] = probs[e] + bias[e];
+    }
+    workgroupBarrier();
+    for (var e = lid; e < p.experts; e += WG) {
+        var rank = 0u;
+        for (var o = 0u; o < p.experts; o++) {
+            if (scores[o] > scores[e] || (scores[o] == scores[e] && o < e)) {
+                rank++;
+            }
+        }
+        if (rank < p.k) {
+            chosen[rank] = e;
+        }
+    }
+    workgroupBarrier();
+    if (lid != 0u) {
+        return;
     }
     let slots = p.k + p.n_shared;
     var sum = 0.0;
     for (var j = 0u; j < p.k; j++) {
-        var best = 0u;
-        var best_score = 0.0;
-        var found = false;
-        for (var e = 0u; e < p.experts; e++) {
-            let score = probs[e] + bias[e];
-            if (!chosen[e] && (!found || score > best_score)) {
-                best = e;
-                best_score = score;
-                found = true;
-            }
-        }
-        chosen[best] = true;
-        route[j] = best;
-        sum += probs[best];
+        sum += probs[chosen[j]];
     }
     var div = 1.0;
     if (p.norm != 0u) {
         div = max(sum, 6.1e-5);
     }
     for (var j = 0u; j < p.k; j++) {
-        route[slots + j] = bitcast<u32>(probs[route[j]] / div * p.scale);
+        route[j] = chosen[j];
+        route[slots + j] = bitcast<u32>(probs[chosen[j]] / div * p.scale);
     }
     for (var j = 0u; j < p.n_shared; j++) {
         route[p.k + j] = p.experts + j;

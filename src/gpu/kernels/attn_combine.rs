@@ -2,7 +2,7 @@
 //! each head's softmax-weighted latent context (`kqv`). Reference: `cpu::attention`.
 
 use crate::config::Config;
-use crate::gpu::context::GpuContext;
+use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::kernels::attn_partial;
 use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::uniform;
@@ -43,6 +43,10 @@ pub fn dispatch(
     pipes.get(ctx, SHADER, &[]).dispatch(
         ctx,
         &[&params, token, partial, kqv],
-        [cfg.n_heads as u32, 1, 1],
+        [
+            cfg.n_heads as u32,
+            cfg.kv_lora_rank.div_ceil(WORKGROUP_SIZE as usize) as u32,
+            1,
+        ],
     )
 }

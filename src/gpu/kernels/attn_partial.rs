@@ -20,8 +20,9 @@ pub const SHADER: Shader = Shader {
     reduces: true,
 };
 
-/// Positions per workgroup (4 per invocation); attn_combine.wgsl uses the same.
-pub const CHUNK: usize = 256;
+/// Positions per workgroup (one per invocation: the workgroup size); attn_combine.wgsl
+/// uses the same.
+pub const CHUNK: usize = crate::gpu::context::WORKGROUP_SIZE as usize;
 /// Largest cache row (kv + rope) the kernel holds in workgroup memory.
 pub const MAX_ROW: usize = 1024;
 
