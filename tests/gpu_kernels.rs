@@ -99,6 +99,51 @@ fn tiny_config() -> Config {
     Config::from_gguf(&GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap()).unwrap()
 }
 
+/// The LM head's shape class: enough rows that each workgroup takes 16 of them (the row
+/// count is not a multiple of 16, so the last workgroup is partial), with the norm prologue.
+#[test]
+fn matvec_with_many_rows_per_workgroup_matches_cpu() {
+    let mut rng = Rng(7);
+    let (rows, cols) = (32768 + 13, 64);
+    let q8 = q8_matrix(&mut rng, rows, cols);
+    let m = Matrix {
+        ty: GgmlType::Q8_0,
+        rows,
+        cols,
+        data: &q8,
+    };
+    let x = rng.vec(cols);
+    let norm_w = rng.vec(cols);
+    for reductions_in_workgroup_memory in [true, false] {
+        let ctx = ctx(None, reductions_in_workgroup_memory);
+        let p = Pipelines::new();
+        let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+        let (xb, nb) = (
+            storage_f32(&ctx, "x", &x),
+            storage_f32(&ctx, "norm", &norm_w),
+        );
+        let out = poison(&ctx, rows);
+        let spec = matvec::Matvec {
+            input: &xb,
+            in_offset: 0,
+            groups: None,
+            norm: Some((&nb, 1e-5)),
+            out: &out,
+            accumulate: false,
+        };
+        let d = matvec::dispatches(&ctx, &p, &gm, &spec);
+        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        let mut normed = vec![0f32; cols];
+        glm_flash::cpu::ops::rmsnorm(&x, &norm_w, 1e-5, &mut normed);
+        let want: Vec<f32> = (0..rows).map(|r| m.dot_row(r, &normed)).collect();
+        check(
+            &format!("matvec {rows} rows, workgroup reductions {reductions_in_workgroup_memory}"),
+            &ctx.read_f32(&out, rows).unwrap(),
+            &want,
+        );
+    }
+}
+
 #[test]
 fn matvec_matches_cpu_in_every_variant() {
     let mut rng = Rng(1);

@@ -12,9 +12,12 @@
 // (per-head batched mat-vecs: k_b, v_b; a plain mat-vec has one group).
 // Prologue NORM: input = rmsnorm(x) * norm_w, with 1/rms applied to the finished dot product.
 // Epilogue ACCUMULATE: out += result (the residual add); else out = result.
-// Each workgroup computes 4 consecutive rows, one per vec4 lane.
+// Each workgroup computes ROWS consecutive rows, 4 at a time (one per vec4 lane); large
+// matrices use more rows per workgroup so the NORM prologue and the workgroup start are
+// paid once per ROWS rows, not per 4.
 
 override WEIGHTS_F32: bool = false;
+override ROWS: u32 = 4u;
 override NORM: bool = false;
 override ACCUMULATE: bool = false;
 
@@ -77,7 +80,7 @@ fn row_partial(row: u32, base: u32, lid: u32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let first = (wid.x + wid.y * p.groups_x) * 4u;
+    let first_group = (wid.x + wid.y * p.groups_x) * ROWS;
     var scale = 1.0;
     if (NORM) {
         let base = p.in_offset / 4u;
@@ -89,21 +92,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let s = reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x;
         scale = inverseSqrt(s / f32(p.cols) + p.eps);
     }
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < 4u; k++) {
-        let row = first + k;
-        if (row < p.rows) {
-            let group = (p.row_offset + row) / p.group_rows;
-            acc[k] = row_partial(row, (p.in_offset + group * p.group_stride) / 4u, lid);
+    for (var g = 0u; g < ROWS; g += 4u) {
+        let first = first_group + g;
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < 4u; k++) {
+            let row = first + k;
+            if (row < p.rows) {
+                let group = (p.row_offset + row) / p.group_rows;
+                acc[k] = row_partial(row, (p.in_offset + group * p.group_stride) / 4u, lid);
+            }
         }
-    }
-    let total = reduce_sum4(acc, lid) * scale;
-    if (lid < 4u && first + lid < p.rows) {
-        let o = p.row_offset + first + lid;
-        if (ACCUMULATE) {
-            out[o] += total[lid];
-        } else {
-            out[o] = total[lid];
+        let total = reduce_sum4(acc, lid) * scale;
+        if (lid < 4u && first + lid < p.rows) {
+            let o = p.row_offset + first + lid;
+            if (ACCUMULATE) {
+                out[o] += total[lid];
+            } else {
+                out[o] = total[lid];
+            }
         }
     }
 }

@@ -139,17 +139,18 @@ struct Recorder<'p> {
 }
 
 impl Recorder<'_> {
-    fn run(&mut self, ds: &[Dispatch]) {
+    /// Records the dispatches computing the intermediate `name` (llama.cpp's names).
+    fn run(&mut self, name: &'static str, ds: &[Dispatch]) {
         for d in ds {
-            self.run_sized(d, d.workgroups);
+            self.run_sized(name, d, d.workgroups);
         }
     }
 
-    fn run_sized(&mut self, d: &Dispatch, workgroups: [u32; 3]) {
+    fn run_sized(&mut self, name: &'static str, d: &Dispatch, workgroups: [u32; 3]) {
         d.record_sized(&mut self.pass, workgroups);
         self.dispatches += 1;
         if let Some((queries, names)) = &mut self.timestamps {
-            names.push(d.name);
+            names.push(name);
             self.pass.write_timestamp(queries, names.len() as u32);
         }
     }
@@ -397,31 +398,38 @@ impl GpuBackend {
         if let Some((queries, _)) = &rec.timestamps {
             rec.pass.write_timestamp(queries, 0);
         }
-        rec.run(std::slice::from_ref(embed)); // x = token_embd[token]
+        rec.run("inp_embd", std::slice::from_ref(embed)); // x = token_embd[token]
         for l in &self.layers {
             // attention (DESIGN steps 1-9)
-            rec.run(&l.attn_qkv_a); // [q_a | kv_cmpr | k_pe] = [q_a; kv_a] · rmsnorm(x) * attn_norm
-            rec.run(&l.attn_q_b); // q = q_b · rmsnorm(q_a) * q_a_norm
-            rec.run(std::slice::from_ref(&l.rope_append)); // rope q_pe, k_pe; cache[pos] = [rmsnorm(kv_cmpr) | k_pe]
-            rec.run(&l.q_nope_absorbed); // q_nope_absorbed[h] = k_b[h] · q_nope[h]
+            // [q_a | kv_cmpr | k_pe] = [q_a; kv_a] · rmsnorm(x) * attn_norm
+            rec.run("q_a+kv_cmpr_pe", &l.attn_qkv_a);
+            rec.run("q", &l.attn_q_b); // q = q_b · rmsnorm(q_a) * q_a_norm
+                                       // rope q_pe, k_pe; cache[pos] = [rmsnorm(kv_cmpr) | k_pe]
+            rec.run("q_pe+kv_cache", std::slice::from_ref(&l.rope_append));
+            rec.run("q_nope_absorbed", &l.q_nope_absorbed); // q_nope_absorbed[h] = k_b[h] · q_nope[h]
             let chunks = attn_partial::chunks(n_ctx) as u32;
-            rec.run_sized(&l.attn_partial, [chunks, cfg.n_heads as u32, 1]); // scores, softmax per chunk
-            rec.run(std::slice::from_ref(&l.attn_combine)); // kqv[h] = Σ_t p[h][t] · latent[t]
-            rec.run(&l.attn_v_b); // kqv_out[h] = v_b[h] · kqv[h]
-            rec.run(&l.attn_output); // x += attn_output · kqv_out
-                                     // feed-forward (DESIGN step 10)
+            // scores, softmax and context per chunk of positions
+            rec.run_sized(
+                "kq_partial",
+                &l.attn_partial,
+                [chunks, cfg.n_heads as u32, 1],
+            );
+            rec.run("kqv", std::slice::from_ref(&l.attn_combine)); // kqv[h] = Σ_t p[h][t] · latent[t]
+            rec.run("kqv_out", &l.attn_v_b); // kqv_out[h] = v_b[h] · kqv[h]
+            rec.run("attn_out", &l.attn_output); // x += attn_output · kqv_out
+                                                 // feed-forward (DESIGN step 10)
             if let Some((logits, route)) = &l.ffn_route {
-                rec.run(logits); // ffn_moe_logits = router · rmsnorm(x) * ffn_norm
-                rec.run(std::slice::from_ref(route)); // ffn_moe_route = top-k ids and weights
+                rec.run("ffn_moe_logits", logits); // router · rmsnorm(x) * ffn_norm
+                rec.run("ffn_moe_route", std::slice::from_ref(route)); // top-k ids and weights
             }
-            rec.run(&l.ffn_gate_up); // act[s] = silu(gate_e · h) * (up_e · h)
-            rec.run(&l.ffn_down); // x += Σ_s w_s · down_e · act[s]
+            rec.run("ffn_gate_up", &l.ffn_gate_up); // act[s] = silu(gate_e · h) * (up_e · h)
+            rec.run("ffn_down", &l.ffn_down); // x += Σ_s w_s · down_e · act[s]
         }
         if read != Readback::Nothing {
-            rec.run(&self.result_output); // result_output = output · rmsnorm(x) * output_norm
+            rec.run("result_output", &self.result_output); // output · rmsnorm(x) * output_norm
         }
         if read == Readback::Argmax {
-            rec.run(std::slice::from_ref(&self.result_argmax));
+            rec.run("result_argmax", std::slice::from_ref(&self.result_argmax));
         }
         let dispatches = rec.dispatches;
         if let (Some((_, names)), Some((_, out))) = (rec.timestamps.take(), profile) {

@@ -48,6 +48,16 @@ pub struct Matvec<'a> {
     pub accumulate: bool,
 }
 
+/// Rows per workgroup: 16 for matrices with rows enough to fill any GPU many times over
+/// (the LM head), 4 otherwise so that 2048-row matrices still spread over every core.
+fn rows_per_workgroup(rows: usize) -> usize {
+    if rows >= 32768 {
+        16
+    } else {
+        4
+    }
+}
+
 pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec) -> Vec<Dispatch> {
     let (group_rows, group_stride) = a.groups.unwrap_or((m.rows, 0));
     assert!(
@@ -58,20 +68,22 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
         a.groups.is_none() || (group_rows % 4 == 0 && a.norm.is_none()),
         "batched matvec: groups must be whole workgroups and cannot be normed"
     );
-    let kernel = pipes.get(
-        ctx,
-        SHADER,
-        &[
-            ("WEIGHTS_F32", flag(m.format.is_f32())),
-            ("NORM", flag(a.norm.is_some())),
-            ("ACCUMULATE", flag(a.accumulate)),
-        ],
-    );
     let (norm_w, eps) = a.norm.unwrap_or((&ctx.dummy, 0.0));
     m.chunks
         .iter()
         .map(|c| {
-            let (workgroups, groups_x) = grid(ctx, c.rows.div_ceil(4));
+            let rows_per_wg = rows_per_workgroup(c.rows);
+            let kernel = pipes.get(
+                ctx,
+                SHADER,
+                &[
+                    ("WEIGHTS_F32", flag(m.format.is_f32())),
+                    ("NORM", flag(a.norm.is_some())),
+                    ("ACCUMULATE", flag(a.accumulate)),
+                    ("ROWS", rows_per_wg as f64),
+                ],
+            );
+            let (workgroups, groups_x) = grid(ctx, c.rows.div_ceil(rows_per_wg));
             let params = uniform(
                 ctx,
                 "matvec params",
