@@ -10,7 +10,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::{Backend, TokenStats};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::weights::{DenseFfn, Ffn, Matrix, Weights};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -32,6 +34,52 @@ pub struct KernelTime {
     pub kernel: &'static str,
     pub dispatches: usize,
     pub microseconds: f64,
+    /// Bytes of weights (or cache) these dispatches read, where known.
+    pub bytes: Option<u64>,
+    pub gb_per_s: Option<f64>,
+}
+
+/// Bytes one token's dispatches of a profiled role read, summed over layers: the weights of
+/// its mat-vecs (the experts a token uses for the FFN), or the latent cache for attention.
+pub fn role_bytes(cfg: &Config, w: &Weights, role: &str, n_ctx: usize) -> Option<u64> {
+    let m = |m: &Matrix| m.data.len() as u64;
+    let dense = |d: &DenseFfn, up: bool| {
+        if up {
+            m(&d.gate) + m(&d.up)
+        } else {
+            m(&d.down)
+        }
+    };
+    let per_layer = |f: &dyn Fn(&crate::weights::Layer) -> u64| w.layers.iter().map(f).sum::<u64>();
+    let ffn = |up: bool| {
+        per_layer(&|l| match &l.ffn {
+            Ffn::Dense(d) => dense(d, up),
+            Ffn::Moe(moe) => {
+                let e = if up {
+                    m(&moe.gate_exps.expert(0)) + m(&moe.up_exps.expert(0))
+                } else {
+                    m(&moe.down_exps.expert(0))
+                };
+                e * cfg.n_experts_used as u64 + moe.shexp.as_ref().map_or(0, |d| dense(d, up))
+            }
+        })
+    };
+    Some(match role {
+        "q_a+kv_cmpr_pe" => per_layer(&|l| m(&l.attn_q_a) + m(&l.attn_kv_a_mqa)),
+        "q" => per_layer(&|l| m(&l.attn_q_b)),
+        "q_nope_absorbed" => per_layer(&|l| m(&l.attn_k_b)),
+        "kqv_out" => per_layer(&|l| m(&l.attn_v_b)),
+        "attn_out" => per_layer(&|l| m(&l.attn_output)),
+        "kq_partial" => (cfg.n_layers * n_ctx * cfg.cache_row() * 4) as u64,
+        "ffn_moe_logits" => per_layer(&|l| match &l.ffn {
+            Ffn::Moe(moe) => m(&moe.gate_inp),
+            Ffn::Dense(_) => 0,
+        }),
+        "ffn_gate_up" => ffn(true),
+        "ffn_down" => ffn(false),
+        "result_output" => m(&w.output),
+        _ => return None,
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -79,10 +127,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn run(
     backend: &mut dyn Backend,
-    vocab: usize,
-    bytes_per_token: u64,
+    cfg: &Config,
+    w: &Weights,
     opts: &BenchOptions,
 ) -> Result<BenchReport> {
+    let (vocab, bytes_per_token) = (cfg.vocab, w.bytes_per_token(cfg));
     let deepest = opts.depths.iter().copied().max().unwrap_or(0);
     let need = (deepest + opts.warmup + opts.decode_tokens + opts.profile as usize)
         .max(opts.prefill_tokens);
@@ -112,7 +161,7 @@ pub fn run(
     let decode = opts
         .depths
         .iter()
-        .map(|&depth| decode_at(backend, vocab, bytes_per_token, depth, opts))
+        .map(|&depth| decode_at(backend, cfg, w, bytes_per_token, depth, opts))
         .collect::<Result<Vec<_>>>()?;
     Ok(BenchReport {
         backend: backend.describe(),
@@ -124,11 +173,13 @@ pub fn run(
 /// Fills the cache to `depth` (untimed), then times decode steps one by one.
 fn decode_at(
     backend: &mut dyn Backend,
-    vocab: usize,
+    cfg: &Config,
+    w: &Weights,
     bytes_per_token: u64,
     depth: usize,
     opts: &BenchOptions,
 ) -> Result<DecodeReport> {
+    let vocab = cfg.vocab;
     let mut token = token_stream(1, vocab)[0];
     if depth > 0 {
         token = backend.forward_argmax(&token_stream(depth, vocab), 0)?;
@@ -147,10 +198,15 @@ fn decode_at(
         true => backend.profile_token(token, pos)?.map(|p| {
             p.by_kernel()
                 .into_iter()
-                .map(|(kernel, dispatches, t)| KernelTime {
-                    kernel,
-                    dispatches,
-                    microseconds: t * 1e6,
+                .map(|(kernel, dispatches, t)| {
+                    let bytes = role_bytes(cfg, w, kernel, pos + 1);
+                    KernelTime {
+                        kernel,
+                        dispatches,
+                        microseconds: t * 1e6,
+                        bytes,
+                        gb_per_s: bytes.map(|b| b as f64 / t / 1e9),
+                    }
                 })
                 .collect()
         }),
@@ -192,9 +248,13 @@ impl BenchReport {
             s += "\n";
             for k in d.kernels.iter().flatten() {
                 s += &format!(
-                    "    {:<16} {:>5} dispatches {:>10.1} us\n",
+                    "    {:<16} {:>5} dispatches {:>10.1} us",
                     k.kernel, k.dispatches, k.microseconds
                 );
+                if let (Some(b), Some(g)) = (k.bytes, k.gb_per_s) {
+                    s += &format!("  {:>9.1} MB  {:>8.1} GB/s", b as f64 / 1e6, g);
+                }
+                s += "\n";
             }
         }
         if let Some(p) = &self.prefill {

@@ -938,12 +938,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let need = (deepest + a.warmup + a.decode + a.profile as usize).max(a.prefill);
     with_model(&file, |cfg, weights| {
         let mut backend = make_backend(&a.backend, cfg, weights, need)?;
-        let report = bench::run(
-            backend.as_mut(),
-            cfg.vocab,
-            weights.bytes_per_token(cfg),
-            &opts,
-        )?;
+        let report = bench::run(backend.as_mut(), cfg, weights, &opts)?;
         if let Some(path) = &a.json {
             let json = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
             std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
