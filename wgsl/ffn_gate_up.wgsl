@@ -32,31 +32,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read> route: array<u32>;
 @group(0) @binding(6) var<storage, read_write> act: array<f32>;
 
-fn q8(w: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u));
-}
-
-/// This invocation's share of (local row `row`) · (x * norm_w).
-fn row_partial(row: u32, lid: u32) -> f32 {
-    var acc = 0.0;
-    if (WEIGHTS_F32) {
-        let units = p.cols / 4u;
-        for (var u = lid; u < units; u += WG) {
-            acc += dot(bitcast<vec4<f32>>(quants[row * units + u]), x[u] * norm_w[u]);
-        }
-    } else {
-        let units = p.cols / 16u;
-        let first_scale = row * (p.cols / 32u);
-        for (var u = lid; u < units; u += WG) {
-            let q = quants[row * units + u];
-            let si = first_scale + u / 2u;
-            let d = unpack2x16float(scales[si / 2u])[si % 2u];
-            let j = 4u * u;
-            acc += d * (dot(q8(q.x), x[j] * norm_w[j]) + dot(q8(q.y), x[j + 1u] * norm_w[j + 1u])
-                + dot(q8(q.z), x[j + 2u] * norm_w[j + 2u]) + dot(q8(q.w), x[j + 3u] * norm_w[j + 3u]));
-        }
-    }
-    return acc;
+/// Input of the dot products: x times the norm weight (1/rms is applied to the results).
+fn input4(base: u32, j: u32) -> vec4<f32> {
+    return x[j] * norm_w[j];
 }
 
 fn silu(v: f32) -> f32 {
@@ -76,13 +54,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let s = reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x;
     let scale = inverseSqrt(s / f32(p.cols) + p.eps);
     // lanes: gate of pair 0, up of pair 0, gate of pair 1, up of pair 1
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let global = vec4<u32>(expert * 2u * p.ffn + 2u * first_pair) + lanes;
+    let inside = (vec4<u32>(first_pair) + lanes / 2u < vec4<u32>(p.ffn))
+        & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
     var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < 4u; k++) {
-        let pair = first_pair + k / 2u;
-        let global = expert * 2u * p.ffn + 2u * pair + k % 2u;
-        if (pair < p.ffn && global >= p.row_start && global < p.row_start + p.rows) {
-            acc[k] = row_partial(global - p.row_start, lid);
-        }
+    if (any(inside)) {
+        let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
+        acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid), inside);
     }
     let total = reduce_sum4(acc, lid) * scale;
     if (lid < 2u) {

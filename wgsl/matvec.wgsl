@@ -42,40 +42,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-/// Four signed bytes of a u32 as floats.
-fn q8(w: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u));
-}
-
 /// Input elements 4j..4j+3 of a slice starting at vec4 `base`.
 fn input4(base: u32, j: u32) -> vec4<f32> {
     if (NORM) {
         return x[base + j] * norm_w[j];
     }
     return x[base + j];
-}
-
-/// This invocation's share of the dot product of local row `row` with the input at `base`.
-fn row_partial(row: u32, base: u32, lid: u32) -> f32 {
-    var acc = 0.0;
-    if (WEIGHTS_F32) {
-        let units = p.cols / 4u;
-        for (var u = lid; u < units; u += WG) {
-            acc += dot(bitcast<vec4<f32>>(quants[row * units + u]), input4(base, u));
-        }
-    } else {
-        let units = p.cols / 16u;
-        let first_scale = row * (p.cols / 32u);
-        for (var u = lid; u < units; u += WG) {
-            let q = quants[row * units + u];
-            let si = first_scale + u / 2u;
-            let d = unpack2x16float(scales[si / 2u])[si % 2u];
-            let j = 4u * u;
-            acc += d * (dot(q8(q.x), input4(base, j)) + dot(q8(q.y), input4(base, j + 1u))
-                + dot(q8(q.z), input4(base, j + 2u)) + dot(q8(q.w), input4(base, j + 3u)));
-        }
-    }
-    return acc;
 }
 
 @compute @workgroup_size(WG)
@@ -94,15 +66,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     for (var g = 0u; g < ROWS; g += 4u) {
         let first = first_group + g;
-        var acc = vec4<f32>(0.0);
-        for (var k = 0u; k < 4u; k++) {
-            let row = first + k;
-            if (row < p.rows) {
-                let group = (p.row_offset + row) / p.group_rows;
-                acc[k] = row_partial(row, (p.in_offset + group * p.group_stride) / 4u, lid);
-            }
-        }
-        let total = reduce_sum4(acc, lid) * scale;
+        // Rows past the end repeat the last row; their results are not written.
+        let rows = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.rows - 1u));
+        // The four rows share a group (the launcher checks groups are whole fours).
+        let group = (p.row_offset + rows.x) / p.group_rows;
+        let base = (p.in_offset + group * p.group_stride) / 4u;
+        let total = reduce_sum4(dot_rows4(rows, p.cols, base, lid), lid) * scale;
         if (lid < 4u && first + lid < p.rows) {
             let o = p.row_offset + first + lid;
             if (ACCUMULATE) {

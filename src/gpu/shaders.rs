@@ -29,10 +29,13 @@ pub struct Shader {
     pub source: &'static str,
     pub bindings: &'static [Slot],
     pub reduces: bool,
+    /// Appends `wgsl/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
+    pub dots: bool,
 }
 
 pub const REDUCE_SUBGROUP: &str = include_str!("../../wgsl/lib/reduce_subgroup.wgsl");
 pub const REDUCE_WORKGROUP: &str = include_str!("../../wgsl/lib/reduce_workgroup.wgsl");
+pub const DOT_ROWS4: &str = include_str!("../../wgsl/lib/dot_rows4.wgsl");
 
 /// Every kernel, for tests that validate all sources.
 pub fn all_shaders() -> Vec<Shader> {
@@ -61,6 +64,10 @@ impl Shader {
             } else {
                 REDUCE_WORKGROUP
             });
+        }
+        if self.dots {
+            s.push('\n');
+            s.push_str(DOT_ROWS4);
         }
         s
     }

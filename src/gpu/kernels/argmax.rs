@@ -10,6 +10,7 @@ pub const SHADER: Shader = Shader {
     source: include_str!("../../../wgsl/argmax.wgsl"),
     bindings: &[Slot::Uniform, Slot::Read, Slot::ReadWrite],
     reduces: false,
+    dots: false,
 };
 
 /// Invocations of the single workgroup (the kernel's WG_ARGMAX).

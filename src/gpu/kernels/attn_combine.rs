@@ -12,6 +12,7 @@ pub const SHADER: Shader = Shader {
     source: include_str!("../../../wgsl/attn_combine.wgsl"),
     bindings: &[Slot::Uniform, Slot::Uniform, Slot::Read, Slot::ReadWrite],
     reduces: false,
+    dots: false,
 };
 
 #[repr(C)]

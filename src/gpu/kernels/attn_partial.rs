@@ -18,6 +18,7 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     reduces: true,
+    dots: false,
 };
 
 /// Positions per workgroup (one per invocation: the workgroup size); attn_combine.wgsl

@@ -16,6 +16,7 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     reduces: false,
+    dots: false,
 };
 
 /// One dispatch per chunk of the table; the forward pass records the one holding the token

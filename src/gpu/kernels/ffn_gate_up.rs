@@ -19,6 +19,7 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     reduces: true,
+    dots: true,
 };
 
 #[repr(C)]

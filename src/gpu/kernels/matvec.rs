@@ -18,6 +18,7 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     reduces: true,
+    dots: true,
 };
 
 #[repr(C)]
@@ -67,6 +68,10 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
     assert!(
         a.groups.is_none() || (group_rows % 4 == 0 && a.norm.is_none()),
         "batched matvec: groups must be whole workgroups and cannot be normed"
+    );
+    assert!(
+        a.groups.is_none() || m.chunks.iter().all(|c| c.row_start % 4 == 0),
+        "batched matvec: every chunk must start at a whole four rows"
     );
     let (norm_w, eps) = a.norm.unwrap_or((&ctx.dummy, 0.0));
     m.chunks

@@ -10,6 +10,7 @@ pub const SHADER: Shader = Shader {
     source: include_str!("../../../wgsl/moe_route.wgsl"),
     bindings: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
     reduces: false,
+    dots: false,
 };
 
 /// The kernel keeps per-expert state in private arrays of this size.

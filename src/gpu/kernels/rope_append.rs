@@ -20,6 +20,7 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     reduces: true,
+    dots: false,
 };
 
 #[repr(C)]
