@@ -95,11 +95,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     part[lid * LANES] = e;
     workgroupBarrier();
     let out = (h * p.max_chunks + c) * (2u + p.kv);
+    // Four positions per step with independent sums, so four cache loads are in flight.
+    // Steps may run past n (up to the chunk's end): those positions have probability 0 and
+    // read a valid row (the last one).
+    let last = tok.n_ctx - 1u;
     for (var j = lid; j < p.kv / 4u; j += WG) {
-        var acc = vec4<f32>(0.0);
-        for (var i = 0u; i < n; i++) {
-            acc += part[i * LANES] * cache[(t0 + i) * row4 + j];
+        var a0 = vec4<f32>(0.0);
+        var a1 = vec4<f32>(0.0);
+        var a2 = vec4<f32>(0.0);
+        var a3 = vec4<f32>(0.0);
+        for (var i = 0u; i < n; i += 4u) {
+            a0 += part[i * LANES] * cache[min(t0 + i, last) * row4 + j];
+            a1 += part[(i + 1u) * LANES] * cache[min(t0 + i + 1u, last) * row4 + j];
+            a2 += part[(i + 2u) * LANES] * cache[min(t0 + i + 2u, last) * row4 + j];
+            a3 += part[(i + 3u) * LANES] * cache[min(t0 + i + 3u, last) * row4 + j];
         }
+        let acc = (a0 + a1) + (a2 + a3);
         partial[out + 2u + 4u * j] = acc.x;
         partial[out + 3u + 4u * j] = acc.y;
         partial[out + 4u + 4u * j] = acc.z;
