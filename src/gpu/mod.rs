@@ -214,6 +214,12 @@ impl GpuBackend {
                 attn_partial::MAX_ROW
             )));
         }
+        let most_positions = attn_combine::MAX_CHUNKS * attn_partial::CHUNK;
+        if max_context > most_positions {
+            return Err(Error::Gpu(format!(
+                "a context of {max_context} positions: the GPU attention merges at most {most_positions}"
+            )));
+        }
         let total: u64 = std::iter::once(&w.token_embd)
             .chain(std::iter::once(&w.output))
             .map(|m| m.data.len() as u64)

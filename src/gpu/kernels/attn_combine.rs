@@ -11,7 +11,7 @@ pub const SHADER: Shader = Shader {
     name: "attn_combine",
     source: include_str!("../../../wgsl/attn_combine.wgsl"),
     bindings: &[Slot::Uniform, Slot::Uniform, Slot::Read, Slot::ReadWrite],
-    reduces: false,
+    reduces: true,
     dots: false,
 };
 
@@ -23,6 +23,9 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Chunks per head the kernel can merge (its workgroup array; wgsl/attn_combine.wgsl).
+pub const MAX_CHUNKS: usize = 4096;
+
 pub fn dispatch(
     ctx: &GpuContext,
     pipes: &Pipelines,
@@ -32,6 +35,10 @@ pub fn dispatch(
     partial: &wgpu::Buffer,
     kqv: &wgpu::Buffer,
 ) -> Dispatch {
+    assert!(
+        attn_partial::chunks(max_context) <= MAX_CHUNKS,
+        "attn_combine holds at most {MAX_CHUNKS} chunk weights"
+    );
     let params = uniform(
         ctx,
         "attn_combine params",
