@@ -18,34 +18,15 @@ struct Params {
 var<workgroup> best_val: array<f32, WG_ARGMAX>;
 var<workgroup> best_idx: array<u32, WG_ARGMAX>;
 
-/// The better of two candidates: the larger value, ties to the lower index (none = 0xffffffff).
-fn better(v: f32, i: u32, ov: f32, oi: u32) -> bool {
-    return oi != 0xffffffffu && (i == 0xffffffffu || ov > v || (ov == v && oi < i));
-}
-
 @compute @workgroup_size(WG_ARGMAX)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    // Four interleaved streams per invocation (four loads in flight), merged at the end.
-    var vs = vec4<f32>(-3.4e38);
-    var is = vec4<u32>(0xffffffffu);
-    for (var i = lid; i < p.n; i += 4u * WG_ARGMAX) {
-        for (var k = 0u; k < 4u; k++) {
-            let at = i + k * WG_ARGMAX;
-            if (at < p.n) {
-                let l = logits[at];
-                if (better(vs[k], is[k], l, at)) {
-                    vs[k] = l;
-                    is[k] = at;
-                }
-            }
-        }
-    }
-    var v = vs.x;
-    var idx = is.x;
-    for (var k = 1u; k < 4u; k++) {
-        if (better(v, idx, vs[k], is[k])) {
-            v = vs[k];
-            idx = is[k];
+    var v = -3.4e38;
+    var idx = 0xffffffffu;
+    for (var i = lid; i < p.n; i += WG_ARGMAX) {
+        let l = logits[i];
+        if (idx == 0xffffffffu || l > v) {
+            v = l;
+            idx = i;
         }
     }
     best_val[lid] = v;
@@ -55,7 +36,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         if (lid < s) {
             let ov = best_val[lid + s];
             let oi = best_idx[lid + s];
-            if (better(best_val[lid], best_idx[lid], ov, oi)) {
+            let mine = best_idx[lid];
+            if (oi != 0xffffffffu && (mine == 0xffffffffu || ov > best_val[lid] || (ov == best_val[lid] && oi < mine))) {
                 best_val[lid] = ov;
                 best_idx[lid] = oi;
             }

@@ -10,7 +10,6 @@
 
 const CHUNK: u32 = WG;
 const LANES: u32 = 8u;
-const POSITIONS_PER_SLOT: u32 = CHUNK / (WG / LANES);
 /// Largest kv + rope (576 in GLM-4.7-Flash), in vec4.
 const MAX_ROW4: u32 = 256u;
 
@@ -68,22 +67,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     let t0 = c * CHUNK;
     let n = min(CHUNK, tok.n_ctx - t0);
-    // Invocation (slot, lane) scores positions slot, slot + 8, ..., slot + 56 at once: eight
-    // independent cache loads in flight per step. Positions past n read the last valid row;
-    // their scores are dropped below.
     let lane = lid % LANES;
-    let slot = lid / LANES;
-    let last = tok.n_ctx - 1u;
-    var dots: array<f32, POSITIONS_PER_SLOT>;
-    for (var j = lane; j < row4; j += LANES) {
-        let qv = qk[j];
-        for (var k = 0u; k < POSITIONS_PER_SLOT; k++) {
-            let t = min(t0 + slot + k * (WG / LANES), last);
-            dots[k] += dot(qv, cache[t * row4 + j]);
+    for (var i = lid / LANES; i < n; i += WG / LANES) {
+        let row = (t0 + i) * row4;
+        var acc = 0.0;
+        for (var j = lane; j < row4; j += LANES) {
+            acc += dot(qk[j], cache[row + j]);
         }
-    }
-    for (var k = 0u; k < POSITIONS_PER_SLOT; k++) {
-        part[(slot + k * (WG / LANES)) * LANES + lane] = dots[k];
+        part[i * LANES + lane] = acc;
     }
     workgroupBarrier();
     var score = -3.0e38;
@@ -107,6 +98,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Four positions per step with independent sums, so four cache loads are in flight.
     // Steps may run past n (up to the chunk's end): those positions have probability 0 and
     // read a valid row (the last one).
+    let last = tok.n_ctx - 1u;
     for (var j = lid; j < p.kv / 4u; j += WG) {
         var a0 = vec4<f32>(0.0);
         var a1 = vec4<f32>(0.0);
