@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Full-size benchmark on the GPU machine (see ../shared/device/README.md):
-#   - prebuilt binaries in .bin/ (cargo build --release; cp target/release/glm-flash .bin/)
+#   - prebuilt binaries in .bin/: cargo build --release && mkdir -p .bin &&
+#     cp target/release/glm-flash .bin/ && git rev-parse HEAD > .bin/COMMIT
 #   - the Vulkan loader and glvnd .debs in .gl/ (the NVIDIA ICD lives in libGLX_nvidia,
 #     which needs glvnd's dispatch libraries; see /work/.library/device/README.md)
 # Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at context 128 and
@@ -22,7 +23,7 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
 fi
 
 "$BIN" devices | tee "$OUT/devices.txt"
-git rev-parse HEAD 2>/dev/null > "$OUT/commit.txt" || true
+cp .bin/COMMIT "$OUT/commit.txt" 2>/dev/null || echo "unknown (no .bin/COMMIT)" > "$OUT/commit.txt"
 
 if [ ! -f "$MODEL" ]; then
     start=$(date +%s)
