@@ -151,9 +151,7 @@ impl Config {
             expert_weights_scale: f.get_f64(&key("expert_weights_scale"))?.unwrap_or(1.0) as f32,
             // GLM-4.7-Flash normalises the chosen weights (norm_topk_prob); files lacking the
             // key are older conversions of the same model.
-            expert_weights_norm: f
-                .get_int::<u8>(&key("expert_weights_norm"))?
-                .map_or(true, |v| v != 0),
+            expert_weights_norm: f.get_int::<u8>(&key("expert_weights_norm"))? != Some(0),
             context_length: req("context_length")?,
             vocab,
         };

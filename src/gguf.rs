@@ -93,7 +93,7 @@ impl GgmlType {
     /// number of blocks or the size overflows.
     pub fn bytes_for(self, elems: u64) -> Option<u64> {
         let (_, be, bb) = self.layout()?;
-        if elems % be != 0 {
+        if !elems.is_multiple_of(be) {
             return None;
         }
         (elems / be).checked_mul(bb)

@@ -208,7 +208,7 @@ fn chat_templates_render_as_transformers() {
                 let add_generation_prompt = kwargs["add_generation_prompt"].as_bool().unwrap();
                 let enable_thinking = kwargs
                     .get("enable_thinking")
-                    .map_or(true, |v| v.as_bool().unwrap());
+                    .is_none_or(|v| v.as_bool().unwrap());
                 let text = render_chat(
                     Some(template),
                     &messages,

@@ -208,7 +208,7 @@ impl GpuContext {
             && features.contains(wgpu::Features::SUBGROUP)
             && info.subgroup_max_size <= WORKGROUP_SIZE
             && info.subgroup_min_size >= 1
-            && WORKGROUP_SIZE % info.subgroup_max_size == 0;
+            && WORKGROUP_SIZE.is_multiple_of(info.subgroup_max_size);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
             size: 16,

@@ -207,7 +207,7 @@ impl GpuBackend {
                 moe_route::MAX_EXPERTS
             )));
         }
-        if cfg.cache_row() > attn_partial::MAX_ROW || cfg.cache_row() % 4 != 0 {
+        if cfg.cache_row() > attn_partial::MAX_ROW || !cfg.cache_row().is_multiple_of(4) {
             return Err(Error::Gpu(format!(
                 "kv_lora_rank + rope = {} must be a multiple of 4 and at most {}",
                 cfg.cache_row(),

@@ -107,7 +107,7 @@ impl<'p> Uploader<'p> {
 pub fn storage_init(ctx: &GpuContext, label: &str, data: &[u8]) -> wgpu::Buffer {
     // Bindings must be non-empty and a multiple of 4 bytes.
     let mut padded;
-    let contents = if data.is_empty() || data.len() % 4 != 0 {
+    let contents = if data.is_empty() || !data.len().is_multiple_of(4) {
         padded = data.to_vec();
         padded.resize(data.len().div_ceil(4).max(1) * 4, 0);
         &padded[..]
@@ -169,12 +169,12 @@ impl GpuMatrix {
         up: &mut Uploader,
         row_of: impl Fn(usize) -> RowRef<'a>,
     ) -> Result<GpuMatrix> {
-        if format == Format::Q8_0 && cols % Q8_0_BLOCK != 0 {
+        if format == Format::Q8_0 && !cols.is_multiple_of(Q8_0_BLOCK) {
             return Err(Error::Gpu(format!(
                 "{label}: {cols} columns is not a multiple of the Q8_0 block ({Q8_0_BLOCK})"
             )));
         }
-        if cols % 16 != 0 {
+        if !cols.is_multiple_of(16) {
             return Err(Error::Gpu(format!(
                 "{label}: the kernels need a multiple of 16 columns, not {cols}"
             )));

@@ -62,7 +62,11 @@ pub fn dispatch(
     cache: &wgpu::Buffer,
     partial: &wgpu::Buffer,
 ) -> Dispatch {
-    assert!(cfg.cache_row() <= MAX_ROW && cfg.cache_row() % 4 == 0 && cfg.qk_rope % 4 == 0);
+    assert!(
+        cfg.cache_row() <= MAX_ROW
+            && cfg.cache_row().is_multiple_of(4)
+            && cfg.qk_rope.is_multiple_of(4)
+    );
     let params = uniform(
         ctx,
         "attn_partial params",

@@ -62,7 +62,7 @@ fn rows_per_workgroup(rows: usize) -> usize {
 pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec) -> Vec<Dispatch> {
     let (group_rows, group_stride) = a.groups.unwrap_or((m.rows, 0));
     assert!(
-        a.in_offset % 4 == 0 && group_stride % 4 == 0,
+        a.in_offset.is_multiple_of(4) && group_stride % 4 == 0,
         "matvec input must be vec4-aligned"
     );
     assert!(
