@@ -5,7 +5,8 @@
 #   - the Vulkan loader and glvnd .debs in .gl/ (the NVIDIA ICD lives in libGLX_nvidia,
 #     which needs glvnd's dispatch libraries; see /work/.library/device/README.md)
 # Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at context 128 and
-# 4096 and a 512-token prefill on the GPU, leaving JSON and logs under $OUT.
+# 512, 4096 and 8192 (attention at the contexts issue 4 names) and a 512-token prefill on
+# the GPU, leaving JSON and logs under $OUT.
 #
 #   tools/bench-gpu.sh [MODEL_PATH]
 set -euo pipefail
@@ -32,6 +33,6 @@ if [ ! -f "$MODEL" ]; then
 fi
 ls -la "$MODEL"
 
-"$BIN" bench -m "$MODEL" --backend gpu --ctx 8192 \
-    --depth 128,4096 --decode 64 --warmup 4 --prefill 512 --profile \
+"$BIN" bench -m "$MODEL" --backend gpu --ctx 8320 \
+    --depth 128,512,4096,8192 --decode 64 --warmup 4 --prefill 512 --profile \
     --json "$OUT/bench-gpu-full.json" 2>&1 | tee "$OUT/bench-gpu-full.txt"
