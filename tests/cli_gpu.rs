@@ -78,3 +78,50 @@ fn gpu_logits_command_matches_reference_on_every_case() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An adapter that does not exist: `--backend gpu` fails naming what exists, `--backend
+/// auto` says why in one line and runs on the CPU.
+#[test]
+fn missing_adapter_is_named_and_auto_falls_back_to_the_cpu() {
+    let path = fixture("tiny-q8_0.gguf");
+    let args = [
+        "run",
+        "-m",
+        path.to_str().unwrap(),
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "--adapter",
+        "99",
+    ];
+    let gpu = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args([&args[..], &["--backend", "gpu"]].concat())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&gpu.stderr);
+    assert_eq!(gpu.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("adapter index 99") && stderr.contains("adapters found: [0]"),
+        "{stderr}"
+    );
+
+    let auto = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args([&args[..], &["--backend", "auto"]].concat())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("running on the CPU") && stderr.contains("adapter index 99"),
+        "{stderr}"
+    );
+    let cpu = stdout_of(&[&args[..], &["--backend", "cpu"]].concat());
+    assert_eq!(
+        String::from_utf8_lossy(&auto.stdout),
+        cpu,
+        "the fallback computes what the CPU does"
+    );
+}
