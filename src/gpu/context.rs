@@ -3,6 +3,8 @@
 //! The device is requested with the adapter's own limits (wgpu's defaults allow only 8
 //! storage buffers and 128 MiB bindings) and with the optional features we use when present.
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{Error, Result};
 use crate::gpu::shaders::Dispatch;
 
@@ -46,6 +48,10 @@ pub struct GpuContext {
     pub subgroups: bool,
     /// A small storage buffer bound where a kernel variant ignores a binding.
     pub dummy: wgpu::Buffer,
+    /// Why the device stopped working, once it has: lost (driver reset, unplugged,
+    /// destroyed) or an error wgpu reports outside any error scope. wgpu's default for the
+    /// latter is a panic; we keep the message and [`GpuContext::check`] turns it into an error.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// Vulkan, Metal and DX12 only: the GL backend lacks the storage-buffer counts and compute
@@ -209,6 +215,22 @@ impl GpuContext {
             && info.subgroup_max_size <= WORKGROUP_SIZE
             && info.subgroup_min_size >= 1
             && WORKGROUP_SIZE.is_multiple_of(info.subgroup_max_size);
+        let failure = Arc::new(Mutex::new(None::<String>));
+        let lost = failure.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut f = lost.lock().unwrap_or_else(|e| e.into_inner());
+            let detail = if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            };
+            f.get_or_insert(format!("the GPU device was lost ({reason:?}{detail})"));
+        });
+        let uncaptured = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = uncaptured.lock().unwrap_or_else(|e| e.into_inner());
+            f.get_or_insert(format!("the GPU reported an error: {e}"));
+        }));
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
             size: 16,
@@ -224,7 +246,17 @@ impl GpuContext {
             features,
             max_binding,
             subgroups,
+            failure,
         })
+    }
+
+    /// Err once the device has been lost or has reported an error, naming the device.
+    pub fn check(&self) -> Result<()> {
+        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        match &*failure {
+            None => Ok(()),
+            Some(why) => Err(Error::Gpu(format!("{} on {}", why, self.describe()))),
+        }
     }
 
     /// "NVIDIA H100 (Vulkan)"
@@ -251,8 +283,10 @@ impl GpuContext {
 
     /// Blocks until the GPU has finished everything submitted.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+        self.check()?;
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check()?;
+        polled
             .map(|_| ())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))
     }

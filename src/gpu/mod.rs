@@ -366,6 +366,7 @@ impl GpuBackend {
         read: Readback,
         profile: Option<(&wgpu::QuerySet, &mut Vec<&'static str>)>,
     ) -> Result<Vec<u8>> {
+        self.ctx.check()?;
         let (ctx, cfg, act) = (&self.ctx, &self.cfg, &self.act);
         let (embd_start, embed) = self
             .embed
