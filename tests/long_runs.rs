@@ -317,7 +317,11 @@ fn cpu_memory_does_not_grow_per_token_beyond_the_cache() {
 }
 
 /// Found by this test: on lavapipe the process RSS grew by 2,491,383,808 bytes over 2048
-/// tokens (about 1.2 MB per token) against 3,145,728 bytes of cache rows.
+/// tokens (about 1.2 MB per token) against 3,145,728 bytes of cache rows. Probed further:
+/// the growth is the same at a fixed position, with or without logits read back and with or
+/// without subgroups; empty submits, `write_buffer` and passes of 50 argmax dispatches (also
+/// with `forget_lifetime`) do not grow, so some other kernel's dispatch or binding is the
+/// suspect. Not yet traced, nor checked on a real GPU.
 #[test]
 #[ignore = "fails: on lavapipe RSS grows ~1.2 MB per GPU token (2.49 GB over 2048); not yet traced"]
 fn gpu_memory_does_not_grow_per_token_beyond_the_cache() {
