@@ -431,3 +431,30 @@ fn chat_keeps_history_and_reuses_the_cache() {
     assert!(turns[2].0 < turns[1].0, "{turns:?}");
     assert!(stderr.contains("[history cleared]"));
 }
+
+/// `-n` past the context: generation stops at the last position with a message, exit 0.
+#[test]
+fn run_stops_at_the_context_end() {
+    let (stdout, stderr) = ok(&[
+        "run",
+        "-p",
+        "Hello, world",
+        "--ctx",
+        "16",
+        "-n",
+        "100",
+        "--backend",
+        "cpu",
+        "--seed",
+        "1",
+    ]);
+    assert!(
+        stderr.contains("[stopped: the context of 16 tokens is full; raise --ctx]"),
+        "{stderr}"
+    );
+    assert!(!stdout.trim().is_empty(), "no text generated");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}

@@ -162,3 +162,27 @@ fn gpu_rewind_recomputes_like_a_fresh_run() {
         "position past the context must fail"
     );
 }
+
+/// A buffer over the device's `max_buffer_size` is an `Error::Gpu` naming the tensor, the
+/// bytes and the limit (checked before wgpu sees it, so no panic in its error handler).
+/// The limit is forced down to 64 KiB: token_embd's 4096x256 Q8_0 quants take 1 MiB.
+#[test]
+fn gpu_buffer_over_the_device_limit_is_an_error_naming_the_tensor() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let opts = GpuOptions {
+        max_buffer_bytes: Some(64 << 10),
+        ..Default::default()
+    };
+    let err = match GpuBackend::new(&cfg, &weights, 64, &opts) {
+        Ok(_) => panic!("a 1 MiB buffer was created under a 64 KiB buffer limit"),
+        Err(e) => e.to_string(),
+    };
+    println!("{err}");
+    assert!(err.starts_with("GPU: token_embd"), "{err}");
+    assert!(
+        err.contains("1048576 bytes") && err.contains("65536 bytes"),
+        "{err}"
+    );
+}

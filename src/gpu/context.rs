@@ -19,6 +19,9 @@ pub struct GpuOptions {
     /// Use the workgroup-memory reductions even when the device has subgroups (tests use it
     /// to run the fallback; also a way around a driver with broken subgroup support).
     pub no_subgroups: bool,
+    /// Force a lower buffer-size limit than the device's `max_buffer_size`, leaving the
+    /// binding limit alone (tests use it to reach the too-large-buffer error).
+    pub max_buffer_bytes: Option<u64>,
 }
 
 /// Optional features we enable when the adapter has them.
@@ -44,6 +47,9 @@ pub struct GpuContext {
     /// Largest storage binding we create: the device limit, capped below 4 GiB and by
     /// [`GpuOptions::max_binding_bytes`].
     pub max_binding: u64,
+    /// Largest buffer we create: the device's `max_buffer_size` or
+    /// [`GpuOptions::max_buffer_bytes`].
+    pub max_buffer: u64,
     /// Kernels reduce with subgroup builtins (else through workgroup memory).
     pub subgroups: bool,
     /// A small storage buffer bound where a kernel variant ignores a binding.
@@ -209,6 +215,9 @@ impl GpuContext {
             max_binding = max_binding.min(forced);
         }
         max_binding &= !255;
+        let max_buffer = opts
+            .max_buffer_bytes
+            .map_or(limits.max_buffer_size, |b| b.min(limits.max_buffer_size));
         // Subgroup reductions assume a subgroup fits the workgroup and divides it.
         let subgroups = !opts.no_subgroups
             && features.contains(wgpu::Features::SUBGROUP)
@@ -245,6 +254,7 @@ impl GpuContext {
             limits,
             features,
             max_binding,
+            max_buffer,
             subgroups,
             failure,
         })

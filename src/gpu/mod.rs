@@ -21,7 +21,7 @@ use kernels::{
     rope_append, TokenParams,
 };
 use shaders::{Dispatch, PipelineInfo, Pipelines};
-use upload::{storage_f32, storage_zeroed, Format, GpuMatrix, RowRef, Uploader};
+use upload::{storage_zeroed, try_storage_f32, Format, GpuMatrix, RowRef, Uploader};
 
 pub use crate::backend::{TokenProfile, TokenStats};
 
@@ -231,7 +231,7 @@ impl GpuBackend {
 
         let token_embd = GpuMatrix::from_matrix(&ctx, "token_embd", &w.token_embd, &mut up)?;
         let output = GpuMatrix::from_matrix(&ctx, "output", &w.output, &mut up)?;
-        let output_norm = storage_f32(&ctx, "output_norm", &w.output_norm);
+        let output_norm = try_storage_f32(&ctx, "output_norm", &w.output_norm)?;
         let mut layers = Vec::with_capacity(w.layers.len());
         for (i, l) in w.layers.iter().enumerate() {
             layers.push(GpuLayer::upload(&ctx, cfg, i, l, max_context, &mut up)?);
@@ -610,20 +610,20 @@ impl GpuLayer {
             )));
         }
         Ok(GpuLayer {
-            attn_norm: storage_f32(ctx, &name("attn_norm"), &l.attn_norm),
+            attn_norm: try_storage_f32(ctx, &name("attn_norm"), &l.attn_norm)?,
             attn_qkv_a: GpuMatrix::concat(
                 ctx,
                 &name("attn_q_a+kv_a_mqa"),
                 &[l.attn_q_a, l.attn_kv_a_mqa],
                 up,
             )?,
-            attn_q_a_norm: storage_f32(ctx, &name("attn_q_a_norm"), &l.attn_q_a_norm),
+            attn_q_a_norm: try_storage_f32(ctx, &name("attn_q_a_norm"), &l.attn_q_a_norm)?,
             attn_q_b: GpuMatrix::from_matrix(ctx, &name("attn_q_b"), &l.attn_q_b, up)?,
-            attn_kv_a_norm: storage_f32(ctx, &name("attn_kv_a_norm"), &l.attn_kv_a_norm),
+            attn_kv_a_norm: try_storage_f32(ctx, &name("attn_kv_a_norm"), &l.attn_kv_a_norm)?,
             attn_k_b: GpuMatrix::from_matrix(ctx, &name("attn_k_b"), &l.attn_k_b, up)?,
             attn_v_b: GpuMatrix::from_matrix(ctx, &name("attn_v_b"), &l.attn_v_b, up)?,
             attn_output: GpuMatrix::from_matrix(ctx, &name("attn_output"), &l.attn_output, up)?,
-            ffn_norm: storage_f32(ctx, &name("ffn_norm"), &l.ffn_norm),
+            ffn_norm: try_storage_f32(ctx, &name("ffn_norm"), &l.ffn_norm)?,
             ffn: GpuFfn::upload(ctx, cfg, &name("ffn"), &l.ffn, up)?,
             kv_cache: storage_zeroed(ctx, &name("kv_cache"), max_context * cfg.cache_row())?,
         })
@@ -825,11 +825,11 @@ impl GpuFfn {
                     down,
                     width,
                     slots: 1,
-                    fixed_route: Some(upload::storage_init(
+                    fixed_route: Some(upload::try_storage_init(
                         ctx,
                         "dense route",
                         bytemuck::cast_slice(&route),
-                    )),
+                    )?),
                 })
             }
             Ffn::Moe(m) => {
@@ -910,7 +910,7 @@ impl GpuFfn {
                 )?;
                 let router =
                     GpuMatrix::from_matrix(ctx, &format!("{name}_gate_inp"), &m.gate_inp, up)?;
-                let bias = storage_f32(ctx, &format!("{name}_exp_probs_b"), &m.exp_probs_b);
+                let bias = try_storage_f32(ctx, &format!("{name}_exp_probs_b"), &m.exp_probs_b)?;
                 Ok(GpuFfn {
                     router: Some((router, bias)),
                     gate_up,

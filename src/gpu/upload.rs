@@ -103,7 +103,47 @@ impl<'p> Uploader<'p> {
     }
 }
 
+/// Creates a buffer of `size` bytes with `make`, first checking the size against the
+/// device's buffer limit and catching an out-of-memory in an error scope: wgpu would
+/// otherwise report either to its default handler, which panics. Both become an
+/// [`Error::Gpu`] naming `label`, the bytes and the device (so `--backend auto` can fall
+/// back to the CPU).
+pub fn create_checked(
+    ctx: &GpuContext,
+    label: &str,
+    size: u64,
+    make: impl FnOnce() -> wgpu::Buffer,
+) -> Result<wgpu::Buffer> {
+    if size > ctx.max_buffer {
+        return Err(Error::Gpu(format!(
+            "{label} needs a buffer of {size} bytes; {} allows at most {} bytes per buffer",
+            ctx.describe(),
+            ctx.max_buffer
+        )));
+    }
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let buffer = make();
+    match pollster::block_on(scope.pop()) {
+        None => Ok(buffer),
+        Some(e) => Err(Error::Gpu(format!(
+            "out of GPU memory uploading {label} ({size} bytes) to {}: {e}",
+            ctx.describe()
+        ))),
+    }
+}
+
+/// [`storage_init`], checked: the weights and caches go through here.
+pub fn try_storage_init(ctx: &GpuContext, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+    let size = data.len().div_ceil(4).max(1) as u64 * 4;
+    create_checked(ctx, label, size, || storage_init(ctx, label, data))
+}
+
+pub fn try_storage_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+    try_storage_init(ctx, label, bytemuck::cast_slice(data))
+}
+
 /// A storage buffer holding `data`, copyable both ways (tests poison and read them).
+/// Unchecked: a too-large buffer panics in wgpu (see [`try_storage_init`]).
 pub fn storage_init(ctx: &GpuContext, label: &str, data: &[u8]) -> wgpu::Buffer {
     // Bindings must be non-empty and a multiple of 4 bytes.
     let mut padded;
@@ -137,14 +177,16 @@ pub fn storage_zeroed(ctx: &GpuContext, label: &str, n: usize) -> Result<wgpu::B
             ctx.max_binding
         )));
     }
-    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    }))
+    create_checked(ctx, label, size, || {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })
 }
 
 pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
@@ -194,13 +236,14 @@ impl GpuMatrix {
         while row_start < rows {
             let n = fit.min(rows - row_start);
             let (q, s) = pack(format, cols, (row_start..row_start + n).map(&row_of));
-            up.add((q.len() + s.len()) as u64);
-            chunks.push(Chunk {
+            let chunk = Chunk {
                 row_start,
                 rows: n,
-                quants: storage_init(ctx, label, &q),
-                scales: storage_init(ctx, label, &s),
-            });
+                quants: try_storage_init(ctx, label, &q)?,
+                scales: try_storage_init(ctx, label, &s)?,
+            };
+            up.add((q.len() + s.len()) as u64);
+            chunks.push(chunk);
             row_start += n;
         }
         Ok(GpuMatrix {

@@ -1,0 +1,333 @@
+//! Long runs on the fixture architecture (`tiny-q8_0.gguf`: 4 layers, hidden 256, vocab
+//! 4096, context_length 202752, so both backends can hold 8192+ positions): thousands of
+//! greedy tokens, a cache filled to 8192 positions, and process memory per token, on the CPU
+//! and on the GPU (lavapipe here; a missing adapter fails the GPU parts).
+//!
+//! Measured on the 2-core dev machine (dev profile, lavapipe): CPU 4096 greedy tokens 4.3 s,
+//! CPU 8192-position fill 13.7 s, CPU RSS check 1.8 s; GPU 4096 greedy tokens 200 s (all
+//! equal to the CPU's), GPU 8192-position fill 376 s (rel L2 3.2e-7 to the CPU at the last
+//! position). The full-size GPU runs are therefore `#[ignore]`d (`--ignored` runs them);
+//! by default the GPU decodes 512 tokens and fills 2048 positions, and the file takes
+//! about 2 minutes.
+//!
+//! The tests take a lock so they run one at a time: the machine has 2 cores, and the memory
+//! test reads the RSS of the whole process.
+mod common;
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use common::*;
+use glm_flash::backend::Backend;
+use glm_flash::config::Config;
+use glm_flash::cpu::CpuBackend;
+use glm_flash::gguf::GgufFile;
+use glm_flash::gpu::{GpuBackend, GpuOptions};
+use glm_flash::weights::Weights;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tiny fixture, leaked so the weights can borrow it for the whole test.
+fn tiny() -> (Config, Weights<'static>) {
+    let file: &'static GgufFile =
+        Box::leak(Box::new(GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap()));
+    let cfg = Config::from_gguf(file).unwrap();
+    assert!(cfg.context_length >= 8192, "{}", cfg.context_length);
+    let weights = Weights::from_gguf(file, &cfg).unwrap();
+    (cfg, weights)
+}
+
+/// The first tokens of the fixture's short case.
+fn prompt() -> Vec<u32> {
+    load_case("tiny-q8_0.short").tokens[..8].to_vec()
+}
+
+fn assert_finite(logits: &[f32], label: &str, pos: usize) {
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        panic!("{label}: logit {i} is {} at position {pos}", logits[i]);
+    }
+}
+
+/// Top-1 minus top-2 logit.
+fn top_gap(logits: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in logits {
+        if v > a {
+            b = a;
+            a = v;
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b
+}
+
+/// Greedy decoding of `n` tokens after `prompt`, feeding back the argmax of full logits
+/// (every step's logits checked for NaN/Inf). Returns the tokens and each step's top gap.
+fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> (Vec<u32>, Vec<f32>) {
+    let t = Instant::now();
+    let mut logits = b.forward(prompt, 0, false).unwrap();
+    let mut pos = prompt.len();
+    let (mut ids, mut gaps) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    loop {
+        assert_finite(&logits, label, pos - 1);
+        let next = argmax(&logits) as u32;
+        ids.push(next);
+        gaps.push(top_gap(&logits));
+        if ids.len() == n {
+            break;
+        }
+        logits = b.forward(&[next], pos, false).unwrap();
+        pos += 1;
+    }
+    println!(
+        "{label}: {n} greedy tokens in {:.2?} ({})",
+        t.elapsed(),
+        b.describe()
+    );
+    (ids, gaps)
+}
+
+/// Tokens of the test must agree between GPU and CPU for this many steps (later a near-tie
+/// may flip, after which the sequences legitimately differ).
+const AGREE_PREFIX: usize = 256;
+
+/// The CPU's greedy run, shared by the CPU and GPU tests (computed once per process).
+static CPU_GREEDY: OnceLock<(Vec<u32>, Vec<f32>)> = OnceLock::new();
+
+const GREEDY_TOKENS: usize = 4096;
+
+fn cpu_greedy() -> &'static (Vec<u32>, Vec<f32>) {
+    CPU_GREEDY.get_or_init(|| {
+        let (cfg, w) = tiny();
+        let prompt = prompt();
+        let mut cpu = CpuBackend::new(&cfg, &w, prompt.len() + GREEDY_TOKENS, 0).unwrap();
+        greedy(&mut cpu, &prompt, GREEDY_TOKENS, "cpu")
+    })
+}
+
+#[test]
+fn cpu_greedy_4096_tokens_stay_finite() {
+    let _lock = serial();
+    let (ids, _) = cpu_greedy();
+    // Not stuck on one token: the run writes cache rows of many distinct contents.
+    let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+    println!("cpu greedy: {distinct} distinct tokens of {}", ids.len());
+    assert!(distinct > 1);
+}
+
+/// Greedy-decodes `n` tokens on the GPU, reading back and checking every step's logits
+/// (`forward`, not just `forward_argmax`), and compares the tokens with the CPU's.
+fn gpu_greedy_follows_the_cpu(n: usize) {
+    let (cpu_ids, gaps) = cpu_greedy();
+    let (cfg, w) = tiny();
+    let prompt = prompt();
+    let ctx = prompt.len() + n;
+    let mut gpu = GpuBackend::new(&cfg, &w, ctx, &GpuOptions::default()).unwrap();
+    let (gpu_ids, _) = greedy(&mut gpu, &prompt, n, "gpu");
+    match cpu_ids.iter().zip(&gpu_ids).position(|(c, g)| c != g) {
+        None => println!("gpu and cpu agree on all {n} greedy tokens"),
+        Some(i) => {
+            println!(
+                "gpu and cpu first diverge at generated token {i}: cpu {} gpu {} (cpu top gap {:.3e})",
+                cpu_ids[i], gpu_ids[i], gaps[i]
+            );
+            assert!(
+                i >= AGREE_PREFIX,
+                "gpu and cpu greedy tokens diverge at {i} (< {AGREE_PREFIX}): cpu {:?} gpu {:?}, cpu top gap there {:.3e}",
+                &cpu_ids[..=i],
+                &gpu_ids[..=i],
+                gaps[i]
+            );
+        }
+    }
+}
+
+/// The default run: 512 GPU tokens (lavapipe decodes about 25-45 ms per token here).
+#[test]
+fn gpu_greedy_512_tokens_stay_finite_and_follow_the_cpu() {
+    let _lock = serial();
+    gpu_greedy_follows_the_cpu(512);
+}
+
+#[test]
+#[ignore = "about 3 minutes on lavapipe (2 cores); run with --ignored"]
+fn gpu_greedy_4096_tokens_stay_finite_and_follow_the_cpu() {
+    let _lock = serial();
+    gpu_greedy_follows_the_cpu(GREEDY_TOKENS);
+}
+
+/// Deterministic "text": ids spread over the vocabulary (an LCG).
+fn forced_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Teacher-forces `tokens` in chunks; checks the last logits of each chunk. Returns the
+/// last position's logits.
+fn fill(b: &mut dyn Backend, tokens: &[u32], chunk: usize, label: &str) -> Vec<f32> {
+    let t = Instant::now();
+    let mut logits = Vec::new();
+    for (i, c) in tokens.chunks(chunk).enumerate() {
+        let pos = i * chunk;
+        logits = b.forward(c, pos, false).unwrap();
+        assert_finite(&logits, label, pos + c.len() - 1);
+    }
+    println!(
+        "{label}: {} positions filled in {:.2?} ({})",
+        tokens.len(),
+        t.elapsed(),
+        b.describe()
+    );
+    logits
+}
+
+const FILL: usize = 8192;
+const FILL_CHUNK: usize = 1024;
+
+/// The CPU's logits at the last of 8192 teacher-forced positions (computed once).
+static CPU_FILL: OnceLock<Vec<f32>> = OnceLock::new();
+
+fn cpu_fill() -> &'static Vec<f32> {
+    CPU_FILL.get_or_init(|| {
+        let (cfg, w) = tiny();
+        let mut cpu = CpuBackend::new(&cfg, &w, FILL, 0).unwrap();
+        assert_eq!(cpu.max_context(), FILL);
+        let logits = fill(&mut cpu, &forced_tokens(FILL, cfg.vocab), FILL_CHUNK, "cpu");
+        // The cache is full: one more position is an error, not a write past the end.
+        assert!(cpu.forward(&[1], FILL, false).is_err());
+        logits
+    })
+}
+
+#[test]
+fn cpu_full_8192_position_cache_gives_finite_logits() {
+    let _lock = serial();
+    assert_eq!(cpu_fill().len(), tiny().0.vocab);
+}
+
+/// Fills `n` positions on the GPU; compares the last logits with the CPU's.
+fn gpu_fill_like_the_cpu(n: usize) {
+    let (cfg, w) = tiny();
+    let tokens = forced_tokens(n, cfg.vocab);
+    let want = if n == FILL {
+        cpu_fill().clone()
+    } else {
+        let mut cpu = CpuBackend::new(&cfg, &w, n, 0).unwrap();
+        fill(&mut cpu, &tokens, FILL_CHUNK, "cpu")
+    };
+    let mut gpu = GpuBackend::new(&cfg, &w, n, &GpuOptions::default()).unwrap();
+    assert_eq!(gpu.max_context(), n);
+    let got = fill(&mut gpu, &tokens, FILL_CHUNK, "gpu");
+    assert!(gpu.forward(&[1], n, false).is_err());
+    let rel = rel_l2_rows(&want, &got, cfg.vocab)[0];
+    println!("position {}: gpu vs cpu rel L2 {rel:.3e}", n - 1);
+    assert!(
+        rel <= 1e-3,
+        "position {}: gpu vs cpu rel L2 {rel:.3e}",
+        n - 1
+    );
+}
+
+/// The default run: a full cache of 2048 positions (8192 takes minutes on lavapipe).
+#[test]
+fn gpu_full_2048_position_cache_gives_finite_logits_like_the_cpu() {
+    let _lock = serial();
+    gpu_fill_like_the_cpu(2048);
+}
+
+#[test]
+#[ignore = "about 6.5 minutes on lavapipe (46 ms per token on 2 cores); run with --ignored"]
+fn gpu_full_8192_position_cache_gives_finite_logits_like_the_cpu() {
+    let _lock = serial();
+    gpu_fill_like_the_cpu(FILL);
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    // statm counts pages; the kernel page size is in smaps (4 KiB where it cannot be read).
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    smaps
+        .lines()
+        .find_map(|l| l.strip_prefix("KernelPageSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(4096, |kb| kb * 1024)
+}
+
+/// Greedy-decodes `warm` tokens, reads RSS, decodes `more`, reads RSS again; the growth must
+/// stay below what the cache rows of those `more` positions can take plus `MARGIN`.
+fn rss_growth(b: &mut dyn Backend, cfg: &Config, warm: usize, more: usize, label: &str) {
+    /// Allocator and driver slack: nothing per token should come near it.
+    const MARGIN: u64 = 8 << 20;
+    let t = Instant::now();
+    let mut next = b.forward_argmax(&prompt(), 0).unwrap();
+    let mut pos = prompt().len();
+    let mut step = |b: &mut dyn Backend, n: usize| {
+        for _ in 0..n {
+            let logits = b.forward(&[next], pos, false).unwrap();
+            assert_finite(&logits, label, pos);
+            next = argmax(&logits) as u32;
+            pos += 1;
+        }
+    };
+    step(b, warm);
+    let before = rss_bytes();
+    step(b, more);
+    let after = rss_bytes();
+    let growth = after.saturating_sub(before);
+    let cache = (more * cfg.n_layers * cfg.cache_row() * 4) as u64;
+    println!(
+        "{label}: RSS {before} -> {after} bytes (+{growth}) over {more} tokens after {warm}; \
+         their cache rows are {cache} bytes; {:.2?}",
+        t.elapsed()
+    );
+    assert!(
+        growth <= cache + MARGIN,
+        "{label}: RSS grew by {growth} bytes ({before} -> {after}) over {more} tokens; \
+         the cache rows of those tokens are {cache} bytes, margin {MARGIN}"
+    );
+}
+
+const WARM: usize = 256;
+const MORE: usize = 2048;
+
+#[test]
+fn cpu_memory_does_not_grow_per_token_beyond_the_cache() {
+    let _lock = serial();
+    let (cfg, w) = tiny();
+    let mut cpu = CpuBackend::new(&cfg, &w, prompt().len() + WARM + MORE, 0).unwrap();
+    rss_growth(&mut cpu, &cfg, WARM, MORE, "cpu");
+}
+
+/// Found by this test: on lavapipe the process RSS grew by 2,491,383,808 bytes over 2048
+/// tokens (about 1.2 MB per token) against 3,145,728 bytes of cache rows. Probed further:
+/// the growth is the same at a fixed position, with or without logits read back and with or
+/// without subgroups; empty submits, `write_buffer` and passes of 50 argmax dispatches (also
+/// with `forget_lifetime`) do not grow, so some other kernel's dispatch or binding is the
+/// suspect. Not yet traced, nor checked on a real GPU.
+#[test]
+#[ignore = "fails: on lavapipe RSS grows ~1.2 MB per GPU token (2.49 GB over 2048); not yet traced"]
+fn gpu_memory_does_not_grow_per_token_beyond_the_cache() {
+    let _lock = serial();
+    let (cfg, w) = tiny();
+    let ctx = prompt().len() + WARM + MORE;
+    let mut gpu = GpuBackend::new(&cfg, &w, ctx, &GpuOptions::default()).unwrap();
+    rss_growth(&mut gpu, &cfg, WARM, MORE, "gpu");
+}
