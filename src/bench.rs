@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backend::{Backend, TokenStats};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::weights::{DenseFfn, Ffn, Matrix, Weights};
+use crate::weights::Weights;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -39,47 +39,16 @@ pub struct KernelTime {
     pub gb_per_s: Option<f64>,
 }
 
-/// Bytes one token's dispatches of a profiled role read, summed over layers: the weights of
-/// its mat-vecs (the experts a token uses for the FFN), or the latent cache for attention.
+/// Bytes one token's dispatches of a profiled role read: the weights of its mat-vecs
+/// ([`Weights::bytes_per_token_by_op`]), or the latent cache for the attention scores.
 pub fn role_bytes(cfg: &Config, w: &Weights, role: &str, n_ctx: usize) -> Option<u64> {
-    let m = |m: &Matrix| m.data.len() as u64;
-    let dense = |d: &DenseFfn, up: bool| {
-        if up {
-            m(&d.gate) + m(&d.up)
-        } else {
-            m(&d.down)
-        }
-    };
-    let per_layer = |f: &dyn Fn(&crate::weights::Layer) -> u64| w.layers.iter().map(f).sum::<u64>();
-    let ffn = |up: bool| {
-        per_layer(&|l| match &l.ffn {
-            Ffn::Dense(d) => dense(d, up),
-            Ffn::Moe(moe) => {
-                let e = if up {
-                    m(&moe.gate_exps.expert(0)) + m(&moe.up_exps.expert(0))
-                } else {
-                    m(&moe.down_exps.expert(0))
-                };
-                e * cfg.n_experts_used as u64 + moe.shexp.as_ref().map_or(0, |d| dense(d, up))
-            }
-        })
-    };
-    Some(match role {
-        "q_a+kv_cmpr_pe" => per_layer(&|l| m(&l.attn_q_a) + m(&l.attn_kv_a_mqa)),
-        "q" => per_layer(&|l| m(&l.attn_q_b)),
-        "q_nope_absorbed" => per_layer(&|l| m(&l.attn_k_b)),
-        "kqv_out" => per_layer(&|l| m(&l.attn_v_b)),
-        "attn_out" => per_layer(&|l| m(&l.attn_output)),
-        "kq_partial" => (cfg.n_layers * n_ctx * cfg.cache_row() * 4) as u64,
-        "ffn_moe_logits" => per_layer(&|l| match &l.ffn {
-            Ffn::Moe(moe) => m(&moe.gate_inp),
-            Ffn::Dense(_) => 0,
-        }),
-        "ffn_gate_up" => ffn(true),
-        "ffn_down" => ffn(false),
-        "result_output" => m(&w.output),
-        _ => return None,
-    })
+    if role == "kq_partial" {
+        return Some((cfg.n_layers * n_ctx * cfg.cache_row() * 4) as u64);
+    }
+    w.bytes_per_token_by_op(cfg)
+        .into_iter()
+        .find(|(op, _)| *op == role)
+        .map(|(_, b)| b)
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -154,29 +154,60 @@ impl<'a> Weights<'a> {
     /// Bytes of weights one decoded token reads (attention, the dense FFN, the experts a
     /// token uses, the shared expert, the head), for bandwidth figures.
     pub fn bytes_per_token(&self, cfg: &Config) -> u64 {
+        self.token_embd.row_bytes() as u64
+            + self
+                .bytes_per_token_by_op(cfg)
+                .iter()
+                .map(|(_, b)| b)
+                .sum::<u64>()
+    }
+
+    /// The same bytes split by the intermediate each mat-vec computes (llama.cpp's names,
+    /// as the GPU profile labels its dispatches), summed over layers.
+    pub fn bytes_per_token_by_op(&self, cfg: &Config) -> Vec<(&'static str, u64)> {
         let m = |m: &Matrix| m.data.len() as u64;
-        let mut total = m(&self.output) + self.token_embd.row_bytes() as u64;
-        for l in &self.layers {
-            total += m(&l.attn_q_a)
-                + m(&l.attn_q_b)
-                + m(&l.attn_kv_a_mqa)
-                + m(&l.attn_k_b)
-                + m(&l.attn_v_b);
-            total += m(&l.attn_output);
-            let dense = |d: &DenseFfn| m(&d.gate) + m(&d.up) + m(&d.down);
-            total += match &l.ffn {
-                Ffn::Dense(d) => dense(d),
-                Ffn::Moe(moe) => {
-                    let per_expert = m(&moe.gate_exps.expert(0))
-                        + m(&moe.up_exps.expert(0))
-                        + m(&moe.down_exps.expert(0));
-                    m(&moe.gate_inp)
-                        + per_expert * cfg.n_experts_used as u64
-                        + moe.shexp.as_ref().map_or(0, dense)
+        let layers = |f: &dyn Fn(&Layer) -> u64| self.layers.iter().map(f).sum::<u64>();
+        // gate + up (or down) of the dense FFN, or of the chosen experts and the shared one
+        let ffn = |up: bool| {
+            let dense = |d: &DenseFfn| {
+                if up {
+                    m(&d.gate) + m(&d.up)
+                } else {
+                    m(&d.down)
                 }
             };
-        }
-        total
+            layers(&|l| match &l.ffn {
+                Ffn::Dense(d) => dense(d),
+                Ffn::Moe(moe) => {
+                    let expert = if up {
+                        m(&moe.gate_exps.expert(0)) + m(&moe.up_exps.expert(0))
+                    } else {
+                        m(&moe.down_exps.expert(0))
+                    };
+                    expert * cfg.n_experts_used as u64 + moe.shexp.as_ref().map_or(0, dense)
+                }
+            })
+        };
+        vec![
+            (
+                "q_a+kv_cmpr_pe",
+                layers(&|l| m(&l.attn_q_a) + m(&l.attn_kv_a_mqa)),
+            ),
+            ("q", layers(&|l| m(&l.attn_q_b))),
+            ("q_nope_absorbed", layers(&|l| m(&l.attn_k_b))),
+            ("kqv_out", layers(&|l| m(&l.attn_v_b))),
+            ("attn_out", layers(&|l| m(&l.attn_output))),
+            (
+                "ffn_moe_logits",
+                layers(&|l| match &l.ffn {
+                    Ffn::Moe(moe) => m(&moe.gate_inp),
+                    Ffn::Dense(_) => 0,
+                }),
+            ),
+            ("ffn_gate_up", ffn(true)),
+            ("ffn_down", ffn(false)),
+            ("result_output", m(&self.output)),
+        ]
     }
 }
 

@@ -134,7 +134,7 @@ fn matvec_with_many_rows_per_workgroup_matches_cpu() {
         let d = matvec::dispatches(&ctx, &p, &gm, &spec);
         ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
         let mut normed = vec![0f32; cols];
-        glm_flash::cpu::ops::rmsnorm(&x, &norm_w, 1e-5, &mut normed);
+        ops::rmsnorm(&x, &norm_w, 1e-5, &mut normed);
         let want: Vec<f32> = (0..rows).map(|r| m.dot_row(r, &normed)).collect();
         check(
             &format!("matvec {rows} rows, workgroup reductions {reductions_in_workgroup_memory}"),
