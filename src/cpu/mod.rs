@@ -20,8 +20,6 @@ pub struct CpuState {
     pub kv_cache: Vec<Vec<f32>>,
     /// [hidden] the residual stream.
     x: Vec<f32>,
-    /// Positions in the cache.
-    len: usize,
 }
 
 pub struct CpuBackend<'a> {
@@ -50,7 +48,6 @@ impl<'a> CpuBackend<'a> {
             state: CpuState {
                 kv_cache: vec![Vec::new(); cfg.n_layers],
                 x: vec![0.0; cfg.hidden],
-                len: 0,
             },
             max_context: max_context.min(cfg.context_length),
             pool,
@@ -84,7 +81,6 @@ fn forward_token(
         };
         ops::add(x, &ffn_out);
     }
-    state.len = pos + 1;
     let mut result_norm = vec![0f32; cfg.hidden];
     rmsnorm(x, &w.output_norm, cfg.rms_eps, &mut result_norm);
     let mut result_output = vec![0f32; cfg.vocab];

@@ -4,10 +4,15 @@ use rayon::prelude::*;
 
 use crate::weights::Matrix;
 
-/// `out = x / rms(x) * weight`, with the mean of squares taken in f64 for stability.
-pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+/// 1 / sqrt(mean(x²) + eps), the mean of squares taken in f64 for stability.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let mean_sq = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
-    let inv = (1.0 / (mean_sq + eps as f64).sqrt()) as f32;
+    (1.0 / (mean_sq + eps as f64).sqrt()) as f32
+}
+
+/// `out = x / rms(x) * weight`
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let inv = inv_rms(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * inv * w;
     }
@@ -15,8 +20,10 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// In-place variant for the q and kv latents.
 pub fn rmsnorm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
-    let copy = x.to_vec();
-    rmsnorm(&copy, weight, eps, x);
+    let inv = inv_rms(x, eps);
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = *v * inv * w;
+    }
 }
 
 /// Rows per rayon task: large enough to amortise scheduling, small enough to balance.
