@@ -304,15 +304,7 @@ fn rope_append_matches_cpu_rope_and_norm() {
             let q = rng.vec(heads * head_dim);
             let kv_norm = rng.vec(kv);
             let cache_init = rng.vec(positions * row);
-            let tok = uniform(
-                &ctx,
-                "token",
-                &TokenParams {
-                    pos: pos as u32,
-                    n_ctx: pos as u32 + 1,
-                    ..Default::default()
-                },
-            );
+            let tok = uniform(&ctx, "token", &TokenParams::new(pos, 0));
             let cs = storage_init(
                 &ctx,
                 "rope",
@@ -357,11 +349,12 @@ fn rope_append_matches_cpu_rope_and_norm() {
 }
 
 /// Attention over the cache (attn_partial + attn_combine) against the CPU's per-head
-/// softmax, with the real per-head dims (kv 512, rope 64), from 1 position to past 8192.
+/// softmax, with the real per-head dims (kv 512, rope 64) and 6 heads (a partial group of
+/// four), from 1 position to past 8192, across tile and split boundaries.
 #[test]
 fn attention_matches_cpu_up_to_long_contexts() {
     let mut cfg = tiny_config();
-    (cfg.n_heads, cfg.kv_lora_rank, cfg.qk_rope, cfg.qk_nope) = (4, 512, 64, 192);
+    (cfg.n_heads, cfg.kv_lora_rank, cfg.qk_rope, cfg.qk_nope) = (6, 512, 64, 192);
     let (heads, kv, rope, head_dim) = (
         cfg.n_heads,
         cfg.kv_lora_rank,
@@ -387,16 +380,8 @@ fn attention_matches_cpu_up_to_long_contexts() {
         );
         let partial = poison(&ctx, attn_partial::partial_len(&cfg, max_context));
         let kqv = poison(&ctx, heads * kv);
-        for n_ctx in [1usize, 300, 9000] {
-            let tok = uniform(
-                &ctx,
-                "token",
-                &TokenParams {
-                    pos: n_ctx as u32 - 1,
-                    n_ctx: n_ctx as u32,
-                    ..Default::default()
-                },
-            );
+        for n_ctx in [1usize, 15, 17, 300, 1025, 9000] {
+            let tok = uniform(&ctx, "token", &TokenParams::new(n_ctx - 1, 0));
             let dp = attn_partial::dispatch(
                 &ctx,
                 &p,
@@ -412,10 +397,7 @@ fn attention_matches_cpu_up_to_long_contexts() {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                dp.record_sized(
-                    &mut pass,
-                    [attn_partial::chunks(n_ctx) as u32, heads as u32, 1],
-                );
+                dp.record_sized(&mut pass, attn_partial::grid(&cfg, n_ctx));
                 dc.record(&mut pass);
             }
             ctx.queue.submit([enc.finish()]);

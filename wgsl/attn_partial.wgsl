@@ -1,36 +1,50 @@
-// Absorbed MLA attention over the latent cache, first pass (split over positions):
-// for head h and chunk c of CHUNK positions,
+// Absorbed MLA attention over the latent cache, first pass (split over positions, as in
+// flash-decoding): for head h and split c (tok.attn_split consecutive positions),
 //   score[t] = (q_abs[h] · latent[t] + q_pe[h] · k_pe[t]) * scale
 //   m = max score, l = Σ exp(score - m), ctx = Σ exp(score[t] - m) * latent[t]
-// written to partial[h][c] = [m, l, ctx[kv]]; attn_combine.wgsl merges the chunks.
-// Launcher: src/gpu/kernels/attn_partial.rs. Appended: a reduce_*.wgsl.
-// Grid: (chunks, heads). A workgroup takes CHUNK = WG positions: LANES invocations share
-// each position's score dot product (consecutive lanes read consecutive 16 bytes of the
-// cache row, so loads coalesce), then each invocation owns one position for the softmax.
+// written to partial[h][c] = [m, l, ctx[kv]]; attn_combine.wgsl merges the splits.
+// Launcher: src/gpu/kernels/attn_partial.rs.
+//
+// Grid: (splits, ceil(heads / HEADS)). All heads read the same cache rows (MLA is
+// multi-query over the latent), so a workgroup takes HEADS heads and every cache load
+// serves all of them. It walks its split in tiles of TILE positions with an online softmax:
+//   scores: LANES invocations per position, each a strided quarter of the row (neighbouring
+//           lanes read neighbouring 16 bytes, so loads coalesce), HEADS dots per load;
+//   context: each invocation owns latent columns lid and lid + WG for all HEADS heads.
+// Loop trip counts are pipeline constants (ROW4, KV4) so the compiler can unroll them and
+// keep many loads in flight: at short contexts this kernel is bound by load latency.
 
-const CHUNK: u32 = WG;
-const LANES: u32 = 8u;
-/// Largest kv + rope (576 in GLM-4.7-Flash), in vec4.
-const MAX_ROW4: u32 = 256u;
+const WG: u32 = 64u;
+const LANES: u32 = 4u;
+/// Positions per tile: one per LANES invocations.
+const TILE: u32 = WG / LANES;
+/// Heads per workgroup; their values travel as the four lanes of a vec4.
+const HEADS: u32 = 4u;
+/// Largest cache row (kv + rope) in vec4; the launcher checks.
+const MAX_ROW4: u32 = 160u;
+
+/// (kv + rope) / 4 and kv / 4 of the model.
+override ROW4: u32 = 144u;
+override KV4: u32 = 128u;
 
 struct Params {
-    kv: u32,
-    rope: u32,
+    heads: u32,
     /// Stride of q between heads (nope + rope) and offset of q_pe within a head.
     head_dim: u32,
     nope: u32,
     scale: f32,
-    /// Chunks per head in `partial` (the stride between heads).
-    max_chunks: u32,
+    /// Splits per head in `partial` (the stride between heads).
+    max_splits: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 struct Token {
     pos: u32,
     n_ctx: u32,
     embd_row: u32,
-    _pad: u32,
+    attn_split: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,83 +55,118 @@ struct Token {
 @group(0) @binding(3) var<storage, read> q: array<f32>;
 /// [positions][kv + rope]
 @group(0) @binding(4) var<storage, read> cache: array<vec4<f32>>;
-/// [heads][max_chunks][2 + kv]
+/// [heads][max_splits][2 + kv]
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 
-/// This head's [q_abs | q_pe].
-var<workgroup> qk: array<vec4<f32>, MAX_ROW4>;
-/// Per position, the LANES partial dot products; then probs[i] = part[i * LANES].
-var<workgroup> part: array<f32, CHUNK * LANES>;
+/// [q_abs | q_pe] of the workgroup's heads: head k at k * ROW4.
+var<workgroup> qk: array<vec4<f32>, HEADS * MAX_ROW4>;
+/// Each invocation's share of its position's HEADS dot products.
+var<workgroup> part: array<vec4<f32>, WG>;
+/// Scores of the tile's positions, one vec4 of HEADS heads each.
+var<workgroup> scores: array<vec4<f32>, TILE>;
+
+/// Head k of this workgroup (heads past the last repeat it; their results are not written).
+fn head(first: u32, k: u32) -> u32 {
+    return min(first + k, p.heads - 1u);
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wid.x;
-    let h = wid.y;
-    let row4 = (p.kv + p.rope) / 4u;
-    for (var j = lid; j < row4; j += WG) {
-        let i = 4u * j;
-        if (i < p.kv) {
-            let b = h * p.kv + i;
-            qk[j] = vec4<f32>(q_abs[b], q_abs[b + 1u], q_abs[b + 2u], q_abs[b + 3u]);
+    let split = wid.x;
+    let first_head = wid.y * HEADS;
+    for (var i = lid; i < HEADS * ROW4; i += WG) {
+        let h = head(first_head, i / ROW4);
+        let e = 4u * (i % ROW4);
+        var b = h * p.head_dim + p.nope + e - 4u * KV4;
+        if (e < 4u * KV4) {
+            b = h * 4u * KV4 + e;
+            qk[i] = vec4<f32>(q_abs[b], q_abs[b + 1u], q_abs[b + 2u], q_abs[b + 3u]);
         } else {
-            let b = h * p.head_dim + p.nope + i - p.kv;
-            qk[j] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+            qk[i] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
         }
     }
     workgroupBarrier();
-    let t0 = c * CHUNK;
-    let n = min(CHUNK, tok.n_ctx - t0);
+
+    let begin = split * tok.attn_split;
+    let end = min(begin + tok.attn_split, tok.n_ctx);
     let lane = lid % LANES;
-    for (var i = lid / LANES; i < n; i += WG / LANES) {
-        let row = (t0 + i) * row4;
-        var acc = 0.0;
-        for (var j = lane; j < row4; j += LANES) {
-            acc += dot(qk[j], cache[row + j]);
+    let col1 = min(lid + WG, KV4 - 1u);
+    var m = vec4<f32>(-3.0e38);
+    var l = vec4<f32>(0.0);
+    // ctx0[k] / ctx1[k]: head k's context at latent columns lid / lid + WG.
+    var ctx0 = mat4x4<f32>();
+    var ctx1 = mat4x4<f32>();
+    for (var t0 = begin; t0 < end; t0 += TILE) {
+        // Positions past the split's end read its last row and get probability 0.
+        let row = min(t0 + lid / LANES, end - 1u) * ROW4;
+        var d = vec4<f32>(0.0);
+        for (var s = 0u; s < (ROW4 + LANES - 1u) / LANES; s++) {
+            let j = s * LANES + lane;
+            if (j < ROW4) {
+                let c = cache[row + j];
+                d += vec4<f32>(
+                    dot(qk[j], c),
+                    dot(qk[ROW4 + j], c),
+                    dot(qk[2u * ROW4 + j], c),
+                    dot(qk[3u * ROW4 + j], c)
+                );
+            }
         }
-        part[i * LANES + lane] = acc;
-    }
-    workgroupBarrier();
-    var score = -3.0e38;
-    if (lid < n) {
-        var acc = 0.0;
-        for (var l = 0u; l < LANES; l++) {
-            acc += part[lid * LANES + l];
+        part[lid] = d;
+        workgroupBarrier();
+        if (lid < TILE) {
+            let i = LANES * lid;
+            var s = (part[i] + part[i + 1u] + part[i + 2u] + part[i + 3u]) * p.scale;
+            if (t0 + lid >= end) {
+                s = vec4<f32>(-3.0e38);
+            }
+            scores[lid] = s;
         }
-        score = acc * p.scale;
-    }
-    let m = reduce_max4(vec4<f32>(score), lid).x;
-    var e = 0.0;
-    if (lid < n) {
-        e = exp(score - m);
-    }
-    let l = reduce_sum4(vec4<f32>(e, 0.0, 0.0, 0.0), lid).x;
-    workgroupBarrier(); // every sum of `part` above is done before it is overwritten
-    part[lid * LANES] = e;
-    workgroupBarrier();
-    let out = (h * p.max_chunks + c) * (2u + p.kv);
-    // Four positions per step with independent sums, so four cache loads are in flight.
-    // Steps may run past n (up to the chunk's end): those positions have probability 0 and
-    // read a valid row (the last one).
-    let last = tok.n_ctx - 1u;
-    for (var j = lid; j < p.kv / 4u; j += WG) {
-        var a0 = vec4<f32>(0.0);
-        var a1 = vec4<f32>(0.0);
-        var a2 = vec4<f32>(0.0);
-        var a3 = vec4<f32>(0.0);
-        for (var i = 0u; i < n; i += 4u) {
-            a0 += part[i * LANES] * cache[min(t0 + i, last) * row4 + j];
-            a1 += part[(i + 1u) * LANES] * cache[min(t0 + i + 1u, last) * row4 + j];
-            a2 += part[(i + 2u) * LANES] * cache[min(t0 + i + 2u, last) * row4 + j];
-            a3 += part[(i + 3u) * LANES] * cache[min(t0 + i + 3u, last) * row4 + j];
+        workgroupBarrier();
+        var tile_max = scores[0];
+        for (var i = 1u; i < TILE; i++) {
+            tile_max = max(tile_max, scores[i]);
         }
-        let acc = (a0 + a1) + (a2 + a3);
-        partial[out + 2u + 4u * j] = acc.x;
-        partial[out + 3u + 4u * j] = acc.y;
-        partial[out + 4u + 4u * j] = acc.z;
-        partial[out + 5u + 4u * j] = acc.w;
+        let new_m = max(m, tile_max);
+        let correction = exp(m - new_m);
+        m = new_m;
+        l *= correction;
+        ctx0 = mat4x4<f32>(ctx0[0] * correction.x, ctx0[1] * correction.y, ctx0[2] * correction.z, ctx0[3] * correction.w);
+        ctx1 = mat4x4<f32>(ctx1[0] * correction.x, ctx1[1] * correction.y, ctx1[2] * correction.z, ctx1[3] * correction.w);
+        for (var i = 0u; i < TILE; i++) {
+            let pr = exp(scores[i] - m);
+            l += pr;
+            let r = min(t0 + i, end - 1u) * ROW4;
+            let c0 = cache[r + min(lid, KV4 - 1u)];
+            let c1 = cache[r + col1];
+            ctx0 += mat4x4<f32>(c0 * pr.x, c0 * pr.y, c0 * pr.z, c0 * pr.w);
+            ctx1 += mat4x4<f32>(c1 * pr.x, c1 * pr.y, c1 * pr.z, c1 * pr.w);
+        }
     }
-    if (lid == 0u) {
-        partial[out] = m;
-        partial[out + 1u] = l;
+
+    for (var k = 0u; k < HEADS; k++) {
+        let h = first_head + k;
+        if (h >= p.heads) {
+            break;
+        }
+        let out = (h * p.max_splits + split) * (2u + 4u * KV4);
+        if (lid == 0u) {
+            partial[out] = m[k];
+            partial[out + 1u] = l[k];
+        }
+        if (lid < KV4) {
+            let o = out + 2u + 4u * lid;
+            partial[o] = ctx0[k].x;
+            partial[o + 1u] = ctx0[k].y;
+            partial[o + 2u] = ctx0[k].z;
+            partial[o + 3u] = ctx0[k].w;
+        }
+        if (lid + WG < KV4) {
+            let o = out + 2u + 4u * (lid + WG);
+            partial[o] = ctx1[k].x;
+            partial[o + 1u] = ctx1[k].y;
+            partial[o + 2u] = ctx1[k].z;
+            partial[o + 3u] = ctx1[k].w;
+        }
     }
 }

@@ -207,17 +207,9 @@ impl GpuBackend {
                 moe_route::MAX_EXPERTS
             )));
         }
-        if cfg.cache_row() > attn_partial::MAX_ROW || !cfg.cache_row().is_multiple_of(4) {
+        if let Some(why) = attn_partial::unsupported(cfg) {
             return Err(Error::Gpu(format!(
-                "kv_lora_rank + rope = {} must be a multiple of 4 and at most {}",
-                cfg.cache_row(),
-                attn_partial::MAX_ROW
-            )));
-        }
-        let most_positions = attn_combine::MAX_CHUNKS * attn_partial::CHUNK;
-        if max_context > most_positions {
-            return Err(Error::Gpu(format!(
-                "a context of {max_context} positions: the GPU attention merges at most {most_positions}"
+                "the GPU attention cannot run this model: {why}"
             )));
         }
         let total: u64 = std::iter::once(&w.token_embd)
@@ -375,12 +367,7 @@ impl GpuBackend {
             .find(|(start, _)| *start <= token as usize)
             .expect("the first chunk starts at row 0");
         let n_ctx = pos + 1;
-        let params = TokenParams {
-            pos: pos as u32,
-            n_ctx: n_ctx as u32,
-            embd_row: (token as usize - embd_start) as u32,
-            _pad: 0,
-        };
+        let params = TokenParams::new(pos, token as usize - embd_start);
         ctx.queue
             .write_buffer(&act.token, 0, bytemuck::bytes_of(&params));
         let rope = rope_append::rope_table(pos, cfg.qk_rope, cfg.rope_base);
@@ -414,12 +401,11 @@ impl GpuBackend {
                                        // rope q_pe, k_pe; cache[pos] = [rmsnorm(kv_cmpr) | k_pe]
             rec.run("q_pe+kv_cache", std::slice::from_ref(&l.rope_append));
             rec.run("q_nope_absorbed", &l.q_nope_absorbed); // q_nope_absorbed[h] = k_b[h] · q_nope[h]
-            let chunks = attn_partial::chunks(n_ctx) as u32;
-            // scores, softmax and context per chunk of positions
+                                                            // scores, softmax and context per split of positions
             rec.run_sized(
                 "kq_partial",
                 &l.attn_partial,
-                [chunks, cfg.n_heads as u32, 1],
+                attn_partial::grid(cfg, n_ctx),
             );
             rec.run("kqv", std::slice::from_ref(&l.attn_combine)); // kqv[h] = Σ_t p[h][t] · latent[t]
             rec.run("kqv_out", &l.attn_v_b); // kqv_out[h] = v_b[h] · kqv[h]

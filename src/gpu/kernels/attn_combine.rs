@@ -1,4 +1,4 @@
-//! Launcher of `wgsl/attn_combine.wgsl`: merges the position chunks of `attn_partial` into
+//! Launcher of `wgsl/attn_combine.wgsl`: merges the position splits of `attn_partial` into
 //! each head's softmax-weighted latent context (`kqv`). Reference: `cpu::attention`.
 
 use crate::config::Config;
@@ -19,12 +19,9 @@ pub const SHADER: Shader = Shader {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     kv: u32,
-    max_chunks: u32,
+    max_splits: u32,
     _pad: [u32; 2],
 }
-
-/// Chunks per head the kernel can merge (its workgroup array; wgsl/attn_combine.wgsl).
-pub const MAX_CHUNKS: usize = 4096;
 
 pub fn dispatch(
     ctx: &GpuContext,
@@ -35,16 +32,12 @@ pub fn dispatch(
     partial: &wgpu::Buffer,
     kqv: &wgpu::Buffer,
 ) -> Dispatch {
-    assert!(
-        attn_partial::chunks(max_context) <= MAX_CHUNKS,
-        "attn_combine holds at most {MAX_CHUNKS} chunk weights"
-    );
     let params = uniform(
         ctx,
         "attn_combine params",
         &Params {
             kv: cfg.kv_lora_rank as u32,
-            max_chunks: attn_partial::chunks(max_context) as u32,
+            max_splits: attn_partial::max_splits(max_context) as u32,
             _pad: [0; 2],
         },
     );

@@ -1,5 +1,5 @@
-//! Launcher of `wgsl/attn_partial.wgsl`: scores, softmax and latent context of each head
-//! over one chunk of cache positions. Reference: the per-head loop of `cpu::attention`.
+//! Launcher of `wgsl/attn_partial.wgsl`: scores, softmax and latent context of four heads
+//! over one split of cache positions. Reference: the per-head loop of `cpu::attention`.
 
 use crate::config::Config;
 use crate::gpu::context::GpuContext;
@@ -17,39 +17,76 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    reduces: true,
+    reduces: false,
     dots: false,
 };
 
-/// Positions per workgroup (one per invocation: the workgroup size); attn_combine.wgsl
-/// uses the same.
-pub const CHUNK: usize = crate::gpu::context::WORKGROUP_SIZE as usize;
+/// Positions a workgroup scores at once (wgsl/attn_partial.wgsl TILE).
+pub const TILE: usize = 16;
+/// Heads per workgroup (wgsl/attn_partial.wgsl HEADS).
+pub const HEADS: usize = 4;
+/// Splits of the context at most: enough workgroups to fill a large GPU at any context,
+/// few enough that attn_combine merges them in one step.
+pub const MAX_SPLITS: usize = 64;
 /// Largest cache row (kv + rope) the kernel holds in workgroup memory.
-pub const MAX_ROW: usize = 1024;
+pub const MAX_ROW: usize = 640;
+/// Largest latent (kv): each invocation owns two of its vec4 columns.
+pub const MAX_KV: usize = 2 * 4 * crate::gpu::context::WORKGROUP_SIZE as usize;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    kv: u32,
-    rope: u32,
+    heads: u32,
     head_dim: u32,
     nope: u32,
     scale: f32,
-    max_chunks: u32,
-    _pad: [u32; 2],
+    max_splits: u32,
+    _pad: [u32; 3],
 }
 
-/// Chunks of `n_ctx` positions: the x extent of the grid.
-pub fn chunks(n_ctx: usize) -> usize {
-    n_ctx.div_ceil(CHUNK)
+/// Positions per split for a context of `n_ctx`: whole tiles, at most [`MAX_SPLITS`] splits.
+/// Short contexts get one tile per workgroup (the shortest chain of dependent loads); long
+/// ones spread over all splits.
+pub fn split_len(n_ctx: usize) -> usize {
+    n_ctx.div_ceil(MAX_SPLITS).next_multiple_of(TILE).max(TILE)
 }
 
-/// Floats of the partial buffer for a context of `max_context` positions.
+/// Splits of `n_ctx` positions: the x extent of the grid.
+pub fn splits(n_ctx: usize) -> usize {
+    n_ctx.div_ceil(split_len(n_ctx))
+}
+
+/// The grid for a context of `n_ctx`: `[splits, head groups, 1]`.
+pub fn grid(cfg: &Config, n_ctx: usize) -> [u32; 3] {
+    [splits(n_ctx) as u32, cfg.n_heads.div_ceil(HEADS) as u32, 1]
+}
+
+/// The most splits any context up to `max_context` has: the partial buffer's stride
+/// between heads.
+pub fn max_splits(max_context: usize) -> usize {
+    max_context.div_ceil(TILE).clamp(1, MAX_SPLITS)
+}
+
+/// Floats of the partial buffer for contexts up to `max_context`.
 pub fn partial_len(cfg: &Config, max_context: usize) -> usize {
-    cfg.n_heads * chunks(max_context) * (2 + cfg.kv_lora_rank)
+    cfg.n_heads * max_splits(max_context) * (2 + cfg.kv_lora_rank)
 }
 
-/// The grid is set per token: `[chunks(n_ctx), heads, 1]`.
+/// Why the kernel cannot run this model's attention, if it cannot.
+pub fn unsupported(cfg: &Config) -> Option<String> {
+    let (row, kv) = (cfg.cache_row(), cfg.kv_lora_rank);
+    (row > MAX_ROW || kv > MAX_KV || !kv.is_multiple_of(4) || !cfg.qk_rope.is_multiple_of(4)).then(
+        || {
+            format!(
+                "kv_lora_rank {kv} + rope {} must be multiples of 4, kv at most {MAX_KV} and \
+                 their sum at most {MAX_ROW}",
+                cfg.qk_rope
+            )
+        },
+    )
+}
+
+/// The grid is set per token: [`grid`].
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &GpuContext,
@@ -62,27 +99,26 @@ pub fn dispatch(
     cache: &wgpu::Buffer,
     partial: &wgpu::Buffer,
 ) -> Dispatch {
-    assert!(
-        cfg.cache_row() <= MAX_ROW
-            && cfg.cache_row().is_multiple_of(4)
-            && cfg.qk_rope.is_multiple_of(4)
-    );
+    assert!(unsupported(cfg).is_none());
     let params = uniform(
         ctx,
         "attn_partial params",
         &Params {
-            kv: cfg.kv_lora_rank as u32,
-            rope: cfg.qk_rope as u32,
+            heads: cfg.n_heads as u32,
             head_dim: (cfg.qk_nope + cfg.qk_rope) as u32,
             nope: cfg.qk_nope as u32,
             scale: cfg.attn_scale(),
-            max_chunks: chunks(max_context) as u32,
-            _pad: [0; 2],
+            max_splits: max_splits(max_context) as u32,
+            _pad: [0; 3],
         },
     );
-    pipes.get(ctx, SHADER, &[]).dispatch(
+    let constants = [
+        ("ROW4", (cfg.cache_row() / 4) as f64),
+        ("KV4", (cfg.kv_lora_rank / 4) as f64),
+    ];
+    pipes.get(ctx, SHADER, &constants).dispatch(
         ctx,
         &[&params, token, q_abs, q, cache, partial],
-        [1, cfg.n_heads as u32, 1],
+        grid(cfg, 1),
     )
 }
