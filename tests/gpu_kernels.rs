@@ -597,15 +597,18 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
     let ctx = ctx(None, false);
     let p = Pipelines::new();
     let mut rng = Rng(7);
-    for n in [1usize, 255, 4096, 154880] {
+    for n in [1usize, 255, 1024, 1025, 4096, 154880] {
         let mut logits = rng.vec(n);
         if n > 300 {
-            logits[n - 7] = 3.0; // a tie: the lower index wins
+            // ties: the lower index wins, across the first pass's spans and within one
+            logits[n - 7] = 3.0;
             logits[290] = 3.0;
+            logits[291] = 3.0;
         }
         let result = storage_init(&ctx, "result", &[0xff; 4]);
-        let d = argmax::dispatch(&ctx, &p, n, &storage_f32(&ctx, "logits", &logits), &result);
-        ctx.run(&[&d]).unwrap();
+        let logits_b = storage_f32(&ctx, "logits", &logits);
+        let ds = argmax::dispatches(&ctx, &p, n, &logits_b, &result).unwrap();
+        ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
         let got = u32::from_le_bytes(ctx.read_bytes(&result, 4).unwrap().try_into().unwrap());
         assert_eq!(got as usize, ops::argmax(&logits), "n = {n}");
     }

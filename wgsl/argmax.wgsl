@@ -1,8 +1,17 @@
 // Argmax of the logits (greedy decoding reads back only this id). Ties and order as
 // cpu::ops::argmax: the first (lowest) index of the largest value.
-// Launcher: src/gpu/kernels/argmax.rs. Grid: 1 workgroup of WG_ARGMAX.
+// Launcher: src/gpu/kernels/argmax.rs. Two dispatches of this kernel:
+//   FINAL = false: grid ceil(n / SPAN); workgroup w finds the best of logits
+//                  [w * SPAN, (w + 1) * SPAN) and writes the pair (value bits, index) to out[w];
+//   FINAL = true:  one workgroup reduces those n pairs to the index in out[0].
+// One workgroup for the whole vocabulary would walk ~600 logits per invocation in series.
+
+override FINAL: bool = false;
 
 const WG_ARGMAX: u32 = 256u;
+/// Logits per workgroup of the first pass: four per invocation, loaded together.
+const SPAN: u32 = 4u * WG_ARGMAX;
+const NONE: u32 = 0xffffffffu;
 
 struct Params {
     n: u32,
@@ -12,39 +21,60 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(2) var<storage, read_write> result: array<u32>;
+/// FINAL = false: the logits as f32 bits; true: the first pass's pairs.
+@group(0) @binding(1) var<storage, read> input: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
 var<workgroup> best_val: array<f32, WG_ARGMAX>;
 var<workgroup> best_idx: array<u32, WG_ARGMAX>;
 
+/// Whether candidate (v, i) beats the best so far (b, bi): larger, or equal and earlier.
+fn beats(v: f32, i: u32, b: f32, bi: u32) -> bool {
+    return i != NONE && (bi == NONE || v > b || (v == b && i < bi));
+}
+
 @compute @workgroup_size(WG_ARGMAX)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var v = -3.4e38;
-    var idx = 0xffffffffu;
-    for (var i = lid; i < p.n; i += WG_ARGMAX) {
-        let l = logits[i];
-        if (idx == 0xffffffffu || l > v) {
-            v = l;
-            idx = i;
+    var idx = NONE;
+    if (FINAL) {
+        for (var i = lid; i < p.n; i += WG_ARGMAX) {
+            let c = bitcast<f32>(input[2u * i]);
+            let ci = input[2u * i + 1u];
+            if (beats(c, ci, v, idx)) {
+                v = c;
+                idx = ci;
+            }
+        }
+    } else {
+        let first = wid.x * SPAN + lid;
+        let k = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u) * WG_ARGMAX, vec4<u32>(p.n - 1u));
+        let c = bitcast<vec4<f32>>(vec4<u32>(input[k.x], input[k.y], input[k.z], input[k.w]));
+        // In index order, so that the first of equal values stays.
+        for (var j = 0u; j < 4u; j++) {
+            let i = first + j * WG_ARGMAX;
+            if (i < p.n && (idx == NONE || c[j] > v)) {
+                v = c[j];
+                idx = i;
+            }
         }
     }
     best_val[lid] = v;
     best_idx[lid] = idx;
     workgroupBarrier();
     for (var s = WG_ARGMAX / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            let ov = best_val[lid + s];
-            let oi = best_idx[lid + s];
-            let mine = best_idx[lid];
-            if (oi != 0xffffffffu && (mine == 0xffffffffu || ov > best_val[lid] || (ov == best_val[lid] && oi < mine))) {
-                best_val[lid] = ov;
-                best_idx[lid] = oi;
-            }
+        if (lid < s && beats(best_val[lid + s], best_idx[lid + s], best_val[lid], best_idx[lid])) {
+            best_val[lid] = best_val[lid + s];
+            best_idx[lid] = best_idx[lid + s];
         }
         workgroupBarrier();
     }
     if (lid == 0u) {
-        result[0] = best_idx[0];
+        if (FINAL) {
+            out[0] = best_idx[0];
+        } else {
+            out[2u * wid.x] = bitcast<u32>(best_val[0]);
+            out[2u * wid.x + 1u] = best_idx[0];
+        }
     }
 }

@@ -11,8 +11,9 @@
 //   scores: LANES invocations per position, each a strided quarter of the row (neighbouring
 //           lanes read neighbouring 16 bytes, so loads coalesce), HEADS dots per load;
 //   context: each invocation owns latent columns lid and lid + WG for all HEADS heads.
-// Loop trip counts are pipeline constants (ROW4, KV4) so the compiler can unroll them and
-// keep many loads in flight: at short contexts this kernel is bound by load latency.
+// At short contexts this kernel is bound by load latency, so its loops issue several
+// independent loads before using them (the driver's compiler does not overlap loop
+// iterations on its own); ROW4 and KV4 are pipeline constants.
 
 const WG: u32 = 64u;
 const LANES: u32 = 4u;
@@ -50,9 +51,9 @@ struct Token {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> tok: Token;
 /// [heads][kv]
-@group(0) @binding(2) var<storage, read> q_abs: array<f32>;
+@group(0) @binding(2) var<storage, read> q_abs: array<vec4<f32>>;
 /// [heads][nope + rope], q_pe already roped
-@group(0) @binding(3) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
 /// [positions][kv + rope]
 @group(0) @binding(4) var<storage, read> cache: array<vec4<f32>>;
 /// [heads][max_splits][2 + kv]
@@ -70,19 +71,30 @@ fn head(first: u32, k: u32) -> u32 {
     return min(first + k, p.heads - 1u);
 }
 
+/// Element j (vec4) of a cache row, clamped into the row; `head_dots` zeroes what is past it.
+fn cache4(row: u32, j: u32) -> vec4<f32> {
+    return cache[row + min(j, ROW4 - 1u)];
+}
+
+/// The four heads' dot products with cache vec4 `c` at row element j (0 past the row).
+fn head_dots(j: u32, c: vec4<f32>) -> vec4<f32> {
+    if (j >= ROW4) {
+        return vec4<f32>(0.0);
+    }
+    return vec4<f32>(dot(qk[j], c), dot(qk[ROW4 + j], c), dot(qk[2u * ROW4 + j], c), dot(qk[3u * ROW4 + j], c));
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let split = wid.x;
     let first_head = wid.y * HEADS;
     for (var i = lid; i < HEADS * ROW4; i += WG) {
         let h = head(first_head, i / ROW4);
-        let e = 4u * (i % ROW4);
-        var b = h * p.head_dim + p.nope + e - 4u * KV4;
-        if (e < 4u * KV4) {
-            b = h * 4u * KV4 + e;
-            qk[i] = vec4<f32>(q_abs[b], q_abs[b + 1u], q_abs[b + 2u], q_abs[b + 3u]);
+        let j = i % ROW4;
+        if (j < KV4) {
+            qk[i] = q_abs[h * KV4 + j];
         } else {
-            qk[i] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+            qk[i] = q[(h * p.head_dim + p.nope) / 4u + j - KV4];
         }
     }
     workgroupBarrier();
@@ -90,6 +102,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let begin = split * tok.attn_split;
     let end = min(begin + tok.attn_split, tok.n_ctx);
     let lane = lid % LANES;
+    let col0 = min(lid, KV4 - 1u);
     let col1 = min(lid + WG, KV4 - 1u);
     var m = vec4<f32>(-3.0e38);
     var l = vec4<f32>(0.0);
@@ -99,18 +112,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var t0 = begin; t0 < end; t0 += TILE) {
         // Positions past the split's end read its last row and get probability 0.
         let row = min(t0 + lid / LANES, end - 1u) * ROW4;
+        // Six loads per step, issued before they are used, so they are in flight together.
         var d = vec4<f32>(0.0);
-        for (var s = 0u; s < (ROW4 + LANES - 1u) / LANES; s++) {
-            let j = s * LANES + lane;
-            if (j < ROW4) {
-                let c = cache[row + j];
-                d += vec4<f32>(
-                    dot(qk[j], c),
-                    dot(qk[ROW4 + j], c),
-                    dot(qk[2u * ROW4 + j], c),
-                    dot(qk[3u * ROW4 + j], c)
-                );
-            }
+        for (var j = lane; j < ROW4; j += 6u * LANES) {
+            let c0 = cache4(row, j);
+            let c1 = cache4(row, j + LANES);
+            let c2 = cache4(row, j + 2u * LANES);
+            let c3 = cache4(row, j + 3u * LANES);
+            let c4 = cache4(row, j + 4u * LANES);
+            let c5 = cache4(row, j + 5u * LANES);
+            d += head_dots(j, c0) + head_dots(j + LANES, c1) + head_dots(j + 2u * LANES, c2)
+                + head_dots(j + 3u * LANES, c3) + head_dots(j + 4u * LANES, c4) + head_dots(j + 5u * LANES, c5);
         }
         part[lid] = d;
         workgroupBarrier();
@@ -133,14 +145,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         l *= correction;
         ctx0 = mat4x4<f32>(ctx0[0] * correction.x, ctx0[1] * correction.y, ctx0[2] * correction.z, ctx0[3] * correction.w);
         ctx1 = mat4x4<f32>(ctx1[0] * correction.x, ctx1[1] * correction.y, ctx1[2] * correction.z, ctx1[3] * correction.w);
-        for (var i = 0u; i < TILE; i++) {
-            let pr = exp(scores[i] - m);
-            l += pr;
-            let r = min(t0 + i, end - 1u) * ROW4;
-            let c0 = cache[r + min(lid, KV4 - 1u)];
-            let c1 = cache[r + col1];
-            ctx0 += mat4x4<f32>(c0 * pr.x, c0 * pr.y, c0 * pr.z, c0 * pr.w);
-            ctx1 += mat4x4<f32>(c1 * pr.x, c1 * pr.y, c1 * pr.z, c1 * pr.w);
+        // Four positions per step: eight loads in flight.
+        for (var i = 0u; i < TILE; i += 4u) {
+            let r = min(vec4<u32>(t0 + i) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(end - 1u)) * ROW4;
+            let a0 = cache[r.x + col0];
+            let a1 = cache[r.y + col0];
+            let a2 = cache[r.z + col0];
+            let a3 = cache[r.w + col0];
+            let b0 = cache[r.x + col1];
+            let b1 = cache[r.y + col1];
+            let b2 = cache[r.z + col1];
+            let b3 = cache[r.w + col1];
+            let p0 = exp(scores[i] - m);
+            let p1 = exp(scores[i + 1u] - m);
+            let p2 = exp(scores[i + 2u] - m);
+            let p3 = exp(scores[i + 3u] - m);
+            l += (p0 + p1) + (p2 + p3);
+            ctx0 += mat4x4<f32>(a0 * p0.x, a0 * p0.y, a0 * p0.z, a0 * p0.w)
+                + mat4x4<f32>(a1 * p1.x, a1 * p1.y, a1 * p1.z, a1 * p1.w)
+                + mat4x4<f32>(a2 * p2.x, a2 * p2.y, a2 * p2.z, a2 * p2.w)
+                + mat4x4<f32>(a3 * p3.x, a3 * p3.y, a3 * p3.z, a3 * p3.w);
+            ctx1 += mat4x4<f32>(b0 * p0.x, b0 * p0.y, b0 * p0.z, b0 * p0.w)
+                + mat4x4<f32>(b1 * p1.x, b1 * p1.y, b1 * p1.z, b1 * p1.w)
+                + mat4x4<f32>(b2 * p2.x, b2 * p2.y, b2 * p2.z, b2 * p2.w)
+                + mat4x4<f32>(b3 * p3.x, b3 * p3.y, b3 * p3.z, b3 * p3.w);
         }
     }
 

@@ -174,7 +174,7 @@ pub struct GpuBackend {
     embed: Vec<(usize, Dispatch)>,
     layers: Vec<LayerDispatches>,
     result_output: Vec<Dispatch>,
-    result_argmax: Dispatch,
+    result_argmax: Vec<Dispatch>,
     logits_staging: wgpu::Buffer,
     argmax_staging: wgpu::Buffer,
     stats: GpuStats,
@@ -253,7 +253,7 @@ impl GpuBackend {
             },
         );
         let result_argmax =
-            argmax::dispatch(&ctx, p, cfg.vocab, &act.result_output, &act.result_argmax);
+            argmax::dispatches(&ctx, p, cfg.vocab, &act.result_output, &act.result_argmax)?;
         let staging = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -422,7 +422,7 @@ impl GpuBackend {
             rec.run("result_output", &self.result_output); // output · rmsnorm(x) * output_norm
         }
         if read == Readback::Argmax {
-            rec.run("result_argmax", std::slice::from_ref(&self.result_argmax));
+            rec.run("result_argmax", &self.result_argmax);
         }
         let dispatches = rec.dispatches;
         if let (Some((_, names)), Some((_, out))) = (rec.timestamps.take(), profile) {

@@ -1,9 +1,10 @@
 //! Launcher of `wgsl/argmax.wgsl`: the id of the largest logit, so greedy decoding reads
 //! back 4 bytes. Reference: `cpu::ops::argmax`.
 
+use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
-use crate::gpu::upload::uniform;
+use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::upload::{storage_zeroed, uniform};
 
 pub const SHADER: Shader = Shader {
     name: "argmax",
@@ -13,18 +14,32 @@ pub const SHADER: Shader = Shader {
     dots: false,
 };
 
-/// Invocations of the single workgroup (the kernel's WG_ARGMAX).
+/// Invocations per workgroup (the kernel's WG_ARGMAX).
 pub const WORKGROUP: u32 = 256;
+/// Logits each workgroup of the first pass reduces (the kernel's SPAN).
+pub const SPAN: usize = 4 * WORKGROUP as usize;
 
-pub fn dispatch(
+/// The two dispatches (per-span bests, then the best of those) writing the index of the
+/// largest of `n` logits to `result[0]`.
+pub fn dispatches(
     ctx: &GpuContext,
     pipes: &Pipelines,
     n: usize,
     logits: &wgpu::Buffer,
     result: &wgpu::Buffer,
-) -> Dispatch {
-    let params = uniform(ctx, "argmax params", &[n as u32, 0, 0, 0]);
-    pipes
-        .get(ctx, SHADER, &[])
-        .dispatch(ctx, &[&params, logits, result], [1, 1, 1])
+) -> Result<Vec<Dispatch>> {
+    let spans = n.div_ceil(SPAN);
+    let pairs = storage_zeroed(ctx, "argmax pairs", 2 * spans)?;
+    let pass = |last: bool, count: usize, input: &wgpu::Buffer, out: &wgpu::Buffer, grid| {
+        let params = uniform(ctx, "argmax params", &[count as u32, 0, 0, 0]);
+        pipes.get(ctx, SHADER, &[("FINAL", flag(last))]).dispatch(
+            ctx,
+            &[&params, input, out],
+            [grid, 1, 1],
+        )
+    };
+    Ok(vec![
+        pass(false, n, logits, &pairs, spans as u32),
+        pass(true, spans, &pairs, result, 1),
+    ])
 }
