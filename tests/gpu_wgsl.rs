@@ -44,13 +44,22 @@ fn capabilities(subgroups: bool) -> (Capabilities, SubgroupOperationSet) {
 }
 
 /// The bool override constants of a kernel, each set to each value in turn (all false, all
-/// true), as the launchers may.
+/// true), as the launchers may; numeric overrides keep their defaults.
 fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
+    let is_bool = |ty| {
+        matches!(
+            module.types[ty].inner,
+            naga::TypeInner::Scalar(naga::Scalar {
+                kind: naga::ScalarKind::Bool,
+                ..
+            })
+        )
+    };
     [0.0, 1.0]
         .iter()
         .map(|&v| {
             let mut c = naga::back::PipelineConstants::default();
-            for (_, o) in module.overrides.iter() {
+            for (_, o) in module.overrides.iter().filter(|(_, o)| is_bool(o.ty)) {
                 c.insert(o.name.clone().unwrap(), v);
             }
             c
