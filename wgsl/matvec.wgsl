@@ -56,19 +56,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var scale = 1.0;
     if (NORM) {
         let base = p.in_offset / 4u;
-        // Four loads per step (masked past the end), in flight together.
-        let n4 = p.cols / 4u;
-        var ss = vec4<f32>(0.0);
-        for (var j = lid; j < n4; j += 4u * WG) {
-            let k = vec4<u32>(j) + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
-            let c = min(k, vec4<u32>(n4 - 1u)) + vec4<u32>(base);
-            let v0 = x[c.x];
-            let v1 = x[c.y];
-            let v2 = x[c.z];
-            let v3 = x[c.w];
-            ss += select(vec4<f32>(0.0), vec4<f32>(dot(v0, v0), dot(v1, v1), dot(v2, v2), dot(v3, v3)), k < vec4<u32>(n4));
+        var ss = 0.0;
+        for (var j = lid; j < p.cols / 4u; j += WG) {
+            let v = x[base + j];
+            ss += dot(v, v);
         }
-        let s = reduce_sum4(vec4<f32>(dot(ss, vec4<f32>(1.0)), 0.0, 0.0, 0.0), lid).x;
+        let s = reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x;
         scale = inverseSqrt(s / f32(p.cols) + p.eps);
     }
     for (var g = 0u; g < ROWS; g += 4u) {

@@ -21,61 +21,42 @@ fn q8_scale(i: u32) -> f32 {
     return unpack2x16float(scales[i / 2u])[i % 2u];
 }
 
-/// Unit u (16 quants) of each of the four rows times the matching 16 inputs, scaled.
-fn q8_unit(start: vec4<u32>, first_scale: vec4<u32>, base: u32, u: u32) -> vec4<f32> {
-    let j = 4u * u;
-    let x0 = input4(base, j);
-    let x1 = input4(base, j + 1u);
-    let x2 = input4(base, j + 2u);
-    let x3 = input4(base, j + 3u);
-    let qx = quants[start.x + u];
-    let qy = quants[start.y + u];
-    let qz = quants[start.z + u];
-    let qw = quants[start.w + u];
-    let si = first_scale + vec4<u32>(u / 2u);
-    return vec4<f32>(
-        q8_scale(si.x) * q8_dot16(qx, x0, x1, x2, x3),
-        q8_scale(si.y) * q8_dot16(qy, x0, x1, x2, x3),
-        q8_scale(si.z) * q8_dot16(qz, x0, x1, x2, x3),
-        q8_scale(si.w) * q8_dot16(qw, x0, x1, x2, x3),
-    );
-}
-
-/// Unit u (4 floats) of each of the four F32 rows times the matching 4 inputs.
-fn f32_unit(start: vec4<u32>, base: u32, u: u32) -> vec4<f32> {
-    let xv = input4(base, u);
-    return vec4<f32>(
-        dot(bitcast<vec4<f32>>(quants[start.x + u]), xv),
-        dot(bitcast<vec4<f32>>(quants[start.y + u]), xv),
-        dot(bitcast<vec4<f32>>(quants[start.z + u]), xv),
-        dot(bitcast<vec4<f32>>(quants[start.w + u]), xv),
-    );
-}
-
 /// This invocation's share of rows[k] · input for k = 0..3 (rows are local to the binding).
-/// Two units per step (u and u + WG, the second masked past the end) so that the loads of
-/// both are issued before either is used: a step costs one memory round trip, and the
-/// driver's compiler does not overlap loop iterations by itself.
 fn dot_rows4(rows: vec4<u32>, cols: u32, base: u32, lid: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     if (WEIGHTS_F32) {
         let units = cols / 4u;
         let start = rows * units;
-        for (var u = lid; u < units; u += 2u * WG) {
-            let second = u + WG < units;
-            let a = f32_unit(start, base, u);
-            let b = f32_unit(start, base, select(u, u + WG, second));
-            acc += a + select(vec4<f32>(0.0), b, second);
+        for (var u = lid; u < units; u += WG) {
+            let xv = input4(base, u);
+            acc += vec4<f32>(
+                dot(bitcast<vec4<f32>>(quants[start.x + u]), xv),
+                dot(bitcast<vec4<f32>>(quants[start.y + u]), xv),
+                dot(bitcast<vec4<f32>>(quants[start.z + u]), xv),
+                dot(bitcast<vec4<f32>>(quants[start.w + u]), xv),
+            );
         }
     } else {
         let units = cols / 16u;
         let start = rows * units;
         let first_scale = rows * (cols / 32u);
-        for (var u = lid; u < units; u += 2u * WG) {
-            let second = u + WG < units;
-            let a = q8_unit(start, first_scale, base, u);
-            let b = q8_unit(start, first_scale, base, select(u, u + WG, second));
-            acc += a + select(vec4<f32>(0.0), b, second);
+        for (var u = lid; u < units; u += WG) {
+            let j = 4u * u;
+            let x0 = input4(base, j);
+            let x1 = input4(base, j + 1u);
+            let x2 = input4(base, j + 2u);
+            let x3 = input4(base, j + 3u);
+            let qx = quants[start.x + u];
+            let qy = quants[start.y + u];
+            let qz = quants[start.z + u];
+            let qw = quants[start.w + u];
+            let si = first_scale + vec4<u32>(u / 2u);
+            acc += vec4<f32>(
+                q8_scale(si.x) * q8_dot16(qx, x0, x1, x2, x3),
+                q8_scale(si.y) * q8_dot16(qy, x0, x1, x2, x3),
+                q8_scale(si.z) * q8_dot16(qz, x0, x1, x2, x3),
+                q8_scale(si.w) * q8_dot16(qw, x0, x1, x2, x3),
+            );
         }
     }
     return acc;
