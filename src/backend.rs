@@ -64,6 +64,33 @@ pub trait Backend {
         Ok(crate::cpu::ops::argmax(&logits) as u32)
     }
 
+    /// Greedy decoding: feeds `token` at `pos`, then each chosen id after it, and calls
+    /// `on_token` with every chosen id until it returns false or `n` ids were chosen. The
+    /// last id passed to `on_token` has not been fed (as with [`Backend::forward_argmax`]):
+    /// the cache then holds positions up to `pos` + the number of ids. The GPU backend feeds
+    /// its own argmax without a round trip and keeps the next token computing while
+    /// `on_token` runs; it may compute one position more than is kept, which the next feed
+    /// overwrites.
+    fn decode_greedy(
+        &mut self,
+        token: u32,
+        pos: usize,
+        n: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<()> {
+        let mut token = token;
+        for i in 0..n {
+            if i > 0 && pos + i >= self.max_context() {
+                break;
+            }
+            token = self.forward_argmax(&[token], pos + i)?;
+            if !on_token(token) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Positions the cache can hold.
     fn max_context(&self) -> usize;
 

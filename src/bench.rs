@@ -153,16 +153,21 @@ fn decode_at(
     if depth > 0 {
         token = backend.forward_argmax(&token_stream(depth, vocab), 0)?;
     }
-    let mut pos = depth;
+    // Per-token latency as a user sees it: the time between consecutive ids of greedy
+    // decoding (the GPU backend computes the next token while one is handed over).
+    let steps = opts.warmup + opts.decode_tokens;
     let mut times = Vec::with_capacity(opts.decode_tokens);
-    for step in 0..opts.warmup + opts.decode_tokens {
-        let start = Instant::now();
-        token = backend.forward_argmax(&[token], pos)?;
+    let mut last = Instant::now();
+    let mut step = 0;
+    backend.decode_greedy(token, depth, steps, &mut |id| {
+        let now = Instant::now();
         if step >= opts.warmup {
-            times.push(start.elapsed().as_secs_f64());
+            times.push((now - last).as_secs_f64());
         }
-        pos += 1;
-    }
+        (last, token, step) = (now, id, step + 1);
+        true
+    })?;
+    let pos = depth + steps;
     let kernels = match opts.profile {
         true => backend.profile_token(token, pos)?.map(|p| {
             p.by_kernel()

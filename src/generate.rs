@@ -136,27 +136,46 @@ pub fn generate(
     let mut decoder = tokenizer.stream_decoder();
     let mut ids = Vec::new();
     let t1 = Instant::now();
-    let stop = loop {
+    // Takes the chosen token `next` (not yet fed; `pos` is where it would go), or says why
+    // generation stops.
+    let mut accept = |next: u32, pos: usize| {
         if opts.max_new_tokens == 0 {
-            break StopReason::MaxTokens;
+            return Some(StopReason::MaxTokens);
         }
         if opts.stop_tokens.contains(&next) {
-            break StopReason::StopToken(next);
+            return Some(StopReason::StopToken(next));
         }
         ids.push(next);
         on_text(&decoder.push(next));
         if ids.len() >= opts.max_new_tokens {
-            break StopReason::MaxTokens;
+            return Some(StopReason::MaxTokens);
         }
         if pos >= ctx {
-            break StopReason::ContextFull;
+            return Some(StopReason::ContextFull);
         }
         if interrupted() {
-            break StopReason::Interrupted;
+            return Some(StopReason::Interrupted);
         }
-        next = choose(backend, &mut sampler, greedy, &[next], pos)?;
+        None
+    };
+    let mut stop = accept(next, pos);
+    if stop.is_none() && greedy {
+        // The backend chains the argmaxes itself (on the GPU without a round trip).
+        backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
+            pos += 1;
+            timings.decode_tokens += 1;
+            stop = accept(id, pos);
+            stop.is_none()
+        })?;
+    }
+    let stop = loop {
+        if let Some(stop) = stop {
+            break stop;
+        }
+        next = sampler.sample(&backend.forward(&[next], pos, false)?);
         pos += 1;
         timings.decode_tokens += 1;
+        stop = accept(next, pos);
     };
     timings.decode_secs = t1.elapsed().as_secs_f64();
     let rest = decoder.flush();

@@ -107,6 +107,42 @@ fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     assert_eq!((s.submits, s.compute_passes, s.bytes_read_back), (1, 1, 4));
 }
 
+/// `decode_greedy` on the GPU (each token fed from the previous argmax on the GPU, the next
+/// one in flight while an id is handed over) gives the CPU's tokens; stopping early and
+/// going on from the last id continues the same sequence (the extra position the GPU
+/// computed is overwritten); decoding stops at the end of the context.
+#[test]
+fn gpu_decode_greedy_chains_on_the_gpu_and_equals_cpu() {
+    let case = load_case("tiny-q8_0.short");
+    let file = GgufFile::open(&case.gguf).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let prompt = &case.tokens[..case.n_prompt];
+    let ctx = prompt.len() + 40;
+    let mut gpu = GpuBackend::new(&cfg, &weights, ctx, &GpuOptions::default()).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0).unwrap();
+    let decode = |b: &mut dyn Backend, first: u32, pos: usize, n: usize, stop_after: usize| {
+        let mut ids = Vec::new();
+        b.decode_greedy(first, pos, n, &mut |id| {
+            ids.push(id);
+            ids.len() < stop_after
+        })
+        .unwrap();
+        ids
+    };
+    let first = cpu.forward_argmax(prompt, 0).unwrap();
+    assert_eq!(gpu.forward_argmax(prompt, 0).unwrap(), first);
+    let pos = prompt.len();
+    let want = decode(&mut cpu, first, pos, 100, usize::MAX);
+    // The context ends after 40 more positions: 40 ids, the last one not fed.
+    assert_eq!(want.len(), 40);
+    let head = decode(&mut gpu, first, pos, 100, 13);
+    assert_eq!(head, want[..13], "first 13 ids");
+    let tail = decode(&mut gpu, head[12], pos + 13, 100, usize::MAX);
+    assert_eq!(tail, want[13..], "the ids after stopping and going on");
+    println!("gpu decode_greedy = cpu: {want:?}");
+}
+
 #[test]
 fn gpu_work_per_token_and_binding_discipline() {
     let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();

@@ -1,5 +1,7 @@
-// Embedding lookup: x = row `tok.embd_row` of the chunk of token_embd holding the token,
-// dequantized. Weight layout as in matvec.wgsl (Q8_0 or F32).
+// Embedding lookup: x = row `token_id[0]` of token_embd, dequantized. Weight layout as in
+// matvec.wgsl (Q8_0 or F32). The id is read on the GPU (the CPU wrote it, or the previous
+// token's argmax did when greedy decoding feeds its own choice), so each chunk of a split
+// table has a dispatch and only the chunk holding the row writes x.
 // Launcher: src/gpu/kernels/embed.rs. Grid: 1 workgroup.
 
 const WG: u32 = 64u;
@@ -8,20 +10,14 @@ override WEIGHTS_F32: bool = false;
 
 struct Params {
     cols: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Token {
-    pos: u32,
-    n_ctx: u32,
-    embd_row: u32,
-    attn_split: u32,
+    /// The chunk's first row and its row count.
+    row_start: u32,
+    rows: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> tok: Token;
+@group(0) @binding(1) var<storage, read> token_id: array<u32>;
 @group(0) @binding(2) var<storage, read> quants: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read_write> x: array<vec4<f32>>;
@@ -32,7 +28,11 @@ fn q8(w: u32) -> vec4<f32> {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    let row = tok.embd_row;
+    let id = token_id[0];
+    if (id < p.row_start || id >= p.row_start + p.rows) {
+        return;
+    }
+    let row = id - p.row_start;
     if (WEIGHTS_F32) {
         let units = p.cols / 4u;
         for (var u = lid; u < units; u += WG) {

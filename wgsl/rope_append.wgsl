@@ -20,8 +20,8 @@ struct Params {
 struct Token {
     pos: u32,
     n_ctx: u32,
-    embd_row: u32,
     attn_split: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

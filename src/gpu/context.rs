@@ -293,8 +293,16 @@ impl GpuContext {
 
     /// Blocks until the GPU has finished everything submitted.
     pub fn wait(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    /// Blocks until `submission` (None: the latest) has run.
+    pub fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.check()?;
-        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        let polled = self.device.poll(wgpu::PollType::Wait {
+            submission_index: submission,
+            timeout: None,
+        });
         self.check()?;
         polled
             .map(|_| ())
@@ -313,8 +321,8 @@ impl GpuContext {
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
-        map_read(self, &staging, size)
+        let submitted = self.queue.submit([enc.finish()]);
+        map_read(self, &staging, size, submitted)
     }
 
     pub fn read_f32(&self, buffer: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
@@ -323,13 +331,19 @@ impl GpuContext {
     }
 }
 
-/// Maps a MAP_READ buffer whose copy has been submitted, waits, and copies its bytes out.
-pub fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+/// Maps a MAP_READ buffer whose copy is in submission `submitted`, waits for that
+/// submission only (later ones may still run), and copies its bytes out.
+pub fn map_read(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    size: u64,
+    submitted: wgpu::SubmissionIndex,
+) -> Result<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
         let _ = tx.send(r);
     });
-    ctx.wait()?;
+    ctx.wait_for(Some(submitted))?;
     rx.recv()
         .map_err(|_| Error::Gpu("buffer map callback never ran".into()))?
         .map_err(|e| Error::Gpu(format!("cannot map a readback buffer: {e}")))?;

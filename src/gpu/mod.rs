@@ -97,8 +97,9 @@ struct Activations {
     ffn_act: wgpu::Buffer,
     /// [vocab]
     result_output: wgpu::Buffer,
-    /// [1] argmax of the logits
-    result_argmax: wgpu::Buffer,
+    /// [1] id of the token fed: written by the CPU for a given token, or by the previous
+    /// token's argmax when greedy decoding feeds its own choice (no round trip).
+    token_id: wgpu::Buffer,
     /// per-token uniform: position, context length, embedding row
     token: wgpu::Buffer,
     /// [rope / 2] (cos, sin) of this position
@@ -119,6 +120,14 @@ struct LayerDispatches {
     ffn_route: Option<(Vec<Dispatch>, Dispatch)>,
     ffn_gate_up: Vec<Dispatch>,
     ffn_down: Vec<Dispatch>,
+}
+
+/// Where the id of the token fed comes from.
+#[derive(Clone, Copy)]
+enum Feed {
+    Id(u32),
+    /// The argmax of the token before, still on the GPU.
+    PreviousArgmax,
 }
 
 /// What a token's submit brings back.
@@ -170,13 +179,14 @@ pub struct GpuBackend {
     _token_embd: GpuMatrix,
     _output: GpuMatrix,
     _output_norm: wgpu::Buffer,
-    /// One per chunk of the embedding table, with the chunk's first row.
-    embed: Vec<(usize, Dispatch)>,
+    /// One per chunk of the embedding table.
+    embed: Vec<Dispatch>,
     layers: Vec<LayerDispatches>,
     result_output: Vec<Dispatch>,
     result_argmax: Vec<Dispatch>,
     logits_staging: wgpu::Buffer,
-    argmax_staging: wgpu::Buffer,
+    /// Two, so a token's id can be read while the next token computes.
+    argmax_staging: [wgpu::Buffer; 2],
     stats: GpuStats,
 }
 
@@ -230,11 +240,7 @@ impl GpuBackend {
         }
 
         let p = &pipelines;
-        let embed = embed::dispatches(&ctx, p, &token_embd, &act.token, &act.x)
-            .into_iter()
-            .zip(&token_embd.chunks)
-            .map(|(d, c)| (c.row_start, d))
-            .collect();
+        let embed = embed::dispatches(&ctx, p, &token_embd, &act.token_id, &act.x);
         let layer_dispatches = layers
             .iter()
             .map(|l| l.dispatches(&ctx, p, cfg, max_context, &act))
@@ -253,7 +259,7 @@ impl GpuBackend {
             },
         );
         let result_argmax =
-            argmax::dispatches(&ctx, p, cfg.vocab, &act.result_output, &act.result_argmax)?;
+            argmax::dispatches(&ctx, p, cfg.vocab, &act.result_output, &act.token_id)?;
         let staging = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -263,7 +269,7 @@ impl GpuBackend {
             })
         };
         let logits_staging = staging("logits readback", 4 * cfg.vocab as u64);
-        let argmax_staging = staging("argmax readback", 4);
+        let argmax_staging = [staging("argmax readback", 4), staging("argmax readback", 4)];
         let dispatches_per_layer = layer_dispatches
             .iter()
             .map(LayerDispatches::count)
@@ -307,9 +313,11 @@ impl GpuBackend {
         self.pipelines.registry()
     }
 
-    /// One token through every layer, recorded into one encoder and submitted once.
+    /// One token through every layer, recorded into one encoder and submitted once, and
+    /// what it reads back.
     fn token(&mut self, token: u32, pos: usize, read: Readback) -> Result<Vec<u8>> {
-        self.token_profiled(token, pos, read, None)
+        let submitted = self.submit(Feed::Id(token), pos, read, 0, None)?;
+        self.read_back(read, 0, submitted)
     }
 
     /// Runs one decode step (greedy) with a timestamp after every dispatch and returns the
@@ -330,7 +338,9 @@ impl GpuBackend {
             count: MAX_TIMESTAMPS,
         });
         let mut names = Vec::new();
-        self.token_profiled(token, pos, Readback::Argmax, Some((&queries, &mut names)))?;
+        let profile = Some((&queries, &mut names));
+        let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
+        self.read_back(Readback::Argmax, 0, submitted)?;
         let size = 8 * (names.len() as u64 + 1);
         let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("timestamps"),
@@ -351,23 +361,23 @@ impl GpuBackend {
         Ok(TokenProfile { dispatches })
     }
 
-    fn token_profiled(
+    /// Records and submits one token; an argmax readback goes to `argmax_staging[slot]`.
+    fn submit(
         &mut self,
-        token: u32,
+        feed: Feed,
         pos: usize,
         read: Readback,
+        slot: usize,
         profile: Option<(&wgpu::QuerySet, &mut Vec<&'static str>)>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<wgpu::SubmissionIndex> {
         self.ctx.check()?;
         let (ctx, cfg, act) = (&self.ctx, &self.cfg, &self.act);
-        let (embd_start, embed) = self
-            .embed
-            .iter()
-            .rev()
-            .find(|(start, _)| *start <= token as usize)
-            .expect("the first chunk starts at row 0");
+        if let Feed::Id(token) = feed {
+            ctx.queue
+                .write_buffer(&act.token_id, 0, bytemuck::bytes_of(&token));
+        }
         let n_ctx = pos + 1;
-        let params = TokenParams::new(pos, token as usize - embd_start);
+        let params = TokenParams::new(pos);
         ctx.queue
             .write_buffer(&act.token, 0, bytemuck::bytes_of(&params));
         let rope = rope_append::rope_table(pos, cfg.qk_rope, cfg.rope_base);
@@ -392,7 +402,7 @@ impl GpuBackend {
         if let Some((queries, _)) = &rec.timestamps {
             rec.pass.write_timestamp(queries, 0);
         }
-        rec.run("inp_embd", std::slice::from_ref(embed)); // x = token_embd[token]
+        rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
             // attention (DESIGN steps 1-9)
             // [q_a | kv_cmpr | k_pe] = [q_a; kv_a] · rmsnorm(x) * attn_norm
@@ -429,23 +439,17 @@ impl GpuBackend {
             *out = names;
         }
         drop(rec);
-        let (staging, size) = match read {
-            Readback::Nothing => (None, 0),
-            Readback::Logits => (Some(&self.logits_staging), 4 * cfg.vocab as u64),
-            Readback::Argmax => (Some(&self.argmax_staging), 4),
-        };
-        if let Some(staging) = staging {
-            let src = match read {
-                Readback::Logits => &act.result_output,
-                _ => &act.result_argmax,
-            };
-            enc.copy_buffer_to_buffer(src, 0, staging, 0, size);
+        let size = self.readback_size(read);
+        match read {
+            Readback::Nothing => {}
+            Readback::Logits => {
+                enc.copy_buffer_to_buffer(&act.result_output, 0, &self.logits_staging, 0, size)
+            }
+            Readback::Argmax => {
+                enc.copy_buffer_to_buffer(&act.token_id, 0, &self.argmax_staging[slot], 0, size)
+            }
         }
-        ctx.queue.submit([enc.finish()]);
-        let bytes = match staging {
-            Some(staging) => context::map_read(ctx, staging, size)?,
-            None => Vec::new(),
-        };
+        let submitted = ctx.queue.submit([enc.finish()]);
         let t = TokenStats {
             dispatches,
             compute_passes: 1,
@@ -455,7 +459,30 @@ impl GpuBackend {
         self.stats.last_token = t;
         self.stats.total += t;
         self.stats.tokens += 1;
-        Ok(bytes)
+        Ok(submitted)
+    }
+
+    fn readback_size(&self, read: Readback) -> u64 {
+        match read {
+            Readback::Nothing => 0,
+            Readback::Logits => 4 * self.cfg.vocab as u64,
+            Readback::Argmax => 4,
+        }
+    }
+
+    /// Waits for `submitted` and returns what it read back.
+    fn read_back(
+        &self,
+        read: Readback,
+        slot: usize,
+        submitted: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
+        let staging = match read {
+            Readback::Nothing => return Ok(Vec::new()),
+            Readback::Logits => &self.logits_staging,
+            Readback::Argmax => &self.argmax_staging[slot],
+        };
+        context::map_read(&self.ctx, staging, self.readback_size(read), submitted)
     }
 
     /// Blocks until every submitted token has run (for timing).
@@ -511,6 +538,46 @@ impl Backend for GpuBackend {
             }
         }
         Ok(id)
+    }
+
+    fn decode_greedy(
+        &mut self,
+        token: u32,
+        pos: usize,
+        n: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        check_positions(&[token], pos, self.max_context, self.cfg.vocab)?;
+        let mut slot = 0;
+        let mut submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, slot, None)?;
+        for i in 0..n {
+            // Queue the token after this one (fed from this argmax on the GPU) before
+            // waiting, so the GPU never waits for the CPU between tokens.
+            let next = pos + i + 1;
+            let queued = match i + 1 < n && next < self.max_context {
+                true => Some(self.submit(
+                    Feed::PreviousArgmax,
+                    next,
+                    Readback::Argmax,
+                    1 - slot,
+                    None,
+                )?),
+                false => None,
+            };
+            let bytes = self.read_back(Readback::Argmax, slot, submitted)?;
+            let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+            if !on_token(id) {
+                break;
+            }
+            match queued {
+                Some(q) => (submitted, slot) = (q, 1 - slot),
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     fn max_context(&self) -> usize {
@@ -571,7 +638,7 @@ impl Activations {
             ffn_moe_route: buf("ffn_moe_route", 2 * slots.max(1))?,
             ffn_act: buf("ffn_act", ffn_act)?,
             result_output: buf("result_output", cfg.vocab)?,
-            result_argmax: buf("result_argmax", 1)?,
+            token_id: buf("token_id", 1)?,
             token: upload::uniform(ctx, "token", &TokenParams::default()),
             rope_cs: buf("rope_cs", cfg.qk_rope)?,
         })

@@ -10,7 +10,7 @@ pub const SHADER: Shader = Shader {
     source: include_str!("../../../wgsl/embed.wgsl"),
     bindings: &[
         Slot::Uniform,
-        Slot::Uniform,
+        Slot::Read,
         Slot::Read,
         Slot::Read,
         Slot::ReadWrite,
@@ -19,20 +19,26 @@ pub const SHADER: Shader = Shader {
     dots: false,
 };
 
-/// One dispatch per chunk of the table; the forward pass records the one holding the token
-/// and sets `TokenParams::embd_row` to the token's row within it.
+/// One dispatch per chunk of the table; the one holding row `token_id[0]` writes x.
 pub fn dispatches(
     ctx: &GpuContext,
     pipes: &Pipelines,
     table: &GpuMatrix,
-    token: &wgpu::Buffer,
+    token_id: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
     let kernel = pipes.get(ctx, SHADER, &[("WEIGHTS_F32", flag(table.format.is_f32()))]);
-    let params = uniform(ctx, "embed params", &[table.cols as u32, 0, 0, 0]);
     table
         .chunks
         .iter()
-        .map(|c| kernel.dispatch(ctx, &[&params, token, &c.quants, &c.scales, x], [1, 1, 1]))
+        .map(|c| {
+            let params = [table.cols as u32, c.row_start as u32, c.rows as u32, 0];
+            let params = uniform(ctx, "embed params", &params);
+            kernel.dispatch(
+                ctx,
+                &[&params, token_id, &c.quants, &c.scales, x],
+                [1, 1, 1],
+            )
+        })
         .collect()
 }

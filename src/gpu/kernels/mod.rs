@@ -23,21 +23,20 @@ pub struct TokenParams {
     pub pos: u32,
     /// Positions attended: pos + 1.
     pub n_ctx: u32,
-    /// Row of the token in the embedding chunk that holds it.
-    pub embd_row: u32,
     /// Positions per attention split ([`attn_partial::split_len`]).
     pub attn_split: u32,
+    pub _pad: u32,
 }
 
 impl TokenParams {
-    /// The token at `pos`, found at row `embd_row` of its embedding chunk.
-    pub fn new(pos: usize, embd_row: usize) -> TokenParams {
+    /// The token at `pos`.
+    pub fn new(pos: usize) -> TokenParams {
         let n_ctx = pos + 1;
         TokenParams {
             pos: pos as u32,
             n_ctx: n_ctx as u32,
-            embd_row: embd_row as u32,
             attn_split: attn_partial::split_len(n_ctx) as u32,
+            _pad: 0,
         }
     }
 }
