@@ -7,6 +7,13 @@
 // rank < k land in selection order without a sort.
 //
 // route = [ids of the slots][weights of the slots as f32 bits]
+//
+// Params is a read-only storage buffer, not a uniform: lavapipe (Mesa 22.3) inlines uniform
+// values that steer loops and branches into a fresh LLVM compile of the shader at every
+// pipeline bind, for as long as it judges that worthwhile (here: up to 32 experts), and keeps
+// each clone's NIR until the pipeline is destroyed: ~430 KB of RSS and a 4 ms compile per
+// route dispatch at 16 experts. Mesa does not inline storage-buffer values. Repro:
+// examples/lavapipe_uniform_inlining.rs.
 
 const MAX_EXPERTS: u32 = 256u;
 
@@ -21,7 +28,7 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> route: array<u32>;

@@ -3,17 +3,19 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
-use crate::gpu::upload::uniform;
+use crate::gpu::upload::storage_init;
 
 pub const SHADER: Shader = Shader {
     name: "moe_route",
     source: include_str!("../../../wgsl/moe_route.wgsl"),
-    bindings: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
+    // Params are read from storage, not a uniform: see the shader's header (lavapipe
+    // recompiles and keeps a copy of the shader per bind when uniforms bound its loops).
+    bindings: &[Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
     reduces: false,
     dots: false,
 };
 
-/// The kernel keeps per-expert state in private arrays of this size.
+/// The kernel keeps per-expert state in workgroup arrays of this size.
 pub const MAX_EXPERTS: usize = 256;
 
 #[repr(C)]
@@ -46,17 +48,17 @@ pub fn dispatch(
         experts <= MAX_EXPERTS,
         "moe_route handles up to {MAX_EXPERTS} experts"
     );
-    let params = uniform(
+    let params = storage_init(
         ctx,
         "moe_route params",
-        &Params {
+        bytemuck::bytes_of(&Params {
             experts: experts as u32,
             k: k as u32,
             n_shared: shared as u32,
             norm: norm as u32,
             scale,
             _pad: [0; 3],
-        },
+        }),
     );
     pipes
         .get(ctx, SHADER, &[])
