@@ -1,6 +1,8 @@
-//! Repro of the lavapipe (Mesa 22.3) growth that `wgsl/moe_route.wgsl` avoids: the same
-//! kernel with its params bound as a uniform and as a read-only storage buffer, bound and
-//! dispatched `binds` times (one submit each); prints RSS growth and time per bind.
+//! Repro of the lavapipe (Mesa 22.3) growth that our kernels avoid: the former MoE routing
+//! kernel (`lavapipe_uniform_inlining.wgsl`; routing now runs inside wgsl/ffn_gate_up.wgsl
+//! with its numbers as pipeline constants) with its params bound as a uniform and as a
+//! read-only storage buffer, bound and dispatched `binds` times (one submit each); prints RSS
+//! growth and time per bind.
 //!
 //! With a uniform, lavapipe inlines the params into a new LLVM compile at every bind and keeps
 //! each clone of the shader until the pipeline goes: on the 2-core dev machine ~290 KB and
@@ -11,7 +13,6 @@
 //! `cargo run --release --example lavapipe_uniform_inlining [binds] [experts]`
 use std::time::Instant;
 
-use glm_flash::gpu::kernels::moe_route;
 use glm_flash::gpu::{GpuContext, GpuOptions};
 use wgpu::util::DeviceExt;
 
@@ -30,7 +31,7 @@ fn main() {
     let (binds, experts) = (arg(1, 300) as usize, arg(2, 8));
     let ctx = GpuContext::new(&GpuOptions::default()).unwrap();
     println!("{}; {binds} binds, {experts} experts", ctx.describe());
-    let storage = moe_route::SHADER.source;
+    let storage = include_str!("lavapipe_uniform_inlining.wgsl");
     let uniform = storage.replace("var<storage, read> p: Params", "var<uniform> p: Params");
     for (name, source, params_ty) in [
         (

@@ -10,8 +10,8 @@ use glm_flash::config::Config;
 use glm_flash::cpu::ops;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::kernels::{
-    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, moe_route,
-    rope_append, TokenParams,
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, rope_append,
+    TokenParams,
 };
 use glm_flash::gpu::shaders::Pipelines;
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
@@ -415,17 +415,49 @@ fn attention_matches_cpu_up_to_long_contexts() {
     }
 }
 
+/// MoE layers choose their experts inside ffn_gate_up: the route it writes (ids and
+/// weights, shared experts after the routed ones) equals `ops::route`, ties included, and the
+/// activations are those of the chosen experts.
 #[test]
-fn moe_route_matches_cpu_route_including_ties() {
+fn routed_gate_up_matches_cpu_route_including_ties() {
     let ctx = ctx(None, false);
     let p = Pipelines::new();
     let mut rng = Rng(5);
+    let (ffn, hidden) = (32, 64);
     for (experts, k, shared, norm) in [
         (16, 4, 1, true),
         (64, 4, 1, true),
         (8, 2, 0, false),
         (64, 8, 2, true),
     ] {
+        let stack_rows = (experts + shared) * ffn;
+        let gate = q8_matrix(&mut rng, stack_rows, hidden);
+        let upm = q8_matrix(&mut rng, stack_rows, hidden);
+        let m = |data| Matrix {
+            ty: GgmlType::Q8_0,
+            rows: stack_rows,
+            cols: hidden,
+            data,
+        };
+        let (gate, upm) = (m(&gate), m(&upm));
+        let gate_up = GpuMatrix::build(
+            &ctx,
+            "gate_up",
+            glm_flash::gpu::upload::Format::Q8_0,
+            2 * stack_rows,
+            hidden,
+            2,
+            &mut Uploader::new(0, None),
+            |r| RowRef {
+                m: if r % 2 == 0 { gate } else { upm },
+                row: (r / (2 * ffn)) * ffn + (r % (2 * ffn)) / 2,
+                col_start: 0,
+            },
+        )
+        .unwrap();
+        let (x, norm_w) = (rng.vec(hidden), rng.vec(hidden));
+        let mut h = vec![0f32; hidden];
+        ops::rmsnorm(&x, &norm_w, 1e-5, &mut h);
         for trial in 0..4 {
             let mut logits = rng.vec(experts);
             let mut bias: Vec<f32> = rng.vec(experts).iter().map(|v| 0.1 * v).collect();
@@ -436,50 +468,57 @@ fn moe_route_matches_cpu_route_including_ties() {
                     bias[e] = 0.0;
                 }
             }
-            let route = storage_init(&ctx, "route", &vec![0xffu8; 8 * (k + shared)]);
-            let d = moe_route::dispatch(
-                &ctx,
-                &p,
+            let slots = k + shared;
+            let route = storage_init(&ctx, "route", &vec![0xffu8; 8 * slots]);
+            let act = poison(&ctx, slots * ffn);
+            let (logits_b, bias_b) = (
+                storage_f32(&ctx, "l", &logits),
+                storage_f32(&ctx, "b", &bias),
+            );
+            let choice = ffn_gate_up::Route::Router {
+                logits: &logits_b,
+                bias: &bias_b,
                 experts,
                 k,
-                shared,
                 norm,
-                1.8,
-                &storage_f32(&ctx, "l", &logits),
-                &storage_f32(&ctx, "b", &bias),
-                &route,
+                scale: 1.8,
+            };
+            let (xb, nb) = (storage_f32(&ctx, "x", &x), storage_f32(&ctx, "n", &norm_w));
+            let d = ffn_gate_up::dispatches(
+                &ctx, &p, &gate_up, ffn, slots, &xb, &nb, 1e-5, &choice, &route, &act,
             );
-            ctx.run(&[&d]).unwrap();
-            let got: Vec<u32> = bytemuck::pod_collect_to_vec(
-                &ctx.read_bytes(&route, 8 * (k + shared) as u64).unwrap(),
-            );
+            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            let got: Vec<u32> =
+                bytemuck::pod_collect_to_vec(&ctx.read_bytes(&route, 8 * slots as u64).unwrap());
             let want = ops::route(&logits, &bias, k, norm, 1.8);
-            let slots = k + shared;
-            let ids: Vec<usize> = got[..k].iter().map(|&i| i as usize).collect();
+            let label = format!("experts {experts} k {k} trial {trial}");
+            let mut ids: Vec<usize> = want.iter().map(|w| w.0).collect();
+            ids.extend(experts..experts + shared);
             assert_eq!(
+                got[..slots].iter().map(|&i| i as usize).collect::<Vec<_>>(),
                 ids,
-                want.iter().map(|w| w.0).collect::<Vec<_>>(),
-                "experts {experts} trial {trial}"
+                "{label}"
             );
-            let weights: Vec<f32> = got[slots..slots + k]
-                .iter()
-                .map(|&b| f32::from_bits(b))
-                .collect();
-            check(
-                &format!("route weights {experts}/{k}"),
-                &weights,
-                &want.iter().map(|w| w.1).collect::<Vec<_>>(),
-            );
-            for j in 0..shared {
-                assert_eq!(got[k + j] as usize, experts + j);
-                assert_eq!(f32::from_bits(got[slots + k + j]), 1.0);
+            let mut weights: Vec<f32> = want.iter().map(|w| w.1).collect();
+            weights.extend(std::iter::repeat_n(1.0, shared));
+            let got_weights: Vec<f32> = got[slots..].iter().map(|&b| f32::from_bits(b)).collect();
+            check(&format!("route weights {label}"), &got_weights, &weights);
+            let mut want_act = Vec::new();
+            for &e in &ids {
+                let mut g: Vec<f32> = (0..ffn).map(|i| gate.dot_row(e * ffn + i, &h)).collect();
+                let u: Vec<f32> = (0..ffn).map(|i| upm.dot_row(e * ffn + i, &h)).collect();
+                ops::swiglu(&mut g, &u);
+                want_act.extend(g);
             }
+            check(
+                &format!("routed ffn_gate_up {label}"),
+                &ctx.read_f32(&act, want_act.len()).unwrap(),
+                &want_act,
+            );
         }
     }
 }
 
-/// The two expert kernels on an expert stack split over several chunks: SwiGLU gate/up with
-/// the norm prologue, then the weighted down projections added to the residual.
 #[test]
 fn expert_ffn_matches_cpu() {
     let mut rng = Rng(6);
@@ -548,6 +587,7 @@ fn expert_ffn_matches_cpu() {
             &xb,
             &nb,
             1e-5,
+            &ffn_gate_up::Route::Fixed,
             &rb,
             &act,
         );

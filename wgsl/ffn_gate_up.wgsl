@@ -5,11 +5,30 @@
 // The stack interleaves gate and up rows: row 2i of expert e is gate row i, row 2i + 1 is up
 // row i (global row e * 2 * ffn + 2i), so a pair never straddles a chunk. Shared experts are
 // stacked after the routed ones and a dense FFN is a stack of one expert; the route buffer
-// lists which experts run (ids, then f32 weights unused here). A chunk holds global rows
+// lists which experts run (ids, then f32 weights used by ffn_down). A chunk holds global rows
 // [row_start, row_start + rows); pairs outside it are skipped (another dispatch does them).
 // Weight layout as in matvec.wgsl (Q8_0 or F32). Each workgroup computes 2 pairs of one slot.
+//
+// ROUTED (MoE layers): every workgroup first chooses the experts from the router logits,
+// exactly cpu::ops::route: s = sigmoid(logits); the TOP_K experts with the largest s + bias
+// (ties to the lower id), each invocation ranking its experts against all others (rank =
+// experts that beat it), so they land in selection order without a sort; weights are the
+// unbiased s of those, divided by their sum (clamped below at 6.1e-5) when NORM_WEIGHTS,
+// times WEIGHT_SCALE. Shared experts follow as slots TOP_K.. with ids EXPERTS.. and weight
+// 1. The first workgroup writes the route for ffn_down. Recomputing the choice in every
+// workgroup (64 logits from L2 and 64 x 64 comparisons) is cheaper than a dispatch of its own.
+// The routing numbers are pipeline constants: lavapipe recompiles a shader at every bind
+// when uniforms steer its loops (see examples/lavapipe_uniform_inlining.rs).
 
 override WEIGHTS_F32: bool = false;
+override ROUTED: bool = false;
+override EXPERTS: u32 = 1u;
+override TOP_K: u32 = 1u;
+override NORM_WEIGHTS: bool = false;
+override WEIGHT_SCALE: f32 = 1.0;
+
+/// Largest expert count the workgroup arrays hold (src/gpu/kernels/ffn_gate_up.rs).
+const MAX_EXPERTS: u32 = 256u;
 
 struct Params {
     /// Width of one expert (pairs per expert).
@@ -29,8 +48,16 @@ struct Params {
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> route: array<u32>;
+/// [slots] expert ids, then [slots] weights (f32 bits): read, or written when ROUTED.
+@group(0) @binding(5) var<storage, read_write> route: array<u32>;
 @group(0) @binding(6) var<storage, read_write> act: array<f32>;
+/// ROUTED only: [EXPERTS] router logits and selection bias.
+@group(0) @binding(7) var<storage, read> logits: array<f32>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
+
+var<workgroup> probs: array<f32, MAX_EXPERTS>;
+var<workgroup> scores: array<f32, MAX_EXPERTS>;
+var<workgroup> chosen: array<u32, MAX_EXPERTS>;
 
 /// Input of the dot products: x times the norm weight (1/rms is applied to the results).
 fn input4(base: u32, j: u32) -> vec4<f32> {
@@ -41,11 +68,64 @@ fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
 }
 
+/// The expert of `slot`: chosen from the router logits when ROUTED (the first workgroup
+/// also writes the route of all `slots`), else read from the route buffer.
+fn slot_expert(slot: u32, slots: u32, first_workgroup: bool, lid: u32) -> u32 {
+    if (!ROUTED) {
+        return route[slot];
+    }
+    for (var e = lid; e < EXPERTS; e += WG) {
+        probs[e] = 1.0 / (1.0 + exp(-logits[e]));
+        scores[e] = probs[e] + bias[e];
+    }
+    workgroupBarrier();
+    for (var e = lid; e < EXPERTS; e += WG) {
+        var rank = 0u;
+        for (var o = 0u; o < EXPERTS; o++) {
+            if (scores[o] > scores[e] || (scores[o] == scores[e] && o < e)) {
+                rank++;
+            }
+        }
+        if (rank < TOP_K) {
+            chosen[rank] = e;
+        }
+    }
+    workgroupBarrier();
+    if (first_workgroup && lid == 0u) {
+        var sum = 0.0;
+        for (var j = 0u; j < TOP_K; j++) {
+            sum += probs[chosen[j]];
+        }
+        var div = 1.0;
+        if (NORM_WEIGHTS) {
+            div = max(sum, 6.1e-5);
+        }
+        for (var j = 0u; j < slots; j++) {
+            var id = EXPERTS + j - TOP_K;
+            var weight = 1.0;
+            if (j < TOP_K) {
+                id = chosen[j];
+                weight = probs[id] / div * WEIGHT_SCALE;
+            }
+            route[j] = id;
+            route[slots + j] = bitcast<u32>(weight);
+        }
+    }
+    if (slot < TOP_K) {
+        return chosen[slot];
+    }
+    return EXPERTS + slot - TOP_K;
+}
+
 /// Grid: (ceil(ffn / 2), slots).
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
     let slot = wid.y;
-    let expert = route[slot];
+    let expert = slot_expert(slot, groups.y, wid.x == 0u && wid.y == 0u, lid);
     let first_pair = wid.x * 2u;
     var ss = 0.0;
     for (var j = lid; j < p.cols / 4u; j += WG) {

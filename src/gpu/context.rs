@@ -304,9 +304,13 @@ impl GpuContext {
             timeout: None,
         });
         self.check()?;
-        polled
-            .map(|_| ())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))
+        polled.map(|_| ()).map_err(|e| {
+            // A submission that failed (the device lost before it) has no index to wait on.
+            Error::Gpu(format!(
+                "work submitted to {} never ran (the device was lost or rejected it): {e}",
+                self.describe()
+            ))
+        })
     }
 
     /// Copies `size` bytes of `buffer` (which needs COPY_SRC) back to the host.

@@ -17,8 +17,8 @@ use crate::cpu::check_positions;
 use crate::error::{Error, Result};
 use crate::weights::{DenseFfn, Ffn, Layer, Matrix, Weights};
 use kernels::{
-    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, moe_route,
-    rope_append, TokenParams,
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, rope_append,
+    TokenParams,
 };
 use shaders::{Dispatch, PipelineInfo, Pipelines};
 use upload::{storage_zeroed, try_storage_f32, Format, GpuMatrix, RowRef, Uploader};
@@ -116,8 +116,8 @@ struct LayerDispatches {
     attn_combine: Dispatch,
     attn_v_b: Vec<Dispatch>,
     attn_output: Vec<Dispatch>,
-    /// MoE only: router mat-vec and expert choice.
-    ffn_route: Option<(Vec<Dispatch>, Dispatch)>,
+    /// MoE only: the router mat-vec (ffn_gate_up chooses the experts from its output).
+    ffn_moe_logits: Vec<Dispatch>,
     ffn_gate_up: Vec<Dispatch>,
     ffn_down: Vec<Dispatch>,
 }
@@ -210,11 +210,11 @@ impl GpuBackend {
     ) -> Result<GpuBackend> {
         let ctx = GpuContext::new(opts)?;
         let max_context = max_context.min(cfg.context_length).max(1);
-        if cfg.n_dense_layers < cfg.n_layers && cfg.n_experts > moe_route::MAX_EXPERTS {
+        if cfg.n_dense_layers < cfg.n_layers && cfg.n_experts > ffn_gate_up::MAX_EXPERTS {
             return Err(Error::Gpu(format!(
                 "{} experts: the GPU router handles up to {}",
                 cfg.n_experts,
-                moe_route::MAX_EXPERTS
+                ffn_gate_up::MAX_EXPERTS
             )));
         }
         if let Some(why) = attn_partial::unsupported(cfg) {
@@ -421,11 +421,9 @@ impl GpuBackend {
             rec.run("kqv_out", &l.attn_v_b); // kqv_out[h] = v_b[h] · kqv[h]
             rec.run("attn_out", &l.attn_output); // x += attn_output · kqv_out
                                                  // feed-forward (DESIGN step 10)
-            if let Some((logits, route)) = &l.ffn_route {
-                rec.run("ffn_moe_logits", logits); // router · rmsnorm(x) * ffn_norm
-                rec.run("ffn_moe_route", std::slice::from_ref(route)); // top-k ids and weights
-            }
-            rec.run("ffn_gate_up", &l.ffn_gate_up); // act[s] = silu(gate_e · h) * (up_e · h)
+            rec.run("ffn_moe_logits", &l.ffn_moe_logits); // router · rmsnorm(x) * ffn_norm
+                                                          // MoE: top-k ids and weights; act[s] = silu(gate_e · h) * (up_e · h)
+            rec.run("ffn_gate_up", &l.ffn_gate_up);
             rec.run("ffn_down", &l.ffn_down); // x += Σ_s w_s · down_e · act[s]
         }
         if read != Readback::Nothing {
@@ -783,31 +781,17 @@ impl GpuLayer {
                     accumulate: true,
                 },
             ),
-            ffn_route: f.router.as_ref().map(|(router, bias)| {
-                (
-                    mv(
-                        router,
-                        matvec::Matvec {
-                            input: &a.x,
-                            in_offset: 0,
-                            groups: None,
-                            norm: Some((&self.ffn_norm, eps)),
-                            out: &a.ffn_moe_logits,
-                            accumulate: false,
-                        },
-                    ),
-                    moe_route::dispatch(
-                        ctx,
-                        p,
-                        cfg.n_experts,
-                        cfg.n_experts_used,
-                        f.slots - cfg.n_experts_used,
-                        cfg.expert_weights_norm,
-                        cfg.expert_weights_scale,
-                        &a.ffn_moe_logits,
-                        bias,
-                        &a.ffn_moe_route,
-                    ),
+            ffn_moe_logits: f.router.as_ref().map_or(Vec::new(), |(router, _)| {
+                mv(
+                    router,
+                    matvec::Matvec {
+                        input: &a.x,
+                        in_offset: 0,
+                        groups: None,
+                        norm: Some((&self.ffn_norm, eps)),
+                        out: &a.ffn_moe_logits,
+                        accumulate: false,
+                    },
                 )
             }),
             ffn_gate_up: ffn_gate_up::dispatches(
@@ -819,6 +803,17 @@ impl GpuLayer {
                 &a.x,
                 &self.ffn_norm,
                 eps,
+                &match &f.router {
+                    Some((_, bias)) => ffn_gate_up::Route::Router {
+                        logits: &a.ffn_moe_logits,
+                        bias,
+                        experts: cfg.n_experts,
+                        k: cfg.n_experts_used,
+                        norm: cfg.expert_weights_norm,
+                        scale: cfg.expert_weights_scale,
+                    },
+                    None => ffn_gate_up::Route::Fixed,
+                },
                 route,
                 &a.ffn_act,
             ),
@@ -838,7 +833,7 @@ impl LayerDispatches {
             + 2
             + self.attn_v_b.len()
             + self.attn_output.len()
-            + self.ffn_route.as_ref().map_or(0, |(l, _)| l.len() + 1)
+            + self.ffn_moe_logits.len()
             + self.ffn_gate_up.len()
             + self.ffn_down.len()
     }

@@ -46,7 +46,6 @@ pub fn all_shaders() -> Vec<Shader> {
         rope_append::SHADER,
         attn_partial::SHADER,
         attn_combine::SHADER,
-        moe_route::SHADER,
         ffn_gate_up::SHADER,
         ffn_down::SHADER,
         argmax::SHADER,

@@ -1,6 +1,7 @@
 //! Launcher of `wgsl/ffn_gate_up.wgsl`: SwiGLU gate/up of every routed and shared expert of
-//! a token (or of a dense FFN) in one dispatch per chunk, with the FFN norm as prologue.
-//! Reference: `cpu::ops::rmsnorm`, `matvec`, `swiglu`.
+//! a token (or of a dense FFN) in one dispatch per chunk, with the FFN norm as prologue and,
+//! in MoE layers, the expert choice from the router logits.
+//! Reference: `cpu::ops::route`, `rmsnorm`, `matvec`, `swiglu`.
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
@@ -15,12 +16,33 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::Read,
         Slot::Read,
-        Slot::Read,
         Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::Read,
+        Slot::Read,
     ],
     reduces: true,
     dots: true,
 };
+
+/// The kernel keeps per-expert state in workgroup arrays of this size.
+pub const MAX_EXPERTS: usize = 256;
+
+/// How a token's experts are chosen.
+pub enum Route<'a> {
+    /// Listed in `route` (`[ids][weights]`): a dense FFN is the one expert 0.
+    Fixed,
+    /// Chosen from the router output (`logits` and `bias`: [experts]); the kernel writes
+    /// them to `route` for ffn_down.
+    Router {
+        logits: &'a wgpu::Buffer,
+        bias: &'a wgpu::Buffer,
+        experts: usize,
+        k: usize,
+        norm: bool,
+        scale: f32,
+    },
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -34,7 +56,8 @@ struct Params {
 }
 
 /// `stack`: `[experts][ffn][gate, up][hidden]` (see the kernel). `x`: [hidden] residual,
-/// normed by `norm_w`. `route`: ids of the `slots` experts to run. `act`: [slots][ffn] out.
+/// normed by `norm_w`. `route`: `[ids][weights]` of the `slots` experts to run, read or
+/// (with [`Route::Router`]) written. `act`: [slots][ffn] out.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatches(
     ctx: &GpuContext,
@@ -45,10 +68,33 @@ pub fn dispatches(
     x: &wgpu::Buffer,
     norm_w: &wgpu::Buffer,
     eps: f32,
+    choice: &Route,
     route: &wgpu::Buffer,
     act: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let kernel = pipes.get(ctx, SHADER, &[("WEIGHTS_F32", flag(stack.format.is_f32()))]);
+    let mut constants = vec![("WEIGHTS_F32", flag(stack.format.is_f32()))];
+    let (logits, bias) = match *choice {
+        Route::Fixed => (&ctx.dummy, &ctx.dummy),
+        Route::Router {
+            logits,
+            bias,
+            experts,
+            k,
+            norm,
+            scale,
+        } => {
+            assert!(experts <= MAX_EXPERTS && k <= slots && k <= experts);
+            constants.extend([
+                ("ROUTED", 1.0),
+                ("EXPERTS", experts as f64),
+                ("TOP_K", k as f64),
+                ("NORM_WEIGHTS", flag(norm)),
+                ("WEIGHT_SCALE", scale as f64),
+            ]);
+            (logits, bias)
+        }
+    };
+    let kernel = pipes.get(ctx, SHADER, &constants);
     stack
         .chunks
         .iter()
@@ -67,7 +113,9 @@ pub fn dispatches(
             );
             kernel.dispatch(
                 ctx,
-                &[&params, &c.quants, &c.scales, x, norm_w, route, act],
+                &[
+                    &params, &c.quants, &c.scales, x, norm_w, route, act, logits, bias,
+                ],
                 [ffn.div_ceil(2) as u32, slots as u32, 1],
             )
         })

@@ -2,7 +2,7 @@
 // experts with the largest s + bias (ties to the lower id); weights are the unbiased s of
 // those k, divided by their sum (clamped below at 6.1e-5) when NORM, times scale.
 // Shared experts follow as slots k.. with ids n_experts.. and weight 1.
-// Launcher: src/gpu/kernels/moe_route.rs. One workgroup: each invocation scores its experts,
+// (Formerly wgsl/moe_route.wgsl; kept for examples/lavapipe_uniform_inlining.rs.) One workgroup: each invocation scores its experts,
 // then ranks each against all others (rank = experts that beat it), so the k experts of
 // rank < k land in selection order without a sort.
 //
