@@ -56,7 +56,9 @@ struct Params {
 @group(0) @binding(8) var<storage, read> bias: array<f32>;
 
 var<workgroup> probs: array<f32, MAX_EXPERTS>;
-var<workgroup> scores: array<f32, MAX_EXPERTS>;
+/// Selection scores, four per element for the ranking's vector compares; past EXPERTS the
+/// lowest float, which beats no expert.
+var<workgroup> scores: array<vec4<f32>, MAX_EXPERTS / 4u>;
 var<workgroup> chosen: array<u32, MAX_EXPERTS>;
 
 /// Input of the dot products: x times the norm weight (1/rms is applied to the results).
@@ -74,18 +76,29 @@ fn slot_expert(slot: u32, slots: u32, first_workgroup: bool, lid: u32) -> u32 {
     if (!ROUTED) {
         return route[slot];
     }
-    for (var e = lid; e < EXPERTS; e += WG) {
-        probs[e] = 1.0 / (1.0 + exp(-logits[e]));
-        scores[e] = probs[e] + bias[e];
+    let groups4 = (EXPERTS + 3u) / 4u;
+    for (var g = lid; g < groups4; g += WG) {
+        var v = vec4<f32>(-3.4e38);
+        for (var j = 0u; j < 4u; j++) {
+            let e = 4u * g + j;
+            if (e < EXPERTS) {
+                probs[e] = 1.0 / (1.0 + exp(-logits[e]));
+                v[j] = probs[e] + bias[e];
+            }
+        }
+        scores[g] = v;
     }
     workgroupBarrier();
     for (var e = lid; e < EXPERTS; e += WG) {
-        var rank = 0u;
-        for (var o = 0u; o < EXPERTS; o++) {
-            if (scores[o] > scores[e] || (scores[o] == scores[e] && o < e)) {
-                rank++;
-            }
+        let mine = vec4<f32>(scores[e / 4u][e % 4u]);
+        var beaten_by = vec4<u32>(0u);
+        for (var g = 0u; g < groups4; g++) {
+            let o = scores[g];
+            let ids = vec4<u32>(4u * g) + vec4<u32>(0u, 1u, 2u, 3u);
+            let beats = (o > mine) | ((o == mine) & (ids < vec4<u32>(e)));
+            beaten_by += select(vec4<u32>(0u), vec4<u32>(1u), beats);
         }
+        let rank = beaten_by.x + beaten_by.y + beaten_by.z + beaten_by.w;
         if (rank < TOP_K) {
             chosen[rank] = e;
         }
