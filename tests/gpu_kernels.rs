@@ -10,8 +10,7 @@ use glm_flash::config::Config;
 use glm_flash::cpu::ops;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::kernels::{
-    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, rope_append,
-    TokenParams,
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
 use glm_flash::gpu::shaders::Pipelines;
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
@@ -276,116 +275,60 @@ fn embed_matches_dequantize_row() {
     }
 }
 
-#[test]
-fn rope_append_matches_cpu_rope_and_norm() {
-    let cfg = tiny_config();
-    let mut rng = Rng(3);
-    let (heads, nope, rope, kv, q_lora) = (
-        cfg.n_heads,
-        cfg.qk_nope,
-        cfg.qk_rope,
-        cfg.kv_lora_rank,
-        cfg.q_lora_rank,
-    );
-    let head_dim = nope + rope;
-    let row = kv + rope;
-    let positions = 10;
-    for (label, ctx) in contexts() {
-        let p = Pipelines::new();
-        for pos in [0usize, 7, 9] {
-            let qkv_a = rng.vec(q_lora + row);
-            let q = rng.vec(heads * head_dim);
-            let kv_norm = rng.vec(kv);
-            let cache_init = rng.vec(positions * row);
-            let tok = uniform(&ctx, "token", &TokenParams::new(pos));
-            let cs = storage_init(
-                &ctx,
-                "rope",
-                bytemuck::cast_slice(&rope_append::rope_table(pos, rope, cfg.rope_base)),
-            );
-            let (kv_a_b, kv_norm_b, q_b, cache_b) = (
-                storage_f32(&ctx, "kv_a", &qkv_a),
-                storage_f32(&ctx, "kv_norm", &kv_norm),
-                storage_f32(&ctx, "q", &q),
-                storage_f32(&ctx, "cache", &cache_init),
-            );
-            let d = rope_append::dispatch(
-                &ctx, &p, &cfg, q_lora, &tok, &cs, &kv_a_b, &kv_norm_b, &q_b, &cache_b,
-            );
-            ctx.run(&[&d]).unwrap();
-            let mut want_q = q.clone();
-            for head in want_q.chunks_exact_mut(head_dim) {
-                ops::rope(&mut head[nope..], pos, cfg.rope_base);
-            }
-            let mut want_cache = cache_init.clone();
-            let new = &mut want_cache[pos * row..(pos + 1) * row];
-            ops::rmsnorm(
-                &qkv_a[q_lora..q_lora + kv],
-                &kv_norm,
-                cfg.rms_eps,
-                &mut new[..kv],
-            );
-            new[kv..].copy_from_slice(&qkv_a[q_lora + kv..]);
-            ops::rope(&mut new[kv..], pos, cfg.rope_base);
-            check(
-                &format!("rope q pos {pos} {label}"),
-                &ctx.read_f32(&q_b, q.len()).unwrap(),
-                &want_q,
-            );
-            check(
-                &format!("cache append pos {pos} {label}"),
-                &ctx.read_f32(&cache_b, cache_init.len()).unwrap(),
-                &want_cache,
-            );
-        }
-    }
-}
-
-/// Attention over the cache (attn_partial + attn_combine) against the CPU's per-head
-/// softmax, with the real per-head dims (kv 512, rope 64) and 6 heads (a partial group of
-/// four), from 1 position to past 8192, across tile and split boundaries.
+/// Attention over the cache (attn_partial + attn_combine) against the CPU: the token's own
+/// cache row (RMSNorm of kv_cmpr, RoPE on k_pe) written at pos, RoPE on q_pe, and the
+/// per-head softmax over positions 0..=pos. Real per-head dims (kv 512, rope 64), 6 heads (a
+/// partial group of four), from 1 position to past 8192, across tile and split boundaries.
 #[test]
 fn attention_matches_cpu_up_to_long_contexts() {
     let mut cfg = tiny_config();
     (cfg.n_heads, cfg.kv_lora_rank, cfg.qk_rope, cfg.qk_nope) = (6, 512, 64, 192);
-    let (heads, kv, rope, head_dim) = (
+    let (heads, kv, rope, nope, q_lora) = (
         cfg.n_heads,
         cfg.kv_lora_rank,
         cfg.qk_rope,
-        cfg.qk_nope + cfg.qk_rope,
+        cfg.qk_nope,
+        cfg.q_lora_rank,
     );
-    let row = kv + rope;
+    let (row, head_dim) = (kv + rope, nope + rope);
     let max_context = 9000;
     let mut rng = Rng(4);
-    let cache = rng.vec(max_context * row);
+    let cache_init = rng.vec(max_context * row);
     let q_abs = rng.vec(heads * kv);
     let q: Vec<f32> = rng.vec(heads * head_dim).iter().map(|v| 4.0 * v).collect();
+    let kv_a = rng.vec(q_lora + row);
+    let kv_norm = rng.vec(kv);
     for (label, ctx) in contexts()
         .into_iter()
         .take(1)
         .chain([("device defaults".to_string(), self::ctx(None, false))])
     {
         let p = Pipelines::new();
-        let (cache_b, q_abs_b, q_b) = (
-            storage_f32(&ctx, "cache", &cache),
+        let (q_abs_b, q_b, kv_a_b, kv_norm_b) = (
             storage_f32(&ctx, "q_abs", &q_abs),
             storage_f32(&ctx, "q", &q),
+            storage_f32(&ctx, "kv_a", &kv_a),
+            storage_f32(&ctx, "kv_norm", &kv_norm),
         );
         let partial = poison(&ctx, attn_partial::partial_len(&cfg, max_context));
         let kqv = poison(&ctx, heads * kv);
         for n_ctx in [1usize, 15, 17, 300, 1025, 9000] {
-            let tok = uniform(&ctx, "token", &TokenParams::new(n_ctx - 1));
-            let dp = attn_partial::dispatch(
-                &ctx,
-                &p,
-                &cfg,
-                max_context,
-                &tok,
-                &q_abs_b,
-                &q_b,
-                &cache_b,
-                &partial,
-            );
+            let pos = n_ctx - 1;
+            let cache_b = storage_f32(&ctx, "cache", &cache_init);
+            let tok = uniform(&ctx, "token", &TokenParams::new(pos));
+            let table = attn_partial::rope_table(pos, rope, cfg.rope_base);
+            let cs = storage_init(&ctx, "rope", bytemuck::cast_slice(&table));
+            let buffers = attn_partial::Attention {
+                token: &tok,
+                q_abs: &q_abs_b,
+                q: &q_b,
+                kv_a: &kv_a_b,
+                kv_norm: &kv_norm_b,
+                rope_cs: &cs,
+                cache: &cache_b,
+                partial: &partial,
+            };
+            let dp = attn_partial::dispatch(&ctx, &p, &cfg, max_context, &buffers);
             let dc = attn_combine::dispatch(&ctx, &p, &cfg, max_context, &tok, &partial, &kqv);
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             {
@@ -394,14 +337,26 @@ fn attention_matches_cpu_up_to_long_contexts() {
                 dc.record(&mut pass);
             }
             ctx.queue.submit([enc.finish()]);
-            let got = ctx.read_f32(&kqv, heads * kv).unwrap();
+
+            // The CPU: append the token's row, rope q_pe, softmax over 0..=pos.
+            let mut cache = cache_init[..n_ctx * row].to_vec();
+            let new = &mut cache[pos * row..];
+            ops::rmsnorm(
+                &kv_a[q_lora..q_lora + kv],
+                &kv_norm,
+                cfg.rms_eps,
+                &mut new[..kv],
+            );
+            new[kv..].copy_from_slice(&kv_a[q_lora + kv..]);
+            ops::rope(&mut new[kv..], pos, cfg.rope_base);
             let mut want = vec![0f32; heads * kv];
             for h in 0..heads {
                 let qa = &q_abs[h * kv..(h + 1) * kv];
-                let qpe = &q[h * head_dim + cfg.qk_nope..(h + 1) * head_dim];
-                let mut kq: Vec<f32> = cache[..n_ctx * row]
+                let mut qpe = q[h * head_dim + nope..(h + 1) * head_dim].to_vec();
+                ops::rope(&mut qpe, pos, cfg.rope_base);
+                let mut kq: Vec<f32> = cache
                     .chunks_exact(row)
-                    .map(|t| (ops::dot(qa, &t[..kv]) + ops::dot(qpe, &t[kv..])) * cfg.attn_scale())
+                    .map(|t| (ops::dot(qa, &t[..kv]) + ops::dot(&qpe, &t[kv..])) * cfg.attn_scale())
                     .collect();
                 ops::softmax(&mut kq);
                 for (pr, t) in kq.iter().zip(cache.chunks_exact(row)) {
@@ -410,7 +365,22 @@ fn attention_matches_cpu_up_to_long_contexts() {
                     }
                 }
             }
-            check(&format!("attention n_ctx {n_ctx} {label}"), &got, &want);
+            check(
+                &format!("attention n_ctx {n_ctx} {label}"),
+                &ctx.read_f32(&kqv, heads * kv).unwrap(),
+                &want,
+            );
+            let got_cache = ctx.read_f32(&cache_b, n_ctx * row).unwrap();
+            check(
+                &format!("cache row {pos} {label}"),
+                &got_cache[pos * row..],
+                &cache[pos * row..],
+            );
+            assert_eq!(
+                got_cache[..pos * row],
+                cache_init[..pos * row],
+                "earlier rows untouched"
+            );
         }
     }
 }

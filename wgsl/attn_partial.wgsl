@@ -1,9 +1,17 @@
 // Absorbed MLA attention over the latent cache, first pass (split over positions, as in
 // flash-decoding): for head h and split c (tok.attn_split consecutive positions),
-//   score[t] = (q_abs[h] · latent[t] + q_pe[h] · k_pe[t]) * scale
+//   score[t] = (q_abs[h] · latent[t] + rope(q_pe[h]) · k_pe[t]) * scale
 //   m = max score, l = Σ exp(score - m), ctx = Σ exp(score[t] - m) * latent[t]
 // written to partial[h][c] = [m, l, ctx[kv]]; attn_combine.wgsl merges the splits.
-// Launcher: src/gpu/kernels/attn_partial.rs.
+// Launcher: src/gpu/kernels/attn_partial.rs. Appended: a reduce_*.wgsl.
+//
+// The kernel also does DESIGN steps 3-5, which would otherwise cost a dispatch of their own:
+// RoPE on q_pe as it loads q, and the token's own cache row
+//   cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]   (from kv_a = [q_a | kv_cmpr | k_pe])
+// which the workgroups of the last split compute into workgroup memory and use for
+// position pos (the first head group also writes it to the cache for later tokens; no
+// workgroup reads row pos from the cache in this dispatch). RoPE rotates consecutive pairs
+// (x0, x1), (x2, x3), ... by the angles of pos, whose (cos, sin) the host computes in f64.
 //
 // Grid: (splits, ceil(heads / HEADS)). All heads read the same cache rows (MLA is
 // multi-query over the latent), so a workgroup takes HEADS heads and every cache load
@@ -15,7 +23,6 @@
 // independent loads before using them (the driver's compiler does not overlap loop
 // iterations on its own); ROW4 and KV4 are pipeline constants.
 
-const WG: u32 = 64u;
 const LANES: u32 = 4u;
 /// Positions per tile: one per LANES invocations.
 const TILE: u32 = WG / LANES;
@@ -36,9 +43,10 @@ struct Params {
     scale: f32,
     /// Splits per head in `partial` (the stride between heads).
     max_splits: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    /// Offset of [kv_cmpr | k_pe] in kv_a, in vec4.
+    kv_offset4: u32,
+    eps: f32,
+    _pad: u32,
 }
 
 struct Token {
@@ -52,12 +60,18 @@ struct Token {
 @group(0) @binding(1) var<uniform> tok: Token;
 /// [heads][kv]
 @group(0) @binding(2) var<storage, read> q_abs: array<vec4<f32>>;
-/// [heads][nope + rope], q_pe already roped
+/// [heads][nope + rope], q_pe not yet roped
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
-/// [positions][kv + rope]
-@group(0) @binding(4) var<storage, read> cache: array<vec4<f32>>;
+/// [positions][kv + rope]; row pos is written here
+@group(0) @binding(4) var<storage, read_write> cache: array<vec4<f32>>;
 /// [heads][max_splits][2 + kv]
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>;
+/// [q_a | kv_cmpr | k_pe] of this token
+@group(0) @binding(6) var<storage, read> kv_a: array<vec4<f32>>;
+/// [kv] RMSNorm weight of the latent
+@group(0) @binding(7) var<storage, read> kv_norm: array<vec4<f32>>;
+/// [rope / 2] (cos, sin) of pos's angles, two pairs per vec4
+@group(0) @binding(8) var<storage, read> rope_cs: array<vec4<f32>>;
 
 /// [q_abs | q_pe] of the workgroup's heads: head k at k * ROW4.
 var<workgroup> qk: array<vec4<f32>, HEADS * MAX_ROW4>;
@@ -65,6 +79,18 @@ var<workgroup> qk: array<vec4<f32>, HEADS * MAX_ROW4>;
 var<workgroup> part: array<vec4<f32>, WG>;
 /// Scores of the tile's positions, one vec4 of HEADS heads each.
 var<workgroup> scores: array<vec4<f32>, TILE>;
+/// The cache row of position pos (last split only).
+var<workgroup> fresh: array<vec4<f32>, MAX_ROW4>;
+
+/// Two RoPE pairs (v.xy, v.zw) rotated by cs = (cos, sin, cos, sin).
+fn rotate2(v: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        v.x * cs.x - v.y * cs.y,
+        v.x * cs.y + v.y * cs.x,
+        v.z * cs.z - v.w * cs.w,
+        v.z * cs.w + v.w * cs.z,
+    );
+}
 
 /// Head k of this workgroup (heads past the last repeat it; their results are not written).
 fn head(first: u32, k: u32) -> u32 {
@@ -94,13 +120,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (j < KV4) {
             qk[i] = q_abs[h * KV4 + j];
         } else {
-            qk[i] = q[(h * p.head_dim + p.nope) / 4u + j - KV4];
+            qk[i] = rotate2(q[(h * p.head_dim + p.nope) / 4u + j - KV4], rope_cs[j - KV4]);
+        }
+    }
+    let begin = split * tok.attn_split;
+    // The last split holds pos, whose row comes from kv_a, not from the cache.
+    let last = begin + tok.attn_split >= tok.n_ctx;
+    if (last) {
+        var ss = 0.0;
+        for (var j = lid; j < KV4; j += WG) {
+            let v = kv_a[p.kv_offset4 + j];
+            ss += dot(v, v);
+        }
+        let inv = inverseSqrt(reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x / f32(4u * KV4) + p.eps);
+        for (var j = lid; j < ROW4; j += WG) {
+            if (j < KV4) {
+                fresh[j] = kv_a[p.kv_offset4 + j] * inv * kv_norm[j];
+            } else {
+                fresh[j] = rotate2(kv_a[p.kv_offset4 + j], rope_cs[j - KV4]);
+            }
+            if (wid.y == 0u) {
+                cache[tok.pos * ROW4 + j] = fresh[j];
+            }
         }
     }
     workgroupBarrier();
 
-    let begin = split * tok.attn_split;
-    let end = min(begin + tok.attn_split, tok.n_ctx);
+    let end = min(begin + tok.attn_split, tok.pos);
     let lane = lid % LANES;
     let col0 = min(lid, KV4 - 1u);
     let col1 = min(lid + WG, KV4 - 1u);
@@ -170,6 +216,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 + mat4x4<f32>(b2 * p2.x, b2 * p2.y, b2 * p2.z, b2 * p2.w)
                 + mat4x4<f32>(b3 * p3.x, b3 * p3.y, b3 * p3.z, b3 * p3.w);
         }
+    }
+
+    if (last) {
+        var d = vec4<f32>(0.0);
+        for (var j = lid; j < ROW4; j += WG) {
+            d += head_dots(j, fresh[j]);
+        }
+        let s = reduce_sum4(d, lid) * p.scale;
+        let new_m = max(m, s);
+        let correction = exp(m - new_m);
+        let pr = exp(s - new_m);
+        m = new_m;
+        l = l * correction + pr;
+        let c0 = fresh[col0];
+        let c1 = fresh[col1];
+        ctx0 = mat4x4<f32>(ctx0[0] * correction.x + c0 * pr.x, ctx0[1] * correction.y + c0 * pr.y,
+            ctx0[2] * correction.z + c0 * pr.z, ctx0[3] * correction.w + c0 * pr.w);
+        ctx1 = mat4x4<f32>(ctx1[0] * correction.x + c1 * pr.x, ctx1[1] * correction.y + c1 * pr.y,
+            ctx1[2] * correction.z + c1 * pr.z, ctx1[3] * correction.w + c1 * pr.w);
     }
 
     for (var k = 0u; k < HEADS; k++) {

@@ -17,8 +17,7 @@ use crate::cpu::check_positions;
 use crate::error::{Error, Result};
 use crate::weights::{DenseFfn, Ffn, Layer, Matrix, Weights};
 use kernels::{
-    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, rope_append,
-    TokenParams,
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
 use shaders::{Dispatch, PipelineInfo, Pipelines};
 use upload::{storage_zeroed, try_storage_f32, Format, GpuMatrix, RowRef, Uploader};
@@ -110,7 +109,6 @@ struct Activations {
 struct LayerDispatches {
     attn_qkv_a: Vec<Dispatch>,
     attn_q_b: Vec<Dispatch>,
-    rope_append: Dispatch,
     q_nope_absorbed: Vec<Dispatch>,
     attn_partial: Dispatch,
     attn_combine: Dispatch,
@@ -380,7 +378,7 @@ impl GpuBackend {
         let params = TokenParams::new(pos);
         ctx.queue
             .write_buffer(&act.token, 0, bytemuck::bytes_of(&params));
-        let rope = rope_append::rope_table(pos, cfg.qk_rope, cfg.rope_base);
+        let rope = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
         ctx.queue
             .write_buffer(&act.rope_cs, 0, bytemuck::cast_slice(&rope));
 
@@ -404,25 +402,26 @@ impl GpuBackend {
         }
         rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
-            // attention (DESIGN steps 1-9)
+            // Attention (DESIGN steps 1-9).
             // [q_a | kv_cmpr | k_pe] = [q_a; kv_a] · rmsnorm(x) * attn_norm
             rec.run("q_a+kv_cmpr_pe", &l.attn_qkv_a);
-            rec.run("q", &l.attn_q_b); // q = q_b · rmsnorm(q_a) * q_a_norm
-                                       // rope q_pe, k_pe; cache[pos] = [rmsnorm(kv_cmpr) | k_pe]
-            rec.run("q_pe+kv_cache", std::slice::from_ref(&l.rope_append));
-            rec.run("q_nope_absorbed", &l.q_nope_absorbed); // q_nope_absorbed[h] = k_b[h] · q_nope[h]
-                                                            // scores, softmax and context per split of positions
-            rec.run_sized(
-                "kq_partial",
-                &l.attn_partial,
-                attn_partial::grid(cfg, n_ctx),
-            );
-            rec.run("kqv", std::slice::from_ref(&l.attn_combine)); // kqv[h] = Σ_t p[h][t] · latent[t]
-            rec.run("kqv_out", &l.attn_v_b); // kqv_out[h] = v_b[h] · kqv[h]
-            rec.run("attn_out", &l.attn_output); // x += attn_output · kqv_out
-                                                 // feed-forward (DESIGN step 10)
-            rec.run("ffn_moe_logits", &l.ffn_moe_logits); // router · rmsnorm(x) * ffn_norm
-                                                          // MoE: top-k ids and weights; act[s] = silu(gate_e · h) * (up_e · h)
+            // q = q_b · rmsnorm(q_a) * q_a_norm
+            rec.run("q", &l.attn_q_b);
+            // q_nope_absorbed[h] = k_b[h] · q_nope[h]
+            rec.run("q_nope_absorbed", &l.q_nope_absorbed);
+            // cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]; scores with rope(q_pe),
+            // softmax and context per split of positions
+            let grid = attn_partial::grid(cfg, n_ctx);
+            rec.run_sized("kq_partial", &l.attn_partial, grid);
+            // kqv[h] = Σ_t p[h][t] · latent[t]
+            rec.run("kqv", std::slice::from_ref(&l.attn_combine));
+            // kqv_out[h] = v_b[h] · kqv[h]
+            rec.run("kqv_out", &l.attn_v_b);
+            // x += attn_output · kqv_out
+            rec.run("attn_out", &l.attn_output);
+            // Feed-forward (DESIGN step 10). MoE: router · rmsnorm(x) * ffn_norm
+            rec.run("ffn_moe_logits", &l.ffn_moe_logits);
+            // MoE: top-k ids and weights; act[s] = silu(gate_e · h) * (up_e · h)
             rec.run("ffn_gate_up", &l.ffn_gate_up);
             rec.run("ffn_down", &l.ffn_down); // x += Σ_s w_s · down_e · act[s]
         }
@@ -716,18 +715,6 @@ impl GpuLayer {
                     accumulate: false,
                 },
             ),
-            rope_append: rope_append::dispatch(
-                ctx,
-                p,
-                cfg,
-                cfg.q_lora_rank,
-                &a.token,
-                &a.rope_cs,
-                &a.qkv_a,
-                &self.attn_kv_a_norm,
-                &a.q,
-                &self.kv_cache,
-            ),
             q_nope_absorbed: mv(
                 &self.attn_k_b,
                 matvec::Matvec {
@@ -744,11 +731,16 @@ impl GpuLayer {
                 p,
                 cfg,
                 max_context,
-                &a.token,
-                &a.q_nope_absorbed,
-                &a.q,
-                &self.kv_cache,
-                &a.attn_partial,
+                &attn_partial::Attention {
+                    token: &a.token,
+                    q_abs: &a.q_nope_absorbed,
+                    q: &a.q,
+                    kv_a: &a.qkv_a,
+                    kv_norm: &self.attn_kv_a_norm,
+                    rope_cs: &a.rope_cs,
+                    cache: &self.kv_cache,
+                    partial: &a.attn_partial,
+                },
             ),
             attn_combine: attn_combine::dispatch(
                 ctx,
@@ -828,9 +820,8 @@ impl LayerDispatches {
     fn count(&self) -> usize {
         self.attn_qkv_a.len()
             + self.attn_q_b.len()
-            + 1
             + self.q_nope_absorbed.len()
-            + 2
+            + 2 // attn_partial, attn_combine
             + self.attn_v_b.len()
             + self.attn_output.len()
             + self.ffn_moe_logits.len()

@@ -43,7 +43,6 @@ pub fn all_shaders() -> Vec<Shader> {
     vec![
         embed::SHADER,
         matvec::SHADER,
-        rope_append::SHADER,
         attn_partial::SHADER,
         attn_combine::SHADER,
         ffn_gate_up::SHADER,

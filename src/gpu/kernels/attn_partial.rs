@@ -1,5 +1,7 @@
 //! Launcher of `wgsl/attn_partial.wgsl`: scores, softmax and latent context of four heads
-//! over one split of cache positions. Reference: the per-head loop of `cpu::attention`.
+//! over one split of cache positions, with RoPE on q_pe and the token's own cache row
+//! (RMSNorm of the latent, RoPE on k_pe) done on the way. Reference: `cpu::attention`
+//! (its cache append, `ops::rope`, `ops::rmsnorm` and the per-head loop).
 
 use crate::config::Config;
 use crate::gpu::context::GpuContext;
@@ -14,10 +16,13 @@ pub const SHADER: Shader = Shader {
         Slot::Uniform,
         Slot::Read,
         Slot::Read,
-        Slot::Read,
         Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
     ],
-    reduces: false,
+    reduces: true,
     dots: false,
 };
 
@@ -41,7 +46,21 @@ struct Params {
     nope: u32,
     scale: f32,
     max_splits: u32,
-    _pad: [u32; 3],
+    kv_offset4: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// (cos, sin) of the RoPE angles `pos * base^(-2i/dims)`, computed in f64 as `cpu::ops::rope`
+/// does; uploaded per token.
+pub fn rope_table(pos: usize, dims: usize, base: f32) -> Vec<[f32; 2]> {
+    (0..dims / 2)
+        .map(|i| {
+            let theta = pos as f64 * (base as f64).powf(-2.0 * i as f64 / dims as f64);
+            let (sin, cos) = theta.sin_cos();
+            [cos as f32, sin as f32]
+        })
+        .collect()
 }
 
 /// Positions per split for a context of `n_ctx`: whole tiles, at most [`MAX_SPLITS`] splits.
@@ -75,29 +94,44 @@ pub fn partial_len(cfg: &Config, max_context: usize) -> usize {
 /// Why the kernel cannot run this model's attention, if it cannot.
 pub fn unsupported(cfg: &Config) -> Option<String> {
     let (row, kv) = (cfg.cache_row(), cfg.kv_lora_rank);
-    (row > MAX_ROW || kv > MAX_KV || !kv.is_multiple_of(4) || !cfg.qk_rope.is_multiple_of(4)).then(
-        || {
-            format!(
-                "kv_lora_rank {kv} + rope {} must be multiples of 4, kv at most {MAX_KV} and \
-                 their sum at most {MAX_ROW}",
-                cfg.qk_rope
-            )
-        },
-    )
+    let dims = [kv, cfg.qk_rope, cfg.qk_nope, cfg.q_lora_rank];
+    let aligned = dims.iter().all(|d| d.is_multiple_of(4));
+    (row > MAX_ROW || kv > MAX_KV || !aligned).then(|| {
+        format!(
+            "kv_lora_rank {kv}, rope {}, nope {} and q_lora_rank {} must be multiples of 4, \
+             kv at most {MAX_KV} and kv + rope at most {MAX_ROW}",
+            cfg.qk_rope, cfg.qk_nope, cfg.q_lora_rank
+        )
+    })
+}
+
+/// The buffers one attention dispatch reads and writes.
+pub struct Attention<'a> {
+    /// Per-token uniform (position, context, split length).
+    pub token: &'a wgpu::Buffer,
+    /// [heads][kv] k_b-absorbed q_nope.
+    pub q_abs: &'a wgpu::Buffer,
+    /// [heads][nope + rope], q_pe not yet roped.
+    pub q: &'a wgpu::Buffer,
+    /// `[q_a | kv_cmpr | k_pe]` of the token: kv_cmpr starts at q_lora_rank.
+    pub kv_a: &'a wgpu::Buffer,
+    /// [kv] latent RMSNorm weight.
+    pub kv_norm: &'a wgpu::Buffer,
+    /// [rope / 2] (cos, sin) of the token's position: [`rope_table`].
+    pub rope_cs: &'a wgpu::Buffer,
+    /// [positions][kv + rope]; row `pos` is written.
+    pub cache: &'a wgpu::Buffer,
+    /// [heads][max_splits][2 + kv] out.
+    pub partial: &'a wgpu::Buffer,
 }
 
 /// The grid is set per token: [`grid`].
-#[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &GpuContext,
     pipes: &Pipelines,
     cfg: &Config,
     max_context: usize,
-    token: &wgpu::Buffer,
-    q_abs: &wgpu::Buffer,
-    q: &wgpu::Buffer,
-    cache: &wgpu::Buffer,
-    partial: &wgpu::Buffer,
+    a: &Attention,
 ) -> Dispatch {
     assert!(unsupported(cfg).is_none());
     let params = uniform(
@@ -109,7 +143,9 @@ pub fn dispatch(
             nope: cfg.qk_nope as u32,
             scale: cfg.attn_scale(),
             max_splits: max_splits(max_context) as u32,
-            _pad: [0; 3],
+            kv_offset4: (cfg.q_lora_rank / 4) as u32,
+            eps: cfg.rms_eps,
+            _pad: 0,
         },
     );
     let constants = [
@@ -118,7 +154,9 @@ pub fn dispatch(
     ];
     pipes.get(ctx, SHADER, &constants).dispatch(
         ctx,
-        &[&params, token, q_abs, q, cache, partial],
+        &[
+            &params, a.token, a.q_abs, a.q, a.cache, a.partial, a.kv_a, a.kv_norm, a.rope_cs,
+        ],
         grid(cfg, 1),
     )
 }

@@ -9,7 +9,6 @@ pub mod embed;
 pub mod ffn_down;
 pub mod ffn_gate_up;
 pub mod matvec;
-pub mod rope_append;
 
 use crate::gpu::context::GpuContext;
 
