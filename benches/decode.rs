@@ -1,6 +1,7 @@
 //! `cargo bench`: dispatch counts of the simple and the fused schedule for the full
-//! GLM-4.7-Flash shape, then decode and prefill on the CPU and the GPU side by side, with the
-//! GPU time and GB/s of every kernel role.
+//! GLM-4.7-Flash shape, the attention kernels alone at contexts 512 and 8192, then decode
+//! and prefill on the CPU and the GPU side by side, with the GPU time and GB/s of every
+//! kernel role (the mat-vec shapes).
 //!
 //!     cargo bench --bench decode              # synthetic full-width model, 4 layers
 //!     cargo bench --bench decode -- FILE.gguf # any model
@@ -13,7 +14,10 @@ use glm_flash::bench::{self, BenchOptions};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgufFile;
-use glm_flash::gpu::{GpuBackend, GpuOptions};
+use glm_flash::gpu::kernels::{attn_combine, attn_partial, TokenParams};
+use glm_flash::gpu::shaders::Pipelines;
+use glm_flash::gpu::upload::{storage_f32, uniform};
+use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions};
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::weights::Weights;
 
@@ -30,6 +34,73 @@ fn simple_schedule(cfg: &Config) -> (usize, usize, usize) {
     // embedding; output norm, LM head, argmax
     let token = 1 + cfg.n_dense_layers * dense + (cfg.n_layers - cfg.n_dense_layers) * moe + 3;
     (dense, moe, token)
+}
+
+/// The attention of one layer (attn_partial, which also appends the token's cache row, and
+/// attn_combine) on the full shape at a given context, repeated in one pass: time per layer
+/// and GB/s of cache (each row is read once per group of four heads; counted once).
+fn attention_kernels(ctx: &GpuContext) {
+    const REPEATS: usize = 50;
+    let cfg = Preset::Full.config();
+    let mut seed = 1u32;
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let pipes = Pipelines::new();
+    for n_ctx in [512usize, 8192] {
+        let pos = n_ctx - 1;
+        let b = |label: &str, data: Vec<f32>| storage_f32(ctx, label, &data);
+        let cache = b("cache", values(n_ctx * cfg.cache_row()));
+        let q_abs = b("q_abs", values(cfg.n_heads * cfg.kv_lora_rank));
+        let q = b("q", values(cfg.n_heads * (cfg.qk_nope + cfg.qk_rope)));
+        let kv_a = b("kv_a", values(cfg.q_lora_rank + cfg.cache_row()));
+        let kv_norm = b("kv_norm", values(cfg.kv_lora_rank));
+        let table = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
+        let rope_cs = b("rope_cs", table.concat());
+        let partial = b("partial", vec![0.0; attn_partial::partial_len(&cfg, n_ctx)]);
+        let kqv = b("kqv", vec![0.0; cfg.n_heads * cfg.kv_lora_rank]);
+        let token = uniform(ctx, "token", &TokenParams::new(pos));
+        let buffers = attn_partial::Attention {
+            token: &token,
+            q_abs: &q_abs,
+            q: &q,
+            kv_a: &kv_a,
+            kv_norm: &kv_norm,
+            rope_cs: &rope_cs,
+            cache: &cache,
+            partial: &partial,
+        };
+        let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &buffers);
+        let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &token, &partial, &kqv);
+        let run = |repeats: usize| {
+            let start = std::time::Instant::now();
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..repeats {
+                    scores.record_sized(&mut pass, attn_partial::grid(&cfg, n_ctx));
+                    merge.record(&mut pass);
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+            ctx.wait().unwrap();
+            start.elapsed().as_secs_f64()
+        };
+        run(1); // pipelines and first-use costs
+        let seconds = run(REPEATS) / REPEATS as f64;
+        let bytes = (n_ctx * cfg.cache_row() * 4) as f64;
+        println!(
+            "attention @ context {n_ctx:>5}: {:>8.1} us per layer (2 dispatches), cache {:.1} MB at {:.1} GB/s",
+            seconds * 1e6,
+            bytes / 1e6,
+            bytes / seconds / 1e9
+        );
+    }
 }
 
 fn default_model() -> PathBuf {
@@ -99,6 +170,11 @@ fn main() {
 
     match GpuBackend::new(&cfg, &weights, need.max(64), &GpuOptions::default()) {
         Ok(mut gpu) => {
+            println!(
+                "== attention kernels alone, full shape, {}",
+                gpu.context().describe()
+            );
+            attention_kernels(gpu.context());
             let per_layer = gpu.stats().dispatches_per_layer.clone();
             let report = bench::run(&mut gpu, &cfg, &weights, &opts).unwrap();
             let moe_layer = per_layer

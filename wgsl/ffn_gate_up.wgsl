@@ -7,7 +7,8 @@
 // stacked after the routed ones and a dense FFN is a stack of one expert; the route buffer
 // lists which experts run (ids, then f32 weights used by ffn_down). A chunk holds global rows
 // [row_start, row_start + rows); pairs outside it are skipped (another dispatch does them).
-// Weight layout as in matvec.wgsl (Q8_0 or F32). Each workgroup computes 2 pairs of one slot.
+// Weight layout as in matvec.wgsl (Q8_0 or F32). Each workgroup computes PAIRS pairs of one
+// slot, two at a time (four rows: one per vec4 lane), after one norm prologue and routing.
 //
 // ROUTED (MoE layers): every workgroup first chooses the experts from the router logits,
 // exactly cpu::ops::route: s = sigmoid(logits); the TOP_K experts with the largest s + bias
@@ -21,6 +22,8 @@
 // when uniforms steer its loops (see examples/lavapipe_uniform_inlining.rs).
 
 override WEIGHTS_F32: bool = false;
+/// Pairs per workgroup, a multiple of 2.
+override PAIRS: u32 = 2u;
 override ROUTED: bool = false;
 override EXPERTS: u32 = 1u;
 override TOP_K: u32 = 1u;
@@ -130,7 +133,7 @@ fn slot_expert(slot: u32, slots: u32, first_workgroup: bool, lid: u32) -> u32 {
     return EXPERTS + slot - TOP_K;
 }
 
-/// Grid: (ceil(ffn / 2), slots).
+/// Grid: (ceil(ffn / PAIRS), slots).
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -139,29 +142,31 @@ fn main(
 ) {
     let slot = wid.y;
     let expert = slot_expert(slot, groups.y, wid.x == 0u && wid.y == 0u, lid);
-    let first_pair = wid.x * 2u;
     var ss = 0.0;
     for (var j = lid; j < p.cols / 4u; j += WG) {
         ss += dot(x[j], x[j]);
     }
     let s = reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x;
     let scale = inverseSqrt(s / f32(p.cols) + p.eps);
-    // lanes: gate of pair 0, up of pair 0, gate of pair 1, up of pair 1
-    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
-    let global = vec4<u32>(expert * 2u * p.ffn + 2u * first_pair) + lanes;
-    let inside = (vec4<u32>(first_pair) + lanes / 2u < vec4<u32>(p.ffn))
-        & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
-    var acc = vec4<f32>(0.0);
-    if (any(inside)) {
-        let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-        acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid), inside);
-    }
-    let total = reduce_sum4(acc, lid) * scale;
-    if (lid < 2u) {
-        let pair = first_pair + lid;
-        let global = expert * 2u * p.ffn + 2u * pair;
-        if (pair < p.ffn && global >= p.row_start && global < p.row_start + p.rows) {
-            act[slot * p.ffn + pair] = silu(total[2u * lid]) * total[2u * lid + 1u];
+    for (var g = 0u; g < PAIRS; g += 2u) {
+        let first_pair = wid.x * PAIRS + g;
+        // lanes: gate of pair 0, up of pair 0, gate of pair 1, up of pair 1
+        let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+        let global = vec4<u32>(expert * 2u * p.ffn + 2u * first_pair) + lanes;
+        let inside = (vec4<u32>(first_pair) + lanes / 2u < vec4<u32>(p.ffn))
+            & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
+        var acc = vec4<f32>(0.0);
+        if (any(inside)) {
+            let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
+            acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid), inside);
+        }
+        let total = reduce_sum4(acc, lid) * scale;
+        if (lid < 2u) {
+            let pair = first_pair + lid;
+            let global = expert * 2u * p.ffn + 2u * pair;
+            if (pair < p.ffn && global >= p.row_start && global < p.row_start + p.rows) {
+                act[slot * p.ffn + pair] = silu(total[2u * lid]) * total[2u * lid + 1u];
+            }
         }
     }
 }

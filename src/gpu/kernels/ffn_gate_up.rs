@@ -28,6 +28,11 @@ pub const SHADER: Shader = Shader {
 /// The kernel keeps per-expert state in workgroup arrays of this size.
 pub const MAX_EXPERTS: usize = 256;
 
+/// Gate/up pairs each workgroup computes (the kernel's PAIRS): the norm prologue and the
+/// routing are paid once per PAIRS pairs. Measured on the H100 (full model, depth 128):
+/// 2 -> 162.4 tok/s, 4 -> 163.5, 8 -> 169.2, 16 -> 154.9, 32 -> 143.8.
+pub const PAIRS: usize = 8;
+
 /// How a token's experts are chosen.
 pub enum Route<'a> {
     /// Listed in `route` (`[ids][weights]`): a dense FFN is the one expert 0.
@@ -72,7 +77,10 @@ pub fn dispatches(
     route: &wgpu::Buffer,
     act: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let mut constants = vec![("WEIGHTS_F32", flag(stack.format.is_f32()))];
+    let mut constants = vec![
+        ("WEIGHTS_F32", flag(stack.format.is_f32())),
+        ("PAIRS", PAIRS as f64),
+    ];
     let (logits, bias) = match *choice {
         Route::Fixed => (&ctx.dummy, &ctx.dummy),
         Route::Router {
@@ -116,7 +124,7 @@ pub fn dispatches(
                 &[
                     &params, &c.quants, &c.scales, x, norm_w, route, act, logits, bias,
                 ],
-                [ffn.div_ceil(2) as u32, slots as u32, 1],
+                [ffn.div_ceil(PAIRS) as u32, slots as u32, 1],
             )
         })
         .collect()
