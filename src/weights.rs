@@ -89,7 +89,9 @@ pub struct MoeFfn<'a> {
     pub shexp: Option<DenseFfn<'a>>,
 }
 
-/// Chosen from the tensors a layer has, not from its index.
+/// Chosen from the tensors a layer has, not from its index. (One per layer: boxing the
+/// larger variant would save nothing worth an indirection.)
+#[allow(clippy::large_enum_variant)]
 pub enum Ffn<'a> {
     Dense(DenseFfn<'a>),
     Moe(MoeFfn<'a>),

@@ -93,14 +93,12 @@ fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     let prompt = &case.tokens[..case.n_prompt];
     let mut g = gpu.forward_argmax(prompt, 0).unwrap();
     let mut c = cpu.forward_argmax(prompt, 0).unwrap();
-    let mut pos = prompt.len();
     let mut generated = Vec::new();
-    for step in 0..32 {
+    for (step, pos) in (prompt.len()..).take(32).enumerate() {
         assert_eq!(g, c, "step {step}: gpu {g} cpu {c} after {generated:?}");
         generated.push(g);
         g = gpu.forward_argmax(&[g], pos).unwrap();
         c = cpu.forward_argmax(&[c], pos).unwrap();
-        pos += 1;
     }
     println!("greedy: {generated:?}");
     // Greedy decoding reads back the 4-byte id only, in one submit of one pass.

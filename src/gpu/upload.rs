@@ -201,6 +201,7 @@ pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wg
 impl GpuMatrix {
     /// Builds a `[rows][cols]` matrix whose row i is `row_of(i)`, in chunks of a multiple of
     /// `row_align` rows (so that groups the kernels read together stay in one chunk).
+    #[allow(clippy::too_many_arguments)]
     pub fn build<'a>(
         ctx: &GpuContext,
         label: &str,
