@@ -162,7 +162,7 @@ pub fn generate(
     if stop.is_none() && greedy {
         // The backend chains the argmaxes itself (on the GPU without a round trip).
         backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
-            pos += 1;
+            (next, pos) = (id, pos + 1);
             timings.decode_tokens += 1;
             stop = accept(id, pos);
             stop.is_none()
