@@ -834,7 +834,7 @@ fn random_corruptions_never_panic() {
 /// Writes the fuzzer's seed corpus (see fuzz/README.md): two micro models (with and
 /// without general.alignment) and one file with only their metadata.
 #[test]
-#[ignore]
+#[ignore = "writes fuzz/corpus/gguf_reader; run by hand: cargo test --test gguf_reader write_fuzz_seeds -- --ignored"]
 fn write_fuzz_seeds() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf_reader");
     std::fs::create_dir_all(&dir).unwrap();

@@ -374,8 +374,9 @@ impl GpuBackend {
             ctx.queue
                 .write_buffer(&act.token_id, 0, bytemuck::bytes_of(&token));
         }
-        let n_ctx = pos + 1;
         let params = TokenParams::new(pos);
+        // The attention grid grows with the context: the same for every layer of this token.
+        let attn_grid = attn_partial::grid(cfg, pos + 1);
         ctx.queue
             .write_buffer(&act.token, 0, bytemuck::bytes_of(&params));
         let rope = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
@@ -411,8 +412,7 @@ impl GpuBackend {
             rec.run("q_nope_absorbed", &l.q_nope_absorbed);
             // cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]; scores with rope(q_pe),
             // softmax and context per split of positions
-            let grid = attn_partial::grid(cfg, n_ctx);
-            rec.run_sized("kq_partial", &l.attn_partial, grid);
+            rec.run_sized("kq_partial", &l.attn_partial, attn_grid);
             // kqv[h] = Σ_t p[h][t] · latent[t]
             rec.run("kqv", std::slice::from_ref(&l.attn_combine));
             // kqv_out[h] = v_b[h] · kqv[h]
