@@ -17,7 +17,7 @@ use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgmlType;
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::kernels::{attn_combine, attn_partial, embed, TokenParams};
-use glm_flash::gpu::shaders::{Dispatch, Pipelines};
+use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, Uploader};
 use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions};
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};

@@ -1,5 +1,5 @@
 //! Repro of the lavapipe (Mesa 22.3) growth that our kernels avoid: the former MoE routing
-//! kernel (`lavapipe_uniform_inlining.wgsl`; routing now runs inside wgsl/ffn_gate_up.wgsl
+//! kernel (`lavapipe_uniform_inlining.wgsl`; routing now runs inside src/gpu/kernels/ffn_gate_up.wgsl
 //! with its numbers as pipeline constants) with its params bound as a uniform and as a
 //! read-only storage buffer, bound and dispatched `binds` times (one submit each); prints RSS
 //! growth and time per bind.
@@ -97,7 +97,7 @@ fn run(
         })),
         module: &module,
         entry_point: Some("main"),
-        // As the engine's pipelines (src/gpu/shaders.rs).
+        // As the engine's pipelines (src/gpu/pipelines.rs).
         compilation_options: wgpu::PipelineCompilationOptions {
             zero_initialize_workgroup_memory: false,
             ..Default::default()

@@ -12,7 +12,7 @@ use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::kernels::{
     argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
-use glm_flash::gpu::shaders::Pipelines;
+use glm_flash::gpu::pipelines::Pipelines;
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
 use glm_flash::gpu::{GpuContext, GpuOptions};
 use glm_flash::quant;

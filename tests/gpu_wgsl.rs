@@ -1,13 +1,13 @@
 //! The Metal proxy: every WGSL kernel parses, validates with the capabilities Apple GPUs
 //! have (with and without subgroups), and translates to MSL with naga. No GPU needed.
 
-use glm_flash::gpu::shaders::{all_shaders, Shader, REDUCE_SUBGROUP, REDUCE_WORKGROUP};
+use glm_flash::gpu::pipelines::{all_shaders, Shader, REDUCE_SUBGROUP, REDUCE_WORKGROUP};
 use naga::valid::{Capabilities, SubgroupOperationSet, ValidationFlags, Validator};
 
-/// Every `.wgsl` file under `wgsl/` (not `wgsl/lib/`) is one registered kernel.
+/// Every `.wgsl` file in `src/gpu/kernels/` (not `lib/`) is one registered kernel.
 #[test]
 fn every_wgsl_file_is_a_registered_kernel() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wgsl");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gpu/kernels");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| {
@@ -106,7 +106,7 @@ fn every_kernel_validates_and_translates_to_msl() {
 }
 
 /// A kernel with subgroup builtins must not validate without the capability: this is why
-/// the reduction is a separate library chosen per device (see src/gpu/shaders.rs).
+/// the reduction is a separate library chosen per device (see src/gpu/pipelines.rs).
 #[test]
 fn subgroup_reduction_needs_the_capability() {
     let src = all_shaders()

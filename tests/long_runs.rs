@@ -300,7 +300,7 @@ fn cpu_memory_does_not_grow_per_token_beyond_the_cache() {
 /// bind (not with 33 or more), so every route dispatch recompiled (~4 ms) and kept a copy;
 /// no other kernel of ours stays inlined here. The fix moved moe_route's params to a storage
 /// buffer, which Mesa does not inline (repro in examples/lavapipe_uniform_inlining.rs); the
-/// routing now runs inside wgsl/ffn_gate_up.wgsl with its numbers as pipeline constants.
+/// routing now runs inside src/gpu/kernels/ffn_gate_up.wgsl with its numbers as pipeline constants.
 /// Now +0 bytes over 2048 tokens, and tokens are faster without the compiles.
 #[test]
 fn gpu_memory_does_not_grow_per_token_beyond_the_cache() {

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::shaders::Dispatch;
+use crate::gpu::pipelines::Dispatch;
 
 /// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
 #[derive(Clone, Debug, Default)]

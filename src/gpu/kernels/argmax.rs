@@ -1,14 +1,14 @@
-//! Launcher of `wgsl/argmax.wgsl`: the id of the largest logit, so greedy decoding reads
+//! Launcher of `argmax.wgsl`: the id of the largest logit, so greedy decoding reads
 //! back 4 bytes. Reference: `cpu::ops::argmax`.
 
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{flag, Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::{storage_zeroed, uniform};
 
 pub const SHADER: Shader = Shader {
     name: "argmax",
-    source: include_str!("../../../wgsl/argmax.wgsl"),
+    source: include_str!("argmax.wgsl"),
     bindings: &[Slot::Uniform, Slot::Read, Slot::ReadWrite],
     reduces: false,
     dots: false,

@@ -1,15 +1,15 @@
-//! Launcher of `wgsl/attn_combine.wgsl`: merges the position splits of `attn_partial` into
+//! Launcher of `attn_combine.wgsl`: merges the position splits of `attn_partial` into
 //! each head's softmax-weighted latent context (`kqv`). Reference: `cpu::attention`.
 
 use crate::config::Config;
 use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::kernels::attn_partial;
-use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::uniform;
 
 pub const SHADER: Shader = Shader {
     name: "attn_combine",
-    source: include_str!("../../../wgsl/attn_combine.wgsl"),
+    source: include_str!("attn_combine.wgsl"),
     bindings: &[Slot::Uniform, Slot::Uniform, Slot::Read, Slot::ReadWrite],
     reduces: true,
     dots: false,

@@ -1,16 +1,16 @@
-//! Launcher of `wgsl/attn_partial.wgsl`: scores, softmax and latent context of four heads
+//! Launcher of `attn_partial.wgsl`: scores, softmax and latent context of four heads
 //! over one split of cache positions, with RoPE on q_pe and the token's own cache row
 //! (RMSNorm of the latent, RoPE on k_pe) done on the way. Reference: `cpu::attention`
 //! (its cache append, `ops::rope`, `ops::rmsnorm` and the per-head loop).
 
 use crate::config::Config;
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::uniform;
 
 pub const SHADER: Shader = Shader {
     name: "attn_partial",
-    source: include_str!("../../../wgsl/attn_partial.wgsl"),
+    source: include_str!("attn_partial.wgsl"),
     bindings: &[
         Slot::Uniform,
         Slot::Uniform,
@@ -26,9 +26,9 @@ pub const SHADER: Shader = Shader {
     dots: false,
 };
 
-/// Positions a workgroup scores at once (wgsl/attn_partial.wgsl TILE).
+/// Positions a workgroup scores at once (attn_partial.wgsl TILE).
 pub const TILE: usize = 16;
-/// Heads per workgroup (wgsl/attn_partial.wgsl HEADS).
+/// Heads per workgroup (attn_partial.wgsl HEADS).
 pub const HEADS: usize = 4;
 /// Splits of the context at most: enough workgroups to fill a large GPU at any context,
 /// few enough that attn_combine merges them in one step.

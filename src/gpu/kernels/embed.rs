@@ -1,13 +1,13 @@
-//! Launcher of `wgsl/embed.wgsl`: the token's embedding row, dequantized into x.
+//! Launcher of `embed.wgsl`: the token's embedding row, dequantized into x.
 //! Reference: `Matrix::dequantize_row`.
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{flag, Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "embed",
-    source: include_str!("../../../wgsl/embed.wgsl"),
+    source: include_str!("embed.wgsl"),
     bindings: &[
         Slot::Uniform,
         Slot::Read,

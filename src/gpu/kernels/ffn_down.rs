@@ -1,14 +1,14 @@
-//! Launcher of `wgsl/ffn_down.wgsl`: the down projections of every expert a token uses,
+//! Launcher of `ffn_down.wgsl`: the down projections of every expert a token uses,
 //! weighted by the route and added to the residual, in one dispatch per chunk.
 //! Reference: `cpu::ops::matvec` and the weighted sum of `cpu::moe_ffn`.
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{flag, Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "ffn_down",
-    source: include_str!("../../../wgsl/ffn_down.wgsl"),
+    source: include_str!("ffn_down.wgsl"),
     bindings: &[
         Slot::Uniform,
         Slot::Read,

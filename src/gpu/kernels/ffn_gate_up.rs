@@ -1,15 +1,15 @@
-//! Launcher of `wgsl/ffn_gate_up.wgsl`: SwiGLU gate/up of every routed and shared expert of
+//! Launcher of `ffn_gate_up.wgsl`: SwiGLU gate/up of every routed and shared expert of
 //! a token (or of a dense FFN) in one dispatch per chunk, with the FFN norm as prologue and,
 //! in MoE layers, the expert choice from the router logits.
 //! Reference: `cpu::ops::route`, `rmsnorm`, `matvec`, `swiglu`.
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{flag, Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "ffn_gate_up",
-    source: include_str!("../../../wgsl/ffn_gate_up.wgsl"),
+    source: include_str!("ffn_gate_up.wgsl"),
     bindings: &[
         Slot::Uniform,
         Slot::Read,

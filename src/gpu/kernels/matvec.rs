@@ -1,14 +1,14 @@
-//! Launcher of `wgsl/matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
+//! Launcher of `matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
 //! and per-head batching. Reference: `cpu::ops::matvec` (and `rmsnorm` for the prologue).
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::grid;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{flag, Dispatch, Pipelines, Shader, Slot};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "matvec",
-    source: include_str!("../../../wgsl/matvec.wgsl"),
+    source: include_str!("matvec.wgsl"),
     bindings: &[
         Slot::Uniform,
         Slot::Read,

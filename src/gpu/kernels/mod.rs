@@ -1,6 +1,7 @@
-//! One launcher per WGSL kernel, named like its file in `wgsl/`. A launcher builds the
-//! [`Dispatch`]es of one use of its kernel (one per weight chunk where the weights are
-//! split); the forward pass creates them once and records them for every token.
+//! One launcher per WGSL kernel, each beside its WGSL (`argmax.rs` launches `argmax.wgsl`;
+//! `lib/` holds the WGSL appended to several kernels). A launcher builds the [`Dispatch`]es
+//! of one use of its kernel (one per weight chunk where the weights are split); the decode
+//! schedule creates them once and records them for every token.
 
 pub mod argmax;
 pub mod attn_combine;

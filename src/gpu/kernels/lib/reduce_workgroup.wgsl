@@ -1,5 +1,5 @@
 // Workgroup-wide reductions through workgroup memory: the portable fallback for devices
-// without subgroups. Appended by src/gpu/shaders.rs to the kernels that reduce (the other
+// without subgroups. Appended by src/gpu/pipelines.rs to the kernels that reduce (the other
 // choice is reduce_subgroup.wgsl; both define the same names). Call from uniform control
 // flow: every invocation of the workgroup must call, and every one gets the result.
 

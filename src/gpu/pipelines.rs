@@ -2,8 +2,8 @@
 //! engine creates (the binding-discipline test walks it).
 //!
 //! Kernels that reduce across a workgroup call `reduce_sum4` / `reduce_max4`, which come from
-//! one of two small libraries appended to the kernel's source: `wgsl/lib/reduce_subgroup.wgsl`
-//! when the device has subgroups, else `wgsl/lib/reduce_workgroup.wgsl`. It has to be a choice
+//! one of two small libraries appended to the kernel's source: `kernels/lib/reduce_subgroup.wgsl`
+//! when the device has subgroups, else `kernels/lib/reduce_workgroup.wgsl`. It has to be a choice
 //! of source, not of entry point or override constant: naga validates the whole module
 //! against the device's capabilities, so subgroup builtins anywhere in a module fail on a
 //! device without them.
@@ -29,13 +29,13 @@ pub struct Shader {
     pub source: &'static str,
     pub bindings: &'static [Slot],
     pub reduces: bool,
-    /// Appends `wgsl/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
+    /// Appends `kernels/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
     pub dots: bool,
 }
 
-pub const REDUCE_SUBGROUP: &str = include_str!("../../wgsl/lib/reduce_subgroup.wgsl");
-pub const REDUCE_WORKGROUP: &str = include_str!("../../wgsl/lib/reduce_workgroup.wgsl");
-pub const DOT_ROWS4: &str = include_str!("../../wgsl/lib/dot_rows4.wgsl");
+pub const REDUCE_SUBGROUP: &str = include_str!("kernels/lib/reduce_subgroup.wgsl");
+pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wgsl");
+pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
 
 /// Every kernel, for tests that validate all sources.
 pub fn all_shaders() -> Vec<Shader> {
