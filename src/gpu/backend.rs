@@ -4,7 +4,6 @@
 
 use crate::backend::{Backend, TokenProfile, TokenStats};
 use crate::config::Config;
-use crate::cpu::check_positions;
 use crate::error::{Error, Result};
 use crate::gpu::context::{self, GpuContext, GpuOptions};
 use crate::gpu::kernels::{attn_partial, ffn_gate_up};
@@ -12,6 +11,7 @@ use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
 use crate::gpu::upload::Uploader;
+use crate::ops_common::check_positions;
 use crate::weights::Weights;
 
 #[derive(Clone, Debug, Default)]
@@ -77,7 +77,7 @@ impl GpuBackend {
                 "the GPU attention cannot run this model: {why}"
             )));
         }
-        let total = GpuModel::file_bytes(w);
+        let total = GpuModel::file_bytes(cfg, w);
         let mut up = Uploader::new(total, progress);
         let pipelines = Pipelines::new();
         let act = Activations::new(&ctx, cfg, max_context)?;

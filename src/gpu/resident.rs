@@ -8,7 +8,7 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::upload::{
     self, storage_zeroed, try_storage_f32, Format, GpuMatrix, RowRef, Uploader,
 };
-use crate::weights::{DenseFfn, Ffn, Layer, Matrix, Weights};
+use crate::weights::{Ffn, Layer, Weights};
 
 /// Every weight of the model on the GPU, and the latent caches.
 pub struct GpuModel {
@@ -43,10 +43,10 @@ impl GpuModel {
     }
 
     /// Bytes [`GpuModel::upload`] reads from the file (for the progress total).
-    pub fn file_bytes(w: &Weights) -> u64 {
+    pub fn file_bytes(cfg: &Config, w: &Weights) -> u64 {
         w.token_embd.data.len() as u64
             + w.output.data.len() as u64
-            + w.layers.iter().map(layer_bytes).sum::<u64>()
+            + w.layers.iter().map(|l| l.bytes(cfg)).sum::<u64>()
     }
 }
 
@@ -253,29 +253,4 @@ impl GpuFfn {
             }
         }
     }
-}
-
-fn layer_bytes(l: &Layer) -> u64 {
-    let m = |m: &Matrix| m.data.len() as u64;
-    let dense = |d: &DenseFfn| m(&d.gate) + m(&d.up) + m(&d.down);
-    m(&l.attn_q_a)
-        + m(&l.attn_kv_a_mqa)
-        + m(&l.attn_q_b)
-        + m(&l.attn_k_b)
-        + m(&l.attn_v_b)
-        + m(&l.attn_output)
-        + match &l.ffn {
-            Ffn::Dense(d) => dense(d),
-            Ffn::Moe(moe) => {
-                m(&moe.gate_inp)
-                    + m(&moe.gate_exps.all)
-                    + if moe.gate_exps.all.data.as_ptr() == moe.up_exps.all.data.as_ptr() {
-                        0
-                    } else {
-                        m(&moe.up_exps.all)
-                    }
-                    + m(&moe.down_exps.all)
-                    + moe.shexp.as_ref().map_or(0, dense)
-            }
-        }
 }

@@ -4,8 +4,6 @@
 // table has a dispatch and only the chunk holding the row writes x.
 // Launcher: src/gpu/kernels/embed.rs. Grid: 1 workgroup.
 
-const WG: u32 = 64u;
-
 override WEIGHTS_F32: bool = false;
 
 struct Params {

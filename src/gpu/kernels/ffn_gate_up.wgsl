@@ -30,8 +30,8 @@ override TOP_K: u32 = 1u;
 override NORM_WEIGHTS: bool = false;
 override WEIGHT_SCALE: f32 = 1.0;
 
-/// Largest expert count the workgroup arrays hold (src/gpu/kernels/ffn_gate_up.rs).
-const MAX_EXPERTS: u32 = 256u;
+// MAX_EXPERTS (the largest expert count the workgroup arrays hold) is prepended from
+// src/gpu/kernels/ffn_gate_up.rs.
 
 struct Params {
     /// Width of one expert (pairs per expert).
