@@ -1,15 +1,17 @@
-//! The GPU backend: WGSL kernels through wgpu, one job per module.
+//! The GPU backend: WGSL kernels through wgpu, one job per module, each using only those
+//! listed after it.
 //!
-//! - [`context`]: the adapter and device, and the minimum the engine asks of them.
-//! - [`upload`]: buffers, and a weight matrix repacked into the layout the kernels read.
+//! - [`backend`]: [`GpuBackend`], the [`Backend`](crate::backend::Backend) of the GPU:
+//!   submits a token, reads back logits or the argmax, keeps the next greedy token in flight.
+//! - [`schedule`]: every dispatch of a token, built once at load, and its recording.
+//! - [`kernels`]: one launcher per kernel, its WGSL beside it (`kernels/<name>.wgsl`).
 //! - [`resident`]: the model's weights and latent caches, uploaded once.
-//! - [`shader`]: a kernel's WGSL module and the declarations Rust shares with it
-//!   (bindings, uniform structs, overrides, sizes), each written once.
 //! - [`pipelines`]: the pipeline cache and its registry; a recorded
 //!   [`Dispatch`](pipelines::Dispatch).
-//! - [`kernels`]: one launcher per kernel, its WGSL beside it (`kernels/<name>.wgsl`).
-//! - [`schedule`]: every dispatch of a token, built once, and the recording of a token.
-//! - [`backend`]: [`GpuBackend`], the [`Backend`](crate::backend::Backend) of the GPU.
+//! - [`upload`]: buffers, and a weight matrix repacked into the layout the kernels read.
+//! - [`shader`]: a kernel's WGSL module and the declarations Rust shares with it
+//!   (bindings, uniform structs, overrides, sizes), each written once.
+//! - [`context`]: the adapter and device, and the minimum the engine asks of them.
 
 pub mod backend;
 pub mod context;
@@ -22,5 +24,3 @@ pub mod upload;
 
 pub use backend::{GpuBackend, GpuStats};
 pub use context::{list_adapters, GpuContext, GpuOptions};
-
-pub use crate::backend::{TokenProfile, TokenStats};

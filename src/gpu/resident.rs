@@ -1,5 +1,5 @@
 //! The model resident on the GPU: every weight repacked once at load (through
-//! [`upload`](crate::gpu::upload)), in the shapes the kernels read, and each layer's latent
+//! [`upload`]), in the shapes the kernels read, and each layer's latent
 //! cache. The decode schedule binds these buffers; nothing here runs a kernel.
 
 use crate::config::Config;

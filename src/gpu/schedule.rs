@@ -182,12 +182,12 @@ impl Schedule {
         self.layers.iter().map(LayerDispatches::count).collect()
     }
 
-    /// [vocab] logits of the last token recorded with the head.
+    /// `[vocab]` logits of the last token recorded with the head.
     pub fn logits(&self) -> &wgpu::Buffer {
         &self.act.result_output
     }
 
-    /// [1] the id fed to the next token: its argmax once recorded with [`Readback::Argmax`].
+    /// `[1]` the id fed to the next token: its argmax once recorded with [`Readback::Argmax`].
     pub fn token_id(&self) -> &wgpu::Buffer {
         &self.act.token_id
     }

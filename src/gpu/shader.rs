@@ -5,7 +5,7 @@
 //!   several kernels read (`Token`) are Rust constants, rendered as WGSL and prepended to
 //!   the module: [`Shader::module_source`].
 //! - A kernel's own uniform struct is declared on both sides: the Rust struct through
-//!   [`wgsl_struct!`], which also records its members' offsets, and the
+//!   `wgsl_struct!`, which also records its members' offsets, and the
 //!   WGSL struct in the kernel (documented there). `tests/gpu_wgsl.rs` reflects every
 //!   module with naga and checks each binding, uniform member and override against these
 //!   declarations.
@@ -145,7 +145,7 @@ pub struct Member {
 }
 
 /// The layout of a `#[repr(C)]` Rust struct that a kernel reads as a WGSL struct with the
-/// same members at the same offsets. Made by [`wgsl_struct!`].
+/// same members at the same offsets. Made by `wgsl_struct!`.
 #[derive(Debug)]
 pub struct WgslStruct {
     /// The struct's name in WGSL.

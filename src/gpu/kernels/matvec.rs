@@ -33,7 +33,7 @@ pub const SHADER: Shader = Shader {
 pub const NORM: Override<bool> = Override::new("NORM");
 /// Residual epilogue: out += result.
 pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
-/// Rows per workgroup: [`rows_per_workgroup`].
+/// Rows per workgroup: 16 for the LM head's row count, 4 otherwise.
 pub const ROWS: Override<u32> = Override::new("ROWS");
 
 wgsl_struct! {
