@@ -154,11 +154,9 @@ pub fn list_adapters() -> Vec<String> {
         .collect()
 }
 
-/// Why the adapter cannot run the kernels, if it cannot: below [`MINIMUM`], or without
-/// `unpack2x16float`.
-fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
-    let l = a.limits();
-    let info = a.get_info();
+/// Which limit of `l` is below [`MINIMUM`], if one is: "allows 7 storage buffers per stage,
+/// the kernels need 8".
+pub fn below_minimum(l: &wgpu::Limits) -> Option<String> {
     let m = MINIMUM;
     let checks = [
         (
@@ -182,7 +180,7 @@ fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
             m.invocations_per_workgroup,
         ),
         (
-            "workgroup size x",
+            "invocations along a workgroup's x",
             l.max_compute_workgroup_size_x,
             m.invocations_per_workgroup,
         ),
@@ -192,11 +190,18 @@ fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
             m.workgroup_storage_bytes,
         ),
     ];
-    if let Some((what, has, needs)) = checks.iter().find(|(_, has, needs)| has < needs) {
-        return Err(format!(
-            "{} allows {has} {what}, the kernels need {needs}",
-            info.name
-        ));
+    checks
+        .iter()
+        .find(|(_, has, needs)| has < needs)
+        .map(|(what, has, needs)| format!("allows {has} {what}, the kernels need {needs}"))
+}
+
+/// Why the adapter cannot run the kernels, if it cannot: below [`MINIMUM`], or without
+/// `unpack2x16float`.
+fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
+    let info = a.get_info();
+    if let Some(why) = below_minimum(&a.limits()) {
+        return Err(format!("{} {why}", info.name));
     }
     if !a
         .get_downlevel_capabilities()
@@ -396,4 +401,27 @@ pub fn map_read(
         .to_vec();
     staging.unmap();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adapter_below_the_minimum_is_refused_naming_the_limit() {
+        assert_eq!(below_minimum(&wgpu::Limits::default()), None);
+        let seven = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            below_minimum(&seven).as_deref(),
+            Some("allows 7 storage buffers per stage, the kernels need 8")
+        );
+        let small = wgpu::Limits {
+            max_compute_workgroup_storage_size: 8192,
+            ..Default::default()
+        };
+        assert!(below_minimum(&small).unwrap().contains("8192 bytes of workgroup memory"));
+    }
 }
