@@ -4,17 +4,25 @@
 //! [`weights::Weights`] (typed views into the file) -> a [`backend::Backend`] (the CPU
 //! reference in [`cpu`], WGSL kernels in `gpu`) -> logits -> [`sampler`]; [`generate`] runs
 //! the prefill/decode loop and [`synth`] writes random models of the real layout.
+//!
+//! What the command line and the server share: [`engine`] opens a model and a backend
+//! (`auto` falling back to the CPU), [`session`] holds a conversation on it (cache reuse
+//! across turns, the chat template with tools, stop strings, the reply split into thinking,
+//! answer and [`tool_calls`]).
 pub mod backend;
 pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod quant;
 pub mod sampler;
+pub mod session;
 pub mod synth;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod weights;

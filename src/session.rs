@@ -1,0 +1,391 @@
+//! Talking to a model, for the command line and the server alike.
+//!
+//! A [`Session`] owns a backend and remembers which tokens its cache holds, so a prompt that
+//! extends the previous one (the next turn of a chat) only feeds what is new. [`Chat`] keeps
+//! a conversation's history and renders it through the file's chat template, tools
+//! included. A reply streams out split into thinking, answer and tool calls
+//! ([`ReplyParser`]), and ends at a stop token, a stop string, the token limit, the end of
+//! the context or an interrupt.
+
+use std::sync::atomic::AtomicBool;
+
+use serde_json::Value as Json;
+
+use crate::backend::Backend;
+use crate::chat::{ends_in_thinking, ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
+use crate::error::Result;
+use crate::generate::{generate, GenerateOptions, Generation};
+use crate::tokenizer::Tokenizer;
+
+/// A backend and what its cache holds.
+pub struct Session<'a> {
+    backend: Box<dyn Backend + 'a>,
+    tokenizer: &'a Tokenizer,
+    /// The tokens in the backend's cache, position by position.
+    cached: Vec<u32>,
+}
+
+/// One generation and what it fed.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub generation: Generation,
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Leading prompt tokens that were already in the cache.
+    pub reused: usize,
+}
+
+/// A reply, whole.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Everything generated up to a stop string, thinking tags included.
+    pub text: String,
+    pub reasoning: String,
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub completion: Completion,
+}
+
+impl Reply {
+    /// The reply as the assistant's turn in a history (thinking and answer trimmed).
+    pub fn message(&self) -> ChatMessage {
+        ChatMessage {
+            role: "assistant".into(),
+            content: self.content.trim().to_string(),
+            reasoning_content: Some(self.reasoning.trim().to_string()).filter(|r| !r.is_empty()),
+            tool_calls: self.tool_calls.clone(),
+        }
+    }
+}
+
+impl<'a> Session<'a> {
+    pub fn new(backend: Box<dyn Backend + 'a>, tokenizer: &'a Tokenizer) -> Self {
+        Session {
+            backend,
+            tokenizer,
+            cached: Vec::new(),
+        }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn tokenizer(&self) -> &'a Tokenizer {
+        self.tokenizer
+    }
+
+    /// Positions the cache can hold.
+    pub fn max_context(&self) -> usize {
+        self.backend.max_context()
+    }
+
+    /// The tokens the cache holds.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// How many leading tokens of `prompt` the cache already holds.
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        self.cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Generates a continuation of `prompt`, feeding only what the cache does not hold yet.
+    /// `on_text` receives the text as it is produced; `interrupt` stops at the next token.
+    /// This is the one place that feeds the backend.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
+        let reused = self.reusable_prefix(prompt);
+        let result = generate(
+            self.backend.as_mut(),
+            self.tokenizer,
+            prompt,
+            reused,
+            opts,
+            interrupt,
+            on_text,
+        );
+        match result {
+            Ok(generation) => {
+                self.cached = prompt
+                    .iter()
+                    .chain(&generation.ids)
+                    .copied()
+                    .take(generation.cache_len)
+                    .collect();
+                Ok(Completion {
+                    generation,
+                    prompt_tokens: prompt.len(),
+                    reused,
+                })
+            }
+            Err(e) => {
+                // The cache may hold part of what was fed: trust none of it.
+                self.cached.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// As [`Session::generate`], with the text split by `parser` into thinking, answer and
+    /// tool calls, streamed to `on_event` and collected in the [`Reply`].
+    pub fn reply(
+        &mut self,
+        prompt: &[u32],
+        mut parser: ReplyParser,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&ReplyEvent),
+    ) -> Result<Reply> {
+        let mut reply = (String::new(), String::new(), String::new(), Vec::new());
+        let mut take = |events: Vec<ReplyEvent>| {
+            for e in events {
+                match &e {
+                    ReplyEvent::Thinking(t) => reply.1.push_str(t),
+                    ReplyEvent::Answer(t) => reply.2.push_str(t),
+                    ReplyEvent::ToolCall(c) => reply.3.push(c.clone()),
+                }
+                on_event(&e);
+            }
+        };
+        let mut text = String::new();
+        let completion = self.generate(prompt, opts, interrupt, &mut |piece| {
+            text.push_str(piece);
+            take(parser.push(piece));
+        })?;
+        take(parser.finish());
+        reply.0 = text;
+        let (text, reasoning, content, tool_calls) = reply;
+        Ok(Reply {
+            text,
+            reasoning,
+            content,
+            tool_calls,
+            completion,
+        })
+    }
+}
+
+/// A chat prompt rendered and encoded, ready to generate from.
+#[derive(Clone, Debug)]
+pub struct RenderedPrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// The prompt leaves a thinking block open: the reply starts with thinking.
+    pub thinking_open: bool,
+}
+
+impl RenderedPrompt {
+    /// Renders `prompt` with the tokenizer's chat template and encodes it.
+    pub fn chat(tokenizer: &Tokenizer, prompt: &ChatPrompt) -> Result<RenderedPrompt> {
+        let text = prompt.render(tokenizer.chat_template())?;
+        Ok(RenderedPrompt {
+            ids: tokenizer.encode(&text)?,
+            thinking_open: ends_in_thinking(&text),
+            text,
+        })
+    }
+
+    /// The parser for the reply to this prompt.
+    pub fn parser(&self, tools: &[Json]) -> ReplyParser {
+        ReplyParser::chat(self.thinking_open, tools)
+    }
+}
+
+/// A conversation: an optional system message, the turns so far, the tools the model may
+/// call and whether it thinks before answering.
+#[derive(Clone, Debug, Default)]
+pub struct Chat {
+    system: Option<String>,
+    pub thinking: bool,
+    /// OpenAI-style tool specifications, passed to the template.
+    pub tools: Vec<Json>,
+    history: Vec<ChatMessage>,
+}
+
+impl Chat {
+    pub fn new(system: Option<String>, thinking: bool) -> Chat {
+        Chat {
+            system,
+            thinking,
+            ..Default::default()
+        }
+    }
+
+    /// The system message (if any) and the turns so far.
+    pub fn messages(&self) -> Vec<ChatMessage> {
+        let system = self.system.iter().map(|s| ChatMessage::new("system", s));
+        system.chain(self.history.iter().cloned()).collect()
+    }
+
+    /// The turns so far, without the system message.
+    pub fn history(&self) -> &[ChatMessage] {
+        &self.history
+    }
+
+    /// Adds a message without generating (a tool's result, an earlier turn).
+    pub fn push(&mut self, message: ChatMessage) {
+        self.history.push(message);
+    }
+
+    /// Forgets every turn; the system message stays.
+    pub fn reset(&mut self) {
+        self.history.clear();
+    }
+
+    /// Sends the user's message and generates the reply, which joins the history. On an
+    /// error the user's message is dropped again, so the history stays as it was.
+    pub fn send(
+        &mut self,
+        session: &mut Session,
+        user: &str,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&ReplyEvent),
+    ) -> Result<Reply> {
+        self.history.push(ChatMessage::new("user", user));
+        let result = self.reply(session, opts, interrupt, on_event);
+        match &result {
+            Ok(reply) => self.history.push(reply.message()),
+            Err(_) => {
+                self.history.pop();
+            }
+        }
+        result
+    }
+
+    fn reply(
+        &self,
+        session: &mut Session,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&ReplyEvent),
+    ) -> Result<Reply> {
+        let messages = self.messages();
+        let prompt = RenderedPrompt::chat(
+            session.tokenizer(),
+            &ChatPrompt {
+                messages: &messages,
+                tools: &self.tools,
+                add_generation_prompt: true,
+                enable_thinking: self.thinking,
+            },
+        )?;
+        let parser = prompt.parser(&self.tools);
+        session.reply(&prompt.ids, parser, opts, interrupt, on_event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{open_backend, BackendKind, BackendOptions, Model};
+    use crate::sampler::SamplerOptions;
+
+    fn greedy(n: usize, model: &Model) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: n,
+            sampler: SamplerOptions::greedy(),
+            stop_tokens: model.tokenizer.stop_tokens(),
+            stop_strings: Vec::new(),
+        }
+    }
+
+    fn cpu_opts() -> BackendOptions {
+        BackendOptions {
+            kind: BackendKind::Cpu,
+            threads: 1,
+            ctx: 256,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn session_chat_reuses_the_cache_and_replies_as_a_fresh_session() {
+        let model = Model::builtin();
+        let weights = model.weights().unwrap();
+        let opened = open_backend(&cpu_opts(), &model.config, &weights, 0, None).unwrap();
+        assert_eq!(opened.kind, BackendKind::Cpu);
+        let mut session = Session::new(opened.backend, &model.tokenizer);
+        let opts = greedy(6, &model);
+        let mut chat = Chat::new(Some("Be brief.".into()), true);
+        let mut streamed = Vec::new();
+        let first = chat
+            .send(&mut session, "Hello there", &opts, None, &mut |e| {
+                streamed.push(e.clone())
+            })
+            .unwrap();
+        assert_eq!(first.completion.reused, 0);
+        let thinking: String = streamed
+            .iter()
+            .filter_map(|e| match e {
+                ReplyEvent::Thinking(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(thinking, first.reasoning);
+        assert_eq!(chat.history().len(), 2);
+        assert_eq!(chat.history()[1], first.message());
+
+        let second = chat
+            .send(&mut session, "And again", &opts, None, &mut |_| {})
+            .unwrap();
+        // The second prompt starts with the first one: its tokens come from the cache.
+        assert!(second.completion.reused >= first.completion.prompt_tokens / 2);
+        assert!(second.completion.prompt_tokens > first.completion.prompt_tokens);
+
+        // A fresh session given the same history replies the same.
+        let other = open_backend(&cpu_opts(), &model.config, &weights, 0, None).unwrap();
+        let mut fresh = Session::new(other.backend, &model.tokenizer);
+        let mut replay = Chat::new(Some("Be brief.".into()), true);
+        replay.push(chat.history()[0].clone());
+        replay.push(chat.history()[1].clone());
+        let again = replay
+            .send(&mut fresh, "And again", &opts, None, &mut |_| {})
+            .unwrap();
+        assert_eq!(again.completion.reused, 0);
+        assert_eq!(
+            again.completion.generation.ids,
+            second.completion.generation.ids
+        );
+        assert_eq!(again.text, second.text);
+
+        // A failed turn leaves the history as it was.
+        let mut tiny = Session::new(
+            open_backend(
+                &BackendOptions {
+                    ctx: 4,
+                    ..cpu_opts()
+                },
+                &model.config,
+                &weights,
+                0,
+                None,
+            )
+            .unwrap()
+            .backend,
+            &model.tokenizer,
+        );
+        let before = chat.history().len();
+        let err = chat
+            .send(
+                &mut tiny,
+                "This prompt is far too long",
+                &opts,
+                None,
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("context"), "{err}");
+        assert_eq!(chat.history().len(), before);
+    }
+}
