@@ -20,6 +20,7 @@ use glm_flash::generate::{GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu;
 use glm_flash::sampler::SamplerOptions;
+use glm_flash::server::{Defaults, ServeOptions, Server};
 use glm_flash::session::{Chat, RenderedPrompt, Reply, Session};
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::tokenizer::Tokenizer;
@@ -42,6 +43,8 @@ enum Command {
     Run(RunArgs),
     /// Interactive multi-turn chat on stdin (one line per turn; /reset, /exit).
     Chat(ChatArgs),
+    /// Serve the model over HTTP with the OpenAI API (chat completions, completions, models).
+    Serve(ServeArgs),
     /// Describe a model file: hyper-parameters, tensors and tokenizer.
     Info(InfoArgs),
     /// Teacher-forced logits of every position, as raw little-endian f32 [positions][vocab].
@@ -220,6 +223,33 @@ struct ChatArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// GGUF model file (default: a small built-in model with random weights).
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Address to listen on (this machine only unless told otherwise).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 = any free one; the address is printed).
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 request.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Sequence slots: conversations whose cached prefix is kept between requests.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    parallel: usize,
+    /// Answer without a thinking part unless a request asks for one.
+    #[arg(long)]
+    no_think: bool,
+    /// Defaults for requests that do not say (`-n`: their max_tokens).
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     #[command(flatten)]
     model: ModelArg,
@@ -318,6 +348,7 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => cmd_chat(a),
+        Command::Serve(a) => cmd_serve(a),
         Command::Info(a) => cmd_info(a),
         Command::Logits(a) => cmd_logits(a),
         Command::Tokenize(a) => cmd_tokenize(a),
@@ -667,6 +698,52 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             Err(e) => eprintln!("error: {e} (/reset clears the history)"),
         }
     }
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    let sampler = a.sampling.options();
+    sampler.validate().map_err(Error::Input)?;
+    if a.model.is_none() {
+        eprintln!(
+            "no model given (-m): serving a small built-in model with random weights, so the text is gibberish"
+        );
+    }
+    let opts = ServeOptions {
+        model: a.model.clone(),
+        backend: a.backend.options(),
+        host: a.host.clone(),
+        port: a.port,
+        api_key: a.api_key.clone(),
+        parallel: a.parallel,
+        defaults: Defaults {
+            max_tokens: a.sampling.max_tokens,
+            sampler,
+            fixed_seed: a.sampling.seed.is_some(),
+            thinking: !a.no_think,
+        },
+        show_progress: true,
+    };
+    let server = Server::start(opts)?;
+    if let Some(why) = server.fallback() {
+        eprintln!("{why}");
+    }
+    if !server.addr().ip().is_loopback() && a.api_key.is_none() {
+        eprintln!("warning: listening beyond this machine without --api-key: anyone who can reach it may use it");
+    }
+    eprintln!(
+        "serving {} at http://{}/v1 (Ctrl-C stops)",
+        server.describe(),
+        server.addr()
+    );
+    let (stop, stopped) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
+    })
+    .map_err(|e| Error::Input(format!("cannot install the Ctrl-C handler: {e}")))?;
+    let _ = stopped.recv();
+    eprintln!("stopping");
+    server.stop();
+    Ok(())
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {

@@ -85,6 +85,11 @@ impl<'a> Session<'a> {
         &self.cached
     }
 
+    /// Forgets what the cache holds: the next prompt is fed whole.
+    pub fn forget(&mut self) {
+        self.cached.clear();
+    }
+
     /// How many leading tokens of `prompt` the cache already holds.
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
         self.cached
@@ -130,7 +135,7 @@ impl<'a> Session<'a> {
             }
             Err(e) => {
                 // The cache may hold part of what was fed: trust none of it.
-                self.cached.clear();
+                self.forget();
                 Err(e)
             }
         }
