@@ -649,27 +649,30 @@ fn a_client_that_disconnects_cancels_its_generation() {
     opts.backend.ctx = 4096;
     let server = Server::start(opts).unwrap();
     let c = client(&server);
-    // Without a limit the generation would run to the end of the 4096-token context.
-    let long = json!({"prompt": "Forever", "max_tokens": -1, "stream": true});
+    // About 3200 tokens: seconds of prefill (a random model's reply may end any time, its
+    // prompt cannot), fed in chunks with a check for cancellation between them.
+    let long = "lighthouse keeper ".repeat(400);
+    let body = json!({"messages": user(&long), "max_tokens": 4, "stream": true});
     let resp = c
         .agent
-        .post(format!("{}/v1/completions", c.base))
-        .send(long.to_string().as_bytes())
+        .post(format!("{}/v1/chat/completions", c.base))
+        .send(body.to_string().as_bytes())
         .unwrap();
+    // The first event (the role) comes before the prefill; then the client leaves.
     let mut lines = BufReader::new(resp.into_body().into_reader()).lines();
     let first = lines
         .find(|l| l.as_ref().unwrap().starts_with("data: "))
         .unwrap();
-    assert!(first.unwrap().contains("text_completion"));
+    assert!(first.unwrap().contains("\"role\":\"assistant\""));
     drop(lines);
-    let h = wait_for_health(&c, "the streamed generation was cancelled", |h| {
+    let h = wait_for_health(&c, "the streamed request was cancelled", |h| {
         h["requests"]["cancelled"] == 1
     });
     assert_eq!(h["requests"]["served"], 0, "{h}");
 
     // A client that gives up waiting for a whole reply cancels it too.
     let impatient = client_with_timeout(&server, Duration::from_millis(300));
-    let body = json!({"prompt": "Forever", "max_tokens": -1});
+    let body = json!({"prompt": long, "max_tokens": 4});
     let gave_up = impatient
         .agent
         .post(format!("{}/v1/completions", c.base))
@@ -679,10 +682,11 @@ fn a_client_that_disconnects_cancels_its_generation() {
         "the reply should take longer than the client waits"
     );
     drop(impatient);
-    wait_for_health(&c, "the whole-reply generation was cancelled", |h| {
+    let h = wait_for_health(&c, "the whole-reply request was cancelled", |h| {
         h["requests"]["cancelled"] == 2
     });
-    // And the next request is served at once.
+    assert_eq!(h["requests"]["served"], 0, "{h}");
+    // And the next request is served.
     c.ok(
         "/v1/completions",
         &json!({"prompt": "Hello", "max_tokens": 3}),

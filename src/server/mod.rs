@@ -30,6 +30,9 @@ use crate::sampler::SamplerOptions;
 use openai::ApiError;
 use worker::{Engine, EngineInfo};
 
+/// How long replies still streaming may go on once the server is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Largest request body accepted (a long conversation is a few MB of JSON at most).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 
@@ -67,7 +70,7 @@ pub struct Defaults {
 pub struct Server {
     addr: SocketAddr,
     info: EngineInfo,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -96,19 +99,31 @@ impl Server {
             defaults: opts.defaults.clone(),
             created: openai::unix_time(),
         }));
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("glm-flash http".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = stop.await;
+                    let mut graceful = stop.clone();
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = graceful.wait_for(|&stop| stop).await;
                     });
-                    if let Err(e) = served.await {
-                        log::error!("the HTTP server stopped: {e}");
+                    // Replies still streaming get a few seconds, then their connections are
+                    // dropped (which cancels their generations).
+                    let mut grace = stop;
+                    let deadline = async move {
+                        let _ = grace.wait_for(|&stop| stop).await;
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    };
+                    tokio::select! {
+                        result = served => {
+                            if let Err(e) = result {
+                                log::error!("the HTTP server stopped: {e}");
+                            }
+                        }
+                        () = deadline => {}
                     }
                 });
-                // Streams still open when shutting down are not waited for.
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| Error::Input(format!("cannot start the HTTP thread: {e}")))?;
@@ -139,14 +154,15 @@ impl Server {
         self.info.fallback.as_deref()
     }
 
-    /// Stops accepting requests and waits for the server to wind down.
+    /// Stops accepting requests; replies in flight get a few seconds to finish, then their
+    /// connections are dropped.
     pub fn stop(mut self) {
         self.shut_down();
     }
 
     fn shut_down(&mut self) {
         if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
+            let _ = s.send(true);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
