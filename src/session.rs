@@ -258,14 +258,25 @@ impl Chat {
         on_event: &mut dyn FnMut(&ReplyEvent),
     ) -> Result<Reply> {
         self.history.push(ChatMessage::new("user", user));
-        let result = self.reply(session, opts, interrupt, on_event);
-        match &result {
-            Ok(reply) => self.history.push(reply.message()),
-            Err(_) => {
-                self.history.pop();
-            }
+        let result = self.respond(session, opts, interrupt, on_event);
+        if result.is_err() {
+            self.history.pop();
         }
         result
+    }
+
+    /// Generates the assistant's turn for the history as it stands (after [`Chat::push`]ing
+    /// tool results, say); the reply joins the history.
+    pub fn respond(
+        &mut self,
+        session: &mut Session,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&ReplyEvent),
+    ) -> Result<Reply> {
+        let reply = self.reply(session, opts, interrupt, on_event)?;
+        self.history.push(reply.message());
+        Ok(reply)
     }
 
     fn reply(
@@ -392,5 +403,183 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("context"), "{err}");
         assert_eq!(chat.history().len(), before);
+    }
+
+    /// A tool round trip: the assistant's call and the tool's result go into the history,
+    /// the tools into the prompt, and the model answers the result.
+    #[test]
+    fn session_chat_with_tools_answers_a_tool_result() {
+        let model = Model::builtin();
+        let weights = model.weights().unwrap();
+        let room = BackendOptions {
+            ctx: 1024,
+            ..cpu_opts()
+        };
+        let backend = open_backend(&room, &model.config, &weights, 0, None).unwrap();
+        let mut session = Session::new(backend.backend, &model.tokenizer);
+        let opts = greedy(3, &model);
+        let mut plain = Chat::new(None, false);
+        plain.push(ChatMessage::new("user", "Weather in Paris?"));
+        let without_tools = plain
+            .respond(&mut session, &opts, None, &mut |_| {})
+            .unwrap();
+
+        let mut chat = Chat::new(None, false);
+        chat.tools = vec![serde_json::json!({"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}}}}})];
+        chat.push(ChatMessage::new("user", "Weather in Paris?"));
+        let call = ToolCall {
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        chat.push(ChatMessage {
+            tool_calls: vec![call],
+            ..ChatMessage::new("assistant", "")
+        });
+        chat.push(ChatMessage::new("tool", "{\"temp_c\": 21}"));
+        let reply = chat
+            .respond(&mut session, &opts, None, &mut |_| {})
+            .unwrap();
+        let messages = chat.messages();
+        let text = ChatPrompt {
+            messages: &messages[..3],
+            tools: &chat.tools,
+            add_generation_prompt: true,
+            enable_thinking: false,
+        }
+        .render(model.tokenizer.chat_template())
+        .unwrap();
+        assert!(
+            text.contains("<tools>") && text.contains("\"name\": \"get_weather\""),
+            "{text}"
+        );
+        assert!(text.contains("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>"), "{text}");
+        assert!(text.ends_with("<|observation|><tool_response>{\"temp_c\": 21}</tool_response><|assistant|></think>"), "{text}");
+        assert_eq!(
+            reply.completion.prompt_tokens,
+            model.tokenizer.encode(&text).unwrap().len()
+        );
+        assert!(reply.completion.prompt_tokens > without_tools.completion.prompt_tokens);
+        assert_eq!(chat.history().len(), 4);
+        assert_eq!(chat.history()[3].role, "assistant");
+    }
+
+    /// Plays a fixed reply: the logits after position p peak at `script[p - prompt_len]`.
+    struct Scripted {
+        script: Vec<u32>,
+        prompt_len: usize,
+        vocab: usize,
+    }
+
+    impl Backend for Scripted {
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+
+        fn forward(&mut self, tokens: &[u32], start: usize, _all: bool) -> Result<Vec<f32>> {
+            let next = start + tokens.len() - self.prompt_len;
+            let mut logits = vec![0.0; self.vocab];
+            logits[self.script[next] as usize] = 1.0;
+            Ok(logits)
+        }
+
+        fn max_context(&self) -> usize {
+            1 << 16
+        }
+    }
+
+    /// The official template's own tool-call text, generated token by token through the
+    /// GLM-4.7 tokenizer's special tokens, comes out as a tool call.
+    #[test]
+    fn session_reply_parses_the_templates_tool_call_text_token_by_token() {
+        use crate::gguf::GgufFile;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/small2-q8_0.gguf"
+        );
+        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+        let call = ToolCall {
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris", "days": 2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let turn = [
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage {
+                tool_calls: vec![call.clone()],
+                ..ChatMessage::new("assistant", "")
+            },
+        ];
+        let render = |messages: &[ChatMessage], add_generation_prompt| {
+            ChatPrompt {
+                messages,
+                tools: &tools,
+                add_generation_prompt,
+                enable_thinking: true,
+            }
+            .render(tokenizer.chat_template())
+            .unwrap()
+        };
+        let prompt = RenderedPrompt::chat(
+            &tokenizer,
+            &ChatPrompt {
+                messages: &turn[..1],
+                tools: &tools,
+                add_generation_prompt: true,
+                enable_thinking: true,
+            },
+        )
+        .unwrap();
+        assert!(prompt.thinking_open);
+        // What the template writes for the assistant's call, after its `<|assistant|>`.
+        let written = render(&turn, false);
+        let call_text = &written[written.rfind("<|assistant|>").unwrap() + "<|assistant|>".len()..];
+        assert!(
+            call_text.starts_with("</think><tool_call>get_weather<arg_key>"),
+            "{call_text}"
+        );
+        let mut script = tokenizer
+            .encode(&format!("Let me check.{call_text}"))
+            .unwrap();
+        assert!(
+            script.contains(&tokenizer.id_of("<tool_call>").unwrap()),
+            "a special token"
+        );
+        script.push(tokenizer.id_of("<|observation|>").unwrap());
+
+        let backend = Scripted {
+            script,
+            prompt_len: prompt.ids.len(),
+            vocab: tokenizer.vocab_size(),
+        };
+        let mut session = Session::new(Box::new(backend), &tokenizer);
+        let opts = GenerateOptions {
+            max_new_tokens: 100,
+            sampler: SamplerOptions::greedy(),
+            stop_tokens: tokenizer.stop_tokens(),
+            stop_strings: Vec::new(),
+        };
+        let mut events = Vec::new();
+        let reply = session
+            .reply(&prompt.ids, prompt.parser(&tools), &opts, None, &mut |e| {
+                events.push(e.clone())
+            })
+            .unwrap();
+        assert_eq!(reply.reasoning, "Let me check.");
+        assert_eq!(reply.content, "");
+        assert_eq!(reply.tool_calls, [call.clone()]);
+        assert_eq!(events.last(), Some(&ReplyEvent::ToolCall(call)));
+        let observation = tokenizer.id_of("<|observation|>").unwrap();
+        assert_eq!(
+            reply.completion.generation.stop,
+            crate::generate::StopReason::StopToken(observation)
+        );
     }
 }
