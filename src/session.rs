@@ -574,7 +574,7 @@ mod tests {
             .unwrap();
         assert_eq!(reply.reasoning, "Let me check.");
         assert_eq!(reply.content, "");
-        assert_eq!(reply.tool_calls, [call.clone()]);
+        assert_eq!(reply.tool_calls, std::slice::from_ref(&call));
         assert_eq!(events.last(), Some(&ReplyEvent::ToolCall(call)));
         let observation = tokenizer.id_of("<|observation|>").unwrap();
         assert_eq!(
