@@ -7,11 +7,12 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::tool_calls::{Piece, ToolCallParser};
 
 /// The official GLM-4.7-Flash chat template, for files that carry none.
 pub const GLM47_CHAT_TEMPLATE: &str = include_str!("glm47_chat_template.jinja");
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
@@ -20,6 +21,9 @@ pub struct ChatMessage {
     /// `None`, so `m.reasoning_content is defined` means what it means in Python.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Calls an assistant turn made; the template writes them in the model's own format.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl ChatMessage {
@@ -27,34 +31,57 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
-            reasoning_content: None,
+            ..Default::default()
         }
     }
 }
 
-/// Renders a chat prompt with `template` (the file's `tokenizer.chat_template`) or, when
-/// there is none, the official GLM-4.7 template. With `add_generation_prompt` it ends with an
-/// open assistant turn: `<|assistant|><think>`, or `<|assistant|></think>` when thinking is off.
-pub fn render_chat(
-    template: Option<&str>,
-    messages: &[ChatMessage],
-    add_generation_prompt: bool,
-    enable_thinking: bool,
-) -> Result<String> {
-    #[derive(Serialize)]
-    struct Context<'a> {
-        messages: &'a [ChatMessage],
-        add_generation_prompt: bool,
-        enable_thinking: bool,
-        tools: Option<&'a [Json]>,
+/// A function call made by the model. The template sees `name` and `arguments` (a
+/// mapping, as transformers expects; the OpenAI API carries it as a JSON string).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: serde_json::Map<String, Json>,
+}
+
+/// What a chat template renders: the messages, the tools the model may call (OpenAI's
+/// `tools` array, passed to the template as is) and the template switches.
+#[derive(Clone, Copy, Debug)]
+pub struct ChatPrompt<'a> {
+    pub messages: &'a [ChatMessage],
+    pub tools: &'a [Json],
+    /// End with an open assistant turn for the model to fill.
+    pub add_generation_prompt: bool,
+    pub enable_thinking: bool,
+}
+
+impl ChatPrompt<'_> {
+    /// Renders the prompt with `template` (the file's `tokenizer.chat_template`) or, when
+    /// there is none, the official GLM-4.7 template. With `add_generation_prompt` it ends
+    /// with `<|assistant|><think>`, or `<|assistant|></think>` when thinking is off.
+    pub fn render(&self, template: Option<&str>) -> Result<String> {
+        #[derive(Serialize)]
+        struct Context<'a> {
+            messages: &'a [ChatMessage],
+            add_generation_prompt: bool,
+            enable_thinking: bool,
+            /// `None` without tools, as transformers passes it.
+            tools: Option<&'a [Json]>,
+        }
+        let context = Context {
+            messages: self.messages,
+            add_generation_prompt: self.add_generation_prompt,
+            enable_thinking: self.enable_thinking,
+            tools: Some(self.tools).filter(|t| !t.is_empty()),
+        };
+        render_template(template.unwrap_or(GLM47_CHAT_TEMPLATE), context)
     }
-    let context = Context {
-        messages,
-        add_generation_prompt,
-        enable_thinking,
-        tools: None,
-    };
-    render_template(template.unwrap_or(GLM47_CHAT_TEMPLATE), context)
+}
+
+/// Whether a rendered prompt leaves a thinking block open (it ends with `<think>`), so the
+/// reply starts with thinking.
+pub fn ends_in_thinking(prompt_text: &str) -> bool {
+    prompt_text.trim_end().ends_with(THINK_OPEN)
 }
 
 /// Renders any chat template with the given variables (an object: `messages`, `tools`,
@@ -294,6 +321,87 @@ pub fn split_thinking(text: &str, thinking: bool) -> (String, String) {
     parts
 }
 
+/// One piece of a reply as it streams.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplyEvent {
+    Thinking(String),
+    Answer(String),
+    ToolCall(ToolCall),
+}
+
+/// Splits a reply, as it streams in, into thinking, answer and tool calls: the thinking
+/// split of [`ThinkingSplitter`], then the GLM-4.7 tool calls in the answer
+/// ([`crate::tool_calls`]).
+pub struct ReplyParser {
+    thinking: Option<ThinkingSplitter>,
+    tool_calls: Option<ToolCallParser>,
+}
+
+impl ReplyParser {
+    /// Plain text (a raw completion): every piece is answer, as generated.
+    pub fn plain() -> Self {
+        ReplyParser {
+            thinking: None,
+            tool_calls: None,
+        }
+    }
+
+    /// A chat reply. `thinking_open`: the prompt left a thinking block open
+    /// ([`ends_in_thinking`]). Tool calls are parsed when `tools` (OpenAI's array) is not
+    /// empty; otherwise their text stays in the answer.
+    pub fn chat(thinking_open: bool, tools: &[Json]) -> Self {
+        ReplyParser {
+            thinking: Some(ThinkingSplitter::new(thinking_open)),
+            tool_calls: (!tools.is_empty()).then(|| ToolCallParser::new(tools)),
+        }
+    }
+
+    /// Adds generated text; returns the pieces that are now certain.
+    pub fn push(&mut self, text: &str) -> Vec<ReplyEvent> {
+        let parts = match &mut self.thinking {
+            Some(s) => s.push(text),
+            None => vec![(Part::Answer, text.to_string())],
+        };
+        self.route(parts, false)
+    }
+
+    /// The held-back rest, once the reply is over.
+    pub fn finish(&mut self) -> Vec<ReplyEvent> {
+        let parts = match &mut self.thinking {
+            Some(s) => s.flush(),
+            None => Vec::new(),
+        };
+        self.route(parts, true)
+    }
+
+    fn route(&mut self, parts: Vec<(Part, String)>, last: bool) -> Vec<ReplyEvent> {
+        let mut out = Vec::new();
+        for (part, text) in parts {
+            match (part, &mut self.tool_calls) {
+                (Part::Thinking, _) => out.push(ReplyEvent::Thinking(text)),
+                (Part::Answer, None) => out.push(ReplyEvent::Answer(text)),
+                (Part::Answer, Some(p)) => out.extend(p.push(&text).into_iter().map(Into::into)),
+            }
+        }
+        if let (true, Some(p)) = (last, &mut self.tool_calls) {
+            out.extend(p.finish().into_iter().map(Into::into));
+        }
+        out.retain(
+            |e| !matches!(e, ReplyEvent::Thinking(t) | ReplyEvent::Answer(t) if t.is_empty()),
+        );
+        out
+    }
+}
+
+impl From<Piece> for ReplyEvent {
+    fn from(p: Piece) -> Self {
+        match p {
+            Piece::Text(t) => ReplyEvent::Answer(t),
+            Piece::Call(c) => ReplyEvent::ToolCall(c),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +436,51 @@ mod tests {
             split_thinking("a<think>b</think>c", false),
             ("b".to_string(), "ac".to_string())
         );
+    }
+
+    #[test]
+    fn chat_reply_parser_splits_thinking_answer_and_tool_calls() {
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "f"}})];
+        let text =
+            "plan</think>Sure.<tool_call>f<arg_key>n</arg_key><arg_value>3</arg_value></tool_call>";
+        let want = vec![
+            ReplyEvent::Thinking("plan".into()),
+            ReplyEvent::Answer("Sure.".into()),
+            ReplyEvent::ToolCall(ToolCall {
+                name: "f".into(),
+                arguments: serde_json::json!({"n": 3}).as_object().unwrap().clone(),
+            }),
+        ];
+        // One byte at a time, merging adjacent text of the same part.
+        let mut p = ReplyParser::chat(true, &tools);
+        let mut events: Vec<ReplyEvent> = Vec::new();
+        for (i, c) in text.char_indices() {
+            events.extend(p.push(&text[i..i + c.len_utf8()]));
+        }
+        events.extend(p.finish());
+        let mut merged: Vec<ReplyEvent> = Vec::new();
+        for e in events {
+            match (merged.last_mut(), e) {
+                (Some(ReplyEvent::Thinking(a)), ReplyEvent::Thinking(b))
+                | (Some(ReplyEvent::Answer(a)), ReplyEvent::Answer(b)) => a.push_str(&b),
+                (_, e) => merged.push(e),
+            }
+        }
+        assert_eq!(merged, want);
+        // Without tools the call stays text; plain text is never split.
+        let mut p = ReplyParser::chat(false, &[]);
+        let mut events = p.push("<tool_call>f</tool_call>");
+        events.extend(p.finish());
+        assert_eq!(
+            events,
+            [ReplyEvent::Answer("<tool_call>f</tool_call>".into())]
+        );
+        let mut p = ReplyParser::plain();
+        assert_eq!(
+            p.push("a</think>b"),
+            [ReplyEvent::Answer("a</think>b".into())]
+        );
+        assert!(p.finish().is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The generation loop: prefill the prompt, then decode one token at a time until a stop
-//! token, the token limit, the end of the context or an interrupt.
+//! token, a stop string, the token limit, the end of the context or an interrupt.
 //!
 //! Greedy decoding asks the backend for the argmax only (the GPU then reads back one id
 //! instead of a 150K-float row); sampling asks for the logits. Text is streamed through a
@@ -22,12 +22,17 @@ pub struct GenerateOptions {
     pub sampler: SamplerOptions,
     /// Ids that end the reply; they are not returned or printed.
     pub stop_tokens: Vec<u32>,
+    /// Texts that end the reply; neither they nor anything after them is streamed. Their
+    /// tokens are counted in [`Generation::ids`] (they were generated).
+    pub stop_strings: Vec<String>,
 }
 
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     StopToken(u32),
+    /// The text reached `stop_strings[i]`.
+    StopString(usize),
     MaxTokens,
     /// The backend's context is full.
     ContextFull,
@@ -134,6 +139,7 @@ pub fn generate(
     timings.prompt_secs = t0.elapsed().as_secs_f64();
 
     let mut decoder = tokenizer.stream_decoder();
+    let mut stop_strings = StopStrings::new(&opts.stop_strings);
     let mut ids = Vec::new();
     let t1 = Instant::now();
     // Takes the chosen token `next` (not yet fed; `pos` is where it would go), or says why
@@ -146,7 +152,11 @@ pub fn generate(
             return Some(StopReason::StopToken(next));
         }
         ids.push(next);
-        on_text(&decoder.push(next));
+        let (text, hit) = stop_strings.push(&decoder.push(next));
+        on_text(&text);
+        if let Some(i) = hit {
+            return Some(StopReason::StopString(i));
+        }
         if ids.len() >= opts.max_new_tokens {
             return Some(StopReason::MaxTokens);
         }
@@ -168,7 +178,7 @@ pub fn generate(
             stop.is_none()
         })?;
     }
-    let stop = loop {
+    let mut stop = loop {
         if let Some(stop) = stop {
             break stop;
         }
@@ -178,11 +188,72 @@ pub fn generate(
         stop = accept(next, pos);
     };
     timings.decode_secs = t1.elapsed().as_secs_f64();
-    let rest = decoder.flush();
-    if !rest.is_empty() {
-        on_text(&rest);
+    if !matches!(stop, StopReason::StopString(_)) {
+        let (mut rest, hit) = stop_strings.push(&decoder.flush());
+        match hit {
+            Some(i) => stop = StopReason::StopString(i),
+            None => rest.push_str(&stop_strings.flush()),
+        }
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
     }
     result(ids, stop, timings, pos)
+}
+
+/// Finds stop strings in streamed text. Text that may be the start of a stop string is held
+/// back until the next piece settles it, so a stop string split over several tokens never
+/// reaches the output, even in part.
+pub struct StopStrings<'a> {
+    stops: &'a [String],
+    pending: String,
+}
+
+impl<'a> StopStrings<'a> {
+    /// Empty stop strings are ignored.
+    pub fn new(stops: &'a [String]) -> Self {
+        StopStrings {
+            stops,
+            pending: String::new(),
+        }
+    }
+
+    /// Adds text; returns the text now certain to come before any stop string, and the
+    /// index of the stop string that completed (the earliest in the text), if one did.
+    pub fn push(&mut self, text: &str) -> (String, Option<usize>) {
+        self.pending.push_str(text);
+        let hit = self
+            .stops
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, i)))
+            .min();
+        if let Some((at, i)) = hit {
+            self.pending.truncate(at);
+            return (std::mem::take(&mut self.pending), Some(i));
+        }
+        // Hold back the longest tail that a stop string starts with.
+        let held = self
+            .stops
+            .iter()
+            .filter_map(|s| {
+                s.char_indices()
+                    .map(|(at, _)| at)
+                    .skip(1)
+                    .filter(|&len| self.pending.ends_with(&s[..len]))
+                    .max()
+            })
+            .max()
+            .unwrap_or(0);
+        let certain = self.pending.len() - held;
+        (self.pending.drain(..certain).collect(), None)
+    }
+
+    /// The held-back text, once no more text will come.
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
 }
 
 /// Feeds `tokens` at `pos` and picks the token that follows them.
@@ -237,6 +308,7 @@ mod tests {
             max_new_tokens: n,
             sampler,
             stop_tokens: vec![],
+            stop_strings: vec![],
         }
     }
 
@@ -311,6 +383,56 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("context"), "{err}");
+    }
+
+    #[test]
+    fn stop_strings_hold_back_partial_matches() {
+        let stops = ["</answer>".to_string(), "STOP".to_string(), String::new()];
+        let mut s = StopStrings::new(&stops);
+        assert_eq!(s.push("Hello </ans"), ("Hello ".to_string(), None));
+        assert_eq!(s.push("wer"), (String::new(), None));
+        // Not a stop string after all: the held text comes out.
+        assert_eq!(s.push("x> ST"), ("</answerx> ".to_string(), None));
+        assert_eq!(s.push("OP and more"), (String::new(), Some(1)));
+        // Multi-byte characters: only whole prefixes are held.
+        let stops = ["é!".to_string()];
+        let mut s = StopStrings::new(&stops);
+        assert_eq!(s.push("café"), ("caf".to_string(), None));
+        assert_eq!(s.flush(), "é");
+        // The earliest match wins, whichever stop string it is.
+        let stops = ["bb".to_string(), "a".to_string()];
+        assert_eq!(
+            StopStrings::new(&stops).push("xbbxa"),
+            ("x".to_string(), Some(0))
+        );
+    }
+
+    #[test]
+    fn stop_string_ends_the_reply_and_is_not_streamed() {
+        let (full, text) = run("The sea", 64, &opts(12, SamplerOptions::greedy()), None).unwrap();
+        assert_eq!(full.ids.len(), 12);
+        // A stop string from the middle of the greedy text: the reply ends just before it.
+        let chars: Vec<char> = text.chars().collect();
+        assert!(chars.len() >= 6, "{text:?}");
+        let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+        let cut = text.find(&stop).unwrap();
+        let mut o = opts(12, SamplerOptions::greedy());
+        o.stop_strings = vec!["never in this text \u{0}".into(), stop.clone()];
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+        let ids = tok.encode("The sea").unwrap();
+        let mut streamed = String::new();
+        let g = generate(&mut cpu, &tok, &ids, 0, &o, None, &mut |t| {
+            streamed.push_str(t)
+        })
+        .unwrap();
+        assert_eq!(g.stop, StopReason::StopString(1));
+        assert_eq!(streamed, text[..cut], "stop {stop:?} in {text:?}");
+        assert_eq!(g.ids[..], full.ids[..g.ids.len()]);
+        assert!(g.ids.len() < full.ids.len());
     }
 
     #[test]

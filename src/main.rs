@@ -12,15 +12,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use glm_flash::backend::Backend;
 use glm_flash::bench::{self, BenchOptions};
-use glm_flash::chat::{self, ChatMessage, Part, ThinkingSplitter};
+use glm_flash::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser};
 use glm_flash::config::Config;
-use glm_flash::cpu::CpuBackend;
+use glm_flash::engine::{self, BackendOptions, Model};
 use glm_flash::error::{Error, Result};
-use glm_flash::generate::{generate, GenerateOptions, Generation, StopReason};
+use glm_flash::generate::{GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
-use glm_flash::gpu::{self, GpuBackend, GpuOptions};
+use glm_flash::gpu;
 use glm_flash::sampler::SamplerOptions;
-use glm_flash::synth::{self, Preset, SynthModel, SynthOptions};
+use glm_flash::server::{Defaults, ServeOptions, Server};
+use glm_flash::session::{Chat, RenderedPrompt, Reply, Session};
+use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::tokenizer::Tokenizer;
 use glm_flash::weights::Weights;
 
@@ -41,6 +43,8 @@ enum Command {
     Run(RunArgs),
     /// Interactive multi-turn chat on stdin (one line per turn; /reset, /exit).
     Chat(ChatArgs),
+    /// Serve the model over HTTP with the OpenAI API (chat completions, completions, models).
+    Serve(ServeArgs),
     /// Describe a model file: hyper-parameters, tensors and tokenizer.
     Info(InfoArgs),
     /// Teacher-forced logits of every position, as raw little-endian f32 [positions][vocab].
@@ -86,6 +90,21 @@ struct BackendArgs {
     /// Context length in tokens: prompt plus reply (capped at the model's own context).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     ctx: usize,
+}
+
+impl BackendArgs {
+    fn options(&self) -> BackendOptions {
+        BackendOptions {
+            kind: match self.backend {
+                BackendKind::Cpu => engine::BackendKind::Cpu,
+                BackendKind::Gpu => engine::BackendKind::Gpu,
+                BackendKind::Auto => engine::BackendKind::Auto,
+            },
+            adapter: self.adapter,
+            threads: self.threads,
+            ctx: self.ctx,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -204,6 +223,33 @@ struct ChatArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// GGUF model file (default: a small built-in model with random weights).
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Address to listen on (this machine only unless told otherwise).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 = any free one; the address is printed).
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 request.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Sequence slots: conversations whose cached prefix is kept between requests.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    parallel: usize,
+    /// Answer without a thinking part unless a request asks for one.
+    #[arg(long)]
+    no_think: bool,
+    /// Defaults for requests that do not say (`-n`: their max_tokens).
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     #[command(flatten)]
     model: ModelArg,
@@ -302,6 +348,7 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => cmd_chat(a),
+        Command::Serve(a) => cmd_serve(a),
         Command::Info(a) => cmd_info(a),
         Command::Logits(a) => cmd_logits(a),
         Command::Tokenize(a) => cmd_tokenize(a),
@@ -325,45 +372,29 @@ fn with_model<T>(file: &GgufFile, f: impl FnOnce(&Config, &Weights) -> Result<T>
     f(&cfg, &weights)
 }
 
-/// Builds the backend the flags ask for, with room for `min_ctx` positions at least.
+/// Builds the backend the flags ask for, with room for `min_ctx` positions at least: a
+/// progress bar while weights go to a GPU, one line when `auto` falls back to the CPU.
 fn make_backend<'a>(
     args: &BackendArgs,
     cfg: &Config,
     weights: &'a Weights<'a>,
     min_ctx: usize,
 ) -> Result<Box<dyn Backend + 'a>> {
-    let ctx = args.ctx.max(min_ctx).min(cfg.context_length);
-    let cpu = || -> Result<Box<dyn Backend + 'a>> {
-        Ok(Box::new(CpuBackend::new(cfg, weights, ctx, args.threads)?))
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut progress = |done: u64, total: u64| {
+        let bar = bar.get_or_insert_with(|| progress_bar(total));
+        bar.set_length(total);
+        bar.set_position(done);
     };
-    let gpu = || -> Result<Box<dyn Backend + 'a>> {
-        let opts = GpuOptions {
-            adapter: args.adapter,
-            ..Default::default()
-        };
-        let bar = progress_bar(0);
-        let mut progress = |done: u64, total: u64| {
-            bar.set_length(total);
-            bar.set_position(done);
-        };
-        let backend = GpuBackend::with_progress(cfg, weights, ctx, &opts, Some(&mut progress))?;
+    let opened = engine::open_backend(&args.options(), cfg, weights, min_ctx, Some(&mut progress));
+    if let Some(bar) = bar {
         bar.finish_and_clear();
-        let stats = backend.stats();
-        log::info!(
-            "uploaded {:.2} GB of weights at {:.2} GB/s",
-            stats.upload_bytes as f64 / 1e9,
-            stats.upload_bytes_per_second / 1e9
-        );
-        Ok(Box::new(backend))
-    };
-    match args.backend {
-        BackendKind::Cpu => cpu(),
-        BackendKind::Gpu => gpu(),
-        BackendKind::Auto => gpu().or_else(|e| {
-            eprintln!("no usable GPU ({e}); running on the CPU");
-            cpu()
-        }),
     }
+    let opened = opened?;
+    if let Some(why) = &opened.fallback {
+        eprintln!("{why}");
+    }
+    Ok(opened.backend)
 }
 
 /// A byte progress bar on stderr (hidden when stderr is not a terminal).
@@ -452,104 +483,76 @@ impl Interrupt {
 const ANSI_DIM: &str = "\x1b[2m";
 const ANSI_RESET: &str = "\x1b[0m";
 
-/// Prints a reply as it streams: raw, or split into thinking (dimmed or hidden) and answer.
+/// Prints a reply as it streams: the thinking dimmed (or hidden), the answer as is.
 struct ReplyPrinter {
-    splitter: Option<ThinkingSplitter>,
     hide_thinking: bool,
     color: bool,
-    /// Everything generated, for the chat history.
-    text: String,
     error: Option<std::io::Error>,
 }
 
 impl ReplyPrinter {
-    /// `thinking_open`: the prompt ended inside a thinking block (`<think>`); `None` for
-    /// plain text, printed as is.
-    fn new(thinking_open: Option<bool>, hide_thinking: bool) -> Self {
+    fn new(hide_thinking: bool) -> Self {
         ReplyPrinter {
-            splitter: thinking_open.map(ThinkingSplitter::new),
             hide_thinking,
             color: std::io::stdout().is_terminal(),
-            text: String::new(),
             error: None,
         }
     }
 
-    fn push(&mut self, text: &str) {
-        self.text.push_str(text);
-        let pieces = match &mut self.splitter {
-            Some(s) => s.push(text),
-            None => vec![(Part::Answer, text.to_string())],
+    fn print(&mut self, event: &ReplyEvent) {
+        let mut out = std::io::stdout().lock();
+        let res = match event {
+            ReplyEvent::Thinking(_) if self.hide_thinking => Ok(()),
+            ReplyEvent::Thinking(t) if self.color => write!(out, "{ANSI_DIM}{t}{ANSI_RESET}"),
+            ReplyEvent::Thinking(t) | ReplyEvent::Answer(t) => write!(out, "{t}"),
+            ReplyEvent::ToolCall(c) => write!(
+                out,
+                "[tool call {} {}]",
+                c.name,
+                serde_json::Value::Object(c.arguments.clone())
+            ),
         };
-        self.print(pieces);
+        if let Err(e) = res.and_then(|_| out.flush()) {
+            self.error.get_or_insert(e);
+        }
     }
 
     fn finish(&mut self) -> Result<()> {
-        if let Some(s) = &mut self.splitter {
-            let rest = s.flush();
-            self.print(rest);
-        }
-        self.print(vec![(Part::Answer, "\n".into())]);
+        self.print(&ReplyEvent::Answer("\n".into()));
         match self.error.take() {
             Some(e) => Err(stdout_err(e)),
             None => Ok(()),
         }
     }
-
-    fn print(&mut self, pieces: Vec<(Part, String)>) {
-        let mut out = std::io::stdout().lock();
-        for (part, text) in pieces {
-            let res = match part {
-                Part::Thinking if self.hide_thinking => Ok(()),
-                Part::Thinking if self.color => write!(out, "{ANSI_DIM}{text}{ANSI_RESET}"),
-                Part::Thinking => write!(out, "{text}"),
-                Part::Answer => write!(out, "{text}"),
-            };
-            if let Err(e) = res.and_then(|_| out.flush()) {
-                self.error.get_or_insert(e);
-            }
-        }
-    }
 }
 
-/// One reply: generation with Ctrl-C armed, streamed through `printer`.
-#[allow(clippy::too_many_arguments)]
+/// One reply with Ctrl-C armed, streamed through `printer`; `send` runs the generation
+/// given the stop flag and the event sink.
 fn reply(
-    backend: &mut dyn Backend,
-    tokenizer: &Tokenizer,
-    prompt: &[u32],
-    cached: usize,
-    opts: &GenerateOptions,
+    session: &mut Session,
     interrupt: &Interrupt,
     printer: &mut ReplyPrinter,
-) -> Result<Generation> {
-    let g = interrupt.run(|stop| {
-        generate(
-            backend,
-            tokenizer,
-            prompt,
-            cached,
-            opts,
-            Some(stop),
-            &mut |t| {
-                printer.push(t);
-                if printer.error.is_some() {
-                    // stdout is gone (a closed pipe): stop generating for nobody.
-                    stop.store(true, Ordering::SeqCst);
-                }
-            },
-        )
+    send: impl FnOnce(&mut Session, &AtomicBool, &mut dyn FnMut(&ReplyEvent)) -> Result<Reply>,
+) -> Result<Reply> {
+    let r = interrupt.run(|stop| {
+        send(session, stop, &mut |e| {
+            printer.print(e);
+            if printer.error.is_some() {
+                // stdout is gone (a closed pipe): stop generating for nobody.
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
     })?;
     printer.finish()?;
-    match g.stop {
+    match r.completion.generation.stop {
         StopReason::ContextFull => eprintln!(
             "[stopped: the context of {} tokens is full; raise --ctx]",
-            backend.max_context()
+            session.max_context()
         ),
         StopReason::Interrupted => eprintln!("[interrupted]"),
         _ => {}
     }
-    Ok(g)
+    Ok(r)
 }
 
 fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer) -> GenerateOptions {
@@ -557,6 +560,7 @@ fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer) -> GenerateOptions 
         max_new_tokens: s.max_tokens,
         sampler: s.options(),
         stop_tokens: tokenizer.stop_tokens(),
+        stop_strings: Vec::new(),
     }
 }
 
@@ -572,187 +576,174 @@ fn join_ids(ids: &[u32]) -> String {
 
 fn cmd_run(a: RunArgs) -> Result<()> {
     let text = a.prompt.text()?;
-    let file = match &a.model {
-        Some(path) => open_model(path)?,
+    let model = match &a.model {
+        Some(path) => Model::open(path)?,
         None => {
             eprintln!(
                 "no model given (-m): using a small built-in model with random weights, so the text is gibberish"
             );
-            synth::builtin_model()
+            Model::builtin()
         }
     };
-    let tokenizer = Tokenizer::from_gguf(&file)?;
-    let prompt_text = if a.chat {
+    let tokenizer = model.tokenizer.as_ref();
+    let (prompt, parser) = if a.chat {
         let mut messages = Vec::new();
         if let Some(s) = &a.style.system {
             messages.push(ChatMessage::new("system", s.clone()));
         }
         messages.push(ChatMessage::new("user", text));
-        chat::render_chat(
-            tokenizer.chat_template(),
-            &messages,
-            true,
-            !a.style.no_think,
-        )?
+        let chat = ChatPrompt {
+            messages: &messages,
+            tools: &[],
+            add_generation_prompt: true,
+            enable_thinking: !a.style.no_think,
+        };
+        let prompt = RenderedPrompt::chat(tokenizer, &chat)?;
+        let parser = prompt.parser(&[]);
+        (prompt.ids, parser)
     } else {
-        text
+        (tokenizer.encode(&text)?, ReplyParser::plain())
     };
-    let prompt = tokenizer.encode(&prompt_text)?;
-    let opts = generate_options(&a.sampling, &tokenizer);
+    let opts = generate_options(&a.sampling, tokenizer);
     let interrupt = Interrupt::install()?;
-    with_model(&file, |cfg, weights| {
-        let mut backend = make_backend(&a.backend, cfg, weights, 0)?;
-        if a.verbose {
-            eprintln!("backend: {}", backend.describe());
-            eprintln!("seed: {}", opts.sampler.seed);
-            eprintln!("prompt ids: {}", join_ids(&prompt));
+    let weights = model.weights()?;
+    let backend = make_backend(&a.backend, &model.config, &weights, 0)?;
+    let mut session = Session::new(backend, tokenizer);
+    if a.verbose {
+        eprintln!("backend: {}", session.backend().describe());
+        eprintln!("seed: {}", opts.sampler.seed);
+        eprintln!("prompt ids: {}", join_ids(&prompt));
+    }
+    let mut printer = ReplyPrinter::new(a.style.hide_thinking);
+    let r = reply(
+        &mut session,
+        &interrupt,
+        &mut printer,
+        |session, stop, on_event| session.reply(&prompt, parser, &opts, Some(stop), on_event),
+    )?;
+    let g = &r.completion.generation;
+    if a.verbose {
+        eprintln!("generated ids: {}", join_ids(&g.ids));
+        eprintln!("stop: {:?}", g.stop);
+        if let Some(t) = session.backend().last_token_stats() {
+            eprintln!(
+                "per token: {} dispatches, {} compute passes, {} submits, {} bytes read back",
+                t.dispatches, t.compute_passes, t.submits, t.bytes_read_back
+            );
         }
-        let thinking_open = a.chat.then(|| prompt_text.trim_end().ends_with("<think>"));
-        let mut printer = ReplyPrinter::new(thinking_open, a.style.hide_thinking);
-        let g = reply(
-            backend.as_mut(),
-            &tokenizer,
-            &prompt,
-            0,
-            &opts,
-            &interrupt,
-            &mut printer,
-        )?;
-        if a.verbose {
-            eprintln!("generated ids: {}", join_ids(&g.ids));
-            eprintln!("stop: {:?}", g.stop);
-            if let Some(t) = backend.last_token_stats() {
-                eprintln!(
-                    "per token: {} dispatches, {} compute passes, {} submits, {} bytes read back",
-                    t.dispatches, t.compute_passes, t.submits, t.bytes_read_back
-                );
-            }
-        }
-        eprintln!("{}", g.timings.summary());
-        Ok(())
-    })
+    }
+    eprintln!("{}", g.timings.summary());
+    Ok(())
 }
 
 fn cmd_chat(a: ChatArgs) -> Result<()> {
-    let file = open_model(&a.model.path)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
-    let opts = generate_options(&a.sampling, &tokenizer);
+    let model = Model::open(&a.model.path)?;
+    let tokenizer = model.tokenizer.as_ref();
+    let opts = generate_options(&a.sampling, tokenizer);
     let interrupt = Interrupt::install()?;
-    with_model(&file, |cfg, weights| {
-        let mut backend = make_backend(&a.backend, cfg, weights, 0)?;
-        eprintln!(
-            "chatting with {} on {} (one line per turn; /reset clears the history, /exit or Ctrl-D ends)",
-            file.name,
-            backend.describe()
-        );
-        let system: Vec<ChatMessage> = a
-            .style
-            .system
-            .iter()
-            .map(|s| ChatMessage::new("system", s.clone()))
-            .collect();
-        let mut history = system.clone();
-        // Tokens in the backend's cache, so a turn only feeds what is new.
-        let mut cached: Vec<u32> = Vec::new();
-        let stdin = std::io::stdin();
-        let mut line = String::new();
-        loop {
-            print!("> ");
-            std::io::stdout().flush().map_err(stdout_err)?;
-            line.clear();
-            if stdin
-                .lock()
-                .read_line(&mut line)
-                .map_err(|e| Error::io("<stdin>", e))?
-                == 0
-            {
-                println!();
-                return Ok(());
-            }
-            let input = line.trim();
-            match input {
-                "" => continue,
-                "/exit" | "/quit" => return Ok(()),
-                "/reset" => {
-                    history = system.clone();
-                    eprintln!("[history cleared]");
-                    continue;
-                }
-                _ => {}
-            }
-            history.push(ChatMessage::new("user", input));
-            let turn = chat_turn(
-                backend.as_mut(),
-                &tokenizer,
-                &history,
-                &mut cached,
-                &a,
-                &opts,
-                &interrupt,
-            );
-            match turn {
-                Ok(answer) => history.push(answer),
-                Err(e) if is_broken_pipe(&e) => return Err(e),
-                Err(e) => {
-                    // The turn is dropped; the cache may hold part of it, so start afresh.
-                    eprintln!("error: {e} (/reset clears the history)");
-                    history.pop();
-                    cached.clear();
-                }
-            }
+    let weights = model.weights()?;
+    let backend = make_backend(&a.backend, &model.config, &weights, 0)?;
+    let mut session = Session::new(backend, tokenizer);
+    eprintln!(
+        "chatting with {} on {} (one line per turn; /reset clears the history, /exit or Ctrl-D ends)",
+        model.file.name,
+        session.backend().describe()
+    );
+    let mut chat = Chat::new(a.style.system.clone(), !a.style.no_think);
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        print!("> ");
+        std::io::stdout().flush().map_err(stdout_err)?;
+        line.clear();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("<stdin>", e))?
+            == 0
+        {
+            println!();
+            return Ok(());
         }
-    })
+        let input = line.trim();
+        match input {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                chat.reset();
+                eprintln!("[history cleared]");
+                continue;
+            }
+            _ => {}
+        }
+        let mut printer = ReplyPrinter::new(a.style.hide_thinking);
+        let turn = reply(
+            &mut session,
+            &interrupt,
+            &mut printer,
+            |session, stop, on_event| chat.send(session, input, &opts, Some(stop), on_event),
+        );
+        match turn {
+            Ok(r) => {
+                if a.verbose {
+                    eprintln!(
+                        "[{} prompt tokens, {} reused from the cache]",
+                        r.completion.prompt_tokens, r.completion.reused
+                    );
+                }
+                eprintln!("{}", r.completion.generation.timings.summary());
+            }
+            Err(e) if is_broken_pipe(&e) => return Err(e),
+            // The turn is dropped (the library forgets it and the cache it may have touched).
+            Err(e) => eprintln!("error: {e} (/reset clears the history)"),
+        }
+    }
 }
 
-/// Renders the history, generates the assistant's reply and returns it as a message.
-fn chat_turn(
-    backend: &mut dyn Backend,
-    tokenizer: &Tokenizer,
-    history: &[ChatMessage],
-    cached: &mut Vec<u32>,
-    a: &ChatArgs,
-    opts: &GenerateOptions,
-    interrupt: &Interrupt,
-) -> Result<ChatMessage> {
-    let thinking = !a.style.no_think;
-    let text = chat::render_chat(tokenizer.chat_template(), history, true, thinking)?;
-    let prompt = tokenizer.encode(&text)?;
-    let reuse = cached
-        .iter()
-        .zip(&prompt)
-        .take_while(|(a, b)| a == b)
-        .count();
-    let thinking_open = text.trim_end().ends_with("<think>");
-    let mut printer = ReplyPrinter::new(Some(thinking_open), a.style.hide_thinking);
-    let g = reply(
-        backend,
-        tokenizer,
-        &prompt,
-        reuse,
-        opts,
-        interrupt,
-        &mut printer,
-    )?;
-    *cached = prompt
-        .iter()
-        .chain(&g.ids)
-        .copied()
-        .take(g.cache_len)
-        .collect();
-    if a.verbose {
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    let sampler = a.sampling.options();
+    sampler.validate().map_err(Error::Input)?;
+    if a.model.is_none() {
         eprintln!(
-            "[{} prompt tokens, {} reused from the cache]",
-            prompt.len(),
-            reuse
+            "no model given (-m): serving a small built-in model with random weights, so the text is gibberish"
         );
     }
-    eprintln!("{}", g.timings.summary());
-    let (reasoning, answer) = chat::split_thinking(&printer.text, thinking_open);
-    Ok(ChatMessage {
-        role: "assistant".into(),
-        content: answer.trim().to_string(),
-        reasoning_content: Some(reasoning.trim().to_string()).filter(|r| !r.is_empty()),
+    let opts = ServeOptions {
+        model: a.model.clone(),
+        backend: a.backend.options(),
+        host: a.host.clone(),
+        port: a.port,
+        api_key: a.api_key.clone(),
+        parallel: a.parallel,
+        defaults: Defaults {
+            max_tokens: a.sampling.max_tokens,
+            sampler,
+            fixed_seed: a.sampling.seed.is_some(),
+            thinking: !a.no_think,
+        },
+        show_progress: true,
+    };
+    let server = Server::start(opts)?;
+    if let Some(why) = server.fallback() {
+        eprintln!("{why}");
+    }
+    if !server.addr().ip().is_loopback() && a.api_key.is_none() {
+        eprintln!("warning: listening beyond this machine without --api-key: anyone who can reach it may use it");
+    }
+    eprintln!(
+        "serving {} at http://{}/v1 (Ctrl-C stops)",
+        server.describe(),
+        server.addr()
+    );
+    let (stop, stopped) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
     })
+    .map_err(|e| Error::Input(format!("cannot install the Ctrl-C handler: {e}")))?;
+    let _ = stopped.recv();
+    eprintln!("stopping");
+    server.stop();
+    Ok(())
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {

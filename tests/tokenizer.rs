@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use glm_flash::chat::{render_chat, render_template, ChatMessage};
+use glm_flash::chat::{render_template, ChatMessage, ChatPrompt, ToolCall};
 use glm_flash::gguf::GgufFile;
 use glm_flash::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -137,18 +137,31 @@ fn tokenizer_stop_tokens_are_the_glm_turn_tokens() {
     }
 }
 
-/// The messages of a case as `ChatMessage`s, when they fit (no tool calls, string content).
+/// The messages of a case as `ChatMessage`s, when they fit (string content, tool calls
+/// with their arguments as a mapping).
 fn as_chat_messages(messages: &[Value]) -> Option<Vec<ChatMessage>> {
     messages
         .iter()
         .map(|m| {
             let obj = m.as_object()?;
-            if obj
-                .keys()
-                .any(|k| !["role", "content", "reasoning_content"].contains(&k.as_str()))
-            {
+            let known = ["role", "content", "reasoning_content", "tool_calls"];
+            if obj.keys().any(|k| !known.contains(&k.as_str())) {
                 return None;
             }
+            let tool_calls = match obj.get("tool_calls") {
+                None => Vec::new(),
+                Some(calls) => calls
+                    .as_array()?
+                    .iter()
+                    .map(|c| {
+                        let f = c.get("function").unwrap_or(c);
+                        Some(ToolCall {
+                            name: f.get("name")?.as_str()?.to_string(),
+                            arguments: f.get("arguments")?.as_object()?.clone(),
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+            };
             Some(ChatMessage {
                 role: obj.get("role")?.as_str()?.to_string(),
                 content: obj.get("content")?.as_str()?.to_string(),
@@ -156,6 +169,7 @@ fn as_chat_messages(messages: &[Value]) -> Option<Vec<ChatMessage>> {
                     .get("reasoning_content")
                     .map(|r| r.as_str().map(str::to_string))
                     .unwrap_or(None),
+                tool_calls,
             })
         })
         .collect()
@@ -199,31 +213,30 @@ fn chat_templates_render_as_transformers() {
                 rendered += 1;
 
                 // The public entry point, wherever the case fits its arguments.
-                let has_tools = kwargs.get("tools").is_some_and(|t| !t.is_null());
-                let Some(messages) =
-                    as_chat_messages(arr(&case["messages"])).filter(|_| !has_tools)
-                else {
+                let Some(messages) = as_chat_messages(arr(&case["messages"])) else {
                     continue;
                 };
-                let add_generation_prompt = kwargs["add_generation_prompt"].as_bool().unwrap();
-                let enable_thinking = kwargs
-                    .get("enable_thinking")
-                    .is_none_or(|v| v.as_bool().unwrap());
-                let text = render_chat(
-                    Some(template),
-                    &messages,
-                    add_generation_prompt,
-                    enable_thinking,
-                )
-                .unwrap();
-                assert_eq!(text, expected_text, "{name}: render_chat");
+                let tools = kwargs
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let prompt = ChatPrompt {
+                    messages: &messages,
+                    tools: &tools,
+                    add_generation_prompt: kwargs["add_generation_prompt"].as_bool().unwrap(),
+                    enable_thinking: kwargs
+                        .get("enable_thinking")
+                        .is_none_or(|v| v.as_bool().unwrap()),
+                };
+                let text = prompt.render(Some(template)).unwrap();
+                assert_eq!(text, expected_text, "{name}: ChatPrompt::render");
                 via_render_chat += 1;
                 if is_official {
-                    let text = render_chat(None, &messages, add_generation_prompt, enable_thinking)
-                        .unwrap();
+                    let text = prompt.render(None).unwrap();
                     assert_eq!(
                         text, expected_text,
-                        "{name}: render_chat with the built-in template"
+                        "{name}: ChatPrompt::render with the built-in template"
                     );
                     via_fallback += 1;
                 }
@@ -232,7 +245,48 @@ fn chat_templates_render_as_transformers() {
     }
     println!(
         "chat templates: {rendered} cases rendered and tokenized as transformers; \
-         {via_render_chat} also through render_chat, {via_fallback} through the built-in GLM-4.7 template"
+         {via_render_chat} also through ChatPrompt::render, {via_fallback} through the built-in GLM-4.7 template"
     );
     assert!(rendered > 0 && via_render_chat > 0 && via_fallback > 0);
+}
+
+/// The tool calls in transformers' rendering of the official template parse back into the
+/// calls the case's messages made, with their JSON types.
+#[test]
+fn tool_call_text_of_the_template_parses_back() {
+    use glm_flash::tool_calls::{Piece, ToolCallParser};
+    let all = cases();
+    let mut checked = 0;
+    for entry in arr(&all["chat_templates"]) {
+        if entry["template"].as_str().unwrap() != glm_flash::chat::GLM47_CHAT_TEMPLATE {
+            continue;
+        }
+        for case in arr(&entry["cases"]) {
+            let Some(messages) = as_chat_messages(arr(&case["messages"])) else {
+                continue;
+            };
+            let want: Vec<ToolCall> = messages.iter().flat_map(|m| m.tool_calls.clone()).collect();
+            if want.is_empty() {
+                continue;
+            }
+            let tools = case["kwargs"]["tools"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let text = case["text"].as_str().unwrap();
+            let mut parser = ToolCallParser::new(&tools);
+            let mut pieces = parser.push(text);
+            pieces.extend(parser.finish());
+            let got: Vec<ToolCall> = pieces
+                .into_iter()
+                .filter_map(|p| match p {
+                    Piece::Call(c) => Some(c),
+                    Piece::Text(_) => None,
+                })
+                .collect();
+            assert_eq!(got, want, "{}", case["name"]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no case with tool calls");
 }
