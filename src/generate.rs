@@ -360,5 +360,10 @@ mod tests {
         let mut cold = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
         let fresh = generate(&mut cold, &tok, &second, 0, &o, None, &mut |_| {}).unwrap();
         assert_eq!(reused.ids, fresh.ids);
+
+        // Claiming more cached tokens than the cache holds is an error, not a silent reuse.
+        let mut empty = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+        let err = generate(&mut empty, &tok, &second, 3, &o, None, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("cache holds 0"), "{err}");
     }
 }
