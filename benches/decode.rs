@@ -205,11 +205,12 @@ fn main() {
     let opts = BenchOptions {
         depths: vec![32],
         decode_tokens: 8,
-        prefill_tokens: 16,
+        prefill_tokens: vec![64],
+        prefill_depths: vec![0, 32],
         warmup: 1,
         profile: true,
     };
-    let need = 32 + 8 + 1 + 1;
+    let need = opts.positions();
     let mut cpu = CpuBackend::new(&cfg, &weights, need.max(64), 0).unwrap();
     print!(
         "{}",

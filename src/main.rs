@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::bench::{self, BenchOptions};
 use glm_flash::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser};
 use glm_flash::config::Config;
@@ -314,9 +314,13 @@ struct BenchArgs {
     /// Decode steps timed.
     #[arg(long, value_name = "N", default_value_t = 32)]
     decode: usize,
-    /// Tokens of the timed prefill (0 = skip).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    prefill: usize,
+    /// Sizes of the timed prefills, a comma list (0 = none); those past the model's
+    /// context are skipped.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "512,4096")]
+    prefill: Vec<usize>,
+    /// Positions in the cache before each prefill (0 = empty); every size runs from each.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0,512")]
+    prefill_depth: Vec<usize>,
     /// Untimed decode steps first.
     #[arg(long, value_name = "N", default_value_t = 2)]
     warmup: usize,
@@ -625,7 +629,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     if a.verbose {
         eprintln!("generated ids: {}", join_ids(&g.ids));
         eprintln!("stop: {:?}", g.stop);
-        if let Some(t) = session.backend().last_token_stats() {
+        if let Some(t) = session.backend_mut().instrumented().map(|i| i.last_token_stats()) {
             eprintln!(
                 "per token: {} dispatches, {} compute passes, {} submits, {} bytes read back",
                 t.dispatches, t.compute_passes, t.submits, t.bytes_read_back
@@ -851,7 +855,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
                 backend.max_context()
             )));
         }
-        let logits = backend.forward(&a.tokens, 0, true)?;
+        let logits = backend.feed_logits(&a.tokens, 0, Rows::All)?;
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&a.out, bytes).map_err(|e| Error::io(&a.out, e))?;
         eprintln!(
@@ -921,12 +925,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         depths: a.depth.clone(),
         decode_tokens: a.decode,
-        prefill_tokens: a.prefill,
+        prefill_tokens: a.prefill.clone(),
+        prefill_depths: a.prefill_depth.clone(),
         warmup: a.warmup,
         profile: a.profile,
     };
-    let deepest = a.depth.iter().copied().max().unwrap_or(0);
-    let need = (deepest + a.warmup + a.decode + a.profile as usize).max(a.prefill);
+    let need = opts.positions();
     with_model(&file, |cfg, weights| {
         let mut backend = make_backend(&a.backend, cfg, weights, need)?;
         let report = bench::run(backend.as_mut(), cfg, weights, &opts)?;

@@ -71,6 +71,10 @@ impl<'a> Session<'a> {
         self.backend.as_ref()
     }
 
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
     pub fn tokenizer(&self) -> &'a Tokenizer {
         self.tokenizer
     }
@@ -306,6 +310,7 @@ mod tests {
     use super::*;
     use crate::engine::{open_backend, BackendKind, BackendOptions, Model};
     use crate::sampler::SamplerOptions;
+    use crate::backend::{Output, Rows, Want};
 
     fn greedy(n: usize, model: &Model) -> GenerateOptions {
         GenerateOptions {
@@ -473,6 +478,7 @@ mod tests {
         script: Vec<u32>,
         prompt_len: usize,
         vocab: usize,
+        cache_len: usize,
     }
 
     impl Backend for Scripted {
@@ -480,15 +486,33 @@ mod tests {
             "scripted".into()
         }
 
-        fn forward(&mut self, tokens: &[u32], start: usize, _all: bool) -> Result<Vec<f32>> {
-            let next = start + tokens.len() - self.prompt_len;
-            let mut logits = vec![0.0; self.vocab];
-            logits[self.script[next] as usize] = 1.0;
-            Ok(logits)
-        }
-
         fn max_context(&self) -> usize {
             1 << 16
+        }
+
+        fn cache_len(&self) -> usize {
+            self.cache_len
+        }
+
+        fn truncate(&mut self, len: usize) -> Result<()> {
+            crate::backend::check_truncate(len, self.cache_len)?;
+            self.cache_len = len;
+            Ok(())
+        }
+
+        fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
+            crate::backend::check_feed(tokens, pos, self.cache_len, 1 << 16, self.vocab)?;
+            self.cache_len += tokens.len();
+            let next = self.script[self.cache_len - self.prompt_len];
+            Ok(match want {
+                Want::Argmax => Output::Argmax(next),
+                Want::Logits(Rows::Last) => {
+                    let mut logits = vec![0.0; self.vocab];
+                    logits[next as usize] = 1.0;
+                    Output::Logits(logits)
+                }
+                other => unreachable!("the session never asks for {other:?}"),
+            })
         }
     }
 
@@ -558,6 +582,7 @@ mod tests {
             script,
             prompt_len: prompt.ids.len(),
             vocab: tokenizer.vocab_size(),
+            cache_len: 0,
         };
         let mut session = Session::new(Box::new(backend), &tokenizer);
         let opts = GenerateOptions {

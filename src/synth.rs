@@ -724,7 +724,7 @@ pub fn builtin_model() -> GgufFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
+    use crate::backend::{Backend, Rows};
     use crate::cpu::CpuBackend;
     use crate::tokenizer::Tokenizer;
     use crate::weights::Weights;
@@ -745,7 +745,7 @@ mod tests {
             ids.len() < 20,
             "learnt merges shorten the 27 bytes: {ids:?}"
         );
-        let logits = cpu.forward(&ids, 0, true).unwrap();
+        let logits = cpu.feed_logits(&ids, 0, Rows::All).unwrap();
         assert_eq!(logits.len(), ids.len() * cfg.vocab);
         assert!(logits.iter().all(|v| v.is_finite()));
         // Random weights of std 1/sqrt(fan_in) give logits of order 1, not 0 or 1e6.

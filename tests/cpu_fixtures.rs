@@ -2,7 +2,7 @@
 mod common;
 
 use common::*;
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgufFile;
@@ -19,7 +19,7 @@ fn cpu_logits_match_reference_on_every_case() {
         let cfg = Config::from_gguf(&file).unwrap();
         let weights = Weights::from_gguf(&file, &cfg).unwrap();
         let mut cpu = CpuBackend::new(&cfg, &weights, 4096, 0).unwrap();
-        let got = cpu.forward(&case.tokens, 0, true).unwrap();
+        let got = cpu.feed_logits(&case.tokens, 0, Rows::All).unwrap();
         check_against_reference(&case, &got, F32_TOLERANCE, "cpu");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use common::*;
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgufFile;
@@ -66,7 +66,7 @@ fn top_gap(logits: &[f32]) -> f32 {
 /// (every step's logits checked for NaN/Inf). Returns the tokens and each step's top gap.
 fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> (Vec<u32>, Vec<f32>) {
     let t = Instant::now();
-    let mut logits = b.forward(prompt, 0, false).unwrap();
+    let mut logits = b.feed_logits(prompt, 0, Rows::Last).unwrap();
     let mut pos = prompt.len();
     let (mut ids, mut gaps) = (Vec::with_capacity(n), Vec::with_capacity(n));
     loop {
@@ -77,7 +77,7 @@ fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> (Vec<u3
         if ids.len() == n {
             break;
         }
-        logits = b.forward(&[next], pos, false).unwrap();
+        logits = b.feed_logits(&[next], pos, Rows::Last).unwrap();
         pos += 1;
     }
     println!(
@@ -169,7 +169,7 @@ fn fill(b: &mut dyn Backend, tokens: &[u32], chunk: usize, label: &str) -> Vec<f
     let mut logits = Vec::new();
     for (i, c) in tokens.chunks(chunk).enumerate() {
         let pos = i * chunk;
-        logits = b.forward(c, pos, false).unwrap();
+        logits = b.feed_logits(c, pos, Rows::Last).unwrap();
         assert_finite(&logits, label, pos + c.len() - 1);
     }
     println!(
@@ -194,7 +194,7 @@ fn cpu_fill() -> &'static Vec<f32> {
         assert_eq!(cpu.max_context(), FILL);
         let logits = fill(&mut cpu, &forced_tokens(FILL, cfg.vocab), FILL_CHUNK, "cpu");
         // The cache is full: one more position is an error, not a write past the end.
-        assert!(cpu.forward(&[1], FILL, false).is_err());
+        assert!(cpu.feed_logits(&[1], FILL, Rows::Last).is_err());
         logits
     })
 }
@@ -216,7 +216,7 @@ fn gpu_full_8192_position_cache_gives_finite_logits_like_the_cpu() {
     let mut gpu = GpuBackend::new(&cfg, &w, n, &GpuOptions::default()).unwrap();
     assert_eq!(gpu.max_context(), n);
     let got = fill(&mut gpu, &tokens, FILL_CHUNK, "gpu");
-    assert!(gpu.forward(&[1], n, false).is_err());
+    assert!(gpu.feed_logits(&[1], n, Rows::Last).is_err());
     let rel = rel_l2_rows(want, &got, cfg.vocab)[0];
     println!("position {}: gpu vs cpu rel L2 {rel:.3e}", n - 1);
     assert!(
@@ -249,11 +249,11 @@ fn rss_growth(b: &mut dyn Backend, cfg: &Config, warm: usize, more: usize, label
     /// Allocator and driver slack: nothing per token should come near it.
     const MARGIN: u64 = 8 << 20;
     let t = Instant::now();
-    let mut next = b.forward_argmax(&prompt(), 0).unwrap();
+    let mut next = b.feed_argmax(&prompt(), 0).unwrap();
     let mut pos = prompt().len();
     let mut step = |b: &mut dyn Backend, n: usize| {
         for _ in 0..n {
-            let logits = b.forward(&[next], pos, false).unwrap();
+            let logits = b.feed_logits(&[next], pos, Rows::Last).unwrap();
             assert_finite(&logits, label, pos);
             next = argmax(&logits) as u32;
             pos += 1;

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use common::fixture;
 use common::model_file::{micro_model, ModelFile};
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::{GgmlType, GgufFile, Value, ValueType};
@@ -58,7 +58,7 @@ fn logits(f: &GgufFile) -> Vec<f32> {
     let cfg = Config::from_gguf(f).unwrap();
     let w = Weights::from_gguf(f, &cfg).unwrap();
     let mut cpu = CpuBackend::new(&cfg, &w, 64, 2).unwrap();
-    cpu.forward(&TOKENS, 0, true).unwrap()
+    cpu.feed_logits(&TOKENS, 0, Rows::All).unwrap()
 }
 
 fn tiny_logits() -> &'static [f32] {
