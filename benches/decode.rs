@@ -114,6 +114,7 @@ fn dispatch_floor(ctx: &GpuContext) {
     const DISPATCHES: usize = 200;
     let rows = vec![0.5f32; 4 * 2048];
     let table = Matrix {
+        name: "table",
         ty: GgmlType::F32,
         rows: 4,
         cols: 2048,

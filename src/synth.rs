@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::config::{Config, ARCHITECTURE};
 use crate::error::{Error, Result};
+use crate::formats;
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value, ValueType};
 use crate::sampler::SplitMix64;
 
@@ -132,8 +133,8 @@ enum Fill {
     Norm,
     /// F32 `std·N(0,1)` (router, selection bias).
     F32Normal(f32),
-    /// Q8_0 `std·N(0,1)` (every matrix).
-    Q8Normal(f32),
+    /// `std·N(0,1)` in the tensor's (quantized) type: every matrix.
+    Matrix(f32),
 }
 
 /// A synthetic model planned but not yet written: metadata, tensor list and how to fill it.
@@ -242,7 +243,7 @@ impl SynthModel {
         let residual = |n: usize| inv_sqrt(n) / ((2 * c.n_layers) as f32).sqrt();
         let mut add = |name: String, dims: &[u64], fill: Fill| {
             let ty = match fill {
-                Fill::Q8Normal(_) => GgmlType::Q8_0,
+                Fill::Matrix(_) => GgmlType::Q8_0,
                 _ => GgmlType::F32,
             };
             self.writer.tensor(&name, dims, ty);
@@ -252,9 +253,9 @@ impl SynthModel {
         add(
             "output.weight".into(),
             &[h, v],
-            Fill::Q8Normal(inv_sqrt(c.hidden)),
+            Fill::Matrix(inv_sqrt(c.hidden)),
         );
-        add("token_embd.weight".into(), &[h, v], Fill::Q8Normal(1.0));
+        add("token_embd.weight".into(), &[h, v], Fill::Matrix(1.0));
         let (heads, nope, rope) = (c.n_heads as u64, c.qk_nope as u64, c.qk_rope as u64);
         let (ql, kvl, vh) = (c.q_lora_rank as u64, c.kv_lora_rank as u64, c.v_head as u64);
         for i in 0..c.n_layers {
@@ -263,34 +264,34 @@ impl SynthModel {
             add(
                 p("attn_q_a.weight"),
                 &[h, ql],
-                Fill::Q8Normal(inv_sqrt(c.hidden)),
+                Fill::Matrix(inv_sqrt(c.hidden)),
             );
             add(p("attn_q_a_norm.weight"), &[ql], Fill::Norm);
             add(
                 p("attn_q_b.weight"),
                 &[ql, heads * (nope + rope)],
-                Fill::Q8Normal(inv_sqrt(c.q_lora_rank)),
+                Fill::Matrix(inv_sqrt(c.q_lora_rank)),
             );
             add(
                 p("attn_kv_a_mqa.weight"),
                 &[h, kvl + rope],
-                Fill::Q8Normal(inv_sqrt(c.hidden)),
+                Fill::Matrix(inv_sqrt(c.hidden)),
             );
             add(p("attn_kv_a_norm.weight"), &[kvl], Fill::Norm);
             add(
                 p("attn_k_b.weight"),
                 &[nope, kvl, heads],
-                Fill::Q8Normal(inv_sqrt(c.qk_nope)),
+                Fill::Matrix(inv_sqrt(c.qk_nope)),
             );
             add(
                 p("attn_v_b.weight"),
                 &[kvl, vh, heads],
-                Fill::Q8Normal(inv_sqrt(c.kv_lora_rank)),
+                Fill::Matrix(inv_sqrt(c.kv_lora_rank)),
             );
             add(
                 p("attn_output.weight"),
                 &[heads * vh, h],
-                Fill::Q8Normal(residual(c.n_heads * c.v_head)),
+                Fill::Matrix(residual(c.n_heads * c.v_head)),
             );
             add(p("ffn_norm.weight"), &[h], Fill::Norm);
             let mut swiglu = |suffix: &str, width: usize, n: Option<u64>| {
@@ -303,17 +304,17 @@ impl SynthModel {
                 add(
                     p(&format!("ffn_gate{suffix}.weight")),
                     &dims(h, w),
-                    Fill::Q8Normal(hid),
+                    Fill::Matrix(hid),
                 );
                 add(
                     p(&format!("ffn_up{suffix}.weight")),
                     &dims(h, w),
-                    Fill::Q8Normal(hid),
+                    Fill::Matrix(hid),
                 );
                 add(
                     p(&format!("ffn_down{suffix}.weight")),
                     &dims(w, h),
-                    Fill::Q8Normal(residual(width)),
+                    Fill::Matrix(residual(width)),
                 );
             };
             if c.is_moe_layer(i) {
@@ -366,7 +367,8 @@ impl SynthModel {
                     .into_par_iter()
                     .map(|c| {
                         let n = CHUNK_ELEMS.min(elems - c * CHUNK_ELEMS) as usize;
-                        chunk_bytes(fill, n, SplitMix64(seed ^ c.wrapping_mul(CHUNK_SEED_STEP)))
+                        let rng = SplitMix64(seed ^ c.wrapping_mul(CHUNK_SEED_STEP));
+                        chunk_bytes(fill, spec.ggml_type, n, rng)
                     })
                     .collect();
                 for bytes in chunks {
@@ -380,7 +382,7 @@ impl SynthModel {
     }
 }
 
-/// Elements generated per independently seeded chunk (a multiple of the Q8_0 block).
+/// Elements generated per independently seeded chunk (a multiple of every block size).
 const CHUNK_ELEMS: u64 = 1 << 20;
 const CHUNK_SEED_STEP: u64 = 0xD1B5_4A32_D192_ED03;
 
@@ -480,39 +482,23 @@ impl Normals {
     }
 }
 
-/// `n` values of `fill`, encoded as the tensor's type.
-fn chunk_bytes(fill: Fill, n: usize, rng: SplitMix64) -> Vec<u8> {
+/// `n` values of `fill`, encoded as the tensor's type `ty`.
+fn chunk_bytes(fill: Fill, ty: GgmlType, n: usize, rng: SplitMix64) -> Vec<u8> {
     let mut z = Normals {
         rng,
         bits: 0,
         left: 0,
     };
-    match fill {
-        Fill::Norm | Fill::F32Normal(_) => {
-            let (base, std) = match fill {
-                Fill::Norm => (1.0, 0.1),
-                Fill::F32Normal(s) => (0.0, s),
-                Fill::Q8Normal(_) => unreachable!(),
-            };
-            (0..n)
-                .flat_map(|_| (base + std * z.next()).to_le_bytes())
-                .collect()
-        }
-        Fill::Q8Normal(std) => {
-            // Straight to blocks: scale d = std·amax/127, q = round(127·z/amax).
-            let mut out = Vec::with_capacity(n / 32 * 34);
-            let mut block = [0f32; 32];
-            for _ in 0..n / 32 {
-                block.iter_mut().for_each(|b| *b = z.next());
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                let d = half::f16::from_f32(std * amax / 127.0);
-                out.extend_from_slice(&d.to_bits().to_le_bytes());
-                out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
-            }
-            out
-        }
-    }
+    let (base, std) = match fill {
+        Fill::Norm => (1.0, 0.1),
+        Fill::F32Normal(s) | Fill::Matrix(s) => (0.0, s),
+    };
+    let values: Vec<f32> = (0..n).map(|_| base + std * z.next()).collect();
+    let mut out = Vec::new();
+    formats::of(ty)
+        .expect("synth writes only types with a format")
+        .quantize(&values, &mut out);
+    out
 }
 
 /// GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68
