@@ -11,6 +11,7 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod formats;
+pub mod ftype;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;

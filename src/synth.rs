@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::config::{Config, ARCHITECTURE};
 use crate::error::{Error, Result};
 use crate::formats;
+use crate::ftype::FileType;
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value, ValueType};
 use crate::sampler::SplitMix64;
 
@@ -83,6 +84,8 @@ pub struct SynthOptions {
     pub layers: Option<usize>,
     pub vocab: Option<usize>,
     pub seed: u64,
+    /// The type mix of the matrices, as llama-quantize chooses it for this file type.
+    pub ftype: FileType,
 }
 
 /// The GLM special tokens, in the order GLM-4.7-Flash (and the fixtures) list them at the
@@ -143,6 +146,7 @@ pub struct SynthModel {
     writer: GgufWriter,
     fills: Vec<Fill>,
     seed: u64,
+    ftype: FileType,
 }
 
 impl SynthModel {
@@ -171,13 +175,14 @@ impl SynthModel {
             writer: GgufWriter::default(),
             fills: Vec::new(),
             seed: opts.seed,
+            ftype: opts.ftype,
         };
-        m.metadata(opts.preset);
+        m.metadata(opts.preset, opts.ftype);
         m.tensors();
         Ok(m)
     }
 
-    fn metadata(&mut self, preset: Preset) {
+    fn metadata(&mut self, preset: Preset, ftype: FileType) {
         let c = &self.config;
         let u = |v: usize| Value::U32(v as u32);
         let arch = |k: &str| format!("{ARCHITECTURE}.{k}");
@@ -190,10 +195,11 @@ impl SynthModel {
             (
                 "general.name".into(),
                 Value::String(format!(
-                    "GLM-4.7-Flash layout, random weights (glm-flash synth {preset:?})"
+                    "GLM-4.7-Flash layout, random weights (glm-flash synth {preset:?} {})",
+                    ftype.name()
                 )),
             ),
-            ("general.file_type".into(), Value::U32(7)), // mostly Q8_0
+            ("general.file_type".into(), Value::U32(ftype.id())),
             ("general.quantization_version".into(), Value::U32(2)),
         ];
         let model_keys = [
@@ -241,9 +247,10 @@ impl SynthModel {
         let inv_sqrt = |n: usize| 1.0 / (n as f32).sqrt();
         // Output projections of residual branches: smaller, so depth does not blow up x.
         let residual = |n: usize| inv_sqrt(n) / ((2 * c.n_layers) as f32).sqrt();
+        let ftype = self.ftype;
         let mut add = |name: String, dims: &[u64], fill: Fill| {
             let ty = match fill {
-                Fill::Matrix(_) => GgmlType::Q8_0,
+                Fill::Matrix(_) => ftype.tensor_type(&name, dims, &c),
                 _ => GgmlType::F32,
             };
             self.writer.tensor(&name, dims, ty);
@@ -694,6 +701,7 @@ pub fn builtin_options() -> SynthOptions {
         layers: Some(2),
         vocab: Some(2048),
         seed: 0x61C8_8647,
+        ftype: FileType::Q8_0,
     }
 }
 
@@ -791,6 +799,7 @@ mod tests {
             layers: None,
             vocab: None,
             seed: 0,
+            ftype: FileType::Q8_0,
         })
         .unwrap();
         // embedding and head, 46 MoE layers of 18 tensors, 1 dense layer of 13, output_norm
@@ -807,6 +816,97 @@ mod tests {
             .find(|t| t.name == "blk.3.attn_k_b.weight")
             .unwrap();
         assert_eq!(k_b.dims, [192, 512, 20]);
+    }
+
+    /// The tiny preset planned at each llama-quantize file type has the tensors and the
+    /// per-tensor types of the fixture llama-quantize wrote from the same shapes.
+    #[test]
+    fn tiny_plans_match_llama_quantize_fixtures() {
+        for (ftype, fixture) in [
+            (FileType::Q4_0, "tiny-q4_0"),
+            (FileType::Q2_K, "tiny-q2_k"),
+            (FileType::Q5_K_M, "tiny-q5_k_m"),
+            (FileType::Q6_K, "tiny-q6_k"),
+            (FileType::Q8_0, "tiny-q8_0"),
+        ] {
+            let path = format!(
+                "{}/tests/fixtures/{fixture}.gguf",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let file = GgufFile::open(&path).unwrap();
+            let m = SynthModel::new(&SynthOptions {
+                preset: Preset::Tiny,
+                layers: None,
+                vocab: None,
+                seed: 0,
+                ftype,
+            })
+            .unwrap();
+            let mut planned: Vec<_> = m
+                .writer
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone(), t.ggml_type))
+                .collect();
+            let mut want: Vec<_> = file
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone(), t.ggml_type))
+                .collect();
+            planned.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(planned, want, "{fixture}");
+        }
+    }
+
+    /// Sizes of the full model's tensor data at each file type (llama.cpp's files of the real
+    /// model: Q8_0 31.8 GB, Q6_K 24.8, Q5_K_M 21.6, Q4_K_M 18.5).
+    #[test]
+    fn full_preset_sizes_per_file_type() {
+        for (ftype, lo, hi) in [
+            (FileType::Q8_0, 31.0, 32.5),
+            (FileType::Q6_K, 24.0, 25.5),
+            (FileType::Q5_K_M, 20.5, 22.0),
+            (FileType::Q4_K_M, 17.5, 19.0),
+            (FileType::Q4_0, 16.0, 18.0),
+            (FileType::Q2_K, 9.0, 12.0),
+        ] {
+            let m = SynthModel::new(&SynthOptions {
+                preset: Preset::Full,
+                layers: None,
+                vocab: None,
+                seed: 0,
+                ftype,
+            })
+            .unwrap();
+            let gb = m.tensor_bytes() as f64 / 1e9;
+            println!("full {}: {gb:.2} GB", ftype.name());
+            assert!((lo..hi).contains(&gb), "{}: {gb} GB", ftype.name());
+        }
+    }
+
+    /// Every type a K-quant mix uses is written and read back: a small K-quant model runs.
+    #[test]
+    fn kquant_synth_model_loads_and_runs() {
+        let m = SynthModel::new(&SynthOptions {
+            ftype: FileType::Q4_K_M,
+            ..builtin_options()
+        })
+        .unwrap();
+        let mut bytes = Vec::new();
+        m.write(&mut bytes, &mut |_| {}).unwrap();
+        let file = GgufFile::from_vec("q4_k_m.gguf", bytes).unwrap();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let types: std::collections::BTreeSet<String> =
+            file.tensors.iter().map(|t| t.ggml_type.name()).collect();
+        assert_eq!(
+            types.into_iter().collect::<Vec<_>>(),
+            ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
+        );
+        let weights = Weights::from_gguf(&file, &cfg).unwrap();
+        let mut cpu = CpuBackend::new(&cfg, &weights, 16, 1).unwrap();
+        let logits = cpu.forward(&[5, 6, 7], 0, true).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
     }
 
     #[test]

@@ -299,6 +299,19 @@ pub fn of(ty: GgmlType) -> Option<&'static WeightFormat> {
     FORMATS.iter().find(|f| f.ty == ty)
 }
 
+/// What a tensor of type `ty` with GGUF dims `dims` (innermost first) becomes on the GPU,
+/// judged by its own type: its layout and bytes. Vectors (norms, biases) go up as f32.
+/// None: the GPU cannot compute with the type yet.
+pub fn gpu_form(ty: GgmlType, dims: &[u64]) -> Option<(GpuLayout, u64)> {
+    let cols = dims.first().copied().unwrap_or(1) as usize;
+    if dims.len() <= 1 {
+        return Some((GpuLayout::F32, 4 * cols as u64));
+    }
+    let rows = dims[1..].iter().product::<u64>() as usize;
+    let layout = of(ty)?.gpu?;
+    Some((layout, layout.matrix_bytes(rows, cols)))
+}
+
 /// "F32, F16, ..." for error messages.
 pub fn supported_names() -> String {
     names(FORMATS.iter())
