@@ -161,7 +161,7 @@ fn unsupported_tensor_type() {
         },
         &[
             &format!("tensor {name} has type IQ2_XXS, which is not supported"),
-            "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
+            "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4",
         ],
     );
 }

@@ -6,9 +6,9 @@ values gguf-py's `gguf.quants.dequantize` decodes them to (`NAME.f32`, little-en
 under tests/fixtures/quant/. gguf-py's decoders follow ggml's `dequantize_row_*` operation for
 operation; tests/formats.rs checks that glm-flash decodes every block to the same bits.
 
-Block bytes are random; the f16 (or e8m0) scale fields are set to a mix of ordinary values
-and extremes (zero, negative, subnormal, the smallest normal, the largest finite f16), all
-chosen so that every decoded value is finite.
+Block bytes are random; the f16 (or MXFP4's e8m0) scale fields are set to a mix of ordinary
+values and extremes (zero, negative, subnormal, the smallest normal, the largest finite f16),
+all chosen so that every decoded value is finite.
 
     pip install gguf numpy
     python3 tools/quant_vectors.py            # rewrites tests/fixtures/quant/
@@ -36,7 +36,14 @@ F16_FIELDS = {
     T.Q4_K: [0, 2],
     T.Q5_K: [0, 2],
     T.Q6_K: [208],
+    T.IQ4_NL: [0],
+    T.IQ4_XS: [0],
+    T.MXFP4: [],
 }
+
+# MXFP4's shared exponent (e8m0, byte 0): the subnormal halves (0, 1), 2, the unit scale
+# (128) and the largest whose levels stay finite (252); random ones between.
+EXTREME_E8M0 = [0, 1, 2, 127, 128, 252]
 
 # Blocks per format: enough to cover every scale pattern, small enough to commit.
 BLOCKS_32 = 64
@@ -67,6 +74,10 @@ def quant_blocks(rng, qtype):
         # Different extremes in each field of a block.
         bits = np.roll(bits, 3 * field)
         blocks[:, offset : offset + 2] = bits.view(np.uint8).reshape(n, 2)
+    if qtype == T.MXFP4:
+        e = rng.integers(0, 253, size=n, dtype=np.uint8)
+        e[: len(EXTREME_E8M0)] = EXTREME_E8M0
+        blocks[:, 0] = e
     return blocks
 
 
@@ -89,7 +100,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(20240601)
     formats = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1,
-               T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+               T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4]
     total = 0
     for qtype in formats:
         blocks = float_blocks(rng, qtype) if qtype in (T.F32, T.F16, T.BF16) else quant_blocks(rng, qtype)

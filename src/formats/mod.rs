@@ -8,18 +8,24 @@
 //! through [`of`]. Blocks have alignment 1 (f16 fields are byte pairs), so a row is read in
 //! place from any offset of a memory-mapped file.
 //!
-//! A new format: its block in the family's file (or a new one), and one line in [`FORMATS`].
+//! Families: `float` (F32, F16, BF16), `q8_0`, `legacy` (Q4_0, Q4_1, Q5_0, Q5_1), `kquants`
+//! (Q2_K to Q6_K), `iq` (IQ4_NL, IQ4_XS), `mxfp4`. A new format: its block in the family's
+//! file (or a new one), and one line in [`FORMATS`].
 
 mod float;
+mod iq;
 mod kquants;
 mod legacy;
+mod mxfp4;
 mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use float::{BlockBF16, BlockF16, BlockF32};
+pub use iq::{BlockIQ4NL, BlockIQ4XS, IQ4_LEVELS};
 pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, QK_K};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+pub use mxfp4::{BlockMXFP4, MXFP4_LEVELS};
 pub use q8_0::BlockQ8_0;
 
 use crate::gguf::GgmlType;
@@ -277,7 +283,7 @@ const fn entry<B: Block>() -> WeightFormat {
 }
 
 /// Every format the engine computes with.
-pub static FORMATS: [WeightFormat; 13] = [
+pub static FORMATS: [WeightFormat; 16] = [
     entry::<BlockF32>(),
     entry::<BlockF16>(),
     entry::<BlockBF16>(),
@@ -291,6 +297,9 @@ pub static FORMATS: [WeightFormat; 13] = [
     entry::<BlockQ4K>(),
     entry::<BlockQ5K>(),
     entry::<BlockQ6K>(),
+    entry::<BlockIQ4NL>(),
+    entry::<BlockIQ4XS>(),
+    entry::<BlockMXFP4>(),
 ];
 
 /// The format of a ggml type, or None when the engine cannot compute with it.

@@ -23,7 +23,7 @@ fn random_blocks(f: &WeightFormat, blocks: usize, rng: &mut SplitMix64) -> Vec<u
 
 #[test]
 fn table_agrees_with_the_container() {
-    assert_eq!(FORMATS.len(), 13);
+    assert_eq!(FORMATS.len(), 16);
     for f in &FORMATS {
         assert_eq!(f.ty.block_elems(), f.block_values as u64, "{}", f.ty);
         assert_eq!(f.ty.block_bytes(), f.block_bytes as u64, "{}", f.ty);
@@ -32,7 +32,7 @@ fn table_agrees_with_the_container() {
     assert!(of(GgmlType(16)).is_none(), "IQ2_XXS is not computed with");
     assert_eq!(
         supported_names(),
-        "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"
+        "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4"
     );
     assert_eq!(gpu_supported_names(), "F32, F16, BF16, Q8_0");
 }
@@ -98,6 +98,8 @@ fn quantize_then_dequantize_is_close() {
             GgmlType::Q6_K => 0.03,
             GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 0.06,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 0.12,
+            GgmlType::IQ4_NL | GgmlType::IQ4_XS => 0.12,
+            GgmlType::MXFP4 => 0.2,
             GgmlType::Q3_K => 0.25,
             GgmlType::Q2_K => 0.45,
             other => panic!("no bound for {other}"),
