@@ -16,6 +16,8 @@ use glm_flash::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser};
 use glm_flash::config::Config;
 use glm_flash::engine::{self, BackendOptions, Model};
 use glm_flash::error::{Error, Result};
+use glm_flash::formats;
+use glm_flash::ftype::FileType;
 use glm_flash::generate::{GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu;
@@ -299,6 +301,10 @@ struct SynthArgs {
     /// Seed of the random weights (same seed, same file).
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// File type: the per-tensor type mix llama-quantize writes for this model
+    /// (q8_0, q4_0, q2_k, q4_k_m, q5_k_m, q6_k).
+    #[arg(long, value_name = "TYPE", default_value = "q8_0", value_parser = parse_ftype)]
+    ftype: FileType,
     /// Output GGUF file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -773,6 +779,10 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         "architecture: {} (GLM-4.7-Flash layout)",
         glm_flash::config::ARCHITECTURE
     ));
+    if let Some(id) = file.get_int::<u32>("general.file_type")? {
+        let name = FileType::from_id(id).map_or("other", |f| f.name());
+        line(format!("file type: {id} ({name})"));
+    }
     line("hyper-parameters:".into());
     for (k, v) in cfg.describe() {
         line(format!("  {k:<28} {v}"));
@@ -784,20 +794,46 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         )),
         Err(e) => line(format!("weights: DO NOT LOAD: {e}")),
     }
-    line(format!("tensors ({}):", file.tensors.len()));
     line(format!(
-        "  {:<34} {:<6} {:<22} {:>12}",
-        "name", "type", "dims (GGUF order)", "bytes"
+        "tensors ({}; on the GPU: the layout of each tensor's type, and its bytes):",
+        file.tensors.len()
     ));
+    line(format!(
+        "  {:<34} {:<6} {:<6} {:<22} {:>12} {:>12}",
+        "name", "type", "gpu", "dims (GGUF order)", "bytes", "gpu bytes"
+    ));
+    let (mut gpu_total, mut no_gpu) = (0u64, Vec::new());
     for t in &file.tensors {
+        let gpu = formats::gpu_form(t.ggml_type, &t.dims);
+        match gpu {
+            Some((_, bytes)) => gpu_total += bytes,
+            None => no_gpu.push(t.ggml_type.name()),
+        }
         line(format!(
-            "  {:<34} {:<6} {:<22} {:>12}",
+            "  {:<34} {:<6} {:<6} {:<22} {:>12} {:>12}",
             t.name,
             t.ggml_type.name(),
+            gpu.map_or("-", |(l, _)| l.name()),
             format!("{:?}", t.dims),
-            t.n_bytes
+            t.n_bytes,
+            gpu.map_or("-".to_string(), |(_, b)| b.to_string())
         ));
     }
+    no_gpu.sort();
+    no_gpu.dedup();
+    line(if no_gpu.is_empty() {
+        format!(
+            "gpu: {:.2} GB of weights ({gpu_total} bytes)",
+            gpu_total as f64 / 1e9
+        )
+    } else {
+        format!(
+            "gpu: cannot run this file yet: the GPU computes with {}, not {} ({:.2} GB for the tensors it can take)",
+            formats::gpu_supported_names(),
+            no_gpu.join(", "),
+            gpu_total as f64 / 1e9
+        )
+    });
     line("tokenizer:".into());
     let meta = |k: &str| file.get(&format!("tokenizer.ggml.{k}"));
     let count = |k: &str| meta(k).and_then(|v| v.as_array()).map_or(0, |a| a.len());
@@ -876,6 +912,16 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     writeln!(std::io::stdout(), "{}", join_ids(&ids)).map_err(stdout_err)
 }
 
+fn parse_ftype(s: &str) -> std::result::Result<FileType, String> {
+    FileType::from_name(s).ok_or_else(|| {
+        let names: Vec<String> = FileType::ALL
+            .iter()
+            .map(|f| f.name().to_lowercase())
+            .collect();
+        format!("unknown file type {s:?} (known: {})", names.join(", "))
+    })
+}
+
 fn cmd_synth(a: SynthArgs) -> Result<()> {
     let opts = SynthOptions {
         preset: match a.preset {
@@ -885,6 +931,7 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
         layers: a.layers,
         vocab: a.vocab,
         seed: a.seed,
+        ftype: a.ftype,
     };
     let model = SynthModel::new(&opts)?;
     let total = model.tensor_bytes();
@@ -907,8 +954,9 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
     bar.finish_and_clear();
     let c = &model.config;
     eprintln!(
-        "wrote {}: {} layers, hidden {}, {} experts, vocab {}; {} tensors, {:.2} GB in {:.1} s",
+        "wrote {}: {}, {} layers, hidden {}, {} experts, vocab {}; {} tensors, {:.2} GB in {:.1} s",
         a.out.display(),
+        a.ftype.name(),
         c.n_layers,
         c.hidden,
         c.n_experts,

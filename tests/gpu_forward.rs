@@ -7,7 +7,7 @@ use common::*;
 use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
-use glm_flash::gguf::GgufFile;
+use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::{GpuBackend, GpuOptions};
 use glm_flash::weights::Weights;
 
@@ -224,5 +224,62 @@ fn gpu_buffer_over_the_device_limit_is_an_error_naming_the_tensor() {
     assert!(
         err.contains("1048576 bytes") && err.contains("65536 bytes"),
         "{err}"
+    );
+}
+
+/// A file with a type the GPU cannot compute with yet is refused before anything is
+/// uploaded, naming the tensor, its type and the types the GPU takes (so `--backend auto`
+/// falls back to the CPU with a reason).
+#[test]
+fn gpu_refuses_kquant_files_by_tensor_and_type() {
+    let case = load_case("small2-q4_k_m.chat");
+    let file = GgufFile::open(&case.gguf).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let Err(e) = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()) else {
+        panic!("the GPU accepted a Q4_K_M file");
+    };
+    let msg = e.to_string();
+    for needle in [
+        "tensor token_embd.weight has type Q4_K",
+        "GPU types: F32, F16, BF16, Q8_0",
+    ] {
+        assert!(msg.contains(needle), "{msg:?} does not say {needle:?}");
+    }
+}
+
+/// A stacked GPU matrix whose parts differ in type (here the shared expert's down projection
+/// made F16 under Q8_0 routed experts) is stored as f32 by the stated policy: the logits
+/// still match the CPU's on the same weights.
+#[test]
+fn gpu_mixed_type_stack_matches_cpu() {
+    use common::model_file::ModelFile;
+    let tiny = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let mut m = ModelFile::read(&tiny);
+    let t = m.tensor_mut("blk.1.ffn_down_shexp.weight");
+    assert_eq!(t.ty, GgmlType::Q8_0);
+    let q8 = glm_flash::formats::of(GgmlType::Q8_0).unwrap();
+    let mut values = vec![0f32; t.data.len() / q8.block_bytes * q8.block_values];
+    q8.dequantize(&t.data, &mut values);
+    t.data = values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+        .collect();
+    t.ty = GgmlType::F16;
+    let file = m.parse("mixed.gguf");
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let tokens = &load_case("tiny-q8_0.short").tokens[..12];
+    let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, 64, 0).unwrap();
+    let got = gpu.feed_logits(tokens, 0, Rows::All).unwrap();
+    let want = cpu.feed_logits(tokens, 0, Rows::All).unwrap();
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU logits");
+    let max = rel_l2_rows(&want, &got, cfg.vocab)
+        .into_iter()
+        .fold(0f64, f64::max);
+    assert!(
+        max <= F32_TOLERANCE,
+        "mixed stack: GPU vs CPU rel L2 {max:.3e}"
     );
 }

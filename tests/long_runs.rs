@@ -117,7 +117,7 @@ fn cpu_greedy_4096_tokens_stay_finite() {
 }
 
 /// Greedy-decodes `n` tokens on the GPU, reading back and checking every step's logits
-/// (`forward`, not just `forward_argmax`), and compares the tokens with the CPU's.
+/// (`feed_logits`, not just `feed_argmax`), and compares the tokens with the CPU's.
 fn gpu_greedy_follows_the_cpu(n: usize) {
     let (cpu_ids, gaps) = cpu_greedy();
     let (cfg, w) = tiny();

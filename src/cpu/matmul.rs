@@ -332,8 +332,8 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats;
     use crate::gguf::GgmlType;
-    use crate::quant;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
@@ -378,8 +378,11 @@ mod tests {
     fn matmul_equals_one_dot_per_row_for_every_token_count() {
         let (rows, cols) = (37, 64);
         let mut bytes = Vec::new();
-        quant::quantize_q8_0(&values(rows * cols, 3), &mut bytes);
+        formats::of(GgmlType::Q8_0)
+            .unwrap()
+            .quantize(&values(rows * cols, 3), &mut bytes);
         let m = Matrix {
+            name: "q8_0 test",
             ty: GgmlType::Q8_0,
             rows,
             cols,

@@ -12,7 +12,7 @@ use crate::gpu::kernels::{attn_partial, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
-use crate::gpu::upload::Uploader;
+use crate::gpu::upload::{self, Uploader};
 use crate::weights::Weights;
 
 #[derive(Clone, Debug, Default)]
@@ -67,6 +67,7 @@ impl GpuBackend {
         opts: &GpuOptions,
         progress: Option<&mut dyn FnMut(u64, u64)>,
     ) -> Result<GpuBackend> {
+        upload::check_formats(w)?;
         let ctx = GpuContext::new(opts)?;
         let max_context = max_context.min(cfg.context_length).max(1);
         if cfg.n_dense_layers < cfg.n_layers && cfg.n_experts > ffn_gate_up::MAX_EXPERTS {
