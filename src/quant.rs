@@ -64,6 +64,16 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
             .enumerate()
             .for_each(|(i, o)| *o = bf16_at(bytes, 2 * i)),
         GgmlType::Q8_0 => {
+            #[cfg(target_arch = "x86_64")]
+            if simd::has_avx512_f16c() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { simd::dequantize_q8_0_avx512(bytes, out) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if simd::has_avx2_f16c() {
+                // SAFETY: as above.
+                return unsafe { simd::dequantize_q8_0_avx2(bytes, out) };
+            }
             for (block, vals) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
                 let d = f16_at(block, 0);
                 for (v, &q) in vals.iter_mut().zip(&block[2..]) {
@@ -82,8 +92,13 @@ pub fn dot(ty: GgmlType, bytes: &[u8], x: &[f32]) -> f32 {
     match ty {
         GgmlType::Q8_0 => {
             #[cfg(target_arch = "x86_64")]
-            if simd::has_avx_fma() {
+            if simd::has_avx512_f16c() {
                 // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { simd::dot_q8_0_avx512(bytes, x) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if simd::has_avx_fma() {
+                // SAFETY: as above.
                 return unsafe { simd::dot_q8_0_avx(bytes, x) };
             }
             let mut sum = 0f32;
@@ -130,6 +145,90 @@ mod simd {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("sse4.1")
         })
+    }
+
+    pub fn has_avx512_f16c() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    /// The scale `d` of a Q8_0 block (its first two bytes), widened exactly, in every lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn q8_0_scale_x16(block: &[u8]) -> __m512 {
+        let d = _mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([block[0], block[1]])));
+        _mm512_broadcastss_ps(d)
+    }
+
+    /// 16 quants of a Q8_0 block from byte `at` of the block, as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q8_0_quants_x16(block: &[u8], at: usize) -> __m512 {
+        let q = _mm_loadu_si128(block.as_ptr().add(at) as *const __m128i);
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
+    }
+
+    /// As [`dequantize_q8_0_avx2`], sixteen values per instruction.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn dequantize_q8_0_avx512(bytes: &[u8], out: &mut [f32]) {
+        for (block, vals) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+            let d = q8_0_scale_x16(block);
+            _mm512_storeu_ps(vals.as_mut_ptr(), _mm512_mul_ps(q8_0_quants_x16(block, 2), d));
+            _mm512_storeu_ps(
+                vals.as_mut_ptr().add(16),
+                _mm512_mul_ps(q8_0_quants_x16(block, 18), d),
+            );
+        }
+    }
+
+    /// As [`dot_q8_0_avx`], sixteen lanes wide: two blocks per step into four independent
+    /// sums.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn dot_q8_0_avx512(bytes: &[u8], x: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let step = |block: &[u8], xs: &[f32], acc: &mut [__m512]| {
+            let d = q8_0_scale_x16(block);
+            for (g, a) in acc.iter_mut().enumerate() {
+                let w = _mm512_mul_ps(q8_0_quants_x16(block, 2 + 16 * g), d);
+                *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs.as_ptr().add(16 * g)), *a);
+            }
+        };
+        let pairs = bytes.chunks_exact(68).zip(x.chunks_exact(64));
+        let (bytes_rest, x_rest) = (pairs.clone().len() * 68, pairs.clone().len() * 64);
+        for (two, xs) in pairs {
+            let (lo, hi) = acc.split_at_mut(2);
+            step(&two[..34], &xs[..32], lo);
+            step(&two[34..], &xs[32..], hi);
+        }
+        if bytes.len() > bytes_rest {
+            step(&bytes[bytes_rest..], &x[x_rest..], &mut acc[..2]);
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(sum)
+    }
+
+    pub fn has_avx2_f16c() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"))
+    }
+
+    /// Q8_0 blocks to f32, eight values per instruction: the same products `d * q` as the
+    /// plain loop (F16C widens the scale exactly), so the same bits. The batched CPU
+    /// forward dequantizes every weight row it multiplies, so this sets its pace.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn dequantize_q8_0_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (block, vals) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+            let d4 = _mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([block[0], block[1]])));
+            let d = _mm256_set_m128(d4, d4);
+            let q = block.as_ptr().add(2);
+            for g in 0..4 {
+                let q8 = _mm_loadl_epi64(q.add(8 * g) as *const __m128i);
+                let qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+                _mm256_storeu_ps(vals.as_mut_ptr().add(8 * g), _mm256_mul_ps(qf, d));
+            }
+        }
     }
 
     /// Q8_0 row · f32 vector: per block, 32 int8 widened to f32 in four groups of 8, scaled
@@ -181,6 +280,29 @@ pub fn quantize_q8_0(values: &[f32], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever path `dequantize` takes on this CPU, it gives `d * q` of every value, and
+    /// `dot` sums the same products (an odd block count: the wide paths' tail).
+    #[test]
+    fn q8_0_dequantize_is_scale_times_quant_exactly() {
+        let vals: Vec<f32> = (0..352)
+            .map(|i| ((i * 7919 % 251) as f32 - 125.0) * 0.37 / (1 + i % 5) as f32)
+            .collect();
+        let mut bytes = Vec::new();
+        quantize_q8_0(&vals, &mut bytes);
+        let mut got = vec![f32::NAN; vals.len()];
+        dequantize(GgmlType::Q8_0, &bytes, &mut got);
+        for (b, (block, out)) in bytes.chunks_exact(34).zip(got.chunks_exact(32)).enumerate() {
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            for (i, (&q, &o)) in block[2..].iter().zip(out).enumerate() {
+                assert_eq!(o.to_bits(), (d * (q as i8) as f32).to_bits(), "block {b} value {i}");
+            }
+        }
+        let x: Vec<f32> = (0..vals.len()).map(|i| (i as f32 * 0.37).cos()).collect();
+        let want: f64 = got.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let dot = dot(GgmlType::Q8_0, &bytes, &x) as f64;
+        assert!((dot - want).abs() < 1e-4 * want.abs().max(1.0), "{dot} vs {want}");
+    }
 
     #[test]
     fn q8_0_roundtrip_and_dot_agree_with_dequantized() {
