@@ -69,6 +69,12 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
                     for (r, w) in panel.chunks_exact_mut(kc).take(n).enumerate() {
                         quant::dequantize(m.ty, &m.row(first + r)[b0..b1], w);
                     }
+                    if c + 1 < chunks {
+                        let b2 = byte_offset(m, (k0 + 2 * K_CHUNK).min(cols));
+                        for r in 0..n {
+                            prefetch(&m.row(first + r)[b1..b2]);
+                        }
+                    }
                     let x_chunk = RowsOf {
                         data: &x[k0..],
                         rows: tokens,
@@ -94,6 +100,9 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
         });
     transpose(&out_t, rows, tokens, out);
 }
+
+/// The longest run of `k` the wide product sums in one chain before adding it to the output.
+const SUM_CHAIN: usize = 32;
 
 /// Weight rows per task of the wide product: a multiple of every row group below.
 const WIDE_ROWS_PER_TASK: usize = 24;
@@ -161,8 +170,9 @@ fn lane_count() -> usize {
     8
 }
 
-/// Runs a wide task on the widest instruction set the CPU has; `out_t` is the task's
-/// `[rows][padded]` output, `panel` room for 8 rows of a chunk.
+/// Runs a wide task on the widest instruction set the CPU has; the products are added to
+/// `out_t`, the task's `[rows][padded]` output (zeroed by the caller); `panel` is room for
+/// 8 rows of a chunk.
 fn wide(t: &WideTask, out_t: &mut [f32], panel: &mut [f32]) {
     assert!(
         t.x_t.len() == t.m.cols * t.padded
@@ -216,14 +226,6 @@ unsafe fn wide_rows<L: Lanes, const R: usize, const V: usize>(
         let k_end = (k0 + K_BLOCK).min(cols);
         for g in (0..rows).step_by(R) {
             let valid = R.min(rows - g);
-            let mut acc = [[L::zero(); V]; R];
-            if k0 > 0 {
-                for (r, acc_r) in acc.iter_mut().enumerate().take(valid) {
-                    for (v, a) in acc_r.iter_mut().enumerate() {
-                        *a = L::load(out_t.as_ptr().add((g + r) * padded + v * L::N));
-                    }
-                }
-            }
             for c0 in (k0..k_end).step_by(K_CHUNK) {
                 let kc = K_CHUNK.min(k_end - c0);
                 let (b0, b1) = (byte_offset(m, c0), byte_offset(m, c0 + kc));
@@ -235,27 +237,49 @@ unsafe fn wide_rows<L: Lanes, const R: usize, const V: usize>(
                         w.fill(0.0);
                     }
                 }
+                let b2 = byte_offset(m, (c0 + 2 * K_CHUNK).min(cols));
+                for r in 0..valid {
+                    prefetch(&m.row(t.first + g + r)[b1..b2]);
+                }
+                // Every SUM_CHAIN values of k sum into fresh registers and then into the
+                // output: no sum runs longer than that in one chain, so the rounding is
+                // that of the dot kernels (whose lanes split k the same way).
                 let xp = t.x_t.as_ptr().add(c0 * padded);
                 let wp = panel.as_ptr();
-                for k in 0..kc {
-                    let mut xv = [L::zero(); V];
-                    for (v, x) in xv.iter_mut().enumerate() {
-                        *x = L::load(xp.add(k * padded + v * L::N));
+                for s0 in (0..kc).step_by(SUM_CHAIN) {
+                    let mut acc = [[L::zero(); V]; R];
+                    for k in s0..(s0 + SUM_CHAIN).min(kc) {
+                        let mut xv = [L::zero(); V];
+                        for (v, x) in xv.iter_mut().enumerate() {
+                            *x = L::load(xp.add(k * padded + v * L::N));
+                        }
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let w = L::splat(*wp.add(r * K_CHUNK + k));
+                            for (a, &x) in acc_r.iter_mut().zip(&xv) {
+                                *a = a.mul_add(w, x);
+                            }
+                        }
                     }
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let w = L::splat(*wp.add(r * K_CHUNK + k));
-                        for (a, &x) in acc_r.iter_mut().zip(&xv) {
-                            *a = a.mul_add(w, x);
+                    for (r, acc_r) in acc.iter().enumerate().take(valid) {
+                        for (v, a) in acc_r.iter().enumerate() {
+                            let o = out_t.as_mut_ptr().add((g + r) * padded + v * L::N);
+                            L::load(o).add(*a).store(o);
                         }
                     }
                 }
             }
-            for (r, acc_r) in acc.iter().enumerate().take(valid) {
-                for (v, a) in acc_r.iter().enumerate() {
-                    a.store(out_t.as_mut_ptr().add((g + r) * padded + v * L::N));
-                }
-            }
         }
+    }
+}
+
+/// Asks for `bytes` to be brought into cache while other work runs.
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch reads nothing architecturally; the address is in `bytes`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(line.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        };
     }
 }
 
@@ -318,6 +342,125 @@ pub fn gemm_nt(a: RowsOf, b: RowsOf, k: usize, out: &mut [f32], layout: OutLayou
         layout,
     };
     gemm(a, b, k, &mut [], out, whole);
+}
+
+/// `out[i][c] += Σ_k a[i][k] · b[k][c]` for every row `i` of `a` and column `c < cols`
+/// (`out` rows `out_stride` apart): the product with `b` as stored (rows along `k`), each
+/// value of `a` broadcast against vectors of `b`'s columns. Attention uses it for the
+/// context, scores times the latent rows of the cache.
+pub fn gemm_nn(a: RowsOf, b: RowsOf, k: usize, cols: usize, out: &mut [f32], out_stride: usize) {
+    if a.rows == 0 || cols == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        k <= a.stride
+            && cols <= b.stride
+            && b.rows >= k
+            && (a.rows - 1) * a.stride + k <= a.data.len()
+            && (k - 1) * b.stride + cols <= b.data.len()
+            && cols <= out_stride
+            && (a.rows - 1) * out_stride + cols <= out.len(),
+        "gemm_nn: operands smaller than their shapes"
+    );
+    let d = NnDims {
+        k,
+        cols,
+        a,
+        b,
+        out: out.as_mut_ptr(),
+        out_stride,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_avx512() {
+            // SAFETY: the CPU has the features the function is compiled for; the shapes
+            // were checked above.
+            return unsafe { simd::gemm_nn_avx512(d) };
+        }
+        if simd::has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { simd::gemm_nn_avx2(d) };
+        }
+    }
+    // SAFETY: the portable lanes need no CPU feature; the shapes were checked above.
+    unsafe { gemm_nn_with::<Portable>(d) }
+}
+
+#[derive(Clone, Copy)]
+struct NnDims<'a> {
+    k: usize,
+    cols: usize,
+    a: RowsOf<'a>,
+    b: RowsOf<'a>,
+    out: *mut f32,
+    out_stride: usize,
+}
+
+/// Four rows of `a` by four vectors of columns at a time; the columns past the last whole
+/// vector one by one.
+#[inline(always)]
+unsafe fn gemm_nn_with<L: Lanes>(d: NnDims) {
+    let main = d.cols - d.cols % L::N;
+    let mut i = 0;
+    while i < d.a.rows {
+        let r = (d.a.rows - i).min(4);
+        let mut c = 0;
+        while c < main {
+            let v = ((main - c) / L::N).min(4);
+            macro_rules! tile {
+                ($($r:literal, $v:literal);*) => {
+                    match (r, v) {
+                        $(($r, $v) => nn_block::<L, $r, $v>(d, i, c),)*
+                        _ => unreachable!("tile {r}x{v}"),
+                    }
+                };
+            }
+            tile!(4, 4; 4, 3; 4, 2; 4, 1; 3, 4; 3, 3; 3, 2; 3, 1;
+                  2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
+            c += v * L::N;
+        }
+        for row in i..i + r {
+            for col in main..d.cols {
+                let mut s = 0.0;
+                for kk in 0..d.k {
+                    s += *d.a.data.as_ptr().add(row * d.a.stride + kk)
+                        * *d.b.data.as_ptr().add(kk * d.b.stride + col);
+                }
+                *d.out.add(row * d.out_stride + col) += s;
+            }
+        }
+        i += r;
+    }
+}
+
+/// `R` rows of `a` from `i` by `V` vectors of columns from `c`.
+#[inline(always)]
+unsafe fn nn_block<L: Lanes, const R: usize, const V: usize>(d: NnDims, i: usize, c: usize) {
+    let (pa, pb) = (d.a.data.as_ptr(), d.b.data.as_ptr());
+    let at = |r: usize, v: usize| d.out.add((i + r) * d.out_stride + c + v * L::N);
+    let mut acc = [[L::zero(); V]; R];
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        for (v, a) in acc_r.iter_mut().enumerate() {
+            *a = L::load(at(r, v));
+        }
+    }
+    for kk in 0..d.k {
+        let mut bv = [L::zero(); V];
+        for (v, b) in bv.iter_mut().enumerate() {
+            *b = L::load(pb.add(kk * d.b.stride + c + v * L::N));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let w = L::splat(*pa.add((i + r) * d.a.stride + kk));
+            for (a, &b) in acc_r.iter_mut().zip(&bv) {
+                *a = a.mul_add(w, b);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, a) in acc_r.iter().enumerate() {
+            a.store(at(r, v));
+        }
+    }
 }
 
 /// Which part of the dot products a call computes: a dot may be split along `k` into
@@ -392,6 +535,8 @@ trait Lanes: Copy {
     unsafe fn store(self, p: *mut f32);
     /// `v` in every lane.
     unsafe fn splat(v: f32) -> Self;
+    /// `self + b`
+    unsafe fn add(self, b: Self) -> Self;
     /// `self + a * b`
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     unsafe fn sum(self) -> f32;
@@ -500,6 +645,11 @@ impl Lanes for Portable {
     unsafe fn splat(v: f32) -> Self {
         Portable([v; 8])
     }
+    unsafe fn add(self, b: Self) -> Self {
+        let mut r = self.0;
+        r.iter_mut().zip(b.0).for_each(|(r, b)| *r += b);
+        Portable(r)
+    }
     unsafe fn mul_add(self, a: Self, b: Self) -> Self {
         let mut r = self.0;
         for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
@@ -514,7 +664,7 @@ impl Lanes for Portable {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{gemm_with, wide_with, Dims, Lanes, WideTask};
+    use super::{gemm_nn_with, gemm_with, wide_with, Dims, Lanes, NnDims, WideTask};
     use std::arch::x86_64::*;
 
     pub fn has_avx512() -> bool {
@@ -545,6 +695,10 @@ mod simd {
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             Avx512(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx512(_mm512_add_ps(self.0, b.0))
         }
         #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
@@ -578,6 +732,10 @@ mod simd {
             Avx2(_mm256_set1_ps(v))
         }
         #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx2(_mm256_add_ps(self.0, b.0))
+        }
+        #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
             Avx2(_mm256_fmadd_ps(a.0, b.0, self.0))
         }
@@ -598,6 +756,16 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemm_avx2(d: Dims) {
         gemm_with::<Avx2>(d)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_nn_avx512(d: NnDims) {
+        gemm_nn_with::<Avx512>(d)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_nn_avx2(d: NnDims) {
+        gemm_nn_with::<Avx2>(d)
     }
 
     #[target_feature(enable = "avx512f")]
@@ -688,6 +856,33 @@ mod tests {
                     assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa} gemm");
                 }
             }
+            // gemm_nn: b as stored, a stride wider than k, columns past the last vector,
+            // added to what `out` holds.
+            let (rows, k, cols, stride) = (6, 45, 3 * L::N + 5, 4 * L::N);
+            let (a, b) = (values(rows * (k + 3), 9), values(k * stride, 10));
+            let mut out = values(rows * stride, 11);
+            let before = out.clone();
+            let nn = NnDims {
+                k,
+                cols,
+                a: RowsOf::packed(&a, k + 3),
+                b: RowsOf::packed(&b, stride),
+                out: out.as_mut_ptr(),
+                out_stride: stride,
+            };
+            gemm_nn_with::<L>(nn);
+            for i in 0..rows {
+                for c in 0..stride {
+                    let mut want = before[i * stride + c] as f64;
+                    if c < cols {
+                        want += (0..k)
+                            .map(|kk| a[i * (k + 3) + kk] as f64 * b[kk * stride + c] as f64)
+                            .sum::<f64>();
+                    }
+                    let got = out[i * stride + c] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa} gemm_nn [{i}][{c}]");
+                }
+            }
             // The wide kernel: 29 weight rows (Q8_0) against every padded token count.
             let (rows, cols) = (29, 1088);
             let mut bytes = Vec::new();
@@ -701,7 +896,7 @@ mod tests {
             for vectors in 1..=4 {
                 let padded = vectors * L::N;
                 let x_t = values(cols * padded, 8);
-                let mut out_t = vec![f32::NAN; rows * padded];
+                let mut out_t = vec![0f32; rows * padded];
                 let mut panel = vec![0f32; 8 * K_CHUNK];
                 let task = WideTask {
                     m: &m,
