@@ -19,7 +19,7 @@ use ops::{rmsnorm, rmsnorm_inplace, rope};
 
 /// Tokens one pass of [`forward`] takes at most. Activations are sized by it, not by the
 /// prompt; a larger batch runs each expert over more tokens per reading of its weights.
-pub const MICRO_BATCH: usize = 128;
+pub const MICRO_BATCH: usize = 256;
 
 pub struct CpuBackend<'a> {
     cfg: Config,
