@@ -27,7 +27,8 @@ pub struct BenchOptions {
     /// Positions in the cache before each prefill (0: an empty cache); every size runs
     /// from every depth.
     pub prefill_depths: Vec<usize>,
-    /// Untimed decode steps before timing.
+    /// Untimed decode steps before timing; when above 0, an untimed prefill of the smallest
+    /// size also runs first (the first touch of the weights is not what is measured).
     pub warmup: usize,
     /// After each decode run, time every dispatch of one more token (GPU only).
     pub profile: bool,
@@ -143,6 +144,14 @@ pub fn run(
     let mut prefill = Vec::new();
     let mut prefill_skipped = Vec::new();
     let mut stream_in_cache = 0;
+    let smallest = opts.prefill_tokens.iter().copied().filter(|&n| n > 0).min();
+    if let (true, Some(n)) = (opts.warmup > 0, smallest) {
+        if n <= ctx {
+            backend.truncate(0)?;
+            backend.feed(&token_stream(n, vocab), 0, Want::Argmax)?;
+            stream_in_cache = n;
+        }
+    }
     for &depth in &depths {
         for &tokens in &opts.prefill_tokens {
             if tokens == 0 {

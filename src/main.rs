@@ -327,7 +327,7 @@ struct BenchArgs {
     /// Positions in the cache before each prefill (0 = empty); every size runs from each.
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0,512")]
     prefill_depth: Vec<usize>,
-    /// Untimed decode steps first.
+    /// Untimed decode steps first (and, when above 0, one untimed prefill).
     #[arg(long, value_name = "N", default_value_t = 2)]
     warmup: usize,
     /// Also write the report as JSON to this file.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use glm_flash::backend::{Backend, Rows};
+use glm_flash::backend::{Backend, Rows, Want};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::{GgmlType, GgufFile};
@@ -197,6 +197,10 @@ fn gpu_rewind_recomputes_like_a_fresh_run() {
     assert_eq!(gpu.cache_len(), 2);
     let again = gpu.feed_logits(&[7, 8], 2, Rows::Last).unwrap();
     assert_eq!(first, again);
+    // Hidden states are not read back on the GPU yet: a clear error, the cache unchanged.
+    let err = gpu.feed(&[9], 4, Want::Hidden(Rows::Last)).unwrap_err().to_string();
+    assert!(err.contains("hidden states"), "{err}");
+    assert_eq!(gpu.cache_len(), 4);
     assert!(
         gpu.feed_logits(&[1], 64, Rows::Last).is_err(),
         "position past the context must fail"

@@ -1,11 +1,12 @@
 //! Matrix products of the batched forward.
 //!
 //! [`matmul`] multiplies a weight matrix in any stored format by a block of activation
-//! rows: each weight row is dequantized once (by the format's own `dequantize_row`) and
-//! dotted with every activation row in f32. [`gemm_nt`] is the f32 product underneath it,
-//! also used directly by attention (queries against the latent cache). Both compute exactly
-//! the reference math: f32 products of exactly dequantized weights, only summed in a
-//! different order than one dot at a time.
+//! rows: each weight row is dequantized once (by the format's own dequantizer, a few
+//! hundred values at a time so they are still in L1 when used) and dotted with every
+//! activation row in f32. [`gemm_nt`] is the f32 product underneath it, also used directly
+//! by attention (queries against the latent cache). Both compute exactly the reference
+//! math: f32 products of exactly dequantized weights, only summed in a different order than
+//! one dot at a time.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -16,6 +17,14 @@ use crate::weights::Matrix;
 /// Weight rows per rayon task: enough to amortise scheduling, few enough to balance the
 /// smallest matrices (a 256-row head slice) over the cores.
 const ROWS_PER_TASK: usize = 16;
+
+/// Values of a weight row dequantized at a time: a multiple of every format's block (1, 32
+/// and 256 values), small enough that the task's rows (16 KB) and a group of activations
+/// stay in L1 while they are multiplied.
+const K_CHUNK: usize = 256;
+
+/// The widest lane count of any instruction set below: the size of a partial sum.
+const MAX_LANES: usize = 16;
 
 /// `out[t][r] = m[r] · x[t]` for every activation row `t` of `x` (`[tokens][m.cols]`);
 /// `out` is `[tokens][m.rows]`.
@@ -30,7 +39,13 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
         matvec(m, x, out);
         return;
     }
-    // Work on `[rows][tokens]` so that each task owns whole output rows, then transpose.
+    if tokens >= lane_count() {
+        matmul_wide(m, x, tokens, out);
+        return;
+    }
+    // A few tokens (an expert's share of a batch): dot products along k, four tokens by
+    // four weight rows at a time. Work on `[rows][tokens]` so that each task owns whole
+    // output rows, then transpose.
     let mut out_t = vec![0f32; rows * tokens];
     out_t
         .par_chunks_mut(ROWS_PER_TASK * tokens)
@@ -38,27 +53,243 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
         .for_each(|(task, out_t)| {
             let first = task * ROWS_PER_TASK;
             let n = out_t.len() / tokens;
-            PANEL.with(|panel| {
-                let mut panel = panel.borrow_mut();
-                panel.resize(n * cols, 0.0);
-                for (r, row) in panel.chunks_exact_mut(cols).enumerate() {
-                    m.dequantize_row(first + r, row);
+            SCRATCH.with(|scratch| {
+                let (panel, lanes) = &mut *scratch.borrow_mut();
+                panel.resize(n * K_CHUNK, 0.0);
+                // Between chunks each (token, row) keeps a vector of partial sums; the
+                // last chunk reduces it into the output.
+                let chunks = cols.div_ceil(K_CHUNK);
+                if chunks > 1 {
+                    lanes.resize(tokens * n * MAX_LANES, 0.0);
                 }
-                // Four tokens stay in registers while the task's weight rows stream past.
-                let layout = OutLayout {
-                    a_step: 1,
-                    b_step: tokens,
-                    accumulate: false,
-                };
-                gemm_nt(RowsOf::packed(x, cols), RowsOf::packed(&panel, cols), cols, out_t, layout);
+                for c in 0..chunks {
+                    let (k0, kc) = (c * K_CHUNK, K_CHUNK.min(cols - c * K_CHUNK));
+                    let (b0, b1) = (byte_offset(m, k0), byte_offset(m, k0 + kc));
+                    for (r, w) in panel.chunks_exact_mut(kc).take(n).enumerate() {
+                        m.format().dequantize(&m.row(first + r)[b0..b1], w);
+                    }
+                    if c + 1 < chunks {
+                        let b2 = byte_offset(m, (k0 + 2 * K_CHUNK).min(cols));
+                        for r in 0..n {
+                            prefetch(&m.row(first + r)[b1..b2]);
+                        }
+                    }
+                    let x_chunk = RowsOf {
+                        data: &x[k0..],
+                        rows: tokens,
+                        stride: cols,
+                    };
+                    let w_chunk = RowsOf {
+                        data: &panel[..n * kc],
+                        rows: n,
+                        stride: kc,
+                    };
+                    let piece = Piece {
+                        from_lanes: c > 0,
+                        to_lanes: c + 1 < chunks,
+                        layout: OutLayout {
+                            a_step: 1,
+                            b_step: tokens,
+                            accumulate: false,
+                        },
+                    };
+                    gemm(x_chunk, w_chunk, kc, lanes, out_t, piece);
+                }
             });
         });
     transpose(&out_t, rows, tokens, out);
 }
 
+/// The longest run of `k` the wide product sums in one chain before adding it to the output.
+const SUM_CHAIN: usize = 32;
+
+/// Weight rows per task of the wide product: a multiple of every row group below.
+const WIDE_ROWS_PER_TASK: usize = 24;
+
+/// Values of `k` per pass over a task's rows: the activations of a pass (`[K_BLOCK][64]`
+/// f32, 256 KB) stay in L2 while every row group of the task goes through them.
+const K_BLOCK: usize = 1024;
+
+/// Many tokens: the tokens are the lanes. `x` is transposed to `[k][tokens]` (padded to
+/// whole vectors), and each dequantized weight value is broadcast against vectors of
+/// tokens, so partial sums stay in registers over all of `k` with no horizontal sums, and
+/// the activations are read as contiguous vectors. Tokens go in slabs of four vectors; a
+/// weight row is dequantized once per slab.
+fn matmul_wide(m: &Matrix, x: &[f32], tokens: usize, out: &mut [f32]) {
+    let (rows, cols, lanes) = (m.rows, m.cols, lane_count());
+    for s0 in (0..tokens).step_by(4 * lanes) {
+        let n = (4 * lanes).min(tokens - s0);
+        let padded = n.div_ceil(lanes) * lanes;
+        let mut x_t = vec![0f32; cols * padded];
+        for (t, row) in x[s0 * cols..(s0 + n) * cols].chunks_exact(cols).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                x_t[k * padded + t] = v;
+            }
+        }
+        let mut out_t = vec![0f32; rows * padded];
+        out_t
+            .par_chunks_mut(WIDE_ROWS_PER_TASK * padded)
+            .enumerate()
+            .for_each(|(task, out_t)| {
+                let task = WideTask {
+                    m,
+                    first: task * WIDE_ROWS_PER_TASK,
+                    x_t: &x_t,
+                    padded,
+                };
+                SCRATCH.with(|scratch| {
+                    let (panel, _) = &mut *scratch.borrow_mut();
+                    panel.resize(8 * K_CHUNK, 0.0);
+                    wide(&task, out_t, panel);
+                });
+            });
+        for (r, o) in out_t.chunks_exact(padded).enumerate() {
+            for (t, &v) in o[..n].iter().enumerate() {
+                out[(s0 + t) * rows + r] = v;
+            }
+        }
+    }
+}
+
+/// One task of [`matmul_wide`]: weight rows from `first` (as many as its output holds)
+/// against the transposed activations `x_t` (`[cols][padded]`).
+struct WideTask<'a> {
+    m: &'a Matrix<'a>,
+    first: usize,
+    x_t: &'a [f32],
+    padded: usize,
+}
+
+/// Lanes of the widest instruction set this CPU has (what [`gemm`] and [`wide`] use).
+fn lane_count() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx512() {
+        return 16;
+    }
+    8
+}
+
+/// Runs a wide task on the widest instruction set the CPU has; the products are added to
+/// `out_t`, the task's `[rows][padded]` output (zeroed by the caller); `panel` is room for
+/// 8 rows of a chunk.
+fn wide(t: &WideTask, out_t: &mut [f32], panel: &mut [f32]) {
+    assert!(
+        t.x_t.len() == t.m.cols * t.padded
+            && out_t.len().is_multiple_of(t.padded)
+            && t.first + out_t.len() / t.padded <= t.m.rows
+            && t.padded.is_multiple_of(lane_count())
+            && t.padded <= 4 * lane_count()
+            && panel.len() >= 8 * K_CHUNK,
+        "wide: operands smaller than their shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_avx512() {
+            // SAFETY: the CPU has the features the function is compiled for; the shapes
+            // were checked above.
+            return unsafe { simd::wide_avx512(t, out_t, panel) };
+        }
+        if simd::has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { simd::wide_avx2(t, out_t, panel) };
+        }
+    }
+    // SAFETY: the portable lanes need no CPU feature; the shapes were checked above.
+    unsafe { wide_with::<Portable>(t, out_t, panel) }
+}
+
+/// Row groups as large as the registers allow: `R` rows by `V` vectors of tokens.
+#[inline(always)]
+unsafe fn wide_with<L: Lanes>(t: &WideTask, out_t: &mut [f32], panel: &mut [f32]) {
+    let vectors = t.padded / L::N;
+    match (L::N >= 16, vectors) {
+        (true, 4) => wide_rows::<L, 6, 4>(t, out_t, panel),
+        (true, 3) => wide_rows::<L, 8, 3>(t, out_t, panel),
+        (true, 2) => wide_rows::<L, 8, 2>(t, out_t, panel),
+        (false, 4) => wide_rows::<L, 2, 4>(t, out_t, panel),
+        (false, 3) => wide_rows::<L, 2, 3>(t, out_t, panel),
+        (false, 2) => wide_rows::<L, 4, 2>(t, out_t, panel),
+        _ => wide_rows::<L, 8, 1>(t, out_t, panel),
+    }
+}
+
+#[inline(always)]
+unsafe fn wide_rows<L: Lanes, const R: usize, const V: usize>(
+    t: &WideTask,
+    out_t: &mut [f32],
+    panel: &mut [f32],
+) {
+    let (m, cols, padded) = (t.m, t.m.cols, t.padded);
+    let rows = out_t.len() / padded;
+    for k0 in (0..cols).step_by(K_BLOCK) {
+        let k_end = (k0 + K_BLOCK).min(cols);
+        for g in (0..rows).step_by(R) {
+            let valid = R.min(rows - g);
+            for c0 in (k0..k_end).step_by(K_CHUNK) {
+                let kc = K_CHUNK.min(k_end - c0);
+                let (b0, b1) = (byte_offset(m, c0), byte_offset(m, c0 + kc));
+                for r in 0..R {
+                    let w = &mut panel[r * K_CHUNK..][..kc];
+                    if r < valid {
+                        m.format().dequantize(&m.row(t.first + g + r)[b0..b1], w);
+                    } else {
+                        w.fill(0.0);
+                    }
+                }
+                let b2 = byte_offset(m, (c0 + 2 * K_CHUNK).min(cols));
+                for r in 0..valid {
+                    prefetch(&m.row(t.first + g + r)[b1..b2]);
+                }
+                // Every SUM_CHAIN values of k sum into fresh registers and then into the
+                // output: no sum runs longer than that in one chain, so the rounding is
+                // that of the dot kernels (whose lanes split k the same way).
+                let xp = t.x_t.as_ptr().add(c0 * padded);
+                let wp = panel.as_ptr();
+                for s0 in (0..kc).step_by(SUM_CHAIN) {
+                    let mut acc = [[L::zero(); V]; R];
+                    for k in s0..(s0 + SUM_CHAIN).min(kc) {
+                        let mut xv = [L::zero(); V];
+                        for (v, x) in xv.iter_mut().enumerate() {
+                            *x = L::load(xp.add(k * padded + v * L::N));
+                        }
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let w = L::splat(*wp.add(r * K_CHUNK + k));
+                            for (a, &x) in acc_r.iter_mut().zip(&xv) {
+                                *a = a.mul_add(w, x);
+                            }
+                        }
+                    }
+                    for (r, acc_r) in acc.iter().enumerate().take(valid) {
+                        for (v, a) in acc_r.iter().enumerate() {
+                            let o = out_t.as_mut_ptr().add((g + r) * padded + v * L::N);
+                            L::load(o).add(*a).store(o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks for `bytes` to be brought into cache while other work runs.
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch reads nothing architecturally; the address is in `bytes`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(line.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        };
+    }
+}
+
+/// Where the values `k..` of a row of `m` start in its bytes (`k` on a block boundary).
+fn byte_offset(m: &Matrix, k: usize) -> usize {
+    m.ty.bytes_for(k as u64).expect("a chunk boundary is a whole number of blocks") as usize
+}
+
 thread_local! {
-    /// The dequantized weight rows of the task a thread runs (reused across tasks).
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's dequantized weight chunk and its partial sums (reused across tasks).
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// `out[c][r] = m[r][c]` for `m` of `[rows][cols]`.
@@ -72,7 +303,7 @@ pub fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     }
 }
 
-/// `len` f32 rows of a buffer, `stride` values apart (a row may be a slice of a longer one).
+/// `rows` f32 rows of a buffer, `stride` values apart (a row may be a slice of a longer one).
 #[derive(Clone, Copy)]
 pub struct RowsOf<'a> {
     pub data: &'a [f32],
@@ -102,34 +333,184 @@ pub struct OutLayout {
 
 /// Every row of `a` dotted with every row of `b` over their first `k` values. `a` is walked
 /// once, four rows at a time, and `b` is read once per four rows of `a`: `b` should be the
-/// operand that stays in cache (a group of activations, a block of queries).
+/// operand that stays in cache (a block of queries).
 pub fn gemm_nt(a: RowsOf, b: RowsOf, k: usize, out: &mut [f32], layout: OutLayout) {
-    if a.rows == 0 || b.rows == 0 {
+    let whole = Piece {
+        from_lanes: false,
+        to_lanes: false,
+        layout,
+    };
+    gemm(a, b, k, &mut [], out, whole);
+}
+
+/// `out[i][c] += Σ_k a[i][k] · b[k][c]` for every row `i` of `a` and column `c < cols`
+/// (`out` rows `out_stride` apart): the product with `b` as stored (rows along `k`), each
+/// value of `a` broadcast against vectors of `b`'s columns. Attention uses it for the
+/// context, scores times the latent rows of the cache.
+pub fn gemm_nn(a: RowsOf, b: RowsOf, k: usize, cols: usize, out: &mut [f32], out_stride: usize) {
+    if a.rows == 0 || cols == 0 || k == 0 {
         return;
     }
     assert!(
         k <= a.stride
-            && k <= b.stride
+            && cols <= b.stride
+            && b.rows >= k
             && (a.rows - 1) * a.stride + k <= a.data.len()
-            && (b.rows - 1) * b.stride + k <= b.data.len()
-            && (a.rows - 1) * layout.a_step + (b.rows - 1) * layout.b_step < out.len(),
-        "gemm_nt: operands smaller than their shapes"
+            && (k - 1) * b.stride + cols <= b.data.len()
+            && cols <= out_stride
+            && (a.rows - 1) * out_stride + cols <= out.len(),
+        "gemm_nn: operands smaller than their shapes"
     );
-    let d = Dims { k, a, b, layout };
+    let d = NnDims {
+        k,
+        cols,
+        a,
+        b,
+        out: out.as_mut_ptr(),
+        out_stride,
+    };
     #[cfg(target_arch = "x86_64")]
     {
         if simd::has_avx512() {
             // SAFETY: the CPU has the features the function is compiled for; the shapes
             // were checked above.
-            return unsafe { simd::gemm_avx512(out, d) };
+            return unsafe { simd::gemm_nn_avx512(d) };
         }
         if simd::has_avx2_fma() {
             // SAFETY: as above.
-            return unsafe { simd::gemm_avx2(out, d) };
+            return unsafe { simd::gemm_nn_avx2(d) };
         }
     }
     // SAFETY: the portable lanes need no CPU feature; the shapes were checked above.
-    unsafe { gemm::<Portable>(out, d) }
+    unsafe { gemm_nn_with::<Portable>(d) }
+}
+
+#[derive(Clone, Copy)]
+struct NnDims<'a> {
+    k: usize,
+    cols: usize,
+    a: RowsOf<'a>,
+    b: RowsOf<'a>,
+    out: *mut f32,
+    out_stride: usize,
+}
+
+/// Four rows of `a` by four vectors of columns at a time; the columns past the last whole
+/// vector one by one.
+#[inline(always)]
+unsafe fn gemm_nn_with<L: Lanes>(d: NnDims) {
+    let main = d.cols - d.cols % L::N;
+    let mut i = 0;
+    while i < d.a.rows {
+        let r = (d.a.rows - i).min(4);
+        let mut c = 0;
+        while c < main {
+            let v = ((main - c) / L::N).min(4);
+            macro_rules! tile {
+                ($($r:literal, $v:literal);*) => {
+                    match (r, v) {
+                        $(($r, $v) => nn_block::<L, $r, $v>(d, i, c),)*
+                        _ => unreachable!("tile {r}x{v}"),
+                    }
+                };
+            }
+            tile!(4, 4; 4, 3; 4, 2; 4, 1; 3, 4; 3, 3; 3, 2; 3, 1;
+                  2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
+            c += v * L::N;
+        }
+        for row in i..i + r {
+            for col in main..d.cols {
+                let mut s = 0.0;
+                for kk in 0..d.k {
+                    s += *d.a.data.as_ptr().add(row * d.a.stride + kk)
+                        * *d.b.data.as_ptr().add(kk * d.b.stride + col);
+                }
+                *d.out.add(row * d.out_stride + col) += s;
+            }
+        }
+        i += r;
+    }
+}
+
+/// `R` rows of `a` from `i` by `V` vectors of columns from `c`.
+#[inline(always)]
+unsafe fn nn_block<L: Lanes, const R: usize, const V: usize>(d: NnDims, i: usize, c: usize) {
+    let (pa, pb) = (d.a.data.as_ptr(), d.b.data.as_ptr());
+    let at = |r: usize, v: usize| d.out.add((i + r) * d.out_stride + c + v * L::N);
+    let mut acc = [[L::zero(); V]; R];
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        for (v, a) in acc_r.iter_mut().enumerate() {
+            *a = L::load(at(r, v));
+        }
+    }
+    for kk in 0..d.k {
+        let mut bv = [L::zero(); V];
+        for (v, b) in bv.iter_mut().enumerate() {
+            *b = L::load(pb.add(kk * d.b.stride + c + v * L::N));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let w = L::splat(*pa.add((i + r) * d.a.stride + kk));
+            for (a, &b) in acc_r.iter_mut().zip(&bv) {
+                *a = a.mul_add(w, b);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, a) in acc_r.iter().enumerate() {
+            a.store(at(r, v));
+        }
+    }
+}
+
+/// Which part of the dot products a call computes: a dot may be split along `k` into
+/// pieces that pass vectors of partial sums (`lanes[(i * b.rows + j) * MAX_LANES..]`, the
+/// values past the lanes' multiple in lane 0) from one to the next; the last piece writes
+/// the finished sums by `layout`.
+#[derive(Clone, Copy)]
+struct Piece {
+    from_lanes: bool,
+    to_lanes: bool,
+    layout: OutLayout,
+}
+
+/// Checks the shapes and runs the product on the widest instruction set the CPU has.
+fn gemm(a: RowsOf, b: RowsOf, k: usize, lanes: &mut [f32], out: &mut [f32], piece: Piece) {
+    if a.rows == 0 || b.rows == 0 {
+        return;
+    }
+    let o = piece.layout;
+    let uses_lanes = piece.from_lanes || piece.to_lanes;
+    assert!(
+        k <= a.stride
+            && k <= b.stride
+            && (a.rows - 1) * a.stride + k <= a.data.len()
+            && (b.rows - 1) * b.stride + k <= b.data.len()
+            && (!uses_lanes || a.rows * b.rows * MAX_LANES <= lanes.len())
+            && (piece.to_lanes || (a.rows - 1) * o.a_step + (b.rows - 1) * o.b_step < out.len()),
+        "gemm: operands smaller than their shapes"
+    );
+    let d = Dims {
+        k,
+        a,
+        b,
+        piece,
+        lanes: lanes.as_mut_ptr(),
+        out: out.as_mut_ptr(),
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_avx512() {
+            // SAFETY: the CPU has the features the function is compiled for; the shapes
+            // were checked above.
+            return unsafe { simd::gemm_avx512(d) };
+        }
+        if simd::has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { simd::gemm_avx2(d) };
+        }
+    }
+    // SAFETY: the portable lanes need no CPU feature; the shapes were checked above.
+    unsafe { gemm_with::<Portable>(d) }
 }
 
 #[derive(Clone, Copy)]
@@ -137,7 +518,9 @@ struct Dims<'a> {
     k: usize,
     a: RowsOf<'a>,
     b: RowsOf<'a>,
-    layout: OutLayout,
+    piece: Piece,
+    lanes: *mut f32,
+    out: *mut f32,
 }
 
 /// A vector of f32 lanes; one implementation per instruction set, so the kernel below is
@@ -147,6 +530,12 @@ trait Lanes: Copy {
     unsafe fn zero() -> Self;
     /// Loads `N` values from `p` (no alignment needed).
     unsafe fn load(p: *const f32) -> Self;
+    /// Stores the `N` values at `p`.
+    unsafe fn store(self, p: *mut f32);
+    /// `v` in every lane.
+    unsafe fn splat(v: f32) -> Self;
+    /// `self + b`
+    unsafe fn add(self, b: Self) -> Self;
     /// `self + a * b`
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     unsafe fn sum(self) -> f32;
@@ -159,7 +548,7 @@ const NR: usize = 4;
 
 /// The whole product, panel by panel.
 #[inline(always)]
-unsafe fn gemm<L: Lanes>(out: &mut [f32], d: Dims) {
+unsafe fn gemm_with<L: Lanes>(d: Dims) {
     let (a_rows, b_rows) = (d.a.rows, d.b.rows);
     let mut i = 0;
     while i < a_rows {
@@ -167,23 +556,18 @@ unsafe fn gemm<L: Lanes>(out: &mut [f32], d: Dims) {
         let mut j = 0;
         while j < b_rows {
             let nr = (b_rows - j).min(NR);
-            match (mr, nr) {
-                (MR, NR) => block::<L, MR, NR>(out, d, i, j),
-                (MR, 3) => block::<L, MR, 3>(out, d, i, j),
-                (MR, 2) => block::<L, MR, 2>(out, d, i, j),
-                (MR, 1) => block::<L, MR, 1>(out, d, i, j),
-                // The last rows of `a`, one at a time.
-                _ => {
-                    for r in i..i + mr {
-                        match nr {
-                            NR => block::<L, 1, NR>(out, d, r, j),
-                            3 => block::<L, 1, 3>(out, d, r, j),
-                            2 => block::<L, 1, 2>(out, d, r, j),
-                            _ => block::<L, 1, 1>(out, d, r, j),
-                        }
+            // Every shape up to the full tile has its own kernel, so a group of three
+            // tokens (common for an expert) still reads each weight row once.
+            macro_rules! tile {
+                ($($r:literal, $c:literal);*) => {
+                    match (mr, nr) {
+                        $(($r, $c) => block::<L, $r, $c>(d, i, j),)*
+                        _ => unreachable!("tile {mr}x{nr}"),
                     }
-                }
+                };
             }
+            tile!(4, 4; 4, 3; 4, 2; 4, 1; 3, 4; 3, 3; 3, 2; 3, 1;
+                  2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
             j += nr;
         }
         i += mr;
@@ -192,17 +576,20 @@ unsafe fn gemm<L: Lanes>(out: &mut [f32], d: Dims) {
 
 /// `R` rows of `a` from `i` against `C` rows of `b` from `j`.
 #[inline(always)]
-unsafe fn block<L: Lanes, const R: usize, const C: usize>(
-    out: &mut [f32],
-    d: Dims,
-    i: usize,
-    j: usize,
-) {
+unsafe fn block<L: Lanes, const R: usize, const C: usize>(d: Dims, i: usize, j: usize) {
     let k = d.k;
     let (sa, sb) = (d.a.stride, d.b.stride);
     let pa = d.a.data.as_ptr().add(i * sa);
     let pb = d.b.data.as_ptr().add(j * sb);
     let mut acc = [[L::zero(); C]; R];
+    let lanes_at = |r: usize, c: usize| ((i + r) * d.b.rows + j + c) * MAX_LANES;
+    if d.piece.from_lanes {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (c, v) in acc_r.iter_mut().enumerate() {
+                *v = L::load(d.lanes.add(lanes_at(r, c)));
+            }
+        }
+    }
     let main = k - k % L::N;
     let mut kk = 0;
     while kk < main {
@@ -218,15 +605,22 @@ unsafe fn block<L: Lanes, const R: usize, const C: usize>(
         }
         kk += L::N;
     }
-    let o = d.layout;
     for (r, acc_r) in acc.iter().enumerate() {
         for (c, acc_rc) in acc_r.iter().enumerate() {
-            let mut s = acc_rc.sum();
+            let mut tail = 0.0;
             for t in main..k {
-                s += *pa.add(r * sa + t) * *pb.add(c * sb + t);
+                tail += *pa.add(r * sa + t) * *pb.add(c * sb + t);
             }
-            let dst = out.get_unchecked_mut((i + r) * o.a_step + (j + c) * o.b_step);
-            *dst = if o.accumulate { *dst + s } else { s };
+            if d.piece.to_lanes {
+                let at = d.lanes.add(lanes_at(r, c));
+                acc_rc.store(at);
+                *at += tail;
+            } else {
+                let o = d.piece.layout;
+                let s = acc_rc.sum() + tail;
+                let dst = d.out.add((i + r) * o.a_step + (j + c) * o.b_step);
+                *dst = if o.accumulate { *dst + s } else { s };
+            }
         }
     }
 }
@@ -244,6 +638,17 @@ impl Lanes for Portable {
     unsafe fn load(p: *const f32) -> Self {
         Portable(std::ptr::read_unaligned(p as *const [f32; 8]))
     }
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 8], self.0)
+    }
+    unsafe fn splat(v: f32) -> Self {
+        Portable([v; 8])
+    }
+    unsafe fn add(self, b: Self) -> Self {
+        let mut r = self.0;
+        r.iter_mut().zip(b.0).for_each(|(r, b)| *r += b);
+        Portable(r)
+    }
     unsafe fn mul_add(self, a: Self, b: Self) -> Self {
         let mut r = self.0;
         for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
@@ -258,7 +663,7 @@ impl Lanes for Portable {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{gemm, Dims, Lanes};
+    use super::{gemm_nn_with, gemm_with, wide_with, Dims, Lanes, NnDims, WideTask};
     use std::arch::x86_64::*;
 
     pub fn has_avx512() -> bool {
@@ -270,7 +675,7 @@ mod simd {
     }
 
     #[derive(Clone, Copy)]
-    struct Avx512(__m512);
+    pub(super) struct Avx512(__m512);
 
     impl Lanes for Avx512 {
         const N: usize = 16;
@@ -283,6 +688,18 @@ mod simd {
             Avx512(_mm512_loadu_ps(p))
         }
         #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx512(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx512(_mm512_add_ps(self.0, b.0))
+        }
+        #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
             Avx512(_mm512_fmadd_ps(a.0, b.0, self.0))
         }
@@ -293,7 +710,7 @@ mod simd {
     }
 
     #[derive(Clone, Copy)]
-    struct Avx2(__m256);
+    pub(super) struct Avx2(__m256);
 
     impl Lanes for Avx2 {
         const N: usize = 8;
@@ -304,6 +721,18 @@ mod simd {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             Avx2(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Avx2(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Avx2(_mm256_add_ps(self.0, b.0))
         }
         #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
@@ -319,13 +748,33 @@ mod simd {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn gemm_avx512(out: &mut [f32], d: Dims) {
-        gemm::<Avx512>(out, d)
+    pub unsafe fn gemm_avx512(d: Dims) {
+        gemm_with::<Avx512>(d)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gemm_avx2(out: &mut [f32], d: Dims) {
-        gemm::<Avx2>(out, d)
+    pub unsafe fn gemm_avx2(d: Dims) {
+        gemm_with::<Avx2>(d)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_nn_avx512(d: NnDims) {
+        gemm_nn_with::<Avx512>(d)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_nn_avx2(d: NnDims) {
+        gemm_nn_with::<Avx2>(d)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn wide_avx512(t: &WideTask, out_t: &mut [f32], panel: &mut [f32]) {
+        wide_with::<Avx512>(t, out_t, panel)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn wide_avx2(t: &WideTask, out_t: &mut [f32], panel: &mut [f32]) {
+        wide_with::<Avx2>(t, out_t, panel)
     }
 }
 
@@ -374,34 +823,151 @@ mod tests {
         }
     }
 
+    /// Both kernels on every instruction set this CPU has (the entry points only run the
+    /// widest), against f64 dots.
+    #[test]
+    fn every_instruction_set_computes_the_same_products() {
+        unsafe fn check<L: Lanes>(isa: &str) {
+            let (m_rows, n, k) = (13, 37, 300);
+            let (a, b) = (values(m_rows * k, 5), values(n * k, 6));
+            let mut out = vec![f32::NAN; m_rows * n];
+            let d = Dims {
+                k,
+                a: RowsOf::packed(&a, k),
+                b: RowsOf::packed(&b, k),
+                piece: Piece {
+                    from_lanes: false,
+                    to_lanes: false,
+                    layout: OutLayout {
+                        a_step: n,
+                        b_step: 1,
+                        accumulate: false,
+                    },
+                },
+                lanes: std::ptr::null_mut(),
+                out: out.as_mut_ptr(),
+            };
+            gemm_with::<L>(d);
+            for i in 0..m_rows {
+                for j in 0..n {
+                    let want = dot64(&a[i * k..][..k], &b[j * k..][..k]);
+                    let got = out[i * n + j] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa} gemm");
+                }
+            }
+            // gemm_nn: b as stored, a stride wider than k, columns past the last vector,
+            // added to what `out` holds.
+            let (rows, k, cols, stride) = (6, 45, 3 * L::N + 5, 4 * L::N);
+            let (a, b) = (values(rows * (k + 3), 9), values(k * stride, 10));
+            let mut out = values(rows * stride, 11);
+            let before = out.clone();
+            let nn = NnDims {
+                k,
+                cols,
+                a: RowsOf::packed(&a, k + 3),
+                b: RowsOf::packed(&b, stride),
+                out: out.as_mut_ptr(),
+                out_stride: stride,
+            };
+            gemm_nn_with::<L>(nn);
+            for i in 0..rows {
+                for c in 0..stride {
+                    let mut want = before[i * stride + c] as f64;
+                    if c < cols {
+                        want += (0..k)
+                            .map(|kk| a[i * (k + 3) + kk] as f64 * b[kk * stride + c] as f64)
+                            .sum::<f64>();
+                    }
+                    let got = out[i * stride + c] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa} gemm_nn [{i}][{c}]");
+                }
+            }
+            // The wide kernel: 29 weight rows (Q8_0) against every padded token count.
+            let (rows, cols) = (29, 1088);
+            let mut bytes = Vec::new();
+            formats::of(GgmlType::Q8_0)
+                .unwrap()
+                .quantize(&values(rows * cols, 7), &mut bytes);
+            let m = Matrix {
+                name: "q8_0 test",
+                ty: GgmlType::Q8_0,
+                rows,
+                cols,
+                data: &bytes,
+            };
+            for vectors in 1..=4 {
+                let padded = vectors * L::N;
+                let x_t = values(cols * padded, 8);
+                let mut out_t = vec![0f32; rows * padded];
+                let mut panel = vec![0f32; 8 * K_CHUNK];
+                let task = WideTask {
+                    m: &m,
+                    first: 0,
+                    x_t: &x_t,
+                    padded,
+                };
+                wide_with::<L>(&task, &mut out_t, &mut panel);
+                let mut w = vec![0f32; cols];
+                for r in 0..rows {
+                    m.dequantize_row(r, &mut w);
+                    for t in 0..padded {
+                        let want: f64 = (0..cols)
+                            .map(|kk| w[kk] as f64 * x_t[kk * padded + t] as f64)
+                            .sum();
+                        let got = out_t[r * padded + t] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{isa} wide, {vectors} vectors, row {r}, token {t}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        unsafe {
+            check::<Portable>("portable");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if simd::has_avx2_fma() {
+                    check::<simd::Avx2>("avx2");
+                }
+                if simd::has_avx512() {
+                    check::<simd::Avx512>("avx512");
+                }
+            }
+        }
+    }
+
     #[test]
     fn matmul_equals_one_dot_per_row_for_every_token_count() {
-        let (rows, cols) = (37, 64);
-        let mut bytes = Vec::new();
-        formats::of(GgmlType::Q8_0)
-            .unwrap()
-            .quantize(&values(rows * cols, 3), &mut bytes);
-        let m = Matrix {
-            name: "q8_0 test",
-            ty: GgmlType::Q8_0,
-            rows,
-            cols,
-            data: &bytes,
-        };
-        for tokens in [1, 2, 3, 5, 17] {
-            let x = values(tokens * cols, 4 + tokens as u32);
-            let mut out = vec![f32::NAN; tokens * rows];
-            matmul(&m, &x, &mut out);
-            let mut w = vec![0f32; cols];
-            for r in 0..rows {
-                m.dequantize_row(r, &mut w);
-                for t in 0..tokens {
-                    let want = dot64(&w, &x[t * cols..][..cols]);
-                    let got = out[t * rows + r];
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{tokens} tokens, row {r}, token {t}: {got} vs {want}"
-                    );
+        // Rows that are not a multiple of a task; columns within one chunk, and spanning
+        // chunks with a partial last one.
+        for (rows, cols) in [(37, 64), (21, 288), (5, 544), (50, 1056)] {
+            let mut bytes = Vec::new();
+            formats::of(GgmlType::Q8_0)
+                .unwrap()
+                .quantize(&values(rows * cols, 3), &mut bytes);
+            let m = Matrix {
+                name: "q8_0 test",
+                ty: GgmlType::Q8_0,
+                rows,
+                cols,
+                data: &bytes,
+            };
+            for tokens in [1, 2, 3, 5, 8, 17, 33, 64, 70, 130] {
+                let x = values(tokens * cols, 4 + tokens as u32);
+                let mut out = vec![f32::NAN; tokens * rows];
+                matmul(&m, &x, &mut out);
+                let mut w = vec![0f32; cols];
+                for r in 0..rows {
+                    m.dequantize_row(r, &mut w);
+                    for t in 0..tokens {
+                        let want = dot64(&w, &x[t * cols..][..cols]);
+                        let got = out[t * rows + r];
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{rows}x{cols}, {tokens} tokens, row {r}, token {t}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

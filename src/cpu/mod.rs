@@ -14,12 +14,12 @@ use crate::backend::{check_feed, check_truncate, Backend, Output, Rows, Want};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::weights::{DenseFfn, Ffn, Layer, Matrix, MoeFfn, Weights};
-use matmul::{gemm_nt, matmul, OutLayout, RowsOf};
+use matmul::{gemm_nn, gemm_nt, matmul, OutLayout, RowsOf};
 use ops::{rmsnorm, rmsnorm_inplace, rope};
 
 /// Tokens one pass of [`forward`] takes at most. Activations are sized by it, not by the
 /// prompt; a larger batch runs each expert over more tokens per reading of its weights.
-pub const MICRO_BATCH: usize = 128;
+pub const MICRO_BATCH: usize = 256;
 
 pub struct CpuBackend<'a> {
     cfg: Config,
@@ -131,17 +131,8 @@ fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec
     cache.extend_from_slice(&kv_cmpr_pe);
     let n_ctx = pos + n;
     debug_assert_eq!(cache.len(), n_ctx * row);
-    // The latents as `[kv][n_ctx]`, so that the context (scores times latents) is a product
-    // of rows like the scores are; shared by every head.
-    let mut latent_t = vec![0f32; kv * n_ctx];
-    for (t, r) in cache.chunks_exact(row).enumerate() {
-        for (d, &v) in r[..kv].iter().enumerate() {
-            latent_t[d * n_ctx + t] = v;
-        }
-    }
 
     // Per head: absorb k_b into q, attend over the latent cache, expand with v_b.
-    let scale = cfg.attn_scale();
     let per_head: Vec<Vec<f32>> = (0..heads)
         .into_par_iter()
         .map(|h| {
@@ -155,43 +146,7 @@ fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec
                 qr[..kv].copy_from_slice(&q_nope_absorbed[i * kv..][..kv]);
                 qr[kv..].copy_from_slice(&q_head(i)[nope..]);
             }
-            // kq[i][t], causal: token i (at pos + i) sees positions 0..=pos + i.
-            let mut kq = vec![0f32; n * n_ctx];
-            let cache_rows = RowsOf {
-                data: cache,
-                rows: n_ctx,
-                stride: row,
-            };
-            gemm_nt(
-                cache_rows,
-                RowsOf::packed(&query, row),
-                row,
-                &mut kq,
-                OutLayout {
-                    a_step: 1,
-                    b_step: n_ctx,
-                    accumulate: false,
-                },
-            );
-            for (i, scores) in kq.chunks_exact_mut(n_ctx).enumerate() {
-                let (seen, future) = scores.split_at_mut(pos + i + 1);
-                seen.iter_mut().for_each(|s| *s *= scale);
-                ops::softmax(seen);
-                future.fill(0.0);
-            }
-            // kqv[i] = Σ_t kq[i][t] · latent[t]
-            let mut kqv = vec![0f32; n * kv];
-            gemm_nt(
-                RowsOf::packed(&latent_t, n_ctx),
-                RowsOf::packed(&kq, n_ctx),
-                n_ctx,
-                &mut kqv,
-                OutLayout {
-                    a_step: 1,
-                    b_step: kv,
-                    accumulate: false,
-                },
-            );
+            let kqv = attend(cfg, cache, &query, pos);
             // kqv_out[h] = v_b[h] · kqv
             mul(&layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head), &kqv)
         })
@@ -203,6 +158,80 @@ fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec
         }
     }
     mul(&layer.attn_output, &kqv_out)
+}
+
+/// Cache positions one step of [`attend`] scores: its scores (`[tokens][KEY_BLOCK]`) and the
+/// latents they weigh stay in cache, and memory does not grow with the context.
+const KEY_BLOCK: usize = 256;
+
+/// One head's attention for a block of queries (`[tokens][kv_lora + rope]`, token `i` at
+/// position `pos + i`) over the cache, causal: softmax(scale · query · cache row) weighting
+/// the latents, `[tokens][kv_lora]`. The cache goes by in blocks with a running maximum and
+/// sum per query (the softmax rescaled as a larger score arrives), so only one block of
+/// scores exists at a time.
+fn attend(cfg: &Config, cache: &[f32], query: &[f32], pos: usize) -> Vec<f32> {
+    let (row, kv, scale) = (cfg.cache_row(), cfg.kv_lora_rank, cfg.attn_scale());
+    let n = query.len() / row;
+    let n_ctx = pos + n;
+    let mut max = vec![f32::NEG_INFINITY; n];
+    let mut sum = vec![0f32; n];
+    let mut kqv = vec![0f32; n * kv];
+    let mut kq = vec![0f32; n * KEY_BLOCK.min(n_ctx)];
+    for t0 in (0..n_ctx).step_by(KEY_BLOCK) {
+        let block = KEY_BLOCK.min(n_ctx - t0);
+        let cache_rows = RowsOf {
+            data: &cache[t0 * row..],
+            rows: block,
+            stride: row,
+        };
+        // kq[i][t] = query[i] · cache[t0 + t]
+        let kq = &mut kq[..n * block];
+        gemm_nt(
+            cache_rows,
+            RowsOf::packed(query, row),
+            row,
+            kq,
+            OutLayout {
+                a_step: 1,
+                b_step: block,
+                accumulate: false,
+            },
+        );
+        for (i, scores) in kq.chunks_exact_mut(block).enumerate() {
+            // Token i sees positions up to pos + i.
+            let seen = (pos + i + 1).saturating_sub(t0).min(block);
+            let (seen, future) = scores.split_at_mut(seen);
+            future.fill(0.0);
+            if seen.is_empty() {
+                continue;
+            }
+            seen.iter_mut().for_each(|s| *s *= scale);
+            let new_max = seen.iter().fold(max[i], |m, &s| m.max(s));
+            let rescale = (max[i] - new_max).exp();
+            let mut block_sum = 0f32;
+            for s in seen.iter_mut() {
+                *s = (*s - new_max).exp();
+                block_sum += *s;
+            }
+            sum[i] = sum[i] * rescale + block_sum;
+            kqv[i * kv..][..kv].iter_mut().for_each(|c| *c *= rescale);
+            max[i] = new_max;
+        }
+        // kqv[i] += Σ_t kq[i][t] · latent[t0 + t]
+        gemm_nn(
+            RowsOf::packed(kq, block),
+            cache_rows,
+            block,
+            kv,
+            &mut kqv,
+            kv,
+        );
+    }
+    for (c, &s) in kqv.chunks_exact_mut(kv).zip(&sum) {
+        let inv = 1.0 / s;
+        c.iter_mut().for_each(|v| *v *= inv);
+    }
+    kqv
 }
 
 /// SwiGLU FFN of a block of rows: `down · (silu(gate · h) * (up · h))`.

@@ -63,6 +63,15 @@ pub trait Block: bytemuck::Pod + Send + Sync {
     /// exactly, which is all the engine relies on).
     fn quantize(values: &[f32]) -> Self;
 
+    /// Decodes a row of blocks: block by block, or a hand-vectorised version that gives the
+    /// same bits (the batched CPU forward decodes every weight row it multiplies).
+    #[inline]
+    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+        for (b, o) in blocks.iter().zip(out.chunks_exact_mut(Self::VALUES)) {
+            b.dequantize(o);
+        }
+    }
+
     /// Dot product of a row of blocks with `x`: the hand-vectorised version where a format has
     /// one and the CPU supports it, otherwise [`dot_scalar`].
     #[inline]
@@ -239,12 +248,7 @@ fn blocks<B: Block>(bytes: &[u8], values: usize) -> &[B] {
 }
 
 fn dequantize_row<B: Block>(bytes: &[u8], out: &mut [f32]) {
-    for (b, o) in blocks::<B>(bytes, out.len())
-        .iter()
-        .zip(out.chunks_exact_mut(B::VALUES))
-    {
-        b.dequantize(o);
-    }
+    B::dequantize_blocks(blocks::<B>(bytes, out.len()), out)
 }
 
 fn dot_row<B: Block>(bytes: &[u8], x: &[f32]) -> f32 {

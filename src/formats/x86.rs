@@ -19,6 +19,18 @@ pub fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// AVX2 and F16C: the Q8_0 decode eight values per instruction.
+pub fn has_avx2_f16c() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"))
+}
+
+/// AVX-512F and F16C: the Q8_0 decode and dot sixteen values per instruction.
+pub fn has_avx512_f16c() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c"))
+}
+
 /// The sum of the 32 lanes of four accumulators.
 ///
 /// # Safety
