@@ -1,6 +1,7 @@
 //! What the generation loop needs from a backend; the CPU and GPU backends implement it.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 
 /// Work of one token (or summed over tokens) on a GPU: what the design targets count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -94,6 +95,16 @@ pub trait Backend {
     /// Positions the cache can hold.
     fn max_context(&self) -> usize;
 
+    /// How the latent cache stores its rows.
+    fn cache_type(&self) -> CacheType;
+
+    /// Benchmarks only (`glm-flash bench`): fills positions `0..positions` of every
+    /// layer's cache with the rows of `block` (`[rows][kv_lora + rope]`, repeated), stored
+    /// as the cache stores rows, as if that many tokens had been fed; the next token goes at
+    /// `positions`. Lets decode be timed deep in a context without prefilling it first.
+    /// The contents are synthetic: only the time of what follows means anything.
+    fn fill_cache_for_bench(&mut self, block: &[f32], positions: usize) -> Result<()>;
+
     /// Dispatches, passes, submits and bytes read back by the last token (GPU backends).
     fn last_token_stats(&self) -> Option<TokenStats> {
         None
@@ -104,4 +115,26 @@ pub trait Backend {
     fn profile_token(&mut self, _token: u32, _pos: usize) -> Result<Option<TokenProfile>> {
         Ok(None)
     }
+}
+
+/// The number of rows in `block` ([`Backend::fill_cache_for_bench`]), or why it cannot fill
+/// `positions` positions of a context of `max_context`.
+pub fn check_bench_block(
+    block: &[f32],
+    row: usize,
+    positions: usize,
+    max_context: usize,
+) -> Result<usize> {
+    if block.is_empty() || !block.len().is_multiple_of(row) {
+        return Err(Error::Input(format!(
+            "a block of {} values is not whole cache rows of {row}",
+            block.len()
+        )));
+    }
+    if positions > max_context {
+        return Err(Error::Input(format!(
+            "cannot fill {positions} positions of a context of {max_context}"
+        )));
+    }
+    Ok(block.len() / row)
 }

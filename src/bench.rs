@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::backend::{Backend, TokenStats};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 use crate::weights::Weights;
 
 #[derive(Clone, Debug)]
@@ -40,10 +41,17 @@ pub struct KernelTime {
 }
 
 /// Bytes one token's dispatches of a profiled role read: the weights of its mat-vecs
-/// ([`Weights::bytes_per_token_by_op`]), or the latent cache for the attention scores.
-pub fn role_bytes(cfg: &Config, w: &Weights, role: &str, n_ctx: usize) -> Option<u64> {
+/// ([`Weights::bytes_per_token_by_op`]), or the latent cache (`cache` values, each row
+/// counted once) for the attention scores.
+pub fn role_bytes(
+    cfg: &Config,
+    w: &Weights,
+    role: &str,
+    n_ctx: usize,
+    cache: CacheType,
+) -> Option<u64> {
     if role == "kq_partial" {
-        return Some((cfg.n_layers * n_ctx * cfg.cache_row() * 4) as u64);
+        return Some(cache.cache_bytes(cfg.n_layers, n_ctx, cfg.cache_row()));
     }
     w.bytes_per_token_by_op(cfg)
         .into_iter()
@@ -173,7 +181,7 @@ fn decode_at(
             p.by_kernel()
                 .into_iter()
                 .map(|(kernel, dispatches, t)| {
-                    let bytes = role_bytes(cfg, w, kernel, pos + 1);
+                    let bytes = role_bytes(cfg, w, kernel, pos + 1, backend.cache_type());
                     KernelTime {
                         kernel,
                         dispatches,

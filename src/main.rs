@@ -19,6 +19,7 @@ use glm_flash::error::{Error, Result};
 use glm_flash::generate::{generate, GenerateOptions, Generation, StopReason};
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::{self, GpuBackend, GpuOptions};
+use glm_flash::ops_common::CacheType;
 use glm_flash::sampler::SamplerOptions;
 use glm_flash::synth::{self, Preset, SynthModel, SynthOptions};
 use glm_flash::tokenizer::Tokenizer;
@@ -86,6 +87,24 @@ struct BackendArgs {
     /// Context length in tokens: prompt plus reply (capped at the model's own context).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     ctx: usize,
+    /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    cache_type: Option<CacheTypeArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CacheTypeArg {
+    F16,
+    F32,
+}
+
+impl From<CacheTypeArg> for CacheType {
+    fn from(t: CacheTypeArg) -> CacheType {
+        match t {
+            CacheTypeArg::F16 => CacheType::F16,
+            CacheTypeArg::F32 => CacheType::F32,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -334,11 +353,14 @@ fn make_backend<'a>(
 ) -> Result<Box<dyn Backend + 'a>> {
     let ctx = args.ctx.max(min_ctx).min(cfg.context_length);
     let cpu = || -> Result<Box<dyn Backend + 'a>> {
-        Ok(Box::new(CpuBackend::new(cfg, weights, ctx, args.threads)?))
+        let cache = args.cache_type.map_or(CacheType::F32, CacheType::from);
+        let cpu = CpuBackend::new(cfg, weights, ctx, args.threads)?.with_cache_type(cache);
+        Ok(Box::new(cpu))
     };
     let gpu = || -> Result<Box<dyn Backend + 'a>> {
         let opts = GpuOptions {
             adapter: args.adapter,
+            cache_type: args.cache_type.map_or(CacheType::F16, CacheType::from),
             ..Default::default()
         };
         let bar = progress_bar(0);
@@ -789,6 +811,17 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         )),
         Err(e) => line(format!("weights: DO NOT LOAD: {e}")),
     }
+    let cache = |t: CacheType, positions| {
+        gpu::cache::human_bytes(t.cache_bytes(cfg.n_layers, positions, cfg.cache_row()))
+    };
+    line(format!(
+        "latent cache: {} per position in f16 ({} in f32); {} at the full context of {} ({} in f32)",
+        cache(CacheType::F16, 1),
+        cache(CacheType::F32, 1),
+        cache(CacheType::F16, cfg.context_length),
+        cfg.context_length,
+        cache(CacheType::F32, cfg.context_length)
+    ));
     line(format!("tensors ({}):", file.tensors.len()));
     line(format!(
         "  {:<34} {:<6} {:<22} {:>12}",

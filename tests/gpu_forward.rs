@@ -9,10 +9,26 @@ use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::{GpuBackend, GpuOptions};
+use glm_flash::ops_common::CacheType;
 use glm_flash::weights::Weights;
 
 /// Fixtures README: an engine computing in f32 reaches rel L2 <= 1e-4 on every row.
 const F32_TOLERANCE: f64 = 1e-4;
+
+/// Fixtures README: an f16 KV cache adds about 1e-4 (llama.cpp: max 2.13e-04); twice that.
+const F16_CACHE_TOLERANCE: f64 = 5e-4;
+
+/// The GPU and the CPU storing the same f16 cache rows: f32 arithmetic in another order
+/// (the same bound as between the f32 backends), and a rare row rounded to the other
+/// neighbouring f16 when the two computed its value a few ulps apart.
+const F16_CACHE_GPU_VS_CPU: f64 = 1e-4;
+
+fn f32_cache() -> GpuOptions {
+    GpuOptions {
+        cache_type: CacheType::F32,
+        ..Default::default()
+    }
+}
 
 /// Enough for the longest case (284 tokens); small enough that a 1 MiB binding holds the cache.
 const CONTEXT: usize = 320;
@@ -55,7 +71,7 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
 
 #[test]
 fn gpu_logits_match_reference_and_cpu_on_every_case() {
-    let per_layer = gpu_matches_reference(&GpuOptions::default(), "gpu");
+    let per_layer = gpu_matches_reference(&f32_cache(), "gpu");
     // Unsplit, every layer of every case runs its fixed set of dispatches: 9 in a dense
     // layer, 10 in a MoE layer (the router mat-vec on top).
     for layers in per_layer {
@@ -70,7 +86,7 @@ fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
     let opts = GpuOptions {
         max_binding_bytes: Some(1 << 20),
         no_subgroups: true,
-        ..Default::default()
+        ..f32_cache()
     };
     let per_layer = gpu_matches_reference(&opts, "gpu 1MiB bindings, no subgroups");
     // small2's LM head, dense FFN and expert stacks exceed 1 MiB: more dispatches than unsplit.
@@ -82,6 +98,33 @@ fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
     );
 }
 
+/// The default f16 cache: the GPU's logits equal the CPU's with the same f16 cache, and
+/// stay within the fixtures' f16-cache bound of the float64 reference.
+#[test]
+fn gpu_f16_cache_matches_cpu_f16_cache_and_the_reference() {
+    for name in CASES {
+        let case = load_case(name);
+        let file = GgufFile::open(&case.gguf).unwrap();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let weights = Weights::from_gguf(&file, &cfg).unwrap();
+        let mut gpu = GpuBackend::new(&cfg, &weights, CONTEXT, &GpuOptions::default()).unwrap();
+        assert_eq!(gpu.cache_type(), CacheType::F16, "the GPU's default");
+        let got = gpu.forward(&case.tokens, 0, true).unwrap();
+        check_against_reference(&case, &got, F16_CACHE_TOLERANCE, "gpu f16 cache");
+        let mut cpu = CpuBackend::new(&cfg, &weights, CONTEXT, 0)
+            .unwrap()
+            .with_cache_type(CacheType::F16);
+        let want = cpu.forward(&case.tokens, 0, true).unwrap();
+        let rows = rel_l2_rows(&want, &got, case.vocab);
+        let max = rows.iter().cloned().fold(0f64, f64::max);
+        println!("gpu f16 vs cpu f16 {name}: rel L2 max {max:.3e}");
+        assert!(
+            max <= F16_CACHE_GPU_VS_CPU,
+            "{name}: GPU vs CPU, both f16 caches: rel L2 {max:.3e}"
+        );
+    }
+}
+
 #[test]
 fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     let case = load_case("tiny-q8_0.short");
@@ -89,7 +132,9 @@ fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let mut gpu = GpuBackend::new(&cfg, &weights, 256, &GpuOptions::default()).unwrap();
-    let mut cpu = CpuBackend::new(&cfg, &weights, 256, 0).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, 256, 0)
+        .unwrap()
+        .with_cache_type(CacheType::F16);
     let prompt = &case.tokens[..case.n_prompt];
     let mut g = gpu.forward_argmax(prompt, 0).unwrap();
     let mut c = cpu.forward_argmax(prompt, 0).unwrap();
@@ -119,7 +164,9 @@ fn gpu_decode_greedy_chains_on_the_gpu_and_equals_cpu() {
     let prompt = &case.tokens[..case.n_prompt];
     let ctx = prompt.len() + 40;
     let mut gpu = GpuBackend::new(&cfg, &weights, ctx, &GpuOptions::default()).unwrap();
-    let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0)
+        .unwrap()
+        .with_cache_type(CacheType::F16);
     let decode = |b: &mut dyn Backend, first: u32, pos: usize, n: usize, stop_after: usize| {
         let mut ids = Vec::new();
         b.decode_greedy(first, pos, n, &mut |id| {
@@ -220,4 +267,36 @@ fn gpu_buffer_over_the_device_limit_is_an_error_naming_the_tensor() {
         err.contains("1048576 bytes") && err.contains("65536 bytes"),
         "{err}"
     );
+}
+
+/// A context whose cache does not fit one binding is refused before anything is
+/// allocated, naming the largest that fits; f16 halves the bytes, so twice the positions
+/// fit. tiny's row is 96 values: 192 bytes in f16, 384 in f32; the limit is forced to 64 KiB.
+#[test]
+fn gpu_context_too_large_for_the_cache_is_refused_naming_what_fits() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let limit = 64 << 10;
+    for (cache_type, fits) in [(CacheType::F32, limit / 384), (CacheType::F16, limit / 192)] {
+        let opts = GpuOptions {
+            max_binding_bytes: Some(limit as u64),
+            cache_type,
+            ..Default::default()
+        };
+        let err = match GpuBackend::new(&cfg, &weights, fits + 1, &opts) {
+            Ok(_) => panic!("{} positions fitted a {limit}-byte binding", fits + 1),
+            Err(e) => e.to_string(),
+        };
+        println!("{err}");
+        assert!(
+            err.contains(&format!("at most {fits} positions fit")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("--ctx {fits}")), "{err}");
+        let gpu = GpuBackend::new(&cfg, &weights, fits, &opts).unwrap();
+        assert!(gpu
+            .describe()
+            .contains(&format!("{} latent cache", cache_type.name())));
+    }
 }

@@ -8,10 +8,10 @@ pub mod ops;
 
 use rayon::prelude::*;
 
-use crate::backend::Backend;
+use crate::backend::{check_bench_block, Backend};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ops_common::check_positions;
+use crate::ops_common::{check_positions, CacheType};
 use crate::weights::{DenseFfn, Ffn, Layer, MoeFfn, Weights};
 use ops::{matvec, rmsnorm, rmsnorm_inplace, rope};
 
@@ -28,6 +28,8 @@ pub struct CpuBackend<'a> {
     w: &'a Weights<'a>,
     state: CpuState,
     max_context: usize,
+    /// How cache rows are stored (f32 unless [`CpuBackend::with_cache_type`] says otherwise).
+    cache_type: CacheType,
     pool: rayon::ThreadPool,
 }
 
@@ -51,8 +53,15 @@ impl<'a> CpuBackend<'a> {
                 x: vec![0.0; cfg.hidden],
             },
             max_context: max_context.min(cfg.context_length),
+            cache_type: CacheType::F32,
             pool,
         })
+    }
+
+    /// Stores cache rows as `t` does (f16: each value rounded to f16, as the GPU stores it).
+    pub fn with_cache_type(mut self, t: CacheType) -> Self {
+        self.cache_type = t;
+        self
     }
 }
 
@@ -61,6 +70,7 @@ fn forward_token(
     cfg: &Config,
     w: &Weights,
     state: &mut CpuState,
+    cache_type: CacheType,
     token: u32,
     pos: usize,
 ) -> Vec<f32> {
@@ -72,7 +82,7 @@ fn forward_token(
     let x = &mut state.x;
     w.token_embd.dequantize_row(token as usize, x);
     for (l, layer) in w.layers.iter().enumerate() {
-        let attn_out = attention(cfg, layer, x, pos, &mut state.kv_cache[l]);
+        let attn_out = attention(cfg, layer, x, pos, &mut state.kv_cache[l], cache_type);
         ops::add(x, &attn_out);
         let mut ffn_inp = vec![0f32; cfg.hidden];
         rmsnorm(x, &layer.ffn_norm, cfg.rms_eps, &mut ffn_inp);
@@ -90,7 +100,14 @@ fn forward_token(
 }
 
 /// MLA attention of one token, absorbed form: the cache holds only `[latent | k_pe]`.
-fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec<f32>) -> Vec<f32> {
+fn attention(
+    cfg: &Config,
+    layer: &Layer,
+    x: &[f32],
+    pos: usize,
+    cache: &mut Vec<f32>,
+    cache_type: CacheType,
+) -> Vec<f32> {
     let (heads, nope, rope_dims, kv) = (cfg.n_heads, cfg.qk_nope, cfg.qk_rope, cfg.kv_lora_rank);
     let head_dim = nope + rope_dims;
     let mut attn_norm = vec![0f32; cfg.hidden];
@@ -112,6 +129,8 @@ fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec
     for q_head in q.chunks_exact_mut(head_dim) {
         rope(&mut q_head[nope..], pos, cfg.rope_base);
     }
+    // Attention reads this position's row as the cache stores it.
+    cache_type.round(&mut kv_cmpr_pe);
     cache.extend_from_slice(&kv_cmpr_pe);
     let row = kv + rope_dims;
     let n_ctx = pos + 1;
@@ -193,10 +212,10 @@ impl Backend for CpuBackend<'_> {
         // A loop for now; the signature already fits a matrix-matrix prefill.
         let mut out = Vec::new();
         for (i, &t) in tokens.iter().enumerate() {
-            let (cfg, w, state) = (&self.cfg, self.w, &mut self.state);
+            let (cfg, w, state, ct) = (&self.cfg, self.w, &mut self.state, self.cache_type);
             let logits = self
                 .pool
-                .install(|| forward_token(cfg, w, state, t, start_pos + i));
+                .install(|| forward_token(cfg, w, state, ct, t, start_pos + i));
             if all_logits || i + 1 == tokens.len() {
                 out.extend_from_slice(&logits);
             }
@@ -206,5 +225,24 @@ impl Backend for CpuBackend<'_> {
 
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    fn cache_type(&self) -> CacheType {
+        self.cache_type
+    }
+
+    fn fill_cache_for_bench(&mut self, block: &[f32], positions: usize) -> Result<()> {
+        let row = self.cfg.cache_row();
+        let rows = check_bench_block(block, row, positions, self.max_context)?;
+        let mut rounded = block.to_vec();
+        self.cache_type.round(&mut rounded);
+        for cache in &mut self.state.kv_cache {
+            cache.clear();
+            for i in 0..positions {
+                let r = i % rows;
+                cache.extend_from_slice(&rounded[r * row..(r + 1) * row]);
+            }
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 
 /// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +22,8 @@ pub struct GpuOptions {
     /// Force a lower buffer-size limit than the device's `max_buffer_size`, leaving the
     /// binding limit alone (tests use it to reach the too-large-buffer error).
     pub max_buffer_bytes: Option<u64>,
+    /// How the latent cache stores its rows (default f16; the f32 parity tests use f32).
+    pub cache_type: CacheType,
 }
 
 /// Optional features we enable when the adapter has them.

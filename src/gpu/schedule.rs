@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
     argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
@@ -12,6 +13,7 @@ use crate::gpu::kernels::{
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::resident::{GpuLayer, GpuModel};
 use crate::gpu::upload::{self, storage_zeroed, GpuMatrix};
+use crate::ops_common::CacheType;
 
 /// Activations: one buffer per intermediate, shared by all layers.
 pub struct Activations {
@@ -146,12 +148,17 @@ impl Schedule {
         max_context: usize,
         act: Activations,
         model: &GpuModel,
+        caches: &LatentCaches,
     ) -> Result<Schedule> {
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_id, &act.x);
         let layers = model
             .layers
             .iter()
-            .map(|l| LayerDispatches::new(l, ctx, p, cfg, max_context, &act))
+            .zip(&caches.layers)
+            .map(|(l, cache)| {
+                let c = (cache, caches.cache_type);
+                LayerDispatches::new(l, c, ctx, p, cfg, max_context, &act)
+            })
             .collect::<Vec<_>>();
         let result_output = matvec::dispatches(
             ctx,
@@ -274,6 +281,7 @@ impl Activations {
 impl LayerDispatches {
     fn new(
         l: &GpuLayer,
+        (cache, cache_type): (&wgpu::Buffer, CacheType),
         ctx: &GpuContext,
         p: &Pipelines,
         cfg: &Config,
@@ -331,7 +339,8 @@ impl LayerDispatches {
                     kv_a: &a.qkv_a,
                     kv_norm: &l.attn_kv_a_norm,
                     rope_cs: &a.rope_cs,
-                    cache: &l.kv_cache,
+                    cache,
+                    cache_type,
                     partial: &a.attn_partial,
                 },
             ),

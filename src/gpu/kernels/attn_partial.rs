@@ -8,7 +8,7 @@ use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
 use crate::gpu::upload::uniform;
-use crate::ops_common::rope_angle;
+use crate::ops_common::{rope_angle, CacheType};
 
 /// Positions a workgroup scores at once (the kernel's TILE): one per four invocations.
 pub const TILE: usize = WORKGROUP_SIZE as usize / 4;
@@ -25,6 +25,8 @@ pub const MAX_KV: usize = 2 * 4 * WORKGROUP_SIZE as usize;
 /// The model's cache row (kv + rope) and latent (kv), in vec4.
 pub const ROW4: Override<u32> = Override::new("ROW4");
 pub const KV4: Override<u32> = Override::new("KV4");
+/// The cache holds f16 values (else f32).
+pub const CACHE_F16: Override<bool> = Override::new("CACHE_F16");
 
 pub const SHADER: Shader = Shader {
     name: "attn_partial",
@@ -40,7 +42,7 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::Read,
     ],
-    overrides: &[ROW4.decl(), KV4.decl()],
+    overrides: &[ROW4.decl(), KV4.decl(), CACHE_F16.decl()],
     consts: &[
         ("TILE", TILE as u32),
         ("HEADS", HEADS as u32),
@@ -160,6 +162,8 @@ pub struct Attention<'a> {
     pub rope_cs: &'a wgpu::Buffer,
     /// [positions][kv + rope]; row `pos` is written.
     pub cache: &'a wgpu::Buffer,
+    /// How `cache` stores its values.
+    pub cache_type: CacheType,
     /// [heads][max_splits][2 + kv] out.
     pub partial: &'a wgpu::Buffer,
 }
@@ -190,6 +194,7 @@ pub fn dispatch(
     let constants = [
         ROW4.set((cfg.cache_row() / 4) as u32),
         KV4.set((cfg.kv_lora_rank / 4) as u32),
+        CACHE_F16.set(a.cache_type == CacheType::F16),
     ];
     pipes.get(ctx, SHADER, &constants).dispatch(
         ctx,

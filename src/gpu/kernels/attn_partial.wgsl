@@ -33,6 +33,8 @@ const LANES: u32 = WG / TILE;
 /// (kv + rope) / 4 and kv / 4 of the model.
 override ROW4: u32 = 144u;
 override KV4: u32 = 128u;
+/// The cache holds f16 values, two per u32 (else f32 bits, two u32 per vec2).
+override CACHE_F16: bool = true;
 
 struct Params {
     heads: u32,
@@ -54,8 +56,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> q_abs: array<vec4<f32>>;
 /// [heads][nope + rope], q_pe not yet roped
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
-/// [positions][kv + rope]; row pos is written here
-@group(0) @binding(4) var<storage, read_write> cache: array<vec4<f32>>;
+/// [positions][kv + rope], f16 pairs or f32 bits; row pos is written here
+@group(0) @binding(4) var<storage, read_write> cache: array<vec2<u32>>;
 /// [heads][max_splits][2 + kv]
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 /// [q_a | kv_cmpr | k_pe] of this token
@@ -89,9 +91,37 @@ fn head(first: u32, k: u32) -> u32 {
     return min(first + k, p.heads - 1u);
 }
 
+/// Cache values 4v..4v+3.
+fn load4(v: u32) -> vec4<f32> {
+    if (CACHE_F16) {
+        let w = cache[v];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return bitcast<vec4<f32>>(vec4<u32>(cache[2u * v], cache[2u * v + 1u]));
+}
+
+/// Stores cache values 4v..4v+3.
+fn store4(v: u32, x: vec4<f32>) {
+    if (CACHE_F16) {
+        cache[v] = vec2<u32>(pack2x16float(x.xy), pack2x16float(x.zw));
+    } else {
+        let w = bitcast<vec4<u32>>(x);
+        cache[2u * v] = w.xy;
+        cache[2u * v + 1u] = w.zw;
+    }
+}
+
+/// `x` as the cache stores it (rounded to f16 for an f16 cache).
+fn as_stored(x: vec4<f32>) -> vec4<f32> {
+    if (CACHE_F16) {
+        return vec4<f32>(unpack2x16float(pack2x16float(x.xy)), unpack2x16float(pack2x16float(x.zw)));
+    }
+    return x;
+}
+
 /// Element j (vec4) of a cache row, clamped into the row; `head_dots` zeroes what is past it.
 fn cache4(row: u32, j: u32) -> vec4<f32> {
-    return cache[row + min(j, ROW4 - 1u)];
+    return load4(row + min(j, ROW4 - 1u));
 }
 
 /// The four heads' dot products with cache vec4 `c` at row element j (0 past the row).
@@ -126,13 +156,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         let inv = inverseSqrt(reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x / f32(4u * KV4) + p.eps);
         for (var j = lid; j < ROW4; j += WG) {
+            var v: vec4<f32>;
             if (j < KV4) {
-                fresh[j] = kv_a[p.kv_offset4 + j] * inv * kv_norm[j];
+                v = kv_a[p.kv_offset4 + j] * inv * kv_norm[j];
             } else {
-                fresh[j] = rotate2(kv_a[p.kv_offset4 + j], rope_cs[j - KV4]);
+                v = rotate2(kv_a[p.kv_offset4 + j], rope_cs[j - KV4]);
             }
+            fresh[j] = as_stored(v);
             if (wid.y == 0u) {
-                cache[tok.pos * ROW4 + j] = fresh[j];
+                store4(tok.pos * ROW4 + j, v);
             }
         }
     }
@@ -186,14 +218,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // Four positions per step: eight loads in flight.
         for (var i = 0u; i < TILE; i += 4u) {
             let r = min(vec4<u32>(t0 + i) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(end - 1u)) * ROW4;
-            let a0 = cache[r.x + col0];
-            let a1 = cache[r.y + col0];
-            let a2 = cache[r.z + col0];
-            let a3 = cache[r.w + col0];
-            let b0 = cache[r.x + col1];
-            let b1 = cache[r.y + col1];
-            let b2 = cache[r.z + col1];
-            let b3 = cache[r.w + col1];
+            let a0 = load4(r.x + col0);
+            let a1 = load4(r.y + col0);
+            let a2 = load4(r.z + col0);
+            let a3 = load4(r.w + col0);
+            let b0 = load4(r.x + col1);
+            let b1 = load4(r.y + col1);
+            let b2 = load4(r.z + col1);
+            let b3 = load4(r.w + col1);
             let p0 = exp(scores[i] - m);
             let p1 = exp(scores[i + 1u] - m);
             let p2 = exp(scores[i + 2u] - m);
