@@ -75,26 +75,31 @@ fn attention_kernels(ctx: &GpuContext) {
             let partial = b("partial", vec![0.0; attn_partial::partial_len(&cfg, n_ctx)]);
             let kqv = b("kqv", vec![0.0; cfg.n_heads * cfg.kv_lora_rank]);
             let token = uniform(ctx, "token", &TokenParams::new(pos));
-            let buffers = attn_partial::Attention {
+            let a = attn_partial::Attention {
                 token: &token,
                 q_abs: &q_abs,
                 q: &q,
-                kv_a: &kv_a,
-                kv_norm: &kv_norm,
-                rope_cs: &rope_cs,
                 cache: &cache,
                 cache_type,
+                rope_cs: &rope_cs,
                 partial: &partial,
             };
-            let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &buffers);
-            let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &token, &partial, &kqv);
+            let c = attn_combine::Combine {
+                kqv: &kqv,
+                kv_a: &kv_a,
+                kv_norm: &kv_norm,
+            };
+            let heads_wg = attn_partial::variants(&cfg)[attn_partial::choose(&cfg, pos)];
+            let grid = attn_partial::grid(&cfg, pos, heads_wg);
+            let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg);
+            let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);
             let run = |repeats: usize| {
                 let start = std::time::Instant::now();
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
                     for _ in 0..repeats {
-                        scores.record_sized(&mut pass, attn_partial::grid(&cfg, n_ctx));
+                        scores.record_sized(&mut pass, grid);
                         merge.record(&mut pass);
                     }
                 }
@@ -106,7 +111,7 @@ fn attention_kernels(ctx: &GpuContext) {
             let seconds = run(REPEATS) / REPEATS as f64;
             let bytes = (n_ctx * cfg.cache_row() * cache_type.bytes()) as f64;
             println!(
-                "attention @ context {n_ctx:>5}, {} cache: {:>8.1} us per layer (2 dispatches), cache {:.1} MB at {:.1} GB/s",
+                "attention @ context {n_ctx:>5}, {} cache, {heads_wg} heads per workgroup: {:>8.1} us per layer (2 dispatches), cache {:.1} MB at {:.1} GB/s",
                 cache_type.name(),
                 seconds * 1e6,
                 bytes / 1e6,

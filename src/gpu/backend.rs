@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::{self, GpuContext, GpuOptions};
-use crate::gpu::kernels::{attn_partial, ffn_gate_up};
+use crate::gpu::kernels::{attn_combine, attn_partial, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
@@ -74,7 +74,7 @@ impl GpuBackend {
                 ffn_gate_up::MAX_EXPERTS
             )));
         }
-        if let Some(why) = attn_partial::unsupported(cfg) {
+        if let Some(why) = attn_partial::unsupported(cfg).or(attn_combine::unsupported(cfg)) {
             return Err(Error::Gpu(format!(
                 "the GPU attention cannot run this model: {why}"
             )));

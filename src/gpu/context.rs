@@ -36,9 +36,13 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
 /// with u32. Keep a margin so byte counts stay below 2^32.
 const MAX_BINDING_EVER: u64 = (1 << 32) - 256;
 
-/// Workgroup size of every kernel but the argmax (WGSL `WG`, prepended to each module);
-/// subgroup reductions need the subgroup to divide it.
+/// Workgroup size of every kernel but the argmax and the attention (WGSL `WG`, prepended to
+/// each module); subgroup reductions need the subgroup to divide it.
 pub const WORKGROUP_SIZE: u32 = 64;
+
+/// Subgroups narrower than this are not used: the lane library shuffles within groups of
+/// up to this many consecutive invocations (`kernels/lib/lanes_subgroup.wgsl`).
+pub const MIN_SUBGROUP: u32 = 8;
 
 /// What the engine asks of an adapter, beyond compute shaders and `unpack2x16float`.
 #[derive(Clone, Copy, Debug)]
@@ -280,11 +284,12 @@ impl GpuContext {
         let max_buffer = opts
             .max_buffer_bytes
             .map_or(limits.max_buffer_size, |b| b.min(limits.max_buffer_size));
-        // Subgroup reductions assume a subgroup fits the workgroup and divides it.
+        // Subgroup reductions assume a subgroup fits the workgroup and divides it, and
+        // holds whole groups of lanes.
         let subgroups = !opts.no_subgroups
             && features.contains(wgpu::Features::SUBGROUP)
             && info.subgroup_max_size <= WORKGROUP_SIZE
-            && info.subgroup_min_size >= 1
+            && info.subgroup_min_size >= MIN_SUBGROUP
             && WORKGROUP_SIZE.is_multiple_of(info.subgroup_max_size);
         let failure = Arc::new(Mutex::new(None::<String>));
         let lost = failure.clone();
