@@ -1,8 +1,11 @@
 //! Decode and prefill measurements on any backend, for `glm-flash bench` and `cargo bench`.
 //!
-//! Decode is timed token by token at a chosen cache depth (the cache is filled first, not
-//! timed), so the numbers show how speed falls with context. Prefill is one timed
-//! `forward` over N tokens. Bandwidth is the bytes of weights a token reads (attention,
+//! Decode is timed token by token at a chosen cache depth, so the numbers show how speed
+//! falls with context. The cache is filled to that depth with synthetic rows written
+//! straight into it ([`Backend::fill_cache_for_bench`]), not by prefilling: 131072
+//! positions would otherwise take minutes of prefill before the first timed token, and
+//! attention costs the same whatever the rows hold. Prefill is one timed `forward` over N
+//! tokens. Bandwidth is the bytes of weights a token reads (attention,
 //! the dense FFN or the chosen experts, the shared expert, the LM head) over its time.
 
 use std::time::Instant;
@@ -147,7 +150,18 @@ pub fn run(
     })
 }
 
-/// Fills the cache to `depth` (untimed), then times decode steps one by one.
+/// Rows of a synthetic cache: deterministic values in [-1, 1), the scale of a normed latent.
+fn synthetic_rows(rows: usize, row: usize) -> Vec<f32> {
+    let mut s: u32 = 0x2545_f491;
+    (0..rows * row)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Fills the cache to `depth` with synthetic rows (untimed), then times decode steps one by one.
 fn decode_at(
     backend: &mut dyn Backend,
     cfg: &Config,
@@ -156,10 +170,10 @@ fn decode_at(
     depth: usize,
     opts: &BenchOptions,
 ) -> Result<DecodeReport> {
-    let vocab = cfg.vocab;
-    let mut token = token_stream(1, vocab)[0];
+    let mut token = token_stream(1, cfg.vocab)[0];
     if depth > 0 {
-        token = backend.forward_argmax(&token_stream(depth, vocab), 0)?;
+        let block = synthetic_rows(depth.min(1024), cfg.cache_row());
+        backend.fill_cache_for_bench(&block, depth)?;
     }
     // Per-token latency as a user sees it: the time between consecutive ids of greedy
     // decoding (the GPU backend computes the next token while one is handed over).

@@ -281,7 +281,8 @@ struct SynthArgs {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// Positions in the cache before decode is timed; a comma list runs one decode per depth.
+    /// Positions in the cache before decode is timed (filled with synthetic rows, not
+    /// prefilled); a comma list runs one decode per depth.
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0")]
     depth: Vec<usize>,
     /// Decode steps timed.

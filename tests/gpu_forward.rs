@@ -300,3 +300,51 @@ fn gpu_context_too_large_for_the_cache_is_refused_naming_what_fits() {
             .contains(&format!("{} latent cache", cache_type.name())));
     }
 }
+
+/// The benchmark's cache fill: both backends, filled with the same synthetic rows (a block
+/// of 7 rows repeated over 300 positions), give the same next-token logits; an f16 fill
+/// stores the rows as the f16 cache does. A block that is not whole rows, or more positions
+/// than the context, is an error.
+#[test]
+fn bench_cache_fill_gives_the_same_logits_on_both_backends() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let block: Vec<f32> = (0..7 * cfg.cache_row())
+        .map(|i| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0)
+        .collect();
+    let (depth, ctx) = (300, 320);
+    for cache_type in [CacheType::F32, CacheType::F16] {
+        let opts = GpuOptions {
+            cache_type,
+            ..Default::default()
+        };
+        let mut gpu = GpuBackend::new(&cfg, &weights, ctx, &opts).unwrap();
+        let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0)
+            .unwrap()
+            .with_cache_type(cache_type);
+        gpu.fill_cache_for_bench(&block, depth).unwrap();
+        cpu.fill_cache_for_bench(&block, depth).unwrap();
+        let got = gpu.forward(&[17], depth, false).unwrap();
+        let want = cpu.forward(&[17], depth, false).unwrap();
+        let rel = rel_l2_rows(&want, &got, cfg.vocab)[0];
+        println!(
+            "{} cache filled to {depth}: gpu vs cpu rel L2 {rel:.3e}",
+            cache_type.name()
+        );
+        assert!(
+            rel <= F32_TOLERANCE,
+            "{}: rel L2 {rel:.3e}",
+            cache_type.name()
+        );
+        // The filled rows matter: a different fill gives different logits.
+        cpu.fill_cache_for_bench(&block[cfg.cache_row()..], depth)
+            .unwrap();
+        let other = cpu.forward(&[17], depth, false).unwrap();
+        assert!(rel_l2_rows(&want, &other, cfg.vocab)[0] > 1e-3);
+        for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+            assert!(b.fill_cache_for_bench(&block[1..], depth).is_err());
+            assert!(b.fill_cache_for_bench(&block, ctx + 1).is_err());
+        }
+    }
+}
