@@ -86,7 +86,7 @@ impl GpuBackend {
         let pipelines = Pipelines::new();
         let act = Activations::new(&ctx, cfg, max_context)?;
         let model = GpuModel::upload(&ctx, cfg, w, &mut up).map_err(|e| match e {
-            Error::Gpu(why) => Error::Gpu(format!(
+            Error::Gpu(why) if why.starts_with("out of GPU memory") => Error::Gpu(format!(
                 "{why} (the {} takes room a smaller --ctx would leave)",
                 caches.describe()
             )),

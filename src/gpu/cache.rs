@@ -82,11 +82,11 @@ impl LatentCaches {
                 Ok(b) => layers.push(b),
                 Err(e) => {
                     // wgpu does not say how much memory a device has: what fitted before
-                    // running out is the estimate.
+                    // running out is the estimate (before the weights, which come next).
                     let estimate = positions * l / cfg.n_layers;
                     return Err(Error::Gpu(format!(
-                        "{}: layer {l}'s cache did not fit ({e}); about {estimate} positions \
-                         fit beside nothing else: use a smaller --ctx",
+                        "{}: layer {l}'s cache did not fit ({e}); caches of at most about \
+                         {estimate} positions fit, before the weights: use a smaller --ctx",
                         what()
                     )));
                 }
