@@ -17,10 +17,12 @@ use glm_flash::cpu::CpuBackend;
 use glm_flash::ftype::FileType;
 use glm_flash::gguf::GgmlType;
 use glm_flash::gguf::GgufFile;
+use glm_flash::gpu::cache::encode_rows;
 use glm_flash::gpu::kernels::{attn_combine, attn_partial, embed, TokenParams};
 use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, Uploader};
 use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions};
+use glm_flash::ops_common::CacheType;
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::weights::Matrix;
 use glm_flash::weights::Weights;
@@ -41,8 +43,8 @@ fn simple_schedule(cfg: &Config) -> (usize, usize, usize) {
 }
 
 /// The attention of one layer (attn_partial, which also appends the token's cache row, and
-/// attn_combine) on the full shape at a given context, repeated in one pass: time per layer
-/// and GB/s of cache (each row is read once per group of four heads; counted once).
+/// attn_combine) on the full shape at a given context, with an f32 and an f16 cache,
+/// repeated in one pass: time per layer and GB/s of the cache (counted once).
 fn attention_kernels(ctx: &GpuContext) {
     const REPEATS: usize = 50;
     let cfg = Preset::Full.config();
@@ -57,53 +59,66 @@ fn attention_kernels(ctx: &GpuContext) {
     };
     let pipes = Pipelines::new();
     for n_ctx in [512usize, 8192] {
-        let pos = n_ctx - 1;
-        let b = |label: &str, data: Vec<f32>| storage_f32(ctx, label, &data);
-        let cache = b("cache", values(n_ctx * cfg.cache_row()));
-        let q_abs = b("q_abs", values(cfg.n_heads * cfg.kv_lora_rank));
-        let q = b("q", values(cfg.n_heads * (cfg.qk_nope + cfg.qk_rope)));
-        let kv_a = b("kv_a", values(cfg.q_lora_rank + cfg.cache_row()));
-        let kv_norm = b("kv_norm", values(cfg.kv_lora_rank));
-        let table = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
-        let rope_cs = b("rope_cs", table.concat());
-        let partial = b("partial", vec![0.0; attn_partial::partial_len(&cfg, n_ctx)]);
-        let kqv = b("kqv", vec![0.0; cfg.n_heads * cfg.kv_lora_rank]);
-        let token = uniform(ctx, "token", &TokenParams::new(pos));
-        let buffers = attn_partial::Attention {
-            token: &token,
-            q_abs: &q_abs,
-            q: &q,
-            kv_a: &kv_a,
-            kv_norm: &kv_norm,
-            rope_cs: &rope_cs,
-            cache: &cache,
-            partial: &partial,
-        };
-        let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &buffers);
-        let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &token, &partial, &kqv);
-        let run = |repeats: usize| {
-            let start = std::time::Instant::now();
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                for _ in 0..repeats {
-                    scores.record_sized(&mut pass, attn_partial::grid(&cfg, n_ctx));
-                    merge.record(&mut pass);
+        for cache_type in [CacheType::F32, CacheType::F16] {
+            let pos = n_ctx - 1;
+            let b = |label: &str, data: Vec<f32>| storage_f32(ctx, label, &data);
+            let cache = storage_init(
+                ctx,
+                "cache",
+                &encode_rows(cache_type, &values(n_ctx * cfg.cache_row())),
+            );
+            let q_abs = b("q_abs", values(cfg.n_heads * cfg.kv_lora_rank));
+            let q = b("q", values(cfg.n_heads * (cfg.qk_nope + cfg.qk_rope)));
+            let kv_a = b("kv_a", values(cfg.q_lora_rank + cfg.cache_row()));
+            let kv_norm = b("kv_norm", values(cfg.kv_lora_rank));
+            let table = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
+            let rope_cs = b("rope_cs", table.concat());
+            let partial = b("partial", vec![0.0; attn_partial::partial_len(&cfg, n_ctx)]);
+            let kqv = b("kqv", vec![0.0; cfg.n_heads * cfg.kv_lora_rank]);
+            let token = uniform(ctx, "token", &TokenParams::new(pos));
+            let a = attn_partial::Attention {
+                token: &token,
+                q_abs: &q_abs,
+                q: &q,
+                cache: &cache,
+                cache_type,
+                rope_cs: &rope_cs,
+                partial: &partial,
+            };
+            let c = attn_combine::Combine {
+                kqv: &kqv,
+                kv_a: &kv_a,
+                kv_norm: &kv_norm,
+            };
+            let heads_wg = attn_partial::variants(&cfg)[attn_partial::choose(&cfg, pos)];
+            let grid = attn_partial::grid(&cfg, pos, heads_wg);
+            let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg);
+            let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);
+            let run = |repeats: usize| {
+                let start = std::time::Instant::now();
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..repeats {
+                        scores.record_sized(&mut pass, grid);
+                        merge.record(&mut pass);
+                    }
                 }
-            }
-            ctx.queue.submit([enc.finish()]);
-            ctx.wait().unwrap();
-            start.elapsed().as_secs_f64()
-        };
-        run(1); // pipelines and first-use costs
-        let seconds = run(REPEATS) / REPEATS as f64;
-        let bytes = (n_ctx * cfg.cache_row() * 4) as f64;
-        println!(
-            "attention @ context {n_ctx:>5}: {:>8.1} us per layer (2 dispatches), cache {:.1} MB at {:.1} GB/s",
-            seconds * 1e6,
-            bytes / 1e6,
-            bytes / seconds / 1e9
-        );
+                ctx.queue.submit([enc.finish()]);
+                ctx.wait().unwrap();
+                start.elapsed().as_secs_f64()
+            };
+            run(1); // pipelines and first-use costs
+            let seconds = run(REPEATS) / REPEATS as f64;
+            let bytes = (n_ctx * cfg.cache_row() * cache_type.bytes()) as f64;
+            println!(
+                "attention @ context {n_ctx:>5}, {} cache, {heads_wg} heads per workgroup: {:>8.1} us per layer (2 dispatches), cache {:.1} MB at {:.1} GB/s",
+                cache_type.name(),
+                seconds * 1e6,
+                bytes / 1e6,
+                bytes / seconds / 1e9
+            );
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! reached through [`Backend::instrumented`].
 
 use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 
 /// Which rows of a feed an output is wanted for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,16 @@ pub trait Backend {
 
     /// Positions the cache can hold.
     fn max_context(&self) -> usize;
+
+    /// How the latent cache stores its rows.
+    fn cache_type(&self) -> CacheType;
+
+    /// Benchmarks only (`glm-flash bench`): fills positions `0..positions` of every
+    /// layer's cache with the rows of `block` (`[rows][kv_lora + rope]`, repeated), stored
+    /// as the cache stores rows, as if that many tokens had been fed; the cache length is
+    /// then `positions`. Lets decode be timed deep in a context without prefilling it first.
+    /// The contents are synthetic: only the time of what follows means anything.
+    fn fill_cache_for_bench(&mut self, block: &[f32], positions: usize) -> Result<()>;
 
     /// Positions the cache holds now: the next feed starts here.
     fn cache_len(&self) -> usize;
@@ -223,4 +234,26 @@ pub trait Instrumented {
     /// One greedy decode step of `token` at `pos` (the cache length; the token is appended
     /// like any feed) with the time of every dispatch.
     fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile>;
+}
+
+/// The number of rows in `block` ([`Backend::fill_cache_for_bench`]), or why it cannot fill
+/// `positions` positions of a context of `max_context`.
+pub fn check_bench_block(
+    block: &[f32],
+    row: usize,
+    positions: usize,
+    max_context: usize,
+) -> Result<usize> {
+    if block.is_empty() || !block.len().is_multiple_of(row) {
+        return Err(Error::Input(format!(
+            "a block of {} values is not whole cache rows of {row}",
+            block.len()
+        )));
+    }
+    if positions > max_context {
+        return Err(Error::Input(format!(
+            "cannot fill {positions} positions of a context of {max_context}"
+        )));
+    }
+    Ok(block.len() / row)
 }

@@ -1,11 +1,14 @@
 //! Decode and prefill measurements on any backend, for `glm-flash bench` and `cargo bench`.
 //!
-//! Decode is timed token by token at a chosen cache depth (the cache is filled first, not
-//! timed), so the numbers show how speed falls with context. Prefill is one timed feed of
-//! N tokens that asks for the argmax of the last row (as generation does), from an empty
-//! cache or one already holding some positions. Bandwidth is the bytes of weights a token
-//! reads (attention, the dense FFN or the chosen experts, the shared expert, the LM head)
-//! over its time.
+//! Decode is timed token by token at a chosen cache depth, so the numbers show how speed
+//! falls with context. The cache is filled to that depth with synthetic rows written
+//! straight into it ([`Backend::fill_cache_for_bench`]), not by prefilling: 131072
+//! positions would otherwise take minutes of prefill before the first timed token, and
+//! attention costs the same whatever the rows hold. Prefill is one timed feed of N tokens
+//! that asks for the argmax of the last row (as generation does), from an empty cache or
+//! one already holding some positions. Bandwidth is the bytes of weights a token reads
+//! (attention, the dense FFN or the chosen experts, the shared expert, the LM head) over
+//! its time.
 
 use std::time::Instant;
 
@@ -14,6 +17,7 @@ use serde::Serialize;
 use crate::backend::{Backend, TokenStats, Want};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 use crate::weights::Weights;
 
 #[derive(Clone, Debug)]
@@ -46,10 +50,17 @@ pub struct KernelTime {
 }
 
 /// Bytes one token's dispatches of a profiled role read: the weights of its mat-vecs
-/// ([`Weights::bytes_per_token_by_op`]), or the latent cache for the attention scores.
-pub fn role_bytes(cfg: &Config, w: &Weights, role: &str, n_ctx: usize) -> Option<u64> {
+/// ([`Weights::bytes_per_token_by_op`]), or the latent cache (`cache` values, each row
+/// counted once) for the attention scores.
+pub fn role_bytes(
+    cfg: &Config,
+    w: &Weights,
+    role: &str,
+    n_ctx: usize,
+    cache: CacheType,
+) -> Option<u64> {
     if role == "kq_partial" {
-        return Some((cfg.n_layers * n_ctx * cfg.cache_row() * 4) as u64);
+        return Some(cache.cache_bytes(cfg.n_layers, n_ctx, cfg.cache_row()));
     }
     w.bytes_per_token_by_op(cfg)
         .into_iter()
@@ -193,7 +204,18 @@ pub fn run(
     })
 }
 
-/// Fills the cache to `depth` (untimed), then times decode steps one by one.
+/// Rows of a synthetic cache: deterministic values in [-1, 1), the scale of a normed latent.
+fn synthetic_rows(rows: usize, row: usize) -> Vec<f32> {
+    let mut s: u32 = 0x2545_f491;
+    (0..rows * row)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Fills the cache to `depth` with synthetic rows (untimed), then times decode steps one by one.
 fn decode_at(
     backend: &mut dyn Backend,
     cfg: &Config,
@@ -202,11 +224,11 @@ fn decode_at(
     depth: usize,
     opts: &BenchOptions,
 ) -> Result<DecodeReport> {
-    let vocab = cfg.vocab;
-    let mut token = token_stream(1, vocab)[0];
+    let mut token = token_stream(1, cfg.vocab)[0];
     backend.truncate(0)?;
     if depth > 0 {
-        token = backend.feed_argmax(&token_stream(depth, vocab), 0)?;
+        let block = synthetic_rows(depth.min(1024), cfg.cache_row());
+        backend.fill_cache_for_bench(&block, depth)?;
     }
     // Per-token latency as a user sees it: the time between consecutive ids of greedy
     // decoding (the GPU backend computes the next token while one is handed over).
@@ -229,7 +251,7 @@ fn decode_at(
                 .by_kernel()
                 .into_iter()
                 .map(|(kernel, dispatches, t)| {
-                    let bytes = role_bytes(cfg, w, kernel, pos + 1);
+                    let bytes = role_bytes(cfg, w, kernel, pos + 1, backend.cache_type());
                     KernelTime {
                         kernel,
                         dispatches,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::cpu::CpuBackend;
+use crate::ops_common::CacheType;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{GpuBackend, GpuOptions};
@@ -76,6 +77,8 @@ pub struct BackendOptions {
     pub threads: usize,
     /// Context length in tokens (capped at the model's own).
     pub ctx: usize,
+    /// How the latent cache stores rows (`None`: f16 on the GPU, f32 on the CPU).
+    pub cache_type: Option<CacheType>,
 }
 
 impl Default for BackendOptions {
@@ -85,6 +88,7 @@ impl Default for BackendOptions {
             adapter: None,
             threads: 0,
             ctx: 4096,
+            cache_type: None,
         }
     }
 }
@@ -141,7 +145,10 @@ fn cpu<'a>(
     weights: &'a Weights<'a>,
     ctx: usize,
 ) -> Result<Box<dyn Backend + 'a>> {
-    Ok(Box::new(CpuBackend::new(cfg, weights, ctx, opts.threads)?))
+    let cache = opts.cache_type.unwrap_or(CacheType::F32);
+    Ok(Box::new(
+        CpuBackend::new(cfg, weights, ctx, opts.threads)?.with_cache_type(cache),
+    ))
 }
 
 fn gpu<'a>(
@@ -153,6 +160,7 @@ fn gpu<'a>(
 ) -> Result<Box<dyn Backend + 'a>> {
     let gpu_opts = GpuOptions {
         adapter: opts.adapter,
+        cache_type: opts.cache_type.unwrap_or(CacheType::F16),
         ..Default::default()
     };
     let backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;

@@ -21,6 +21,7 @@ use glm_flash::ftype::FileType;
 use glm_flash::generate::{GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu;
+use glm_flash::ops_common::CacheType;
 use glm_flash::sampler::SamplerOptions;
 use glm_flash::server::{Defaults, ServeOptions, Server};
 use glm_flash::session::{Chat, RenderedPrompt, Reply, Session};
@@ -92,6 +93,24 @@ struct BackendArgs {
     /// Context length in tokens: prompt plus reply (capped at the model's own context).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     ctx: usize,
+    /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    cache_type: Option<CacheTypeArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CacheTypeArg {
+    F16,
+    F32,
+}
+
+impl From<CacheTypeArg> for CacheType {
+    fn from(t: CacheTypeArg) -> CacheType {
+        match t {
+            CacheTypeArg::F16 => CacheType::F16,
+            CacheTypeArg::F32 => CacheType::F32,
+        }
+    }
 }
 
 impl BackendArgs {
@@ -105,6 +124,7 @@ impl BackendArgs {
             adapter: self.adapter,
             threads: self.threads,
             ctx: self.ctx,
+            cache_type: self.cache_type.map(CacheType::from),
         }
     }
 }
@@ -314,7 +334,8 @@ struct SynthArgs {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// Positions in the cache before decode is timed; a comma list runs one decode per depth.
+    /// Positions in the cache before decode is timed (filled with synthetic rows, not
+    /// prefilled); a comma list runs one decode per depth.
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0")]
     depth: Vec<usize>,
     /// Decode steps timed.
@@ -794,6 +815,17 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         )),
         Err(e) => line(format!("weights: DO NOT LOAD: {e}")),
     }
+    let cache = |t: CacheType, positions| {
+        gpu::cache::human_bytes(t.cache_bytes(cfg.n_layers, positions, cfg.cache_row()))
+    };
+    line(format!(
+        "latent cache: {} per position in f16 ({} in f32); {} at the full context of {} ({} in f32)",
+        cache(CacheType::F16, 1),
+        cache(CacheType::F32, 1),
+        cache(CacheType::F16, cfg.context_length),
+        cfg.context_length,
+        cache(CacheType::F32, cfg.context_length)
+    ));
     line(format!(
         "tensors ({}; on the GPU: the layout of each tensor's type, and its bytes):",
         file.tensors.len()

@@ -494,6 +494,14 @@ mod tests {
             self.cache_len
         }
 
+        fn cache_type(&self) -> crate::ops_common::CacheType {
+            crate::ops_common::CacheType::F32
+        }
+
+        fn fill_cache_for_bench(&mut self, _block: &[f32], _positions: usize) -> Result<()> {
+            unreachable!("the session never benchmarks")
+        }
+
         fn truncate(&mut self, len: usize) -> Result<()> {
             crate::backend::check_truncate(len, self.cache_len)?;
             self.cache_len = len;

@@ -1,5 +1,6 @@
 //! `glm-flash run --backend gpu` prints the same greedy text as `--backend cpu` on every
-//! fixture model, and `logits --backend gpu` matches the reference. Needs a GPU adapter
+//! fixture model (each with its default cache: f16 on the GPU, f32 on the CPU), and
+//! `logits --backend gpu --cache-type f32` matches the reference. Needs a GPU adapter
 //! (lavapipe in CI): without one the GPU runs fail, and so does this test.
 mod common;
 
@@ -43,7 +44,7 @@ fn gpu_greedy_text_equals_cpu_on_every_fixture_model() {
     }
 }
 
-/// Fixtures README: an engine computing in f32 reaches rel L2 <= 1e-4 on every row.
+/// Fixtures README: an engine computing in f32 (f32 cache) reaches rel L2 <= 1e-4 on every row.
 #[test]
 fn gpu_logits_command_matches_reference_on_every_case() {
     let dir = std::env::temp_dir().join(format!("glm-flash-cli-gpu-{}", std::process::id()));
@@ -68,6 +69,8 @@ fn gpu_logits_command_matches_reference_on_every_case() {
             out_str,
             "--backend",
             "gpu",
+            "--cache-type",
+            "f32",
         ]);
         let bytes = std::fs::read(&out).unwrap();
         let got: Vec<f32> = bytes

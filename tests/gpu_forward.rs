@@ -9,10 +9,26 @@ use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::{GpuBackend, GpuOptions};
+use glm_flash::ops_common::CacheType;
 use glm_flash::weights::Weights;
 
 /// Fixtures README: an engine computing in f32 reaches rel L2 <= 1e-4 on every row.
 const F32_TOLERANCE: f64 = 1e-4;
+
+/// Fixtures README: an f16 KV cache adds about 1e-4 (llama.cpp: max 2.13e-04); twice that.
+const F16_CACHE_TOLERANCE: f64 = 5e-4;
+
+/// The GPU and the CPU storing the same f16 cache rows: f32 arithmetic in another order
+/// (the same bound as between the f32 backends), and a rare row rounded to the other
+/// neighbouring f16 when the two computed its value a few ulps apart.
+const F16_CACHE_GPU_VS_CPU: f64 = 1e-4;
+
+fn f32_cache() -> GpuOptions {
+    GpuOptions {
+        cache_type: CacheType::F32,
+        ..Default::default()
+    }
+}
 
 /// Enough for the longest case (284 tokens); small enough that a 1 MiB binding holds the cache.
 const CONTEXT: usize = 320;
@@ -55,7 +71,7 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
 
 #[test]
 fn gpu_logits_match_reference_and_cpu_on_every_case() {
-    let per_layer = gpu_matches_reference(&GpuOptions::default(), "gpu");
+    let per_layer = gpu_matches_reference(&f32_cache(), "gpu");
     // Unsplit, every layer of every case runs its fixed set of dispatches: 9 in a dense
     // layer, 10 in a MoE layer (the router mat-vec on top).
     for layers in per_layer {
@@ -70,7 +86,7 @@ fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
     let opts = GpuOptions {
         max_binding_bytes: Some(1 << 20),
         no_subgroups: true,
-        ..Default::default()
+        ..f32_cache()
     };
     let per_layer = gpu_matches_reference(&opts, "gpu 1MiB bindings, no subgroups");
     // small2's LM head, dense FFN and expert stacks exceed 1 MiB: more dispatches than unsplit.
@@ -82,6 +98,33 @@ fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
     );
 }
 
+/// The default f16 cache: the GPU's logits equal the CPU's with the same f16 cache, and
+/// stay within the fixtures' f16-cache bound of the float64 reference.
+#[test]
+fn gpu_f16_cache_matches_cpu_f16_cache_and_the_reference() {
+    for name in CASES {
+        let case = load_case(name);
+        let file = GgufFile::open(&case.gguf).unwrap();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let weights = Weights::from_gguf(&file, &cfg).unwrap();
+        let mut gpu = GpuBackend::new(&cfg, &weights, CONTEXT, &GpuOptions::default()).unwrap();
+        assert_eq!(gpu.cache_type(), CacheType::F16, "the GPU's default");
+        let got = gpu.feed_logits(&case.tokens, 0, Rows::All).unwrap();
+        check_against_reference(&case, &got, F16_CACHE_TOLERANCE, "gpu f16 cache");
+        let mut cpu = CpuBackend::new(&cfg, &weights, CONTEXT, 0)
+            .unwrap()
+            .with_cache_type(CacheType::F16);
+        let want = cpu.feed_logits(&case.tokens, 0, Rows::All).unwrap();
+        let rows = rel_l2_rows(&want, &got, case.vocab);
+        let max = rows.iter().cloned().fold(0f64, f64::max);
+        println!("gpu f16 vs cpu f16 {name}: rel L2 max {max:.3e}");
+        assert!(
+            max <= F16_CACHE_GPU_VS_CPU,
+            "{name}: GPU vs CPU, both f16 caches: rel L2 {max:.3e}"
+        );
+    }
+}
+
 #[test]
 fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     let case = load_case("tiny-q8_0.short");
@@ -89,7 +132,9 @@ fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let mut gpu = GpuBackend::new(&cfg, &weights, 256, &GpuOptions::default()).unwrap();
-    let mut cpu = CpuBackend::new(&cfg, &weights, 256, 0).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, 256, 0)
+        .unwrap()
+        .with_cache_type(CacheType::F16);
     let prompt = &case.tokens[..case.n_prompt];
     let mut g = gpu.feed_argmax(prompt, 0).unwrap();
     let mut c = cpu.feed_argmax(prompt, 0).unwrap();
@@ -119,7 +164,9 @@ fn gpu_decode_greedy_chains_on_the_gpu_and_equals_cpu() {
     let prompt = &case.tokens[..case.n_prompt];
     let ctx = prompt.len() + 40;
     let mut gpu = GpuBackend::new(&cfg, &weights, ctx, &GpuOptions::default()).unwrap();
-    let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0)
+        .unwrap()
+        .with_cache_type(CacheType::F16);
     let decode = |b: &mut dyn Backend, first: u32, pos: usize, n: usize, stop_after: usize| {
         let mut ids = Vec::new();
         b.decode_greedy(first, pos, n, &mut |id| {
@@ -274,7 +321,7 @@ fn gpu_mixed_type_stack_matches_cpu() {
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let tokens = &load_case("tiny-q8_0.short").tokens[..12];
-    let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
+    let mut gpu = GpuBackend::new(&cfg, &weights, 64, &f32_cache()).unwrap();
     let mut cpu = CpuBackend::new(&cfg, &weights, 64, 0).unwrap();
     let got = gpu.feed_logits(tokens, 0, Rows::All).unwrap();
     let want = cpu.feed_logits(tokens, 0, Rows::All).unwrap();
@@ -286,4 +333,84 @@ fn gpu_mixed_type_stack_matches_cpu() {
         max <= F32_TOLERANCE,
         "mixed stack: GPU vs CPU rel L2 {max:.3e}"
     );
+}
+
+/// A context whose cache does not fit one binding is refused before anything is
+/// allocated, naming the largest that fits; f16 halves the bytes, so twice the positions
+/// fit. tiny's row is 96 values: 192 bytes in f16, 384 in f32; the limit is forced to 64 KiB.
+#[test]
+fn gpu_context_too_large_for_the_cache_is_refused_naming_what_fits() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let limit = 64 << 10;
+    for (cache_type, fits) in [(CacheType::F32, limit / 384), (CacheType::F16, limit / 192)] {
+        let opts = GpuOptions {
+            max_binding_bytes: Some(limit as u64),
+            cache_type,
+            ..Default::default()
+        };
+        let err = match GpuBackend::new(&cfg, &weights, fits + 1, &opts) {
+            Ok(_) => panic!("{} positions fitted a {limit}-byte binding", fits + 1),
+            Err(e) => e.to_string(),
+        };
+        println!("{err}");
+        assert!(
+            err.contains(&format!("at most {fits} positions fit")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("--ctx {fits}")), "{err}");
+        let gpu = GpuBackend::new(&cfg, &weights, fits, &opts).unwrap();
+        assert!(gpu
+            .describe()
+            .contains(&format!("{} latent cache", cache_type.name())));
+    }
+}
+
+/// The benchmark's cache fill: both backends, filled with the same synthetic rows (a block
+/// of 7 rows repeated over 300 positions), give the same next-token logits; an f16 fill
+/// stores the rows as the f16 cache does. A block that is not whole rows, or more positions
+/// than the context, is an error.
+#[test]
+fn bench_cache_fill_gives_the_same_logits_on_both_backends() {
+    let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let block: Vec<f32> = (0..7 * cfg.cache_row())
+        .map(|i| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0)
+        .collect();
+    let (depth, ctx) = (300, 320);
+    for cache_type in [CacheType::F32, CacheType::F16] {
+        let opts = GpuOptions {
+            cache_type,
+            ..Default::default()
+        };
+        let mut gpu = GpuBackend::new(&cfg, &weights, ctx, &opts).unwrap();
+        let mut cpu = CpuBackend::new(&cfg, &weights, ctx, 0)
+            .unwrap()
+            .with_cache_type(cache_type);
+        gpu.fill_cache_for_bench(&block, depth).unwrap();
+        cpu.fill_cache_for_bench(&block, depth).unwrap();
+        let got = gpu.feed_logits(&[17], depth, Rows::Last).unwrap();
+        let want = cpu.feed_logits(&[17], depth, Rows::Last).unwrap();
+        let rel = rel_l2_rows(&want, &got, cfg.vocab)[0];
+        println!(
+            "{} cache filled to {depth}: gpu vs cpu rel L2 {rel:.3e}",
+            cache_type.name()
+        );
+        assert!(
+            rel <= F32_TOLERANCE,
+            "{}: rel L2 {rel:.3e}",
+            cache_type.name()
+        );
+        // The filled rows matter: a different fill gives different logits.
+        cpu.fill_cache_for_bench(&block[cfg.cache_row()..], depth)
+            .unwrap();
+        let other = cpu.feed_logits(&[17], depth, Rows::Last).unwrap();
+        assert!(rel_l2_rows(&want, &other, cfg.vocab)[0] > 1e-3);
+        for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+            assert!(b.fill_cache_for_bench(&block[1..], depth).is_err());
+            assert!(b.fill_cache_for_bench(&block, ctx + 1).is_err());
+        }
+    }
 }

@@ -10,13 +10,14 @@ use glm_flash::config::Config;
 use glm_flash::cpu::ops;
 use glm_flash::formats;
 use glm_flash::gguf::{GgmlType, GgufFile};
+use glm_flash::gpu::cache::{decode_rows, encode_rows};
 use glm_flash::gpu::kernels::{
     argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
 use glm_flash::gpu::pipelines::{run, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
 use glm_flash::gpu::{GpuContext, GpuOptions};
-use glm_flash::ops_common::argmax as cpu_argmax;
+use glm_flash::ops_common::{argmax as cpu_argmax, CacheType};
 use glm_flash::weights::Matrix;
 
 const TOL: f32 = 2e-5;
@@ -37,6 +38,11 @@ impl Rng {
 }
 
 fn check(label: &str, got: &[f32], want: &[f32]) {
+    check_within(label, got, want, TOL);
+}
+
+/// As [`check`] with tolerance `tol` (relative to the largest |want|).
+fn check_within(label: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{label}: length");
     let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     let mut worst = (0, 0f32);
@@ -55,7 +61,7 @@ fn check(label: &str, got: &[f32], want: &[f32]) {
         worst.1, worst.0
     );
     assert!(
-        worst.1 <= TOL * scale,
+        worst.1 <= tol * scale,
         "{label}: element {} off by {:.3e}",
         worst.0,
         worst.1
@@ -282,10 +288,13 @@ fn embed_matches_dequantize_row() {
     }
 }
 
-/// Attention over the cache (attn_partial + attn_combine) against the CPU: the token's own
-/// cache row (RMSNorm of kv_cmpr, RoPE on k_pe) written at pos, RoPE on q_pe, and the
-/// per-head softmax over positions 0..=pos. Real per-head dims (kv 512, rope 64), 6 heads (a
-/// partial group of four), from 1 position to past 8192, across tile and split boundaries.
+/// Attention (attn_partial over the cached positions, attn_combine appending the token's
+/// row and merging) against the CPU: the token's cache row (RMSNorm of kv_cmpr, RoPE on
+/// k_pe) written at pos, RoPE on q_pe, and the per-head softmax over positions 0..=pos, with
+/// an f32 and an f16 cache, in every variant of the kernel (heads per workgroup). Real
+/// per-head dims (kv 512, rope 64), 6 heads, from 1 position to 17000, across tile and
+/// split boundaries (tiles of 64; splits of one tile up to 16384 cached positions, of two
+/// beyond).
 #[test]
 fn attention_matches_cpu_up_to_long_contexts() {
     let mut cfg = tiny_config();
@@ -298,18 +307,20 @@ fn attention_matches_cpu_up_to_long_contexts() {
         cfg.q_lora_rank,
     );
     let (row, head_dim) = (kv + rope, nope + rope);
-    let max_context = 9000;
+    let max_context = 17000;
     let mut rng = Rng(4);
     let cache_init = rng.vec(max_context * row);
     let q_abs = rng.vec(heads * kv);
     let q: Vec<f32> = rng.vec(heads * head_dim).iter().map(|v| 4.0 * v).collect();
     let kv_a = rng.vec(q_lora + row);
     let kv_norm = rng.vec(kv);
-    for (label, ctx) in contexts()
+    let variants = attn_partial::variants(&cfg);
+    assert_eq!(variants, [6, 3, 2], "all heads, half, a fifth");
+    let devices = contexts()
         .into_iter()
         .take(1)
-        .chain([("device defaults".to_string(), self::ctx(None, false))])
-    {
+        .chain([("device defaults".to_string(), self::ctx(None, false))]);
+    for (label, ctx) in devices {
         let p = Pipelines::new();
         let (q_abs_b, q_b, kv_a_b, kv_norm_b) = (
             storage_f32(&ctx, "q_abs", &q_abs),
@@ -317,77 +328,104 @@ fn attention_matches_cpu_up_to_long_contexts() {
             storage_f32(&ctx, "kv_a", &kv_a),
             storage_f32(&ctx, "kv_norm", &kv_norm),
         );
-        let partial = poison(&ctx, attn_partial::partial_len(&cfg, max_context));
-        let kqv = poison(&ctx, heads * kv);
-        for n_ctx in [1usize, 15, 17, 300, 1025, 9000] {
-            let pos = n_ctx - 1;
-            let cache_b = storage_f32(&ctx, "cache", &cache_init);
-            let tok = uniform(&ctx, "token", &TokenParams::new(pos));
-            let table = attn_partial::rope_table(pos, rope, cfg.rope_base);
-            let cs = storage_init(&ctx, "rope", bytemuck::cast_slice(&table));
-            let buffers = attn_partial::Attention {
-                token: &tok,
-                q_abs: &q_abs_b,
-                q: &q_b,
-                kv_a: &kv_a_b,
-                kv_norm: &kv_norm_b,
-                rope_cs: &cs,
-                cache: &cache_b,
-                partial: &partial,
-            };
-            let dp = attn_partial::dispatch(&ctx, &p, &cfg, max_context, &buffers);
-            let dc = attn_combine::dispatch(&ctx, &p, &cfg, max_context, &tok, &partial, &kqv);
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                dp.record_sized(&mut pass, attn_partial::grid(&cfg, n_ctx));
-                dc.record(&mut pass);
-            }
-            ctx.queue.submit([enc.finish()]);
-
-            // The CPU: append the token's row, rope q_pe, softmax over 0..=pos.
-            let mut cache = cache_init[..n_ctx * row].to_vec();
-            let new = &mut cache[pos * row..];
-            ops::rmsnorm(
-                &kv_a[q_lora..q_lora + kv],
-                &kv_norm,
-                cfg.rms_eps,
-                &mut new[..kv],
-            );
-            new[kv..].copy_from_slice(&kv_a[q_lora + kv..]);
-            ops::rope(&mut new[kv..], pos, cfg.rope_base);
-            let mut want = vec![0f32; heads * kv];
-            for h in 0..heads {
-                let qa = &q_abs[h * kv..(h + 1) * kv];
-                let mut qpe = q[h * head_dim + nope..(h + 1) * head_dim].to_vec();
-                ops::rope(&mut qpe, pos, cfg.rope_base);
-                let mut kq: Vec<f32> = cache
-                    .chunks_exact(row)
-                    .map(|t| (ops::dot(qa, &t[..kv]) + ops::dot(&qpe, &t[kv..])) * cfg.attn_scale())
-                    .collect();
-                ops::softmax(&mut kq);
-                for (pr, t) in kq.iter().zip(cache.chunks_exact(row)) {
-                    for (o, l) in want[h * kv..(h + 1) * kv].iter_mut().zip(&t[..kv]) {
-                        *o += pr * l;
+        for cache_type in [CacheType::F32, CacheType::F16] {
+            let init_bytes = encode_rows(cache_type, &cache_init);
+            for n_ctx in [1usize, 2, 15, 64, 65, 129, 300, 1025, 16385, 17000] {
+                let pos = n_ctx - 1;
+                let bytes = n_ctx * row * cache_type.bytes();
+                // The CPU's row for pos, stored as the cache stores it.
+                let mut new = vec![0f32; row];
+                ops::rmsnorm(
+                    &kv_a[q_lora..q_lora + kv],
+                    &kv_norm,
+                    cfg.rms_eps,
+                    &mut new[..kv],
+                );
+                new[kv..].copy_from_slice(&kv_a[q_lora + kv..]);
+                ops::rope(&mut new[kv..], pos, cfg.rope_base);
+                cache_type.round(&mut new);
+                for (v, &heads_wg) in variants.iter().enumerate() {
+                    // Each variant runs at the longest and two short contexts (each case
+                    // takes seconds on lavapipe); the widest at every context.
+                    if v > 0 && ![1, 65, 17000].contains(&n_ctx) {
+                        continue;
                     }
+                    let label = format!(
+                        "{label}, {} cache, {heads_wg} heads per workgroup",
+                        cache_type.name()
+                    );
+                    let cache_b = storage_init(&ctx, "cache", &init_bytes[..bytes]);
+                    let partial = poison(&ctx, attn_partial::partial_len(&cfg, max_context));
+                    let kqv = poison(&ctx, heads * kv);
+                    let tok = uniform(&ctx, "token", &TokenParams::new(pos));
+                    let table = attn_partial::rope_table(pos, rope, cfg.rope_base);
+                    let cs = storage_init(&ctx, "rope", bytemuck::cast_slice(&table));
+                    let a = attn_partial::Attention {
+                        token: &tok,
+                        q_abs: &q_abs_b,
+                        q: &q_b,
+                        cache: &cache_b,
+                        cache_type,
+                        rope_cs: &cs,
+                        partial: &partial,
+                    };
+                    let c = attn_combine::Combine {
+                        kqv: &kqv,
+                        kv_a: &kv_a_b,
+                        kv_norm: &kv_norm_b,
+                    };
+                    let dp = attn_partial::dispatch(&ctx, &p, &cfg, max_context, &a, heads_wg);
+                    let dc = attn_combine::dispatch(&ctx, &p, &cfg, max_context, &a, &c);
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        dp.record_sized(&mut pass, attn_partial::grid(&cfg, pos, heads_wg));
+                        dc.record(&mut pass);
+                    }
+                    ctx.queue.submit([enc.finish()]);
+
+                    let got_bytes = ctx.read_bytes(&cache_b, bytes as u64).unwrap();
+                    let cache = decode_rows(cache_type, &got_bytes);
+                    // Computed in another order, a value may round to the other neighbouring f16.
+                    let row_tol = match cache_type {
+                        CacheType::F16 => 2f32.powi(-10),
+                        CacheType::F32 => TOL,
+                    };
+                    let row_label = format!("cache row {pos} {label}");
+                    check_within(&row_label, &cache[pos * row..], &new, row_tol);
+                    assert_eq!(
+                        got_bytes[..pos * row * cache_type.bytes()],
+                        init_bytes[..pos * row * cache_type.bytes()],
+                        "{label}: earlier rows untouched"
+                    );
+
+                    // Attention over the rows the cache holds (the GPU's row pos, checked above).
+                    let mut want = vec![0f32; heads * kv];
+                    for h in 0..heads {
+                        let qa = &q_abs[h * kv..(h + 1) * kv];
+                        let mut qpe = q[h * head_dim + nope..(h + 1) * head_dim].to_vec();
+                        ops::rope(&mut qpe, pos, cfg.rope_base);
+                        let mut kq: Vec<f32> = cache
+                            .chunks_exact(row)
+                            .map(|t| {
+                                (ops::dot(qa, &t[..kv]) + ops::dot(&qpe, &t[kv..]))
+                                    * cfg.attn_scale()
+                            })
+                            .collect();
+                        ops::softmax(&mut kq);
+                        for (pr, t) in kq.iter().zip(cache.chunks_exact(row)) {
+                            for (o, l) in want[h * kv..(h + 1) * kv].iter_mut().zip(&t[..kv]) {
+                                *o += pr * l;
+                            }
+                        }
+                    }
+                    check(
+                        &format!("attention n_ctx {n_ctx} {label}"),
+                        &ctx.read_f32(&kqv, heads * kv).unwrap(),
+                        &want,
+                    );
                 }
             }
-            check(
-                &format!("attention n_ctx {n_ctx} {label}"),
-                &ctx.read_f32(&kqv, heads * kv).unwrap(),
-                &want,
-            );
-            let got_cache = ctx.read_f32(&cache_b, n_ctx * row).unwrap();
-            check(
-                &format!("cache row {pos} {label}"),
-                &got_cache[pos * row..],
-                &cache[pos * row..],
-            );
-            assert_eq!(
-                got_cache[..pos * row],
-                cache_init[..pos * row],
-                "earlier rows untouched"
-            );
         }
     }
 }

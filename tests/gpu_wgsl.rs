@@ -103,7 +103,7 @@ fn check(shader: &Shader, subgroups: bool) {
 fn every_kernel_validates_and_translates_to_msl() {
     for shader in all_shaders() {
         check(&shader, false);
-        if shader.reduces {
+        if shader.reduces || shader.lanes {
             check(&shader, true);
         }
     }

@@ -19,7 +19,17 @@ use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::{GpuBackend, GpuOptions};
+use glm_flash::ops_common::CacheType;
 use glm_flash::weights::Weights;
+
+/// The GPU with the CPU reference's f32 cache, so the two follow each other as far as
+/// f32 arithmetic lets them.
+fn f32_cache() -> GpuOptions {
+    GpuOptions {
+        cache_type: CacheType::F32,
+        ..Default::default()
+    }
+}
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -123,7 +133,7 @@ fn gpu_greedy_follows_the_cpu(n: usize) {
     let (cfg, w) = tiny();
     let prompt = prompt();
     let ctx = prompt.len() + n;
-    let mut gpu = GpuBackend::new(&cfg, &w, ctx, &GpuOptions::default()).unwrap();
+    let mut gpu = GpuBackend::new(&cfg, &w, ctx, &f32_cache()).unwrap();
     let (gpu_ids, _) = greedy(&mut gpu, &prompt, n, "gpu");
     match cpu_ids.iter().zip(&gpu_ids).position(|(c, g)| c != g) {
         None => println!("gpu and cpu agree on all {n} greedy tokens"),
@@ -213,7 +223,7 @@ fn gpu_full_8192_position_cache_gives_finite_logits_like_the_cpu() {
     let n = FILL;
     let tokens = forced_tokens(n, cfg.vocab);
     let want = cpu_fill();
-    let mut gpu = GpuBackend::new(&cfg, &w, n, &GpuOptions::default()).unwrap();
+    let mut gpu = GpuBackend::new(&cfg, &w, n, &f32_cache()).unwrap();
     assert_eq!(gpu.max_context(), n);
     let got = fill(&mut gpu, &tokens, FILL_CHUNK, "gpu");
     assert!(gpu.feed_logits(&[1], n, Rows::Last).is_err());

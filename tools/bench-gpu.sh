@@ -4,9 +4,10 @@
 #     cp target/release/glm-flash .bin/ && strip .bin/glm-flash && git rev-parse HEAD > .bin/COMMIT
 #   - the Vulkan loader (libvulkan1) and glvnd .debs in .gl/ (the NVIDIA ICD lives in
 #     libGLX_nvidia, which needs glvnd's dispatch libraries); they are unpacked into / below.
-# Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at context 128 and
-# 512, 4096 and 8192 (attention as the context grows) and a 512-token prefill on
-# the GPU, leaving JSON and logs under $OUT.
+# Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at depths 128,
+# 4096, 32768 and 131072 (the cache filled with synthetic rows, not prefilled) and a
+# 512-token prefill on the GPU, leaving JSON and logs under $OUT. The f16 cache of 131072+
+# positions takes 7.1 GB beside the 31.8 GB of weights.
 #
 #   tools/bench-gpu.sh [MODEL_PATH]
 set -euo pipefail
@@ -33,6 +34,6 @@ if [ ! -f "$MODEL" ]; then
 fi
 ls -la "$MODEL"
 
-"$BIN" bench -m "$MODEL" --backend gpu --ctx 8320 \
-    --depth 128,512,4096,8192 --decode 64 --warmup 4 --prefill 512 --profile \
+"$BIN" bench -m "$MODEL" --backend gpu \
+    --depth 128,4096,32768,131072 --decode 64 --warmup 4 --prefill 512 --profile \
     --json "$OUT/bench-gpu-full.json" 2>&1 | tee "$OUT/bench-gpu-full.txt"

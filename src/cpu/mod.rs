@@ -10,9 +10,10 @@ pub mod ops;
 
 use rayon::prelude::*;
 
-use crate::backend::{check_feed, check_truncate, Backend, Output, Rows, Want};
+use crate::backend::{check_bench_block, check_feed, check_truncate, Backend, Output, Rows, Want};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 use crate::weights::{DenseFfn, Ffn, Layer, Matrix, MoeFfn, Weights};
 use matmul::{gemm_nn, gemm_nt, matmul, OutLayout, RowsOf};
 use ops::{rmsnorm, rmsnorm_inplace, rope};
@@ -28,6 +29,8 @@ pub struct CpuBackend<'a> {
     kv_cache: Vec<Vec<f32>>,
     cache_len: usize,
     max_context: usize,
+    /// How cache rows are stored (f32 unless [`CpuBackend::with_cache_type`] says otherwise).
+    cache_type: CacheType,
     pool: rayon::ThreadPool,
 }
 
@@ -49,8 +52,15 @@ impl<'a> CpuBackend<'a> {
             kv_cache: vec![Vec::new(); cfg.n_layers],
             cache_len: 0,
             max_context: max_context.min(cfg.context_length),
+            cache_type: CacheType::F32,
             pool,
         })
+    }
+
+    /// Stores cache rows as `t` does (f16: each value rounded to f16, as the GPU stores it).
+    pub fn with_cache_type(mut self, t: CacheType) -> Self {
+        self.cache_type = t;
+        self
     }
 }
 
@@ -60,6 +70,7 @@ fn forward(
     cfg: &Config,
     w: &Weights,
     kv_cache: &mut [Vec<f32>],
+    cache_type: CacheType,
     tokens: &[u32],
     pos: usize,
     want: Want,
@@ -70,7 +81,7 @@ fn forward(
         w.token_embd.dequantize_row(t as usize, row);
     }
     for (layer, cache) in w.layers.iter().zip(kv_cache) {
-        let attn_out = attention(cfg, layer, &x, pos, cache);
+        let attn_out = attention(cfg, layer, &x, pos, cache, cache_type);
         ops::add(&mut x, &attn_out);
         let ffn_inp = rmsnorm_rows(&x, &layer.ffn_norm, eps);
         let ffn_out = match &layer.ffn {
@@ -100,7 +111,14 @@ fn forward(
 
 /// MLA attention of a block of tokens, absorbed form: the cache holds only
 /// `[latent | k_pe]`, and every head attends to it as keys and (the latent) as values.
-fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec<f32>) -> Vec<f32> {
+fn attention(
+    cfg: &Config,
+    layer: &Layer,
+    x: &[f32],
+    pos: usize,
+    cache: &mut Vec<f32>,
+    cache_type: CacheType,
+) -> Vec<f32> {
     let (heads, nope, rope_dims, kv) = (cfg.n_heads, cfg.qk_nope, cfg.qk_rope, cfg.kv_lora_rank);
     let (head_dim, row, eps) = (nope + rope_dims, cfg.cache_row(), cfg.rms_eps);
     let n = x.len() / cfg.hidden;
@@ -128,6 +146,8 @@ fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec
             rope(&mut q_head[nope..], pos + i, cfg.rope_base);
         }
     }
+    // Attention reads the block's rows as the cache stores them.
+    cache_type.round(&mut kv_cmpr_pe);
     cache.extend_from_slice(&kv_cmpr_pe);
     let n_ctx = pos + n;
     debug_assert_eq!(cache.len(), n_ctx * row);
@@ -313,6 +333,26 @@ impl Backend for CpuBackend<'_> {
         self.max_context
     }
 
+    fn cache_type(&self) -> CacheType {
+        self.cache_type
+    }
+
+    fn fill_cache_for_bench(&mut self, block: &[f32], positions: usize) -> Result<()> {
+        let row = self.cfg.cache_row();
+        let rows = check_bench_block(block, row, positions, self.max_context)?;
+        let mut rounded = block.to_vec();
+        self.cache_type.round(&mut rounded);
+        for cache in &mut self.kv_cache {
+            cache.clear();
+            for i in 0..positions {
+                let r = i % rows;
+                cache.extend_from_slice(&rounded[r * row..(r + 1) * row]);
+            }
+        }
+        self.cache_len = positions;
+        Ok(())
+    }
+
     fn cache_len(&self) -> usize {
         self.cache_len
     }
@@ -341,9 +381,10 @@ impl Backend for CpuBackend<'_> {
                 Want::Nothing
             };
             let (cfg, w, cache, at) = (&self.cfg, self.w, &mut self.kv_cache, self.cache_len);
+            let ct = self.cache_type;
             let out = self
                 .pool
-                .install(|| forward(cfg, w, cache, chunk, at, chunk_want));
+                .install(|| forward(cfg, w, cache, ct, chunk, at, chunk_want));
             self.cache_len += chunk.len();
             match out {
                 Output::Logits(r) | Output::Hidden(r) if all_rows => rows.extend(r),

@@ -7,12 +7,14 @@ use crate::backend::{
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::{self, GpuContext, GpuOptions};
-use crate::gpu::kernels::{attn_partial, ffn_gate_up};
+use crate::gpu::kernels::{attn_combine, attn_partial, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
 use crate::gpu::upload::{self, Uploader};
+use crate::ops_common::CacheType;
 use crate::weights::Weights;
 
 #[derive(Clone, Debug, Default)]
@@ -39,6 +41,7 @@ pub struct GpuBackend {
     max_context: usize,
     /// Kept alive for the dispatches that bind it.
     _model: GpuModel,
+    caches: LatentCaches,
     schedule: Schedule,
     logits_staging: wgpu::Buffer,
     /// Two, so a token's id can be read while the next token computes.
@@ -77,17 +80,25 @@ impl GpuBackend {
                 ffn_gate_up::MAX_EXPERTS
             )));
         }
-        if let Some(why) = attn_partial::unsupported(cfg) {
+        if let Some(why) = attn_partial::unsupported(cfg).or(attn_combine::unsupported(cfg)) {
             return Err(Error::Gpu(format!(
                 "the GPU attention cannot run this model: {why}"
             )));
         }
+        // The caches first: a context that does not fit is refused before the long upload.
+        let caches = LatentCaches::allocate(&ctx, cfg, max_context, opts.cache_type)?;
         let total = GpuModel::file_bytes(cfg, w);
         let mut up = Uploader::new(total, progress);
         let pipelines = Pipelines::new();
         let act = Activations::new(&ctx, cfg, max_context)?;
-        let model = GpuModel::upload(&ctx, cfg, w, max_context, &mut up)?;
-        let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model)?;
+        let model = GpuModel::upload(&ctx, cfg, w, &mut up).map_err(|e| match e {
+            Error::Gpu(why) if why.starts_with("out of GPU memory") => Error::Gpu(format!(
+                "{why} (the {} takes room a smaller --ctx would leave)",
+                caches.describe()
+            )),
+            e => e,
+        })?;
+        let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model, &caches)?;
         let staging = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -110,6 +121,7 @@ impl GpuBackend {
             pipelines,
             max_context,
             _model: model,
+            caches,
             schedule,
             logits_staging,
             argmax_staging,
@@ -266,13 +278,14 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {}{}",
+            "gpu: {}{}, {}",
             self.ctx.describe(),
             if self.ctx.subgroups {
                 ", subgroups"
             } else {
                 ""
-            }
+            },
+            self.caches.describe()
         )
     }
 
@@ -364,6 +377,18 @@ impl Backend for GpuBackend {
             }
         }
         Ok(())
+    }
+
+    fn cache_type(&self) -> CacheType {
+        self.caches.cache_type
+    }
+
+    fn fill_cache_for_bench(&mut self, block: &[f32], positions: usize) -> Result<()> {
+        let row = self.cfg.cache_row();
+        crate::backend::check_bench_block(block, row, positions, self.max_context)?;
+        self.caches.fill(&self.ctx, &self.cfg, block, positions);
+        self.cache_len = positions;
+        self.ctx.wait()
     }
 
     fn instrumented(&mut self) -> Option<&mut dyn Instrumented> {

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::ops_common::CacheType;
 
 /// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +22,8 @@ pub struct GpuOptions {
     /// Force a lower buffer-size limit than the device's `max_buffer_size`, leaving the
     /// binding limit alone (tests use it to reach the too-large-buffer error).
     pub max_buffer_bytes: Option<u64>,
+    /// How the latent cache stores its rows (default f16; the f32 parity tests use f32).
+    pub cache_type: CacheType,
 }
 
 /// Optional features we enable when the adapter has them.
@@ -33,9 +36,13 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
 /// with u32. Keep a margin so byte counts stay below 2^32.
 const MAX_BINDING_EVER: u64 = (1 << 32) - 256;
 
-/// Workgroup size of every kernel but the argmax (WGSL `WG`, prepended to each module);
-/// subgroup reductions need the subgroup to divide it.
+/// Workgroup size of every kernel but the argmax and the attention (WGSL `WG`, prepended to
+/// each module); subgroup reductions need the subgroup to divide it.
 pub const WORKGROUP_SIZE: u32 = 64;
+
+/// Subgroups narrower than this are not used: the lane library shuffles within groups of
+/// up to this many consecutive invocations (`kernels/lib/lanes_subgroup.wgsl`).
+pub const MIN_SUBGROUP: u32 = 8;
 
 /// What the engine asks of an adapter, beyond compute shaders and `unpack2x16float`.
 #[derive(Clone, Copy, Debug)]
@@ -277,11 +284,12 @@ impl GpuContext {
         let max_buffer = opts
             .max_buffer_bytes
             .map_or(limits.max_buffer_size, |b| b.min(limits.max_buffer_size));
-        // Subgroup reductions assume a subgroup fits the workgroup and divides it.
+        // Subgroup reductions assume a subgroup fits the workgroup and divides it, and
+        // holds whole groups of lanes.
         let subgroups = !opts.no_subgroups
             && features.contains(wgpu::Features::SUBGROUP)
             && info.subgroup_max_size <= WORKGROUP_SIZE
-            && info.subgroup_min_size >= 1
+            && info.subgroup_min_size >= MIN_SUBGROUP
             && WORKGROUP_SIZE.is_multiple_of(info.subgroup_max_size);
         let failure = Arc::new(Mutex::new(None::<String>));
         let lost = failure.clone();

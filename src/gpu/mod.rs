@@ -5,7 +5,8 @@
 //!   submits a token, reads back logits or the argmax, keeps the next greedy token in flight.
 //! - [`schedule`]: every dispatch of a token, built once at load, and its recording.
 //! - [`kernels`]: one launcher per kernel, its WGSL beside it (`kernels/<name>.wgsl`).
-//! - [`resident`]: the model's weights and latent caches, uploaded once.
+//! - [`resident`]: the model's weights, uploaded once.
+//! - [`cache`]: the latent caches, f16 or f32, sized and checked before anything else.
 //! - [`pipelines`]: the pipeline cache and its registry; a recorded
 //!   [`Dispatch`](pipelines::Dispatch).
 //! - [`upload`]: buffers, and a weight matrix repacked into the layout the kernels read.
@@ -14,6 +15,7 @@
 //! - [`context`]: the adapter and device, and the minimum the engine asks of them.
 
 pub mod backend;
+pub mod cache;
 pub mod context;
 pub mod kernels;
 pub mod pipelines;

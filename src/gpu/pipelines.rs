@@ -90,10 +90,22 @@ impl Pipelines {
         let wgpu_constants: Vec<(&str, f64)> =
             constants.iter().map(|c| (c.name, c.value.as_f64())).collect();
         let device = &ctx.device;
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
             source: wgpu::ShaderSource::Wgsl(shader.module_source(ctx.subgroups).into()),
-        });
+        };
+        // Bounds checks stay on. wgpu's loop bounding (a 64-bit counter added to every loop,
+        // against drivers that miscompile infinite loops) is off: it hides trip counts from
+        // the driver's compiler, and attention keeps its per-head accumulators in registers
+        // only when its loops over pipeline-constant head counts are unrolled.
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        // SAFETY: every loop of our kernels ends: its counter moves by a constant step (or a
+        // shift) towards a bound that is a size far below 2^32 (a uniform, an override or a
+        // constant).
+        let module = unsafe { device.create_shader_module_trusted(desc, checks) };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
             .bindings
             .iter()

@@ -1,16 +1,15 @@
 //! The model resident on the GPU: every weight repacked once at load (through
-//! [`upload`]), in the shapes the kernels read, and each layer's latent
-//! cache. The decode schedule binds these buffers; nothing here runs a kernel.
+//! [`upload`]), in the shapes the kernels read (the latent caches are in
+//! [`cache`](crate::gpu::cache)). The decode schedule binds these buffers; nothing here
+//! runs a kernel.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::upload::{
-    self, storage_zeroed, try_storage_f32, GpuMatrix, RowRef, Uploader,
-};
+use crate::gpu::upload::{self, try_storage_f32, GpuMatrix, RowRef, Uploader};
 use crate::weights::{Ffn, Layer, Weights};
 
-/// Every weight of the model on the GPU, and the latent caches.
+/// Every weight of the model on the GPU.
 pub struct GpuModel {
     pub token_embd: GpuMatrix,
     pub output: GpuMatrix,
@@ -19,12 +18,11 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Uploads the weights of `w`, with caches of `max_context` positions.
+    /// Uploads the weights of `w`.
     pub fn upload(
         ctx: &GpuContext,
         cfg: &Config,
         w: &Weights,
-        max_context: usize,
         up: &mut Uploader,
     ) -> Result<GpuModel> {
         let token_embd = GpuMatrix::from_matrix(ctx, "token_embd", &w.token_embd, up)?;
@@ -32,7 +30,7 @@ impl GpuModel {
         let output_norm = try_storage_f32(ctx, "output_norm", &w.output_norm)?;
         let mut layers = Vec::with_capacity(w.layers.len());
         for (i, l) in w.layers.iter().enumerate() {
-            layers.push(GpuLayer::upload(ctx, cfg, i, l, max_context, up)?);
+            layers.push(GpuLayer::upload(ctx, cfg, i, l, up)?);
         }
         Ok(GpuModel {
             token_embd,
@@ -80,8 +78,6 @@ pub struct GpuLayer {
     pub attn_output: GpuMatrix,
     pub ffn_norm: wgpu::Buffer,
     pub ffn: GpuFfn,
-    /// `[max_context][kv_lora + rope]`: latent and roped k_pe of every position.
-    pub kv_cache: wgpu::Buffer,
 }
 
 impl GpuLayer {
@@ -90,17 +86,9 @@ impl GpuLayer {
         cfg: &Config,
         i: usize,
         l: &Layer,
-        max_context: usize,
         up: &mut Uploader,
     ) -> Result<GpuLayer> {
         let name = |s: &str| format!("blk.{i}.{s}");
-        let cache_bytes = (max_context * cfg.cache_row() * 4) as u64;
-        if cache_bytes > ctx.max_binding {
-            return Err(Error::Gpu(format!(
-                "a latent cache of {max_context} positions needs {cache_bytes} bytes per layer, over the {}-byte binding limit: use a smaller context",
-                ctx.max_binding
-            )));
-        }
         Ok(GpuLayer {
             attn_norm: try_storage_f32(ctx, &name("attn_norm"), &l.attn_norm)?,
             attn_qkv_a: GpuMatrix::concat(
@@ -117,7 +105,6 @@ impl GpuLayer {
             attn_output: GpuMatrix::from_matrix(ctx, &name("attn_output"), &l.attn_output, up)?,
             ffn_norm: try_storage_f32(ctx, &name("ffn_norm"), &l.ffn_norm)?,
             ffn: GpuFfn::upload(ctx, cfg, &name("ffn"), &l.ffn, up)?,
-            kv_cache: storage_zeroed(ctx, &name("kv_cache"), max_context * cfg.cache_row())?,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
     argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
@@ -12,6 +13,7 @@ use crate::gpu::kernels::{
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::resident::{GpuLayer, GpuModel};
 use crate::gpu::upload::{self, storage_zeroed, GpuMatrix};
+use crate::ops_common::CacheType;
 
 /// Activations: one buffer per intermediate, shared by all layers.
 pub struct Activations {
@@ -51,7 +53,8 @@ struct LayerDispatches {
     attn_qkv_a: Vec<Dispatch>,
     attn_q_b: Vec<Dispatch>,
     q_nope_absorbed: Vec<Dispatch>,
-    attn_partial: Dispatch,
+    /// One per variant of the kernel (heads per workgroup): `attn_partial::variants`.
+    attn_partial: Vec<Dispatch>,
     attn_combine: Dispatch,
     attn_v_b: Vec<Dispatch>,
     attn_output: Vec<Dispatch>,
@@ -146,12 +149,17 @@ impl Schedule {
         max_context: usize,
         act: Activations,
         model: &GpuModel,
+        caches: &LatentCaches,
     ) -> Result<Schedule> {
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_id, &act.x);
         let layers = model
             .layers
             .iter()
-            .map(|l| LayerDispatches::new(l, ctx, p, cfg, max_context, &act))
+            .zip(&caches.layers)
+            .map(|(l, cache)| {
+                let c = (cache, caches.cache_type);
+                LayerDispatches::new(l, c, ctx, p, cfg, max_context, &act)
+            })
             .collect::<Vec<_>>();
         let result_output = matvec::dispatches(
             ctx,
@@ -209,8 +217,9 @@ impl Schedule {
 
     /// Records the token at `pos` through every layer, and the head when `read` wants it.
     pub fn record(&self, rec: &mut Recorder, cfg: &Config, pos: usize, read: Readback) {
-        // The attention grid grows with the context: the same for every layer of this token.
-        let attn_grid = attn_partial::grid(cfg, pos + 1);
+        // The attention's variant and grid follow the context: the same for every layer.
+        let variant = attn_partial::choose(cfg, pos);
+        let attn_grid = attn_partial::grid(cfg, pos, attn_partial::variants(cfg)[variant]);
         rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
             // Attention: MLA over the latent cache, k_b absorbed into q.
@@ -220,10 +229,10 @@ impl Schedule {
             rec.run("q", &l.attn_q_b);
             // q_nope_absorbed[h] = k_b[h] · q_nope[h]
             rec.run("q_nope_absorbed", &l.q_nope_absorbed);
-            // cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]; scores with rope(q_pe),
-            // softmax and context per split of positions
-            rec.run_sized("kq_partial", &l.attn_partial, attn_grid);
-            // kqv[h] = Σ_t p[h][t] · latent[t]
+            // Scores with rope(q_pe), softmax and context per split of the cached positions
+            rec.run_sized("kq_partial", &l.attn_partial[variant], attn_grid);
+            // cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)];
+            // kqv[h] = Σ_t p[h][t] · latent[t] over the splits and pos
             rec.run("kqv", std::slice::from_ref(&l.attn_combine));
             // kqv_out[h] = v_b[h] · kqv[h]
             rec.run("kqv_out", &l.attn_v_b);
@@ -274,6 +283,7 @@ impl Activations {
 impl LayerDispatches {
     fn new(
         l: &GpuLayer,
+        (cache, cache_type): (&wgpu::Buffer, CacheType),
         ctx: &GpuContext,
         p: &Pipelines,
         cfg: &Config,
@@ -285,6 +295,15 @@ impl LayerDispatches {
         let mv = |m: &GpuMatrix, spec: matvec::Matvec| matvec::dispatches(ctx, p, m, &spec);
         let f = &l.ffn;
         let route = f.fixed_route.as_ref().unwrap_or(&a.ffn_moe_route);
+        let attention = attn_partial::Attention {
+            token: &a.token,
+            q_abs: &a.q_nope_absorbed,
+            q: &a.q,
+            cache,
+            cache_type,
+            rope_cs: &a.rope_cs,
+            partial: &a.attn_partial,
+        };
         LayerDispatches {
             attn_qkv_a: mv(
                 &l.attn_qkv_a,
@@ -319,30 +338,23 @@ impl LayerDispatches {
                     accumulate: false,
                 },
             ),
-            attn_partial: attn_partial::dispatch(
-                ctx,
-                p,
-                cfg,
-                max_context,
-                &attn_partial::Attention {
-                    token: &a.token,
-                    q_abs: &a.q_nope_absorbed,
-                    q: &a.q,
-                    kv_a: &a.qkv_a,
-                    kv_norm: &l.attn_kv_a_norm,
-                    rope_cs: &a.rope_cs,
-                    cache: &l.kv_cache,
-                    partial: &a.attn_partial,
-                },
-            ),
+            attn_partial: attn_partial::variants(cfg)
+                .into_iter()
+                .map(|heads_wg| {
+                    attn_partial::dispatch(ctx, p, cfg, max_context, &attention, heads_wg)
+                })
+                .collect(),
             attn_combine: attn_combine::dispatch(
                 ctx,
                 p,
                 cfg,
                 max_context,
-                &a.token,
-                &a.attn_partial,
-                &a.kqv,
+                &attention,
+                &attn_combine::Combine {
+                    kqv: &a.kqv,
+                    kv_a: &a.qkv_a,
+                    kv_norm: &l.attn_kv_a_norm,
+                },
             ),
             attn_v_b: mv(
                 &l.attn_v_b,

@@ -12,7 +12,8 @@
 //!
 //! Kernels that reduce across a workgroup call `reduce_sum4` / `reduce_max4`, which come from
 //! one of two small libraries appended to the kernel's source: `kernels/lib/reduce_subgroup.wgsl`
-//! when the device has subgroups, else `kernels/lib/reduce_workgroup.wgsl`. It has to be a
+//! when the device has subgroups, else `kernels/lib/reduce_workgroup.wgsl` (likewise
+//! `lane_sum` / `lane_max` over small groups of invocations, `kernels/lib/lanes_*.wgsl`). It has to be a
 //! choice of source, not of entry point or override constant: naga validates the whole
 //! module against the device's capabilities, so subgroup builtins anywhere in a module fail
 //! on a device without them.
@@ -24,6 +25,8 @@ use crate::gpu::context::WORKGROUP_SIZE;
 
 pub const REDUCE_SUBGROUP: &str = include_str!("kernels/lib/reduce_subgroup.wgsl");
 pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wgsl");
+pub const LANES_SUBGROUP: &str = include_str!("kernels/lib/lanes_subgroup.wgsl");
+pub const LANES_WORKGROUP: &str = include_str!("kernels/lib/lanes_workgroup.wgsl");
 pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
 
 /// One WGSL kernel: its file, its interface, the libraries appended to it.
@@ -42,6 +45,9 @@ pub struct Shader {
     pub structs: &'static [&'static WgslStruct],
     /// Appends a reduction library (`reduce_sum4`, `reduce_max4`).
     pub reduces: bool,
+    /// Appends a lane library (`lane_sum`, `lane_max` over groups of `LANES` invocations,
+    /// which the kernel declares with its workgroup size `AWG`).
+    pub lanes: bool,
     /// Appends `kernels/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
     pub dots: bool,
 }
@@ -83,6 +89,14 @@ impl Shader {
                 REDUCE_SUBGROUP
             } else {
                 REDUCE_WORKGROUP
+            });
+        }
+        if self.lanes {
+            s.push('\n');
+            s.push_str(if subgroups {
+                LANES_SUBGROUP
+            } else {
+                LANES_WORKGROUP
             });
         }
         if self.dots {

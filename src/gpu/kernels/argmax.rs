@@ -23,6 +23,7 @@ pub const SHADER: Shader = Shader {
     consts: &[("WG_ARGMAX", WORKGROUP), ("SPAN", SPAN as u32)],
     structs: &[],
     reduces: false,
+    lanes: false,
     dots: false,
 };
 

@@ -1,30 +1,40 @@
-//! Launcher of `attn_partial.wgsl`: scores, softmax and latent context of four heads
-//! over one split of cache positions, with RoPE on q_pe and the token's own cache row
-//! (RMSNorm of the latent, RoPE on k_pe) done on the way. Reference: `cpu::attention`
-//! (its cache append, `ops::rope`, `ops::rmsnorm` and the per-head loop).
+//! Launcher of `attn_partial.wgsl`: scores, softmax and latent context of a group of heads
+//! over one split of the cached positions, each cache row read once for the whole group.
+//! Reference: `cpu::attention` (its per-head loop, and `ops::rope` on q_pe).
 
 use crate::config::Config;
-use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
+use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
 use crate::gpu::upload::uniform;
-use crate::ops_common::rope_angle;
+use crate::ops_common::{rope_angle, CacheType};
 
-/// Positions a workgroup scores at once (the kernel's TILE): one per four invocations.
-pub const TILE: usize = WORKGROUP_SIZE as usize / 4;
-/// Heads per workgroup (the kernel's HEADS).
-pub const HEADS: usize = 4;
+/// Invocations per workgroup.
+pub const AWG: usize = 256;
+/// Invocations that share one pair of positions' dot products in the score phase (and one
+/// head's softmax): a power of two that fits every subgroup the engine uses.
+pub const LANES: usize = 8;
+const _: () = assert!(LANES <= MIN_SUBGROUP as usize && LANES.is_power_of_two());
+/// Positions a workgroup scores at once: two per group of LANES.
+pub const TILE: usize = 2 * AWG / LANES;
+/// Heads per workgroup at most: one group of LANES per head in the softmax phase.
+pub const MAX_HEADS_WG: usize = AWG / LANES;
+/// Heads per invocation at most in the context phase (its accumulators: 8 columns each).
+pub const MAX_HPB: usize = 8;
 /// Splits of the context at most: enough workgroups to fill a large GPU at any context,
 /// few enough that attn_combine merges them in one step.
-pub const MAX_SPLITS: usize = 64;
-/// Largest cache row (kv + rope) the kernel holds in workgroup memory.
-pub const MAX_ROW: usize = 640;
-/// Largest latent (kv): each invocation owns two of its vec4 columns.
-pub const MAX_KV: usize = 2 * 4 * WORKGROUP_SIZE as usize;
+pub const MAX_SPLITS: usize = 256;
+/// Workgroups a token's attention should have to keep a large GPU busy: the variant
+/// chosen is the widest (fewest head groups, each row read by fewest workgroups) that
+/// reaches it at the context ([`choose`]).
+pub const TARGET_WORKGROUPS: usize = 256;
 
-/// The model's cache row (kv + rope) and latent (kv), in vec4.
-pub const ROW4: Override<u32> = Override::new("ROW4");
-pub const KV4: Override<u32> = Override::new("KV4");
+pub const HEADS_WG: Override<u32> = Override::new("HEADS_WG");
+pub const HPB: Override<u32> = Override::new("HPB");
+pub const KV8: Override<u32> = Override::new("KV8");
+pub const ROPE8: Override<u32> = Override::new("ROPE8");
+/// The cache holds f16 values (else f32).
+pub const CACHE_F16: Override<bool> = Override::new("CACHE_F16");
 
 pub const SHADER: Shader = Shader {
     name: "attn_partial",
@@ -34,20 +44,27 @@ pub const SHADER: Shader = Shader {
         Slot::Uniform(&TokenParams::LAYOUT),
         Slot::Read,
         Slot::Read,
+        Slot::Read,
+        Slot::Read,
         Slot::ReadWrite,
-        Slot::ReadWrite,
-        Slot::Read,
-        Slot::Read,
-        Slot::Read,
     ],
-    overrides: &[ROW4.decl(), KV4.decl()],
+    overrides: &[
+        HEADS_WG.decl(),
+        HPB.decl(),
+        KV8.decl(),
+        ROPE8.decl(),
+        CACHE_F16.decl(),
+    ],
     consts: &[
+        ("AWG", AWG as u32),
+        ("LANES", LANES as u32),
         ("TILE", TILE as u32),
-        ("HEADS", HEADS as u32),
-        ("MAX_ROW4", (MAX_ROW / 4) as u32),
+        ("MAX_HEADS_WG", MAX_HEADS_WG as u32),
+        ("MAX_HPB", MAX_HPB as u32),
     ],
     structs: &[&TokenParams::LAYOUT],
-    reduces: true,
+    reduces: false,
+    lanes: true,
     dots: false,
 };
 
@@ -58,9 +75,9 @@ wgsl_struct! {
         nope: u32,
         scale: f32,
         max_splits: u32,
-        kv_offset4: u32,
-        eps: f32,
-        _pad: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -68,25 +85,22 @@ wgsl_struct! {
     /// Per-token values the attention kernels read from one uniform buffer (WGSL `Token`,
     /// prepended to both), written before each token's submit.
     pub struct TokenParams as "Token" {
-        /// Position of the token (its cache row).
+        /// Position of the token: the positions already cached, and its cache row.
         pub pos: u32,
-        /// Positions attended: pos + 1.
-        pub n_ctx: u32,
-        /// Positions per attention split ([`split_len`]).
+        /// Positions per attention split ([`split_len`] of `pos`).
         pub attn_split: u32,
-        pub _pad: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 
 impl TokenParams {
     /// The token at `pos`.
     pub fn new(pos: usize) -> TokenParams {
-        let n_ctx = pos + 1;
         TokenParams {
             pos: pos as u32,
-            n_ctx: n_ctx as u32,
-            attn_split: split_len(n_ctx) as u32,
-            _pad: 0,
+            attn_split: split_len(pos) as u32,
+            ..Default::default()
         }
     }
 }
@@ -102,77 +116,115 @@ pub fn rope_table(pos: usize, dims: usize, base: f32) -> Vec<[f32; 2]> {
         .collect()
 }
 
-/// Positions per split for a context of `n_ctx`: whole tiles, at most [`MAX_SPLITS`] splits.
-/// Short contexts get one tile per workgroup (the shortest chain of dependent loads); long
-/// ones spread over all splits.
-pub fn split_len(n_ctx: usize) -> usize {
-    n_ctx.div_ceil(MAX_SPLITS).next_multiple_of(TILE).max(TILE)
+/// Positions per split over `cached` positions: whole tiles, at most [`MAX_SPLITS`] splits.
+pub fn split_len(cached: usize) -> usize {
+    cached.div_ceil(MAX_SPLITS).next_multiple_of(TILE).max(TILE)
 }
 
-/// Splits of `n_ctx` positions: the x extent of the grid.
-pub fn splits(n_ctx: usize) -> usize {
-    n_ctx.div_ceil(split_len(n_ctx))
+/// Splits over `cached` positions: the x extent of the grid (one empty split when nothing
+/// is cached, so a dispatch never has zero workgroups).
+pub fn splits(cached: usize) -> usize {
+    cached.div_ceil(split_len(cached)).max(1)
 }
 
-/// The grid for a context of `n_ctx`: `[splits, head groups, 1]`.
-pub fn grid(cfg: &Config, n_ctx: usize) -> [u32; 3] {
-    [splits(n_ctx) as u32, cfg.n_heads.div_ceil(HEADS) as u32, 1]
-}
-
-/// The most splits any context up to `max_context` has: the partial buffer's stride
-/// between heads.
+/// The most splits any token up to `max_context` has: the partial buffer's stride between
+/// heads.
 pub fn max_splits(max_context: usize) -> usize {
     max_context.div_ceil(TILE).clamp(1, MAX_SPLITS)
 }
 
-/// Floats of the partial buffer for contexts up to `max_context`.
+/// Floats of the partial buffer for contexts up to `max_context`: per head and split the
+/// context, then (max, sum, 0, 0).
 pub fn partial_len(cfg: &Config, max_context: usize) -> usize {
-    cfg.n_heads * max_splits(max_context) * (2 + cfg.kv_lora_rank)
+    cfg.n_heads * max_splits(max_context) * (cfg.kv_lora_rank + 4)
+}
+
+/// Heads of the widest workgroup: all heads where the kernel holds them, else equal groups
+/// of at most what it holds.
+fn widest(cfg: &Config) -> usize {
+    let blocks = AWG / (cfg.kv_lora_rank / 8);
+    let most = MAX_HEADS_WG.min(blocks * MAX_HPB);
+    cfg.n_heads.div_ceil(cfg.n_heads.div_ceil(most))
+}
+
+/// Heads per workgroup of each variant of the kernel, widest first: all heads (each row read
+/// once), half of them, a fifth of them. Narrow workgroups finish sooner, which wins at short
+/// contexts, where a token's attention has few tiles and reading the small cache once per
+/// group costs little.
+pub fn variants(cfg: &Config) -> Vec<usize> {
+    let wide = widest(cfg);
+    let mut v = vec![wide, wide.div_ceil(2), wide.div_ceil(5)];
+    v.dedup();
+    v
+}
+
+/// Which of [`variants`] the token at `pos` runs: the widest whose grid has
+/// [`TARGET_WORKGROUPS`], else the narrowest.
+pub fn choose(cfg: &Config, pos: usize) -> usize {
+    let v = variants(cfg);
+    v.iter()
+        .position(|&h| splits(pos) * cfg.n_heads.div_ceil(h) >= TARGET_WORKGROUPS)
+        .unwrap_or(v.len() - 1)
+}
+
+/// The grid of the token at `pos` with `heads_wg` heads per workgroup: `[splits, head groups, 1]`.
+pub fn grid(cfg: &Config, pos: usize, heads_wg: usize) -> [u32; 3] {
+    [splits(pos) as u32, cfg.n_heads.div_ceil(heads_wg) as u32, 1]
 }
 
 /// Why the kernel cannot run this model's attention, if it cannot.
 pub fn unsupported(cfg: &Config) -> Option<String> {
-    let (row, kv) = (cfg.cache_row(), cfg.kv_lora_rank);
-    let dims = [kv, cfg.qk_rope, cfg.qk_nope, cfg.q_lora_rank];
-    let aligned = dims.iter().all(|d| d.is_multiple_of(4));
-    (row > MAX_ROW || kv > MAX_KV || !aligned).then(|| {
+    let (kv, rope) = (cfg.kv_lora_rank, cfg.qk_rope);
+    let units = kv / 8;
+    let ok = kv.is_multiple_of(8)
+        && rope.is_multiple_of(8)
+        && units > 0
+        && AWG.is_multiple_of(units)
+        && cfg.qk_nope.is_multiple_of(4);
+    (!ok).then(|| {
         format!(
-            "kv_lora_rank {kv}, rope {}, nope {} and q_lora_rank {} must be multiples of 4, \
-             kv at most {MAX_KV} and kv + rope at most {MAX_ROW}",
-            cfg.qk_rope, cfg.qk_nope, cfg.q_lora_rank
+            "kv_lora_rank {kv} must be 8 times a power of two up to {AWG}, and rope {rope} \
+             and nope {} multiples of 8 and 4",
+            cfg.qk_nope
         )
     })
 }
 
 /// The buffers one attention dispatch reads and writes.
 pub struct Attention<'a> {
-    /// Per-token uniform (position, context, split length).
+    /// Per-token uniform (position, split length).
     pub token: &'a wgpu::Buffer,
     /// [heads][kv] k_b-absorbed q_nope.
     pub q_abs: &'a wgpu::Buffer,
     /// [heads][nope + rope], q_pe not yet roped.
     pub q: &'a wgpu::Buffer,
-    /// `[q_a | kv_cmpr | k_pe]` of the token: kv_cmpr starts at q_lora_rank.
-    pub kv_a: &'a wgpu::Buffer,
-    /// [kv] latent RMSNorm weight.
-    pub kv_norm: &'a wgpu::Buffer,
+    /// [positions][kv + rope], read.
+    pub cache: &'a wgpu::Buffer,
+    /// How `cache` stores its values.
+    pub cache_type: CacheType,
     /// [rope / 2] (cos, sin) of the token's position: [`rope_table`].
     pub rope_cs: &'a wgpu::Buffer,
-    /// [positions][kv + rope]; row `pos` is written.
-    pub cache: &'a wgpu::Buffer,
-    /// [heads][max_splits][2 + kv] out.
+    /// [heads][max_splits][kv + 4] out: [`partial_len`].
     pub partial: &'a wgpu::Buffer,
 }
 
-/// The grid is set per token: [`grid`].
+/// The dispatch of the variant with `heads_wg` heads per workgroup; the grid is set per
+/// token: [`grid`].
 pub fn dispatch(
     ctx: &GpuContext,
     pipes: &Pipelines,
     cfg: &Config,
     max_context: usize,
     a: &Attention,
+    heads_wg: usize,
 ) -> Dispatch {
     assert!(unsupported(cfg).is_none());
+    let units = cfg.kv_lora_rank / 8;
+    let hpb = heads_wg.div_ceil(AWG / units);
+    assert!(
+        heads_wg <= MAX_HEADS_WG && hpb <= MAX_HPB,
+        "{heads_wg} heads per workgroup"
+    );
     let params = uniform(
         ctx,
         "attn_partial params",
@@ -182,20 +234,21 @@ pub fn dispatch(
             nope: cfg.qk_nope as u32,
             scale: cfg.attn_scale(),
             max_splits: max_splits(max_context) as u32,
-            kv_offset4: (cfg.q_lora_rank / 4) as u32,
-            eps: cfg.rms_eps,
-            _pad: 0,
+            ..Default::default()
         },
     );
     let constants = [
-        ROW4.set((cfg.cache_row() / 4) as u32),
-        KV4.set((cfg.kv_lora_rank / 4) as u32),
+        HEADS_WG.set(heads_wg as u32),
+        HPB.set(hpb as u32),
+        KV8.set(units as u32),
+        ROPE8.set((cfg.qk_rope / 8) as u32),
+        CACHE_F16.set(a.cache_type == CacheType::F16),
     ];
     pipes.get(ctx, SHADER, &constants).dispatch(
         ctx,
         &[
-            &params, a.token, a.q_abs, a.q, a.cache, a.partial, a.kv_a, a.kv_norm, a.rope_cs,
+            &params, a.token, a.q_abs, a.q, a.cache, a.rope_cs, a.partial,
         ],
-        grid(cfg, 1),
+        grid(cfg, 0, heads_wg),
     )
 }

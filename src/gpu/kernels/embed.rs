@@ -20,6 +20,7 @@ pub const SHADER: Shader = Shader {
     consts: &[],
     structs: &[],
     reduces: false,
+    lanes: false,
     dots: false,
 };
 

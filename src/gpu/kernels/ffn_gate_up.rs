@@ -34,6 +34,7 @@ pub const SHADER: Shader = Shader {
     consts: &[("MAX_EXPERTS", MAX_EXPERTS as u32)],
     structs: &[],
     reduces: true,
+    lanes: false,
     dots: true,
 };
 

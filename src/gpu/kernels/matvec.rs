@@ -26,6 +26,7 @@ pub const SHADER: Shader = Shader {
     consts: &[],
     structs: &[],
     reduces: true,
+    lanes: false,
     dots: true,
 };
 
