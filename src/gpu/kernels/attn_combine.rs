@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::kernels::attn_partial::{self, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Shader, Slot};
+use crate::gpu::shader::{wgsl_struct, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 
 pub const SHADER: Shader = Shader {
@@ -21,7 +21,7 @@ pub const SHADER: Shader = Shader {
     consts: &[("MAX_SPLITS", attn_partial::MAX_SPLITS as u32)],
     structs: &[&TokenParams::LAYOUT],
     reduces: true,
-    dots: false,
+    weights: WeightAccess::None,
 };
 
 wgsl_struct! {

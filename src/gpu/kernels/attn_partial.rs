@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::rope_angle;
 
@@ -48,7 +48,7 @@ pub const SHADER: Shader = Shader {
     ],
     structs: &[&TokenParams::LAYOUT],
     reduces: true,
-    dots: false,
+    weights: WeightAccess::None,
 };
 
 wgsl_struct! {
