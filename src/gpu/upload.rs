@@ -247,9 +247,8 @@ pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wg
 impl GpuMatrix {
     /// Builds a `[rows][cols]` matrix whose row i is `row_of(i)`, in chunks of a multiple of
     /// `row_align` rows (so that groups the kernels read together stay in one chunk). Runs of
-    /// rows of one layout become chunks of that layout; where a run does not start at a
-    /// multiple of `row_align` (rows of different layouts read together), the whole matrix
-    /// goes up as f32, and the log says so.
+    /// rows of one layout become chunks of that layout; a group of `row_align` rows of
+    /// different layouts (a gate/up pair of two formats) goes up as f32, and the log says so.
     #[allow(clippy::too_many_arguments)]
     pub fn build<'a>(
         ctx: &GpuContext,
@@ -260,28 +259,42 @@ impl GpuMatrix {
         up: &mut Uploader,
         row_of: impl Fn(usize) -> RowRef<'a>,
     ) -> Result<GpuMatrix> {
-        // Runs of one layout: (first row, layout).
+        // Runs of one layout: (first row, layout). Rows read together (`row_align` of them)
+        // whose layouts differ go up as f32.
         let mut runs: Vec<(usize, Format)> = Vec::new();
-        for r in 0..rows {
-            let layout = layout_of(&row_of(r).m)?;
+        let mut mixed: Vec<String> = Vec::new();
+        for first in (0..rows).step_by(row_align) {
+            let group: Vec<Matrix> = (first..(first + row_align).min(rows))
+                .map(|r| row_of(r).m)
+                .collect();
+            let mut layout = layout_of(&group[0])?;
+            for m in &group[1..] {
+                if layout_of(m)? != layout {
+                    let names: Vec<String> =
+                        group.iter().map(|m| format!("{} ({})", m.name, m.ty)).collect();
+                    let names = names.join(" with ");
+                    if !mixed.contains(&names) {
+                        mixed.push(names);
+                    }
+                    layout = Format::F32;
+                }
+            }
             if runs.last().is_none_or(|&(_, l)| l != layout) {
-                runs.push((r, layout));
+                runs.push((first, layout));
             }
         }
-        if runs.iter().any(|&(start, _)| !start.is_multiple_of(row_align)) {
-            let mut names: Vec<String> = (0..rows)
-                .map(|r| {
-                    let m = row_of(r).m;
-                    format!("{} ({})", m.name, m.ty)
-                })
-                .collect();
-            names.dedup();
+        if !mixed.is_empty() {
+            let f32_rows: usize = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.1.is_f32())
+                .map(|(i, r)| runs.get(i + 1).map_or(rows, |n| n.0) - r.0)
+                .sum();
             log::info!(
-                "{label}: rows of different GPU layouts interleave ({}); all stored as f32: {} bytes on the GPU",
-                names.join(", "),
-                Format::F32.matrix_bytes(rows, cols)
+                "{label}: rows of different GPU layouts are read together ({}); those {f32_rows} rows are stored as f32: {} bytes on the GPU",
+                mixed.join(", "),
+                Format::F32.matrix_bytes(f32_rows, cols)
             );
-            runs = vec![(0, Format::F32)];
         }
         let mut chunks = Vec::new();
         for (i, &(start, format)) in runs.iter().enumerate() {
