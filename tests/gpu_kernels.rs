@@ -705,17 +705,16 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
             };
             run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
             let got = ctx.read_f32(&out, rows).unwrap();
-            for r in 0..rows {
+            for (r, &g) in got.iter().enumerate() {
                 let want = m.dot_row(r, &x);
                 // The row's own scale: Σ |w x|.
                 let mut w = vec![0f32; cols];
                 m.dequantize_row(r, &mut w);
                 let size: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-                assert!(got[r].is_finite(), "{ty} row {r} {label}: {}", got[r]);
+                assert!(g.is_finite(), "{ty} row {r} {label}: {g}");
                 assert!(
-                    (got[r] - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
-                    "{ty} row {r} {label}: {} vs {want} (size {size})",
-                    got[r]
+                    (g - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
+                    "{ty} row {r} {label}: {g} vs {want} (size {size})"
                 );
             }
             for token in [0usize, 2, 77, rows - 1] {
