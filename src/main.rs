@@ -827,7 +827,7 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         cache(CacheType::F32, cfg.context_length)
     ));
     line(format!(
-        "tensors ({}; on the GPU: the layout of each tensor's type, and its bytes):",
+        "tensors ({}; on the GPU: each tensor's layout (f32 where a gate/up pair mixes layouts), and its bytes):",
         file.tensors.len()
     ));
     line(format!(
@@ -835,8 +835,8 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         "name", "type", "gpu", "dims (GGUF order)", "bytes", "gpu bytes"
     ));
     let (mut gpu_total, mut no_gpu) = (0u64, Vec::new());
-    for t in &file.tensors {
-        let gpu = formats::gpu_form(t.ggml_type, &t.dims);
+    let planned = glm_flash::gpu::upload::planned_forms(&file.tensors);
+    for (t, &gpu) in file.tensors.iter().zip(&planned) {
         match gpu {
             Some((_, bytes)) => gpu_total += bytes,
             None => no_gpu.push(t.ggml_type.name()),

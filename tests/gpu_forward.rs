@@ -33,10 +33,16 @@ fn f32_cache() -> GpuOptions {
 /// Enough for the longest case (284 tokens); small enough that a 1 MiB binding holds the cache.
 const CONTEXT: usize = 320;
 
-/// Returns the dispatches per layer of each case's model.
-fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
+/// Returns the dispatches per layer of each case's model. `greedy`: the reference's
+/// greedy tokens are also the GPU's (the K-quant cases record them).
+fn gpu_matches_reference(
+    cases: &[&'static str],
+    opts: &GpuOptions,
+    label: &str,
+    greedy: bool,
+) -> Vec<Vec<usize>> {
     let mut per_layer = Vec::new();
-    for name in CASES {
+    for &name in cases {
         let case = load_case(name);
         let file = GgufFile::open(&case.gguf).unwrap();
         let cfg = Config::from_gguf(&file).unwrap();
@@ -51,6 +57,9 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
             t.elapsed()
         );
         check_against_reference(&case, &got, F32_TOLERANCE, label);
+        if greedy {
+            check_greedy_tokens(&case, &got, label);
+        }
 
         let mut cpu = CpuBackend::new(&cfg, &weights, CONTEXT, 0).unwrap();
         let want = cpu.feed_logits(&case.tokens, 0, Rows::All).unwrap();
@@ -71,7 +80,7 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
 
 #[test]
 fn gpu_logits_match_reference_and_cpu_on_every_case() {
-    let per_layer = gpu_matches_reference(&f32_cache(), "gpu");
+    let per_layer = gpu_matches_reference(&CASES, &f32_cache(), "gpu", false);
     // Unsplit, every layer of every case runs its fixed set of dispatches: 9 in a dense
     // layer, 10 in a MoE layer (the router mat-vec on top).
     for layers in per_layer {
@@ -88,7 +97,7 @@ fn gpu_split_bindings_and_workgroup_reductions_match_reference() {
         no_subgroups: true,
         ..f32_cache()
     };
-    let per_layer = gpu_matches_reference(&opts, "gpu 1MiB bindings, no subgroups");
+    let per_layer = gpu_matches_reference(&CASES, &opts, "gpu 1MiB bindings, no subgroups", false);
     // small2's LM head, dense FFN and expert stacks exceed 1 MiB: more dispatches than unsplit.
     let small2: usize = per_layer[2].iter().sum();
     assert!(
@@ -278,30 +287,60 @@ fn gpu_buffer_over_the_device_limit_is_an_error_naming_the_tensor() {
     );
 }
 
+/// The files llama.cpp quantizes (Q4_K_M, Q5_K_M, Q6_K, Q4_0, Q2_K: several types each,
+/// stacks mixing them) on the GPU, every matrix in its own format's layout: logits within
+/// the f32 bar of the reference and of the CPU, and the reference's greedy tokens.
+#[test]
+fn gpu_logits_match_reference_on_every_kquant_case() {
+    gpu_matches_reference(&KQUANT_CASES, &f32_cache(), "gpu", true);
+}
+
+/// The same with 1 MiB bindings (chunks of one layout split further) and workgroup
+/// reductions.
+#[test]
+fn gpu_kquant_cases_with_split_bindings_and_workgroup_reductions() {
+    let opts = GpuOptions {
+        max_binding_bytes: Some(1 << 20),
+        no_subgroups: true,
+        ..f32_cache()
+    };
+    gpu_matches_reference(&KQUANT_CASES, &opts, "gpu 1MiB bindings, no subgroups", true);
+}
+
 /// A file with a type the GPU cannot compute with yet is refused before anything is
 /// uploaded, naming the tensor, its type and the types the GPU takes (so `--backend auto`
 /// falls back to the CPU with a reason).
 #[test]
-fn gpu_refuses_kquant_files_by_tensor_and_type() {
-    let case = load_case("small2-q4_k_m.chat");
-    let file = GgufFile::open(&case.gguf).unwrap();
+fn gpu_refuses_a_type_without_a_gpu_layout_by_tensor_and_type() {
+    use common::model_file::ModelFile;
+    let tiny = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let mut m = ModelFile::read(&tiny);
+    let t = m.tensor_mut("token_embd.weight");
+    let q8 = glm_flash::formats::of(GgmlType::Q8_0).unwrap();
+    let mut values = vec![0f32; t.data.len() / q8.block_bytes * q8.block_values];
+    q8.dequantize(&t.data, &mut values);
+    let iq4 = glm_flash::formats::of(GgmlType::IQ4_NL).unwrap();
+    t.data.clear();
+    iq4.quantize(&values, &mut t.data);
+    t.ty = GgmlType::IQ4_NL;
+    let file = m.parse("iq4_nl.gguf");
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let Err(e) = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()) else {
-        panic!("the GPU accepted a Q4_K_M file");
+        panic!("the GPU accepted an IQ4_NL tensor");
     };
     let msg = e.to_string();
     for needle in [
-        "tensor token_embd.weight has type Q4_K",
-        "GPU types: F32, F16, BF16, Q8_0",
+        "tensor token_embd.weight has type IQ4_NL",
+        "GPU types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
     ] {
         assert!(msg.contains(needle), "{msg:?} does not say {needle:?}");
     }
 }
 
 /// A stacked GPU matrix whose parts differ in type (here the shared expert's down projection
-/// made F16 under Q8_0 routed experts) is stored as f32 by the stated policy: the logits
-/// still match the CPU's on the same weights.
+/// made F16 under Q8_0 routed experts) is split by format (a Q8_0 chunk, then an f32 one):
+/// the logits still match the CPU's on the same weights.
 #[test]
 fn gpu_mixed_type_stack_matches_cpu() {
     use common::model_file::ModelFile;

@@ -459,7 +459,6 @@ fn routed_gate_up_matches_cpu_route_including_ties() {
         let gate_up = GpuMatrix::build(
             &ctx,
             "gate_up",
-            glm_flash::gpu::upload::Format::Q8_0,
             2 * stack_rows,
             hidden,
             2,
@@ -577,7 +576,6 @@ fn expert_ffn_matches_cpu() {
         let gate_up = GpuMatrix::build(
             &ctx,
             "gate_up",
-            glm_flash::gpu::upload::Format::Q8_0,
             experts * 2 * ffn,
             hidden,
             2,
@@ -679,5 +677,189 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
             let got = u32::from_le_bytes(ctx.read_bytes(&result, 4).unwrap().try_into().unwrap());
             assert_eq!(got, cpu_argmax(&logits), "n = {n}, {label}");
         }
+    }
+}
+
+/// Every format the GPU keeps in its own layout (F16 stands for the f32 layout).
+const GPU_TYPES: [GgmlType; 11] = [
+    GgmlType::F16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// `rows` random rows of `ty`, whose magnitudes range over 1e-3..1e3 row by row (block
+/// scales from tiny to large), with an all-zero row and a row with one huge outlier.
+fn random_rows(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut values = rng.vec(rows * cols);
+    for (r, row) in values.chunks_exact_mut(cols).enumerate() {
+        let scale = 10f32.powi((r % 7) as i32 - 3);
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+    values[cols..2 * cols].fill(0.0);
+    values[2 * cols + 5] = 3e4;
+    let mut bytes = Vec::new();
+    formats::of(ty).unwrap().quantize(&values, &mut bytes);
+    bytes
+}
+
+/// Per layout: the GPU's dot products against the CPU's on random rows split across
+/// bindings, with both reduction variants, and the embedding row against `dequantize_row`.
+/// Rows are compared one by one (each against its own magnitude).
+#[test]
+fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
+    let mut rng = Rng(11);
+    let (rows, cols) = (150, 512);
+    let x = rng.vec(cols);
+    for ty in GPU_TYPES {
+        let bytes = random_rows(&mut rng, ty, rows, cols);
+        let m = Matrix {
+            name: "test matrix",
+            ty,
+            rows,
+            cols,
+            data: &bytes,
+        };
+        for (label, ctx) in contexts() {
+            let p = Pipelines::new();
+            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+            assert!(gm.chunks.len() > 1, "{ty}: the matrix must be split");
+            let xb = storage_f32(&ctx, "x", &x);
+            let out = poison(&ctx, rows);
+            let spec = matvec::Matvec {
+                input: &xb,
+                in_offset: 0,
+                groups: None,
+                norm: None,
+                out: &out,
+                accumulate: false,
+            };
+            run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
+            let got = ctx.read_f32(&out, rows).unwrap();
+            for (r, &g) in got.iter().enumerate() {
+                let want = m.dot_row(r, &x);
+                // The row's own scale: Σ |w x|.
+                let mut w = vec![0f32; cols];
+                m.dequantize_row(r, &mut w);
+                let size: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                assert!(g.is_finite(), "{ty} row {r} {label}: {g}");
+                assert!(
+                    (g - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
+                    "{ty} row {r} {label}: {g} vs {want} (size {size})"
+                );
+            }
+            for token in [0usize, 2, 77, rows - 1] {
+                let id = storage_init(&ctx, "token_id", &(token as u32).to_le_bytes());
+                let xo = poison(&ctx, cols);
+                run(&ctx, &embed::dispatches(&ctx, &p, &gm, &id, &xo)).unwrap();
+                let mut want = vec![0f32; cols];
+                m.dequantize_row(token, &mut want);
+                check(
+                    &format!("embed {ty} token {token} {label}"),
+                    &ctx.read_f32(&xo, cols).unwrap(),
+                    &want,
+                );
+            }
+        }
+    }
+}
+
+/// A stack of tensors of different formats is split by format (each chunk one layout, the
+/// boundaries at the tensors'), and reads as the CPU reads each part; rows of different
+/// layouts that interleave (a gate/up pair of two formats) go up as f32.
+#[test]
+fn mixed_type_stacks_split_by_format() {
+    let mut rng = Rng(12);
+    let cols = 256;
+    let parts_spec = [(GgmlType::Q4_K, 40), (GgmlType::Q6_K, 24), (GgmlType::Q5_0, 12)];
+    let data: Vec<Vec<u8>> = parts_spec
+        .iter()
+        .map(|&(ty, rows)| random_rows(&mut rng, ty, rows, cols))
+        .collect();
+    let parts: Vec<Matrix> = parts_spec
+        .iter()
+        .zip(&data)
+        .map(|(&(ty, rows), d)| Matrix {
+            name: "part",
+            ty,
+            rows,
+            cols,
+            data: d,
+        })
+        .collect();
+    let rows: usize = parts_spec.iter().map(|p| p.1).sum();
+    let x = rng.vec(cols);
+    let want: Vec<f32> = parts
+        .iter()
+        .flat_map(|m| (0..m.rows).map(|r| m.dot_row(r, &x)).collect::<Vec<_>>())
+        .collect();
+    for (label, ctx) in contexts() {
+        let p = Pipelines::new();
+        let gm = GpuMatrix::concat(&ctx, "stack", &parts, &mut Uploader::new(0, None)).unwrap();
+        let layouts: Vec<(usize, &str)> =
+            gm.chunks.iter().map(|c| (c.row_start, c.format.name())).collect();
+        for (start, name) in [(0, "Q4_K"), (40, "Q6_K"), (64, "Q5_0")] {
+            assert!(layouts.contains(&(start, name)), "{layouts:?}");
+        }
+        let xb = storage_f32(&ctx, "x", &x);
+        let out = poison(&ctx, rows);
+        let spec = matvec::Matvec {
+            input: &xb,
+            in_offset: 0,
+            groups: None,
+            norm: None,
+            out: &out,
+            accumulate: false,
+        };
+        run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
+        check(
+            &format!("mixed stack {label}"),
+            &ctx.read_f32(&out, rows).unwrap(),
+            &want,
+        );
+
+        // Gate (Q4_K) and up (Q6_K) rows interleaved: one f32 matrix.
+        let (gate, up) = (parts[0], parts[1]);
+        let pairs = up.rows;
+        let gm = GpuMatrix::build(
+            &ctx,
+            "gate_up",
+            2 * pairs,
+            cols,
+            2,
+            &mut Uploader::new(0, None),
+            |r| RowRef {
+                m: if r % 2 == 0 { gate } else { up },
+                row: r / 2,
+                col_start: 0,
+            },
+        )
+        .unwrap();
+        assert!(gm.chunks.iter().all(|c| c.format.is_f32()));
+        let out = poison(&ctx, 2 * pairs);
+        let spec = matvec::Matvec {
+            input: &xb,
+            in_offset: 0,
+            groups: None,
+            norm: None,
+            out: &out,
+            accumulate: false,
+        };
+        run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
+        let want: Vec<f32> = (0..2 * pairs)
+            .map(|r| if r % 2 == 0 { gate } else { up }.dot_row(r / 2, &x))
+            .collect();
+        check(
+            &format!("interleaved gate/up {label}"),
+            &ctx.read_f32(&out, 2 * pairs).unwrap(),
+            &want,
+        );
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use glm_flash::gpu::kernels::all_shaders;
-use glm_flash::gpu::shader::{Scalar, Shader, Slot};
+use glm_flash::gpu::shader::{GpuLayout, Scalar, Shader, Slot};
 use naga::valid::{Capabilities, SubgroupOperationSet, ValidationFlags, Validator};
 
 /// Every `.wgsl` file in `src/gpu/kernels/` (not `lib/`) is one registered kernel.
@@ -71,9 +71,13 @@ fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
         .collect()
 }
 
-fn check(shader: &Shader, subgroups: bool) {
-    let src = shader.module_source(subgroups);
-    let label = format!("{} (subgroups: {subgroups})", shader.name);
+fn check(shader: &Shader, subgroups: bool, weights: GpuLayout) {
+    let src = shader.module_source(subgroups, weights);
+    let label = format!(
+        "{} (subgroups: {subgroups}, weights {})",
+        shader.name,
+        weights.name()
+    );
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
     let (caps, ops) = capabilities(subgroups);
@@ -102,9 +106,11 @@ fn check(shader: &Shader, subgroups: bool) {
 #[test]
 fn every_kernel_validates_and_translates_to_msl() {
     for shader in all_shaders() {
-        check(&shader, false);
-        if shader.reduces || shader.lanes {
-            check(&shader, true);
+        for weights in common::kernel_fit::layouts(&shader) {
+            check(&shader, false, weights);
+            if shader.reduces || shader.lanes {
+                check(&shader, true, weights);
+            }
         }
     }
 }
@@ -117,7 +123,7 @@ fn subgroup_reduction_needs_the_capability() {
         .into_iter()
         .find(|s| s.reduces)
         .unwrap()
-        .module_source(true);
+        .module_source(true, GpuLayout::F32);
     let module = naga::front::wgsl::parse_str(&src).unwrap();
     let (caps, ops) = capabilities(false);
     let mut validator = Validator::new(ValidationFlags::all(), caps);
@@ -142,8 +148,8 @@ fn scalar_of(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Option<Scal
 
 /// What the launcher declares (bindings with the Rust struct of each uniform, overrides)
 /// against what the WGSL module declares, as naga reflects it.
-fn check_declarations(shader: &Shader) {
-    let src = shader.module_source(false);
+fn check_declarations(shader: &Shader, weights: GpuLayout) {
+    let src = shader.module_source(false, weights);
     let name = shader.name;
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
@@ -219,7 +225,9 @@ fn check_declarations(shader: &Shader) {
 #[test]
 fn every_launcher_declares_its_kernels_bindings_structs_and_overrides() {
     for shader in all_shaders() {
-        check_declarations(&shader);
+        for weights in common::kernel_fit::layouts(&shader) {
+            check_declarations(&shader, weights);
+        }
     }
 }
 

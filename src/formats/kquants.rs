@@ -244,7 +244,7 @@ fn quantize_symmetric(
 impl Block for BlockQ2K {
     const TYPE: GgmlType = GgmlType::Q2_K;
     const VALUES: usize = QK_K;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q2K);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -279,7 +279,7 @@ impl Block for BlockQ2K {
 impl Block for BlockQ3K {
     const TYPE: GgmlType = GgmlType::Q3_K;
     const VALUES: usize = QK_K;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q3K);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -319,7 +319,7 @@ impl Block for BlockQ3K {
 impl Block for BlockQ4K {
     const TYPE: GgmlType = GgmlType::Q4_K;
     const VALUES: usize = QK_K;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q4K);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -364,7 +364,7 @@ impl Block for BlockQ4K {
 impl Block for BlockQ5K {
     const TYPE: GgmlType = GgmlType::Q5_K;
     const VALUES: usize = QK_K;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q5K);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -403,7 +403,7 @@ impl Block for BlockQ5K {
 impl Block for BlockQ6K {
     const TYPE: GgmlType = GgmlType::Q6_K;
     const VALUES: usize = QK_K;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q6K);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -445,6 +445,28 @@ impl Block for BlockQ6K {
             return unsafe { avx2::dot_q6_k(blocks, x) };
         }
         super::dot_scalar(blocks, x)
+    }
+}
+
+/// Q3_K's GPU layout: `hmask` and `qs` to `quants`; the scale bytes and `d` (as f32) to
+/// `scales` (the 110-byte block is not a whole number of u32).
+pub(super) fn pack_gpu_q3_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    for b in bytemuck::cast_slice::<u8, BlockQ3K>(bytes) {
+        quants.extend_from_slice(&b.hmask);
+        quants.extend_from_slice(&b.qs);
+        scales.extend_from_slice(&b.scales);
+        scales.extend_from_slice(&b.d.get().to_le_bytes());
+    }
+}
+
+/// Q6_K's GPU layout: `ql` and `qh` to `quants`; the scales and `d` (as f32) to `scales`
+/// (the 210-byte block is not a whole number of u32).
+pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    for b in bytemuck::cast_slice::<u8, BlockQ6K>(bytes) {
+        quants.extend_from_slice(&b.ql);
+        quants.extend_from_slice(&b.qh);
+        scales.extend_from_slice(bytemuck::cast_slice(&b.scales));
+        scales.extend_from_slice(&b.d.get().to_le_bytes());
     }
 }
 

@@ -89,7 +89,7 @@ fn inverse(d: f32) -> f32 {
 impl Block for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     const VALUES: usize = 32;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q4_0);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -116,7 +116,7 @@ impl Block for BlockQ4_0 {
 impl Block for BlockQ4_1 {
     const TYPE: GgmlType = GgmlType::Q4_1;
     const VALUES: usize = 32;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q4_1);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -145,7 +145,7 @@ impl Block for BlockQ4_1 {
 impl Block for BlockQ5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     const VALUES: usize = 32;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q5_0);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -175,7 +175,7 @@ impl Block for BlockQ5_0 {
 impl Block for BlockQ5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
     const VALUES: usize = 32;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::Q5_1);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -201,5 +201,41 @@ impl Block for BlockQ5_1 {
             qh: pack_high_bits(&q),
             qs: pack_nibbles(&q),
         }
+    }
+}
+
+/// The GPU layouts (see [`GpuLayout`]): the nibbles to `quants`; `d` (and `m`, `qh`) to
+/// `scales`.
+pub(super) fn pack_gpu(layout: GpuLayout, bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    match layout {
+        GpuLayout::Q4_0 => {
+            for b in bytemuck::cast_slice::<u8, BlockQ4_0>(bytes) {
+                quants.extend_from_slice(&b.qs);
+                scales.extend_from_slice(&b.d.0);
+            }
+        }
+        GpuLayout::Q4_1 => {
+            for b in bytemuck::cast_slice::<u8, BlockQ4_1>(bytes) {
+                quants.extend_from_slice(&b.qs);
+                scales.extend_from_slice(&b.d.0);
+                scales.extend_from_slice(&b.m.0);
+            }
+        }
+        GpuLayout::Q5_0 => {
+            for b in bytemuck::cast_slice::<u8, BlockQ5_0>(bytes) {
+                quants.extend_from_slice(&b.qs);
+                scales.extend_from_slice(&b.d.get().to_le_bytes());
+                scales.extend_from_slice(&b.qh);
+            }
+        }
+        GpuLayout::Q5_1 => {
+            for b in bytemuck::cast_slice::<u8, BlockQ5_1>(bytes) {
+                quants.extend_from_slice(&b.qs);
+                scales.extend_from_slice(&b.d.0);
+                scales.extend_from_slice(&b.m.0);
+                scales.extend_from_slice(&b.qh);
+            }
+        }
+        _ => unreachable!("{} is not a legacy layout", layout.name()),
     }
 }

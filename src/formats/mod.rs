@@ -112,23 +112,70 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: &[f32]) -> f32 {
 }
 
 /// How the GPU keeps a matrix. Each layout is packed by [`GpuLayout::pack_row`] into at most
-/// two arrays per row chunk (each bound as a storage buffer, padded to 4 bytes), and read by
-/// one WGSL dot routine chosen when a pipeline is created (today through the kernels'
-/// `WEIGHTS_F32` override).
+/// two arrays per row chunk, `quants` and `scales` (each bound as a storage buffer, padded to
+/// 4 bytes), and read by one WGSL library (`src/gpu/kernels/lib/weights_<name>.wgsl`,
+/// appended to a kernel when its pipeline is created). The packed bytes stay within a few
+/// percent of the file's: decoding is bound by memory bandwidth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GpuLayout {
+    /// Values decoded to f32 at upload (`quants` only).
+    F32,
     /// Q8_0 blocks split in two arrays: the int8 quants (4 per u32, row-major) and the f16
     /// block scales (2 per u32, row-major).
     Q8_0,
-    /// Values decoded to f32 at upload (one array).
-    F32,
+    /// `quants`: each block's 16 bytes of nibbles; `scales`: the f16 `d`, 2 per u32.
+    Q4_0,
+    /// `quants`: the nibbles; `scales`: one u32 per block, `d` and `m` as f16 (low, high).
+    Q4_1,
+    /// `quants`: the nibbles; `scales`: two u32 per block, `d` as f32 and the fifth bits `qh`.
+    Q5_0,
+    /// `quants`: the nibbles; `scales`: two u32 per block, `d | m` as f16 and `qh`.
+    Q5_1,
+    /// The file's 84-byte blocks as they are (`quants` only; 21 u32 each).
+    Q2K,
+    /// `quants`: `hmask` and `qs` (96 bytes per block); `scales`: the 12 scale bytes and `d`
+    /// as f32 (4 u32 per block).
+    Q3K,
+    /// The file's 144-byte blocks as they are (`quants` only; 9 vec4 each: `d | dmin`, the
+    /// 12 scale bytes, then the 128 bytes of nibbles).
+    Q4K,
+    /// The file's 176-byte blocks as they are (`quants` only; 11 vec4 each: the 16-byte
+    /// header as Q4K's, `qh`, then `qs`).
+    Q5K,
+    /// `quants`: `ql` then `qh` (192 bytes, 12 vec4 per block); `scales`: the 16 signed
+    /// scale bytes and `d` as f32 (5 u32 per block).
+    Q6K,
 }
 
 impl GpuLayout {
+    /// Every layout (the tests and the WGSL checks walk them).
+    pub const ALL: [GpuLayout; 11] = [
+        GpuLayout::F32,
+        GpuLayout::Q8_0,
+        GpuLayout::Q4_0,
+        GpuLayout::Q4_1,
+        GpuLayout::Q5_0,
+        GpuLayout::Q5_1,
+        GpuLayout::Q2K,
+        GpuLayout::Q3K,
+        GpuLayout::Q4K,
+        GpuLayout::Q5K,
+        GpuLayout::Q6K,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
-            GpuLayout::Q8_0 => "Q8_0",
             GpuLayout::F32 => "F32",
+            GpuLayout::Q8_0 => "Q8_0",
+            GpuLayout::Q4_0 => "Q4_0",
+            GpuLayout::Q4_1 => "Q4_1",
+            GpuLayout::Q5_0 => "Q5_0",
+            GpuLayout::Q5_1 => "Q5_1",
+            GpuLayout::Q2K => "Q2_K",
+            GpuLayout::Q3K => "Q3_K",
+            GpuLayout::Q4K => "Q4_K",
+            GpuLayout::Q5K => "Q5_K",
+            GpuLayout::Q6K => "Q6_K",
         }
     }
 
@@ -136,29 +183,57 @@ impl GpuLayout {
         self == GpuLayout::F32
     }
 
+    /// The format whose blocks this layout holds (None: F32, which holds any decoded).
+    fn ty(self) -> Option<GgmlType> {
+        Some(match self {
+            GpuLayout::F32 => return None,
+            GpuLayout::Q8_0 => GgmlType::Q8_0,
+            GpuLayout::Q4_0 => GgmlType::Q4_0,
+            GpuLayout::Q4_1 => GgmlType::Q4_1,
+            GpuLayout::Q5_0 => GgmlType::Q5_0,
+            GpuLayout::Q5_1 => GgmlType::Q5_1,
+            GpuLayout::Q2K => GgmlType::Q2_K,
+            GpuLayout::Q3K => GgmlType::Q3_K,
+            GpuLayout::Q4K => GgmlType::Q4_K,
+            GpuLayout::Q5K => GgmlType::Q5_K,
+            GpuLayout::Q6K => GgmlType::Q6_K,
+        })
+    }
+
     /// Values the layout groups together: a row's length must be a multiple.
     pub fn block_values(self) -> usize {
+        match self.ty() {
+            None => 1,
+            Some(ty) => of(ty).map_or(1, |f| f.block_values),
+        }
+    }
+
+    /// Bytes per block in (`quants`, `scales`).
+    fn block_arrays(self) -> (u64, u64) {
         match self {
-            GpuLayout::Q8_0 => BlockQ8_0::VALUES,
-            GpuLayout::F32 => 1,
+            GpuLayout::F32 => (4, 0),
+            GpuLayout::Q8_0 => (32, 2),
+            GpuLayout::Q4_0 => (16, 2),
+            GpuLayout::Q4_1 => (16, 4),
+            GpuLayout::Q5_0 | GpuLayout::Q5_1 => (16, 8),
+            GpuLayout::Q2K => (84, 0),
+            GpuLayout::Q3K => (96, 16),
+            GpuLayout::Q4K => (144, 0),
+            GpuLayout::Q5K => (176, 0),
+            GpuLayout::Q6K => (192, 20),
         }
     }
 
     /// Bytes one row of `cols` values occupies in the largest array (what bounds a binding).
     pub fn row_bytes(self, cols: usize) -> u64 {
-        match self {
-            GpuLayout::Q8_0 => cols as u64,
-            GpuLayout::F32 => 4 * cols as u64,
-        }
+        let (q, s) = self.block_arrays();
+        (cols / self.block_values()) as u64 * q.max(s)
     }
 
     /// Bytes of a `[rows][cols]` matrix in all its arrays.
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
-        let per_row = match self {
-            GpuLayout::Q8_0 => cols as u64 + 2 * (cols / BlockQ8_0::VALUES) as u64,
-            GpuLayout::F32 => 4 * cols as u64,
-        };
-        rows as u64 * per_row
+        let (q, s) = self.block_arrays();
+        rows as u64 * (cols / self.block_values()) as u64 * (q + s)
     }
 
     /// Appends one stored row (`bytes`, in `format`) to the layout's arrays. `scratch` is
@@ -170,17 +245,29 @@ impl GpuLayout {
         arrays: &mut [Vec<u8>; 2],
         scratch: &mut Vec<f32>,
     ) {
+        let [quants, scales] = arrays;
+        if self == GpuLayout::F32 {
+            scratch.resize(bytes.len() / format.block_bytes * format.block_values, 0.0);
+            format.dequantize(bytes, scratch);
+            quants.extend_from_slice(bytemuck::cast_slice(scratch));
+            return;
+        }
+        assert_eq!(
+            Some(format.ty),
+            self.ty(),
+            "{} rows do not pack as {}",
+            format.ty,
+            self.name()
+        );
         match self {
-            GpuLayout::Q8_0 => {
-                assert_eq!(format.ty, GgmlType::Q8_0, "only Q8_0 rows pack as Q8_0");
-                let [quants, scales] = arrays;
-                q8_0::pack_split(bytes, quants, scales);
+            GpuLayout::F32 => unreachable!("handled above"),
+            GpuLayout::Q8_0 => q8_0::pack_split(bytes, quants, scales),
+            GpuLayout::Q4_0 | GpuLayout::Q4_1 | GpuLayout::Q5_0 | GpuLayout::Q5_1 => {
+                legacy::pack_gpu(self, bytes, quants, scales)
             }
-            GpuLayout::F32 => {
-                scratch.resize(bytes.len() / format.block_bytes * format.block_values, 0.0);
-                format.dequantize(bytes, scratch);
-                arrays[0].extend_from_slice(bytemuck::cast_slice(scratch));
-            }
+            GpuLayout::Q2K | GpuLayout::Q4K | GpuLayout::Q5K => quants.extend_from_slice(bytes),
+            GpuLayout::Q3K => kquants::pack_gpu_q3_k(bytes, quants, scales),
+            GpuLayout::Q6K => kquants::pack_gpu_q6_k(bytes, quants, scales),
         }
     }
 }

@@ -155,3 +155,33 @@ fn gpu_layouts_pack_and_count_bytes() {
     assert_eq!(arrays[0], bytemuck::cast_slice::<f32, u8>(&want));
     assert_eq!(GpuLayout::F32.matrix_bytes(3, 64), 3 * 256);
 }
+
+/// Every GPU layout packs a row into exactly the bytes it counts, each array a whole number
+/// of u32 per row (so rows stack in a binding), the larger within `row_bytes`.
+#[test]
+fn every_gpu_layout_packs_the_bytes_it_counts() {
+    let mut rng = SplitMix64(4);
+    for f in FORMATS.iter().filter(|f| f.gpu.is_some()) {
+        let layout = f.gpu.unwrap();
+        let cols = 512;
+        let bytes = random_blocks(f, cols / f.block_values, &mut rng);
+        let mut arrays = [Vec::new(), Vec::new()];
+        layout.pack_row(f, &bytes, &mut arrays, &mut Vec::new());
+        let [q, s] = &arrays;
+        assert_eq!(
+            (q.len() + s.len()) as u64,
+            layout.matrix_bytes(1, cols),
+            "{}",
+            f.ty
+        );
+        assert!(q.len().max(s.len()) as u64 <= layout.row_bytes(cols), "{}", f.ty);
+        if !matches!(layout, GpuLayout::Q8_0 | GpuLayout::Q4_0) {
+            // Their f16 scales pair across rows; the kernels index them globally.
+            assert!(q.len() % 4 == 0 && s.len() % 4 == 0, "{}", f.ty);
+        }
+        // Within 10% of the file's bytes (f32 aside).
+        if !layout.is_f32() {
+            assert!((q.len() + s.len()) * 10 <= bytes.len() * 11, "{}", f.ty);
+        }
+    }
+}

@@ -7,12 +7,14 @@ use std::sync::Mutex;
 
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::shader::{Constant, Shader, Slot};
+use crate::gpu::shader::{Constant, GpuLayout, Shader, Slot};
 
 /// A created pipeline as the registry records it.
 #[derive(Clone, Debug)]
 pub struct PipelineInfo {
     pub shader: Shader,
+    /// The weight layout it reads (kernels that read weights).
+    pub weights: Option<GpuLayout>,
     pub constants: Vec<Constant>,
 }
 
@@ -21,6 +23,7 @@ pub struct PipelineInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
     shader: &'static str,
+    weights: Option<GpuLayout>,
     constants: Vec<Constant>,
 }
 
@@ -68,8 +71,33 @@ impl Pipelines {
 
     /// The pipeline of `shader` with these override values (each one the shader declares).
     pub fn get(&self, ctx: &GpuContext, shader: Shader, constants: &[Constant]) -> Kernel {
+        assert!(!shader.weights.reads_weights(), "{}: reads weights, use get_for", shader.name);
+        self.make(ctx, shader, None, constants)
+    }
+
+    /// The pipeline of a kernel that reads weights (`shader.weights`), for weights kept in
+    /// `weights`, with these override values.
+    pub fn get_for(
+        &self,
+        ctx: &GpuContext,
+        shader: Shader,
+        weights: GpuLayout,
+        constants: &[Constant],
+    ) -> Kernel {
+        assert!(shader.weights.reads_weights(), "{}: reads no weights, use get", shader.name);
+        self.make(ctx, shader, Some(weights), constants)
+    }
+
+    fn make(
+        &self,
+        ctx: &GpuContext,
+        shader: Shader,
+        weights: Option<GpuLayout>,
+        constants: &[Constant],
+    ) -> Kernel {
         let key = PipelineKey {
             shader: shader.name,
+            weights,
             constants: constants.to_vec(),
         };
         if let Some(k) = self.cache.lock().unwrap().get(&key) {
@@ -92,7 +120,11 @@ impl Pipelines {
         let device = &ctx.device;
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.module_source(ctx.subgroups).into()),
+            source: wgpu::ShaderSource::Wgsl(
+                shader
+                    .module_source(ctx.subgroups, weights.unwrap_or(GpuLayout::F32))
+                    .into(),
+            ),
         };
         // Bounds checks stay on. wgpu's loop bounding (a 64-bit counter added to every loop,
         // against drivers that miscompile infinite loops) is off: it hides trip counts from
@@ -157,6 +189,7 @@ impl Pipelines {
         };
         self.registry.lock().unwrap().push(PipelineInfo {
             shader,
+            weights,
             constants: constants.to_vec(),
         });
         self.cache.lock().unwrap().insert(key, kernel.clone());

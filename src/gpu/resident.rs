@@ -124,7 +124,6 @@ impl GpuFfn {
                 let gate_up = GpuMatrix::build(
                     ctx,
                     &format!("{name}_gate_up"),
-                    upload::layout_for(&format!("{name}_gate_up"), &[d.gate, d.up])?,
                     2 * width,
                     h,
                     2,
@@ -163,16 +162,11 @@ impl GpuFfn {
                 }
                 let shexp = m.shexp.as_ref();
                 let n_shared = shexp.map_or(0, |_| shared);
-                let mut parts = vec![m.gate_exps.all, m.up_exps.all];
-                if let Some(s) = shexp {
-                    parts.extend([s.gate, s.up]);
-                }
                 // Row 2i / 2i+1 of expert e: gate / up row i; shared expert j is expert
                 // routed + j, made of rows j*ef.. of the shared gate and up.
                 let gate_up = GpuMatrix::build(
                     ctx,
                     &format!("{name}_gate_up_exps"),
-                    upload::layout_for(&format!("{name}_gate_up_exps"), &parts)?,
                     (routed + n_shared) * 2 * ef,
                     h,
                     2,
@@ -197,14 +191,11 @@ impl GpuFfn {
                         }
                     },
                 )?;
-                let mut down_parts = vec![m.down_exps.all];
-                down_parts.extend(shexp.map(|s| s.down));
                 // Expert e: its [hidden][ef] down rows; shared expert j: columns j*ef.. of
                 // the shared down (the SwiGLU width splits exactly into per-expert sums).
                 let down = GpuMatrix::build(
                     ctx,
                     &format!("{name}_down_exps"),
-                    upload::layout_for(&format!("{name}_down_exps"), &down_parts)?,
                     (routed + n_shared) * h,
                     ef,
                     1,

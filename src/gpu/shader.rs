@@ -21,6 +21,7 @@
 use std::fmt::Write;
 use std::marker::PhantomData;
 
+pub use crate::formats::GpuLayout;
 use crate::gpu::context::WORKGROUP_SIZE;
 
 pub const REDUCE_SUBGROUP: &str = include_str!("kernels/lib/reduce_subgroup.wgsl");
@@ -28,6 +29,24 @@ pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wg
 pub const LANES_SUBGROUP: &str = include_str!("kernels/lib/lanes_subgroup.wgsl");
 pub const LANES_WORKGROUP: &str = include_str!("kernels/lib/lanes_workgroup.wgsl");
 pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
+
+/// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
+/// `kernels/lib/dot_rows4.wgsl`).
+pub fn weights_library(layout: GpuLayout) -> &'static str {
+    match layout {
+        GpuLayout::F32 => include_str!("kernels/lib/weights_f32.wgsl"),
+        GpuLayout::Q8_0 => include_str!("kernels/lib/weights_q8_0.wgsl"),
+        GpuLayout::Q4_0 => include_str!("kernels/lib/weights_q4_0.wgsl"),
+        GpuLayout::Q4_1 => include_str!("kernels/lib/weights_q4_1.wgsl"),
+        GpuLayout::Q5_0 => include_str!("kernels/lib/weights_q5_0.wgsl"),
+        GpuLayout::Q5_1 => include_str!("kernels/lib/weights_q5_1.wgsl"),
+        GpuLayout::Q2K => include_str!("kernels/lib/weights_q2_k.wgsl"),
+        GpuLayout::Q3K => include_str!("kernels/lib/weights_q3_k.wgsl"),
+        GpuLayout::Q4K => include_str!("kernels/lib/weights_q4_k.wgsl"),
+        GpuLayout::Q5K => include_str!("kernels/lib/weights_q5_k.wgsl"),
+        GpuLayout::Q6K => include_str!("kernels/lib/weights_q6_k.wgsl"),
+    }
+}
 
 /// One WGSL kernel: its file, its interface, the libraries appended to it.
 #[derive(Clone, Copy, Debug)]
@@ -48,8 +67,26 @@ pub struct Shader {
     /// Appends a lane library (`lane_sum`, `lane_max` over groups of `LANES` invocations,
     /// which the kernel declares with its workgroup size `AWG`).
     pub lanes: bool,
-    /// Appends `kernels/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
-    pub dots: bool,
+    /// What the kernel reads of weight chunks (`quants`, `scales`).
+    pub weights: WeightAccess,
+}
+
+/// How a kernel reads weights. One that does is made for one [`GpuLayout`] per pipeline:
+/// the layout's library ([`weights_library`]) is appended to its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightAccess {
+    None,
+    /// Decodes units of rows (`unit_values`): the layout's library.
+    Units,
+    /// Four rows times an input (`dot_rows4`, calling the kernel's `input4`): the layout's
+    /// library, then `kernels/lib/dot_rows4.wgsl`.
+    RowDots,
+}
+
+impl WeightAccess {
+    pub fn reads_weights(self) -> bool {
+        self != WeightAccess::None
+    }
 }
 
 /// What a binding is.
@@ -70,9 +107,10 @@ impl Slot {
 }
 
 impl Shader {
-    /// The complete module source for a device with or without subgroups: the Rust-side
+    /// The complete module source for a device with or without subgroups, reading weights
+    /// in `weights` (for a kernel that reads weights; ignored by others): the Rust-side
     /// declarations, the kernel, then the libraries it uses.
-    pub fn module_source(&self, subgroups: bool) -> String {
+    pub fn module_source(&self, subgroups: bool, weights: GpuLayout) -> String {
         let mut s = String::from("// Declared in Rust (src/gpu/shader.rs and the launcher):\n");
         let _ = writeln!(s, "const WG: u32 = {WORKGROUP_SIZE}u;");
         for (name, value) in self.consts {
@@ -99,7 +137,11 @@ impl Shader {
                 LANES_WORKGROUP
             });
         }
-        if self.dots {
+        if self.weights.reads_weights() {
+            s.push('\n');
+            s.push_str(weights_library(weights));
+        }
+        if self.weights == WeightAccess::RowDots {
             s.push('\n');
             s.push_str(DOT_ROWS4);
         }
@@ -313,7 +355,3 @@ impl<T: OverrideValue> Override<T> {
         }
     }
 }
-
-/// The weight-format switch of every kernel that reads weight chunks (declared by each, and
-/// read by `kernels/lib/dot_rows4.wgsl`): false Q8_0, true f32.
-pub const WEIGHTS_F32: Override<bool> = Override::new("WEIGHTS_F32");

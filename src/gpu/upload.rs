@@ -1,10 +1,14 @@
 //! Weights on the GPU: repacked once at load into the layout the kernels read, split into
 //! row chunks so that no binding exceeds the device's limit.
 //!
-//! Each weight format names its GPU layout (`crate::formats::GpuLayout`): Q8_0 matrices
-//! become two arrays per chunk (int8 quants and f16 scales, see kernels/matvec.wgsl); F32, F16
-//! and BF16 matrices become f32. A format without a GPU layout is refused by name.
-//! Activations, norms and small vectors are plain f32 buffers.
+//! Each weight format names its GPU layout (`crate::formats::GpuLayout`: how its rows are
+//! packed into a chunk's two arrays; the WGSL library of each reads them). A matrix stacked
+//! from tensors of different formats is split by format: each chunk holds rows of one layout,
+//! chunk boundaries fall on the tensors' boundaries, and the kernels dispatch per chunk with
+//! that layout's pipeline. Only rows of different layouts that interleave (a gate/up pair of
+//! two formats, which the expert kernel reads as neighbouring rows) cannot be split: that
+//! matrix goes up as f32, exact but larger, and the load log says so. A format without a
+//! GPU layout is refused by name. Activations, norms and small vectors are plain f32 buffers.
 
 use std::time::Instant;
 
@@ -12,6 +16,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::formats;
+use crate::gguf::{GgmlType, TensorInfo};
 use crate::gpu::context::GpuContext;
 use crate::weights::{Matrix, Weights};
 
@@ -40,50 +45,66 @@ pub fn check_formats(w: &Weights) -> Result<()> {
     }
 }
 
-/// The layout of a GPU matrix stacked from the rows of `parts` (one matrix or several).
-/// Parts of one layout keep it. Parts of different layouts are all stored as f32, which
-/// costs memory: logged with the tensors, their types and the bytes.
-pub fn layout_for(label: &str, parts: &[Matrix]) -> Result<Format> {
-    let mut layouts = Vec::with_capacity(parts.len());
-    for m in parts {
-        layouts.push(
-            formats::of(m.ty)
-                .and_then(|f| f.gpu)
-                .ok_or_else(|| unsupported(m))?,
-        );
-    }
-    if layouts.iter().all(|&l| l == layouts[0]) {
-        return Ok(layouts[0]);
-    }
-    let names: Vec<String> = parts
+/// The GPU layout of a matrix's own type.
+fn layout_of(m: &Matrix) -> Result<Format> {
+    formats::of(m.ty)
+        .and_then(|f| f.gpu)
+        .ok_or_else(|| unsupported(m))
+}
+
+/// What each tensor of a file becomes on the GPU (in file order): its layout and bytes, or
+/// None where the GPU cannot compute with its type. Vectors go up as f32. Each matrix keeps
+/// its own type's layout (stacks are split by format), except the gate and up of one FFN
+/// (`ffn_gate*` / `ffn_up*` with the same suffix) when their layouts differ: the expert
+/// kernel reads their rows interleaved, so both go up as f32 (see [`GpuMatrix::build`]).
+pub fn planned_forms(tensors: &[TensorInfo]) -> Vec<Option<(Format, u64)>> {
+    let own = |ty: GgmlType, dims: &[u64]| formats::gpu_form(ty, dims);
+    let layout = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| own(t.ggml_type, &t.dims))
+            .map(|(l, _)| l)
+    };
+    tensors
         .iter()
-        .map(|m| format!("{} ({})", m.name, m.ty))
-        .collect();
-    let file: u64 = parts.iter().map(|m| m.data.len() as u64).sum();
-    let gpu: u64 = parts
-        .iter()
-        .map(|m| Format::F32.matrix_bytes(m.rows, m.cols))
-        .sum();
-    log::info!(
-        "{label}: stacks rows of different GPU layouts ({}); all stored as f32: {gpu} bytes on the GPU for {file} in the file",
-        names.join(", ")
-    );
-    Ok(Format::F32)
+        .map(|t| {
+            let form = own(t.ggml_type, &t.dims)?;
+            let partner = if t.name.contains(".ffn_gate_inp") {
+                None
+            } else if let Some(i) = t.name.find(".ffn_gate") {
+                Some(format!("{}.ffn_up{}", &t.name[..i], &t.name[i + 9..]))
+            } else {
+                t.name
+                    .find(".ffn_up")
+                    .map(|i| format!("{}.ffn_gate{}", &t.name[..i], &t.name[i + 7..]))
+            };
+            match partner.and_then(|p| layout(&p)) {
+                Some(other) if other != form.0 && t.dims.len() > 1 => {
+                    let cols = t.dims[0] as usize;
+                    let rows = t.dims[1..].iter().product::<u64>() as usize;
+                    Some((Format::F32, Format::F32.matrix_bytes(rows, cols)))
+                }
+                _ => Some(form),
+            }
+        })
+        .collect()
 }
 
 /// Rows `row_start..row_start + rows` of a GPU matrix, each array its own buffer.
 pub struct Chunk {
     pub row_start: usize,
     pub rows: usize,
-    /// Q8_0: quants; F32: the values.
+    /// The layout of these rows (see `crate::formats::GpuLayout` for what each array holds).
+    pub format: Format,
     pub quants: wgpu::Buffer,
-    /// Q8_0: f16 scales; F32: a 4-byte placeholder (bindings cannot be empty).
+    /// A 4-byte placeholder where the layout has no second array (bindings cannot be empty).
     pub scales: wgpu::Buffer,
 }
 
-/// A `[rows][cols]` matrix in GPU layout, in one or more row chunks.
+/// A `[rows][cols]` matrix in GPU layout, in one or more row chunks (of one or several
+/// layouts).
 pub struct GpuMatrix {
-    pub format: Format,
     pub rows: usize,
     pub cols: usize,
     pub chunks: Vec<Chunk>,
@@ -225,18 +246,77 @@ pub fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wg
 
 impl GpuMatrix {
     /// Builds a `[rows][cols]` matrix whose row i is `row_of(i)`, in chunks of a multiple of
-    /// `row_align` rows (so that groups the kernels read together stay in one chunk).
+    /// `row_align` rows (so that groups the kernels read together stay in one chunk). Runs of
+    /// rows of one layout become chunks of that layout; a group of `row_align` rows of
+    /// different layouts (a gate/up pair of two formats) goes up as f32, and the log says so.
     #[allow(clippy::too_many_arguments)]
     pub fn build<'a>(
         ctx: &GpuContext,
         label: &str,
-        format: Format,
         rows: usize,
         cols: usize,
         row_align: usize,
         up: &mut Uploader,
         row_of: impl Fn(usize) -> RowRef<'a>,
     ) -> Result<GpuMatrix> {
+        // Runs of one layout: (first row, layout). Rows read together (`row_align` of them)
+        // whose layouts differ go up as f32.
+        let mut runs: Vec<(usize, Format)> = Vec::new();
+        let mut mixed: Vec<String> = Vec::new();
+        for first in (0..rows).step_by(row_align) {
+            let group: Vec<Matrix> = (first..(first + row_align).min(rows))
+                .map(|r| row_of(r).m)
+                .collect();
+            let mut layout = layout_of(&group[0])?;
+            for m in &group[1..] {
+                if layout_of(m)? != layout {
+                    let names: Vec<String> =
+                        group.iter().map(|m| format!("{} ({})", m.name, m.ty)).collect();
+                    let names = names.join(" with ");
+                    if !mixed.contains(&names) {
+                        mixed.push(names);
+                    }
+                    layout = Format::F32;
+                }
+            }
+            if runs.last().is_none_or(|&(_, l)| l != layout) {
+                runs.push((first, layout));
+            }
+        }
+        if !mixed.is_empty() {
+            let f32_rows: usize = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.1.is_f32())
+                .map(|(i, r)| runs.get(i + 1).map_or(rows, |n| n.0) - r.0)
+                .sum();
+            log::info!(
+                "{label}: rows of different GPU layouts are read together ({}); those {f32_rows} rows are stored as f32: {} bytes on the GPU",
+                mixed.join(", "),
+                Format::F32.matrix_bytes(f32_rows, cols)
+            );
+        }
+        let mut chunks = Vec::new();
+        for (i, &(start, format)) in runs.iter().enumerate() {
+            let end = runs.get(i + 1).map_or(rows, |&(s, _)| s);
+            Self::add_chunks(ctx, label, format, start..end, cols, row_align, up, &row_of, &mut chunks)?;
+        }
+        Ok(GpuMatrix { rows, cols, chunks })
+    }
+
+    /// Chunks of `format` for rows `range`, each within the binding limit.
+    #[allow(clippy::too_many_arguments)]
+    fn add_chunks<'a>(
+        ctx: &GpuContext,
+        label: &str,
+        format: Format,
+        range: std::ops::Range<usize>,
+        cols: usize,
+        row_align: usize,
+        up: &mut Uploader,
+        row_of: &impl Fn(usize) -> RowRef<'a>,
+        chunks: &mut Vec<Chunk>,
+    ) -> Result<()> {
         if !cols.is_multiple_of(format.block_values()) {
             return Err(Error::Gpu(format!(
                 "{label}: {cols} columns is not a multiple of the {} block ({})",
@@ -259,14 +339,14 @@ impl GpuMatrix {
                 ctx.max_binding
             )));
         }
-        let mut chunks = Vec::new();
-        let mut row_start = 0;
-        while row_start < rows {
-            let n = fit.min(rows - row_start);
-            let [q, s] = pack(label, format, cols, (row_start..row_start + n).map(&row_of))?;
+        let mut row_start = range.start;
+        while row_start < range.end {
+            let n = fit.min(range.end - row_start);
+            let [q, s] = pack(label, format, cols, (row_start..row_start + n).map(row_of))?;
             let chunk = Chunk {
                 row_start,
                 rows: n,
+                format,
                 quants: try_storage_init(ctx, label, &q)?,
                 scales: try_storage_init(ctx, label, &s)?,
             };
@@ -274,12 +354,7 @@ impl GpuMatrix {
             chunks.push(chunk);
             row_start += n;
         }
-        Ok(GpuMatrix {
-            format,
-            rows,
-            cols,
-            chunks,
-        })
+        Ok(())
     }
 
     /// A file matrix as it is.
@@ -290,20 +365,11 @@ impl GpuMatrix {
         up: &mut Uploader,
     ) -> Result<GpuMatrix> {
         let m = *m;
-        Self::build(
-            ctx,
-            label,
-            layout_for(label, &[m])?,
-            m.rows,
-            m.cols,
-            1,
-            up,
-            |r| RowRef {
-                m,
-                row: r,
-                col_start: 0,
-            },
-        )
+        Self::build(ctx, label, m.rows, m.cols, 1, up, |r| RowRef {
+            m,
+            row: r,
+            col_start: 0,
+        })
     }
 
     /// File matrices of equal width stacked into one (rows of the first, then the second...).
@@ -320,10 +386,9 @@ impl GpuMatrix {
                 bad.cols
             )));
         }
-        let format = layout_for(label, parts)?;
         let rows: usize = parts.iter().map(|m| m.rows).sum();
         let parts = parts.to_vec();
-        Self::build(ctx, label, format, rows, cols, 1, up, |mut r| {
+        Self::build(ctx, label, rows, cols, 1, up, |mut r| {
             for m in &parts {
                 if r < m.rows {
                     return RowRef {
@@ -337,10 +402,14 @@ impl GpuMatrix {
             unreachable!("row index checked against the total")
         })
     }
+
+    /// Bytes on the GPU, all chunks.
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.quants.size() + c.scales.size()).sum()
+    }
 }
 
-/// Repack rows into the GPU layout's arrays (for Q8_0: quants, f16 scales; for f32: the
-/// values and an empty second array).
+/// Repack rows into the GPU layout's arrays (`quants`, `scales`; see `GpuLayout`).
 fn pack<'a>(
     label: &str,
     format: Format,

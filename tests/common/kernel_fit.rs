@@ -2,12 +2,28 @@
 //! binding list, against the smallest adapter the engine accepts (`gpu::context::MINIMUM`).
 
 use glm_flash::gpu::context::MINIMUM;
-use glm_flash::gpu::shader::Shader;
+use glm_flash::gpu::shader::{GpuLayout, Shader};
 
-/// Why `shader` (its module for a device with or without subgroups) would not run on the
-/// smallest accepted adapter: one line per limit it exceeds.
+/// The weight layouts a kernel's modules are made for (one for a kernel without weights).
+pub fn layouts(shader: &Shader) -> Vec<GpuLayout> {
+    if shader.weights.reads_weights() {
+        GpuLayout::ALL.to_vec()
+    } else {
+        vec![GpuLayout::F32]
+    }
+}
+
+/// Why `shader` (its module for a device with or without subgroups, for every weight
+/// layout) would not run on the smallest accepted adapter: one line per limit it exceeds.
 pub fn exceeds_minimum(shader: &Shader, subgroups: bool) -> Vec<String> {
-    let src = shader.module_source(subgroups);
+    layouts(shader)
+        .into_iter()
+        .flat_map(|l| exceeds_minimum_for(shader, subgroups, l))
+        .collect()
+}
+
+fn exceeds_minimum_for(shader: &Shader, subgroups: bool, weights: GpuLayout) -> Vec<String> {
+    let src = shader.module_source(subgroups, weights);
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
     let mut layouter = naga::proc::Layouter::default();
@@ -57,8 +73,9 @@ pub fn exceeds_minimum(shader: &Shader, subgroups: bool) -> Vec<String> {
         .filter(|(_, uses, allowed)| *uses > *allowed as usize)
         .map(|(what, uses, allowed)| {
             format!(
-                "{} (subgroups: {subgroups}) uses {uses} {what}; the smallest accepted adapter allows {allowed}",
-                shader.name
+                "{} (subgroups: {subgroups}, weights {}) uses {uses} {what}; the smallest accepted adapter allows {allowed}",
+                shader.name,
+                weights.name()
             )
         })
         .collect()

@@ -31,7 +31,7 @@ pub struct Case {
 pub const CASES: [&str; 3] = ["tiny-q8_0.short", "tiny-q8_0.long", "small2-q8_0.chat"];
 
 /// Models quantized by llama.cpp to the mixes people download (several types per file):
-/// run on the CPU (the GPU does not compute with these types yet).
+/// run on the CPU and on the GPU.
 pub const KQUANT_CASES: [&str; 5] = [
     "tiny-q4_0.short",
     "tiny-q2_k.short",

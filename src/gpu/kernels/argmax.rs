@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{storage_zeroed, uniform};
 
 /// Invocations per workgroup (the kernel's WG_ARGMAX).
@@ -24,7 +24,7 @@ pub const SHADER: Shader = Shader {
     structs: &[],
     reduces: false,
     lanes: false,
-    dots: false,
+    weights: WeightAccess::None,
 };
 
 wgsl_struct! {

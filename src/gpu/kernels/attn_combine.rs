@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::kernels::attn_partial::{self, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::CacheType;
 
@@ -47,7 +47,7 @@ pub const SHADER: Shader = Shader {
     structs: &[&TokenParams::LAYOUT],
     reduces: true,
     lanes: false,
-    dots: false,
+    weights: WeightAccess::None,
 };
 
 wgsl_struct! {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::{rope_angle, CacheType};
 
@@ -65,7 +65,7 @@ pub const SHADER: Shader = Shader {
     structs: &[&TokenParams::LAYOUT],
     reduces: false,
     lanes: true,
-    dots: false,
+    weights: WeightAccess::None,
 };
 
 wgsl_struct! {

@@ -3,7 +3,7 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Shader, Slot, WEIGHTS_F32};
+use crate::gpu::shader::{wgsl_struct, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -16,12 +16,12 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    overrides: &[WEIGHTS_F32.decl()],
+    overrides: &[],
     consts: &[],
     structs: &[],
     reduces: false,
     lanes: false,
-    dots: false,
+    weights: WeightAccess::Units,
 };
 
 wgsl_struct! {
@@ -41,11 +41,11 @@ pub fn dispatches(
     token_id: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let kernel = pipes.get(ctx, SHADER, &[WEIGHTS_F32.set(table.format.is_f32())]);
     table
         .chunks
         .iter()
         .map(|c| {
+            let kernel = pipes.get_for(ctx, SHADER, c.format, &[]);
             let params = Params {
                 cols: table.cols as u32,
                 row_start: c.row_start as u32,

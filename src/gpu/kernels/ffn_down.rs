@@ -4,7 +4,7 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Shader, Slot, WEIGHTS_F32};
+use crate::gpu::shader::{wgsl_struct, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -18,12 +18,12 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    overrides: &[WEIGHTS_F32.decl()],
+    overrides: &[],
     consts: &[],
     structs: &[],
     reduces: true,
     lanes: false,
-    dots: true,
+    weights: WeightAccess::RowDots,
 };
 
 wgsl_struct! {
@@ -52,11 +52,11 @@ pub fn dispatches(
     route: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let kernel = pipes.get(ctx, SHADER, &[WEIGHTS_F32.set(stack.format.is_f32())]);
     stack
         .chunks
         .iter()
         .map(|c| {
+            let kernel = pipes.get_for(ctx, SHADER, c.format, &[]);
             let params = uniform(
                 ctx,
                 "ffn_down params",

@@ -1,16 +1,16 @@
 // Down projection of every expert a token uses, weighted and summed into the residual:
 //   x[r] += Σ_s w[s] * (down_e · act[s])[r],  e = route ids[s]
 // in one dispatch per chunk of the stack. Launcher: src/gpu/kernels/ffn_down.rs.
-// Appended: a reduce_*.wgsl and dot_rows4.wgsl.
+// Appended: a reduce_*.wgsl, the chunk's weight layout library and dot_rows4.wgsl.
 //
 // The stack holds each expert's [hidden][ffn] rows one after another (global row
 // e * hidden + r), shared experts after the routed ones. `route` holds the ids of the slots,
 // then their weights as f32 bits (shared experts and a dense FFN have weight 1). A chunk
 // holds global rows [row_start, row_start + rows); slots whose rows lie elsewhere add
-// nothing here (their chunk's dispatch adds them). Weight layout as in matvec.wgsl.
+// nothing here (their chunk's dispatch adds them). Each chunk has one weight layout (the
+// shared expert's chunk may differ from the routed experts').
 // Each workgroup computes 4 output rows.
 
-override WEIGHTS_F32: bool = false;
 
 struct Params {
     /// Output rows per expert (hidden size).

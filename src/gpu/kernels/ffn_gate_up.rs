@@ -5,7 +5,7 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WEIGHTS_F32};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -23,7 +23,6 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
     ],
     overrides: &[
-        WEIGHTS_F32.decl(),
         PAIRS.decl(),
         ROUTED.decl(),
         EXPERTS.decl(),
@@ -35,7 +34,7 @@ pub const SHADER: Shader = Shader {
     structs: &[],
     reduces: true,
     lanes: false,
-    dots: true,
+    weights: WeightAccess::RowDots,
 };
 
 /// The kernel keeps per-expert state in workgroup arrays of this size.
@@ -99,10 +98,7 @@ pub fn dispatches(
     route: &wgpu::Buffer,
     act: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let mut constants = vec![
-        WEIGHTS_F32.set(stack.format.is_f32()),
-        PAIRS.set(PAIRS_PER_WORKGROUP),
-    ];
+    let mut constants = vec![PAIRS.set(PAIRS_PER_WORKGROUP)];
     let (logits, bias) = match *choice {
         Route::Fixed => (&ctx.dummy, &ctx.dummy),
         Route::Router {
@@ -124,11 +120,11 @@ pub fn dispatches(
             (logits, bias)
         }
     };
-    let kernel = pipes.get(ctx, SHADER, &constants);
     stack
         .chunks
         .iter()
         .map(|c| {
+            let kernel = pipes.get_for(ctx, SHADER, c.format, &constants);
             let params = uniform(
                 ctx,
                 "ffn_gate_up params",

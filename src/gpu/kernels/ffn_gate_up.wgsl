@@ -1,13 +1,14 @@
 // SwiGLU gate/up of every expert a token uses, in one dispatch per chunk of the stack:
 //   act[s][i] = silu(gate_e · h)[i] * (up_e · h)[i],  e = route ids[s],  h = rmsnorm(x) * norm_w
-// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a reduce_*.wgsl and dot_rows4.wgsl.
+// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a reduce_*.wgsl, the chunk's weight
+// layout library and dot_rows4.wgsl.
 //
 // The stack interleaves gate and up rows: row 2i of expert e is gate row i, row 2i + 1 is up
 // row i (global row e * 2 * ffn + 2i), so a pair never straddles a chunk. Shared experts are
 // stacked after the routed ones and a dense FFN is a stack of one expert; the route buffer
 // lists which experts run (ids, then f32 weights used by ffn_down). A chunk holds global rows
 // [row_start, row_start + rows); pairs outside it are skipped (another dispatch does them).
-// Weight layout as in matvec.wgsl (Q8_0 or F32). Each workgroup computes PAIRS pairs of one
+// Each chunk has one weight layout (chunks of a stack may differ). Each workgroup computes PAIRS pairs of one
 // slot, two at a time (four rows: one per vec4 lane), after one norm prologue and routing.
 //
 // ROUTED (MoE layers): every workgroup first chooses the experts from the router logits,
@@ -21,7 +22,6 @@
 // The routing numbers are pipeline constants: lavapipe recompiles a shader at every bind
 // when uniforms steer its loops (see examples/lavapipe_uniform_inlining.rs).
 
-override WEIGHTS_F32: bool = false;
 /// Pairs per workgroup, a multiple of 2.
 override PAIRS: u32 = 2u;
 override ROUTED: bool = false;

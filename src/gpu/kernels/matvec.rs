@@ -3,7 +3,7 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{grid, Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WEIGHTS_F32};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -18,7 +18,6 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     overrides: &[
-        WEIGHTS_F32.decl(),
         NORM.decl(),
         ACCUMULATE.decl(),
         ROWS.decl(),
@@ -27,7 +26,7 @@ pub const SHADER: Shader = Shader {
     structs: &[],
     reduces: true,
     lanes: false,
-    dots: true,
+    weights: WeightAccess::RowDots,
 };
 
 /// RMSNorm prologue.
@@ -95,11 +94,11 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
         .iter()
         .map(|c| {
             let rows_per_wg = rows_per_workgroup(c.rows);
-            let kernel = pipes.get(
+            let kernel = pipes.get_for(
                 ctx,
                 SHADER,
+                c.format,
                 &[
-                    WEIGHTS_F32.set(m.format.is_f32()),
                     NORM.set(a.norm.is_some()),
                     ACCUMULATE.set(a.accumulate),
                     ROWS.set(rows_per_wg as u32),

@@ -1,13 +1,7 @@
 // Mat-vec over one chunk of a weight matrix: out[row_offset + r] (+)= W[r] · input, for the
-// `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl
-// and dot_rows4.wgsl.
-//
-// Weight layout (written by src/gpu/upload.rs), row-major within the chunk:
-//   Q8_0 (WEIGHTS_F32 = false): `quants` holds the int8 quants, 4 per u32 (element 4i in the
-//     low byte), so 16 per vec4<u32>: row r starts at vec4 r * cols / 16. `scales` holds the
-//     f16 block scales, two per u32 (even index in the low half): block b of row r is scale
-//     r * cols / 32 + b. Value = scale * quant, as in GGUF.
-//   F32 (WEIGHTS_F32 = true): `quants` holds the f32 bits, 4 per vec4<u32>; `scales` unused.
+// `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl,
+// the chunk's weight layout library (lib/weights_<layout>.wgsl, which says how `quants`
+// and `scales` hold the rows; written by src/gpu/upload.rs) and lib/dot_rows4.wgsl.
 //
 // input = x[in + g * group_stride .. + cols] for rows of group g = global row / group_rows
 // (per-head batched mat-vecs: k_b, v_b; a plain mat-vec has one group).
@@ -17,7 +11,6 @@
 // matrices use more rows per workgroup so the NORM prologue and the workgroup start are
 // paid once per ROWS rows, not per 4.
 
-override WEIGHTS_F32: bool = false;
 override ROWS: u32 = 4u;
 override NORM: bool = false;
 override ACCUMULATE: bool = false;

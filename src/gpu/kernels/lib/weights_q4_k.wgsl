@@ -1,0 +1,74 @@
+// Weight layout Q4_K (see dot_rows4.wgsl for the interface): `quants` holds the file's
+// 144-byte super-blocks as they are, 9 vec4 each, row-major: vec4 0 is `d | dmin` (f16
+// pair) and the 12 bytes of 6-bit scales and mins; vec4 1..8 the 128 bytes of nibbles. Byte
+// 32p + l of the nibbles holds value 64p + l (low nibble, sub-block 2p) and 64p + 32 + l
+// (high nibble, sub-block 2p + 1). Value = d * scale * q - dmin * min, per sub-block of 32.
+// A unit is one vec4 of nibbles (k = 0..7 of a super-block): 16 values of sub-block 2p and
+// the 16 of sub-block 2p + 1 at the same offsets, p = k / 2.
+
+const UNIT_RUNS: u32 = 2u;
+alias Unit = array<vec4<f32>, 8>;
+
+fn unit_run(u: u32, k: u32) -> u32 {
+    let j = u % 8u;
+    return 256u * (u / 8u) + 64u * (j / 2u) + 16u * (j % 2u) + 32u * k;
+}
+
+/// The low nibbles of a u32's four bytes, and the high ones.
+fn nibbles_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+
+fn nibbles_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+}
+
+/// (d * scale, dmin * min) of sub-blocks 2p and 2p + 1 from a super-block's first vec4
+/// (ggml's get_scale_min_k4, four bytes at a time).
+fn q4_k_scales(head: vec4<u32>, p: u32) -> vec4<f32> {
+    let dm = unpack2x16float(head.x);
+    var sc = head.y & 0x3f3f3f3fu;
+    var mn = head.z & 0x3f3f3f3fu;
+    if (p >= 2u) {
+        sc = (head.w & 0x0f0f0f0fu) | ((head.y >> 2u) & 0x30303030u);
+        mn = ((head.w >> 4u) & 0x0f0f0f0fu) | ((head.z >> 2u) & 0x30303030u);
+    }
+    let shift = 16u * (p % 2u);
+    let s = (vec2<u32>(sc >> shift, sc >> (shift + 8u))) & vec2<u32>(255u);
+    let m = (vec2<u32>(mn >> shift, mn >> (shift + 8u))) & vec2<u32>(255u);
+    return vec4<f32>(dm.x * f32(s.x), dm.y * f32(m.x), dm.x * f32(s.y), dm.y * f32(m.y));
+}
+
+fn unit_values(row: u32, units: u32, u: u32) -> Unit {
+    let block = 9u * (row * (units / 8u) + u / 8u);
+    let head = quants[block];
+    let q = quants[block + 1u + u % 8u];
+    let s = q4_k_scales(head, (u % 8u) / 2u);
+    let lo = vec4<f32>(s.x);
+    let lm = vec4<f32>(s.y);
+    let hi = vec4<f32>(s.z);
+    let hm = vec4<f32>(s.w);
+    return Unit(
+        lo * nibbles_lo(q.x) - lm, lo * nibbles_lo(q.y) - lm,
+        lo * nibbles_lo(q.z) - lm, lo * nibbles_lo(q.w) - lm,
+        hi * nibbles_hi(q.x) - hm, hi * nibbles_hi(q.y) - hm,
+        hi * nibbles_hi(q.z) - hm, hi * nibbles_hi(q.w) - hm,
+    );
+}
+
+/// Σ (d·sc·q - dmin·m) x = d·sc Σ q x - dmin·m Σ x per run (the sums of x are the same for
+/// the four rows of dot_rows4).
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+    let block = 9u * (row * (units / 8u) + u / 8u);
+    let head = quants[block];
+    let q = quants[block + 1u + u % 8u];
+    let s = q4_k_scales(head, (u % 8u) / 2u);
+    let qx_lo = dot(nibbles_lo(q.x), x[0]) + dot(nibbles_lo(q.y), x[1])
+        + dot(nibbles_lo(q.z), x[2]) + dot(nibbles_lo(q.w), x[3]);
+    let qx_hi = dot(nibbles_hi(q.x), x[4]) + dot(nibbles_hi(q.y), x[5])
+        + dot(nibbles_hi(q.z), x[6]) + dot(nibbles_hi(q.w), x[7]);
+    let one = vec4<f32>(1.0);
+    let x_lo = dot((x[0] + x[1]) + (x[2] + x[3]), one);
+    let x_hi = dot((x[4] + x[5]) + (x[6] + x[7]), one);
+    return s.x * qx_lo - s.y * x_lo + s.z * qx_hi - s.w * x_hi;
+}

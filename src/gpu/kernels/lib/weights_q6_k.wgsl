@@ -1,0 +1,72 @@
+// Weight layout Q6_K (see dot_rows4.wgsl for the interface), row-major per super-block:
+// `quants` holds `ql` (128 bytes) then `qh` (64 bytes), 12 vec4; `scales` holds the 16
+// signed 8-bit sub-block scales then `d` as f32, 5 u32. In half h (128 values), byte
+// 64h + 32a + l of `ql` holds value 128h + 32a + l (low nibble) and 128h + 32a + 64 + l
+// (high nibble); byte 32h + l of `qh` holds the top two bits of value 128h + 32q + l at bit
+// 2q. Value = d * scale * (q - 32), per sub-block of 16.
+// A unit (j = 0..7 of a super-block: h = j / 4, a = j % 2, l0 = 16 * ((j / 2) % 2)) is one
+// vec4 of `ql` and one of `qh`: runs 128h + 32a + l0 and 128h + 32a + 64 + l0. The two units
+// with a = 0, 1 read the same `qh` vec4 (adjacent invocations: one memory transaction).
+
+const UNIT_RUNS: u32 = 2u;
+alias Unit = array<vec4<f32>, 8>;
+
+fn unit_run(u: u32, k: u32) -> u32 {
+    let j = u % 8u;
+    return 256u * (u / 8u) + 128u * (j / 4u) + 32u * (j % 2u) + 16u * ((j / 2u) % 2u) + 64u * k;
+}
+
+/// The codes minus 32 of four values: a nibble of `w` from bit `shift` of each byte, two
+/// bits of `h` from bit `bit` of each byte.
+fn q6_k_codes(w: u32, shift: u32, h: u32, bit: u32) -> vec4<f32> {
+    let bytes = vec4<u32>(0u, 8u, 16u, 24u);
+    let low = (vec4<u32>(w) >> (bytes + vec4<u32>(shift))) & vec4<u32>(15u);
+    let high = ((vec4<u32>(h) >> (bytes + vec4<u32>(bit))) & vec4<u32>(3u)) << vec4<u32>(4u);
+    return vec4<f32>(bitcast<vec4<i32>>(low | high) - vec4<i32>(32));
+}
+
+/// The signed scale byte `i` of super-block `block`'s scales.
+fn q6_k_scale(block: u32, i: u32) -> f32 {
+    let w = scales[5u * block + i / 4u];
+    return f32(bitcast<i32>(w << (24u - 8u * (i % 4u))) >> 24u);
+}
+
+/// The 32 codes (minus 32) of unit u, run 0 then run 1; returns d * scale of both runs.
+fn q6_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> vec2<f32> {
+    let block = row * (units / 8u) + u / 8u;
+    let j = u % 8u;
+    let h = j / 4u;
+    let a = j % 2u;
+    let l16 = (j / 2u) % 2u;
+    let q = quants[12u * block + 4u * h + 2u * a + l16];
+    let hb = quants[12u * block + 8u + 2u * h + l16];
+    let d = bitcast<f32>(scales[5u * block + 4u]);
+    let sub = 8u * h + l16 + 2u * a;
+    (*codes)[0] = q6_k_codes(q.x, 0u, hb.x, 2u * a);
+    (*codes)[1] = q6_k_codes(q.y, 0u, hb.y, 2u * a);
+    (*codes)[2] = q6_k_codes(q.z, 0u, hb.z, 2u * a);
+    (*codes)[3] = q6_k_codes(q.w, 0u, hb.w, 2u * a);
+    (*codes)[4] = q6_k_codes(q.x, 4u, hb.x, 2u * a + 4u);
+    (*codes)[5] = q6_k_codes(q.y, 4u, hb.y, 2u * a + 4u);
+    (*codes)[6] = q6_k_codes(q.z, 4u, hb.z, 2u * a + 4u);
+    (*codes)[7] = q6_k_codes(q.w, 4u, hb.w, 2u * a + 4u);
+    return vec2<f32>(d * q6_k_scale(block, sub), d * q6_k_scale(block, sub + 4u));
+}
+
+fn unit_values(row: u32, units: u32, u: u32) -> Unit {
+    var c: Unit;
+    let s = q6_k_unit(row, units, u, &c);
+    var v: Unit;
+    for (var i = 0u; i < 4u; i++) {
+        v[i] = s.x * c[i];
+        v[i + 4u] = s.y * c[i + 4u];
+    }
+    return v;
+}
+
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+    var c: Unit;
+    let s = q6_k_unit(row, units, u, &c);
+    return s.x * (dot(c[0], x[0]) + dot(c[1], x[1]) + dot(c[2], x[2]) + dot(c[3], x[3]))
+        + s.y * (dot(c[4], x[4]) + dot(c[5], x[5]) + dot(c[6], x[6]) + dot(c[7], x[7]));
+}

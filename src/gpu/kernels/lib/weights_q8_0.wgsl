@@ -1,0 +1,33 @@
+// Weight layout Q8_0 (see dot_rows4.wgsl for the interface): `quants` holds the int8 quants,
+// 4 per u32 (element 4i in the low byte), so 16 per vec4<u32>, row-major; `scales` holds the
+// f16 block scales, two per u32 (even index in the low half), row-major. Value = scale *
+// quant. A unit is one vec4 of quants: 16 values, half a block.
+
+const UNIT_RUNS: u32 = 1u;
+alias Unit = array<vec4<f32>, 4>;
+
+fn unit_run(u: u32, k: u32) -> u32 {
+    return 16u * u;
+}
+
+/// Four signed bytes of a u32 as floats.
+fn q8(w: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u));
+}
+
+/// The f16 scale `i` of the scales array.
+fn q8_scale(i: u32) -> f32 {
+    return unpack2x16float(scales[i / 2u])[i % 2u];
+}
+
+fn unit_values(row: u32, units: u32, u: u32) -> Unit {
+    let q = quants[row * units + u];
+    let d = q8_scale(row * (units / 2u) + u / 2u);
+    return Unit(d * q8(q.x), d * q8(q.y), d * q8(q.z), d * q8(q.w));
+}
+
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+    let q = quants[row * units + u];
+    let d = q8_scale(row * (units / 2u) + u / 2u);
+    return d * (dot(q8(q.x), x[0]) + dot(q8(q.y), x[1]) + dot(q8(q.z), x[2]) + dot(q8(q.w), x[3]));
+}
