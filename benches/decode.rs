@@ -17,14 +17,14 @@ use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgmlType;
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::kernels::{attn_combine, attn_partial, embed, TokenParams};
-use glm_flash::gpu::shaders::{Dispatch, Pipelines};
+use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, Uploader};
 use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions};
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::weights::Matrix;
 use glm_flash::weights::Weights;
 
-/// Dispatches of one token if every op of DESIGN.md's step list were its own dispatch.
+/// Dispatches of one token if every op of the CPU reference's forward were its own dispatch.
 fn simple_schedule(cfg: &Config) -> (usize, usize, usize) {
     // attn_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, rope q, rope k, cache append,
     // absorb (k_b, batched over heads), scores, softmax, context, v_b, attn_output, add

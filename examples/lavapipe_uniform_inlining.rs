@@ -1,14 +1,13 @@
 //! Repro of the lavapipe (Mesa 22.3) growth that our kernels avoid: the former MoE routing
-//! kernel (`lavapipe_uniform_inlining.wgsl`; routing now runs inside wgsl/ffn_gate_up.wgsl
-//! with its numbers as pipeline constants) with its params bound as a uniform and as a
-//! read-only storage buffer, bound and dispatched `binds` times (one submit each); prints RSS
-//! growth and time per bind.
+//! kernel (`lavapipe_uniform_inlining.wgsl`; routing now runs inside
+//! src/gpu/kernels/ffn_gate_up.wgsl with its numbers as pipeline constants) with its params
+//! bound as a uniform and as a read-only storage buffer, bound and dispatched `binds` times
+//! (one submit each); prints RSS growth and time per bind.
 //!
 //! With a uniform, lavapipe inlines the params into a new LLVM compile at every bind and keeps
-//! each clone of the shader until the pipeline goes: on the 2-core dev machine ~290 KB and
-//! 2.5 ms per bind at 8 experts, ~420 KB and 4 ms at 16 (the tiny fixture's count), nothing
-//! at 33 or more (lavapipe then gives up inlining after the first bind). With storage,
-//! nothing grows at any count.
+//! each clone of the shader until the pipeline goes, at small expert counts (it gives up
+//! inlining after the first bind at 33 or more). With storage, nothing grows at any count.
+//! BENCHMARKS.md has the measured growth and time per bind.
 //!
 //! `cargo run --release --example lavapipe_uniform_inlining [binds] [experts]`
 use std::time::Instant;
@@ -97,7 +96,7 @@ fn run(
         })),
         module: &module,
         entry_point: Some("main"),
-        // As the engine's pipelines (src/gpu/shaders.rs).
+        // As the engine's pipelines (src/gpu/pipelines.rs).
         compilation_options: wgpu::PipelineCompilationOptions {
             zero_initialize_workgroup_memory: false,
             ..Default::default()

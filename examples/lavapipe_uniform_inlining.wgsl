@@ -2,8 +2,8 @@
 // experts with the largest s + bias (ties to the lower id); weights are the unbiased s of
 // those k, divided by their sum (clamped below at 6.1e-5) when NORM, times scale.
 // Shared experts follow as slots k.. with ids n_experts.. and weight 1.
-// (Formerly wgsl/moe_route.wgsl; kept for examples/lavapipe_uniform_inlining.rs.) One workgroup: each invocation scores its experts,
-// then ranks each against all others (rank = experts that beat it), so the k experts of
+// (Formerly the engine's routing kernel; kept for examples/lavapipe_uniform_inlining.rs.)
+// One workgroup: each invocation scores its experts, then ranks each against all others (rank = experts that beat it), so the k experts of
 // rank < k land in selection order without a sort.
 //
 // route = [ids of the slots][weights of the slots as f32 bits]
@@ -11,8 +11,8 @@
 // Params is a read-only storage buffer, not a uniform: lavapipe (Mesa 22.3) inlines uniform
 // values that steer loops and branches into a fresh LLVM compile of the shader at every
 // pipeline bind, for as long as it judges that worthwhile (here: up to 32 experts), and keeps
-// each clone's NIR until the pipeline is destroyed: ~430 KB of RSS and a 4 ms compile per
-// route dispatch at 16 experts. Mesa does not inline storage-buffer values. Repro:
+// each clone's NIR until the pipeline is destroyed: RSS grows and every route dispatch
+// compiles (BENCHMARKS.md has the numbers). Mesa does not inline storage-buffer values. Repro:
 // examples/lavapipe_uniform_inlining.rs.
 
 const MAX_EXPERTS: u32 = 256u;

@@ -61,7 +61,7 @@ pub trait Backend {
     /// decoding; the GPU reads back a single id).
     fn forward_argmax(&mut self, tokens: &[u32], start_pos: usize) -> Result<u32> {
         let logits = self.forward(tokens, start_pos, false)?;
-        Ok(crate::cpu::ops::argmax(&logits) as u32)
+        Ok(crate::ops_common::argmax(&logits))
     }
 
     /// Greedy decoding: feeds `token` at `pos`, then each chosen id after it, and calls

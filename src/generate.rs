@@ -345,7 +345,7 @@ mod tests {
         let logits = cpu.forward(&all, 0, true).unwrap();
         for (i, &id) in greedy.ids.iter().enumerate() {
             let row = &logits[(prompt.len() - 1 + i) * cfg.vocab..][..cfg.vocab];
-            assert_eq!(crate::sampler::argmax(row), id, "token {i}");
+            assert_eq!(crate::ops_common::argmax(row), id, "token {i}");
         }
     }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod ops_common;
 pub mod quant;
 pub mod sampler;
 pub mod session;

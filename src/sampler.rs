@@ -6,6 +6,8 @@
 //! each filter keeps; the draw uses our own SplitMix64 so a seed gives the same text on
 //! every platform and every run.
 
+use crate::ops_common::argmax;
+
 /// Sampling settings, filled by the CLI. Every filter has a value that switches it off.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerOptions {
@@ -66,17 +68,6 @@ impl SamplerOptions {
 pub struct Candidate {
     pub id: u32,
     pub prob: f32,
-}
-
-/// The argmax of `logits`, ties to the lowest id (NaN never wins).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &x) in logits.iter().enumerate() {
-        if !x.is_nan() && best.is_none_or(|(_, b)| x > b) {
-            best = Some((i, x));
-        }
-    }
-    best.map_or(0, |(i, _)| i as u32)
 }
 
 /// Probabilities below this much under the top-p target still count as reaching it, so a
@@ -175,7 +166,7 @@ impl Sampler {
         &self.opts
     }
 
-    /// The next token: the argmax when greedy, otherwise one draw from [`candidates`].
+    /// The next token: the argmax when greedy (NaN never wins), otherwise one draw from [`candidates`].
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.opts.is_greedy() {
             return argmax(logits);

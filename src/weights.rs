@@ -167,9 +167,27 @@ impl<'a> Weights<'a> {
     /// The same bytes split by the intermediate each mat-vec computes (llama.cpp's names,
     /// as the GPU profile labels its dispatches), summed over layers.
     pub fn bytes_per_token_by_op(&self, cfg: &Config) -> Vec<(&'static str, u64)> {
+        let mut ops: Vec<(&'static str, u64)> = Vec::new();
+        for l in &self.layers {
+            for (i, (name, bytes)) in l.bytes_by_op(cfg.n_experts_used).into_iter().enumerate() {
+                match ops.get_mut(i) {
+                    Some(op) => op.1 += bytes,
+                    None => ops.push((name, bytes)),
+                }
+            }
+        }
+        ops.push(("result_output", self.output.data.len() as u64));
+        ops
+    }
+}
+
+impl Layer<'_> {
+    /// Bytes of the layer's matrices by the intermediate each computes, counting `experts`
+    /// routed experts of a MoE layer (the shared expert and the router always): the experts
+    /// a token uses for what it reads, all of them for the layer's size.
+    pub fn bytes_by_op(&self, experts: usize) -> [(&'static str, u64); 8] {
         let m = |m: &Matrix| m.data.len() as u64;
-        let layers = |f: &dyn Fn(&Layer) -> u64| self.layers.iter().map(f).sum::<u64>();
-        // gate + up (or down) of the dense FFN, or of the chosen experts and the shared one
+        // gate + up (or down) of the dense FFN, or of the experts and the shared one
         let ffn = |up: bool| {
             let dense = |d: &DenseFfn| {
                 if up {
@@ -178,7 +196,7 @@ impl<'a> Weights<'a> {
                     m(&d.down)
                 }
             };
-            layers(&|l| match &l.ffn {
+            match &self.ffn {
                 Ffn::Dense(d) => dense(d),
                 Ffn::Moe(moe) => {
                     let expert = if up {
@@ -186,30 +204,31 @@ impl<'a> Weights<'a> {
                     } else {
                         m(&moe.down_exps.expert(0))
                     };
-                    expert * cfg.n_experts_used as u64 + moe.shexp.as_ref().map_or(0, dense)
+                    expert * experts as u64 + moe.shexp.as_ref().map_or(0, dense)
                 }
-            })
+            }
         };
-        vec![
-            (
-                "q_a+kv_cmpr_pe",
-                layers(&|l| m(&l.attn_q_a) + m(&l.attn_kv_a_mqa)),
-            ),
-            ("q", layers(&|l| m(&l.attn_q_b))),
-            ("q_nope_absorbed", layers(&|l| m(&l.attn_k_b))),
-            ("kqv_out", layers(&|l| m(&l.attn_v_b))),
-            ("attn_out", layers(&|l| m(&l.attn_output))),
+        [
+            ("q_a+kv_cmpr_pe", m(&self.attn_q_a) + m(&self.attn_kv_a_mqa)),
+            ("q", m(&self.attn_q_b)),
+            ("q_nope_absorbed", m(&self.attn_k_b)),
+            ("kqv_out", m(&self.attn_v_b)),
+            ("attn_out", m(&self.attn_output)),
             (
                 "ffn_moe_logits",
-                layers(&|l| match &l.ffn {
+                match &self.ffn {
                     Ffn::Moe(moe) => m(&moe.gate_inp),
                     Ffn::Dense(_) => 0,
-                }),
+                },
             ),
             ("ffn_gate_up", ffn(true)),
             ("ffn_down", ffn(false)),
-            ("result_output", m(&self.output)),
         ]
+    }
+
+    /// Bytes of all the layer's matrices (every expert), as stored in the file.
+    pub fn bytes(&self, cfg: &Config) -> u64 {
+        self.bytes_by_op(cfg.n_experts).iter().map(|(_, b)| b).sum()
     }
 }
 

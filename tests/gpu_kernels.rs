@@ -12,9 +12,10 @@ use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::kernels::{
     argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
-use glm_flash::gpu::shaders::Pipelines;
+use glm_flash::gpu::pipelines::{run, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
 use glm_flash::gpu::{GpuContext, GpuOptions};
+use glm_flash::ops_common::argmax as cpu_argmax;
 use glm_flash::quant;
 use glm_flash::weights::Matrix;
 
@@ -131,7 +132,7 @@ fn matvec_with_many_rows_per_workgroup_matches_cpu() {
             accumulate: false,
         };
         let d = matvec::dispatches(&ctx, &p, &gm, &spec);
-        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        run(&ctx, &d).unwrap();
         let mut normed = vec![0f32; cols];
         ops::rmsnorm(&x, &norm_w, 1e-5, &mut normed);
         let want: Vec<f32> = (0..rows).map(|r| m.dot_row(r, &normed)).collect();
@@ -188,7 +189,7 @@ fn matvec_matches_cpu_in_every_variant() {
                 accumulate: false,
             };
             let d = matvec::dispatches(&ctx, &p, &gm, &spec);
-            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            run(&ctx, &d).unwrap();
             let want: Vec<f32> = (0..rows).map(|r| m.dot_row(r, &x[64..64 + cols])).collect();
             check(
                 &format!("matvec {} {label}", m.ty),
@@ -207,7 +208,7 @@ fn matvec_matches_cpu_in_every_variant() {
                 accumulate: true,
             };
             let d = matvec::dispatches(&ctx, &p, &gm, &spec);
-            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            run(&ctx, &d).unwrap();
             let mut h = vec![0f32; cols];
             ops::rmsnorm(&x[..cols], &norm_w, 1e-5, &mut h);
             let want: Vec<f32> = (0..rows).map(|r| base[r] + m.dot_row(r, &h)).collect();
@@ -228,7 +229,7 @@ fn matvec_matches_cpu_in_every_variant() {
                 accumulate: false,
             };
             let d = matvec::dispatches(&ctx, &p, &gm, &spec);
-            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            run(&ctx, &d).unwrap();
             let want: Vec<f32> = (0..rows)
                 .map(|r| m.dot_row(r, &x[(r / 100) * 128..][..cols]))
                 .collect();
@@ -264,7 +265,7 @@ fn embed_matches_dequantize_row() {
         let id = storage_init(&ctx, "token_id", &(token as u32).to_le_bytes());
         let x = poison(&ctx, cols);
         let d = embed::dispatches(&ctx, &p, &gm, &id, &x);
-        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        run(&ctx, &d).unwrap();
         let mut want = vec![0f32; cols];
         m.dequantize_row(token, &mut want);
         check(
@@ -457,7 +458,7 @@ fn routed_gate_up_matches_cpu_route_including_ties() {
             let d = ffn_gate_up::dispatches(
                 &ctx, &p, &gate_up, ffn, slots, &xb, &nb, 1e-5, &choice, &route, &act,
             );
-            ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+            run(&ctx, &d).unwrap();
             let got: Vec<u32> =
                 bytemuck::pod_collect_to_vec(&ctx.read_bytes(&route, 8 * slots as u64).unwrap());
             let want = ops::route(&logits, &bias, k, norm, 1.8);
@@ -561,7 +562,7 @@ fn expert_ffn_matches_cpu() {
             &rb,
             &act,
         );
-        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        run(&ctx, &d).unwrap();
         let mut h = vec![0f32; hidden];
         ops::rmsnorm(&x, &norm_w, 1e-5, &mut h);
         let mut want_act = Vec::new();
@@ -579,7 +580,7 @@ fn expert_ffn_matches_cpu() {
         );
 
         let d = ffn_down::dispatches(&ctx, &p, &down_g, hidden, ids.len(), &act, &rb, &xb);
-        ctx.run(&d.iter().collect::<Vec<_>>()).unwrap();
+        run(&ctx, &d).unwrap();
         let mut want_x = x.clone();
         for (s, &e) in ids.iter().enumerate() {
             for (r, o) in want_x.iter_mut().enumerate() {
@@ -600,6 +601,7 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
     let ctx = ctx(None, false);
     let p = Pipelines::new();
     let mut rng = Rng(7);
+    let span = argmax::SPAN;
     for n in [1usize, 255, 1024, 1025, 4096, 154880] {
         let mut logits = rng.vec(n);
         if n > 300 {
@@ -608,11 +610,26 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
             logits[290] = 3.0;
             logits[291] = 3.0;
         }
-        let result = storage_init(&ctx, "result", &[0xff; 4]);
-        let logits_b = storage_f32(&ctx, "logits", &logits);
-        let ds = argmax::dispatches(&ctx, &p, n, &logits_b, &result).unwrap();
-        ctx.run(&ds.iter().collect::<Vec<_>>()).unwrap();
-        let got = u32::from_le_bytes(ctx.read_bytes(&result, 4).unwrap().try_into().unwrap());
-        assert_eq!(got as usize, ops::argmax(&logits), "n = {n}");
+        let mut cases = vec![("random", logits.clone())];
+        // NaN never wins: at index 0 (the first candidate of everything), where a tree
+        // reduction would meet it early, at the start of a later span, everywhere.
+        let mut nan_at = |label, at: &[usize]| {
+            let mut l = logits.clone();
+            at.iter().filter(|&&i| i < n).for_each(|&i| l[i] = f32::NAN);
+            cases.push((label, l));
+        };
+        nan_at("NaN at 0", &[0]);
+        nan_at("NaN at 1, 257, 513", &[1, 257, 513]);
+        nan_at("NaN at a span start", &[span, 2 * span + 1]);
+        nan_at("NaN at the largest", &[290, 291]);
+        cases.push(("all NaN", vec![f32::NAN; n]));
+        for (label, logits) in cases {
+            let result = storage_init(&ctx, "result", &[0xff; 4]);
+            let logits_b = storage_f32(&ctx, "logits", &logits);
+            let ds = argmax::dispatches(&ctx, &p, n, &logits_b, &result).unwrap();
+            run(&ctx, &ds).unwrap();
+            let got = u32::from_le_bytes(ctx.read_bytes(&result, 4).unwrap().try_into().unwrap());
+            assert_eq!(got, cpu_argmax(&logits), "n = {n}, {label}");
+        }
     }
 }

@@ -1,13 +1,17 @@
-//! The Metal proxy: every WGSL kernel parses, validates with the capabilities Apple GPUs
-//! have (with and without subgroups), and translates to MSL with naga. No GPU needed.
+//! Every WGSL kernel, read by naga without a GPU: it parses, validates with the
+//! capabilities Apple GPUs have (with and without subgroups) and translates to MSL (the Metal
+//! proxy); its bindings, uniform structs and overrides are the ones its launcher declares;
+//! it fits the smallest adapter the engine accepts.
+mod common;
 
-use glm_flash::gpu::shaders::{all_shaders, Shader, REDUCE_SUBGROUP, REDUCE_WORKGROUP};
+use glm_flash::gpu::kernels::all_shaders;
+use glm_flash::gpu::shader::{Scalar, Shader, Slot};
 use naga::valid::{Capabilities, SubgroupOperationSet, ValidationFlags, Validator};
 
-/// Every `.wgsl` file under `wgsl/` (not `wgsl/lib/`) is one registered kernel.
+/// Every `.wgsl` file in `src/gpu/kernels/` (not `lib/`) is one registered kernel.
 #[test]
 fn every_wgsl_file_is_a_registered_kernel() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wgsl");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gpu/kernels");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| {
@@ -106,7 +110,7 @@ fn every_kernel_validates_and_translates_to_msl() {
 }
 
 /// A kernel with subgroup builtins must not validate without the capability: this is why
-/// the reduction is a separate library chosen per device (see src/gpu/shaders.rs).
+/// the reduction is a separate library chosen per device (see src/gpu/shader.rs).
 #[test]
 fn subgroup_reduction_needs_the_capability() {
     let src = all_shaders()
@@ -119,11 +123,114 @@ fn subgroup_reduction_needs_the_capability() {
     let mut validator = Validator::new(ValidationFlags::all(), caps);
     validator.subgroup_operations(ops);
     assert!(validator.validate(&module).is_err());
-    // and both libraries define the same workgroup size as the Rust side
-    for lib in [REDUCE_SUBGROUP, REDUCE_WORKGROUP] {
-        assert!(lib.contains(&format!(
-            "const WG: u32 = {}u;",
-            glm_flash::gpu::context::WORKGROUP_SIZE
-        )));
+}
+
+fn scalar_of(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Option<Scalar> {
+    match module.types[ty].inner {
+        naga::TypeInner::Scalar(naga::Scalar { kind, width: 4 }) => match kind {
+            naga::ScalarKind::Uint => Some(Scalar::U32),
+            naga::ScalarKind::Float => Some(Scalar::F32),
+            _ => None,
+        },
+        naga::TypeInner::Scalar(naga::Scalar {
+            kind: naga::ScalarKind::Bool,
+            ..
+        }) => Some(Scalar::Bool),
+        _ => None,
+    }
+}
+
+/// What the launcher declares (bindings with the Rust struct of each uniform, overrides)
+/// against what the WGSL module declares, as naga reflects it.
+fn check_declarations(shader: &Shader) {
+    let src = shader.module_source(false);
+    let name = shader.name;
+    let module = naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+    let mut bound: Vec<(u32, &naga::GlobalVariable)> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b, g)))
+        .map(|(b, g)| {
+            assert_eq!(b.group, 0, "{name}: {:?} is not in group 0", g.name);
+            (b.binding, g)
+        })
+        .collect();
+    bound.sort_by_key(|(b, _)| *b);
+    assert_eq!(
+        bound.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+        (0..shader.bindings.len() as u32).collect::<Vec<_>>(),
+        "{name}: the WGSL bindings are not the launcher's 0..{}",
+        shader.bindings.len()
+    );
+    for ((i, g), slot) in bound.iter().zip(shader.bindings) {
+        let var = format!("{name} binding {i} ({})", g.name.as_deref().unwrap_or("?"));
+        match slot {
+            Slot::Uniform(layout) => {
+                assert_eq!(g.space, naga::AddressSpace::Uniform, "{var}: not a uniform");
+                let naga::TypeInner::Struct { members, span } = &module.types[g.ty].inner else {
+                    panic!("{var}: not a struct");
+                };
+                let wgsl_name = module.types[g.ty].name.as_deref();
+                assert_eq!(wgsl_name, Some(layout.name), "{var}: struct name");
+                let wgsl: Vec<(String, u32, Option<Scalar>)> = members
+                    .iter()
+                    .map(|m| {
+                        let n = m.name.clone().unwrap_or_default();
+                        (n, m.offset, scalar_of(&module, m.ty))
+                    })
+                    .collect();
+                let rust: Vec<(String, u32, Option<Scalar>)> = layout
+                    .members
+                    .iter()
+                    .map(|m| (m.name.to_string(), m.offset as u32, Some(m.ty)))
+                    .collect();
+                assert_eq!(wgsl, rust, "{var}: WGSL members vs the Rust struct");
+                assert_eq!(*span as usize, layout.size, "{var}: struct size");
+            }
+            Slot::Read | Slot::ReadWrite => {
+                let naga::AddressSpace::Storage { access } = g.space else {
+                    panic!("{var}: not a storage buffer");
+                };
+                let writes = access.contains(naga::StorageAccess::STORE);
+                assert_eq!(
+                    writes,
+                    matches!(slot, Slot::ReadWrite),
+                    "{var}: read_write in one, read in the other"
+                );
+            }
+        }
+    }
+    let mut wgsl: Vec<(String, Option<Scalar>)> = module
+        .overrides
+        .iter()
+        .map(|(_, o)| (o.name.clone().unwrap(), scalar_of(&module, o.ty)))
+        .collect();
+    wgsl.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rust: Vec<(String, Option<Scalar>)> = shader
+        .overrides
+        .iter()
+        .map(|o| (o.name.to_string(), Some(o.ty)))
+        .collect();
+    rust.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(wgsl, rust, "{name}: WGSL overrides vs the launcher's");
+}
+
+#[test]
+fn every_launcher_declares_its_kernels_bindings_structs_and_overrides() {
+    for shader in all_shaders() {
+        check_declarations(&shader);
+    }
+}
+
+/// Every kernel within the smallest adapter the engine accepts (storage and uniform
+/// buffers, bindings per group, which is also Metal's rule, workgroup size and memory).
+#[test]
+fn every_kernel_fits_the_smallest_accepted_adapter() {
+    for shader in all_shaders() {
+        for subgroups in [false, true] {
+            let problems = common::kernel_fit::exceeds_minimum(&shader, subgroups);
+            assert!(problems.is_empty(), "{problems:#?}");
+        }
     }
 }

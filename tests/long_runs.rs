@@ -3,11 +3,8 @@
 //! greedy tokens, a cache filled to 8192 positions, and process memory per token, on the CPU
 //! and on the GPU (lavapipe here; a missing adapter fails the GPU parts).
 //!
-//! Measured on the 2-core dev machine (lavapipe): CPU 4096 greedy tokens 3.5 s, CPU
-//! 8192-position fill 14.9 s, CPU RSS check 1.8 s; GPU 4096 greedy tokens 95 s (all equal
-//! to the CPU's), GPU 8192-position fill 353 s (rel L2 2.9e-7 to the CPU at the last
-//! position). The whole file takes about 8 minutes, most of it lavapipe running attention
-//! over thousands of positions on 2 cores.
+//! Most of the time goes to lavapipe running attention over thousands of positions
+//! (BENCHMARKS.md has the durations on the 2-core development machine).
 //!
 //! The tests take a lock so they run one at a time: the machine has 2 cores, and the memory
 //! test reads the RSS of the whole process.
@@ -291,17 +288,17 @@ fn cpu_memory_does_not_grow_per_token_beyond_the_cache() {
     rss_growth(&mut cpu, &cfg, WARM, MORE, "cpu");
 }
 
-/// Found by this test: on lavapipe (Mesa 22.3) RSS grew by 2,491,383,808 bytes over 2048
-/// tokens (~430 KB per MoE layer per token). The cause was Mesa's uniform inlining: when a
+/// Found by this test: on lavapipe (Mesa 22.3) RSS grew by gigabytes over 2048 tokens
+/// (BENCHMARKS.md has the numbers). The cause was Mesa's uniform inlining: when a
 /// compute pipeline whose loop bounds or branches read a uniform buffer is bound, lavapipe
 /// clones the shader's NIR with those values as constants and compiles it with LLVM, again at
 /// every bind for as long as it judges that worthwhile, and each clone lives until the
 /// pipeline is destroyed. With this model's 16 experts it does so for moe_route at every
-/// bind (not with 33 or more), so every route dispatch recompiled (~4 ms) and kept a copy;
+/// bind (not with 33 or more), so every route dispatch recompiled and kept a copy;
 /// no other kernel of ours stays inlined here. The fix moved moe_route's params to a storage
 /// buffer, which Mesa does not inline (repro in examples/lavapipe_uniform_inlining.rs); the
-/// routing now runs inside wgsl/ffn_gate_up.wgsl with its numbers as pipeline constants.
-/// Now +0 bytes over 2048 tokens, and tokens are faster without the compiles.
+/// routing now runs inside src/gpu/kernels/ffn_gate_up.wgsl with its numbers as pipeline
+/// constants. Now nothing grows, and tokens are faster without the compiles.
 #[test]
 fn gpu_memory_does_not_grow_per_token_beyond_the_cache() {
     let _lock = serial();

@@ -1,7 +1,7 @@
 //! The CPU reference backend: the specification of every op, multi-threaded with rayon.
 //!
-//! One token goes through `forward_token`, which reads top to bottom like DESIGN.md's
-//! step list. Intermediates carry llama.cpp's names so a parity failure can name the
+//! One token goes through `forward_token`, which reads top to bottom: embedding, then per
+//! layer the MLA attention and the dense or MoE feed-forward, then the head. Intermediates carry llama.cpp's names so a parity failure can name the
 //! first tensor that differs.
 
 pub mod ops;
@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ops_common::check_positions;
 use crate::weights::{DenseFfn, Ffn, Layer, MoeFfn, Weights};
 use ops::{matvec, rmsnorm, rmsnorm_inplace, rope};
 
@@ -206,29 +207,4 @@ impl Backend for CpuBackend<'_> {
     fn max_context(&self) -> usize {
         self.max_context
     }
-}
-
-/// Errors shared by every backend: positions past the context, ids past the vocabulary.
-pub fn check_positions(
-    tokens: &[u32],
-    start_pos: usize,
-    max_context: usize,
-    vocab: usize,
-) -> Result<()> {
-    if tokens.is_empty() {
-        return Err(Error::Input("no tokens to process".into()));
-    }
-    if start_pos + tokens.len() > max_context {
-        return Err(Error::Input(format!(
-            "positions {}..{} exceed the context of {max_context} tokens",
-            start_pos,
-            start_pos + tokens.len()
-        )));
-    }
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Input(format!(
-            "token id {bad} is outside the vocabulary of {vocab}"
-        )));
-    }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::ops_common::rope_angle;
 use crate::weights::Matrix;
 
 /// 1 / sqrt(mean(x²) + eps), the mean of squares taken in f64 for stability.
@@ -42,13 +43,12 @@ pub fn matvec(m: &Matrix, x: &[f32], out: &mut [f32]) {
         });
 }
 
-/// RoPE on consecutive pairs (x0,x1), (x2,x3), ... with angle `pos * base^(-2i/n)`
-/// (llama.cpp's rope type 0, not NeoX's half split). Angles in f64: positions run to 200K.
+/// RoPE on consecutive pairs (x0,x1), (x2,x3), ... by [`rope_angle`] (llama.cpp's rope
+/// type 0, not NeoX's half split), in f64.
 pub fn rope(v: &mut [f32], pos: usize, base: f32) {
     let n = v.len();
     for i in 0..n / 2 {
-        let theta = pos as f64 * (base as f64).powf(-2.0 * i as f64 / n as f64);
-        let (sin, cos) = theta.sin_cos();
+        let (sin, cos) = rope_angle(pos, i, n, base).sin_cos();
         let (a, b) = (v[2 * i] as f64, v[2 * i + 1] as f64);
         v[2 * i] = (a * cos - b * sin) as f32;
         v[2 * i + 1] = (a * sin + b * cos) as f32;
@@ -109,16 +109,6 @@ pub fn route(
 
 pub fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

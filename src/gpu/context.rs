@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::shaders::Dispatch;
 
 /// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
 #[derive(Clone, Debug, Default)]
@@ -34,8 +33,36 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
 /// with u32. Keep a margin so byte counts stay below 2^32.
 const MAX_BINDING_EVER: u64 = (1 << 32) - 256;
 
-/// Workgroup size every kernel uses; subgroup reductions need the subgroup to divide it.
+/// Workgroup size of every kernel but the argmax (WGSL `WG`, prepended to each module);
+/// subgroup reductions need the subgroup to divide it.
 pub const WORKGROUP_SIZE: u32 = 64;
+
+/// What the engine asks of an adapter, beyond compute shaders and `unpack2x16float`.
+#[derive(Clone, Copy, Debug)]
+pub struct Requirements {
+    /// Storage buffers one kernel binds at most.
+    pub storage_buffers_per_stage: u32,
+    /// Uniform buffers one kernel binds at most.
+    pub uniform_buffers_per_stage: u32,
+    /// Bindings of one bind group. Also Metal's rule (31 buffer slots per stage, one kept
+    /// for wgpu), whatever other backends report.
+    pub bindings_per_group: u32,
+    /// Invocations of the largest workgroup (all workgroups are one-dimensional).
+    pub invocations_per_workgroup: u32,
+    /// Workgroup memory of the kernel that uses the most.
+    pub workgroup_storage_bytes: u32,
+}
+
+/// The smallest adapter the engine accepts: [`GpuContext::new`] refuses one below any of
+/// these, and the binding test holds every pipeline the engine creates to them. Raise a
+/// number here when a kernel needs more.
+pub const MINIMUM: Requirements = Requirements {
+    storage_buffers_per_stage: 8,
+    uniform_buffers_per_stage: 2,
+    bindings_per_group: 30,
+    invocations_per_workgroup: 256,
+    workgroup_storage_bytes: 16384,
+};
 
 /// The device and what the kernels may assume about it.
 pub struct GpuContext {
@@ -127,16 +154,54 @@ pub fn list_adapters() -> Vec<String> {
         .collect()
 }
 
-/// What a kernel launch needs the device to support.
+/// Which limit of `l` is below [`MINIMUM`], if one is: "allows 7 storage buffers per stage,
+/// the kernels need 8".
+pub fn below_minimum(l: &wgpu::Limits) -> Option<String> {
+    let m = MINIMUM;
+    let checks = [
+        (
+            "storage buffers per stage",
+            l.max_storage_buffers_per_shader_stage,
+            m.storage_buffers_per_stage,
+        ),
+        (
+            "uniform buffers per stage",
+            l.max_uniform_buffers_per_shader_stage,
+            m.uniform_buffers_per_stage,
+        ),
+        (
+            "bindings per bind group",
+            l.max_bindings_per_bind_group,
+            m.bindings_per_group,
+        ),
+        (
+            "invocations per workgroup",
+            l.max_compute_invocations_per_workgroup,
+            m.invocations_per_workgroup,
+        ),
+        (
+            "invocations along a workgroup's x",
+            l.max_compute_workgroup_size_x,
+            m.invocations_per_workgroup,
+        ),
+        (
+            "bytes of workgroup memory",
+            l.max_compute_workgroup_storage_size,
+            m.workgroup_storage_bytes,
+        ),
+    ];
+    checks
+        .iter()
+        .find(|(_, has, needs)| has < needs)
+        .map(|(what, has, needs)| format!("allows {has} {what}, the kernels need {needs}"))
+}
+
+/// Why the adapter cannot run the kernels, if it cannot: below [`MINIMUM`], or without
+/// `unpack2x16float`.
 fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
-    let l = a.limits();
     let info = a.get_info();
-    let need = WORKGROUP_SIZE.max(crate::gpu::kernels::argmax::WORKGROUP);
-    if l.max_compute_invocations_per_workgroup < need {
-        return Err(format!(
-            "{} allows {} invocations per workgroup, the kernels need {need}",
-            info.name, l.max_compute_invocations_per_workgroup
-        ));
+    if let Some(why) = below_minimum(&a.limits()) {
+        return Err(format!("{} {why}", info.name));
     }
     if !a
         .get_downlevel_capabilities()
@@ -146,12 +211,6 @@ fn check_usable(a: &wgpu::Adapter) -> std::result::Result<(), String> {
         return Err(format!(
             "{} cannot run unpack2x16float (downlevel flag SHADER_F16_IN_F32), which reads the Q8_0 scales",
             info.name
-        ));
-    }
-    if l.max_storage_buffers_per_shader_stage < 8 {
-        return Err(format!(
-            "{} allows {} storage buffers per stage, the kernels need 8",
-            info.name, l.max_storage_buffers_per_shader_stage
         ));
     }
     Ok(())
@@ -276,21 +335,6 @@ impl GpuContext {
 }
 
 impl GpuContext {
-    /// Records `dispatches` into one compute pass, submits and waits (tests and one-off work).
-    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            for d in dispatches {
-                d.record(&mut pass);
-            }
-        }
-        self.queue.submit([enc.finish()]);
-        self.wait()
-    }
-
     /// Blocks until the GPU has finished everything submitted.
     pub fn wait(&self) -> Result<()> {
         self.wait_for(None)
@@ -357,4 +401,27 @@ pub fn map_read(
         .to_vec();
     staging.unmap();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adapter_below_the_minimum_is_refused_naming_the_limit() {
+        assert_eq!(below_minimum(&wgpu::Limits::default()), None);
+        let seven = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            below_minimum(&seven).as_deref(),
+            Some("allows 7 storage buffers per stage, the kernels need 8")
+        );
+        let small = wgpu::Limits {
+            max_compute_workgroup_storage_size: 8192,
+            ..Default::default()
+        };
+        assert!(below_minimum(&small).unwrap().contains("8192 bytes of workgroup memory"));
+    }
 }

@@ -2,7 +2,7 @@
 //! row chunks so that no binding exceeds the device's limit.
 //!
 //! Q8_0 matrices become two arrays per chunk: the int8 quants, 4 per u32, row-major; and the
-//! f16 block scales, 2 per u32, row-major (see wgsl/matvec.wgsl). F32, F16 and BF16 matrices
+//! f16 block scales, 2 per u32, row-major (see kernels/matvec.wgsl). F32, F16 and BF16 matrices
 //! become f32. Activations, norms and small vectors are plain f32 buffers.
 
 use std::time::Instant;

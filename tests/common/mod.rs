@@ -1,6 +1,7 @@
 //! Shared by the integration tests: the fixture cases and how logits are compared.
 #![allow(dead_code)]
 
+pub mod kernel_fit;
 pub mod model_file;
 
 use std::path::PathBuf;

@@ -1,19 +1,37 @@
-//! Launcher of `wgsl/attn_partial.wgsl`: scores, softmax and latent context of four heads
+//! Launcher of `attn_partial.wgsl`: scores, softmax and latent context of four heads
 //! over one split of cache positions, with RoPE on q_pe and the token's own cache row
 //! (RMSNorm of the latent, RoPE on k_pe) done on the way. Reference: `cpu::attention`
 //! (its cache append, `ops::rope`, `ops::rmsnorm` and the per-head loop).
 
 use crate::config::Config;
-use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
+use crate::gpu::pipelines::{Dispatch, Pipelines};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot};
 use crate::gpu::upload::uniform;
+use crate::ops_common::rope_angle;
+
+/// Positions a workgroup scores at once (the kernel's TILE): one per four invocations.
+pub const TILE: usize = WORKGROUP_SIZE as usize / 4;
+/// Heads per workgroup (the kernel's HEADS).
+pub const HEADS: usize = 4;
+/// Splits of the context at most: enough workgroups to fill a large GPU at any context,
+/// few enough that attn_combine merges them in one step.
+pub const MAX_SPLITS: usize = 64;
+/// Largest cache row (kv + rope) the kernel holds in workgroup memory.
+pub const MAX_ROW: usize = 640;
+/// Largest latent (kv): each invocation owns two of its vec4 columns.
+pub const MAX_KV: usize = 2 * 4 * WORKGROUP_SIZE as usize;
+
+/// The model's cache row (kv + rope) and latent (kv), in vec4.
+pub const ROW4: Override<u32> = Override::new("ROW4");
+pub const KV4: Override<u32> = Override::new("KV4");
 
 pub const SHADER: Shader = Shader {
     name: "attn_partial",
-    source: include_str!("../../../wgsl/attn_partial.wgsl"),
+    source: include_str!("attn_partial.wgsl"),
     bindings: &[
-        Slot::Uniform,
-        Slot::Uniform,
+        Slot::Uniform(&Params::LAYOUT),
+        Slot::Uniform(&TokenParams::LAYOUT),
         Slot::Read,
         Slot::Read,
         Slot::ReadWrite,
@@ -22,42 +40,63 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::Read,
     ],
+    overrides: &[ROW4.decl(), KV4.decl()],
+    consts: &[
+        ("TILE", TILE as u32),
+        ("HEADS", HEADS as u32),
+        ("MAX_ROW4", (MAX_ROW / 4) as u32),
+    ],
+    structs: &[&TokenParams::LAYOUT],
     reduces: true,
     dots: false,
 };
 
-/// Positions a workgroup scores at once (wgsl/attn_partial.wgsl TILE).
-pub const TILE: usize = 16;
-/// Heads per workgroup (wgsl/attn_partial.wgsl HEADS).
-pub const HEADS: usize = 4;
-/// Splits of the context at most: enough workgroups to fill a large GPU at any context,
-/// few enough that attn_combine merges them in one step.
-pub const MAX_SPLITS: usize = 64;
-/// Largest cache row (kv + rope) the kernel holds in workgroup memory.
-pub const MAX_ROW: usize = 640;
-/// Largest latent (kv): each invocation owns two of its vec4 columns.
-pub const MAX_KV: usize = 2 * 4 * crate::gpu::context::WORKGROUP_SIZE as usize;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    heads: u32,
-    head_dim: u32,
-    nope: u32,
-    scale: f32,
-    max_splits: u32,
-    kv_offset4: u32,
-    eps: f32,
-    _pad: u32,
+wgsl_struct! {
+    struct Params as "Params" {
+        heads: u32,
+        head_dim: u32,
+        nope: u32,
+        scale: f32,
+        max_splits: u32,
+        kv_offset4: u32,
+        eps: f32,
+        _pad: u32,
+    }
 }
 
-/// (cos, sin) of the RoPE angles `pos * base^(-2i/dims)`, computed in f64 as `cpu::ops::rope`
-/// does; uploaded per token.
+wgsl_struct! {
+    /// Per-token values the attention kernels read from one uniform buffer (WGSL `Token`,
+    /// prepended to both), written before each token's submit.
+    pub struct TokenParams as "Token" {
+        /// Position of the token (its cache row).
+        pub pos: u32,
+        /// Positions attended: pos + 1.
+        pub n_ctx: u32,
+        /// Positions per attention split ([`split_len`]).
+        pub attn_split: u32,
+        pub _pad: u32,
+    }
+}
+
+impl TokenParams {
+    /// The token at `pos`.
+    pub fn new(pos: usize) -> TokenParams {
+        let n_ctx = pos + 1;
+        TokenParams {
+            pos: pos as u32,
+            n_ctx: n_ctx as u32,
+            attn_split: split_len(n_ctx) as u32,
+            _pad: 0,
+        }
+    }
+}
+
+/// (cos, sin) of the RoPE angles of `pos` ([`rope_angle`], in f64 as `cpu::ops::rope`);
+/// uploaded per token.
 pub fn rope_table(pos: usize, dims: usize, base: f32) -> Vec<[f32; 2]> {
     (0..dims / 2)
         .map(|i| {
-            let theta = pos as f64 * (base as f64).powf(-2.0 * i as f64 / dims as f64);
-            let (sin, cos) = theta.sin_cos();
+            let (sin, cos) = rope_angle(pos, i, dims, base).sin_cos();
             [cos as f32, sin as f32]
         })
         .collect()
@@ -149,8 +188,8 @@ pub fn dispatch(
         },
     );
     let constants = [
-        ("ROW4", (cfg.cache_row() / 4) as f64),
-        ("KV4", (cfg.kv_lora_rank / 4) as f64),
+        ROW4.set((cfg.cache_row() / 4) as u32),
+        KV4.set((cfg.kv_lora_rank / 4) as u32),
     ];
     pipes.get(ctx, SHADER, &constants).dispatch(
         ctx,

@@ -1,23 +1,36 @@
-//! Launcher of `wgsl/embed.wgsl`: the token's embedding row, dequantized into x.
+//! Launcher of `embed.wgsl`: the token's embedding row, dequantized into x.
 //! Reference: `Matrix::dequantize_row`.
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{Dispatch, Pipelines};
+use crate::gpu::shader::{wgsl_struct, Shader, Slot, WEIGHTS_F32};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "embed",
-    source: include_str!("../../../wgsl/embed.wgsl"),
+    source: include_str!("embed.wgsl"),
     bindings: &[
-        Slot::Uniform,
+        Slot::Uniform(&Params::LAYOUT),
         Slot::Read,
         Slot::Read,
         Slot::Read,
         Slot::ReadWrite,
     ],
+    overrides: &[WEIGHTS_F32.decl()],
+    consts: &[],
+    structs: &[],
     reduces: false,
     dots: false,
 };
+
+wgsl_struct! {
+    struct Params as "Params" {
+        cols: u32,
+        row_start: u32,
+        rows: u32,
+        _pad: u32,
+    }
+}
 
 /// One dispatch per chunk of the table; the one holding row `token_id[0]` writes x.
 pub fn dispatches(
@@ -27,12 +40,17 @@ pub fn dispatches(
     token_id: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let kernel = pipes.get(ctx, SHADER, &[("WEIGHTS_F32", flag(table.format.is_f32()))]);
+    let kernel = pipes.get(ctx, SHADER, &[WEIGHTS_F32.set(table.format.is_f32())]);
     table
         .chunks
         .iter()
         .map(|c| {
-            let params = [table.cols as u32, c.row_start as u32, c.rows as u32, 0];
+            let params = Params {
+                cols: table.cols as u32,
+                row_start: c.row_start as u32,
+                rows: c.rows as u32,
+                _pad: 0,
+            };
             let params = uniform(ctx, "embed params", &params);
             kernel.dispatch(
                 ctx,

@@ -1,35 +1,41 @@
-//! Launcher of `wgsl/ffn_down.wgsl`: the down projections of every expert a token uses,
+//! Launcher of `ffn_down.wgsl`: the down projections of every expert a token uses,
 //! weighted by the route and added to the residual, in one dispatch per chunk.
 //! Reference: `cpu::ops::matvec` and the weighted sum of `cpu::moe_ffn`.
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{Dispatch, Pipelines};
+use crate::gpu::shader::{wgsl_struct, Shader, Slot, WEIGHTS_F32};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "ffn_down",
-    source: include_str!("../../../wgsl/ffn_down.wgsl"),
+    source: include_str!("ffn_down.wgsl"),
     bindings: &[
-        Slot::Uniform,
+        Slot::Uniform(&Params::LAYOUT),
         Slot::Read,
         Slot::Read,
         Slot::Read,
         Slot::Read,
         Slot::ReadWrite,
     ],
+    overrides: &[WEIGHTS_F32.decl()],
+    consts: &[],
+    structs: &[],
     reduces: true,
     dots: true,
 };
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    hidden: u32,
-    ffn: u32,
-    slots: u32,
-    row_start: u32,
-    rows: u32,
-    _pad: [u32; 3],
+wgsl_struct! {
+    struct Params as "Params" {
+        hidden: u32,
+        ffn: u32,
+        slots: u32,
+        row_start: u32,
+        rows: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 /// `stack`: `[experts][hidden][ffn]`. `act`: [slots][ffn]. `route`: ids then weights of the
@@ -45,7 +51,7 @@ pub fn dispatches(
     route: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let kernel = pipes.get(ctx, SHADER, &[("WEIGHTS_F32", flag(stack.format.is_f32()))]);
+    let kernel = pipes.get(ctx, SHADER, &[WEIGHTS_F32.set(stack.format.is_f32())]);
     stack
         .chunks
         .iter()
@@ -59,7 +65,7 @@ pub fn dispatches(
                     slots: slots as u32,
                     row_start: c.row_start as u32,
                     rows: c.rows as u32,
-                    _pad: [0; 3],
+                    ..Default::default()
                 },
             );
             kernel.dispatch(

@@ -1,17 +1,18 @@
-//! Launcher of `wgsl/ffn_gate_up.wgsl`: SwiGLU gate/up of every routed and shared expert of
+//! Launcher of `ffn_gate_up.wgsl`: SwiGLU gate/up of every routed and shared expert of
 //! a token (or of a dense FFN) in one dispatch per chunk, with the FFN norm as prologue and,
 //! in MoE layers, the expert choice from the router logits.
 //! Reference: `cpu::ops::route`, `rmsnorm`, `matvec`, `swiglu`.
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{Dispatch, Pipelines};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WEIGHTS_F32};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "ffn_gate_up",
-    source: include_str!("../../../wgsl/ffn_gate_up.wgsl"),
+    source: include_str!("ffn_gate_up.wgsl"),
     bindings: &[
-        Slot::Uniform,
+        Slot::Uniform(&Params::LAYOUT),
         Slot::Read,
         Slot::Read,
         Slot::Read,
@@ -21,6 +22,17 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::Read,
     ],
+    overrides: &[
+        WEIGHTS_F32.decl(),
+        PAIRS.decl(),
+        ROUTED.decl(),
+        EXPERTS.decl(),
+        TOP_K.decl(),
+        NORM_WEIGHTS.decl(),
+        WEIGHT_SCALE.decl(),
+    ],
+    consts: &[("MAX_EXPERTS", MAX_EXPERTS as u32)],
+    structs: &[],
     reduces: true,
     dots: true,
 };
@@ -28,10 +40,17 @@ pub const SHADER: Shader = Shader {
 /// The kernel keeps per-expert state in workgroup arrays of this size.
 pub const MAX_EXPERTS: usize = 256;
 
-/// Gate/up pairs each workgroup computes (the kernel's PAIRS): the norm prologue and the
-/// routing are paid once per PAIRS pairs. Measured on the H100 (full model, depth 128):
-/// 2 -> 162.4 tok/s, 4 -> 163.5, 8 -> 169.2, 16 -> 154.9, 32 -> 143.8.
-pub const PAIRS: usize = 8;
+/// Gate/up pairs each workgroup computes (set as the kernel's PAIRS): the norm prologue and
+/// the routing are paid once per PAIRS pairs. BENCHMARKS.md has the measured alternatives.
+pub const PAIRS_PER_WORKGROUP: u32 = 8;
+
+pub const PAIRS: Override<u32> = Override::new("PAIRS");
+/// The kernel chooses the experts from the router logits (MoE layers).
+pub const ROUTED: Override<bool> = Override::new("ROUTED");
+pub const EXPERTS: Override<u32> = Override::new("EXPERTS");
+pub const TOP_K: Override<u32> = Override::new("TOP_K");
+pub const NORM_WEIGHTS: Override<bool> = Override::new("NORM_WEIGHTS");
+pub const WEIGHT_SCALE: Override<f32> = Override::new("WEIGHT_SCALE");
 
 /// How a token's experts are chosen.
 pub enum Route<'a> {
@@ -49,15 +68,17 @@ pub enum Route<'a> {
     },
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    ffn: u32,
-    cols: u32,
-    row_start: u32,
-    rows: u32,
-    eps: f32,
-    _pad: [u32; 3],
+wgsl_struct! {
+    struct Params as "Params" {
+        ffn: u32,
+        cols: u32,
+        row_start: u32,
+        rows: u32,
+        eps: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 /// `stack`: `[experts][ffn][gate, up][hidden]` (see the kernel). `x`: [hidden] residual,
@@ -78,8 +99,8 @@ pub fn dispatches(
     act: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
     let mut constants = vec![
-        ("WEIGHTS_F32", flag(stack.format.is_f32())),
-        ("PAIRS", PAIRS as f64),
+        WEIGHTS_F32.set(stack.format.is_f32()),
+        PAIRS.set(PAIRS_PER_WORKGROUP),
     ];
     let (logits, bias) = match *choice {
         Route::Fixed => (&ctx.dummy, &ctx.dummy),
@@ -93,11 +114,11 @@ pub fn dispatches(
         } => {
             assert!(experts <= MAX_EXPERTS && k <= slots && k <= experts);
             constants.extend([
-                ("ROUTED", 1.0),
-                ("EXPERTS", experts as f64),
-                ("TOP_K", k as f64),
-                ("NORM_WEIGHTS", flag(norm)),
-                ("WEIGHT_SCALE", scale as f64),
+                ROUTED.set(true),
+                EXPERTS.set(experts as u32),
+                TOP_K.set(k as u32),
+                NORM_WEIGHTS.set(norm),
+                WEIGHT_SCALE.set(scale),
             ]);
             (logits, bias)
         }
@@ -116,7 +137,7 @@ pub fn dispatches(
                     row_start: c.row_start as u32,
                     rows: c.rows as u32,
                     eps,
-                    _pad: [0; 3],
+                    ..Default::default()
                 },
             );
             kernel.dispatch(
@@ -124,7 +145,7 @@ pub fn dispatches(
                 &[
                     &params, &c.quants, &c.scales, x, norm_w, route, act, logits, bias,
                 ],
-                [ffn.div_ceil(PAIRS) as u32, slots as u32, 1],
+                [ffn.div_ceil(PAIRS_PER_WORKGROUP as usize) as u32, slots as u32, 1],
             )
         })
         .collect()

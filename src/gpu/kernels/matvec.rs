@@ -1,37 +1,52 @@
-//! Launcher of `wgsl/matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
+//! Launcher of `matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
 //! and per-head batching. Reference: `cpu::ops::matvec` (and `rmsnorm` for the prologue).
 
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::grid;
-use crate::gpu::shaders::{flag, Dispatch, Pipelines, Shader, Slot};
+use crate::gpu::pipelines::{grid, Dispatch, Pipelines};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WEIGHTS_F32};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
     name: "matvec",
-    source: include_str!("../../../wgsl/matvec.wgsl"),
+    source: include_str!("matvec.wgsl"),
     bindings: &[
-        Slot::Uniform,
+        Slot::Uniform(&Params::LAYOUT),
         Slot::Read,
         Slot::Read,
         Slot::Read,
         Slot::Read,
         Slot::ReadWrite,
     ],
+    overrides: &[
+        WEIGHTS_F32.decl(),
+        NORM.decl(),
+        ACCUMULATE.decl(),
+        ROWS.decl(),
+    ],
+    consts: &[],
+    structs: &[],
     reduces: true,
     dots: true,
 };
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    in_offset: u32,
-    group_rows: u32,
-    group_stride: u32,
-    eps: f32,
-    groups_x: u32,
+/// RMSNorm prologue.
+pub const NORM: Override<bool> = Override::new("NORM");
+/// Residual epilogue: out += result.
+pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
+/// Rows per workgroup: 16 for the LM head's row count, 4 otherwise.
+pub const ROWS: Override<u32> = Override::new("ROWS");
+
+wgsl_struct! {
+    struct Params as "Params" {
+        rows: u32,
+        cols: u32,
+        row_offset: u32,
+        in_offset: u32,
+        group_rows: u32,
+        group_stride: u32,
+        eps: f32,
+        groups_x: u32,
+    }
 }
 
 /// How one mat-vec reads its input and writes its output.
@@ -51,7 +66,7 @@ pub struct Matvec<'a> {
 
 /// Rows per workgroup: 16 for matrices with rows enough to fill any GPU many times over
 /// (the LM head), 4 otherwise so that 2048-row matrices still spread over every core.
-/// (Measured on the H100: 16 from 4096 rows or 8 from 1024 rows decode 12% and 10% slower.)
+/// (BENCHMARKS.md has the measured alternatives.)
 fn rows_per_workgroup(rows: usize) -> usize {
     if rows >= 32768 {
         16
@@ -83,10 +98,10 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
                 ctx,
                 SHADER,
                 &[
-                    ("WEIGHTS_F32", flag(m.format.is_f32())),
-                    ("NORM", flag(a.norm.is_some())),
-                    ("ACCUMULATE", flag(a.accumulate)),
-                    ("ROWS", rows_per_wg as f64),
+                    WEIGHTS_F32.set(m.format.is_f32()),
+                    NORM.set(a.norm.is_some()),
+                    ACCUMULATE.set(a.accumulate),
+                    ROWS.set(rows_per_wg as u32),
                 ],
             );
             let (workgroups, groups_x) = grid(ctx, c.rows.div_ceil(rows_per_wg));

@@ -1,25 +1,16 @@
 // Absorbed MLA attention, second pass: merge the splits of attn_partial.wgsl into the
 // softmax-weighted latent context of each head:
 //   M = max_c m_c,  L = Σ_c exp(m_c - M) l_c,  kqv[h] = Σ_c exp(m_c - M) ctx_c / L
-// Launcher: src/gpu/kernels/attn_combine.rs. Appended: a reduce_*.wgsl.
+// Launcher: src/gpu/kernels/attn_combine.rs. Prepended from Rust: MAX_SPLITS (splits per
+// head at most) and struct Token. Appended: a reduce_*.wgsl.
 // Grid: (heads, kv / WG); one invocation per latent element, each workgroup recomputing its
 // head's M and L (at most MAX_SPLITS cached reads).
-
-/// Splits per head at most: src/gpu/kernels/attn_partial.rs MAX_SPLITS.
-const MAX_SPLITS: u32 = 64u;
 
 struct Params {
     kv: u32,
     max_splits: u32,
     _pad0: u32,
     _pad1: u32,
-}
-
-struct Token {
-    pos: u32,
-    n_ctx: u32,
-    attn_split: u32,
-    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

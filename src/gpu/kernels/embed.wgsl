@@ -2,9 +2,8 @@
 // matvec.wgsl (Q8_0 or F32). The id is read on the GPU (the CPU wrote it, or the previous
 // token's argmax did when greedy decoding feeds its own choice), so each chunk of a split
 // table has a dispatch and only the chunk holding the row writes x.
-// Launcher: src/gpu/kernels/embed.rs. Grid: 1 workgroup.
-
-const WG: u32 = 64u;
+// Launcher: src/gpu/kernels/embed.rs; WG, the workgroup size, is prepended from Rust (as
+// to every kernel). Grid: 1 workgroup.
 
 override WEIGHTS_F32: bool = false;
 

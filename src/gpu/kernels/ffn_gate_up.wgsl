@@ -1,6 +1,6 @@
 // SwiGLU gate/up of every expert a token uses, in one dispatch per chunk of the stack:
 //   act[s][i] = silu(gate_e · h)[i] * (up_e · h)[i],  e = route ids[s],  h = rmsnorm(x) * norm_w
-// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a reduce_*.wgsl.
+// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a reduce_*.wgsl and dot_rows4.wgsl.
 //
 // The stack interleaves gate and up rows: row 2i of expert e is gate row i, row 2i + 1 is up
 // row i (global row e * 2 * ffn + 2i), so a pair never straddles a chunk. Shared experts are
@@ -30,8 +30,8 @@ override TOP_K: u32 = 1u;
 override NORM_WEIGHTS: bool = false;
 override WEIGHT_SCALE: f32 = 1.0;
 
-/// Largest expert count the workgroup arrays hold (src/gpu/kernels/ffn_gate_up.rs).
-const MAX_EXPERTS: u32 = 256u;
+// MAX_EXPERTS (the largest expert count the workgroup arrays hold) is prepended from
+// src/gpu/kernels/ffn_gate_up.rs.
 
 struct Params {
     /// Width of one expert (pairs per expert).

@@ -1,83 +1,27 @@
-//! WGSL sources and the pipelines made from them, with a registry of every pipeline the
-//! engine creates (the binding-discipline test walks it).
-//!
-//! Kernels that reduce across a workgroup call `reduce_sum4` / `reduce_max4`, which come from
-//! one of two small libraries appended to the kernel's source: `wgsl/lib/reduce_subgroup.wgsl`
-//! when the device has subgroups, else `wgsl/lib/reduce_workgroup.wgsl`. It has to be a choice
-//! of source, not of entry point or override constant: naga validates the whole module
-//! against the device's capabilities, so subgroup builtins anywhere in a module fail on a
-//! device without them.
+//! Pipelines made from [`Shader`]s, created once per (kernel, override values), with a
+//! registry of every pipeline the engine creates (the binding test walks it); and the
+//! [`Dispatch`]: a pipeline, its bind group and its grid, built once and recorded per token.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::error::Result;
 use crate::gpu::context::GpuContext;
-
-/// What a binding is, in binding order (binding i is `bindings[i]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
-    Uniform,
-    Read,
-    ReadWrite,
-}
-
-/// One WGSL kernel: its file, its bindings, whether it needs a reduction library.
-#[derive(Clone, Copy, Debug)]
-pub struct Shader {
-    /// The file name without `.wgsl`; also the launcher's module name.
-    pub name: &'static str,
-    pub source: &'static str,
-    pub bindings: &'static [Slot],
-    pub reduces: bool,
-    /// Appends `wgsl/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
-    pub dots: bool,
-}
-
-pub const REDUCE_SUBGROUP: &str = include_str!("../../wgsl/lib/reduce_subgroup.wgsl");
-pub const REDUCE_WORKGROUP: &str = include_str!("../../wgsl/lib/reduce_workgroup.wgsl");
-pub const DOT_ROWS4: &str = include_str!("../../wgsl/lib/dot_rows4.wgsl");
-
-/// Every kernel, for tests that validate all sources.
-pub fn all_shaders() -> Vec<Shader> {
-    use crate::gpu::kernels::*;
-    vec![
-        embed::SHADER,
-        matvec::SHADER,
-        attn_partial::SHADER,
-        attn_combine::SHADER,
-        ffn_gate_up::SHADER,
-        ffn_down::SHADER,
-        argmax::SHADER,
-    ]
-}
-
-impl Shader {
-    /// The complete module source for a device with or without subgroups.
-    pub fn module_source(&self, subgroups: bool) -> String {
-        let mut s = self.source.to_string();
-        if self.reduces {
-            s.push('\n');
-            s.push_str(if subgroups {
-                REDUCE_SUBGROUP
-            } else {
-                REDUCE_WORKGROUP
-            });
-        }
-        if self.dots {
-            s.push('\n');
-            s.push_str(DOT_ROWS4);
-        }
-        s
-    }
-}
+use crate::gpu::shader::{Constant, Shader, Slot};
 
 /// A created pipeline as the registry records it.
 #[derive(Clone, Debug)]
 pub struct PipelineInfo {
-    pub name: &'static str,
-    pub constants: Vec<(&'static str, f64)>,
-    pub bindings: usize,
-    pub storage_buffers: usize,
+    pub shader: Shader,
+    pub constants: Vec<Constant>,
+}
+
+/// What identifies a pipeline: the kernel and the values of its overrides, in the order
+/// the launcher sets them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    constants: Vec<Constant>,
 }
 
 /// A compute pipeline with its bind group layout.
@@ -99,7 +43,7 @@ pub struct Dispatch {
 
 /// Creates pipelines once per (kernel, constants) and records each in the registry.
 pub struct Pipelines {
-    cache: Mutex<HashMap<String, Kernel>>,
+    cache: Mutex<HashMap<PipelineKey, Kernel>>,
     registry: Mutex<Vec<PipelineInfo>>,
 }
 
@@ -122,17 +66,29 @@ impl Pipelines {
         self.registry.lock().unwrap().clone()
     }
 
-    /// The pipeline of `shader` with these override constants (bools as 0/1).
-    pub fn get(
-        &self,
-        ctx: &GpuContext,
-        shader: Shader,
-        constants: &[(&'static str, f64)],
-    ) -> Kernel {
-        let key = format!("{}{constants:?}", shader.name);
+    /// The pipeline of `shader` with these override values (each one the shader declares).
+    pub fn get(&self, ctx: &GpuContext, shader: Shader, constants: &[Constant]) -> Kernel {
+        let key = PipelineKey {
+            shader: shader.name,
+            constants: constants.to_vec(),
+        };
         if let Some(k) = self.cache.lock().unwrap().get(&key) {
             return k.clone();
         }
+        for c in constants {
+            assert!(
+                shader
+                    .overrides
+                    .iter()
+                    .any(|o| o.name == c.name && o.ty == c.value.ty()),
+                "{}: no override {} of type {:?}",
+                shader.name,
+                c.name,
+                c.value.ty()
+            );
+        }
+        let wgpu_constants: Vec<(&str, f64)> =
+            constants.iter().map(|c| (c.name, c.value.as_f64())).collect();
         let device = &ctx.device;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
@@ -146,14 +102,14 @@ impl Pipelines {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: match slot {
-                    Slot::Uniform => wgpu::BindingType::Buffer {
+                    Slot::Uniform(_) => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Uniform,
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
                     Slot::Read | Slot::ReadWrite => wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Storage {
-                            read_only: *slot == Slot::Read,
+                            read_only: matches!(slot, Slot::Read),
                         },
                         has_dynamic_offset: false,
                         min_binding_size: None,
@@ -177,7 +133,7 @@ impl Pipelines {
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
+                constants: &wgpu_constants,
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
@@ -188,14 +144,8 @@ impl Pipelines {
             layout,
         };
         self.registry.lock().unwrap().push(PipelineInfo {
-            name: shader.name,
+            shader,
             constants: constants.to_vec(),
-            bindings: shader.bindings.len(),
-            storage_buffers: shader
-                .bindings
-                .iter()
-                .filter(|s| **s != Slot::Uniform)
-                .count(),
         });
         self.cache.lock().unwrap().insert(key, kernel.clone());
         kernel
@@ -240,15 +190,6 @@ impl Kernel {
     }
 }
 
-/// Bool override constants are passed as 0.0 / 1.0.
-pub fn flag(b: bool) -> f64 {
-    if b {
-        1.0
-    } else {
-        0.0
-    }
-}
-
 impl Dispatch {
     pub fn record(&self, pass: &mut wgpu::ComputePass) {
         self.record_sized(pass, self.workgroups);
@@ -260,4 +201,31 @@ impl Dispatch {
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
     }
+}
+
+/// Grid for `n` workgroups: x up to the per-dimension limit, the rest in y. Returns the grid
+/// and its x extent (kernels rebuild the flat index as x + y * groups_x; surplus
+/// workgroups find no rows).
+pub fn grid(ctx: &GpuContext, n: usize) -> ([u32; 3], u32) {
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if n <= max {
+        ([n.max(1) as u32, 1, 1], n.max(1) as u32)
+    } else {
+        ([max as u32, n.div_ceil(max) as u32, 1], max as u32)
+    }
+}
+
+/// Records `dispatches` into one compute pass, submits and waits (tests and one-off work).
+pub fn run<'d>(ctx: &GpuContext, dispatches: impl IntoIterator<Item = &'d Dispatch>) -> Result<()> {
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+    ctx.wait()
 }

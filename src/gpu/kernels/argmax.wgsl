@@ -1,16 +1,17 @@
-// Argmax of the logits (greedy decoding reads back only this id). Ties and order as
-// cpu::ops::argmax: the first (lowest) index of the largest value.
+// Argmax of the logits (greedy decoding reads back only this id), by the rule of
+// ops_common::argmax: the first (lowest) index of the largest value; NaN never wins, and
+// logits that are all NaN give index 0.
 // Launcher: src/gpu/kernels/argmax.rs. Two dispatches of this kernel:
 //   FINAL = false: grid ceil(n / SPAN); workgroup w finds the best of logits
 //                  [w * SPAN, (w + 1) * SPAN) and writes the pair (value bits, index) to out[w];
 //   FINAL = true:  one workgroup reduces those n pairs to the index in out[0].
 // One workgroup for the whole vocabulary would walk ~600 logits per invocation in series.
+// Prepended from Rust (src/gpu/kernels/argmax.rs): WG_ARGMAX, the invocations per
+// workgroup, and SPAN, the logits per workgroup of the first pass (four per invocation,
+// loaded together).
 
 override FINAL: bool = false;
 
-const WG_ARGMAX: u32 = 256u;
-/// Logits per workgroup of the first pass: four per invocation, loaded together.
-const SPAN: u32 = 4u * WG_ARGMAX;
 const NONE: u32 = 0xffffffffu;
 
 struct Params {
@@ -28,9 +29,15 @@ struct Params {
 var<workgroup> best_val: array<f32, WG_ARGMAX>;
 var<workgroup> best_idx: array<u32, WG_ARGMAX>;
 
-/// Whether candidate (v, i) beats the best so far (b, bi): larger, or equal and earlier.
+/// NaN, tested on the bits: a shader compiler may assume float compares never see NaN.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+/// Whether candidate (v, i) beats the best so far (b, bi): a number, and larger, or equal and
+/// earlier. (A best is never NaN.)
 fn beats(v: f32, i: u32, b: f32, bi: u32) -> bool {
-    return i != NONE && (bi == NONE || v > b || (v == b && i < bi));
+    return i != NONE && !is_nan(v) && (bi == NONE || v > b || (v == b && i < bi));
 }
 
 @compute @workgroup_size(WG_ARGMAX)
@@ -53,7 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // In index order, so that the first of equal values stays.
         for (var j = 0u; j < 4u; j++) {
             let i = first + j * WG_ARGMAX;
-            if (i < p.n && (idx == NONE || c[j] > v)) {
+            if (i < p.n && beats(c[j], i, v, idx)) {
                 v = c[j];
                 idx = i;
             }
@@ -71,7 +78,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (lid == 0u) {
         if (FINAL) {
-            out[0] = best_idx[0];
+            out[0] = select(best_idx[0], 0u, best_idx[0] == NONE);
         } else {
             out[2u * wid.x] = bitcast<u32>(best_val[0]);
             out[2u * wid.x + 1u] = best_idx[0];

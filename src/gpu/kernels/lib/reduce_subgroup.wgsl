@@ -1,12 +1,9 @@
 // Workgroup-wide reductions with subgroup builtins, for devices with Features::SUBGROUP.
-// Appended by src/gpu/shaders.rs in place of reduce_workgroup.wgsl (same names). No
+// Appended by src/gpu/pipelines.rs in place of reduce_workgroup.wgsl (same names). No
 // `enable subgroups;`: naga rejects it and accepts the builtins when the device has them.
 // The subgroup size is read at run time (subgroupAdd(1u)); we assume only that subgroups
 // are runs of consecutive local invocation ids, as on every Vulkan and Metal driver seen.
-// Call from uniform control flow.
-
-/// Invocations per workgroup of every reducing kernel (src/gpu/context.rs: WORKGROUP_SIZE).
-const WG: u32 = 64u;
+// Call from uniform control flow. WG: the workgroup size, prepended to every module.
 
 var<workgroup> reduce_scratch: array<vec4<f32>, WG>;
 

@@ -1,5 +1,5 @@
 // Four weight rows times one input vector: the inner loop of matvec.wgsl, ffn_gate_up.wgsl
-// and ffn_down.wgsl, appended to them by src/gpu/shaders.rs. The kernel declares
+// and ffn_down.wgsl, appended to them by src/gpu/pipelines.rs. The kernel declares
 // `override WEIGHTS_F32: bool`, `quants: array<vec4<u32>>`, `scales: array<u32>` (layout in
 // matvec.wgsl) and `fn input4(base: u32, j: u32) -> vec4<f32>` (input elements 4j..4j+3 of
 // the slice at vec4 `base`). Invocation `lid` takes units lid, lid + WG, ...: each unit's

@@ -5,8 +5,8 @@
 // written to partial[h][c] = [m, l, ctx[kv]]; attn_combine.wgsl merges the splits.
 // Launcher: src/gpu/kernels/attn_partial.rs. Appended: a reduce_*.wgsl.
 //
-// The kernel also does DESIGN steps 3-5, which would otherwise cost a dispatch of their own:
-// RoPE on q_pe as it loads q, and the token's own cache row
+// The kernel also does what would otherwise cost dispatches of their own: RoPE on q_pe as
+// it loads q, and the token's own cache row
 //   cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]   (from kv_a = [q_a | kv_cmpr | k_pe])
 // which the workgroups of the last split compute into workgroup memory and use for
 // position pos (the first head group also writes it to the cache for later tokens; no
@@ -23,13 +23,12 @@
 // independent loads before using them (the driver's compiler does not overlap loop
 // iterations on its own); ROW4 and KV4 are pipeline constants.
 
-const LANES: u32 = 4u;
-/// Positions per tile: one per LANES invocations.
-const TILE: u32 = WG / LANES;
-/// Heads per workgroup; their values travel as the four lanes of a vec4.
-const HEADS: u32 = 4u;
-/// Largest cache row (kv + rope) in vec4; the launcher checks.
-const MAX_ROW4: u32 = 160u;
+// Prepended from Rust (src/gpu/kernels/attn_partial.rs): TILE (positions per tile), HEADS
+// (heads per workgroup; their values travel as the four lanes of a vec4), MAX_ROW4 (the
+// largest cache row, kv + rope, in vec4; the launcher checks) and struct Token.
+
+/// Invocations per position of a tile.
+const LANES: u32 = WG / TILE;
 
 /// (kv + rope) / 4 and kv / 4 of the model.
 override ROW4: u32 = 144u;
@@ -46,13 +45,6 @@ struct Params {
     /// Offset of [kv_cmpr | k_pe] in kv_a, in vec4.
     kv_offset4: u32,
     eps: f32,
-    _pad: u32,
-}
-
-struct Token {
-    pos: u32,
-    n_ctx: u32,
-    attn_split: u32,
     _pad: u32,
 }
 

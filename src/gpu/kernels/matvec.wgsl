@@ -1,5 +1,6 @@
 // Mat-vec over one chunk of a weight matrix: out[row_offset + r] (+)= W[r] · input, for the
-// `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl.
+// `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl
+// and dot_rows4.wgsl.
 //
 // Weight layout (written by src/gpu/upload.rs), row-major within the chunk:
 //   Q8_0 (WEIGHTS_F32 = false): `quants` holds the int8 quants, 4 per u32 (element 4i in the

@@ -1,10 +1,8 @@
 // Workgroup-wide reductions through workgroup memory: the portable fallback for devices
-// without subgroups. Appended by src/gpu/shaders.rs to the kernels that reduce (the other
+// without subgroups. Appended by src/gpu/pipelines.rs to the kernels that reduce (the other
 // choice is reduce_subgroup.wgsl; both define the same names). Call from uniform control
-// flow: every invocation of the workgroup must call, and every one gets the result.
-
-/// Invocations per workgroup of every reducing kernel (src/gpu/context.rs: WORKGROUP_SIZE).
-const WG: u32 = 64u;
+// flow: every invocation of the workgroup must call, and every one gets the result. WG: the
+// workgroup size, prepended to every module.
 
 var<workgroup> reduce_scratch: array<vec4<f32>, WG>;
 

@@ -1,0 +1,359 @@
+//! The GPU backend: owns the device, the resident model and the decode schedule; submits
+//! one token per command encoder, reads back logits or the argmax, and keeps the next
+//! greedy token computing while the current one is handed over.
+
+use crate::backend::{Backend, TokenProfile, TokenStats};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::gpu::context::{self, GpuContext, GpuOptions};
+use crate::gpu::kernels::{attn_partial, ffn_gate_up};
+use crate::gpu::pipelines::{PipelineInfo, Pipelines};
+use crate::gpu::resident::GpuModel;
+use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
+use crate::gpu::upload::Uploader;
+use crate::ops_common::check_positions;
+use crate::weights::Weights;
+
+#[derive(Clone, Debug, Default)]
+pub struct GpuStats {
+    /// The most recent token.
+    pub last_token: TokenStats,
+    /// Every token since the backend was made.
+    pub total: TokenStats,
+    pub tokens: u64,
+    /// Weight bytes uploaded and the rate, for the load summary.
+    pub upload_bytes: u64,
+    pub upload_bytes_per_second: f64,
+    /// Dispatches one token records per layer (without the head), in layer order.
+    pub dispatches_per_layer: Vec<usize>,
+}
+
+/// Timestamps of one profiled token: at most this many dispatches are timed (wgpu's cap).
+const MAX_TIMESTAMPS: u32 = wgpu::QUERY_SET_MAX_QUERIES;
+
+pub struct GpuBackend {
+    ctx: GpuContext,
+    cfg: Config,
+    pipelines: Pipelines,
+    max_context: usize,
+    /// Kept alive for the dispatches that bind it.
+    _model: GpuModel,
+    schedule: Schedule,
+    logits_staging: wgpu::Buffer,
+    /// Two, so a token's id can be read while the next token computes.
+    argmax_staging: [wgpu::Buffer; 2],
+    stats: GpuStats,
+}
+
+impl GpuBackend {
+    pub fn new(
+        cfg: &Config,
+        w: &Weights,
+        max_context: usize,
+        opts: &GpuOptions,
+    ) -> Result<GpuBackend> {
+        Self::with_progress(cfg, w, max_context, opts, None)
+    }
+
+    /// As [`GpuBackend::new`], calling `progress(bytes uploaded, bytes expected)` as weights go up.
+    pub fn with_progress(
+        cfg: &Config,
+        w: &Weights,
+        max_context: usize,
+        opts: &GpuOptions,
+        progress: Option<&mut dyn FnMut(u64, u64)>,
+    ) -> Result<GpuBackend> {
+        let ctx = GpuContext::new(opts)?;
+        let max_context = max_context.min(cfg.context_length).max(1);
+        if cfg.n_dense_layers < cfg.n_layers && cfg.n_experts > ffn_gate_up::MAX_EXPERTS {
+            return Err(Error::Gpu(format!(
+                "{} experts: the GPU router handles up to {}",
+                cfg.n_experts,
+                ffn_gate_up::MAX_EXPERTS
+            )));
+        }
+        if let Some(why) = attn_partial::unsupported(cfg) {
+            return Err(Error::Gpu(format!(
+                "the GPU attention cannot run this model: {why}"
+            )));
+        }
+        let total = GpuModel::file_bytes(cfg, w);
+        let mut up = Uploader::new(total, progress);
+        let pipelines = Pipelines::new();
+        let act = Activations::new(&ctx, cfg, max_context)?;
+        let model = GpuModel::upload(&ctx, cfg, w, max_context, &mut up)?;
+        let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model)?;
+        let staging = |label, size| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let logits_staging = staging("logits readback", 4 * cfg.vocab as u64);
+        let argmax_staging = [staging("argmax readback", 4), staging("argmax readback", 4)];
+        let stats = GpuStats {
+            upload_bytes: up.bytes,
+            upload_bytes_per_second: up.bytes_per_second(),
+            dispatches_per_layer: schedule.dispatches_per_layer(),
+            ..Default::default()
+        };
+        Ok(GpuBackend {
+            ctx,
+            cfg: cfg.clone(),
+            pipelines,
+            max_context,
+            _model: model,
+            schedule,
+            logits_staging,
+            argmax_staging,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &GpuStats {
+        &self.stats
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Every pipeline this backend created (for the binding-discipline check).
+    pub fn pipelines(&self) -> Vec<PipelineInfo> {
+        self.pipelines.registry()
+    }
+
+    /// One token through every layer, recorded into one encoder and submitted once, and
+    /// what it reads back.
+    fn token(&mut self, token: u32, pos: usize, read: Readback) -> Result<Vec<u8>> {
+        let submitted = self.submit(Feed::Id(token), pos, read, 0, None)?;
+        self.read_back(read, 0, submitted)
+    }
+
+    /// Runs one decode step (greedy) with a timestamp after every dispatch and returns the
+    /// GPU time of each. Needs TIMESTAMP_QUERY_INSIDE_PASSES.
+    pub fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {
+        let needed =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if !self.ctx.features.contains(needed) {
+            return Err(Error::Gpu(format!(
+                "{} cannot time dispatches (needs timestamp queries inside passes)",
+                self.ctx.describe()
+            )));
+        }
+        check_positions(&[token], pos, self.max_context, self.cfg.vocab)?;
+        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("dispatch timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: MAX_TIMESTAMPS,
+        });
+        let mut names = Vec::new();
+        let profile = Some((&queries, &mut names));
+        let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
+        self.read_back(Readback::Argmax, 0, submitted)?;
+        let size = 8 * (names.len() as u64 + 1);
+        let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.resolve_query_set(&queries, 0..names.len() as u32 + 1, &resolved, 0);
+        self.ctx.queue.submit([enc.finish()]);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.ctx.read_bytes(&resolved, size)?);
+        let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+        let dispatches = names
+            .iter()
+            .zip(ticks.windows(2))
+            .map(|(&n, w)| (n, w[1].saturating_sub(w[0]) as f64 * period))
+            .collect();
+        Ok(TokenProfile { dispatches })
+    }
+
+    /// Records and submits one token; an argmax readback goes to `argmax_staging[slot]`.
+    fn submit(
+        &mut self,
+        feed: Feed,
+        pos: usize,
+        read: Readback,
+        slot: usize,
+        profile: Option<(&wgpu::QuerySet, &mut Vec<&'static str>)>,
+    ) -> Result<wgpu::SubmissionIndex> {
+        self.ctx.check()?;
+        let (ctx, cfg) = (&self.ctx, &self.cfg);
+        self.schedule.write_inputs(ctx, cfg, feed, pos);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("token"),
+            });
+        let mut rec = Recorder::begin(&mut enc, profile.as_ref().map(|(q, _)| *q));
+        self.schedule.record(&mut rec, cfg, pos, read);
+        let (dispatches, names) = rec.finish();
+        if let (Some(names), Some((_, out))) = (names, profile) {
+            *out = names;
+        }
+        let size = self.readback_size(read);
+        match read {
+            Readback::Nothing => {}
+            Readback::Logits => enc.copy_buffer_to_buffer(
+                self.schedule.logits(),
+                0,
+                &self.logits_staging,
+                0,
+                size,
+            ),
+            Readback::Argmax => enc.copy_buffer_to_buffer(
+                self.schedule.token_id(),
+                0,
+                &self.argmax_staging[slot],
+                0,
+                size,
+            ),
+        }
+        let submitted = ctx.queue.submit([enc.finish()]);
+        let t = TokenStats {
+            dispatches,
+            compute_passes: 1,
+            submits: 1,
+            bytes_read_back: size,
+        };
+        self.stats.last_token = t;
+        self.stats.total += t;
+        self.stats.tokens += 1;
+        Ok(submitted)
+    }
+
+    fn readback_size(&self, read: Readback) -> u64 {
+        match read {
+            Readback::Nothing => 0,
+            Readback::Logits => 4 * self.cfg.vocab as u64,
+            Readback::Argmax => 4,
+        }
+    }
+
+    /// Waits for `submitted` and returns what it read back.
+    fn read_back(
+        &self,
+        read: Readback,
+        slot: usize,
+        submitted: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
+        let staging = match read {
+            Readback::Nothing => return Ok(Vec::new()),
+            Readback::Logits => &self.logits_staging,
+            Readback::Argmax => &self.argmax_staging[slot],
+        };
+        context::map_read(&self.ctx, staging, self.readback_size(read), submitted)
+    }
+
+    /// Blocks until every submitted token has run (for timing).
+    pub fn finish(&self) -> Result<()> {
+        self.ctx.wait()
+    }
+}
+
+impl Backend for GpuBackend {
+    fn describe(&self) -> String {
+        format!(
+            "gpu: {}{}",
+            self.ctx.describe(),
+            if self.ctx.subgroups {
+                ", subgroups"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
+        check_positions(tokens, start_pos, self.max_context, self.cfg.vocab)?;
+        let mut out = Vec::new();
+        for (i, &t) in tokens.iter().enumerate() {
+            let read = if all_logits || i + 1 == tokens.len() {
+                Readback::Logits
+            } else {
+                Readback::Nothing
+            };
+            let bytes = self.token(t, start_pos + i, read)?;
+            out.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+        }
+        Ok(out)
+    }
+
+    fn forward_argmax(&mut self, tokens: &[u32], start_pos: usize) -> Result<u32> {
+        check_positions(tokens, start_pos, self.max_context, self.cfg.vocab)?;
+        let mut id = 0;
+        for (i, &t) in tokens.iter().enumerate() {
+            let last = i + 1 == tokens.len();
+            let bytes = self.token(
+                t,
+                start_pos + i,
+                if last {
+                    Readback::Argmax
+                } else {
+                    Readback::Nothing
+                },
+            )?;
+            if last {
+                id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+            }
+        }
+        Ok(id)
+    }
+
+    fn decode_greedy(
+        &mut self,
+        token: u32,
+        pos: usize,
+        n: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        check_positions(&[token], pos, self.max_context, self.cfg.vocab)?;
+        let mut slot = 0;
+        let mut submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, slot, None)?;
+        for i in 0..n {
+            // Queue the token after this one (fed from this argmax on the GPU) before
+            // waiting, so the GPU never waits for the CPU between tokens.
+            let next = pos + i + 1;
+            let queued = match i + 1 < n && next < self.max_context {
+                true => Some(self.submit(
+                    Feed::PreviousArgmax,
+                    next,
+                    Readback::Argmax,
+                    1 - slot,
+                    None,
+                )?),
+                false => None,
+            };
+            let bytes = self.read_back(Readback::Argmax, slot, submitted)?;
+            let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+            if !on_token(id) {
+                break;
+            }
+            match queued {
+                Some(q) => (submitted, slot) = (q, 1 - slot),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn last_token_stats(&self) -> Option<TokenStats> {
+        Some(self.stats.last_token)
+    }
+
+    fn profile_token(&mut self, token: u32, pos: usize) -> Result<Option<TokenProfile>> {
+        GpuBackend::profile_token(self, token, pos).map(Some)
+    }
+}

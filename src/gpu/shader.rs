@@ -1,0 +1,305 @@
+//! A kernel as the Rust side declares it: its WGSL source, its bindings, its override
+//! constants, and the declarations Rust and WGSL share, each written once.
+//!
+//! - Shared sizes (the workgroup size `WG`, a kernel's tile and array sizes) and the structs
+//!   several kernels read (`Token`) are Rust constants, rendered as WGSL and prepended to
+//!   the module: [`Shader::module_source`].
+//! - A kernel's own uniform struct is declared on both sides: the Rust struct through
+//!   `wgsl_struct!`, which also records its members' offsets, and the
+//!   WGSL struct in the kernel (documented there). `tests/gpu_wgsl.rs` reflects every
+//!   module with naga and checks each binding, uniform member and override against these
+//!   declarations.
+//!
+//! Kernels that reduce across a workgroup call `reduce_sum4` / `reduce_max4`, which come from
+//! one of two small libraries appended to the kernel's source: `kernels/lib/reduce_subgroup.wgsl`
+//! when the device has subgroups, else `kernels/lib/reduce_workgroup.wgsl`. It has to be a
+//! choice of source, not of entry point or override constant: naga validates the whole
+//! module against the device's capabilities, so subgroup builtins anywhere in a module fail
+//! on a device without them.
+
+use std::fmt::Write;
+use std::marker::PhantomData;
+
+use crate::gpu::context::WORKGROUP_SIZE;
+
+pub const REDUCE_SUBGROUP: &str = include_str!("kernels/lib/reduce_subgroup.wgsl");
+pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wgsl");
+pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
+
+/// One WGSL kernel: its file, its interface, the libraries appended to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    /// The file name without `.wgsl`; also the launcher's module name.
+    pub name: &'static str,
+    pub source: &'static str,
+    /// Binding i of group 0 is `bindings[i]`.
+    pub bindings: &'static [Slot],
+    /// Every `override` of the module, as the launcher sets them.
+    pub overrides: &'static [OverrideDecl],
+    /// `const NAME: u32` declarations prepended to the module (sizes the launcher also uses).
+    pub consts: &'static [(&'static str, u32)],
+    /// Structs prepended to the module (shared by several kernels).
+    pub structs: &'static [&'static WgslStruct],
+    /// Appends a reduction library (`reduce_sum4`, `reduce_max4`).
+    pub reduces: bool,
+    /// Appends `kernels/lib/dot_rows4.wgsl` (the Q8_0/F32 row-dot loop of the mat-vec kernels).
+    pub dots: bool,
+}
+
+/// What a binding is.
+#[derive(Clone, Copy, Debug)]
+pub enum Slot {
+    /// A uniform buffer holding this struct.
+    Uniform(&'static WgslStruct),
+    /// `var<storage, read>`
+    Read,
+    /// `var<storage, read_write>`
+    ReadWrite,
+}
+
+impl Slot {
+    pub fn is_storage(&self) -> bool {
+        !matches!(self, Slot::Uniform(_))
+    }
+}
+
+impl Shader {
+    /// The complete module source for a device with or without subgroups: the Rust-side
+    /// declarations, the kernel, then the libraries it uses.
+    pub fn module_source(&self, subgroups: bool) -> String {
+        let mut s = String::from("// Declared in Rust (src/gpu/shader.rs and the launcher):\n");
+        let _ = writeln!(s, "const WG: u32 = {WORKGROUP_SIZE}u;");
+        for (name, value) in self.consts {
+            let _ = writeln!(s, "const {name}: u32 = {value}u;");
+        }
+        for st in self.structs {
+            s.push_str(&st.declaration());
+        }
+        s.push('\n');
+        s.push_str(self.source);
+        if self.reduces {
+            s.push('\n');
+            s.push_str(if subgroups {
+                REDUCE_SUBGROUP
+            } else {
+                REDUCE_WORKGROUP
+            });
+        }
+        if self.dots {
+            s.push('\n');
+            s.push_str(DOT_ROWS4);
+        }
+        s
+    }
+
+    pub fn storage_buffers(&self) -> usize {
+        self.bindings.iter().filter(|s| s.is_storage()).count()
+    }
+
+    pub fn uniform_buffers(&self) -> usize {
+        self.bindings.len() - self.storage_buffers()
+    }
+}
+
+/// The scalar types a shared struct member or an override may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    Bool,
+    U32,
+    F32,
+}
+
+impl Scalar {
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            Scalar::Bool => "bool",
+            Scalar::U32 => "u32",
+            Scalar::F32 => "f32",
+        }
+    }
+}
+
+/// A Rust type with a WGSL scalar counterpart.
+pub trait WgslScalar {
+    const SCALAR: Scalar;
+}
+
+impl WgslScalar for bool {
+    const SCALAR: Scalar = Scalar::Bool;
+}
+
+impl WgslScalar for u32 {
+    const SCALAR: Scalar = Scalar::U32;
+}
+
+impl WgslScalar for f32 {
+    const SCALAR: Scalar = Scalar::F32;
+}
+
+/// One member of a [`WgslStruct`].
+#[derive(Clone, Copy, Debug)]
+pub struct Member {
+    pub name: &'static str,
+    pub offset: usize,
+    pub ty: Scalar,
+}
+
+/// The layout of a `#[repr(C)]` Rust struct that a kernel reads as a WGSL struct with the
+/// same members at the same offsets. Made by `wgsl_struct!`.
+#[derive(Debug)]
+pub struct WgslStruct {
+    /// The struct's name in WGSL.
+    pub name: &'static str,
+    pub size: usize,
+    pub members: &'static [Member],
+}
+
+impl WgslStruct {
+    /// The WGSL declaration (for the structs prepended to a module).
+    pub fn declaration(&self) -> String {
+        let mut s = format!("struct {} {{\n", self.name);
+        for m in self.members {
+            let _ = writeln!(s, "    {}: {},", m.name, m.ty.wgsl());
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+/// A `#[repr(C)]` struct of u32/f32 members (Pod, for uniform buffers) and its
+/// [`WgslStruct`] layout as the associated const `LAYOUT`, from one declaration:
+///
+/// ```ignore
+/// wgsl_struct! {
+///     /// What the Rust side says about it.
+///     pub struct Params as "Params" { rows: u32, eps: f32, _pad0: u32, _pad1: u32 }
+/// }
+/// ```
+macro_rules! wgsl_struct {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident as $wgsl:literal {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty),*
+        }
+
+        impl $name {
+            /// The member names, offsets and types, as the kernels declare them.
+            pub const LAYOUT: $crate::gpu::shader::WgslStruct = $crate::gpu::shader::WgslStruct {
+                name: $wgsl,
+                size: ::std::mem::size_of::<$name>(),
+                members: &[$($crate::gpu::shader::Member {
+                    name: stringify!($field),
+                    offset: ::std::mem::offset_of!($name, $field),
+                    ty: <$ty as $crate::gpu::shader::WgslScalar>::SCALAR,
+                }),*],
+            };
+        }
+    };
+}
+pub(crate) use wgsl_struct;
+
+/// An `override NAME: T` of a kernel, as its launcher names and sets it.
+#[derive(Debug)]
+pub struct Override<T> {
+    pub name: &'static str,
+    ty: PhantomData<T>,
+}
+
+/// The name and type of an override (what [`Shader::overrides`] lists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OverrideDecl {
+    pub name: &'static str,
+    pub ty: Scalar,
+}
+
+/// The value of an override for one pipeline. f32 values are kept as bits, so that a
+/// pipeline key can be hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    Bool(bool),
+    U32(u32),
+    F32(u32),
+}
+
+impl Value {
+    pub fn ty(self) -> Scalar {
+        match self {
+            Value::Bool(_) => Scalar::Bool,
+            Value::U32(_) => Scalar::U32,
+            Value::F32(_) => Scalar::F32,
+        }
+    }
+
+    /// As wgpu takes pipeline constants (bools as 0 / 1).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Bool(b) => f64::from(u8::from(b)),
+            Value::U32(v) => f64::from(v),
+            Value::F32(bits) => f64::from(f32::from_bits(bits)),
+        }
+    }
+}
+
+/// A Rust type an override can be set from.
+pub trait OverrideValue: WgslScalar {
+    fn value(self) -> Value;
+}
+
+impl OverrideValue for bool {
+    fn value(self) -> Value {
+        Value::Bool(self)
+    }
+}
+
+impl OverrideValue for u32 {
+    fn value(self) -> Value {
+        Value::U32(self)
+    }
+}
+
+impl OverrideValue for f32 {
+    fn value(self) -> Value {
+        Value::F32(self.to_bits())
+    }
+}
+
+/// An override set to a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Constant {
+    pub name: &'static str,
+    pub value: Value,
+}
+
+impl<T: OverrideValue> Override<T> {
+    pub const fn new(name: &'static str) -> Self {
+        Override {
+            name,
+            ty: PhantomData,
+        }
+    }
+
+    pub const fn decl(&self) -> OverrideDecl {
+        OverrideDecl {
+            name: self.name,
+            ty: T::SCALAR,
+        }
+    }
+
+    pub fn set(&self, value: T) -> Constant {
+        Constant {
+            name: self.name,
+            value: value.value(),
+        }
+    }
+}
+
+/// The weight-format switch of every kernel that reads weight chunks (declared by each, and
+/// read by `kernels/lib/dot_rows4.wgsl`): false Q8_0, true f32.
+pub const WEIGHTS_F32: Override<bool> = Override::new("WEIGHTS_F32");
