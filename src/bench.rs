@@ -111,7 +111,9 @@ pub fn run(
         )));
     }
     if opts.decode_tokens == 0 {
-        return Err(Error::Input("decode_tokens must be at least 1".into()));
+        return Err(Error::Input(
+            "the benchmark times no decode step: --decode must be at least 1".into(),
+        ));
     }
 
     let prefill = if opts.prefill_tokens > 0 {

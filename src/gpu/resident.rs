@@ -42,6 +42,17 @@ impl GpuModel {
         })
     }
 
+    /// Bytes of one position in a layer's latent cache.
+    pub fn cache_bytes_per_position(cfg: &Config) -> u64 {
+        (cfg.cache_row() * 4) as u64
+    }
+
+    /// The most positions a layer's latent cache can hold on this device: the cache is one
+    /// binding.
+    pub fn max_context(ctx: &GpuContext, cfg: &Config) -> usize {
+        (ctx.max_binding / Self::cache_bytes_per_position(cfg)) as usize
+    }
+
     /// Bytes [`GpuModel::upload`] reads from the file (for the progress total).
     pub fn file_bytes(cfg: &Config, w: &Weights) -> u64 {
         w.token_embd.data.len() as u64
@@ -94,8 +105,8 @@ impl GpuLayer {
         up: &mut Uploader,
     ) -> Result<GpuLayer> {
         let name = |s: &str| format!("blk.{i}.{s}");
-        let cache_bytes = (max_context * cfg.cache_row() * 4) as u64;
-        if cache_bytes > ctx.max_binding {
+        let cache_bytes = max_context as u64 * GpuModel::cache_bytes_per_position(cfg);
+        if max_context > GpuModel::max_context(ctx, cfg) {
             return Err(Error::Gpu(format!(
                 "a latent cache of {max_context} positions needs {cache_bytes} bytes per layer, over the {}-byte binding limit: use a smaller context",
                 ctx.max_binding
