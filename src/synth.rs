@@ -800,6 +800,8 @@ fn available_bytes(dir: &Path) -> Option<u64> {
         return None;
     }
     let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some BSDs and macOS).
+    #[allow(clippy::unnecessary_cast)]
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
