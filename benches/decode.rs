@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use glm_flash::bench::{self, BenchOptions};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
+use glm_flash::ftype::FileType;
 use glm_flash::gguf::GgmlType;
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::kernels::{attn_combine, attn_partial, embed, TokenParams};
@@ -114,6 +115,7 @@ fn dispatch_floor(ctx: &GpuContext) {
     const DISPATCHES: usize = 200;
     let rows = vec![0.5f32; 4 * 2048];
     let table = Matrix {
+        name: "table",
         ty: GgmlType::F32,
         rows: 4,
         cols: 2048,
@@ -163,6 +165,7 @@ fn default_model() -> PathBuf {
             layers: Some(4),
             vocab: None,
             seed: 1,
+            ftype: FileType::Q8_0,
         };
         let model = SynthModel::new(&opts).unwrap();
         let partial = path.with_extension("partial");
@@ -205,11 +208,12 @@ fn main() {
     let opts = BenchOptions {
         depths: vec![32],
         decode_tokens: 8,
-        prefill_tokens: 16,
+        prefill_tokens: vec![64],
+        prefill_depths: vec![0, 32],
         warmup: 1,
         profile: true,
     };
-    let need = 32 + 8 + 1 + 1;
+    let need = opts.positions();
     let mut cpu = CpuBackend::new(&cfg, &weights, need.max(64), 0).unwrap();
     print!(
         "{}",

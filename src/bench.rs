@@ -1,15 +1,17 @@
 //! Decode and prefill measurements on any backend, for `glm-flash bench` and `cargo bench`.
 //!
 //! Decode is timed token by token at a chosen cache depth (the cache is filled first, not
-//! timed), so the numbers show how speed falls with context. Prefill is one timed
-//! `forward` over N tokens. Bandwidth is the bytes of weights a token reads (attention,
-//! the dense FFN or the chosen experts, the shared expert, the LM head) over its time.
+//! timed), so the numbers show how speed falls with context. Prefill is one timed feed of
+//! N tokens that asks for the argmax of the last row (as generation does), from an empty
+//! cache or one already holding some positions. Bandwidth is the bytes of weights a token
+//! reads (attention, the dense FFN or the chosen experts, the shared expert, the LM head)
+//! over its time.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, TokenStats};
+use crate::backend::{Backend, TokenStats, Want};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -20,8 +22,11 @@ pub struct BenchOptions {
     pub depths: Vec<usize>,
     /// Tokens decoded (timed one by one).
     pub decode_tokens: usize,
-    /// Tokens of the timed prefill (0 skips it).
-    pub prefill_tokens: usize,
+    /// Sizes of the timed prefills (none: no prefill).
+    pub prefill_tokens: Vec<usize>,
+    /// Positions in the cache before each prefill (0: an empty cache); every size runs
+    /// from every depth.
+    pub prefill_depths: Vec<usize>,
     /// Untimed decode steps before timing.
     pub warmup: usize,
     /// After each decode run, time every dispatch of one more token (GPU only).
@@ -67,8 +72,25 @@ pub struct DecodeReport {
     pub kernels: Option<Vec<KernelTime>>,
 }
 
+impl BenchOptions {
+    /// Cache positions the decode runs need (the prefills are skipped where they do not fit).
+    pub fn decode_positions(&self) -> usize {
+        let deepest = self.depths.iter().copied().max().unwrap_or(0);
+        deepest + self.warmup + self.decode_tokens + self.profile as usize
+    }
+
+    /// Cache positions every run needs.
+    pub fn positions(&self) -> usize {
+        let prefill = self.prefill_tokens.iter().max().unwrap_or(&0)
+            + self.prefill_depths.iter().max().unwrap_or(&0);
+        self.decode_positions().max(prefill)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PrefillReport {
+    /// Positions in the cache before the prefill.
+    pub depth: usize,
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
@@ -78,7 +100,9 @@ pub struct PrefillReport {
 pub struct BenchReport {
     pub backend: String,
     pub decode: Vec<DecodeReport>,
-    pub prefill: Option<PrefillReport>,
+    pub prefill: Vec<PrefillReport>,
+    /// Prefills left out because they do not fit the context: (depth, tokens).
+    pub prefill_skipped: Vec<(usize, usize)>,
 }
 
 /// Deterministic token ids spread over the vocabulary (never the special tokens at its end).
@@ -101,13 +125,11 @@ pub fn run(
     opts: &BenchOptions,
 ) -> Result<BenchReport> {
     let (vocab, bytes_per_token) = (cfg.vocab, w.bytes_per_token(cfg));
-    let deepest = opts.depths.iter().copied().max().unwrap_or(0);
-    let need = (deepest + opts.warmup + opts.decode_tokens + opts.profile as usize)
-        .max(opts.prefill_tokens);
-    if need > backend.max_context() {
+    let ctx = backend.max_context();
+    if opts.decode_positions() > ctx {
         return Err(Error::Input(format!(
-            "the benchmark needs {need} positions but the context holds {}",
-            backend.max_context()
+            "the benchmark needs {} positions but the context holds {ctx}",
+            opts.decode_positions()
         )));
     }
     if opts.decode_tokens == 0 {
@@ -116,19 +138,41 @@ pub fn run(
         ));
     }
 
-    let prefill = if opts.prefill_tokens > 0 {
-        let tokens = token_stream(opts.prefill_tokens, vocab);
-        let start = Instant::now();
-        backend.forward_argmax(&tokens, 0)?;
-        let seconds = start.elapsed().as_secs_f64();
-        Some(PrefillReport {
-            tokens: tokens.len(),
-            seconds,
-            tokens_per_s: tokens.len() as f64 / seconds,
-        })
-    } else {
-        None
-    };
+    // Prefills feed one deterministic stream, so a run from depth D reuses the first D
+    // positions of the previous run (a truncate) instead of feeding them again.
+    let mut depths = opts.prefill_depths.clone();
+    depths.sort_unstable();
+    let mut prefill = Vec::new();
+    let mut prefill_skipped = Vec::new();
+    let mut stream_in_cache = 0;
+    for &depth in &depths {
+        for &tokens in &opts.prefill_tokens {
+            if tokens == 0 {
+                continue;
+            }
+            if depth + tokens > ctx {
+                prefill_skipped.push((depth, tokens));
+                continue;
+            }
+            let stream = token_stream(depth + tokens, vocab);
+            if stream_in_cache >= depth {
+                backend.truncate(depth)?;
+            } else {
+                backend.truncate(0)?;
+                backend.feed(&stream[..depth], 0, Want::Nothing)?;
+            }
+            let start = Instant::now();
+            backend.feed(&stream[depth..], depth, Want::Argmax)?;
+            let seconds = start.elapsed().as_secs_f64();
+            stream_in_cache = depth + tokens;
+            prefill.push(PrefillReport {
+                depth,
+                tokens,
+                seconds,
+                tokens_per_s: tokens as f64 / seconds,
+            });
+        }
+    }
     let decode = opts
         .depths
         .iter()
@@ -138,6 +182,7 @@ pub fn run(
         backend: backend.describe(),
         decode,
         prefill,
+        prefill_skipped,
     })
 }
 
@@ -152,8 +197,9 @@ fn decode_at(
 ) -> Result<DecodeReport> {
     let vocab = cfg.vocab;
     let mut token = token_stream(1, vocab)[0];
+    backend.truncate(0)?;
     if depth > 0 {
-        token = backend.forward_argmax(&token_stream(depth, vocab), 0)?;
+        token = backend.feed_argmax(&token_stream(depth, vocab), 0)?;
     }
     // Per-token latency as a user sees it: the time between consecutive ids of greedy
     // decoding (the GPU backend computes the next token while one is handed over).
@@ -170,9 +216,10 @@ fn decode_at(
         true
     })?;
     let pos = depth + steps;
-    let kernels = match opts.profile {
-        true => backend.profile_token(token, pos)?.map(|p| {
-            p.by_kernel()
+    let kernels = match (opts.profile, backend.instrumented()) {
+        (true, Some(inst)) => Some(
+            inst.profile_token(token, pos)?
+                .by_kernel()
                 .into_iter()
                 .map(|(kernel, dispatches, t)| {
                     let bytes = role_bytes(cfg, w, kernel, pos + 1);
@@ -184,9 +231,9 @@ fn decode_at(
                         gb_per_s: bytes.map(|b| b as f64 / t / 1e9),
                     }
                 })
-                .collect()
-        }),
-        false => None,
+                .collect(),
+        ),
+        _ => None,
     };
     let total: f64 = times.iter().sum();
     times.sort_by(f64::total_cmp);
@@ -200,7 +247,7 @@ fn decode_at(
         p95_ms: percentile(&times, 0.95) * 1e3,
         bytes_per_token,
         gb_per_s: bytes_per_token as f64 / p50 / 1e9,
-        token_stats: backend.last_token_stats(),
+        token_stats: backend.instrumented().map(|i| i.last_token_stats()),
     })
 }
 
@@ -233,10 +280,15 @@ impl BenchReport {
                 s += "\n";
             }
         }
-        if let Some(p) = &self.prefill {
+        for p in &self.prefill {
             s += &format!(
-                "prefill {:>6} tokens: {:>8.2} tok/s  ({:.3} s)\n",
-                p.tokens, p.tokens_per_s, p.seconds
+                "prefill {:>6} tokens @ depth {:>6}: {:>8.2} tok/s  ({:.3} s)\n",
+                p.tokens, p.depth, p.tokens_per_s, p.seconds
+            );
+        }
+        for (depth, tokens) in &self.prefill_skipped {
+            s += &format!(
+                "prefill {tokens:>6} tokens @ depth {depth:>6}: skipped (past the context)\n"
             );
         }
         s

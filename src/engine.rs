@@ -208,9 +208,10 @@ fn gpu<'a>(
     };
     let mut backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;
     // One token through every kernel now: drivers finish compiling a pipeline at its first
-    // dispatch, which would otherwise land in the first prompt's time. The prompt overwrites
-    // this cache row.
-    backend.forward_argmax(&[0], 0)?;
+    // dispatch, which would otherwise land in the first prompt's time. The cache is emptied
+    // again after it.
+    backend.feed_argmax(&[0], 0)?;
+    backend.truncate(0)?;
     let stats = backend.stats();
     log::info!(
         "uploaded {:.2} GB of weights at {:.2} GB/s",

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Rows, Want};
 use crate::error::{Error, Result};
 use crate::sampler::{Sampler, SamplerOptions};
 use crate::tokenizer::Tokenizer;
@@ -85,8 +85,9 @@ pub struct Generation {
 }
 
 /// Generates a continuation of `prompt`. The first `cached` prompt tokens are already in
-/// the backend's cache (an earlier turn of a chat) and are not fed again. `on_text`
-/// receives the text as it is produced; `interrupt`, when set, stops at the next token.
+/// the backend's cache (an earlier turn of a chat) and are not fed again; whatever the
+/// cache holds after them is dropped. `on_text` receives the text as it is produced;
+/// `interrupt`, when set, stops at the next token.
 pub fn generate(
     backend: &mut dyn Backend,
     tokenizer: &Tokenizer,
@@ -108,8 +109,15 @@ pub fn generate(
     }
     opts.sampler.validate().map_err(Error::Input)?;
     let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::Relaxed));
+    if cached > backend.cache_len() {
+        return Err(Error::Input(format!(
+            "{cached} prompt tokens said to be cached, but the cache holds {}",
+            backend.cache_len()
+        )));
+    }
     // At least the last prompt token is fed: its logits choose the first new token.
     let start = cached.min(prompt.len() - 1);
+    backend.truncate(start)?;
     let mut sampler = Sampler::new(opts.sampler.clone());
     sampler.remember(prompt);
     // Penalties need the logits: only a plain greedy choice can stay on the backend.
@@ -140,7 +148,7 @@ pub fn generate(
         let end = (pos + PREFILL_CHUNK).min(prompt.len());
         let chunk = &prompt[pos..end];
         if end < prompt.len() {
-            backend.forward(chunk, pos, false)?;
+            backend.feed(chunk, pos, Want::Nothing)?;
         } else {
             next = choose(backend, &mut sampler, greedy, chunk, pos)?;
         }
@@ -197,7 +205,7 @@ pub fn generate(
         if let Some(stop) = stop {
             break stop;
         }
-        next = sampler.sample(&backend.forward(&[next], pos, false)?);
+        next = sampler.sample(&backend.feed_logits(&[next], pos, Rows::Last)?);
         pos += 1;
         timings.decode_tokens += 1;
         stop = accept(next, pos);
@@ -281,9 +289,9 @@ fn choose(
     pos: usize,
 ) -> Result<u32> {
     if greedy {
-        backend.forward_argmax(tokens, pos)
+        backend.feed_argmax(tokens, pos)
     } else {
-        Ok(sampler.sample(&backend.forward(tokens, pos, false)?))
+        Ok(sampler.sample(&backend.feed_logits(tokens, pos, Rows::Last)?))
     }
 }
 
@@ -406,7 +414,7 @@ mod tests {
         let prompt = tok.encode("The sea").unwrap();
         let all: Vec<u32> = prompt.iter().chain(&greedy.ids).copied().collect();
         let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
-        let logits = cpu.forward(&all, 0, true).unwrap();
+        let logits = cpu.feed_logits(&all, 0, Rows::All).unwrap();
         for (i, &id) in greedy.ids.iter().enumerate() {
             let row = &logits[(prompt.len() - 1 + i) * cfg.vocab..][..cfg.vocab];
             assert_eq!(crate::ops_common::argmax(row), id, "token {i}");
@@ -538,5 +546,10 @@ mod tests {
         let mut cold = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
         let fresh = generate(&mut cold, &tok, &second, 0, &o, None, &mut |_| {}).unwrap();
         assert_eq!(reused.ids, fresh.ids);
+
+        // Claiming more cached tokens than the cache holds is an error, not a silent reuse.
+        let mut empty = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+        let err = generate(&mut empty, &tok, &second, 3, &o, None, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("cache holds 0"), "{err}");
     }
 }

@@ -8,7 +8,8 @@
 //! What the command line and the server share: [`engine`] opens a model and a backend
 //! (`auto` falling back to the CPU), [`session`] holds a conversation on it (cache reuse
 //! across turns, the chat template with tools, stop strings, the reply split into thinking,
-//! answer and [`tool_calls`]).
+//! answer and [`tool_calls`]); [`server`] is `glm-flash serve`, the OpenAI-compatible HTTP
+//! server.
 pub mod backend;
 pub mod bench;
 pub mod chat;
@@ -16,12 +17,14 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod formats;
+pub mod ftype;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod ops_common;
-pub mod quant;
 pub mod sampler;
+pub mod server;
 pub mod session;
 pub mod synth;
 pub mod tokenizer;

@@ -14,16 +14,19 @@ use std::time::Instant;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::bench::{self, BenchOptions};
 use glm_flash::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser};
 use glm_flash::config::Config;
 use glm_flash::engine::{self, BackendOptions, Model};
 use glm_flash::error::{Error, Result};
+use glm_flash::formats;
+use glm_flash::ftype::FileType;
 use glm_flash::generate::{GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu;
 use glm_flash::sampler::SamplerOptions;
+use glm_flash::server::{Defaults, ServeOptions, Server};
 use glm_flash::session::{Chat, RenderedPrompt, Reply, Session};
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::tokenizer::Tokenizer;
@@ -46,6 +49,8 @@ enum Command {
     Run(RunArgs),
     /// Interactive multi-turn chat on stdin (one line per turn; /help lists the commands).
     Chat(ChatArgs),
+    /// Serve the model over HTTP with the OpenAI API (chat completions, completions, models).
+    Serve(ServeArgs),
     /// Describe a model file: hyper-parameters, tensors and tokenizer (exit 1 if it cannot run).
     Info(InfoArgs),
     /// Teacher-forced logits of every position, as raw little-endian f32 [positions][vocab].
@@ -198,7 +203,9 @@ struct BackendArgs {
 }
 
 impl BackendArgs {
-    fn options(&self, cfg: &Config) -> BackendOptions {
+    /// The options; without `--ctx`, [`DEFAULT_CTX`] (which [`make_backend`] lowers to a
+    /// model's shorter context length).
+    fn options(&self) -> BackendOptions {
         BackendOptions {
             kind: match self.backend {
                 BackendKind::Cpu => engine::BackendKind::Cpu,
@@ -207,9 +214,7 @@ impl BackendArgs {
             },
             adapter: self.adapter,
             threads: self.threads,
-            ctx: self
-                .ctx
-                .unwrap_or(DEFAULT_CTX.min(cfg.context_length).max(1)),
+            ctx: self.ctx.unwrap_or(DEFAULT_CTX),
         }
     }
 
@@ -405,6 +410,33 @@ struct ChatArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// GGUF model file (default: a small built-in model with random weights).
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Address to listen on (this machine only unless told otherwise).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 = any free one; the address is printed).
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 request.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Sequence slots: conversations whose cached prefix is kept between requests.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    parallel: usize,
+    /// Answer without a thinking part unless a request asks for one.
+    #[arg(long)]
+    no_think: bool,
+    /// Defaults for requests that do not say (`-n`: their max_tokens).
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     #[command(flatten)]
     model: ModelArg,
@@ -454,6 +486,10 @@ struct SynthArgs {
     /// Seed of the random weights (same seed, same file).
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// File type: the per-tensor type mix llama-quantize writes for this model
+    /// (q8_0, q4_0, q2_k, q4_k_m, q5_k_m, q6_k).
+    #[arg(long, value_name = "TYPE", default_value = "q8_0", value_parser = parse_ftype)]
+    ftype: FileType,
     /// Output GGUF file.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -470,9 +506,15 @@ struct BenchArgs {
     /// Decode steps timed (at least 1).
     #[arg(long, value_name = "N", default_value = "32", value_parser = positive, allow_negative_numbers = true)]
     decode: usize,
-    /// Tokens of the timed prefill (0 = skip).
-    #[arg(long, value_name = "N", default_value = "0", value_parser = count, allow_negative_numbers = true)]
-    prefill: usize,
+    /// Sizes of the timed prefills, a comma list (0 = none); those past the model's
+    /// context are skipped.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "512,4096",
+          value_parser = count, allow_negative_numbers = true)]
+    prefill: Vec<usize>,
+    /// Positions in the cache before each prefill (0 = empty); every size runs from each.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0,512",
+          value_parser = count, allow_negative_numbers = true)]
+    prefill_depth: Vec<usize>,
     /// Untimed decode steps first.
     #[arg(long, value_name = "N", default_value = "2", value_parser = count, allow_negative_numbers = true)]
     warmup: usize,
@@ -513,6 +555,7 @@ fn dispatch(command: Command) -> Result<Done> {
     match command {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => cmd_chat(a),
+        Command::Serve(a) => ok(cmd_serve(a)),
         Command::Info(a) => ok(cmd_info(a)),
         Command::Logits(a) => ok(cmd_logits(a)),
         Command::Tokenize(a) => ok(cmd_tokenize(a)),
@@ -577,13 +620,11 @@ fn make_backend<'a>(
             );
         }
     };
-    let opened = engine::open_backend(
-        &args.options(cfg),
-        cfg,
-        weights,
-        min_ctx,
-        Some(&mut progress),
-    );
+    let mut opts = args.options();
+    if args.ctx.is_none() {
+        opts.ctx = opts.ctx.min(cfg.context_length).max(1);
+    }
+    let opened = engine::open_backend(&opts, cfg, weights, min_ctx, Some(&mut progress));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -924,7 +965,11 @@ fn cmd_run(a: RunArgs) -> Result<Done> {
     if a.verbose {
         eprintln!("generated ids: {}", join_ids(&g.ids));
         eprintln!("stop: {:?}", g.stop);
-        if let Some(t) = session.backend().last_token_stats() {
+        if let Some(t) = session
+            .backend_mut()
+            .instrumented()
+            .map(|i| i.last_token_stats())
+        {
             eprintln!(
                 "per token: {} dispatches, {} compute passes, {} submits, {} bytes read back",
                 t.dispatches, t.compute_passes, t.submits, t.bytes_read_back
@@ -1037,6 +1082,53 @@ fn cmd_chat(a: ChatArgs) -> Result<Done> {
     }
 }
 
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    let sampler = a.sampling.options();
+    sampler.validate().map_err(Error::Input)?;
+    a.backend.warn_early();
+    if a.model.is_none() {
+        eprintln!(
+            "no model given (-m): serving a small built-in model with random weights, so the text is gibberish"
+        );
+    }
+    let opts = ServeOptions {
+        model: a.model.clone(),
+        backend: a.backend.options(),
+        host: a.host.clone(),
+        port: a.port,
+        api_key: a.api_key.clone(),
+        parallel: a.parallel,
+        defaults: Defaults {
+            max_tokens: a.sampling.max_tokens,
+            sampler,
+            fixed_seed: a.sampling.seed.is_some_and(|s| s.0.is_some()),
+            thinking: !a.no_think,
+        },
+        show_progress: true,
+    };
+    let server = Server::start(opts)?;
+    if let Some(why) = server.fallback() {
+        eprintln!("{why}");
+    }
+    if !server.addr().ip().is_loopback() && a.api_key.is_none() {
+        eprintln!("warning: listening beyond this machine without --api-key: anyone who can reach it may use it");
+    }
+    eprintln!(
+        "serving {} at http://{}/v1 (Ctrl-C stops)",
+        server.describe(),
+        server.addr()
+    );
+    let (stop, stopped) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
+    })
+    .map_err(|e| Error::Input(format!("cannot install the Ctrl-C handler: {e}")))?;
+    let _ = stopped.recv();
+    eprintln!("stopping");
+    server.stop();
+    Ok(())
+}
+
 fn cmd_info(a: InfoArgs) -> Result<()> {
     let file = GgufFile::open(&a.model.path)?;
     let cfg = Config::from_gguf(&file)?;
@@ -1062,6 +1154,10 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         "architecture: {} (GLM-4.7-Flash layout)",
         glm_flash::config::ARCHITECTURE
     ));
+    if let Some(id) = file.get_int::<u32>("general.file_type")? {
+        let name = FileType::from_id(id).map_or("other", |f| f.name());
+        line(format!("file type: {id} ({name})"));
+    }
     line("hyper-parameters:".into());
     for (k, v) in cfg.describe() {
         line(format!("  {k:<28} {v}"));
@@ -1076,20 +1172,46 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
             problems.push(format!("weights: {e}"));
         }
     }
-    line(format!("tensors ({}):", file.tensors.len()));
     line(format!(
-        "  {:<34} {:<6} {:<22} {:>12}",
-        "name", "type", "dims (GGUF order)", "bytes"
+        "tensors ({}; on the GPU: the layout of each tensor's type, and its bytes):",
+        file.tensors.len()
     ));
+    line(format!(
+        "  {:<34} {:<6} {:<6} {:<22} {:>12} {:>12}",
+        "name", "type", "gpu", "dims (GGUF order)", "bytes", "gpu bytes"
+    ));
+    let (mut gpu_total, mut no_gpu) = (0u64, Vec::new());
     for t in &file.tensors {
+        let gpu = formats::gpu_form(t.ggml_type, &t.dims);
+        match gpu {
+            Some((_, bytes)) => gpu_total += bytes,
+            None => no_gpu.push(t.ggml_type.name()),
+        }
         line(format!(
-            "  {:<34} {:<6} {:<22} {:>12}",
+            "  {:<34} {:<6} {:<6} {:<22} {:>12} {:>12}",
             t.name,
             t.ggml_type.name(),
+            gpu.map_or("-", |(l, _)| l.name()),
             format!("{:?}", t.dims),
-            t.n_bytes
+            t.n_bytes,
+            gpu.map_or("-".to_string(), |(_, b)| b.to_string())
         ));
     }
+    no_gpu.sort();
+    no_gpu.dedup();
+    line(if no_gpu.is_empty() {
+        format!(
+            "gpu: {:.2} GB of weights ({gpu_total} bytes)",
+            gpu_total as f64 / 1e9
+        )
+    } else {
+        format!(
+            "gpu: cannot run this file yet: the GPU computes with {}, not {} ({:.2} GB for the tensors it can take)",
+            formats::gpu_supported_names(),
+            no_gpu.join(", "),
+            gpu_total as f64 / 1e9
+        )
+    });
     line("tokenizer:".into());
     let meta = |k: &str| file.get(&format!("tokenizer.ggml.{k}"));
     let count = |k: &str| meta(k).and_then(|v| v.as_array()).map_or(0, |a| a.len());
@@ -1157,7 +1279,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
             )));
         }
         let mut backend = make_backend(&a.backend, cfg, weights, a.tokens.len())?;
-        let logits = backend.forward(&a.tokens, 0, true)?;
+        let logits = backend.feed_logits(&a.tokens, 0, Rows::All)?;
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
         out.write(&bytes)?;
         eprintln!(
@@ -1178,6 +1300,16 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     writeln!(std::io::stdout(), "{}", join_ids(&ids)).map_err(stdout_err)
 }
 
+fn parse_ftype(s: &str) -> std::result::Result<FileType, String> {
+    FileType::from_name(s).ok_or_else(|| {
+        let names: Vec<String> = FileType::ALL
+            .iter()
+            .map(|f| f.name().to_lowercase())
+            .collect();
+        format!("unknown file type {s:?} (known: {})", names.join(", "))
+    })
+}
+
 fn cmd_synth(a: SynthArgs) -> Result<Done> {
     let opts = SynthOptions {
         preset: match a.preset {
@@ -1187,6 +1319,7 @@ fn cmd_synth(a: SynthArgs) -> Result<Done> {
         layers: a.layers,
         vocab: a.vocab,
         seed: a.seed,
+        ftype: a.ftype,
     };
     let model = SynthModel::new(&opts)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -1205,8 +1338,9 @@ fn cmd_synth(a: SynthArgs) -> Result<Done> {
     written?;
     let c = &model.config;
     eprintln!(
-        "wrote {}: {} layers, hidden {}, {} experts, vocab {}; {} tensors, {:.2} GB in {:.1} s",
+        "wrote {}: {}, {} layers, hidden {}, {} experts, vocab {}; {} tensors, {:.2} GB in {:.1} s",
         a.out.display(),
+        a.ftype.name(),
         c.n_layers,
         c.hidden,
         c.n_experts,
@@ -1225,12 +1359,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         depths: a.depth.clone(),
         decode_tokens: a.decode,
-        prefill_tokens: a.prefill,
+        prefill_tokens: a.prefill.clone(),
+        prefill_depths: a.prefill_depth.clone(),
         warmup: a.warmup,
         profile: a.profile,
     };
-    let deepest = a.depth.iter().copied().max().unwrap_or(0);
-    let need = (deepest + a.warmup + a.decode + a.profile as usize).max(a.prefill);
+    let need = opts.positions();
     with_model(&file, |cfg, weights| {
         let mut backend = make_backend(&a.backend, cfg, weights, need)?;
         let report = bench::run(backend.as_mut(), cfg, weights, &opts)?;

@@ -1,33 +1,6 @@
-//! What every backend computes the same way, whatever runs it: the input checks, the
-//! greedy choice (one NaN rule for the CPU, the GPU kernel and the sampler), the RoPE
-//! angles.
-
-use crate::error::{Error, Result};
-
-/// Errors shared by every backend: positions past the context, ids past the vocabulary.
-pub fn check_positions(
-    tokens: &[u32],
-    start_pos: usize,
-    max_context: usize,
-    vocab: usize,
-) -> Result<()> {
-    if tokens.is_empty() {
-        return Err(Error::Input("no tokens to process".into()));
-    }
-    if start_pos + tokens.len() > max_context {
-        return Err(Error::Input(format!(
-            "positions {}..{} exceed the context of {max_context} tokens",
-            start_pos,
-            start_pos + tokens.len()
-        )));
-    }
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Input(format!(
-            "token id {bad} is outside the vocabulary of {vocab}"
-        )));
-    }
-    Ok(())
-}
+//! What every backend computes the same way, whatever runs it: the greedy choice (one NaN
+//! rule for the CPU, the GPU kernel and the sampler) and the RoPE angles. (The checks every
+//! feed makes are beside the `Backend` trait.)
 
 /// The index of the largest value, ties to the lowest index. NaN never wins; values that
 /// are all NaN (or none) give 0. The GPU's argmax kernel follows the same rule.

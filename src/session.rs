@@ -71,6 +71,10 @@ impl<'a> Session<'a> {
         self.backend.as_ref()
     }
 
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
     pub fn tokenizer(&self) -> &'a Tokenizer {
         self.tokenizer
     }
@@ -83,6 +87,11 @@ impl<'a> Session<'a> {
     /// The tokens the cache holds.
     pub fn cached_tokens(&self) -> &[u32] {
         &self.cached
+    }
+
+    /// Forgets what the cache holds: the next prompt is fed whole.
+    pub fn forget(&mut self) {
+        self.cached.clear();
     }
 
     /// How many leading tokens of `prompt` the cache already holds.
@@ -130,7 +139,7 @@ impl<'a> Session<'a> {
             }
             Err(e) => {
                 // The cache may hold part of what was fed: trust none of it.
-                self.cached.clear();
+                self.forget();
                 Err(e)
             }
         }
@@ -262,8 +271,26 @@ impl Chat {
         interrupt: Option<&AtomicBool>,
         on_event: &mut dyn FnMut(&ReplyEvent),
     ) -> Result<Turn> {
-        let before = self.history.clone();
         self.history.push(ChatMessage::new("user", user));
+        let result = self.respond(session, opts, interrupt, on_event);
+        if result.is_err() {
+            self.history.pop();
+        }
+        result
+    }
+
+    /// Generates the assistant's turn for the history as it stands (after [`Chat::push`]ing
+    /// tool results, say); the reply joins the history. First the oldest exchanges are
+    /// dropped while the prompt leaves less room than [`Chat::reply_room`]; on an error the
+    /// history stays as it was.
+    pub fn respond(
+        &mut self,
+        session: &mut Session,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&ReplyEvent),
+    ) -> Result<Turn> {
+        let before = self.history.clone();
         let result = self.fit(session, opts).and_then(|(prompt, dropped)| {
             let parser = prompt.parser(&self.tools);
             let reply = session.reply(&prompt.ids, parser, opts, interrupt, on_event)?;
@@ -325,6 +352,7 @@ impl Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Output, Rows, Want};
     use crate::engine::{open_backend, BackendKind, BackendOptions, Model};
     use crate::sampler::SamplerOptions;
 
@@ -485,5 +513,206 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("context"), "{err}");
         assert_eq!(chat.history(), &before[..]);
+    }
+
+    /// A tool round trip: the assistant's call and the tool's result go into the history,
+    /// the tools into the prompt, and the model answers the result.
+    #[test]
+    fn session_chat_with_tools_answers_a_tool_result() {
+        let model = Model::builtin();
+        let weights = model.weights().unwrap();
+        let room = BackendOptions {
+            ctx: 1024,
+            ..cpu_opts()
+        };
+        let backend = open_backend(&room, &model.config, &weights, 0, None).unwrap();
+        let mut session = Session::new(backend.backend, &model.tokenizer);
+        let opts = greedy(3, &model);
+        let mut plain = Chat::new(None, false);
+        plain.push(ChatMessage::new("user", "Weather in Paris?"));
+        let without_tools = plain
+            .respond(&mut session, &opts, None, &mut |_| {})
+            .unwrap()
+            .reply;
+
+        let mut chat = Chat::new(None, false);
+        chat.tools = vec![serde_json::json!({"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}}}}})];
+        chat.push(ChatMessage::new("user", "Weather in Paris?"));
+        let call = ToolCall {
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        chat.push(ChatMessage {
+            tool_calls: vec![call],
+            ..ChatMessage::new("assistant", "")
+        });
+        chat.push(ChatMessage::new("tool", "{\"temp_c\": 21}"));
+        let reply = chat
+            .respond(&mut session, &opts, None, &mut |_| {})
+            .unwrap()
+            .reply;
+        let messages = chat.messages();
+        let text = ChatPrompt {
+            messages: &messages[..3],
+            tools: &chat.tools,
+            add_generation_prompt: true,
+            enable_thinking: false,
+        }
+        .render(model.tokenizer.chat_template())
+        .unwrap();
+        assert!(
+            text.contains("<tools>") && text.contains("\"name\": \"get_weather\""),
+            "{text}"
+        );
+        assert!(text.contains("<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>"), "{text}");
+        assert!(text.ends_with("<|observation|><tool_response>{\"temp_c\": 21}</tool_response><|assistant|></think>"), "{text}");
+        assert_eq!(
+            reply.completion.prompt_tokens,
+            model.tokenizer.encode(&text).unwrap().len()
+        );
+        assert!(reply.completion.prompt_tokens > without_tools.completion.prompt_tokens);
+        assert_eq!(chat.history().len(), 4);
+        assert_eq!(chat.history()[3].role, "assistant");
+    }
+
+    /// Plays a fixed reply: the logits after position p peak at `script[p - prompt_len]`.
+    struct Scripted {
+        script: Vec<u32>,
+        prompt_len: usize,
+        vocab: usize,
+        cache_len: usize,
+    }
+
+    impl Backend for Scripted {
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+
+        fn max_context(&self) -> usize {
+            1 << 16
+        }
+
+        fn cache_len(&self) -> usize {
+            self.cache_len
+        }
+
+        fn truncate(&mut self, len: usize) -> Result<()> {
+            crate::backend::check_truncate(len, self.cache_len)?;
+            self.cache_len = len;
+            Ok(())
+        }
+
+        fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
+            crate::backend::check_feed(tokens, pos, self.cache_len, 1 << 16, self.vocab)?;
+            self.cache_len += tokens.len();
+            let next = self.script[self.cache_len - self.prompt_len];
+            Ok(match want {
+                Want::Argmax => Output::Argmax(next),
+                Want::Logits(Rows::Last) => {
+                    let mut logits = vec![0.0; self.vocab];
+                    logits[next as usize] = 1.0;
+                    Output::Logits(logits)
+                }
+                other => unreachable!("the session never asks for {other:?}"),
+            })
+        }
+    }
+
+    /// The official template's own tool-call text, generated token by token through the
+    /// GLM-4.7 tokenizer's special tokens, comes out as a tool call.
+    #[test]
+    fn session_reply_parses_the_templates_tool_call_text_token_by_token() {
+        use crate::gguf::GgufFile;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/small2-q8_0.gguf"
+        );
+        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+        let call = ToolCall {
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris", "days": 2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let turn = [
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage {
+                tool_calls: vec![call.clone()],
+                ..ChatMessage::new("assistant", "")
+            },
+        ];
+        let render = |messages: &[ChatMessage], add_generation_prompt| {
+            ChatPrompt {
+                messages,
+                tools: &tools,
+                add_generation_prompt,
+                enable_thinking: true,
+            }
+            .render(tokenizer.chat_template())
+            .unwrap()
+        };
+        let prompt = RenderedPrompt::chat(
+            &tokenizer,
+            &ChatPrompt {
+                messages: &turn[..1],
+                tools: &tools,
+                add_generation_prompt: true,
+                enable_thinking: true,
+            },
+        )
+        .unwrap();
+        assert!(prompt.thinking_open);
+        // What the template writes for the assistant's call, after its `<|assistant|>`.
+        let written = render(&turn, false);
+        let call_text = &written[written.rfind("<|assistant|>").unwrap() + "<|assistant|>".len()..];
+        assert!(
+            call_text.starts_with("</think><tool_call>get_weather<arg_key>"),
+            "{call_text}"
+        );
+        let mut script = tokenizer
+            .encode(&format!("Let me check.{call_text}"))
+            .unwrap();
+        assert!(
+            script.contains(&tokenizer.id_of("<tool_call>").unwrap()),
+            "a special token"
+        );
+        script.push(tokenizer.id_of("<|observation|>").unwrap());
+
+        let backend = Scripted {
+            script,
+            prompt_len: prompt.ids.len(),
+            vocab: tokenizer.vocab_size(),
+            cache_len: 0,
+        };
+        let mut session = Session::new(Box::new(backend), &tokenizer);
+        let opts = GenerateOptions {
+            max_new_tokens: 100,
+            sampler: SamplerOptions::greedy(),
+            stop_tokens: tokenizer.stop_tokens(),
+            stop_strings: Vec::new(),
+            special_text: true,
+        };
+        let mut events = Vec::new();
+        let reply = session
+            .reply(&prompt.ids, prompt.parser(&tools), &opts, None, &mut |e| {
+                events.push(e.clone())
+            })
+            .unwrap();
+        assert_eq!(reply.reasoning, "Let me check.");
+        assert_eq!(reply.content, "");
+        assert_eq!(reply.tool_calls, std::slice::from_ref(&call));
+        assert_eq!(events.last(), Some(&ReplyEvent::ToolCall(call)));
+        let observation = tokenizer.id_of("<|observation|>").unwrap();
+        assert_eq!(
+            reply.completion.generation.stop,
+            crate::generate::StopReason::StopToken(observation)
+        );
     }
 }

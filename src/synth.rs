@@ -16,6 +16,8 @@ use rayon::prelude::*;
 
 use crate::config::{Config, ARCHITECTURE};
 use crate::error::{Error, Result};
+use crate::formats;
+use crate::ftype::FileType;
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value, ValueType};
 use crate::sampler::SplitMix64;
 
@@ -84,6 +86,8 @@ pub struct SynthOptions {
     pub layers: Option<usize>,
     pub vocab: Option<usize>,
     pub seed: u64,
+    /// The type mix of the matrices, as llama-quantize chooses it for this file type.
+    pub ftype: FileType,
 }
 
 /// The GLM special tokens, in the order GLM-4.7-Flash (and the fixtures) list them at the
@@ -134,8 +138,8 @@ enum Fill {
     Norm,
     /// F32 `std·N(0,1)` (router, selection bias).
     F32Normal(f32),
-    /// Q8_0 `std·N(0,1)` (every matrix).
-    Q8Normal(f32),
+    /// `std·N(0,1)` in the tensor's (quantized) type: every matrix.
+    Matrix(f32),
 }
 
 /// A synthetic model planned but not yet written: metadata, tensor list and how to fill it.
@@ -144,6 +148,7 @@ pub struct SynthModel {
     writer: GgufWriter,
     fills: Vec<Fill>,
     seed: u64,
+    ftype: FileType,
 }
 
 impl SynthModel {
@@ -172,13 +177,14 @@ impl SynthModel {
             writer: GgufWriter::default(),
             fills: Vec::new(),
             seed: opts.seed,
+            ftype: opts.ftype,
         };
-        m.metadata(opts.preset);
+        m.metadata(opts.preset, opts.ftype);
         m.tensors();
         Ok(m)
     }
 
-    fn metadata(&mut self, preset: Preset) {
+    fn metadata(&mut self, preset: Preset, ftype: FileType) {
         let c = &self.config;
         let u = |v: usize| Value::U32(v as u32);
         let arch = |k: &str| format!("{ARCHITECTURE}.{k}");
@@ -191,10 +197,11 @@ impl SynthModel {
             (
                 "general.name".into(),
                 Value::String(format!(
-                    "GLM-4.7-Flash layout, random weights (glm-flash synth {preset:?})"
+                    "GLM-4.7-Flash layout, random weights (glm-flash synth {preset:?} {})",
+                    ftype.name()
                 )),
             ),
-            ("general.file_type".into(), Value::U32(7)), // mostly Q8_0
+            ("general.file_type".into(), Value::U32(ftype.id())),
             ("general.quantization_version".into(), Value::U32(2)),
         ];
         let model_keys = [
@@ -242,9 +249,10 @@ impl SynthModel {
         let inv_sqrt = |n: usize| 1.0 / (n as f32).sqrt();
         // Output projections of residual branches: smaller, so depth does not blow up x.
         let residual = |n: usize| inv_sqrt(n) / ((2 * c.n_layers) as f32).sqrt();
+        let ftype = self.ftype;
         let mut add = |name: String, dims: &[u64], fill: Fill| {
             let ty = match fill {
-                Fill::Q8Normal(_) => GgmlType::Q8_0,
+                Fill::Matrix(_) => ftype.tensor_type(&name, dims, &c),
                 _ => GgmlType::F32,
             };
             self.writer.tensor(&name, dims, ty);
@@ -254,9 +262,9 @@ impl SynthModel {
         add(
             "output.weight".into(),
             &[h, v],
-            Fill::Q8Normal(inv_sqrt(c.hidden)),
+            Fill::Matrix(inv_sqrt(c.hidden)),
         );
-        add("token_embd.weight".into(), &[h, v], Fill::Q8Normal(1.0));
+        add("token_embd.weight".into(), &[h, v], Fill::Matrix(1.0));
         let (heads, nope, rope) = (c.n_heads as u64, c.qk_nope as u64, c.qk_rope as u64);
         let (ql, kvl, vh) = (c.q_lora_rank as u64, c.kv_lora_rank as u64, c.v_head as u64);
         for i in 0..c.n_layers {
@@ -265,34 +273,34 @@ impl SynthModel {
             add(
                 p("attn_q_a.weight"),
                 &[h, ql],
-                Fill::Q8Normal(inv_sqrt(c.hidden)),
+                Fill::Matrix(inv_sqrt(c.hidden)),
             );
             add(p("attn_q_a_norm.weight"), &[ql], Fill::Norm);
             add(
                 p("attn_q_b.weight"),
                 &[ql, heads * (nope + rope)],
-                Fill::Q8Normal(inv_sqrt(c.q_lora_rank)),
+                Fill::Matrix(inv_sqrt(c.q_lora_rank)),
             );
             add(
                 p("attn_kv_a_mqa.weight"),
                 &[h, kvl + rope],
-                Fill::Q8Normal(inv_sqrt(c.hidden)),
+                Fill::Matrix(inv_sqrt(c.hidden)),
             );
             add(p("attn_kv_a_norm.weight"), &[kvl], Fill::Norm);
             add(
                 p("attn_k_b.weight"),
                 &[nope, kvl, heads],
-                Fill::Q8Normal(inv_sqrt(c.qk_nope)),
+                Fill::Matrix(inv_sqrt(c.qk_nope)),
             );
             add(
                 p("attn_v_b.weight"),
                 &[kvl, vh, heads],
-                Fill::Q8Normal(inv_sqrt(c.kv_lora_rank)),
+                Fill::Matrix(inv_sqrt(c.kv_lora_rank)),
             );
             add(
                 p("attn_output.weight"),
                 &[heads * vh, h],
-                Fill::Q8Normal(residual(c.n_heads * c.v_head)),
+                Fill::Matrix(residual(c.n_heads * c.v_head)),
             );
             add(p("ffn_norm.weight"), &[h], Fill::Norm);
             let mut swiglu = |suffix: &str, width: usize, n: Option<u64>| {
@@ -305,17 +313,17 @@ impl SynthModel {
                 add(
                     p(&format!("ffn_gate{suffix}.weight")),
                     &dims(h, w),
-                    Fill::Q8Normal(hid),
+                    Fill::Matrix(hid),
                 );
                 add(
                     p(&format!("ffn_up{suffix}.weight")),
                     &dims(h, w),
-                    Fill::Q8Normal(hid),
+                    Fill::Matrix(hid),
                 );
                 add(
                     p(&format!("ffn_down{suffix}.weight")),
                     &dims(w, h),
-                    Fill::Q8Normal(residual(width)),
+                    Fill::Matrix(residual(width)),
                 );
             };
             if c.is_moe_layer(i) {
@@ -419,7 +427,8 @@ impl SynthModel {
                     .into_par_iter()
                     .map(|c| {
                         let n = CHUNK_ELEMS.min(elems - c * CHUNK_ELEMS) as usize;
-                        chunk_bytes(fill, n, SplitMix64(seed ^ c.wrapping_mul(CHUNK_SEED_STEP)))
+                        let rng = SplitMix64(seed ^ c.wrapping_mul(CHUNK_SEED_STEP));
+                        chunk_bytes(fill, spec.ggml_type, n, rng)
                     })
                     .collect();
                 for bytes in chunks {
@@ -433,7 +442,7 @@ impl SynthModel {
     }
 }
 
-/// Elements generated per independently seeded chunk (a multiple of the Q8_0 block).
+/// Elements generated per independently seeded chunk (a multiple of every block size).
 const CHUNK_ELEMS: u64 = 1 << 20;
 const CHUNK_SEED_STEP: u64 = 0xD1B5_4A32_D192_ED03;
 
@@ -533,39 +542,23 @@ impl Normals {
     }
 }
 
-/// `n` values of `fill`, encoded as the tensor's type.
-fn chunk_bytes(fill: Fill, n: usize, rng: SplitMix64) -> Vec<u8> {
+/// `n` values of `fill`, encoded as the tensor's type `ty`.
+fn chunk_bytes(fill: Fill, ty: GgmlType, n: usize, rng: SplitMix64) -> Vec<u8> {
     let mut z = Normals {
         rng,
         bits: 0,
         left: 0,
     };
-    match fill {
-        Fill::Norm | Fill::F32Normal(_) => {
-            let (base, std) = match fill {
-                Fill::Norm => (1.0, 0.1),
-                Fill::F32Normal(s) => (0.0, s),
-                Fill::Q8Normal(_) => unreachable!(),
-            };
-            (0..n)
-                .flat_map(|_| (base + std * z.next()).to_le_bytes())
-                .collect()
-        }
-        Fill::Q8Normal(std) => {
-            // Straight to blocks: scale d = std·amax/127, q = round(127·z/amax).
-            let mut out = Vec::with_capacity(n / 32 * 34);
-            let mut block = [0f32; 32];
-            for _ in 0..n / 32 {
-                block.iter_mut().for_each(|b| *b = z.next());
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                let d = half::f16::from_f32(std * amax / 127.0);
-                out.extend_from_slice(&d.to_bits().to_le_bytes());
-                out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
-            }
-            out
-        }
-    }
+    let (base, std) = match fill {
+        Fill::Norm => (1.0, 0.1),
+        Fill::F32Normal(s) | Fill::Matrix(s) => (0.0, s),
+    };
+    let values: Vec<f32> = (0..n).map(|_| base + std * z.next()).collect();
+    let mut out = Vec::new();
+    formats::of(ty)
+        .expect("synth writes only types with a format")
+        .quantize(&values, &mut out);
+    out
 }
 
 /// GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68
@@ -819,6 +812,7 @@ pub fn builtin_options() -> SynthOptions {
         layers: Some(2),
         vocab: Some(2048),
         seed: 0x61C8_8647,
+        ftype: FileType::Q8_0,
     }
 }
 
@@ -835,7 +829,7 @@ pub fn builtin_model() -> GgufFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
+    use crate::backend::{Backend, Rows};
     use crate::cpu::CpuBackend;
     use crate::tokenizer::Tokenizer;
     use crate::weights::Weights;
@@ -856,7 +850,7 @@ mod tests {
             ids.len() < 20,
             "learnt merges shorten the 27 bytes: {ids:?}"
         );
-        let logits = cpu.forward(&ids, 0, true).unwrap();
+        let logits = cpu.feed_logits(&ids, 0, Rows::All).unwrap();
         assert_eq!(logits.len(), ids.len() * cfg.vocab);
         assert!(logits.iter().all(|v| v.is_finite()));
         // Random weights of std 1/sqrt(fan_in) give logits of order 1, not 0 or 1e6.
@@ -916,6 +910,7 @@ mod tests {
             layers: None,
             vocab: None,
             seed: 0,
+            ftype: FileType::Q8_0,
         })
         .unwrap();
         // embedding and head, 46 MoE layers of 18 tensors, 1 dense layer of 13, output_norm
@@ -932,6 +927,97 @@ mod tests {
             .find(|t| t.name == "blk.3.attn_k_b.weight")
             .unwrap();
         assert_eq!(k_b.dims, [192, 512, 20]);
+    }
+
+    /// The tiny preset planned at each llama-quantize file type has the tensors and the
+    /// per-tensor types of the fixture llama-quantize wrote from the same shapes.
+    #[test]
+    fn tiny_plans_match_llama_quantize_fixtures() {
+        for (ftype, fixture) in [
+            (FileType::Q4_0, "tiny-q4_0"),
+            (FileType::Q2_K, "tiny-q2_k"),
+            (FileType::Q5_K_M, "tiny-q5_k_m"),
+            (FileType::Q6_K, "tiny-q6_k"),
+            (FileType::Q8_0, "tiny-q8_0"),
+        ] {
+            let path = format!(
+                "{}/tests/fixtures/{fixture}.gguf",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let file = GgufFile::open(&path).unwrap();
+            let m = SynthModel::new(&SynthOptions {
+                preset: Preset::Tiny,
+                layers: None,
+                vocab: None,
+                seed: 0,
+                ftype,
+            })
+            .unwrap();
+            let mut planned: Vec<_> = m
+                .writer
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone(), t.ggml_type))
+                .collect();
+            let mut want: Vec<_> = file
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone(), t.ggml_type))
+                .collect();
+            planned.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(planned, want, "{fixture}");
+        }
+    }
+
+    /// Sizes of the full model's tensor data at each file type (llama.cpp's files of the real
+    /// model: Q8_0 31.8 GB, Q6_K 24.8, Q5_K_M 21.6, Q4_K_M 18.5).
+    #[test]
+    fn full_preset_sizes_per_file_type() {
+        for (ftype, lo, hi) in [
+            (FileType::Q8_0, 31.0, 32.5),
+            (FileType::Q6_K, 24.0, 25.5),
+            (FileType::Q5_K_M, 20.5, 22.0),
+            (FileType::Q4_K_M, 17.5, 19.0),
+            (FileType::Q4_0, 16.0, 18.0),
+            (FileType::Q2_K, 9.0, 12.0),
+        ] {
+            let m = SynthModel::new(&SynthOptions {
+                preset: Preset::Full,
+                layers: None,
+                vocab: None,
+                seed: 0,
+                ftype,
+            })
+            .unwrap();
+            let gb = m.tensor_bytes() as f64 / 1e9;
+            println!("full {}: {gb:.2} GB", ftype.name());
+            assert!((lo..hi).contains(&gb), "{}: {gb} GB", ftype.name());
+        }
+    }
+
+    /// Every type a K-quant mix uses is written and read back: a small K-quant model runs.
+    #[test]
+    fn kquant_synth_model_loads_and_runs() {
+        let m = SynthModel::new(&SynthOptions {
+            ftype: FileType::Q4_K_M,
+            ..builtin_options()
+        })
+        .unwrap();
+        let mut bytes = Vec::new();
+        m.write(&mut bytes, &mut |_| {}).unwrap();
+        let file = GgufFile::from_vec("q4_k_m.gguf", bytes).unwrap();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let types: std::collections::BTreeSet<String> =
+            file.tensors.iter().map(|t| t.ggml_type.name()).collect();
+        assert_eq!(
+            types.into_iter().collect::<Vec<_>>(),
+            ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
+        );
+        let weights = Weights::from_gguf(&file, &cfg).unwrap();
+        let mut cpu = CpuBackend::new(&cfg, &weights, 16, 1).unwrap();
+        let logits = cpu.feed_logits(&[5, 6, 7], 0, Rows::All).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
     }
 
     #[test]

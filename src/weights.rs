@@ -5,12 +5,14 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::formats::{self, WeightFormat};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
-use crate::quant;
 
 /// A weight matrix stored row by row in the file: `[rows][cols]` of `ty`.
 #[derive(Clone, Copy)]
 pub struct Matrix<'a> {
+    /// The tensor it comes from, for messages.
+    pub name: &'a str,
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
@@ -31,6 +33,7 @@ impl<'a> Matrix<'a> {
     pub fn rows(&self, start: usize, n: usize) -> Matrix<'a> {
         let rb = self.row_bytes();
         Matrix {
+            name: self.name,
             ty: self.ty,
             rows: n,
             cols: self.cols,
@@ -38,12 +41,18 @@ impl<'a> Matrix<'a> {
         }
     }
 
+    /// The storage format (the loader admits only types that have one).
+    pub fn format(&self) -> &'static WeightFormat {
+        formats::of(self.ty)
+            .unwrap_or_else(|| panic!("{}: type {} has no format", self.name, self.ty))
+    }
+
     pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
-        quant::dot(self.ty, self.row(r), x)
+        self.format().dot(self.row(r), x)
     }
 
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        quant::dequantize(self.ty, self.row(r), out)
+        self.format().dequantize(self.row(r), out)
     }
 }
 
@@ -153,6 +162,31 @@ impl<'a> Weights<'a> {
         })
     }
 
+    /// Every matrix of the model, each expert stack as its whole tensor (a fused gate/up
+    /// tensor twice).
+    pub fn matrices(&self) -> Vec<Matrix<'a>> {
+        let mut out = vec![self.token_embd, self.output];
+        for l in &self.layers {
+            out.extend([
+                l.attn_q_a,
+                l.attn_q_b,
+                l.attn_kv_a_mqa,
+                l.attn_k_b,
+                l.attn_v_b,
+                l.attn_output,
+            ]);
+            let dense = |d: &DenseFfn<'a>| [d.gate, d.up, d.down];
+            match &l.ffn {
+                Ffn::Dense(d) => out.extend(dense(d)),
+                Ffn::Moe(m) => {
+                    out.extend([m.gate_inp, m.gate_exps.all, m.up_exps.all, m.down_exps.all]);
+                    out.extend(m.shexp.as_ref().map(dense).into_iter().flatten());
+                }
+            }
+        }
+        out
+    }
+
     /// Bytes of weights one decoded token reads (attention, the dense FFN, the experts a
     /// token uses, the shared expert, the head), for bandwidth figures.
     pub fn bytes_per_token(&self, cfg: &Config) -> u64 {
@@ -257,11 +291,11 @@ impl<'a> Loader<'a> {
                 t.dims, want
             )));
         }
-        if !quant::is_supported(t.ggml_type) {
+        if formats::of(t.ggml_type).is_none() {
             return Err(self.err(format!(
                 "tensor {name} has type {}, which is not supported (supported: {})",
                 t.ggml_type,
-                quant::supported_names()
+                formats::supported_names()
             )));
         }
         Ok(t)
@@ -271,6 +305,7 @@ impl<'a> Loader<'a> {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix<'a>> {
         let t = self.tensor(name, &[cols, rows])?;
         Ok(Matrix {
+            name: &t.name,
             ty: t.ggml_type,
             rows,
             cols,
@@ -282,6 +317,7 @@ impl<'a> Loader<'a> {
     fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Matrix<'a>> {
         let t = self.tensor(name, &[cols, rows, n])?;
         Ok(Matrix {
+            name: &t.name,
             ty: t.ggml_type,
             rows: n * rows,
             cols,
@@ -292,7 +328,9 @@ impl<'a> Loader<'a> {
     fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         let t = self.tensor(name, &[n])?;
         let mut out = vec![0f32; n];
-        quant::dequantize(t.ggml_type, self.f.tensor_data(t), &mut out);
+        formats::of(t.ggml_type)
+            .expect("checked by tensor()")
+            .dequantize(self.f.tensor_data(t), &mut out);
         Ok(out)
     }
 

@@ -318,6 +318,55 @@ fn synth_writes_a_model_that_runs() {
     assert!(!text.trim().is_empty());
 }
 
+/// `synth --ftype` writes llama-quantize's type mix; `info` shows it per tensor with the GPU
+/// layout; the CPU runs it.
+#[test]
+fn synth_writes_kquant_mixes() {
+    let out = temp_path("synth-q4_k_m.gguf");
+    let args = [
+        "synth", "--preset", "tiny", "--layers", "2", "--vocab", "1000", "--ftype", "q4_k_m",
+        "--out",
+    ];
+    let (_, stderr) = ok(&[&args[..], &[path_str(&out)]].concat());
+    assert!(stderr.contains("Q4_K_M"), "{stderr}");
+    let (info, _) = ok(&["info", "-m", path_str(&out)]);
+    assert!(info.contains("file type: 15 (Q4_K_M)"), "{info}");
+    assert!(
+        info.contains("output.weight                      Q6_K   -"),
+        "{info}"
+    );
+    assert!(
+        info.contains("blk.1.attn_k_b.weight              Q5_0"),
+        "{info}"
+    );
+    assert!(info.contains("gpu: cannot run this file yet"), "{info}");
+    let (text, _) = ok(&[
+        "run",
+        "-m",
+        path_str(&out),
+        "-p",
+        "The sea",
+        "-n",
+        "3",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+    ]);
+    std::fs::remove_file(&out).ok();
+    assert!(!text.trim().is_empty());
+    // An unknown type is a usage error (clap's exit code 2) listing the known ones.
+    let bad = glm_flash(&[
+        "synth", "--preset", "tiny", "--ftype", "q3_k_m", "--out", "x.gguf",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown file type \"q3_k_m\" (known: q8_0, q4_0"),
+        "{err}"
+    );
+}
+
 #[test]
 fn broken_files_give_errors_not_panics() {
     let missing = fails(&["info", "-m", "/nonexistent/model.gguf"]);

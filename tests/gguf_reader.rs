@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use common::model_file::{micro_model, SplitMix64};
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::error::Error;
@@ -780,7 +780,7 @@ fn load(bytes: Vec<u8>, out: &mut Outcomes) {
     };
     out.loaded += 1;
     let mut cpu = CpuBackend::new(&cfg, &weights, 8, 1).unwrap();
-    let _ = cpu.forward(&[0, 1], 0, true);
+    let _ = cpu.feed_logits(&[0, 1], 0, Rows::All);
 }
 
 /// Thousands of random corruptions of a valid micro model: every one parses or fails with

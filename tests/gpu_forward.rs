@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
-use glm_flash::gguf::GgufFile;
+use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::{GpuBackend, GpuOptions};
 use glm_flash::weights::Weights;
 
@@ -28,7 +28,7 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
         let mut gpu = GpuBackend::new(&cfg, &weights, CONTEXT, opts).unwrap();
         println!("{label}: {}", gpu.describe());
         let t = std::time::Instant::now();
-        let got = gpu.forward(&case.tokens, 0, true).unwrap();
+        let got = gpu.feed_logits(&case.tokens, 0, Rows::All).unwrap();
         println!(
             "{label} {name}: {} tokens in {:.2?}",
             case.tokens.len(),
@@ -37,7 +37,7 @@ fn gpu_matches_reference(opts: &GpuOptions, label: &str) -> Vec<Vec<usize>> {
         check_against_reference(&case, &got, F32_TOLERANCE, label);
 
         let mut cpu = CpuBackend::new(&cfg, &weights, CONTEXT, 0).unwrap();
-        let want = cpu.forward(&case.tokens, 0, true).unwrap();
+        let want = cpu.feed_logits(&case.tokens, 0, Rows::All).unwrap();
         let rows = rel_l2_rows(&want, &got, case.vocab);
         let max = rows.iter().cloned().fold(0f64, f64::max);
         println!(
@@ -91,14 +91,14 @@ fn gpu_greedy_tokens_equal_cpu_for_32_steps() {
     let mut gpu = GpuBackend::new(&cfg, &weights, 256, &GpuOptions::default()).unwrap();
     let mut cpu = CpuBackend::new(&cfg, &weights, 256, 0).unwrap();
     let prompt = &case.tokens[..case.n_prompt];
-    let mut g = gpu.forward_argmax(prompt, 0).unwrap();
-    let mut c = cpu.forward_argmax(prompt, 0).unwrap();
+    let mut g = gpu.feed_argmax(prompt, 0).unwrap();
+    let mut c = cpu.feed_argmax(prompt, 0).unwrap();
     let mut generated = Vec::new();
     for (step, pos) in (prompt.len()..).take(32).enumerate() {
         assert_eq!(g, c, "step {step}: gpu {g} cpu {c} after {generated:?}");
         generated.push(g);
-        g = gpu.forward_argmax(&[g], pos).unwrap();
-        c = cpu.forward_argmax(&[c], pos).unwrap();
+        g = gpu.feed_argmax(&[g], pos).unwrap();
+        c = cpu.feed_argmax(&[c], pos).unwrap();
     }
     println!("greedy: {generated:?}");
     // Greedy decoding reads back the 4-byte id only, in one submit of one pass.
@@ -129,14 +129,15 @@ fn gpu_decode_greedy_chains_on_the_gpu_and_equals_cpu() {
         .unwrap();
         ids
     };
-    let first = cpu.forward_argmax(prompt, 0).unwrap();
-    assert_eq!(gpu.forward_argmax(prompt, 0).unwrap(), first);
+    let first = cpu.feed_argmax(prompt, 0).unwrap();
+    assert_eq!(gpu.feed_argmax(prompt, 0).unwrap(), first);
     let pos = prompt.len();
     let want = decode(&mut cpu, first, pos, 100, usize::MAX);
     // The context ends after 40 more positions: 40 ids, the last one not fed.
     assert_eq!(want.len(), 40);
     let head = decode(&mut gpu, first, pos, 100, 13);
     assert_eq!(head, want[..13], "first 13 ids");
+    assert_eq!(gpu.cache_len(), pos + 13, "the 13th id is not in the cache");
     let tail = decode(&mut gpu, head[12], pos + 13, 100, usize::MAX);
     assert_eq!(tail, want[13..], "the ids after stopping and going on");
     println!("gpu decode_greedy = cpu: {want:?}");
@@ -148,7 +149,7 @@ fn gpu_work_per_token_and_binding_discipline() {
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
-    gpu.forward_argmax(&[1, 2, 3], 0).unwrap();
+    gpu.feed_argmax(&[1, 2, 3], 0).unwrap();
     let stats = gpu.stats().clone();
     println!(
         "per layer: {:?}; last token: {:?}",
@@ -188,12 +189,22 @@ fn gpu_rewind_recomputes_like_a_fresh_run() {
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
-    let first = gpu.forward(&[5, 6, 7, 8], 0, false).unwrap();
-    gpu.forward(&[9, 10], 4, false).unwrap();
-    let again = gpu.forward(&[7, 8], 2, false).unwrap();
+    let first = gpu.feed_logits(&[5, 6, 7, 8], 0, Rows::Last).unwrap();
+    gpu.feed_logits(&[9, 10], 4, Rows::Last).unwrap();
+    let err = gpu
+        .feed_logits(&[7, 8], 2, Rows::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("position 2") && err.contains("holds 6"),
+        "{err}"
+    );
+    gpu.truncate(2).unwrap();
+    assert_eq!(gpu.cache_len(), 2);
+    let again = gpu.feed_logits(&[7, 8], 2, Rows::Last).unwrap();
     assert_eq!(first, again);
     assert!(
-        gpu.forward(&[1], 64, false).is_err(),
+        gpu.feed_logits(&[1], 64, Rows::Last).is_err(),
         "position past the context must fail"
     );
 }
@@ -219,5 +230,62 @@ fn gpu_buffer_over_the_device_limit_is_an_error_naming_the_tensor() {
     assert!(
         err.contains("1048576 bytes") && err.contains("65536 bytes"),
         "{err}"
+    );
+}
+
+/// A file with a type the GPU cannot compute with yet is refused before anything is
+/// uploaded, naming the tensor, its type and the types the GPU takes (so `--backend auto`
+/// falls back to the CPU with a reason).
+#[test]
+fn gpu_refuses_kquant_files_by_tensor_and_type() {
+    let case = load_case("small2-q4_k_m.chat");
+    let file = GgufFile::open(&case.gguf).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let Err(e) = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()) else {
+        panic!("the GPU accepted a Q4_K_M file");
+    };
+    let msg = e.to_string();
+    for needle in [
+        "tensor token_embd.weight has type Q4_K",
+        "GPU types: F32, F16, BF16, Q8_0",
+    ] {
+        assert!(msg.contains(needle), "{msg:?} does not say {needle:?}");
+    }
+}
+
+/// A stacked GPU matrix whose parts differ in type (here the shared expert's down projection
+/// made F16 under Q8_0 routed experts) is stored as f32 by the stated policy: the logits
+/// still match the CPU's on the same weights.
+#[test]
+fn gpu_mixed_type_stack_matches_cpu() {
+    use common::model_file::ModelFile;
+    let tiny = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
+    let mut m = ModelFile::read(&tiny);
+    let t = m.tensor_mut("blk.1.ffn_down_shexp.weight");
+    assert_eq!(t.ty, GgmlType::Q8_0);
+    let q8 = glm_flash::formats::of(GgmlType::Q8_0).unwrap();
+    let mut values = vec![0f32; t.data.len() / q8.block_bytes * q8.block_values];
+    q8.dequantize(&t.data, &mut values);
+    t.data = values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+        .collect();
+    t.ty = GgmlType::F16;
+    let file = m.parse("mixed.gguf");
+    let cfg = Config::from_gguf(&file).unwrap();
+    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let tokens = &load_case("tiny-q8_0.short").tokens[..12];
+    let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &weights, 64, 0).unwrap();
+    let got = gpu.feed_logits(tokens, 0, Rows::All).unwrap();
+    let want = cpu.feed_logits(tokens, 0, Rows::All).unwrap();
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU logits");
+    let max = rel_l2_rows(&want, &got, cfg.vocab)
+        .into_iter()
+        .fold(0f64, f64::max);
+    assert!(
+        max <= F32_TOLERANCE,
+        "mixed stack: GPU vs CPU rel L2 {max:.3e}"
     );
 }

@@ -8,6 +8,7 @@ mod common;
 use common::fixture;
 use glm_flash::config::Config;
 use glm_flash::cpu::ops;
+use glm_flash::formats;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::kernels::{
     argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
@@ -16,7 +17,6 @@ use glm_flash::gpu::pipelines::{run, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
 use glm_flash::gpu::{GpuContext, GpuOptions};
 use glm_flash::ops_common::argmax as cpu_argmax;
-use glm_flash::quant;
 use glm_flash::weights::Matrix;
 
 const TOL: f32 = 2e-5;
@@ -87,7 +87,9 @@ fn contexts() -> Vec<(String, GpuContext)> {
 
 fn q8_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
-    quant::quantize_q8_0(&rng.vec(rows * cols), &mut bytes);
+    formats::of(GgmlType::Q8_0)
+        .unwrap()
+        .quantize(&rng.vec(rows * cols), &mut bytes);
     bytes
 }
 
@@ -107,6 +109,7 @@ fn matvec_with_many_rows_per_workgroup_matches_cpu() {
     let (rows, cols) = (32768 + 13, 64);
     let q8 = q8_matrix(&mut rng, rows, cols);
     let m = Matrix {
+        name: "test matrix",
         ty: GgmlType::Q8_0,
         rows,
         cols,
@@ -153,12 +156,14 @@ fn matvec_matches_cpu_in_every_variant() {
     let f32_bytes: Vec<u8> = bytemuck::cast_slice(&f32s).to_vec();
     let mats = [
         Matrix {
+            name: "test matrix",
             ty: GgmlType::Q8_0,
             rows,
             cols,
             data: &q8,
         },
         Matrix {
+            name: "test matrix",
             ty: GgmlType::F32,
             rows,
             cols,
@@ -248,6 +253,7 @@ fn embed_matches_dequantize_row() {
     let (rows, cols) = (200, 128);
     let q8 = q8_matrix(&mut rng, rows, cols);
     let m = Matrix {
+        name: "test matrix",
         ty: GgmlType::Q8_0,
         rows,
         cols,
@@ -405,6 +411,7 @@ fn routed_gate_up_matches_cpu_route_including_ties() {
         let gate = q8_matrix(&mut rng, stack_rows, hidden);
         let upm = q8_matrix(&mut rng, stack_rows, hidden);
         let m = |data| Matrix {
+            name: "test matrix",
             ty: GgmlType::Q8_0,
             rows: stack_rows,
             cols: hidden,
@@ -499,18 +506,21 @@ fn expert_ffn_matches_cpu() {
     let down = q8_matrix(&mut rng, experts * hidden, ffn);
     let (gate, upm, down) = (
         Matrix {
+            name: "test matrix",
             ty: GgmlType::Q8_0,
             rows: experts * ffn,
             cols: hidden,
             data: &gate,
         },
         Matrix {
+            name: "test matrix",
             ty: GgmlType::Q8_0,
             rows: experts * ffn,
             cols: hidden,
             data: &upm,
         },
         Matrix {
+            name: "test matrix",
             ty: GgmlType::Q8_0,
             rows: experts * hidden,
             cols: ffn,

@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use common::*;
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::GgufFile;
@@ -77,7 +77,7 @@ struct GreedyRun {
 /// (every step's logits checked for NaN/Inf).
 fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> GreedyRun {
     let t = Instant::now();
-    let mut logits = b.forward(prompt, 0, false).unwrap();
+    let mut logits = b.feed_logits(prompt, 0, Rows::Last).unwrap();
     let mut pos = prompt.len();
     let (mut ids, mut gaps) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut rss = [0; 2];
@@ -94,7 +94,7 @@ fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> GreedyR
         if ids.len() == n {
             break;
         }
-        logits = b.forward(&[next], pos, false).unwrap();
+        logits = b.feed_logits(&[next], pos, Rows::Last).unwrap();
         pos += 1;
     }
     println!(
@@ -125,8 +125,8 @@ fn cpu_greedy() -> &'static GreedyRun {
     })
 }
 
-/// Greedy-decodes on the GPU, reading back and checking every step's logits (`forward`,
-/// not just `forward_argmax`).
+/// Greedy-decodes on the GPU, reading back and checking every step's logits (`feed_logits`,
+/// not just `feed_argmax`).
 fn gpu_greedy() -> &'static GreedyRun {
     GPU_GREEDY.get_or_init(|| {
         let (cfg, w) = tiny();
@@ -191,7 +191,7 @@ fn fill(b: &mut dyn Backend, tokens: &[u32], chunk: usize, label: &str) -> Vec<f
     let mut logits = Vec::new();
     for (i, c) in tokens.chunks(chunk).enumerate() {
         let pos = i * chunk;
-        logits = b.forward(c, pos, false).unwrap();
+        logits = b.feed_logits(c, pos, Rows::Last).unwrap();
         assert_finite(&logits, label, pos + c.len() - 1);
     }
     println!(
@@ -216,7 +216,7 @@ fn cpu_fill() -> &'static Vec<f32> {
         assert_eq!(cpu.max_context(), FILL);
         let logits = fill(&mut cpu, &forced_tokens(FILL, cfg.vocab), FILL_CHUNK, "cpu");
         // The cache is full: one more position is an error, not a write past the end.
-        assert!(cpu.forward(&[1], FILL, false).is_err());
+        assert!(cpu.feed_logits(&[1], FILL, Rows::Last).is_err());
         logits
     })
 }
@@ -238,7 +238,7 @@ fn gpu_full_8192_position_cache_gives_finite_logits_like_the_cpu() {
     let mut gpu = GpuBackend::new(&cfg, &w, n, &GpuOptions::default()).unwrap();
     assert_eq!(gpu.max_context(), n);
     let got = fill(&mut gpu, &tokens, FILL_CHUNK, "gpu");
-    assert!(gpu.forward(&[1], n, false).is_err());
+    assert!(gpu.feed_logits(&[1], n, Rows::Last).is_err());
     let rel = rel_l2_rows(want, &got, cfg.vocab)[0];
     println!("position {}: gpu vs cpu rel L2 {rel:.3e}", n - 1);
     assert!(

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use common::fixture;
 use common::model_file::{micro_model, ModelFile};
-use glm_flash::backend::Backend;
+use glm_flash::backend::{Backend, Rows};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::{GgmlType, GgufFile, Value, ValueType};
@@ -58,7 +58,7 @@ fn logits(f: &GgufFile) -> Vec<f32> {
     let cfg = Config::from_gguf(f).unwrap();
     let w = Weights::from_gguf(f, &cfg).unwrap();
     let mut cpu = CpuBackend::new(&cfg, &w, 64, 2).unwrap();
-    cpu.forward(&TOKENS, 0, true).unwrap()
+    cpu.feed_logits(&TOKENS, 0, Rows::All).unwrap()
 }
 
 fn tiny_logits() -> &'static [f32] {
@@ -155,13 +155,13 @@ fn unsupported_tensor_type() {
         |m| {
             let t = m.tensor_mut(name);
             assert_eq!(t.dims, [256, 96]);
-            t.ty = GgmlType(12);
-            // Q4_K: 256 values in 144 bytes; one block per row.
-            t.data = vec![0; 96 * 144];
+            t.ty = GgmlType(16);
+            // IQ2_XXS: 256 values in 66 bytes; one block per row.
+            t.data = vec![0; 96 * 66];
         },
         &[
-            &format!("tensor {name} has type Q4_K, which is not supported"),
-            "F32, F16, BF16, Q8_0",
+            &format!("tensor {name} has type IQ2_XXS, which is not supported"),
+            "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4",
         ],
     );
 }

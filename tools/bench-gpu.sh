@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Full-size benchmark on the GPU machine (see ../shared/device/README.md):
+# Full-size benchmark on a GPU machine without a Rust toolchain or a Vulkan loader:
 #   - prebuilt binaries in .bin/: cargo build --release && mkdir -p .bin &&
-#     cp target/release/glm-flash .bin/ && git rev-parse HEAD > .bin/COMMIT
-#   - the Vulkan loader and glvnd .debs in .gl/ (the NVIDIA ICD lives in libGLX_nvidia,
-#     which needs glvnd's dispatch libraries; see /work/.library/device/README.md)
+#     cp target/release/glm-flash .bin/ && strip .bin/glm-flash && git rev-parse HEAD > .bin/COMMIT
+#   - the Vulkan loader (libvulkan1) and glvnd .debs in .gl/ (the NVIDIA ICD lives in
+#     libGLX_nvidia, which needs glvnd's dispatch libraries); they are unpacked into / below.
 # Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at context 128 and
-# 512, 4096 and 8192 (attention at the contexts issue 4 names) and a 512-token prefill on
+# 512, 4096 and 8192 (attention as the context grows) and a 512-token prefill on
 # the GPU, leaving JSON and logs under $OUT.
 #
 #   tools/bench-gpu.sh [MODEL_PATH]

@@ -1,32 +1,32 @@
 //! The CPU reference backend: the specification of every op, multi-threaded with rayon.
 //!
-//! One token goes through `forward_token`, which reads top to bottom: embedding, then per
-//! layer the MLA attention and the dense or MoE feed-forward, then the head. Intermediates carry llama.cpp's names so a parity failure can name the
+//! Tokens go through [`forward`] as a block of rows (`[tokens][hidden]`), one micro-batch at
+//! a time; it reads top to bottom like the model's step list, and decoding one token is the
+//! block of one row. Intermediates carry llama.cpp's names so a parity failure can name the
 //! first tensor that differs.
 
+pub mod matmul;
 pub mod ops;
 
 use rayon::prelude::*;
 
-use crate::backend::Backend;
+use crate::backend::{check_feed, check_truncate, Backend, Output, Rows, Want};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ops_common::check_positions;
-use crate::weights::{DenseFfn, Ffn, Layer, MoeFfn, Weights};
-use ops::{matvec, rmsnorm, rmsnorm_inplace, rope};
+use crate::weights::{DenseFfn, Ffn, Layer, Matrix, MoeFfn, Weights};
+use matmul::{gemm_nt, matmul, OutLayout, RowsOf};
+use ops::{rmsnorm, rmsnorm_inplace, rope};
 
-/// Activations and the latent cache: the CPU backend's own state.
-pub struct CpuState {
-    /// Per layer: `[positions][kv_lora + rope]`, the compressed latent and the roped k_pe.
-    pub kv_cache: Vec<Vec<f32>>,
-    /// [hidden] the residual stream.
-    x: Vec<f32>,
-}
+/// Tokens one pass of [`forward`] takes at most. Activations are sized by it, not by the
+/// prompt; a larger batch runs each expert over more tokens per reading of its weights.
+pub const MICRO_BATCH: usize = 128;
 
 pub struct CpuBackend<'a> {
     cfg: Config,
     w: &'a Weights<'a>,
-    state: CpuState,
+    /// Per layer: `[positions][kv_lora + rope]`, the compressed latent and the roped k_pe.
+    kv_cache: Vec<Vec<f32>>,
+    cache_len: usize,
     max_context: usize,
     pool: rayon::ThreadPool,
 }
@@ -46,139 +46,234 @@ impl<'a> CpuBackend<'a> {
         Ok(CpuBackend {
             cfg: cfg.clone(),
             w,
-            state: CpuState {
-                kv_cache: vec![Vec::new(); cfg.n_layers],
-                x: vec![0.0; cfg.hidden],
-            },
+            kv_cache: vec![Vec::new(); cfg.n_layers],
+            cache_len: 0,
             max_context: max_context.min(cfg.context_length),
             pool,
         })
     }
 }
 
-/// One token at `pos` through every layer; returns the logits.
-fn forward_token(
+/// `tokens` at positions `pos..` (the cache length) through every layer, appending their
+/// cache rows; returns what `want` asks for.
+fn forward(
     cfg: &Config,
     w: &Weights,
-    state: &mut CpuState,
-    token: u32,
+    kv_cache: &mut [Vec<f32>],
+    tokens: &[u32],
     pos: usize,
-) -> Vec<f32> {
-    // Rewinding (a new prompt over an old cache) drops the positions after `pos`.
-    let row = cfg.cache_row();
-    for cache in &mut state.kv_cache {
-        cache.truncate(pos * row);
+    want: Want,
+) -> Output {
+    let (n, hidden, eps) = (tokens.len(), cfg.hidden, cfg.rms_eps);
+    let mut x = vec![0f32; n * hidden]; // inp_embd, then the residual stream
+    for (row, &t) in x.chunks_exact_mut(hidden).zip(tokens) {
+        w.token_embd.dequantize_row(t as usize, row);
     }
-    let x = &mut state.x;
-    w.token_embd.dequantize_row(token as usize, x);
-    for (l, layer) in w.layers.iter().enumerate() {
-        let attn_out = attention(cfg, layer, x, pos, &mut state.kv_cache[l]);
-        ops::add(x, &attn_out);
-        let mut ffn_inp = vec![0f32; cfg.hidden];
-        rmsnorm(x, &layer.ffn_norm, cfg.rms_eps, &mut ffn_inp);
+    for (layer, cache) in w.layers.iter().zip(kv_cache) {
+        let attn_out = attention(cfg, layer, &x, pos, cache);
+        ops::add(&mut x, &attn_out);
+        let ffn_inp = rmsnorm_rows(&x, &layer.ffn_norm, eps);
         let ffn_out = match &layer.ffn {
             Ffn::Dense(d) => dense_ffn(d, &ffn_inp),
             Ffn::Moe(m) => moe_ffn(cfg, m, &ffn_inp),
         };
-        ops::add(x, &ffn_out);
+        ops::add(&mut x, &ffn_out);
     }
-    let mut result_norm = vec![0f32; cfg.hidden];
-    rmsnorm(x, &w.output_norm, cfg.rms_eps, &mut result_norm);
-    let mut result_output = vec![0f32; cfg.vocab];
-    matvec(&w.output, &result_norm, &mut result_output);
-    result_output
+    // Only the rows asked for go through the output norm and the LM head.
+    let rows = match want {
+        Want::Nothing => return Output::Nothing,
+        Want::Logits(Rows::All) | Want::Hidden(Rows::All) => &x[..],
+        Want::Logits(Rows::Last) | Want::Hidden(Rows::Last) | Want::Argmax => {
+            &x[(n - 1) * hidden..]
+        }
+    };
+    let result_norm = rmsnorm_rows(rows, &w.output_norm, eps);
+    if let Want::Hidden(_) = want {
+        return Output::Hidden(result_norm);
+    }
+    let result_output = mul(&w.output, &result_norm);
+    match want {
+        Want::Argmax => Output::Argmax(crate::ops_common::argmax(&result_output)),
+        _ => Output::Logits(result_output),
+    }
 }
 
-/// MLA attention of one token, absorbed form: the cache holds only `[latent | k_pe]`.
+/// MLA attention of a block of tokens, absorbed form: the cache holds only
+/// `[latent | k_pe]`, and every head attends to it as keys and (the latent) as values.
 fn attention(cfg: &Config, layer: &Layer, x: &[f32], pos: usize, cache: &mut Vec<f32>) -> Vec<f32> {
     let (heads, nope, rope_dims, kv) = (cfg.n_heads, cfg.qk_nope, cfg.qk_rope, cfg.kv_lora_rank);
-    let head_dim = nope + rope_dims;
-    let mut attn_norm = vec![0f32; cfg.hidden];
-    rmsnorm(x, &layer.attn_norm, cfg.rms_eps, &mut attn_norm);
+    let (head_dim, row, eps) = (nope + rope_dims, cfg.cache_row(), cfg.rms_eps);
+    let n = x.len() / cfg.hidden;
+    let attn_norm = rmsnorm_rows(x, &layer.attn_norm, eps);
 
     // q = q_b · norm(q_a · h), per head [q_nope | q_pe]
-    let mut q_a = vec![0f32; cfg.q_lora_rank];
-    matvec(&layer.attn_q_a, &attn_norm, &mut q_a);
-    rmsnorm_inplace(&mut q_a, &layer.attn_q_a_norm, cfg.rms_eps);
-    let mut q = vec![0f32; heads * head_dim];
-    matvec(&layer.attn_q_b, &q_a, &mut q);
+    let mut q_a = mul(&layer.attn_q_a, &attn_norm);
+    for r in q_a.chunks_exact_mut(cfg.q_lora_rank) {
+        rmsnorm_inplace(r, &layer.attn_q_a_norm, eps);
+    }
+    let mut q = mul(&layer.attn_q_b, &q_a);
 
-    // [kv_cmpr | k_pe] = kv_a · h; only the latent is normed.
-    let mut kv_cmpr_pe = vec![0f32; kv + rope_dims];
-    matvec(&layer.attn_kv_a_mqa, &attn_norm, &mut kv_cmpr_pe);
-    let (kv_cmpr, k_pe) = kv_cmpr_pe.split_at_mut(kv);
-    rmsnorm_inplace(kv_cmpr, &layer.attn_kv_a_norm, cfg.rms_eps);
-    rope(k_pe, pos, cfg.rope_base);
-    for q_head in q.chunks_exact_mut(head_dim) {
-        rope(&mut q_head[nope..], pos, cfg.rope_base);
+    // [kv_cmpr | k_pe] = kv_a · h; only the latent is normed. Each token ropes at its own
+    // position and its cache row is appended before attending, so it sees itself.
+    let mut kv_cmpr_pe = mul(&layer.attn_kv_a_mqa, &attn_norm);
+    for (i, (q_row, kv_row)) in q
+        .chunks_exact_mut(heads * head_dim)
+        .zip(kv_cmpr_pe.chunks_exact_mut(row))
+        .enumerate()
+    {
+        let (kv_cmpr, k_pe) = kv_row.split_at_mut(kv);
+        rmsnorm_inplace(kv_cmpr, &layer.attn_kv_a_norm, eps);
+        rope(k_pe, pos + i, cfg.rope_base);
+        for q_head in q_row.chunks_exact_mut(head_dim) {
+            rope(&mut q_head[nope..], pos + i, cfg.rope_base);
+        }
     }
     cache.extend_from_slice(&kv_cmpr_pe);
-    let row = kv + rope_dims;
-    let n_ctx = pos + 1;
+    let n_ctx = pos + n;
     debug_assert_eq!(cache.len(), n_ctx * row);
+    // The latents as `[kv][n_ctx]`, so that the context (scores times latents) is a product
+    // of rows like the scores are; shared by every head.
+    let mut latent_t = vec![0f32; kv * n_ctx];
+    for (t, r) in cache.chunks_exact(row).enumerate() {
+        for (d, &v) in r[..kv].iter().enumerate() {
+            latent_t[d * n_ctx + t] = v;
+        }
+    }
 
     // Per head: absorb k_b into q, attend over the latent cache, expand with v_b.
     let scale = cfg.attn_scale();
-    let mut o = vec![0f32; heads * cfg.v_head];
-    o.par_chunks_mut(cfg.v_head)
-        .enumerate()
-        .for_each(|(h, o_head)| {
-            let q_nope = &q[h * head_dim..h * head_dim + nope];
-            let q_pe = &q[h * head_dim + nope..(h + 1) * head_dim];
-            let k_b = layer.attn_k_b.rows(h * kv, kv);
-            let q_nope_absorbed: Vec<f32> = (0..kv).map(|r| k_b.dot_row(r, q_nope)).collect();
-            let mut kq: Vec<f32> = cache
-                .chunks_exact(row)
-                .map(|t| (ops::dot(&q_nope_absorbed, &t[..kv]) + ops::dot(q_pe, &t[kv..])) * scale)
-                .collect();
-            ops::softmax(&mut kq);
-            let mut kqv = vec![0f32; kv];
-            for (p, t) in kq.iter().zip(cache.chunks_exact(row)) {
-                kqv.iter_mut().zip(&t[..kv]).for_each(|(c, &l)| *c += p * l);
+    let per_head: Vec<Vec<f32>> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let q_head = |i: usize| &q[(i * heads + h) * head_dim..][..head_dim];
+            // q_nope_absorbed = k_b[h] · q_nope: the query in latent space
+            let q_nope: Vec<f32> = (0..n).flat_map(|i| &q_head(i)[..nope]).copied().collect();
+            let q_nope_absorbed = mul(&layer.attn_k_b.rows(h * kv, kv), &q_nope);
+            // [q_nope_absorbed | q_pe] against every cache row [latent | k_pe]
+            let mut query = vec![0f32; n * row];
+            for (i, qr) in query.chunks_exact_mut(row).enumerate() {
+                qr[..kv].copy_from_slice(&q_nope_absorbed[i * kv..][..kv]);
+                qr[kv..].copy_from_slice(&q_head(i)[nope..]);
             }
-            let v_b = layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head);
-            for (r, out) in o_head.iter_mut().enumerate() {
-                *out = v_b.dot_row(r, &kqv);
+            // kq[i][t], causal: token i (at pos + i) sees positions 0..=pos + i.
+            let mut kq = vec![0f32; n * n_ctx];
+            let cache_rows = RowsOf {
+                data: cache,
+                rows: n_ctx,
+                stride: row,
+            };
+            gemm_nt(
+                cache_rows,
+                RowsOf::packed(&query, row),
+                row,
+                &mut kq,
+                OutLayout {
+                    a_step: 1,
+                    b_step: n_ctx,
+                    accumulate: false,
+                },
+            );
+            for (i, scores) in kq.chunks_exact_mut(n_ctx).enumerate() {
+                let (seen, future) = scores.split_at_mut(pos + i + 1);
+                seen.iter_mut().for_each(|s| *s *= scale);
+                ops::softmax(seen);
+                future.fill(0.0);
             }
-        });
-    let mut attn_out = vec![0f32; cfg.hidden];
-    matvec(&layer.attn_output, &o, &mut attn_out);
-    attn_out
+            // kqv[i] = Σ_t kq[i][t] · latent[t]
+            let mut kqv = vec![0f32; n * kv];
+            gemm_nt(
+                RowsOf::packed(&latent_t, n_ctx),
+                RowsOf::packed(&kq, n_ctx),
+                n_ctx,
+                &mut kqv,
+                OutLayout {
+                    a_step: 1,
+                    b_step: kv,
+                    accumulate: false,
+                },
+            );
+            // kqv_out[h] = v_b[h] · kqv
+            mul(&layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head), &kqv)
+        })
+        .collect();
+    let mut kqv_out = vec![0f32; n * heads * cfg.v_head];
+    for (h, o) in per_head.iter().enumerate() {
+        for (i, o_row) in o.chunks_exact(cfg.v_head).enumerate() {
+            kqv_out[(i * heads + h) * cfg.v_head..][..cfg.v_head].copy_from_slice(o_row);
+        }
+    }
+    mul(&layer.attn_output, &kqv_out)
 }
 
+/// SwiGLU FFN of a block of rows: `down · (silu(gate · h) * (up · h))`.
 fn dense_ffn(d: &DenseFfn, h: &[f32]) -> Vec<f32> {
-    let mut gate = vec![0f32; d.gate.rows];
-    let mut up = vec![0f32; d.up.rows];
-    matvec(&d.gate, h, &mut gate);
-    matvec(&d.up, h, &mut up);
+    let mut gate = mul(&d.gate, h);
+    let up = mul(&d.up, h);
     ops::swiglu(&mut gate, &up);
-    let mut out = vec![0f32; d.down.rows];
-    matvec(&d.down, &gate, &mut out);
-    out
+    mul(&d.down, &gate)
 }
 
+/// MoE FFN of a block of rows: every token is routed, the tokens are grouped by expert, and
+/// each chosen expert runs once over its tokens (its weights read once); the shared expert
+/// runs over all of them.
 fn moe_ffn(cfg: &Config, m: &MoeFfn, h: &[f32]) -> Vec<f32> {
-    let mut ffn_moe_logits = vec![0f32; cfg.n_experts];
-    matvec(&m.gate_inp, h, &mut ffn_moe_logits);
-    let chosen = ops::route(
-        &ffn_moe_logits,
-        &m.exp_probs_b,
-        cfg.n_experts_used,
-        cfg.expert_weights_norm,
-        cfg.expert_weights_scale,
-    );
+    let hidden = cfg.hidden;
+    let ffn_moe_logits = mul(&m.gate_inp, h);
+    let mut tokens_of: Vec<Vec<(usize, f32)>> = vec![Vec::new(); cfg.n_experts];
+    for (t, logits) in ffn_moe_logits.chunks_exact(cfg.n_experts).enumerate() {
+        let chosen = ops::route(
+            logits,
+            &m.exp_probs_b,
+            cfg.n_experts_used,
+            cfg.expert_weights_norm,
+            cfg.expert_weights_scale,
+        );
+        for (e, weight) in chosen {
+            tokens_of[e].push((t, weight));
+        }
+    }
     let mut out = match &m.shexp {
         Some(shexp) => dense_ffn(shexp, h),
-        None => vec![0f32; cfg.hidden],
+        None => vec![0f32; h.len()],
     };
-    for (e, weight) in chosen {
+    for (e, tokens) in tokens_of.iter().enumerate() {
+        if tokens.is_empty() {
+            continue;
+        }
         let expert = DenseFfn {
             gate: m.gate_exps.expert(e),
             up: m.up_exps.expert(e),
             down: m.down_exps.expert(e),
         };
-        let y = dense_ffn(&expert, h);
-        out.iter_mut().zip(&y).for_each(|(o, v)| *o += weight * v);
+        let rows: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&(t, _)| &h[t * hidden..][..hidden])
+            .copied()
+            .collect();
+        let y = dense_ffn(&expert, &rows);
+        for (&(t, weight), y_row) in tokens.iter().zip(y.chunks_exact(hidden)) {
+            let o = &mut out[t * hidden..][..hidden];
+            o.iter_mut().zip(y_row).for_each(|(o, v)| *o += weight * v);
+        }
+    }
+    out
+}
+
+/// `m` times every row of `x`: `[rows of x][m.rows]`.
+fn mul(m: &Matrix, x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len() / m.cols * m.rows];
+    matmul(m, x, &mut out);
+    out
+}
+
+/// RMSNorm of every row of `x` (rows as long as `weight`).
+fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, r) in out
+        .chunks_exact_mut(weight.len())
+        .zip(x.chunks_exact(weight.len()))
+    {
+        rmsnorm(r, weight, eps, o);
     }
     out
 }
@@ -188,23 +283,57 @@ impl Backend for CpuBackend<'_> {
         format!("cpu, {} threads", self.pool.current_num_threads())
     }
 
-    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
-        check_positions(tokens, start_pos, self.max_context, self.cfg.vocab)?;
-        // A loop for now; the signature already fits a matrix-matrix prefill.
-        let mut out = Vec::new();
-        for (i, &t) in tokens.iter().enumerate() {
-            let (cfg, w, state) = (&self.cfg, self.w, &mut self.state);
-            let logits = self
-                .pool
-                .install(|| forward_token(cfg, w, state, t, start_pos + i));
-            if all_logits || i + 1 == tokens.len() {
-                out.extend_from_slice(&logits);
-            }
-        }
-        Ok(out)
-    }
-
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    fn cache_len(&self) -> usize {
+        self.cache_len
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        check_truncate(len, self.cache_len)?;
+        let row = self.cfg.cache_row();
+        for cache in &mut self.kv_cache {
+            cache.truncate(len * row);
+        }
+        self.cache_len = len;
+        Ok(())
+    }
+
+    fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
+        check_feed(
+            tokens,
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
+        let all_rows = matches!(want, Want::Logits(Rows::All) | Want::Hidden(Rows::All));
+        let chunks = tokens.len().div_ceil(MICRO_BATCH);
+        let mut rows = Vec::new();
+        let mut last = Output::Nothing;
+        for (c, chunk) in tokens.chunks(MICRO_BATCH).enumerate() {
+            // Earlier chunks only fill the cache unless every row is wanted.
+            let chunk_want = if all_rows || c + 1 == chunks {
+                want
+            } else {
+                Want::Nothing
+            };
+            let (cfg, w, cache, at) = (&self.cfg, self.w, &mut self.kv_cache, self.cache_len);
+            let out = self
+                .pool
+                .install(|| forward(cfg, w, cache, chunk, at, chunk_want));
+            self.cache_len += chunk.len();
+            match out {
+                Output::Logits(r) | Output::Hidden(r) if all_rows => rows.extend(r),
+                other => last = other,
+            }
+        }
+        Ok(match want {
+            Want::Logits(Rows::All) => Output::Logits(rows),
+            Want::Hidden(Rows::All) => Output::Hidden(rows),
+            _ => last,
+        })
     }
 }

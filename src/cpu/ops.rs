@@ -34,11 +34,12 @@ const ROWS_PER_TASK: usize = 16;
 pub fn matvec(m: &Matrix, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), m.cols);
     debug_assert_eq!(out.len(), m.rows);
+    let format = m.format();
     out.par_chunks_mut(ROWS_PER_TASK)
         .enumerate()
         .for_each(|(chunk, outs)| {
             for (i, o) in outs.iter_mut().enumerate() {
-                *o = m.dot_row(chunk * ROWS_PER_TASK + i, x);
+                *o = format.dot(m.row(chunk * ROWS_PER_TASK + i), x);
             }
         });
 }

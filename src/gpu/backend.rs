@@ -2,7 +2,9 @@
 //! one token per command encoder, reads back logits or the argmax, and keeps the next
 //! greedy token computing while the current one is handed over.
 
-use crate::backend::{Backend, TokenProfile, TokenStats};
+use crate::backend::{
+    check_feed, check_truncate, Backend, Instrumented, Output, Rows, TokenProfile, TokenStats, Want,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::context::{self, GpuContext, GpuOptions};
@@ -10,8 +12,7 @@ use crate::gpu::kernels::{attn_partial, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
-use crate::gpu::upload::Uploader;
-use crate::ops_common::check_positions;
+use crate::gpu::upload::{self, Uploader};
 use crate::weights::Weights;
 
 #[derive(Clone, Debug, Default)]
@@ -43,6 +44,9 @@ pub struct GpuBackend {
     /// Two, so a token's id can be read while the next token computes.
     argmax_staging: [wgpu::Buffer; 2],
     stats: GpuStats,
+    /// Positions of the cache that hold fed tokens (rows past it may hold work that was
+    /// computed ahead and not kept).
+    cache_len: usize,
 }
 
 impl GpuBackend {
@@ -63,6 +67,7 @@ impl GpuBackend {
         opts: &GpuOptions,
         progress: Option<&mut dyn FnMut(u64, u64)>,
     ) -> Result<GpuBackend> {
+        upload::check_formats(w)?;
         let ctx = GpuContext::new(opts)?;
         let max_context = max_context.min(cfg.context_length).max(1);
         let fits = GpuModel::max_context(&ctx, cfg);
@@ -120,6 +125,7 @@ impl GpuBackend {
             logits_staging,
             argmax_staging,
             stats,
+            cache_len: 0,
         })
     }
 
@@ -154,7 +160,13 @@ impl GpuBackend {
                 self.ctx.describe()
             )));
         }
-        check_positions(&[token], pos, self.max_context, self.cfg.vocab)?;
+        check_feed(
+            &[token],
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
         let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("dispatch timestamps"),
             ty: wgpu::QueryType::Timestamp,
@@ -164,6 +176,7 @@ impl GpuBackend {
         let profile = Some((&queries, &mut names));
         let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
         self.read_back(Readback::Argmax, 0, submitted)?;
+        self.cache_len += 1;
         let size = 8 * (names.len() as u64 + 1);
         let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("timestamps"),
@@ -276,40 +289,58 @@ impl Backend for GpuBackend {
         )
     }
 
-    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
-        check_positions(tokens, start_pos, self.max_context, self.cfg.vocab)?;
-        let mut out = Vec::new();
-        for (i, &t) in tokens.iter().enumerate() {
-            let read = if all_logits || i + 1 == tokens.len() {
-                Readback::Logits
-            } else {
-                Readback::Nothing
-            };
-            let bytes = self.token(t, start_pos + i, read)?;
-            out.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
-        }
-        Ok(out)
+    fn max_context(&self) -> usize {
+        self.max_context
     }
 
-    fn forward_argmax(&mut self, tokens: &[u32], start_pos: usize) -> Result<u32> {
-        check_positions(tokens, start_pos, self.max_context, self.cfg.vocab)?;
+    fn cache_len(&self) -> usize {
+        self.cache_len
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        check_truncate(len, self.cache_len)?;
+        // Attention reads positions up to the token's own; later rows are overwritten.
+        self.cache_len = len;
+        Ok(())
+    }
+
+    /// Token by token for now, each one command encoder and one submit.
+    fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
+        check_feed(
+            tokens,
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
+        if let Want::Hidden(_) = want {
+            return Err(Error::Gpu(
+                "the GPU backend does not return hidden states yet (use --backend cpu)".into(),
+            ));
+        }
+        let mut logits = Vec::new();
         let mut id = 0;
         for (i, &t) in tokens.iter().enumerate() {
             let last = i + 1 == tokens.len();
-            let bytes = self.token(
-                t,
-                start_pos + i,
-                if last {
-                    Readback::Argmax
-                } else {
-                    Readback::Nothing
-                },
-            )?;
-            if last {
-                id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+            let read = match want {
+                Want::Logits(Rows::All) => Readback::Logits,
+                Want::Logits(Rows::Last) if last => Readback::Logits,
+                Want::Argmax if last => Readback::Argmax,
+                _ => Readback::Nothing,
+            };
+            let bytes = self.token(t, pos + i, read)?;
+            self.cache_len += 1;
+            match read {
+                Readback::Logits => logits.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)),
+                Readback::Argmax => id = u32::from_le_bytes(bytes[..4].try_into().unwrap()),
+                Readback::Nothing => {}
             }
         }
-        Ok(id)
+        Ok(match want {
+            Want::Logits(_) => Output::Logits(logits),
+            Want::Argmax => Output::Argmax(id),
+            _ => Output::Nothing,
+        })
     }
 
     fn decode_greedy(
@@ -322,7 +353,13 @@ impl Backend for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        check_positions(&[token], pos, self.max_context, self.cfg.vocab)?;
+        check_feed(
+            &[token],
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
         let mut slot = 0;
         let mut submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, slot, None)?;
         for i in 0..n {
@@ -341,6 +378,8 @@ impl Backend for GpuBackend {
             };
             let bytes = self.read_back(Readback::Argmax, slot, submitted)?;
             let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+            // The token that chose `id` is in the cache; `id` itself counts once it is kept.
+            self.cache_len = next;
             if !on_token(id) {
                 break;
             }
@@ -352,15 +391,17 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn max_context(&self) -> usize {
-        self.max_context
+    fn instrumented(&mut self) -> Option<&mut dyn Instrumented> {
+        Some(self)
+    }
+}
+
+impl Instrumented for GpuBackend {
+    fn last_token_stats(&self) -> TokenStats {
+        self.stats.last_token
     }
 
-    fn last_token_stats(&self) -> Option<TokenStats> {
-        Some(self.stats.last_token)
-    }
-
-    fn profile_token(&mut self, token: u32, pos: usize) -> Result<Option<TokenProfile>> {
-        GpuBackend::profile_token(self, token, pos).map(Some)
+    fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {
+        GpuBackend::profile_token(self, token, pos)
     }
 }

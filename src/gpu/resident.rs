@@ -5,9 +5,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::upload::{
-    self, storage_zeroed, try_storage_f32, Format, GpuMatrix, RowRef, Uploader,
-};
+use crate::gpu::upload::{self, storage_zeroed, try_storage_f32, GpuMatrix, RowRef, Uploader};
 use crate::weights::{Ffn, Layer, Weights};
 
 /// Every weight of the model on the GPU, and the latent caches.
@@ -148,7 +146,7 @@ impl GpuFfn {
                 let gate_up = GpuMatrix::build(
                     ctx,
                     &format!("{name}_gate_up"),
-                    Format::for_types(&[d.gate.ty, d.up.ty]),
+                    upload::layout_for(&format!("{name}_gate_up"), &[d.gate, d.up])?,
                     2 * width,
                     h,
                     2,
@@ -187,16 +185,16 @@ impl GpuFfn {
                 }
                 let shexp = m.shexp.as_ref();
                 let n_shared = shexp.map_or(0, |_| shared);
-                let mut types = vec![m.gate_exps.all.ty, m.up_exps.all.ty];
+                let mut parts = vec![m.gate_exps.all, m.up_exps.all];
                 if let Some(s) = shexp {
-                    types.extend([s.gate.ty, s.up.ty]);
+                    parts.extend([s.gate, s.up]);
                 }
                 // Row 2i / 2i+1 of expert e: gate / up row i; shared expert j is expert
                 // routed + j, made of rows j*ef.. of the shared gate and up.
                 let gate_up = GpuMatrix::build(
                     ctx,
                     &format!("{name}_gate_up_exps"),
-                    Format::for_types(&types),
+                    upload::layout_for(&format!("{name}_gate_up_exps"), &parts)?,
                     (routed + n_shared) * 2 * ef,
                     h,
                     2,
@@ -221,14 +219,14 @@ impl GpuFfn {
                         }
                     },
                 )?;
-                let mut down_types = vec![m.down_exps.all.ty];
-                down_types.extend(shexp.map(|s| s.down.ty));
+                let mut down_parts = vec![m.down_exps.all];
+                down_parts.extend(shexp.map(|s| s.down));
                 // Expert e: its [hidden][ef] down rows; shared expert j: columns j*ef.. of
                 // the shared down (the SwiGLU width splits exactly into per-expert sums).
                 let down = GpuMatrix::build(
                     ctx,
                     &format!("{name}_down_exps"),
-                    Format::for_types(&down_types),
+                    upload::layout_for(&format!("{name}_down_exps"), &down_parts)?,
                     (routed + n_shared) * h,
                     ef,
                     1,

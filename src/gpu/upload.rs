@@ -1,49 +1,74 @@
 //! Weights on the GPU: repacked once at load into the layout the kernels read, split into
 //! row chunks so that no binding exceeds the device's limit.
 //!
-//! Q8_0 matrices become two arrays per chunk: the int8 quants, 4 per u32, row-major; and the
-//! f16 block scales, 2 per u32, row-major (see kernels/matvec.wgsl). F32, F16 and BF16 matrices
-//! become f32. Activations, norms and small vectors are plain f32 buffers.
+//! Each weight format names its GPU layout (`crate::formats::GpuLayout`): Q8_0 matrices
+//! become two arrays per chunk (int8 quants and f16 scales, see kernels/matvec.wgsl); F32, F16
+//! and BF16 matrices become f32. A format without a GPU layout is refused by name.
+//! Activations, norms and small vectors are plain f32 buffers.
 
 use std::time::Instant;
 
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::gguf::GgmlType;
+use crate::formats;
 use crate::gpu::context::GpuContext;
-use crate::quant::{self, Q8_0_BLOCK};
-use crate::weights::Matrix;
+use crate::weights::{Matrix, Weights};
 
-/// How a matrix is stored on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Q8_0,
-    F32,
+/// How a matrix is stored on the GPU: its format's layout.
+pub use crate::formats::GpuLayout as Format;
+
+/// The error for a matrix whose format the GPU cannot compute with.
+fn unsupported(m: &Matrix) -> Error {
+    Error::Gpu(format!(
+        "tensor {} has type {}, which the GPU backend cannot compute with yet (GPU types: {}); use --backend cpu",
+        m.name,
+        m.ty,
+        formats::gpu_supported_names()
+    ))
 }
 
-impl Format {
-    /// Bytes one row of `cols` occupies in the largest array of a chunk.
-    pub fn row_bytes(self, cols: usize) -> u64 {
-        match self {
-            Format::Q8_0 => cols as u64,
-            Format::F32 => 4 * cols as u64,
-        }
+/// Refuses a model holding a matrix the GPU cannot compute with, before anything is uploaded.
+pub fn check_formats(w: &Weights) -> Result<()> {
+    match w
+        .matrices()
+        .iter()
+        .find(|m| formats::of(m.ty).and_then(|f| f.gpu).is_none())
+    {
+        Some(m) => Err(unsupported(m)),
+        None => Ok(()),
     }
+}
 
-    /// The format for rows taken from matrices of these types: Q8_0 stays Q8_0, anything
-    /// else (or a mix) becomes f32.
-    pub fn for_types(types: &[GgmlType]) -> Format {
-        if types.iter().all(|&t| t == GgmlType::Q8_0) {
-            Format::Q8_0
-        } else {
-            Format::F32
-        }
+/// The layout of a GPU matrix stacked from the rows of `parts` (one matrix or several).
+/// Parts of one layout keep it. Parts of different layouts are all stored as f32, which
+/// costs memory: logged with the tensors, their types and the bytes.
+pub fn layout_for(label: &str, parts: &[Matrix]) -> Result<Format> {
+    let mut layouts = Vec::with_capacity(parts.len());
+    for m in parts {
+        layouts.push(
+            formats::of(m.ty)
+                .and_then(|f| f.gpu)
+                .ok_or_else(|| unsupported(m))?,
+        );
     }
-
-    pub fn is_f32(self) -> bool {
-        self == Format::F32
+    if layouts.iter().all(|&l| l == layouts[0]) {
+        return Ok(layouts[0]);
     }
+    let names: Vec<String> = parts
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.ty))
+        .collect();
+    let file: u64 = parts.iter().map(|m| m.data.len() as u64).sum();
+    let gpu: u64 = parts
+        .iter()
+        .map(|m| Format::F32.matrix_bytes(m.rows, m.cols))
+        .sum();
+    log::info!(
+        "{label}: stacks rows of different GPU layouts ({}); all stored as f32: {gpu} bytes on the GPU for {file} in the file",
+        names.join(", ")
+    );
+    Ok(Format::F32)
 }
 
 /// Rows `row_start..row_start + rows` of a GPU matrix, each array its own buffer.
@@ -212,9 +237,11 @@ impl GpuMatrix {
         up: &mut Uploader,
         row_of: impl Fn(usize) -> RowRef<'a>,
     ) -> Result<GpuMatrix> {
-        if format == Format::Q8_0 && !cols.is_multiple_of(Q8_0_BLOCK) {
+        if !cols.is_multiple_of(format.block_values()) {
             return Err(Error::Gpu(format!(
-                "{label}: {cols} columns is not a multiple of the Q8_0 block ({Q8_0_BLOCK})"
+                "{label}: {cols} columns is not a multiple of the {} block ({})",
+                format.name(),
+                format.block_values()
             )));
         }
         if !cols.is_multiple_of(16) {
@@ -236,7 +263,7 @@ impl GpuMatrix {
         let mut row_start = 0;
         while row_start < rows {
             let n = fit.min(rows - row_start);
-            let (q, s) = pack(format, cols, (row_start..row_start + n).map(&row_of));
+            let [q, s] = pack(label, format, cols, (row_start..row_start + n).map(&row_of))?;
             let chunk = Chunk {
                 row_start,
                 rows: n,
@@ -266,7 +293,7 @@ impl GpuMatrix {
         Self::build(
             ctx,
             label,
-            Format::for_types(&[m.ty]),
+            layout_for(label, &[m])?,
             m.rows,
             m.cols,
             1,
@@ -293,64 +320,56 @@ impl GpuMatrix {
                 bad.cols
             )));
         }
-        let types: Vec<GgmlType> = parts.iter().map(|m| m.ty).collect();
+        let format = layout_for(label, parts)?;
         let rows: usize = parts.iter().map(|m| m.rows).sum();
         let parts = parts.to_vec();
-        Self::build(
-            ctx,
-            label,
-            Format::for_types(&types),
-            rows,
-            cols,
-            1,
-            up,
-            |mut r| {
-                for m in &parts {
-                    if r < m.rows {
-                        return RowRef {
-                            m: *m,
-                            row: r,
-                            col_start: 0,
-                        };
-                    }
-                    r -= m.rows;
+        Self::build(ctx, label, format, rows, cols, 1, up, |mut r| {
+            for m in &parts {
+                if r < m.rows {
+                    return RowRef {
+                        m: *m,
+                        row: r,
+                        col_start: 0,
+                    };
                 }
-                unreachable!("row index checked against the total")
-            },
-        )
+                r -= m.rows;
+            }
+            unreachable!("row index checked against the total")
+        })
     }
 }
 
-/// Repack rows into the GPU layout: (quants or f32 values, f16 scales).
+/// Repack rows into the GPU layout's arrays (for Q8_0: quants, f16 scales; for f32: the
+/// values and an empty second array).
 fn pack<'a>(
+    label: &str,
     format: Format,
     cols: usize,
     rows: impl Iterator<Item = RowRef<'a>>,
-) -> (Vec<u8>, Vec<u8>) {
-    let mut q = Vec::new();
-    let mut s = Vec::new();
-    let mut vals = vec![0f32; cols];
+) -> Result<[Vec<u8>; 2]> {
+    let mut arrays = [Vec::new(), Vec::new()];
+    let mut scratch = Vec::new();
     for r in rows {
         let m = r.m;
-        let row = m.row(r.row);
-        let start = m.ty.bytes_for(r.col_start as u64).unwrap() as usize;
-        let len = m.ty.bytes_for(cols as u64).unwrap() as usize;
-        let bytes = &row[start..start + len];
-        match format {
-            Format::Q8_0 => {
-                debug_assert_eq!(m.ty, GgmlType::Q8_0);
-                for block in bytes.chunks_exact(34) {
-                    s.extend_from_slice(&block[..2]);
-                    q.extend_from_slice(&block[2..]);
-                }
-            }
-            Format::F32 => {
-                quant::dequantize(m.ty, bytes, &mut vals);
-                q.extend_from_slice(bytemuck::cast_slice(&vals));
-            }
-        }
+        let stored = m.format();
+        let (Some(start), Some(len)) = (stored.bytes_for(r.col_start), stored.bytes_for(cols))
+        else {
+            return Err(Error::Gpu(format!(
+                "{label}: columns {}..{} of {} ({}) are not whole blocks",
+                r.col_start,
+                r.col_start + cols,
+                m.name,
+                m.ty
+            )));
+        };
+        format.pack_row(
+            stored,
+            &m.row(r.row)[start..start + len],
+            &mut arrays,
+            &mut scratch,
+        );
     }
-    (q, s)
+    Ok(arrays)
 }
 
 fn lcm(a: usize, b: usize) -> usize {

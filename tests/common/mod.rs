@@ -27,7 +27,18 @@ pub struct Case {
     pub top_gap: Vec<f64>,
 }
 
+/// Q8_0 models: run on both backends.
 pub const CASES: [&str; 3] = ["tiny-q8_0.short", "tiny-q8_0.long", "small2-q8_0.chat"];
+
+/// Models quantized by llama.cpp to the mixes people download (several types per file):
+/// run on the CPU (the GPU does not compute with these types yet).
+pub const KQUANT_CASES: [&str; 5] = [
+    "tiny-q4_0.short",
+    "tiny-q2_k.short",
+    "tiny-q5_k_m.short",
+    "tiny-q6_k.short",
+    "small2-q4_k_m.chat",
+];
 
 pub fn load_case(name: &'static str) -> Case {
     let json: serde_json::Value =
@@ -135,5 +146,19 @@ pub fn check_against_reference(case: &Case, got: &[f32], tol: f64, label: &str) 
                 case.top_gap[i]
             );
         }
+    }
+}
+
+/// Greedy decoding gives the reference's continuation: teacher-forced, the argmax of every
+/// row from the last prompt position on is the next token the reference chose.
+pub fn check_greedy_tokens(case: &Case, got: &[f32], label: &str) {
+    for i in case.n_prompt - 1..case.tokens.len() - 1 {
+        let row = &got[i * case.vocab..(i + 1) * case.vocab];
+        assert_eq!(
+            argmax(row) as u32,
+            case.tokens[i + 1],
+            "{label} {}: greedy token after position {i} differs from the reference's",
+            case.name
+        );
     }
 }

@@ -1,0 +1,65 @@
+//! Unquantized formats: one value per "block". The GPU keeps them as f32.
+
+use super::{Block, F16Bits, GpuLayout};
+use crate::gguf::GgmlType;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockF32(pub [u8; 4]);
+const _: () = assert!(std::mem::size_of::<BlockF32>() == 4);
+
+impl Block for BlockF32 {
+    const TYPE: GgmlType = GgmlType::F32;
+    const VALUES: usize = 1;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::F32);
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        out[0] = f32::from_le_bytes(self.0);
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        BlockF32(values[0].to_le_bytes())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockF16(pub F16Bits);
+const _: () = assert!(std::mem::size_of::<BlockF16>() == 2);
+
+impl Block for BlockF16 {
+    const TYPE: GgmlType = GgmlType::F16;
+    const VALUES: usize = 1;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::F32);
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        out[0] = self.0.get();
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        BlockF16(F16Bits::from_f32(values[0]))
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockBF16(pub [u8; 2]);
+const _: () = assert!(std::mem::size_of::<BlockBF16>() == 2);
+
+impl Block for BlockBF16 {
+    const TYPE: GgmlType = GgmlType::BF16;
+    const VALUES: usize = 1;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::F32);
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        out[0] = f32::from_bits((u16::from_le_bytes(self.0) as u32) << 16);
+    }
+
+    /// Round to nearest even, NaN kept quiet (ggml's `ggml_compute_fp32_to_bf16`).
+    fn quantize(values: &[f32]) -> Self {
+        BlockBF16(half::bf16::from_f32(values[0]).to_bits().to_le_bytes())
+    }
+}

@@ -1,0 +1,544 @@
+//! K-quants: super-blocks of 256 values in 8 or 16 sub-blocks, each sub-block with its own
+//! small integer scale (and minimum) that multiplies the super-block's f16 `d` (and `dmin`).
+//! Decoding follows ggml's `dequantize_row_q{2..6}_K` operation for operation, so the values
+//! are bit-identical to ggml's.
+
+use super::{Block, F16Bits, GpuLayout};
+use crate::gguf::GgmlType;
+
+/// Values per super-block.
+pub const QK_K: usize = 256;
+
+/// ggml's `block_q2_K`: 2-bit codes, 16 sub-blocks of 16 with a 4-bit scale and 4-bit min.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ2K {
+    /// Sub-block scale (low nibble) and min (high nibble).
+    pub scales: [u8; 16],
+    pub qs: [u8; 64],
+    pub d: F16Bits,
+    pub dmin: F16Bits,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
+
+/// ggml's `block_q3_K`: 3-bit codes (2 low bits in `qs`, the third in `hmask`), 16
+/// sub-blocks of 16 with signed 6-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ3K {
+    pub hmask: [u8; 32],
+    pub qs: [u8; 64],
+    /// 16 scales of 6 bits: low nibbles in bytes 0..8, high bit pairs in bytes 8..12.
+    pub scales: [u8; 12],
+    pub d: F16Bits,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+
+/// ggml's `block_q4_K`: 4-bit codes, 8 sub-blocks of 32 with 6-bit scales and mins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ4K {
+    pub d: F16Bits,
+    pub dmin: F16Bits,
+    /// 8 scales and 8 mins of 6 bits (see [`scales_and_mins`]).
+    pub scales: [u8; 12],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+
+/// ggml's `block_q5_K`: Q4_K plus a fifth bit per value in `qh`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ5K {
+    pub d: F16Bits,
+    pub dmin: F16Bits,
+    pub scales: [u8; 12],
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+
+/// ggml's `block_q6_K`: 6-bit codes (4 low bits in `ql`, 2 high in `qh`), 16 sub-blocks of
+/// 16 with signed 8-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ6K {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+    pub scales: [i8; 16],
+    pub d: F16Bits,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+
+// ---------------------------------------------------------------------------------------
+// Where value `v` of a super-block lives.
+
+/// Q2_K/Q3_K: the byte of `qs` holding value `v`, the shift of its 2 bits, and its
+/// sub-block (16 values). Values come in two halves of 128; in each, four runs of 32 take
+/// bits 0-1, 2-3, 4-5, 6-7 of the same 32 bytes.
+#[inline]
+fn two_bit_slot(v: usize) -> (usize, u32, usize) {
+    let (half, run, l) = (v / 128, (v % 128) / 32, v % 32);
+    (32 * half + l, 2 * run as u32, 8 * half + 2 * run + l / 16)
+}
+
+/// Q4_K/Q5_K: sub-block `v / 32`; the byte of `qs` and whether the code is its high nibble.
+#[inline]
+fn nibble_slot(v: usize) -> (usize, bool) {
+    let (pair, l) = (v / 64, v % 32);
+    (32 * pair + l, (v / 32) % 2 == 1)
+}
+
+/// Q6_K: (byte of `ql`, high nibble?, byte of `qh`, shift in it, sub-block) of value `v`.
+#[inline]
+fn six_bit_slot(v: usize) -> (usize, bool, usize, u32, usize) {
+    let (half, quarter, l) = (v / 128, (v % 128) / 32, v % 32);
+    (
+        64 * half + l + 32 * (quarter % 2),
+        quarter >= 2,
+        32 * half + l,
+        2 * quarter as u32,
+        8 * half + l / 16 + 2 * quarter,
+    )
+}
+
+/// Q4_K/Q5_K: the 8 six-bit scales and mins packed in 12 bytes (ggml's `get_scale_min_k4`).
+#[inline]
+pub fn scales_and_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let sc = std::array::from_fn(|j| {
+        if j < 4 {
+            s[j] & 63
+        } else {
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4)
+        }
+    });
+    let m = std::array::from_fn(|j| {
+        if j < 4 {
+            s[j + 4] & 63
+        } else {
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4)
+        }
+    });
+    (sc, m)
+}
+
+fn pack_scales_and_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..4 {
+        s[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        s[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+        s[j + 8] = (sc[j + 4] & 0x0F) | ((m[j + 4] & 0x0F) << 4);
+    }
+    s
+}
+
+/// Q3_K: the 16 signed scales (ggml unpacks them the same way with 32-bit masks).
+#[inline]
+fn q3_scales(s: &[u8; 12]) -> [i32; 16] {
+    std::array::from_fn(|i| {
+        let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
+        let high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+        (low | (high << 4)) as i32 - 32
+    })
+}
+
+fn pack_q3_scales(codes: &[u8; 16]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for (i, &c) in codes.iter().enumerate() {
+        s[i % 8] |= (c & 0x0F) << (4 * (i / 8));
+        s[8 + i % 4] |= ((c >> 4) & 3) << (2 * (i / 4));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding helpers: a simple, correct choice of scales (not llama.cpp's search).
+
+/// The f16 a super-block scale is stored as, back as f32 (what decoding will use).
+fn stored(d: f32) -> (F16Bits, f32) {
+    let h = F16Bits::from_f32(d);
+    (h, h.get())
+}
+
+/// `round(v / unit)` clamped to `0..=max` (0 when `unit` is 0).
+fn level(v: f32, unit: f32, max: i32) -> i32 {
+    if unit > 0.0 {
+        ((v / unit).round() as i32).clamp(0, max)
+    } else {
+        0
+    }
+}
+
+/// Asymmetric sub-blocks (Q2_K, Q4_K, Q5_K): per sub-block of `values.len() / n`, a scale
+/// and a minimum (`-min(values, 0)`), both as `bits`-bit multiples of a super-block `d` and
+/// `dmin`; then each value as a code in `0..=levels`. Returns (d, dmin, scales, mins, codes).
+fn quantize_with_mins<const N: usize>(
+    values: &[f32],
+    bits: u32,
+    levels: i32,
+) -> (F16Bits, F16Bits, [u8; N], [u8; N], [u8; QK_K]) {
+    let len = QK_K / N;
+    let mut scale = [0f32; N];
+    let mut min = [0f32; N];
+    for (i, xs) in values.chunks_exact(len).enumerate() {
+        let lo = xs.iter().fold(0f32, |m, &v| m.min(v));
+        let hi = xs.iter().fold(lo, |m, &v| m.max(v));
+        scale[i] = (hi - lo) / levels as f32;
+        min[i] = -lo;
+    }
+    let top = ((1 << bits) - 1) as f32;
+    let (d_bits, d) = stored(scale.iter().fold(0f32, |m, &v| m.max(v)) / top);
+    let (dmin_bits, dmin) = stored(min.iter().fold(0f32, |m, &v| m.max(v)) / top);
+    let sc: [u8; N] = std::array::from_fn(|i| level(scale[i], d, top as i32) as u8);
+    let m: [u8; N] = std::array::from_fn(|i| level(min[i], dmin, top as i32) as u8);
+    let codes = std::array::from_fn(|v| {
+        let i = v / len;
+        let (ds, dm) = (d * sc[i] as f32, dmin * m[i] as f32);
+        level(values[v] + dm, ds, levels) as u8
+    });
+    (d_bits, dmin_bits, sc, m, codes)
+}
+
+/// Symmetric sub-blocks of 16 (Q3_K, Q6_K): per sub-block a signed scale that maps the value
+/// of largest magnitude to code `-half`, as a signed multiple (at most `scale_max`) of `d`;
+/// then each value as a code in `-half..half`. Returns (d, scales, codes + half).
+fn quantize_symmetric(
+    values: &[f32],
+    half: i32,
+    scale_max: i32,
+) -> (F16Bits, [i32; 16], [u8; QK_K]) {
+    let mut scale = [0f32; 16];
+    for (i, xs) in values.chunks_exact(16).enumerate() {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        scale[i] = max / -(half as f32);
+    }
+    let amax = scale.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let (d_bits, d) = stored(amax / scale_max as f32);
+    let sc: [i32; 16] = std::array::from_fn(|i| {
+        if d > 0.0 {
+            ((scale[i] / d).round() as i32).clamp(-scale_max - 1, scale_max)
+        } else {
+            0
+        }
+    });
+    let codes = std::array::from_fn(|v| {
+        let ds = d * sc[v / 16] as f32;
+        let q = if ds != 0.0 {
+            ((values[v] / ds).round() as i32).clamp(-half, half - 1)
+        } else {
+            0
+        };
+        (q + half) as u8
+    });
+    (d_bits, sc, codes)
+}
+
+// ---------------------------------------------------------------------------------------
+
+impl Block for BlockQ2K {
+    const TYPE: GgmlType = GgmlType::Q2_K;
+    const VALUES: usize = QK_K;
+    const GPU: Option<GpuLayout> = None;
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        for (v, o) in out.chunks_exact_mut(16).enumerate() {
+            // Sub-block v: 16 values at the same shift of 16 consecutive bytes.
+            let (byte, shift, sub) = two_bit_slot(16 * v);
+            let sc = self.scales[sub];
+            let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
+            for (o, &q) in o.iter_mut().zip(&self.qs[byte..byte + 16]) {
+                *o = dl * ((q >> shift) & 3) as f32 - ml;
+            }
+        }
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        let (d, dmin, sc, m, codes) = quantize_with_mins::<16>(values, 4, 3);
+        let mut qs = [0u8; 64];
+        for (v, &c) in codes.iter().enumerate() {
+            let (byte, shift, _) = two_bit_slot(v);
+            qs[byte] |= c << shift;
+        }
+        BlockQ2K {
+            scales: std::array::from_fn(|i| sc[i] | (m[i] << 4)),
+            qs,
+            d,
+            dmin,
+        }
+    }
+}
+
+impl Block for BlockQ3K {
+    const TYPE: GgmlType = GgmlType::Q3_K;
+    const VALUES: usize = QK_K;
+    const GPU: Option<GpuLayout> = None;
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        let d = self.d.get();
+        let scales = q3_scales(&self.scales);
+        for (v, o) in out.chunks_exact_mut(16).enumerate() {
+            let (byte, shift, sub) = two_bit_slot(16 * v);
+            let dl = d * scales[sub] as f32;
+            // Bit 16v / 32 of the mask bytes; set means no offset.
+            let (mask, bit) = (&self.hmask[(16 * v) % 32..][..16], v / 2);
+            for ((o, &q), &h) in o.iter_mut().zip(&self.qs[byte..byte + 16]).zip(mask) {
+                let low = ((q >> shift) & 3) as i32;
+                let offset = if (h >> bit) & 1 == 1 { 0 } else { 4 };
+                *o = dl * (low - offset) as f32;
+            }
+        }
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        let (d, sc, codes) = quantize_symmetric(values, 4, 31);
+        let mut qs = [0u8; 64];
+        let mut hmask = [0u8; 32];
+        for (v, &c) in codes.iter().enumerate() {
+            let (byte, shift, _) = two_bit_slot(v);
+            qs[byte] |= (c & 3) << shift;
+            hmask[v % 32] |= ((c >> 2) & 1) << (v / 32);
+        }
+        BlockQ3K {
+            hmask,
+            qs,
+            scales: pack_q3_scales(&std::array::from_fn(|i| (sc[i] + 32) as u8)),
+            d,
+        }
+    }
+}
+
+impl Block for BlockQ4K {
+    const TYPE: GgmlType = GgmlType::Q4_K;
+    const VALUES: usize = QK_K;
+    const GPU: Option<GpuLayout> = None;
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        let (sc, m) = scales_and_mins(&self.scales);
+        for (sub, outs) in out.chunks_exact_mut(32).enumerate() {
+            let (dl, ml) = (d * sc[sub] as f32, dmin * m[sub] as f32);
+            let (byte, high) = nibble_slot(32 * sub);
+            let shift = if high { 4 } else { 0 };
+            for (o, &q) in outs.iter_mut().zip(&self.qs[byte..byte + 32]) {
+                *o = dl * ((q >> shift) & 0x0F) as f32 - ml;
+            }
+        }
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        let (d, dmin, sc, m, codes) = quantize_with_mins::<8>(values, 6, 15);
+        let mut qs = [0u8; 128];
+        for (v, &c) in codes.iter().enumerate() {
+            let (byte, high) = nibble_slot(v);
+            qs[byte] |= if high { c << 4 } else { c };
+        }
+        BlockQ4K {
+            d,
+            dmin,
+            scales: pack_scales_and_mins(&sc, &m),
+            qs,
+        }
+    }
+
+    #[inline]
+    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2_fma() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx2::dot_q4_k(blocks, x) };
+        }
+        super::dot_scalar(blocks, x)
+    }
+}
+
+impl Block for BlockQ5K {
+    const TYPE: GgmlType = GgmlType::Q5_K;
+    const VALUES: usize = QK_K;
+    const GPU: Option<GpuLayout> = None;
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        let (sc, m) = scales_and_mins(&self.scales);
+        for (sub, outs) in out.chunks_exact_mut(32).enumerate() {
+            let (dl, ml) = (d * sc[sub] as f32, dmin * m[sub] as f32);
+            let (byte, high) = nibble_slot(32 * sub);
+            let shift = if high { 4 } else { 0 };
+            for ((o, &q), &h) in outs.iter_mut().zip(&self.qs[byte..byte + 32]).zip(&self.qh) {
+                let q = ((q >> shift) & 0x0F) | (((h >> sub) & 1) << 4);
+                *o = dl * q as f32 - ml;
+            }
+        }
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        let (d, dmin, sc, m, codes) = quantize_with_mins::<8>(values, 6, 31);
+        let mut qs = [0u8; 128];
+        let mut qh = [0u8; 32];
+        for (v, &c) in codes.iter().enumerate() {
+            let (byte, high) = nibble_slot(v);
+            qs[byte] |= if high { (c & 0x0F) << 4 } else { c & 0x0F };
+            qh[v % 32] |= ((c >> 4) & 1) << (v / 32);
+        }
+        BlockQ5K {
+            d,
+            dmin,
+            scales: pack_scales_and_mins(&sc, &m),
+            qh,
+            qs,
+        }
+    }
+}
+
+impl Block for BlockQ6K {
+    const TYPE: GgmlType = GgmlType::Q6_K;
+    const VALUES: usize = QK_K;
+    const GPU: Option<GpuLayout> = None;
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        let d = self.d.get();
+        for (v, o) in out.chunks_exact_mut(16).enumerate() {
+            let (lbyte, high, hbyte, shift, sub) = six_bit_slot(16 * v);
+            let dl = d * self.scales[sub] as f32;
+            let nibble = if high { 4 } else { 0 };
+            let (ql, qh) = (&self.ql[lbyte..lbyte + 16], &self.qh[hbyte..hbyte + 16]);
+            for ((o, &l), &h) in o.iter_mut().zip(ql).zip(qh) {
+                let q = (((l >> nibble) & 0x0F) | (((h >> shift) & 3) << 4)) as i32 - 32;
+                *o = dl * q as f32;
+            }
+        }
+    }
+
+    fn quantize(values: &[f32]) -> Self {
+        let (d, sc, codes) = quantize_symmetric(values, 32, 127);
+        let mut ql = [0u8; 128];
+        let mut qh = [0u8; 64];
+        for (v, &c) in codes.iter().enumerate() {
+            let (lbyte, high, hbyte, shift, _) = six_bit_slot(v);
+            ql[lbyte] |= if high { (c & 0x0F) << 4 } else { c & 0x0F };
+            qh[hbyte] |= (c >> 4) << shift;
+        }
+        BlockQ6K {
+            ql,
+            qh,
+            scales: std::array::from_fn(|i| sc[i] as i8),
+            d,
+        }
+    }
+
+    #[inline]
+    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2_fma() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx2::dot_q6_k(blocks, x) };
+        }
+        super::dot_scalar(blocks, x)
+    }
+}
+
+/// The two formats that carry most bytes of a Q4_K_M file, vectorised: each weight is
+/// decoded with the same f32 operations as `dequantize` (so to the same bits), eight at a
+/// time, and multiplied into four independent 8-lane sums.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{scales_and_mins, BlockQ4K, BlockQ6K};
+    use std::arch::x86_64::*;
+
+    /// The four groups of 8 codes in 32 bytes, each widened to 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen4(codes: __m256i) -> [__m256i; 4] {
+        let lo = _mm256_castsi256_si128(codes);
+        let hi = _mm256_extracti128_si256(codes, 1);
+        [
+            _mm256_cvtepu8_epi32(lo),
+            _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+            _mm256_cvtepu8_epi32(hi),
+            _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+        ]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32]) -> f32 {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, xs) in blocks.iter().zip(x.chunks_exact(256)) {
+            let (d, dmin) = (b.d.get(), b.dmin.get());
+            let (sc, m) = scales_and_mins(&b.scales);
+            for pair in 0..4 {
+                let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * pair) as *const __m256i);
+                let lo = _mm256_and_si256(v, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                for (sub, codes) in [(2 * pair, lo), (2 * pair + 1, hi)] {
+                    let dl = _mm256_set1_ps(d * sc[sub] as f32);
+                    let ml = _mm256_set1_ps(dmin * m[sub] as f32);
+                    let xp = xs.as_ptr().add(32 * sub);
+                    for (g, q) in widen4(codes).into_iter().enumerate() {
+                        let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
+                        acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * g)), acc[g]);
+                    }
+                }
+            }
+        }
+        super::super::x86::sum_lanes(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], x: &[f32]) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let offset = _mm256_set1_epi32(32);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, xs) in blocks.iter().zip(x.chunks_exact(256)) {
+            let d = b.d.get();
+            for half in 0..2 {
+                let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+                let ql0 = load(b.ql.as_ptr().add(64 * half));
+                let ql1 = load(b.ql.as_ptr().add(64 * half + 32));
+                let qh = load(b.qh.as_ptr().add(32 * half));
+                // Per quarter of 32 values: 4 low bits from a nibble of ql, 2 high from qh.
+                let quarters = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (quarter, codes) in quarters.into_iter().enumerate() {
+                    let xp = xs.as_ptr().add(128 * half + 32 * quarter);
+                    for (g, q) in widen4(codes).into_iter().enumerate() {
+                        let sub = 8 * half + g / 2 + 2 * quarter;
+                        let dl = _mm256_set1_ps(d * b.scales[sub] as f32);
+                        let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
+                        let w = _mm256_mul_ps(dl, q);
+                        acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * g)), acc[g]);
+                    }
+                }
+            }
+        }
+        super::super::x86::sum_lanes(acc)
+    }
+}

@@ -1,0 +1,339 @@
+//! Weight formats: how a tensor's values are stored in a GGUF file, and everything the engine
+//! does with that storage. This module is the only place that knows a block layout.
+//!
+//! Each format is a `#[repr(C)]` block laid out byte for byte as ggml's `block_*` struct,
+//! implementing [`Block`]: decode (exactly as ggml's `dequantize_row_*`), encode (for synthetic
+//! models and tests), and the layout the GPU keeps it in. [`FORMATS`] turns the blocks into one
+//! table keyed by [`GgmlType`]; the CPU backend, the GPU packer, synth and the tests all go
+//! through [`of`]. Blocks have alignment 1 (f16 fields are byte pairs), so a row is read in
+//! place from any offset of a memory-mapped file.
+//!
+//! Families: `float` (F32, F16, BF16), `q8_0`, `legacy` (Q4_0, Q4_1, Q5_0, Q5_1), `kquants`
+//! (Q2_K to Q6_K), `iq` (IQ4_NL, IQ4_XS), `mxfp4`. A new format: its block in the family's
+//! file (or a new one), and one line in [`FORMATS`].
+
+mod float;
+mod iq;
+mod kquants;
+mod legacy;
+mod mxfp4;
+mod q8_0;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use float::{BlockBF16, BlockF16, BlockF32};
+pub use iq::{BlockIQ4NL, BlockIQ4XS, IQ4_LEVELS};
+pub use kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, QK_K};
+pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+pub use mxfp4::{BlockMXFP4, MXFP4_LEVELS};
+pub use q8_0::BlockQ8_0;
+
+use crate::gguf::GgmlType;
+
+/// An f16 as stored in a block: two little-endian bytes (alignment 1).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct F16Bits(pub [u8; 2]);
+
+impl F16Bits {
+    #[inline]
+    pub fn get(self) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes(self.0)).to_f32()
+    }
+
+    /// Round to nearest even, as ggml's `GGML_FP32_TO_FP16`.
+    pub fn from_f32(v: f32) -> F16Bits {
+        F16Bits(half::f16::from_f32(v).to_bits().to_le_bytes())
+    }
+}
+
+/// One block of a format. Implemented by the `#[repr(C)]` structs of this module.
+pub trait Block: bytemuck::Pod + Send + Sync {
+    const TYPE: GgmlType;
+    /// Values one block holds (a divisor of [`GROUP`]).
+    const VALUES: usize;
+    /// How the GPU keeps this format; `None`: the GPU cannot compute with it yet.
+    const GPU: Option<GpuLayout>;
+
+    /// `out` (length [`Self::VALUES`]) = the block's values, bit for bit as ggml decodes them.
+    fn dequantize(&self, out: &mut [f32]);
+
+    /// Encodes [`Self::VALUES`] values. Legacy formats round as ggml's `quantize_row_*_ref`;
+    /// the K-quants choose their scales more simply than llama.cpp (any encoding decodes
+    /// exactly, which is all the engine relies on).
+    fn quantize(values: &[f32]) -> Self;
+
+    /// Dot product of a row of blocks with `x`: the hand-vectorised version where a format has
+    /// one and the CPU supports it, otherwise [`dot_scalar`].
+    #[inline]
+    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+        dot_scalar(blocks, x)
+    }
+}
+
+/// Values decoded at a time by the scalar dot (one K-quant super-block).
+pub const GROUP: usize = 256;
+
+/// The reference dot: `Σ dequantized value · x` in f32, each group of [`GROUP`] values decoded
+/// into a buffer and multiplied into 8 independent sums (which the compiler vectorises).
+pub fn dot_scalar<B: Block>(blocks: &[B], x: &[f32]) -> f32 {
+    let per_group = GROUP / B::VALUES;
+    let mut buf = [0f32; GROUP];
+    let mut acc = [0f32; 8];
+    let mut tail = 0f32;
+    for (group, xs) in blocks.chunks(per_group).zip(x.chunks(GROUP)) {
+        let n = group.len() * B::VALUES;
+        for (b, out) in group.iter().zip(buf.chunks_exact_mut(B::VALUES)) {
+            b.dequantize(out);
+        }
+        let (w, x) = (&buf[..n], &xs[..n]);
+        for (w8, x8) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+            for k in 0..8 {
+                acc[k] += w8[k] * x8[k];
+            }
+        }
+        let whole = n / 8 * 8;
+        tail += w[whole..]
+            .iter()
+            .zip(&x[whole..])
+            .map(|(a, b)| a * b)
+            .sum::<f32>();
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// How the GPU keeps a matrix. Each layout is packed by [`GpuLayout::pack_row`] into at most
+/// two arrays per row chunk (each bound as a storage buffer, padded to 4 bytes), and read by
+/// one WGSL dot routine chosen when a pipeline is created (today through the kernels'
+/// `WEIGHTS_F32` override).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GpuLayout {
+    /// Q8_0 blocks split in two arrays: the int8 quants (4 per u32, row-major) and the f16
+    /// block scales (2 per u32, row-major).
+    Q8_0,
+    /// Values decoded to f32 at upload (one array).
+    F32,
+}
+
+impl GpuLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuLayout::Q8_0 => "Q8_0",
+            GpuLayout::F32 => "F32",
+        }
+    }
+
+    pub fn is_f32(self) -> bool {
+        self == GpuLayout::F32
+    }
+
+    /// Values the layout groups together: a row's length must be a multiple.
+    pub fn block_values(self) -> usize {
+        match self {
+            GpuLayout::Q8_0 => BlockQ8_0::VALUES,
+            GpuLayout::F32 => 1,
+        }
+    }
+
+    /// Bytes one row of `cols` values occupies in the largest array (what bounds a binding).
+    pub fn row_bytes(self, cols: usize) -> u64 {
+        match self {
+            GpuLayout::Q8_0 => cols as u64,
+            GpuLayout::F32 => 4 * cols as u64,
+        }
+    }
+
+    /// Bytes of a `[rows][cols]` matrix in all its arrays.
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
+        let per_row = match self {
+            GpuLayout::Q8_0 => cols as u64 + 2 * (cols / BlockQ8_0::VALUES) as u64,
+            GpuLayout::F32 => 4 * cols as u64,
+        };
+        rows as u64 * per_row
+    }
+
+    /// Appends one stored row (`bytes`, in `format`) to the layout's arrays. `scratch` is
+    /// reused between rows by the caller.
+    pub fn pack_row(
+        self,
+        format: &WeightFormat,
+        bytes: &[u8],
+        arrays: &mut [Vec<u8>; 2],
+        scratch: &mut Vec<f32>,
+    ) {
+        match self {
+            GpuLayout::Q8_0 => {
+                assert_eq!(format.ty, GgmlType::Q8_0, "only Q8_0 rows pack as Q8_0");
+                let [quants, scales] = arrays;
+                q8_0::pack_split(bytes, quants, scales);
+            }
+            GpuLayout::F32 => {
+                scratch.resize(bytes.len() / format.block_bytes * format.block_values, 0.0);
+                format.dequantize(bytes, scratch);
+                arrays[0].extend_from_slice(bytemuck::cast_slice(scratch));
+            }
+        }
+    }
+}
+
+/// One row of [`FORMATS`]: a format's geometry and its row functions.
+pub struct WeightFormat {
+    pub ty: GgmlType,
+    /// Values per block.
+    pub block_values: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// How the GPU keeps this format; `None`: not on the GPU yet.
+    pub gpu: Option<GpuLayout>,
+    dequantize: fn(&[u8], &mut [f32]),
+    dot: fn(&[u8], &[f32]) -> f32,
+    dot_scalar: fn(&[u8], &[f32]) -> f32,
+    quantize: fn(&[f32], &mut Vec<u8>),
+}
+
+impl std::fmt::Debug for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.ty)
+    }
+}
+
+impl WeightFormat {
+    /// Bytes of `n` values, or None when `n` is not a whole number of blocks.
+    pub fn bytes_for(&self, n: usize) -> Option<usize> {
+        n.is_multiple_of(self.block_values)
+            .then(|| n / self.block_values * self.block_bytes)
+    }
+
+    /// Decodes `bytes` (whole blocks) into `out` (their values).
+    pub fn dequantize(&self, bytes: &[u8], out: &mut [f32]) {
+        (self.dequantize)(bytes, out)
+    }
+
+    /// `Σ value · x` over a row (`bytes`, whole blocks, holding `x.len()` values).
+    #[inline]
+    pub fn dot(&self, bytes: &[u8], x: &[f32]) -> f32 {
+        (self.dot)(bytes, x)
+    }
+
+    /// [`Self::dot`] without hand-vectorised code, as on a CPU without the features.
+    pub fn dot_scalar(&self, bytes: &[u8], x: &[f32]) -> f32 {
+        (self.dot_scalar)(bytes, x)
+    }
+
+    /// Appends the encoding of `values` (a whole number of blocks) to `out`.
+    pub fn quantize(&self, values: &[f32], out: &mut Vec<u8>) {
+        (self.quantize)(values, out)
+    }
+}
+
+fn blocks<B: Block>(bytes: &[u8], values: usize) -> &[B] {
+    let blocks: &[B] = bytemuck::cast_slice(bytes);
+    assert_eq!(
+        blocks.len() * B::VALUES,
+        values,
+        "{} bytes of {} for {values} values",
+        bytes.len(),
+        B::TYPE
+    );
+    blocks
+}
+
+fn dequantize_row<B: Block>(bytes: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks::<B>(bytes, out.len())
+        .iter()
+        .zip(out.chunks_exact_mut(B::VALUES))
+    {
+        b.dequantize(o);
+    }
+}
+
+fn dot_row<B: Block>(bytes: &[u8], x: &[f32]) -> f32 {
+    B::dot(blocks::<B>(bytes, x.len()), x)
+}
+
+fn dot_scalar_row<B: Block>(bytes: &[u8], x: &[f32]) -> f32 {
+    dot_scalar(blocks::<B>(bytes, x.len()), x)
+}
+
+fn quantize_row<B: Block>(values: &[f32], out: &mut Vec<u8>) {
+    assert!(
+        values.len().is_multiple_of(B::VALUES),
+        "{} values of {}",
+        values.len(),
+        B::TYPE
+    );
+    out.reserve(values.len() / B::VALUES * std::mem::size_of::<B>());
+    for chunk in values.chunks_exact(B::VALUES) {
+        out.extend_from_slice(bytemuck::bytes_of(&B::quantize(chunk)));
+    }
+}
+
+const fn entry<B: Block>() -> WeightFormat {
+    assert!(GROUP.is_multiple_of(B::VALUES));
+    WeightFormat {
+        ty: B::TYPE,
+        block_values: B::VALUES,
+        block_bytes: std::mem::size_of::<B>(),
+        gpu: B::GPU,
+        dequantize: dequantize_row::<B>,
+        dot: dot_row::<B>,
+        dot_scalar: dot_scalar_row::<B>,
+        quantize: quantize_row::<B>,
+    }
+}
+
+/// Every format the engine computes with.
+pub static FORMATS: [WeightFormat; 16] = [
+    entry::<BlockF32>(),
+    entry::<BlockF16>(),
+    entry::<BlockBF16>(),
+    entry::<BlockQ8_0>(),
+    entry::<BlockQ4_0>(),
+    entry::<BlockQ4_1>(),
+    entry::<BlockQ5_0>(),
+    entry::<BlockQ5_1>(),
+    entry::<BlockQ2K>(),
+    entry::<BlockQ3K>(),
+    entry::<BlockQ4K>(),
+    entry::<BlockQ5K>(),
+    entry::<BlockQ6K>(),
+    entry::<BlockIQ4NL>(),
+    entry::<BlockIQ4XS>(),
+    entry::<BlockMXFP4>(),
+];
+
+/// The format of a ggml type, or None when the engine cannot compute with it.
+#[inline]
+pub fn of(ty: GgmlType) -> Option<&'static WeightFormat> {
+    FORMATS.iter().find(|f| f.ty == ty)
+}
+
+/// What a tensor of type `ty` with GGUF dims `dims` (innermost first) becomes on the GPU,
+/// judged by its own type: its layout and bytes. Vectors (norms, biases) go up as f32.
+/// None: the GPU cannot compute with the type yet.
+pub fn gpu_form(ty: GgmlType, dims: &[u64]) -> Option<(GpuLayout, u64)> {
+    let cols = dims.first().copied().unwrap_or(1) as usize;
+    if dims.len() <= 1 {
+        return Some((GpuLayout::F32, 4 * cols as u64));
+    }
+    let rows = dims[1..].iter().product::<u64>() as usize;
+    let layout = of(ty)?.gpu?;
+    Some((layout, layout.matrix_bytes(rows, cols)))
+}
+
+/// "F32, F16, ..." for error messages.
+pub fn supported_names() -> String {
+    names(FORMATS.iter())
+}
+
+/// The formats the GPU computes with, for error messages.
+pub fn gpu_supported_names() -> String {
+    names(FORMATS.iter().filter(|f| f.gpu.is_some()))
+}
+
+fn names<'a>(formats: impl Iterator<Item = &'a WeightFormat>) -> String {
+    formats.map(|f| f.ty.name()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+use super::*;
+use crate::sampler::SplitMix64;
+
+fn uniform(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+}
+
+/// `blocks` random blocks of `f` as raw bytes: random bits, a block kept only when all its
+/// values decode finite (an f16 scale with the all-ones exponent is inf or NaN) and below
+/// 1e12 (random f32 bits reach 3e38, whose products overflow).
+fn random_blocks(f: &WeightFormat, blocks: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks * f.block_bytes);
+    let mut vals = vec![0f32; f.block_values];
+    while out.len() < blocks * f.block_bytes {
+        let block: Vec<u8> = (0..f.block_bytes).map(|_| rng.next_u64() as u8).collect();
+        f.dequantize(&block, &mut vals);
+        if vals.iter().all(|v| v.abs() < 1e12) {
+            out.extend_from_slice(&block);
+        }
+    }
+    out
+}
+
+#[test]
+fn table_agrees_with_the_container() {
+    assert_eq!(FORMATS.len(), 16);
+    for f in &FORMATS {
+        assert_eq!(f.ty.block_elems(), f.block_values as u64, "{}", f.ty);
+        assert_eq!(f.ty.block_bytes(), f.block_bytes as u64, "{}", f.ty);
+        assert!(std::ptr::eq(of(f.ty).unwrap(), f));
+    }
+    assert!(of(GgmlType(16)).is_none(), "IQ2_XXS is not computed with");
+    assert_eq!(
+        supported_names(),
+        "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4"
+    );
+    assert_eq!(gpu_supported_names(), "F32, F16, BF16, Q8_0");
+}
+
+/// The dot of every format, vectorised or not, against the f64 sum of the decoded values
+/// times x: within 1e-5 of `Σ |w·x|` (f32 rounding of a few thousand products).
+#[test]
+fn dot_matches_the_decoded_values_and_the_scalar_path() {
+    let mut rng = SplitMix64(11);
+    for f in &FORMATS {
+        for n_values in [256, 2048, 4096 + 512] {
+            let bytes = random_blocks(f, n_values / f.block_values, &mut rng);
+            let x: Vec<f32> = (0..n_values).map(|_| uniform(&mut rng)).collect();
+            let mut w = vec![0f32; n_values];
+            f.dequantize(&bytes, &mut w);
+            let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let scale: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            for (label, got) in [
+                ("dot", f.dot(&bytes, &x)),
+                ("dot_scalar", f.dot_scalar(&bytes, &x)),
+            ] {
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * scale,
+                    "{} {label} of {n_values}: {got} vs {want} (sum of |products| {scale})",
+                    f.ty
+                );
+            }
+        }
+    }
+}
+
+/// Quantizing and decoding gives the values back within what the bits allow: relative RMS
+/// error per format on normal-ish data (a wrong bit layout gives errors of order 1).
+#[test]
+fn quantize_then_dequantize_is_close() {
+    let mut rng = SplitMix64(5);
+    let n = 4096;
+    // Sums of uniforms: roughly normal, with a few blocks of a larger scale.
+    let values: Vec<f32> = (0..n)
+        .map(|i| {
+            let s = if (i / 256) % 5 == 0 { 8.0 } else { 1.0 };
+            s * (0..4).map(|_| uniform(&mut rng)).sum::<f32>()
+        })
+        .collect();
+    let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    for f in &FORMATS {
+        let mut bytes = Vec::new();
+        f.quantize(&values, &mut bytes);
+        assert_eq!(bytes.len(), f.bytes_for(n).unwrap(), "{}", f.ty);
+        let mut back = vec![0f32; n];
+        f.dequantize(&bytes, &mut back);
+        let err: Vec<f32> = values.iter().zip(&back).map(|(a, b)| a - b).collect();
+        let rel = rms(&err) / rms(&values);
+        let bound = match f.ty {
+            GgmlType::F32 => 0.0,
+            GgmlType::F16 => 1e-3,
+            GgmlType::BF16 => 5e-3,
+            GgmlType::Q8_0 => 0.01,
+            GgmlType::Q6_K => 0.03,
+            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 0.06,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 0.12,
+            GgmlType::IQ4_NL | GgmlType::IQ4_XS => 0.12,
+            GgmlType::MXFP4 => 0.2,
+            GgmlType::Q3_K => 0.25,
+            GgmlType::Q2_K => 0.45,
+            other => panic!("no bound for {other}"),
+        };
+        assert!(rel <= bound, "{}: relative RMS error {rel} > {bound}", f.ty);
+        // Zeros stay zeros.
+        let mut zeros = Vec::new();
+        f.quantize(&vec![0.0; f.block_values], &mut zeros);
+        let mut back = vec![1f32; f.block_values];
+        f.dequantize(&zeros, &mut back);
+        assert!(
+            back.iter().all(|&v| v == 0.0),
+            "{}: zeros decode to {back:?}",
+            f.ty
+        );
+    }
+}
+
+/// ggml's Q8_0 rounding: d = amax / 127, q = round(x / d).
+#[test]
+fn q8_0_quantizes_as_ggml() {
+    let vals: Vec<f32> = (0..32).map(|i| (i as f32 - 10.0) * 0.25).collect();
+    let b = BlockQ8_0::quantize(&vals);
+    let d = 5.25f32 / 127.0;
+    assert_eq!(b.d, F16Bits::from_f32(d));
+    for (q, v) in b.qs.iter().zip(&vals) {
+        assert_eq!(*q as f32, (v * (1.0 / d)).round());
+    }
+}
+
+#[test]
+fn gpu_layouts_pack_and_count_bytes() {
+    let mut rng = SplitMix64(3);
+    let q8 = of(GgmlType::Q8_0).unwrap();
+    let bytes = random_blocks(q8, 4, &mut rng);
+    let mut arrays = [Vec::new(), Vec::new()];
+    let mut scratch = Vec::new();
+    GpuLayout::Q8_0.pack_row(q8, &bytes, &mut arrays, &mut scratch);
+    assert_eq!(
+        arrays[0].len() + arrays[1].len(),
+        GpuLayout::Q8_0.matrix_bytes(1, 128) as usize
+    );
+    for (i, block) in bytes.chunks_exact(34).enumerate() {
+        assert_eq!(arrays[1][2 * i..2 * i + 2], block[..2]);
+        assert_eq!(arrays[0][32 * i..32 * i + 32], block[2..]);
+    }
+    let f16 = of(GgmlType::F16).unwrap();
+    let bytes = random_blocks(f16, 64, &mut rng);
+    let mut arrays = [Vec::new(), Vec::new()];
+    GpuLayout::F32.pack_row(f16, &bytes, &mut arrays, &mut scratch);
+    let mut want = vec![0f32; 64];
+    f16.dequantize(&bytes, &mut want);
+    assert_eq!(arrays[0], bytemuck::cast_slice::<f32, u8>(&want));
+    assert_eq!(GpuLayout::F32.matrix_bytes(3, 64), 3 * 256);
+}

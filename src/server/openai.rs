@@ -1,0 +1,998 @@
+//! The OpenAI protocol: requests checked field by field (an error names the field),
+//! rendered and queued, and the engine's output shaped as OpenAI replies, whole or as
+//! server-sent events. Where OpenAI is silent, llama-server's conventions (`top_k`,
+//! `min_p`, `chat_template_kwargs`, `reasoning_content`).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc as tokio_mpsc;
+
+use super::worker::{Event, Job, Summary};
+use super::{body_bytes, App};
+use crate::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
+use crate::generate::{GenerateOptions, StopReason};
+use crate::sampler::SamplerOptions;
+use crate::session::RenderedPrompt;
+
+/// Most stop strings a request may give.
+const MAX_STOP_STRINGS: usize = 16;
+
+/// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    /// A 400 about one field; the message starts with the field's name.
+    pub fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        let param = param.into();
+        ApiError {
+            message: format!("{param}: {message}"),
+            param: Some(param),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "")
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, message).with_code("invalid_api_key")
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        let code = self.code.unwrap_or(match self.status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            s if s.is_server_error() => "internal_error",
+            _ => "invalid_request",
+        });
+        let body = json!({"error": {
+            "message": self.message,
+            "type": kind,
+            "param": self.param,
+            "code": code,
+        }});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+// ---------------------------------------------------------------------------------------
+// Requests
+
+/// The fields of both endpoints; each handler checks that the ones it needs are there and
+/// the other endpoint's are not. Unknown fields are ignored, as OpenAI clients send many.
+#[derive(Deserialize)]
+struct RequestBody {
+    messages: Option<Vec<InMessage>>,
+    prompt: Option<Value>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    /// llama-server's way to turn thinking off: `{"enable_thinking": false}`.
+    chat_template_kwargs: Option<Map<String, Value>>,
+    enable_thinking: Option<bool>,
+    /// The GLM API's way: `{"type": "disabled"}`.
+    thinking: Option<Value>,
+    n: Option<i64>,
+    logprobs: Option<Value>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    response_format: Option<Value>,
+    echo: Option<bool>,
+    suffix: Option<String>,
+    best_of: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct InMessage {
+    role: String,
+    content: Option<Value>,
+    reasoning_content: Option<String>,
+    tool_calls: Option<Vec<InToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct InToolCall {
+    function: InFunction,
+}
+
+#[derive(Deserialize)]
+struct InFunction {
+    name: String,
+    /// A JSON object, or a string holding one (as OpenAI sends it).
+    arguments: Option<Value>,
+}
+
+/// Parses a request body; an error says where the JSON breaks or which field is wrong.
+fn parse_body(bytes: &[u8]) -> ApiResult<RequestBody> {
+    use serde_json::error::Category;
+    let malformed = |e: serde_json::Error| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
+            .with_code("invalid_json")
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(malformed)?;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the request body must be a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let body: RequestBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            Category::Data if path != "." => ApiError::invalid(path, inner),
+            Category::Data => ApiError::new(StatusCode::BAD_REQUEST, inner.to_string()),
+            _ => malformed(inner),
+        }
+    })?;
+    de.end().map_err(malformed)?;
+    Ok(body)
+}
+
+/// The messages as the chat template sees them.
+fn chat_messages(messages: Vec<InMessage>) -> ApiResult<Vec<ChatMessage>> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "must hold at least one message",
+        ));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = |field: &str| format!("messages[{i}].{field}");
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                r @ ("user" | "assistant" | "tool") => r,
+                other => {
+                    return Err(ApiError::invalid(
+                        at("role"),
+                        format!("unknown role {other:?}; expected system, user, assistant or tool"),
+                    ))
+                }
+            };
+            let content = content_text(m.content, &at("content"))?;
+            let calls = m.tool_calls.unwrap_or_default();
+            if !calls.is_empty() && role != "assistant" {
+                return Err(ApiError::invalid(
+                    at("tool_calls"),
+                    "only assistant messages make tool calls",
+                ));
+            }
+            let tool_calls = calls
+                .into_iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let field = at(&format!("tool_calls[{j}].function.arguments"));
+                    Ok(ToolCall {
+                        name: c.function.name,
+                        arguments: arguments(c.function.arguments, &field)?,
+                    })
+                })
+                .collect::<ApiResult<Vec<_>>>()?;
+            Ok(ChatMessage {
+                role: role.into(),
+                content,
+                reasoning_content: m.reasoning_content.filter(|_| role == "assistant"),
+                tool_calls,
+            })
+        })
+        .collect()
+}
+
+/// A message's text: a string, null, or an array of `{"type": "text", "text": ...}` parts.
+fn content_text(content: Option<Value>, field: &str) -> ApiResult<String> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(
+                |(k, part)| match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
+                    (Some("text"), _) => Err(ApiError::invalid(
+                        format!("{field}[{k}].text"),
+                        "expected a string",
+                    )),
+                    (Some(other), _) => Err(ApiError::invalid(
+                        format!("{field}[{k}].type"),
+                        format!("{other:?} parts are not supported; only text"),
+                    )),
+                    (None, _) => Err(ApiError::invalid(
+                        format!("{field}[{k}]"),
+                        "expected {\"type\": \"text\", \"text\": ...}",
+                    )),
+                },
+            )
+            .collect(),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            "expected a string or an array of text parts",
+        )),
+    }
+}
+
+/// A tool call's arguments as a mapping (the template iterates over them).
+fn arguments(value: Option<Value>, field: &str) -> ApiResult<Map<String, Value>> {
+    let value = match value {
+        None | Some(Value::Null) => return Ok(Map::new()),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(Map::new()),
+        Some(Value::String(s)) => serde_json::from_str(&s)
+            .map_err(|e| ApiError::invalid(field, format!("not JSON: {e}")))?,
+        Some(v) => v,
+    };
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid(field, "expected a JSON object")),
+    }
+}
+
+/// The tools the template gets (none when `tool_choice` is "none").
+fn tools(body: &RequestBody) -> ApiResult<Vec<Value>> {
+    let tools = body.tools.clone().unwrap_or_default();
+    for (i, t) in tools.iter().enumerate() {
+        let name = t.pointer("/function/name").and_then(Value::as_str);
+        if t.get("type").and_then(Value::as_str) != Some("function") || name.is_none() {
+            return Err(ApiError::invalid(
+                format!("tools[{i}]"),
+                "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": ...}}",
+            ));
+        }
+    }
+    match &body.tool_choice {
+        None | Some(Value::Null) => Ok(tools),
+        Some(Value::String(s)) if s == "auto" => Ok(tools),
+        Some(Value::String(s)) if s == "none" => Ok(Vec::new()),
+        Some(_) => Err(ApiError::invalid(
+            "tool_choice",
+            "only \"auto\" and \"none\" are supported (glm-flash cannot force a call yet)",
+        )),
+    }
+}
+
+/// Whether the reply starts with thinking: `chat_template_kwargs.enable_thinking`, else
+/// `enable_thinking`, else `thinking.type`, else the server's default.
+fn thinking(body: &RequestBody, default: bool) -> ApiResult<bool> {
+    if let Some(v) = body
+        .chat_template_kwargs
+        .as_ref()
+        .and_then(|k| k.get("enable_thinking"))
+    {
+        return v.as_bool().ok_or_else(|| {
+            ApiError::invalid(
+                "chat_template_kwargs.enable_thinking",
+                "expected true or false",
+            )
+        });
+    }
+    if let Some(on) = body.enable_thinking {
+        return Ok(on);
+    }
+    match &body.thinking {
+        None | Some(Value::Null) => Ok(default),
+        Some(t) => match t.get("type").and_then(Value::as_str) {
+            Some("enabled") => Ok(true),
+            Some("disabled") => Ok(false),
+            _ => Err(ApiError::invalid(
+                "thinking",
+                "expected {\"type\": \"enabled\"} or {\"type\": \"disabled\"}",
+            )),
+        },
+    }
+}
+
+/// Sampling, limits and stop strings, from the request and the server's defaults.
+fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions> {
+    let defaults = &app.defaults;
+    if let Some(n) = body.n.filter(|&n| n != 1) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("{n} choices asked; only 1 is supported"),
+        ));
+    }
+    if body
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| !(v.is_null() || *v == Value::Bool(false)))
+    {
+        return Err(ApiError::invalid("logprobs", "not supported yet"));
+    }
+    for (field, value) in [
+        ("frequency_penalty", body.frequency_penalty),
+        ("presence_penalty", body.presence_penalty),
+    ] {
+        if value.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::invalid(
+                field,
+                "penalties are not supported yet (only 0)",
+            ));
+        }
+    }
+    if let Some(f) = &body.response_format {
+        if f.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(ApiError::invalid(
+                "response_format",
+                "only {\"type\": \"text\"} is supported",
+            ));
+        }
+    }
+    let (field, max) = match (body.max_completion_tokens, body.max_tokens) {
+        (Some(m), _) => ("max_completion_tokens", Some(m)),
+        (None, m) => ("max_tokens", m),
+    };
+    let max_new_tokens = match max {
+        None => defaults.max_tokens,
+        Some(-1) => usize::MAX,
+        Some(m) if m >= 0 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                field,
+                format!("{m}: expected -1 (no limit) or more"),
+            ))
+        }
+    };
+    let d = &defaults.sampler;
+    let temperature = body.temperature.unwrap_or(d.temperature);
+    if !(temperature >= 0.0 && temperature.is_finite()) {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("{temperature}: expected 0 (greedy) or more"),
+        ));
+    }
+    let top_p = body.top_p.unwrap_or(d.top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("{top_p}: expected a value in (0, 1]"),
+        ));
+    }
+    let min_p = body.min_p.unwrap_or(d.min_p);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::invalid(
+            "min_p",
+            format!("{min_p}: expected a value in [0, 1]"),
+        ));
+    }
+    let top_k = match body.top_k {
+        None => d.top_k,
+        Some(k) if k >= 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("{k}: expected 0 (off) or more"),
+            ))
+        }
+    };
+    let seed = match body.seed {
+        Some(s) => s as u64,
+        None if defaults.fixed_seed => d.seed,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as u64),
+    };
+    Ok(GenerateOptions {
+        max_new_tokens,
+        sampler: SamplerOptions {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
+            // The repetition penalties of `serve`'s command line.
+            ..d.clone()
+        },
+        stop_tokens: app.engine.info().tokenizer.stop_tokens(),
+        stop_strings: stop_strings(body.stop.as_ref())?,
+        // Set by the endpoint: a chat reply's parser reads the thinking and tool-call
+        // markup; a plain completion is text, as `glm-flash run` prints it.
+        special_text: false,
+    })
+}
+
+fn stop_strings(stop: Option<&Value>) -> ApiResult<Vec<String>> {
+    let list = match stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::invalid(format!("stop[{i}]"), "expected a string"))
+            })
+            .collect::<ApiResult<_>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "expected a string or an array of strings",
+            ))
+        }
+    };
+    if list.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("{} stop strings; at most {MAX_STOP_STRINGS}", list.len()),
+        ));
+    }
+    Ok(list)
+}
+
+/// The prompt must leave room in the context.
+fn check_context(prompt_tokens: usize, context: usize, field: &str) -> ApiResult<()> {
+    if prompt_tokens > context {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "the prompt has {prompt_tokens} tokens but the context holds {context} \
+                 (start the server with a larger --ctx)"
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// A field that belongs to the other endpoint.
+fn reject_other(present: bool, field: &str, why: &str) -> ApiResult<()> {
+    if present {
+        return Err(ApiError::invalid(field, why));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+
+pub async fn chat_completions(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    chat(&app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat(
+    app: &Arc<App>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let mut body = parse_body(&body_bytes(body)?)?;
+    reject_other(
+        body.prompt.is_some(),
+        "prompt",
+        "raw prompts go to /v1/completions; chat takes messages",
+    )?;
+    let messages = body
+        .messages
+        .take()
+        .ok_or_else(|| ApiError::invalid("messages", "missing"))?;
+    let messages = chat_messages(messages)?;
+    let tools = tools(&body)?;
+    let thinking = thinking(&body, app.defaults.thinking)?;
+    let opts = GenerateOptions {
+        special_text: true,
+        ..generate_options(&body, app)?
+    };
+    let info = app.engine.info();
+    let prompt = RenderedPrompt::chat(
+        &info.tokenizer,
+        &ChatPrompt {
+            messages: &messages,
+            tools: &tools,
+            add_generation_prompt: true,
+            enable_thinking: thinking,
+        },
+    )
+    .map_err(|e| ApiError::invalid("messages", e))?;
+    check_context(prompt.ids.len(), info.context, "messages")?;
+    let parser = prompt.parser(&tools);
+    let reply = queue(app, prompt.ids, parser, opts)?;
+    let shape = Shape::new(app, Kind::Chat);
+    Ok(match body.stream.unwrap_or(false) {
+        true => stream(reply, shape, include_usage(&body)),
+        false => whole(reply, shape).await?,
+    })
+}
+
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    complete(&app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn complete(
+    app: &Arc<App>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = parse_body(&body_bytes(body)?)?;
+    let chat_only = "belongs to /v1/chat/completions";
+    reject_other(body.messages.is_some(), "messages", chat_only)?;
+    reject_other(body.tools.is_some(), "tools", chat_only)?;
+    reject_other(body.echo == Some(true), "echo", "not supported yet")?;
+    reject_other(body.suffix.is_some(), "suffix", "not supported yet")?;
+    reject_other(
+        body.best_of.is_some_and(|b| b != 1),
+        "best_of",
+        "only 1 is supported",
+    )?;
+    let text = match &body.prompt {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default()
+        }
+        None => return Err(ApiError::invalid("prompt", "missing")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "expected a string (or an array of one string)",
+            ))
+        }
+    };
+    let opts = generate_options(&body, app)?;
+    let info = app.engine.info();
+    let ids = info
+        .tokenizer
+        .encode(text)
+        .map_err(|e| ApiError::invalid("prompt", e))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid("prompt", "empty"));
+    }
+    check_context(ids.len(), info.context, "prompt")?;
+    let reply = queue(app, ids, ReplyParser::plain(), opts)?;
+    let shape = Shape::new(app, Kind::Completion);
+    Ok(match body.stream.unwrap_or(false) {
+        true => stream(reply, shape, include_usage(&body)),
+        false => whole(reply, shape).await?,
+    })
+}
+
+fn include_usage(body: &RequestBody) -> bool {
+    body.stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine's output as replies
+
+/// A queued request: the engine's events, and the flag that stops its generation when
+/// this is dropped (the reply was sent, or the client went away).
+struct Pending {
+    events: tokio_mpsc::UnboundedReceiver<Event>,
+    _cancel: CancelOnDrop,
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn queue(
+    app: &App,
+    prompt: Vec<u32>,
+    parser: ReplyParser,
+    opts: GenerateOptions,
+) -> ApiResult<Pending> {
+    let (events, rx) = tokio_mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let job = Job {
+        prompt,
+        parser,
+        opts,
+        cancel: cancel.clone(),
+        events,
+    };
+    if !app.engine.submit(job) {
+        return Err(engine_gone());
+    }
+    Ok(Pending {
+        events: rx,
+        _cancel: CancelOnDrop(cancel),
+    })
+}
+
+fn engine_gone() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped")
+        .with_code("unavailable")
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// What every reply object of one request carries.
+struct Shape {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Shape {
+    fn new(app: &App, kind: Kind) -> Shape {
+        let n = REQUESTS.fetch_add(1, Ordering::Relaxed);
+        let prefix = match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        };
+        Shape {
+            kind,
+            id: format!("{prefix}-{:x}{n:06x}", app.created),
+            created: unix_time(),
+            model: app.engine.info().model_name.clone(),
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Completion, _) => "text_completion",
+        }
+    }
+
+    fn wrap(&self, chunk: bool, choices: Value, usage: Option<Value>) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        v
+    }
+
+    fn tool_call(&self, index: usize, call: &ToolCall) -> Value {
+        json!({
+            "index": index,
+            "id": format!("call_{}_{index}", self.id),
+            "type": "function",
+            "function": {
+                "name": call.name,
+                "arguments": Value::Object(call.arguments.clone()).to_string(),
+            },
+        })
+    }
+
+    /// A stream chunk with one piece of the reply.
+    fn piece(&self, event: &ReplyEvent, tool_index: usize) -> Value {
+        let choice = match (self.kind, event) {
+            (Kind::Completion, ReplyEvent::Answer(t) | ReplyEvent::Thinking(t)) => {
+                json!({"index": 0, "text": t, "logprobs": null, "finish_reason": null})
+            }
+            (Kind::Chat, ReplyEvent::Thinking(t)) => delta(json!({"reasoning_content": t})),
+            (Kind::Chat, ReplyEvent::Answer(t)) => delta(json!({"content": t})),
+            (_, ReplyEvent::ToolCall(c)) => {
+                delta(json!({"tool_calls": [self.tool_call(tool_index, c)]}))
+            }
+        };
+        self.wrap(true, json!([choice]), None)
+    }
+
+    /// The chunk that ends the stream's choice.
+    fn last_piece(&self, finish: &str) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Completion => {
+                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish})
+            }
+        };
+        self.wrap(true, json!([choice]), None)
+    }
+
+    /// The whole reply.
+    fn whole(
+        &self,
+        reasoning: &str,
+        content: &str,
+        calls: &[ToolCall],
+        summary: &Summary,
+    ) -> Value {
+        let finish = finish_reason(summary.stop, !calls.is_empty());
+        let choice = match self.kind {
+            Kind::Completion => {
+                json!({"index": 0, "text": content, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Chat => {
+                // OpenAI's content is null when the reply is only tool calls.
+                let content = match calls.is_empty() || !content.is_empty() {
+                    true => json!(content),
+                    false => Value::Null,
+                };
+                let mut message = json!({"role": "assistant", "content": content});
+                if !reasoning.is_empty() {
+                    message["reasoning_content"] = json!(reasoning);
+                }
+                if !calls.is_empty() {
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| self.tool_call(i, c))
+                        .collect();
+                    message["tool_calls"] = json!(calls);
+                }
+                json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish})
+            }
+        };
+        self.wrap(false, json!([choice]), Some(usage(summary)))
+    }
+}
+
+fn delta(delta: Value) -> Value {
+    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null})
+}
+
+fn usage(s: &Summary) -> Value {
+    json!({
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "total_tokens": s.prompt_tokens + s.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
+    })
+}
+
+fn finish_reason(stop: StopReason, tool_calls: bool) -> &'static str {
+    match stop {
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+        _ if tool_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// Waits for the whole reply and sends it as one JSON object.
+async fn whole(mut pending: Pending, shape: Shape) -> ApiResult<Response> {
+    let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
+    let summary = loop {
+        match pending.events.recv().await {
+            Some(Event::Piece(ReplyEvent::Thinking(t))) => reasoning.push_str(&t),
+            Some(Event::Piece(ReplyEvent::Answer(t))) => content.push_str(&t),
+            Some(Event::Piece(ReplyEvent::ToolCall(c))) => calls.push(c),
+            Some(Event::Done(s)) => break s,
+            Some(Event::Failed(msg)) => {
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg))
+            }
+            None => return Err(engine_gone()),
+        }
+    };
+    Ok(axum::Json(shape.whole(&reasoning, &content, &calls, &summary)).into_response())
+}
+
+/// Streams the reply as server-sent events: a first chunk with the role (chat), one chunk
+/// per piece, a last chunk with the finish reason, the usage if asked, then `[DONE]`.
+fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
+    struct State {
+        pending: Pending,
+        shape: Shape,
+        include_usage: bool,
+        out: VecDeque<SseEvent>,
+        tool_calls: usize,
+        over: bool,
+    }
+    let data = |v: Value| SseEvent::default().data(v.to_string());
+    let mut out = VecDeque::new();
+    if shape.kind == Kind::Chat {
+        let first = delta(json!({"role": "assistant", "content": ""}));
+        out.push_back(data(shape.wrap(true, json!([first]), None)));
+    }
+    let state = State {
+        pending,
+        shape,
+        include_usage,
+        out,
+        tool_calls: 0,
+        over: false,
+    };
+    let events = futures_util::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(e) = st.out.pop_front() {
+                return Some((Ok::<_, Infallible>(e), st));
+            }
+            if st.over {
+                return None;
+            }
+            match st.pending.events.recv().await {
+                Some(Event::Piece(p)) => {
+                    st.out.push_back(data(st.shape.piece(&p, st.tool_calls)));
+                    st.tool_calls += matches!(p, ReplyEvent::ToolCall(_)) as usize;
+                }
+                Some(Event::Done(s)) => {
+                    let finish = finish_reason(s.stop, st.tool_calls > 0);
+                    st.out.push_back(data(st.shape.last_piece(finish)));
+                    if st.include_usage {
+                        let u = st.shape.wrap(true, json!([]), Some(usage(&s)));
+                        st.out.push_back(data(u));
+                    }
+                    st.out.push_back(SseEvent::default().data("[DONE]"));
+                    st.over = true;
+                }
+                Some(Event::Failed(msg)) => {
+                    let e = json!({"error": {"message": msg, "type": "server_error", "param": null, "code": "internal_error"}});
+                    st.out.push_back(data(e));
+                    st.out.push_back(SseEvent::default().data("[DONE]"));
+                    st.over = true;
+                }
+                None => {
+                    let e = json!({"error": {"message": "the engine has stopped", "type": "server_error", "param": null, "code": "unavailable"}});
+                    st.out.push_back(data(e));
+                    st.over = true;
+                }
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(kind: Kind) -> Shape {
+        Shape {
+            kind,
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m.gguf".into(),
+        }
+    }
+
+    fn summary(stop: StopReason) -> Summary {
+        Summary {
+            prompt_tokens: 5,
+            completion_tokens: 3,
+            cached_tokens: 2,
+            stop,
+        }
+    }
+
+    fn weather() -> ToolCall {
+        ToolCall {
+            name: "get_weather".into(),
+            arguments: json!({"city": "Paris", "days": 2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        }
+    }
+
+    #[test]
+    fn openai_reply_with_only_tool_calls() {
+        let r =
+            shape(Kind::Chat).whole("plan", "", &[weather()], &summary(StopReason::StopToken(9)));
+        let choice = &r["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        let m = &choice["message"];
+        assert_eq!(m["content"], Value::Null);
+        assert_eq!(m["reasoning_content"], "plan");
+        let call = &m["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["id"], "call_chatcmpl-1_0");
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris", "days": 2}));
+        assert_eq!(
+            r["usage"],
+            json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                                      "prompt_tokens_details": {"cached_tokens": 2}})
+        );
+        // The same call streamed: one delta with the whole call, at its index.
+        let chunk = shape(Kind::Chat).piece(&ReplyEvent::ToolCall(weather()), 1);
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        let delta = &chunk["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(delta["index"], 1);
+        assert_eq!(
+            delta["function"]["arguments"],
+            call["function"]["arguments"]
+        );
+        // A length cut wins over the calls made before it.
+        assert_eq!(finish_reason(StopReason::MaxTokens, true), "length");
+        assert_eq!(finish_reason(StopReason::StopString(0), false), "stop");
+    }
+
+    #[test]
+    fn openai_request_errors_name_the_field() {
+        let err = |body: &str| match parse_body(body.as_bytes()) {
+            Ok(_) => panic!("{body} parsed"),
+            Err(e) => (e.param, e.message),
+        };
+        let (param, message) =
+            err(r#"{"messages": [{"role": "user", "content": "x"}, {"role": 3}]}"#);
+        assert_eq!(param.as_deref(), Some("messages[1].role"));
+        assert!(
+            message.starts_with("messages[1].role: invalid type: integer"),
+            "{message}"
+        );
+        let (param, message) = err(r#"{"max_tokens": 1.5}"#);
+        assert_eq!(param.as_deref(), Some("max_tokens"), "{message}");
+        assert_eq!(
+            err("[1, 2]"),
+            (None, "the request body must be a JSON object".into())
+        );
+        let (param, message) = err("[1, 2");
+        assert_eq!(param, None);
+        assert!(message.starts_with("malformed JSON"), "{message}");
+    }
+}

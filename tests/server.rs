@@ -1,0 +1,793 @@
+//! `glm-flash serve` over real HTTP on localhost: servers started in-process on free ports
+//! (CPU backend), talked to with a blocking HTTP client. Greedy answers are checked against
+//! `glm-flash run --temp 0`, the prompt of a tool conversation against transformers'
+//! rendering, and the server against bad requests, disconnecting clients and 16 clients at
+//! once.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::fixture;
+use glm_flash::engine::{BackendKind, BackendOptions};
+use glm_flash::sampler::SamplerOptions;
+use glm_flash::server::{Defaults, ServeOptions, Server, MAX_BODY_BYTES};
+use serde_json::{json, Value};
+
+fn options(model: Option<PathBuf>) -> ServeOptions {
+    ServeOptions {
+        model,
+        backend: BackendOptions {
+            kind: BackendKind::Cpu,
+            adapter: None,
+            threads: 1,
+            ctx: 512,
+        },
+        host: "127.0.0.1".into(),
+        port: 0,
+        api_key: None,
+        parallel: 1,
+        defaults: Defaults {
+            max_tokens: 16,
+            sampler: SamplerOptions::greedy(),
+            fixed_seed: true,
+            thinking: true,
+        },
+        show_progress: false,
+    }
+}
+
+/// The built-in model, shared by the tests that do not count requests.
+fn builtin() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(options(None)).unwrap())
+}
+
+/// The fixture whose tokenizer has GLM-4.7's special tokens and official template.
+fn small2() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(options(Some(fixture("small2-q8_0.gguf")))).unwrap())
+}
+
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+    key: Option<String>,
+}
+
+fn client(server: &Server) -> Client {
+    client_with_timeout(server, Duration::from_secs(60))
+}
+
+fn client_with_timeout(server: &Server, timeout: Duration) -> Client {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    Client {
+        base: format!("http://{}", server.addr()),
+        agent,
+        key: None,
+    }
+}
+
+impl Client {
+    /// Sends `body` (raw bytes); returns the status and the JSON reply.
+    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.send(body).unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text:?}"));
+        (status, json)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string().as_bytes())
+    }
+
+    /// A request that must succeed.
+    fn ok(&self, path: &str, body: &Value) -> Value {
+        let (status, json) = self.post(path, body);
+        assert_eq!(status, 200, "POST {path} {body}: {json}");
+        json
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let json = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        (status, json)
+    }
+
+    /// A streamed request: the JSON of every `data:` event; checks the stream ends with
+    /// `data: [DONE]` and the events are text/event-stream.
+    fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let resp = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        let reader = BufReader::new(resp.into_body().into_reader());
+        let mut events = Vec::new();
+        let mut done = false;
+        for line in reader.lines() {
+            let line = line.unwrap();
+            let Some(data) = line.strip_prefix("data: ") else {
+                assert!(line.is_empty() || line.starts_with(':'), "{line:?}");
+                continue;
+            };
+            assert!(!done, "data after [DONE]: {data}");
+            if data == "[DONE]" {
+                done = true;
+            } else {
+                events.push(serde_json::from_str(data).unwrap());
+            }
+        }
+        assert!(done, "no [DONE] at the end of {events:?}");
+        events
+    }
+}
+
+/// `glm-flash run` with `args` (greedy, CPU); returns stdout without its final newline.
+fn run_cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args(["run", "--temp", "0", "--backend", "cpu", "--threads", "1"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("{stdout:?}"))
+        .to_string()
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+/// Concatenated chat deltas of a stream: (reasoning, content, finish reason).
+fn chat_deltas(events: &[Value]) -> (String, String, String) {
+    let (mut reasoning, mut content, mut finish) = (String::new(), String::new(), None);
+    for e in events {
+        assert_eq!(e["object"], "chat.completion.chunk", "{e}");
+        let Some(choice) = e["choices"].get(0) else {
+            continue;
+        };
+        let d = &choice["delta"];
+        reasoning += d["reasoning_content"].as_str().unwrap_or_default();
+        content += d["content"].as_str().unwrap_or_default();
+        if let Some(f) = choice["finish_reason"].as_str() {
+            assert!(finish.is_none(), "two finish reasons");
+            finish = Some(f.to_string());
+        }
+    }
+    (reasoning, content, finish.expect("a finish reason"))
+}
+
+/// Polls `/health` until `done` holds for it (at most 10 s).
+fn wait_for_health(c: &Client, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, h) = c.get("/health");
+        assert_eq!(status, 200);
+        assert_eq!(h["status"], "ok");
+        if done(&h) {
+            return h;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: {h}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn health_and_models() {
+    let c = client(builtin());
+    let (status, h) = c.get("/health");
+    assert_eq!((status, &h["status"]), (200, &json!("ok")), "{h}");
+    let (status, m) = c.get("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(m["object"], "list");
+    assert_eq!(m["data"][0]["object"], "model");
+    assert_eq!(m["data"][0]["context_length"], 512);
+    let (_, m) = client(small2()).get("/v1/models");
+    assert_eq!(m["data"][0]["id"], "small2-q8_0.gguf");
+}
+
+#[test]
+fn greedy_completion_equals_the_cli_streamed_or_not() {
+    let prompt = "The lighthouse keeper";
+    let want = run_cli(&["-p", prompt, "-n", "12"]);
+    let c = client(builtin());
+    let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let r = c.ok("/v1/completions", &body);
+    assert_eq!(r["object"], "text_completion");
+    let choice = &r["choices"][0];
+    assert_eq!(choice["text"], want.as_str(), "{r}");
+    let generated = r["usage"]["completion_tokens"].as_u64().unwrap();
+    let expected_finish = if generated == 12 { "length" } else { "stop" };
+    assert_eq!(choice["finish_reason"], expected_finish);
+    let prompt_tokens = r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 0);
+    assert_eq!(
+        r["usage"]["total_tokens"].as_u64(),
+        Some(prompt_tokens + generated)
+    );
+
+    let events = c.stream("/v1/completions", &body);
+    let text: String = events
+        .iter()
+        .map(|e| e["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, want);
+    let last = &events.last().unwrap()["choices"][0];
+    assert_eq!(last["finish_reason"], expected_finish);
+    // An array of one prompt is the same prompt.
+    let one = json!({"prompt": [prompt], "max_tokens": 12, "temperature": 0});
+    assert_eq!(
+        c.ok("/v1/completions", &one)["choices"][0]["text"],
+        want.as_str()
+    );
+}
+
+#[test]
+fn greedy_chat_equals_the_cli_with_the_thinking_split() {
+    let model = fixture("small2-q8_0.gguf");
+    let model = model.to_str().unwrap();
+    let question = "Why is the sea salty?";
+    let c = client(small2());
+
+    // Thinking on: the prompt ends with <think>, the reply starts as reasoning.
+    let cli = run_cli(&["-m", model, "--chat", "-p", question, "-n", "10"]);
+    let body = json!({"messages": user(question), "max_tokens": 10, "temperature": 0});
+    let r = c.ok("/v1/chat/completions", &body);
+    assert_eq!(r["object"], "chat.completion");
+    let message = &r["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    let reasoning = message["reasoning_content"].as_str().unwrap_or_default();
+    let content = message["content"].as_str().unwrap();
+    assert!(
+        !reasoning.is_empty(),
+        "the reply starts inside <think>: {r}"
+    );
+    assert_eq!(format!("{reasoning}{content}"), cli);
+
+    let events = c.stream("/v1/chat/completions", &body);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let (s_reasoning, s_content, finish) = chat_deltas(&events);
+    assert_eq!(
+        (s_reasoning.as_str(), s_content.as_str()),
+        (reasoning, content)
+    );
+    assert_eq!(finish, r["choices"][0]["finish_reason"].as_str().unwrap());
+
+    // Thinking off, in each of the three ways a request can say it.
+    let cli = run_cli(&[
+        "-m",
+        model,
+        "--chat",
+        "--no-think",
+        "-p",
+        question,
+        "-n",
+        "10",
+    ]);
+    for off in [
+        json!({"chat_template_kwargs": {"enable_thinking": false}}),
+        json!({"enable_thinking": false}),
+        json!({"thinking": {"type": "disabled"}}),
+    ] {
+        let mut body = body.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(off.as_object().unwrap().clone());
+        let r = c.ok("/v1/chat/completions", &body);
+        let message = &r["choices"][0]["message"];
+        assert!(message.get("reasoning_content").is_none(), "{off}: {r}");
+        assert_eq!(message["content"], cli.as_str(), "{off}");
+        let (s_reasoning, s_content, _) = chat_deltas(&c.stream("/v1/chat/completions", &body));
+        assert_eq!(
+            (s_reasoning.as_str(), s_content.as_str()),
+            ("", cli.as_str()),
+            "{off}"
+        );
+    }
+}
+
+#[test]
+fn stop_strings_end_the_reply_before_them() {
+    let c = client(builtin());
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0});
+    let full = c.ok("/v1/completions", &body)["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 8, "{full:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let want = &full[..full.find(&stop).unwrap()];
+    for stop_field in [json!(stop), json!(["\u{1}never", stop])] {
+        let mut body = body.clone();
+        body["stop"] = stop_field.clone();
+        let r = c.ok("/v1/completions", &body);
+        assert_eq!(
+            r["choices"][0]["text"], want,
+            "stop {stop_field} in {full:?}"
+        );
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+        let streamed: String = c
+            .stream("/v1/completions", &body)
+            .iter()
+            .map(|e| e["choices"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(streamed, want, "streamed, stop {stop_field}");
+    }
+    // Chat too: the stop string cuts the text wherever it falls (thinking or answer).
+    let s2 = client(small2());
+    let body = json!({"messages": user("Tell me a story"), "max_tokens": 16, "temperature": 0,
+                      "enable_thinking": false});
+    let full = s2.ok("/v1/chat/completions", &body)["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chars: Vec<char> = full.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let mut with_stop = body.clone();
+    with_stop["stop"] = json!([stop]);
+    let r = s2.ok("/v1/chat/completions", &with_stop);
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        &full[..full.find(&stop).unwrap()]
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}
+
+/// The tool conversation of the fixtures' chat cases, sent the OpenAI way (arguments as a
+/// JSON string, ids): the prompt the server renders has exactly the token count of
+/// transformers' rendering.
+#[test]
+fn tools_and_tool_results_reach_the_template_like_transformers() {
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(fixture("tokenizer-cases.json")).unwrap()).unwrap();
+    let case = cases["chat_templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["ggufs"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("small2-q8_0.gguf"))
+        })
+        .flat_map(|e| e["cases"].as_array().unwrap())
+        .find(|c| c["name"] == "tools")
+        .expect("a tools case for small2");
+    let mut messages = case["messages"].clone();
+    for m in messages.as_array_mut().unwrap() {
+        if let Some(calls) = m.get_mut("tool_calls") {
+            for (i, call) in calls.as_array_mut().unwrap().iter_mut().enumerate() {
+                call["id"] = json!(format!("call_{i}"));
+                let args = call["function"]["arguments"].to_string();
+                call["function"]["arguments"] = json!(args);
+            }
+        }
+        if m["role"] == "tool" {
+            m["tool_call_id"] = json!("call_0");
+        }
+    }
+    let body = json!({
+        "messages": messages,
+        "tools": case["kwargs"]["tools"],
+        "tool_choice": "auto",
+        "max_tokens": 4,
+        "temperature": 0,
+    });
+    let r = client(small2()).ok("/v1/chat/completions", &body);
+    let want = case["ids"].as_array().unwrap().len();
+    assert_eq!(r["usage"]["prompt_tokens"], want, "{r}");
+    // With tool_choice "none" the tools are left out of the prompt.
+    let mut none = body.clone();
+    none["tool_choice"] = json!("none");
+    let r = client(small2()).ok("/v1/chat/completions", &none);
+    assert!(r["usage"]["prompt_tokens"].as_u64().unwrap() < want as u64);
+}
+
+#[test]
+fn a_conversation_that_goes_on_reuses_its_slot() {
+    let mut opts = options(Some(fixture("small2-q8_0.gguf")));
+    opts.parallel = 2;
+    let server = Server::start(opts).unwrap();
+    let c = client(&server);
+    let ask = |messages: &Value| {
+        let body = json!({"messages": messages, "max_tokens": 6, "temperature": 0});
+        c.ok("/v1/chat/completions", &body)
+    };
+    let a1_messages = json!([{"role": "system", "content": "You answer in French."},
+                             {"role": "user", "content": "Where is Lyon?"}]);
+    let a1 = ask(&a1_messages);
+    assert_eq!(a1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    // Another conversation in between takes the other slot.
+    let b1 = ask(&json!([{"role": "user", "content": "Name a colour."}]));
+    assert!(
+        b1["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            <= 2
+    );
+    let mut a2_messages = a1_messages.clone();
+    let reply = &a1["choices"][0]["message"];
+    a2_messages.as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": reply["content"],
+               "reasoning_content": reply["reasoning_content"]}),
+        json!({"role": "user", "content": "And Lille?"}),
+    ]);
+    let a2 = ask(&a2_messages);
+    let a1_prompt = a1["usage"]["prompt_tokens"].as_u64().unwrap();
+    let cached = a2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    // All of the first prompt but its closing `<think>` comes from the cache.
+    assert!(
+        cached + 1 >= a1_prompt,
+        "cached {cached} of a first prompt of {a1_prompt}"
+    );
+    // The same request again: the same reply, from a cache that now holds almost all of it.
+    let again = ask(&a2_messages);
+    assert_eq!(again["choices"], a2["choices"]);
+    assert!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > cached
+    );
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_goes_on() {
+    let c = client(builtin());
+    let chat = "/v1/chat/completions";
+    let expect =
+        |(status, json): (u16, Value), want_status: u16, param: Option<&str>, text: &str| {
+            assert_eq!(status, want_status, "{json}");
+            let e = &json["error"];
+            assert!(e["message"].as_str().unwrap().contains(text), "{json}");
+            assert!(e["type"].is_string() && e["code"].is_string(), "{json}");
+            if let Some(p) = param {
+                assert_eq!(e["param"], p, "{json}");
+            }
+        };
+    expect(
+        c.post_raw(chat, b"{\"messages\": ["),
+        400,
+        None,
+        "malformed JSON",
+    );
+    expect(c.post_raw(chat, b""), 400, None, "malformed JSON");
+    expect(c.post_raw(chat, b"{} {}"), 400, None, "malformed JSON");
+    expect(
+        c.post(chat, &json!({})),
+        400,
+        Some("messages"),
+        "messages: missing",
+    );
+    expect(
+        c.post(chat, &json!({"messages": []})),
+        400,
+        Some("messages"),
+        "at least one",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "temperature": "hot"})),
+        400,
+        Some("temperature"),
+        "invalid type",
+    );
+    expect(
+        c.post(chat, &json!({"messages": [{"content": "hi"}]})),
+        400,
+        Some("messages[0]"),
+        "missing field `role`",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": [{"role": "robot", "content": "hi"}]}),
+        ),
+        400,
+        Some("messages[0].role"),
+        "unknown role",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "top_p": 2})),
+        400,
+        Some("top_p"),
+        "(0, 1]",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "n": 2})),
+        400,
+        Some("n"),
+        "only 1",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "tool_choice": "required"}),
+        ),
+        400,
+        Some("tool_choice"),
+        "auto",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "tools": [{"name": "f"}]}),
+        ),
+        400,
+        Some("tools[0]"),
+        "function",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "stop": 3})),
+        400,
+        Some("stop"),
+        "string",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": [{"role": "assistant", "content": null,
+            "tool_calls": [{"function": {"name": "f", "arguments": "{not json"}}]}]}),
+        ),
+        400,
+        Some("messages[0].tool_calls[0].function.arguments"),
+        "not JSON",
+    );
+    expect(
+        c.post("/v1/completions", &json!({"prompt": 7})),
+        400,
+        Some("prompt"),
+        "string",
+    );
+    expect(
+        c.post("/v1/completions", &json!({"prompt": ""})),
+        400,
+        Some("prompt"),
+        "empty",
+    );
+    // Longer than the context of 512 tokens.
+    let long = "lighthouse keeper ".repeat(400);
+    let (status, json) = c.post("/v1/completions", &json!({"prompt": long}));
+    expect(
+        (status, json.clone()),
+        400,
+        Some("prompt"),
+        "context holds 512",
+    );
+    assert_eq!(json["error"]["code"], "context_length_exceeded");
+    expect(
+        c.post(chat, &json!({"messages": user(&long)})),
+        400,
+        Some("messages"),
+        "context holds 512",
+    );
+    expect(c.get("/v1/nothing"), 404, None, "no route GET /v1/nothing");
+    expect(
+        c.post("/v2/chat", &json!({})),
+        404,
+        None,
+        "no route POST /v2/chat",
+    );
+    expect(c.get(chat), 405, None, "GET is not allowed");
+    // One byte over the limit: the whole body is read, then refused.
+    let big = vec![b' '; MAX_BODY_BYTES + 1];
+    expect(c.post_raw(chat, &big), 413, None, "larger than");
+
+    // Still serving.
+    let (status, h) = c.get("/health");
+    assert_eq!((status, &h["status"]), (200, &json!("ok")));
+    c.ok(
+        "/v1/completions",
+        &json!({"prompt": "Still there?", "max_tokens": 2}),
+    );
+}
+
+#[test]
+fn api_key_is_required_on_v1_only() {
+    let mut opts = options(None);
+    opts.api_key = Some("s3cret".into());
+    let server = Server::start(opts).unwrap();
+    let mut c = client(&server);
+    let body = json!({"prompt": "Hi", "max_tokens": 2});
+    let (status, json) = c.post("/v1/completions", &body);
+    assert_eq!(status, 401, "{json}");
+    assert_eq!(json["error"]["type"], "authentication_error");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Authorization: Bearer"));
+    c.key = Some("wrong".into());
+    let (status, json) = c.post("/v1/completions", &body);
+    assert_eq!(status, 401);
+    assert_eq!(json["error"]["code"], "invalid_api_key");
+    c.key = Some("s3cret".into());
+    c.ok("/v1/completions", &body);
+    c.key = None;
+    assert_eq!(c.get("/health").0, 200);
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    let mut opts = options(None);
+    opts.backend.ctx = 4096;
+    let server = Server::start(opts).unwrap();
+    let c = client(&server);
+    // About 3200 tokens: seconds of prefill (a random model's reply may end any time, its
+    // prompt cannot), fed in chunks with a check for cancellation between them.
+    let long = "lighthouse keeper ".repeat(400);
+    let body = json!({"messages": user(&long), "max_tokens": 4, "stream": true});
+    let resp = c
+        .agent
+        .post(format!("{}/v1/chat/completions", c.base))
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    // The first event (the role) comes before the prefill; then the client leaves.
+    let mut lines = BufReader::new(resp.into_body().into_reader()).lines();
+    let first = lines
+        .find(|l| l.as_ref().unwrap().starts_with("data: "))
+        .unwrap();
+    assert!(first.unwrap().contains("\"role\":\"assistant\""));
+    drop(lines);
+    let h = wait_for_health(&c, "the streamed request was cancelled", |h| {
+        h["requests"]["cancelled"] == 1
+    });
+    assert_eq!(h["requests"]["served"], 0, "{h}");
+
+    // A client that gives up waiting for a whole reply cancels it too.
+    let impatient = client_with_timeout(&server, Duration::from_millis(300));
+    let body = json!({"prompt": long, "max_tokens": 4});
+    let gave_up = impatient
+        .agent
+        .post(format!("{}/v1/completions", c.base))
+        .send(body.to_string().as_bytes());
+    assert!(
+        gave_up.is_err(),
+        "the reply should take longer than the client waits"
+    );
+    drop(impatient);
+    let h = wait_for_health(&c, "the whole-reply request was cancelled", |h| {
+        h["requests"]["cancelled"] == 2
+    });
+    assert_eq!(h["requests"]["served"], 0, "{h}");
+    // And the next request is served.
+    c.ok(
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 3}),
+    );
+    let h = wait_for_health(&c, "one served", |h| h["requests"]["served"] == 1);
+    assert_eq!(h["requests"]["queued"], 0);
+}
+
+/// 16 clients at once, 3 requests each (chat and completions, streamed and whole), plus
+/// clients that leave mid-stream: every answer equals the single-client greedy answer.
+#[test]
+fn sixteen_clients_at_once_get_their_own_answers() {
+    let mut opts = options(None);
+    opts.parallel = 4;
+    let server = Server::start(opts).unwrap();
+    let started = Instant::now();
+    let prompts = ["The sea", "A red fox", "Numbers: 1, 2,", "Über alles"];
+    let request = |p: usize, chat: bool| -> (&'static str, Value) {
+        match chat {
+            true => (
+                "/v1/chat/completions",
+                json!({"messages": user(prompts[p]), "max_tokens": 8}),
+            ),
+            false => (
+                "/v1/completions",
+                json!({"prompt": prompts[p], "max_tokens": 8}),
+            ),
+        }
+    };
+    let answer_of = |chat: bool, r: &Value| -> String {
+        match chat {
+            true => {
+                let m = &r["choices"][0]["message"];
+                format!("{}|{}", m["reasoning_content"], m["content"])
+            }
+            false => r["choices"][0]["text"].as_str().unwrap().to_string(),
+        }
+    };
+    // The answers of one client alone (the server's default is greedy).
+    let c = client(&server);
+    let mut expected = Vec::new();
+    for p in 0..prompts.len() {
+        for chat in [false, true] {
+            let (path, body) = request(p, chat);
+            expected.push(((p, chat), answer_of(chat, &c.ok(path, &body))));
+        }
+    }
+    let expected = std::sync::Arc::new(expected);
+
+    std::thread::scope(|s| {
+        for client_no in 0..16 {
+            let server = &server;
+            let expected = expected.clone();
+            s.spawn(move || {
+                let c = client(server);
+                if client_no % 4 == 3 {
+                    // Leaves in the middle of a stream that would run long.
+                    let body = json!({"prompt": prompts[0], "max_tokens": 300, "stream": true});
+                    let resp = c
+                        .agent
+                        .post(format!("{}/v1/completions", c.base))
+                        .send(body.to_string().as_bytes())
+                        .unwrap();
+                    let mut lines = BufReader::new(resp.into_body().into_reader()).lines();
+                    lines.find(|l| l.as_ref().unwrap().starts_with("data: {"));
+                }
+                for round in 0..3 {
+                    let p = (client_no + round) % prompts.len();
+                    let chat = (client_no + round) % 2 == 1;
+                    let (path, body) = request(p, chat);
+                    let got = if round == 1 {
+                        let events = c.stream(path, &body);
+                        match chat {
+                            true => {
+                                let (r, a, _) = chat_deltas(&events);
+                                let or_null = |s: String| match s.is_empty() {
+                                    true => "null".to_string(),
+                                    false => json!(s).to_string(),
+                                };
+                                format!("{}|{}", or_null(r), json!(a))
+                            }
+                            false => events
+                                .iter()
+                                .map(|e| e["choices"][0]["text"].as_str().unwrap())
+                                .collect(),
+                        }
+                    } else {
+                        answer_of(chat, &c.ok(path, &body))
+                    };
+                    let want = &expected.iter().find(|(k, _)| *k == (p, chat)).unwrap().1;
+                    assert_eq!(&got, want, "client {client_no} round {round}");
+                }
+            });
+        }
+    });
+    let h = wait_for_health(&c, "every request done", |h| h["requests"]["queued"] == 0);
+    assert_eq!(h["requests"]["failed"], 0, "{h}");
+    assert!(h["requests"]["served"].as_u64().unwrap() >= 8 + 48, "{h}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
+}
