@@ -1076,24 +1076,33 @@ fn chat_helps_and_keeps_going_when_the_history_outgrows_the_context() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_at_the_chat_prompt_ends_the_line() {
-    let child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
         .args(["chat", "--backend", "cpu"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The built-in model loads in well under a second; then the chat waits at "> ".
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    // Wait for the prompt, then interrupt while the chat waits for a line.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8];
+    while !seen.ends_with(b"> ") {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "stdout ended: {seen:?}");
+        seen.push(byte[0]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
+    stdout.read_to_end(&mut seen).unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "> \n");
+    assert_eq!(String::from_utf8_lossy(&seen), "> \n");
 }
 
 /// Ctrl-C during `synth` removes the partial file and exits 130.
@@ -1119,8 +1128,15 @@ fn interrupted_synth_leaves_nothing_behind() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(partial.exists(), "the write has not started");
+    // Interrupt as soon as the partial file appears (well before 0.8 GB are written).
+    let start = std::time::Instant::now();
+    while !partial.exists() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the write has not started in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
