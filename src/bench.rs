@@ -145,7 +145,9 @@ pub fn run(
         )));
     }
     if opts.decode_tokens == 0 {
-        return Err(Error::Input("decode_tokens must be at least 1".into()));
+        return Err(Error::Input(
+            "the benchmark times no decode step: --decode must be at least 1".into(),
+        ));
     }
 
     // Prefills feed one deterministic stream, so a run from depth D reuses the first D

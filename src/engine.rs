@@ -1,6 +1,12 @@
 //! Opening a model and a backend to run it on, as every command and the server do: the
 //! file, its tokenizer and blueprint ([`Model`]), then the backend the options ask for
 //! ([`open_backend`]), with `auto` falling back to the CPU and saying why.
+//!
+//! `auto` takes a GPU only when it is hardware: a software renderer (Mesa's lavapipe) runs
+//! the kernels on the CPU far slower than the CPU backend, so it is used only when asked for
+//! (`BackendKind::Gpu`, or an adapter index). One context rule holds for every backend
+//! ([`context_size`]); a context the GPU cannot hold is an error naming the largest that
+//! fits, not a reason to fall back.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,7 +81,7 @@ pub struct BackendOptions {
     pub adapter: Option<usize>,
     /// CPU threads (0 = every core).
     pub threads: usize,
-    /// Context length in tokens (capped at the model's own).
+    /// Context length in tokens: at least 1, at most the model's own ([`context_size`]).
     pub ctx: usize,
     /// How the latent cache stores rows (`None`: f16 on the GPU, f32 on the CPU).
     pub cache_type: Option<CacheType>,
@@ -101,6 +107,46 @@ pub struct OpenedBackend<'a> {
     pub fallback: Option<String>,
 }
 
+/// The context a backend is opened with: `opts.ctx`, raised to `min_ctx` (the positions a
+/// caller feeds at once, such as the tokens of `glm-flash logits`). The one rule for every
+/// backend: at least 1 token and at most the model's `context_length`.
+pub fn context_size(opts: &BackendOptions, cfg: &Config, min_ctx: usize) -> Result<usize> {
+    if opts.ctx == 0 {
+        return Err(Error::Input(
+            "--ctx 0: the context must hold at least 1 token".into(),
+        ));
+    }
+    let ctx = opts.ctx.max(min_ctx);
+    if ctx > cfg.context_length {
+        let asked = if min_ctx > opts.ctx {
+            format!("{min_ctx} positions are needed,")
+        } else {
+            format!("--ctx {ctx} is")
+        };
+        return Err(Error::Input(format!(
+            "{asked} over the model's context length: the largest context is {} tokens",
+            cfg.context_length
+        )));
+    }
+    Ok(ctx)
+}
+
+/// Under `auto`, why the GPU wgpu would pick is not worth using: a software renderer
+/// (`DeviceType::Cpu`). wgpu ranks those last, so no hardware GPU is there either. None
+/// when the caller named an adapter (then it is used, whatever it is).
+fn software_only(opts: &BackendOptions) -> Option<String> {
+    if opts.adapter.is_some() {
+        return None;
+    }
+    let info = crate::gpu::context::default_adapter()?;
+    (info.device_type == wgpu::DeviceType::Cpu).then(|| {
+        format!(
+            "running on the CPU: the only GPU adapter, {} ({:?}), is a software renderer, slower than the CPU backend (--backend gpu uses it)",
+            info.name, info.backend
+        )
+    })
+}
+
 /// Builds the backend `opts` asks for, with room for `min_ctx` positions at least.
 /// `progress(bytes uploaded, bytes expected)` is called as weights go to a GPU.
 pub fn open_backend<'a>(
@@ -110,7 +156,7 @@ pub fn open_backend<'a>(
     min_ctx: usize,
     progress: Option<&mut dyn FnMut(u64, u64)>,
 ) -> Result<OpenedBackend<'a>> {
-    let ctx = opts.ctx.max(min_ctx).min(cfg.context_length);
+    let ctx = context_size(opts, cfg, min_ctx)?;
     let opened = |backend, kind, fallback| OpenedBackend {
         backend,
         kind,
@@ -127,15 +173,20 @@ pub fn open_backend<'a>(
             BackendKind::Gpu,
             None,
         )),
-        BackendKind::Auto => match gpu(opts, cfg, weights, ctx, progress) {
-            Ok(b) => Ok(opened(b, BackendKind::Gpu, None)),
-            Err(e) => {
-                let why = format!("no usable GPU ({e}); running on the CPU");
-                let b = cpu(opts, cfg, weights, ctx)
-                    .map_err(|cpu_err| Error::Input(format!("{why}: {cpu_err}")))?;
-                Ok(opened(b, BackendKind::Cpu, Some(why)))
-            }
-        },
+        BackendKind::Auto => {
+            let why = match software_only(opts) {
+                Some(why) => why,
+                None => match gpu(opts, cfg, weights, ctx, progress) {
+                    Ok(b) => return Ok(opened(b, BackendKind::Gpu, None)),
+                    // A request the GPU cannot serve (a context too large): say so.
+                    Err(e @ Error::Input(_)) => return Err(e),
+                    Err(e) => format!("no usable GPU ({e}); running on the CPU"),
+                },
+            };
+            let b = cpu(opts, cfg, weights, ctx)
+                .map_err(|cpu_err| Error::Input(format!("{why}: {cpu_err}")))?;
+            Ok(opened(b, BackendKind::Cpu, Some(why)))
+        }
     }
 }
 
@@ -163,7 +214,12 @@ fn gpu<'a>(
         cache_type: opts.cache_type.unwrap_or(CacheType::F16),
         ..Default::default()
     };
-    let backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;
+    let mut backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;
+    // One token through every kernel now: drivers finish compiling a pipeline at its first
+    // dispatch, which would otherwise land in the first prompt's time. The cache is emptied
+    // again after it.
+    backend.feed_argmax(&[0], 0)?;
+    backend.truncate(0)?;
     let stats = backend.stats();
     log::info!(
         "uploaded {:.2} GB of weights at {:.2} GB/s",
@@ -171,4 +227,62 @@ fn gpu<'a>(
         stats.upload_bytes_per_second / 1e9
     );
     Ok(Box::new(backend))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_context_rule_for_every_backend() {
+        let model = Model::builtin();
+        let cfg = &model.config;
+        let opts = |ctx| BackendOptions {
+            ctx,
+            ..Default::default()
+        };
+        assert_eq!(context_size(&opts(256), cfg, 0).unwrap(), 256);
+        // Raised to what the caller feeds at once.
+        assert_eq!(context_size(&opts(256), cfg, 300).unwrap(), 300);
+        let max = cfg.context_length;
+        assert_eq!(context_size(&opts(max), cfg, 0).unwrap(), max);
+        assert_eq!(
+            context_size(&opts(0), cfg, 0).unwrap_err().to_string(),
+            "--ctx 0: the context must hold at least 1 token"
+        );
+        assert_eq!(
+            context_size(&opts(max + 1), cfg, 0)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "--ctx {} is over the model's context length: the largest context is {max} tokens",
+                max + 1
+            )
+        );
+        assert_eq!(
+            context_size(&opts(16), cfg, max + 5).unwrap_err().to_string(),
+            format!(
+                "{} positions are needed, over the model's context length: the largest context is {max} tokens",
+                max + 5
+            )
+        );
+        // The CPU backend holds what the rule gives it.
+        let weights = model.weights().unwrap();
+        let cpu_opts = BackendOptions {
+            kind: BackendKind::Cpu,
+            threads: 1,
+            ctx: 33,
+            ..Default::default()
+        };
+        let opened = open_backend(&cpu_opts, cfg, &weights, 0, None).unwrap();
+        assert_eq!(opened.backend.max_context(), 33);
+        assert!(open_backend(
+            &BackendOptions { ctx: 0, ..cpu_opts },
+            cfg,
+            &weights,
+            0,
+            None
+        )
+        .is_err());
+    }
 }

@@ -25,6 +25,9 @@ pub struct GenerateOptions {
     /// Texts that end the reply; neither they nor anything after them is streamed. Their
     /// tokens are counted in [`Generation::ids`] (they were generated).
     pub stop_strings: Vec<String>,
+    /// Control tokens (`<think>`, `<|assistant|>`...) reach the text as their markup, for a
+    /// chat reply's parser; when false they are left out, as plain completion prints text.
+    pub special_text: bool,
 }
 
 /// Why generation ended.
@@ -39,25 +42,30 @@ pub enum StopReason {
     Interrupted,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timings {
     /// Prompt tokens fed (those already in the cache are not counted).
     pub prompt_tokens: usize,
     pub prompt_secs: f64,
-    /// Tokens fed one at a time after the prompt.
+    /// Tokens fed one at a time after the prompt (decode passes): the prompt's pass
+    /// chooses the first generated token, each decode pass the next one.
     pub decode_tokens: usize,
     pub decode_secs: f64,
+    /// Tokens generated ([`Generation::ids`]; a stop token is not one).
+    pub generated_tokens: usize,
 }
 
 impl Timings {
-    /// `prompt: 9 tokens, 0.12 s, 75.0 tok/s | decode: 24 tokens, 0.50 s, 48.0 tok/s`
+    /// `prompt: 9 tokens, 0.12 s, 75.0 tok/s | generated: 24 tokens | decode: 23 passes,
+    /// 0.50 s, 46.0 tok/s`
     pub fn summary(&self) -> String {
         let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
         format!(
-            "prompt: {} tokens, {:.2} s, {:.1} tok/s | decode: {} tokens, {:.2} s, {:.1} tok/s",
+            "prompt: {} tokens, {:.2} s, {:.1} tok/s | generated: {} tokens | decode: {} passes, {:.2} s, {:.1} tok/s",
             self.prompt_tokens,
             self.prompt_secs,
             rate(self.prompt_tokens, self.prompt_secs),
+            self.generated_tokens,
             self.decode_tokens,
             self.decode_secs,
             rate(self.decode_tokens, self.decode_secs)
@@ -111,7 +119,9 @@ pub fn generate(
     let start = cached.min(prompt.len() - 1);
     backend.truncate(start)?;
     let mut sampler = Sampler::new(opts.sampler.clone());
-    let greedy = opts.sampler.is_greedy();
+    sampler.remember(prompt);
+    // Penalties need the logits: only a plain greedy choice can stay on the backend.
+    let greedy = opts.sampler.is_greedy() && !opts.sampler.penalizes();
     let mut timings = Timings {
         prompt_tokens: prompt.len() - start,
         ..Default::default()
@@ -160,7 +170,12 @@ pub fn generate(
             return Some(StopReason::StopToken(next));
         }
         ids.push(next);
-        let (text, hit) = stop_strings.push(&decoder.push(next));
+        let piece = if opts.special_text || !tokenizer.is_control(next) {
+            decoder.push(next)
+        } else {
+            String::new()
+        };
+        let (text, hit) = stop_strings.push(&piece);
         on_text(&text);
         if let Some(i) = hit {
             return Some(StopReason::StopString(i));
@@ -196,6 +211,7 @@ pub fn generate(
         stop = accept(next, pos);
     };
     timings.decode_secs = t1.elapsed().as_secs_f64();
+    timings.generated_tokens = ids.len();
     if !matches!(stop, StopReason::StopString(_)) {
         let (mut rest, hit) = stop_strings.push(&decoder.flush());
         match hit {
@@ -317,6 +333,7 @@ mod tests {
             sampler,
             stop_tokens: vec![],
             stop_strings: vec![],
+            special_text: true,
         }
     }
 
@@ -330,6 +347,53 @@ mod tests {
             g.cache_len
         );
         assert_eq!(g.timings.decode_tokens, 4);
+        assert_eq!(g.timings.generated_tokens, 5);
+        assert!(g
+            .timings
+            .summary()
+            .contains("| generated: 5 tokens | decode: 4 passes, "));
+    }
+
+    #[test]
+    fn control_tokens_are_left_out_of_plain_text() {
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let ids = tok.encode("Hello there").unwrap();
+        let sampler = SamplerOptions {
+            seed: 3,
+            ..Default::default()
+        };
+        let mut texts = Vec::new();
+        let mut gens = Vec::new();
+        for special_text in [true, false] {
+            let o = GenerateOptions {
+                special_text,
+                ..opts(48, sampler.clone())
+            };
+            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+            let mut text = String::new();
+            gens.push(
+                generate(&mut cpu, &tok, &ids, 0, &o, None, &mut |t| text.push_str(t)).unwrap(),
+            );
+            texts.push(text);
+        }
+        // The same tokens (seed 3 draws control tokens here); only the text differs.
+        assert_eq!(gens[0].ids, gens[1].ids);
+        assert!(
+            gens[0].ids.iter().any(|&id| tok.is_control(id)),
+            "{:?}",
+            gens[0].ids
+        );
+        assert_eq!(texts[0], tok.decode(&gens[0].ids).unwrap());
+        let plain: Vec<u32> = gens[0]
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| !tok.is_control(id))
+            .collect();
+        assert_eq!(texts[1], tok.decode(&plain).unwrap());
     }
 
     #[test]

@@ -319,6 +319,13 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // Mapping a directory fails with "No such device", which names the wrong problem.
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Input(format!(
+                "{}: is a directory, not a GGUF file",
+                path.display()
+            )));
+        }
         // SAFETY: the map is read-only; as with every mmap-based reader, a file changed
         // underneath us by another process can change what we read, not memory safety of
         // our own structures (we copy out every header value and bound-check every slice).

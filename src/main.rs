@@ -1,14 +1,18 @@
-//! The `glm-flash` command line: parses flags into the library's option structs and
-//! prints. All model logic lives in the library.
+//! The `glm-flash` command line: parses flags into the library's option structs, checks
+//! every flag that can be checked before a model loads, and prints. All model logic lives
+//! in the library.
+//!
+//! Exit codes: 0 done, 1 an error (`error: ...` on stderr), 2 a malformed command line
+//! (clap's usage errors), 130 interrupted by Ctrl-C.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use glm_flash::backend::{Backend, Rows};
 use glm_flash::bench::{self, BenchOptions};
@@ -44,11 +48,11 @@ struct Cli {
 enum Command {
     /// Generate a continuation of a prompt (or a chat reply with --chat) and print speeds.
     Run(RunArgs),
-    /// Interactive multi-turn chat on stdin (one line per turn; /reset, /exit).
+    /// Interactive multi-turn chat on stdin (one line per turn; /help lists the commands).
     Chat(ChatArgs),
     /// Serve the model over HTTP with the OpenAI API (chat completions, completions, models).
     Serve(ServeArgs),
-    /// Describe a model file: hyper-parameters, tensors and tokenizer.
+    /// Describe a model file: hyper-parameters, tensors and tokenizer (exit 1 if it cannot run).
     Info(InfoArgs),
     /// Teacher-forced logits of every position, as raw little-endian f32 [positions][vocab].
     Logits(LogitsArgs),
@@ -60,7 +64,107 @@ enum Command {
     Bench(BenchArgs),
     /// List the GPU adapters the GPU backend can use (for --adapter).
     Devices,
+    /// Print a shell completion script: `glm-flash completions bash > ~/.local/share/bash-completion/completions/glm-flash`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
+
+// ---------------------------------------------------------------------------------------
+// Flag values. Numbers may be negative where llama.cpp gives a negative a meaning (`-n -1`,
+// `--seed -1`, `--repeat-last-n -1`, `--threads -1`); every other out-of-range value is a
+// usage error naming what is expected.
+
+/// A count: 0 or more.
+fn count(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(n as usize),
+        Ok(_) => Err("expected 0 or more".into()),
+        Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+/// A count of at least 1.
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n as usize),
+        Ok(_) => Err("expected 1 or more".into()),
+        Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+/// A count, or -1 for "no limit".
+fn count_or_unlimited(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(usize::MAX),
+        Ok(n) if n >= 0 => Ok(n as usize),
+        Ok(_) => Err("expected -1 (no limit) or 0 or more".into()),
+        Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+/// CPU threads: 0 or -1 = every core.
+fn threads(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(0),
+        Ok(n) if n >= 0 => Ok(n as usize),
+        Ok(_) => Err("expected 0 or -1 (every core) or a thread count".into()),
+        Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+fn finite(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a usable number")),
+        Err(_) => Err("expected a number".into()),
+    }
+}
+
+fn temperature(s: &str) -> std::result::Result<f32, String> {
+    match finite(s)? {
+        t if t >= 0.0 => Ok(t),
+        _ => Err("expected 0 (greedy) or more".into()),
+    }
+}
+
+fn top_p(s: &str) -> std::result::Result<f32, String> {
+    match finite(s)? {
+        p if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err("expected a value in (0, 1] (1 = off)".into()),
+    }
+}
+
+fn min_p(s: &str) -> std::result::Result<f32, String> {
+    match finite(s)? {
+        p if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err("expected a value in [0, 1] (0 = off)".into()),
+    }
+}
+
+fn repeat_penalty(s: &str) -> std::result::Result<f32, String> {
+    match finite(s)? {
+        p if p > 0.0 => Ok(p),
+        _ => Err("expected a value above 0 (1 = off)".into()),
+    }
+}
+
+/// A seed: -1 = from the clock, as when none is given.
+#[derive(Clone, Copy, Debug)]
+struct Seed(Option<u64>);
+
+fn seed(s: &str) -> std::result::Result<Seed, String> {
+    if s == "-1" {
+        return Ok(Seed(None));
+    }
+    s.parse::<u64>()
+        .map(|v| Seed(Some(v)))
+        .map_err(|_| "expected -1 (random) or a number from 0 to 18446744073709551615".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Flag groups
 
 #[derive(Args)]
 struct ModelArg {
@@ -73,26 +177,30 @@ struct ModelArg {
 enum BackendKind {
     /// The CPU reference backend.
     Cpu,
-    /// WGSL kernels through wgpu.
+    /// WGSL kernels through wgpu, on any adapter (software ones included).
     Gpu,
-    /// The GPU when one can be used, else the CPU.
+    /// A hardware GPU when one can be used, else the CPU.
     Auto,
 }
+
+/// The context when `--ctx` is not given (or the model's own, if shorter).
+const DEFAULT_CTX: usize = 4096;
 
 #[derive(Args)]
 struct BackendArgs {
     /// Which backend computes the model.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// GPU adapter index, as listed by `glm-flash devices` (default: the best one).
+    /// GPU adapter index, as listed by `glm-flash devices` (default: the best hardware one).
     #[arg(long, value_name = "N")]
     adapter: Option<usize>,
-    /// CPU threads (0 = every core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// CPU threads (0 or -1 = every core).
+    #[arg(long, value_name = "N", default_value = "0", value_parser = threads, allow_negative_numbers = true)]
     threads: usize,
-    /// Context length in tokens: prompt plus reply (capped at the model's own context).
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    ctx: usize,
+    /// Context length in tokens: prompt plus reply, at most the model's context length
+    /// [default: 4096, or the model's context length if shorter].
+    #[arg(short = 'c', long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
+    ctx: Option<usize>,
     /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
     #[arg(long, value_enum, value_name = "TYPE")]
     cache_type: Option<CacheTypeArg>,
@@ -114,6 +222,8 @@ impl From<CacheTypeArg> for CacheType {
 }
 
 impl BackendArgs {
+    /// The options; without `--ctx`, [`DEFAULT_CTX`] (which [`make_backend`] lowers to a
+    /// model's shorter context length).
     fn options(&self) -> BackendOptions {
         BackendOptions {
             kind: match self.backend {
@@ -123,42 +233,73 @@ impl BackendArgs {
             },
             adapter: self.adapter,
             threads: self.threads,
-            ctx: self.ctx,
+            ctx: self.ctx.unwrap_or(DEFAULT_CTX),
             cache_type: self.cache_type.map(CacheType::from),
+        }
+    }
+
+    /// What can be said before the model loads: more threads than cores.
+    fn warn_early(&self) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.threads > cores {
+            eprintln!(
+                "warning: --threads {} is more than the {cores} cores here: the CPU backend slows down when threads wait for a core",
+                self.threads
+            );
         }
     }
 }
 
 #[derive(Args)]
 struct SamplingArgs {
-    /// Most tokens to generate.
-    #[arg(
-        short = 'n',
-        long = "max-tokens",
-        value_name = "N",
-        default_value_t = 512
-    )]
+    /// Most tokens to generate (-1 = until an end token or the end of the context).
+    #[arg(short = 'n', long = "max-tokens", value_name = "N", default_value = "512",
+          value_parser = count_or_unlimited, allow_negative_numbers = true)]
     max_tokens: usize,
     /// Sampling temperature; 0 = greedy (always the most likely token).
-    #[arg(long = "temp", value_name = "T", default_value_t = SamplerOptions::default().temperature)]
+    #[arg(long = "temp", value_name = "T", default_value_t = SamplerOptions::default().temperature,
+          value_parser = temperature, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep only the K most likely tokens (0 = off).
-    #[arg(long, value_name = "K", default_value_t = SamplerOptions::default().top_k)]
+    #[arg(long, value_name = "K", default_value_t = SamplerOptions::default().top_k,
+          value_parser = count, allow_negative_numbers = true)]
     top_k: usize,
-    /// Keep the most likely tokens up to this cumulative probability (1 = off).
-    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().top_p)]
+    /// Keep the most likely tokens up to this cumulative probability, in (0, 1] (1 = off).
+    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().top_p,
+          value_parser = top_p, allow_negative_numbers = true)]
     top_p: f32,
-    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().min_p)]
+    /// Drop tokens less likely than this fraction of the most likely one, in [0, 1] (0 = off).
+    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().min_p,
+          value_parser = min_p, allow_negative_numbers = true)]
     min_p: f32,
-    /// Random seed for sampling (default: from the clock; printed with --verbose).
-    #[arg(long, value_name = "S")]
-    seed: Option<u64>,
+    /// Divide the logits of recent tokens by this (multiply when negative), as llama.cpp's
+    /// --repeat-penalty (1 = off).
+    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().repeat_penalty,
+          value_parser = repeat_penalty, allow_negative_numbers = true)]
+    repeat_penalty: f32,
+    /// Subtract this from the logit of every recent token (0 = off).
+    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().presence_penalty,
+          value_parser = finite, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Subtract this from a token's logit per recent occurrence (0 = off).
+    #[arg(long, value_name = "P", default_value_t = SamplerOptions::default().frequency_penalty,
+          value_parser = finite, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Recent tokens (the prompt's included) the penalties look at (0 = none, -1 = the whole context).
+    #[arg(long, value_name = "N", default_value_t = SamplerOptions::default().penalty_last_n,
+          value_parser = count_or_unlimited, allow_negative_numbers = true)]
+    repeat_last_n: usize,
+    /// Random seed for sampling (-1 or none: from the clock; printed with --verbose).
+    #[arg(long, value_name = "S", value_parser = seed, allow_negative_numbers = true)]
+    seed: Option<Seed>,
+    /// Stop when the text reaches STRING (not printed); repeat for several.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    stop: Vec<String>,
 }
 
 impl SamplingArgs {
     fn options(&self) -> SamplerOptions {
-        let seed = self.seed.unwrap_or_else(|| {
+        let seed = self.seed.and_then(|s| s.0).unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
@@ -169,6 +310,10 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             seed,
+            repeat_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: self.repeat_last_n,
         }
     }
 }
@@ -176,7 +321,7 @@ impl SamplingArgs {
 #[derive(Args)]
 struct ChatStyleArgs {
     /// System message placed before the user's.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     system: Option<String>,
     /// Ask for an answer without a thinking part.
     #[arg(long)]
@@ -186,25 +331,60 @@ struct ChatStyleArgs {
     hide_thinking: bool,
 }
 
+impl ChatStyleArgs {
+    /// The flags given, by name (for the warning when they do not apply).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            (self.system.is_some(), "--system"),
+            (self.no_think, "--no-think"),
+            (self.hide_thinking, "--hide-thinking"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect()
+    }
+}
+
 #[derive(Args)]
 struct PromptArgs {
     /// The prompt text.
-    #[arg(short = 'p', long, value_name = "TEXT", conflicts_with = "file")]
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "TEXT",
+        conflicts_with = "file",
+        allow_hyphen_values = true
+    )]
     prompt: Option<String>,
-    /// Read the prompt from a UTF-8 file.
+    /// Read the prompt from a UTF-8 file (`-` = standard input).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
 }
 
 impl PromptArgs {
+    /// The prompt's text; an empty one is an error (before anything loads).
     fn text(&self) -> Result<String> {
-        match (&self.prompt, &self.file) {
-            (Some(p), _) => Ok(p.clone()),
-            (None, Some(path)) => read_utf8(path),
-            (None, None) => Err(Error::Input(
-                "no prompt: give one with -p TEXT or -f FILE".into(),
-            )),
+        let text = match (&self.prompt, &self.file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(path)) if path.as_os_str() == "-" => {
+                let mut bytes = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::io("<stdin>", e))?;
+                utf8(bytes, Path::new("<stdin>"))?
+            }
+            (None, Some(path)) => read_utf8(path)?,
+            (None, None) => {
+                return Err(Error::Input(
+                    "no prompt: give one with -p TEXT, -f FILE or -f - (standard input)".into(),
+                ))
+            }
+        };
+        if text.is_empty() {
+            return Err(Error::Input("the prompt is empty".into()));
         }
+        Ok(text)
     }
 }
 
@@ -224,6 +404,10 @@ struct RunArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     backend: BackendArgs,
+    /// Print one JSON object on stdout instead of the text: the text (with --chat also its
+    /// thinking, answer and tool calls), prompt and generated token ids, stop reason, timings.
+    #[arg(long)]
+    json: bool,
     /// Print the backend, the prompt and generated token ids, and the stop reason on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -231,8 +415,9 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ChatArgs {
-    #[command(flatten)]
-    model: ModelArg,
+    /// GGUF model file (default: a small built-in model with random weights).
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: Option<PathBuf>,
     #[command(flatten)]
     style: ChatStyleArgs,
     #[command(flatten)]
@@ -313,10 +498,10 @@ struct SynthArgs {
     #[arg(long, value_enum)]
     preset: PresetArg,
     /// Override the number of (trunk) layers.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     layers: Option<usize>,
     /// Override the vocabulary size (at least 292: bytes and special tokens).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     vocab: Option<usize>,
     /// Seed of the random weights (same seed, same file).
     #[arg(long, value_name = "S", default_value_t = 0)]
@@ -336,20 +521,23 @@ struct BenchArgs {
     model: ModelArg,
     /// Positions in the cache before decode is timed (filled with synthetic rows, not
     /// prefilled); a comma list runs one decode per depth.
-    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0")]
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0",
+          value_parser = count, allow_negative_numbers = true)]
     depth: Vec<usize>,
-    /// Decode steps timed.
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    /// Decode steps timed (at least 1).
+    #[arg(long, value_name = "N", default_value = "32", value_parser = positive, allow_negative_numbers = true)]
     decode: usize,
     /// Sizes of the timed prefills, a comma list (0 = none); those past the model's
     /// context are skipped.
-    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "512,4096")]
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "512,4096",
+          value_parser = count, allow_negative_numbers = true)]
     prefill: Vec<usize>,
     /// Positions in the cache before each prefill (0 = empty); every size runs from each.
-    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0,512")]
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0,512",
+          value_parser = count, allow_negative_numbers = true)]
     prefill_depth: Vec<usize>,
     /// Untimed decode steps first (and, when above 0, one untimed prefill).
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value = "2", value_parser = count, allow_negative_numbers = true)]
     warmup: usize,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -362,11 +550,19 @@ struct BenchArgs {
     backend: BackendArgs,
 }
 
+/// How a command ended, when it did not fail.
+enum Done {
+    Ok,
+    /// Stopped by Ctrl-C (exit code 130, as shells report SIGINT).
+    Interrupted,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Done::Ok) => ExitCode::SUCCESS,
+        Ok(Done::Interrupted) => ExitCode::from(130),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -375,25 +571,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command) -> Result<Done> {
+    let ok = |r: Result<()>| r.map(|()| Done::Ok);
     match command {
         Command::Run(a) => cmd_run(a),
         Command::Chat(a) => cmd_chat(a),
-        Command::Serve(a) => cmd_serve(a),
-        Command::Info(a) => cmd_info(a),
-        Command::Logits(a) => cmd_logits(a),
-        Command::Tokenize(a) => cmd_tokenize(a),
+        Command::Serve(a) => ok(cmd_serve(a)),
+        Command::Info(a) => ok(cmd_info(a)),
+        Command::Logits(a) => ok(cmd_logits(a)),
+        Command::Tokenize(a) => ok(cmd_tokenize(a)),
         Command::Synth(a) => cmd_synth(a),
-        Command::Bench(a) => cmd_bench(a),
-        Command::Devices => cmd_devices(),
+        Command::Bench(a) => ok(cmd_bench(a)),
+        Command::Devices => ok(cmd_devices()),
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "glm-flash", &mut script);
+            ok(std::io::stdout().write_all(&script).map_err(stdout_err))
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Loading
 
-fn open_model(path: &Path) -> Result<GgufFile> {
-    GgufFile::open(path)
+/// The model `-m` names, or the built-in one (saying so) when none is given.
+fn open_or_builtin(path: Option<&Path>) -> Result<Model> {
+    match path {
+        Some(path) => Model::open(path),
+        None => {
+            eprintln!(
+                "no model given (-m): using a small built-in model with random weights, so the text is gibberish"
+            );
+            Ok(Model::builtin())
+        }
+    }
 }
 
 /// The model a command runs, loaded in dependency order: file -> config -> weights.
@@ -404,20 +616,36 @@ fn with_model<T>(file: &GgufFile, f: impl FnOnce(&Config, &Weights) -> Result<T>
 }
 
 /// Builds the backend the flags ask for, with room for `min_ctx` positions at least: a
-/// progress bar while weights go to a GPU, one line when `auto` falls back to the CPU.
+/// progress bar while weights go to a GPU and a line while its kernels compile, one line
+/// when `auto` falls back to the CPU, and one with the backend and the load time.
 fn make_backend<'a>(
     args: &BackendArgs,
     cfg: &Config,
     weights: &'a Weights<'a>,
     min_ctx: usize,
 ) -> Result<Box<dyn Backend + 'a>> {
+    let start = Instant::now();
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut progress = |done: u64, total: u64| {
         let bar = bar.get_or_insert_with(|| progress_bar(total));
+        if bar.is_finished() {
+            return;
+        }
         bar.set_length(total);
         bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+            eprintln!(
+                "uploaded {:.2} GB of weights; compiling the GPU kernels and running a first token",
+                total as f64 / 1e9
+            );
+        }
     };
-    let opened = engine::open_backend(&args.options(), cfg, weights, min_ctx, Some(&mut progress));
+    let mut opts = args.options();
+    if args.ctx.is_none() {
+        opts.ctx = opts.ctx.min(cfg.context_length).max(1);
+    }
+    let opened = engine::open_backend(&opts, cfg, weights, min_ctx, Some(&mut progress));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -425,6 +653,11 @@ fn make_backend<'a>(
     if let Some(why) = &opened.fallback {
         eprintln!("{why}");
     }
+    eprintln!(
+        "loaded in {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        opened.backend.describe()
+    );
     Ok(opened.backend)
 }
 
@@ -450,6 +683,10 @@ fn cmd_devices() -> Result<()> {
 /// A file's text, with the byte offset of the first invalid UTF-8 sequence if any.
 fn read_utf8(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    utf8(bytes, path)
+}
+
+fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         Error::Input(format!(
             "{}: not valid UTF-8 at byte offset {}",
@@ -467,15 +704,66 @@ fn stdout_err(e: std::io::Error) -> Error {
     Error::io("<stdout>", e)
 }
 
+/// An output file opened before any work, so an unwritable path fails before a model
+/// loads. A file it creates is removed again unless written; an existing one keeps its
+/// contents until then.
+struct OutputFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    created: bool,
+}
+
+impl OutputFile {
+    fn open(path: &Path) -> Result<OutputFile> {
+        if path.is_dir() {
+            return Err(Error::Input(format!(
+                "{}: is a directory, not a file to write",
+                path.display()
+            )));
+        }
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(OutputFile {
+            path: path.to_path_buf(),
+            file: Some(file),
+            created: !existed,
+        })
+    }
+
+    fn write(mut self, bytes: &[u8]) -> Result<()> {
+        let mut file = self.file.take().expect("written once");
+        let io = |e| Error::io(&self.path, e);
+        file.set_len(0).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.flush().map_err(io)
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() && self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Generation: Ctrl-C and printing
 
 /// Ctrl-C while a reply is being generated stops it (the text so far and the speeds are
-/// still printed); Ctrl-C at any other time, or a second one, exits.
+/// still printed); Ctrl-C at any other time, or a second one, exits with code 130, ending
+/// the line the chat prompt is on so the shell's prompt starts a line of its own.
 #[derive(Clone)]
 struct Interrupt {
     stop: Arc<AtomicBool>,
     generating: Arc<AtomicBool>,
+    /// The chat's `> ` is on stdout and the user has not finished the line.
+    at_prompt: Arc<AtomicBool>,
 }
 
 impl Interrupt {
@@ -483,6 +771,7 @@ impl Interrupt {
         let it = Interrupt {
             stop: Arc::new(AtomicBool::new(false)),
             generating: Arc::new(AtomicBool::new(false)),
+            at_prompt: Arc::new(AtomicBool::new(false)),
         };
         let handler = it.clone();
         ctrlc::set_handler(move || {
@@ -491,10 +780,15 @@ impl Interrupt {
             {
                 return;
             }
-            if std::io::stdout().is_terminal() {
-                print!("{ANSI_RESET}");
+            let mut out = std::io::stdout();
+            if out.is_terminal() {
+                // Whatever was printing dimmed thinking stops here.
+                let _ = write!(out, "{ANSI_RESET}");
             }
-            let _ = std::io::stdout().flush();
+            if handler.at_prompt.load(Ordering::SeqCst) {
+                let _ = writeln!(out);
+            }
+            let _ = out.flush();
             std::process::exit(130);
         })
         .map_err(|e| Error::Input(format!("cannot install the Ctrl-C handler: {e}")))?;
@@ -514,9 +808,11 @@ impl Interrupt {
 const ANSI_DIM: &str = "\x1b[2m";
 const ANSI_RESET: &str = "\x1b[0m";
 
-/// Prints a reply as it streams: the thinking dimmed (or hidden), the answer as is.
+/// Prints a reply as it streams: the thinking dimmed (or hidden), the answer as is. Quiet
+/// (for `--json`) prints nothing.
 struct ReplyPrinter {
     hide_thinking: bool,
+    quiet: bool,
     color: bool,
     error: Option<std::io::Error>,
 }
@@ -525,12 +821,23 @@ impl ReplyPrinter {
     fn new(hide_thinking: bool) -> Self {
         ReplyPrinter {
             hide_thinking,
+            quiet: false,
             color: std::io::stdout().is_terminal(),
             error: None,
         }
     }
 
+    fn quiet() -> Self {
+        ReplyPrinter {
+            quiet: true,
+            ..Self::new(true)
+        }
+    }
+
     fn print(&mut self, event: &ReplyEvent) {
+        if self.quiet {
+            return;
+        }
         let mut out = std::io::stdout().lock();
         let res = match event {
             ReplyEvent::Thinking(_) if self.hide_thinking => Ok(()),
@@ -559,12 +866,13 @@ impl ReplyPrinter {
 
 /// One reply with Ctrl-C armed, streamed through `printer`; `send` runs the generation
 /// given the stop flag and the event sink.
-fn reply(
+fn reply<T>(
     session: &mut Session,
     interrupt: &Interrupt,
     printer: &mut ReplyPrinter,
-    send: impl FnOnce(&mut Session, &AtomicBool, &mut dyn FnMut(&ReplyEvent)) -> Result<Reply>,
-) -> Result<Reply> {
+    send: impl FnOnce(&mut Session, &AtomicBool, &mut dyn FnMut(&ReplyEvent)) -> Result<T>,
+    reply_of: impl Fn(&T) -> &Reply,
+) -> Result<T> {
     let r = interrupt.run(|stop| {
         send(session, stop, &mut |e| {
             printer.print(e);
@@ -575,7 +883,7 @@ fn reply(
         })
     })?;
     printer.finish()?;
-    match r.completion.generation.stop {
+    match reply_of(&r).completion.generation.stop {
         StopReason::ContextFull => eprintln!(
             "[stopped: the context of {} tokens is full; raise --ctx]",
             session.max_context()
@@ -586,12 +894,15 @@ fn reply(
     Ok(r)
 }
 
-fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer) -> GenerateOptions {
+/// What ends and shapes generation. `chat`: the reply goes through a chat parser, which
+/// reads the control tokens (`<think>`...); plain text leaves them out.
+fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer, chat: bool) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens: s.max_tokens,
         sampler: s.options(),
         stop_tokens: tokenizer.stop_tokens(),
-        stop_strings: Vec::new(),
+        stop_strings: s.stop.clone(),
+        special_text: chat,
     }
 }
 
@@ -602,20 +913,34 @@ fn join_ids(ids: &[u32]) -> String {
         .join(",")
 }
 
+/// How the stop reason is written in `--json`.
+fn stop_json(stop: StopReason, opts: &GenerateOptions) -> serde_json::Value {
+    use serde_json::json;
+    match stop {
+        StopReason::StopToken(id) => json!({"reason": "stop_token", "token": id}),
+        StopReason::StopString(i) => {
+            json!({"reason": "stop_string", "string": opts.stop_strings[i]})
+        }
+        StopReason::MaxTokens => json!({"reason": "max_tokens"}),
+        StopReason::ContextFull => json!({"reason": "context_full"}),
+        StopReason::Interrupted => json!({"reason": "interrupted"}),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Commands
 
-fn cmd_run(a: RunArgs) -> Result<()> {
+fn cmd_run(a: RunArgs) -> Result<Done> {
     let text = a.prompt.text()?;
-    let model = match &a.model {
-        Some(path) => Model::open(path)?,
-        None => {
-            eprintln!(
-                "no model given (-m): using a small built-in model with random weights, so the text is gibberish"
-            );
-            Model::builtin()
-        }
-    };
+    a.sampling.options().validate().map_err(Error::Input)?;
+    a.backend.warn_early();
+    if !a.chat && !a.style.given().is_empty() {
+        eprintln!(
+            "warning: {} only apply with --chat; ignored",
+            a.style.given().join(", ")
+        );
+    }
+    let model = open_or_builtin(a.model.as_deref())?;
     let tokenizer = model.tokenizer.as_ref();
     let (prompt, parser) = if a.chat {
         let mut messages = Vec::new();
@@ -635,7 +960,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     } else {
         (tokenizer.encode(&text)?, ReplyParser::plain())
     };
-    let opts = generate_options(&a.sampling, tokenizer);
+    let opts = generate_options(&a.sampling, tokenizer, a.chat);
     let interrupt = Interrupt::install()?;
     let weights = model.weights()?;
     let backend = make_backend(&a.backend, &model.config, &weights, 0)?;
@@ -645,18 +970,27 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         eprintln!("seed: {}", opts.sampler.seed);
         eprintln!("prompt ids: {}", join_ids(&prompt));
     }
-    let mut printer = ReplyPrinter::new(a.style.hide_thinking);
+    let mut printer = if a.json {
+        ReplyPrinter::quiet()
+    } else {
+        ReplyPrinter::new(a.style.hide_thinking)
+    };
     let r = reply(
         &mut session,
         &interrupt,
         &mut printer,
         |session, stop, on_event| session.reply(&prompt, parser, &opts, Some(stop), on_event),
+        |r| r,
     )?;
     let g = &r.completion.generation;
     if a.verbose {
         eprintln!("generated ids: {}", join_ids(&g.ids));
         eprintln!("stop: {:?}", g.stop);
-        if let Some(t) = session.backend_mut().instrumented().map(|i| i.last_token_stats()) {
+        if let Some(t) = session
+            .backend_mut()
+            .instrumented()
+            .map(|i| i.last_token_stats())
+        {
             eprintln!(
                 "per token: {} dispatches, {} compute passes, {} submits, {} bytes read back",
                 t.dispatches, t.compute_passes, t.submits, t.bytes_read_back
@@ -664,21 +998,43 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         }
     }
     eprintln!("{}", g.timings.summary());
-    Ok(())
+    if a.json {
+        let mut json = serde_json::json!({
+            "text": r.text,
+            "prompt_ids": prompt,
+            "ids": g.ids,
+            "stop": stop_json(g.stop, &opts),
+            "timings": g.timings,
+            "backend": session.backend().describe(),
+        });
+        if a.chat {
+            json["reasoning"] = r.reasoning.clone().into();
+            json["content"] = r.content.clone().into();
+            json["tool_calls"] = serde_json::to_value(&r.tool_calls).unwrap_or_default();
+        }
+        writeln!(std::io::stdout(), "{json}").map_err(stdout_err)?;
+    }
+    Ok(match g.stop {
+        StopReason::Interrupted => Done::Interrupted,
+        _ => Done::Ok,
+    })
 }
 
-fn cmd_chat(a: ChatArgs) -> Result<()> {
-    let model = Model::open(&a.model.path)?;
+const CHAT_HELP: &str = "commands: /reset clears the history, /exit (or /quit, Ctrl-D) ends the chat, /help lists these; any other line is sent to the model";
+
+fn cmd_chat(a: ChatArgs) -> Result<Done> {
+    a.sampling.options().validate().map_err(Error::Input)?;
+    a.backend.warn_early();
+    let model = open_or_builtin(a.model.as_deref())?;
     let tokenizer = model.tokenizer.as_ref();
-    let opts = generate_options(&a.sampling, tokenizer);
+    let opts = generate_options(&a.sampling, tokenizer, true);
     let interrupt = Interrupt::install()?;
     let weights = model.weights()?;
     let backend = make_backend(&a.backend, &model.config, &weights, 0)?;
     let mut session = Session::new(backend, tokenizer);
     eprintln!(
-        "chatting with {} on {} (one line per turn; /reset clears the history, /exit or Ctrl-D ends)",
-        model.file.name,
-        session.backend().describe()
+        "chatting with {} (one line per turn; /help lists the commands)",
+        model.display_name()
     );
     let mut chat = Chat::new(a.style.system.clone(), !a.style.no_think);
     let stdin = std::io::stdin();
@@ -687,22 +1043,29 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         print!("> ");
         std::io::stdout().flush().map_err(stdout_err)?;
         line.clear();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Error::io("<stdin>", e))?
-            == 0
-        {
+        interrupt.at_prompt.store(true, Ordering::SeqCst);
+        let read = stdin.lock().read_line(&mut line);
+        interrupt.at_prompt.store(false, Ordering::SeqCst);
+        if read.map_err(|e| Error::io("<stdin>", e))? == 0 {
             println!();
-            return Ok(());
+            return Ok(Done::Ok);
         }
         let input = line.trim();
         match input {
             "" => continue,
-            "/exit" | "/quit" => return Ok(()),
+            "/exit" | "/quit" => return Ok(Done::Ok),
             "/reset" => {
                 chat.reset();
                 eprintln!("[history cleared]");
+                continue;
+            }
+            "/help" | "/?" => {
+                eprintln!("{CHAT_HELP}");
+                continue;
+            }
+            // A lone /word is a command we do not know, not a message.
+            _ if input.starts_with('/') && !input.contains(char::is_whitespace) => {
+                eprintln!("unknown command {input}; {CHAT_HELP}");
                 continue;
             }
             _ => {}
@@ -713,16 +1076,25 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             &interrupt,
             &mut printer,
             |session, stop, on_event| chat.send(session, input, &opts, Some(stop), on_event),
+            |t| &t.reply,
         );
         match turn {
-            Ok(r) => {
+            Ok(t) => {
+                if t.dropped > 0 {
+                    eprintln!(
+                        "[the {} oldest exchanges were dropped to fit the context of {} tokens]",
+                        t.dropped,
+                        session.max_context()
+                    );
+                }
+                let c = &t.reply.completion;
                 if a.verbose {
                     eprintln!(
                         "[{} prompt tokens, {} reused from the cache]",
-                        r.completion.prompt_tokens, r.completion.reused
+                        c.prompt_tokens, c.reused
                     );
                 }
-                eprintln!("{}", r.completion.generation.timings.summary());
+                eprintln!("{}", c.generation.timings.summary());
             }
             Err(e) if is_broken_pipe(&e) => return Err(e),
             // The turn is dropped (the library forgets it and the cache it may have touched).
@@ -734,6 +1106,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
 fn cmd_serve(a: ServeArgs) -> Result<()> {
     let sampler = a.sampling.options();
     sampler.validate().map_err(Error::Input)?;
+    a.backend.warn_early();
     if a.model.is_none() {
         eprintln!(
             "no model given (-m): serving a small built-in model with random weights, so the text is gibberish"
@@ -749,7 +1122,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         defaults: Defaults {
             max_tokens: a.sampling.max_tokens,
             sampler,
-            fixed_seed: a.sampling.seed.is_some(),
+            fixed_seed: a.sampling.seed.is_some_and(|s| s.0.is_some()),
             thinking: !a.no_think,
         },
         show_progress: true,
@@ -778,8 +1151,10 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let file = open_model(&a.model.path)?;
+    let file = GgufFile::open(&a.model.path)?;
     let cfg = Config::from_gguf(&file)?;
+    // What keeps the file from running; reported after the description, as the exit code.
+    let mut problems = Vec::new();
     let mut s = String::new();
     let mut line = |t: String| {
         s.push_str(&t);
@@ -813,7 +1188,10 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
             "weights: load; {:.1} MB read per decoded token",
             w.bytes_per_token(&cfg) as f64 / 1e6
         )),
-        Err(e) => line(format!("weights: DO NOT LOAD: {e}")),
+        Err(e) => {
+            line(format!("weights: DO NOT LOAD: {e}"));
+            problems.push(format!("weights: {e}"));
+        }
     }
     let cache = |t: CacheType, positions| {
         gpu::cache::human_bytes(t.cache_bytes(cfg.n_layers, positions, cfg.cache_row()))
@@ -906,26 +1284,36 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     });
     if let Err(e) = Tokenizer::from_gguf(&file) {
         line(format!("  DOES NOT LOAD: {e}"));
+        problems.push(e.to_string());
     }
     std::io::stdout()
         .write_all(s.as_bytes())
-        .map_err(stdout_err)
+        .map_err(stdout_err)?;
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Input(format!(
+            "{} cannot run: {}",
+            file.name,
+            problems.join("; ")
+        ))),
+    }
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
-    let file = open_model(&a.model.path)?;
+    a.backend.warn_early();
+    let out = OutputFile::open(&a.out)?;
+    let file = GgufFile::open(&a.model.path)?;
     with_model(&file, |cfg, weights| {
-        let mut backend = make_backend(&a.backend, cfg, weights, a.tokens.len())?;
-        if a.tokens.len() > backend.max_context() {
+        if let Some(&id) = a.tokens.iter().find(|&&id| id as usize >= cfg.vocab) {
             return Err(Error::Input(format!(
-                "{} tokens exceed the model's context of {}",
-                a.tokens.len(),
-                backend.max_context()
+                "token id {id} is out of range (vocab {})",
+                cfg.vocab
             )));
         }
+        let mut backend = make_backend(&a.backend, cfg, weights, a.tokens.len())?;
         let logits = backend.feed_logits(&a.tokens, 0, Rows::All)?;
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(&a.out, bytes).map_err(|e| Error::io(&a.out, e))?;
+        out.write(&bytes)?;
         eprintln!(
             "wrote {}: {} positions x {} logits (f32 LE) from {}",
             a.out.display(),
@@ -939,7 +1327,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
 
 fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     let text = a.prompt.text()?;
-    let file = open_model(&a.model.path)?;
+    let file = GgufFile::open(&a.model.path)?;
     let ids = Tokenizer::from_gguf(&file)?.encode(&text)?;
     writeln!(std::io::stdout(), "{}", join_ids(&ids)).map_err(stdout_err)
 }
@@ -954,7 +1342,7 @@ fn parse_ftype(s: &str) -> std::result::Result<FileType, String> {
     })
 }
 
-fn cmd_synth(a: SynthArgs) -> Result<()> {
+fn cmd_synth(a: SynthArgs) -> Result<Done> {
     let opts = SynthOptions {
         preset: match a.preset {
             PresetArg::Full => Preset::Full,
@@ -966,24 +1354,20 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
         ftype: a.ftype,
     };
     let model = SynthModel::new(&opts)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_ctrl_c = stop.clone();
+    ctrlc::set_handler(move || on_ctrl_c.store(true, Ordering::SeqCst))
+        .map_err(|e| Error::Input(format!("cannot install the Ctrl-C handler: {e}")))?;
     let total = model.tensor_bytes();
     let bar = progress_bar(total);
     let start = Instant::now();
-    // Written under a temporary name and renamed at the end, so an interrupted run never
-    // leaves a truncated file under the requested name.
-    let partial = PathBuf::from(format!("{}.partial", a.out.display()));
-    let io = |e| Error::io(&partial, e);
-    let file = std::fs::File::create(&partial).map_err(io)?;
-    let mut out = std::io::BufWriter::with_capacity(8 << 20, file);
-    model
-        .write(&mut out, &mut |done| bar.set_position(done))
-        .map_err(io)?;
-    out.into_inner()
-        .map_err(|e| io(e.into_error()))?
-        .sync_all()
-        .map_err(io)?;
-    std::fs::rename(&partial, &a.out).map_err(|e| Error::io(&a.out, e))?;
+    let written = model.write_file(&a.out, &mut |done| bar.set_position(done), &stop);
     bar.finish_and_clear();
+    if written.is_err() && stop.load(Ordering::SeqCst) {
+        eprintln!("[interrupted: nothing written to {}]", a.out.display());
+        return Ok(Done::Interrupted);
+    }
+    written?;
     let c = &model.config;
     eprintln!(
         "wrote {}: {}, {} layers, hidden {}, {} experts, vocab {}; {} tensors, {:.2} GB in {:.1} s",
@@ -997,11 +1381,13 @@ fn cmd_synth(a: SynthArgs) -> Result<()> {
         total as f64 / 1e9,
         start.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(Done::Ok)
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    let file = open_model(&a.model.path)?;
+    a.backend.warn_early();
+    let json_out = a.json.as_deref().map(OutputFile::open).transpose()?;
+    let file = GgufFile::open(&a.model.path)?;
     let opts = BenchOptions {
         depths: a.depth.clone(),
         decode_tokens: a.decode,
@@ -1014,9 +1400,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     with_model(&file, |cfg, weights| {
         let mut backend = make_backend(&a.backend, cfg, weights, need)?;
         let report = bench::run(backend.as_mut(), cfg, weights, &opts)?;
-        if let Some(path) = &a.json {
+        if let Some(out) = json_out {
             let json = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
-            std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+            out.write(json.as_bytes())?;
         }
         std::io::stdout()
             .write_all(report.table().as_bytes())

@@ -1,10 +1,14 @@
-//! Choosing the next token from logits: greedy, or temperature with top-k, top-p and min-p.
+//! Choosing the next token from logits: greedy, or temperature with top-k, top-p and min-p,
+//! after repetition penalties.
 //!
-//! The order follows the brief of llama.cpp's common chain: top-k on the logits, softmax
-//! with the temperature, top-p, min-p, renormalise, then one draw from a seeded PRNG. The
+//! The order follows llama.cpp's common chain: the penalties on the logits of recent tokens
+//! ([`apply_penalties`]), top-k on the logits, softmax with the temperature, top-p, min-p,
+//! renormalise, then one draw from a seeded PRNG. The
 //! filtering is a pure function ([`candidates`]) so tests can check exactly which tokens
 //! each filter keeps; the draw uses our own SplitMix64 so a seed gives the same text on
 //! every platform and every run.
+
+use std::collections::{HashMap, VecDeque};
 
 use crate::ops_common::argmax;
 
@@ -21,6 +25,16 @@ pub struct SamplerOptions {
     /// Keep tokens whose probability is at least `min_p` times the largest; 0 = off.
     pub min_p: f32,
     pub seed: u64,
+    /// The logit of a token among the last `penalty_last_n` is divided by this when positive
+    /// and multiplied by it when not (llama.cpp's repeat penalty); 1 = off.
+    pub repeat_penalty: f32,
+    /// Subtracted from the logit of a token among the last `penalty_last_n`; 0 = off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence among the last
+    /// `penalty_last_n`; 0 = off.
+    pub frequency_penalty: f32,
+    /// How many of the most recent tokens (the prompt's included) the penalties look at.
+    pub penalty_last_n: usize,
 }
 
 impl Default for SamplerOptions {
@@ -32,6 +46,10 @@ impl Default for SamplerOptions {
             top_p: 0.95,
             min_p: 0.05,
             seed: 0,
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
         }
     }
 }
@@ -48,6 +66,14 @@ impl SamplerOptions {
         self.temperature <= 0.0
     }
 
+    /// Some penalty changes the logits: the choice needs them all, even when greedy.
+    pub fn penalizes(&self) -> bool {
+        self.penalty_last_n > 0
+            && (self.repeat_penalty != 1.0
+                || self.presence_penalty != 0.0
+                || self.frequency_penalty != 0.0)
+    }
+
     /// Values no filter can work with, reported before any work is done.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() {
@@ -59,7 +85,47 @@ impl SamplerOptions {
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(format!("min-p {} must be in [0, 1]", self.min_p));
         }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(format!(
+                "repeat penalty {} must be above 0 (1 = off)",
+                self.repeat_penalty
+            ));
+        }
+        for (name, v) in [
+            ("presence", self.presence_penalty),
+            ("frequency", self.frequency_penalty),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("{name} penalty {v} is not a number"));
+            }
+        }
         Ok(())
+    }
+}
+
+/// Applies the repetition penalties of `opts` to `logits` for the tokens in `recent` (ids
+/// outside the logits are ignored), as llama.cpp does: per token seen `count` times, the
+/// repeat penalty divides a positive logit or multiplies a negative one, then
+/// `count * frequency_penalty + presence_penalty` is subtracted.
+pub fn apply_penalties(
+    logits: &mut [f32],
+    recent: impl IntoIterator<Item = u32>,
+    opts: &SamplerOptions,
+) {
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    for id in recent {
+        *counts.entry(id).or_default() += 1;
+    }
+    for (id, count) in counts {
+        let Some(l) = logits.get_mut(id as usize) else {
+            continue;
+        };
+        if *l > 0.0 {
+            *l /= opts.repeat_penalty;
+        } else {
+            *l *= opts.repeat_penalty;
+        }
+        *l -= count as f32 * opts.frequency_penalty + opts.presence_penalty;
     }
 }
 
@@ -154,20 +220,51 @@ impl SplitMix64 {
 pub struct Sampler {
     opts: SamplerOptions,
     rng: SplitMix64,
+    /// The last `penalty_last_n` tokens (prompt and choices), for the penalties.
+    recent: VecDeque<u32>,
 }
 
 impl Sampler {
     pub fn new(opts: SamplerOptions) -> Self {
         let rng = SplitMix64(opts.seed);
-        Sampler { opts, rng }
+        Sampler {
+            opts,
+            rng,
+            recent: VecDeque::new(),
+        }
     }
 
     pub fn options(&self) -> &SamplerOptions {
         &self.opts
     }
 
-    /// The next token: the argmax when greedy (NaN never wins), otherwise one draw from [`candidates`].
+    /// Records tokens the penalties count (the prompt; [`Sampler::sample`] records its own
+    /// choices).
+    pub fn remember(&mut self, ids: &[u32]) {
+        if !self.opts.penalizes() {
+            return;
+        }
+        let keep = self.opts.penalty_last_n;
+        self.recent.extend(&ids[ids.len().saturating_sub(keep)..]);
+        let excess = self.recent.len().saturating_sub(keep);
+        self.recent.drain(..excess);
+    }
+
+    /// The next token, after the penalties: the argmax when greedy (NaN never wins),
+    /// otherwise one draw from [`candidates`].
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let id = if self.opts.penalizes() {
+            let mut penalized = logits.to_vec();
+            apply_penalties(&mut penalized, self.recent.iter().copied(), &self.opts);
+            self.choose(&penalized)
+        } else {
+            self.choose(logits)
+        };
+        self.remember(&[id]);
+        id
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.opts.is_greedy() {
             return argmax(logits);
         }
@@ -200,6 +297,7 @@ mod tests {
             top_p,
             min_p,
             seed: 1,
+            ..Default::default()
         }
     }
 
@@ -301,6 +399,7 @@ mod tests {
             top_p: 1.0,
             min_p: 0.0,
             seed,
+            ..Default::default()
         });
         (0..n).map(|_| s.sample(&l)).collect()
     }
@@ -323,6 +422,80 @@ mod tests {
         for (c, p) in counts.iter().zip([0.7, 0.2, 0.1]) {
             assert!((*c as f64 / 20000.0 - p).abs() < 0.02, "{counts:?}");
         }
+    }
+
+    fn penalties(repeat: f32, presence: f32, frequency: f32, last_n: usize) -> SamplerOptions {
+        SamplerOptions {
+            repeat_penalty: repeat,
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            penalty_last_n: last_n,
+            ..SamplerOptions::greedy()
+        }
+    }
+
+    #[test]
+    fn penalties_match_a_hand_computed_reference() {
+        // Token 0 seen once, 1 twice, 3 once, 9 (outside the logits) once; 2 never.
+        // repeat 2, presence 0.25, frequency 0.5:
+        //   0:  2.0 / 2 - (1 * 0.5 + 0.25) =  0.25
+        //   1: -1.0 * 2 - (2 * 0.5 + 0.25) = -3.25
+        //   2:  0.5 unchanged
+        //   3:  3.0 / 2 - (1 * 0.5 + 0.25) =  0.75
+        //   4:  0.0 * 2 - (1 * 0.5 + 0.25) = -0.75 (zero counts as not positive)
+        let mut l = [2.0, -1.0, 0.5, 3.0, 0.0];
+        apply_penalties(&mut l, [0, 1, 1, 3, 9, 4], &penalties(2.0, 0.25, 0.5, 64));
+        assert_eq!(l, [0.25, -3.25, 0.5, 0.75, -0.75]);
+        // Each alone: repeat 1.5 only; presence 1 only; frequency 1 only.
+        let mut l = [3.0, -3.0, 1.0];
+        apply_penalties(&mut l, [0, 1, 1], &penalties(1.5, 0.0, 0.0, 64));
+        assert_eq!(l, [2.0, -4.5, 1.0]);
+        let mut l = [3.0, -3.0, 1.0];
+        apply_penalties(&mut l, [0, 1, 1], &penalties(1.0, 1.0, 0.0, 64));
+        assert_eq!(l, [2.0, -4.0, 1.0]);
+        let mut l = [3.0, -3.0, 1.0];
+        apply_penalties(&mut l, [0, 1, 1], &penalties(1.0, 0.0, 1.0, 64));
+        assert_eq!(l, [2.0, -5.0, 1.0]);
+    }
+
+    #[test]
+    fn penalties_change_the_greedy_choice_over_the_last_n_tokens_only() {
+        // Token 0 leads token 1 by 0.5. With a presence penalty of 2 over the last token
+        // only, whichever was chosen last loses: 3 - 2 < 2.5 and 2.5 - 2 < 3.
+        let logits = [3.0, 2.5, 0.0];
+        let mut s = Sampler::new(penalties(1.0, 2.0, 0.0, 1));
+        assert!(s.options().penalizes());
+        s.remember(&[2, 0]); // the prompt's last token counts; the one before has left
+        assert_eq!(s.sample(&logits), 1);
+        assert_eq!(s.sample(&logits), 0);
+        assert_eq!(s.sample(&logits), 1);
+        // Over the last 2 tokens: after [0, 1] both are penalised (1.0, 0.5, 0.0).
+        let mut s = Sampler::new(penalties(1.0, 2.0, 0.0, 2));
+        s.remember(&[0, 1]);
+        assert_eq!(s.sample(&logits), 0);
+        // No penalty, or a window of 0 tokens: plain argmax.
+        assert!(!penalties(1.0, 2.0, 0.0, 0).penalizes());
+        assert!(!SamplerOptions::greedy().penalizes());
+        let mut plain = Sampler::new(penalties(1.0, 2.0, 0.0, 0));
+        plain.remember(&[0, 0, 0]);
+        assert_eq!(plain.sample(&logits), 0);
+    }
+
+    #[test]
+    fn invalid_penalties_are_refused() {
+        assert!(penalties(0.0, 0.0, 0.0, 64)
+            .validate()
+            .unwrap_err()
+            .contains("repeat penalty 0"));
+        assert!(penalties(1.0, f32::NAN, 0.0, 64)
+            .validate()
+            .unwrap_err()
+            .contains("presence"));
+        assert!(penalties(1.0, 0.0, f32::INFINITY, 64)
+            .validate()
+            .unwrap_err()
+            .contains("frequency"));
+        assert!(penalties(1.1, -0.5, 0.5, 64).validate().is_ok());
     }
 
     #[test]

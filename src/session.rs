@@ -210,8 +210,17 @@ impl RenderedPrompt {
     }
 }
 
+/// A chat reply, and how many of the oldest exchanges the history dropped to make room.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    pub reply: Reply,
+    /// Oldest exchanges (a user message and what answered it) dropped before this turn.
+    pub dropped: usize,
+}
+
 /// A conversation: an optional system message, the turns so far, the tools the model may
-/// call and whether it thinks before answering.
+/// call and whether it thinks before answering. When the history outgrows the context, the
+/// oldest exchanges are dropped (the system message stays).
 #[derive(Clone, Debug, Default)]
 pub struct Chat {
     system: Option<String>,
@@ -251,8 +260,9 @@ impl Chat {
         self.history.clear();
     }
 
-    /// Sends the user's message and generates the reply, which joins the history. On an
-    /// error the user's message is dropped again, so the history stays as it was.
+    /// Sends the user's message and generates the reply, which joins the history. First
+    /// the oldest exchanges are dropped while the prompt leaves less room than
+    /// [`Chat::reply_room`]. On an error the history stays as it was.
     pub fn send(
         &mut self,
         session: &mut Session,
@@ -260,7 +270,7 @@ impl Chat {
         opts: &GenerateOptions,
         interrupt: Option<&AtomicBool>,
         on_event: &mut dyn FnMut(&ReplyEvent),
-    ) -> Result<Reply> {
+    ) -> Result<Turn> {
         self.history.push(ChatMessage::new("user", user));
         let result = self.respond(session, opts, interrupt, on_event);
         if result.is_err() {
@@ -270,47 +280,81 @@ impl Chat {
     }
 
     /// Generates the assistant's turn for the history as it stands (after [`Chat::push`]ing
-    /// tool results, say); the reply joins the history.
+    /// tool results, say); the reply joins the history. First the oldest exchanges are
+    /// dropped while the prompt leaves less room than [`Chat::reply_room`]; on an error the
+    /// history stays as it was.
     pub fn respond(
         &mut self,
         session: &mut Session,
         opts: &GenerateOptions,
         interrupt: Option<&AtomicBool>,
         on_event: &mut dyn FnMut(&ReplyEvent),
-    ) -> Result<Reply> {
-        let reply = self.reply(session, opts, interrupt, on_event)?;
-        self.history.push(reply.message());
-        Ok(reply)
+    ) -> Result<Turn> {
+        let before = self.history.clone();
+        let result = self.fit(session, opts).and_then(|(prompt, dropped)| {
+            let parser = prompt.parser(&self.tools);
+            let reply = session.reply(&prompt.ids, parser, opts, interrupt, on_event)?;
+            Ok(Turn { reply, dropped })
+        });
+        match &result {
+            Ok(turn) => self.history.push(turn.reply.message()),
+            Err(_) => self.history = before,
+        }
+        result
     }
 
-    fn reply(
-        &self,
-        session: &mut Session,
+    /// Positions kept free for the reply when the history is trimmed: `-n` tokens, at most
+    /// half the context.
+    pub fn reply_room(opts: &GenerateOptions, max_context: usize) -> usize {
+        opts.max_new_tokens.min(max_context / 2)
+    }
+
+    /// Renders the history, dropping the oldest exchanges until the prompt leaves
+    /// [`Chat::reply_room`] free or only the newest message is left. Returns the prompt
+    /// and how many exchanges went.
+    fn fit(
+        &mut self,
+        session: &Session,
         opts: &GenerateOptions,
-        interrupt: Option<&AtomicBool>,
-        on_event: &mut dyn FnMut(&ReplyEvent),
-    ) -> Result<Reply> {
+    ) -> Result<(RenderedPrompt, usize)> {
+        let ctx = session.max_context();
+        let room = Self::reply_room(opts, ctx);
+        let mut dropped = 0;
+        loop {
+            let prompt = self.render(session.tokenizer())?;
+            // The next exchange starts at the second user message; without one, the newest
+            // message is all there is (a prompt too long for the context is then an error).
+            let next = self.history.iter().skip(1).position(|m| m.role == "user");
+            match next {
+                Some(i) if prompt.ids.len() + room > ctx => {
+                    self.history.drain(..=i);
+                    dropped += 1;
+                }
+                _ => return Ok((prompt, dropped)),
+            }
+        }
+    }
+
+    fn render(&self, tokenizer: &Tokenizer) -> Result<RenderedPrompt> {
         let messages = self.messages();
-        let prompt = RenderedPrompt::chat(
-            session.tokenizer(),
+        RenderedPrompt::chat(
+            tokenizer,
             &ChatPrompt {
                 messages: &messages,
                 tools: &self.tools,
                 add_generation_prompt: true,
                 enable_thinking: self.thinking,
             },
-        )?;
-        let parser = prompt.parser(&self.tools);
-        session.reply(&prompt.ids, parser, opts, interrupt, on_event)
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Output, Rows, Want};
     use crate::engine::{open_backend, BackendKind, BackendOptions, Model};
     use crate::sampler::SamplerOptions;
-    use crate::backend::{Output, Rows, Want};
 
     fn greedy(n: usize, model: &Model) -> GenerateOptions {
         GenerateOptions {
@@ -318,6 +362,7 @@ mod tests {
             sampler: SamplerOptions::greedy(),
             stop_tokens: model.tokenizer.stop_tokens(),
             stop_strings: Vec::new(),
+            special_text: true,
         }
     }
 
@@ -344,7 +389,8 @@ mod tests {
             .send(&mut session, "Hello there", &opts, None, &mut |e| {
                 streamed.push(e.clone())
             })
-            .unwrap();
+            .unwrap()
+            .reply;
         assert_eq!(first.completion.reused, 0);
         let thinking: String = streamed
             .iter()
@@ -359,7 +405,8 @@ mod tests {
 
         let second = chat
             .send(&mut session, "And again", &opts, None, &mut |_| {})
-            .unwrap();
+            .unwrap()
+            .reply;
         // The second prompt starts with the first one: its tokens come from the cache.
         assert!(second.completion.reused >= first.completion.prompt_tokens / 2);
         assert!(second.completion.prompt_tokens > first.completion.prompt_tokens);
@@ -372,7 +419,8 @@ mod tests {
         replay.push(chat.history()[1].clone());
         let again = replay
             .send(&mut fresh, "And again", &opts, None, &mut |_| {})
-            .unwrap();
+            .unwrap()
+            .reply;
         assert_eq!(again.completion.reused, 0);
         assert_eq!(
             again.completion.generation.ids,
@@ -410,6 +458,63 @@ mod tests {
         assert_eq!(chat.history().len(), before);
     }
 
+    #[test]
+    fn chat_drops_the_oldest_exchanges_when_the_context_fills() {
+        let model = Model::builtin();
+        let weights = model.weights().unwrap();
+        let ctx = 96;
+        let opened = open_backend(
+            &BackendOptions { ctx, ..cpu_opts() },
+            &model.config,
+            &weights,
+            0,
+            None,
+        )
+        .unwrap();
+        let mut session = Session::new(opened.backend, &model.tokenizer);
+        // 8 new tokens at most: the prompt may fill the context up to 88 tokens.
+        let opts = greedy(8, &model);
+        assert_eq!(Chat::reply_room(&opts, ctx), 8);
+        let mut chat = Chat::new(Some("Be brief.".into()), false);
+        let mut dropped = 0;
+        let mut turns = 0;
+        for i in 0..12 {
+            let turn = chat
+                .send(
+                    &mut session,
+                    &format!("Message number {i}"),
+                    &opts,
+                    None,
+                    &mut |_| {},
+                )
+                .unwrap();
+            let prompt = turn.reply.completion.prompt_tokens;
+            assert!(
+                prompt + 8 <= ctx || chat.history().len() == 2,
+                "turn {i}: {prompt} tokens"
+            );
+            dropped += turn.dropped;
+            turns += 1;
+            // The history holds the exchanges sent minus those dropped, newest last.
+            assert_eq!(chat.history().len(), 2 * (turns - dropped), "turn {i}");
+            assert_eq!(
+                chat.history()[chat.history().len() - 2].content,
+                format!("Message number {i}")
+            );
+        }
+        assert!(dropped > 0, "12 exchanges fit in {ctx} tokens?");
+        // What remains starts with a user message: whole exchanges went.
+        assert_eq!(chat.history()[0].role, "user");
+        // A message too long for the context alone fails and leaves the history alone.
+        let before = chat.history().to_vec();
+        let long = "word ".repeat(200);
+        let err = chat
+            .send(&mut session, &long, &opts, None, &mut |_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains("context"), "{err}");
+        assert_eq!(chat.history(), &before[..]);
+    }
+
     /// A tool round trip: the assistant's call and the tool's result go into the history,
     /// the tools into the prompt, and the model answers the result.
     #[test]
@@ -427,7 +532,8 @@ mod tests {
         plain.push(ChatMessage::new("user", "Weather in Paris?"));
         let without_tools = plain
             .respond(&mut session, &opts, None, &mut |_| {})
-            .unwrap();
+            .unwrap()
+            .reply;
 
         let mut chat = Chat::new(None, false);
         chat.tools = vec![serde_json::json!({"type": "function", "function": {
@@ -448,7 +554,8 @@ mod tests {
         chat.push(ChatMessage::new("tool", "{\"temp_c\": 21}"));
         let reply = chat
             .respond(&mut session, &opts, None, &mut |_| {})
-            .unwrap();
+            .unwrap()
+            .reply;
         let messages = chat.messages();
         let text = ChatPrompt {
             messages: &messages[..3],
@@ -598,6 +705,7 @@ mod tests {
             sampler: SamplerOptions::greedy(),
             stop_tokens: tokenizer.stop_tokens(),
             stop_strings: Vec::new(),
+            special_text: true,
         };
         let mut events = Vec::new();
         let reply = session

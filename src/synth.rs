@@ -9,6 +9,8 @@
 //! a few tens of MB of memory and the same seed gives the same bytes on any machine.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -352,6 +354,57 @@ impl SynthModel {
         self.writer.tensors.len()
     }
 
+    /// Writes the file at `path`: under `<path>.partial`, renamed at the end, so a file
+    /// under the asked name is always whole. Checks first that the disk has room; on an
+    /// error, or once `stop` is set, the partial file is removed and an error returned.
+    pub fn write_file(
+        &self,
+        path: &Path,
+        progress: &mut dyn FnMut(u64),
+        stop: &AtomicBool,
+    ) -> Result<()> {
+        if path.is_dir() {
+            return Err(Error::Input(format!(
+                "{}: is a directory; --out names the file to write",
+                path.display()
+            )));
+        }
+        let partial = PathBuf::from(format!("{}.partial", path.display()));
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        check_room(
+            dir,
+            self.tensor_bytes() + METADATA_ROOM,
+            available_bytes(dir),
+        )?;
+        let written = self
+            .write_partial(&partial, progress, stop)
+            .and_then(|()| std::fs::rename(&partial, path).map_err(|e| Error::io(path, e)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written
+    }
+
+    fn write_partial(
+        &self,
+        partial: &Path,
+        progress: &mut dyn FnMut(u64),
+        stop: &AtomicBool,
+    ) -> Result<()> {
+        let io = |e| Error::io(partial, e);
+        let file = std::fs::File::create(partial).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(8 << 20, Stoppable { inner: file, stop });
+        self.write(&mut out, progress).map_err(io)?;
+        out.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .inner
+            .sync_all()
+            .map_err(io)
+    }
+
     /// Streams the whole file to `out`; `progress` gets the tensor bytes written so far.
     pub fn write<W: Write>(
         &self,
@@ -693,6 +746,64 @@ fn tokenizer_metadata(vocab: usize) -> Vec<(String, Value)> {
     ]
 }
 
+/// Room kept for the metadata (the tokenizer's vocabulary and merges) beyond the tensors.
+const METADATA_ROOM: u64 = 64 << 20;
+
+/// A writer that fails once `stop` is set (Ctrl-C), so a long write ends at the next buffer.
+struct Stoppable<'a, W> {
+    inner: W,
+    stop: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Stoppable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            // Not ErrorKind::Interrupted: write_all retries on that.
+            return Err(std::io::Error::other("interrupted"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An error when `needed` bytes do not fit the `available` ones (None: unknown, no check).
+fn check_room(dir: &Path, needed: u64, available: Option<u64>) -> Result<()> {
+    match available {
+        Some(free) if free < needed => Err(Error::Input(format!(
+            "{}: {:.2} GB free, the file needs {:.2} GB",
+            dir.display(),
+            free as f64 / 1e9,
+            needed as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem of `dir`.
+#[cfg(unix)]
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is written by statvfs before it is read.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some BSDs and macOS).
+    #[allow(clippy::unnecessary_cast)]
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Not measured on this platform: the write itself reports a full disk.
+#[cfg(not(unix))]
+fn available_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
 /// Options of the model `glm-flash run` uses when no file is given: the tiny preset with
 /// 2 layers and a 2048-token vocabulary (about 4 MB), always the same bytes.
 pub fn builtin_options() -> SynthOptions {
@@ -905,9 +1016,7 @@ mod tests {
         );
         let weights = Weights::from_gguf(&file, &cfg).unwrap();
         let mut cpu = CpuBackend::new(&cfg, &weights, 16, 1).unwrap();
-        let logits = cpu
-            .feed_logits(&[5, 6, 7], 0, Rows::All)
-            .unwrap();
+        let logits = cpu.feed_logits(&[5, 6, 7], 0, Rows::All).unwrap();
         assert!(logits.iter().all(|v| v.is_finite()));
     }
 
@@ -926,5 +1035,44 @@ mod tests {
             "{mean} {var}"
         );
         assert!((inverse_normal_cdf(0.975) - 1.959964).abs() < 1e-5);
+    }
+
+    #[test]
+    fn write_file_checks_room_and_leaves_no_partial_file_behind() {
+        let model = SynthModel::new(&builtin_options()).unwrap();
+        let dir = std::env::temp_dir().join(format!("glm-flash-synth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("model.gguf");
+        let partial = dir.join("model.gguf.partial");
+
+        // Stopped (Ctrl-C) before the first buffer is written: an error, and no file at all.
+        let stopped = AtomicBool::new(true);
+        assert!(model.write_file(&out, &mut |_| {}, &stopped).is_err());
+        assert!(!out.exists() && !partial.exists());
+
+        // Written whole: the same bytes as in memory, and no partial file.
+        model
+            .write_file(&out, &mut |_| {}, &AtomicBool::new(false))
+            .unwrap();
+        assert!(!partial.exists());
+        let file = GgufFile::open(&out).unwrap();
+        assert_eq!(Config::from_gguf(&file).unwrap(), model.config);
+
+        // A directory as the output is named as such.
+        let err = model
+            .write_file(&dir, &mut |_| {}, &AtomicBool::new(false))
+            .unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Room: refused when short, with both numbers; unknown room is not checked.
+        let err = check_room(Path::new("/data"), 3_000_000_000, Some(1_000_000_000)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/data: 1.00 GB free, the file needs 3.00 GB"
+        );
+        assert!(check_room(Path::new("/data"), 3, Some(3)).is_ok());
+        assert!(check_room(Path::new("/data"), 3, None).is_ok());
+        assert!(available_bytes(&std::env::temp_dir()).is_some_and(|b| b > 0));
     }
 }

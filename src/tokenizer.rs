@@ -35,6 +35,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Vocabulary entries as stored in the file (byte-level encoded for normal tokens).
     tokens: Vec<String>,
+    /// Which ids are control tokens (`<|user|>`, `<think>`, `[gMASK]`...), indexed by id.
+    control: Vec<bool>,
     /// The bytes each token stands for, indexed by id.
     token_bytes: Vec<Vec<u8>>,
     ids: HashMap<String, u32>,
@@ -159,6 +161,10 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             token_bytes: tokens.iter().map(|t| token_text_bytes(t)).collect(),
+            control: token_types
+                .iter()
+                .map(|&t| t == TOKEN_TYPE_CONTROL)
+                .collect(),
             tokens: tokens.iter().map(|t| t.to_string()).collect(),
             ids,
             bos: meta_id("bos_token_id")?,
@@ -211,6 +217,11 @@ impl Tokenizer {
     /// shows as `Ġ`).
     pub fn token_str(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// A control token: chat structure (`<|user|>`, `<think>`), not text.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn vocab_size(&self) -> usize {

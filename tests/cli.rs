@@ -29,6 +29,33 @@ fn ok(args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
+/// Runs and expects exit code 2 (a malformed command line, before anything loads) with
+/// `error: MESSAGE` as the first line of stderr.
+fn usage_error(args: &[&str], message: &str) {
+    let out = glm_flash(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "glm-flash {args:?}: {stderr}");
+    assert_eq!(
+        stderr.lines().next().unwrap_or_default(),
+        format!("error: {message}"),
+        "glm-flash {args:?}"
+    );
+}
+
+/// Runs with `stdin` as standard input; returns the output.
+fn with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Runs and expects exit code 1 with `error: ...` as the last line; returns stderr.
 fn fails(args: &[&str]) -> String {
     let out = glm_flash(args);
@@ -425,7 +452,8 @@ fn ctrl_c_stops_generation_with_timings() {
     let out = child.wait_with_output().unwrap();
     std::fs::remove_file(&prompt).ok();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    // As llama.cpp and shells report SIGINT.
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("[interrupted]"), "{stderr}");
     assert!(
         stderr.contains("prompt: ") && stderr.contains("tok/s"),
@@ -506,4 +534,623 @@ fn run_stops_at_the_context_end() {
         !stderr.contains("panicked") && !stderr.contains("error"),
         "{stderr}"
     );
+}
+
+/// Negative numbers reach the flags: -1 means what it means in llama.cpp where it means
+/// something (`-n`, `--seed`, `--repeat-last-n`, `--threads`), and is refused with what is
+/// expected everywhere else. A prompt may start with a hyphen.
+#[test]
+fn negative_numbers_are_values_with_a_meaning_or_a_clear_refusal() {
+    // -n -1: until an end token or the end of the context (here 24 positions).
+    let (_, stderr) = ok(&[
+        "run",
+        "-p",
+        "-5 degrees",
+        "-n",
+        "-1",
+        "--ctx",
+        "24",
+        "--seed",
+        "-1",
+        "--repeat-last-n",
+        "-1",
+        "--threads",
+        "-1",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        stderr.contains("[stopped: the context of 24 tokens is full; raise --ctx]")
+            || stderr.contains("generated: "),
+        "{stderr}"
+    );
+    let run = |flag: &str, value: &str| -> Vec<String> {
+        ["run", "-p", "hi", flag, value]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    for (flag, value, message) in [
+        ("--temp", "-1", "invalid value '-1' for '--temp <T>': expected 0 (greedy) or more"),
+        ("--temp", "nan", "invalid value 'nan' for '--temp <T>': NaN is not a usable number"),
+        ("--seed", "-3", "invalid value '-3' for '--seed <S>': expected -1 (random) or a number from 0 to 18446744073709551615"),
+        ("-n", "-2", "invalid value '-2' for '--max-tokens <N>': expected -1 (no limit) or 0 or more"),
+        ("--top-k", "-1", "invalid value '-1' for '--top-k <K>': expected 0 or more"),
+        ("--top-p", "2", "invalid value '2' for '--top-p <P>': expected a value in (0, 1] (1 = off)"),
+        ("--top-p", "0", "invalid value '0' for '--top-p <P>': expected a value in (0, 1] (1 = off)"),
+        ("--min-p", "-0.5", "invalid value '-0.5' for '--min-p <P>': expected a value in [0, 1] (0 = off)"),
+        ("--repeat-penalty", "0", "invalid value '0' for '--repeat-penalty <P>': expected a value above 0 (1 = off)"),
+        ("--ctx", "0", "invalid value '0' for '--ctx <N>': expected 1 or more"),
+        ("--ctx", "-1", "invalid value '-1' for '--ctx <N>': expected 1 or more"),
+        ("--threads", "-2", "invalid value '-2' for '--threads <N>': expected 0 or -1 (every core) or a thread count"),
+    ] {
+        let args = run(flag, value);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        usage_error(&args, message);
+    }
+    usage_error(
+        &["bench", "-m", "x.gguf", "--decode", "0"],
+        "invalid value '0' for '--decode <N>': expected 1 or more",
+    );
+}
+
+/// Everything that can be checked without the model is checked before it loads: with a
+/// model path that does not exist, the flag's error comes first, and nothing is left on disk.
+#[test]
+fn flags_are_checked_before_the_model_loads() {
+    let missing = "/nonexistent/model.gguf";
+    let err = fails(&["run", "-m", missing, "-p", ""]);
+    assert_eq!(err.trim_end(), "error: the prompt is empty");
+    let err = fails(&["run", "-m", missing]);
+    assert!(
+        err.contains("no prompt: give one with -p TEXT, -f FILE or -f -"),
+        "{err}"
+    );
+    let out = with_stdin(&["run", "-m", missing, "-f", "-"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: the prompt is empty"));
+
+    // Unwritable outputs: named before the model is opened; a file opened early is removed
+    // again when the run fails.
+    let err = fails(&[
+        "logits",
+        "-m",
+        missing,
+        "--tokens",
+        "1",
+        "--out",
+        "/nonexistent/dir/x.f32",
+    ]);
+    assert!(err.contains("/nonexistent/dir/x.f32"), "{err}");
+    let dir = std::env::temp_dir();
+    let err = fails(&[
+        "logits",
+        "-m",
+        missing,
+        "--tokens",
+        "1",
+        "--out",
+        path_str(&dir),
+    ]);
+    assert!(err.contains("is a directory, not a file to write"), "{err}");
+    let err = fails(&["bench", "-m", missing, "--json", "/nonexistent/dir/b.json"]);
+    assert!(err.contains("/nonexistent/dir/b.json"), "{err}");
+    let out = temp_path("early.f32");
+    let err = fails(&[
+        "logits",
+        "-m",
+        missing,
+        "--tokens",
+        "1",
+        "--out",
+        path_str(&out),
+    ]);
+    assert!(err.contains(missing), "{err}");
+    assert!(!out.exists(), "a failed run leaves its output file behind");
+
+    // More threads than cores: a warning before loading.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let many = (cores + 1).to_string();
+    let (_, stderr) = ok(&[
+        "run",
+        "-p",
+        "hi",
+        "-n",
+        "1",
+        "--threads",
+        &many,
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        stderr.contains(&format!(
+            "warning: --threads {many} is more than the {cores} cores here"
+        )),
+        "{stderr}"
+    );
+}
+
+/// One context rule on every backend: at least 1 token (a usage error), at most the
+/// model's context length (named); a too-long prompt names the context.
+#[test]
+fn one_context_rule() {
+    let tiny = fixture("tiny-q8_0.gguf");
+    let err = fails(&[
+        "run",
+        "-m",
+        path_str(&tiny),
+        "-p",
+        "hi",
+        "--ctx",
+        "300000",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(
+        err.lines().last().unwrap(),
+        "error: --ctx 300000 is over the model's context length: the largest context is 202752 tokens"
+    );
+    let err = fails(&[
+        "bench",
+        "-m",
+        path_str(&tiny),
+        "--depth",
+        "300000",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(
+        err.lines().last().unwrap(),
+        "error: 300034 positions are needed, over the model's context length: the largest context is 202752 tokens"
+    );
+    let err = fails(&[
+        "run",
+        "-p",
+        "hello there, my friend",
+        "--ctx",
+        "2",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("but the context holds 2 (raise --ctx)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_reads_the_prompt_from_stdin_and_warns_about_chat_flags_without_chat() {
+    let args = [
+        "run",
+        "-n",
+        "3",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+        "--verbose",
+    ];
+    let (stdout, stderr) = ok(&[&args[..], &["-p", "Hello, world"]].concat());
+    let out = with_stdin(&[&args[..], &["-f", "-"]].concat(), b"Hello, world");
+    assert!(out.status.success());
+    let stdin_err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        verbose_ids(&stdin_err, "prompt ids: "),
+        verbose_ids(&stderr, "prompt ids: ")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
+
+    let (_, stderr) = ok(&[
+        &args[..],
+        &[
+            "-p",
+            "hi",
+            "--system",
+            "Be brief.",
+            "--no-think",
+            "--hide-thinking",
+        ],
+    ]
+    .concat());
+    assert!(
+        stderr.contains(
+            "warning: --system, --no-think, --hide-thinking only apply with --chat; ignored"
+        ),
+        "{stderr}"
+    );
+    let (_, stderr) = ok(&[&args[..], &["-p", "hi", "--chat", "--system", "Be brief."]].concat());
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// The timing line counts every generated token, says how many decode passes made them,
+/// and the load line says where the model runs.
+#[test]
+fn timing_and_load_lines() {
+    let (_, stderr) = ok(&[
+        "run",
+        "-p",
+        "Hello",
+        "-n",
+        "12",
+        "--seed",
+        "2",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        stderr.contains("loaded in ") && stderr.contains(" s: cpu, "),
+        "{stderr}"
+    );
+    let timing = stderr.lines().find(|l| l.starts_with("prompt: ")).unwrap();
+    // 12 tokens unless an end token came first; the prompt's pass chose the first one.
+    let generated: usize = timing
+        .split("generated: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        timing.contains(&format!("| decode: {} passes", generated.max(1) - 1))
+            || timing.contains(&format!("| decode: {generated} passes")),
+        "{timing}"
+    );
+    let (_, stderr) = ok(&[
+        "run",
+        "-p",
+        "Hello",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        stderr.contains("| generated: 12 tokens | decode: 11 passes, "),
+        "{stderr}"
+    );
+}
+
+/// Plain `run` prints text, not chat markup: control tokens the model generates are left
+/// out of the text (their ids are still generated and counted).
+#[test]
+fn run_output_has_no_control_tokens() {
+    let file = glm_flash::synth::builtin_model();
+    let tokenizer = glm_flash::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    // Seed 3 samples control tokens among the first 48 of the built-in model.
+    let (stdout, stderr) = ok(&[
+        "run",
+        "-p",
+        "Hello there",
+        "-n",
+        "48",
+        "--seed",
+        "3",
+        "--backend",
+        "cpu",
+        "--verbose",
+    ]);
+    let ids = verbose_ids(&stderr, "generated ids: ");
+    let control: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|&id| tokenizer.is_control(id))
+        .collect();
+    assert!(!control.is_empty(), "no control token generated: {ids:?}");
+    let text: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|&id| !tokenizer.is_control(id))
+        .collect();
+    assert_eq!(
+        stdout.trim_end_matches('\n'),
+        tokenizer.decode(&text).unwrap()
+    );
+    for id in control {
+        let markup = tokenizer.decode(&[id]).unwrap();
+        assert!(!stdout.contains(&markup), "{markup} in {stdout:?}");
+    }
+}
+
+/// `--stop` ends the text before the stop string; penalties reach the choice of tokens
+/// even when greedy; `--json` gives the text, ids and timings.
+#[test]
+fn stop_strings_penalties_and_json() {
+    let args = [
+        "run",
+        "-p",
+        "The sea",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+        "--verbose",
+    ];
+    let (full, _) = ok(&[&args[..], &["-n", "16"]].concat());
+    let chars: Vec<char> = full.trim_end().chars().collect();
+    assert!(chars.len() >= 8, "{full:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = full.find(&stop).unwrap();
+    let (text, stderr) = ok(&[
+        &args[..],
+        &["-n", "16", "--stop", "never there", "--stop", &stop],
+    ]
+    .concat());
+    assert_eq!(text.trim_end_matches('\n'), &full[..cut], "stop {stop:?}");
+    assert!(stderr.contains("stop: StopString(1)"), "{stderr}");
+
+    // A presence penalty of 100 over the whole context: no token may repeat, prompt included
+    // (greedy "Hello" repeats 5 of its first 60 tokens without it).
+    let args = [
+        "run",
+        "-p",
+        "Hello",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+        "--verbose",
+        "-n",
+        "60",
+    ];
+    let (_, stderr) = ok(&[
+        &args[..],
+        &["--presence-penalty", "100", "--repeat-last-n", "-1"],
+    ]
+    .concat());
+    let prompt = verbose_ids(&stderr, "prompt ids: ");
+    let ids = verbose_ids(&stderr, "generated ids: ");
+    let mut seen: std::collections::HashSet<u32> = prompt.iter().copied().collect();
+    for id in &ids {
+        assert!(
+            seen.insert(*id),
+            "{id} repeats: prompt {prompt:?}, generated {ids:?}"
+        );
+    }
+    let (_, plain) = ok(&args);
+    let plain = verbose_ids(&plain, "generated ids: ");
+    let distinct: std::collections::HashSet<u32> = plain.iter().copied().collect();
+    assert!(
+        distinct.len() < plain.len(),
+        "greedy repeats nothing: {plain:?}"
+    );
+
+    let (json, _) = ok(&[
+        "run",
+        "-p",
+        "The sea",
+        "-n",
+        "5",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ids"].as_array().unwrap().len(), 5);
+    assert_eq!(v["stop"]["reason"], "max_tokens");
+    assert_eq!(v["timings"]["generated_tokens"], 5);
+    assert_eq!(v["timings"]["decode_tokens"], 4);
+    assert!(v["prompt_ids"].as_array().unwrap().len() >= 2);
+    let (five, _) = ok(&[
+        "run",
+        "-p",
+        "The sea",
+        "-n",
+        "5",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(v["text"].as_str().unwrap(), five.trim_end_matches('\n'));
+    let (json, _) = ok(&[
+        "run",
+        "-p",
+        "Hi",
+        "-n",
+        "3",
+        "--chat",
+        "--backend",
+        "cpu",
+        "--json",
+        "--seed",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["reasoning"].is_string() && v["content"].is_string() && v["tool_calls"].is_array());
+}
+
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (script, _) = ok(&["completions", shell]);
+        assert!(
+            script.contains("glm-flash") && script.contains("max-tokens"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn small_ones() {
+    // A directory as the model.
+    let dir = std::env::temp_dir();
+    let err = fails(&["info", "-m", path_str(&dir)]);
+    assert_eq!(
+        err.trim_end(),
+        format!("error: {}: is a directory, not a GGUF file", dir.display())
+    );
+    // `info` describes a file whose weights do not load, and exits 1 saying why.
+    let mut m = common::model_file::ModelFile::read(
+        &glm_flash::gguf::GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap(),
+    );
+    drop(m.remove_tensor("output_norm.weight"));
+    let broken = temp_path("no-output-norm.gguf");
+    std::fs::write(&broken, m.to_bytes()).unwrap();
+    let out = glm_flash(&["info", "-m", path_str(&broken)]);
+    std::fs::remove_file(&broken).ok();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stdout.contains("weights: DO NOT LOAD") && stdout.contains("tensors ("),
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {} cannot run: weights: ",
+            broken.display()
+        )) && stderr.contains("output_norm.weight"),
+        "{stderr}"
+    );
+    // `bench` names the flag, not a field of the library.
+    usage_error(
+        &[
+            "bench",
+            "-m",
+            path_str(&fixture("tiny-q8_0.gguf")),
+            "--decode",
+            "0",
+        ],
+        "invalid value '0' for '--decode <N>': expected 1 or more",
+    );
+}
+
+/// `chat` without -m uses the built-in model; /help lists the commands without sending
+/// them; an unknown /command is named; a history longer than the context loses its oldest
+/// exchanges (saying so) instead of failing every turn.
+#[test]
+fn chat_helps_and_keeps_going_when_the_history_outgrows_the_context() {
+    let turns: String = (0..10)
+        .map(|i| format!("Tell me about number {i}\n"))
+        .collect();
+    let input = format!("/help\n/nope\n{turns}/exit\n");
+    let out = with_stdin(
+        &[
+            "chat",
+            "-n",
+            "8",
+            "--ctx",
+            "96",
+            "--seed",
+            "1",
+            "--backend",
+            "cpu",
+            "--verbose",
+        ],
+        input.as_bytes(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("built-in model"), "{stderr}");
+    assert!(
+        stderr.contains("commands: /reset clears the history, /exit (or /quit, Ctrl-D) ends the chat, /help lists these"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown command /nope"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    // One timing line per message sent: /help and /nope were not sent.
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("prompt: ")).count(),
+        10,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("oldest exchanges were dropped to fit the context of 96 tokens]"),
+        "{stderr}"
+    );
+    // Every prompt fits with room for the reply.
+    for line in stderr.lines().filter_map(|l| l.strip_prefix('[')) {
+        if let Some((n, _)) = line.split_once(" prompt tokens, ") {
+            assert!(n.parse::<usize>().unwrap() + 8 <= 96, "{line}");
+        }
+    }
+}
+
+/// Ctrl-C at the chat prompt ends the prompt's line and exits 130.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_at_the_chat_prompt_ends_the_line() {
+    use std::io::Read as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args(["chat", "--backend", "cpu"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the prompt, then interrupt while the chat waits for a line.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8];
+    while !seen.ends_with(b"> ") {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "stdout ended: {seen:?}");
+        seen.push(byte[0]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    stdout.read_to_end(&mut seen).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&seen), "> \n");
+}
+
+/// Ctrl-C during `synth` removes the partial file and exits 130.
+#[cfg(unix)]
+#[test]
+fn interrupted_synth_leaves_nothing_behind() {
+    let out = temp_path("interrupted.gguf");
+    let partial = std::path::PathBuf::from(format!("{}.partial", out.display()));
+    // Full width, two layers: about 0.8 GB, several seconds of writing.
+    let child = Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args([
+            "synth",
+            "--preset",
+            "full",
+            "--layers",
+            "2",
+            "--vocab",
+            "4096",
+            "--out",
+            path_str(&out),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt as soon as the partial file appears (well before 0.8 GB are written).
+    let start = std::time::Instant::now();
+    while !partial.exists() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the write has not started in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "[interrupted: nothing written to {}]",
+            out.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!partial.exists() && !out.exists());
 }

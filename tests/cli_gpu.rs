@@ -128,3 +128,146 @@ fn missing_adapter_is_named_and_auto_falls_back_to_the_cpu() {
         "the fallback computes what the CPU does"
     );
 }
+
+/// Runs with XDG_RUNTIME_DIR and WAYLAND_DISPLAY unset, as on a headless server.
+fn headless(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_glm-flash"))
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Mesa's device-select layer connects to a display server when the instance asks for
+/// window-system extensions, and libwayland then prints `error: XDG_RUNTIME_DIR is invalid
+/// or not set` on a headless machine. The instance asks for none: stderr carries only our
+/// own lines.
+#[test]
+fn no_window_system_noise_on_a_headless_machine() {
+    let devices = headless(&["devices"]);
+    assert!(devices.status.success());
+    assert_eq!(String::from_utf8_lossy(&devices.stderr), "");
+    let path = fixture("tiny-q8_0.gguf");
+    let run = headless(&[
+        "run",
+        "-m",
+        path.to_str().unwrap(),
+        "-p",
+        "Hello",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "--backend",
+        "gpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("XDG_RUNTIME_DIR") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
+
+/// `auto` never runs on a software renderer (lavapipe's `DeviceType::Cpu`): with only such
+/// adapters it runs on the CPU and says why; `--backend gpu` and `--adapter` still use it.
+/// On a machine with a hardware GPU, `auto` takes the GPU.
+#[test]
+fn auto_skips_software_adapters() {
+    let devices = stdout_of(&["devices"]);
+    let adapters: Vec<&str> = devices.lines().filter(|l| l.starts_with('[')).collect();
+    let software_only = adapters.iter().all(|l| l.ends_with(", Cpu)"));
+    let path = fixture("tiny-q8_0.gguf");
+    let args = [
+        "run",
+        "-m",
+        path.to_str().unwrap(),
+        "-p",
+        "Hello",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "--verbose",
+    ];
+    let out = headless(&[&args[..], &["--backend", "auto"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    if software_only {
+        assert!(
+            stderr.contains("running on the CPU: the only GPU adapter, ")
+                && stderr.contains(
+                    "is a software renderer, slower than the CPU backend (--backend gpu uses it)"
+                ),
+            "{stderr}"
+        );
+        assert!(stderr.contains("backend: cpu"), "{stderr}");
+    } else {
+        assert!(stderr.contains("backend: gpu"), "{stderr}");
+    }
+    for chosen in [
+        &["--backend", "gpu"][..],
+        &["--backend", "auto", "--adapter", "0"],
+    ] {
+        let out = headless(&[&args[..], chosen].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.contains("backend: gpu"),
+            "{chosen:?}: {stderr}"
+        );
+        // The upload is followed by a line while the kernels compile, then the load time.
+        assert!(stderr.contains("compiling the GPU kernels"), "{stderr}");
+        assert!(
+            stderr.contains("loaded in ") && stderr.contains(" s: gpu: "),
+            "{stderr}"
+        );
+    }
+}
+
+/// A context the GPU cannot hold is an error naming the largest that fits, on `gpu` and
+/// under `auto` alike (not a reason to fall back to the CPU).
+#[test]
+fn a_context_too_large_for_the_gpu_names_the_largest() {
+    let path = fixture("small2-q8_0.gguf");
+    // 202752 positions of small2's 2304-byte cache rows: 467 MB per layer, over any
+    // adapter's binding limit this test runs on (lavapipe: 128 MiB).
+    for backend in [
+        &["--backend", "gpu"][..],
+        &["--backend", "auto", "--adapter", "0"],
+    ] {
+        let args = [
+            "run",
+            "-m",
+            path.to_str().unwrap(),
+            "-p",
+            "Hello",
+            "-n",
+            "2",
+            "--ctx",
+            "202752",
+        ];
+        let out = headless(&[&args[..], backend].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap();
+        assert!(
+            last.starts_with("error: a context of 202752 tokens does not fit ")
+                && last.contains("the largest context on this GPU is "),
+            "{backend:?}: {stderr}"
+        );
+        assert!(!stderr.contains("running on the CPU"), "{stderr}");
+        // The largest it names does fit.
+        let largest = last
+            .rsplit("is ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" tokens");
+        let fits = headless(&[&args[..7], &["--ctx", largest], backend].concat());
+        assert!(
+            fits.status.success(),
+            "--ctx {largest}: {}",
+            String::from_utf8_lossy(&fits.stderr)
+        );
+    }
+}

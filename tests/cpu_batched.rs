@@ -87,14 +87,7 @@ fn batched_logits_equal_token_by_token_logits_on_every_fixture_model() {
         assert_finite(&want, &name);
 
         let mut batch = CpuBackend::new(&cfg, &w, longest, 0).unwrap();
-        for n in [
-            1,
-            2,
-            MICRO_BATCH - 1,
-            MICRO_BATCH,
-            MICRO_BATCH + 1,
-            longest,
-        ] {
+        for n in [1, 2, MICRO_BATCH - 1, MICRO_BATCH, MICRO_BATCH + 1, longest] {
             batch.truncate(0).unwrap();
             let got = batch.feed_logits(&ids[..n], 0, Rows::All).unwrap();
             assert_eq!(got.len(), n * vocab);
@@ -136,7 +129,10 @@ fn hidden_states_and_argmax_agree_with_the_logits() {
     let mut cpu = CpuBackend::new(&cfg, &w, 64, 0).unwrap();
     let logits = cpu.feed_logits(&ids, 0, Rows::All).unwrap();
     cpu.truncate(0).unwrap();
-    let hidden = cpu.feed(&ids, 0, Want::Hidden(Rows::All)).unwrap().into_rows();
+    let hidden = cpu
+        .feed(&ids, 0, Want::Hidden(Rows::All))
+        .unwrap()
+        .into_rows();
     assert_eq!(hidden.len(), ids.len() * cfg.hidden);
     assert_finite(&hidden, "hidden");
     let mut head = vec![0f32; cfg.hidden];
@@ -148,10 +144,19 @@ fn hidden_states_and_argmax_agree_with_the_logits() {
             from_hidden[t * cfg.vocab + v] = dot as f32;
         }
     }
-    check_rows(&logits, &from_hidden, cfg.vocab, 0, "head(hidden) vs logits");
+    check_rows(
+        &logits,
+        &from_hidden,
+        cfg.vocab,
+        0,
+        "head(hidden) vs logits",
+    );
 
     cpu.truncate(0).unwrap();
-    let last = cpu.feed(&ids, 0, Want::Hidden(Rows::Last)).unwrap().into_rows();
+    let last = cpu
+        .feed(&ids, 0, Want::Hidden(Rows::Last))
+        .unwrap()
+        .into_rows();
     assert_eq!(last, hidden[(ids.len() - 1) * cfg.hidden..]);
 
     cpu.truncate(0).unwrap();
@@ -178,10 +183,22 @@ fn cache_length_truncate_and_positions() {
     let fresh = cpu.feed_logits(&ids[3..8], 3, Rows::Last).unwrap();
     assert_eq!(cpu.cache_len(), 8);
     // Feeding anywhere but the cache length is an error naming both numbers.
-    let err = cpu.feed_logits(&ids[3..5], 3, Rows::Last).unwrap_err().to_string();
-    assert!(err.contains("position 3") && err.contains("holds 8"), "{err}");
-    let err = cpu.feed_logits(&ids[..1], 9, Rows::Last).unwrap_err().to_string();
-    assert!(err.contains("position 9") && err.contains("holds 8"), "{err}");
+    let err = cpu
+        .feed_logits(&ids[3..5], 3, Rows::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("position 3") && err.contains("holds 8"),
+        "{err}"
+    );
+    let err = cpu
+        .feed_logits(&ids[..1], 9, Rows::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("position 9") && err.contains("holds 8"),
+        "{err}"
+    );
     assert_eq!(cpu.cache_len(), 8, "a refused feed changes nothing");
     // Truncate only shortens.
     let err = cpu.truncate(9).unwrap_err().to_string();
@@ -195,7 +212,10 @@ fn cache_length_truncate_and_positions() {
     let again = cpu.feed_logits(&ids[3..8], 3, Rows::Last).unwrap();
     assert_eq!(fresh, again);
     // The context bounds every feed; an empty feed is an error.
-    let err = cpu.feed_logits(&ids[..9], 8, Rows::Last).unwrap_err().to_string();
+    let err = cpu
+        .feed_logits(&ids[..9], 8, Rows::Last)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("context of 16"), "{err}");
     assert!(cpu.feed(&[], 8, Want::Nothing).is_err());
     let err = cpu.feed(&[cfg.vocab as u32], 8, Want::Nothing).unwrap_err();

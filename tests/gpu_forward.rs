@@ -247,8 +247,14 @@ fn gpu_rewind_recomputes_like_a_fresh_run() {
     let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
     let first = gpu.feed_logits(&[5, 6, 7, 8], 0, Rows::Last).unwrap();
     gpu.feed_logits(&[9, 10], 4, Rows::Last).unwrap();
-    let err = gpu.feed_logits(&[7, 8], 2, Rows::Last).unwrap_err().to_string();
-    assert!(err.contains("position 2") && err.contains("holds 6"), "{err}");
+    let err = gpu
+        .feed_logits(&[7, 8], 2, Rows::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("position 2") && err.contains("holds 6"),
+        "{err}"
+    );
     gpu.truncate(2).unwrap();
     assert_eq!(gpu.cache_len(), 2);
     let again = gpu.feed_logits(&[7, 8], 2, Rows::Last).unwrap();

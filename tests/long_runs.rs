@@ -3,8 +3,11 @@
 //! greedy tokens, a cache filled to 8192 positions, and process memory per token, on the CPU
 //! and on the GPU (lavapipe here; a missing adapter fails the GPU parts).
 //!
-//! Most of the time goes to lavapipe running attention over thousands of positions
-//! (BENCHMARKS.md has the durations on the 2-core development machine).
+//! Each backend decodes its 4096 greedy tokens once: the token test and the memory test
+//! read the same run (the memory is sampled at two steps of it), so the suite pays for one
+//! long decode per backend. Most of the time goes to lavapipe running attention over
+//! thousands of positions (BENCHMARKS.md has the durations on the 2-core development
+//! machine).
 //!
 //! The tests take a lock so they run one at a time: the machine has 2 cores, and the memory
 //! test reads the RSS of the whole process.
@@ -72,18 +75,32 @@ fn top_gap(logits: &[f32]) -> f32 {
     a - b
 }
 
+/// A greedy run: the tokens, each step's top gap, and the process's RSS after
+/// [`RSS_FIRST`] and [`RSS_SECOND`] generated tokens.
+struct GreedyRun {
+    ids: Vec<u32>,
+    gaps: Vec<f32>,
+    rss: [u64; 2],
+}
+
 /// Greedy decoding of `n` tokens after `prompt`, feeding back the argmax of full logits
-/// (every step's logits checked for NaN/Inf). Returns the tokens and each step's top gap.
-fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> (Vec<u32>, Vec<f32>) {
+/// (every step's logits checked for NaN/Inf).
+fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> GreedyRun {
     let t = Instant::now();
     let mut logits = b.feed_logits(prompt, 0, Rows::Last).unwrap();
     let mut pos = prompt.len();
     let (mut ids, mut gaps) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut rss = [0; 2];
     loop {
         assert_finite(&logits, label, pos - 1);
         let next = argmax(&logits) as u32;
         ids.push(next);
         gaps.push(top_gap(&logits));
+        match ids.len() {
+            RSS_FIRST => rss[0] = rss_bytes(),
+            RSS_SECOND => rss[1] = rss_bytes(),
+            _ => {}
+        }
         if ids.len() == n {
             break;
         }
@@ -95,19 +112,21 @@ fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, label: &str) -> (Vec<u3
         t.elapsed(),
         b.describe()
     );
-    (ids, gaps)
+    GreedyRun { ids, gaps, rss }
 }
 
 /// Tokens of the test must agree between GPU and CPU for this many steps (later a near-tie
 /// may flip, after which the sequences legitimately differ).
 const AGREE_PREFIX: usize = 256;
 
-/// The CPU's greedy run, shared by the CPU and GPU tests (computed once per process).
-static CPU_GREEDY: OnceLock<(Vec<u32>, Vec<f32>)> = OnceLock::new();
+/// The greedy runs, one per backend, shared by the token and memory tests (computed once
+/// per process).
+static CPU_GREEDY: OnceLock<GreedyRun> = OnceLock::new();
+static GPU_GREEDY: OnceLock<GreedyRun> = OnceLock::new();
 
 const GREEDY_TOKENS: usize = 4096;
 
-fn cpu_greedy() -> &'static (Vec<u32>, Vec<f32>) {
+fn cpu_greedy() -> &'static GreedyRun {
     CPU_GREEDY.get_or_init(|| {
         let (cfg, w) = tiny();
         let prompt = prompt();
@@ -116,26 +135,35 @@ fn cpu_greedy() -> &'static (Vec<u32>, Vec<f32>) {
     })
 }
 
+/// Greedy-decodes on the GPU, reading back and checking every step's logits (`feed_logits`,
+/// not just `feed_argmax`).
+fn gpu_greedy() -> &'static GreedyRun {
+    GPU_GREEDY.get_or_init(|| {
+        let (cfg, w) = tiny();
+        let prompt = prompt();
+        let ctx = prompt.len() + GREEDY_TOKENS;
+        let mut gpu = GpuBackend::new(&cfg, &w, ctx, &f32_cache()).unwrap();
+        greedy(&mut gpu, &prompt, GREEDY_TOKENS, "gpu")
+    })
+}
+
 #[test]
 fn cpu_greedy_4096_tokens_stay_finite() {
     let _lock = serial();
-    let (ids, _) = cpu_greedy();
+    let ids = &cpu_greedy().ids;
     // Not stuck on one token: the run writes cache rows of many distinct contents.
     let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
     println!("cpu greedy: {distinct} distinct tokens of {}", ids.len());
     assert!(distinct > 1);
 }
 
-/// Greedy-decodes `n` tokens on the GPU, reading back and checking every step's logits
-/// (`feed_logits`, not just `feed_argmax`), and compares the tokens with the CPU's.
-fn gpu_greedy_follows_the_cpu(n: usize) {
-    let (cpu_ids, gaps) = cpu_greedy();
-    let (cfg, w) = tiny();
-    let prompt = prompt();
-    let ctx = prompt.len() + n;
-    let mut gpu = GpuBackend::new(&cfg, &w, ctx, &f32_cache()).unwrap();
-    let (gpu_ids, _) = greedy(&mut gpu, &prompt, n, "gpu");
-    match cpu_ids.iter().zip(&gpu_ids).position(|(c, g)| c != g) {
+/// The GPU's 4096 greedy tokens against the CPU's.
+#[test]
+fn gpu_greedy_4096_tokens_stay_finite_and_follow_the_cpu() {
+    let _lock = serial();
+    let (cpu, gpu) = (cpu_greedy(), gpu_greedy());
+    let (cpu_ids, gaps, gpu_ids, n) = (&cpu.ids, &cpu.gaps, &gpu.ids, GREEDY_TOKENS);
+    match cpu_ids.iter().zip(gpu_ids).position(|(c, g)| c != g) {
         None => println!("gpu and cpu agree on all {n} greedy tokens"),
         Some(i) => {
             println!(
@@ -151,12 +179,6 @@ fn gpu_greedy_follows_the_cpu(n: usize) {
             );
         }
     }
-}
-
-#[test]
-fn gpu_greedy_4096_tokens_stay_finite_and_follow_the_cpu() {
-    let _lock = serial();
-    gpu_greedy_follows_the_cpu(GREEDY_TOKENS);
 }
 
 /// Deterministic "text": ids spread over the vocabulary (an LCG).
@@ -253,32 +275,23 @@ fn page_size() -> u64 {
         .map_or(4096, |kb| kb * 1024)
 }
 
-/// Greedy-decodes `warm` tokens, reads RSS, decodes `more`, reads RSS again; the growth must
-/// stay below what the cache rows of those `more` positions can take plus `MARGIN`.
-fn rss_growth(b: &mut dyn Backend, cfg: &Config, warm: usize, more: usize, label: &str) {
+/// RSS is read after this many generated tokens (past start-up allocations) and again
+/// 2048 tokens later, within the greedy runs above.
+const RSS_FIRST: usize = 256;
+const RSS_SECOND: usize = RSS_FIRST + 2048;
+
+/// Between the two RSS readings of `run`, the growth must stay below what the cache rows
+/// of those 2048 positions can take plus `MARGIN`.
+fn rss_growth(run: &GreedyRun, cfg: &Config, label: &str) {
     /// Allocator and driver slack: nothing per token should come near it.
     const MARGIN: u64 = 8 << 20;
-    let t = Instant::now();
-    let mut next = b.feed_argmax(&prompt(), 0).unwrap();
-    let mut pos = prompt().len();
-    let mut step = |b: &mut dyn Backend, n: usize| {
-        for _ in 0..n {
-            let logits = b.feed_logits(&[next], pos, Rows::Last).unwrap();
-            assert_finite(&logits, label, pos);
-            next = argmax(&logits) as u32;
-            pos += 1;
-        }
-    };
-    step(b, warm);
-    let before = rss_bytes();
-    step(b, more);
-    let after = rss_bytes();
+    let [before, after] = run.rss;
+    let more = RSS_SECOND - RSS_FIRST;
     let growth = after.saturating_sub(before);
     let cache = (more * cfg.n_layers * cfg.cache_row() * 4) as u64;
     println!(
-        "{label}: RSS {before} -> {after} bytes (+{growth}) over {more} tokens after {warm}; \
-         their cache rows are {cache} bytes; {:.2?}",
-        t.elapsed()
+        "{label}: RSS {before} -> {after} bytes (+{growth}) over {more} tokens after {RSS_FIRST}; \
+         their cache rows are {cache} bytes"
     );
     assert!(
         growth <= cache + MARGIN,
@@ -287,15 +300,10 @@ fn rss_growth(b: &mut dyn Backend, cfg: &Config, warm: usize, more: usize, label
     );
 }
 
-const WARM: usize = 256;
-const MORE: usize = 2048;
-
 #[test]
 fn cpu_memory_does_not_grow_per_token_beyond_the_cache() {
     let _lock = serial();
-    let (cfg, w) = tiny();
-    let mut cpu = CpuBackend::new(&cfg, &w, prompt().len() + WARM + MORE, 0).unwrap();
-    rss_growth(&mut cpu, &cfg, WARM, MORE, "cpu");
+    rss_growth(cpu_greedy(), &tiny().0, "cpu");
 }
 
 /// Found by this test: on lavapipe (Mesa 22.3) RSS grew by gigabytes over 2048 tokens
@@ -312,8 +320,5 @@ fn cpu_memory_does_not_grow_per_token_beyond_the_cache() {
 #[test]
 fn gpu_memory_does_not_grow_per_token_beyond_the_cache() {
     let _lock = serial();
-    let (cfg, w) = tiny();
-    let ctx = prompt().len() + WARM + MORE;
-    let mut gpu = GpuBackend::new(&cfg, &w, ctx, &GpuOptions::default()).unwrap();
-    rss_growth(&mut gpu, &cfg, WARM, MORE, "gpu");
+    rss_growth(gpu_greedy(), &tiny().0, "gpu");
 }

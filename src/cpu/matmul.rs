@@ -740,7 +740,10 @@ mod simd {
         }
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
-            let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+            let s = _mm_add_ps(
+                _mm256_castps256_ps128(self.0),
+                _mm256_extractf128_ps(self.0, 1),
+            );
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
             _mm_cvtss_f32(s)
@@ -809,7 +812,13 @@ mod tests {
                 b_step: m,
                 accumulate: false,
             };
-            gemm_nt(RowsOf::packed(&a, k), RowsOf::packed(&b, k), k, &mut out, layout);
+            gemm_nt(
+                RowsOf::packed(&a, k),
+                RowsOf::packed(&b, k),
+                k,
+                &mut out,
+                layout,
+            );
             for i in 0..m {
                 for j in 0..n {
                     let want = dot64(&a[i * k..][..k], &b[j * k..][..k]);

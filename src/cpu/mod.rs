@@ -318,7 +318,10 @@ fn mul(m: &Matrix, x: &[f32]) -> Vec<f32> {
 /// RMSNorm of every row of `x` (rows as long as `weight`).
 fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    for (o, r) in out.chunks_exact_mut(weight.len()).zip(x.chunks_exact(weight.len())) {
+    for (o, r) in out
+        .chunks_exact_mut(weight.len())
+        .zip(x.chunks_exact(weight.len()))
+    {
         rmsnorm(r, weight, eps, o);
     }
     out
@@ -368,7 +371,13 @@ impl Backend for CpuBackend<'_> {
     }
 
     fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
-        check_feed(tokens, pos, self.cache_len, self.max_context, self.cfg.vocab)?;
+        check_feed(
+            tokens,
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
         let all_rows = matches!(want, Want::Logits(Rows::All) | Want::Hidden(Rows::All));
         let chunks = tokens.len().div_ceil(MICRO_BATCH);
         let mut rows = Vec::new();

@@ -73,6 +73,17 @@ impl GpuBackend {
         upload::check_formats(w)?;
         let ctx = GpuContext::new(opts)?;
         let max_context = max_context.min(cfg.context_length).max(1);
+        let fits = GpuModel::max_context(&ctx, cfg);
+        if max_context > fits {
+            // The request, not the device, is at fault: an Input error, which `auto` reports
+            // instead of falling back to the CPU.
+            return Err(Error::Input(format!(
+                "a context of {max_context} tokens does not fit {}: a layer's latent cache is one binding of at most {} bytes, {} per position; the largest context on this GPU is {fits} tokens",
+                ctx.describe(),
+                ctx.max_binding,
+                GpuModel::cache_bytes_per_position(cfg)
+            )));
+        }
         if cfg.n_dense_layers < cfg.n_layers && cfg.n_experts > ffn_gate_up::MAX_EXPERTS {
             return Err(Error::Gpu(format!(
                 "{} experts: the GPU router handles up to {}",
@@ -161,7 +172,13 @@ impl GpuBackend {
                 self.ctx.describe()
             )));
         }
-        check_feed(&[token], pos, self.cache_len, self.max_context, self.cfg.vocab)?;
+        check_feed(
+            &[token],
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
         let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("dispatch timestamps"),
             ty: wgpu::QueryType::Timestamp,
@@ -218,13 +235,9 @@ impl GpuBackend {
         let size = self.readback_size(read);
         match read {
             Readback::Nothing => {}
-            Readback::Logits => enc.copy_buffer_to_buffer(
-                self.schedule.logits(),
-                0,
-                &self.logits_staging,
-                0,
-                size,
-            ),
+            Readback::Logits => {
+                enc.copy_buffer_to_buffer(self.schedule.logits(), 0, &self.logits_staging, 0, size)
+            }
             Readback::Argmax => enc.copy_buffer_to_buffer(
                 self.schedule.token_id(),
                 0,
@@ -306,7 +319,13 @@ impl Backend for GpuBackend {
 
     /// Token by token for now, each one command encoder and one submit.
     fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
-        check_feed(tokens, pos, self.cache_len, self.max_context, self.cfg.vocab)?;
+        check_feed(
+            tokens,
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
         if let Want::Hidden(_) = want {
             return Err(Error::Gpu(
                 "the GPU backend does not return hidden states yet (use --backend cpu)".into(),
@@ -347,7 +366,13 @@ impl Backend for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        check_feed(&[token], pos, self.cache_len, self.max_context, self.cfg.vocab)?;
+        check_feed(
+            &[token],
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
         let mut slot = 0;
         let mut submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, slot, None)?;
         for i in 0..n {

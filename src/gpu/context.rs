@@ -99,9 +99,52 @@ pub struct GpuContext {
 const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
 
 fn instance() -> wgpu::Instance {
+    #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+    if let Some(instance) = vulkan_without_window_system() {
+        return instance;
+    }
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = BACKENDS;
     wgpu::Instance::new(desc)
+}
+
+/// Instance extensions for presenting to X11 and Wayland windows, which compute never does.
+#[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+const WINDOW_SYSTEM_EXTENSIONS: [&std::ffi::CStr; 3] = [
+    c"VK_KHR_xlib_surface",
+    c"VK_KHR_xcb_surface",
+    c"VK_KHR_wayland_surface",
+];
+
+/// The Vulkan instance wgpu makes, without the X11 and Wayland surface extensions. With
+/// them enabled, Mesa's device-select layer (loaded into every Vulkan program where Mesa is
+/// installed) connects to the display server while it orders the adapters, and on a
+/// machine without one libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set in
+/// the environment.` on our stderr. None if Vulkan cannot be loaded.
+#[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+fn vulkan_without_window_system() -> Option<wgpu::Instance> {
+    use wgpu::hal;
+    let desc = hal::InstanceDescriptor {
+        name: "glm-flash",
+        flags: wgpu::InstanceFlags::default(),
+        memory_budget_thresholds: Default::default(),
+        backend_options: Default::default(),
+        telemetry: None,
+        display: None,
+    };
+    let drop_window_systems = Box::new(|args: hal::vulkan::CreateInstanceCallbackArgs| {
+        args.extensions
+            .retain(|e| !WINDOW_SYSTEM_EXTENSIONS.contains(e));
+    });
+    // SAFETY: the callback only removes surface extensions. wgpu-hal asks before using one
+    // (creating a surface from an X11 or Wayland window fails with an error when its
+    // extension is missing, as on a driver without it), and we never create surfaces.
+    let raw =
+        unsafe { hal::vulkan::Instance::init_with_callback(&desc, Some(drop_window_systems)) }
+            .map_err(|e| log::info!("Vulkan: {e}"))
+            .ok()?;
+    // SAFETY: `raw` is a valid instance that nothing else owns.
+    Some(unsafe { wgpu::Instance::from_hal::<hal::api::Vulkan>(raw) })
 }
 
 fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
@@ -159,6 +202,24 @@ pub fn list_adapters() -> Vec<String> {
         .enumerate()
         .flat_map(|(i, a)| describe_adapter(i, a))
         .collect()
+}
+
+/// wgpu's high-performance choice: discrete, then integrated, then other GPUs, software
+/// adapters (`DeviceType::Cpu`, such as Mesa's lavapipe) last.
+fn best_adapter(
+    instance: &wgpu::Instance,
+) -> std::result::Result<wgpu::Adapter, wgpu::RequestAdapterError> {
+    pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+        apply_limit_buckets: false,
+    }))
+}
+
+/// The adapter [`GpuContext::new`] picks when no index is given, if there is one.
+pub fn default_adapter() -> Option<wgpu::AdapterInfo> {
+    best_adapter(&instance()).ok().map(|a| a.get_info())
 }
 
 /// Which limit of `l` is below [`MINIMUM`], if one is: "allows 7 storage buffers per stage,
@@ -247,13 +308,7 @@ impl GpuContext {
                 .get(i)
                 .cloned()
                 .ok_or_else(|| Error::Gpu(format!("adapter index {i} requested; {}", names())))?,
-            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
-                apply_limit_buckets: false,
-            }))
-            .map_err(|e| {
+            None => best_adapter(&instance).map_err(|e| {
                 Error::Gpu(format!(
                     "need a GPU adapter with compute shaders ({e}); {}",
                     names()
@@ -430,6 +485,8 @@ mod tests {
             max_compute_workgroup_storage_size: 8192,
             ..Default::default()
         };
-        assert!(below_minimum(&small).unwrap().contains("8192 bytes of workgroup memory"));
+        assert!(below_minimum(&small)
+            .unwrap()
+            .contains("8192 bytes of workgroup memory"));
     }
 }

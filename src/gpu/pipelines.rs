@@ -115,8 +115,10 @@ impl Pipelines {
                 c.value.ty()
             );
         }
-        let wgpu_constants: Vec<(&str, f64)> =
-            constants.iter().map(|c| (c.name, c.value.as_f64())).collect();
+        let wgpu_constants: Vec<(&str, f64)> = constants
+            .iter()
+            .map(|c| (c.name, c.value.as_f64()))
+            .collect();
         let device = &ctx.device;
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),

@@ -436,9 +436,14 @@ fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions>
             top_p,
             min_p,
             seed,
+            // The repetition penalties of `serve`'s command line.
+            ..d.clone()
         },
         stop_tokens: app.engine.info().tokenizer.stop_tokens(),
         stop_strings: stop_strings(body.stop.as_ref())?,
+        // Set by the endpoint: a chat reply's parser reads the thinking and tool-call
+        // markup; a plain completion is text, as `glm-flash run` prints it.
+        special_text: false,
     })
 }
 
@@ -523,7 +528,10 @@ async fn chat(
     let messages = chat_messages(messages)?;
     let tools = tools(&body)?;
     let thinking = thinking(&body, app.defaults.thinking)?;
-    let opts = generate_options(&body, app)?;
+    let opts = GenerateOptions {
+        special_text: true,
+        ..generate_options(&body, app)?
+    };
     let info = app.engine.info();
     let prompt = RenderedPrompt::chat(
         &info.tokenizer,

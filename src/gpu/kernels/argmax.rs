@@ -53,9 +53,11 @@ pub fn dispatches(
             ..Default::default()
         };
         let params = uniform(ctx, "argmax params", &params);
-        pipes
-            .get(ctx, SHADER, &[FINAL.set(last)])
-            .dispatch(ctx, &[&params, input, out], [grid, 1, 1])
+        pipes.get(ctx, SHADER, &[FINAL.set(last)]).dispatch(
+            ctx,
+            &[&params, input, out],
+            [grid, 1, 1],
+        )
     };
     Ok(vec![
         pass(false, n, logits, &pairs, spans as u32),

@@ -142,7 +142,11 @@ pub fn dispatches(
                 &[
                     &params, &c.quants, &c.scales, x, norm_w, route, act, logits, bias,
                 ],
-                [ffn.div_ceil(PAIRS_PER_WORKGROUP as usize) as u32, slots as u32, 1],
+                [
+                    ffn.div_ceil(PAIRS_PER_WORKGROUP as usize) as u32,
+                    slots as u32,
+                    1,
+                ],
             )
         })
         .collect()
