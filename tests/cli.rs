@@ -332,14 +332,14 @@ fn synth_writes_kquant_mixes() {
     let (info, _) = ok(&["info", "-m", path_str(&out)]);
     assert!(info.contains("file type: 15 (Q4_K_M)"), "{info}");
     assert!(
-        info.contains("output.weight                      Q6_K   -"),
+        info.contains("output.weight                      Q6_K   Q6_K"),
         "{info}"
     );
     assert!(
         info.contains("blk.1.attn_k_b.weight              Q5_0"),
         "{info}"
     );
-    assert!(info.contains("gpu: cannot run this file yet"), "{info}");
+    assert!(info.contains("gpu: 0.00 GB of weights (2181088 bytes)"), "{info}");
     let (text, _) = ok(&[
         "run",
         "-m",

@@ -34,7 +34,10 @@ fn table_agrees_with_the_container() {
         supported_names(),
         "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4"
     );
-    assert_eq!(gpu_supported_names(), "F32, F16, BF16, Q8_0");
+    assert_eq!(
+        gpu_supported_names(),
+        "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"
+    );
 }
 
 /// The dot of every format, vectorised or not, against the f64 sum of the decoded values
