@@ -230,7 +230,7 @@ fn auto_skips_software_adapters() {
 #[test]
 fn a_context_too_large_for_the_gpu_names_the_largest() {
     let path = fixture("small2-q8_0.gguf");
-    // 202752 positions of small2's 2304-byte cache rows: 467 MB per layer, over any
+    // 202752 positions of small2's 576-value cache rows: 234 MB per layer in f16, over any
     // adapter's binding limit this test runs on (lavapipe: 128 MiB).
     for backend in [
         &["--backend", "gpu"][..],
@@ -252,17 +252,13 @@ fn a_context_too_large_for_the_gpu_names_the_largest() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         let last = stderr.lines().last().unwrap();
         assert!(
-            last.starts_with("error: a context of 202752 tokens does not fit ")
-                && last.contains("the largest context on this GPU is "),
+            last.starts_with("error: a f16 latent cache of 202752 positions takes ")
+                && last.contains(" positions fit: use --ctx "),
             "{backend:?}: {stderr}"
         );
         assert!(!stderr.contains("running on the CPU"), "{stderr}");
         // The largest it names does fit.
-        let largest = last
-            .rsplit("is ")
-            .next()
-            .unwrap()
-            .trim_end_matches(" tokens");
+        let largest = last.rsplit("use --ctx ").next().unwrap();
         let fits = headless(&[&args[..7], &["--ctx", largest], backend].concat());
         assert!(
             fits.status.success(),

@@ -2,6 +2,8 @@
 //! f16 (two values per u32, the lower index in the low half, as `pack2x16float` writes
 //! them) or f32. Sized and checked before anything is allocated, and allocated before the
 //! weights, so a context that does not fit is refused at once, naming the largest that does.
+//! Those refusals are `Error::Input`: the request is at fault, not the device, so the
+//! engine's `auto` reports them instead of falling back to the CPU.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -60,7 +62,7 @@ impl LatentCaches {
             )
         };
         if positions > fits {
-            return Err(Error::Gpu(format!(
+            return Err(Error::Input(format!(
                 "{}; {} allows {} per buffer, so at most {fits} positions fit: use --ctx {fits}{}",
                 what(),
                 ctx.describe(),
@@ -84,7 +86,7 @@ impl LatentCaches {
                     // wgpu does not say how much memory a device has: what fitted before
                     // running out is the estimate (before the weights, which come next).
                     let estimate = positions * l / cfg.n_layers;
-                    return Err(Error::Gpu(format!(
+                    return Err(Error::Input(format!(
                         "{}: layer {l}'s cache did not fit ({e}); caches of at most about \
                          {estimate} positions fit, before the weights: use a smaller --ctx",
                         what()

@@ -40,17 +40,6 @@ impl GpuModel {
         })
     }
 
-    /// Bytes of one position in a layer's latent cache.
-    pub fn cache_bytes_per_position(cfg: &Config) -> u64 {
-        (cfg.cache_row() * 4) as u64
-    }
-
-    /// The most positions a layer's latent cache can hold on this device: the cache is one
-    /// binding.
-    pub fn max_context(ctx: &GpuContext, cfg: &Config) -> usize {
-        (ctx.max_binding / Self::cache_bytes_per_position(cfg)) as usize
-    }
-
     /// Bytes [`GpuModel::upload`] reads from the file (for the progress total).
     pub fn file_bytes(cfg: &Config, w: &Weights) -> u64 {
         w.token_embd.data.len() as u64
