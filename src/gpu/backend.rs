@@ -73,7 +73,7 @@ impl GpuBackend {
         upload::check_formats(w)?;
         let ctx = GpuContext::new(opts)?;
         let max_context = max_context.min(cfg.context_length).max(1);
-        let fits = GpuModel::max_context(&ctx, cfg);
+        let fits = GpuModel::max_context(&ctx, cfg, opts.cache_type);
         if max_context > fits {
             // The request, not the device, is at fault: an Input error, which `auto` reports
             // instead of falling back to the CPU.
@@ -81,7 +81,7 @@ impl GpuBackend {
                 "a context of {max_context} tokens does not fit {}: a layer's latent cache is one binding of at most {} bytes, {} per position; the largest context on this GPU is {fits} tokens",
                 ctx.describe(),
                 ctx.max_binding,
-                GpuModel::cache_bytes_per_position(cfg)
+                GpuModel::cache_bytes_per_position(cfg, opts.cache_type)
             )));
         }
         if cfg.n_dense_layers < cfg.n_layers && cfg.n_experts > ffn_gate_up::MAX_EXPERTS {

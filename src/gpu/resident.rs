@@ -4,6 +4,7 @@
 //! runs a kernel.
 
 use crate::config::Config;
+use crate::ops_common::CacheType;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::upload::{self, try_storage_f32, GpuMatrix, RowRef, Uploader};
@@ -41,14 +42,14 @@ impl GpuModel {
     }
 
     /// Bytes of one position in a layer's latent cache.
-    pub fn cache_bytes_per_position(cfg: &Config) -> u64 {
-        (cfg.cache_row() * 4) as u64
+    pub fn cache_bytes_per_position(cfg: &Config, cache_type: CacheType) -> u64 {
+        (cfg.cache_row() * cache_type.bytes()) as u64
     }
 
     /// The most positions a layer's latent cache can hold on this device: the cache is one
     /// binding.
-    pub fn max_context(ctx: &GpuContext, cfg: &Config) -> usize {
-        (ctx.max_binding / Self::cache_bytes_per_position(cfg)) as usize
+    pub fn max_context(ctx: &GpuContext, cfg: &Config, cache_type: CacheType) -> usize {
+        (ctx.max_binding / Self::cache_bytes_per_position(cfg, cache_type)) as usize
     }
 
     /// Bytes [`GpuModel::upload`] reads from the file (for the progress total).
