@@ -14,10 +14,10 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::cpu::CpuBackend;
-use crate::ops_common::CacheType;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{GpuBackend, GpuOptions};
+use crate::ops_common::CacheType;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 

@@ -339,7 +339,10 @@ fn synth_writes_kquant_mixes() {
         info.contains("blk.1.attn_k_b.weight              Q5_0"),
         "{info}"
     );
-    assert!(info.contains("gpu: 0.00 GB of weights (2181088 bytes)"), "{info}");
+    assert!(
+        info.contains("gpu: 0.00 GB of weights (2181088 bytes)"),
+        "{info}"
+    );
     let (text, _) = ok(&[
         "run",
         "-m",

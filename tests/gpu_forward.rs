@@ -260,7 +260,10 @@ fn gpu_rewind_recomputes_like_a_fresh_run() {
     let again = gpu.feed_logits(&[7, 8], 2, Rows::Last).unwrap();
     assert_eq!(first, again);
     // Hidden states are not read back on the GPU yet: a clear error, the cache unchanged.
-    let err = gpu.feed(&[9], 4, Want::Hidden(Rows::Last)).unwrap_err().to_string();
+    let err = gpu
+        .feed(&[9], 4, Want::Hidden(Rows::Last))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("hidden states"), "{err}");
     assert_eq!(gpu.cache_len(), 4);
     assert!(
@@ -310,7 +313,12 @@ fn gpu_kquant_cases_with_split_bindings_and_workgroup_reductions() {
         no_subgroups: true,
         ..f32_cache()
     };
-    gpu_matches_reference(&KQUANT_CASES, &opts, "gpu 1MiB bindings, no subgroups", true);
+    gpu_matches_reference(
+        &KQUANT_CASES,
+        &opts,
+        "gpu 1MiB bindings, no subgroups",
+        true,
+    );
 }
 
 /// A file with a type the GPU cannot compute with yet is refused before anything is

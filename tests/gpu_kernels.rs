@@ -778,7 +778,11 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
 fn mixed_type_stacks_split_by_format() {
     let mut rng = Rng(12);
     let cols = 256;
-    let parts_spec = [(GgmlType::Q4_K, 40), (GgmlType::Q6_K, 24), (GgmlType::Q5_0, 12)];
+    let parts_spec = [
+        (GgmlType::Q4_K, 40),
+        (GgmlType::Q6_K, 24),
+        (GgmlType::Q5_0, 12),
+    ];
     let data: Vec<Vec<u8>> = parts_spec
         .iter()
         .map(|&(ty, rows)| random_rows(&mut rng, ty, rows, cols))
@@ -803,8 +807,11 @@ fn mixed_type_stacks_split_by_format() {
     for (label, ctx) in contexts() {
         let p = Pipelines::new();
         let gm = GpuMatrix::concat(&ctx, "stack", &parts, &mut Uploader::new(0, None)).unwrap();
-        let layouts: Vec<(usize, &str)> =
-            gm.chunks.iter().map(|c| (c.row_start, c.format.name())).collect();
+        let layouts: Vec<(usize, &str)> = gm
+            .chunks
+            .iter()
+            .map(|c| (c.row_start, c.format.name()))
+            .collect();
         for (start, name) in [(0, "Q4_K"), (40, "Q6_K"), (64, "Q5_0")] {
             assert!(layouts.contains(&(start, name)), "{layouts:?}");
         }

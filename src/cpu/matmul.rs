@@ -277,14 +277,18 @@ fn prefetch(bytes: &[u8]) {
     for line in bytes.chunks(64) {
         // SAFETY: a prefetch reads nothing architecturally; the address is in `bytes`.
         unsafe {
-            std::arch::x86_64::_mm_prefetch(line.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0)
+            std::arch::x86_64::_mm_prefetch(
+                line.as_ptr() as *const i8,
+                std::arch::x86_64::_MM_HINT_T0,
+            )
         };
     }
 }
 
 /// Where the values `k..` of a row of `m` start in its bytes (`k` on a block boundary).
 fn byte_offset(m: &Matrix, k: usize) -> usize {
-    m.ty.bytes_for(k as u64).expect("a chunk boundary is a whole number of blocks") as usize
+    m.ty.bytes_for(k as u64)
+        .expect("a chunk boundary is a whole number of blocks") as usize
 }
 
 thread_local! {
@@ -861,7 +865,10 @@ mod tests {
                 for j in 0..n {
                     let want = dot64(&a[i * k..][..k], &b[j * k..][..k]);
                     let got = out[i * n + j] as f64;
-                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa} gemm");
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{isa} gemm"
+                    );
                 }
             }
             // gemm_nn: b as stored, a stride wider than k, columns past the last vector,
@@ -888,7 +895,10 @@ mod tests {
                             .sum::<f64>();
                     }
                     let got = out[i * stride + c] as f64;
-                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa} gemm_nn [{i}][{c}]");
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{isa} gemm_nn [{i}][{c}]"
+                    );
                 }
             }
             // The wide kernel: 29 weight rows (Q8_0) against every padded token count.

@@ -206,7 +206,12 @@ impl Block for BlockQ5_1 {
 
 /// The GPU layouts (see [`GpuLayout`]): the nibbles to `quants`; `d` (and `m`, `qh`) to
 /// `scales`.
-pub(super) fn pack_gpu(layout: GpuLayout, bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+pub(super) fn pack_gpu(
+    layout: GpuLayout,
+    bytes: &[u8],
+    quants: &mut Vec<u8>,
+    scales: &mut Vec<u8>,
+) {
     match layout {
         GpuLayout::Q4_0 => {
             for b in bytemuck::cast_slice::<u8, BlockQ4_0>(bytes) {

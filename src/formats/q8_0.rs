@@ -155,7 +155,10 @@ mod avx512 {
         for (block, vals) in blocks.iter().zip(out.chunks_exact_mut(32)) {
             let d = scale_x16(block);
             _mm512_storeu_ps(vals.as_mut_ptr(), _mm512_mul_ps(quants_x16(block, 0), d));
-            _mm512_storeu_ps(vals.as_mut_ptr().add(16), _mm512_mul_ps(quants_x16(block, 16), d));
+            _mm512_storeu_ps(
+                vals.as_mut_ptr().add(16),
+                _mm512_mul_ps(quants_x16(block, 16), d),
+            );
         }
     }
 

@@ -177,7 +177,11 @@ fn every_gpu_layout_packs_the_bytes_it_counts() {
             "{}",
             f.ty
         );
-        assert!(q.len().max(s.len()) as u64 <= layout.row_bytes(cols), "{}", f.ty);
+        assert!(
+            q.len().max(s.len()) as u64 <= layout.row_bytes(cols),
+            "{}",
+            f.ty
+        );
         if !matches!(layout, GpuLayout::Q8_0 | GpuLayout::Q4_0) {
             // Their f16 scales pair across rows; the kernels index them globally.
             assert!(q.len() % 4 == 0 && s.len() % 4 == 0, "{}", f.ty);

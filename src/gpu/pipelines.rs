@@ -71,7 +71,11 @@ impl Pipelines {
 
     /// The pipeline of `shader` with these override values (each one the shader declares).
     pub fn get(&self, ctx: &GpuContext, shader: Shader, constants: &[Constant]) -> Kernel {
-        assert!(!shader.weights.reads_weights(), "{}: reads weights, use get_for", shader.name);
+        assert!(
+            !shader.weights.reads_weights(),
+            "{}: reads weights, use get_for",
+            shader.name
+        );
         self.make(ctx, shader, None, constants)
     }
 
@@ -84,7 +88,11 @@ impl Pipelines {
         weights: GpuLayout,
         constants: &[Constant],
     ) -> Kernel {
-        assert!(shader.weights.reads_weights(), "{}: reads no weights, use get", shader.name);
+        assert!(
+            shader.weights.reads_weights(),
+            "{}: reads no weights, use get",
+            shader.name
+        );
         self.make(ctx, shader, Some(weights), constants)
     }
 

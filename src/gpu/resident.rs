@@ -121,19 +121,14 @@ impl GpuFfn {
         match ffn {
             Ffn::Dense(d) => {
                 let width = d.gate.rows;
-                let gate_up = GpuMatrix::build(
-                    ctx,
-                    &format!("{name}_gate_up"),
-                    2 * width,
-                    h,
-                    2,
-                    up,
-                    |r| RowRef {
-                        m: if r % 2 == 0 { d.gate } else { d.up },
-                        row: r / 2,
-                        col_start: 0,
-                    },
-                )?;
+                let gate_up =
+                    GpuMatrix::build(ctx, &format!("{name}_gate_up"), 2 * width, h, 2, up, |r| {
+                        RowRef {
+                            m: if r % 2 == 0 { d.gate } else { d.up },
+                            row: r / 2,
+                            col_start: 0,
+                        }
+                    })?;
                 let down = GpuMatrix::from_matrix(ctx, &format!("{name}_down"), &d.down, up)?;
                 let route: [u32; 2] = [0, 1f32.to_bits()];
                 Ok(GpuFfn {

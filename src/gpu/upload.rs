@@ -270,8 +270,10 @@ impl GpuMatrix {
             let mut layout = layout_of(&group[0])?;
             for m in &group[1..] {
                 if layout_of(m)? != layout {
-                    let names: Vec<String> =
-                        group.iter().map(|m| format!("{} ({})", m.name, m.ty)).collect();
+                    let names: Vec<String> = group
+                        .iter()
+                        .map(|m| format!("{} ({})", m.name, m.ty))
+                        .collect();
                     let names = names.join(" with ");
                     if !mixed.contains(&names) {
                         mixed.push(names);
@@ -299,7 +301,17 @@ impl GpuMatrix {
         let mut chunks = Vec::new();
         for (i, &(start, format)) in runs.iter().enumerate() {
             let end = runs.get(i + 1).map_or(rows, |&(s, _)| s);
-            Self::add_chunks(ctx, label, format, start..end, cols, row_align, up, &row_of, &mut chunks)?;
+            Self::add_chunks(
+                ctx,
+                label,
+                format,
+                start..end,
+                cols,
+                row_align,
+                up,
+                &row_of,
+                &mut chunks,
+            )?;
         }
         Ok(GpuMatrix { rows, cols, chunks })
     }
@@ -405,7 +417,10 @@ impl GpuMatrix {
 
     /// Bytes on the GPU, all chunks.
     pub fn bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.quants.size() + c.scales.size()).sum()
+        self.chunks
+            .iter()
+            .map(|c| c.quants.size() + c.scales.size())
+            .sum()
     }
 }
 

@@ -17,11 +17,7 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    overrides: &[
-        NORM.decl(),
-        ACCUMULATE.decl(),
-        ROWS.decl(),
-    ],
+    overrides: &[NORM.decl(), ACCUMULATE.decl(), ROWS.decl()],
     consts: &[],
     structs: &[],
     reduces: true,
