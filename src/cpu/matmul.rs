@@ -670,13 +670,7 @@ mod simd {
     use super::{gemm_nn_with, gemm_with, wide_with, Dims, Lanes, NnDims, WideTask};
     use std::arch::x86_64::*;
 
-    pub fn has_avx512() -> bool {
-        is_x86_feature_detected!("avx512f")
-    }
-
-    pub fn has_avx2_fma() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
+    pub use crate::formats::x86::{has_avx2_fma, has_avx512};
 
     #[derive(Clone, Copy)]
     pub(super) struct Avx512(__m512);

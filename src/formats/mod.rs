@@ -19,7 +19,7 @@ mod legacy;
 mod mxfp4;
 mod q8_0;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 pub use float::{BlockBF16, BlockF16, BlockF32};
 pub use iq::{BlockIQ4NL, BlockIQ4XS, IQ4_LEVELS};

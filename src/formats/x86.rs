@@ -1,4 +1,5 @@
-//! Which hand-vectorised paths this x86-64 CPU can run (detected once).
+//! Which hand-vectorised paths this x86-64 CPU can run (detected once), for the format
+//! dots and decoders and the batched CPU mat-mul alike.
 
 use std::sync::OnceLock;
 
@@ -17,6 +18,12 @@ pub fn has_avx_fma() -> bool {
 pub fn has_avx2_fma() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// AVX-512F: the batched CPU mat-mul's 16-lane kernels.
+pub fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
 /// AVX2 and F16C: the Q8_0 decode eight values per instruction.
