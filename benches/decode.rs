@@ -90,7 +90,8 @@ fn attention_kernels(ctx: &GpuContext) {
                 kv_a: &kv_a,
                 kv_norm: &kv_norm,
             };
-            let heads_wg = attn_partial::variants(&cfg)[attn_partial::choose(&cfg, pos)];
+            let variants = attn_partial::variants(&cfg);
+            let heads_wg = variants[attn_partial::choose(&cfg, &variants, pos)];
             let grid = attn_partial::grid(&cfg, pos, heads_wg);
             let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg);
             let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);

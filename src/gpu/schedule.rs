@@ -138,6 +138,8 @@ pub struct Schedule {
     layers: Vec<LayerDispatches>,
     result_output: Vec<Dispatch>,
     result_argmax: Vec<Dispatch>,
+    /// Heads per workgroup of each attention variant (`LayerDispatches::attn_partial`).
+    attn_variants: Vec<usize>,
 }
 
 impl Schedule {
@@ -182,6 +184,7 @@ impl Schedule {
             layers,
             result_output,
             result_argmax,
+            attn_variants: attn_partial::variants(cfg),
         })
     }
 
@@ -218,8 +221,8 @@ impl Schedule {
     /// Records the token at `pos` through every layer, and the head when `read` wants it.
     pub fn record(&self, rec: &mut Recorder, cfg: &Config, pos: usize, read: Readback) {
         // The attention's variant and grid follow the context: the same for every layer.
-        let variant = attn_partial::choose(cfg, pos);
-        let attn_grid = attn_partial::grid(cfg, pos, attn_partial::variants(cfg)[variant]);
+        let variant = attn_partial::choose(cfg, &self.attn_variants, pos);
+        let attn_grid = attn_partial::grid(cfg, pos, self.attn_variants[variant]);
         rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
             // Attention: MLA over the latent cache, k_b absorbed into q.

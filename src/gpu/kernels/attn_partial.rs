@@ -158,10 +158,9 @@ pub fn variants(cfg: &Config) -> Vec<usize> {
     v
 }
 
-/// Which of [`variants`] the token at `pos` runs: the widest whose grid has
-/// [`TARGET_WORKGROUPS`], else the narrowest.
-pub fn choose(cfg: &Config, pos: usize) -> usize {
-    let v = variants(cfg);
+/// Which of `variants` ([`variants`], computed once at load) the token at `pos` runs: the
+/// widest whose grid has [`TARGET_WORKGROUPS`], else the narrowest.
+pub fn choose(cfg: &Config, v: &[usize], pos: usize) -> usize {
     v.iter()
         .position(|&h| splits(pos) * cfg.n_heads.div_ceil(h) >= TARGET_WORKGROUPS)
         .unwrap_or(v.len() - 1)
