@@ -8,7 +8,7 @@ mod common;
 use common::fixture;
 use glm_flash::config::Config;
 use glm_flash::cpu::ops;
-use glm_flash::formats;
+use glm_flash::formats::{self, GpuLayout};
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::cache::{decode_rows, encode_rows};
 use glm_flash::gpu::kernels::{
@@ -92,8 +92,13 @@ fn contexts() -> Vec<(String, GpuContext)> {
 }
 
 fn q8_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
+    quantized(rng, GgmlType::Q8_0, rows, cols)
+}
+
+/// Random values in [-1, 1) quantized to `ty`.
+fn quantized(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
-    formats::of(GgmlType::Q8_0)
+    formats::of(ty)
         .unwrap()
         .quantize(&rng.vec(rows * cols), &mut bytes);
     bytes
@@ -534,6 +539,94 @@ fn routed_gate_up_matches_cpu_route_including_ties() {
     }
 }
 
+/// The expert FFN (ffn_gate_up, then ffn_down on a fixed route of three experts) against the
+/// CPU, over stacks built as the resident model builds them: expert e's gate and up rows
+/// interleaved, then the down rows, each expert from its own `[gate, up, down]` matrices (so
+/// the stacks may mix formats, as routed experts and a shared one do). Returns the layouts of
+/// the gate/up and the down stack's chunks.
+fn check_expert_ffn(
+    label: &str,
+    ctx: &GpuContext,
+    experts: &[[Matrix; 3]],
+    rng: &mut Rng,
+) -> [Vec<&'static str>; 2] {
+    let (ffn, hidden) = (experts[0][0].rows, experts[0][0].cols);
+    let n = experts.len();
+    let ids = [n as u32 - 2, 1, n as u32 - 1];
+    let weights = [0.7f32, -0.4, 1.0];
+    let mut route: Vec<u32> = ids.to_vec();
+    route.extend(weights.iter().map(|w| w.to_bits()));
+    let x = rng.vec(hidden);
+    let norm_w = rng.vec(hidden);
+    let p = Pipelines::new();
+    let mut up = Uploader::new(0, None);
+    let gate_up = GpuMatrix::build(ctx, "gate_up", n * 2 * ffn, hidden, 2, &mut up, |r| {
+        RowRef {
+            m: experts[r / (2 * ffn)][r % 2],
+            row: (r % (2 * ffn)) / 2,
+            col_start: 0,
+        }
+    })
+    .unwrap();
+    let down_g = GpuMatrix::build(ctx, "down", n * hidden, ffn, 1, &mut up, |r| RowRef {
+        m: experts[r / hidden][2],
+        row: r % hidden,
+        col_start: 0,
+    })
+    .unwrap();
+    let (xb, nb, rb) = (
+        storage_f32(ctx, "x", &x),
+        storage_f32(ctx, "n", &norm_w),
+        storage_init(ctx, "route", bytemuck::cast_slice(&route)),
+    );
+    let act = poison(ctx, ids.len() * ffn);
+    let d = ffn_gate_up::dispatches(
+        ctx,
+        &p,
+        &gate_up,
+        ffn,
+        ids.len(),
+        &xb,
+        &nb,
+        1e-5,
+        &ffn_gate_up::Route::Fixed,
+        &rb,
+        &act,
+    );
+    run(ctx, &d).unwrap();
+    let mut h = vec![0f32; hidden];
+    ops::rmsnorm(&x, &norm_w, 1e-5, &mut h);
+    let mut want_act = Vec::new();
+    for &e in &ids {
+        let [gate, upm, _] = experts[e as usize];
+        let mut g: Vec<f32> = (0..ffn).map(|i| gate.dot_row(i, &h)).collect();
+        let u: Vec<f32> = (0..ffn).map(|i| upm.dot_row(i, &h)).collect();
+        ops::swiglu(&mut g, &u);
+        want_act.extend(g);
+    }
+    check(
+        &format!("ffn_gate_up {label}"),
+        &ctx.read_f32(&act, want_act.len()).unwrap(),
+        &want_act,
+    );
+
+    let d = ffn_down::dispatches(ctx, &p, &down_g, hidden, ids.len(), &act, &rb, &xb);
+    run(ctx, &d).unwrap();
+    let mut want_x = x.clone();
+    for (s, &e) in ids.iter().enumerate() {
+        let down = experts[e as usize][2];
+        for (r, o) in want_x.iter_mut().enumerate() {
+            *o += weights[s] * down.dot_row(r, &want_act[s * ffn..(s + 1) * ffn]);
+        }
+    }
+    check(
+        &format!("ffn_down {label}"),
+        &ctx.read_f32(&xb, hidden).unwrap(),
+        &want_x,
+    );
+    [&gate_up, &down_g].map(|m| m.chunks.iter().map(|c| c.format.name()).collect())
+}
+
 #[test]
 fn expert_ffn_matches_cpu() {
     let mut rng = Rng(6);
@@ -541,104 +634,88 @@ fn expert_ffn_matches_cpu() {
     let gate = q8_matrix(&mut rng, experts * ffn, hidden);
     let upm = q8_matrix(&mut rng, experts * ffn, hidden);
     let down = q8_matrix(&mut rng, experts * hidden, ffn);
+    let m = |data, rows, cols| Matrix {
+        name: "test matrix",
+        ty: GgmlType::Q8_0,
+        rows,
+        cols,
+        data,
+    };
     let (gate, upm, down) = (
-        Matrix {
-            name: "test matrix",
-            ty: GgmlType::Q8_0,
-            rows: experts * ffn,
-            cols: hidden,
-            data: &gate,
-        },
-        Matrix {
-            name: "test matrix",
-            ty: GgmlType::Q8_0,
-            rows: experts * ffn,
-            cols: hidden,
-            data: &upm,
-        },
-        Matrix {
-            name: "test matrix",
-            ty: GgmlType::Q8_0,
-            rows: experts * hidden,
-            cols: ffn,
-            data: &down,
-        },
+        m(&gate, experts * ffn, hidden),
+        m(&upm, experts * ffn, hidden),
+        m(&down, experts * hidden, ffn),
     );
-    let x = rng.vec(hidden);
-    let norm_w = rng.vec(hidden);
-    let ids = [4u32, 1, 5];
-    let weights = [0.7f32, -0.4, 1.0];
-    let mut route: Vec<u32> = ids.to_vec();
-    route.extend(weights.iter().map(|w| w.to_bits()));
+    let stacks: Vec<[Matrix; 3]> = (0..experts)
+        .map(|e| {
+            [
+                gate.rows(e * ffn, ffn),
+                upm.rows(e * ffn, ffn),
+                down.rows(e * hidden, hidden),
+            ]
+        })
+        .collect();
     for (label, ctx) in contexts() {
-        let p = Pipelines::new();
-        let mut up = Uploader::new(0, None);
-        let gate_up = GpuMatrix::build(
-            &ctx,
-            "gate_up",
-            experts * 2 * ffn,
-            hidden,
-            2,
-            &mut up,
-            |r| RowRef {
-                m: if r % 2 == 0 { gate } else { upm },
-                row: (r / (2 * ffn)) * ffn + (r % (2 * ffn)) / 2,
-                col_start: 0,
-            },
-        )
-        .unwrap();
-        let down_g = GpuMatrix::from_matrix(&ctx, "down", &down, &mut up).unwrap();
-        assert!(gate_up.chunks.len() > 1 && down_g.chunks.len() > 1);
-        let (xb, nb, rb) = (
-            storage_f32(&ctx, "x", &x),
-            storage_f32(&ctx, "n", &norm_w),
-            storage_init(&ctx, "route", bytemuck::cast_slice(&route)),
-        );
-        let act = poison(&ctx, ids.len() * ffn);
-        let d = ffn_gate_up::dispatches(
-            &ctx,
-            &p,
-            &gate_up,
-            ffn,
-            ids.len(),
-            &xb,
-            &nb,
-            1e-5,
-            &ffn_gate_up::Route::Fixed,
-            &rb,
-            &act,
-        );
-        run(&ctx, &d).unwrap();
-        let mut h = vec![0f32; hidden];
-        ops::rmsnorm(&x, &norm_w, 1e-5, &mut h);
-        let mut want_act = Vec::new();
-        for &e in &ids {
-            let e = e as usize;
-            let mut g: Vec<f32> = (0..ffn).map(|i| gate.dot_row(e * ffn + i, &h)).collect();
-            let u: Vec<f32> = (0..ffn).map(|i| upm.dot_row(e * ffn + i, &h)).collect();
-            ops::swiglu(&mut g, &u);
-            want_act.extend(g);
-        }
-        check(
-            &format!("ffn_gate_up {label}"),
-            &ctx.read_f32(&act, want_act.len()).unwrap(),
-            &want_act,
-        );
+        let [gate_up, down] = check_expert_ffn(&label, &ctx, &stacks, &mut rng);
+        assert!(gate_up.len() > 1 && down.len() > 1);
+    }
+}
 
-        let d = ffn_down::dispatches(&ctx, &p, &down_g, hidden, ids.len(), &act, &rb, &xb);
-        run(&ctx, &d).unwrap();
-        let mut want_x = x.clone();
-        for (s, &e) in ids.iter().enumerate() {
-            for (r, o) in want_x.iter_mut().enumerate() {
-                *o += weights[s]
-                    * down.dot_row(e as usize * hidden + r, &want_act[s * ffn..(s + 1) * ffn]);
+/// Routed experts in IQ4_XS, MXFP4 or IQ4_NL with a shared expert of another format (as the
+/// IQ4_XS and MXFP4_MOE files mix them): the stacks split by format at the expert boundary,
+/// none goes up as f32, and the expert FFN matches the CPU.
+#[test]
+fn expert_ffn_in_the_iq4_and_mxfp4_layouts_with_a_shared_expert_of_another() {
+    let mut rng = Rng(13);
+    let (routed, ffn, hidden) = (3, 256, 256);
+    for (ty, shared_ty) in [
+        (GgmlType::IQ4_XS, GgmlType::Q4_K),
+        (GgmlType::MXFP4, GgmlType::Q8_0),
+        (GgmlType::IQ4_NL, GgmlType::IQ4_XS),
+    ] {
+        let data: Vec<[Vec<u8>; 3]> = (0..=routed)
+            .map(|e| {
+                let t = if e < routed { ty } else { shared_ty };
+                [
+                    quantized(&mut rng, t, ffn, hidden),
+                    quantized(&mut rng, t, ffn, hidden),
+                    quantized(&mut rng, t, hidden, ffn),
+                ]
+            })
+            .collect();
+        let stacks: Vec<[Matrix; 3]> = data
+            .iter()
+            .enumerate()
+            .map(|(e, d)| {
+                let ty = if e < routed { ty } else { shared_ty };
+                let m = |data, rows, cols| Matrix {
+                    name: "expert",
+                    ty,
+                    rows,
+                    cols,
+                    data,
+                };
+                [
+                    m(&d[0], ffn, hidden),
+                    m(&d[1], ffn, hidden),
+                    m(&d[2], hidden, ffn),
+                ]
+            })
+            .collect();
+        for (label, ctx) in contexts() {
+            let label = format!("{ty} experts, {shared_ty} shared, {label}");
+            let (routed_name, shared_name) = (ty.name(), shared_ty.name());
+            for layouts in check_expert_ffn(&label, &ctx, &stacks, &mut rng) {
+                assert_eq!(layouts.first().copied(), Some(routed_name.as_str()));
+                assert_eq!(layouts.last().copied(), Some(shared_name.as_str()));
+                assert!(
+                    layouts
+                        .iter()
+                        .all(|&l| l == routed_name || l == shared_name),
+                    "{label}: {layouts:?}"
+                );
             }
         }
-        check(
-            &format!("ffn_down {label}"),
-            &ctx.read_f32(&xb, hidden).unwrap(),
-            &want_x,
-        );
     }
 }
 
@@ -680,20 +757,19 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
     }
 }
 
-/// Every format the GPU keeps in its own layout (F16 stands for the f32 layout).
-const GPU_TYPES: [GgmlType; 11] = [
-    GgmlType::F16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// A format of every GPU layout (F16 stands for the f32 layout).
+fn gpu_types() -> Vec<GgmlType> {
+    GpuLayout::ALL
+        .iter()
+        .map(|&l| {
+            formats::FORMATS
+                .iter()
+                .find(|f| f.gpu == Some(l) && f.ty != GgmlType::F32)
+                .unwrap_or_else(|| panic!("no format of layout {}", l.name()))
+                .ty
+        })
+        .collect()
+}
 
 /// `rows` random rows of `ty`, whose magnitudes range over 1e-3..1e3 row by row (block
 /// scales from tiny to large), with an all-zero row and a row with one huge outlier.
@@ -718,7 +794,7 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
     let mut rng = Rng(11);
     let (rows, cols) = (150, 512);
     let x = rng.vec(cols);
-    for ty in GPU_TYPES {
+    for ty in gpu_types() {
         let bytes = random_rows(&mut rng, ty, rows, cols);
         let m = Matrix {
             name: "test matrix",
@@ -771,6 +847,122 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
     }
 }
 
+/// Raw rows of IQ4_NL, IQ4_XS and MXFP4 (512 values each) at extreme scales, every code in
+/// every row: IQ4 `d` of ±1, the largest f16, f16 subnormals (IQ4_XS files hold many: its
+/// `d` is the block's largest value / 4064), the smallest normal f16 and 0, every IQ4_XS
+/// sub-block scale code; MXFP4 every E8M0 exponent (rows of 16 consecutive ones, 0..=255: the
+/// largest make values of ±inf, as on the CPU) and a row of the smallest normal scales.
+fn extreme_rows(ty: GgmlType) -> (usize, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let f16_scales: [u16; 8] = [
+        0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x0001, 0x03ff, 0x0400, 0x0000,
+    ];
+    match ty {
+        GgmlType::IQ4_NL => {
+            for d in f16_scales {
+                // Block k of a row holds the code bytes 16k..16k + 16.
+                for k in 0..16u8 {
+                    bytes.extend_from_slice(&d.to_le_bytes());
+                    bytes.extend((0..16).map(|j| 16 * k + j));
+                }
+            }
+            (f16_scales.len(), bytes)
+        }
+        GgmlType::IQ4_XS => {
+            for (r, d) in f16_scales.into_iter().enumerate() {
+                for half in 0..2 {
+                    // Sub-block i's 6-bit scale code: 16r + 8 half + i (mod 64), so the
+                    // rows hold every code.
+                    let (mut high, mut low) = (0u16, 0u32);
+                    for i in 0..8 {
+                        let code = (16 * r + 8 * half + i) % 64;
+                        low |= ((code & 15) as u32) << (4 * i);
+                        high |= ((code >> 4) as u16) << (2 * i);
+                    }
+                    bytes.extend_from_slice(&d.to_le_bytes());
+                    bytes.extend_from_slice(&high.to_le_bytes());
+                    bytes.extend_from_slice(&low.to_le_bytes());
+                    bytes.extend((0..128).map(|j| 128 * half as u8 + j));
+                }
+            }
+            (f16_scales.len(), bytes)
+        }
+        GgmlType::MXFP4 => {
+            let exponents = (0..=255u8).chain(2..18);
+            for (i, e) in exponents.enumerate() {
+                bytes.push(e);
+                bytes.extend((0..16).map(|j| 16 * (i % 16) as u8 + j));
+            }
+            (17, bytes)
+        }
+        other => panic!("no extreme rows of {other}"),
+    }
+}
+
+/// The non-linear layouts decode every code at extreme scales to exactly the CPU's values
+/// (an f32 subnormal may read as 0: GPUs may flush them), and their dots match the CPU's
+/// on every row whose values are finite and whose scales are normal f32s.
+#[test]
+fn iq4_and_mxfp4_decode_every_code_at_extreme_scales_as_the_cpu() {
+    let mut rng = Rng(14);
+    let cols = 512;
+    let x = rng.vec(cols);
+    for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::MXFP4] {
+        let (rows, bytes) = extreme_rows(ty);
+        let m = Matrix {
+            name: "extremes",
+            ty,
+            rows,
+            cols,
+            data: &bytes,
+        };
+        for (label, ctx) in contexts() {
+            let p = Pipelines::new();
+            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+            let xb = storage_f32(&ctx, "x", &x);
+            let out = poison(&ctx, rows);
+            let spec = matvec::Matvec {
+                input: &xb,
+                in_offset: 0,
+                groups: None,
+                norm: None,
+                out: &out,
+                accumulate: false,
+            };
+            run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
+            let dots = ctx.read_f32(&out, rows).unwrap();
+            let mut dotted = 0;
+            for r in 0..rows {
+                let mut want = vec![0f32; cols];
+                m.dequantize_row(r, &mut want);
+                let id = storage_init(&ctx, "token_id", &(r as u32).to_le_bytes());
+                let xo = poison(&ctx, cols);
+                run(&ctx, &embed::dispatches(&ctx, &p, &gm, &id, &xo)).unwrap();
+                let got = ctx.read_f32(&xo, cols).unwrap();
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g == w || (w.abs() < f32::MIN_POSITIVE && g == 0.0),
+                        "{ty} row {r} value {i} {label}: {g:e} vs {w:e}"
+                    );
+                }
+                // MXFP4 scales below 2^-126 are subnormal (exponents 0 and 1, row 0).
+                let subnormal_scale = ty == GgmlType::MXFP4 && r == 0;
+                if subnormal_scale || !want.iter().all(|v| v.is_finite()) {
+                    continue;
+                }
+                let size: f32 = want.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                let (g, w) = (dots[r], m.dot_row(r, &x));
+                assert!(
+                    g.is_finite() && (g - w).abs() <= TOL * size + f32::MIN_POSITIVE,
+                    "{ty} row {r} dot {label}: {g:e} vs {w:e} (size {size:e})"
+                );
+                dotted += 1;
+            }
+            assert!(dotted >= rows - 2, "{ty}: {dotted} rows dotted");
+        }
+    }
+}
+
 /// A stack of tensors of different formats is split by format (each chunk one layout, the
 /// boundaries at the tensors'), and reads as the CPU reads each part; rows of different
 /// layouts that interleave (a gate/up pair of two formats) go up as f32.
@@ -782,6 +974,9 @@ fn mixed_type_stacks_split_by_format() {
         (GgmlType::Q4_K, 40),
         (GgmlType::Q6_K, 24),
         (GgmlType::Q5_0, 12),
+        (GgmlType::IQ4_XS, 20),
+        (GgmlType::MXFP4, 16),
+        (GgmlType::IQ4_NL, 8),
     ];
     let data: Vec<Vec<u8>> = parts_spec
         .iter()
@@ -812,9 +1007,17 @@ fn mixed_type_stacks_split_by_format() {
             .iter()
             .map(|c| (c.row_start, c.format.name()))
             .collect();
-        for (start, name) in [(0, "Q4_K"), (40, "Q6_K"), (64, "Q5_0")] {
+        for (start, name) in [
+            (0, "Q4_K"),
+            (40, "Q6_K"),
+            (64, "Q5_0"),
+            (76, "IQ4_XS"),
+            (96, "MXFP4"),
+            (112, "IQ4_NL"),
+        ] {
             assert!(layouts.contains(&(start, name)), "{layouts:?}");
         }
+        assert!(gm.chunks.iter().all(|c| !c.format.is_f32()), "{layouts:?}");
         let xb = storage_f32(&ctx, "x", &x);
         let out = poison(&ctx, rows);
         let spec = matvec::Matvec {

@@ -77,7 +77,7 @@ fn run_scale(values: &[f32]) -> f32 {
 impl Block for BlockIQ4NL {
     const TYPE: GgmlType = GgmlType::IQ4_NL;
     const VALUES: usize = 32;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::IQ4NL);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -96,7 +96,7 @@ impl Block for BlockIQ4NL {
 impl Block for BlockIQ4XS {
     const TYPE: GgmlType = GgmlType::IQ4_XS;
     const VALUES: usize = QK_K;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::IQ4XS);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -139,5 +139,25 @@ impl Block for BlockIQ4XS {
         }
         block.scales_h = high.to_le_bytes();
         block
+    }
+}
+
+/// IQ4_NL's GPU layout: the codes to `quants`, `d` to `scales` (the 18-byte block is not a
+/// whole number of u32).
+pub(super) fn pack_gpu_iq4_nl(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    for b in bytemuck::cast_slice::<u8, BlockIQ4NL>(bytes) {
+        quants.extend_from_slice(&b.qs);
+        scales.extend_from_slice(&b.d.0);
+    }
+}
+
+/// IQ4_XS's GPU layout: the codes to `quants`, the 8 bytes before them (`d`, `scales_h`,
+/// `scales_l`) to `scales` (the 136-byte block is not a whole number of vec4).
+pub(super) fn pack_gpu_iq4_xs(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    for b in bytemuck::cast_slice::<u8, BlockIQ4XS>(bytes) {
+        quants.extend_from_slice(&b.qs);
+        scales.extend_from_slice(&b.d.0);
+        scales.extend_from_slice(&b.scales_h);
+        scales.extend_from_slice(&b.scales_l);
     }
 }

@@ -145,11 +145,18 @@ pub enum GpuLayout {
     /// `quants`: `ql` then `qh` (192 bytes, 12 vec4 per block); `scales`: the 16 signed
     /// scale bytes and `d` as f32 (5 u32 per block).
     Q6K,
+    /// `quants`: each block's 16 bytes of codes; `scales`: the f16 `d`, 2 per u32 (as Q4_0).
+    IQ4NL,
+    /// `quants`: the 128 bytes of codes (8 vec4 per super-block); `scales`: the block's first
+    /// 8 bytes as they are (`d | scales_h`, then `scales_l`; 2 u32 per super-block).
+    IQ4XS,
+    /// `quants`: each block's 16 bytes of codes; `scales`: the E8M0 exponent byte, 4 per u32.
+    MXFP4,
 }
 
 impl GpuLayout {
     /// Every layout (the tests and the WGSL checks walk them).
-    pub const ALL: [GpuLayout; 11] = [
+    pub const ALL: [GpuLayout; 14] = [
         GpuLayout::F32,
         GpuLayout::Q8_0,
         GpuLayout::Q4_0,
@@ -161,6 +168,9 @@ impl GpuLayout {
         GpuLayout::Q4K,
         GpuLayout::Q5K,
         GpuLayout::Q6K,
+        GpuLayout::IQ4NL,
+        GpuLayout::IQ4XS,
+        GpuLayout::MXFP4,
     ];
 
     pub fn name(self) -> &'static str {
@@ -176,6 +186,9 @@ impl GpuLayout {
             GpuLayout::Q4K => "Q4_K",
             GpuLayout::Q5K => "Q5_K",
             GpuLayout::Q6K => "Q6_K",
+            GpuLayout::IQ4NL => "IQ4_NL",
+            GpuLayout::IQ4XS => "IQ4_XS",
+            GpuLayout::MXFP4 => "MXFP4",
         }
     }
 
@@ -197,6 +210,9 @@ impl GpuLayout {
             GpuLayout::Q4K => GgmlType::Q4_K,
             GpuLayout::Q5K => GgmlType::Q5_K,
             GpuLayout::Q6K => GgmlType::Q6_K,
+            GpuLayout::IQ4NL => GgmlType::IQ4_NL,
+            GpuLayout::IQ4XS => GgmlType::IQ4_XS,
+            GpuLayout::MXFP4 => GgmlType::MXFP4,
         })
     }
 
@@ -221,6 +237,9 @@ impl GpuLayout {
             GpuLayout::Q4K => (144, 0),
             GpuLayout::Q5K => (176, 0),
             GpuLayout::Q6K => (192, 20),
+            GpuLayout::IQ4NL => (16, 2),
+            GpuLayout::IQ4XS => (128, 8),
+            GpuLayout::MXFP4 => (16, 1),
         }
     }
 
@@ -268,6 +287,9 @@ impl GpuLayout {
             GpuLayout::Q2K | GpuLayout::Q4K | GpuLayout::Q5K => quants.extend_from_slice(bytes),
             GpuLayout::Q3K => kquants::pack_gpu_q3_k(bytes, quants, scales),
             GpuLayout::Q6K => kquants::pack_gpu_q6_k(bytes, quants, scales),
+            GpuLayout::IQ4NL => iq::pack_gpu_iq4_nl(bytes, quants, scales),
+            GpuLayout::IQ4XS => iq::pack_gpu_iq4_xs(bytes, quants, scales),
+            GpuLayout::MXFP4 => mxfp4::pack_gpu(bytes, quants, scales),
         }
     }
 }

@@ -32,7 +32,7 @@ fn e8m0_half(e: u8) -> f32 {
 impl Block for BlockMXFP4 {
     const TYPE: GgmlType = GgmlType::MXFP4;
     const VALUES: usize = 32;
-    const GPU: Option<GpuLayout> = None;
+    const GPU: Option<GpuLayout> = Some(GpuLayout::MXFP4);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -66,5 +66,14 @@ impl Block for BlockMXFP4 {
             e,
             qs: std::array::from_fn(|j| code(values[j]) | (code(values[j + 16]) << 4)),
         }
+    }
+}
+
+/// The GPU layout: the codes to `quants`, the exponent bytes to `scales` (the 17-byte block
+/// is not a whole number of u32).
+pub(super) fn pack_gpu(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    for b in bytemuck::cast_slice::<u8, BlockMXFP4>(bytes) {
+        quants.extend_from_slice(&b.qs);
+        scales.push(b.e);
     }
 }

@@ -34,10 +34,7 @@ fn table_agrees_with_the_container() {
         supported_names(),
         "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4"
     );
-    assert_eq!(
-        gpu_supported_names(),
-        "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"
-    );
+    assert_eq!(gpu_supported_names(), supported_names());
 }
 
 /// The dot of every format, vectorised or not, against the f64 sum of the decoded values
@@ -182,13 +179,84 @@ fn every_gpu_layout_packs_the_bytes_it_counts() {
             "{}",
             f.ty
         );
-        if !matches!(layout, GpuLayout::Q8_0 | GpuLayout::Q4_0) {
-            // Their f16 scales pair across rows; the kernels index them globally.
+        if !matches!(
+            layout,
+            GpuLayout::Q8_0 | GpuLayout::Q4_0 | GpuLayout::IQ4NL | GpuLayout::MXFP4
+        ) {
+            // Their f16 scales pair (and MXFP4's exponent bytes group by four) across rows;
+            // the kernels index them globally.
             assert!(q.len() % 4 == 0 && s.len() % 4 == 0, "{}", f.ty);
         }
         // Within 10% of the file's bytes (f32 aside).
         if !layout.is_f32() {
             assert!((q.len() + s.len()) * 10 <= bytes.len() * 11, "{}", f.ty);
+        }
+    }
+}
+
+/// Every GPU layout is the format of one [`FORMATS`] row (F32 aside, which holds any), and
+/// every format has a layout.
+#[test]
+fn every_format_has_a_gpu_layout() {
+    for layout in GpuLayout::ALL.into_iter().filter(|l| !l.is_f32()) {
+        let f = FORMATS.iter().find(|f| f.gpu == Some(layout)).unwrap();
+        assert_eq!(Some(f.ty), layout.ty(), "{}", layout.name());
+        assert_eq!(f.ty.name(), layout.name());
+    }
+    assert!(FORMATS.iter().all(|f| f.gpu.is_some()));
+}
+
+/// The layouts of the non-linear formats keep the file's bytes: the codes as they are in
+/// `quants`, the scale bytes as they are in `scales`.
+#[test]
+fn iq4_and_mxfp4_layouts_hold_the_file_bytes() {
+    let mut rng = SplitMix64(6);
+    for (ty, head) in [
+        (GgmlType::IQ4_NL, 2),
+        (GgmlType::IQ4_XS, 8),
+        (GgmlType::MXFP4, 1),
+    ] {
+        let f = of(ty).unwrap();
+        let bytes = random_blocks(f, 3, &mut rng);
+        let mut arrays = [Vec::new(), Vec::new()];
+        f.gpu
+            .unwrap()
+            .pack_row(f, &bytes, &mut arrays, &mut Vec::new());
+        let codes = f.block_bytes - head;
+        for (i, block) in bytes.chunks_exact(f.block_bytes).enumerate() {
+            assert_eq!(arrays[1][head * i..head * (i + 1)], block[..head], "{ty}");
+            assert_eq!(arrays[0][codes * i..codes * (i + 1)], block[head..], "{ty}");
+        }
+        assert_eq!(arrays[0].len() + arrays[1].len(), bytes.len(), "{ty}");
+    }
+}
+
+/// The GPU computes IQ4 levels as a rounded quartic in the code (`levels_iq4.wgsl`): its
+/// coefficients, read from the WGSL source and evaluated in f32 with and without fused
+/// multiply-adds, round to ggml's table at every code, at least 0.05 from a rounding edge.
+#[test]
+fn wgsl_iq4_polynomial_rounds_to_the_table() {
+    let src = include_str!("../gpu/kernels/lib/levels_iq4.wgsl");
+    let body = &src[src.find("fn iq4_levels4").unwrap()..];
+    let body = &body[..body.find("\n}").unwrap()];
+    let coefficients: Vec<f32> = body
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter(|t| t.contains('.') && t.len() > 3)
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(coefficients.len(), 5, "{coefficients:?}");
+    for fused in [true, false] {
+        for (code, &level) in IQ4_LEVELS.iter().enumerate() {
+            let c = code as f32;
+            let p = coefficients[1..].iter().fold(coefficients[0], |p, &a| {
+                if fused {
+                    p.mul_add(c, a)
+                } else {
+                    p * c + a
+                }
+            });
+            assert_eq!(p.round(), level as f32, "code {code}, fused {fused}: {p}");
+            assert!((p - level as f32).abs() < 0.45, "code {code}: {p}");
         }
     }
 }

@@ -45,6 +45,17 @@ pub fn weights_library(layout: GpuLayout) -> &'static str {
         GpuLayout::Q4K => include_str!("kernels/lib/weights_q4_k.wgsl"),
         GpuLayout::Q5K => include_str!("kernels/lib/weights_q5_k.wgsl"),
         GpuLayout::Q6K => include_str!("kernels/lib/weights_q6_k.wgsl"),
+        GpuLayout::IQ4NL => concat!(
+            include_str!("kernels/lib/weights_iq4_nl.wgsl"),
+            "\n",
+            include_str!("kernels/lib/levels_iq4.wgsl")
+        ),
+        GpuLayout::IQ4XS => concat!(
+            include_str!("kernels/lib/weights_iq4_xs.wgsl"),
+            "\n",
+            include_str!("kernels/lib/levels_iq4.wgsl")
+        ),
+        GpuLayout::MXFP4 => include_str!("kernels/lib/weights_mxfp4.wgsl"),
     }
 }
 
