@@ -7,8 +7,13 @@
 //! Q8_0); `attn_output` becomes Q5_K at Q2_K/Q4_K_M when the model has exactly 8 experts, and
 //! Q3_K at Q2_K otherwise; `ffn_down` (dense, routed and shared) becomes Q3_K at Q2_K, and
 //! Q6_K at Q4_K_M/Q5_K_M in the layers `use_more_bits` picks; everything else takes the
-//! file's type. Last, a K-quant whose rows are not a multiple of 256 values falls back: Q4_K
-//! to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, Q2_K and Q3_K to Q4_0.
+//! file's type. IQ4_NL and IQ4_XS follow the same path: `attn_output` becomes Q5_K with 8
+//! experts, and `ffn_down` Q5_K in the first eighth of the layers (llama-quantize's choice
+//! without an importance matrix, which synth has none of; with one, those stay IQ4).
+//! MXFP4_MOE is simpler: `output` becomes Q8_0, every 3-D tensor (the expert stacks, and MLA's
+//! per-head `attn_k_b`/`attn_v_b`) MXFP4, every other matrix Q8_0. Last, a type whose block
+//! does not divide the row falls back: Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, Q2_K and
+//! Q3_K to Q4_0, IQ4_XS to IQ4_NL.
 
 use crate::config::Config;
 use crate::gguf::GgmlType;
@@ -22,16 +27,22 @@ pub enum FileType {
     Q4_K_M,
     Q5_K_M,
     Q6_K,
+    IQ4_NL,
+    IQ4_XS,
+    MXFP4_MOE,
 }
 
 impl FileType {
-    pub const ALL: [FileType; 6] = [
+    pub const ALL: [FileType; 9] = [
         FileType::Q8_0,
         FileType::Q4_0,
         FileType::Q2_K,
         FileType::Q4_K_M,
         FileType::Q5_K_M,
         FileType::Q6_K,
+        FileType::IQ4_NL,
+        FileType::IQ4_XS,
+        FileType::MXFP4_MOE,
     ];
 
     /// The `general.file_type` value (llama.cpp's `LLAMA_FTYPE_MOSTLY_*`).
@@ -43,6 +54,9 @@ impl FileType {
             FileType::Q4_K_M => 15,
             FileType::Q5_K_M => 17,
             FileType::Q6_K => 18,
+            FileType::IQ4_NL => 25,
+            FileType::IQ4_XS => 30,
+            FileType::MXFP4_MOE => 38,
         }
     }
 
@@ -58,6 +72,9 @@ impl FileType {
             FileType::Q4_K_M => "Q4_K_M",
             FileType::Q5_K_M => "Q5_K_M",
             FileType::Q6_K => "Q6_K",
+            FileType::IQ4_NL => "IQ4_NL",
+            FileType::IQ4_XS => "IQ4_XS",
+            FileType::MXFP4_MOE => "MXFP4_MOE",
         }
     }
 
@@ -77,6 +94,9 @@ impl FileType {
             FileType::Q4_K_M => GgmlType::Q4_K,
             FileType::Q5_K_M => GgmlType::Q5_K,
             FileType::Q6_K => GgmlType::Q6_K,
+            FileType::IQ4_NL => GgmlType::IQ4_NL,
+            FileType::IQ4_XS => GgmlType::IQ4_XS,
+            FileType::MXFP4_MOE => GgmlType::MXFP4,
         }
     }
 
@@ -88,7 +108,13 @@ impl FileType {
         }
         let base = self.base();
         let row = dims[0];
-        let chosen = if name == "output.weight" {
+        let chosen = if self == FileType::MXFP4_MOE {
+            if dims.len() > 2 && dims[2] > 1 && name != "output.weight" {
+                GgmlType::MXFP4
+            } else {
+                GgmlType::Q8_0
+            }
+        } else if name == "output.weight" {
             if !row.is_multiple_of(base.block_elems()) {
                 GgmlType::Q8_0
             } else if base != GgmlType::Q8_0 {
@@ -98,7 +124,11 @@ impl FileType {
             }
         } else if name.contains("attn_output.weight") {
             match self {
-                FileType::Q2_K | FileType::Q4_K_M if cfg.n_experts == 8 => GgmlType::Q5_K,
+                FileType::Q2_K | FileType::Q4_K_M | FileType::IQ4_NL | FileType::IQ4_XS
+                    if cfg.n_experts == 8 =>
+                {
+                    GgmlType::Q5_K
+                }
                 FileType::Q2_K => GgmlType::Q3_K,
                 _ => base,
             }
@@ -109,6 +139,9 @@ impl FileType {
                 FileType::Q2_K => GgmlType::Q3_K,
                 FileType::Q4_K_M | FileType::Q5_K_M if use_more_bits(layer_of(name), layers) => {
                     GgmlType::Q6_K
+                }
+                FileType::IQ4_NL | FileType::IQ4_XS if layer_of(name) < layers / 8 => {
+                    GgmlType::Q5_K
                 }
                 _ => base,
             }
@@ -144,6 +177,7 @@ fn fallback(ty: GgmlType, row: u64) -> GgmlType {
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         _ => GgmlType::F16,
     };
     if row.is_multiple_of(other.block_elems()) {
@@ -195,6 +229,109 @@ mod tests {
             assert_eq!(FileType::from_name(&f.name().to_lowercase()), Some(f));
         }
         assert_eq!(FileType::from_name("q3_k_m"), None);
+    }
+
+    /// llama-quantize's IQ4_XS and MXFP4_MOE rules (no fixture: llama.cpp's
+    /// `llama_tensor_get_type` read) on the real model's shapes: IQ4_XS with Q6_K `output`,
+    /// Q5_K down projections in layers 0..6 (48 / 8, no importance matrix) and IQ4_NL where a
+    /// row is not 256 values; MXFP4_MOE with MXFP4 in every 3-D tensor, Q8_0 elsewhere.
+    #[test]
+    fn full_model_iq4_xs_and_mxfp4_moe_types() {
+        let cfg = crate::synth::Preset::Full.config();
+        let cases: [(FileType, &str, &[u64], GgmlType); 14] = [
+            (
+                FileType::IQ4_XS,
+                "output.weight",
+                &[2048, 154880],
+                GgmlType::Q6_K,
+            ),
+            (
+                FileType::IQ4_XS,
+                "token_embd.weight",
+                &[2048, 154880],
+                GgmlType::IQ4_XS,
+            ),
+            (
+                FileType::IQ4_XS,
+                "blk.0.ffn_down.weight",
+                &[10240, 2048],
+                GgmlType::Q5_K,
+            ),
+            (
+                FileType::IQ4_XS,
+                "blk.5.ffn_down_exps.weight",
+                &[1536, 2048, 64],
+                GgmlType::Q5_K,
+            ),
+            (
+                FileType::IQ4_XS,
+                "blk.6.ffn_down_exps.weight",
+                &[1536, 2048, 64],
+                GgmlType::IQ4_XS,
+            ),
+            (
+                FileType::IQ4_XS,
+                "blk.6.ffn_up_exps.weight",
+                &[2048, 1536, 64],
+                GgmlType::IQ4_XS,
+            ),
+            (
+                FileType::IQ4_XS,
+                "blk.3.attn_k_b.weight",
+                &[192, 512, 20],
+                GgmlType::IQ4_NL,
+            ),
+            (
+                FileType::IQ4_XS,
+                "blk.3.attn_output.weight",
+                &[5120, 2048],
+                GgmlType::IQ4_XS,
+            ),
+            (
+                FileType::MXFP4_MOE,
+                "output.weight",
+                &[2048, 154880],
+                GgmlType::Q8_0,
+            ),
+            (
+                FileType::MXFP4_MOE,
+                "token_embd.weight",
+                &[2048, 154880],
+                GgmlType::Q8_0,
+            ),
+            (
+                FileType::MXFP4_MOE,
+                "blk.3.ffn_gate_exps.weight",
+                &[2048, 1536, 64],
+                GgmlType::MXFP4,
+            ),
+            (
+                FileType::MXFP4_MOE,
+                "blk.3.ffn_gate_shexp.weight",
+                &[2048, 1536],
+                GgmlType::Q8_0,
+            ),
+            (
+                FileType::MXFP4_MOE,
+                "blk.3.attn_k_b.weight",
+                &[192, 512, 20],
+                GgmlType::MXFP4,
+            ),
+            (
+                FileType::MXFP4_MOE,
+                "blk.3.ffn_gate_inp.weight",
+                &[2048, 64],
+                GgmlType::F32,
+            ),
+        ];
+        for (ftype, name, dims, want) in cases {
+            assert_eq!(
+                ftype.tensor_type(name, dims, &cfg),
+                want,
+                "{} {name}",
+                ftype.name()
+            );
+        }
     }
 
     /// The real model at Q4_K_M (block_count 48 with the MTP layer): the down projections of

@@ -971,7 +971,8 @@ mod tests {
     }
 
     /// Sizes of the full model's tensor data at each file type (llama.cpp's files of the real
-    /// model: Q8_0 31.8 GB, Q6_K 24.8, Q5_K_M 21.6, Q4_K_M 18.5).
+    /// model: Q8_0 31.8 GB, Q6_K 24.8, Q5_K_M 21.6, Q4_K_M 18.5; the IQ4 and MXFP4 mixes
+    /// from their bits per value).
     #[test]
     fn full_preset_sizes_per_file_type() {
         for (ftype, lo, hi) in [
@@ -981,6 +982,11 @@ mod tests {
             (FileType::Q4_K_M, 17.5, 19.0),
             (FileType::Q4_0, 16.0, 18.0),
             (FileType::Q2_K, 9.0, 12.0),
+            // 4.25 bits per value against Q4_0's 4.5; IQ4_NL is Q4_0's size plus six Q5_K
+            // down projections; MXFP4_MOE's experts are 4.25 bits, the rest Q8_0.
+            (FileType::IQ4_XS, 15.5, 16.9),
+            (FileType::IQ4_NL, 16.9, 17.6),
+            (FileType::MXFP4_MOE, 16.0, 18.0),
         ] {
             let m = SynthModel::new(&SynthOptions {
                 preset: Preset::Full,
@@ -998,26 +1004,37 @@ mod tests {
 
     /// Every type a K-quant mix uses is written and read back: a small K-quant model runs.
     #[test]
-    fn kquant_synth_model_loads_and_runs() {
-        let m = SynthModel::new(&SynthOptions {
-            ftype: FileType::Q4_K_M,
-            ..builtin_options()
-        })
-        .unwrap();
-        let mut bytes = Vec::new();
-        m.write(&mut bytes, &mut |_| {}).unwrap();
-        let file = GgufFile::from_vec("q4_k_m.gguf", bytes).unwrap();
-        let cfg = Config::from_gguf(&file).unwrap();
-        let types: std::collections::BTreeSet<String> =
-            file.tensors.iter().map(|t| t.ggml_type.name()).collect();
-        assert_eq!(
-            types.into_iter().collect::<Vec<_>>(),
-            ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
-        );
-        let weights = Weights::from_gguf(&file, &cfg).unwrap();
-        let mut cpu = CpuBackend::new(&cfg, &weights, 16, 1).unwrap();
-        let logits = cpu.feed_logits(&[5, 6, 7], 0, Rows::All).unwrap();
-        assert!(logits.iter().all(|v| v.is_finite()));
+    fn kquant_and_iq4_synth_models_load_and_run() {
+        for (ftype, want) in [
+            (
+                FileType::Q4_K_M,
+                &["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"][..],
+            ),
+            (FileType::IQ4_XS, &["F32", "IQ4_NL", "IQ4_XS", "Q6_K"]),
+            (FileType::MXFP4_MOE, &["F32", "MXFP4", "Q8_0"]),
+        ] {
+            let m = SynthModel::new(&SynthOptions {
+                ftype,
+                ..builtin_options()
+            })
+            .unwrap();
+            let mut bytes = Vec::new();
+            m.write(&mut bytes, &mut |_| {}).unwrap();
+            let file = GgufFile::from_vec("synth.gguf", bytes).unwrap();
+            let cfg = Config::from_gguf(&file).unwrap();
+            let types: std::collections::BTreeSet<String> =
+                file.tensors.iter().map(|t| t.ggml_type.name()).collect();
+            assert_eq!(
+                types.into_iter().collect::<Vec<_>>(),
+                want,
+                "{}",
+                ftype.name()
+            );
+            let weights = Weights::from_gguf(&file, &cfg).unwrap();
+            let mut cpu = CpuBackend::new(&cfg, &weights, 16, 1).unwrap();
+            let logits = cpu.feed_logits(&[5, 6, 7], 0, Rows::All).unwrap();
+            assert!(logits.iter().all(|v| v.is_finite()), "{}", ftype.name());
+        }
     }
 
     #[test]
