@@ -932,7 +932,7 @@ fn iq4_and_mxfp4_decode_every_code_at_extreme_scales_as_the_cpu() {
             run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
             let dots = ctx.read_f32(&out, rows).unwrap();
             let mut dotted = 0;
-            for r in 0..rows {
+            for (r, &dot) in dots.iter().enumerate() {
                 let mut want = vec![0f32; cols];
                 m.dequantize_row(r, &mut want);
                 let id = storage_init(&ctx, "token_id", &(r as u32).to_le_bytes());
@@ -951,7 +951,7 @@ fn iq4_and_mxfp4_decode_every_code_at_extreme_scales_as_the_cpu() {
                     continue;
                 }
                 let size: f32 = want.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-                let (g, w) = (dots[r], m.dot_row(r, &x));
+                let (g, w) = (dot, m.dot_row(r, &x));
                 assert!(
                     g.is_finite() && (g - w).abs() <= TOL * size + f32::MIN_POSITIVE,
                     "{ty} row {r} dot {label}: {g:e} vs {w:e} (size {size:e})"
