@@ -13,7 +13,8 @@ fn unit_run(u: u32, k: u32) -> u32 {
 
 /// The doubled e2m1 values of four codes (ggml's kvalues_mxfp4), built as f32 bits: for
 /// exponent bits e > 0 the code's exponent and mantissa bits placed in an f32's give
-/// 2^e * (1 + m / 2); e = 0 gives m. Bit 3 is the sign.
+/// 2^e * (1 + m / 2); e = 0 gives m. Bit 3 is the sign (code 8 gives -0.0, equal to the
+/// CPU's 0).
 fn mxfp4_levels4(codes: vec4<u32>) -> vec4<f32> {
     let n = codes & vec4<u32>(7u);
     let normal = (n << vec4<u32>(22u)) + vec4<u32>(0x3f800000u);
