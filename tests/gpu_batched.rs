@@ -810,3 +810,311 @@ fn moe_combine_matches_cpu() {
         TOL,
     );
 }
+
+/// Fixtures README: an engine computing in f32 reaches rel L2 <= 1e-4 on every row; the
+/// batched and the token-by-token forward differ only in summation order.
+const F32_TOLERANCE: f64 = 1e-4;
+
+/// Tokens per chunk in the end-to-end tests: a matmul token tile and a bit (64 + 6), so
+/// prompts of 63, 64 and 65 tokens are one chunk of one or two token tiles, and 150 are
+/// three chunks.
+const CHUNK: usize = 70;
+
+fn load(name: &str) -> (GgufFile, Config) {
+    let file = GgufFile::open(common::fixture(name)).unwrap();
+    let cfg = Config::from_gguf(&file).unwrap();
+    (file, cfg)
+}
+
+fn gpu_options(cache_type: CacheType, chunk: usize) -> GpuOptions {
+    GpuOptions {
+        cache_type,
+        prefill_chunk: Some(chunk),
+        ..Default::default()
+    }
+}
+
+/// Deterministic ids spread over the vocabulary.
+fn token_ids(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// `got` against rows `first..` of `want`, each within `tol` rel L2.
+fn check_rows(want: &[f32], got: &[f32], vocab: usize, first: usize, tol: f64, label: &str) {
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{label}: non-finite values"
+    );
+    let want = &want[first * vocab..][..got.len()];
+    let rows = common::rel_l2_rows(want, got, vocab);
+    let (worst, max) = rows
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, 0f64), |m, (i, r)| if r > m.1 { (i, r) } else { m });
+    println!(
+        "{label}: {} rows, rel L2 max {max:.3e} (row {})",
+        rows.len(),
+        first + worst
+    );
+    assert!(
+        max <= tol,
+        "{label}: row {} rel L2 {max:.3e}",
+        first + worst
+    );
+}
+
+/// What one model's end-to-end check runs.
+struct Sweep {
+    /// Prompt lengths fed from an empty cache, every row wanted.
+    lengths: &'static [usize],
+    /// Of those, the lengths also fed for the last row's logits and for its argmax.
+    last_too: &'static [usize],
+    /// (prefix already in the cache, tokens fed after it), every row wanted.
+    after_prefix: &'static [(usize, usize)],
+}
+
+/// Batched logits of `model` against its token-by-token (decode schedule) logits, with the
+/// cache type `cache_type`, within `tol`.
+fn batched_equals_token_by_token(model: &str, sweep: &Sweep, cache_type: CacheType, tol: f64) {
+    use glm_flash::backend::{Backend, Rows, Want};
+    let longest = sweep
+        .lengths
+        .iter()
+        .copied()
+        .chain(sweep.after_prefix.iter().map(|(p, n)| p + n))
+        .max()
+        .unwrap();
+    let (file, cfg) = load(model);
+    let w = glm_flash::weights::Weights::from_gguf(&file, &cfg).unwrap();
+    let vocab = cfg.vocab;
+    let ids = token_ids(longest, vocab);
+    let opts = gpu_options(cache_type, CHUNK);
+    let mut gpu = glm_flash::gpu::GpuBackend::new(&cfg, &w, longest, &opts).unwrap();
+    let name = format!("{model} ({} cache)", cache_type.name());
+    let t = std::time::Instant::now();
+    let mut want = Vec::with_capacity(longest * vocab);
+    for (pos, &id) in ids.iter().enumerate() {
+        want.extend(gpu.feed_logits(&[id], pos, Rows::Last).unwrap());
+    }
+    println!("{name}: {longest} tokens one by one in {:.2?}", t.elapsed());
+    for &n in sweep.lengths {
+        gpu.truncate(0).unwrap();
+        let t = std::time::Instant::now();
+        let got = gpu.feed_logits(&ids[..n], 0, Rows::All).unwrap();
+        let label = format!("{name}: {n} tokens in {:.2?}", t.elapsed());
+        assert_eq!(got.len(), n * vocab);
+        assert_eq!(gpu.cache_len(), n);
+        check_rows(&want, &got, vocab, 0, tol, &label);
+        if !sweep.last_too.contains(&n) {
+            continue;
+        }
+        gpu.truncate(0).unwrap();
+        let last = gpu.feed_logits(&ids[..n], 0, Rows::Last).unwrap();
+        check_rows(
+            &want,
+            &last,
+            vocab,
+            n - 1,
+            tol,
+            &format!("{name}: last of {n}"),
+        );
+        gpu.truncate(0).unwrap();
+        let id = gpu.feed_argmax(&ids[..n], 0).unwrap();
+        assert_eq!(id as usize, common::argmax(&last), "{name}: argmax of {n}");
+    }
+    for &(prefix, n) in sweep.after_prefix {
+        gpu.truncate(0).unwrap();
+        gpu.feed(&ids[..prefix], 0, Want::Nothing).unwrap();
+        assert_eq!(gpu.cache_len(), prefix);
+        let got = gpu
+            .feed_logits(&ids[prefix..prefix + n], prefix, Rows::All)
+            .unwrap();
+        let label = format!("{name}: {n} tokens after {prefix}");
+        check_rows(&want, &got, vocab, prefix, tol, &label);
+    }
+}
+
+/// The Q8_0 models with the f32 cache: prompts of 1, 2, a token tile - 1, a tile, a tile +
+/// 1 and three chunks, every row, the last row alone and its argmax; blocks after a prefix
+/// already in the cache (within a chunk, at a chunk's end, across chunks).
+#[test]
+fn batched_logits_equal_token_by_token_logits_on_the_q8_0_models() {
+    let sweep = Sweep {
+        lengths: &[1, 2, 63, 64, 65, 2 * CHUNK + 10],
+        last_too: &[2, 65, 2 * CHUNK + 10],
+        after_prefix: &[(37, 20), (CHUNK - 3, 7), (5, 2 * CHUNK)],
+    };
+    for model in ["tiny-q8_0.gguf", "small2-q8_0.gguf"] {
+        batched_equals_token_by_token(model, &sweep, CacheType::F32, F32_TOLERANCE);
+    }
+}
+
+/// llama.cpp's K-quant and Q4_0 mixes with the f32 cache (every layout's mat-mul is
+/// covered by the kernel test): two tokens, two token tiles, three chunks, and a block
+/// across chunks after a prefix.
+#[test]
+fn batched_logits_equal_token_by_token_logits_on_the_kquant_models() {
+    let sweep = Sweep {
+        lengths: &[2, 65, 2 * CHUNK + 10],
+        last_too: &[2 * CHUNK + 10],
+        after_prefix: &[(37, 60)],
+    };
+    for model in [
+        "tiny-q4_0.gguf",
+        "tiny-q2_k.gguf",
+        "tiny-q5_k_m.gguf",
+        "tiny-q6_k.gguf",
+        "small2-q4_k_m.gguf",
+    ] {
+        batched_equals_token_by_token(model, &sweep, CacheType::F32, F32_TOLERANCE);
+    }
+}
+
+/// The default f16 cache: the batched forward stores the rows the decode schedule stores
+/// (a rare value rounded to the other neighbouring f16, where the two computed it a few
+/// ulps apart), so the logits agree within the bound gpu_forward uses between the GPU and
+/// the CPU with f16 caches.
+#[test]
+fn batched_logits_equal_token_by_token_logits_with_the_f16_cache() {
+    let sweep = Sweep {
+        lengths: &[65, 2 * CHUNK + 10],
+        last_too: &[],
+        after_prefix: &[(37, 60)],
+    };
+    batched_equals_token_by_token("tiny-q8_0.gguf", &sweep, CacheType::F16, 1e-4);
+}
+
+/// Greedy text after a batched prefill (the prompt in chunks of 4 tokens) is the CPU's: the
+/// prompt's argmax, then 24 tokens of `decode_greedy`.
+#[test]
+fn greedy_tokens_after_a_batched_prefill_equal_cpu() {
+    use glm_flash::backend::Backend;
+    let case = common::load_case("tiny-q8_0.short");
+    let (file, cfg) = load("tiny-q8_0.gguf");
+    let w = glm_flash::weights::Weights::from_gguf(&file, &cfg).unwrap();
+    let prompt = &case.tokens[..case.n_prompt];
+    assert!(prompt.len() > 8, "the prompt spans several chunks");
+    let opts = gpu_options(CacheType::F16, 4);
+    let mut gpu = glm_flash::gpu::GpuBackend::new(&cfg, &w, 64, &opts).unwrap();
+    let mut cpu = glm_flash::cpu::CpuBackend::new(&cfg, &w, 64, 0)
+        .unwrap()
+        .with_cache_type(CacheType::F16);
+    let first = cpu.feed_argmax(prompt, 0).unwrap();
+    assert_eq!(gpu.feed_argmax(prompt, 0).unwrap(), first);
+    assert_eq!(gpu.stats().chunks, prompt.len().div_ceil(4) as u64);
+    let decode = |b: &mut dyn Backend| {
+        let mut ids = Vec::new();
+        b.decode_greedy(first, prompt.len(), 24, &mut |id| {
+            ids.push(id);
+            true
+        })
+        .unwrap();
+        ids
+    };
+    let want = decode(&mut cpu);
+    assert_eq!(decode(&mut gpu), want);
+    println!("greedy after a batched prefill: {first} {want:?}");
+}
+
+/// Hidden states (the output-normed rows the LM head reads) of every row and of the last,
+/// for a batch and for one token, equal the CPU's; the cache grows as for logits.
+#[test]
+fn hidden_states_equal_cpu() {
+    use glm_flash::backend::{Backend, Rows, Want};
+    let (file, cfg) = load("small2-q8_0.gguf");
+    let w = glm_flash::weights::Weights::from_gguf(&file, &cfg).unwrap();
+    let ids = token_ids(30, cfg.vocab);
+    let opts = gpu_options(CacheType::F32, 16);
+    let mut gpu = glm_flash::gpu::GpuBackend::new(&cfg, &w, 64, &opts).unwrap();
+    let mut cpu = glm_flash::cpu::CpuBackend::new(&cfg, &w, 64, 0).unwrap();
+    let h = cfg.hidden;
+    for (want, label) in [
+        (Want::Hidden(Rows::All), "all rows"),
+        (Want::Hidden(Rows::Last), "last row"),
+    ] {
+        gpu.truncate(0).unwrap();
+        cpu.truncate(0).unwrap();
+        let got = gpu.feed(&ids[..29], 0, want).unwrap().into_rows();
+        let expect = cpu.feed(&ids[..29], 0, want).unwrap().into_rows();
+        assert_eq!(gpu.cache_len(), 29);
+        check_rows(
+            &expect,
+            &got,
+            h,
+            0,
+            F32_TOLERANCE,
+            &format!("hidden, {label}"),
+        );
+        let got = gpu.feed(&ids[29..], 29, want).unwrap().into_rows();
+        let expect = cpu.feed(&ids[29..], 29, want).unwrap().into_rows();
+        assert_eq!(got.len(), h);
+        check_rows(
+            &expect,
+            &got,
+            h,
+            0,
+            F32_TOLERANCE,
+            &format!("hidden of one token, {label}"),
+        );
+    }
+}
+
+/// A chunk is one submit of one compute pass with the same dispatches per layer as the
+/// stats report (the embedding and the head on top); a dense layer has 12 dispatches and a
+/// MoE layer 16 when no matrix is split. Logits of more rows than one head pass writes take
+/// a pass and a submit each.
+#[test]
+fn chunk_work_is_one_submit_and_the_reported_dispatches() {
+    use glm_flash::backend::{Backend, Rows};
+    let (file, cfg) = load("tiny-q8_0.gguf");
+    let w = glm_flash::weights::Weights::from_gguf(&file, &cfg).unwrap();
+    let mut gpu =
+        glm_flash::gpu::GpuBackend::new(&cfg, &w, 128, &gpu_options(CacheType::F16, 32)).unwrap();
+    let stats = gpu.stats().clone();
+    assert_eq!(stats.chunk_tokens, 32);
+    let layers = &stats.chunk_dispatches_per_layer;
+    println!("dispatches per layer of a chunk: {layers:?}");
+    assert_eq!(layers[0], 12, "dense layer");
+    assert!(layers[1..].iter().all(|&n| n == 16), "MoE layers");
+    let per_chunk: u64 = layers.iter().map(|&n| n as u64).sum::<u64>() + 1;
+    gpu.feed_argmax(&token_ids(20, cfg.vocab), 0).unwrap();
+    let s = gpu.stats().last_chunk;
+    // + output norm, LM head mat-vec, two argmax passes
+    assert_eq!(s.dispatches, per_chunk + 4);
+    assert_eq!((s.submits, s.compute_passes, s.bytes_read_back), (1, 1, 4));
+    gpu.feed_logits(&token_ids(9, cfg.vocab), 20, Rows::All)
+        .unwrap();
+    let s = gpu.stats().last_chunk;
+    assert_eq!(s.dispatches, per_chunk + 2); // + output norm, LM head mat-mul
+    assert_eq!(s.bytes_read_back, 4 * 9 * cfg.vocab as u64);
+    assert_eq!(gpu.stats().chunks, 2);
+    assert_eq!(
+        gpu.instrumented().unwrap().last_chunk_stats(),
+        Some(gpu.stats().last_chunk)
+    );
+
+    // 1 MiB bindings: a head pass writes 64 rows of 4096 logits, so 70 rows take two; the
+    // logits are those of one pass.
+    let ids = token_ids(70, cfg.vocab);
+    gpu.truncate(0).unwrap();
+    let want = gpu.feed_logits(&ids, 0, Rows::All).unwrap();
+    let opts = GpuOptions {
+        max_binding_bytes: Some(1 << 20),
+        ..gpu_options(CacheType::F16, 70)
+    };
+    let mut split = glm_flash::gpu::GpuBackend::new(&cfg, &w, 128, &opts).unwrap();
+    assert_eq!(split.stats().chunk_tokens, 70);
+    let got = split.feed_logits(&ids, 0, Rows::All).unwrap();
+    let s = split.stats().last_chunk;
+    assert_eq!((s.submits, s.compute_passes), (2, 2));
+    check_rows(&want, &got, cfg.vocab, 0, F32_TOLERANCE, "two head passes");
+}

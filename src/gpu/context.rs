@@ -24,6 +24,9 @@ pub struct GpuOptions {
     pub max_buffer_bytes: Option<u64>,
     /// How the latent cache stores its rows (default f16; the f32 parity tests use f32).
     pub cache_type: CacheType,
+    /// Tokens per chunk of a batched feed (None: `gpu::batch::DEFAULT_CHUNK`); cut to what
+    /// the device's bindings hold. Tests use small chunks to run prompts of several.
+    pub prefill_chunk: Option<usize>,
 }
 
 /// Optional features we enable when the adapter has them.
