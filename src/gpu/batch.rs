@@ -181,12 +181,13 @@ fn floats_per_token(cfg: &Config, model: &GpuModel) -> Vec<usize> {
     ]
 }
 
-/// Tokens per chunk: `requested` (or [`DEFAULT_CHUNK`]), cut so that every activation fits
-/// one binding of the device and all of them the budget.
+/// Tokens per chunk: `requested` (or [`DEFAULT_CHUNK`]), cut to the context and so that
+/// every activation fits one binding of the device and all of them the budget.
 pub fn chunk_tokens(
     ctx: &GpuContext,
     cfg: &Config,
     model: &GpuModel,
+    max_context: usize,
     requested: Option<usize>,
 ) -> Result<usize> {
     let want = requested.unwrap_or(DEFAULT_CHUNK);
@@ -199,7 +200,7 @@ pub fn chunk_tokens(
     // Grids of one workgroup per token stay within the per-dimension limit.
     let grid = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let fit = (ctx.max_binding / largest).min(ACTIVATION_BUDGET / total) as usize;
-    Ok(want.min(fit).min(grid).max(1))
+    Ok(want.min(max_context).min(fit).min(grid).max(1))
 }
 
 impl BatchSchedule {

@@ -22,7 +22,9 @@ pub const DC4: usize = 16;
 pub const LANES: usize = AWG / QB;
 /// Query rows per invocation at most in the context phase (its accumulators: 8 columns each).
 pub const MAX_RPI: usize = 8;
-const _: () = assert!(AWG == (QB / 2) * (KB / 2) && LANES <= MIN_SUBGROUP as usize);
+// The score phase maps groups of 32 invocations to 8 rows x 4 keys (see the kernel).
+const _: () =
+    assert!(AWG == (QB / 2) * (KB / 2) && QB.is_multiple_of(16) && LANES <= MIN_SUBGROUP as usize);
 
 pub const HEADS: Override<u32> = Override::new("HEADS");
 pub const KV4: Override<u32> = Override::new("KV4");

@@ -95,9 +95,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Keys up to the last row's own position.
     let n_keys = batch.pos + (min(q0 + QB, rows) - 1u) / HEADS + 1u;
     let rope4 = ROW4 - KV4;
-    // Scores: rows qp and qp + QB/2, keys kp and kp + KB/2.
-    let qp = lid % (QB / 2u);
-    let kp = lid / (QB / 2u);
+    // Scores: rows qp and qp + QB/2, keys kp and kp + KB/2. Each group of 32 invocations
+    // takes 8 rows x 4 keys, so its loads of a step touch 8 and 4 distinct vec4 (a broadcast
+    // each, where a subgroup is those 32).
+    let qp = lid % 8u + 8u * ((lid / 32u) % (QB / 16u));
+    let kp = (lid % 32u) / 8u + 4u * (lid / (2u * QB));
     // Softmax: row sr, `lane` within its group.
     let sr = lid / LANES;
     let lane = lid % LANES;

@@ -61,7 +61,7 @@ pub struct KvRows<'a> {
 /// The dispatch; its grid (one workgroup per token) is set per batch.
 pub fn dispatch(ctx: &GpuContext, pipes: &Pipelines, cfg: &Config, a: &KvRows) -> Dispatch {
     assert!(
-        a.in_stride % 4 == 0 && a.kv_offset % 4 == 0,
+        a.in_stride.is_multiple_of(4) && a.kv_offset.is_multiple_of(4),
         "kv_rows input must be vec4-aligned"
     );
     let params = uniform(

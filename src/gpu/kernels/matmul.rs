@@ -15,6 +15,10 @@ pub const TN: usize = 64;
 pub const BK: usize = 64;
 /// Invocations per workgroup: one 4 x 4 block of the tile each.
 pub const MWG: usize = TM * TN / 16;
+// The kernel's mapping of invocations to blocks: groups of 32 take 8 row quads x 4 token
+// quads, the tile's row quads in TM / 32 such groups.
+const _: () =
+    assert!(TM.is_multiple_of(32) && TN.is_multiple_of(16) && MWG == 32 * (TM / 32) * (TN / 16));
 
 pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
 pub const SWIGLU: Override<bool> = Override::new("SWIGLU");
@@ -120,7 +124,7 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matmul
         (None, None) => (m.rows, 0),
     };
     assert!(
-        a.in_offset % 4 == 0 && group_stride % 4 == 0 && a.x_stride % 4 == 0,
+        a.in_offset.is_multiple_of(4) && group_stride % 4 == 0 && a.x_stride.is_multiple_of(4),
         "matmul input rows must be vec4-aligned"
     );
     assert!(group_rows > 0 && m.rows.is_multiple_of(group_rows));

@@ -108,9 +108,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     let x_at = xrow * p.x_stride + in_base;
-    // Compute: rows 4rq..4rq+3 and tokens 4tq..4tq+3 of the tile.
-    let rq = lid % (TM / 4u);
-    let tq = lid / (TM / 4u);
+    // Compute: rows 4rq..4rq+3 and tokens 4tq..4tq+3 of the tile. Each group of 32
+    // invocations takes 8 row quads x 4 token quads, so its loads of a column touch 8 and 4
+    // distinct vec4 of the tiles (a broadcast each, where a subgroup is those 32).
+    let rq = lid % 8u + 8u * ((lid / 32u) % (TM / 32u));
+    let tq = (lid % 32u) / 8u + 4u * (lid / TM);
     var acc: array<vec4<f32>, 4>;
     for (var s = 0u; s < steps; s++) {
         for (var i = lid; i < TM * per_step; i += MWG) {
@@ -155,11 +157,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
 
+    // Constant trip counts (no early exit): the accumulators stay in registers.
     for (var m = 0u; m < 4u; m++) {
         let j = j0 + 4u * tq + m;
-        if (j >= j_end) {
-            break;
-        }
         var yrow = j;
         if (EXPERTS) {
             yrow = base + j;
@@ -169,7 +169,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (SWIGLU) {
             for (var e = 0u; e < 4u; e += 2u) {
                 let r = first + e;
-                if (r < r_end) {
+                if (j < j_end && r < r_end) {
                     let col = (r - g * p.group_rows) / 2u + g * p.out_group_stride;
                     y[yrow * p.y_stride + col] = silu(a[e]) * a[e + 1u];
                 }
@@ -177,7 +177,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         } else {
             for (var e = 0u; e < 4u; e++) {
                 let r = first + e;
-                if (r < r_end) {
+                if (j < j_end && r < r_end) {
                     let o = yrow * p.y_stride + r - g * p.group_rows + g * p.out_group_stride;
                     if (ACCUMULATE) {
                         y[o] += a[e];

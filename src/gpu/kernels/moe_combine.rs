@@ -51,7 +51,10 @@ pub fn dispatch(
     down: &wgpu::Buffer,
     x: &wgpu::Buffer,
 ) -> Dispatch {
-    assert!(hidden % 4 == 0, "moe_combine rows must be vec4-aligned");
+    assert!(
+        hidden.is_multiple_of(4),
+        "moe_combine rows must be vec4-aligned"
+    );
     let params = uniform(
         ctx,
         "moe_combine params",
