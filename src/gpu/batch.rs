@@ -227,6 +227,15 @@ impl BatchSchedule {
             slots: moe_shape(model).map_or(1, |s| s.1),
             max_tokens: chunk,
         };
+        let wg = crate::gpu::context::WORKGROUP_SIZE as usize;
+        if routing.experts > moe_group::MAX_GROUPS || routing.slots > wg {
+            return Err(Error::Gpu(format!(
+                "{} experts ({} per token): the GPU's batched MoE handles up to {} ({wg} per token)",
+                routing.experts,
+                routing.slots,
+                moe_group::MAX_GROUPS
+            )));
+        }
         let act = Activations::new(ctx, cfg, model, chunk, logit_rows, &routing)?;
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_ids, &act.x);
         let layers = model
