@@ -152,33 +152,67 @@ fn moe_shape(model: &GpuModel) -> Option<(usize, usize)> {
     })
 }
 
-/// Floats per token of each activation (the largest decides the chunk a binding holds).
-fn floats_per_token(cfg: &Config, model: &GpuModel) -> Vec<usize> {
-    let heads = cfg.n_heads;
-    let (experts, slots) = moe_shape(model).unwrap_or((1, 1));
-    let act = model
-        .layers
-        .iter()
-        .map(|l| l.ffn.slots * l.ffn.width)
-        .max()
-        .unwrap_or(1);
-    vec![
-        cfg.hidden,
-        cfg.hidden,
-        cfg.q_lora_rank + cfg.cache_row(),
-        cfg.q_lora_rank,
-        heads * (cfg.qk_nope + cfg.qk_rope),
-        heads * cfg.kv_lora_rank,
-        heads * cfg.kv_lora_rank,
-        heads * cfg.v_head,
-        experts,
-        2 * slots,
-        2 * slots,
-        act,
-        slots * cfg.hidden,
-        cfg.qk_rope,
-        1,
-    ]
+/// Values per token of the chunk-sized activations (f32, or u32 for the route).
+struct Widths {
+    hidden: usize,
+    qkv_a: usize,
+    q_a: usize,
+    q: usize,
+    /// q_nope_absorbed and kqv
+    heads_kv: usize,
+    kqv_out: usize,
+    router: usize,
+    /// Ids and weights of the pairs; the pairs buffer holds about as much.
+    route: usize,
+    act: usize,
+    down: usize,
+    rope: usize,
+}
+
+impl Widths {
+    fn new(cfg: &Config, model: &GpuModel) -> Widths {
+        let heads = cfg.n_heads;
+        let slots = moe_shape(model).map_or(1, |s| s.1);
+        Widths {
+            hidden: cfg.hidden,
+            qkv_a: cfg.q_lora_rank + cfg.cache_row(),
+            q_a: cfg.q_lora_rank,
+            q: heads * (cfg.qk_nope + cfg.qk_rope),
+            heads_kv: heads * cfg.kv_lora_rank,
+            kqv_out: heads * cfg.v_head,
+            router: cfg.n_experts.max(1),
+            route: 2 * slots,
+            act: model
+                .layers
+                .iter()
+                .map(|l| l.ffn.slots * l.ffn.width)
+                .max()
+                .unwrap_or(1),
+            down: slots * cfg.hidden,
+            rope: cfg.qk_rope,
+        }
+    }
+
+    /// Every activation's width, in the order [`Activations::new`] allocates them.
+    fn all(&self) -> [usize; 15] {
+        [
+            self.hidden,
+            self.hidden,
+            self.qkv_a,
+            self.q_a,
+            self.q,
+            self.heads_kv,
+            self.heads_kv,
+            self.kqv_out,
+            self.router,
+            self.route,
+            self.route,
+            self.act,
+            self.down,
+            self.rope,
+            1,
+        ]
+    }
 }
 
 /// Tokens per chunk: `requested` (or [`DEFAULT_CHUNK`]), cut to the context and so that
@@ -194,9 +228,9 @@ pub fn chunk_tokens(
     if want == 0 {
         return Err(Error::Input("a prefill chunk of 0 tokens".into()));
     }
-    let floats = floats_per_token(cfg, model);
-    let largest = 4 * *floats.iter().max().unwrap() as u64;
-    let total = 4 * floats.iter().sum::<usize>() as u64;
+    let widths = Widths::new(cfg, model).all();
+    let largest = 4 * *widths.iter().max().unwrap() as u64;
+    let total = 4 * widths.iter().sum::<usize>() as u64;
     // Grids of one workgroup per token stay within the per-dimension limit.
     let grid = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let fit = (ctx.max_binding / largest).min(ACTIVATION_BUDGET / total) as usize;
@@ -236,7 +270,8 @@ impl BatchSchedule {
                 moe_group::MAX_GROUPS
             )));
         }
-        let act = Activations::new(ctx, cfg, model, chunk, logit_rows, &routing)?;
+        let widths = Widths::new(cfg, model);
+        let act = Activations::new(ctx, cfg, &widths, chunk, logit_rows, &routing)?;
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_ids, &act.x);
         let layers = model
             .layers
@@ -431,37 +466,30 @@ impl Activations {
     fn new(
         ctx: &GpuContext,
         cfg: &Config,
-        model: &GpuModel,
+        w: &Widths,
         chunk: usize,
         logit_rows: usize,
         routing: &Routing,
     ) -> Result<Activations> {
-        let heads = cfg.n_heads;
         let buf = |label: &str, per_token: usize| storage_zeroed(ctx, label, chunk * per_token);
-        let act = model
-            .layers
-            .iter()
-            .map(|l| l.ffn.slots * l.ffn.width)
-            .max()
-            .unwrap_or(1);
         Ok(Activations {
-            x: buf("batch x", cfg.hidden)?,
-            xn: buf("batch xn", cfg.hidden)?,
-            qkv_a: buf("batch qkv_a", cfg.q_lora_rank + cfg.cache_row())?,
-            q_a: buf("batch q_a", cfg.q_lora_rank)?,
-            q: buf("batch q", heads * (cfg.qk_nope + cfg.qk_rope))?,
-            q_abs: buf("batch q_nope_absorbed", heads * cfg.kv_lora_rank)?,
-            kqv: buf("batch kqv", heads * cfg.kv_lora_rank)?,
-            kqv_out: buf("batch kqv_out", heads * cfg.v_head)?,
-            router: buf("batch ffn_moe_logits", routing.experts)?,
+            x: buf("batch x", w.hidden)?,
+            xn: buf("batch xn", w.hidden)?,
+            qkv_a: buf("batch qkv_a", w.qkv_a)?,
+            q_a: buf("batch q_a", w.q_a)?,
+            q: buf("batch q", w.q)?,
+            q_abs: buf("batch q_nope_absorbed", w.heads_kv)?,
+            kqv: buf("batch kqv", w.heads_kv)?,
+            kqv_out: buf("batch kqv_out", w.kqv_out)?,
+            router: buf("batch ffn_moe_logits", w.router)?,
             route: storage_zeroed(ctx, "batch route", routing.route_len())?,
             pairs: storage_zeroed(ctx, "batch pairs", routing.pairs_len())?,
-            act: buf("batch ffn_act", act)?,
-            down: buf("batch ffn_moe_down", routing.slots * cfg.hidden)?,
+            act: buf("batch ffn_act", w.act)?,
+            down: buf("batch ffn_moe_down", w.down)?,
+            rope_cs: buf("batch rope_cs", w.rope)?,
+            token_ids: buf("batch token ids", 1)?,
             logits: storage_zeroed(ctx, "batch result_output", logit_rows * cfg.vocab)?,
             argmax_id: storage_zeroed(ctx, "batch argmax", 1)?,
-            token_ids: buf("batch token ids", 1)?,
-            rope_cs: buf("batch rope_cs", cfg.qk_rope)?,
             batch: upload::uniform(ctx, "batch", &BatchParams::default()),
             head: upload::uniform(ctx, "batch head", &BatchParams::default()),
         })
