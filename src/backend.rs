@@ -231,6 +231,11 @@ pub trait Instrumented {
     /// Dispatches, passes, submits and bytes read back by the last token.
     fn last_token_stats(&self) -> TokenStats;
 
+    /// The same for the last chunk of a batched feed (a prompt's), where there was one.
+    fn last_chunk_stats(&self) -> Option<TokenStats> {
+        None
+    }
+
     /// One greedy decode step of `token` at `pos` (the cache length; the token is appended
     /// like any feed) with the time of every dispatch.
     fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile>;

@@ -106,6 +106,8 @@ pub struct PrefillReport {
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// Dispatches, passes, submits and read-back bytes of the prefill's last chunk (GPU only).
+    pub chunk_stats: Option<TokenStats>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -190,6 +192,7 @@ pub fn run(
                 tokens,
                 seconds,
                 tokens_per_s: tokens as f64 / seconds,
+                chunk_stats: backend.instrumented().and_then(|i| i.last_chunk_stats()),
             });
         }
     }
@@ -313,9 +316,13 @@ impl BenchReport {
         }
         for p in &self.prefill {
             s += &format!(
-                "prefill {:>6} tokens @ depth {:>6}: {:>8.2} tok/s  ({:.3} s)\n",
+                "prefill {:>6} tokens @ depth {:>6}: {:>8.2} tok/s  ({:.3} s)",
                 p.tokens, p.depth, p.tokens_per_s, p.seconds
             );
+            if let Some(t) = p.chunk_stats {
+                s += &format!("  {} dispatches in its last chunk", t.dispatches);
+            }
+            s += "\n";
         }
         for (depth, tokens) in &self.prefill_skipped {
             s += &format!(

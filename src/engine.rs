@@ -215,10 +215,15 @@ fn gpu<'a>(
         ..Default::default()
     };
     let mut backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;
-    // One token through every kernel now: drivers finish compiling a pipeline at its first
-    // dispatch, which would otherwise land in the first prompt's time. The cache is emptied
-    // again after it.
-    backend.feed_argmax(&[0], 0)?;
+    // Two tokens through the batched schedule and one through the decode schedule now:
+    // drivers finish compiling a pipeline at its first dispatch, which would otherwise land
+    // in the first prompt's time. The cache is emptied again after them.
+    if backend.max_context() >= 3 {
+        backend.feed_argmax(&[0, 0], 0)?;
+        backend.feed_argmax(&[0], 2)?;
+    } else {
+        backend.feed_argmax(&[0], 0)?;
+    }
     backend.truncate(0)?;
     let stats = backend.stats();
     log::info!(

@@ -205,11 +205,13 @@ fn gpu_work_per_token_and_binding_discipline() {
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let mut gpu = GpuBackend::new(&cfg, &weights, 64, &GpuOptions::default()).unwrap();
-    gpu.feed_argmax(&[1, 2, 3], 0).unwrap();
+    gpu.feed_argmax(&[1, 2, 3], 0).unwrap(); // one chunk of the batched schedule
+    gpu.feed(&[4], 3, Want::Nothing).unwrap(); // decode steps
+    gpu.feed_argmax(&[5], 4).unwrap();
     let stats = gpu.stats().clone();
     println!(
-        "per layer: {:?}; last token: {:?}",
-        stats.dispatches_per_layer, stats.last_token
+        "per layer: {:?}; last token: {:?}; last chunk: {:?}",
+        stats.dispatches_per_layer, stats.last_token, stats.last_chunk
     );
     for (l, &n) in stats.dispatches_per_layer.iter().enumerate() {
         assert!(n <= 10, "layer {l}: {n} dispatches");
@@ -217,10 +219,18 @@ fn gpu_work_per_token_and_binding_discipline() {
     let layers: u64 = stats.dispatches_per_layer.iter().map(|&n| n as u64).sum();
     // embedding + layers + LM head + argmax (two passes)
     assert_eq!(stats.last_token.dispatches, 1 + layers + 1 + 2);
+    let chunk = stats.last_chunk;
+    assert_eq!(
+        (chunk.submits, chunk.compute_passes, chunk.bytes_read_back),
+        (1, 1, 4)
+    );
     assert_eq!(stats.total.submits, 3);
-    assert_eq!(stats.total.bytes_read_back, 4);
-    // Prefill tokens skip the LM head.
-    assert_eq!(stats.total.dispatches, 3 * (1 + layers) + 3);
+    assert_eq!(stats.total.bytes_read_back, 8);
+    // A decode step that reads nothing skips the LM head.
+    assert_eq!(
+        stats.total.dispatches,
+        chunk.dispatches + (1 + layers) + (1 + layers + 3)
+    );
 
     // Every pipeline the engine created, with and without subgroup reductions, fits the
     // smallest adapter the engine accepts (which includes Metal's 30 bindings per group).
@@ -259,13 +269,10 @@ fn gpu_rewind_recomputes_like_a_fresh_run() {
     assert_eq!(gpu.cache_len(), 2);
     let again = gpu.feed_logits(&[7, 8], 2, Rows::Last).unwrap();
     assert_eq!(first, again);
-    // Hidden states are not read back on the GPU yet: a clear error, the cache unchanged.
-    let err = gpu
-        .feed(&[9], 4, Want::Hidden(Rows::Last))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("hidden states"), "{err}");
-    assert_eq!(gpu.cache_len(), 4);
+    // Hidden states come back like logits (tests/gpu_batched.rs checks their values).
+    let hidden = gpu.feed(&[9], 4, Want::Hidden(Rows::Last)).unwrap();
+    assert_eq!(hidden.into_rows().len(), cfg.hidden);
+    assert_eq!(gpu.cache_len(), 5);
     assert!(
         gpu.feed_logits(&[1], 64, Rows::Last).is_err(),
         "position past the context must fail"

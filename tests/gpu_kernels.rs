@@ -6,6 +6,7 @@
 mod common;
 
 use common::fixture;
+use common::parity::{check_within, gpu_types, random_rows, Rng};
 use glm_flash::config::Config;
 use glm_flash::cpu::ops;
 use glm_flash::formats::{self, GpuLayout};
@@ -22,50 +23,8 @@ use glm_flash::weights::Matrix;
 
 const TOL: f32 = 2e-5;
 
-/// xorshift64*: deterministic inputs without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn f32(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 40;
-        v as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
-
 fn check(label: &str, got: &[f32], want: &[f32]) {
     check_within(label, got, want, TOL);
-}
-
-/// As [`check`] with tolerance `tol` (relative to the largest |want|).
-fn check_within(label: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{label}: length");
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let mut worst = (0, 0f32);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.is_finite(),
-            "{label}: element {i} is {g} (unwritten or NaN), want {w}"
-        );
-        let e = (g - w).abs();
-        if e > worst.1 {
-            worst = (i, e);
-        }
-    }
-    println!(
-        "{label}: max abs error {:.2e} (element {}) of scale {scale:.2e}",
-        worst.1, worst.0
-    );
-    assert!(
-        worst.1 <= tol * scale,
-        "{label}: element {} off by {:.3e}",
-        worst.0,
-        worst.1
-    );
 }
 
 fn ctx(max_binding: Option<u64>, no_subgroups: bool) -> GpuContext {
@@ -755,35 +714,6 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
             assert_eq!(got, cpu_argmax(&logits), "n = {n}, {label}");
         }
     }
-}
-
-/// A format of every GPU layout (F16 stands for the f32 layout).
-fn gpu_types() -> Vec<GgmlType> {
-    GpuLayout::ALL
-        .iter()
-        .map(|&l| {
-            formats::FORMATS
-                .iter()
-                .find(|f| f.gpu == Some(l) && f.ty != GgmlType::F32)
-                .unwrap_or_else(|| panic!("no format of layout {}", l.name()))
-                .ty
-        })
-        .collect()
-}
-
-/// `rows` random rows of `ty`, whose magnitudes range over 1e-3..1e3 row by row (block
-/// scales from tiny to large), with an all-zero row and a row with one huge outlier.
-fn random_rows(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut values = rng.vec(rows * cols);
-    for (r, row) in values.chunks_exact_mut(cols).enumerate() {
-        let scale = 10f32.powi((r % 7) as i32 - 3);
-        row.iter_mut().for_each(|v| *v *= scale);
-    }
-    values[cols..2 * cols].fill(0.0);
-    values[2 * cols + 5] = 3e4;
-    let mut bytes = Vec::new();
-    formats::of(ty).unwrap().quantize(&values, &mut bytes);
-    bytes
 }
 
 /// Per layout: the GPU's dot products against the CPU's on random rows split across

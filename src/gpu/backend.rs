@@ -1,12 +1,14 @@
-//! The GPU backend: owns the device, the resident model and the decode schedule; submits
-//! one token per command encoder, reads back logits or the argmax, and keeps the next
-//! greedy token computing while the current one is handed over.
+//! The GPU backend: owns the device, the resident model, the decode schedule and the batched
+//! one; submits one token (a decode step) or one chunk of a prompt per command encoder, reads
+//! back logits, hidden states or the argmax, and keeps the next greedy token computing while
+//! the current one is handed over.
 
 use crate::backend::{
     check_feed, check_truncate, Backend, Instrumented, Output, Rows, TokenProfile, TokenStats, Want,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::gpu::batch::{self, BatchSchedule, Head};
 use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::{self, GpuContext, GpuOptions};
 use crate::gpu::kernels::{attn_combine, attn_partial, ffn_gate_up};
@@ -29,6 +31,14 @@ pub struct GpuStats {
     pub upload_bytes_per_second: f64,
     /// Dispatches one token records per layer (without the head), in layer order.
     pub dispatches_per_layer: Vec<usize>,
+    /// The most recent chunk of a batched feed (all its head passes).
+    pub last_chunk: TokenStats,
+    /// Chunks of batched feeds since the backend was made (their work is in `total` too).
+    pub chunks: u64,
+    /// Dispatches one chunk records per layer, in layer order.
+    pub chunk_dispatches_per_layer: Vec<usize>,
+    /// Tokens per chunk of a batched feed.
+    pub chunk_tokens: usize,
 }
 
 /// Timestamps of one profiled token: at most this many dispatches are timed (wgpu's cap).
@@ -43,7 +53,10 @@ pub struct GpuBackend {
     _model: GpuModel,
     caches: LatentCaches,
     schedule: Schedule,
+    batch: BatchSchedule,
     logits_staging: wgpu::Buffer,
+    /// Rows of logits or hidden states of a chunk: made at the first feed that wants them.
+    rows_staging: Option<wgpu::Buffer>,
     /// Two, so a token's id can be read while the next token computes.
     argmax_staging: [wgpu::Buffer; 2],
     stats: GpuStats,
@@ -99,6 +112,8 @@ impl GpuBackend {
             e => e,
         })?;
         let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model, &caches)?;
+        let chunk = batch::chunk_tokens(&ctx, cfg, &model, max_context, opts.prefill_chunk)?;
+        let batch = BatchSchedule::new(&ctx, &pipelines, cfg, chunk, &model, &caches)?;
         let staging = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -113,6 +128,8 @@ impl GpuBackend {
             upload_bytes: up.bytes,
             upload_bytes_per_second: up.bytes_per_second(),
             dispatches_per_layer: schedule.dispatches_per_layer(),
+            chunk_dispatches_per_layer: batch.dispatches_per_layer(),
+            chunk_tokens: chunk,
             ..Default::default()
         };
         Ok(GpuBackend {
@@ -123,7 +140,9 @@ impl GpuBackend {
             _model: model,
             caches,
             schedule,
+            batch,
             logits_staging,
+            rows_staging: None,
             argmax_staging,
             stats,
             cache_len: 0,
@@ -271,6 +290,135 @@ impl GpuBackend {
         context::map_read(&self.ctx, staging, self.readback_size(read), submitted)
     }
 
+    /// `tokens` appended to the cache in chunks of the batched schedule; earlier chunks only
+    /// fill the cache unless every row is wanted.
+    fn feed_batch(&mut self, tokens: &[u32], want: Want) -> Result<Output> {
+        let all_rows = matches!(want, Want::Logits(Rows::All) | Want::Hidden(Rows::All));
+        let count = tokens.len().div_ceil(self.batch.chunk);
+        let mut rows = Vec::new();
+        let mut last = Output::Nothing;
+        for (c, part) in tokens.chunks(self.batch.chunk).enumerate() {
+            let part_want = if all_rows || c + 1 == count {
+                want
+            } else {
+                Want::Nothing
+            };
+            let out = self.chunk(part, part_want)?;
+            self.cache_len += part.len();
+            match out {
+                Output::Logits(r) | Output::Hidden(r) if all_rows => rows.extend(r),
+                other => last = other,
+            }
+        }
+        Ok(match want {
+            Want::Logits(Rows::All) => Output::Logits(rows),
+            Want::Hidden(Rows::All) => Output::Hidden(rows),
+            _ => last,
+        })
+    }
+
+    /// One chunk at the cache length: its layers and the first pass of the head in one
+    /// command encoder and submit. Logits of more rows than one head pass writes take a
+    /// submit per further pass.
+    fn chunk(&mut self, tokens: &[u32], want: Want) -> Result<Output> {
+        let (n, vocab, hidden) = (tokens.len(), self.cfg.vocab, self.cfg.hidden);
+        let per_pass = self.batch.logit_rows;
+        let heads: Vec<Head> = match want {
+            Want::Nothing => vec![Head::Nothing],
+            Want::Argmax => vec![Head::Argmax],
+            Want::Logits(Rows::Last) => vec![Head::Last],
+            Want::Hidden(Rows::Last) => vec![Head::Hidden { first: n - 1, n: 1 }],
+            Want::Hidden(Rows::All) => vec![Head::Hidden { first: 0, n }],
+            Want::Logits(Rows::All) => (0..n)
+                .step_by(per_pass)
+                .map(|first| Head::Rows {
+                    first,
+                    n: per_pass.min(n - first),
+                })
+                .collect(),
+        };
+        if matches!(heads[0], Head::Rows { .. } | Head::Hidden { .. })
+            && self.rows_staging.is_none()
+        {
+            let size = 4 * (per_pass * vocab).max(self.batch.chunk * hidden) as u64;
+            self.rows_staging = Some(self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("rows readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        self.ctx.check()?;
+        self.batch
+            .write_inputs(&self.ctx, &self.cfg, tokens, self.cache_len);
+        let mut stats = TokenStats::default();
+        let mut rows = Vec::new();
+        let mut id = 0;
+        for (i, &head) in heads.iter().enumerate() {
+            let (first, count) = match head {
+                Head::Nothing => (0, 0),
+                Head::Last | Head::Argmax => (n - 1, 1),
+                Head::Rows { first, n } | Head::Hidden { first, n } => (first, n),
+            };
+            self.batch.write_head(&self.ctx, first, count);
+            let mut enc = self
+                .ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("chunk"),
+                });
+            let mut rec = Recorder::begin(&mut enc, None);
+            if i == 0 {
+                self.batch.record_layers(&mut rec, &self.cfg, n);
+            }
+            self.batch.record_head(&mut rec, head);
+            let (dispatches, _) = rec.finish();
+            let read = match head {
+                Head::Nothing => None,
+                Head::Argmax => Some((self.batch.argmax_id(), &self.argmax_staging[0], 1)),
+                Head::Last => Some((self.batch.logits(), &self.logits_staging, vocab)),
+                Head::Rows { n, .. } => Some((
+                    self.batch.logits(),
+                    self.rows_staging.as_ref().unwrap(),
+                    n * vocab,
+                )),
+                Head::Hidden { n, .. } => Some((
+                    self.batch.hidden(),
+                    self.rows_staging.as_ref().unwrap(),
+                    n * hidden,
+                )),
+            };
+            let size = read.map_or(0, |r| 4 * r.2 as u64);
+            if let Some((src, staging, _)) = read {
+                enc.copy_buffer_to_buffer(src, 0, staging, 0, size);
+            }
+            let submitted = self.ctx.queue.submit([enc.finish()]);
+            stats += TokenStats {
+                dispatches,
+                compute_passes: 1,
+                submits: 1,
+                bytes_read_back: size,
+            };
+            if let Some((_, staging, _)) = read {
+                let bytes = context::map_read(&self.ctx, staging, size, submitted)?;
+                match head {
+                    Head::Argmax => id = u32::from_le_bytes(bytes[..4].try_into().unwrap()),
+                    _ => rows.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)),
+                }
+            }
+        }
+        self.stats.last_chunk = stats;
+        self.stats.total += stats;
+        self.stats.chunks += 1;
+        self.stats.tokens += n as u64;
+        Ok(match want {
+            Want::Nothing => Output::Nothing,
+            Want::Argmax => Output::Argmax(id),
+            Want::Logits(_) => Output::Logits(rows),
+            Want::Hidden(_) => Output::Hidden(rows),
+        })
+    }
+
     /// Blocks until every submitted token has run (for timing).
     pub fn finish(&self) -> Result<()> {
         self.ctx.wait()
@@ -306,7 +454,8 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    /// Token by token for now, each one command encoder and one submit.
+    /// One token through the decode schedule; more (or hidden states) through the batched
+    /// one, a chunk per command encoder and submit.
     fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
         check_feed(
             tokens,
@@ -315,33 +464,20 @@ impl Backend for GpuBackend {
             self.max_context,
             self.cfg.vocab,
         )?;
-        if let Want::Hidden(_) = want {
-            return Err(Error::Gpu(
-                "the GPU backend does not return hidden states yet (use --backend cpu)".into(),
-            ));
+        if tokens.len() > 1 || matches!(want, Want::Hidden(_)) {
+            return self.feed_batch(tokens, want);
         }
-        let mut logits = Vec::new();
-        let mut id = 0;
-        for (i, &t) in tokens.iter().enumerate() {
-            let last = i + 1 == tokens.len();
-            let read = match want {
-                Want::Logits(Rows::All) => Readback::Logits,
-                Want::Logits(Rows::Last) if last => Readback::Logits,
-                Want::Argmax if last => Readback::Argmax,
-                _ => Readback::Nothing,
-            };
-            let bytes = self.token(t, pos + i, read)?;
-            self.cache_len += 1;
-            match read {
-                Readback::Logits => logits.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes)),
-                Readback::Argmax => id = u32::from_le_bytes(bytes[..4].try_into().unwrap()),
-                Readback::Nothing => {}
-            }
-        }
-        Ok(match want {
-            Want::Logits(_) => Output::Logits(logits),
-            Want::Argmax => Output::Argmax(id),
-            _ => Output::Nothing,
+        let read = match want {
+            Want::Logits(_) => Readback::Logits,
+            Want::Argmax => Readback::Argmax,
+            _ => Readback::Nothing,
+        };
+        let bytes = self.token(tokens[0], pos, read)?;
+        self.cache_len += 1;
+        Ok(match read {
+            Readback::Logits => Output::Logits(bytemuck::pod_collect_to_vec(&bytes)),
+            Readback::Argmax => Output::Argmax(u32::from_le_bytes(bytes[..4].try_into().unwrap())),
+            Readback::Nothing => Output::Nothing,
         })
     }
 
@@ -413,6 +549,10 @@ impl Backend for GpuBackend {
 impl Instrumented for GpuBackend {
     fn last_token_stats(&self) -> TokenStats {
         self.stats.last_token
+    }
+
+    fn last_chunk_stats(&self) -> Option<TokenStats> {
+        (self.stats.chunks > 0).then_some(self.stats.last_chunk)
     }
 
     fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {

@@ -2,8 +2,10 @@
 //! listed after it.
 //!
 //! - [`backend`]: [`GpuBackend`], the [`Backend`](crate::backend::Backend) of the GPU:
-//!   submits a token, reads back logits or the argmax, keeps the next greedy token in flight.
+//!   submits a token or a chunk of a prompt, reads back logits, hidden states or the argmax,
+//!   keeps the next greedy token in flight.
 //! - [`schedule`]: every dispatch of a token, built once at load, and its recording.
+//! - [`batch`]: every dispatch of a chunk of a prompt, built once at load, and its recording.
 //! - [`kernels`]: one launcher per kernel, its WGSL beside it (`kernels/<name>.wgsl`).
 //! - [`resident`]: the model's weights, uploaded once.
 //! - [`cache`]: the latent caches, f16 or f32, sized and checked before anything else.
@@ -15,6 +17,7 @@
 //! - [`context`]: the adapter and device, and the minimum the engine asks of them.
 
 pub mod backend;
+pub mod batch;
 pub mod cache;
 pub mod context;
 pub mod kernels;

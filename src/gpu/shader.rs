@@ -29,6 +29,12 @@ pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wg
 pub const LANES_SUBGROUP: &str = include_str!("kernels/lib/lanes_subgroup.wgsl");
 pub const LANES_WORKGROUP: &str = include_str!("kernels/lib/lanes_workgroup.wgsl");
 pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
+/// `rotate2`: RoPE on two pairs.
+pub const ROPE: &str = include_str!("kernels/lib/rope.wgsl");
+/// `store4`, `as_stored`: values written to the latent cache as it stores them.
+pub const CACHE_STORE: &str = include_str!("kernels/lib/cache_store.wgsl");
+/// `choose_experts`, `chosen_weight`: the MoE router's selection rule.
+pub const ROUTE: &str = include_str!("kernels/lib/route.wgsl");
 
 /// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
 /// `kernels/lib/dot_rows4.wgsl`).
@@ -80,6 +86,9 @@ pub struct Shader {
     pub lanes: bool,
     /// What the kernel reads of weight chunks (`quants`, `scales`).
     pub weights: WeightAccess,
+    /// Helpers shared by several kernels (`kernels/lib/*.wgsl`: [`ROPE`], [`ROUTE`],
+    /// [`CACHE_STORE`]), appended as they are.
+    pub libraries: &'static [&'static str],
 }
 
 /// How a kernel reads weights. One that does is made for one [`GpuLayout`] per pipeline:
@@ -155,6 +164,10 @@ impl Shader {
         if self.weights == WeightAccess::RowDots {
             s.push('\n');
             s.push_str(DOT_ROWS4);
+        }
+        for lib in self.libraries {
+            s.push('\n');
+            s.push_str(lib);
         }
         s
     }

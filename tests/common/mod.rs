@@ -3,6 +3,7 @@
 
 pub mod kernel_fit;
 pub mod model_file;
+pub mod parity;
 
 use std::path::PathBuf;
 

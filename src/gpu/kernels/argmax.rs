@@ -25,6 +25,7 @@ pub const SHADER: Shader = Shader {
     reduces: false,
     lanes: false,
     weights: WeightAccess::None,
+    libraries: &[],
 };
 
 wgsl_struct! {

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::kernels::attn_partial::{self, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::CacheType;
 
@@ -48,6 +48,7 @@ pub const SHADER: Shader = Shader {
     reduces: true,
     lanes: false,
     weights: WeightAccess::None,
+    libraries: &[shader::ROPE, shader::CACHE_STORE],
 };
 
 wgsl_struct! {

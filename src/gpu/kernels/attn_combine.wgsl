@@ -11,7 +11,7 @@
 // (cos, sin) the host computes in f64.
 // Launcher: src/gpu/kernels/attn_combine.rs. Prepended from Rust: MAX_SPLITS (splits per
 // head at most), MAX_ROW4 (the largest row, kv + rope, in vec4), SPLIT_LANES and struct
-// Token. Appended: a reduce_*.wgsl.
+// Token. Appended: a reduce_*.wgsl, lib/rope.wgsl and lib/cache_store.wgsl.
 // Grid: (heads, kv / (4 * QUADS)): a workgroup takes QUADS vec4 columns of one head, with
 // SPLIT_LANES invocations per column each summing every SPLIT_LANES-th split (so many loads
 // are in flight at once however many splits there are). Each workgroup recomputes the row,
@@ -64,37 +64,6 @@ var<workgroup> split_weight: array<f32, MAX_SPLITS>;
 var<workgroup> row: array<vec4<f32>, MAX_ROW4>;
 /// Each invocation's share of its column's weighted sum.
 var<workgroup> lane_sums: array<vec4<f32>, WG>;
-
-/// Two RoPE pairs (v.xy, v.zw) rotated by cs = (cos, sin, cos, sin).
-fn rotate2(v: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(
-        v.x * cs.x - v.y * cs.y,
-        v.x * cs.y + v.y * cs.x,
-        v.z * cs.z - v.w * cs.w,
-        v.z * cs.w + v.w * cs.z,
-    );
-}
-
-/// Stores cache values 4v..4v+3 and returns them as stored (rounded to f16 for f16).
-fn store4(v: u32, x: vec4<f32>) -> vec4<f32> {
-    if (CACHE_F16) {
-        let w = vec2<u32>(pack2x16float(x.xy), pack2x16float(x.zw));
-        cache[v] = w;
-        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-    }
-    let w = bitcast<vec4<u32>>(x);
-    cache[2u * v] = w.xy;
-    cache[2u * v + 1u] = w.zw;
-    return x;
-}
-
-/// `x` as the cache stores it.
-fn as_stored(x: vec4<f32>) -> vec4<f32> {
-    if (CACHE_F16) {
-        return vec4<f32>(unpack2x16float(pack2x16float(x.xy)), unpack2x16float(pack2x16float(x.zw)));
-    }
-    return x;
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

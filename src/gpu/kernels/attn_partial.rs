@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::{rope_angle, CacheType};
 
@@ -66,6 +66,7 @@ pub const SHADER: Shader = Shader {
     reduces: false,
     lanes: true,
     weights: WeightAccess::None,
+    libraries: &[shader::ROPE],
 };
 
 wgsl_struct! {

@@ -6,7 +6,7 @@
 //   m = max score, l = Σ exp(score - m), ctx = Σ exp(score[t] - m) * latent[t]
 // written to partial[h][c] = [ctx[kv] | m, l, 0, 0]. An empty split (tok.pos = 0) writes
 // ctx = 0, m = -3e38, l = 0, which the merge ignores.
-// Launcher: src/gpu/kernels/attn_partial.rs. Appended: a lanes_*.wgsl.
+// Launcher: src/gpu/kernels/attn_partial.rs. Appended: a lanes_*.wgsl and lib/rope.wgsl.
 //
 // MLA is multi-query over the latent: every head reads the same cache rows, so a workgroup
 // takes many heads (all of them at long contexts) and each row is read once for all of
@@ -76,16 +76,6 @@ fn unit(row: u32, u: u32) -> mat2x4<f32> {
         );
     }
     return mat2x4<f32>(bitcast<vec4<f32>>(cache[2u * i]), bitcast<vec4<f32>>(cache[2u * i + 1u]));
-}
-
-/// Two RoPE pairs (v.xy, v.zw) rotated by cs = (cos, sin, cos, sin).
-fn rotate2(v: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(
-        v.x * cs.x - v.y * cs.y,
-        v.x * cs.y + v.y * cs.x,
-        v.z * cs.z - v.w * cs.w,
-        v.z * cs.w + v.w * cs.z,
-    );
 }
 
 /// Head k of this workgroup (heads past the last repeat it; their results are not written).

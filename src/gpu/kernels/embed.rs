@@ -1,4 +1,4 @@
-//! Launcher of `embed.wgsl`: the token's embedding row, dequantized into x.
+//! Launcher of `embed.wgsl`: the tokens' embedding rows, dequantized into x.
 //! Reference: `Matrix::dequantize_row`.
 
 use crate::gpu::context::GpuContext;
@@ -22,6 +22,7 @@ pub const SHADER: Shader = Shader {
     reduces: false,
     lanes: false,
     weights: WeightAccess::Units,
+    libraries: &[],
 };
 
 wgsl_struct! {
@@ -33,7 +34,8 @@ wgsl_struct! {
     }
 }
 
-/// One dispatch per chunk of the table; the one holding row `token_id[0]` writes x.
+/// One dispatch per chunk of the table; the one holding row `token_id[t]` writes x[t]. The
+/// grid is one workgroup: token 0 (a batch records it with one per token).
 pub fn dispatches(
     ctx: &GpuContext,
     pipes: &Pipelines,

@@ -24,6 +24,7 @@ pub const SHADER: Shader = Shader {
     reduces: true,
     lanes: false,
     weights: WeightAccess::RowDots,
+    libraries: &[],
 };
 
 wgsl_struct! {

@@ -5,7 +5,7 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -35,6 +35,7 @@ pub const SHADER: Shader = Shader {
     reduces: true,
     lanes: false,
     weights: WeightAccess::RowDots,
+    libraries: &[shader::ROUTE],
 };
 
 /// The kernel keeps per-expert state in workgroup arrays of this size.

@@ -11,27 +11,17 @@
 // Each chunk has one weight layout (chunks of a stack may differ). Each workgroup computes PAIRS pairs of one
 // slot, two at a time (four rows: one per vec4 lane), after one norm prologue and routing.
 //
-// ROUTED (MoE layers): every workgroup first chooses the experts from the router logits,
-// exactly cpu::ops::route: s = sigmoid(logits); the TOP_K experts with the largest s + bias
-// (ties to the lower id), each invocation ranking its experts against all others (rank =
-// experts that beat it), so they land in selection order without a sort; weights are the
-// unbiased s of those, divided by their sum (clamped below at 6.1e-5) when NORM_WEIGHTS,
-// times WEIGHT_SCALE. Shared experts follow as slots TOP_K.. with ids EXPERTS.. and weight
-// 1. The first workgroup writes the route for ffn_down. Recomputing the choice in every
-// workgroup (64 logits from L2 and 64 x 64 comparisons) is cheaper than a dispatch of its own.
-// The routing numbers are pipeline constants: lavapipe recompiles a shader at every bind
-// when uniforms steer its loops (see examples/lavapipe_uniform_inlining.rs).
+// ROUTED (MoE layers): every workgroup first chooses the experts from the router logits
+// (lib/route.wgsl, appended: cpu::ops::route exactly). Shared experts follow as slots
+// TOP_K.. with ids EXPERTS.. and weight 1. The first workgroup writes the route for
+// ffn_down. Recomputing the choice in every workgroup (64 logits from L2 and 64 x 64
+// comparisons) is cheaper than a dispatch of its own.
 
 /// Pairs per workgroup, a multiple of 2.
 override PAIRS: u32 = 2u;
 override ROUTED: bool = false;
-override EXPERTS: u32 = 1u;
-override TOP_K: u32 = 1u;
-override NORM_WEIGHTS: bool = false;
-override WEIGHT_SCALE: f32 = 1.0;
-
-// MAX_EXPERTS (the largest expert count the workgroup arrays hold) is prepended from
-// src/gpu/kernels/ffn_gate_up.rs.
+// EXPERTS, TOP_K, NORM_WEIGHTS, WEIGHT_SCALE: lib/route.wgsl. MAX_EXPERTS (the largest
+// expert count its workgroup arrays hold) is prepended from src/gpu/kernels/ffn_gate_up.rs.
 
 struct Params {
     /// Width of one expert (pairs per expert).
@@ -58,12 +48,6 @@ struct Params {
 @group(0) @binding(7) var<storage, read> logits: array<f32>;
 @group(0) @binding(8) var<storage, read> bias: array<f32>;
 
-var<workgroup> probs: array<f32, MAX_EXPERTS>;
-/// Selection scores, four per element for the ranking's vector compares; past EXPERTS the
-/// lowest float, which beats no expert.
-var<workgroup> scores: array<vec4<f32>, MAX_EXPERTS / 4u>;
-var<workgroup> chosen: array<u32, MAX_EXPERTS>;
-
 /// Input of the dot products: x times the norm weight (1/rms is applied to the results).
 fn input4(base: u32, j: u32) -> vec4<f32> {
     return x[j] * norm_w[j];
@@ -79,49 +63,14 @@ fn slot_expert(slot: u32, slots: u32, first_workgroup: bool, lid: u32) -> u32 {
     if (!ROUTED) {
         return route[slot];
     }
-    let groups4 = (EXPERTS + 3u) / 4u;
-    for (var g = lid; g < groups4; g += WG) {
-        var v = vec4<f32>(-3.4e38);
-        for (var j = 0u; j < 4u; j++) {
-            let e = 4u * g + j;
-            if (e < EXPERTS) {
-                probs[e] = 1.0 / (1.0 + exp(-logits[e]));
-                v[j] = probs[e] + bias[e];
-            }
-        }
-        scores[g] = v;
-    }
-    workgroupBarrier();
-    for (var e = lid; e < EXPERTS; e += WG) {
-        let mine = vec4<f32>(scores[e / 4u][e % 4u]);
-        var beaten_by = vec4<u32>(0u);
-        for (var g = 0u; g < groups4; g++) {
-            let o = scores[g];
-            let ids = vec4<u32>(4u * g) + vec4<u32>(0u, 1u, 2u, 3u);
-            let beats = (o > mine) | ((o == mine) & (ids < vec4<u32>(e)));
-            beaten_by += select(vec4<u32>(0u), vec4<u32>(1u), beats);
-        }
-        let rank = beaten_by.x + beaten_by.y + beaten_by.z + beaten_by.w;
-        if (rank < TOP_K) {
-            chosen[rank] = e;
-        }
-    }
-    workgroupBarrier();
+    choose_experts(0u, lid);
     if (first_workgroup && lid == 0u) {
-        var sum = 0.0;
-        for (var j = 0u; j < TOP_K; j++) {
-            sum += probs[chosen[j]];
-        }
-        var div = 1.0;
-        if (NORM_WEIGHTS) {
-            div = max(sum, 6.1e-5);
-        }
         for (var j = 0u; j < slots; j++) {
             var id = EXPERTS + j - TOP_K;
             var weight = 1.0;
             if (j < TOP_K) {
                 id = chosen[j];
-                weight = probs[id] / div * WEIGHT_SCALE;
+                weight = chosen_weight(j);
             }
             route[j] = id;
             route[slots + j] = bitcast<u32>(weight);

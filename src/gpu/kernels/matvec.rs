@@ -23,6 +23,7 @@ pub const SHADER: Shader = Shader {
     reduces: true,
     lanes: false,
     weights: WeightAccess::RowDots,
+    libraries: &[],
 };
 
 /// RMSNorm prologue.
