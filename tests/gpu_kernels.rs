@@ -9,7 +9,7 @@ use common::fixture;
 use common::parity::{check_within, gpu_types, random_rows, Rng};
 use glm_flash::config::Config;
 use glm_flash::cpu::ops;
-use glm_flash::formats::{self, GpuLayout};
+use glm_flash::formats;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::cache::{decode_rows, encode_rows};
 use glm_flash::gpu::kernels::{
