@@ -26,19 +26,6 @@ fn fixture_models() -> Vec<std::path::PathBuf> {
     models
 }
 
-/// Deterministic ids spread over the vocabulary.
-fn tokens(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % vocab as u64) as u32
-        })
-        .collect()
-}
-
 fn assert_finite(rows: &[f32], label: &str) {
     if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
         panic!("{label}: value {i} is {}", rows[i]);
@@ -47,24 +34,7 @@ fn assert_finite(rows: &[f32], label: &str) {
 
 /// Compares `got` (rows `first..` of the token-by-token run) row by row.
 fn check_rows(want: &[f32], got: &[f32], vocab: usize, first: usize, label: &str) {
-    assert_finite(got, label);
-    let want = &want[first * vocab..][..got.len()];
-    let rows = rel_l2_rows(want, got, vocab);
-    let (worst, max) = rows
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, 0f64), |m, (i, r)| if r > m.1 { (i, r) } else { m });
-    println!(
-        "{label}: {} rows, rel L2 max {max:.3e} (row {})",
-        rows.len(),
-        first + worst
-    );
-    assert!(
-        max <= TOLERANCE,
-        "{label}: row {} rel L2 {max:.3e} > {TOLERANCE:e}",
-        first + worst
-    );
+    check_rows_within(want, got, vocab, first, TOLERANCE, label);
 }
 
 #[test]
@@ -76,7 +46,7 @@ fn batched_logits_equal_token_by_token_logits_on_every_fixture_model() {
         let w = Weights::from_gguf(&file, &cfg).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let vocab = cfg.vocab;
-        let ids = tokens(longest, vocab);
+        let ids = token_ids(longest, vocab);
 
         // Token by token: the decode path, one row per feed.
         let mut one = CpuBackend::new(&cfg, &w, longest, 0).unwrap();
@@ -125,7 +95,7 @@ fn hidden_states_and_argmax_agree_with_the_logits() {
     let file = GgufFile::open(&path).unwrap();
     let cfg = Config::from_gguf(&file).unwrap();
     let w = Weights::from_gguf(&file, &cfg).unwrap();
-    let ids = tokens(9, cfg.vocab);
+    let ids = token_ids(9, cfg.vocab);
     let mut cpu = CpuBackend::new(&cfg, &w, 64, 0).unwrap();
     let logits = cpu.feed_logits(&ids, 0, Rows::All).unwrap();
     cpu.truncate(0).unwrap();
@@ -174,7 +144,7 @@ fn cache_length_truncate_and_positions() {
     let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
     let cfg = Config::from_gguf(&file).unwrap();
     let w = Weights::from_gguf(&file, &cfg).unwrap();
-    let ids = tokens(12, cfg.vocab);
+    let ids = token_ids(12, cfg.vocab);
     let mut cpu = CpuBackend::new(&cfg, &w, 16, 1).unwrap();
     assert_eq!((cpu.cache_len(), cpu.max_context()), (0, 16));
 

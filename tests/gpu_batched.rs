@@ -10,6 +10,7 @@
 mod common;
 
 use common::parity::{check_within, gpu_types, random_rows, Rng};
+use common::{check_rows_within, token_ids};
 use glm_flash::config::Config;
 use glm_flash::cpu::ops;
 use glm_flash::gguf::{GgmlType, GgufFile};
@@ -834,44 +835,6 @@ fn gpu_options(cache_type: CacheType, chunk: usize) -> GpuOptions {
     }
 }
 
-/// Deterministic ids spread over the vocabulary.
-fn token_ids(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % vocab as u64) as u32
-        })
-        .collect()
-}
-
-/// `got` against rows `first..` of `want`, each within `tol` rel L2.
-fn check_rows(want: &[f32], got: &[f32], vocab: usize, first: usize, tol: f64, label: &str) {
-    assert!(
-        got.iter().all(|v| v.is_finite()),
-        "{label}: non-finite values"
-    );
-    let want = &want[first * vocab..][..got.len()];
-    let rows = common::rel_l2_rows(want, got, vocab);
-    let (worst, max) = rows
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, 0f64), |m, (i, r)| if r > m.1 { (i, r) } else { m });
-    println!(
-        "{label}: {} rows, rel L2 max {max:.3e} (row {})",
-        rows.len(),
-        first + worst
-    );
-    assert!(
-        max <= tol,
-        "{label}: row {} rel L2 {max:.3e}",
-        first + worst
-    );
-}
-
 /// What one model's end-to-end check runs.
 struct Sweep {
     /// Prompt lengths fed from an empty cache, every row wanted.
@@ -913,13 +876,13 @@ fn batched_equals_token_by_token(model: &str, sweep: &Sweep, cache_type: CacheTy
         let label = format!("{name}: {n} tokens in {:.2?}", t.elapsed());
         assert_eq!(got.len(), n * vocab);
         assert_eq!(gpu.cache_len(), n);
-        check_rows(&want, &got, vocab, 0, tol, &label);
+        check_rows_within(&want, &got, vocab, 0, tol, &label);
         if !sweep.last_too.contains(&n) {
             continue;
         }
         gpu.truncate(0).unwrap();
         let last = gpu.feed_logits(&ids[..n], 0, Rows::Last).unwrap();
-        check_rows(
+        check_rows_within(
             &want,
             &last,
             vocab,
@@ -939,7 +902,7 @@ fn batched_equals_token_by_token(model: &str, sweep: &Sweep, cache_type: CacheTy
             .feed_logits(&ids[prefix..prefix + n], prefix, Rows::All)
             .unwrap();
         let label = format!("{name}: {n} tokens after {prefix}");
-        check_rows(&want, &got, vocab, prefix, tol, &label);
+        check_rows_within(&want, &got, vocab, prefix, tol, &label);
     }
 }
 
@@ -1046,7 +1009,7 @@ fn hidden_states_equal_cpu() {
         let got = gpu.feed(&ids[..29], 0, want).unwrap().into_rows();
         let expect = cpu.feed(&ids[..29], 0, want).unwrap().into_rows();
         assert_eq!(gpu.cache_len(), 29);
-        check_rows(
+        check_rows_within(
             &expect,
             &got,
             h,
@@ -1057,7 +1020,7 @@ fn hidden_states_equal_cpu() {
         let got = gpu.feed(&ids[29..], 29, want).unwrap().into_rows();
         let expect = cpu.feed(&ids[29..], 29, want).unwrap().into_rows();
         assert_eq!(got.len(), h);
-        check_rows(
+        check_rows_within(
             &expect,
             &got,
             h,
@@ -1116,5 +1079,5 @@ fn chunk_work_is_one_submit_and_the_reported_dispatches() {
     let got = split.feed_logits(&ids, 0, Rows::All).unwrap();
     let s = split.stats().last_chunk;
     assert_eq!((s.submits, s.compute_passes), (2, 2));
-    check_rows(&want, &got, cfg.vocab, 0, F32_TOLERANCE, "two head passes");
+    check_rows_within(&want, &got, cfg.vocab, 0, F32_TOLERANCE, "two head passes");
 }

@@ -716,6 +716,28 @@ fn argmax_matches_cpu_with_ties_to_the_lowest_index() {
     }
 }
 
+/// `W · x` over the whole of `gm` (no offset, groups, norm or residual), read back; the
+/// output is NaN-poisoned first.
+fn plain_matvec(
+    ctx: &GpuContext,
+    p: &Pipelines,
+    gm: &GpuMatrix,
+    xb: &wgpu::Buffer,
+    rows: usize,
+) -> Vec<f32> {
+    let out = poison(ctx, rows);
+    let spec = matvec::Matvec {
+        input: xb,
+        in_offset: 0,
+        groups: None,
+        norm: None,
+        out: &out,
+        accumulate: false,
+    };
+    run(ctx, &matvec::dispatches(ctx, p, gm, &spec)).unwrap();
+    ctx.read_f32(&out, rows).unwrap()
+}
+
 /// Per layout: the GPU's dot products against the CPU's on random rows split across
 /// bindings, with both reduction variants, and the embedding row against `dequantize_row`.
 /// Rows are compared one by one (each against its own magnitude).
@@ -738,17 +760,8 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
             let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
             assert!(gm.chunks.len() > 1, "{ty}: the matrix must be split");
             let xb = storage_f32(&ctx, "x", &x);
-            let out = poison(&ctx, rows);
-            let spec = matvec::Matvec {
-                input: &xb,
-                in_offset: 0,
-                groups: None,
-                norm: None,
-                out: &out,
-                accumulate: false,
-            };
-            run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
-            let got = ctx.read_f32(&out, rows).unwrap();
+            let out = plain_matvec(&ctx, &p, &gm, &xb, rows);
+            let got = out;
             for (r, &g) in got.iter().enumerate() {
                 let want = m.dot_row(r, &x);
                 // The row's own scale: Σ |w x|.
@@ -850,17 +863,8 @@ fn iq4_and_mxfp4_decode_every_code_at_extreme_scales_as_the_cpu() {
             let p = Pipelines::new();
             let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
             let xb = storage_f32(&ctx, "x", &x);
-            let out = poison(&ctx, rows);
-            let spec = matvec::Matvec {
-                input: &xb,
-                in_offset: 0,
-                groups: None,
-                norm: None,
-                out: &out,
-                accumulate: false,
-            };
-            run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
-            let dots = ctx.read_f32(&out, rows).unwrap();
+            let out = plain_matvec(&ctx, &p, &gm, &xb, rows);
+            let dots = out;
             let mut dotted = 0;
             for (r, &dot) in dots.iter().enumerate() {
                 let mut want = vec![0f32; cols];
@@ -949,21 +953,8 @@ fn mixed_type_stacks_split_by_format() {
         }
         assert!(gm.chunks.iter().all(|c| !c.format.is_f32()), "{layouts:?}");
         let xb = storage_f32(&ctx, "x", &x);
-        let out = poison(&ctx, rows);
-        let spec = matvec::Matvec {
-            input: &xb,
-            in_offset: 0,
-            groups: None,
-            norm: None,
-            out: &out,
-            accumulate: false,
-        };
-        run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
-        check(
-            &format!("mixed stack {label}"),
-            &ctx.read_f32(&out, rows).unwrap(),
-            &want,
-        );
+        let out = plain_matvec(&ctx, &p, &gm, &xb, rows);
+        check(&format!("mixed stack {label}"), &out, &want);
 
         // Gate (Q4_K) and up (Q6_K) rows interleaved: one f32 matrix.
         let (gate, up) = (parts[0], parts[1]);
@@ -983,23 +974,10 @@ fn mixed_type_stacks_split_by_format() {
         )
         .unwrap();
         assert!(gm.chunks.iter().all(|c| c.format.is_f32()));
-        let out = poison(&ctx, 2 * pairs);
-        let spec = matvec::Matvec {
-            input: &xb,
-            in_offset: 0,
-            groups: None,
-            norm: None,
-            out: &out,
-            accumulate: false,
-        };
-        run(&ctx, &matvec::dispatches(&ctx, &p, &gm, &spec)).unwrap();
+        let out = plain_matvec(&ctx, &p, &gm, &xb, 2 * pairs);
         let want: Vec<f32> = (0..2 * pairs)
             .map(|r| if r % 2 == 0 { gate } else { up }.dot_row(r / 2, &x))
             .collect();
-        check(
-            &format!("interleaved gate/up {label}"),
-            &ctx.read_f32(&out, 2 * pairs).unwrap(),
-            &want,
-        );
+        check(&format!("interleaved gate/up {label}"), &out, &want);
     }
 }

@@ -81,6 +81,51 @@ pub fn load_case(name: &'static str) -> Case {
     }
 }
 
+/// Deterministic ids spread over the vocabulary (the prompts of the batched-feed tests).
+pub fn token_ids(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// `got` against rows `first..` of `want` (a token-by-token run's logits), every value
+/// finite and each row within `tol` rel L2.
+pub fn check_rows_within(
+    want: &[f32],
+    got: &[f32],
+    vocab: usize,
+    first: usize,
+    tol: f64,
+    label: &str,
+) {
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{label}: value {i} is {}", got[i]);
+    }
+    let want = &want[first * vocab..][..got.len()];
+    let rows = rel_l2_rows(want, got, vocab);
+    let (worst, max) = rows
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, 0f64), |m, (i, r)| if r > m.1 { (i, r) } else { m });
+    println!(
+        "{label}: {} rows, rel L2 max {max:.3e} (row {})",
+        rows.len(),
+        first + worst
+    );
+    assert!(
+        max <= tol,
+        "{label}: row {} rel L2 {max:.3e} > {tol:e}",
+        first + worst
+    );
+}
+
 /// rel L2 of every row: `||ref - got|| / ||ref||`, in f64.
 pub fn rel_l2_rows(reference: &[f32], got: &[f32], vocab: usize) -> Vec<f64> {
     assert_eq!(reference.len(), got.len(), "logit count differs");
