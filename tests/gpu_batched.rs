@@ -36,6 +36,28 @@ fn ctx(max_binding: Option<u64>, no_subgroups: bool) -> GpuContext {
     .expect("a GPU adapter is required for these tests")
 }
 
+/// The contexts the mat-mul tests run on: the tiles multiplied with f32 FMAs, and with
+/// cooperative matrices where the adapter has them (each printed as it runs).
+fn tile_variants(max_binding: Option<u64>) -> Vec<(&'static str, GpuContext)> {
+    let fma = GpuContext::new(&GpuOptions {
+        max_binding_bytes: max_binding,
+        no_cooperative_matrix: true,
+        ..Default::default()
+    })
+    .expect("a GPU adapter is required for these tests");
+    let mut v = vec![("FMA tiles", fma)];
+    let best = ctx(max_binding, false);
+    if best.cooperative {
+        v.push(("cooperative tiles", best));
+    } else {
+        println!("{}: no cooperative tiles, FMA tiles only", best.describe());
+    }
+    for (name, c) in &v {
+        println!("running the mat-mul with {name} on {}", c.describe());
+    }
+    v
+}
+
 fn poison(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     storage_f32(ctx, "poisoned output", &vec![f32::NAN; n])
 }
@@ -107,43 +129,45 @@ fn matmul_matches_cpu_in_every_layout() {
     let (x_stride, in_offset, y_stride) = (cols + 24, 8, rows + 3);
     let x = rng.vec(n * x_stride);
     let base = rng.vec(n * y_stride);
-    let ctx = ctx(Some(16 << 10), false);
-    let p = Pipelines::new();
-    let xb = storage_f32(&ctx, "x", &x);
-    let nb = batch(&ctx, n, 0, 0);
-    for ty in gpu_types() {
-        let bytes = random_rows(&mut rng, ty, rows, cols);
-        let m = matrix(ty, rows, cols, &bytes);
-        let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
-        assert!(gm.chunks.len() > 1, "{ty}: the matrix must be split");
-        for accumulate in [false, true] {
-            let y = match accumulate {
-                true => storage_f32(&ctx, "y", &base),
-                false => poison(&ctx, n * y_stride),
-            };
-            let spec = matmul::Matmul {
-                batch: &nb,
-                x: &xb,
-                x_stride,
-                in_offset,
-                groups: None,
-                y: &y,
-                y_stride,
-                accumulate,
-                swiglu: false,
-                experts: None,
-            };
-            run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
-            let got = ctx.read_f32(&y, n * y_stride).unwrap();
-            for j in 0..n {
-                let xj = &x[j * x_stride + in_offset..][..cols];
-                for r in 0..rows {
-                    let mut want = m.dot_row(r, xj);
-                    if accumulate {
-                        want += base[j * y_stride + r];
+    for (variant, ctx) in tile_variants(Some(16 << 10)) {
+        let p = Pipelines::new();
+        let xb = storage_f32(&ctx, "x", &x);
+        let nb = batch(&ctx, n, 0, 0);
+        for ty in gpu_types() {
+            let bytes = random_rows(&mut rng, ty, rows, cols);
+            let m = matrix(ty, rows, cols, &bytes);
+            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+            assert!(gm.chunks.len() > 1, "{ty}: the matrix must be split");
+            for accumulate in [false, true] {
+                let y = match accumulate {
+                    true => storage_f32(&ctx, "y", &base),
+                    false => poison(&ctx, n * y_stride),
+                };
+                let spec = matmul::Matmul {
+                    batch: &nb,
+                    x: &xb,
+                    x_stride,
+                    in_offset,
+                    groups: None,
+                    y: &y,
+                    y_stride,
+                    accumulate,
+                    swiglu: false,
+                    experts: None,
+                };
+                run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
+                let got = ctx.read_f32(&y, n * y_stride).unwrap();
+                for j in 0..n {
+                    let xj = &x[j * x_stride + in_offset..][..cols];
+                    for r in 0..rows {
+                        let mut want = m.dot_row(r, xj);
+                        if accumulate {
+                            want += base[j * y_stride + r];
+                        }
+                        let label =
+                            format!("{variant}: {ty} accumulate {accumulate} token {j} row {r}");
+                        check_dot(&label, got[j * y_stride + r], want, dot_size(&m, r, xj));
                     }
-                    let label = format!("{ty} accumulate {accumulate} token {j} row {r}");
-                    check_dot(&label, got[j * y_stride + r], want, dot_size(&m, r, xj));
                 }
             }
         }
@@ -162,10 +186,9 @@ fn matmul_per_head_groups_match_cpu() {
     let head_stride = cols + 32;
     let x_stride = heads * head_stride;
     let x = rng.vec(n * x_stride);
-    for (label, ctx) in [
-        ("subgroups", ctx(Some(4 << 10), false)),
-        ("no subgroups", ctx(Some(4 << 10), true)),
-    ] {
+    let mut contexts = tile_variants(Some(4 << 10));
+    contexts.push(("no subgroups", ctx(Some(4 << 10), true)));
+    for (label, ctx) in contexts {
         let p = Pipelines::new();
         let xb = storage_f32(&ctx, "x", &x);
         let nb = batch(&ctx, n, 0, 0);
@@ -257,119 +280,125 @@ fn matmul_swiglu_and_expert_indexed_match_cpu() {
     pairs.extend(offsets.iter().map(|&o| o as u32));
     pairs.extend(tokens.iter().map(|&t| t as u32));
 
-    let ctx = ctx(Some(16 << 10), false);
-    let p = Pipelines::new();
-    let mut upl = Uploader::new(0, None);
-    let gate_up = GpuMatrix::build(
-        &ctx,
-        "gate_up",
-        experts * 2 * ffn,
-        hidden,
-        2,
-        &mut upl,
-        |r| RowRef {
+    for (variant, ctx) in tile_variants(Some(16 << 10)) {
+        let p = Pipelines::new();
+        let mut upl = Uploader::new(0, None);
+        let gate_up = GpuMatrix::build(
+            &ctx,
+            "gate_up",
+            experts * 2 * ffn,
+            hidden,
+            2,
+            &mut upl,
+            |r| RowRef {
+                m: if r % 2 == 0 { gate } else { up },
+                row: (r / (2 * ffn)) * ffn + (r % (2 * ffn)) / 2,
+                col_start: 0,
+            },
+        )
+        .unwrap();
+        let down_g = GpuMatrix::from_matrix(&ctx, "down", &down, &mut upl).unwrap();
+        assert!(gate_up.chunks.iter().any(|c| c.row_start % (2 * ffn) != 0));
+        assert!(down_g.chunks.len() > 1);
+        let xb = storage_f32(&ctx, "x", &x);
+        let nb = batch(&ctx, n, 0, 0);
+        let act_of = |e: usize, xt: &[f32]| -> Vec<f32> {
+            let mut g: Vec<f32> = (0..ffn).map(|i| gate.dot_row(e * ffn + i, xt)).collect();
+            let u: Vec<f32> = (0..ffn).map(|i| up.dot_row(e * ffn + i, xt)).collect();
+            ops::swiglu(&mut g, &u);
+            g
+        };
+
+        // Dense: the first expert's gate/up over every token (one group of its 2 * ffn rows).
+        let first = GpuMatrix::build(&ctx, "dense", 2 * ffn, hidden, 2, &mut upl, |r| RowRef {
             m: if r % 2 == 0 { gate } else { up },
-            row: (r / (2 * ffn)) * ffn + (r % (2 * ffn)) / 2,
+            row: r / 2,
             col_start: 0,
-        },
-    )
-    .unwrap();
-    let down_g = GpuMatrix::from_matrix(&ctx, "down", &down, &mut upl).unwrap();
-    assert!(gate_up.chunks.iter().any(|c| c.row_start % (2 * ffn) != 0));
-    assert!(down_g.chunks.len() > 1);
-    let xb = storage_f32(&ctx, "x", &x);
-    let nb = batch(&ctx, n, 0, 0);
-    let act_of = |e: usize, xt: &[f32]| -> Vec<f32> {
-        let mut g: Vec<f32> = (0..ffn).map(|i| gate.dot_row(e * ffn + i, xt)).collect();
-        let u: Vec<f32> = (0..ffn).map(|i| up.dot_row(e * ffn + i, xt)).collect();
-        ops::swiglu(&mut g, &u);
-        g
-    };
+        })
+        .unwrap();
+        let act = poison(&ctx, n * ffn);
+        let spec = matmul::Matmul {
+            batch: &nb,
+            x: &xb,
+            x_stride: hidden,
+            in_offset: 0,
+            groups: None,
+            y: &act,
+            y_stride: ffn,
+            accumulate: false,
+            swiglu: true,
+            experts: None,
+        };
+        run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &first, &spec), n);
+        let want: Vec<f32> = (0..n)
+            .flat_map(|t| act_of(0, &x[t * hidden..][..hidden]))
+            .collect();
+        check_within(
+            &format!("{variant}: dense SwiGLU"),
+            &ctx.read_f32(&act, n * ffn).unwrap(),
+            &want,
+            TOL,
+        );
 
-    // Dense: the first expert's gate/up over every token (one group of its 2 * ffn rows).
-    let first = GpuMatrix::build(&ctx, "dense", 2 * ffn, hidden, 2, &mut upl, |r| RowRef {
-        m: if r % 2 == 0 { gate } else { up },
-        row: r / 2,
-        col_start: 0,
-    })
-    .unwrap();
-    let act = poison(&ctx, n * ffn);
-    let spec = matmul::Matmul {
-        batch: &nb,
-        x: &xb,
-        x_stride: hidden,
-        in_offset: 0,
-        groups: None,
-        y: &act,
-        y_stride: ffn,
-        accumulate: false,
-        swiglu: true,
-        experts: None,
-    };
-    run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &first, &spec), n);
-    let want: Vec<f32> = (0..n)
-        .flat_map(|t| act_of(0, &x[t * hidden..][..hidden]))
-        .collect();
-    check_within(
-        "dense SwiGLU",
-        &ctx.read_f32(&act, n * ffn).unwrap(),
-        &want,
-        TOL,
-    );
-
-    // Experts: gate/up over each pair's token, then down over each pair's activations.
-    let pairs_b = storage_init(&ctx, "pairs", bytemuck::cast_slice(&pairs));
-    let act = poison(&ctx, n_pairs * ffn);
-    let spec = matmul::Matmul {
-        experts: Some(matmul::Experts {
-            pairs: &pairs_b,
-            experts,
-            gather: true,
-        }),
-        y: &act,
-        ..spec
-    };
-    run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gate_up, &spec), n);
-    let mut want_act = Vec::new();
-    for (e, &c) in counts.iter().enumerate() {
-        for &t in &tokens[offsets[e]..offsets[e] + c] {
-            want_act.extend(act_of(e, &x[t * hidden..][..hidden]));
+        // Experts: gate/up over each pair's token, then down over each pair's activations.
+        let pairs_b = storage_init(&ctx, "pairs", bytemuck::cast_slice(&pairs));
+        let act = poison(&ctx, n_pairs * ffn);
+        let spec = matmul::Matmul {
+            experts: Some(matmul::Experts {
+                pairs: &pairs_b,
+                experts,
+                gather: true,
+            }),
+            y: &act,
+            ..spec
+        };
+        run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gate_up, &spec), n);
+        let mut want_act = Vec::new();
+        for (e, &c) in counts.iter().enumerate() {
+            for &t in &tokens[offsets[e]..offsets[e] + c] {
+                want_act.extend(act_of(e, &x[t * hidden..][..hidden]));
+            }
         }
-    }
-    let got_act = ctx.read_f32(&act, n_pairs * ffn).unwrap();
-    check_within("expert gate/up SwiGLU", &got_act, &want_act, TOL);
+        let got_act = ctx.read_f32(&act, n_pairs * ffn).unwrap();
+        check_within(
+            &format!("{variant}: expert gate/up SwiGLU"),
+            &got_act,
+            &want_act,
+            TOL,
+        );
 
-    let out = poison(&ctx, n_pairs * hidden);
-    let spec = matmul::Matmul {
-        batch: &nb,
-        x: &act,
-        x_stride: ffn,
-        in_offset: 0,
-        groups: None,
-        y: &out,
-        y_stride: hidden,
-        accumulate: false,
-        swiglu: false,
-        experts: Some(matmul::Experts {
-            pairs: &pairs_b,
-            experts,
-            gather: false,
-        }),
-    };
-    run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &down_g, &spec), n);
-    let got = ctx.read_f32(&out, n_pairs * hidden).unwrap();
-    for (e, &c) in counts.iter().enumerate() {
-        for q in offsets[e]..offsets[e] + c {
-            let a = &got_act[q * ffn..][..ffn];
-            for r in 0..hidden {
-                let want = down.dot_row(e * hidden + r, a);
-                let size = dot_size(&down, e * hidden + r, a);
-                check_dot(
-                    &format!("expert down pair {q} row {r}"),
-                    got[q * hidden + r],
-                    want,
-                    size,
-                );
+        let out = poison(&ctx, n_pairs * hidden);
+        let spec = matmul::Matmul {
+            batch: &nb,
+            x: &act,
+            x_stride: ffn,
+            in_offset: 0,
+            groups: None,
+            y: &out,
+            y_stride: hidden,
+            accumulate: false,
+            swiglu: false,
+            experts: Some(matmul::Experts {
+                pairs: &pairs_b,
+                experts,
+                gather: false,
+            }),
+        };
+        run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &down_g, &spec), n);
+        let got = ctx.read_f32(&out, n_pairs * hidden).unwrap();
+        for (e, &c) in counts.iter().enumerate() {
+            for q in offsets[e]..offsets[e] + c {
+                let a = &got_act[q * ffn..][..ffn];
+                for r in 0..hidden {
+                    let want = down.dot_row(e * hidden + r, a);
+                    let size = dot_size(&down, e * hidden + r, a);
+                    check_dot(
+                        &format!("{variant}: expert down pair {q} row {r}"),
+                        got[q * hidden + r],
+                        want,
+                        size,
+                    );
+                }
             }
         }
     }

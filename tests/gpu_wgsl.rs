@@ -4,8 +4,9 @@
 //! it fits the smallest adapter the engine accepts.
 mod common;
 
+use glm_flash::gpu::context::COOPERATIVE_WORKGROUP_BYTES;
 use glm_flash::gpu::kernels::all_shaders;
-use glm_flash::gpu::shader::{GpuLayout, Scalar, Shader, Slot};
+use glm_flash::gpu::shader::{GpuLayout, Scalar, Shader, ShaderCaps, Slot, WeightAccess};
 use naga::valid::{Capabilities, SubgroupOperationSet, ValidationFlags, Validator};
 
 /// Every `.wgsl` file in `src/gpu/kernels/` (not `lib/`) is one registered kernel.
@@ -71,8 +72,15 @@ fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
         .collect()
 }
 
+fn caps(subgroups: bool) -> ShaderCaps {
+    ShaderCaps {
+        subgroups,
+        cooperative: false,
+    }
+}
+
 fn check(shader: &Shader, subgroups: bool, weights: GpuLayout) {
-    let src = shader.module_source(subgroups, weights);
+    let src = shader.module_source(caps(subgroups), weights);
     let label = format!(
         "{} (subgroups: {subgroups}, weights {})",
         shader.name,
@@ -115,6 +123,70 @@ fn every_kernel_validates_and_translates_to_msl() {
     }
 }
 
+/// The batched mat-mul's cooperative tiles (f16 parts in 16x16 cooperative matrices), in
+/// every weight layout: they validate with the capability, not without it, translate to
+/// SPIR-V (what Vulkan drivers get) with every bool override, and use exactly the workgroup
+/// memory the device check admits (`COOPERATIVE_WORKGROUP_BYTES`).
+#[test]
+fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
+    let coop = ShaderCaps {
+        subgroups: true,
+        cooperative: true,
+    };
+    let tiled: Vec<Shader> = all_shaders()
+        .into_iter()
+        .filter(|s| s.weights == WeightAccess::Tiles)
+        .collect();
+    assert!(!tiled.is_empty());
+    for shader in tiled {
+        for weights in GpuLayout::ALL {
+            let src = shader.module_source(coop, weights);
+            let label = format!("{} cooperative, weights {}", shader.name, weights.name());
+            assert!(
+                src.contains("coopMultiplyAdd"),
+                "{label}: not the cooperative tiles"
+            );
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
+            let (caps, ops) = capabilities(true);
+            assert!(
+                Validator::new(ValidationFlags::all(), caps)
+                    .subgroup_operations(ops)
+                    .validate(&module)
+                    .is_err(),
+                "{label}: validates without the cooperative-matrix capability"
+            );
+            let mut validator = Validator::new(
+                ValidationFlags::all(),
+                caps | Capabilities::COOPERATIVE_MATRIX,
+            );
+            validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+            validator.subgroup_operations(ops);
+            let info = validator
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
+            for constants in override_sets(&module) {
+                let (module, info) = naga::back::pipeline_constants::process_overrides(
+                    &module, &info, None, &constants,
+                )
+                .unwrap_or_else(|e| panic!("{label}: overrides {constants:?}: {e}"));
+                let options = naga::back::spv::Options {
+                    lang_version: (1, 3),
+                    ..Default::default()
+                };
+                let words = naga::back::spv::write_vec(&module, &info, &options, None)
+                    .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e:?}"));
+                assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
+            }
+            assert_eq!(
+                common::kernel_fit::workgroup_bytes(&module),
+                COOPERATIVE_WORKGROUP_BYTES,
+                "{label}: workgroup memory"
+            );
+        }
+    }
+}
+
 /// A kernel with subgroup builtins must not validate without the capability: this is why
 /// the reduction is a separate library chosen per device (see src/gpu/shader.rs).
 #[test]
@@ -123,7 +195,7 @@ fn subgroup_reduction_needs_the_capability() {
         .into_iter()
         .find(|s| s.reduces)
         .unwrap()
-        .module_source(true, GpuLayout::F32);
+        .module_source(caps(true), GpuLayout::F32);
     let module = naga::front::wgsl::parse_str(&src).unwrap();
     let (caps, ops) = capabilities(false);
     let mut validator = Validator::new(ValidationFlags::all(), caps);
@@ -149,7 +221,7 @@ fn scalar_of(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Option<Scal
 /// What the launcher declares (bindings with the Rust struct of each uniform, overrides)
 /// against what the WGSL module declares, as naga reflects it.
 fn check_declarations(shader: &Shader, weights: GpuLayout) {
-    let src = shader.module_source(false, weights);
+    let src = shader.module_source(caps(false), weights);
     let name = shader.name;
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));

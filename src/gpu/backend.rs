@@ -428,10 +428,15 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {}{}, {}",
+            "gpu: {}{}{}, {}",
             self.ctx.describe(),
             if self.ctx.subgroups {
                 ", subgroups"
+            } else {
+                ""
+            },
+            if self.ctx.cooperative {
+                ", cooperative-matrix prefill"
             } else {
                 ""
             },

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::gpu::shader::ShaderCaps;
 use crate::ops_common::CacheType;
 
 /// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
@@ -24,6 +25,9 @@ pub struct GpuOptions {
     pub max_buffer_bytes: Option<u64>,
     /// How the latent cache stores its rows (default f16; the f32 parity tests use f32).
     pub cache_type: CacheType,
+    /// Multiply the batched mat-mul's tiles with f32 FMAs even where the device has
+    /// cooperative matrices (tests and benchmarks use it to compare the two).
+    pub no_cooperative_matrix: bool,
     /// Tokens per chunk of a batched feed (None: `gpu::batch::DEFAULT_CHUNK`); cut to what
     /// the device's bindings hold. Tests use small chunks to run prompts of several.
     pub prefill_chunk: Option<usize>,
@@ -34,6 +38,78 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::SHADER_F16)
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
+/// The cooperative-matrix shape the batched mat-mul's tiles use (`kernels/lib/tiles_coop.wgsl`):
+/// 16x16x16, f16 inputs, f32 accumulators.
+const COOPERATIVE_SHAPE: wgpu::CooperativeMatrixProperties = wgpu::CooperativeMatrixProperties {
+    m_size: 16,
+    n_size: 16,
+    k_size: 16,
+    ab_type: wgpu::CooperativeScalarType::F16,
+    cr_type: wgpu::CooperativeScalarType::F32,
+    saturating_accumulation: false,
+};
+
+/// Workgroup memory of the cooperative tiles: f16 parts of 64 x 64 weights and inputs, and
+/// one 16 x 16 f32 block per subgroup.
+pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 64 * 2 + 8 * 256 * 4;
+
+/// Why the adapter cannot run the cooperative tiles, if it cannot.
+fn cooperative_unfit(a: &wgpu::Adapter) -> Option<String> {
+    let info = a.get_info();
+    let shapes = a.cooperative_matrix_properties();
+    let has_shape = shapes.iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type)
+            == (
+                16,
+                16,
+                16,
+                COOPERATIVE_SHAPE.ab_type,
+                COOPERATIVE_SHAPE.cr_type,
+            )
+    });
+    if !a
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        Some("no cooperative matrices".into())
+    } else if !has_shape {
+        Some("no 16x16x16 f16 x f16 + f32 cooperative matrix".into())
+    } else if !a.features().contains(wgpu::Features::SHADER_F16) {
+        Some("no shader-f16".into())
+    } else if (info.subgroup_min_size, info.subgroup_max_size) != (32, 32) {
+        Some(format!(
+            "subgroups of {}..{} invocations, the tiles need 32",
+            info.subgroup_min_size, info.subgroup_max_size
+        ))
+    } else if a.limits().max_compute_workgroup_storage_size < COOPERATIVE_WORKGROUP_BYTES {
+        Some(format!(
+            "{} bytes of workgroup memory, the tiles need {COOPERATIVE_WORKGROUP_BYTES}",
+            a.limits().max_compute_workgroup_storage_size
+        ))
+    } else {
+        None
+    }
+}
+
+/// "16x16x16 F16->F32, 16x8x16 F16->F16, ..."
+fn cooperative_shapes(a: &wgpu::Adapter) -> String {
+    let list: Vec<String> = a
+        .cooperative_matrix_properties()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}x{}x{} {:?}->{:?}",
+                p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+            )
+        })
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
 
 /// No binding may reach 4 GiB: Metal mis-sizes such bindings silently, and WGSL indexes
 /// with u32. Keep a margin so byte counts stay below 2^32.
@@ -90,6 +166,8 @@ pub struct GpuContext {
     pub max_buffer: u64,
     /// Kernels reduce with subgroup builtins (else through workgroup memory).
     pub subgroups: bool,
+    /// The batched mat-mul multiplies its tiles with cooperative matrices (else f32 FMAs).
+    pub cooperative: bool,
     /// A small storage buffer bound where a kernel variant ignores a binding.
     pub dummy: wgpu::Buffer,
     /// Why the device stopped working, once it has: lost (driver reset, unplugged,
@@ -192,6 +270,14 @@ fn describe_adapter(i: usize, a: &wgpu::Adapter) -> Vec<String> {
             l.max_storage_buffers_per_shader_stage,
             l.max_compute_workgroup_storage_size,
             l.max_compute_invocations_per_workgroup
+        ),
+        format!(
+            "    cooperative matrices: {}; batched mat-mul tiles: {}",
+            cooperative_shapes(a),
+            match cooperative_unfit(a) {
+                None => "cooperative (f16 parts of f32)".to_string(),
+                Some(why) => format!("f32 FMAs ({why})"),
+            }
         ),
     ]
 }
@@ -322,12 +408,21 @@ impl GpuContext {
         check_usable(&adapter).map_err(Error::Gpu)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & OPTIONAL_FEATURES;
+        let cooperative = !opts.no_cooperative_matrix && cooperative_unfit(&adapter).is_none();
+        let mut features = adapter.features() & OPTIONAL_FEATURES;
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        if cooperative {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: the one experimental feature we enable is cooperative matrices, used
+            // only by the tile library the shape check above admits (its parity tests run
+            // it on such devices).
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("glm-flash"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -382,6 +477,7 @@ impl GpuContext {
             max_binding,
             max_buffer,
             subgroups,
+            cooperative,
             failure,
         })
     }
@@ -392,6 +488,14 @@ impl GpuContext {
         match &*failure {
             None => Ok(()),
             Some(why) => Err(Error::Gpu(format!("{} on {}", why, self.describe()))),
+        }
+    }
+
+    /// What the kernels' modules may use on this device.
+    pub fn caps(&self) -> ShaderCaps {
+        ShaderCaps {
+            subgroups: self.subgroups,
+            cooperative: self.cooperative,
         }
     }
 

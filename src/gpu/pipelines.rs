@@ -132,7 +132,7 @@ impl Pipelines {
             label: Some(shader.name),
             source: wgpu::ShaderSource::Wgsl(
                 shader
-                    .module_source(ctx.subgroups, weights.unwrap_or(GpuLayout::F32))
+                    .module_source(ctx.caps(), weights.unwrap_or(GpuLayout::F32))
                     .into(),
             ),
         };

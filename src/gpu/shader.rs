@@ -35,6 +35,28 @@ pub const ROPE: &str = include_str!("kernels/lib/rope.wgsl");
 pub const CACHE_STORE: &str = include_str!("kernels/lib/cache_store.wgsl");
 /// `choose_experts`, `chosen_weight`: the MoE router's selection rule.
 pub const ROUTE: &str = include_str!("kernels/lib/route.wgsl");
+/// `multiply_tiles` of the batched mat-mul: f32 FMAs, or cooperative matrices.
+pub const TILES_FMA: &str = include_str!("kernels/lib/tiles_fma.wgsl");
+pub const TILES_COOP: &str = include_str!("kernels/lib/tiles_coop.wgsl");
+
+/// What of the device a module may use: it picks the libraries appended (a choice of
+/// source, as naga validates a whole module against the device's capabilities).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShaderCaps {
+    /// Subgroup builtins (reductions, lane shuffles).
+    pub subgroups: bool,
+    /// Cooperative matrices of 16x16x16 f16 inputs and f32 accumulators, in subgroups of 32
+    /// (the batched mat-mul's tiles).
+    pub cooperative: bool,
+}
+
+impl ShaderCaps {
+    /// What every accepted adapter has.
+    pub const PORTABLE: ShaderCaps = ShaderCaps {
+        subgroups: false,
+        cooperative: false,
+    };
+}
 
 /// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
 /// `kernels/lib/dot_rows4.wgsl`).
@@ -101,6 +123,10 @@ pub enum WeightAccess {
     /// Four rows times an input (`dot_rows4`, calling the kernel's `input4`): the layout's
     /// library, then `kernels/lib/dot_rows4.wgsl`.
     RowDots,
+    /// Decodes units of rows into the batched mat-mul's tiles: the layout's library, then
+    /// the tile library ([`TILES_COOP`] where the device has cooperative matrices, else
+    /// [`TILES_FMA`]).
+    Tiles,
 }
 
 impl WeightAccess {
@@ -127,11 +153,16 @@ impl Slot {
 }
 
 impl Shader {
-    /// The complete module source for a device with or without subgroups, reading weights
-    /// in `weights` (for a kernel that reads weights; ignored by others): the Rust-side
-    /// declarations, the kernel, then the libraries it uses.
-    pub fn module_source(&self, subgroups: bool, weights: GpuLayout) -> String {
-        let mut s = String::from("// Declared in Rust (src/gpu/shader.rs and the launcher):\n");
+    /// The complete module source for a device with `caps`, reading weights in `weights`
+    /// (for a kernel that reads weights; ignored by others): the Rust-side declarations, the
+    /// kernel, then the libraries it uses.
+    pub fn module_source(&self, caps: ShaderCaps, weights: GpuLayout) -> String {
+        let cooperative = caps.cooperative && self.weights == WeightAccess::Tiles;
+        let mut s = String::new();
+        if cooperative {
+            s.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
+        }
+        s.push_str("// Declared in Rust (src/gpu/shader.rs and the launcher):\n");
         let _ = writeln!(s, "const WG: u32 = {WORKGROUP_SIZE}u;");
         for (name, value) in self.consts {
             let _ = writeln!(s, "const {name}: u32 = {value}u;");
@@ -141,33 +172,34 @@ impl Shader {
         }
         s.push('\n');
         s.push_str(self.source);
-        if self.reduces {
+        let mut append = |lib: &str| {
             s.push('\n');
-            s.push_str(if subgroups {
+            s.push_str(lib);
+        };
+        if self.reduces {
+            append(if caps.subgroups {
                 REDUCE_SUBGROUP
             } else {
                 REDUCE_WORKGROUP
             });
         }
         if self.lanes {
-            s.push('\n');
-            s.push_str(if subgroups {
+            append(if caps.subgroups {
                 LANES_SUBGROUP
             } else {
                 LANES_WORKGROUP
             });
         }
         if self.weights.reads_weights() {
-            s.push('\n');
-            s.push_str(weights_library(weights));
+            append(weights_library(weights));
         }
-        if self.weights == WeightAccess::RowDots {
-            s.push('\n');
-            s.push_str(DOT_ROWS4);
+        match self.weights {
+            WeightAccess::RowDots => append(DOT_ROWS4),
+            WeightAccess::Tiles => append(if cooperative { TILES_COOP } else { TILES_FMA }),
+            WeightAccess::None | WeightAccess::Units => {}
         }
         for lib in self.libraries {
-            s.push('\n');
-            s.push_str(lib);
+            append(lib);
         }
         s
     }

@@ -2,7 +2,7 @@
 //! binding list, against the smallest adapter the engine accepts (`gpu::context::MINIMUM`).
 
 use glm_flash::gpu::context::MINIMUM;
-use glm_flash::gpu::shader::{GpuLayout, Shader};
+use glm_flash::gpu::shader::{GpuLayout, Shader, ShaderCaps};
 
 /// The weight layouts a kernel's modules are made for (one for a kernel without weights).
 pub fn layouts(shader: &Shader) -> Vec<GpuLayout> {
@@ -22,18 +22,27 @@ pub fn exceeds_minimum(shader: &Shader, subgroups: bool) -> Vec<String> {
         .collect()
 }
 
-fn exceeds_minimum_for(shader: &Shader, subgroups: bool, weights: GpuLayout) -> Vec<String> {
-    let src = shader.module_source(subgroups, weights);
-    let module = naga::front::wgsl::parse_str(&src)
-        .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
+/// Bytes of workgroup memory `module` declares (each variable rounded up to 16 bytes).
+pub fn workgroup_bytes(module: &naga::Module) -> u32 {
     let mut layouter = naga::proc::Layouter::default();
     layouter.update(module.to_ctx()).unwrap();
-    let workgroup_bytes: u32 = module
+    module
         .global_variables
         .iter()
         .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
         .map(|(_, g)| layouter[g.ty].size.next_multiple_of(16))
-        .sum();
+        .sum()
+}
+
+fn exceeds_minimum_for(shader: &Shader, subgroups: bool, weights: GpuLayout) -> Vec<String> {
+    let caps = ShaderCaps {
+        subgroups,
+        cooperative: false,
+    };
+    let src = shader.module_source(caps, weights);
+    let module = naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
+    let workgroup_bytes = workgroup_bytes(&module);
     let invocations: u32 = module
         .entry_points
         .iter()

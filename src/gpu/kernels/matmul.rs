@@ -52,7 +52,7 @@ pub const SHADER: Shader = Shader {
     structs: &[&BatchParams::LAYOUT],
     reduces: false,
     lanes: false,
-    weights: WeightAccess::Units,
+    weights: WeightAccess::Tiles,
     libraries: &[],
 };
 

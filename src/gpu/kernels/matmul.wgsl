@@ -8,10 +8,15 @@
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
 // columns it decodes the tile's weights once into workgroup memory (each invocation a unit
 // of a row, neighbouring invocations neighbouring rows) and loads the tokens' inputs of the
-// same columns; then each invocation accumulates a 4-row x 4-token block in registers,
-// reading one vec4 of rows and one of tokens per column. A step's columns are whole units
-// of the layout (UNIT_RUNS runs of 16 at `unit_run`), in the order the units list them:
-// the sum over columns is order-free, so the input is loaded in the same order.
+// same columns (`load_step`, through `tile_put_w` / `tile_put_x`); the tile library
+// multiplies them (`multiply_tiles`) and hands each pair of results to `write_pair`.
+// Appended after the weights library, one of two (a choice of source: naga validates a
+// whole module against the device's capabilities):
+// - lib/tiles_fma.wgsl: f32 FMAs, each invocation a 4-row x 4-token block in registers;
+// - lib/tiles_coop.wgsl: cooperative matrices (tensor cores), f16 parts of f32 values.
+// A step's columns are whole units of the layout (UNIT_RUNS runs of 16 at `unit_run`), in
+// the order the units list them: the sum over columns is order-free, so the input is
+// loaded in the same order.
 //
 // Rows: the workgroup (x, y, z) takes rows of group first_group + y, tile x of the part of
 // that group inside this chunk, and tokens z * TN... A group's rows read the input at
@@ -61,10 +66,25 @@ struct Params {
 /// EXPERTS only: [experts] counts, [experts] offsets, [pairs] token of each pair.
 @group(0) @binding(6) var<storage, read> pairs: array<u32>;
 
-/// [k][row quad]: the weights of step column k for rows 4q..4q+3.
-var<workgroup> w_tile: array<vec4<f32>, BK * TM / 4u>;
-/// [k][token quad]: the inputs of step column k for tokens 4q..4q+3.
-var<workgroup> x_tile: array<vec4<f32>, BK * TN / 4u>;
+/// The workgroup's tile, set once by `main` for `load_step` and `write_pair`.
+struct Tile {
+    /// Its group, first row and end (global rows), first token and end.
+    g: u32,
+    r0: u32,
+    r_end: u32,
+    j0: u32,
+    j_end: u32,
+    /// EXPERTS: the group's first pair (the rows of y its tokens go to).
+    base: u32,
+    /// Units per row, and per step.
+    units: u32,
+    per_step: u32,
+    /// This invocation's input loads: token lj of the tile, starting at x_at (when it has one).
+    lj: u32,
+    has_token: bool,
+    x_at: u32,
+}
+var<private> t: Tile;
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
@@ -86,106 +106,90 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (r0 >= group_end || j0 >= count) {
         return;
     }
-    let r_end = min(r0 + TM, group_end);
-    let j_end = min(j0 + TN, count);
-    let in_base = p.in_offset + g * p.group_stride;
-
+    t.g = g;
+    t.r0 = r0;
+    t.r_end = min(r0 + TM, group_end);
+    t.j0 = j0;
+    t.j_end = min(j0 + TN, count);
+    t.base = base;
     let unit_len = 16u * UNIT_RUNS;
-    let units = p.cols / unit_len;
-    let per_step = BK / unit_len;
-    let steps = (units + per_step - 1u) / per_step;
+    t.units = p.cols / unit_len;
+    t.per_step = BK / unit_len;
+    let steps = (t.units + t.per_step - 1u) / t.per_step;
     // Input loads: token lj (neighbouring invocations neighbouring tokens), vec4 v of the step.
-    let lj = lid % TN;
+    t.lj = lid % TN;
     var xrow = 0u;
-    let has_token = j0 + lj < j_end;
-    if (has_token) {
-        xrow = j0 + lj;
+    t.has_token = j0 + t.lj < t.j_end;
+    if (t.has_token) {
+        xrow = j0 + t.lj;
         if (EXPERTS) {
-            xrow = base + j0 + lj;
+            xrow = base + j0 + t.lj;
             if (GATHER) {
-                xrow = pairs[2u * p.experts + base + j0 + lj];
+                xrow = pairs[2u * p.experts + base + j0 + t.lj];
             }
         }
     }
-    let x_at = xrow * p.x_stride + in_base;
-    // Compute: rows 4rq..4rq+3 and tokens 4tq..4tq+3 of the tile. Each group of 32
-    // invocations takes 8 row quads x 4 token quads, so its loads of a column touch 8 and 4
-    // distinct vec4 of the tiles (a broadcast each, where a subgroup is those 32).
-    let rq = lid % 8u + 8u * ((lid / 32u) % (TM / 32u));
-    let tq = (lid % 32u) / 8u + 4u * (lid / TM);
-    var acc: array<vec4<f32>, 4>;
-    for (var s = 0u; s < steps; s++) {
-        for (var i = lid; i < TM * per_step; i += MWG) {
-            let r = i % TM;
-            let uu = i / TM;
-            let u = s * per_step + uu;
-            var v: Unit;
-            if (r0 + r < r_end && u < units) {
-                v = unit_values(r0 + r - p.row_start, units, u);
-            }
-            for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
-                let k = uu * unit_len + 4u * q;
-                w_tile[k * (TM / 4u) + r / 4u][r % 4u] = v[q].x;
-                w_tile[(k + 1u) * (TM / 4u) + r / 4u][r % 4u] = v[q].y;
-                w_tile[(k + 2u) * (TM / 4u) + r / 4u][r % 4u] = v[q].z;
-                w_tile[(k + 3u) * (TM / 4u) + r / 4u][r % 4u] = v[q].w;
-            }
-        }
-        for (var v4 = lid / TN; v4 < BK / 4u; v4 += MWG / TN) {
-            let k = 4u * v4;
-            let uu = k / unit_len;
-            let u = s * per_step + uu;
-            var xv = vec4<f32>(0.0);
-            if (has_token && u < units) {
-                let c = unit_run(u, (k % unit_len) / 16u) + k % 16u;
-                xv = x[(x_at + c) / 4u];
-            }
-            x_tile[k * (TN / 4u) + lj / 4u][lj % 4u] = xv.x;
-            x_tile[(k + 1u) * (TN / 4u) + lj / 4u][lj % 4u] = xv.y;
-            x_tile[(k + 2u) * (TN / 4u) + lj / 4u][lj % 4u] = xv.z;
-            x_tile[(k + 3u) * (TN / 4u) + lj / 4u][lj % 4u] = xv.w;
-        }
-        workgroupBarrier();
-        for (var k = 0u; k < BK; k++) {
-            let w = w_tile[k * (TM / 4u) + rq];
-            let t = x_tile[k * (TN / 4u) + tq];
-            acc[0] += w * t.x;
-            acc[1] += w * t.y;
-            acc[2] += w * t.z;
-            acc[3] += w * t.w;
-        }
-        workgroupBarrier();
-    }
+    t.x_at = xrow * p.x_stride + p.in_offset + g * p.group_stride;
+    multiply_tiles(lid, steps);
+}
 
-    // Constant trip counts (no early exit): the accumulators stay in registers.
-    for (var m = 0u; m < 4u; m++) {
-        let j = j0 + 4u * tq + m;
-        var yrow = j;
-        if (EXPERTS) {
-            yrow = base + j;
+/// Step s's weights and inputs into the tiles (rows and tokens past the ends as zeros).
+fn load_step(lid: u32, s: u32) {
+    let unit_len = 16u * UNIT_RUNS;
+    for (var i = lid; i < TM * t.per_step; i += MWG) {
+        let r = i % TM;
+        let uu = i / TM;
+        let u = s * t.per_step + uu;
+        var v: Unit;
+        if (t.r0 + r < t.r_end && u < t.units) {
+            v = unit_values(t.r0 + r - p.row_start, t.units, u);
         }
-        let a = acc[m];
-        let first = r0 + 4u * rq;
-        if (SWIGLU) {
-            for (var e = 0u; e < 4u; e += 2u) {
-                let r = first + e;
-                if (j < j_end && r < r_end) {
-                    let col = (r - g * p.group_rows) / 2u + g * p.out_group_stride;
-                    y[yrow * p.y_stride + col] = silu(a[e]) * a[e + 1u];
-                }
-            }
+        for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
+            tile_put_w(uu * unit_len + 4u * q, r, v[q]);
+        }
+    }
+    for (var v4 = lid / TN; v4 < BK / 4u; v4 += MWG / TN) {
+        let k = 4u * v4;
+        let uu = k / unit_len;
+        let u = s * t.per_step + uu;
+        var xv = vec4<f32>(0.0);
+        if (t.has_token && u < t.units) {
+            let c = unit_run(u, (k % unit_len) / 16u) + k % 16u;
+            xv = x[(t.x_at + c) / 4u];
+        }
+        tile_put_x(k, t.lj, xv);
+    }
+}
+
+/// The results of tile rows rl and rl + 1 (rl even) for tile token jl: written to y, as a
+/// SwiGLU pair or as two outputs.
+fn write_pair(rl: u32, jl: u32, a: f32, b: f32) {
+    let j = t.j0 + jl;
+    let r = t.r0 + rl;
+    if (j >= t.j_end || r >= t.r_end) {
+        return;
+    }
+    var yrow = j;
+    if (EXPERTS) {
+        yrow = t.base + j;
+    }
+    let g = t.g;
+    if (SWIGLU) {
+        let col = (r - g * p.group_rows) / 2u + g * p.out_group_stride;
+        y[yrow * p.y_stride + col] = silu(a) * b;
+        return;
+    }
+    let o = yrow * p.y_stride + r - g * p.group_rows + g * p.out_group_stride;
+    if (ACCUMULATE) {
+        y[o] += a;
+    } else {
+        y[o] = a;
+    }
+    if (r + 1u < t.r_end) {
+        if (ACCUMULATE) {
+            y[o + 1u] += b;
         } else {
-            for (var e = 0u; e < 4u; e++) {
-                let r = first + e;
-                if (j < j_end && r < r_end) {
-                    let o = yrow * p.y_stride + r - g * p.group_rows + g * p.out_group_stride;
-                    if (ACCUMULATE) {
-                        y[o] += a[e];
-                    } else {
-                        y[o] = a[e];
-                    }
-                }
-            }
+            y[o + 1u] = b;
         }
     }
 }
