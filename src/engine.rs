@@ -85,6 +85,9 @@ pub struct BackendOptions {
     pub ctx: usize,
     /// How the latent cache stores rows (`None`: f16 on the GPU, f32 on the CPU).
     pub cache_type: Option<CacheType>,
+    /// GPU: multiply the batched mat-mul's tiles with f32 FMAs even where the device has
+    /// cooperative matrices.
+    pub no_cooperative_matrix: bool,
 }
 
 impl Default for BackendOptions {
@@ -95,6 +98,7 @@ impl Default for BackendOptions {
             threads: 0,
             ctx: 4096,
             cache_type: None,
+            no_cooperative_matrix: false,
         }
     }
 }
@@ -212,6 +216,7 @@ fn gpu<'a>(
     let gpu_opts = GpuOptions {
         adapter: opts.adapter,
         cache_type: opts.cache_type.unwrap_or(CacheType::F16),
+        no_cooperative_matrix: opts.no_cooperative_matrix,
         ..Default::default()
     };
     let mut backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;

@@ -204,6 +204,10 @@ struct BackendArgs {
     /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
     #[arg(long, value_enum, value_name = "TYPE")]
     cache_type: Option<CacheTypeArg>,
+    /// GPU: multiply prompt chunks with f32 FMAs even where the adapter has cooperative
+    /// matrices (tensor cores); `glm-flash devices` says which one an adapter gets.
+    #[arg(long)]
+    no_cooperative_matrix: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -235,6 +239,7 @@ impl BackendArgs {
             threads: self.threads,
             ctx: self.ctx.unwrap_or(DEFAULT_CTX),
             cache_type: self.cache_type.map(CacheType::from),
+            no_cooperative_matrix: self.no_cooperative_matrix,
         }
     }
 
