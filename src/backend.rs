@@ -239,6 +239,10 @@ pub trait Instrumented {
     /// One greedy decode step of `token` at `pos` (the cache length; the token is appended
     /// like any feed) with the time of every dispatch.
     fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile>;
+
+    /// A batched feed of `tokens` at `pos` (the cache length; appended like any feed) with
+    /// the time of every dispatch of its last chunk (the deepest).
+    fn profile_prompt(&mut self, tokens: &[u32], pos: usize) -> Result<TokenProfile>;
 }
 
 /// The number of rows in `block` ([`Backend::fill_cache_for_bench`]), or why it cannot fill

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, TokenStats, Want};
+use crate::backend::{Backend, TokenProfile, TokenStats, Want};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops_common::CacheType;
@@ -108,6 +108,8 @@ pub struct PrefillReport {
     pub tokens_per_s: f64,
     /// Dispatches, passes, submits and read-back bytes of the prefill's last chunk (GPU only).
     pub chunk_stats: Option<TokenStats>,
+    /// Per-kernel GPU time of the prefill's last chunk, slowest first (with `profile`).
+    pub kernels: Option<Vec<KernelTime>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -187,12 +189,25 @@ pub fn run(
             backend.feed(&stream[depth..], depth, Want::Argmax)?;
             let seconds = start.elapsed().as_secs_f64();
             stream_in_cache = depth + tokens;
+            let chunk_stats = backend.instrumented().and_then(|i| i.last_chunk_stats());
+            // The same prompt again from the same depth, its last chunk timed per dispatch.
+            if opts.profile {
+                backend.truncate(depth)?;
+            }
+            let kernels = match (opts.profile, backend.instrumented()) {
+                (true, Some(inst)) => Some(kernel_times(
+                    inst.profile_prompt(&stream[depth..], depth)?,
+                    |_| None,
+                )),
+                _ => None,
+            };
             prefill.push(PrefillReport {
                 depth,
                 tokens,
                 seconds,
                 tokens_per_s: tokens as f64 / seconds,
-                chunk_stats: backend.instrumented().and_then(|i| i.last_chunk_stats()),
+                chunk_stats,
+                kernels,
             });
         }
     }
@@ -207,6 +222,28 @@ pub fn run(
         prefill,
         prefill_skipped,
     })
+}
+
+/// A profile summed per kernel, slowest first, with the bytes each kernel moves where
+/// `bytes` knows them.
+fn kernel_times(
+    profile: TokenProfile,
+    bytes: impl Fn(&'static str) -> Option<u64>,
+) -> Vec<KernelTime> {
+    profile
+        .by_kernel()
+        .into_iter()
+        .map(|(kernel, dispatches, t)| {
+            let bytes = bytes(kernel);
+            KernelTime {
+                kernel,
+                dispatches,
+                microseconds: t * 1e6,
+                bytes,
+                gb_per_s: bytes.map(|b| b as f64 / t / 1e9),
+            }
+        })
+        .collect()
 }
 
 /// Rows of a synthetic cache: deterministic values in [-1, 1), the scale of a normed latent.
@@ -250,23 +287,11 @@ fn decode_at(
         true
     })?;
     let pos = depth + steps;
+    let cache_type = backend.cache_type();
     let kernels = match (opts.profile, backend.instrumented()) {
-        (true, Some(inst)) => Some(
-            inst.profile_token(token, pos)?
-                .by_kernel()
-                .into_iter()
-                .map(|(kernel, dispatches, t)| {
-                    let bytes = role_bytes(cfg, w, kernel, pos + 1, backend.cache_type());
-                    KernelTime {
-                        kernel,
-                        dispatches,
-                        microseconds: t * 1e6,
-                        bytes,
-                        gb_per_s: bytes.map(|b| b as f64 / t / 1e9),
-                    }
-                })
-                .collect(),
-        ),
+        (true, Some(inst)) => Some(kernel_times(inst.profile_token(token, pos)?, |kernel| {
+            role_bytes(cfg, w, kernel, pos + 1, cache_type)
+        })),
         _ => None,
     };
     let total: f64 = times.iter().sum();
@@ -283,6 +308,22 @@ fn decode_at(
         gb_per_s: bytes_per_token as f64 / p50 / 1e9,
         token_stats: backend.instrumented().map(|i| i.last_token_stats()),
     })
+}
+
+/// One line per profiled kernel: dispatches, time, and bytes moved where known.
+fn kernel_lines<'a>(kernels: impl Iterator<Item = &'a KernelTime>) -> String {
+    let mut s = String::new();
+    for k in kernels {
+        s += &format!(
+            "    {:<16} {:>5} dispatches {:>10.1} us",
+            k.kernel, k.dispatches, k.microseconds
+        );
+        if let (Some(b), Some(g)) = (k.bytes, k.gb_per_s) {
+            s += &format!("  {:>9.1} MB  {:>8.1} GB/s", b as f64 / 1e6, g);
+        }
+        s += "\n";
+    }
+    s
 }
 
 impl BenchReport {
@@ -303,16 +344,7 @@ impl BenchReport {
                 s += &format!("  {} dispatches/token", t.dispatches);
             }
             s += "\n";
-            for k in d.kernels.iter().flatten() {
-                s += &format!(
-                    "    {:<16} {:>5} dispatches {:>10.1} us",
-                    k.kernel, k.dispatches, k.microseconds
-                );
-                if let (Some(b), Some(g)) = (k.bytes, k.gb_per_s) {
-                    s += &format!("  {:>9.1} MB  {:>8.1} GB/s", b as f64 / 1e6, g);
-                }
-                s += "\n";
-            }
+            s += &kernel_lines(d.kernels.iter().flatten());
         }
         for p in &self.prefill {
             s += &format!(
@@ -323,6 +355,7 @@ impl BenchReport {
                 s += &format!("  {} dispatches in its last chunk", t.dispatches);
             }
             s += "\n";
+            s += &kernel_lines(p.kernels.iter().flatten());
         }
         for (depth, tokens) in &self.prefill_skipped {
             s += &format!(

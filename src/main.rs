@@ -547,8 +547,8 @@ struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// After each decode run, time every dispatch of one token and print the time per kernel
-    /// (GPU with timestamp queries only).
+    /// After each decode run, time every dispatch of one token, and after each prefill every
+    /// dispatch of its last chunk; print the time per kernel (GPU with timestamp queries only).
     #[arg(long)]
     profile: bool,
     #[command(flatten)]

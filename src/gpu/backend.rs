@@ -172,6 +172,45 @@ impl GpuBackend {
     /// Runs one decode step (greedy) with a timestamp after every dispatch and returns the
     /// GPU time of each. Needs TIMESTAMP_QUERY_INSIDE_PASSES.
     pub fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {
+        let queries = self.timestamp_queries()?;
+        check_feed(
+            &[token],
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
+        let mut names = Vec::new();
+        let profile = Some((&queries, &mut names));
+        let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
+        self.read_back(Readback::Argmax, 0, submitted)?;
+        self.cache_len += 1;
+        self.dispatch_times(&queries, &names)
+    }
+
+    /// Feeds `tokens` at `pos` in chunks, the last one with a timestamp after every
+    /// dispatch, and returns the GPU time of each of its dispatches.
+    pub fn profile_prompt(&mut self, tokens: &[u32], pos: usize) -> Result<TokenProfile> {
+        let queries = self.timestamp_queries()?;
+        check_feed(
+            tokens,
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )?;
+        let last = (tokens.len() - 1) / self.batch.chunk * self.batch.chunk;
+        if last > 0 {
+            self.feed_batch(&tokens[..last], Want::Nothing)?;
+        }
+        let mut names = Vec::new();
+        self.chunk(&tokens[last..], Want::Argmax, Some((&queries, &mut names)))?;
+        self.cache_len += tokens.len() - last;
+        self.dispatch_times(&queries, &names)
+    }
+
+    /// A query set for one timestamp per dispatch; needs TIMESTAMP_QUERY_INSIDE_PASSES.
+    fn timestamp_queries(&self) -> Result<wgpu::QuerySet> {
         let needed =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         if !self.ctx.features.contains(needed) {
@@ -180,23 +219,20 @@ impl GpuBackend {
                 self.ctx.describe()
             )));
         }
-        check_feed(
-            &[token],
-            pos,
-            self.cache_len,
-            self.max_context,
-            self.cfg.vocab,
-        )?;
-        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+        Ok(self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("dispatch timestamps"),
             ty: wgpu::QueryType::Timestamp,
             count: MAX_TIMESTAMPS,
-        });
-        let mut names = Vec::new();
-        let profile = Some((&queries, &mut names));
-        let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
-        self.read_back(Readback::Argmax, 0, submitted)?;
-        self.cache_len += 1;
+        }))
+    }
+
+    /// The time of each dispatch `names` lists, from the timestamps a recording wrote
+    /// (one before the first dispatch, one after each).
+    fn dispatch_times(
+        &self,
+        queries: &wgpu::QuerySet,
+        names: &[&'static str],
+    ) -> Result<TokenProfile> {
         let size = 8 * (names.len() as u64 + 1);
         let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("timestamps"),
@@ -205,7 +241,7 @@ impl GpuBackend {
             mapped_at_creation: false,
         });
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        enc.resolve_query_set(&queries, 0..names.len() as u32 + 1, &resolved, 0);
+        enc.resolve_query_set(queries, 0..names.len() as u32 + 1, &resolved, 0);
         self.ctx.queue.submit([enc.finish()]);
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.ctx.read_bytes(&resolved, size)?);
         let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
@@ -303,7 +339,7 @@ impl GpuBackend {
             } else {
                 Want::Nothing
             };
-            let out = self.chunk(part, part_want)?;
+            let out = self.chunk(part, part_want, None)?;
             self.cache_len += part.len();
             match out {
                 Output::Logits(r) | Output::Hidden(r) if all_rows => rows.extend(r),
@@ -319,8 +355,14 @@ impl GpuBackend {
 
     /// One chunk at the cache length: its layers and the first pass of the head in one
     /// command encoder and submit. Logits of more rows than one head pass writes take a
-    /// submit per further pass.
-    fn chunk(&mut self, tokens: &[u32], want: Want) -> Result<Output> {
+    /// submit per further pass. With `profile`, the first pass writes a timestamp after each
+    /// dispatch and names them.
+    fn chunk(
+        &mut self,
+        tokens: &[u32],
+        want: Want,
+        mut profile: Option<(&wgpu::QuerySet, &mut Vec<&'static str>)>,
+    ) -> Result<Output> {
         let (n, vocab, hidden) = (tokens.len(), self.cfg.vocab, self.cfg.hidden);
         let per_pass = self.batch.logit_rows;
         let heads: Vec<Head> = match want {
@@ -367,12 +409,16 @@ impl GpuBackend {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("chunk"),
                 });
-            let mut rec = Recorder::begin(&mut enc, None);
+            let queries = profile.as_ref().filter(|_| i == 0).map(|(q, _)| *q);
+            let mut rec = Recorder::begin(&mut enc, queries);
             if i == 0 {
                 self.batch.record_layers(&mut rec, &self.cfg, n);
             }
             self.batch.record_head(&mut rec, head);
-            let (dispatches, _) = rec.finish();
+            let (dispatches, names) = rec.finish();
+            if let (Some(names), Some((_, out)), 0) = (names, profile.as_mut(), i) {
+                **out = names;
+            }
             let read = match head {
                 Head::Nothing => None,
                 Head::Argmax => Some((self.batch.argmax_id(), &self.argmax_staging[0], 1)),
@@ -562,5 +608,9 @@ impl Instrumented for GpuBackend {
 
     fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {
         GpuBackend::profile_token(self, token, pos)
+    }
+
+    fn profile_prompt(&mut self, tokens: &[u32], pos: usize) -> Result<TokenProfile> {
+        GpuBackend::profile_prompt(self, tokens, pos)
     }
 }
