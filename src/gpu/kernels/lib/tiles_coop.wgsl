@@ -24,13 +24,15 @@ var<workgroup> x_lo: array<f16, BK * TN>;
 /// One 16x16 f32 block per subgroup, column-major: accumulators on their way to `write_pair`.
 var<workgroup> c_out: array<f32, 8u * 256u>;
 
-/// The parts of s·v: hi, and lo = (s·v − hi)·LO_SCALE.
+/// The parts of s·v: hi, and lo = (s·v − hi)·LO_SCALE. The f16 rounding goes through
+/// pack2x16float, which no compiler folds away (as it might f32(f16(v)) − v).
 fn split_hi(v: vec4<f32>) -> vec4<f16> {
-    return vec4<f16>(v);
+    return vec4<f16>(unpack2x16float(pack2x16float(v.xy)), unpack2x16float(pack2x16float(v.zw)));
 }
 
 fn split_lo(v: vec4<f32>, hi: vec4<f16>) -> vec4<f16> {
-    return vec4<f16>((v - vec4<f32>(hi)) * LO_SCALE);
+    let h = vec4<f32>(unpack2x16float(pack2x16float(v.xy)), unpack2x16float(pack2x16float(v.zw)));
+    return vec4<f16>((v - h) * LO_SCALE);
 }
 
 fn tile_put_w(k: u32, r: u32, v: vec4<f32>) {
