@@ -51,8 +51,8 @@ const COOPERATIVE_SHAPE: wgpu::CooperativeMatrixProperties = wgpu::CooperativeMa
 };
 
 /// Workgroup memory of the cooperative tiles: f16 parts of 64 weight rows and 64 tokens, each
-/// 64 columns padded to 72, and one 16 x 16 f32 block per subgroup.
-pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4;
+/// 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and a flag.
+pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4 + 16;
 
 /// Why the adapter cannot run the cooperative tiles, if it cannot.
 fn cooperative_unfit(a: &wgpu::Adapter) -> Option<String> {

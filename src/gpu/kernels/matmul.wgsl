@@ -118,19 +118,43 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let steps = (t.units + t.per_step - 1u) / t.per_step;
     // Input loads: token lj (neighbouring invocations neighbouring tokens), vec4 v of the step.
     t.lj = lid % TN;
-    var xrow = 0u;
     t.has_token = j0 + t.lj < t.j_end;
+    t.x_at = 0u;
     if (t.has_token) {
-        xrow = j0 + t.lj;
-        if (EXPERTS) {
-            xrow = base + j0 + t.lj;
-            if (GATHER) {
-                xrow = pairs[2u * p.experts + base + j0 + t.lj];
-            }
+        t.x_at = x_at(t.lj);
+    }
+    multiply_tiles(lid, steps);
+}
+
+/// Where the input of tile token jl (one of the batch's) starts in x.
+fn x_at(jl: u32) -> u32 {
+    var xrow = t.j0 + jl;
+    if (EXPERTS) {
+        xrow = t.base + t.j0 + jl;
+        if (GATHER) {
+            xrow = pairs[2u * p.experts + t.base + t.j0 + jl];
         }
     }
-    t.x_at = xrow * p.x_stride + p.in_offset + g * p.group_stride;
-    multiply_tiles(lid, steps);
+    return xrow * p.x_stride + p.in_offset + t.g * p.group_stride;
+}
+
+/// Tile row rl times tile token jl straight from the buffers, unit by unit (0 past the
+/// tile's ends): the cooperative tiles' way around values outside f16's range.
+fn dot_direct(rl: u32, jl: u32) -> f32 {
+    let r = t.r0 + rl;
+    if (r >= t.r_end || t.j0 + jl >= t.j_end) {
+        return 0.0;
+    }
+    let at = x_at(jl);
+    var sum = 0.0;
+    for (var u = 0u; u < t.units; u++) {
+        let v = unit_values(r - p.row_start, t.units, u);
+        for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
+            let c = unit_run(u, q / 4u) + 4u * (q % 4u);
+            sum += dot(v[q], x[(at + c) / 4u]);
+        }
+    }
+    return sum;
 }
 
 /// Step s's weights and inputs into the tiles (rows and tokens past the ends as zeros).

@@ -3,18 +3,21 @@
 //
 // Each f32 value v enters as two f16 parts, v·s = hi + lo·2^-11: hi is v·s with its
 // mantissa cut to f16's 10 bits (a bit mask, so no compiler can fold the split away and the
-// device's f16 rounding mode does not matter), lo the exact rest scaled up to stay a normal
-// f16. Each product is hi·hi + 2^-11 (lo·hi + hi·lo): about 21 bits of each value survive,
-// against f32's 24, where f16 alone keeps 11; the dropped lo·lo term is below 2^-20 of the
-// product. The scales s (powers of two, so exact) keep the parts inside f16's range: inputs
-// up to about 2^4·32768 and weights up to 32768; below 2^-10 and 2^-14 the parts keep an
-// absolute error under 2^-21 and 2^-25.
+// device's f16 rounding mode does not matter), or 0 below f16's normal range (2^-14); lo
+// is the exact rest, scaled up. Each product is hi·hi + 2^-11 (lo·hi + hi·lo), the dropped
+// lo·lo term below 2^-20 of it. So values from 2^-14 to 32752 after the scale s (inputs
+// 2^-18..2047, weights 2^-13..65503) keep about 21 bits, against f32's 24 and f16's 11;
+// smaller ones keep 11 bits of their own size (lo alone). A tile holding a larger value
+// (lo would overflow) is computed again unit by unit from the buffers (`dot_direct`), so
+// no result depends on f16's range.
 //
 // The subgroups (invocations 32i..32i+31) each take 16 rows x 32 tokens of the 64 x 64
 // tile: two 16x16 blocks, each an accumulator of hi·hi and one of the lo terms.
 
-const X_SCALE: f32 = 1.0 / 16.0;
-const W_SCALE: f32 = 1.0;
+const X_SCALE: f32 = 16.0;
+const W_SCALE: f32 = 0.5;
+/// At or above this (after the scale), lo may overflow f16.
+const SPLIT_LIMIT: f32 = 32752.0;
 const LO_SCALE: f32 = 2048.0;
 /// Row stride of the tiles in f16: BK padded so neighbouring rows start in other banks.
 const SA: u32 = BK + 8u;
@@ -25,35 +28,36 @@ var<workgroup> w_lo: array<f16, TM * SA>;
 /// [token][k]: the parts of the inputs of the step (a column-major B of stride SA).
 var<workgroup> x_hi: array<f16, TN * SA>;
 var<workgroup> x_lo: array<f16, TN * SA>;
+/// Set when a value of the tile's steps is at or above SPLIT_LIMIT (all writers write 1).
+var<workgroup> out_of_range: u32;
 /// One 16x16 f32 block per subgroup, column-major: accumulators on their way to `write_pair`.
 var<workgroup> c_out: array<f32, 8u * 256u>;
 
-/// hi: v with the low 13 bits of its f32 mantissa cleared.
-fn hi_part(v: vec4<f32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) & vec4<u32>(0xffffe000u));
+/// The parts of s (hi, lo), noting a value out of their range.
+fn split(s: vec4<f32>) -> array<vec4<f16>, 2> {
+    if (any(abs(s) >= vec4<f32>(SPLIT_LIMIT))) {
+        out_of_range = 1u;
+    }
+    let cut = bitcast<vec4<f32>>(bitcast<vec4<u32>>(s) & vec4<u32>(0xffffe000u));
+    let hi = select(cut, vec4<f32>(0.0), abs(s) < vec4<f32>(1.0 / 16384.0));
+    return array<vec4<f16>, 2>(vec4<f16>(hi), vec4<f16>((s - hi) * LO_SCALE));
 }
 
 fn tile_put_w(k: u32, r: u32, v: vec4<f32>) {
-    let s = v * W_SCALE;
-    let hi = hi_part(s);
-    let h = vec4<f16>(hi);
-    let l = vec4<f16>((s - hi) * LO_SCALE);
+    let parts = split(v * W_SCALE);
     let at = r * SA + k;
     for (var i = 0u; i < 4u; i++) {
-        w_hi[at + i] = h[i];
-        w_lo[at + i] = l[i];
+        w_hi[at + i] = parts[0][i];
+        w_lo[at + i] = parts[1][i];
     }
 }
 
 fn tile_put_x(k: u32, j: u32, v: vec4<f32>) {
-    let s = v * X_SCALE;
-    let hi = hi_part(s);
-    let h = vec4<f16>(hi);
-    let l = vec4<f16>((s - hi) * LO_SCALE);
+    let parts = split(v * X_SCALE);
     let at = j * SA + k;
     for (var i = 0u; i < 4u; i++) {
-        x_hi[at + i] = h[i];
-        x_lo[at + i] = l[i];
+        x_hi[at + i] = parts[0][i];
+        x_lo[at + i] = parts[1][i];
     }
 }
 
@@ -67,6 +71,10 @@ fn multiply_tiles(lid: u32, steps: u32) {
     var hi1 = coop_mat16x16<f32, C>();
     var lo1 = coop_mat16x16<f32, C>();
     let stride = SA;
+    if (lid == 0u) {
+        out_of_range = 0u;
+    }
+    workgroupBarrier();
     for (var s = 0u; s < steps; s++) {
         load_step(lid, s);
         workgroupBarrier();
@@ -94,7 +102,17 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let out = sg * 256u;
     let stride_c = 16u;
     let unscale = 1.0 / (X_SCALE * W_SCALE);
+    let direct = workgroupUniformLoad(&out_of_range) != 0u;
     for (var b = 0u; b < 2u; b++) {
+        if (direct) {
+            for (var i = 0u; i < 4u; i++) {
+                let e = lane + 32u * i;
+                let rl = m0 + 2u * (e % 8u);
+                let jl = n0 + 16u * b + e / 8u;
+                write_pair(rl, jl, dot_direct(rl, jl), dot_direct(rl + 1u, jl));
+            }
+            continue;
+        }
         var lo = lo0;
         var hi = hi0;
         if (b == 1u) {
