@@ -1110,3 +1110,42 @@ fn chunk_work_is_one_submit_and_the_reported_dispatches() {
     assert_eq!((s.submits, s.compute_passes), (2, 2));
     check_rows_within(&want, &got, cfg.vocab, 0, F32_TOLERANCE, "two head passes");
 }
+
+/// A profiled prompt: its earlier chunks fed as usual, its last chunk timed dispatch by
+/// dispatch (as many names as the chunk's dispatches, every role of a layer among them), and
+/// the cache after it the same as after a plain feed (the next token's logits agree). On an
+/// adapter without timestamps inside passes, the error names the missing feature.
+#[test]
+fn a_profiled_prompt_times_its_last_chunk_and_fills_the_cache() {
+    use glm_flash::backend::{Backend, Rows, Want};
+    let (file, cfg) = load("tiny-q8_0.gguf");
+    let w = glm_flash::weights::Weights::from_gguf(&file, &cfg).unwrap();
+    let opts = gpu_options(CacheType::F32, 32);
+    let mut plain = glm_flash::gpu::GpuBackend::new(&cfg, &w, 128, &opts).unwrap();
+    let mut profiled = glm_flash::gpu::GpuBackend::new(&cfg, &w, 128, &opts).unwrap();
+    let ids = token_ids(71, cfg.vocab);
+    plain.feed(&ids, 0, Want::Nothing).unwrap();
+    let profile = match profiled.profile_prompt(&ids, 0) {
+        Ok(p) => p,
+        Err(e) => {
+            let why = e.to_string();
+            println!("no profile on this adapter: {why}");
+            assert!(why.contains("timestamp queries"), "{why}");
+            return;
+        }
+    };
+    let last = profiled.stats().last_chunk;
+    assert_eq!(profile.dispatches.len() as u64, last.dispatches);
+    assert_eq!(profiled.stats().chunks, 3, "two chunks of 32, then the timed 7");
+    for role in ["kqv", "ffn_moe_gate_up", "ffn_moe_down", "attn_out", "result_argmax"] {
+        assert!(
+            profile.dispatches.iter().any(|(n, _)| *n == role),
+            "no {role} in the profile"
+        );
+    }
+    assert!(profile.dispatches.iter().all(|(_, t)| t.is_finite() && *t >= 0.0));
+    let next = token_ids(1, cfg.vocab);
+    let want = plain.feed_logits(&next, 71, Rows::Last).unwrap();
+    let got = profiled.feed_logits(&next, 71, Rows::Last).unwrap();
+    check_rows_within(&want, &got, cfg.vocab, 0, F32_TOLERANCE, "after a profiled prompt");
+}

@@ -25,7 +25,7 @@ fn options(model: Option<PathBuf>) -> ServeOptions {
             adapter: None,
             threads: 1,
             ctx: 512,
-            cache_type: None,
+            ..Default::default()
         },
         host: "127.0.0.1".into(),
         port: 0,
