@@ -79,11 +79,14 @@ struct Tile {
     /// Units per row, and per step.
     units: u32,
     per_step: u32,
-    /// This invocation's input loads: token lj of the tile, starting at x_at (when it has one).
-    lj: u32,
-    has_token: bool,
-    x_at: u32,
+    /// Where the input of each of this invocation's input loads starts (NO_TOKEN past the
+    /// batch's tokens).
+    x_at: array<u32, X_LOADS>,
 }
+
+/// Input loads per invocation and step: TN tokens x BK / 4 vec4.
+const X_LOADS: u32 = TN * BK / 4u / MWG;
+const NO_TOKEN: u32 = 0xffffffffu;
 var<private> t: Tile;
 
 fn silu(v: f32) -> f32 {
@@ -116,14 +119,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     t.units = p.cols / unit_len;
     t.per_step = BK / unit_len;
     let steps = (t.units + t.per_step - 1u) / t.per_step;
-    // Input loads: token lj (neighbouring invocations neighbouring tokens), vec4 v of the step.
-    t.lj = lid % TN;
-    t.has_token = j0 + t.lj < t.j_end;
-    t.x_at = 0u;
-    if (t.has_token) {
-        t.x_at = x_at(t.lj);
+    for (var m = 0u; m < X_LOADS; m++) {
+        let jl = x_load(lid + m * MWG).x;
+        t.x_at[m] = NO_TOKEN;
+        if (j0 + jl < t.j_end) {
+            t.x_at[m] = x_at(jl);
+        }
     }
     multiply_tiles(lid, steps);
+}
+
+/// (tile row, unit of the step) of weight load i. LOAD_ALONG_K (the tile library's choice):
+/// neighbouring invocations read neighbouring units of a row, one stretch of memory;
+/// else the same unit of neighbouring rows (which the f32 tiles store without conflicts).
+fn w_load(i: u32) -> vec2<u32> {
+    if (LOAD_ALONG_K) {
+        return vec2<u32>(i / t.per_step, i % t.per_step);
+    }
+    return vec2<u32>(i % TM, i / TM);
+}
+
+/// (tile token, vec4 of the step) of input load i, in the same two orders.
+fn x_load(i: u32) -> vec2<u32> {
+    if (LOAD_ALONG_K) {
+        return vec2<u32>(i / (BK / 4u), i % (BK / 4u));
+    }
+    return vec2<u32>(i % TN, i / TN);
 }
 
 /// Where the input of tile token jl (one of the batch's) starts in x.
@@ -161,8 +182,9 @@ fn dot_direct(rl: u32, jl: u32) -> f32 {
 fn load_step(lid: u32, s: u32) {
     let unit_len = 16u * UNIT_RUNS;
     for (var i = lid; i < TM * t.per_step; i += MWG) {
-        let r = i % TM;
-        let uu = i / TM;
+        let ru = w_load(i);
+        let r = ru.x;
+        let uu = ru.y;
         let u = s * t.per_step + uu;
         var v: Unit;
         if (t.r0 + r < t.r_end && u < t.units) {
@@ -172,16 +194,16 @@ fn load_step(lid: u32, s: u32) {
             tile_put_w(uu * unit_len + 4u * q, r, v[q]);
         }
     }
-    for (var v4 = lid / TN; v4 < BK / 4u; v4 += MWG / TN) {
-        let k = 4u * v4;
-        let uu = k / unit_len;
-        let u = s * t.per_step + uu;
+    for (var m = 0u; m < X_LOADS; m++) {
+        let jv = x_load(lid + m * MWG);
+        let k = 4u * jv.y;
+        let u = s * t.per_step + k / unit_len;
         var xv = vec4<f32>(0.0);
-        if (t.has_token && u < t.units) {
+        if (t.x_at[m] != NO_TOKEN && u < t.units) {
             let c = unit_run(u, (k % unit_len) / 16u) + k % 16u;
-            xv = x[(t.x_at + c) / 4u];
+            xv = x[(t.x_at[m] + c) / 4u];
         }
-        tile_put_x(k, t.lj, xv);
+        tile_put_x(k, jv.x, xv);
     }
 }
 

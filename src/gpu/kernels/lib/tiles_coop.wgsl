@@ -14,6 +14,10 @@
 // The subgroups (invocations 32i..32i+31) each take 16 rows x 32 tokens of the 64 x 64
 // tile: two 16x16 blocks, each an accumulator of hi·hi and one of the lo terms.
 
+/// matmul.wgsl's loaders: neighbouring invocations read neighbouring columns of one row
+/// (token), whole stretches of memory, and store them side by side in the [row][k] tiles.
+const LOAD_ALONG_K: bool = true;
+
 const X_SCALE: f32 = 16.0;
 const W_SCALE: f32 = 0.5;
 /// At or above this (after the scale), lo may overflow f16.

@@ -2,6 +2,10 @@
 // 4-row x 4-token block of the tile in registers, reading one vec4 of rows and one of
 // tokens per column.
 
+/// matmul.wgsl's loaders: one column of neighbouring rows (tokens) per invocation group, so
+/// the stores below fall in distinct banks.
+const LOAD_ALONG_K: bool = false;
+
 /// [k][row quad]: the weights of step column k for rows 4q..4q+3.
 var<workgroup> w_tile: array<vec4<f32>, BK * TM / 4u>;
 /// [k][token quad]: the inputs of step column k for tokens 4q..4q+3.
