@@ -20,8 +20,8 @@ pub const KB: usize = 32;
 pub const DC4: usize = 16;
 /// Invocations per query row in the softmax phase.
 pub const LANES: usize = AWG / QB;
-/// Query rows per invocation at most in the context phase (its accumulators: 8 columns each).
-pub const MAX_RPI: usize = 8;
+/// Query rows per invocation at most in the context phase (its accumulators: 2 columns each).
+pub const MAX_RPI: usize = 32;
 // The score phase maps groups of 32 invocations to 8 rows x 4 keys (see the kernel).
 const _: () =
     assert!(AWG == (QB / 2) * (KB / 2) && QB.is_multiple_of(16) && LANES <= MIN_SUBGROUP as usize);
@@ -76,10 +76,10 @@ wgsl_struct! {
 }
 
 /// Why the kernel cannot run this model's attention, if it cannot: each invocation of the
-/// context phase owns 8 latent columns of at most [`MAX_RPI`] query rows.
+/// context phase owns 2 latent columns of at most [`MAX_RPI`] query rows.
 pub fn unsupported(cfg: &Config) -> Option<String> {
     let (kv, rope) = (cfg.kv_lora_rank, cfg.qk_rope);
-    let units = kv / 8;
+    let units = kv / 2;
     let ok = kv.is_multiple_of(8)
         && rope.is_multiple_of(8)
         && cfg.qk_nope.is_multiple_of(4)
@@ -89,7 +89,7 @@ pub fn unsupported(cfg: &Config) -> Option<String> {
         && QB * units / AWG <= MAX_RPI;
     (!ok).then(|| {
         format!(
-            "the batched attention needs kv_lora_rank {kv} to be 8 times a power of two from \
+            "the batched attention needs kv_lora_rank {kv} to be 2 times a power of two from \
              {} to {}, rope {rope} a multiple of 8 and nope {} of 4",
             AWG / QB,
             AWG * MAX_RPI / QB,
@@ -117,7 +117,7 @@ pub struct AttnBatch<'a> {
 /// The dispatch; its grid is set per batch ([`grid`]).
 pub fn dispatch(ctx: &GpuContext, pipes: &Pipelines, cfg: &Config, a: &AttnBatch) -> Dispatch {
     assert!(unsupported(cfg).is_none());
-    let units = cfg.kv_lora_rank / 8;
+    let units = cfg.kv_lora_rank / 2;
     let params = uniform(
         ctx,
         "attn_batch params",

@@ -14,15 +14,16 @@
 //   scores:  the query and key values go through workgroup memory DC4 vec4 at a time, each
 //            invocation accumulating 2 queries x 2 keys;
 //   softmax: LANES invocations per query row update its running max and sum;
-//   context: each invocation owns 8 latent columns (cu) of RPI query rows (block rg), and
-//            reads its columns of every key of the tile.
+//   context: each invocation owns 2 latent columns (pair cu) of RPI query rows (block rg;
+//            one block, all QB rows, at kv = 2 * AWG), and reads its pair of every key of
+//            the tile: neighbouring invocations read a key's latent once, side by side.
 // The cache holds f16 values, two per u32 (CACHE_F16), or f32 bits.
 
 /// Heads of the model, kv / 4 and (kv + rope) / 4.
 override HEADS: u32 = 20u;
 override KV4: u32 = 128u;
 override ROW4: u32 = 144u;
-/// Query rows per invocation in the context phase: QB / (AWG / (kv / 8)).
+/// Query rows per invocation in the context phase: QB / (AWG / (kv / 2)).
 override RPI: u32 = 8u;
 override CACHE_F16: bool = true;
 
@@ -53,8 +54,8 @@ const STRIDE: u32 = DC4 + 1u;
 /// [row][d] query values and [key][d] key values of DC4 vec4 of the row.
 var<workgroup> q_tile: array<vec4<f32>, QB * STRIDE>;
 var<workgroup> k_tile: array<vec4<f32>, KB * STRIDE>;
-/// [row][k] scores of the tile, then exp(score - m).
-var<workgroup> prob: array<f32, QB * KB>;
+/// [row][k] scores of the tile, then exp(score - m); four keys per vec4.
+var<workgroup> prob: array<vec4<f32>, QB * KB / 4u>;
 /// Per query row: exp(m_before - m_after) for this tile; at the end 1 / l.
 var<workgroup> corr: array<f32, QB>;
 
@@ -72,17 +73,26 @@ fn cache4(key: u32, d: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(cache[i]);
 }
 
-/// Values 8u..8u+7 of cache row `key`.
-fn latent8(key: u32, u: u32) -> array<vec4<f32>, 2> {
-    let i = key * (ROW4 / 2u) + u;
+/// Values 2u and 2u + 1 of cache row `key`.
+fn latent2(key: u32, u: u32) -> vec2<f32> {
     if (CACHE_F16) {
-        let w = cache[i];
-        return array<vec4<f32>, 2>(
-            vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)),
-            vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)),
-        );
+        let w = key * ROW4 * 2u + u;
+        return unpack2x16float(cache[w / 4u][w % 4u]);
     }
-    return array<vec4<f32>, 2>(bitcast<vec4<f32>>(cache[2u * i]), bitcast<vec4<f32>>(cache[2u * i + 1u]));
+    let i = key * ROW4 * 4u + 2u * u;
+    let v = cache[i / 4u];
+    return bitcast<vec2<f32>>(select(v.xy, v.zw, i % 4u == 2u));
+}
+
+/// Score or weight of tile row r and key k.
+fn prob_at(r: u32, k: u32) -> f32 {
+    let i = r * KB + k;
+    return prob[i / 4u][i % 4u];
+}
+
+fn set_prob(r: u32, k: u32, v: f32) {
+    let i = r * KB + k;
+    prob[i / 4u][i % 4u] = v;
 }
 
 @compute @workgroup_size(AWG)
@@ -103,14 +113,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Softmax: row sr, `lane` within its group.
     let sr = lid / LANES;
     let lane = lid % LANES;
-    // Context: latent unit cu of rows rg * RPI...
-    let cu = lid % (KV4 / 2u);
-    let rg = lid / (KV4 / 2u);
+    // Context: latent pair cu of rows rg * RPI...
+    let cu = lid % (KV4 * 2u);
+    let rg = lid / (KV4 * 2u);
 
     // Softmax state of row sr (the same bits in every lane of its group).
     var m = -3.0e38;
     var l = 0.0;
-    var ctx: array<vec4<f32>, 2 * MAX_RPI>;
+    var ctx: array<vec2<f32>, MAX_RPI>;
     for (var t0 = 0u; t0 < n_keys; t0 += KB) {
         var s = vec4<f32>(0.0);
         for (var d0 = 0u; d0 < ROW4; d0 += DC4) {
@@ -151,7 +161,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let r = qp + (QB / 2u) * (e / 2u);
             let k = kp + (KB / 2u) * (e % 2u);
             let own = batch.pos + min(q0 + r, rows - 1u) / HEADS;
-            prob[r * KB + k] = select(-3.0e38, s[e] * p.scale, t0 + k <= own);
+            set_prob(r, k, select(-3.0e38, s[e] * p.scale, t0 + k <= own));
         }
         workgroupBarrier();
 
@@ -159,14 +169,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // row, so m is finite from then on and masked scores weigh exp(-3e38 - m) = 0).
         var tile_max = -3.0e38;
         for (var k = lane; k < KB; k += LANES) {
-            tile_max = max(tile_max, prob[sr * KB + k]);
+            tile_max = max(tile_max, prob_at(sr, k));
         }
         let new_m = max(m, lane_max(vec4<f32>(tile_max), lid).x);
         let c = exp(m - new_m);
         var sum = 0.0;
         for (var k = lane; k < KB; k += LANES) {
-            let e = exp(prob[sr * KB + k] - new_m);
-            prob[sr * KB + k] = e;
+            let e = exp(prob_at(sr, k) - new_m);
+            set_prob(sr, k, e);
             sum += e;
         }
         l = l * c + lane_sum(vec4<f32>(sum, 0.0, 0.0, 0.0), lid).x;
@@ -176,19 +186,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
 
-        // Context: rescale, then add the tile's latents.
+        // Context: rescale, then add the tile's latents, four keys at a time (keys past the
+        // tile's end weigh 0 and read the last key's latents).
         for (var i = 0u; i < RPI; i++) {
-            let ci = corr[rg * RPI + i];
-            ctx[2u * i] *= ci;
-            ctx[2u * i + 1u] *= ci;
+            ctx[i] *= corr[rg * RPI + i];
         }
         let kn = min(KB, n_keys - t0);
-        for (var k = 0u; k < kn; k++) {
-            let v = latent8(t0 + k, cu);
+        for (var k = 0u; k < kn; k += 4u) {
+            let v0 = latent2(t0 + k, cu);
+            let v1 = latent2(min(t0 + k + 1u, n_keys - 1u), cu);
+            let v2 = latent2(min(t0 + k + 2u, n_keys - 1u), cu);
+            let v3 = latent2(min(t0 + k + 3u, n_keys - 1u), cu);
             for (var i = 0u; i < RPI; i++) {
-                let pk = prob[(rg * RPI + i) * KB + k];
-                ctx[2u * i] += pk * v[0];
-                ctx[2u * i + 1u] += pk * v[1];
+                let pk = prob[((rg * RPI + i) * KB + k) / 4u];
+                ctx[i] += pk.x * v0 + pk.y * v1 + pk.z * v2 + pk.w * v3;
             }
         }
         workgroupBarrier(); // the next tile overwrites prob and corr
@@ -201,9 +212,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = 0u; i < RPI; i++) {
         let r = rg * RPI + i;
         if (q0 + r < rows) {
-            let at = (q0 + r) * KV4 + 2u * cu;
-            kqv[at] = ctx[2u * i] * corr[r];
-            kqv[at + 1u] = ctx[2u * i + 1u] * corr[r];
+            let at = (q0 + r) * KV4 * 4u + 2u * cu;
+            let v = ctx[i] * corr[r];
+            kqv[at / 4u][at % 4u] = v.x;
+            kqv[at / 4u][at % 4u + 1u] = v.y;
         }
     }
 }
