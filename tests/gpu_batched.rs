@@ -572,7 +572,8 @@ fn attention_cpu(
 }
 
 /// The batched attention against its CPU twin: the real per-head dims (kv 512, rope 64,
-/// 8 rows per invocation) and tiny ones (kv 64, rope 32, one row per invocation), heads
+/// all 32 rows per invocation in the context phase) and tiny ones (kv 64, rope 32, 4 rows
+/// per invocation), heads
 /// whose count does not divide the 32-row query blocks, batches after no prefix and after
 /// prefixes that cross key tiles, both cache types.
 #[test]
