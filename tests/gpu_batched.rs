@@ -1137,16 +1137,36 @@ fn a_profiled_prompt_times_its_last_chunk_and_fills_the_cache() {
     };
     let last = profiled.stats().last_chunk;
     assert_eq!(profile.dispatches.len() as u64, last.dispatches);
-    assert_eq!(profiled.stats().chunks, 3, "two chunks of 32, then the timed 7");
-    for role in ["kqv", "ffn_moe_gate_up", "ffn_moe_down", "attn_out", "result_argmax"] {
+    assert_eq!(
+        profiled.stats().chunks,
+        3,
+        "two chunks of 32, then the timed 7"
+    );
+    for role in [
+        "kqv",
+        "ffn_moe_gate_up",
+        "ffn_moe_down",
+        "attn_out",
+        "result_argmax",
+    ] {
         assert!(
             profile.dispatches.iter().any(|(n, _)| *n == role),
             "no {role} in the profile"
         );
     }
-    assert!(profile.dispatches.iter().all(|(_, t)| t.is_finite() && *t >= 0.0));
+    assert!(profile
+        .dispatches
+        .iter()
+        .all(|(_, t)| t.is_finite() && *t >= 0.0));
     let next = token_ids(1, cfg.vocab);
     let want = plain.feed_logits(&next, 71, Rows::Last).unwrap();
     let got = profiled.feed_logits(&next, 71, Rows::Last).unwrap();
-    check_rows_within(&want, &got, cfg.vocab, 0, F32_TOLERANCE, "after a profiled prompt");
+    check_rows_within(
+        &want,
+        &got,
+        cfg.vocab,
+        0,
+        F32_TOLERANCE,
+        "after a profiled prompt",
+    );
 }

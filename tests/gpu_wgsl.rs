@@ -79,6 +79,23 @@ fn caps(subgroups: bool) -> ShaderCaps {
     }
 }
 
+/// `module` (parsed from `src`) validated for compute with these capabilities, or a panic
+/// naming `label` with naga's report.
+fn validate(
+    label: &str,
+    src: &str,
+    module: &naga::Module,
+    caps: Capabilities,
+    ops: SubgroupOperationSet,
+) -> naga::valid::ModuleInfo {
+    let mut validator = Validator::new(ValidationFlags::all(), caps);
+    validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+    validator.subgroup_operations(ops);
+    validator
+        .validate(module)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)))
+}
+
 fn check(shader: &Shader, subgroups: bool, weights: GpuLayout) {
     let src = shader.module_source(caps(subgroups), weights);
     let label = format!(
@@ -89,12 +106,7 @@ fn check(shader: &Shader, subgroups: bool, weights: GpuLayout) {
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
     let (caps, ops) = capabilities(subgroups);
-    let mut validator = Validator::new(ValidationFlags::all(), caps);
-    validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
-    validator.subgroup_operations(ops);
-    let info = validator
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
+    let info = validate(&label, &src, &module, caps, ops);
     for constants in override_sets(&module) {
         let (module, info) =
             naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
@@ -156,15 +168,13 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
                     .is_err(),
                 "{label}: validates without the cooperative-matrix capability"
             );
-            let mut validator = Validator::new(
-                ValidationFlags::all(),
+            let info = validate(
+                &label,
+                &src,
+                &module,
                 caps | Capabilities::COOPERATIVE_MATRIX,
+                ops,
             );
-            validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
-            validator.subgroup_operations(ops);
-            let info = validator
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
             for constants in override_sets(&module) {
                 let (module, info) = naga::back::pipeline_constants::process_overrides(
                     &module, &info, None, &constants,

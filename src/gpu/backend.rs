@@ -173,13 +173,7 @@ impl GpuBackend {
     /// GPU time of each. Needs TIMESTAMP_QUERY_INSIDE_PASSES.
     pub fn profile_token(&mut self, token: u32, pos: usize) -> Result<TokenProfile> {
         let queries = self.timestamp_queries()?;
-        check_feed(
-            &[token],
-            pos,
-            self.cache_len,
-            self.max_context,
-            self.cfg.vocab,
-        )?;
+        self.check_feed(&[token], pos)?;
         let mut names = Vec::new();
         let profile = Some((&queries, &mut names));
         let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
@@ -192,13 +186,7 @@ impl GpuBackend {
     /// dispatch, and returns the GPU time of each of its dispatches.
     pub fn profile_prompt(&mut self, tokens: &[u32], pos: usize) -> Result<TokenProfile> {
         let queries = self.timestamp_queries()?;
-        check_feed(
-            tokens,
-            pos,
-            self.cache_len,
-            self.max_context,
-            self.cfg.vocab,
-        )?;
+        self.check_feed(tokens, pos)?;
         let last = (tokens.len() - 1) / self.batch.chunk * self.batch.chunk;
         if last > 0 {
             self.feed_batch(&tokens[..last], Want::Nothing)?;
@@ -207,6 +195,17 @@ impl GpuBackend {
         self.chunk(&tokens[last..], Want::Argmax, Some((&queries, &mut names)))?;
         self.cache_len += tokens.len() - last;
         self.dispatch_times(&queries, &names)
+    }
+
+    /// The checks every feed makes (`backend::check_feed`) against this backend's cache.
+    fn check_feed(&self, tokens: &[u32], pos: usize) -> Result<()> {
+        check_feed(
+            tokens,
+            pos,
+            self.cache_len,
+            self.max_context,
+            self.cfg.vocab,
+        )
     }
 
     /// A query set for one timestamp per dispatch; needs TIMESTAMP_QUERY_INSIDE_PASSES.
@@ -508,13 +507,7 @@ impl Backend for GpuBackend {
     /// One token through the decode schedule; more (or hidden states) through the batched
     /// one, a chunk per command encoder and submit.
     fn feed(&mut self, tokens: &[u32], pos: usize, want: Want) -> Result<Output> {
-        check_feed(
-            tokens,
-            pos,
-            self.cache_len,
-            self.max_context,
-            self.cfg.vocab,
-        )?;
+        self.check_feed(tokens, pos)?;
         if tokens.len() > 1 || matches!(want, Want::Hidden(_)) {
             return self.feed_batch(tokens, want);
         }
@@ -542,13 +535,7 @@ impl Backend for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        check_feed(
-            &[token],
-            pos,
-            self.cache_len,
-            self.max_context,
-            self.cfg.vocab,
-        )?;
+        self.check_feed(&[token], pos)?;
         let mut slot = 0;
         let mut submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, slot, None)?;
         for i in 0..n {
