@@ -7,8 +7,9 @@
 //
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
 // columns it decodes the tile's weights once into workgroup memory (each invocation a unit
-// of a row, neighbouring invocations neighbouring rows) and loads the tokens' inputs of the
-// same columns (`load_step`, through `tile_put_w` / `tile_put_x`); the tile library
+// of a row; neighbouring invocations take neighbouring rows, or neighbouring units of one
+// row where the tile library sets LOAD_ALONG_K) and loads the tokens' inputs of the same
+// columns (`load_step`, through `tile_put_w` / `tile_put_x`); the tile library
 // multiplies them (`multiply_tiles`) and hands each pair of results to `write_pair`.
 // Appended after the weights library, one of two (a choice of source: naga validates a
 // whole module against the device's capabilities):
