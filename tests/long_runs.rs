@@ -181,19 +181,6 @@ fn gpu_greedy_4096_tokens_stay_finite_and_follow_the_cpu() {
     }
 }
 
-/// Deterministic "text": ids spread over the vocabulary (an LCG).
-fn forced_tokens(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % vocab as u64) as u32
-        })
-        .collect()
-}
-
 /// Teacher-forces `tokens` in chunks; checks the last logits of each chunk. Returns the
 /// last position's logits.
 fn fill(b: &mut dyn Backend, tokens: &[u32], chunk: usize, label: &str) -> Vec<f32> {
@@ -224,7 +211,7 @@ fn cpu_fill() -> &'static Vec<f32> {
         let (cfg, w) = tiny();
         let mut cpu = CpuBackend::new(&cfg, &w, FILL, 0).unwrap();
         assert_eq!(cpu.max_context(), FILL);
-        let logits = fill(&mut cpu, &forced_tokens(FILL, cfg.vocab), FILL_CHUNK, "cpu");
+        let logits = fill(&mut cpu, &token_ids(FILL, cfg.vocab), FILL_CHUNK, "cpu");
         // The cache is full: one more position is an error, not a write past the end.
         assert!(cpu.feed_logits(&[1], FILL, Rows::Last).is_err());
         logits
@@ -243,7 +230,7 @@ fn gpu_full_8192_position_cache_gives_finite_logits_like_the_cpu() {
     let _lock = serial();
     let (cfg, w) = tiny();
     let n = FILL;
-    let tokens = forced_tokens(n, cfg.vocab);
+    let tokens = token_ids(n, cfg.vocab);
     let want = cpu_fill();
     let mut gpu = GpuBackend::new(&cfg, &w, n, &f32_cache()).unwrap();
     assert_eq!(gpu.max_context(), n);

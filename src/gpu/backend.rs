@@ -415,7 +415,7 @@ impl GpuBackend {
             }
             self.batch.record_head(&mut rec, head);
             let (dispatches, names) = rec.finish();
-            if let (Some(names), Some((_, out)), 0) = (names, profile.as_mut(), i) {
+            if let (Some(names), Some((_, out))) = (names, profile.as_mut()) {
                 **out = names;
             }
             let read = match head {

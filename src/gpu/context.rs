@@ -39,17 +39,6 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-/// The cooperative-matrix shape the batched mat-mul's tiles use (`kernels/lib/tiles_coop.wgsl`):
-/// 16x16x16, f16 inputs, f32 accumulators.
-const COOPERATIVE_SHAPE: wgpu::CooperativeMatrixProperties = wgpu::CooperativeMatrixProperties {
-    m_size: 16,
-    n_size: 16,
-    k_size: 16,
-    ab_type: wgpu::CooperativeScalarType::F16,
-    cr_type: wgpu::CooperativeScalarType::F32,
-    saturating_accumulation: false,
-};
-
 /// Workgroup memory of the cooperative tiles: f16 parts of 64 weight rows and 64 tokens, each
 /// 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and a flag.
 pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4 + 16;
@@ -57,15 +46,15 @@ pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4 + 16;
 /// Why the adapter cannot run the cooperative tiles, if it cannot.
 fn cooperative_unfit(a: &wgpu::Adapter) -> Option<String> {
     let info = a.get_info();
-    let shapes = a.cooperative_matrix_properties();
-    let has_shape = shapes.iter().any(|p| {
+    // The shape `kernels/lib/tiles_coop.wgsl` multiplies: 16x16x16, f16 inputs, f32 sums.
+    let has_shape = a.cooperative_matrix_properties().iter().any(|p| {
         (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type)
             == (
                 16,
                 16,
                 16,
-                COOPERATIVE_SHAPE.ab_type,
-                COOPERATIVE_SHAPE.cr_type,
+                wgpu::CooperativeScalarType::F16,
+                wgpu::CooperativeScalarType::F32,
             )
     });
     if !a

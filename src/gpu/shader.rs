@@ -50,14 +50,6 @@ pub struct ShaderCaps {
     pub cooperative: bool,
 }
 
-impl ShaderCaps {
-    /// What every accepted adapter has.
-    pub const PORTABLE: ShaderCaps = ShaderCaps {
-        subgroups: false,
-        cooperative: false,
-    };
-}
-
 /// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
 /// `kernels/lib/dot_rows4.wgsl`).
 pub fn weights_library(layout: GpuLayout) -> &'static str {
