@@ -40,8 +40,9 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
 /// Workgroup memory of the cooperative tiles: f16 parts of 64 weight rows and 64 tokens, each
-/// 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and a flag.
-pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4 + 16;
+/// 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and two u32 (a flag and the
+/// tile's tokens; a driver may give each variable 16 bytes).
+pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4 + 2 * 16;
 
 /// Why the adapter cannot run the cooperative tiles, if it cannot.
 fn cooperative_unfit(a: &wgpu::Adapter) -> Option<String> {

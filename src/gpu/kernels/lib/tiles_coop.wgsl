@@ -12,7 +12,9 @@
 // no result depends on f16's range.
 //
 // The subgroups (invocations 32i..32i+31) each take 16 rows x 32 tokens of the 64 x 64
-// tile: two 16x16 blocks, each an accumulator of hi·hi and one of the lo terms.
+// tile: two 16x16 blocks, each an accumulator of hi·hi and one of the lo terms. A tile of
+// at most 32 tokens (an expert's, often) gives each subgroup one block of 16 tokens, so no
+// subgroup multiplies the zeros past the tile's end.
 
 /// matmul.wgsl's loaders: neighbouring invocations read neighbouring columns of one row
 /// (token), whole stretches of memory, and store them side by side in the [row][k] tiles.
@@ -34,6 +36,8 @@ var<workgroup> x_hi: array<f16, TN * SA>;
 var<workgroup> x_lo: array<f16, TN * SA>;
 /// Set when a value of the tile's steps is at or above SPLIT_LIMIT (all writers write 1).
 var<workgroup> out_of_range: u32;
+/// The tile's tokens, for a uniform choice of blocks.
+var<workgroup> tile_tokens: u32;
 /// One 16x16 f32 block per subgroup, column-major: accumulators on their way to `write_pair`.
 var<workgroup> c_out: array<f32, 8u * 256u>;
 
@@ -69,7 +73,6 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let sg = lid / 32u;
     let lane = lid % 32u;
     let m0 = 16u * (sg % (TM / 16u));
-    let n0 = 32u * (sg / (TM / 16u));
     var hi0 = coop_mat16x16<f32, C>();
     var lo0 = coop_mat16x16<f32, C>();
     var hi1 = coop_mat16x16<f32, C>();
@@ -77,27 +80,33 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let stride = SA;
     if (lid == 0u) {
         out_of_range = 0u;
+        tile_tokens = t.j_end - t.j0;
     }
-    workgroupBarrier();
+    // Blocks per subgroup (the same for all: cooperative operations need uniform control
+    // flow) and the first token of its first block.
+    let blocks = select(2u, 1u, workgroupUniformLoad(&tile_tokens) <= TN / 2u);
+    let n0 = 16u * blocks * (sg / (TM / 16u));
     for (var s = 0u; s < steps; s++) {
         load_step(lid, s);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += 16u) {
             let ia = m0 * SA + kk;
             let ib0 = n0 * SA + kk;
-            let ib1 = ib0 + 16u * SA;
             let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&w_hi[ia], stride);
             let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&w_lo[ia], stride);
             let b_hi0 = coopLoad<coop_mat16x16<f16, B>>(&x_hi[ib0], stride);
             let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_lo[ib0], stride);
-            let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_hi[ib1], stride);
-            let b_lo1 = coopLoad<coop_mat16x16<f16, B>>(&x_lo[ib1], stride);
             hi0 = coopMultiplyAdd(a_hi, b_hi0, hi0);
             lo0 = coopMultiplyAdd(a_lo, b_hi0, lo0);
             lo0 = coopMultiplyAdd(a_hi, b_lo0, lo0);
-            hi1 = coopMultiplyAdd(a_hi, b_hi1, hi1);
-            lo1 = coopMultiplyAdd(a_lo, b_hi1, lo1);
-            lo1 = coopMultiplyAdd(a_hi, b_lo1, lo1);
+            if (blocks == 2u) {
+                let ib1 = ib0 + 16u * SA;
+                let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_hi[ib1], stride);
+                let b_lo1 = coopLoad<coop_mat16x16<f16, B>>(&x_lo[ib1], stride);
+                hi1 = coopMultiplyAdd(a_hi, b_hi1, hi1);
+                lo1 = coopMultiplyAdd(a_lo, b_hi1, lo1);
+                lo1 = coopMultiplyAdd(a_hi, b_lo1, lo1);
+            }
         }
         workgroupBarrier();
     }
@@ -107,7 +116,7 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let stride_c = 16u;
     let unscale = 1.0 / (X_SCALE * W_SCALE);
     let direct = workgroupUniformLoad(&out_of_range) != 0u;
-    for (var b = 0u; b < 2u; b++) {
+    for (var b = 0u; b < blocks; b++) {
         if (direct) {
             for (var i = 0u; i < 4u; i++) {
                 let e = lane + 32u * i;
