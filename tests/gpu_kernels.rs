@@ -120,8 +120,15 @@ fn matvec_with_many_rows_per_workgroup_matches_cpu() {
 #[test]
 fn matvec_matches_cpu_in_every_variant() {
     let mut rng = Rng(1);
-    let (rows, cols) = (300, 256);
-    let q8 = q8_matrix(&mut rng, rows, cols);
+    // Rows shorter than the workgroup (lane groups sized to them) and longer.
+    for cols in [192, 768] {
+        matvec_variants(&mut rng, 300, cols);
+    }
+}
+
+/// Plain from an offset, with the norm prologue and residual epilogue, per-head groups.
+fn matvec_variants(rng: &mut Rng, rows: usize, cols: usize) {
+    let q8 = q8_matrix(rng, rows, cols);
     let f32s: Vec<f32> = rng.vec(rows * cols);
     let f32_bytes: Vec<u8> = bytemuck::cast_slice(&f32s).to_vec();
     let mats = [
@@ -167,7 +174,7 @@ fn matvec_matches_cpu_in_every_variant() {
             run(&ctx, &d).unwrap();
             let want: Vec<f32> = (0..rows).map(|r| m.dot_row(r, &x[64..64 + cols])).collect();
             check(
-                &format!("matvec {} {label}", m.ty),
+                &format!("matvec {} x {cols} {label}", m.ty),
                 &ctx.read_f32(&out, rows).unwrap(),
                 &want,
             );
@@ -188,7 +195,7 @@ fn matvec_matches_cpu_in_every_variant() {
             ops::rmsnorm(&x[..cols], &norm_w, 1e-5, &mut h);
             let want: Vec<f32> = (0..rows).map(|r| base[r] + m.dot_row(r, &h)).collect();
             check(
-                &format!("matvec norm+add {} {label}", m.ty),
+                &format!("matvec norm+add {} x {cols} {label}", m.ty),
                 &ctx.read_f32(&out, rows).unwrap(),
                 &want,
             );
@@ -209,7 +216,7 @@ fn matvec_matches_cpu_in_every_variant() {
                 .map(|r| m.dot_row(r, &x[(r / 100) * 128..][..cols]))
                 .collect();
             check(
-                &format!("matvec batched {} {label}", m.ty),
+                &format!("matvec batched {} x {cols} {label}", m.ty),
                 &ctx.read_f32(&out, rows).unwrap(),
                 &want,
             );

@@ -324,3 +324,20 @@ fn every_kernel_fits_the_smallest_accepted_adapter() {
         }
     }
 }
+
+/// The launchers size lane groups by a row's units (`GpuLayout::unit_values`): it must be
+/// 16 values per run of the layout library's `UNIT_RUNS`.
+#[test]
+fn every_layouts_unit_matches_its_library() {
+    for layout in GpuLayout::ALL {
+        let lib = glm_flash::gpu::shader::weights_library(layout);
+        let runs: usize = lib
+            .lines()
+            .find_map(|l| l.strip_prefix("const UNIT_RUNS: u32 = "))
+            .and_then(|v| v.strip_suffix("u;"))
+            .unwrap_or_else(|| panic!("{}: no UNIT_RUNS", layout.name()))
+            .parse()
+            .unwrap();
+        assert_eq!(layout.unit_values(), 16 * runs, "{}", layout.name());
+    }
+}

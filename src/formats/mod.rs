@@ -224,6 +224,17 @@ impl GpuLayout {
         }
     }
 
+    /// Values in one unit of a row, the share one invocation reads at a time in the GPU
+    /// kernels: 16 times the layout library's `UNIT_RUNS` (`tests/gpu_wgsl.rs` checks the two
+    /// agree).
+    pub fn unit_values(self) -> usize {
+        16 * match self {
+            GpuLayout::F32 | GpuLayout::Q8_0 => 1,
+            GpuLayout::Q2K | GpuLayout::Q3K => 4,
+            _ => 2,
+        }
+    }
+
     /// Bytes per block in (`quants`, `scales`).
     fn block_arrays(self) -> (u64, u64) {
         match self {

@@ -158,6 +158,9 @@ pub struct GpuContext {
     pub subgroups: bool,
     /// The batched mat-mul multiplies its tiles with cooperative matrices (else f32 FMAs).
     pub cooperative: bool,
+    /// The most consecutive invocations `lane_sum` may span: the smallest subgroup where
+    /// kernels reduce with subgroups (shuffles stay inside one), else the workgroup.
+    pub lane_limit: u32,
     /// A small storage buffer bound where a kernel variant ignores a binding.
     pub dummy: wgpu::Buffer,
     /// Why the device stopped working, once it has: lost (driver reset, unplugged,
@@ -435,6 +438,11 @@ impl GpuContext {
             && info.subgroup_max_size <= WORKGROUP_SIZE
             && info.subgroup_min_size >= MIN_SUBGROUP
             && WORKGROUP_SIZE.is_multiple_of(info.subgroup_max_size);
+        let lane_limit = if subgroups {
+            info.subgroup_min_size
+        } else {
+            WORKGROUP_SIZE
+        };
         let failure = Arc::new(Mutex::new(None::<String>));
         let lost = failure.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -468,6 +476,7 @@ impl GpuContext {
             max_buffer,
             subgroups,
             cooperative,
+            lane_limit,
             failure,
         })
     }

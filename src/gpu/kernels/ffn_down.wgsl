@@ -50,7 +50,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
         if (any(inside)) {
             let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-            let part = dot_rows4(local, p.ffn, s * p.ffn / 4u, lid);
+            let part = dot_rows4(local, p.ffn, s * p.ffn / 4u, lid, WG);
             acc += select(vec4<f32>(0.0), weight * part, inside);
         }
     }

@@ -107,7 +107,7 @@ fn main(
         var acc = vec4<f32>(0.0);
         if (any(inside)) {
             let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-            acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid), inside);
+            acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid, WG), inside);
         }
         let total = reduce_sum4(acc, lid) * scale;
         if (lid < 2u) {

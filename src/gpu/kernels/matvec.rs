@@ -1,7 +1,7 @@
 //! Launcher of `matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
 //! and per-head batching. Reference: `cpu::ops::matvec` (and `rmsnorm` for the prologue).
 
-use crate::gpu::context::GpuContext;
+use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
 use crate::gpu::pipelines::{grid, Dispatch, Pipelines};
 use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
@@ -17,11 +17,11 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    overrides: &[NORM.decl(), ACCUMULATE.decl(), ROWS.decl()],
+    overrides: &[NORM.decl(), ACCUMULATE.decl(), ROWS.decl(), LANES.decl()],
     consts: &[],
     structs: &[],
     reduces: true,
-    lanes: false,
+    lanes: true,
     weights: WeightAccess::RowDots,
     libraries: &[],
 };
@@ -30,8 +30,10 @@ pub const SHADER: Shader = Shader {
 pub const NORM: Override<bool> = Override::new("NORM");
 /// Residual epilogue: out += result.
 pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
-/// Rows per workgroup: 16 for the LM head's row count, 4 otherwise.
+/// Rows per lane group: 16 for the LM head's row count, 4 otherwise.
 pub const ROWS: Override<u32> = Override::new("ROWS");
+/// Invocations sharing a row quad: the workgroup, or fewer for short rows.
+pub const LANES: Override<u32> = Override::new("LANES");
 
 wgsl_struct! {
     struct Params as "Params" {
@@ -61,14 +63,26 @@ pub struct Matvec<'a> {
     pub accumulate: bool,
 }
 
-/// Rows per workgroup: 16 for matrices with rows enough to fill any GPU many times over
+/// Rows per lane group: 16 for matrices with rows enough to fill any GPU many times over
 /// (the LM head), 4 otherwise so that 2048-row matrices still spread over every core.
 /// (BENCHMARKS.md has the measured alternatives.)
-fn rows_per_workgroup(rows: usize) -> usize {
+fn rows_per_lane_group(rows: usize) -> usize {
     if rows >= 32768 {
         16
     } else {
         4
+    }
+}
+
+/// Invocations sharing a row quad for rows of `units` units: the fewest powers of two that
+/// give each a unit (at least 8, so a lane group reads 8 units' worth of rows at once), where
+/// the device's lanes reach that far; else the whole workgroup.
+fn lanes_per_quad(ctx: &GpuContext, units: usize) -> usize {
+    let lanes = units.next_power_of_two().max(8);
+    if lanes < WORKGROUP_SIZE as usize && lanes <= ctx.lane_limit as usize {
+        lanes
+    } else {
+        WORKGROUP_SIZE as usize
     }
 }
 
@@ -90,7 +104,9 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
     m.chunks
         .iter()
         .map(|c| {
-            let rows_per_wg = rows_per_workgroup(c.rows);
+            let rows_per_group = rows_per_lane_group(c.rows);
+            let lanes = lanes_per_quad(ctx, m.cols / c.format.unit_values());
+            let rows_per_wg = rows_per_group * WORKGROUP_SIZE as usize / lanes;
             let kernel = pipes.get_for(
                 ctx,
                 SHADER,
@@ -98,7 +114,8 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
                 &[
                     NORM.set(a.norm.is_some()),
                     ACCUMULATE.set(a.accumulate),
-                    ROWS.set(rows_per_wg as u32),
+                    ROWS.set(rows_per_group as u32),
+                    LANES.set(lanes as u32),
                 ],
             );
             let (workgroups, groups_x) = grid(ctx, c.rows.div_ceil(rows_per_wg));

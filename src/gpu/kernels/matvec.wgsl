@@ -1,19 +1,25 @@
 // Mat-vec over one chunk of a weight matrix: out[row_offset + r] (+)= W[r] · input, for the
 // `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl,
-// the chunk's weight layout library (lib/weights_<layout>.wgsl, which says how `quants`
+// a lanes_*.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which says how `quants`
 // and `scales` hold the rows; written by src/gpu/upload.rs) and lib/dot_rows4.wgsl.
 //
 // input = x[in + g * group_stride .. + cols] for rows of group g = global row / group_rows
 // (per-head batched mat-vecs: k_b, v_b; a plain mat-vec has one group).
 // Prologue NORM: input = rmsnorm(x) * norm_w, with 1/rms applied to the finished dot product.
 // Epilogue ACCUMULATE: out += result (the residual add); else out = result.
-// Each workgroup computes ROWS consecutive rows, 4 at a time (one per vec4 lane); large
-// matrices use more rows per workgroup so the NORM prologue and the workgroup start are
-// paid once per ROWS rows, not per 4.
+// The workgroup's invocations form lane groups of LANES; each lane group computes ROWS
+// consecutive rows, 4 at a time (one per vec4 lane), its lanes sharing the units of the
+// rows. Large matrices use more rows per lane group so the NORM prologue and the workgroup
+// start are paid once per ROWS rows, not per 4. Rows shorter than the workgroup (k_b's 192
+// columns are 6 units of Q5_0) get lane groups sized to them, so the invocations stay busy.
 
 override ROWS: u32 = 4u;
+/// WG, or a power of two the launcher keeps within the device's lane limit.
+override LANES: u32 = WG;
 override NORM: bool = false;
 override ACCUMULATE: bool = false;
+/// The lane library's name for the workgroup size.
+const AWG: u32 = WG;
 
 struct Params {
     rows: u32,
@@ -46,7 +52,9 @@ fn input4(base: u32, j: u32) -> vec4<f32> {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let first_group = (wid.x + wid.y * p.groups_x) * ROWS;
+    let lane = lid % LANES;
+    let lane_group = (wid.x + wid.y * p.groups_x) * (WG / LANES) + lid / LANES;
+    let first_rows = lane_group * ROWS;
     var scale = 1.0;
     if (NORM) {
         let base = p.in_offset / 4u;
@@ -59,19 +67,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         scale = inverseSqrt(s / f32(p.cols) + p.eps);
     }
     for (var g = 0u; g < ROWS; g += 4u) {
-        let first = first_group + g;
+        let first = first_rows + g;
         // Rows past the end repeat the last row; their results are not written.
         let rows = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.rows - 1u));
         // The four rows share a group (the launcher checks groups are whole fours).
         let group = (p.row_offset + rows.x) / p.group_rows;
         let base = (p.in_offset + group * p.group_stride) / 4u;
-        let total = reduce_sum4(dot_rows4(rows, p.cols, base, lid), lid) * scale;
-        if (lid < 4u && first + lid < p.rows) {
-            let o = p.row_offset + first + lid;
+        let part = dot_rows4(rows, p.cols, base, lane, LANES);
+        var total: vec4<f32>;
+        if (LANES == WG) {
+            total = reduce_sum4(part, lid);
+        } else {
+            total = lane_sum(part, lid);
+        }
+        total *= scale;
+        if (lane < 4u && first + lane < p.rows) {
+            let o = p.row_offset + first + lane;
             if (ACCUMULATE) {
-                out[o] += total[lid];
+                out[o] += total[lane];
             } else {
-                out[o] = total[lid];
+                out[o] = total[lane];
             }
         }
     }

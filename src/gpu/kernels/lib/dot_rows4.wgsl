@@ -12,7 +12,8 @@
 //   fn unit_dot(row, units, u, x: Unit) -> f32       Σ value · x over the unit
 // where `row` is local to the binding and `units` is the units per row.
 //
-// Invocation `lid` takes units lid, lid + WG, ...: each unit's input is loaded once for all
+// Invocation `lane` of a group of `lanes` sharing the rows (the workgroup, or a lane group of
+// matvec.wgsl) takes units lane, lane + lanes, ...: each unit's input is loaded once for all
 // four rows, and the four rows' weight loads are independent, so they are in flight together.
 
 /// The input of unit `u`, run by run, from the slice at vec4 `base`.
@@ -29,10 +30,10 @@ fn unit_input(base: u32, u: u32) -> Unit {
 }
 
 /// This invocation's share of rows[k] · input for k = 0..3 (rows are local to the binding).
-fn dot_rows4(rows: vec4<u32>, cols: u32, base: u32, lid: u32) -> vec4<f32> {
+fn dot_rows4(rows: vec4<u32>, cols: u32, base: u32, lane: u32, lanes: u32) -> vec4<f32> {
     let units = cols / (16u * UNIT_RUNS);
     var acc = vec4<f32>(0.0);
-    for (var u = lid; u < units; u += WG) {
+    for (var u = lane; u < units; u += lanes) {
         let x = unit_input(base, u);
         acc += vec4<f32>(
             unit_dot(rows.x, units, u, x),
