@@ -74,12 +74,13 @@ fn rows_per_lane_group(rows: usize) -> usize {
     }
 }
 
-/// Invocations sharing a row quad for rows of `units` units: the fewest powers of two that
-/// give each a unit (at least 8, so a lane group reads 8 units' worth of rows at once), where
-/// the device's lanes reach that far; else the whole workgroup.
+/// Invocations sharing a row quad for rows of `units` units: for rows that would leave most
+/// of the workgroup idle (at most a quarter of it busy), the fewest powers of two that give
+/// each a unit (at least 8), where the device's lanes reach that far; else the whole
+/// workgroup. (Rows of 17 to 32 units measured slower in lane groups: BENCHMARKS.md.)
 fn lanes_per_quad(ctx: &GpuContext, units: usize) -> usize {
     let lanes = units.next_power_of_two().max(8);
-    if lanes < WORKGROUP_SIZE as usize && lanes <= ctx.lane_limit as usize {
+    if lanes <= WORKGROUP_SIZE as usize / 4 && lanes <= ctx.lane_limit as usize {
         lanes
     } else {
         WORKGROUP_SIZE as usize
