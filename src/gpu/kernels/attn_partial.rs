@@ -21,6 +21,8 @@ pub const TILE: usize = 2 * AWG / LANES;
 pub const MAX_HEADS_WG: usize = AWG / LANES;
 /// Heads per invocation at most in the context phase (its accumulators: 8 columns each).
 pub const MAX_HPB: usize = 8;
+/// Positions the context phase reads per step (loads in flight per invocation).
+pub const CTX_ROWS: usize = 8;
 /// Splits of the context at most: enough workgroups to fill a large GPU at any context,
 /// few enough that attn_combine merges them in one step.
 pub const MAX_SPLITS: usize = 256;
@@ -61,6 +63,7 @@ pub const SHADER: Shader = Shader {
         ("TILE", TILE as u32),
         ("MAX_HEADS_WG", MAX_HEADS_WG as u32),
         ("MAX_HPB", MAX_HPB as u32),
+        ("CTX_ROWS", CTX_ROWS as u32),
     ],
     structs: &[&TokenParams::LAYOUT],
     reduces: false,

@@ -22,7 +22,8 @@
 // token's position, whose (cos, sin) the host computes in f64.
 
 // Prepended from Rust (src/gpu/kernels/attn_partial.rs): AWG (invocations per workgroup),
-// LANES, TILE (= 2 * AWG / LANES), MAX_HEADS_WG (= AWG / LANES), MAX_HPB and struct Token.
+// LANES, TILE (= 2 * AWG / LANES), MAX_HEADS_WG (= AWG / LANES), MAX_HPB, CTX_ROWS and
+// struct Token.
 
 /// Heads per workgroup (at most MAX_HEADS_WG).
 override HEADS_WG: u32 = 20u;
@@ -114,12 +115,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let ra = t0 + min(ta, n - 1u);
         let rb = t0 + min(tb, n - 1u);
         var s: array<vec2<f32>, MAX_HEADS_WG>;
-        for (var u = lane; u < KV8; u += LANES) {
+        // Units u and u2 = u + LANES of each position per step: four loads in flight (a
+        // small model's u2 may be past the row: it reads u again and counts 0).
+        for (var u = lane; u < KV8; u += 2u * LANES) {
+            let second = u + LANES < KV8;
+            let u2 = select(u, u + LANES, second);
             let a = unit(ra, u);
             let b = unit(rb, u);
+            let a2 = unit(ra, u2);
+            let b2 = unit(rb, u2);
             for (var k = 0u; k < HEADS_WG; k++) {
                 let qi = 2u * (head(first, k) * KV8 + u);
-                s[k] += dots2(q_abs[qi], q_abs[qi + 1u], a, b);
+                let qj = 2u * (head(first, k) * KV8 + u2);
+                let d2 = dots2(q_abs[qj], q_abs[qj + 1u], a2, b2);
+                s[k] += dots2(q_abs[qi], q_abs[qi + 1u], a, b) + select(vec2<f32>(0.0), d2, second);
             }
         }
         for (var u = lane; u < ROPE8; u += LANES) {
@@ -171,25 +180,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
 
-        // Context: rescale, then add the tile's rows, two positions per step.
+        // Context: rescale, then add the tile's rows, CTX_ROWS positions per step (their
+        // loads issued together: one wait for the memory per step, not per position).
         for (var j = 0u; j < HPB; j++) {
             let cj = corr[min(hb * HPB + j, HEADS_WG - 1u)];
             ctx[2u * j] *= cj;
             ctx[2u * j + 1u] *= cj;
         }
         var i = 0u;
-        for (; i + 2u <= n; i += 2u) {
-            let x0 = unit(t0 + i, cu);
-            let x1 = unit(t0 + i + 1u, cu);
+        for (; i + CTX_ROWS <= n; i += CTX_ROWS) {
+            var x: array<mat2x4<f32>, CTX_ROWS>;
+            for (var e = 0u; e < CTX_ROWS; e++) {
+                x[e] = unit(t0 + i + e, cu);
+            }
             for (var j = 0u; j < HPB; j++) {
                 let kj = min(hb * HPB + j, HEADS_WG - 1u);
-                let p0 = prob[i * HEADS_WG + kj];
-                let p1 = prob[(i + 1u) * HEADS_WG + kj];
-                ctx[2u * j] += p0 * x0[0] + p1 * x1[0];
-                ctx[2u * j + 1u] += p0 * x0[1] + p1 * x1[1];
+                for (var e = 0u; e < CTX_ROWS; e++) {
+                    let pe = prob[(i + e) * HEADS_WG + kj];
+                    ctx[2u * j] += pe * x[e][0];
+                    ctx[2u * j + 1u] += pe * x[e][1];
+                }
             }
         }
-        if (i < n) {
+        for (; i < n; i++) {
             let x0 = unit(t0 + i, cu);
             for (var j = 0u; j < HPB; j++) {
                 let p0 = prob[i * HEADS_WG + min(hb * HPB + j, HEADS_WG - 1u)];
