@@ -22,7 +22,7 @@ pub const MAX_HEADS_WG: usize = AWG / LANES;
 /// Heads per invocation at most in the context phase (its accumulators: 8 columns each).
 pub const MAX_HPB: usize = 8;
 /// Positions the context phase reads per step (loads in flight per invocation).
-pub const CTX_ROWS: usize = 8;
+pub const CTX_ROWS: usize = 4;
 /// Splits of the context at most: enough workgroups to fill a large GPU at any context,
 /// few enough that attn_combine merges them in one step.
 pub const MAX_SPLITS: usize = 256;
