@@ -988,3 +988,115 @@ fn mixed_type_stacks_split_by_format() {
         check(&format!("interleaved gate/up {label}"), &out, &want);
     }
 }
+
+/// The f16 cache's rounding (`f16_bits` in lib/cache_store.wgsl, which every kernel that
+/// writes cache rows stores through) against the CPU's `half::f16::from_f32`, bit for bit:
+/// ties to even (and to odd neighbours), values next to ties, the largest finite f16 and
+/// the first values that overflow, subnormals and their ties, zeros, infinities, NaN, and
+/// random values of every magnitude.
+#[test]
+fn the_f16_cache_rounds_to_nearest_even_as_the_cpu() {
+    let mut values: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        1.0 + f32::powi(2.0, -11),             // tie: stays at 1 (even)
+        1.0 + 3.0 * f32::powi(2.0, -11),       // tie: up to the even neighbour
+        1.0 + f32::powi(2.0, -11) + f32::powi(2.0, -23), // just past a tie: up
+        65504.0,
+        65519.99,
+        65520.0, // tie between 65504 and 65536: infinity
+        -70000.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::powi(2.0, -14),                   // smallest normal
+        f32::powi(2.0, -24),                   // smallest subnormal
+        f32::powi(2.0, -25),                   // tie between 0 and it: 0
+        3.0 * f32::powi(2.0, -25),             // tie: up to 2^-23 (even)
+        -5.0 * f32::powi(2.0, -26),
+        f32::powi(2.0, -14) - f32::powi(2.0, -25), // tie into the smallest normal
+        1e-30,
+    ];
+    let mut rng = Rng(5);
+    for e in -30..17 {
+        for _ in 0..16 {
+            values.push(rng.f32() * f32::powi(2.0, e));
+        }
+    }
+    values.resize(values.len().next_multiple_of(4), 0.0);
+    let ctx = ctx(None, true);
+    let source = format!(
+        "override CACHE_F16: bool = true;
+@group(0) @binding(0) var<storage, read> input: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> cache: array<vec2<u32>>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
+    if (id.x < arrayLength(&input)) {{
+        _ = store4(id.x, input[id.x]);
+    }}
+}}
+{}",
+        glm_flash::gpu::shader::CACHE_STORE
+    );
+    let module = ctx
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("f16 rounding"),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+    let pipeline = ctx
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("f16 rounding"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let input = storage_f32(&ctx, "values", &values);
+    let out = storage_f32(&ctx, "cache", &vec![0.0; values.len() / 2]);
+    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("f16 rounding"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: input.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: out.as_entire_binding(),
+            },
+        ],
+    });
+    let d = glm_flash::gpu::pipelines::Dispatch {
+        name: "f16 rounding",
+        pipeline,
+        bind_group,
+        workgroups: [(values.len() / 4).div_ceil(64) as u32, 1, 1],
+    };
+    run(&ctx, &[d]).unwrap();
+    let words: Vec<u32> = ctx
+        .read_f32(&out, values.len() / 2)
+        .unwrap()
+        .iter()
+        .map(|w| w.to_bits())
+        .collect();
+    for (i, &v) in values.iter().enumerate() {
+        let got = (words[i / 2] >> (16 * (i % 2))) & 0xffff;
+        let want = half::f16::from_f32(v);
+        if v.is_nan() {
+            assert!(half::f16::from_bits(got as u16).is_nan(), "NaN stored as {got:#06x}");
+        } else {
+            assert_eq!(
+                got,
+                want.to_bits() as u32,
+                "{v:e} ({:#010x}): {got:#06x}, the CPU {:#06x}",
+                v.to_bits(),
+                want.to_bits()
+            );
+        }
+    }
+}
