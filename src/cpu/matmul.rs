@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::cpu::ops::matvec;
+use crate::formats::DOT_TOKENS;
 use crate::weights::Matrix;
 
 /// Weight rows per rayon task: enough to amortise scheduling, few enough to balance the
@@ -37,6 +38,10 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
         // One token (decode): the fused per-format dot reads each weight once without
         // writing it out as f32 first.
         matvec(m, x, out);
+        return;
+    }
+    if tokens <= FUSED_TOKENS && m.format().has_dot_tokens() {
+        matmul_fused(m, x, tokens, out);
         return;
     }
     if tokens >= lane_count() {
@@ -96,6 +101,30 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
                     gemm(x_chunk, w_chunk, kc, lanes, out_t, piece);
                 }
             });
+        });
+    transpose(&out_t, rows, tokens, out);
+}
+
+/// Tokens up to which a format's multi-row dot (`WeightFormat::dot_tokens`: each weight
+/// decoded in registers once per [`DOT_TOKENS`] tokens) beats decoding a row once into
+/// memory and multiplying it (BENCHMARKS.md has the measurement).
+const FUSED_TOKENS: usize = 8;
+
+/// Few tokens (an expert's share of a batch) in a format with a multi-row dot: each weight
+/// row against the tokens in groups of [`DOT_TOKENS`].
+fn matmul_fused(m: &Matrix, x: &[f32], tokens: usize, out: &mut [f32]) {
+    let (rows, cols, format) = (m.rows, m.cols, m.format());
+    let mut out_t = vec![0f32; rows * tokens];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * tokens)
+        .enumerate()
+        .for_each(|(task, out_t)| {
+            for (r, o) in out_t.chunks_exact_mut(tokens).enumerate() {
+                let row = m.row(task * ROWS_PER_TASK + r);
+                for (g, o) in o.chunks_mut(DOT_TOKENS).enumerate() {
+                    format.dot_tokens(row, &x[g * DOT_TOKENS * cols..], cols, o);
+                }
+            }
         });
     transpose(&out_t, rows, tokens, out);
 }

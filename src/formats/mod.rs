@@ -78,7 +78,29 @@ pub trait Block: bytemuck::Pod + Send + Sync {
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
         dot_scalar(blocks, x)
     }
+
+    /// Whether [`Block::dot_tokens`] has a version for this format on this CPU (else the
+    /// batched forward decodes a row once and multiplies it).
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        false
+    }
+
+    /// [`Block::dot`] of one row with up to [`DOT_TOKENS`] activation rows at once,
+    /// `x[t * stride..]` for `out[t]`, each weight decoded once for all of them: the batched
+    /// forward's products with an expert's few tokens. Called only where
+    /// [`Block::has_dot_tokens`]; this default is the plain dot per row.
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        let n = blocks.len() * Self::VALUES;
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = Self::dot(blocks, &x[t * stride..][..n]);
+        }
+    }
 }
+
+/// Activation rows [`Block::dot_tokens`] takes at most.
+pub const DOT_TOKENS: usize = 8;
 
 /// Values decoded at a time by the scalar dot (one K-quant super-block).
 pub const GROUP: usize = 256;
@@ -316,6 +338,8 @@ pub struct WeightFormat {
     pub gpu: Option<GpuLayout>,
     dequantize: fn(&[u8], &mut [f32]),
     dot: fn(&[u8], &[f32]) -> f32,
+    has_dot_tokens: fn() -> bool,
+    dot_tokens: fn(&[u8], &[f32], usize, &mut [f32]),
     dot_scalar: fn(&[u8], &[f32]) -> f32,
     quantize: fn(&[f32], &mut Vec<u8>),
 }
@@ -342,6 +366,19 @@ impl WeightFormat {
     #[inline]
     pub fn dot(&self, bytes: &[u8], x: &[f32]) -> f32 {
         (self.dot)(bytes, x)
+    }
+
+    /// Whether [`Self::dot_tokens`] decodes each weight once for several activation rows
+    /// here (a hand-vectorised version for this format and CPU).
+    pub fn has_dot_tokens(&self) -> bool {
+        (self.has_dot_tokens)()
+    }
+
+    /// `out[t] = Σ value · x[t * stride + i]` over a row (`bytes`, whole blocks), for up to
+    /// [`DOT_TOKENS`] rows of `x`, each holding as many values as the row.
+    #[inline]
+    pub fn dot_tokens(&self, bytes: &[u8], x: &[f32], stride: usize, out: &mut [f32]) {
+        (self.dot_tokens)(bytes, x, stride, out)
     }
 
     /// [`Self::dot`] without hand-vectorised code, as on a CPU without the features.
@@ -375,6 +412,21 @@ fn dot_row<B: Block>(bytes: &[u8], x: &[f32]) -> f32 {
     B::dot(blocks::<B>(bytes, x.len()), x)
 }
 
+fn dot_tokens_row<B: Block>(bytes: &[u8], x: &[f32], stride: usize, out: &mut [f32]) {
+    let blocks: &[B] = bytemuck::cast_slice(bytes);
+    let n = blocks.len() * B::VALUES;
+    assert!(
+        !out.is_empty()
+            && out.len() <= DOT_TOKENS
+            && x.len() >= (out.len() - 1) * stride + n
+            && std::mem::size_of_val(blocks) == bytes.len(),
+        "dot_tokens: {} rows of {n} values {stride} apart in {} values",
+        out.len(),
+        x.len()
+    );
+    B::dot_tokens(blocks, x, stride, out)
+}
+
 fn dot_scalar_row<B: Block>(bytes: &[u8], x: &[f32]) -> f32 {
     dot_scalar(blocks::<B>(bytes, x.len()), x)
 }
@@ -401,6 +453,8 @@ const fn entry<B: Block>() -> WeightFormat {
         gpu: B::GPU,
         dequantize: dequantize_row::<B>,
         dot: dot_row::<B>,
+        has_dot_tokens: B::has_dot_tokens,
+        dot_tokens: dot_tokens_row::<B>,
         dot_scalar: dot_scalar_row::<B>,
         quantize: quantize_row::<B>,
     }

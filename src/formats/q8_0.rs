@@ -67,6 +67,29 @@ impl Block for BlockQ8_0 {
         }
         super::dot_scalar(blocks, x)
     }
+
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx512_f16c() {
+            return true;
+        }
+        false
+    }
+
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx512_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for; the caller
+            // (formats::dot_tokens_row) checked that `x` holds every row.
+            return unsafe { avx512::dot_tokens(blocks, x, stride, out) };
+        }
+        let n = blocks.len() * 32;
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = Self::dot(blocks, &x[t * stride..][..n]);
+        }
+    }
 }
 
 /// The GPU layout: every block's quants to `quants`, its scale to `scales`.
@@ -184,5 +207,46 @@ mod avx512 {
         }
         let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         _mm512_reduce_add_ps(sum)
+    }
+
+    // One version per row count below.
+    const _: () = assert!(super::super::DOT_TOKENS <= 8);
+
+    /// One row against `out.len()` (1 to DOT_TOKENS) activation rows `stride` apart: each
+    /// block decoded once (the same products as `dequantize`) and multiplied into two sums
+    /// per row. The caller checked that `x` holds every row.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn dot_tokens(blocks: &[BlockQ8_0], x: &[f32], stride: usize, out: &mut [f32]) {
+        match out.len() {
+            1 => dot_n::<1>(blocks, x, stride, out),
+            2 => dot_n::<2>(blocks, x, stride, out),
+            3 => dot_n::<3>(blocks, x, stride, out),
+            4 => dot_n::<4>(blocks, x, stride, out),
+            5 => dot_n::<5>(blocks, x, stride, out),
+            6 => dot_n::<6>(blocks, x, stride, out),
+            7 => dot_n::<7>(blocks, x, stride, out),
+            _ => dot_n::<8>(blocks, x, stride, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn dot_n<const T: usize>(blocks: &[BlockQ8_0], x: &[f32], stride: usize, out: &mut [f32]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; T];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = scale_x16(block);
+            let w = [
+                _mm512_mul_ps(quants_x16(block, 0), d),
+                _mm512_mul_ps(quants_x16(block, 16), d),
+            ];
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let xp = x.as_ptr().add(t * stride + 32 * b);
+                acc_t[0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), acc_t[0]);
+                acc_t[1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp.add(16)), acc_t[1]);
+            }
+        }
+        for (o, acc_t) in out.iter_mut().zip(&acc) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc_t[0], acc_t[1]));
+        }
     }
 }
