@@ -354,10 +354,39 @@ impl Block for BlockQ4K {
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if super::x86::has_avx2_fma() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx2::dot_q4_k(blocks, x) };
+            let mut out = [0f32];
+            // SAFETY: the CPU has the features the function is compiled for; `x` holds the
+            // row's values (as the scalar path's zip assumes).
+            unsafe { avx2::dot_q4_k(blocks, &x[..256 * blocks.len()], 0, &mut out) };
+            return out[0];
         }
         super::dot_scalar(blocks, x)
+    }
+
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2_fma() {
+            return true;
+        }
+        false
+    }
+
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2_fma() {
+            for (g, o) in out.chunks_mut(4).enumerate() {
+                // SAFETY: as in `dot`; the caller (formats::dot_tokens_row) checked that `x`
+                // holds every row.
+                unsafe { avx2::dot_q4_k(blocks, &x[4 * g * stride..], stride, o) };
+            }
+            return;
+        }
+        let n = blocks.len() * QK_K;
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = Self::dot(blocks, &x[t * stride..][..n]);
+        }
     }
 }
 
@@ -441,10 +470,39 @@ impl Block for BlockQ6K {
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if super::x86::has_avx2_fma() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx2::dot_q6_k(blocks, x) };
+            let mut out = [0f32];
+            // SAFETY: the CPU has the features the function is compiled for; `x` holds the
+            // row's values (as the scalar path's zip assumes).
+            unsafe { avx2::dot_q6_k(blocks, &x[..256 * blocks.len()], 0, &mut out) };
+            return out[0];
         }
         super::dot_scalar(blocks, x)
+    }
+
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2_fma() {
+            return true;
+        }
+        false
+    }
+
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2_fma() {
+            for (g, o) in out.chunks_mut(4).enumerate() {
+                // SAFETY: as in `dot`; the caller (formats::dot_tokens_row) checked that `x`
+                // holds every row.
+                unsafe { avx2::dot_q6_k(blocks, &x[4 * g * stride..], stride, o) };
+            }
+            return;
+        }
+        let n = blocks.len() * QK_K;
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = Self::dot(blocks, &x[t * stride..][..n]);
+        }
     }
 }
 
@@ -472,7 +530,8 @@ pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec
 
 /// The two formats that carry most bytes of a Q4_K_M file, vectorised: each weight is
 /// decoded with the same f32 operations as `dequantize` (so to the same bits), eight at a
-/// time, and multiplied into four independent 8-lane sums.
+/// time, and multiplied into the sums of up to four activation rows (one row: four
+/// independent 8-lane sums).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{scales_and_mins, BlockQ4K, BlockQ6K};
@@ -492,11 +551,66 @@ mod avx2 {
         ]
     }
 
+    /// The sums of up to 4 activation rows (`x`, `x + stride`, ...) against one weight row,
+    /// fed 8 decoded weights at a time: group `g` of a run of 32 goes to sum `g % (4 / T)`
+    /// of each row, so one row keeps 4 independent sums (as the plain dot always had) and 4
+    /// rows one each.
+    struct Sums<const T: usize> {
+        acc: [[__m256; 4]; T],
+        x: *const f32,
+        stride: usize,
+    }
+
+    impl<const T: usize> Sums<T> {
+        #[inline(always)]
+        unsafe fn new(x: *const f32, stride: usize) -> Self {
+            Sums {
+                acc: [[_mm256_setzero_ps(); 4]; T],
+                x,
+                stride,
+            }
+        }
+
+        /// Weights `w` of values `at..at + 8` of the row, the `g`-th group of their run.
+        #[inline(always)]
+        unsafe fn add(&mut self, w: __m256, at: usize, g: usize) {
+            for (t, acc) in self.acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(self.x.add(t * self.stride + at));
+                let a = &mut acc[g % (4 / T)];
+                *a = _mm256_fmadd_ps(w, x, *a);
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn write(&self, out: &mut [f32]) {
+            for (o, acc) in out.iter_mut().zip(&self.acc) {
+                *o = super::super::x86::sum_lanes(*acc);
+            }
+        }
+    }
+
+    /// `out.len()` (1 to 4) sums at once: each weight decoded once for all of them.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32]) -> f32 {
+    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32], stride: usize, out: &mut [f32]) {
+        match out.len() {
+            1 => q4_k_rows::<1>(blocks, x, stride, out),
+            2 => q4_k_rows::<2>(blocks, x, stride, out),
+            3 => q4_k_rows::<3>(blocks, x, stride, out),
+            _ => q4_k_rows::<4>(blocks, x, stride, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4_k_rows<const T: usize>(
+        blocks: &[BlockQ4K],
+        x: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
         let mask = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (b, xs) in blocks.iter().zip(x.chunks_exact(256)) {
+        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
+        for (i, b) in blocks.iter().enumerate() {
             let (d, dmin) = (b.d.get(), b.dmin.get());
             let (sc, m) = scales_and_mins(&b.scales);
             for pair in 0..4 {
@@ -506,24 +620,40 @@ mod avx2 {
                 for (sub, codes) in [(2 * pair, lo), (2 * pair + 1, hi)] {
                     let dl = _mm256_set1_ps(d * sc[sub] as f32);
                     let ml = _mm256_set1_ps(dmin * m[sub] as f32);
-                    let xp = xs.as_ptr().add(32 * sub);
                     for (g, q) in widen4(codes).into_iter().enumerate() {
                         let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
-                        acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * g)), acc[g]);
+                        sums.add(w, 256 * i + 32 * sub + 8 * g, g);
                     }
                 }
             }
         }
-        super::super::x86::sum_lanes(acc)
+        sums.write(out);
     }
 
+    /// As [`dot_q4_k`], for Q6_K.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], x: &[f32]) -> f32 {
+    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], x: &[f32], stride: usize, out: &mut [f32]) {
+        match out.len() {
+            1 => q6_k_rows::<1>(blocks, x, stride, out),
+            2 => q6_k_rows::<2>(blocks, x, stride, out),
+            3 => q6_k_rows::<3>(blocks, x, stride, out),
+            _ => q6_k_rows::<4>(blocks, x, stride, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q6_k_rows<const T: usize>(
+        blocks: &[BlockQ6K],
+        x: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
         let offset = _mm256_set1_epi32(32);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (b, xs) in blocks.iter().zip(x.chunks_exact(256)) {
+        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
+        for (i, b) in blocks.iter().enumerate() {
             let d = b.d.get();
             for half in 0..2 {
                 let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
@@ -550,17 +680,16 @@ mod avx2 {
                     ),
                 ];
                 for (quarter, codes) in quarters.into_iter().enumerate() {
-                    let xp = xs.as_ptr().add(128 * half + 32 * quarter);
                     for (g, q) in widen4(codes).into_iter().enumerate() {
                         let sub = 8 * half + g / 2 + 2 * quarter;
                         let dl = _mm256_set1_ps(d * b.scales[sub] as f32);
                         let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
                         let w = _mm256_mul_ps(dl, q);
-                        acc[g] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * g)), acc[g]);
+                        sums.add(w, 256 * i + 128 * half + 32 * quarter + 8 * g, g);
                     }
                 }
             }
         }
-        super::super::x86::sum_lanes(acc)
+        sums.write(out);
     }
 }
