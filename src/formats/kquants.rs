@@ -352,41 +352,17 @@ impl Block for BlockQ4K {
 
     #[inline]
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2_fma() {
-            let mut out = [0f32];
-            // SAFETY: the CPU has the features the function is compiled for; `x` holds the
-            // row's values (as the scalar path's zip assumes).
-            unsafe { avx2::dot_q4_k(blocks, &x[..256 * blocks.len()], 0, &mut out) };
-            return out[0];
-        }
-        super::dot_scalar(blocks, x)
+        simd_dot(simd_rows_q4_k(), blocks, x)
     }
 
     #[inline]
     fn has_dot_tokens() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2_fma() {
-            return true;
-        }
-        false
+        simd_rows_q4_k().is_some()
     }
 
     #[inline]
     fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2_fma() {
-            for (g, o) in out.chunks_mut(4).enumerate() {
-                // SAFETY: as in `dot`; the caller (formats::dot_tokens_row) checked that `x`
-                // holds every row.
-                unsafe { avx2::dot_q4_k(blocks, &x[4 * g * stride..], stride, o) };
-            }
-            return;
-        }
-        let n = blocks.len() * QK_K;
-        for (t, o) in out.iter_mut().enumerate() {
-            *o = Self::dot(blocks, &x[t * stride..][..n]);
-        }
+        simd_dot_tokens(simd_rows_q4_k(), blocks, x, stride, out)
     }
 }
 
@@ -468,40 +444,114 @@ impl Block for BlockQ6K {
 
     #[inline]
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2_fma() {
-            let mut out = [0f32];
-            // SAFETY: the CPU has the features the function is compiled for; `x` holds the
-            // row's values (as the scalar path's zip assumes).
-            unsafe { avx2::dot_q6_k(blocks, &x[..256 * blocks.len()], 0, &mut out) };
-            return out[0];
-        }
-        super::dot_scalar(blocks, x)
+        simd_dot(simd_rows_q6_k(), blocks, x)
     }
 
     #[inline]
     fn has_dot_tokens() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2_fma() {
-            return true;
-        }
-        false
+        simd_rows_q6_k().is_some()
     }
 
     #[inline]
     fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2_fma() {
-            for (g, o) in out.chunks_mut(4).enumerate() {
-                // SAFETY: as in `dot`; the caller (formats::dot_tokens_row) checked that `x`
-                // holds every row.
-                unsafe { avx2::dot_q6_k(blocks, &x[4 * g * stride..], stride, o) };
-            }
-            return;
+        simd_dot_tokens(simd_rows_q6_k(), blocks, x, stride, out)
+    }
+}
+
+/// A vectorised dot of one weight row against 1 to [`SIMD_ROWS`] activation rows, `stride`
+/// apart, writing one sum per row of `out`; unsafe to call on a CPU without its features.
+pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
+
+/// Activation rows the vectorised K-quant dots take at once.
+const SIMD_ROWS: usize = 4;
+
+/// The widest vectorised Q4_K dot this CPU runs, if any.
+fn simd_rows_q4_k() -> Option<SimdRows<BlockQ4K>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx512() {
+            return Some(avx512::dot_q4_k);
         }
-        let n = blocks.len() * QK_K;
-        for (t, o) in out.iter_mut().enumerate() {
-            *o = Self::dot(blocks, &x[t * stride..][..n]);
+        if super::x86::has_avx2_fma() {
+            return Some(avx2::dot_q4_k);
+        }
+    }
+    None
+}
+
+/// The widest vectorised Q6_K dot this CPU runs, if any.
+fn simd_rows_q6_k() -> Option<SimdRows<BlockQ6K>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx512() {
+            return Some(avx512::dot_q6_k);
+        }
+        if super::x86::has_avx2_fma() {
+            return Some(avx2::dot_q6_k);
+        }
+    }
+    None
+}
+
+/// Named vectorised dots of one format.
+#[cfg(test)]
+pub(super) type Variants<B> = Vec<(&'static str, SimdRows<B>)>;
+
+/// Every vectorised dot of Q4_K and Q6_K this CPU runs (the tests check each, not only the
+/// widest).
+#[cfg(test)]
+pub(super) fn simd_variants() -> (Variants<BlockQ4K>, Variants<BlockQ6K>) {
+    let (mut q4, mut q6) = (Vec::new(), Vec::new());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::x86::has_avx2_fma() {
+            q4.push(("avx2", avx2::dot_q4_k as SimdRows<BlockQ4K>));
+            q6.push(("avx2", avx2::dot_q6_k as SimdRows<BlockQ6K>));
+        }
+        if super::x86::has_avx512() {
+            q4.push(("avx512", avx512::dot_q4_k as SimdRows<BlockQ4K>));
+            q6.push(("avx512", avx512::dot_q6_k as SimdRows<BlockQ6K>));
+        }
+    }
+    (q4, q6)
+}
+
+/// `Block::dot` through `simd` where the CPU has one.
+fn simd_dot<B: Block>(simd: Option<SimdRows<B>>, blocks: &[B], x: &[f32]) -> f32 {
+    match simd {
+        Some(rows) => {
+            let mut out = [0f32];
+            // SAFETY: `simd_rows_*` returned it for this CPU; `x` holds the row's values.
+            unsafe { rows(blocks, &x[..B::VALUES * blocks.len()], 0, &mut out) };
+            out[0]
+        }
+        None => super::dot_scalar(blocks, x),
+    }
+}
+
+/// `Block::dot_tokens` through `simd`, [`SIMD_ROWS`] rows at a time (the per-row dot
+/// without it).
+fn simd_dot_tokens<B: Block>(
+    simd: Option<SimdRows<B>>,
+    blocks: &[B],
+    x: &[f32],
+    stride: usize,
+    out: &mut [f32],
+) {
+    let n = B::VALUES * blocks.len();
+    match simd {
+        Some(rows) => {
+            for (g, o) in out.chunks_mut(SIMD_ROWS).enumerate() {
+                let x = &x[SIMD_ROWS * g * stride..];
+                assert!(x.len() >= (o.len() - 1) * stride + n);
+                // SAFETY: as in `simd_dot`; `x` holds every row of this group (checked).
+                unsafe { rows(blocks, x, stride, o) };
+            }
+        }
+        None => {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = B::dot(blocks, &x[t * stride..][..n]);
+            }
         }
     }
 }
@@ -686,6 +736,161 @@ mod avx2 {
                         let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
                         let w = _mm256_mul_ps(dl, q);
                         sums.add(w, 256 * i + 128 * half + 32 * quarter + 8 * g, g);
+                    }
+                }
+            }
+        }
+        sums.write(out);
+    }
+}
+
+/// As the AVX2 versions, sixteen lanes wide: the same decode (the same bits), into the
+/// sums of up to four activation rows (one row: two independent 16-lane sums).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{scales_and_mins, BlockQ4K, BlockQ6K};
+    use std::arch::x86_64::*;
+
+    /// 32 codes (bytes) widened to two groups of 16 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn widen2(codes: __m256i) -> [__m512i; 2] {
+        [
+            _mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)),
+            _mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)),
+        ]
+    }
+
+    /// The sums of T activation rows against one weight row, fed 16 decoded weights at a
+    /// time: one row alternates two sums, more rows keep one each.
+    struct Sums<const T: usize> {
+        acc: [[__m512; 2]; T],
+        x: *const f32,
+        stride: usize,
+    }
+
+    impl<const T: usize> Sums<T> {
+        #[inline(always)]
+        unsafe fn new(x: *const f32, stride: usize) -> Self {
+            Sums {
+                acc: [[_mm512_setzero_ps(); 2]; T],
+                x,
+                stride,
+            }
+        }
+
+        /// Weights `w` of values `at..at + 16` of the row, the `g`-th group of their run.
+        #[inline(always)]
+        unsafe fn add(&mut self, w: __m512, at: usize, g: usize) {
+            let i = if T == 1 { g % 2 } else { 0 };
+            for (t, acc) in self.acc.iter_mut().enumerate() {
+                let x = _mm512_loadu_ps(self.x.add(t * self.stride + at));
+                acc[i] = _mm512_fmadd_ps(w, x, acc[i]);
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn write(&self, out: &mut [f32]) {
+            for (o, acc) in out.iter_mut().zip(&self.acc) {
+                *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32], stride: usize, out: &mut [f32]) {
+        match out.len() {
+            1 => q4_k_rows::<1>(blocks, x, stride, out),
+            2 => q4_k_rows::<2>(blocks, x, stride, out),
+            3 => q4_k_rows::<3>(blocks, x, stride, out),
+            _ => q4_k_rows::<4>(blocks, x, stride, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn q4_k_rows<const T: usize>(
+        blocks: &[BlockQ4K],
+        x: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
+        for (i, b) in blocks.iter().enumerate() {
+            let (d, dmin) = (b.d.get(), b.dmin.get());
+            let (sc, m) = scales_and_mins(&b.scales);
+            for pair in 0..4 {
+                let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * pair) as *const __m256i);
+                let lo = _mm256_and_si256(v, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                for (sub, codes) in [(2 * pair, lo), (2 * pair + 1, hi)] {
+                    let dl = _mm512_set1_ps(d * sc[sub] as f32);
+                    let ml = _mm512_set1_ps(dmin * m[sub] as f32);
+                    for (g, q) in widen2(codes).into_iter().enumerate() {
+                        let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
+                        sums.add(w, 256 * i + 32 * sub + 16 * g, g);
+                    }
+                }
+            }
+        }
+        sums.write(out);
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], x: &[f32], stride: usize, out: &mut [f32]) {
+        match out.len() {
+            1 => q6_k_rows::<1>(blocks, x, stride, out),
+            2 => q6_k_rows::<2>(blocks, x, stride, out),
+            3 => q6_k_rows::<3>(blocks, x, stride, out),
+            _ => q6_k_rows::<4>(blocks, x, stride, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn q6_k_rows<const T: usize>(
+        blocks: &[BlockQ6K],
+        x: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let offset = _mm512_set1_epi32(32);
+        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
+        for (i, b) in blocks.iter().enumerate() {
+            let d = b.d.get();
+            for half in 0..2 {
+                let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+                let ql0 = load(b.ql.as_ptr().add(64 * half));
+                let ql1 = load(b.ql.as_ptr().add(64 * half + 32));
+                let qh = load(b.qh.as_ptr().add(32 * half));
+                // Per quarter of 32 values: 4 low bits from a nibble of ql, 2 high from qh.
+                let quarters = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (quarter, codes) in quarters.into_iter().enumerate() {
+                    for (g, q) in widen2(codes).into_iter().enumerate() {
+                        let sub = 8 * half + g + 2 * quarter;
+                        let dl = _mm512_set1_ps(d * b.scales[sub] as f32);
+                        let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
+                        sums.add(_mm512_mul_ps(dl, q), 256 * i + 128 * half + 32 * quarter + 16 * g, g);
                     }
                 }
             }

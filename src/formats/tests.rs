@@ -100,6 +100,45 @@ fn dot_tokens_matches_the_decoded_values_for_every_row_count() {
     }
 }
 
+/// Each vectorised K-quant dot this CPU runs (AVX2 and AVX-512 where both exist, whichever
+/// the engine picks), for 1 to 4 activation rows, against the f64 sums of the decoded
+/// values, as above.
+#[test]
+fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
+    fn check<B: Block>(variants: &[(&str, kquants::SimdRows<B>)], rng: &mut SplitMix64) {
+        let f = of(B::TYPE).unwrap();
+        let n_values = 4 * B::VALUES;
+        let stride = n_values + 32;
+        let bytes = random_blocks(f, 4, rng);
+        let blocks: &[B] = bytemuck::cast_slice(&bytes);
+        let mut w = vec![0f32; n_values];
+        f.dequantize(&bytes, &mut w);
+        let x: Vec<f32> = (0..4 * stride).map(|_| uniform(rng)).collect();
+        for (name, rows) in variants {
+            for tokens in 1..=4 {
+                let mut got = vec![f32::NAN; tokens];
+                // SAFETY: the variant is one this CPU runs; `x` holds 4 rows of n_values.
+                unsafe { rows(blocks, &x, stride, &mut got) };
+                for (t, &g) in got.iter().enumerate() {
+                    let xt = &x[t * stride..][..n_values];
+                    let want: f64 = w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let scale: f64 =
+                        w.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    assert!(
+                        (g as f64 - want).abs() <= 1e-5 * scale,
+                        "{} {name}, {tokens} rows, row {t}: {g} vs {want}",
+                        B::TYPE
+                    );
+                }
+            }
+        }
+    }
+    let mut rng = SplitMix64(13);
+    let (q4, q6) = kquants::simd_variants();
+    check::<BlockQ4K>(&q4, &mut rng);
+    check::<BlockQ6K>(&q6, &mut rng);
+}
+
 /// Quantizing and decoding gives the values back within what the bits allow: relative RMS
 /// error per format on normal-ish data (a wrong bit layout gives errors of order 1).
 #[test]
