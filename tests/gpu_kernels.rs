@@ -1000,8 +1000,8 @@ fn the_f16_cache_rounds_to_nearest_even_as_the_cpu() {
         0.0,
         -0.0,
         1.0,
-        1.0 + f32::powi(2.0, -11),             // tie: stays at 1 (even)
-        1.0 + 3.0 * f32::powi(2.0, -11),       // tie: up to the even neighbour
+        1.0 + f32::powi(2.0, -11),       // tie: stays at 1 (even)
+        1.0 + 3.0 * f32::powi(2.0, -11), // tie: up to the even neighbour
         1.0 + f32::powi(2.0, -11) + f32::powi(2.0, -23), // just past a tie: up
         65504.0,
         65519.99,
@@ -1010,10 +1010,10 @@ fn the_f16_cache_rounds_to_nearest_even_as_the_cpu() {
         f32::INFINITY,
         f32::NEG_INFINITY,
         f32::NAN,
-        f32::powi(2.0, -14),                   // smallest normal
-        f32::powi(2.0, -24),                   // smallest subnormal
-        f32::powi(2.0, -25),                   // tie between 0 and it: 0
-        3.0 * f32::powi(2.0, -25),             // tie: up to 2^-23 (even)
+        f32::powi(2.0, -14),       // smallest normal
+        f32::powi(2.0, -24),       // smallest subnormal
+        f32::powi(2.0, -25),       // tie between 0 and it: 0
+        3.0 * f32::powi(2.0, -25), // tie: up to 2^-23 (even)
         -5.0 * f32::powi(2.0, -26),
         f32::powi(2.0, -14) - f32::powi(2.0, -25), // tie into the smallest normal
         1e-30,
@@ -1088,7 +1088,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
         let got = (words[i / 2] >> (16 * (i % 2))) & 0xffff;
         let want = half::f16::from_f32(v);
         if v.is_nan() {
-            assert!(half::f16::from_bits(got as u16).is_nan(), "NaN stored as {got:#06x}");
+            assert!(
+                half::f16::from_bits(got as u16).is_nan(),
+                "NaN stored as {got:#06x}"
+            );
         } else {
             assert_eq!(
                 got,

@@ -890,7 +890,11 @@ mod avx512 {
                         let sub = 8 * half + g + 2 * quarter;
                         let dl = _mm512_set1_ps(d * b.scales[sub] as f32);
                         let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                        sums.add(_mm512_mul_ps(dl, q), 256 * i + 128 * half + 32 * quarter + 16 * g, g);
+                        sums.add(
+                            _mm512_mul_ps(dl, q),
+                            256 * i + 128 * half + 32 * quarter + 16 * g,
+                            g,
+                        );
                     }
                 }
             }

@@ -231,7 +231,12 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn dot_n<const T: usize>(blocks: &[BlockQ8_0], x: &[f32], stride: usize, out: &mut [f32]) {
+    unsafe fn dot_n<const T: usize>(
+        blocks: &[BlockQ8_0],
+        x: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; T];
         for (b, block) in blocks.iter().enumerate() {
             let d = scale_x16(block);

@@ -89,7 +89,11 @@ fn dot_tokens_matches_the_decoded_values_for_every_row_count() {
             for (t, &g) in got.iter().enumerate() {
                 let xt = &x[t * stride..][..n_values];
                 let want: f64 = w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let scale: f64 = w.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                let scale: f64 = w
+                    .iter()
+                    .zip(xt)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
                 assert!(
                     (g as f64 - want).abs() <= 1e-5 * scale,
                     "{} dot_tokens, {tokens} rows, row {t}: {g} vs {want} (sum of |products| {scale})",
@@ -122,8 +126,11 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
                 for (t, &g) in got.iter().enumerate() {
                     let xt = &x[t * stride..][..n_values];
                     let want: f64 = w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    let scale: f64 =
-                        w.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    let scale: f64 = w
+                        .iter()
+                        .zip(xt)
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum();
                     assert!(
                         (g as f64 - want).abs() <= 1e-5 * scale,
                         "{} {name}, {tokens} rows, row {t}: {g} vs {want}",
