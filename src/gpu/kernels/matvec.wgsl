@@ -1,7 +1,7 @@
 // Mat-vec over one chunk of a weight matrix: out[row_offset + r] (+)= W[r] · input, for the
 // `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl,
-// a lanes_*.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which says how `quants`
-// and `scales` hold the rows; written by src/gpu/upload.rs) and lib/dot_rows4.wgsl.
+// a lanes_*.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which says
+// how `quants` and `scales` hold the rows; written by src/gpu/upload.rs), lib/dot_rows4.wgsl.
 //
 // input = x[in + g * group_stride .. + cols] for rows of group g = global row / group_rows
 // (per-head batched mat-vecs: k_b, v_b; a plain mat-vec has one group).

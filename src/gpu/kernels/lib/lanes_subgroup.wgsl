@@ -2,8 +2,10 @@
 // for devices with Features::SUBGROUP (subgroups of at least 8 invocations: see
 // src/gpu/context.rs). Appended by src/gpu/shader.rs in place of lanes_workgroup.wgsl (same
 // names) to the kernels that declare `lanes`; the kernel declares LANES (a power of two, at
-// most 8) and its workgroup size AWG. The butterfly gives every lane of a group the same
-// bits (each step adds the same two values, in either order). Call from uniform control flow.
+// most the device's smallest subgroup: 8 where a constant, `GpuContext::lane_limit` where
+// the launcher chooses it) and its workgroup size AWG. The butterfly gives every lane of a
+// group the same bits (each step adds the same two values, in either order). Call from
+// uniform control flow.
 
 /// Sum of `v` over this invocation's group of LANES.
 fn lane_sum(v: vec4<f32>, lid: u32) -> vec4<f32> {
