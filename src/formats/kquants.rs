@@ -351,6 +351,18 @@ impl Block for BlockQ4K {
     }
 
     #[inline]
+    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx512() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx512::dequantize_q4_k(blocks, out) };
+        }
+        for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            b.dequantize(o);
+        }
+    }
+
+    #[inline]
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
         simd_dot(simd_rows_q4_k(), blocks, x)
     }
@@ -439,6 +451,18 @@ impl Block for BlockQ6K {
             qh,
             scales: std::array::from_fn(|i| sc[i] as i8),
             d,
+        }
+    }
+
+    #[inline]
+    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx512() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx512::dequantize_q6_k(blocks, out) };
+        }
+        for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+            b.dequantize(o);
         }
     }
 
@@ -769,6 +793,34 @@ mod avx512 {
         stride: usize,
     }
 
+    /// Where a row's decoded weights go, 16 at a time: into sums ([`Sums`]) or to memory
+    /// ([`Store`]), so each format's decode loop is written once.
+    trait Take {
+        /// Weights `w` of values `at..at + 16` of the row, the `g`-th group of their run.
+        unsafe fn take(&mut self, w: __m512, at: usize, g: usize);
+    }
+
+    impl<const T: usize> Take for Sums<T> {
+        #[inline(always)]
+        unsafe fn take(&mut self, w: __m512, at: usize, g: usize) {
+            let i = if T == 1 { g % 2 } else { 0 };
+            for (t, acc) in self.acc.iter_mut().enumerate() {
+                let x = _mm512_loadu_ps(self.x.add(t * self.stride + at));
+                acc[i] = _mm512_fmadd_ps(w, x, acc[i]);
+            }
+        }
+    }
+
+    /// The decoded values themselves (the batched forward's dequantization).
+    struct Store(*mut f32);
+
+    impl Take for Store {
+        #[inline(always)]
+        unsafe fn take(&mut self, w: __m512, at: usize, _g: usize) {
+            _mm512_storeu_ps(self.0.add(at), w);
+        }
+    }
+
     impl<const T: usize> Sums<T> {
         #[inline(always)]
         unsafe fn new(x: *const f32, stride: usize) -> Self {
@@ -776,16 +828,6 @@ mod avx512 {
                 acc: [[_mm512_setzero_ps(); 2]; T],
                 x,
                 stride,
-            }
-        }
-
-        /// Weights `w` of values `at..at + 16` of the row, the `g`-th group of their run.
-        #[inline(always)]
-        unsafe fn add(&mut self, w: __m512, at: usize, g: usize) {
-            let i = if T == 1 { g % 2 } else { 0 };
-            for (t, acc) in self.acc.iter_mut().enumerate() {
-                let x = _mm512_loadu_ps(self.x.add(t * self.stride + at));
-                acc[i] = _mm512_fmadd_ps(w, x, acc[i]);
             }
         }
 
@@ -815,8 +857,22 @@ mod avx512 {
         stride: usize,
         out: &mut [f32],
     ) {
-        let mask = _mm256_set1_epi8(0x0F);
         let mut sums = Sums::<T>::new(x.as_ptr(), stride);
+        decode_q4_k(blocks, &mut sums);
+        sums.write(out);
+    }
+
+    /// `out` = the values of `blocks` (256 each), the same bits as `BlockQ4K::dequantize`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dequantize_q4_k(blocks: &[BlockQ4K], out: &mut [f32]) {
+        assert!(out.len() >= 256 * blocks.len());
+        decode_q4_k(blocks, &mut Store(out.as_mut_ptr()));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn decode_q4_k<W: Take>(blocks: &[BlockQ4K], sink: &mut W) {
+        let mask = _mm256_set1_epi8(0x0F);
         for (i, b) in blocks.iter().enumerate() {
             let (d, dmin) = (b.d.get(), b.dmin.get());
             let (sc, m) = scales_and_mins(&b.scales);
@@ -829,12 +885,11 @@ mod avx512 {
                     let ml = _mm512_set1_ps(dmin * m[sub] as f32);
                     for (g, q) in widen2(codes).into_iter().enumerate() {
                         let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
-                        sums.add(w, 256 * i + 32 * sub + 16 * g, g);
+                        sink.take(w, 256 * i + 32 * sub + 16 * g, g);
                     }
                 }
             }
         }
-        sums.write(out);
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -855,10 +910,24 @@ mod avx512 {
         stride: usize,
         out: &mut [f32],
     ) {
+        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
+        decode_q6_k(blocks, &mut sums);
+        sums.write(out);
+    }
+
+    /// `out` = the values of `blocks` (256 each), the same bits as `BlockQ6K::dequantize`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dequantize_q6_k(blocks: &[BlockQ6K], out: &mut [f32]) {
+        assert!(out.len() >= 256 * blocks.len());
+        decode_q6_k(blocks, &mut Store(out.as_mut_ptr()));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn decode_q6_k<W: Take>(blocks: &[BlockQ6K], sink: &mut W) {
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
         let offset = _mm512_set1_epi32(32);
-        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
         for (i, b) in blocks.iter().enumerate() {
             let d = b.d.get();
             for half in 0..2 {
@@ -890,7 +959,7 @@ mod avx512 {
                         let sub = 8 * half + g + 2 * quarter;
                         let dl = _mm512_set1_ps(d * b.scales[sub] as f32);
                         let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                        sums.add(
+                        sink.take(
                             _mm512_mul_ps(dl, q),
                             256 * i + 128 * half + 32 * quarter + 16 * g,
                             g,
@@ -899,6 +968,5 @@ mod avx512 {
                 }
             }
         }
-        sums.write(out);
     }
 }

@@ -146,6 +146,45 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
     check::<BlockQ6K>(&q6, &mut rng);
 }
 
+/// A row's decode (`dequantize_blocks`, vectorised for some formats) gives exactly the bits
+/// of the block-by-block reference decode, for every format with random blocks.
+#[test]
+fn row_decode_equals_the_block_decode_bit_for_bit() {
+    fn check<B: Block>(rng: &mut SplitMix64) {
+        let f = of(B::TYPE).unwrap();
+        let bytes = random_blocks(f, 9, rng);
+        let blocks: &[B] = bytemuck::cast_slice(&bytes);
+        let mut row = vec![f32::NAN; 9 * B::VALUES];
+        B::dequantize_blocks(blocks, &mut row);
+        let mut one = vec![0f32; B::VALUES];
+        for (b, got) in blocks.iter().zip(row.chunks_exact(B::VALUES)) {
+            b.dequantize(&mut one);
+            let same = got
+                .iter()
+                .zip(&one)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{}: {got:?} vs {one:?}", B::TYPE);
+        }
+    }
+    let mut rng = SplitMix64(14);
+    check::<BlockF32>(&mut rng);
+    check::<BlockF16>(&mut rng);
+    check::<BlockBF16>(&mut rng);
+    check::<BlockQ8_0>(&mut rng);
+    check::<BlockQ4_0>(&mut rng);
+    check::<BlockQ4_1>(&mut rng);
+    check::<BlockQ5_0>(&mut rng);
+    check::<BlockQ5_1>(&mut rng);
+    check::<BlockQ2K>(&mut rng);
+    check::<BlockQ3K>(&mut rng);
+    check::<BlockQ4K>(&mut rng);
+    check::<BlockQ5K>(&mut rng);
+    check::<BlockQ6K>(&mut rng);
+    check::<BlockIQ4NL>(&mut rng);
+    check::<BlockIQ4XS>(&mut rng);
+    check::<BlockMXFP4>(&mut rng);
+}
+
 /// Quantizing and decoding gives the values back within what the bits allow: relative RMS
 /// error per format on normal-ish data (a wrong bit layout gives errors of order 1).
 #[test]
