@@ -352,29 +352,22 @@ impl Block for BlockQ4K {
 
     #[inline]
     fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx512() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx512::dequantize_q4_k(blocks, out) };
-        }
-        for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-            b.dequantize(o);
-        }
+        simd_dequantize(blocks, out)
     }
 
     #[inline]
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        simd_dot(simd_rows_q4_k(), blocks, x)
+        simd_dot(blocks, x)
     }
 
     #[inline]
     fn has_dot_tokens() -> bool {
-        simd_rows_q4_k().is_some()
+        simd_rows::<Self>().is_some()
     }
 
     #[inline]
     fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        simd_dot_tokens(simd_rows_q4_k(), blocks, x, stride, out)
+        simd_dot_tokens(blocks, x, stride, out)
     }
 }
 
@@ -456,29 +449,22 @@ impl Block for BlockQ6K {
 
     #[inline]
     fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx512() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx512::dequantize_q6_k(blocks, out) };
-        }
-        for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-            b.dequantize(o);
-        }
+        simd_dequantize(blocks, out)
     }
 
     #[inline]
     fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        simd_dot(simd_rows_q6_k(), blocks, x)
+        simd_dot(blocks, x)
     }
 
     #[inline]
     fn has_dot_tokens() -> bool {
-        simd_rows_q6_k().is_some()
+        simd_rows::<Self>().is_some()
     }
 
     #[inline]
     fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        simd_dot_tokens(simd_rows_q6_k(), blocks, x, stride, out)
+        simd_dot_tokens(blocks, x, stride, out)
     }
 }
 
@@ -489,29 +475,25 @@ pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
 /// Activation rows the vectorised K-quant dots take at once.
 const SIMD_ROWS: usize = 4;
 
-/// The widest vectorised Q4_K dot this CPU runs, if any.
-fn simd_rows_q4_k() -> Option<SimdRows<BlockQ4K>> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::x86::has_avx512() {
-            return Some(avx512::dot_q4_k);
-        }
-        if super::x86::has_avx2_fma() {
-            return Some(avx2::dot_q4_k);
-        }
-    }
-    None
-}
+/// The formats with vectorised decodes on x86_64 (Q4_K and Q6_K), at both widths.
+#[cfg(target_arch = "x86_64")]
+pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
+#[cfg(target_arch = "x86_64")]
+impl<B: avx2::Decode + avx512::Decode> Vectorised for B {}
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) trait Vectorised {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<B> Vectorised for B {}
 
-/// The widest vectorised Q6_K dot this CPU runs, if any.
-fn simd_rows_q6_k() -> Option<SimdRows<BlockQ6K>> {
+/// The widest vectorised dot of `B` this CPU runs, if any.
+fn simd_rows<B: Vectorised>() -> Option<SimdRows<B>> {
     #[cfg(target_arch = "x86_64")]
     {
         if super::x86::has_avx512() {
-            return Some(avx512::dot_q6_k);
+            return Some(avx512::dot::<B>);
         }
         if super::x86::has_avx2_fma() {
-            return Some(avx2::dot_q6_k);
+            return Some(avx2::dot::<B>);
         }
     }
     None
@@ -521,31 +503,42 @@ fn simd_rows_q6_k() -> Option<SimdRows<BlockQ6K>> {
 #[cfg(test)]
 pub(super) type Variants<B> = Vec<(&'static str, SimdRows<B>)>;
 
-/// Every vectorised dot of Q4_K and Q6_K this CPU runs (the tests check each, not only the
-/// widest).
+/// Every vectorised dot of `B` (Q4_K or Q6_K) this CPU runs (the tests check each, not
+/// only the widest).
 #[cfg(test)]
-pub(super) fn simd_variants() -> (Variants<BlockQ4K>, Variants<BlockQ6K>) {
-    let (mut q4, mut q6) = (Vec::new(), Vec::new());
+pub(super) fn simd_variants<B: Vectorised>() -> Variants<B> {
+    let mut v: Variants<B> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
         if super::x86::has_avx2_fma() {
-            q4.push(("avx2", avx2::dot_q4_k as SimdRows<BlockQ4K>));
-            q6.push(("avx2", avx2::dot_q6_k as SimdRows<BlockQ6K>));
+            v.push(("avx2", avx2::dot::<B>));
         }
         if super::x86::has_avx512() {
-            q4.push(("avx512", avx512::dot_q4_k as SimdRows<BlockQ4K>));
-            q6.push(("avx512", avx512::dot_q6_k as SimdRows<BlockQ6K>));
+            v.push(("avx512", avx512::dot::<B>));
         }
     }
-    (q4, q6)
+    v
 }
 
-/// `Block::dot` through `simd` where the CPU has one.
-fn simd_dot<B: Block>(simd: Option<SimdRows<B>>, blocks: &[B], x: &[f32]) -> f32 {
-    match simd {
+/// `Block::dequantize_blocks` of a vectorised format: AVX-512 where the CPU has it (the
+/// same bits), else block by block.
+fn simd_dequantize<B: Block + Vectorised>(blocks: &[B], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::has_avx512() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { avx512::dequantize(blocks, out) };
+    }
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::VALUES)) {
+        b.dequantize(o);
+    }
+}
+
+/// `Block::dot` of a vectorised format, through [`simd_rows`] where the CPU has one.
+fn simd_dot<B: Block + Vectorised>(blocks: &[B], x: &[f32]) -> f32 {
+    match simd_rows::<B>() {
         Some(rows) => {
             let mut out = [0f32];
-            // SAFETY: `simd_rows_*` returned it for this CPU; `x` holds the row's values.
+            // SAFETY: `simd_rows` returned it for this CPU; `x` holds the row's values.
             unsafe { rows(blocks, &x[..B::VALUES * blocks.len()], 0, &mut out) };
             out[0]
         }
@@ -553,17 +546,11 @@ fn simd_dot<B: Block>(simd: Option<SimdRows<B>>, blocks: &[B], x: &[f32]) -> f32
     }
 }
 
-/// `Block::dot_tokens` through `simd`, [`SIMD_ROWS`] rows at a time (the per-row dot
-/// without it).
-fn simd_dot_tokens<B: Block>(
-    simd: Option<SimdRows<B>>,
-    blocks: &[B],
-    x: &[f32],
-    stride: usize,
-    out: &mut [f32],
-) {
+/// `Block::dot_tokens` of a vectorised format, [`SIMD_ROWS`] rows at a time (the per-row
+/// dot without a vectorised version).
+fn simd_dot_tokens<B: Block + Vectorised>(blocks: &[B], x: &[f32], stride: usize, out: &mut [f32]) {
     let n = B::VALUES * blocks.len();
-    match simd {
+    match simd_rows::<B>() {
         Some(rows) => {
             for (g, o) in out.chunks_mut(SIMD_ROWS).enumerate() {
                 let x = &x[SIMD_ROWS * g * stride..];
@@ -602,14 +589,70 @@ pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec
     }
 }
 
-/// The two formats that carry most bytes of a Q4_K_M file, vectorised: each weight is
-/// decoded with the same f32 operations as `dequantize` (so to the same bits), eight at a
-/// time, and multiplied into the sums of up to four activation rows (one row: four
+/// The codes of the two formats that carry most bytes of a Q4_K_M file, 32 bytes at a
+/// time, shared by both widths below.
+#[cfg(target_arch = "x86_64")]
+mod codes {
+    use super::{BlockQ4K, BlockQ6K};
+    use std::arch::x86_64::*;
+
+    /// Q4_K's codes in `qs` bytes 32p..32p+32: sub-block 2p (low nibbles), then 2p + 1.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q4_k(b: &BlockQ4K, pair: usize) -> [__m256i; 2] {
+        let mask = _mm256_set1_epi8(0x0F);
+        let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * pair) as *const __m256i);
+        [
+            _mm256_and_si256(v, mask),
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+        ]
+    }
+
+    /// Q6_K's codes (offset 32 not yet taken) of half `half`, by quarter of 32 values: 4 low
+    /// bits from a nibble of `ql`, 2 high from `qh`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q6_k(b: &BlockQ6K, half: usize) -> [__m256i; 4] {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+        let ql0 = load(b.ql.as_ptr().add(64 * half));
+        let ql1 = load(b.ql.as_ptr().add(64 * half + 32));
+        let qh = load(b.qh.as_ptr().add(32 * half));
+        [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_and_si256(qh, m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+            ),
+        ]
+    }
+}
+
+/// Eight lanes: each weight decoded with the same f32 operations as `dequantize` (so to the
+/// same bits) and multiplied into the sums of up to four activation rows (one row: four
 /// independent 8-lane sums).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{scales_and_mins, BlockQ4K, BlockQ6K};
+    use super::{codes, scales_and_mins, BlockQ4K, BlockQ6K};
     use std::arch::x86_64::*;
+
+    /// A format whose rows this width decodes into [`Sums`].
+    pub trait Decode: Sized {
+        /// Feeds every weight of `blocks` to `sums`, 8 at a time.
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>);
+    }
 
     /// The four groups of 8 codes in 32 bytes, each widened to 8 i32 lanes.
     #[inline]
@@ -629,22 +672,13 @@ mod avx2 {
     /// fed 8 decoded weights at a time: group `g` of a run of 32 goes to sum `g % (4 / T)`
     /// of each row, so one row keeps 4 independent sums (as the plain dot always had) and 4
     /// rows one each.
-    struct Sums<const T: usize> {
+    pub struct Sums<const T: usize> {
         acc: [[__m256; 4]; T],
         x: *const f32,
         stride: usize,
     }
 
     impl<const T: usize> Sums<T> {
-        #[inline(always)]
-        unsafe fn new(x: *const f32, stride: usize) -> Self {
-            Sums {
-                acc: [[_mm256_setzero_ps(); 4]; T],
-                x,
-                stride,
-            }
-        }
-
         /// Weights `w` of values `at..at + 8` of the row, the `g`-th group of their run.
         #[inline(always)]
         unsafe fn add(&mut self, w: __m256, at: usize, g: usize) {
@@ -654,126 +688,101 @@ mod avx2 {
                 *a = _mm256_fmadd_ps(w, x, *a);
             }
         }
-
-        #[inline(always)]
-        unsafe fn write(&self, out: &mut [f32]) {
-            for (o, acc) in out.iter_mut().zip(&self.acc) {
-                *o = super::super::x86::sum_lanes(*acc);
-            }
-        }
     }
 
     /// `out.len()` (1 to 4) sums at once: each weight decoded once for all of them.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32], stride: usize, out: &mut [f32]) {
+    pub unsafe fn dot<B: Decode>(blocks: &[B], x: &[f32], stride: usize, out: &mut [f32]) {
         match out.len() {
-            1 => q4_k_rows::<1>(blocks, x, stride, out),
-            2 => q4_k_rows::<2>(blocks, x, stride, out),
-            3 => q4_k_rows::<3>(blocks, x, stride, out),
-            _ => q4_k_rows::<4>(blocks, x, stride, out),
+            1 => rows::<B, 1>(blocks, x, stride, out),
+            2 => rows::<B, 2>(blocks, x, stride, out),
+            3 => rows::<B, 3>(blocks, x, stride, out),
+            _ => rows::<B, 4>(blocks, x, stride, out),
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_k_rows<const T: usize>(
-        blocks: &[BlockQ4K],
+    unsafe fn rows<B: Decode, const T: usize>(
+        blocks: &[B],
         x: &[f32],
         stride: usize,
         out: &mut [f32],
     ) {
-        let mask = _mm256_set1_epi8(0x0F);
-        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
-        for (i, b) in blocks.iter().enumerate() {
-            let (d, dmin) = (b.d.get(), b.dmin.get());
-            let (sc, m) = scales_and_mins(&b.scales);
-            for pair in 0..4 {
-                let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * pair) as *const __m256i);
-                let lo = _mm256_and_si256(v, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                for (sub, codes) in [(2 * pair, lo), (2 * pair + 1, hi)] {
-                    let dl = _mm256_set1_ps(d * sc[sub] as f32);
-                    let ml = _mm256_set1_ps(dmin * m[sub] as f32);
-                    for (g, q) in widen4(codes).into_iter().enumerate() {
-                        let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
-                        sums.add(w, 256 * i + 32 * sub + 8 * g, g);
+        let mut sums = Sums::<T> {
+            acc: [[_mm256_setzero_ps(); 4]; T],
+            x: x.as_ptr(),
+            stride,
+        };
+        B::decode(blocks, &mut sums);
+        for (o, acc) in out.iter_mut().zip(&sums.acc) {
+            *o = super::super::x86::sum_lanes(*acc);
+        }
+    }
+
+    impl Decode for BlockQ4K {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            for (i, b) in blocks.iter().enumerate() {
+                let (d, dmin) = (b.d.get(), b.dmin.get());
+                let (sc, m) = scales_and_mins(&b.scales);
+                for pair in 0..4 {
+                    for (half, codes) in codes::q4_k(b, pair).into_iter().enumerate() {
+                        let sub = 2 * pair + half;
+                        let dl = _mm256_set1_ps(d * sc[sub] as f32);
+                        let ml = _mm256_set1_ps(dmin * m[sub] as f32);
+                        for (g, q) in widen4(codes).into_iter().enumerate() {
+                            let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
+                            sums.add(w, 256 * i + 32 * sub + 8 * g, g);
+                        }
                     }
                 }
             }
         }
-        sums.write(out);
     }
 
-    /// As [`dot_q4_k`], for Q6_K.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], x: &[f32], stride: usize, out: &mut [f32]) {
-        match out.len() {
-            1 => q6_k_rows::<1>(blocks, x, stride, out),
-            2 => q6_k_rows::<2>(blocks, x, stride, out),
-            3 => q6_k_rows::<3>(blocks, x, stride, out),
-            _ => q6_k_rows::<4>(blocks, x, stride, out),
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q6_k_rows<const T: usize>(
-        blocks: &[BlockQ6K],
-        x: &[f32],
-        stride: usize,
-        out: &mut [f32],
-    ) {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
-        let offset = _mm256_set1_epi32(32);
-        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
-        for (i, b) in blocks.iter().enumerate() {
-            let d = b.d.get();
-            for half in 0..2 {
-                let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
-                let ql0 = load(b.ql.as_ptr().add(64 * half));
-                let ql1 = load(b.ql.as_ptr().add(64 * half + 32));
-                let qh = load(b.qh.as_ptr().add(32 * half));
-                // Per quarter of 32 values: 4 low bits from a nibble of ql, 2 high from qh.
-                let quarters = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-                    ),
-                ];
-                for (quarter, codes) in quarters.into_iter().enumerate() {
-                    for (g, q) in widen4(codes).into_iter().enumerate() {
-                        let sub = 8 * half + g / 2 + 2 * quarter;
-                        let dl = _mm256_set1_ps(d * b.scales[sub] as f32);
-                        let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
-                        let w = _mm256_mul_ps(dl, q);
-                        sums.add(w, 256 * i + 128 * half + 32 * quarter + 8 * g, g);
+    impl Decode for BlockQ6K {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            let offset = _mm256_set1_epi32(32);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                for half in 0..2 {
+                    for (quarter, codes) in codes::q6_k(b, half).into_iter().enumerate() {
+                        for (g, q) in widen4(codes).into_iter().enumerate() {
+                            let sub = 8 * half + g / 2 + 2 * quarter;
+                            let dl = _mm256_set1_ps(d * b.scales[sub] as f32);
+                            let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
+                            let at = 256 * i + 128 * half + 32 * quarter + 8 * g;
+                            sums.add(_mm256_mul_ps(dl, q), at, g);
+                        }
                     }
                 }
             }
         }
-        sums.write(out);
     }
 }
 
 /// As the AVX2 versions, sixteen lanes wide: the same decode (the same bits), into the
-/// sums of up to four activation rows (one row: two independent 16-lane sums).
+/// sums of up to four activation rows (one row: two independent 16-lane sums), or to memory
+/// (the batched forward's dequantization).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{scales_and_mins, BlockQ4K, BlockQ6K};
+    use super::{codes, scales_and_mins, BlockQ4K, BlockQ6K};
     use std::arch::x86_64::*;
+
+    /// A format whose rows this width decodes.
+    pub trait Decode: Sized {
+        /// Feeds every weight of `blocks` to `sink`, 16 at a time.
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W);
+    }
+
+    /// Where a row's decoded weights go, 16 at a time: into sums ([`Sums`]) or to memory
+    /// ([`Store`]), so each format's decode loop is written once.
+    pub trait Take {
+        /// Weights `w` of values `at..at + 16` of the row, the `g`-th group of their run.
+        unsafe fn take(&mut self, w: __m512, at: usize, g: usize);
+    }
 
     /// 32 codes (bytes) widened to two groups of 16 i32 lanes.
     #[inline]
@@ -785,19 +794,12 @@ mod avx512 {
         ]
     }
 
-    /// The sums of T activation rows against one weight row, fed 16 decoded weights at a
-    /// time: one row alternates two sums, more rows keep one each.
+    /// The sums of T activation rows against one weight row: one row alternates two sums,
+    /// more rows keep one each.
     struct Sums<const T: usize> {
         acc: [[__m512; 2]; T],
         x: *const f32,
         stride: usize,
-    }
-
-    /// Where a row's decoded weights go, 16 at a time: into sums ([`Sums`]) or to memory
-    /// ([`Store`]), so each format's decode loop is written once.
-    trait Take {
-        /// Weights `w` of values `at..at + 16` of the row, the `g`-th group of their run.
-        unsafe fn take(&mut self, w: __m512, at: usize, g: usize);
     }
 
     impl<const T: usize> Take for Sums<T> {
@@ -811,7 +813,7 @@ mod avx512 {
         }
     }
 
-    /// The decoded values themselves (the batched forward's dequantization).
+    /// The decoded values themselves.
     struct Store(*mut f32);
 
     impl Take for Store {
@@ -821,149 +823,79 @@ mod avx512 {
         }
     }
 
-    impl<const T: usize> Sums<T> {
-        #[inline(always)]
-        unsafe fn new(x: *const f32, stride: usize) -> Self {
-            Sums {
-                acc: [[_mm512_setzero_ps(); 2]; T],
-                x,
-                stride,
-            }
-        }
-
-        #[inline(always)]
-        unsafe fn write(&self, out: &mut [f32]) {
-            for (o, acc) in out.iter_mut().zip(&self.acc) {
-                *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-            }
-        }
-    }
-
+    /// `out.len()` (1 to 4) sums at once: each weight decoded once for all of them.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], x: &[f32], stride: usize, out: &mut [f32]) {
+    pub unsafe fn dot<B: Decode>(blocks: &[B], x: &[f32], stride: usize, out: &mut [f32]) {
         match out.len() {
-            1 => q4_k_rows::<1>(blocks, x, stride, out),
-            2 => q4_k_rows::<2>(blocks, x, stride, out),
-            3 => q4_k_rows::<3>(blocks, x, stride, out),
-            _ => q4_k_rows::<4>(blocks, x, stride, out),
+            1 => rows::<B, 1>(blocks, x, stride, out),
+            2 => rows::<B, 2>(blocks, x, stride, out),
+            3 => rows::<B, 3>(blocks, x, stride, out),
+            _ => rows::<B, 4>(blocks, x, stride, out),
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn q4_k_rows<const T: usize>(
-        blocks: &[BlockQ4K],
+    unsafe fn rows<B: Decode, const T: usize>(
+        blocks: &[B],
         x: &[f32],
         stride: usize,
         out: &mut [f32],
     ) {
-        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
-        decode_q4_k(blocks, &mut sums);
-        sums.write(out);
+        let mut sums = Sums::<T> {
+            acc: [[_mm512_setzero_ps(); 2]; T],
+            x: x.as_ptr(),
+            stride,
+        };
+        B::decode(blocks, &mut sums);
+        for (o, acc) in out.iter_mut().zip(&sums.acc) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        }
     }
 
-    /// `out` = the values of `blocks` (256 each), the same bits as `BlockQ4K::dequantize`.
+    /// `out` = the values of `blocks` (256 each), the same bits as their `dequantize`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn dequantize_q4_k(blocks: &[BlockQ4K], out: &mut [f32]) {
+    pub unsafe fn dequantize<B: Decode>(blocks: &[B], out: &mut [f32]) {
         assert!(out.len() >= 256 * blocks.len());
-        decode_q4_k(blocks, &mut Store(out.as_mut_ptr()));
+        B::decode(blocks, &mut Store(out.as_mut_ptr()));
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn decode_q4_k<W: Take>(blocks: &[BlockQ4K], sink: &mut W) {
-        let mask = _mm256_set1_epi8(0x0F);
-        for (i, b) in blocks.iter().enumerate() {
-            let (d, dmin) = (b.d.get(), b.dmin.get());
-            let (sc, m) = scales_and_mins(&b.scales);
-            for pair in 0..4 {
-                let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * pair) as *const __m256i);
-                let lo = _mm256_and_si256(v, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                for (sub, codes) in [(2 * pair, lo), (2 * pair + 1, hi)] {
-                    let dl = _mm512_set1_ps(d * sc[sub] as f32);
-                    let ml = _mm512_set1_ps(dmin * m[sub] as f32);
-                    for (g, q) in widen2(codes).into_iter().enumerate() {
-                        let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
-                        sink.take(w, 256 * i + 32 * sub + 16 * g, g);
+    impl Decode for BlockQ4K {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            for (i, b) in blocks.iter().enumerate() {
+                let (d, dmin) = (b.d.get(), b.dmin.get());
+                let (sc, m) = scales_and_mins(&b.scales);
+                for pair in 0..4 {
+                    for (half, codes) in codes::q4_k(b, pair).into_iter().enumerate() {
+                        let sub = 2 * pair + half;
+                        let dl = _mm512_set1_ps(d * sc[sub] as f32);
+                        let ml = _mm512_set1_ps(dmin * m[sub] as f32);
+                        for (g, q) in widen2(codes).into_iter().enumerate() {
+                            let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
+                            sink.take(w, 256 * i + 32 * sub + 16 * g, g);
+                        }
                     }
                 }
             }
         }
     }
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], x: &[f32], stride: usize, out: &mut [f32]) {
-        match out.len() {
-            1 => q6_k_rows::<1>(blocks, x, stride, out),
-            2 => q6_k_rows::<2>(blocks, x, stride, out),
-            3 => q6_k_rows::<3>(blocks, x, stride, out),
-            _ => q6_k_rows::<4>(blocks, x, stride, out),
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn q6_k_rows<const T: usize>(
-        blocks: &[BlockQ6K],
-        x: &[f32],
-        stride: usize,
-        out: &mut [f32],
-    ) {
-        let mut sums = Sums::<T>::new(x.as_ptr(), stride);
-        decode_q6_k(blocks, &mut sums);
-        sums.write(out);
-    }
-
-    /// `out` = the values of `blocks` (256 each), the same bits as `BlockQ6K::dequantize`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn dequantize_q6_k(blocks: &[BlockQ6K], out: &mut [f32]) {
-        assert!(out.len() >= 256 * blocks.len());
-        decode_q6_k(blocks, &mut Store(out.as_mut_ptr()));
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn decode_q6_k<W: Take>(blocks: &[BlockQ6K], sink: &mut W) {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
-        let offset = _mm512_set1_epi32(32);
-        for (i, b) in blocks.iter().enumerate() {
-            let d = b.d.get();
-            for half in 0..2 {
-                let load = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
-                let ql0 = load(b.ql.as_ptr().add(64 * half));
-                let ql1 = load(b.ql.as_ptr().add(64 * half + 32));
-                let qh = load(b.qh.as_ptr().add(32 * half));
-                // Per quarter of 32 values: 4 low bits from a nibble of ql, 2 high from qh.
-                let quarters = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-                    ),
-                ];
-                for (quarter, codes) in quarters.into_iter().enumerate() {
-                    for (g, q) in widen2(codes).into_iter().enumerate() {
-                        let sub = 8 * half + g + 2 * quarter;
-                        let dl = _mm512_set1_ps(d * b.scales[sub] as f32);
-                        let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                        sink.take(
-                            _mm512_mul_ps(dl, q),
-                            256 * i + 128 * half + 32 * quarter + 16 * g,
-                            g,
-                        );
+    impl Decode for BlockQ6K {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            let offset = _mm512_set1_epi32(32);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                for half in 0..2 {
+                    for (quarter, codes) in codes::q6_k(b, half).into_iter().enumerate() {
+                        for (g, q) in widen2(codes).into_iter().enumerate() {
+                            let sub = 8 * half + g + 2 * quarter;
+                            let dl = _mm512_set1_ps(d * b.scales[sub] as f32);
+                            let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
+                            let at = 256 * i + 128 * half + 32 * quarter + 16 * g;
+                            sink.take(_mm512_mul_ps(dl, q), at, g);
+                        }
                     }
                 }
             }

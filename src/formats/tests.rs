@@ -37,8 +37,23 @@ fn table_agrees_with_the_container() {
     assert_eq!(gpu_supported_names(), supported_names());
 }
 
+/// `got` against the f64 sum of `w · x`: within 1e-5 of `Σ |w·x|` (f32 rounding of a few
+/// thousand products).
+fn assert_dot(got: f32, w: &[f32], x: &[f32], what: &str) {
+    let want: f64 = w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let scale: f64 = w
+        .iter()
+        .zip(x)
+        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+        .sum();
+    assert!(
+        (got as f64 - want).abs() <= 1e-5 * scale,
+        "{what}: {got} vs {want} (sum of |products| {scale})"
+    );
+}
+
 /// The dot of every format, vectorised or not, against the f64 sum of the decoded values
-/// times x: within 1e-5 of `Σ |w·x|` (f32 rounding of a few thousand products).
+/// times x ([`assert_dot`]).
 #[test]
 fn dot_matches_the_decoded_values_and_the_scalar_path() {
     let mut rng = SplitMix64(11);
@@ -48,21 +63,11 @@ fn dot_matches_the_decoded_values_and_the_scalar_path() {
             let x: Vec<f32> = (0..n_values).map(|_| uniform(&mut rng)).collect();
             let mut w = vec![0f32; n_values];
             f.dequantize(&bytes, &mut w);
-            let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let scale: f64 = w
-                .iter()
-                .zip(&x)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
             for (label, got) in [
                 ("dot", f.dot(&bytes, &x)),
                 ("dot_scalar", f.dot_scalar(&bytes, &x)),
             ] {
-                assert!(
-                    (got as f64 - want).abs() <= 1e-5 * scale,
-                    "{} {label} of {n_values}: {got} vs {want} (sum of |products| {scale})",
-                    f.ty
-                );
+                assert_dot(got, &w, &x, &format!("{} {label} of {n_values}", f.ty));
             }
         }
     }
@@ -88,17 +93,8 @@ fn dot_tokens_matches_the_decoded_values_for_every_row_count() {
             f.dot_tokens(&bytes, &x, stride, &mut got);
             for (t, &g) in got.iter().enumerate() {
                 let xt = &x[t * stride..][..n_values];
-                let want: f64 = w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let scale: f64 = w
-                    .iter()
-                    .zip(xt)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
-                assert!(
-                    (g as f64 - want).abs() <= 1e-5 * scale,
-                    "{} dot_tokens, {tokens} rows, row {t}: {g} vs {want} (sum of |products| {scale})",
-                    f.ty
-                );
+                let what = format!("{} dot_tokens, {tokens} rows, row {t}", f.ty);
+                assert_dot(g, &w, xt, &what);
             }
         }
     }
@@ -125,25 +121,15 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
                 unsafe { rows(blocks, &x, stride, &mut got) };
                 for (t, &g) in got.iter().enumerate() {
                     let xt = &x[t * stride..][..n_values];
-                    let want: f64 = w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    let scale: f64 = w
-                        .iter()
-                        .zip(xt)
-                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                        .sum();
-                    assert!(
-                        (g as f64 - want).abs() <= 1e-5 * scale,
-                        "{} {name}, {tokens} rows, row {t}: {g} vs {want}",
-                        B::TYPE
-                    );
+                    let what = format!("{} {name}, {tokens} rows, row {t}", B::TYPE);
+                    assert_dot(g, &w, xt, &what);
                 }
             }
         }
     }
     let mut rng = SplitMix64(13);
-    let (q4, q6) = kquants::simd_variants();
-    check::<BlockQ4K>(&q4, &mut rng);
-    check::<BlockQ6K>(&q6, &mut rng);
+    check::<BlockQ4K>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ6K>(&kquants::simd_variants(), &mut rng);
 }
 
 /// A row's decode (`dequantize_blocks`, vectorised for some formats) gives exactly the bits
