@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::gpu::{GpuBackend, GpuOptions};
+use crate::gpu::{GpuBackend, GpuOptions, TileMath};
 use crate::ops_common::CacheType;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
@@ -85,9 +85,9 @@ pub struct BackendOptions {
     pub ctx: usize,
     /// How the latent cache stores rows (`None`: f16 on the GPU, f32 on the CPU).
     pub cache_type: Option<CacheType>,
-    /// GPU: multiply the batched mat-mul's tiles with f32 FMAs even where the device has
-    /// cooperative matrices.
-    pub no_cooperative_matrix: bool,
+    /// GPU: how the batched mat-mul multiplies its tiles where the device has cooperative
+    /// matrices (f32 FMAs elsewhere).
+    pub tile_math: TileMath,
 }
 
 impl Default for BackendOptions {
@@ -98,7 +98,7 @@ impl Default for BackendOptions {
             threads: 0,
             ctx: 4096,
             cache_type: None,
-            no_cooperative_matrix: false,
+            tile_math: TileMath::default(),
         }
     }
 }
@@ -216,7 +216,7 @@ fn gpu<'a>(
     let gpu_opts = GpuOptions {
         adapter: opts.adapter,
         cache_type: opts.cache_type.unwrap_or(CacheType::F16),
-        no_cooperative_matrix: opts.no_cooperative_matrix,
+        tile_math: opts.tile_math,
         ..Default::default()
     };
     let mut backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;

@@ -24,7 +24,7 @@ use glm_flash::formats;
 use glm_flash::ftype::FileType;
 use glm_flash::generate::{GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
-use glm_flash::gpu;
+use glm_flash::gpu::{self, TileMath};
 use glm_flash::ops_common::CacheType;
 use glm_flash::sampler::SamplerOptions;
 use glm_flash::server::{Defaults, ServeOptions, Server};
@@ -204,10 +204,31 @@ struct BackendArgs {
     /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
     #[arg(long, value_enum, value_name = "TYPE")]
     cache_type: Option<CacheTypeArg>,
-    /// GPU: multiply prompt chunks with f32 FMAs even where the adapter has cooperative
-    /// matrices (tensor cores); `glm-flash devices` says which one an adapter gets.
-    #[arg(long)]
-    no_cooperative_matrix: bool,
+    /// GPU: how prompt chunks are multiplied where the adapter has cooperative matrices
+    /// (tensor cores; `glm-flash devices` says which adapters do). Elsewhere: f32 FMAs.
+    #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
+    matmul: MatmulArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MatmulArg {
+    /// Tensor cores on two f16 parts of each f32 value: about 21 bits, three products.
+    Split,
+    /// Tensor cores on values rounded to f16: one product, faster, f16's precision (as
+    /// llama.cpp); the error it adds is measured in BENCHMARKS.md.
+    F16,
+    /// f32 FMAs, no tensor cores.
+    Fma,
+}
+
+impl From<MatmulArg> for TileMath {
+    fn from(m: MatmulArg) -> TileMath {
+        match m {
+            MatmulArg::Split => TileMath::Split,
+            MatmulArg::F16 => TileMath::F16,
+            MatmulArg::Fma => TileMath::Fma,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -239,7 +260,7 @@ impl BackendArgs {
             threads: self.threads,
             ctx: self.ctx.unwrap_or(DEFAULT_CTX),
             cache_type: self.cache_type.map(CacheType::from),
-            no_cooperative_matrix: self.no_cooperative_matrix,
+            tile_math: self.matmul.into(),
         }
     }
 

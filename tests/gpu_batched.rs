@@ -6,7 +6,9 @@
 //! to write fails the comparison; shapes are not multiples of the tiles.
 //!
 //! Tolerance: f32 sums in another order. Dot products: |gpu - cpu| <= TOL * Σ|w x| of the
-//! row (as gpu_kernels' layout test); other outputs: TOL * max |cpu| (floor 1e-3).
+//! row (as gpu_kernels' layout test); other outputs: TOL * max |cpu| (floor 1e-3). The
+//! mat-mul on f16-rounded tiles: F16_TILES_TOL instead (each operand rounded to f16 adds up
+//! to 2^-11 of it, so a product up to 2^-10).
 mod common;
 
 use common::parity::{check_within, gpu_types, random_rows, Rng};
@@ -21,11 +23,12 @@ use glm_flash::gpu::kernels::{
 };
 use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
-use glm_flash::gpu::{GpuContext, GpuOptions};
+use glm_flash::gpu::{GpuContext, GpuOptions, TileMath};
 use glm_flash::ops_common::CacheType;
 use glm_flash::weights::Matrix;
 
 const TOL: f32 = 2e-5;
+const F16_TILES_TOL: f32 = 2e-3;
 
 fn ctx(max_binding: Option<u64>, no_subgroups: bool) -> GpuContext {
     GpuContext::new(&GpuOptions {
@@ -37,25 +40,39 @@ fn ctx(max_binding: Option<u64>, no_subgroups: bool) -> GpuContext {
 }
 
 /// The contexts the mat-mul tests run on: the tiles multiplied with f32 FMAs, and with
-/// cooperative matrices where the adapter has them (each printed as it runs).
-fn tile_variants(max_binding: Option<u64>) -> Vec<(&'static str, GpuContext)> {
-    let fma = GpuContext::new(&GpuOptions {
-        max_binding_bytes: max_binding,
-        no_cooperative_matrix: true,
-        ..Default::default()
-    })
-    .expect("a GPU adapter is required for these tests");
-    let mut v = vec![("FMA tiles", fma)];
-    let best = ctx(max_binding, false);
-    if best.cooperative {
-        v.push(("cooperative tiles", best));
+/// cooperative matrices on f16 parts and on f16-rounded values where the adapter has them
+/// (each printed as it runs).
+fn tile_variants(max_binding: Option<u64>) -> Vec<(&'static str, GpuContext, f32)> {
+    let with = |tile_math| {
+        GpuContext::new(&GpuOptions {
+            max_binding_bytes: max_binding,
+            tile_math,
+            ..Default::default()
+        })
+        .expect("a GPU adapter is required for these tests")
+    };
+    let mut v = vec![with(TileMath::Fma)];
+    let best = with(TileMath::Split);
+    if best.tiles.cooperative() {
+        v.push(best);
+        v.push(with(TileMath::F16));
     } else {
         println!("{}: no cooperative tiles, FMA tiles only", best.describe());
     }
-    for (name, c) in &v {
-        println!("running the mat-mul with {name} on {}", c.describe());
-    }
-    v
+    v.into_iter()
+        .map(|c| {
+            println!(
+                "running the mat-mul with {} on {}",
+                c.tiles.describe(),
+                c.describe()
+            );
+            let tol = match c.tiles {
+                TileMath::F16 => F16_TILES_TOL,
+                TileMath::Fma | TileMath::Split => TOL,
+            };
+            (c.tiles.describe(), c, tol)
+        })
+        .collect()
 }
 
 fn poison(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
@@ -108,13 +125,13 @@ fn dot_size(m: &Matrix, r: usize, x: &[f32]) -> f32 {
 }
 
 /// `got` (a GPU result) against `want` (a CPU dot product of scale `size`).
-fn check_dot(label: &str, got: f32, want: f32, size: f32) {
+fn check_dot(label: &str, got: f32, want: f32, size: f32, tol: f32) {
     assert!(
         got.is_finite(),
         "{label}: {got} (unwritten or NaN), want {want}"
     );
     assert!(
-        (got - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
+        (got - want).abs() <= tol * size.max(1e-30) + f32::MIN_POSITIVE,
         "{label}: {got} vs {want} (size {size})"
     );
 }
@@ -129,7 +146,7 @@ fn matmul_matches_cpu_in_every_layout() {
     let (x_stride, in_offset, y_stride) = (cols + 24, 8, rows + 3);
     let x = rng.vec(n * x_stride);
     let base = rng.vec(n * y_stride);
-    for (variant, ctx) in tile_variants(Some(16 << 10)) {
+    for (variant, ctx, tol) in tile_variants(Some(16 << 10)) {
         let p = Pipelines::new();
         let xb = storage_f32(&ctx, "x", &x);
         let nb = batch(&ctx, n, 0, 0);
@@ -166,8 +183,59 @@ fn matmul_matches_cpu_in_every_layout() {
                         }
                         let label =
                             format!("{variant}: {ty} accumulate {accumulate} token {j} row {r}");
-                        check_dot(&label, got[j * y_stride + r], want, dot_size(&m, r, xj));
+                        let size = dot_size(&m, r, xj);
+                        check_dot(&label, got[j * y_stride + r], want, size, tol);
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Inputs beyond what the cooperative tiles' f16 parts carry (up to 1e8: past f16's 65504,
+/// past the split's 2047) in the first token tile only: the tiles holding them are computed
+/// unit by unit (`dot_direct`), the second token tile through the tiles as usual, and every
+/// variant matches the CPU within its bound.
+#[test]
+fn matmul_inputs_beyond_f16_range_match_cpu() {
+    let mut rng = Rng(25);
+    let (rows, cols, n) = (70, 256, 70);
+    let mut x = rng.vec(n * cols);
+    for j in [3, 17] {
+        for c in (0..cols).step_by(7) {
+            x[j * cols + c] *= 1e8;
+        }
+    }
+    x[40 * cols + 5] = 3e4;
+    for (variant, ctx, tol) in tile_variants(None) {
+        let p = Pipelines::new();
+        let xb = storage_f32(&ctx, "x", &x);
+        let nb = batch(&ctx, n, 0, 0);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+            let bytes = random_rows(&mut rng, ty, rows, cols);
+            let m = matrix(ty, rows, cols, &bytes);
+            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+            let y = poison(&ctx, n * rows);
+            let spec = matmul::Matmul {
+                batch: &nb,
+                x: &xb,
+                x_stride: cols,
+                in_offset: 0,
+                groups: None,
+                y: &y,
+                y_stride: rows,
+                accumulate: false,
+                swiglu: false,
+                experts: None,
+            };
+            run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
+            let got = ctx.read_f32(&y, n * rows).unwrap();
+            for j in 0..n {
+                let xj = &x[j * cols..][..cols];
+                for r in 0..rows {
+                    let label = format!("{variant}: {ty} large inputs, token {j} row {r}");
+                    let size = dot_size(&m, r, xj);
+                    check_dot(&label, got[j * rows + r], m.dot_row(r, xj), size, tol);
                 }
             }
         }
@@ -187,8 +255,8 @@ fn matmul_per_head_groups_match_cpu() {
     let x_stride = heads * head_stride;
     let x = rng.vec(n * x_stride);
     let mut contexts = tile_variants(Some(4 << 10));
-    contexts.push(("no subgroups", ctx(Some(4 << 10), true)));
-    for (label, ctx) in contexts {
+    contexts.push(("no subgroups", ctx(Some(4 << 10), true), TOL));
+    for (label, ctx, tol) in contexts {
         let p = Pipelines::new();
         let xb = storage_f32(&ctx, "x", &x);
         let nb = batch(&ctx, n, 0, 0);
@@ -223,7 +291,7 @@ fn matmul_per_head_groups_match_cpu() {
                     let xj = &x[j * x_stride + (r / group_rows) * head_stride..][..cols];
                     let want = m.dot_row(r, xj);
                     let l = format!("{ty} groups {label} token {j} row {r}");
-                    check_dot(&l, got[j * rows + r], want, dot_size(&m, r, xj));
+                    check_dot(&l, got[j * rows + r], want, dot_size(&m, r, xj), tol);
                 }
             }
         }
@@ -280,7 +348,7 @@ fn matmul_swiglu_and_expert_indexed_match_cpu() {
     pairs.extend(offsets.iter().map(|&o| o as u32));
     pairs.extend(tokens.iter().map(|&t| t as u32));
 
-    for (variant, ctx) in tile_variants(Some(16 << 10)) {
+    for (variant, ctx, tol) in tile_variants(Some(16 << 10)) {
         let p = Pipelines::new();
         let mut upl = Uploader::new(0, None);
         let gate_up = GpuMatrix::build(
@@ -337,7 +405,7 @@ fn matmul_swiglu_and_expert_indexed_match_cpu() {
             &format!("{variant}: dense SwiGLU"),
             &ctx.read_f32(&act, n * ffn).unwrap(),
             &want,
-            TOL,
+            tol,
         );
 
         // Experts: gate/up over each pair's token, then down over each pair's activations.
@@ -364,7 +432,7 @@ fn matmul_swiglu_and_expert_indexed_match_cpu() {
             &format!("{variant}: expert gate/up SwiGLU"),
             &got_act,
             &want_act,
-            TOL,
+            tol,
         );
 
         let out = poison(&ctx, n_pairs * hidden);
@@ -397,6 +465,7 @@ fn matmul_swiglu_and_expert_indexed_match_cpu() {
                         got[q * hidden + r],
                         want,
                         size,
+                        tol,
                     );
                 }
             }

@@ -4,9 +4,9 @@
 //! it fits the smallest adapter the engine accepts.
 mod common;
 
-use glm_flash::gpu::context::COOPERATIVE_WORKGROUP_BYTES;
+use glm_flash::gpu::context::{cooperative_workgroup_bytes, COOPERATIVE_WORKGROUP_BYTES};
 use glm_flash::gpu::kernels::all_shaders;
-use glm_flash::gpu::shader::{GpuLayout, Scalar, Shader, ShaderCaps, Slot, WeightAccess};
+use glm_flash::gpu::shader::{GpuLayout, Scalar, Shader, ShaderCaps, Slot, TileMath, WeightAccess};
 use naga::valid::{Capabilities, SubgroupOperationSet, ValidationFlags, Validator};
 
 /// Every `.wgsl` file in `src/gpu/kernels/` (not `lib/`) is one registered kernel.
@@ -75,7 +75,7 @@ fn override_sets(module: &naga::Module) -> Vec<naga::back::PipelineConstants> {
 fn caps(subgroups: bool) -> ShaderCaps {
     ShaderCaps {
         subgroups,
-        cooperative: false,
+        tiles: TileMath::Fma,
     }
 }
 
@@ -135,25 +135,34 @@ fn every_kernel_validates_and_translates_to_msl() {
     }
 }
 
-/// The batched mat-mul's cooperative tiles (f16 parts in 16x16 cooperative matrices), in
-/// every weight layout: they validate with the capability, not without it, translate to
-/// SPIR-V (what Vulkan drivers get) with every bool override, and use exactly the workgroup
-/// memory the device check admits (`COOPERATIVE_WORKGROUP_BYTES`).
+/// The batched mat-mul's cooperative tiles (f16 parts, or f16-rounded values, in 16x16
+/// cooperative matrices), in every weight layout: they validate with the capability, not
+/// without it, translate to SPIR-V (what Vulkan drivers get) with every bool override, and
+/// use exactly the workgroup memory of their parts (`cooperative_workgroup_bytes`), the
+/// most of which the device check admits (`COOPERATIVE_WORKGROUP_BYTES`).
 #[test]
 fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
-    let coop = ShaderCaps {
-        subgroups: true,
-        cooperative: true,
-    };
     let tiled: Vec<Shader> = all_shaders()
         .into_iter()
         .filter(|s| s.weights == WeightAccess::Tiles)
         .collect();
     assert!(!tiled.is_empty());
-    for shader in tiled {
+    for (shader, tiles) in tiled
+        .iter()
+        .flat_map(|s| [(s, TileMath::Split), (s, TileMath::F16)])
+    {
+        let coop = ShaderCaps {
+            subgroups: true,
+            tiles,
+        };
+        assert!(cooperative_workgroup_bytes(tiles.parts()) <= COOPERATIVE_WORKGROUP_BYTES);
         for weights in GpuLayout::ALL {
             let src = shader.module_source(coop, weights);
-            let label = format!("{} cooperative, weights {}", shader.name, weights.name());
+            let label = format!(
+                "{} {tiles:?} tiles, weights {}",
+                shader.name,
+                weights.name()
+            );
             assert!(
                 src.contains("coopMultiplyAdd"),
                 "{label}: not the cooperative tiles"
@@ -190,7 +199,7 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
             }
             assert_eq!(
                 common::kernel_fit::workgroup_bytes(&module),
-                COOPERATIVE_WORKGROUP_BYTES,
+                cooperative_workgroup_bytes(tiles.parts()),
                 "{label}: workgroup memory"
             );
         }

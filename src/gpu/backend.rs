@@ -15,6 +15,7 @@ use crate::gpu::kernels::{attn_combine, attn_partial, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
+use crate::gpu::shader::TileMath;
 use crate::gpu::upload::{self, Uploader};
 use crate::ops_common::CacheType;
 use crate::weights::Weights;
@@ -480,10 +481,10 @@ impl Backend for GpuBackend {
             } else {
                 ""
             },
-            if self.ctx.cooperative {
-                ", cooperative-matrix prefill"
-            } else {
-                ""
+            match self.ctx.tiles {
+                TileMath::Fma => "",
+                TileMath::Split => ", cooperative-matrix prefill",
+                TileMath::F16 => ", cooperative-matrix prefill in f16",
             },
             self.caches.describe()
         )

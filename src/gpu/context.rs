@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::shader::ShaderCaps;
+use crate::gpu::shader::{ShaderCaps, TileMath};
 use crate::ops_common::CacheType;
 
 /// How to pick and configure the GPU. Filled from the CLI; the library reads no environment.
@@ -25,9 +25,9 @@ pub struct GpuOptions {
     pub max_buffer_bytes: Option<u64>,
     /// How the latent cache stores its rows (default f16; the f32 parity tests use f32).
     pub cache_type: CacheType,
-    /// Multiply the batched mat-mul's tiles with f32 FMAs even where the device has
-    /// cooperative matrices (tests and benchmarks use it to compare the two).
-    pub no_cooperative_matrix: bool,
+    /// How the batched mat-mul multiplies its tiles where the device has cooperative
+    /// matrices (default: f16 parts of f32); elsewhere it uses f32 FMAs whatever this says.
+    pub tile_math: TileMath,
     /// Tokens per chunk of a batched feed (None: `gpu::batch::DEFAULT_CHUNK`); cut to what
     /// the device's bindings hold. Tests use small chunks to run prompts of several.
     pub prefill_chunk: Option<usize>,
@@ -39,10 +39,15 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-/// Workgroup memory of the cooperative tiles: f16 parts of 64 weight rows and 64 tokens, each
-/// 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and two u32 (a flag and the
-/// tile's tokens; a driver may give each variable 16 bytes).
-pub const COOPERATIVE_WORKGROUP_BYTES: u32 = 4 * 64 * 72 * 2 + 8 * 256 * 4 + 2 * 16;
+/// Workgroup memory of the cooperative tiles: `parts` f16 parts of 64 weight rows and 64
+/// tokens, each 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and two u32 (a
+/// flag and the tile's tokens; a driver may give each variable 16 bytes).
+pub const fn cooperative_workgroup_bytes(parts: u32) -> u32 {
+    parts * 2 * 64 * 72 * 2 + 8 * 256 * 4 + 2 * 16
+}
+
+/// The most the cooperative tiles take (two parts): what the device check asks for.
+pub const COOPERATIVE_WORKGROUP_BYTES: u32 = cooperative_workgroup_bytes(2);
 
 /// Why the adapter cannot run the cooperative tiles, if it cannot.
 fn cooperative_unfit(a: &wgpu::Adapter) -> Option<String> {
@@ -156,8 +161,9 @@ pub struct GpuContext {
     pub max_buffer: u64,
     /// Kernels reduce with subgroup builtins (else through workgroup memory).
     pub subgroups: bool,
-    /// The batched mat-mul multiplies its tiles with cooperative matrices (else f32 FMAs).
-    pub cooperative: bool,
+    /// How the batched mat-mul multiplies its tiles (f32 FMAs where the device has no
+    /// cooperative matrices it can use).
+    pub tiles: TileMath,
     /// The most consecutive invocations `lane_sum` may span: the smallest subgroup where
     /// kernels reduce with subgroups (shuffles stay inside one), else the workgroup.
     pub lane_limit: u32,
@@ -268,7 +274,7 @@ fn describe_adapter(i: usize, a: &wgpu::Adapter) -> Vec<String> {
             "    cooperative matrices: {}; batched mat-mul tiles: {}",
             cooperative_shapes(a),
             match cooperative_unfit(a) {
-                None => "cooperative (f16 parts of f32)".to_string(),
+                None => "cooperative (f16 parts of f32; --matmul f16: f16-rounded values)".to_string(),
                 Some(why) => format!("f32 FMAs ({why})"),
             }
         ),
@@ -401,7 +407,12 @@ impl GpuContext {
         check_usable(&adapter).map_err(Error::Gpu)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let cooperative = !opts.no_cooperative_matrix && cooperative_unfit(&adapter).is_none();
+        let tiles = if opts.tile_math.cooperative() && cooperative_unfit(&adapter).is_none() {
+            opts.tile_math
+        } else {
+            TileMath::Fma
+        };
+        let cooperative = tiles.cooperative();
         let mut features = adapter.features() & OPTIONAL_FEATURES;
         let mut experimental = wgpu::ExperimentalFeatures::disabled();
         if cooperative {
@@ -475,7 +486,7 @@ impl GpuContext {
             max_binding,
             max_buffer,
             subgroups,
-            cooperative,
+            tiles,
             lane_limit,
             failure,
         })
@@ -494,7 +505,7 @@ impl GpuContext {
     pub fn caps(&self) -> ShaderCaps {
         ShaderCaps {
             subgroups: self.subgroups,
-            cooperative: self.cooperative,
+            tiles: self.tiles,
         }
     }
 

@@ -29,3 +29,4 @@ pub mod upload;
 
 pub use backend::{GpuBackend, GpuStats};
 pub use context::{list_adapters, GpuContext, GpuOptions};
+pub use shader::TileMath;

@@ -45,9 +45,46 @@ pub const TILES_COOP: &str = include_str!("kernels/lib/tiles_coop.wgsl");
 pub struct ShaderCaps {
     /// Subgroup builtins (reductions, lane shuffles).
     pub subgroups: bool,
-    /// Cooperative matrices of 16x16x16 f16 inputs and f32 accumulators, in subgroups of 32
-    /// (the batched mat-mul's tiles).
-    pub cooperative: bool,
+    /// How the batched mat-mul multiplies its tiles.
+    pub tiles: TileMath,
+}
+
+/// How the batched mat-mul (`multiply_tiles`) multiplies its tiles: the tile library
+/// appended, and for the cooperative one how many f16 parts carry each value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TileMath {
+    /// f32 FMAs ([`TILES_FMA`]): every device.
+    Fma,
+    /// Cooperative matrices of 16x16x16 f16 inputs and f32 accumulators in subgroups of 32
+    /// (tensor cores, [`TILES_COOP`]), each f32 value as two f16 parts: three products per
+    /// pair of tiles, about 21 bits of each value.
+    #[default]
+    Split,
+    /// The same cooperative matrices on values rounded to f16: one product per pair of
+    /// tiles, f16's 11 bits (the precision of llama.cpp's f16 mat-muls).
+    F16,
+}
+
+impl TileMath {
+    pub fn cooperative(self) -> bool {
+        self != TileMath::Fma
+    }
+
+    /// f16 parts per value in the cooperative tiles (`PARTS` in `tiles_coop.wgsl`).
+    pub fn parts(self) -> u32 {
+        match self {
+            TileMath::Split => 2,
+            TileMath::Fma | TileMath::F16 => 1,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TileMath::Fma => "f32 FMAs",
+            TileMath::Split => "cooperative matrices on f16 parts of f32",
+            TileMath::F16 => "cooperative matrices on f16-rounded values",
+        }
+    }
 }
 
 /// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
@@ -149,7 +186,7 @@ impl Shader {
     /// (for a kernel that reads weights; ignored by others): the Rust-side declarations, the
     /// kernel, then the libraries it uses.
     pub fn module_source(&self, caps: ShaderCaps, weights: GpuLayout) -> String {
-        let cooperative = caps.cooperative && self.weights == WeightAccess::Tiles;
+        let cooperative = caps.tiles.cooperative() && self.weights == WeightAccess::Tiles;
         let mut s = String::new();
         if cooperative {
             s.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
@@ -158,6 +195,9 @@ impl Shader {
         let _ = writeln!(s, "const WG: u32 = {WORKGROUP_SIZE}u;");
         for (name, value) in self.consts {
             let _ = writeln!(s, "const {name}: u32 = {value}u;");
+        }
+        if cooperative {
+            let _ = writeln!(s, "const PARTS: u32 = {}u;", caps.tiles.parts());
         }
         for st in self.structs {
             s.push_str(&st.declaration());

@@ -2,7 +2,7 @@
 //! binding list, against the smallest adapter the engine accepts (`gpu::context::MINIMUM`).
 
 use glm_flash::gpu::context::MINIMUM;
-use glm_flash::gpu::shader::{GpuLayout, Shader, ShaderCaps};
+use glm_flash::gpu::shader::{GpuLayout, Shader, ShaderCaps, TileMath};
 
 /// The weight layouts a kernel's modules are made for (one for a kernel without weights).
 pub fn layouts(shader: &Shader) -> Vec<GpuLayout> {
@@ -37,7 +37,7 @@ pub fn workgroup_bytes(module: &naga::Module) -> u32 {
 fn exceeds_minimum_for(shader: &Shader, subgroups: bool, weights: GpuLayout) -> Vec<String> {
     let caps = ShaderCaps {
         subgroups,
-        cooperative: false,
+        tiles: TileMath::Fma,
     };
     let src = shader.module_source(caps, weights);
     let module = naga::front::wgsl::parse_str(&src)

@@ -1,18 +1,21 @@
 // Tile library of matmul.wgsl for devices with cooperative matrices of 16x16x16 f16 inputs
 // and f32 accumulators (tensor cores), in subgroups of 32 (src/gpu/context.rs checks both).
+// Prepended from Rust: PARTS, the f16 parts per value (`TileMath` in src/gpu/shader.rs).
 //
-// Each f32 value v enters as two f16 parts, v·s = hi + lo·2^-11: hi is v·s with its
-// mantissa cut to f16's 10 bits (a bit mask, so no compiler can fold the split away and the
-// device's f16 rounding mode does not matter), or 0 below f16's normal range (2^-14); lo
-// is the exact rest, scaled up. Each product is hi·hi + 2^-11 (lo·hi + hi·lo), the dropped
-// lo·lo term below 2^-20 of it. So values from 2^-14 to 32752 after the scale s (inputs
-// 2^-18..2047, weights 2^-13..65503) keep about 21 bits, against f32's 24 and f16's 11;
-// smaller ones keep 11 bits of their own size (lo alone). A tile holding a larger value
-// (lo would overflow) is computed again unit by unit from the buffers (`dot_direct`), so
-// no result depends on f16's range.
+// PARTS = 2: each f32 value v enters as two f16 parts, v·s = hi + lo·2^-11: hi is v·s with
+// its mantissa cut to f16's 10 bits (a bit mask, so no compiler can fold the split away and
+// the device's f16 rounding mode does not matter), or 0 below f16's normal range (2^-14);
+// lo is the exact rest, scaled up. Each product is hi·hi + 2^-11 (lo·hi + hi·lo), the
+// dropped lo·lo term below 2^-20 of it. So values from 2^-14 to 32752 after the scale s
+// (inputs 2^-18..2047, weights 2^-13..65503) keep about 21 bits, against f32's 24 and f16's
+// 11; smaller ones keep 11 bits of their own size (lo alone).
+// PARTS = 1: each value enters rounded to f16 (hi only, one product): f16's 11 bits.
+// A tile holding a value a part cannot carry (lo, or the rounded value, would overflow) is
+// computed again unit by unit from the buffers (`dot_direct`), so no result depends on
+// f16's range.
 //
 // The subgroups (invocations 32i..32i+31) each take 16 rows x 32 tokens of the 64 x 64
-// tile: two 16x16 blocks, each an accumulator of hi·hi and one of the lo terms. A tile of
+// tile: two 16x16 blocks, each an accumulator of hi·hi (and one of the lo terms). A tile of
 // at most 32 tokens (an expert's, often) gives each subgroup one block of 16 tokens, so no
 // subgroup multiplies the zeros past the tile's end.
 
@@ -22,18 +25,21 @@ const LOAD_ALONG_K: bool = true;
 
 const X_SCALE: f32 = 16.0;
 const W_SCALE: f32 = 0.5;
-/// At or above this (after the scale), lo may overflow f16.
+/// At or above this (after the scale), lo may overflow f16 (two parts), or the value
+/// rounds to infinity (one).
 const SPLIT_LIMIT: f32 = 32752.0;
+const F16_LIMIT: f32 = 65520.0;
 const LO_SCALE: f32 = 2048.0;
 /// Row stride of the tiles in f16: BK padded so neighbouring rows start in other banks.
 const SA: u32 = BK + 8u;
+/// Where the lo parts start in the tiles.
+const W_LO: u32 = TM * SA;
+const X_LO: u32 = TN * SA;
 
-/// [row][k]: the parts of the weights of the step (a row-major A of stride SA).
-var<workgroup> w_hi: array<f16, TM * SA>;
-var<workgroup> w_lo: array<f16, TM * SA>;
-/// [token][k]: the parts of the inputs of the step (a column-major B of stride SA).
-var<workgroup> x_hi: array<f16, TN * SA>;
-var<workgroup> x_lo: array<f16, TN * SA>;
+/// [part][row][k]: the parts of the weights of the step (row-major As of stride SA).
+var<workgroup> w_tile: array<f16, PARTS * TM * SA>;
+/// [part][token][k]: the parts of the inputs of the step (column-major Bs of stride SA).
+var<workgroup> x_tile: array<f16, PARTS * TN * SA>;
 /// Set when a value of the tile's steps is at or above SPLIT_LIMIT (all writers write 1).
 var<workgroup> out_of_range: u32;
 /// The tile's tokens, for a uniform choice of blocks.
@@ -41,8 +47,14 @@ var<workgroup> tile_tokens: u32;
 /// One 16x16 f32 block per subgroup, column-major: accumulators on their way to `write_pair`.
 var<workgroup> c_out: array<f32, 8u * 256u>;
 
-/// The parts of s (hi, lo), noting a value out of their range.
+/// The parts of s (hi, lo; or s rounded, and zeros), noting a value out of their range.
 fn split(s: vec4<f32>) -> array<vec4<f16>, 2> {
+    if (PARTS == 1u) {
+        if (any(abs(s) >= vec4<f32>(F16_LIMIT))) {
+            out_of_range = 1u;
+        }
+        return array<vec4<f16>, 2>(vec4<f16>(s), vec4<f16>(0.0));
+    }
     if (any(abs(s) >= vec4<f32>(SPLIT_LIMIT))) {
         out_of_range = 1u;
     }
@@ -55,8 +67,10 @@ fn tile_put_w(k: u32, r: u32, v: vec4<f32>) {
     let parts = split(v * W_SCALE);
     let at = r * SA + k;
     for (var i = 0u; i < 4u; i++) {
-        w_hi[at + i] = parts[0][i];
-        w_lo[at + i] = parts[1][i];
+        w_tile[at + i] = parts[0][i];
+        if (PARTS == 2u) {
+            w_tile[W_LO + at + i] = parts[1][i];
+        }
     }
 }
 
@@ -64,8 +78,10 @@ fn tile_put_x(k: u32, j: u32, v: vec4<f32>) {
     let parts = split(v * X_SCALE);
     let at = j * SA + k;
     for (var i = 0u; i < 4u; i++) {
-        x_hi[at + i] = parts[0][i];
-        x_lo[at + i] = parts[1][i];
+        x_tile[at + i] = parts[0][i];
+        if (PARTS == 2u) {
+            x_tile[X_LO + at + i] = parts[1][i];
+        }
     }
 }
 
@@ -92,17 +108,24 @@ fn multiply_tiles(lid: u32, steps: u32) {
         for (var kk = 0u; kk < BK; kk += 16u) {
             let ia = m0 * SA + kk;
             let ib0 = n0 * SA + kk;
-            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&w_hi[ia], stride);
-            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&w_lo[ia], stride);
-            let b_hi0 = coopLoad<coop_mat16x16<f16, B>>(&x_hi[ib0], stride);
-            let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_lo[ib0], stride);
+            let ib1 = ib0 + 16u * SA;
+            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[ia], stride);
+            let b_hi0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib0], stride);
             hi0 = coopMultiplyAdd(a_hi, b_hi0, hi0);
+            if (PARTS == 1u) {
+                if (blocks == 2u) {
+                    let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], stride);
+                    hi1 = coopMultiplyAdd(a_hi, b_hi1, hi1);
+                }
+                continue;
+            }
+            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], stride);
+            let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib0], stride);
             lo0 = coopMultiplyAdd(a_lo, b_hi0, lo0);
             lo0 = coopMultiplyAdd(a_hi, b_lo0, lo0);
             if (blocks == 2u) {
-                let ib1 = ib0 + 16u * SA;
-                let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_hi[ib1], stride);
-                let b_lo1 = coopLoad<coop_mat16x16<f16, B>>(&x_lo[ib1], stride);
+                let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], stride);
+                let b_lo1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib1], stride);
                 hi1 = coopMultiplyAdd(a_hi, b_hi1, hi1);
                 lo1 = coopMultiplyAdd(a_lo, b_hi1, lo1);
                 lo1 = coopMultiplyAdd(a_hi, b_lo1, lo1);
@@ -110,8 +133,8 @@ fn multiply_tiles(lid: u32, steps: u32) {
         }
         workgroupBarrier();
     }
-    // Each block through c_out twice (lo terms, then hi): a lane takes rows 2i, 2i + 1 of
-    // 4 of its 16 tokens.
+    // Each block through c_out (the lo terms first, when split, then hi): a lane takes rows
+    // 2i, 2i + 1 of 4 of its 16 tokens.
     let out = sg * 256u;
     let stride_c = 16u;
     let unscale = 1.0 / (X_SCALE * W_SCALE);
@@ -132,15 +155,17 @@ fn multiply_tiles(lid: u32, steps: u32) {
             lo = lo1;
             hi = hi1;
         }
-        coopStore(lo, &c_out[out], stride_c);
-        workgroupBarrier();
         var v: array<vec2<f32>, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            let e = lane + 32u * i;
-            let at = out + (e / 8u) * 16u + 2u * (e % 8u);
-            v[i] = vec2<f32>(c_out[at], c_out[at + 1u]) / LO_SCALE;
+        if (PARTS == 2u) {
+            coopStore(lo, &c_out[out], stride_c);
+            workgroupBarrier();
+            for (var i = 0u; i < 4u; i++) {
+                let e = lane + 32u * i;
+                let at = out + (e / 8u) * 16u + 2u * (e % 8u);
+                v[i] = vec2<f32>(c_out[at], c_out[at + 1u]) / LO_SCALE;
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         coopStore(hi, &c_out[out], stride_c);
         workgroupBarrier();
         for (var i = 0u; i < 4u; i++) {
