@@ -39,15 +39,24 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-/// Workgroup memory of the cooperative tiles: `parts` f16 parts of 64 weight rows and 64
-/// tokens, each 64 columns padded to 72, one 16 x 16 f32 block per subgroup, and two u32 (a
+/// Workgroup memory of the cooperative tiles: the f16 parts of 64 weight rows and 64 tokens,
+/// each a step's columns padded by 8, one 16 x 16 f32 block per subgroup, and two u32 (a
 /// flag and the tile's tokens; a driver may give each variable 16 bytes).
-pub const fn cooperative_workgroup_bytes(parts: u32) -> u32 {
-    parts * 2 * 64 * 72 * 2 + 8 * 256 * 4 + 2 * 16
+pub const fn cooperative_workgroup_bytes(parts: u32, step_columns: u32) -> u32 {
+    parts * 2 * 64 * (step_columns + 8) * 2 + 8 * 256 * 4 + 2 * 16
 }
 
-/// The most the cooperative tiles take (two parts): what the device check asks for.
-pub const COOPERATIVE_WORKGROUP_BYTES: u32 = cooperative_workgroup_bytes(2);
+/// The most either cooperative variant takes ([`TileMath::Split`]: two parts of 64
+/// columns; [`TileMath::F16`]: one of 128): what the device check asks for.
+pub const COOPERATIVE_WORKGROUP_BYTES: u32 = {
+    let split = cooperative_workgroup_bytes(2, 64);
+    let f16 = cooperative_workgroup_bytes(1, 128);
+    if split > f16 {
+        split
+    } else {
+        f16
+    }
+};
 
 /// Why the adapter cannot run the cooperative tiles, if it cannot.
 fn cooperative_unfit(a: &wgpu::Adapter) -> Option<String> {

@@ -70,6 +70,16 @@ impl TileMath {
         self != TileMath::Fma
     }
 
+    /// Columns the batched mat-mul's tiles take per step (`BK`): a multiple of every
+    /// layout's unit (16, 32 or 64 values). One f16 part leaves the workgroup memory for
+    /// twice the columns, so twice the loads in flight per step.
+    pub fn step_columns(self) -> u32 {
+        match self {
+            TileMath::Fma | TileMath::Split => 64,
+            TileMath::F16 => 128,
+        }
+    }
+
     /// f16 parts per value in the cooperative tiles (`PARTS` in `tiles_coop.wgsl`).
     pub fn parts(self) -> u32 {
         match self {
@@ -196,8 +206,16 @@ impl Shader {
         for (name, value) in self.consts {
             let _ = writeln!(s, "const {name}: u32 = {value}u;");
         }
-        if cooperative {
-            let _ = writeln!(s, "const PARTS: u32 = {}u;", caps.tiles.parts());
+        if self.weights == WeightAccess::Tiles {
+            let tiles = if cooperative {
+                caps.tiles
+            } else {
+                TileMath::Fma
+            };
+            let _ = writeln!(s, "const BK: u32 = {}u;", tiles.step_columns());
+            if cooperative {
+                let _ = writeln!(s, "const PARTS: u32 = {}u;", tiles.parts());
+            }
         }
         for st in self.structs {
             s.push_str(&st.declaration());

@@ -11,8 +11,6 @@ use crate::gpu::upload::{uniform, GpuMatrix};
 /// Rows and tokens of a workgroup's tile.
 pub const TM: usize = 64;
 pub const TN: usize = 64;
-/// Columns per step: a multiple of every layout's unit (16, 32 or 64 values).
-pub const BK: usize = 64;
 /// Invocations per workgroup: one 4 x 4 block of the tile each.
 pub const MWG: usize = TM * TN / 16;
 // The kernel's mapping of invocations to blocks: groups of 32 take 8 row quads x 4 token
@@ -43,12 +41,7 @@ pub const SHADER: Shader = Shader {
         EXPERTS.decl(),
         GATHER.decl(),
     ],
-    consts: &[
-        ("TM", TM as u32),
-        ("TN", TN as u32),
-        ("BK", BK as u32),
-        ("MWG", MWG as u32),
-    ],
+    consts: &[("TM", TM as u32), ("TN", TN as u32), ("MWG", MWG as u32)],
     structs: &[&BatchParams::LAYOUT],
     reduces: false,
     lanes: false,

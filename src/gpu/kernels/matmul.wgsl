@@ -3,7 +3,7 @@
 // for the global rows r of this chunk and the tokens j of the batch, g = r / group_rows.
 // Launcher: src/gpu/kernels/matmul.rs. Appended: the chunk's weight layout library
 // (lib/weights_<layout>.wgsl: `unit_values`, `unit_run`), so one source serves every layout.
-// Prepended from Rust: TM, TN, BK, MWG and struct Batch.
+// Prepended from Rust: TM, TN, MWG, BK (the tile library's step) and struct Batch.
 //
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
 // columns it decodes the tile's weights once into workgroup memory (each invocation a unit
@@ -77,9 +77,9 @@ struct Tile {
     j_end: u32,
     /// EXPERTS: the group's first pair (the rows of y its tokens go to).
     base: u32,
-    /// Units per row, and per step.
+    /// Units per row, and steps.
     units: u32,
-    per_step: u32,
+    steps: u32,
     /// Where the input of each of this invocation's input loads starts (NO_TOKEN past the
     /// batch's tokens).
     x_at: array<u32, X_LOADS>,
@@ -87,8 +87,14 @@ struct Tile {
 
 /// Input loads per invocation and step: TN tokens x BK / 4 vec4.
 const X_LOADS: u32 = TN * BK / 4u / MWG;
+/// Units of a row per step, and weight loads (units) per invocation and step.
+const W_UNITS: u32 = BK / (16u * UNIT_RUNS);
+const W_LOADS: u32 = (TM * W_UNITS + MWG - 1u) / MWG;
 const NO_TOKEN: u32 = 0xffffffffu;
 var<private> t: Tile;
+/// The next step's weights and inputs, between `fetch_step` and `load_step`.
+var<private> staged_w: array<Unit, W_LOADS>;
+var<private> staged_x: array<vec4<f32>, X_LOADS>;
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
@@ -116,10 +122,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     t.j0 = j0;
     t.j_end = min(j0 + TN, count);
     t.base = base;
-    let unit_len = 16u * UNIT_RUNS;
-    t.units = p.cols / unit_len;
-    t.per_step = BK / unit_len;
-    let steps = (t.units + t.per_step - 1u) / t.per_step;
+    t.units = p.cols / (16u * UNIT_RUNS);
+    t.steps = (t.units + W_UNITS - 1u) / W_UNITS;
     for (var m = 0u; m < X_LOADS; m++) {
         let jl = x_load(lid + m * MWG).x;
         t.x_at[m] = NO_TOKEN;
@@ -127,7 +131,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             t.x_at[m] = x_at(jl);
         }
     }
-    multiply_tiles(lid, steps);
+    multiply_tiles(lid, t.steps);
 }
 
 /// (tile row, unit of the step) of weight load i. LOAD_ALONG_K (the tile library's choice):
@@ -135,7 +139,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 /// else the same unit of neighbouring rows (which the f32 tiles store without conflicts).
 fn w_load(i: u32) -> vec2<u32> {
     if (LOAD_ALONG_K) {
-        return vec2<u32>(i / t.per_step, i % t.per_step);
+        return vec2<u32>(i / W_UNITS, i % W_UNITS);
     }
     return vec2<u32>(i % TM, i / TM);
 }
@@ -179,32 +183,54 @@ fn dot_direct(rl: u32, jl: u32) -> f32 {
     return sum;
 }
 
-/// Step s's weights and inputs into the tiles (rows and tokens past the ends as zeros).
+/// Step s's weights and inputs into the tiles (rows and tokens past the ends as zeros),
+/// from registers the previous call filled; then step s + 1's into those registers, so its
+/// loads are in flight while the tile library multiplies step s.
 fn load_step(lid: u32, s: u32) {
+    if (s == 0u) {
+        fetch_step(lid, 0u);
+    }
     let unit_len = 16u * UNIT_RUNS;
-    for (var i = lid; i < TM * t.per_step; i += MWG) {
-        let ru = w_load(i);
-        let r = ru.x;
-        let uu = ru.y;
-        let u = s * t.per_step + uu;
-        var v: Unit;
-        if (t.r0 + r < t.r_end && u < t.units) {
-            v = unit_values(t.r0 + r - p.row_start, t.units, u);
-        }
-        for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
-            tile_put_w(uu * unit_len + 4u * q, r, v[q]);
+    for (var m = 0u; m < W_LOADS; m++) {
+        let i = lid + m * MWG;
+        if (i < TM * W_UNITS) {
+            let ru = w_load(i);
+            for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
+                tile_put_w(ru.y * unit_len + 4u * q, ru.x, staged_w[m][q]);
+            }
         }
     }
     for (var m = 0u; m < X_LOADS; m++) {
         let jv = x_load(lid + m * MWG);
-        let k = 4u * jv.y;
-        let u = s * t.per_step + k / unit_len;
+        tile_put_x(4u * jv.y, jv.x, staged_x[m]);
+    }
+    if (s + 1u < t.steps) {
+        fetch_step(lid, s + 1u);
+    }
+}
+
+/// Step s's weights (decoded) and inputs into registers.
+fn fetch_step(lid: u32, s: u32) {
+    let unit_len = 16u * UNIT_RUNS;
+    for (var m = 0u; m < W_LOADS; m++) {
+        let i = lid + m * MWG;
+        let ru = w_load(i);
+        let u = s * W_UNITS + ru.y;
+        var v: Unit;
+        if (i < TM * W_UNITS && t.r0 + ru.x < t.r_end && u < t.units) {
+            v = unit_values(t.r0 + ru.x - p.row_start, t.units, u);
+        }
+        staged_w[m] = v;
+    }
+    for (var m = 0u; m < X_LOADS; m++) {
+        let k = 4u * x_load(lid + m * MWG).y;
+        let u = s * W_UNITS + k / unit_len;
         var xv = vec4<f32>(0.0);
         if (t.x_at[m] != NO_TOKEN && u < t.units) {
             let c = unit_run(u, (k % unit_len) / 16u) + k % 16u;
             xv = x[(t.x_at[m] + c) / 4u];
         }
-        tile_put_x(k, jv.x, xv);
+        staged_x[m] = xv;
     }
 }
 
