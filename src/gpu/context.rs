@@ -39,11 +39,12 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-/// Workgroup memory of the cooperative tiles: the f16 parts of 64 weight rows and 64 tokens,
-/// each a step's columns padded by 8, one 16 x 16 f32 block per subgroup, and two u32 (a
-/// flag and the tile's tokens; a driver may give each variable 16 bytes).
+/// Workgroup memory of the cooperative tiles: the f16 parts of a step's columns of 64
+/// weight rows (each column padded to 72) and of 64 tokens (each token's columns padded by
+/// 8), one 16 x 16 f32 block per subgroup, and two u32 (a flag and the tile's tokens; a
+/// driver may give each variable 16 bytes).
 pub const fn cooperative_workgroup_bytes(parts: u32, step_columns: u32) -> u32 {
-    parts * 2 * 64 * (step_columns + 8) * 2 + 8 * 256 * 4 + 2 * 16
+    parts * (step_columns * (64 + 8) + 64 * (step_columns + 8)) * 2 + 8 * 256 * 4 + 2 * 16
 }
 
 /// The most either cooperative variant takes ([`TileMath::Split`]: two parts of 64

@@ -8,7 +8,7 @@
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
 // columns it decodes the tile's weights once into workgroup memory (each invocation a unit
 // of a row; neighbouring invocations take neighbouring rows, or neighbouring units of one
-// row where the tile library sets LOAD_ALONG_K) and loads the tokens' inputs of the same
+// row where the tile library sets W_ALONG_K) and loads the tokens' inputs of the same
 // columns (`load_step`, through `tile_put_w` / `tile_put_x`); the tile library
 // multiplies them (`multiply_tiles`) and hands each pair of results to `write_pair`.
 // Appended after the weights library, one of two (a choice of source: naga validates a
@@ -134,19 +134,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     multiply_tiles(lid, t.steps);
 }
 
-/// (tile row, unit of the step) of weight load i. LOAD_ALONG_K (the tile library's choice):
+/// (tile row, unit of the step) of weight load i. W_ALONG_K (the tile library's choice):
 /// neighbouring invocations read neighbouring units of a row, one stretch of memory;
-/// else the same unit of neighbouring rows (which the f32 tiles store without conflicts).
+/// else the same unit of neighbouring rows, which [k][row] tiles store without conflicts.
 fn w_load(i: u32) -> vec2<u32> {
-    if (LOAD_ALONG_K) {
+    if (W_ALONG_K) {
         return vec2<u32>(i / W_UNITS, i % W_UNITS);
     }
     return vec2<u32>(i % TM, i / TM);
 }
 
-/// (tile token, vec4 of the step) of input load i, in the same two orders.
+/// (tile token, vec4 of the step) of input load i, in the same two orders (X_ALONG_K).
 fn x_load(i: u32) -> vec2<u32> {
-    if (LOAD_ALONG_K) {
+    if (X_ALONG_K) {
         return vec2<u32>(i / (BK / 4u), i % (BK / 4u));
     }
     return vec2<u32>(i % TN, i / TN);

@@ -19,9 +19,13 @@
 // at most 32 tokens (an expert's, often) gives each subgroup one block of 16 tokens, so no
 // subgroup multiplies the zeros past the tile's end.
 
-/// matmul.wgsl's loaders: neighbouring invocations read neighbouring columns of one row
-/// (token), whole stretches of memory, and store them side by side in the [row][k] tiles.
-const LOAD_ALONG_K: bool = true;
+/// matmul.wgsl's loaders. Weights: neighbouring invocations take the same unit of
+/// neighbouring rows and store a column's values side by side in the [k][row] tile, so the
+/// 32 lanes of a store write 16 neighbouring words (f16 stores along k of a 16-byte-aligned
+/// [row][k] tile land 32 lanes in at most 8 banks). Inputs: neighbouring invocations read
+/// neighbouring columns of one token, whole stretches of memory, into the [token][k] tile.
+const W_ALONG_K: bool = false;
+const X_ALONG_K: bool = true;
 
 const X_SCALE: f32 = 16.0;
 const W_SCALE: f32 = 0.5;
@@ -30,14 +34,16 @@ const W_SCALE: f32 = 0.5;
 const SPLIT_LIMIT: f32 = 32752.0;
 const F16_LIMIT: f32 = 65520.0;
 const LO_SCALE: f32 = 2048.0;
-/// Row stride of the tiles in f16: BK padded so neighbouring rows start in other banks.
+/// Strides of the tiles in f16, padded by 8 (rows stay 16-byte aligned for the cooperative
+/// loads): SW between columns k of the weights, SA between tokens of the inputs.
+const SW: u32 = TM + 8u;
 const SA: u32 = BK + 8u;
 /// Where the lo parts start in the tiles.
-const W_LO: u32 = TM * SA;
+const W_LO: u32 = BK * SW;
 const X_LO: u32 = TN * SA;
 
-/// [part][row][k]: the parts of the weights of the step (row-major As of stride SA).
-var<workgroup> w_tile: array<f16, PARTS * TM * SA>;
+/// [part][k][row]: the parts of the weights of the step (column-major As of stride SW).
+var<workgroup> w_tile: array<f16, PARTS * BK * SW>;
 /// [part][token][k]: the parts of the inputs of the step (column-major Bs of stride SA).
 var<workgroup> x_tile: array<f16, PARTS * TN * SA>;
 /// Set when a value of the tile's steps is at or above SPLIT_LIMIT (all writers write 1).
@@ -65,11 +71,11 @@ fn split(s: vec4<f32>) -> array<vec4<f16>, 2> {
 
 fn tile_put_w(k: u32, r: u32, v: vec4<f32>) {
     let parts = split(v * W_SCALE);
-    let at = r * SA + k;
+    let at = k * SW + r;
     for (var i = 0u; i < 4u; i++) {
-        w_tile[at + i] = parts[0][i];
+        w_tile[at + i * SW] = parts[0][i];
         if (PARTS == 2u) {
-            w_tile[W_LO + at + i] = parts[1][i];
+            w_tile[W_LO + at + i * SW] = parts[1][i];
         }
     }
 }
@@ -106,10 +112,10 @@ fn multiply_tiles(lid: u32, steps: u32) {
         load_step(lid, s);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += 16u) {
-            let ia = m0 * SA + kk;
+            let ia = kk * SW + m0;
             let ib0 = n0 * SA + kk;
             let ib1 = ib0 + 16u * SA;
-            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[ia], stride);
+            let a_hi = coopLoad<coop_mat16x16<f16, A>>(&w_tile[ia], SW);
             let b_hi0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib0], stride);
             hi0 = coopMultiplyAdd(a_hi, b_hi0, hi0);
             if (PARTS == 1u) {
@@ -119,7 +125,7 @@ fn multiply_tiles(lid: u32, steps: u32) {
                 }
                 continue;
             }
-            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], stride);
+            let a_lo = coopLoad<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], SW);
             let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib0], stride);
             lo0 = coopMultiplyAdd(a_lo, b_hi0, lo0);
             lo0 = coopMultiplyAdd(a_hi, b_lo0, lo0);

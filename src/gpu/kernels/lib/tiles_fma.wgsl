@@ -4,7 +4,8 @@
 
 /// matmul.wgsl's loaders: one column of neighbouring rows (tokens) per invocation group, so
 /// the stores below fall in distinct banks.
-const LOAD_ALONG_K: bool = false;
+const W_ALONG_K: bool = false;
+const X_ALONG_K: bool = false;
 
 /// [k][row quad]: the weights of step column k for rows 4q..4q+3.
 var<workgroup> w_tile: array<vec4<f32>, BK * TM / 4u>;
