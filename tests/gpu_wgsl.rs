@@ -155,10 +155,7 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
             subgroups: true,
             tiles,
         };
-        assert!(
-            cooperative_workgroup_bytes(tiles.parts(), tiles.step_columns())
-                <= COOPERATIVE_WORKGROUP_BYTES
-        );
+        assert!(cooperative_workgroup_bytes(tiles) <= COOPERATIVE_WORKGROUP_BYTES);
         for weights in GpuLayout::ALL {
             let src = shader.module_source(coop, weights);
             let label = format!(
@@ -202,7 +199,7 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
             }
             assert_eq!(
                 common::kernel_fit::workgroup_bytes(&module),
-                cooperative_workgroup_bytes(tiles.parts(), tiles.step_columns()),
+                cooperative_workgroup_bytes(tiles),
                 "{label}: workgroup memory"
             );
         }

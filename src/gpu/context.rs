@@ -39,19 +39,19 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
-/// Workgroup memory of the cooperative tiles: the f16 parts of a step's columns of 64
-/// weight rows (each column padded to 72) and of 64 tokens (each token's columns padded by
-/// 8), one 16 x 16 f32 block per subgroup, and two u32 (a flag and the tile's tokens; a
-/// driver may give each variable 16 bytes).
-pub const fn cooperative_workgroup_bytes(parts: u32, step_columns: u32) -> u32 {
-    parts * (step_columns * (64 + 8) + 64 * (step_columns + 8)) * 2 + 8 * 256 * 4 + 2 * 16
+/// Workgroup memory of the cooperative tiles of `tiles`: the f16 parts of a step's columns
+/// of the tile's weight rows (each column padded by 8) and of 64 tokens (each token's
+/// columns padded by 8), one 16 x 16 f32 block per subgroup, and two u32 (a flag and the
+/// tile's tokens; a driver may give each variable 16 bytes).
+pub const fn cooperative_workgroup_bytes(tiles: TileMath) -> u32 {
+    let (rows, k) = (tiles.tile_rows(), tiles.step_columns());
+    tiles.parts() * (k * (rows + 8) + 64 * (k + 8)) * 2 + 8 * 256 * 4 + 2 * 16
 }
 
-/// The most either cooperative variant takes ([`TileMath::Split`]: two parts of 64
-/// columns; [`TileMath::F16`]: one of 128): what the device check asks for.
+/// The most either cooperative variant takes: what the device check asks for.
 pub const COOPERATIVE_WORKGROUP_BYTES: u32 = {
-    let split = cooperative_workgroup_bytes(2, 64);
-    let f16 = cooperative_workgroup_bytes(1, 128);
+    let split = cooperative_workgroup_bytes(TileMath::Split);
+    let f16 = cooperative_workgroup_bytes(TileMath::F16);
     if split > f16 {
         split
     } else {

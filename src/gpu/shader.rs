@@ -66,22 +66,28 @@ pub enum TileMath {
 }
 
 impl TileMath {
-    pub fn cooperative(self) -> bool {
-        self != TileMath::Fma
+    pub const fn cooperative(self) -> bool {
+        !matches!(self, TileMath::Fma)
     }
 
-    /// Columns the batched mat-mul's tiles take per step (`BK`): a multiple of every
-    /// layout's unit (16, 32 or 64 values). One f16 part leaves the workgroup memory for
-    /// twice the columns, so twice the loads in flight per step.
-    pub fn step_columns(self) -> u32 {
+    /// Weight rows of a workgroup's tile (`TM`; the tokens are always 64). One f16 part
+    /// leaves the workgroup memory for twice the rows, so each input converted to f16
+    /// serves twice the products.
+    pub const fn tile_rows(self) -> u32 {
         match self {
             TileMath::Fma | TileMath::Split => 64,
             TileMath::F16 => 128,
         }
     }
 
+    /// Columns the batched mat-mul's tiles take per step (`BK`): a multiple of every
+    /// layout's unit (16, 32 or 64 values).
+    pub const fn step_columns(self) -> u32 {
+        64
+    }
+
     /// f16 parts per value in the cooperative tiles (`PARTS` in `tiles_coop.wgsl`).
-    pub fn parts(self) -> u32 {
+    pub const fn parts(self) -> u32 {
         match self {
             TileMath::Split => 2,
             TileMath::Fma | TileMath::F16 => 1,
@@ -212,6 +218,7 @@ impl Shader {
             } else {
                 TileMath::Fma
             };
+            let _ = writeln!(s, "const TM: u32 = {}u;", tiles.tile_rows());
             let _ = writeln!(s, "const BK: u32 = {}u;", tiles.step_columns());
             if cooperative {
                 let _ = writeln!(s, "const PARTS: u32 = {}u;", tiles.parts());

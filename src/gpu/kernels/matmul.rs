@@ -5,18 +5,22 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, TileMath, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
-/// Rows and tokens of a workgroup's tile.
-pub const TM: usize = 64;
+/// Tokens of a workgroup's tile; its rows are the tile library's (`TileMath::tile_rows`).
 pub const TN: usize = 64;
-/// Invocations per workgroup: one 4 x 4 block of the tile each.
-pub const MWG: usize = TM * TN / 16;
-// The kernel's mapping of invocations to blocks: groups of 32 take 8 row quads x 4 token
-// quads, the tile's row quads in TM / 32 such groups.
-const _: () =
-    assert!(TM.is_multiple_of(32) && TN.is_multiple_of(16) && MWG == 32 * (TM / 32) * (TN / 16));
+/// Invocations per workgroup: eight subgroups of 32 for the cooperative tiles.
+pub const MWG: usize = 256;
+// The f32 tiles' mapping of invocations to blocks: one 4 x 4 block each, groups of 32
+// taking 8 row quads x 4 token quads, the tile's row quads in TM / 32 such groups.
+const FMA_ROWS: usize = TileMath::Fma.tile_rows() as usize;
+const _: () = assert!(
+    FMA_ROWS.is_multiple_of(32)
+        && TN.is_multiple_of(16)
+        && MWG == FMA_ROWS * TN / 16
+        && MWG == 32 * (FMA_ROWS / 32) * (TN / 16)
+);
 
 pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
 pub const SWIGLU: Override<bool> = Override::new("SWIGLU");
@@ -41,7 +45,7 @@ pub const SHADER: Shader = Shader {
         EXPERTS.decl(),
         GATHER.decl(),
     ],
-    consts: &[("TM", TM as u32), ("TN", TN as u32), ("MWG", MWG as u32)],
+    consts: &[("TN", TN as u32), ("MWG", MWG as u32)],
     structs: &[&BatchParams::LAYOUT],
     reduces: false,
     lanes: false,
@@ -172,7 +176,9 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matmul
             );
             let pairs = a.experts.as_ref().map_or(&ctx.dummy, |e| e.pairs);
             // A group's rows inside the chunk are at most the fewer of the two.
-            let tiles = group_rows.min(c.rows).div_ceil(TM);
+            let tiles = group_rows
+                .min(c.rows)
+                .div_ceil(ctx.tiles.tile_rows() as usize);
             kernel.dispatch(
                 ctx,
                 &[&params, a.batch, &c.quants, &c.scales, a.x, a.y, pairs],

@@ -3,7 +3,7 @@
 // for the global rows r of this chunk and the tokens j of the batch, g = r / group_rows.
 // Launcher: src/gpu/kernels/matmul.rs. Appended: the chunk's weight layout library
 // (lib/weights_<layout>.wgsl: `unit_values`, `unit_run`), so one source serves every layout.
-// Prepended from Rust: TM, TN, MWG, BK (the tile library's step) and struct Batch.
+// Prepended from Rust: TN, MWG, the tile library's TM and BK (`TileMath`), and struct Batch.
 //
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
 // columns it decodes the tile's weights once into workgroup memory (each invocation a unit

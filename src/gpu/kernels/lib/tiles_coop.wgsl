@@ -14,10 +14,11 @@
 // computed again unit by unit from the buffers (`dot_direct`), so no result depends on
 // f16's range.
 //
-// The subgroups (invocations 32i..32i+31) each take 16 rows x 32 tokens of the 64 x 64
-// tile: two 16x16 blocks, each an accumulator of hi·hi (and one of the lo terms). A tile of
-// at most 32 tokens (an expert's, often) gives each subgroup one block of 16 tokens, so no
-// subgroup multiplies the zeros past the tile's end.
+// The tile is TM x 64 (TM = 64 with two parts, 128 with one, in the same workgroup memory).
+// The subgroups (invocations 32i..32i+31) each take up to 2 x 2 blocks of 16 x 16, each an
+// accumulator of hi·hi (and one of the lo terms): 32 rows x 32 tokens at TM = 128, 16 rows
+// x 32 tokens at TM = 64; a tile of at most 32 tokens (an expert's, often) halves the
+// tokens, so no subgroup multiplies the zeros past the tile's end.
 
 /// matmul.wgsl's loaders. Weights: neighbouring invocations take the same unit of
 /// neighbouring rows and store a column's values side by side in the [k][row] tile, so the
@@ -94,20 +95,27 @@ fn tile_put_x(k: u32, j: u32, v: vec4<f32>) {
 fn multiply_tiles(lid: u32, steps: u32) {
     let sg = lid / 32u;
     let lane = lid % 32u;
-    let m0 = 16u * (sg % (TM / 16u));
-    var hi0 = coop_mat16x16<f32, C>();
-    var lo0 = coop_mat16x16<f32, C>();
-    var hi1 = coop_mat16x16<f32, C>();
-    var lo1 = coop_mat16x16<f32, C>();
-    let stride = SA;
     if (lid == 0u) {
         out_of_range = 0u;
         tile_tokens = t.j_end - t.j0;
     }
-    // Blocks per subgroup (the same for all: cooperative operations need uniform control
-    // flow) and the first token of its first block.
-    let blocks = select(2u, 1u, workgroupUniformLoad(&tile_tokens) <= TN / 2u);
-    let n0 = 16u * blocks * (sg / (TM / 16u));
+    // The subgroup's blocks of 16 x 16, the same shape for all (cooperative operations need
+    // uniform control flow): rb row blocks from row m0 times cb token blocks from token n0.
+    // The eight subgroups cover TM x 64, or TM x 32 for a tile of at most 32 tokens (an
+    // expert's, often), so no subgroup multiplies the zeros past the tile's end.
+    let small = workgroupUniformLoad(&tile_tokens) <= TN / 2u;
+    let per_subgroup = (TM / 16u) * select(TN / 16u, TN / 32u, small) / 8u;
+    let cb = min(per_subgroup, 2u);
+    let rb = per_subgroup / cb;
+    let row_groups = TM / (16u * rb);
+    let m0 = 16u * rb * (sg % row_groups);
+    let n0 = 16u * cb * (sg / row_groups);
+    var h00 = coop_mat16x16<f32, C>();
+    var h01 = coop_mat16x16<f32, C>();
+    var h10 = coop_mat16x16<f32, C>();
+    var h11 = coop_mat16x16<f32, C>();
+    var l00 = coop_mat16x16<f32, C>();
+    var l01 = coop_mat16x16<f32, C>();
     for (var s = 0u; s < steps; s++) {
         load_step(lid, s);
         workgroupBarrier();
@@ -115,26 +123,32 @@ fn multiply_tiles(lid: u32, steps: u32) {
             let ia = kk * SW + m0;
             let ib0 = n0 * SA + kk;
             let ib1 = ib0 + 16u * SA;
-            let a_hi = coopLoad<coop_mat16x16<f16, A>>(&w_tile[ia], SW);
-            let b_hi0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib0], stride);
-            hi0 = coopMultiplyAdd(a_hi, b_hi0, hi0);
-            if (PARTS == 1u) {
-                if (blocks == 2u) {
-                    let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], stride);
-                    hi1 = coopMultiplyAdd(a_hi, b_hi1, hi1);
+            let a0 = coopLoad<coop_mat16x16<f16, A>>(&w_tile[ia], SW);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib0], SA);
+            h00 = coopMultiplyAdd(a0, b0, h00);
+            if (PARTS == 2u) {
+                // Two parts (one row block, TM = 64): hi·hi, and lo·hi + hi·lo apart.
+                let a_lo = coopLoad<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], SW);
+                let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib0], SA);
+                l00 = coopMultiplyAdd(a_lo, b0, l00);
+                l00 = coopMultiplyAdd(a0, b_lo0, l00);
+                if (cb == 2u) {
+                    let b1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], SA);
+                    let b_lo1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib1], SA);
+                    h01 = coopMultiplyAdd(a0, b1, h01);
+                    l01 = coopMultiplyAdd(a_lo, b1, l01);
+                    l01 = coopMultiplyAdd(a0, b_lo1, l01);
                 }
                 continue;
             }
-            let a_lo = coopLoad<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], SW);
-            let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib0], stride);
-            lo0 = coopMultiplyAdd(a_lo, b_hi0, lo0);
-            lo0 = coopMultiplyAdd(a_hi, b_lo0, lo0);
-            if (blocks == 2u) {
-                let b_hi1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], stride);
-                let b_lo1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib1], stride);
-                hi1 = coopMultiplyAdd(a_hi, b_hi1, hi1);
-                lo1 = coopMultiplyAdd(a_lo, b_hi1, lo1);
-                lo1 = coopMultiplyAdd(a_hi, b_lo1, lo1);
+            if (cb == 2u) {
+                let b1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], SA);
+                h01 = coopMultiplyAdd(a0, b1, h01);
+                if (rb == 2u) {
+                    let a1 = coopLoad<coop_mat16x16<f16, A>>(&w_tile[ia + 16u], SW);
+                    h10 = coopMultiplyAdd(a1, b0, h10);
+                    h11 = coopMultiplyAdd(a1, b1, h11);
+                }
             }
         }
         workgroupBarrier();
@@ -145,41 +159,51 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let stride_c = 16u;
     let unscale = 1.0 / (X_SCALE * W_SCALE);
     let direct = workgroupUniformLoad(&out_of_range) != 0u;
-    for (var b = 0u; b < blocks; b++) {
-        if (direct) {
-            for (var i = 0u; i < 4u; i++) {
-                let e = lane + 32u * i;
-                let rl = m0 + 2u * (e % 8u);
-                let jl = n0 + 16u * b + e / 8u;
-                write_pair(rl, jl, dot_direct(rl, jl), dot_direct(rl + 1u, jl));
+    for (var r = 0u; r < rb; r++) {
+        for (var c = 0u; c < cb; c++) {
+            let mb = m0 + 16u * r;
+            let nb = n0 + 16u * c;
+            if (direct) {
+                for (var i = 0u; i < 4u; i++) {
+                    let e = lane + 32u * i;
+                    let rl = mb + 2u * (e % 8u);
+                    let jl = nb + e / 8u;
+                    write_pair(rl, jl, dot_direct(rl, jl), dot_direct(rl + 1u, jl));
+                }
+                continue;
             }
-            continue;
-        }
-        var lo = lo0;
-        var hi = hi0;
-        if (b == 1u) {
-            lo = lo1;
-            hi = hi1;
-        }
-        var v: array<vec2<f32>, 4>;
-        if (PARTS == 2u) {
-            coopStore(lo, &c_out[out], stride_c);
+            var hi = h00;
+            var lo = l00;
+            if (r == 0u && c == 1u) {
+                hi = h01;
+                lo = l01;
+            }
+            if (r == 1u && c == 0u) {
+                hi = h10;
+            }
+            if (r == 1u && c == 1u) {
+                hi = h11;
+            }
+            var v: array<vec2<f32>, 4>;
+            if (PARTS == 2u) {
+                coopStore(lo, &c_out[out], stride_c);
+                workgroupBarrier();
+                for (var i = 0u; i < 4u; i++) {
+                    let e = lane + 32u * i;
+                    let at = out + (e / 8u) * 16u + 2u * (e % 8u);
+                    v[i] = vec2<f32>(c_out[at], c_out[at + 1u]) / LO_SCALE;
+                }
+                workgroupBarrier();
+            }
+            coopStore(hi, &c_out[out], stride_c);
             workgroupBarrier();
             for (var i = 0u; i < 4u; i++) {
                 let e = lane + 32u * i;
                 let at = out + (e / 8u) * 16u + 2u * (e % 8u);
-                v[i] = vec2<f32>(c_out[at], c_out[at + 1u]) / LO_SCALE;
+                let sum = (v[i] + vec2<f32>(c_out[at], c_out[at + 1u])) * unscale;
+                write_pair(mb + 2u * (e % 8u), nb + e / 8u, sum.x, sum.y);
             }
             workgroupBarrier();
         }
-        coopStore(hi, &c_out[out], stride_c);
-        workgroupBarrier();
-        for (var i = 0u; i < 4u; i++) {
-            let e = lane + 32u * i;
-            let at = out + (e / 8u) * 16u + 2u * (e % 8u);
-            let sum = (v[i] + vec2<f32>(c_out[at], c_out[at + 1u])) * unscale;
-            write_pair(m0 + 2u * (e % 8u), n0 + 16u * b + e / 8u, sum.x, sum.y);
-        }
-        workgroupBarrier();
     }
 }
