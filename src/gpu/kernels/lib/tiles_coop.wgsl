@@ -1,6 +1,7 @@
 // Tile library of matmul.wgsl for devices with cooperative matrices of 16x16x16 f16 inputs
 // and f32 accumulators (tensor cores), in subgroups of 32 (src/gpu/context.rs checks both).
-// Prepended from Rust: PARTS, the f16 parts per value (`TileMath` in src/gpu/shader.rs).
+// Prepended from Rust with matmul.wgsl's TM and BK: PARTS, the f16 parts per value (all
+// three from `TileMath` in src/gpu/shader.rs).
 //
 // PARTS = 2: each f32 value v enters as two f16 parts, v·s = hi + lo·2^-11: hi is v·s with
 // its mantissa cut to f16's 10 bits (a bit mask, so no compiler can fold the split away and
@@ -47,7 +48,7 @@ const X_LO: u32 = TN * SA;
 var<workgroup> w_tile: array<f16, PARTS * BK * SW>;
 /// [part][token][k]: the parts of the inputs of the step (column-major Bs of stride SA).
 var<workgroup> x_tile: array<f16, PARTS * TN * SA>;
-/// Set when a value of the tile's steps is at or above SPLIT_LIMIT (all writers write 1).
+/// Set when a value of the tile's steps is at or above its limit (all writers write 1).
 var<workgroup> out_of_range: u32;
 /// The tile's tokens, for a uniform choice of blocks.
 var<workgroup> tile_tokens: u32;
