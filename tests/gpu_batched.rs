@@ -16,10 +16,10 @@ use common::{check_rows_within, token_ids};
 use glm_flash::config::Config;
 use glm_flash::cpu::ops;
 use glm_flash::gguf::{GgmlType, GgufFile};
-use glm_flash::gpu::cache::{decode_rows, encode_rows};
+use glm_flash::gpu::cache::{decode_rows, encode_rows, POSITION_TILE};
 use glm_flash::gpu::kernels::{
-    attn_batch, attn_partial, kv_rows, matmul, moe_combine, moe_group, moe_route, rms_norm,
-    BatchParams,
+    attn_batch, attn_batch_coop, attn_partial, kv_rows, matmul, moe_combine, moe_group, moe_route,
+    rms_norm, BatchParams,
 };
 use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
@@ -709,6 +709,101 @@ fn batched_attention_matches_cpu() {
                         TOL,
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The batched attention on cooperative matrices (f16 cache) against the CPU twin, where
+/// the adapter has them (it says so where it does not): the real per-head dims with all 20
+/// heads and tiny ones; batches after no prefix, after prefixes that cross key tiles and
+/// reach hundreds of keys (the running max grows across tiles, so the context is rescaled);
+/// queries of ordinary size, and rows whose values span 1e-6..1e4 (each row's parts are
+/// scaled to its own largest value); and the engine's load-time check agrees.
+#[test]
+fn cooperative_batched_attention_matches_cpu() {
+    let ctx = tile_variants(None)
+        .into_iter()
+        .map(|(_, c, _)| c)
+        .find(|c| attn_batch_coop::runs(c, &small_config(512, 64, 192, 20), CacheType::F16));
+    let Some(ctx) = ctx else {
+        println!(
+            "no cooperative matrices with subgroups here: the cooperative attention is not run"
+        );
+        return;
+    };
+    println!("running the cooperative attention on {}", ctx.describe());
+    let p = Pipelines::new();
+    // The engine's own check at load, on the real dims.
+    let real = small_config(512, 64, 192, 20);
+    assert_eq!(attn_batch_coop::check_against_fma(&ctx, &p, &real), Ok(()));
+    let mut rng = Rng(31);
+    let shapes = [(512, 64, 192, 20), (64, 32, 96, 5)];
+    let batches = [(0, 37), (70, 9), (333, 66), (0, 1), (1000, 3)];
+    for (kv, rope, nope, heads) in shapes {
+        let cfg = small_config(kv, rope, nope, heads);
+        let (row, head_dim) = (cfg.cache_row(), nope + rope);
+        for &(pos, n) in &batches {
+            for wide in [false, true] {
+                let spread = |v: f32, i: usize| match (wide, i % 7) {
+                    (false, _) => 4.0 * v,
+                    (true, 0) => 1e4 * v,
+                    (true, 1) => 1e-6 * v,
+                    (true, _) => v,
+                };
+                let q_abs: Vec<f32> = rng
+                    .vec(n * heads * kv)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| spread(v, i))
+                    .collect();
+                let q: Vec<f32> = rng
+                    .vec(n * heads * head_dim)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| spread(v, i))
+                    .collect();
+                let mut stored = rng.vec((pos + n) * row);
+                CacheType::F16.round(&mut stored);
+                let label = format!("kv {kv} heads {heads} pos {pos} n {n} wide {wide}");
+                // The cache holds whole tiles of positions, as the engine allocates it.
+                let mut padded = stored.clone();
+                padded.resize((pos + n).next_multiple_of(POSITION_TILE) * row, 0.0);
+                let cache = storage_init(&ctx, "cache", &encode_rows(CacheType::F16, &padded));
+                let (qa_b, q_b) = (
+                    storage_f32(&ctx, "q_abs", &q_abs),
+                    storage_f32(&ctx, "q", &q),
+                );
+                let rope_b = storage_init(
+                    &ctx,
+                    "rope",
+                    bytemuck::cast_slice(&rope_tables(&cfg, pos, n)),
+                );
+                let kqv = poison(&ctx, n * heads * kv);
+                let q_parts = storage_f32(
+                    &ctx,
+                    "q parts",
+                    &vec![f32::NAN; attn_batch_coop::q_parts_words(&cfg, n)],
+                );
+                let nb = batch(&ctx, n, pos, 0);
+                let a = attn_batch::AttnBatch {
+                    batch: &nb,
+                    q_abs: &qa_b,
+                    q: &q_b,
+                    rope_cs: &rope_b,
+                    cache: &cache,
+                    cache_type: CacheType::F16,
+                    kqv: &kqv,
+                };
+                let d = attn_batch_coop::dispatch(&ctx, &p, &cfg, &a, &q_parts);
+                run_grids(&ctx, &[(&d, attn_batch_coop::grid(&cfg, n))]);
+                let want = attention_cpu(&cfg, &stored, &q_abs, &q, pos, n);
+                check_within(
+                    &label,
+                    &ctx.read_f32(&kqv, n * heads * kv).unwrap(),
+                    &want,
+                    TOL,
+                );
             }
         }
     }

@@ -8,6 +8,7 @@ use glm_flash::backend::{Backend, Rows, Want};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::gguf::{GgmlType, GgufFile};
+use glm_flash::gpu::cache::POSITION_TILE;
 use glm_flash::gpu::{GpuBackend, GpuOptions};
 use glm_flash::ops_common::CacheType;
 use glm_flash::weights::Weights;
@@ -422,14 +423,19 @@ fn gpu_mixed_type_stack_matches_cpu() {
 
 /// A context whose cache does not fit one binding is refused before anything is
 /// allocated, naming the largest that fits; f16 halves the bytes, so twice the positions
-/// fit. tiny's row is 96 values: 192 bytes in f16, 384 in f32; the limit is forced to 64 KiB.
+/// fit. tiny's row is 96 values: 192 bytes in f16, 384 in f32; the limit is forced to 64 KiB;
+/// the cache holds whole tiles of POSITION_TILE positions.
 #[test]
 fn gpu_context_too_large_for_the_cache_is_refused_naming_what_fits() {
     let file = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
     let cfg = Config::from_gguf(&file).unwrap();
     let weights = Weights::from_gguf(&file, &cfg).unwrap();
     let limit = 64 << 10;
-    for (cache_type, fits) in [(CacheType::F32, limit / 384), (CacheType::F16, limit / 192)] {
+    let whole_tiles = |rows: usize| rows / POSITION_TILE * POSITION_TILE;
+    for (cache_type, fits) in [
+        (CacheType::F32, whole_tiles(limit / 384)),
+        (CacheType::F16, whole_tiles(limit / 192)),
+    ] {
         let opts = GpuOptions {
             max_binding_bytes: Some(limit as u64),
             cache_type,

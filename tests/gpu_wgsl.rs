@@ -125,7 +125,7 @@ fn check(shader: &Shader, subgroups: bool, weights: GpuLayout) {
 
 #[test]
 fn every_kernel_validates_and_translates_to_msl() {
-    for shader in all_shaders() {
+    for shader in all_shaders().into_iter().filter(|s| !s.cooperative) {
         for weights in common::kernel_fit::layouts(&shader) {
             check(&shader, false, weights);
             if shader.reduces || shader.lanes {
@@ -203,6 +203,63 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
                 "{label}: workgroup memory"
             );
         }
+    }
+}
+
+/// The kernels written for cooperative matrices (run where the cooperative tiles run,
+/// with subgroups): they validate with the capability, not without it, translate to SPIR-V
+/// with every bool override, and use the workgroup memory their launchers declare.
+#[test]
+fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
+    use glm_flash::gpu::kernels::attn_batch_coop;
+    let declared = [(
+        attn_batch_coop::SHADER.name,
+        attn_batch_coop::WORKGROUP_BYTES,
+    )];
+    let coop: Vec<Shader> = all_shaders()
+        .into_iter()
+        .filter(|s| s.cooperative)
+        .collect();
+    assert_eq!(coop.len(), declared.len());
+    for shader in coop {
+        let label = shader.name;
+        let src = shader.module_source(caps(true), GpuLayout::F32);
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
+        let (caps, ops) = capabilities(true);
+        assert!(
+            Validator::new(ValidationFlags::all(), caps)
+                .subgroup_operations(ops)
+                .validate(&module)
+                .is_err(),
+            "{label}: validates without the cooperative-matrix capability"
+        );
+        let info = validate(
+            label,
+            &src,
+            &module,
+            caps | Capabilities::COOPERATIVE_MATRIX,
+            ops,
+        );
+        for constants in override_sets(&module) {
+            let (module, info) =
+                naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                    .unwrap_or_else(|e| panic!("{label}: overrides {constants:?}: {e}"));
+            let options = naga::back::spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            let words = naga::back::spv::write_vec(&module, &info, &options, None)
+                .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e:?}"));
+            assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
+        }
+        let (_, bytes) = declared.iter().find(|(n, _)| *n == label).unwrap();
+        assert_eq!(
+            common::kernel_fit::workgroup_bytes(&module),
+            *bytes,
+            "{label}: workgroup memory"
+        );
+        assert!(*bytes <= COOPERATIVE_WORKGROUP_BYTES);
     }
 }
 

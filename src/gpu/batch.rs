@@ -12,8 +12,8 @@ use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::moe_group::Routing;
 use crate::gpu::kernels::{
-    argmax, attn_batch, attn_partial, embed, kv_rows, matmul, matvec, moe_combine, moe_group,
-    moe_route, rms_norm, BatchParams,
+    argmax, attn_batch, attn_batch_coop, attn_partial, embed, kv_rows, matmul, matvec, moe_combine,
+    moe_group, moe_route, rms_norm, BatchParams,
 };
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::resident::{GpuFfn, GpuLayer, GpuModel};
@@ -90,6 +90,8 @@ struct Activations {
     /// The chunk ([`BatchParams`]: tokens, position) and the LM head's rows.
     batch: wgpu::Buffer,
     head: wgpu::Buffer,
+    /// The cooperative attention's f16 parts of its queries, where it runs.
+    q_parts: Option<wgpu::Buffer>,
 }
 
 /// A layer's feed-forward dispatches.
@@ -119,6 +121,8 @@ struct LayerDispatches {
     q_nope_absorbed: Vec<Dispatch>,
     kv_rows: Dispatch,
     attn: Dispatch,
+    /// The attention's grid for a chunk of n tokens (of the kernel `attn` runs).
+    attn_grid: fn(&Config, usize) -> [u32; 3],
     attn_v_b: Vec<Dispatch>,
     attn_output: Vec<Dispatch>,
     ffn_norm: Dispatch,
@@ -167,6 +171,8 @@ struct Widths {
     act: usize,
     down: usize,
     rope: usize,
+    /// The cooperative attention's query parts (two f16 per cache-row value and head).
+    q_parts: usize,
 }
 
 impl Widths {
@@ -190,11 +196,12 @@ impl Widths {
                 .unwrap_or(1),
             down: slots * cfg.hidden,
             rope: cfg.qk_rope,
+            q_parts: heads * cfg.cache_row(),
         }
     }
 
     /// Every activation's width, in the order [`Activations::new`] allocates them.
-    fn all(&self) -> [usize; 15] {
+    fn all(&self) -> [usize; 16] {
         [
             self.hidden,
             self.hidden,
@@ -211,6 +218,7 @@ impl Widths {
             self.down,
             self.rope,
             1,
+            self.q_parts,
         ]
     }
 }
@@ -271,7 +279,27 @@ impl BatchSchedule {
             )));
         }
         let widths = Widths::new(cfg, model);
-        let act = Activations::new(ctx, cfg, &widths, chunk, logit_rows, &routing)?;
+        // The cooperative attention where it runs and agrees with the f32 kernel here.
+        let coop_attention = attn_batch_coop::runs(ctx, cfg, caches.cache_type)
+            && match attn_batch_coop::check_against_fma(ctx, p, cfg) {
+                Ok(()) => true,
+                Err(why) => {
+                    log::warn!(
+                        "{why} on {}: the batched attention runs in f32",
+                        ctx.describe()
+                    );
+                    false
+                }
+            };
+        let act = Activations::new(
+            ctx,
+            cfg,
+            &widths,
+            chunk,
+            logit_rows,
+            &routing,
+            coop_attention,
+        )?;
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_ids, &act.x);
         let layers = model
             .layers
@@ -409,7 +437,7 @@ impl BatchSchedule {
                                                             // cache[pos + t] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]
             rec.run_sized("kv_cache", &l.kv_rows, rows);
             // kqv[t][h] = Σ_k softmax(q · cache[k])[k] latent[k], k <= pos + t
-            rec.run_sized("kqv", &l.attn, attn_batch::grid(cfg, n));
+            rec.run_sized("kqv", &l.attn, (l.attn_grid)(cfg, n));
             mm(rec, "kqv_out", &l.attn_v_b); // v_b[h] · kqv[h]
             mm(rec, "attn_out", &l.attn_output); // x += attn_output · kqv_out
             rec.run_sized("ffn_norm", &l.ffn_norm, rows); // xn = rmsnorm(x) * ffn_norm
@@ -470,6 +498,7 @@ impl Activations {
         chunk: usize,
         logit_rows: usize,
         routing: &Routing,
+        coop_attention: bool,
     ) -> Result<Activations> {
         let buf = |label: &str, per_token: usize| storage_zeroed(ctx, label, chunk * per_token);
         Ok(Activations {
@@ -492,6 +521,12 @@ impl Activations {
             argmax_id: storage_zeroed(ctx, "batch argmax", 1)?,
             batch: upload::uniform(ctx, "batch", &BatchParams::default()),
             head: upload::uniform(ctx, "batch head", &BatchParams::default()),
+            q_parts: if coop_attention {
+                let words = attn_batch_coop::q_parts_words(cfg, chunk);
+                Some(storage_zeroed(ctx, "batch attention query parts", words)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -531,6 +566,15 @@ impl LayerDispatches {
         let (eps, heads) = (cfg.rms_eps, cfg.n_heads);
         let head_dim = cfg.qk_nope + cfg.qk_rope;
         let qkv_width = cfg.q_lora_rank + cfg.cache_row();
+        let attention = attn_batch::AttnBatch {
+            batch: &a.batch,
+            q_abs: &a.q_abs,
+            q: &a.q,
+            rope_cs: &a.rope_cs,
+            cache,
+            cache_type,
+            kqv: &a.kqv,
+        };
         let norm = |weight: &wgpu::Buffer, x: &wgpu::Buffer, (stride, cols), out: &wgpu::Buffer| {
             rms_norm::dispatch(
                 ctx,
@@ -581,20 +625,14 @@ impl LayerDispatches {
                     cache_type,
                 },
             ),
-            attn: attn_batch::dispatch(
-                ctx,
-                p,
-                cfg,
-                &attn_batch::AttnBatch {
-                    batch: &a.batch,
-                    q_abs: &a.q_abs,
-                    q: &a.q,
-                    rope_cs: &a.rope_cs,
-                    cache,
-                    cache_type,
-                    kqv: &a.kqv,
-                },
-            ),
+            attn: match &a.q_parts {
+                Some(q_parts) => attn_batch_coop::dispatch(ctx, p, cfg, &attention, q_parts),
+                None => attn_batch::dispatch(ctx, p, cfg, &attention),
+            },
+            attn_grid: match &a.q_parts {
+                Some(_) => attn_batch_coop::grid,
+                None => attn_batch::grid,
+            },
             attn_v_b: mm(
                 &l.attn_v_b,
                 matmul::Matmul {

@@ -11,6 +11,11 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::upload::storage_zeroed;
 use crate::ops_common::CacheType;
 
+/// Each layer's buffer holds whole tiles of this many positions (the zeros past the last
+/// one included): the cooperative attention reads whole tiles of keys, masking the ones
+/// past the context, and must not read past the buffer.
+pub const POSITION_TILE: usize = 64;
+
 /// Every layer's latent cache.
 pub struct LatentCaches {
     pub layers: Vec<wgpu::Buffer>,
@@ -28,7 +33,8 @@ fn row_bytes(cfg: &Config, t: CacheType) -> u64 {
 /// The most positions one layer's buffer may hold on this device (its binding and buffer
 /// limits).
 pub fn max_positions(ctx: &GpuContext, cfg: &Config, t: CacheType) -> usize {
-    (ctx.max_binding.min(ctx.max_buffer) / row_bytes(cfg, t)) as usize
+    let rows = (ctx.max_binding.min(ctx.max_buffer) / row_bytes(cfg, t)) as usize;
+    rows / POSITION_TILE * POSITION_TILE
 }
 
 /// "11.0 GB", "12.3 MB", "54.1 kB", "768 B".
@@ -50,7 +56,7 @@ impl LatentCaches {
         positions: usize,
         t: CacheType,
     ) -> Result<LatentCaches> {
-        let per_layer = positions as u64 * row_bytes(cfg, t);
+        let per_layer = positions.next_multiple_of(POSITION_TILE) as u64 * row_bytes(cfg, t);
         let bytes = per_layer * cfg.n_layers as u64;
         let fits = max_positions(ctx, cfg, t);
         let what = || {

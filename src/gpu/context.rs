@@ -48,14 +48,17 @@ pub const fn cooperative_workgroup_bytes(tiles: TileMath) -> u32 {
     tiles.parts() * (k * (rows + 8) + 64 * (k + 8)) * 2 + 8 * 256 * 4 + 2 * 16
 }
 
-/// The most either cooperative variant takes: what the device check asks for.
+/// The most any cooperative kernel takes (either tile variant, the batched attention):
+/// what the device check asks for.
 pub const COOPERATIVE_WORKGROUP_BYTES: u32 = {
     let split = cooperative_workgroup_bytes(TileMath::Split);
     let f16 = cooperative_workgroup_bytes(TileMath::F16);
-    if split > f16 {
-        split
+    let tiles = if split > f16 { split } else { f16 };
+    let attention = crate::gpu::kernels::attn_batch_coop::WORKGROUP_BYTES;
+    if tiles > attention {
+        tiles
     } else {
-        f16
+        attention
     }
 };
 

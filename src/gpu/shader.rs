@@ -38,6 +38,8 @@ pub const ROUTE: &str = include_str!("kernels/lib/route.wgsl");
 /// `multiply_tiles` of the batched mat-mul: f32 FMAs, or cooperative matrices.
 pub const TILES_FMA: &str = include_str!("kernels/lib/tiles_fma.wgsl");
 pub const TILES_COOP: &str = include_str!("kernels/lib/tiles_coop.wgsl");
+/// `attend`: attention tiles on cooperative matrices over an f16 cache.
+pub const ATTN_TILES: &str = include_str!("kernels/lib/attn_tiles.wgsl");
 
 /// What of the device a module may use: it picks the libraries appended (a choice of
 /// source, as naga validates a whole module against the device's capabilities).
@@ -156,6 +158,9 @@ pub struct Shader {
     /// Helpers shared by several kernels (`kernels/lib/*.wgsl`: [`ROPE`], [`ROUTE`],
     /// [`CACHE_STORE`]), appended as they are.
     pub libraries: &'static [&'static str],
+    /// Written for cooperative matrices (the f16 and cooperative-matrix enables are
+    /// prepended): built only where the device has them ([`ShaderCaps::tiles`]).
+    pub cooperative: bool,
 }
 
 /// How a kernel reads weights. One that does is made for one [`GpuLayout`] per pipeline:
@@ -202,7 +207,8 @@ impl Shader {
     /// (for a kernel that reads weights; ignored by others): the Rust-side declarations, the
     /// kernel, then the libraries it uses.
     pub fn module_source(&self, caps: ShaderCaps, weights: GpuLayout) -> String {
-        let cooperative = caps.tiles.cooperative() && self.weights == WeightAccess::Tiles;
+        let cooperative =
+            self.cooperative || (caps.tiles.cooperative() && self.weights == WeightAccess::Tiles);
         let mut s = String::new();
         if cooperative {
             s.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");

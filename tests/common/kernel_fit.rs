@@ -1,7 +1,7 @@
 //! What a kernel asks of the adapter, read from its WGSL with naga and from its launcher's
 //! binding list, against the smallest adapter the engine accepts (`gpu::context::MINIMUM`).
 
-use glm_flash::gpu::context::MINIMUM;
+use glm_flash::gpu::context::{COOPERATIVE_WORKGROUP_BYTES, MINIMUM};
 use glm_flash::gpu::shader::{GpuLayout, Shader, ShaderCaps, TileMath};
 
 /// The weight layouts a kernel's modules are made for (one for a kernel without weights).
@@ -15,6 +15,8 @@ pub fn layouts(shader: &Shader) -> Vec<GpuLayout> {
 
 /// Why `shader` (its module for a device with or without subgroups, for every weight
 /// layout) would not run on the smallest accepted adapter: one line per limit it exceeds.
+/// A kernel written for cooperative matrices runs where the cooperative tiles do: its
+/// workgroup memory is held to what their device check asks for.
 pub fn exceeds_minimum(shader: &Shader, subgroups: bool) -> Vec<String> {
     layouts(shader)
         .into_iter()
@@ -74,7 +76,11 @@ fn exceeds_minimum_for(shader: &Shader, subgroups: bool, weights: GpuLayout) -> 
         (
             "bytes of workgroup memory",
             workgroup_bytes as usize,
-            m.workgroup_storage_bytes,
+            if shader.cooperative {
+                COOPERATIVE_WORKGROUP_BYTES
+            } else {
+                m.workgroup_storage_bytes
+            },
         ),
     ];
     checks

@@ -26,6 +26,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::None,
     libraries: &[],
+    cooperative: false,
 };
 
 wgsl_struct! {

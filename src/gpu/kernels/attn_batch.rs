@@ -64,14 +64,16 @@ pub const SHADER: Shader = Shader {
     lanes: true,
     weights: WeightAccess::None,
     libraries: &[shader::ROPE],
+    cooperative: false,
 };
 
 wgsl_struct! {
-    struct Params as "Params" {
-        head_dim: u32,
-        nope: u32,
-        scale: f32,
-        _pad0: u32,
+    /// Also the cooperative kernel's (`attn_batch_coop`).
+    pub struct Params as "Params" {
+        pub head_dim: u32,
+        pub nope: u32,
+        pub scale: f32,
+        pub _pad0: u32,
     }
 }
 

@@ -49,6 +49,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::None,
     libraries: &[shader::ROPE, shader::CACHE_STORE],
+    cooperative: false,
 };
 
 wgsl_struct! {

@@ -70,6 +70,7 @@ pub const SHADER: Shader = Shader {
     lanes: true,
     weights: WeightAccess::None,
     libraries: &[shader::ROPE],
+    cooperative: false,
 };
 
 wgsl_struct! {

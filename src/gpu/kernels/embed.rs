@@ -23,6 +23,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::Units,
     libraries: &[],
+    cooperative: false,
 };
 
 wgsl_struct! {

@@ -25,6 +25,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::RowDots,
     libraries: &[],
+    cooperative: false,
 };
 
 wgsl_struct! {

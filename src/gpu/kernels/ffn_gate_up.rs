@@ -36,6 +36,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::RowDots,
     libraries: &[shader::ROUTE],
+    cooperative: false,
 };
 
 /// The kernel keeps per-expert state in workgroup arrays of this size.

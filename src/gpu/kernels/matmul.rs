@@ -51,6 +51,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::Tiles,
     libraries: &[],
+    cooperative: false,
 };
 
 wgsl_struct! {

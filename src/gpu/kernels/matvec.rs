@@ -24,6 +24,7 @@ pub const SHADER: Shader = Shader {
     lanes: true,
     weights: WeightAccess::RowDots,
     libraries: &[],
+    cooperative: false,
 };
 
 /// RMSNorm prologue.

@@ -7,6 +7,7 @@
 
 pub mod argmax;
 pub mod attn_batch;
+pub mod attn_batch_coop;
 pub mod attn_combine;
 pub mod attn_partial;
 pub mod embed;
@@ -39,6 +40,7 @@ pub fn all_shaders() -> Vec<Shader> {
         rms_norm::SHADER,
         kv_rows::SHADER,
         attn_batch::SHADER,
+        attn_batch_coop::SHADER,
         moe_route::SHADER,
         moe_group::SHADER,
         moe_combine::SHADER,

@@ -31,6 +31,7 @@ pub const SHADER: Shader = Shader {
     lanes: false,
     weights: WeightAccess::None,
     libraries: &[shader::ROUTE],
+    cooperative: false,
 };
 
 wgsl_struct! {

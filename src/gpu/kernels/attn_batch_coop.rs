@@ -1,0 +1,235 @@
+//! Launcher of `attn_batch_coop.wgsl`: the batched attention of `attn_batch.wgsl` (same
+//! buffers, same result) on cooperative matrices, for an f16 cache on devices that have
+//! them. Reference: `cpu::attention` (its per-head `attend` and `ops::rope` on q_pe).
+
+use crate::config::Config;
+use crate::gpu::cache::POSITION_TILE;
+use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
+use crate::gpu::kernels::attn_batch::{AttnBatch, Params};
+use crate::gpu::kernels::matmul::BatchParams;
+use crate::gpu::pipelines::{Dispatch, Pipelines};
+use crate::gpu::shader::{self, Override, Shader, Slot, WeightAccess};
+use crate::gpu::upload::uniform;
+use crate::ops_common::CacheType;
+
+/// Invocations per workgroup: eight subgroups of 32.
+pub const AWG: usize = 256;
+/// Query rows ((token, head) pairs) per workgroup: two blocks of 16.
+pub const QR: usize = 32;
+/// Keys per tile: four blocks of 16, the cache's tile of positions.
+pub const KT: usize = POSITION_TILE;
+/// Invocations per query row when its queries are split and its softmax updated.
+pub const LANES: usize = AWG / QR;
+const _: () = assert!(KT == 64 && LANES <= MIN_SUBGROUP as usize);
+
+/// Workgroup memory: the hi and lo scores (f32, [key][row], rows padded by 4), the hi and
+/// lo weights (f16, [row][key], keys padded by 8), three floats per row and a flag (a
+/// driver may give each variable 16 bytes).
+pub const WORKGROUP_BYTES: u32 =
+    (2 * KT * (QR + 4) * 4 + 2 * QR * (KT + 8) * 2 + 3 * QR * 4 + 16) as u32;
+
+pub const HEADS: Override<u32> = Override::new("HEADS");
+pub const KV: Override<u32> = Override::new("KV");
+pub const ROW: Override<u32> = Override::new("ROW");
+pub const CB: Override<u32> = Override::new("CB");
+
+pub const SHADER: Shader = Shader {
+    name: "attn_batch_coop",
+    source: include_str!("attn_batch_coop.wgsl"),
+    bindings: &[
+        Slot::Uniform(&Params::LAYOUT),
+        Slot::Uniform(&BatchParams::LAYOUT),
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+    ],
+    overrides: &[HEADS.decl(), KV.decl(), ROW.decl(), CB.decl()],
+    consts: &[
+        ("AWG", AWG as u32),
+        ("QR", QR as u32),
+        ("KT", KT as u32),
+        ("LANES", LANES as u32),
+    ],
+    structs: &[&BatchParams::LAYOUT],
+    reduces: false,
+    lanes: true,
+    weights: WeightAccess::None,
+    libraries: &[shader::ROPE, shader::ATTN_TILES],
+    cooperative: true,
+};
+
+/// Why the kernel cannot run this model's attention, if it cannot: each subgroup owns
+/// kv / 64 blocks of 16 latent columns (at most 8), and rows are whole blocks of 16.
+pub fn unsupported(cfg: &Config) -> Option<String> {
+    let (kv, rope) = (cfg.kv_lora_rank, cfg.qk_rope);
+    let ok = kv.is_multiple_of(64)
+        && kv <= 512
+        && rope.is_multiple_of(16)
+        && cfg.qk_nope.is_multiple_of(4);
+    (!ok).then(|| {
+        format!(
+            "the cooperative attention needs kv_lora_rank {kv} to be a multiple of 64 up to \
+             512, rope {rope} a multiple of 16 and nope {} of 4",
+            cfg.qk_nope
+        )
+    })
+}
+
+/// Whether a batch's attention runs on this kernel: the device has cooperative matrices
+/// (and the batched mat-mul uses them) and subgroups, the cache is f16 and the model fits
+/// the kernel.
+pub fn runs(ctx: &GpuContext, cfg: &Config, cache_type: CacheType) -> bool {
+    ctx.tiles.cooperative()
+        && ctx.subgroups
+        && cache_type == CacheType::F16
+        && unsupported(cfg).is_none()
+}
+
+/// u32 words of the scratch of a batch of up to `tokens`: per workgroup its queries' two
+/// f16 parts.
+pub fn q_parts_words(cfg: &Config, tokens: usize) -> usize {
+    grid(cfg, tokens)[0] as usize * 2 * QR * cfg.cache_row() / 2
+}
+
+/// The dispatch; its grid is set per batch ([`grid`]). `q_parts` holds
+/// [`q_parts_words`] for the largest batch; the cache holds whole tiles of positions.
+pub fn dispatch(
+    ctx: &GpuContext,
+    pipes: &Pipelines,
+    cfg: &Config,
+    a: &AttnBatch,
+    q_parts: &wgpu::Buffer,
+) -> Dispatch {
+    assert!(unsupported(cfg).is_none() && a.cache_type == CacheType::F16);
+    let params = uniform(
+        ctx,
+        "attn_batch_coop params",
+        &Params {
+            head_dim: (cfg.qk_nope + cfg.qk_rope) as u32,
+            nope: cfg.qk_nope as u32,
+            scale: cfg.attn_scale(),
+            _pad0: 0,
+        },
+    );
+    let constants = [
+        HEADS.set(cfg.n_heads as u32),
+        KV.set(cfg.kv_lora_rank as u32),
+        ROW.set(cfg.cache_row() as u32),
+        CB.set((cfg.kv_lora_rank / 64) as u32),
+    ];
+    pipes.get(ctx, SHADER, &constants).dispatch(
+        ctx,
+        &[
+            &params, a.batch, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.kqv,
+        ],
+        [1, 1, 1],
+    )
+}
+
+/// The grid for a batch of `n` tokens: one workgroup per QR query rows.
+pub fn grid(cfg: &Config, n: usize) -> [u32; 3] {
+    [(n * cfg.n_heads).div_ceil(QR).max(1) as u32, 1, 1]
+}
+
+/// Runs this kernel and `attn_batch.wgsl` (f32 FMAs) on one small batch that crosses key
+/// tiles (3 tokens after 150 cached positions, random values) and compares them: the
+/// engine calls it once at load and keeps the f32 kernel where they disagree, since no
+/// test machine without cooperative matrices can run this one, and drivers differ in how
+/// they lay out cooperative loads. Err says by how much they differ.
+pub fn check_against_fma(
+    ctx: &GpuContext,
+    pipes: &Pipelines,
+    cfg: &Config,
+) -> std::result::Result<(), String> {
+    use crate::gpu::cache::encode_rows;
+    use crate::gpu::kernels::{attn_batch, attn_partial};
+    use crate::gpu::upload::{storage_f32, storage_init, storage_zeroed};
+    let (pos, n) = (150, 3);
+    let (heads, kv, row) = (cfg.n_heads, cfg.kv_lora_rank, cfg.cache_row());
+    let head_dim = cfg.qk_nope + cfg.qk_rope;
+    // Values in [-1, 1) from a fixed linear congruential sequence.
+    let mut state = 0x2545_f491_u32;
+    let mut values = |count: usize, scale: f32| -> Vec<f32> {
+        (0..count)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                scale * ((state >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+            })
+            .collect()
+    };
+    let q_abs = values(n * heads * kv, 1.0);
+    let q = values(n * heads * head_dim, 4.0);
+    let mut cache = values((pos + n) * row, 1.0);
+    cache.resize((pos + n).next_multiple_of(KT) * row, 0.0);
+    let rope: Vec<[f32; 2]> = (pos..pos + n)
+        .flat_map(|p| attn_partial::rope_table(p, cfg.qk_rope, cfg.rope_base))
+        .collect();
+    let batch = uniform(
+        ctx,
+        "attention check batch",
+        &BatchParams {
+            n: n as u32,
+            pos: pos as u32,
+            ..Default::default()
+        },
+    );
+    let (qa_b, q_b) = (
+        storage_f32(ctx, "check q_abs", &q_abs),
+        storage_f32(ctx, "check q", &q),
+    );
+    let rope_b = storage_init(ctx, "check rope", bytemuck::cast_slice(&rope));
+    let cache_b = storage_init(ctx, "check cache", &encode_rows(CacheType::F16, &cache));
+    let outputs = [
+        storage_zeroed(ctx, "check kqv f32", n * heads * kv).map_err(|e| e.to_string())?,
+        storage_zeroed(ctx, "check kqv coop", n * heads * kv).map_err(|e| e.to_string())?,
+    ];
+    let q_parts =
+        storage_zeroed(ctx, "check q parts", q_parts_words(cfg, n)).map_err(|e| e.to_string())?;
+    let inputs = |kqv| AttnBatch {
+        batch: &batch,
+        q_abs: &qa_b,
+        q: &q_b,
+        rope_cs: &rope_b,
+        cache: &cache_b,
+        cache_type: CacheType::F16,
+        kqv,
+    };
+    let fma = attn_batch::dispatch(ctx, pipes, cfg, &inputs(&outputs[0]));
+    let coop = dispatch(ctx, pipes, cfg, &inputs(&outputs[1]), &q_parts);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        fma.record_sized(&mut pass, attn_batch::grid(cfg, n));
+        coop.record_sized(&mut pass, grid(cfg, n));
+    }
+    ctx.queue.submit([enc.finish()]);
+    let read = |b| ctx.read_f32(b, n * heads * kv).map_err(|e| e.to_string());
+    let (want, got) = (read(&outputs[0])?, read(&outputs[1])?);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(w, g)| (w - g).abs())
+        .fold(0f32, |m, e| {
+            if e.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(e)
+            }
+        });
+    if worst <= CHECK_TOL * scale {
+        Ok(())
+    } else {
+        Err(format!(
+            "the cooperative attention differs from the f32 kernel by {worst:e} (values up to \
+             {scale:e})"
+        ))
+    }
+}
+
+/// Agreement the load-time check asks for, relative to the largest value: both compute
+/// the same sums in f32, this kernel on operands of about 21 bits.
+const CHECK_TOL: f32 = 1e-4;
