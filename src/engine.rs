@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::config::Config;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuMath};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{GpuBackend, GpuOptions, TileMath};
@@ -88,6 +88,8 @@ pub struct BackendOptions {
     /// GPU: how the batched mat-mul multiplies its tiles where the device has cooperative
     /// matrices (f32 FMAs elsewhere).
     pub tile_math: TileMath,
+    /// CPU: how weights multiply activations (the GPU refuses [`CpuMath::Q8`]).
+    pub cpu_math: CpuMath,
 }
 
 impl Default for BackendOptions {
@@ -99,6 +101,7 @@ impl Default for BackendOptions {
             ctx: 4096,
             cache_type: None,
             tile_math: TileMath::default(),
+            cpu_math: CpuMath::Exact,
         }
     }
 }
@@ -202,7 +205,9 @@ fn cpu<'a>(
 ) -> Result<Box<dyn Backend + 'a>> {
     let cache = opts.cache_type.unwrap_or(CacheType::F32);
     Ok(Box::new(
-        CpuBackend::new(cfg, weights, ctx, opts.threads)?.with_cache_type(cache),
+        CpuBackend::new(cfg, weights, ctx, opts.threads)?
+            .with_cache_type(cache)
+            .with_math(opts.cpu_math),
     ))
 }
 
@@ -213,6 +218,13 @@ fn gpu<'a>(
     ctx: usize,
     progress: Option<&mut dyn FnMut(u64, u64)>,
 ) -> Result<Box<dyn Backend + 'a>> {
+    if opts.cpu_math == CpuMath::Q8 {
+        return Err(Error::Input(
+            "--matmul q8 (activations in 8 bits) is the CPU backend's: use --backend cpu, or \
+             split, f16 or fma on the GPU"
+                .into(),
+        ));
+    }
     let gpu_opts = GpuOptions {
         adapter: opts.adapter,
         cache_type: opts.cache_type.unwrap_or(CacheType::F16),

@@ -18,6 +18,7 @@ use glm_flash::backend::{Backend, Rows};
 use glm_flash::bench::{self, BenchOptions};
 use glm_flash::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser};
 use glm_flash::config::Config;
+use glm_flash::cpu::CpuMath;
 use glm_flash::engine::{self, BackendOptions, Model};
 use glm_flash::error::{Error, Result};
 use glm_flash::formats;
@@ -204,8 +205,9 @@ struct BackendArgs {
     /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
     #[arg(long, value_enum, value_name = "TYPE")]
     cache_type: Option<CacheTypeArg>,
-    /// GPU: how prompt chunks are multiplied where the adapter has cooperative matrices
-    /// (tensor cores; `glm-flash devices` says which adapters do). Elsewhere: f32 FMAs.
+    /// How weights multiply activations. GPU: split, f16 or fma, for prompt chunks where the
+    /// adapter has cooperative matrices (tensor cores; `glm-flash devices` says which
+    /// adapters do; elsewhere f32 FMAs). CPU: exact f32 products, or q8.
     #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
     matmul: MatmulArg,
 }
@@ -219,6 +221,10 @@ enum MatmulArg {
     F16,
     /// f32 FMAs, no tensor cores.
     Fma,
+    /// CPU only: activations rounded to 8 bits per 32 values and multiplied as integers by
+    /// the weights' codes (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K), as llama.cpp's CPU backend does:
+    /// faster; the error it adds is measured in BENCHMARKS.md.
+    Q8,
 }
 
 impl From<MatmulArg> for TileMath {
@@ -227,6 +233,8 @@ impl From<MatmulArg> for TileMath {
             MatmulArg::Split => TileMath::Split,
             MatmulArg::F16 => TileMath::F16,
             MatmulArg::Fma => TileMath::Fma,
+            // Refused by the GPU backend (`cpu_math` says q8).
+            MatmulArg::Q8 => TileMath::default(),
         }
     }
 }
@@ -261,6 +269,10 @@ impl BackendArgs {
             ctx: self.ctx.unwrap_or(DEFAULT_CTX),
             cache_type: self.cache_type.map(CacheType::from),
             tile_math: self.matmul.into(),
+            cpu_math: match self.matmul {
+                MatmulArg::Q8 => CpuMath::Q8,
+                _ => CpuMath::Exact,
+            },
         }
     }
 

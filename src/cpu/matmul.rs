@@ -12,8 +12,22 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::cpu::ops::matvec;
+use crate::formats::int8::{round_to_8_bits, Q8Row, Q8Rows, ACT_BLOCK, DOT_Q8_TOKENS};
 use crate::formats::DOT_TOKENS;
 use crate::weights::Matrix;
+
+/// How the CPU multiplies weights by activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuMath {
+    /// f32 products of exactly decoded weights: the reference.
+    #[default]
+    Exact,
+    /// The activations rounded to 8 bits per 32 values and multiplied as integers by the
+    /// weights' codes, for the formats that have them (`formats::int8`; the others as
+    /// `Exact`): as llama.cpp's CPU backend multiplies, faster, with the error
+    /// BENCHMARKS.md states.
+    Q8,
+}
 
 /// Weight rows per rayon task: enough to amortise scheduling, few enough to balance the
 /// smallest matrices (a 256-row head slice) over the cores.
@@ -29,11 +43,23 @@ const MAX_LANES: usize = 16;
 
 /// `out[t][r] = m[r] · x[t]` for every activation row `t` of `x` (`[tokens][m.cols]`);
 /// `out` is `[tokens][m.rows]`.
-pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
+pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32], math: CpuMath) {
     let (rows, cols) = (m.rows, m.cols);
     let tokens = x.len() / cols;
     debug_assert_eq!(x.len(), tokens * cols);
     debug_assert_eq!(out.len(), tokens * rows);
+    if math == CpuMath::Q8 && m.format().has_dot_q8() && cols.is_multiple_of(ACT_BLOCK) {
+        if tokens <= Q8_INTEGER_TOKENS {
+            matmul_q8(m, &Q8Rows::quantize(x, cols), out);
+        } else {
+            // The same products in f32 on the values the codes stand for: with many rows
+            // the blocked f32 product below is faster than integer dots.
+            let mut rounded = x.to_vec();
+            rounded.par_chunks_mut(cols).for_each(round_to_8_bits);
+            matmul(m, &rounded, out, CpuMath::Exact);
+        }
+        return;
+    }
     if tokens == 1 {
         // One token (decode): the fused per-format dot reads each weight once without
         // writing it out as f32 first.
@@ -101,6 +127,41 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32]) {
                     gemm(x_chunk, w_chunk, kc, lanes, out_t, piece);
                 }
             });
+        });
+    transpose(&out_t, rows, tokens, out);
+}
+
+/// Activation rows up to which [`CpuMath::Q8`] multiplies in integers (decode, an expert's
+/// share of a prompt); more go through the f32 blocked product on the rounded activations.
+const Q8_INTEGER_TOKENS: usize = 1;
+
+/// [`CpuMath::Q8`]: each weight row against every activation row in 8 bits, decoded once per
+/// [`DOT_Q8_TOKENS`] of them.
+fn matmul_q8(m: &Matrix, x: &Q8Rows, out: &mut [f32]) {
+    let (rows, tokens, format) = (m.rows, x.len(), m.format());
+    if tokens == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = format.dot_q8(m.row(task * ROWS_PER_TASK + r), x.row(0));
+                }
+            });
+        return;
+    }
+    let mut out_t = vec![0f32; rows * tokens];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * tokens)
+        .enumerate()
+        .for_each(|(task, out_t)| {
+            for (r, o) in out_t.chunks_exact_mut(tokens).enumerate() {
+                let row = m.row(task * ROWS_PER_TASK + r);
+                for (g, o) in o.chunks_mut(DOT_Q8_TOKENS).enumerate() {
+                    let xs: [Q8Row; DOT_Q8_TOKENS] =
+                        std::array::from_fn(|t| x.row((g * DOT_Q8_TOKENS + t).min(tokens - 1)));
+                    format.dot_q8_tokens(row, &xs[..o.len()], o);
+                }
+            }
         });
     transpose(&out_t, rows, tokens, out);
 }
@@ -998,7 +1059,7 @@ mod tests {
             for tokens in [1, 2, 3, 5, 8, 17, 33, 64, 70, 130] {
                 let x = values(tokens * cols, 4 + tokens as u32);
                 let mut out = vec![f32::NAN; tokens * rows];
-                matmul(&m, &x, &mut out);
+                matmul(&m, &x, &mut out, CpuMath::Exact);
                 let mut w = vec![0f32; cols];
                 for r in 0..rows {
                     m.dequantize_row(r, &mut w);

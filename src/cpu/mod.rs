@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops_common::CacheType;
 use crate::weights::{DenseFfn, Ffn, Layer, Matrix, MoeFfn, Weights};
+pub use matmul::CpuMath;
 use matmul::{gemm_nn, gemm_nt, matmul, OutLayout, RowsOf};
 use ops::{rmsnorm, rmsnorm_inplace, rope};
 
@@ -31,6 +32,8 @@ pub struct CpuBackend<'a> {
     max_context: usize,
     /// How cache rows are stored (f32 unless [`CpuBackend::with_cache_type`] says otherwise).
     cache_type: CacheType,
+    /// How weights multiply activations ([`CpuMath::Exact`] unless [`CpuBackend::with_math`]).
+    math: CpuMath,
     pool: rayon::ThreadPool,
 }
 
@@ -53,6 +56,7 @@ impl<'a> CpuBackend<'a> {
             cache_len: 0,
             max_context: max_context.min(cfg.context_length),
             cache_type: CacheType::F32,
+            math: CpuMath::Exact,
             pool,
         })
     }
@@ -62,6 +66,19 @@ impl<'a> CpuBackend<'a> {
         self.cache_type = t;
         self
     }
+
+    /// Multiplies as `math` says ([`CpuMath::Q8`]: activations in 8 bits, faster).
+    pub fn with_math(mut self, math: CpuMath) -> Self {
+        self.math = math;
+        self
+    }
+}
+
+/// The backend's numeric choices: how cache rows are stored and how weights multiply.
+#[derive(Clone, Copy)]
+struct Precision {
+    cache_type: CacheType,
+    math: CpuMath,
 }
 
 /// `tokens` at positions `pos..` (the cache length) through every layer, appending their
@@ -70,23 +87,24 @@ fn forward(
     cfg: &Config,
     w: &Weights,
     kv_cache: &mut [Vec<f32>],
-    cache_type: CacheType,
+    precision: Precision,
     tokens: &[u32],
     pos: usize,
     want: Want,
 ) -> Output {
+    let Precision { cache_type, math } = precision;
     let (n, hidden, eps) = (tokens.len(), cfg.hidden, cfg.rms_eps);
     let mut x = vec![0f32; n * hidden]; // inp_embd, then the residual stream
     for (row, &t) in x.chunks_exact_mut(hidden).zip(tokens) {
         w.token_embd.dequantize_row(t as usize, row);
     }
     for (layer, cache) in w.layers.iter().zip(kv_cache) {
-        let attn_out = attention(cfg, layer, &x, pos, cache, cache_type);
+        let attn_out = attention(cfg, layer, &x, pos, cache, cache_type, math);
         ops::add(&mut x, &attn_out);
         let ffn_inp = rmsnorm_rows(&x, &layer.ffn_norm, eps);
         let ffn_out = match &layer.ffn {
-            Ffn::Dense(d) => dense_ffn(d, &ffn_inp),
-            Ffn::Moe(m) => moe_ffn(cfg, m, &ffn_inp),
+            Ffn::Dense(d) => dense_ffn(d, &ffn_inp, math),
+            Ffn::Moe(m) => moe_ffn(cfg, m, &ffn_inp, math),
         };
         ops::add(&mut x, &ffn_out);
     }
@@ -102,7 +120,7 @@ fn forward(
     if let Want::Hidden(_) = want {
         return Output::Hidden(result_norm);
     }
-    let result_output = mul(&w.output, &result_norm);
+    let result_output = mul(&w.output, &result_norm, math);
     match want {
         Want::Argmax => Output::Argmax(crate::ops_common::argmax(&result_output)),
         _ => Output::Logits(result_output),
@@ -118,6 +136,7 @@ fn attention(
     pos: usize,
     cache: &mut Vec<f32>,
     cache_type: CacheType,
+    math: CpuMath,
 ) -> Vec<f32> {
     let (heads, nope, rope_dims, kv) = (cfg.n_heads, cfg.qk_nope, cfg.qk_rope, cfg.kv_lora_rank);
     let (head_dim, row, eps) = (nope + rope_dims, cfg.cache_row(), cfg.rms_eps);
@@ -125,15 +144,15 @@ fn attention(
     let attn_norm = rmsnorm_rows(x, &layer.attn_norm, eps);
 
     // q = q_b · norm(q_a · h), per head [q_nope | q_pe]
-    let mut q_a = mul(&layer.attn_q_a, &attn_norm);
+    let mut q_a = mul(&layer.attn_q_a, &attn_norm, math);
     for r in q_a.chunks_exact_mut(cfg.q_lora_rank) {
         rmsnorm_inplace(r, &layer.attn_q_a_norm, eps);
     }
-    let mut q = mul(&layer.attn_q_b, &q_a);
+    let mut q = mul(&layer.attn_q_b, &q_a, math);
 
     // [kv_cmpr | k_pe] = kv_a · h; only the latent is normed. Each token ropes at its own
     // position and its cache row is appended before attending, so it sees itself.
-    let mut kv_cmpr_pe = mul(&layer.attn_kv_a_mqa, &attn_norm);
+    let mut kv_cmpr_pe = mul(&layer.attn_kv_a_mqa, &attn_norm, math);
     for (i, (q_row, kv_row)) in q
         .chunks_exact_mut(heads * head_dim)
         .zip(kv_cmpr_pe.chunks_exact_mut(row))
@@ -159,7 +178,7 @@ fn attention(
             let q_head = |i: usize| &q[(i * heads + h) * head_dim..][..head_dim];
             // q_nope_absorbed = k_b[h] · q_nope: the query in latent space
             let q_nope: Vec<f32> = (0..n).flat_map(|i| &q_head(i)[..nope]).copied().collect();
-            let q_nope_absorbed = mul(&layer.attn_k_b.rows(h * kv, kv), &q_nope);
+            let q_nope_absorbed = mul(&layer.attn_k_b.rows(h * kv, kv), &q_nope, math);
             // [q_nope_absorbed | q_pe] against every cache row [latent | k_pe]
             let mut query = vec![0f32; n * row];
             for (i, qr) in query.chunks_exact_mut(row).enumerate() {
@@ -168,7 +187,7 @@ fn attention(
             }
             let kqv = attend(cfg, cache, &query, pos);
             // kqv_out[h] = v_b[h] · kqv
-            mul(&layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head), &kqv)
+            mul(&layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head), &kqv, math)
         })
         .collect();
     let mut kqv_out = vec![0f32; n * heads * cfg.v_head];
@@ -177,7 +196,7 @@ fn attention(
             kqv_out[(i * heads + h) * cfg.v_head..][..cfg.v_head].copy_from_slice(o_row);
         }
     }
-    mul(&layer.attn_output, &kqv_out)
+    mul(&layer.attn_output, &kqv_out, math)
 }
 
 /// Cache positions one step of [`attend`] scores: its scores (`[tokens][KEY_BLOCK]`) and the
@@ -255,19 +274,19 @@ fn attend(cfg: &Config, cache: &[f32], query: &[f32], pos: usize) -> Vec<f32> {
 }
 
 /// SwiGLU FFN of a block of rows: `down · (silu(gate · h) * (up · h))`.
-fn dense_ffn(d: &DenseFfn, h: &[f32]) -> Vec<f32> {
-    let mut gate = mul(&d.gate, h);
-    let up = mul(&d.up, h);
+fn dense_ffn(d: &DenseFfn, h: &[f32], math: CpuMath) -> Vec<f32> {
+    let mut gate = mul(&d.gate, h, math);
+    let up = mul(&d.up, h, math);
     ops::swiglu(&mut gate, &up);
-    mul(&d.down, &gate)
+    mul(&d.down, &gate, math)
 }
 
 /// MoE FFN of a block of rows: every token is routed, the tokens are grouped by expert, and
 /// each chosen expert runs once over its tokens (its weights read once); the shared expert
 /// runs over all of them.
-fn moe_ffn(cfg: &Config, m: &MoeFfn, h: &[f32]) -> Vec<f32> {
+fn moe_ffn(cfg: &Config, m: &MoeFfn, h: &[f32], math: CpuMath) -> Vec<f32> {
     let hidden = cfg.hidden;
-    let ffn_moe_logits = mul(&m.gate_inp, h);
+    let ffn_moe_logits = mul(&m.gate_inp, h, math);
     let mut tokens_of: Vec<Vec<(usize, f32)>> = vec![Vec::new(); cfg.n_experts];
     for (t, logits) in ffn_moe_logits.chunks_exact(cfg.n_experts).enumerate() {
         let chosen = ops::route(
@@ -282,7 +301,7 @@ fn moe_ffn(cfg: &Config, m: &MoeFfn, h: &[f32]) -> Vec<f32> {
         }
     }
     let mut out = match &m.shexp {
-        Some(shexp) => dense_ffn(shexp, h),
+        Some(shexp) => dense_ffn(shexp, h, math),
         None => vec![0f32; h.len()],
     };
     for (e, tokens) in tokens_of.iter().enumerate() {
@@ -299,7 +318,7 @@ fn moe_ffn(cfg: &Config, m: &MoeFfn, h: &[f32]) -> Vec<f32> {
             .flat_map(|&(t, _)| &h[t * hidden..][..hidden])
             .copied()
             .collect();
-        let y = dense_ffn(&expert, &rows);
+        let y = dense_ffn(&expert, &rows, math);
         for (&(t, weight), y_row) in tokens.iter().zip(y.chunks_exact(hidden)) {
             let o = &mut out[t * hidden..][..hidden];
             o.iter_mut().zip(y_row).for_each(|(o, v)| *o += weight * v);
@@ -309,9 +328,9 @@ fn moe_ffn(cfg: &Config, m: &MoeFfn, h: &[f32]) -> Vec<f32> {
 }
 
 /// `m` times every row of `x`: `[rows of x][m.rows]`.
-fn mul(m: &Matrix, x: &[f32]) -> Vec<f32> {
+fn mul(m: &Matrix, x: &[f32], math: CpuMath) -> Vec<f32> {
     let mut out = vec![0f32; x.len() / m.cols * m.rows];
-    matmul(m, x, &mut out);
+    matmul(m, x, &mut out, math);
     out
 }
 
@@ -329,7 +348,11 @@ fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 
 impl Backend for CpuBackend<'_> {
     fn describe(&self) -> String {
-        format!("cpu, {} threads", self.pool.current_num_threads())
+        let math = match self.math {
+            CpuMath::Exact => "",
+            CpuMath::Q8 => ", 8-bit activations (--matmul q8)",
+        };
+        format!("cpu, {} threads{math}", self.pool.current_num_threads())
     }
 
     fn max_context(&self) -> usize {
@@ -390,10 +413,13 @@ impl Backend for CpuBackend<'_> {
                 Want::Nothing
             };
             let (cfg, w, cache, at) = (&self.cfg, self.w, &mut self.kv_cache, self.cache_len);
-            let ct = self.cache_type;
+            let precision = Precision {
+                cache_type: self.cache_type,
+                math: self.math,
+            };
             let out = self
                 .pool
-                .install(|| forward(cfg, w, cache, ct, chunk, at, chunk_want));
+                .install(|| forward(cfg, w, cache, precision, chunk, at, chunk_want));
             self.cache_len += chunk.len();
             match out {
                 Output::Logits(r) | Output::Hidden(r) if all_rows => rows.extend(r),

@@ -3,6 +3,7 @@
 //! Decoding follows ggml's `dequantize_row_q{2..6}_K` operation for operation, so the values
 //! are bit-identical to ggml's.
 
+use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
 use crate::gguf::GgmlType;
 
@@ -335,6 +336,50 @@ impl Block for BlockQ4K {
         }
     }
 
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 0,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        let (sc, m) = scales_and_mins(&self.scales);
+        for (sub, c) in codes.chunks_exact_mut(32).enumerate() {
+            (scale[sub], min[sub]) = (d * sc[sub] as f32, dmin * m[sub] as f32);
+            let (byte, high) = nibble_slot(32 * sub);
+            let shift = if high { 4 } else { 0 };
+            for (c, &q) in c.iter_mut().zip(&self.qs[byte..byte + 32]) {
+                *c = (q >> shift) & 0x0F;
+            }
+        }
+    }
+
+    #[inline]
+    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        let mut out = [0f32];
+        Self::dot_q8_tokens(blocks, &[x], &mut out);
+        out[0]
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::int8::avx512::available() {
+            let n = blocks.len() * Self::VALUES;
+            assert!(
+                (1..=super::int8::DOT_Q8_TOKENS).contains(&out.len())
+                    && xs.len() == out.len()
+                    && xs.iter().all(|x| x.holds(n))
+            );
+            // SAFETY: the CPU has the features the function is compiled for; every row
+            // holds the values the blocks do.
+            return unsafe { super::int8::avx512::dot_q4_k(blocks, xs, out) };
+        }
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            *o = super::int8::dot_scalar(blocks, *x);
+        }
+    }
+
     fn quantize(values: &[f32]) -> Self {
         let (d, dmin, sc, m, codes) = quantize_with_mins::<8>(values, 6, 15);
         let mut qs = [0u8; 128];
@@ -427,6 +472,50 @@ impl Block for BlockQ6K {
                 let q = (((l >> nibble) & 0x0F) | (((h >> shift) & 3) << 4)) as i32 - 32;
                 *o = dl * q as f32;
             }
+        }
+    }
+
+    const CODES: Option<Codes> = Some(Codes {
+        group: 16,
+        offset: 32,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let d = self.d.get();
+        for (v, c) in codes.chunks_exact_mut(16).enumerate() {
+            let (lbyte, high, hbyte, shift, sub) = six_bit_slot(16 * v);
+            (scale[v], min[v]) = (d * self.scales[sub] as f32, 0.0);
+            let nibble = if high { 4 } else { 0 };
+            let (ql, qh) = (&self.ql[lbyte..lbyte + 16], &self.qh[hbyte..hbyte + 16]);
+            for ((c, &l), &h) in c.iter_mut().zip(ql).zip(qh) {
+                *c = ((l >> nibble) & 0x0F) | (((h >> shift) & 3) << 4);
+            }
+        }
+    }
+
+    #[inline]
+    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        let mut out = [0f32];
+        Self::dot_q8_tokens(blocks, &[x], &mut out);
+        out[0]
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::int8::avx512::available() {
+            let n = blocks.len() * Self::VALUES;
+            assert!(
+                (1..=super::int8::DOT_Q8_TOKENS).contains(&out.len())
+                    && xs.len() == out.len()
+                    && xs.iter().all(|x| x.holds(n))
+            );
+            // SAFETY: the CPU has the features the function is compiled for; every row
+            // holds the values the blocks do.
+            return unsafe { super::int8::avx512::dot_q6_k(blocks, xs, out) };
+        }
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            *o = super::int8::dot_scalar(blocks, *x);
         }
     }
 

@@ -3,6 +3,7 @@
 //! Low nibbles hold values 0..16 of a block, high nibbles 16..32; Q5's fifth bits are bit
 //! `i` of the little-endian 32-bit `qh` for value `i`.
 
+use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
 use crate::gguf::GgmlType;
 
@@ -101,6 +102,19 @@ impl Block for BlockQ4_0 {
         }
     }
 
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 8,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let (lo, hi) = codes.split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&self.qs) {
+            (*l, *h) = (q & 0x0F, q >> 4);
+        }
+        (scale[0], min[0]) = (self.d.get(), 0.0);
+    }
+
     /// ggml's `quantize_row_q4_0_ref`.
     fn quantize(values: &[f32]) -> Self {
         let d = signed_absmax(values) / -8.0;
@@ -157,6 +171,33 @@ impl Block for BlockQ5_0 {
             *l = (((q & 0x0F) as u32 | bl) as i32 - 16) as f32 * d;
             *h = (((q >> 4) as u32 | bh) as i32 - 16) as f32 * d;
         }
+    }
+
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 16,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let qh = u32::from_le_bytes(self.qh);
+        let (lo, hi) = codes.split_at_mut(16);
+        for (j, ((l, h), &q)) in lo.iter_mut().zip(hi).zip(&self.qs).enumerate() {
+            *l = (q & 0x0F) | (((qh >> j) & 1) << 4) as u8;
+            *h = (q >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+        }
+        (scale[0], min[0]) = (self.d.get(), 0.0);
+    }
+
+    #[inline]
+    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::int8::avx512::available() {
+            assert!(x.holds(blocks.len() * Self::VALUES));
+            // SAFETY: the CPU has the features the function is compiled for; the row holds
+            // the values the blocks do.
+            return unsafe { super::int8::avx512::dot_q5_0(blocks, x) };
+        }
+        super::int8::dot_scalar(blocks, x)
     }
 
     /// ggml's `quantize_row_q5_0_ref`.

@@ -13,6 +13,7 @@
 //! file (or a new one), and one line in [`FORMATS`].
 
 mod float;
+pub mod int8;
 mod iq;
 mod kquants;
 mod legacy;
@@ -29,6 +30,7 @@ pub use mxfp4::{BlockMXFP4, MXFP4_LEVELS};
 pub use q8_0::BlockQ8_0;
 
 use crate::gguf::GgmlType;
+use int8::{Codes, Q8Row};
 
 /// An f16 as stored in a block: two little-endian bytes (alignment 1).
 #[repr(transparent)]
@@ -95,6 +97,32 @@ pub trait Block: bytemuck::Pod + Send + Sync {
         let n = blocks.len() * Self::VALUES;
         for (t, o) in out.iter_mut().enumerate() {
             *o = Self::dot(blocks, &x[t * stride..][..n]);
+        }
+    }
+
+    /// How the CPU's 8-bit mode reads a block as integer codes (`int8`); `None`: the format
+    /// multiplies in f32 in that mode too.
+    const CODES: Option<Codes> = None;
+
+    /// The block as [`Codes`]: unsigned `codes` (one per value), and per group its `scale`
+    /// and `min`. Called only where [`Block::CODES`] is set.
+    fn codes(&self, _codes: &mut [u8], _scale: &mut [f32], _min: &mut [f32]) {
+        unreachable!("{} has no 8-bit codes", Self::TYPE)
+    }
+
+    /// The 8-bit mode's dot of a row with activations in 8 bits: the hand-vectorised
+    /// version where a format has one and the CPU supports it, else [`int8::dot_scalar`].
+    #[inline]
+    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        int8::dot_scalar(blocks, x)
+    }
+
+    /// [`Block::dot_q8`] of one row with up to [`int8::DOT_Q8_TOKENS`] activation rows at
+    /// once, each weight decoded once for all of them. This default: one row at a time.
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            *o = Self::dot_q8(blocks, *x);
         }
     }
 }
@@ -327,6 +355,9 @@ impl GpuLayout {
     }
 }
 
+/// A format's [`WeightFormat::dot_q8_tokens`].
+type DotQ8Tokens = fn(&[u8], &[Q8Row], &mut [f32]);
+
 /// One row of [`FORMATS`]: a format's geometry and its row functions.
 pub struct WeightFormat {
     pub ty: GgmlType,
@@ -341,6 +372,9 @@ pub struct WeightFormat {
     has_dot_tokens: fn() -> bool,
     dot_tokens: fn(&[u8], &[f32], usize, &mut [f32]),
     dot_scalar: fn(&[u8], &[f32]) -> f32,
+    dot_q8: Option<fn(&[u8], Q8Row) -> f32>,
+    dot_q8_tokens: Option<DotQ8Tokens>,
+    dot_q8_scalar: Option<fn(&[u8], Q8Row) -> f32>,
     quantize: fn(&[f32], &mut Vec<u8>),
 }
 
@@ -384,6 +418,32 @@ impl WeightFormat {
     /// [`Self::dot`] without hand-vectorised code, as on a CPU without the features.
     pub fn dot_scalar(&self, bytes: &[u8], x: &[f32]) -> f32 {
         (self.dot_scalar)(bytes, x)
+    }
+
+    /// Whether the CPU's 8-bit mode multiplies this format in integers ([`Self::dot_q8`]).
+    pub fn has_dot_q8(&self) -> bool {
+        self.dot_q8.is_some()
+    }
+
+    /// `Σ value · x` over a row with `x` in 8 bits (`int8`). Only where [`Self::has_dot_q8`].
+    #[inline]
+    pub fn dot_q8(&self, bytes: &[u8], x: Q8Row) -> f32 {
+        (self.dot_q8.expect("dot_q8 of a format without codes"))(bytes, x)
+    }
+
+    /// `out[t]` = [`Self::dot_q8`] with `xs[t]`, for up to [`int8::DOT_Q8_TOKENS`] rows.
+    #[inline]
+    pub fn dot_q8_tokens(&self, bytes: &[u8], xs: &[Q8Row], out: &mut [f32]) {
+        (self
+            .dot_q8_tokens
+            .expect("dot_q8 of a format without codes"))(bytes, xs, out)
+    }
+
+    /// [`Self::dot_q8`] by its definition, [`int8::dot_scalar`].
+    pub fn dot_q8_scalar(&self, bytes: &[u8], x: Q8Row) -> f32 {
+        (self
+            .dot_q8_scalar
+            .expect("dot_q8 of a format without codes"))(bytes, x)
     }
 
     /// Appends the encoding of `values` (a whole number of blocks) to `out`.
@@ -431,6 +491,29 @@ fn dot_scalar_row<B: Block>(bytes: &[u8], x: &[f32]) -> f32 {
     dot_scalar(blocks::<B>(bytes, x.len()), x)
 }
 
+fn dot_q8_row<B: Block>(bytes: &[u8], x: Q8Row) -> f32 {
+    B::dot_q8(blocks::<B>(bytes, x.qs.len()), x)
+}
+
+fn dot_q8_tokens_row<B: Block>(bytes: &[u8], xs: &[Q8Row], out: &mut [f32]) {
+    let blocks: &[B] = bytemuck::cast_slice(bytes);
+    let n = blocks.len() * B::VALUES;
+    assert!(
+        !out.is_empty()
+            && out.len() <= int8::DOT_Q8_TOKENS
+            && xs.len() == out.len()
+            && xs.iter().all(|x| x.qs.len() == n && x.biased.len() == n)
+            && std::mem::size_of_val(blocks) == bytes.len(),
+        "dot_q8_tokens: {} rows for a row of {n} values",
+        xs.len()
+    );
+    B::dot_q8_tokens(blocks, xs, out)
+}
+
+fn dot_q8_scalar_row<B: Block>(bytes: &[u8], x: Q8Row) -> f32 {
+    int8::dot_scalar(blocks::<B>(bytes, x.qs.len()), x)
+}
+
 fn quantize_row<B: Block>(values: &[f32], out: &mut Vec<u8>) {
     assert!(
         values.len().is_multiple_of(B::VALUES),
@@ -456,6 +539,18 @@ const fn entry<B: Block>() -> WeightFormat {
         has_dot_tokens: B::has_dot_tokens,
         dot_tokens: dot_tokens_row::<B>,
         dot_scalar: dot_scalar_row::<B>,
+        dot_q8: match B::CODES {
+            Some(_) => Some(dot_q8_row::<B>),
+            None => None,
+        },
+        dot_q8_tokens: match B::CODES {
+            Some(_) => Some(dot_q8_tokens_row::<B>),
+            None => None,
+        },
+        dot_q8_scalar: match B::CODES {
+            Some(_) => Some(dot_q8_scalar_row::<B>),
+            None => None,
+        },
         quantize: quantize_row::<B>,
     }
 }

@@ -1,5 +1,6 @@
 //! Q8_0: blocks of 32 values, one f16 scale `d` and 32 signed bytes; value = `d · q`.
 
+use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
 use crate::gguf::GgmlType;
 
@@ -33,6 +34,44 @@ impl Block for BlockQ8_0 {
         BlockQ8_0 {
             d: F16Bits::from_f32(d),
             qs: std::array::from_fn(|i| (values[i] * id).round() as i8),
+        }
+    }
+
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 128,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        for (c, &q) in codes.iter_mut().zip(&self.qs) {
+            *c = (q as u8) ^ 0x80;
+        }
+        (scale[0], min[0]) = (self.d.get(), 0.0);
+    }
+
+    #[inline]
+    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        let mut out = [0f32];
+        Self::dot_q8_tokens(blocks, &[x], &mut out);
+        out[0]
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::int8::avx512::available() {
+            let n = blocks.len() * Self::VALUES;
+            assert!(
+                (1..=super::int8::DOT_Q8_TOKENS).contains(&out.len())
+                    && xs.len() == out.len()
+                    && xs.iter().all(|x| x.holds(n))
+            );
+            // SAFETY: the CPU has the features the function is compiled for; every row
+            // holds the values the blocks do.
+            return unsafe { super::int8::avx512::dot_q8_0(blocks, xs, out) };
+        }
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            *o = super::int8::dot_scalar(blocks, *x);
         }
     }
 

@@ -363,3 +363,208 @@ fn wgsl_iq4_polynomial_rounds_to_the_table() {
         }
     }
 }
+
+/// The formats the CPU's 8-bit mode multiplies in integers: the types of the Q8_0, Q4_0,
+/// Q4_K_M and Q6_K files (the Q4_K_M file's `attn_k_b` is Q5_0).
+#[test]
+fn the_8_bit_mode_covers_the_common_file_types() {
+    let with_codes: Vec<String> = FORMATS
+        .iter()
+        .filter(|f| f.has_dot_q8())
+        .map(|f| f.ty.name())
+        .collect();
+    assert_eq!(with_codes, ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"]);
+}
+
+/// Activations in 8 bits: each value within half a step of its code times the block's
+/// scale (amax / 127), the largest exactly ±127, the stored sums those of the codes.
+#[test]
+fn activations_round_to_8_bits_per_block_of_32() {
+    use int8::{Q8Rows, ACT_BLOCK, SUM_GROUP};
+    let mut rng = SplitMix64(5);
+    let cols = 256;
+    let mut x: Vec<f32> = (0..3 * cols).map(|_| uniform(&mut rng)).collect();
+    x[cols..2 * cols].iter_mut().for_each(|v| *v *= 1e-6); // a tiny row
+    x[2 * cols + 40..2 * cols + 64].fill(0.0); // part of a block zero
+    x[2 * cols + 64..2 * cols + 96].fill(0.0); // a whole block zero
+    let rows = Q8Rows::quantize(&x, cols);
+    assert_eq!(rows.len(), 3);
+    for t in 0..3 {
+        let row = rows.row(t);
+        let back = row.dequantize();
+        for (b, (xs, qs)) in x[t * cols..][..cols]
+            .chunks_exact(ACT_BLOCK)
+            .zip(row.qs.chunks_exact(ACT_BLOCK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(row.d[b], amax / 127.0);
+            if amax > 0.0 {
+                assert!(qs.iter().any(|&q| q.abs() == 127), "row {t} block {b}");
+            }
+            for (i, &v) in xs.iter().enumerate() {
+                let err = (back[b * ACT_BLOCK + i] - v).abs();
+                assert!(err <= 0.5001 * row.d[b], "row {t} value {i}: {err}");
+            }
+        }
+        for (s, q) in row.qs.chunks_exact(SUM_GROUP).enumerate() {
+            assert_eq!(row.sums[s], q.iter().map(|&q| q as i32).sum::<i32>());
+        }
+    }
+}
+
+/// A block read as codes (`scale · (code - offset) - min`) gives the decoded values bit for
+/// bit, for every format with codes, on random blocks.
+#[test]
+fn codes_decode_to_the_same_values() {
+    let mut rng = SplitMix64(9);
+    for f in FORMATS.iter().filter(|f| f.has_dot_q8()) {
+        let bytes = random_blocks(f, 64 * 256 / f.block_values, &mut rng);
+        let (mut want, mut got) = (vec![0f32; 64 * 256], vec![0f32; 64 * 256]);
+        f.dequantize(&bytes, &mut want);
+        decode_codes(f, &bytes, &mut got);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(w.to_bits(), g.to_bits(), "{} value {i}: {w} vs {g}", f.ty);
+        }
+    }
+}
+
+/// Decodes `bytes` of `f` through [`Block::codes`].
+fn decode_codes(f: &WeightFormat, bytes: &[u8], out: &mut [f32]) {
+    fn run<B: Block>(bytes: &[u8], out: &mut [f32]) {
+        let form = B::CODES.unwrap();
+        let groups = B::VALUES / form.group;
+        let (mut codes, mut scale, mut min) = (vec![0u8; B::VALUES], [0f32; 16], [0f32; 16]);
+        for (block, out) in bytemuck::cast_slice::<u8, B>(bytes)
+            .iter()
+            .zip(out.chunks_exact_mut(B::VALUES))
+        {
+            block.codes(&mut codes, &mut scale[..groups], &mut min[..groups]);
+            for (i, o) in out.iter_mut().enumerate() {
+                let g = i / form.group;
+                *o = scale[g] * (codes[i] as i32 - form.offset as i32) as f32 - min[g];
+            }
+        }
+    }
+    match f.ty {
+        GgmlType::Q8_0 => run::<BlockQ8_0>(bytes, out),
+        GgmlType::Q4_0 => run::<BlockQ4_0>(bytes, out),
+        GgmlType::Q5_0 => run::<BlockQ5_0>(bytes, out),
+        GgmlType::Q4_K => run::<BlockQ4K>(bytes, out),
+        GgmlType::Q6_K => run::<BlockQ6K>(bytes, out),
+        other => panic!("{other} has no codes"),
+    }
+}
+
+/// The 8-bit dot, by its definition and hand-vectorised (where this CPU has AVX-512 VNNI),
+/// against the f64 sum of the decoded weights times the activations the codes stand for
+/// (within 1e-5 of `Σ |w·x|`: only f32 scaling and summing differ); rows of 1 to 18
+/// blocks of 32 (odd counts too) and extreme activation scales.
+#[test]
+fn dot_q8_matches_the_decoded_values() {
+    use int8::Q8Rows;
+    let mut rng = SplitMix64(13);
+    for f in FORMATS.iter().filter(|f| f.has_dot_q8()) {
+        for n_values in [f.block_values, 192, 2048, 4096 + 512] {
+            if !n_values.is_multiple_of(f.block_values) {
+                continue;
+            }
+            for scale in [1.0f32, 1e-7, 3e4] {
+                let bytes = random_blocks(f, n_values / f.block_values, &mut rng);
+                let x: Vec<f32> = (0..n_values).map(|_| scale * uniform(&mut rng)).collect();
+                let xq = Q8Rows::quantize(&x, n_values);
+                let mut w = vec![0f32; n_values];
+                f.dequantize(&bytes, &mut w);
+                let xd = xq.row(0).dequantize();
+                for (label, got) in [
+                    ("dot_q8", f.dot_q8(&bytes, xq.row(0))),
+                    ("dot_q8_scalar", f.dot_q8_scalar(&bytes, xq.row(0))),
+                ] {
+                    assert!(got.is_finite(), "{} {label}: {got}", f.ty);
+                    let what = format!("{} {label} of {n_values} at scale {scale}", f.ty);
+                    assert_dot(got, &w, &xd, &what);
+                }
+            }
+        }
+    }
+}
+
+/// What the 8-bit mode costs against the exact dot on typical values (weights of a
+/// trained-looking spread, activations of mixed size): the relative error over many rows
+/// stays near the rounding of the activations (8 bits: about 0.3% per value, averaging
+/// down over a row).
+#[test]
+fn dot_q8_error_against_the_exact_dot_is_small() {
+    use int8::Q8Rows;
+    let mut rng = SplitMix64(17);
+    let n = 2048;
+    for f in FORMATS.iter().filter(|f| f.has_dot_q8()) {
+        let (mut err2, mut ref2) = (0f64, 0f64);
+        for _ in 0..32 {
+            let values: Vec<f32> = (0..n).map(|_| 0.05 * uniform(&mut rng)).collect();
+            let mut bytes = Vec::new();
+            f.quantize(&values, &mut bytes);
+            let x: Vec<f32> = (0..n)
+                .map(|i| uniform(&mut rng) * if i % 7 == 0 { 8.0 } else { 1.0 })
+                .collect();
+            let exact = f.dot(&bytes, &x) as f64;
+            let q8 = f.dot_q8(&bytes, Q8Rows::quantize(&x, n).row(0)) as f64;
+            err2 += (q8 - exact).powi(2);
+            ref2 += exact.powi(2);
+        }
+        let rel = (err2 / ref2).sqrt();
+        assert!(rel < 2e-2, "{}: rel L2 {rel:e}", f.ty);
+    }
+}
+
+/// The 8-bit dot of one row with 1 to DOT_Q8_TOKENS activation rows at once equals the
+/// one-row dot of each (the same integer sums; within 1e-6 of `Σ |w·x|` for the order of
+/// the f32 scaling), on rows of odd block counts too.
+#[test]
+fn dot_q8_tokens_matches_one_row_at_a_time() {
+    use int8::{Q8Rows, DOT_Q8_TOKENS};
+    let mut rng = SplitMix64(19);
+    for f in FORMATS.iter().filter(|f| f.has_dot_q8()) {
+        for n_values in [192usize, 2304, 2336] {
+            if !n_values.is_multiple_of(f.block_values) {
+                continue;
+            }
+            let bytes = random_blocks(f, n_values / f.block_values, &mut rng);
+            let x: Vec<f32> = (0..DOT_Q8_TOKENS * n_values)
+                .map(|_| uniform(&mut rng))
+                .collect();
+            let xq = Q8Rows::quantize(&x, n_values);
+            let mut w = vec![0f32; n_values];
+            f.dequantize(&bytes, &mut w);
+            for rows in 1..=DOT_Q8_TOKENS {
+                let xs: Vec<_> = (0..rows).map(|t| xq.row(t)).collect();
+                let mut out = vec![f32::NAN; rows];
+                f.dot_q8_tokens(&bytes, &xs, &mut out);
+                for (t, &got) in out.iter().enumerate() {
+                    let one = f.dot_q8(&bytes, xq.row(t));
+                    let scale: f32 = w
+                        .iter()
+                        .zip(xq.row(t).dequantize())
+                        .map(|(a, b)| (a * b).abs())
+                        .sum();
+                    assert!(
+                        (got - one).abs() <= 1e-6 * scale,
+                        "{} row {t} of {rows}: {got} vs {one}",
+                        f.ty
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Rounding a row in place gives exactly the values its 8-bit codes stand for.
+#[test]
+fn rounding_in_place_equals_the_codes_values() {
+    let mut rng = SplitMix64(23);
+    let mut x: Vec<f32> = (0..512).map(|_| uniform(&mut rng) * 3.0).collect();
+    x[64..96].fill(0.0);
+    let want = int8::Q8Rows::quantize(&x, 512).row(0).dequantize();
+    int8::round_to_8_bits(&mut x);
+    assert!(x.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+}

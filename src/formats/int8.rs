@@ -1,0 +1,494 @@
+//! The CPU's 8-bit mode (`--matmul q8`): activation rows rounded to 8 bits per 32 values and
+//! multiplied as integers by a weight format's codes, as llama.cpp's CPU backend does. The
+//! weights stay exactly as stored; only the activations are rounded, and every product of
+//! a group of codes is an exact integer sum, scaled once in f32.
+//!
+//! A format takes part by saying how its blocks read as codes ([`Block::CODES`],
+//! [`Block::codes`]); [`dot_scalar`] is the definition every hand-vectorised dot is tested
+//! against. Float formats, and quantized ones without codes yet, multiply in f32 in this
+//! mode too.
+
+use super::Block;
+#[cfg(doc)]
+use super::WeightFormat;
+
+/// Activation rows [`Block::dot_q8_tokens`] takes at most.
+pub const DOT_Q8_TOKENS: usize = 4;
+
+/// Activation values sharing one scale.
+pub const ACT_BLOCK: usize = 32;
+
+/// Values per sum of codes kept beside each activation row (the smallest weight group).
+pub const SUM_GROUP: usize = 16;
+
+/// How a format's block reads as integer codes: value `i` =
+/// `scale[i / group] * (codes[i] - offset) - min[i / group]`, each code an unsigned byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codes {
+    /// Values per scale: 16 or 32 (a divisor of [`ACT_BLOCK`] or equal to it).
+    pub group: usize,
+    /// Subtracted from every code (so signed codes are stored as unsigned bytes).
+    pub offset: u8,
+}
+
+/// Activation rows in 8 bits: per [`ACT_BLOCK`] values a scale `d = amax / 127` and the
+/// codes `round(x / d)` (ggml's `quantize_row_q8_0` with the scale kept in f32), and the sum
+/// of the codes per [`SUM_GROUP`] values.
+pub struct Q8Rows {
+    cols: usize,
+    qs: Vec<i8>,
+    /// The codes plus 128, as unsigned bytes (what the vectorised dots multiply).
+    biased: Vec<u8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+    /// Per block, `d · Σ codes` (what a weight group's `min` multiplies).
+    dsums: Vec<f32>,
+}
+
+/// One row of [`Q8Rows`].
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    pub qs: &'a [i8],
+    pub biased: &'a [u8],
+    pub d: &'a [f32],
+    pub sums: &'a [i32],
+    pub dsums: &'a [f32],
+}
+
+impl Q8Rows {
+    /// `x` is `[rows][cols]`, `cols` a multiple of [`ACT_BLOCK`].
+    pub fn quantize(x: &[f32], cols: usize) -> Q8Rows {
+        assert!(
+            cols.is_multiple_of(ACT_BLOCK) && x.len().is_multiple_of(cols),
+            "8-bit activations: rows of {cols} values in {} values",
+            x.len()
+        );
+        let blocks = x.len() / ACT_BLOCK;
+        let mut rows = Q8Rows {
+            cols,
+            qs: vec![0; x.len()],
+            biased: Vec::new(),
+            d: vec![0.0; blocks],
+            sums: vec![0; x.len() / SUM_GROUP],
+            dsums: vec![0.0; blocks],
+        };
+        for (b, (xs, qs)) in x
+            .chunks_exact(ACT_BLOCK)
+            .zip(rows.qs.chunks_exact_mut(ACT_BLOCK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+            }
+            rows.d[b] = d;
+            rows.dsums[b] = d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+            for (s, q16) in qs.chunks_exact(SUM_GROUP).enumerate() {
+                rows.sums[b * (ACT_BLOCK / SUM_GROUP) + s] = q16.iter().map(|&q| q as i32).sum();
+            }
+        }
+        rows.biased = rows.qs.iter().map(|&q| (q as u8) ^ 0x80).collect();
+        rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.qs.len() / self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.qs.is_empty()
+    }
+
+    pub fn row(&self, t: usize) -> Q8Row<'_> {
+        let (n, b, s) = (self.cols, self.cols / ACT_BLOCK, self.cols / SUM_GROUP);
+        Q8Row {
+            qs: &self.qs[t * n..][..n],
+            biased: &self.biased[t * n..][..n],
+            d: &self.d[t * b..][..b],
+            sums: &self.sums[t * s..][..s],
+            dsums: &self.dsums[t * b..][..b],
+        }
+    }
+}
+
+impl Q8Row<'_> {
+    /// Whether the row holds `n` values in every array (what the vectorised dots read).
+    pub fn holds(&self, n: usize) -> bool {
+        self.qs.len() == n
+            && self.biased.len() == n
+            && self.d.len() * ACT_BLOCK == n
+            && self.sums.len() * SUM_GROUP == n
+            && self.dsums.len() * ACT_BLOCK == n
+    }
+
+    /// The values the codes stand for (`d · q`), for tests and the f32 fallback.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| self.d[i / ACT_BLOCK] * q as f32)
+            .collect()
+    }
+
+    /// Σ of the codes `from..from + n` (`n` a multiple of [`SUM_GROUP`], on its boundary).
+    #[inline]
+    pub fn code_sum(&self, from: usize, n: usize) -> i32 {
+        self.sums[from / SUM_GROUP..(from + n) / SUM_GROUP]
+            .iter()
+            .sum()
+    }
+}
+
+/// Rounds `row` (a multiple of [`ACT_BLOCK`] values) to the values its 8-bit codes stand
+/// for, in place: the same values as [`Q8Rows::quantize`] then [`Q8Row::dequantize`].
+pub fn round_to_8_bits(row: &mut [f32]) {
+    for xs in row.chunks_exact_mut(ACT_BLOCK) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for v in xs {
+            *v = d * ((*v * id).round() as i8) as f32;
+        }
+    }
+}
+
+/// The definition of the 8-bit dot: per group of a block, the exact integer
+/// `Σ (code - offset) · q` scaled by the weight's scale and the activation's `d`, and the
+/// group's `min` times the activations' sum. Summed in f32, group by group.
+pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
+    let form = B::CODES.expect("dot_q8 of a format without codes");
+    let groups = B::VALUES / form.group;
+    let (mut codes, mut scale, mut min) = ([0u8; 256], [0f32; 16], [0f32; 16]);
+    let mut acc = 0f32;
+    for (b, block) in blocks.iter().enumerate() {
+        block.codes(
+            &mut codes[..B::VALUES],
+            &mut scale[..groups],
+            &mut min[..groups],
+        );
+        for g in 0..groups {
+            let at = b * B::VALUES + g * form.group;
+            let q = &x.qs[at..at + form.group];
+            let c = &codes[g * form.group..][..form.group];
+            let isum: i32 = c
+                .iter()
+                .zip(q)
+                .map(|(&c, &q)| (c as i32 - form.offset as i32) * q as i32)
+                .sum();
+            let qsum = x.code_sum(at, form.group);
+            acc += x.d[at / ACT_BLOCK] * (scale[g] * isum as f32 - min[g] * qsum as f32);
+        }
+    }
+    acc
+}
+
+/// AVX-512 with VNNI (`vpdpbusd`: 64 byte products summed into 16 lanes per instruction):
+/// the 8-bit dots of the formats the downloaded files are mostly made of.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use super::{Q8Row, ACT_BLOCK};
+    use crate::formats::kquants::scales_and_mins;
+    use crate::formats::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use std::arch::x86_64::*;
+
+    /// AVX-512 F/BW/VL, VNNI and F16C.
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn f16(bits: [u8; 2]) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(bits))))
+    }
+
+    /// 32 bytes then 32 more as one vector.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+    }
+
+    /// Lanes 0-7 `a`, lanes 8-15 `b`: the factors of two groups of 32 values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn halves(a: f32, b: f32) -> __m512 {
+        _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
+    }
+
+    /// Lane `l` holds `f[l / 4]`: the factors of four groups of 16 values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn quarters(f: &[f32]) -> __m512 {
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(f.as_ptr())))
+    }
+
+    /// Per lane, the sum of four products `(code - offset) · q`, exact in i32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn lanes(codes: __m512i, q: __m512i, offset: Option<__m512i>) -> __m512 {
+        let zero = _mm512_setzero_si512();
+        let mut sum = _mm512_dpbusd_epi32(zero, codes, q);
+        if let Some(offset) = offset {
+            sum = _mm512_sub_epi32(sum, _mm512_dpbusd_epi32(zero, offset, q));
+        }
+        _mm512_cvtepi32_ps(sum)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_q(x: &Q8Row, at: usize) -> __m512i {
+        debug_assert!(at + 64 <= x.qs.len());
+        _mm512_loadu_si512(x.qs.as_ptr().add(at) as *const _)
+    }
+
+    /// Q5_0, two blocks per step: each block's 16 bytes of nibbles (low: values 0-15, high:
+    /// 16-31) and its 32 fifth bits as a byte mask.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], x: Q8Row) -> f32 {
+        let nibble = _mm_set1_epi8(0x0F);
+        let (fifth, offset) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let pairs = blocks.len() / 2;
+        let nibbles = |block: &BlockQ5_0| {
+            let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
+            _mm256_set_m128i(hi, _mm_and_si128(q, nibble))
+        };
+        for p in 0..pairs {
+            let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
+            let bits = u32::from_le_bytes(a.qh) as u64 | (u32::from_le_bytes(b.qh) as u64) << 32;
+            let codes = _mm512_or_si512(
+                join(nibbles(a), nibbles(b)),
+                _mm512_and_si512(_mm512_movm_epi8(bits), fifth),
+            );
+            let l = lanes(codes, load_q(&x, 64 * p), Some(offset));
+            let f = halves(f16(a.d.0) * x.d[2 * p], f16(b.d.0) * x.d[2 * p + 1]);
+            acc[p % 2] = _mm512_fmadd_ps(l, f, acc[p % 2]);
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        if blocks.len() % 2 == 1 {
+            let tail = Q8Row {
+                qs: &x.qs[64 * pairs..],
+                biased: &x.biased[64 * pairs..],
+                d: &x.d[2 * pairs..],
+                sums: &x.sums[4 * pairs..],
+                dsums: &x.dsums[2 * pairs..],
+            };
+            sum += super::dot_scalar(&blocks[2 * pairs..], tail);
+        }
+        sum
+    }
+
+    /// The activation rows `xs` (`T` of them) against one weight row, in steps of 64
+    /// values: each step's signed codes `w` and their scale per lane `f` prepared once for
+    /// every row. The activations enter with 128 added (unsigned, as `vpdpbusd` takes
+    /// them); the sums start from `-128 · Σ w` per lane, so each lane ends with exactly
+    /// `Σ w · q`. Sums into `acc`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn step<const T: usize>(
+        w: __m512i,
+        f: __m512,
+        at: usize,
+        xs: &[Q8Row; T],
+        acc: &mut [__m512; T],
+    ) {
+        let zero = _mm512_setzero_si512();
+        let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), w));
+        let two = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        for t in 0..T {
+            let x = &xs[t];
+            debug_assert!(at + 64 <= x.biased.len());
+            let q = _mm512_loadu_si512(x.biased.as_ptr().add(at) as *const _);
+            let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, q, w));
+            // The activations' two block scales, lanes 0-7 and 8-15.
+            let d2 = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(at / ACT_BLOCK) as *const f64));
+            let dx = _mm512_permutexvar_ps(two, _mm512_castps128_ps512(d2));
+            acc[t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(f, dx), acc[t]);
+        }
+    }
+
+    /// As [`step`] for codes that are unsigned bytes already (`w` below 128): the
+    /// activations enter as they are, signed.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn step_unsigned<const T: usize>(
+        w: __m512i,
+        f: __m512,
+        at: usize,
+        xs: &[Q8Row; T],
+        acc: &mut [__m512; T],
+    ) {
+        let zero = _mm512_setzero_si512();
+        let two = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        for t in 0..T {
+            let x = &xs[t];
+            debug_assert!(at + 64 <= x.qs.len());
+            let q = _mm512_loadu_si512(x.qs.as_ptr().add(at) as *const _);
+            let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w, q));
+            let d2 = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(at / ACT_BLOCK) as *const f64));
+            let dx = _mm512_permutexvar_ps(two, _mm512_castps128_ps512(d2));
+            acc[t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(f, dx), acc[t]);
+        }
+    }
+
+    /// [`Block::dot_q8_tokens`] of the formats below: `out.len()` (1 to 4) rows at once.
+    macro_rules! by_row_count {
+        ($kernel:ident, $blocks:expr, $xs:expr, $out:expr) => {
+            match $out.len() {
+                1 => $kernel::<1>($blocks, $xs, $out),
+                2 => $kernel::<2>($blocks, $xs, $out),
+                3 => $kernel::<3>($blocks, $xs, $out),
+                _ => $kernel::<4>($blocks, $xs, $out),
+            }
+        };
+    }
+
+    /// Sums of each row's lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish<const T: usize>(acc: &[__m512; T], out: &mut [f32]) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(*a);
+        }
+    }
+
+    /// Q8_0, two blocks per step.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q8_0(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q8_0_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn q8_0_rows<const T: usize>(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let mut acc = [_mm512_setzero_ps(); T];
+        let pairs = blocks.len() / 2;
+        for p in 0..pairs {
+            let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
+            let w = join(
+                _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i),
+                _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
+            );
+            step::<T>(w, halves(f16(a.d.0), f16(b.d.0)), 64 * p, xs, &mut acc);
+        }
+        finish(&acc, out);
+        if blocks.len() % 2 == 1 {
+            for (x, o) in xs.iter().zip(out.iter_mut()) {
+                let tail = Q8Row {
+                    qs: &x.qs[64 * pairs..],
+                    biased: &x.biased[64 * pairs..],
+                    d: &x.d[2 * pairs..],
+                    sums: &x.sums[4 * pairs..],
+                    dsums: &x.dsums[2 * pairs..],
+                };
+                *o += super::dot_scalar(&blocks[2 * pairs..], tail);
+            }
+        }
+    }
+
+    /// Q4_K: per super-block four steps of 64 values (the low nibbles of 32 bytes, then
+    /// their high nibbles: two sub-blocks each), the mins from the activations' sums.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q4_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn q4_k_rows<const T: usize>(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let nibble = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut mins = [_mm256_setzero_ps(); T];
+        for (b, block) in blocks.iter().enumerate() {
+            let (d, dmin) = (f16(block.d.0), f16(block.dmin.0));
+            let (sc, m) = scales_and_mins(&block.scales);
+            for j in 0..4 {
+                let q = _mm256_loadu_si256(block.qs.as_ptr().add(32 * j) as *const __m256i);
+                let w = join(
+                    _mm256_and_si256(q, nibble),
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble),
+                );
+                let f = halves(d * sc[2 * j] as f32, d * sc[2 * j + 1] as f32);
+                step_unsigned::<T>(w, f, 256 * b + 64 * j, xs, &mut acc);
+            }
+            // Σ over the 8 sub-blocks of dmin · m · (the activations' d · Σ codes).
+            let m8 = _mm_loadl_epi64(m.as_ptr() as *const __m128i);
+            let mf = _mm256_mul_ps(
+                _mm256_set1_ps(dmin),
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)),
+            );
+            for t in 0..T {
+                let dsums = _mm256_loadu_ps(xs[t].dsums.as_ptr().add(8 * b));
+                mins[t] = _mm256_fmadd_ps(mf, dsums, mins[t]);
+            }
+        }
+        finish(&acc, out);
+        for (o, min) in out.iter_mut().zip(mins) {
+            *o -= crate::formats::x86::sum_lanes([
+                min,
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            ]);
+        }
+    }
+
+    /// Q6_K: per half super-block two steps of 64 values built from 32 bytes of low
+    /// nibbles twice and 32 bytes of high bit pairs; codes minus 32; a scale per 16.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q6_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let (nibble, pair) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+        let offset = _mm512_set1_epi8(32);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut f = [0f32; 16];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = f16(block.d.0);
+            for (f, &sc) in f.iter_mut().zip(&block.scales) {
+                *f = d * sc as f32;
+            }
+            for n in 0..2 {
+                let ql = block.ql.as_ptr().add(64 * n);
+                let lo = _mm256_loadu_si256(ql as *const __m256i);
+                let hi = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                let h = _mm256_loadu_si256(block.qh.as_ptr().add(32 * n) as *const __m256i);
+                // The two high bits of each value, moved to bits 4-5.
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(h, pair), 4);
+                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), pair), 4);
+                let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), pair), 4);
+                let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), pair), 4);
+                let q1 = _mm256_or_si256(_mm256_and_si256(lo, nibble), h1);
+                let q2 = _mm256_or_si256(_mm256_and_si256(hi, nibble), h2);
+                let q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), h3);
+                let q4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), h4);
+                for (c, codes) in [join(q1, q2), join(q3, q4)].into_iter().enumerate() {
+                    let at = 128 * n + 64 * c;
+                    let w = _mm512_sub_epi8(codes, offset);
+                    step::<T>(w, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
+                }
+            }
+        }
+        finish(&acc, out);
+    }
+}
