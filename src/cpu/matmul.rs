@@ -131,8 +131,9 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32], math: CpuMath) {
     transpose(&out_t, rows, tokens, out);
 }
 
-/// Activation rows up to which [`CpuMath::Q8`] multiplies in integers (decode, an expert's
-/// share of a prompt); more go through the f32 blocked product on the rounded activations.
+/// Activation rows up to which [`CpuMath::Q8`] multiplies in integers (decode); more go
+/// through the f32 products on the rounded activations, faster there on the CPUs measured
+/// (BENCHMARKS.md).
 const Q8_INTEGER_TOKENS: usize = 1;
 
 /// [`CpuMath::Q8`]: each weight row against every activation row in 8 bits, decoded once per
