@@ -49,7 +49,7 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32], math: CpuMath) {
     debug_assert_eq!(x.len(), tokens * cols);
     debug_assert_eq!(out.len(), tokens * rows);
     if math == CpuMath::Q8 && m.format().has_dot_q8() && cols.is_multiple_of(ACT_BLOCK) {
-        if tokens <= Q8_INTEGER_TOKENS {
+        if tokens <= m.format().q8_integer_rows() {
             matmul_q8(m, &Q8Rows::quantize(x, cols), out);
         } else {
             // The same products in f32 on the values the codes stand for: with many rows
@@ -131,11 +131,6 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32], math: CpuMath) {
     transpose(&out_t, rows, tokens, out);
 }
 
-/// Activation rows up to which [`CpuMath::Q8`] multiplies in integers (decode); more go
-/// through the f32 products on the rounded activations, faster there on the CPUs measured
-/// (BENCHMARKS.md).
-const Q8_INTEGER_TOKENS: usize = 1;
-
 /// [`CpuMath::Q8`]: each weight row against every activation row in 8 bits, decoded once per
 /// [`DOT_Q8_TOKENS`] of them.
 fn matmul_q8(m: &Matrix, x: &Q8Rows, out: &mut [f32]) {
@@ -212,11 +207,7 @@ fn matmul_wide(m: &Matrix, x: &[f32], tokens: usize, out: &mut [f32]) {
         let n = (4 * lanes).min(tokens - s0);
         let padded = n.div_ceil(lanes) * lanes;
         let mut x_t = vec![0f32; cols * padded];
-        for (t, row) in x[s0 * cols..(s0 + n) * cols].chunks_exact(cols).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                x_t[k * padded + t] = v;
-            }
-        }
+        transpose_strided(&x[s0 * cols..], cols, n, cols, &mut x_t, padded);
         let mut out_t = vec![0f32; rows * padded];
         out_t
             .par_chunks_mut(WIDE_ROWS_PER_TASK * padded)
@@ -234,11 +225,7 @@ fn matmul_wide(m: &Matrix, x: &[f32], tokens: usize, out: &mut [f32]) {
                     wide(&task, out_t, panel);
                 });
             });
-        for (r, o) in out_t.chunks_exact(padded).enumerate() {
-            for (t, &v) in o[..n].iter().enumerate() {
-                out[(s0 + t) * rows + r] = v;
-            }
-        }
+        transpose_strided(&out_t, padded, rows, n, &mut out[s0 * rows..], rows);
     }
 }
 
@@ -391,11 +378,41 @@ thread_local! {
 pub fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     debug_assert_eq!(m.len(), rows * cols);
     debug_assert_eq!(out.len(), rows * cols);
-    for (r, row) in m.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
+    transpose_strided(m, cols, rows, cols, out, rows);
+}
+
+/// Columns of the source one task of [`transpose_strided`] moves: its output rows are
+/// written a value at a time each, few enough streams to stay in cache.
+const TRANSPOSE_COLS: usize = 16;
+
+/// `out[c * out_stride + r] = m[r * stride + c]` for `r < rows`, `c < cols`, over the cores
+/// in blocks of [`TRANSPOSE_COLS`] columns (each source row read in short runs).
+fn transpose_strided(
+    m: &[f32],
+    stride: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        rows <= out_stride
+            && (cols == 0 || out.len() >= (cols - 1) * out_stride + rows)
+            && (rows == 0 || m.len() >= (rows - 1) * stride + cols),
+        "transpose: {rows} x {cols} does not fit its buffers"
+    );
+    out.par_chunks_mut(TRANSPOSE_COLS * out_stride)
+        .take(cols.div_ceil(TRANSPOSE_COLS))
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * TRANSPOSE_COLS;
+            let n = TRANSPOSE_COLS.min(cols - c0);
+            for r in 0..rows {
+                for (j, &v) in m[r * stride + c0..][..n].iter().enumerate() {
+                    out[j * out_stride + r] = v;
+                }
+            }
+        });
 }
 
 /// `rows` f32 rows of a buffer, `stride` values apart (a row may be a slice of a longer one).

@@ -29,11 +29,17 @@ pub struct Codes {
     pub group: usize,
     /// Subtracted from every code (so signed codes are stored as unsigned bytes).
     pub offset: u8,
+    /// Activation rows up to which the mode multiplies this format in integers; more go
+    /// through the f32 products on the rounded activations. 1 where the format's f32
+    /// multi-row dot was as fast as its integer one for an expert's few rows
+    /// (BENCHMARKS.md), 8 (an expert's share of a 64-token prompt and more) where its
+    /// integer dot was faster.
+    pub integer_rows: usize,
 }
 
 /// Activation rows in 8 bits: per [`ACT_BLOCK`] values a scale `d = amax / 127` and the
-/// codes `round(x / d)` (ggml's `quantize_row_q8_0` with the scale kept in f32), and the sum
-/// of the codes per [`SUM_GROUP`] values.
+/// codes `round(x / d)` (ggml's `quantize_row_q8_0` with the scale kept in f32, ties to
+/// even), and the sum of the codes per [`SUM_GROUP`] values.
 pub struct Q8Rows {
     cols: usize,
     qs: Vec<i8>,
@@ -43,6 +49,8 @@ pub struct Q8Rows {
     sums: Vec<i32>,
     /// Per block, `d · Σ codes` (what a weight group's `min` multiplies).
     dsums: Vec<f32>,
+    /// Per 4 values, their block's `d`: the scale of each lane of a 64-value integer dot.
+    dlanes: Vec<f32>,
 }
 
 /// One row of [`Q8Rows`].
@@ -53,6 +61,7 @@ pub struct Q8Row<'a> {
     pub d: &'a [f32],
     pub sums: &'a [i32],
     pub dsums: &'a [f32],
+    pub dlanes: &'a [f32],
 }
 
 impl Q8Rows {
@@ -71,6 +80,7 @@ impl Q8Rows {
             d: vec![0.0; blocks],
             sums: vec![0; x.len() / SUM_GROUP],
             dsums: vec![0.0; blocks],
+            dlanes: Vec::new(),
         };
         for (b, (xs, qs)) in x
             .chunks_exact(ACT_BLOCK)
@@ -81,7 +91,7 @@ impl Q8Rows {
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
+                *q = round_even(v * id) as i8;
             }
             rows.d[b] = d;
             rows.dsums[b] = d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
@@ -90,6 +100,7 @@ impl Q8Rows {
             }
         }
         rows.biased = rows.qs.iter().map(|&q| (q as u8) ^ 0x80).collect();
+        rows.dlanes = rows.d.iter().flat_map(|&d| [d; ACT_BLOCK / 4]).collect();
         rows
     }
 
@@ -109,6 +120,7 @@ impl Q8Rows {
             d: &self.d[t * b..][..b],
             sums: &self.sums[t * s..][..s],
             dsums: &self.dsums[t * b..][..b],
+            dlanes: &self.dlanes[t * n / 4..][..n / 4],
         }
     }
 }
@@ -121,6 +133,7 @@ impl Q8Row<'_> {
             && self.d.len() * ACT_BLOCK == n
             && self.sums.len() * SUM_GROUP == n
             && self.dsums.len() * ACT_BLOCK == n
+            && self.dlanes.len() * 4 == n
     }
 
     /// The values the codes stand for (`d · q`), for tests and the f32 fallback.
@@ -141,6 +154,15 @@ impl Q8Row<'_> {
     }
 }
 
+/// `y` (at most 127 in magnitude) rounded to the nearest integer, ties to even, as ggml's
+/// vectorised `quantize_row_q8_0` rounds (`_mm256_round_ps`): adding and subtracting
+/// 1.5 · 2^23 leaves no fraction bits, and compiles to plain vector adds on any x86-64.
+#[inline]
+fn round_even(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (y + MAGIC) - MAGIC
+}
+
 /// Rounds `row` (a multiple of [`ACT_BLOCK`] values) to the values its 8-bit codes stand
 /// for, in place: the same values as [`Q8Rows::quantize`] then [`Q8Row::dequantize`].
 pub fn round_to_8_bits(row: &mut [f32]) {
@@ -149,7 +171,7 @@ pub fn round_to_8_bits(row: &mut [f32]) {
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         for v in xs {
-            *v = d * ((*v * id).round() as i8) as f32;
+            *v = d * round_even(*v * id);
         }
     }
 }
@@ -188,7 +210,7 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
 /// the 8-bit dots of the formats the downloaded files are mostly made of.
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::{Q8Row, ACT_BLOCK};
+    use super::Q8Row;
     use crate::formats::kquants::scales_and_mins;
     use crate::formats::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
@@ -285,6 +307,7 @@ pub(super) mod avx512 {
                 d: &x.d[2 * pairs..],
                 sums: &x.sums[4 * pairs..],
                 dsums: &x.dsums[2 * pairs..],
+                dlanes: &x.dlanes[16 * pairs..],
             };
             sum += super::dot_scalar(&blocks[2 * pairs..], tail);
         }
@@ -307,15 +330,13 @@ pub(super) mod avx512 {
     ) {
         let zero = _mm512_setzero_si512();
         let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), w));
-        let two = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         for t in 0..T {
             let x = &xs[t];
             debug_assert!(at + 64 <= x.biased.len());
             let q = _mm512_loadu_si512(x.biased.as_ptr().add(at) as *const _);
             let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, q, w));
             // The activations' two block scales, lanes 0-7 and 8-15.
-            let d2 = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(at / ACT_BLOCK) as *const f64));
-            let dx = _mm512_permutexvar_ps(two, _mm512_castps128_ps512(d2));
+            let dx = _mm512_loadu_ps(x.dlanes.as_ptr().add(at / 4));
             acc[t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(f, dx), acc[t]);
         }
     }
@@ -332,14 +353,12 @@ pub(super) mod avx512 {
         acc: &mut [__m512; T],
     ) {
         let zero = _mm512_setzero_si512();
-        let two = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         for t in 0..T {
             let x = &xs[t];
             debug_assert!(at + 64 <= x.qs.len());
             let q = _mm512_loadu_si512(x.qs.as_ptr().add(at) as *const _);
             let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w, q));
-            let d2 = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(at / ACT_BLOCK) as *const f64));
-            let dx = _mm512_permutexvar_ps(two, _mm512_castps128_ps512(d2));
+            let dx = _mm512_loadu_ps(x.dlanes.as_ptr().add(at / 4));
             acc[t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(f, dx), acc[t]);
         }
     }
@@ -394,6 +413,7 @@ pub(super) mod avx512 {
                     d: &x.d[2 * pairs..],
                     sums: &x.sums[4 * pairs..],
                     dsums: &x.dsums[2 * pairs..],
+                    dlanes: &x.dlanes[16 * pairs..],
                 };
                 *o += super::dot_scalar(&blocks[2 * pairs..], tail);
             }

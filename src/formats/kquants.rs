@@ -339,6 +339,7 @@ impl Block for BlockQ4K {
     const CODES: Option<Codes> = Some(Codes {
         group: 32,
         offset: 0,
+        integer_rows: 8,
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
@@ -478,6 +479,7 @@ impl Block for BlockQ6K {
     const CODES: Option<Codes> = Some(Codes {
         group: 16,
         offset: 32,
+        integer_rows: 8,
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {

@@ -105,6 +105,7 @@ impl Block for BlockQ4_0 {
     const CODES: Option<Codes> = Some(Codes {
         group: 32,
         offset: 8,
+        integer_rows: 1,
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
@@ -176,6 +177,7 @@ impl Block for BlockQ5_0 {
     const CODES: Option<Codes> = Some(Codes {
         group: 32,
         offset: 16,
+        integer_rows: 1,
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {

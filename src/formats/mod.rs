@@ -374,6 +374,7 @@ pub struct WeightFormat {
     dot_scalar: fn(&[u8], &[f32]) -> f32,
     dot_q8: Option<fn(&[u8], Q8Row) -> f32>,
     dot_q8_tokens: Option<DotQ8Tokens>,
+    q8_integer_rows: usize,
     dot_q8_scalar: Option<fn(&[u8], Q8Row) -> f32>,
     quantize: fn(&[f32], &mut Vec<u8>),
 }
@@ -423,6 +424,12 @@ impl WeightFormat {
     /// Whether the CPU's 8-bit mode multiplies this format in integers ([`Self::dot_q8`]).
     pub fn has_dot_q8(&self) -> bool {
         self.dot_q8.is_some()
+    }
+
+    /// Activation rows up to which the 8-bit mode multiplies this format in integers
+    /// ([`Codes::integer_rows`]; 0 without codes).
+    pub fn q8_integer_rows(&self) -> usize {
+        self.q8_integer_rows
     }
 
     /// `Σ value · x` over a row with `x` in 8 bits (`int8`). Only where [`Self::has_dot_q8`].
@@ -546,6 +553,10 @@ const fn entry<B: Block>() -> WeightFormat {
         dot_q8_tokens: match B::CODES {
             Some(_) => Some(dot_q8_tokens_row::<B>),
             None => None,
+        },
+        q8_integer_rows: match B::CODES {
+            Some(c) => c.integer_rows,
+            None => 0,
         },
         dot_q8_scalar: match B::CODES {
             Some(_) => Some(dot_q8_scalar_row::<B>),

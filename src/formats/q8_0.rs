@@ -40,6 +40,7 @@ impl Block for BlockQ8_0 {
     const CODES: Option<Codes> = Some(Codes {
         group: 32,
         offset: 128,
+        integer_rows: 1,
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
