@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::matmul::prefetch;
 use crate::ops_common::rope_angle;
 use crate::weights::Matrix;
 
@@ -39,7 +40,11 @@ pub fn matvec(m: &Matrix, x: &[f32], out: &mut [f32]) {
         .enumerate()
         .for_each(|(chunk, outs)| {
             for (i, o) in outs.iter_mut().enumerate() {
-                *o = format.dot(m.row(chunk * ROWS_PER_TASK + i), x);
+                let row = chunk * ROWS_PER_TASK + i;
+                if row + 1 < m.rows {
+                    prefetch(m.row(row + 1));
+                }
+                *o = format.dot(m.row(row), x);
             }
         });
 }

@@ -434,24 +434,48 @@ pub(super) mod avx512 {
         let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         let mut mins = [_mm256_setzero_ps(); T];
+        // Lanes 0-7 sub-block 2j's scale, lanes 8-15 sub-block 2j + 1's.
+        let pair_of = |j: i32| {
+            _mm512_setr_epi32(
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+            )
+        };
+        let pairs = [pair_of(0), pair_of(1), pair_of(2), pair_of(3)];
+        // Eight bytes as eight f32.
+        let widen = |bytes: [u8; 8]| {
+            let v = _mm_cvtsi64_si128(i64::from_le_bytes(bytes));
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+        };
         for (b, block) in blocks.iter().enumerate() {
             let (d, dmin) = (f16(block.d.0), f16(block.dmin.0));
             let (sc, m) = scales_and_mins(&block.scales);
-            for j in 0..4 {
+            let scales = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(d), widen(sc)));
+            for (j, pair) in pairs.iter().enumerate() {
                 let q = _mm256_loadu_si256(block.qs.as_ptr().add(32 * j) as *const __m256i);
                 let w = join(
                     _mm256_and_si256(q, nibble),
                     _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble),
                 );
-                let f = halves(d * sc[2 * j] as f32, d * sc[2 * j + 1] as f32);
+                let f = _mm512_permutexvar_ps(*pair, scales);
                 step_unsigned::<T>(w, f, 256 * b + 64 * j, xs, &mut acc);
             }
             // Σ over the 8 sub-blocks of dmin · m · (the activations' d · Σ codes).
-            let m8 = _mm_loadl_epi64(m.as_ptr() as *const __m128i);
-            let mf = _mm256_mul_ps(
-                _mm256_set1_ps(dmin),
-                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)),
-            );
+            let mf = _mm256_mul_ps(_mm256_set1_ps(dmin), widen(m));
             for t in 0..T {
                 let dsums = _mm256_loadu_ps(xs[t].dsums.as_ptr().add(8 * b));
                 mins[t] = _mm256_fmadd_ps(mf, dsums, mins[t]);

@@ -106,21 +106,21 @@ fn six_bit_slot(v: usize) -> (usize, bool, usize, u32, usize) {
 /// Q4_K/Q5_K: the 8 six-bit scales and mins packed in 12 bytes (ggml's `get_scale_min_k4`).
 #[inline]
 pub fn scales_and_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let sc = std::array::from_fn(|j| {
-        if j < 4 {
-            s[j] & 63
-        } else {
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4)
-        }
-    });
-    let m = std::array::from_fn(|j| {
-        if j < 4 {
-            s[j + 4] & 63
-        } else {
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4)
-        }
-    });
-    (sc, m)
+    // Four bytes at a time: the masks keep each byte's own bits after the shifts.
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    // sc[0..4] = s[0..4] & 63, sc[4..8] = (s[8..12] & 15) | (s[0..4] >> 6) << 4
+    let sc = [a & LOW6, (c & LOW4) | (((a >> 6) & LOW2) << 4)];
+    // m[0..4] = s[4..8] & 63, m[4..8] = (s[8..12] >> 4) | (s[4..8] >> 6) << 4
+    let m = [b & LOW6, ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4)];
+    let bytes = |w: [u32; 2]| {
+        let (lo, hi) = (w[0].to_le_bytes(), w[1].to_le_bytes());
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+    };
+    (bytes(sc), bytes(m))
 }
 
 fn pack_scales_and_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {

@@ -568,3 +568,25 @@ fn rounding_in_place_equals_the_codes_values() {
     int8::round_to_8_bits(&mut x);
     assert!(x.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
+
+/// The Q4_K/Q5_K scale unpacking, four bytes at a time, equals ggml's `get_scale_min_k4`
+/// byte by byte on random scale bytes.
+#[test]
+fn k4_scales_unpack_as_ggml() {
+    let mut rng = SplitMix64(29);
+    for _ in 0..10_000 {
+        let s: [u8; 12] = std::array::from_fn(|_| rng.next_u64() as u8);
+        let (sc, m) = kquants::scales_and_mins(&s);
+        for j in 0..8 {
+            let (want_sc, want_m) = if j < 4 {
+                (s[j] & 63, s[j + 4] & 63)
+            } else {
+                (
+                    (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+                    (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+                )
+            };
+            assert_eq!((sc[j], m[j]), (want_sc, want_m), "{s:?} sub-block {j}");
+        }
+    }
+}
