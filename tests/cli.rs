@@ -1157,3 +1157,26 @@ fn interrupted_synth_leaves_nothing_behind() {
     );
     assert!(!partial.exists() && !out.exists());
 }
+
+/// `--matmul q8` runs on the CPU (and says so when it loads) and is refused by name on the
+/// GPU, before any adapter is looked for.
+#[test]
+fn matmul_q8_is_the_cpu_backends() {
+    let args = [
+        "run",
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "--matmul",
+        "q8",
+        "--backend",
+    ];
+    let (_, stderr) = ok(&[&args[..], &["cpu"]].concat());
+    assert!(stderr.contains("8-bit activations"), "{stderr}");
+    let err = fails(&[&args[..], &["gpu"]].concat());
+    assert!(
+        err.contains("--matmul q8") && err.contains("--backend cpu"),
+        "{err}"
+    );
+}

@@ -125,7 +125,20 @@ impl Q8Rows {
     }
 }
 
-impl Q8Row<'_> {
+impl<'a> Q8Row<'a> {
+    /// The row's values from `at` on (`at` on a block boundary).
+    pub fn from(&self, at: usize) -> Q8Row<'a> {
+        debug_assert!(at.is_multiple_of(ACT_BLOCK));
+        Q8Row {
+            qs: &self.qs[at..],
+            biased: &self.biased[at..],
+            d: &self.d[at / ACT_BLOCK..],
+            sums: &self.sums[at / SUM_GROUP..],
+            dsums: &self.dsums[at / ACT_BLOCK..],
+            dlanes: &self.dlanes[at / 4..],
+        }
+    }
+
     /// Whether the row holds `n` values in every array (what the vectorised dots read).
     pub fn holds(&self, n: usize) -> bool {
         self.qs.len() == n
@@ -212,6 +225,7 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
 pub(super) mod avx512 {
     use super::Q8Row;
     use crate::formats::kquants::scales_and_mins;
+    use crate::formats::Block;
     use crate::formats::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
@@ -254,64 +268,6 @@ pub(super) mod avx512 {
     unsafe fn quarters(f: &[f32]) -> __m512 {
         let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(f.as_ptr())))
-    }
-
-    /// Per lane, the sum of four products `(code - offset) · q`, exact in i32.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn lanes(codes: __m512i, q: __m512i, offset: Option<__m512i>) -> __m512 {
-        let zero = _mm512_setzero_si512();
-        let mut sum = _mm512_dpbusd_epi32(zero, codes, q);
-        if let Some(offset) = offset {
-            sum = _mm512_sub_epi32(sum, _mm512_dpbusd_epi32(zero, offset, q));
-        }
-        _mm512_cvtepi32_ps(sum)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load_q(x: &Q8Row, at: usize) -> __m512i {
-        debug_assert!(at + 64 <= x.qs.len());
-        _mm512_loadu_si512(x.qs.as_ptr().add(at) as *const _)
-    }
-
-    /// Q5_0, two blocks per step: each block's 16 bytes of nibbles (low: values 0-15, high:
-    /// 16-31) and its 32 fifth bits as a byte mask.
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], x: Q8Row) -> f32 {
-        let nibble = _mm_set1_epi8(0x0F);
-        let (fifth, offset) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let pairs = blocks.len() / 2;
-        let nibbles = |block: &BlockQ5_0| {
-            let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
-            _mm256_set_m128i(hi, _mm_and_si128(q, nibble))
-        };
-        for p in 0..pairs {
-            let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
-            let bits = u32::from_le_bytes(a.qh) as u64 | (u32::from_le_bytes(b.qh) as u64) << 32;
-            let codes = _mm512_or_si512(
-                join(nibbles(a), nibbles(b)),
-                _mm512_and_si512(_mm512_movm_epi8(bits), fifth),
-            );
-            let l = lanes(codes, load_q(&x, 64 * p), Some(offset));
-            let f = halves(f16(a.d.0) * x.d[2 * p], f16(b.d.0) * x.d[2 * p + 1]);
-            acc[p % 2] = _mm512_fmadd_ps(l, f, acc[p % 2]);
-        }
-        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        if blocks.len() % 2 == 1 {
-            let tail = Q8Row {
-                qs: &x.qs[64 * pairs..],
-                biased: &x.biased[64 * pairs..],
-                d: &x.d[2 * pairs..],
-                sums: &x.sums[4 * pairs..],
-                dsums: &x.dsums[2 * pairs..],
-                dlanes: &x.dlanes[16 * pairs..],
-            };
-            sum += super::dot_scalar(&blocks[2 * pairs..], tail);
-        }
-        sum
     }
 
     /// The activation rows `xs` (`T` of them) against one weight row, in steps of 64
@@ -384,6 +340,17 @@ pub(super) mod avx512 {
         }
     }
 
+    /// Adds the last block of a row of an odd number of 32-value blocks (the steps above
+    /// take two at a time) by the definition.
+    fn odd_tail<B: Block>(blocks: &[B], xs: &[Q8Row], out: &mut [f32]) {
+        if blocks.len() % 2 == 1 {
+            let last = blocks.len() - 1;
+            for (x, o) in xs.iter().zip(out.iter_mut()) {
+                *o += super::dot_scalar(&blocks[last..], x.from(last * B::VALUES));
+            }
+        }
+    }
+
     /// Q8_0, two blocks per step.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn dot_q8_0(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
@@ -405,19 +372,41 @@ pub(super) mod avx512 {
             step::<T>(w, halves(f16(a.d.0), f16(b.d.0)), 64 * p, xs, &mut acc);
         }
         finish(&acc, out);
-        if blocks.len() % 2 == 1 {
-            for (x, o) in xs.iter().zip(out.iter_mut()) {
-                let tail = Q8Row {
-                    qs: &x.qs[64 * pairs..],
-                    biased: &x.biased[64 * pairs..],
-                    d: &x.d[2 * pairs..],
-                    sums: &x.sums[4 * pairs..],
-                    dsums: &x.dsums[2 * pairs..],
-                    dlanes: &x.dlanes[16 * pairs..],
-                };
-                *o += super::dot_scalar(&blocks[2 * pairs..], tail);
-            }
+        odd_tail(blocks, xs, out);
+    }
+
+    /// Q5_0, two blocks per step: each block's 16 bytes of nibbles (low: values 0-15, high:
+    /// 16-31) and its 32 fifth bits as a byte mask; codes minus 16.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q5_0_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn q5_0_rows<const T: usize>(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let nibble = _mm_set1_epi8(0x0F);
+        let (fifth, offset) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
+        let nibbles = |block: &BlockQ5_0| {
+            let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
+            _mm256_set_m128i(hi, _mm_and_si128(q, nibble))
+        };
+        let mut acc = [_mm512_setzero_ps(); T];
+        let pairs = blocks.len() / 2;
+        for p in 0..pairs {
+            let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
+            let bits = u32::from_le_bytes(a.qh) as u64 | (u32::from_le_bytes(b.qh) as u64) << 32;
+            let codes = _mm512_or_si512(
+                join(nibbles(a), nibbles(b)),
+                _mm512_and_si512(_mm512_movm_epi8(bits), fifth),
+            );
+            let w = _mm512_sub_epi8(codes, offset);
+            step::<T>(w, halves(f16(a.d.0), f16(b.d.0)), 64 * p, xs, &mut acc);
         }
+        finish(&acc, out);
+        odd_tail(blocks, xs, out);
     }
 
     /// Q4_K: per super-block four steps of 64 values (the low nibbles of 32 bytes, then

@@ -192,14 +192,28 @@ impl Block for BlockQ5_0 {
 
     #[inline]
     fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        let mut out = [0f32];
+        Self::dot_q8_tokens(blocks, &[x], &mut out);
+        out[0]
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if super::int8::avx512::available() {
-            assert!(x.holds(blocks.len() * Self::VALUES));
-            // SAFETY: the CPU has the features the function is compiled for; the row holds
-            // the values the blocks do.
-            return unsafe { super::int8::avx512::dot_q5_0(blocks, x) };
+            let n = blocks.len() * Self::VALUES;
+            assert!(
+                (1..=super::int8::DOT_Q8_TOKENS).contains(&out.len())
+                    && xs.len() == out.len()
+                    && xs.iter().all(|x| x.holds(n))
+            );
+            // SAFETY: the CPU has the features the function is compiled for; every row
+            // holds the values the blocks do.
+            return unsafe { super::int8::avx512::dot_q5_0(blocks, xs, out) };
         }
-        super::int8::dot_scalar(blocks, x)
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            *o = super::int8::dot_scalar(blocks, *x);
+        }
     }
 
     /// ggml's `quantize_row_q5_0_ref`.
