@@ -6,7 +6,8 @@
 //! activation row in f32. [`gemm_nt`] is the f32 product underneath it, also used directly
 //! by attention (queries against the latent cache). Both compute exactly the reference
 //! math: f32 products of exactly dequantized weights, only summed in a different order than
-//! one dot at a time.
+//! one dot at a time. [`CpuMath::Q8`] is the opt-in exception: the activations rounded to 8
+//! bits first (`formats::int8`), then integer dots or the same f32 products.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
