@@ -87,8 +87,7 @@ impl Q8Rows {
             .zip(rows.qs.chunks_exact_mut(ACT_BLOCK))
             .enumerate()
         {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
+            let d = block_scale(xs);
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             for (q, &v) in qs.iter_mut().zip(xs) {
                 *q = round_even(v * id) as i8;
@@ -167,6 +166,16 @@ impl<'a> Q8Row<'a> {
     }
 }
 
+/// A block's scale, `amax / 127`; NaN where a value is not finite, so that the block's
+/// values and every dot with them are NaN, as they would be in f32.
+fn block_scale(xs: &[f32]) -> f32 {
+    if xs.iter().all(|v| v.is_finite()) {
+        xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
+    } else {
+        f32::NAN
+    }
+}
+
 /// `y` (at most 127 in magnitude) rounded to the nearest integer, ties to even, as ggml's
 /// vectorised `quantize_row_q8_0` rounds (`_mm256_round_ps`): adding and subtracting
 /// 1.5 · 2^23 leaves no fraction bits, and compiles to plain vector adds on any x86-64.
@@ -180,8 +189,7 @@ fn round_even(y: f32) -> f32 {
 /// for, in place: the same values as [`Q8Rows::quantize`] then [`Q8Row::dequantize`].
 pub fn round_to_8_bits(row: &mut [f32]) {
     for xs in row.chunks_exact_mut(ACT_BLOCK) {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
+        let d = block_scale(xs);
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         for v in xs {
             *v = d * round_even(*v * id);

@@ -590,3 +590,31 @@ fn k4_scales_unpack_as_ggml() {
         }
     }
 }
+
+/// A non-finite activation makes its block's values, and the 8-bit dots with them, NaN
+/// (as the f32 products would be), instead of vanishing into a code of 0.
+#[test]
+fn non_finite_activations_stay_nan_in_8_bits() {
+    let mut x = vec![0.5f32; 64];
+    x[40] = f32::INFINITY;
+    let rows = int8::Q8Rows::quantize(&x, 64);
+    let back = rows.row(0).dequantize();
+    assert!(
+        back[..32].iter().all(|v| (v - 0.5).abs() < 1e-6),
+        "{:?}",
+        &back[..32]
+    );
+    assert!(back[32..].iter().all(|v| v.is_nan()), "{:?}", &back[32..]);
+    let mut rounded = x.clone();
+    int8::round_to_8_bits(&mut rounded);
+    assert!(rounded[32..].iter().all(|v| v.is_nan()));
+    for f in FORMATS.iter().filter(|f| f.has_dot_q8()) {
+        let mut rng = SplitMix64(3);
+        let bytes = random_blocks(f, 256 / f.block_values, &mut rng);
+        let mut x = vec![0.25f32; 256];
+        x[200] = f32::NAN;
+        let xq = int8::Q8Rows::quantize(&x, 256);
+        assert!(f.dot_q8(&bytes, xq.row(0)).is_nan(), "{}", f.ty);
+        assert!(f.dot_q8_scalar(&bytes, xq.row(0)).is_nan(), "{}", f.ty);
+    }
+}
