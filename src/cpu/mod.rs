@@ -348,9 +348,14 @@ fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 
 impl Backend for CpuBackend<'_> {
     fn describe(&self) -> String {
-        let math = match self.math {
-            CpuMath::Exact => "",
-            CpuMath::Q8 => ", 8-bit activations (--matmul q8)",
+        let math = match (self.math, crate::formats::int8::vectorised()) {
+            (CpuMath::Exact, _) => String::new(),
+            (CpuMath::Q8, Some(isa)) => format!(", 8-bit activations (--matmul q8, {isa})"),
+            (CpuMath::Q8, None) => {
+                ", 8-bit activations (--matmul q8; no vectorised integer dots for this CPU: \
+                 slower than the exact mode)"
+                    .to_string()
+            }
         };
         format!("cpu, {} threads{math}", self.pool.current_num_threads())
     }

@@ -227,10 +227,51 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
     acc
 }
 
+/// A kernel of `T` activation rows called with `out.len()` (1 to [`DOT_Q8_TOKENS`]) rows.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_row_count {
+    ($kernel:ident, $blocks:expr, $xs:expr, $out:expr) => {
+        match $out.len() {
+            1 => $kernel::<1>($blocks, $xs, $out),
+            2 => $kernel::<2>($blocks, $xs, $out),
+            3 => $kernel::<3>($blocks, $xs, $out),
+            _ => $kernel::<4>($blocks, $xs, $out),
+        }
+    };
+}
+
+/// Panics unless `xs` and `out` are 1 to [`DOT_Q8_TOKENS`] rows each, and every row holds
+/// `n` values in every array: what the vectorised dots rely on.
+pub fn check_rows(n: usize, xs: &[Q8Row], out: &[f32]) {
+    assert!(
+        (1..=DOT_Q8_TOKENS).contains(&out.len())
+            && xs.len() == out.len()
+            && xs.iter().all(|x| x.holds(n)),
+        "8-bit dot: {} activation rows for {} outputs of {n} values",
+        xs.len(),
+        out.len()
+    );
+}
+
+/// Which hand-vectorised 8-bit dots this CPU runs, if any (else the portable definition,
+/// slower than the exact mode's dots).
+pub fn vectorised() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            return Some("AVX-512 VNNI");
+        }
+        if avx2::available() {
+            return Some("AVX2");
+        }
+    }
+    None
+}
+
 /// AVX-512 with VNNI (`vpdpbusd`: 64 byte products summed into 16 lanes per instruction):
 /// the 8-bit dots of the formats the downloaded files are mostly made of.
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx512 {
+pub(crate) mod avx512 {
     use super::Q8Row;
     use crate::formats::kquants::scales_and_mins;
     use crate::formats::Block;
@@ -325,18 +366,6 @@ pub(super) mod avx512 {
             let dx = _mm512_loadu_ps(x.dlanes.as_ptr().add(at / 4));
             acc[t] = _mm512_fmadd_ps(sums, _mm512_mul_ps(f, dx), acc[t]);
         }
-    }
-
-    /// [`Block::dot_q8_tokens`] of the formats below: `out.len()` (1 to 4) rows at once.
-    macro_rules! by_row_count {
-        ($kernel:ident, $blocks:expr, $xs:expr, $out:expr) => {
-            match $out.len() {
-                1 => $kernel::<1>($blocks, $xs, $out),
-                2 => $kernel::<2>($blocks, $xs, $out),
-                3 => $kernel::<3>($blocks, $xs, $out),
-                _ => $kernel::<4>($blocks, $xs, $out),
-            }
-        };
     }
 
     /// Sums of each row's lanes.
@@ -532,4 +561,217 @@ pub(super) mod avx512 {
         }
         finish(&acc, out);
     }
+}
+
+/// AVX2 (`vpmaddubsw` then `vpmaddwd`: 32 byte products summed into 8 lanes per pair of
+/// instructions): the same dots for CPUs without AVX-512 VNNI. One step is one block of 32
+/// activations, so each step's activation scale is a single broadcast.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{Q8Row, ACT_BLOCK};
+    use crate::formats::kquants::scales_and_mins;
+    use crate::formats::{Block, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use std::arch::x86_64::*;
+
+    /// AVX2, FMA and F16C.
+    pub fn available() -> bool {
+        crate::formats::x86::has_avx2_fma() && crate::formats::x86::has_avx2_f16c()
+    }
+
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn f16(bits: [u8; 2]) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(bits))))
+    }
+
+    /// The rows `xs` against 32 signed codes `w` (values `at..at + 32`), `f` the weights'
+    /// scale per lane (each lane sums 4 neighbouring products). The unsigned operand of
+    /// `vpmaddubsw` is |w|, the activations take w's sign; no pair of products leaves i16
+    /// (at most 2 · 128 · 127).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn step<const T: usize>(
+        w: __m256i,
+        f: __m256,
+        at: usize,
+        xs: &[Q8Row; T],
+        acc: &mut [__m256; T],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let magnitude = _mm256_sign_epi8(w, w);
+        for t in 0..T {
+            let x = &xs[t];
+            debug_assert!(at + 32 <= x.qs.len());
+            let q = _mm256_loadu_si256(x.qs.as_ptr().add(at) as *const __m256i);
+            let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, w));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            let dx = _mm256_set1_ps(x.d[at / ACT_BLOCK]);
+            acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(f, dx), acc[t]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish<const T: usize>(acc: &[__m256; T], out: &mut [f32]) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = crate::formats::x86::sum_lanes([
+                *a,
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            ]);
+        }
+    }
+
+    /// Lanes 0-3 `a`, lanes 4-7 `b`: the scales of two groups of 16 values.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn halves(a: f32, b: f32) -> __m256 {
+        _mm256_set_m128(_mm_set1_ps(b), _mm_set1_ps(a))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q8_0_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_rows<const T: usize>(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, block) in blocks.iter().enumerate() {
+            let w = _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i);
+            step::<T>(w, _mm256_set1_ps(f16(block.d.0)), 32 * b, xs, &mut acc);
+        }
+        finish(&acc, out);
+    }
+
+    /// Q5_0: the nibbles (low: values 0-15, high: 16-31) with the fifth bits spread to one
+    /// byte each; codes minus 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q5_0_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_0_rows<const T: usize>(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let nibble = _mm_set1_epi8(0x0F);
+        // Byte i of a vector takes byte i / 8 of qh and tests its bit i % 8.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let (fifth, offset) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(16));
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, block) in blocks.iter().enumerate() {
+            let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
+            let codes = _mm256_set_m128i(hi, _mm_and_si128(q, nibble));
+            let qh = _mm256_shuffle_epi8(_mm256_set1_epi32(i32::from_le_bytes(block.qh)), spread);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+            let codes = _mm256_or_si256(codes, _mm256_and_si256(set, fifth));
+            let w = _mm256_sub_epi8(codes, offset);
+            step::<T>(w, _mm256_set1_ps(f16(block.d.0)), 32 * b, xs, &mut acc);
+        }
+        finish(&acc, out);
+    }
+
+    /// Q4_K: per super-block, 32 bytes of nibbles give two sub-blocks (low nibbles, then
+    /// high); the mins from the activations' sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q4_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k_rows<const T: usize>(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let nibble = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut mins = [_mm256_setzero_ps(); T];
+        let widen = |bytes: [u8; 8]| {
+            let v = _mm_cvtsi64_si128(i64::from_le_bytes(bytes));
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+        };
+        for (b, block) in blocks.iter().enumerate() {
+            let (d, dmin) = (f16(block.d.0), f16(block.dmin.0));
+            let (sc, m) = scales_and_mins(&block.scales);
+            for j in 0..4 {
+                let q = _mm256_loadu_si256(block.qs.as_ptr().add(32 * j) as *const __m256i);
+                let at = 256 * b + 64 * j;
+                let low = _mm256_and_si256(q, nibble);
+                step::<T>(low, _mm256_set1_ps(d * sc[2 * j] as f32), at, xs, &mut acc);
+                let high = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+                step::<T>(
+                    high,
+                    _mm256_set1_ps(d * sc[2 * j + 1] as f32),
+                    at + 32,
+                    xs,
+                    &mut acc,
+                );
+            }
+            let mf = _mm256_mul_ps(_mm256_set1_ps(dmin), widen(m));
+            for t in 0..T {
+                let dsums = _mm256_loadu_ps(xs[t].dsums.as_ptr().add(8 * b));
+                mins[t] = _mm256_fmadd_ps(mf, dsums, mins[t]);
+            }
+        }
+        finish(&acc, out);
+        let mut min_sums = [0f32; T];
+        finish(&mins, &mut min_sums);
+        for (o, min) in out.iter_mut().zip(min_sums) {
+            *o -= min;
+        }
+    }
+
+    /// Q6_K: per half super-block, four runs of 32 values from the low nibbles and high bit
+    /// pairs; codes minus 32; a scale per 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q6_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let (nibble, pair) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+        let offset = _mm256_set1_epi8(32);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = f16(block.d.0);
+            let scale = |g: usize| d * block.scales[g] as f32;
+            for n in 0..2 {
+                let ql = block.ql.as_ptr().add(64 * n);
+                let lo = _mm256_loadu_si256(ql as *const __m256i);
+                let hi = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                let h = _mm256_loadu_si256(block.qh.as_ptr().add(32 * n) as *const __m256i);
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(h, pair), 4);
+                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), pair), 4);
+                let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), pair), 4);
+                let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), pair), 4);
+                let runs = [
+                    _mm256_or_si256(_mm256_and_si256(lo, nibble), h1),
+                    _mm256_or_si256(_mm256_and_si256(hi, nibble), h2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), h3),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), h4),
+                ];
+                for (r, codes) in runs.into_iter().enumerate() {
+                    let at = 128 * n + 32 * r;
+                    let f = halves(scale(at / 16), scale(at / 16 + 1));
+                    let w = _mm256_sub_epi8(codes, offset);
+                    step::<T>(w, f, 256 * b + at, xs, &mut acc);
+                }
+            }
+        }
+        finish(&acc, out);
+    }
+
+    // Every kernel above reads whole blocks of 32: no odd tail (a row's blocks need not pair).
+    const _: () = assert!(BlockQ8_0::VALUES == ACT_BLOCK && BlockQ5_0::VALUES == ACT_BLOCK);
 }

@@ -365,16 +365,19 @@ impl Block for BlockQ4K {
     #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if super::int8::avx512::available() {
-            let n = blocks.len() * Self::VALUES;
-            assert!(
-                (1..=super::int8::DOT_Q8_TOKENS).contains(&out.len())
-                    && xs.len() == out.len()
-                    && xs.iter().all(|x| x.holds(n))
-            );
-            // SAFETY: the CPU has the features the function is compiled for; every row
-            // holds the values the blocks do.
-            return unsafe { super::int8::avx512::dot_q4_k(blocks, xs, out) };
+        {
+            use super::int8::{avx2, avx512, check_rows};
+            if avx512::available() {
+                check_rows(blocks.len() * Self::VALUES, xs, out);
+                // SAFETY: the CPU has the features the function is compiled for; every row
+                // holds the values the blocks do.
+                return unsafe { avx512::dot_q4_k(blocks, xs, out) };
+            }
+            if avx2::available() {
+                check_rows(blocks.len() * Self::VALUES, xs, out);
+                // SAFETY: as above.
+                return unsafe { avx2::dot_q4_k(blocks, xs, out) };
+            }
         }
         for (x, o) in xs.iter().zip(out.iter_mut()) {
             *o = super::int8::dot_scalar(blocks, *x);
@@ -505,16 +508,19 @@ impl Block for BlockQ6K {
     #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if super::int8::avx512::available() {
-            let n = blocks.len() * Self::VALUES;
-            assert!(
-                (1..=super::int8::DOT_Q8_TOKENS).contains(&out.len())
-                    && xs.len() == out.len()
-                    && xs.iter().all(|x| x.holds(n))
-            );
-            // SAFETY: the CPU has the features the function is compiled for; every row
-            // holds the values the blocks do.
-            return unsafe { super::int8::avx512::dot_q6_k(blocks, xs, out) };
+        {
+            use super::int8::{avx2, avx512, check_rows};
+            if avx512::available() {
+                check_rows(blocks.len() * Self::VALUES, xs, out);
+                // SAFETY: the CPU has the features the function is compiled for; every row
+                // holds the values the blocks do.
+                return unsafe { avx512::dot_q6_k(blocks, xs, out) };
+            }
+            if avx2::available() {
+                check_rows(blocks.len() * Self::VALUES, xs, out);
+                // SAFETY: as above.
+                return unsafe { avx2::dot_q6_k(blocks, xs, out) };
+            }
         }
         for (x, o) in xs.iter().zip(out.iter_mut()) {
             *o = super::int8::dot_scalar(blocks, *x);

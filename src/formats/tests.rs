@@ -618,3 +618,82 @@ fn non_finite_activations_stay_nan_in_8_bits() {
         assert!(f.dot_q8_scalar(&bytes, xq.row(0)).is_nan(), "{}", f.ty);
     }
 }
+
+/// Every hand-vectorised 8-bit dot this CPU can run (AVX-512 VNNI and AVX2 alike, whichever
+/// the dispatch would pick), called directly, equals the definition within 1e-6 of
+/// `Σ |w·x|` for 1 to DOT_Q8_TOKENS rows, on rows of odd block counts too.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_vectorised_8_bit_dot_matches_the_definition() {
+    use int8::{avx2, avx512, Q8Row, Q8Rows, DOT_Q8_TOKENS};
+    /// A kernel over a row's bytes; the rows are checked before every call.
+    type Run = Box<dyn Fn(&[u8], &[Q8Row], &mut [f32])>;
+    fn kernel<B: Block>(f: unsafe fn(&[B], &[Q8Row], &mut [f32])) -> Run {
+        // SAFETY: called only where the CPU has the kernel's features (checked below), on
+        // rows checked by `check_rows`.
+        Box::new(move |bytes, xs, out| unsafe { f(bytemuck::cast_slice(bytes), xs, out) })
+    }
+    let mut sets: Vec<(&str, Vec<(GgmlType, Run)>)> = Vec::new();
+    if avx512::available() {
+        sets.push((
+            "AVX-512 VNNI",
+            vec![
+                (GgmlType::Q8_0, kernel(avx512::dot_q8_0)),
+                (GgmlType::Q5_0, kernel(avx512::dot_q5_0)),
+                (GgmlType::Q4_K, kernel(avx512::dot_q4_k)),
+                (GgmlType::Q6_K, kernel(avx512::dot_q6_k)),
+            ],
+        ));
+    }
+    if avx2::available() {
+        sets.push((
+            "AVX2",
+            vec![
+                (GgmlType::Q8_0, kernel(avx2::dot_q8_0)),
+                (GgmlType::Q5_0, kernel(avx2::dot_q5_0)),
+                (GgmlType::Q4_K, kernel(avx2::dot_q4_k)),
+                (GgmlType::Q6_K, kernel(avx2::dot_q6_k)),
+            ],
+        ));
+    }
+    println!(
+        "8-bit dots tested: {:?}",
+        sets.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    let mut rng = SplitMix64(37);
+    for (isa, kernels) in &sets {
+        for (ty, run) in kernels {
+            let f = of(*ty).unwrap();
+            for n_values in [256usize, 2304, 2336] {
+                if !n_values.is_multiple_of(f.block_values) {
+                    continue;
+                }
+                let bytes = random_blocks(f, n_values / f.block_values, &mut rng);
+                let x: Vec<f32> = (0..DOT_Q8_TOKENS * n_values)
+                    .map(|_| uniform(&mut rng))
+                    .collect();
+                let xq = Q8Rows::quantize(&x, n_values);
+                let mut w = vec![0f32; n_values];
+                f.dequantize(&bytes, &mut w);
+                for rows in 1..=DOT_Q8_TOKENS {
+                    let xs: Vec<_> = (0..rows).map(|t| xq.row(t)).collect();
+                    let mut out = vec![f32::NAN; rows];
+                    int8::check_rows(n_values, &xs, &out);
+                    run(&bytes, &xs, &mut out);
+                    for (t, &got) in out.iter().enumerate() {
+                        let want = f.dot_q8_scalar(&bytes, xq.row(t));
+                        let scale: f32 = w
+                            .iter()
+                            .zip(xq.row(t).dequantize())
+                            .map(|(a, b)| (a * b).abs())
+                            .sum();
+                        assert!(
+                            (got - want).abs() <= 1e-6 * scale,
+                            "{isa} {ty} row {t} of {rows}, {n_values} values: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
