@@ -368,6 +368,13 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// The two sets of sums of the even and odd steps added.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_sum<const T: usize>(acc: [[__m512; T]; 2]) -> [__m512; T] {
+        std::array::from_fn(|t| _mm512_add_ps(acc[0][t], acc[1][t]))
+    }
+
     /// Sums of each row's lanes.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -398,7 +405,9 @@ pub(crate) mod avx512 {
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn q8_0_rows<const T: usize>(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let mut acc = [_mm512_setzero_ps(); T];
+        // Even and odd steps into separate sums: a step is short, and one chain of
+        // multiply-adds would wait on itself.
+        let mut acc = [[_mm512_setzero_ps(); T]; 2];
         let pairs = blocks.len() / 2;
         for p in 0..pairs {
             let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
@@ -406,9 +415,15 @@ pub(crate) mod avx512 {
                 _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i),
                 _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
             );
-            step::<T>(w, halves(f16(a.d.0), f16(b.d.0)), 64 * p, xs, &mut acc);
+            step::<T>(
+                w,
+                halves(f16(a.d.0), f16(b.d.0)),
+                64 * p,
+                xs,
+                &mut acc[p % 2],
+            );
         }
-        finish(&acc, out);
+        finish(&pair_sum(acc), out);
         odd_tail(blocks, xs, out);
     }
 
@@ -430,7 +445,7 @@ pub(crate) mod avx512 {
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
             _mm256_set_m128i(hi, _mm_and_si128(q, nibble))
         };
-        let mut acc = [_mm512_setzero_ps(); T];
+        let mut acc = [[_mm512_setzero_ps(); T]; 2];
         let pairs = blocks.len() / 2;
         for p in 0..pairs {
             let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
@@ -440,9 +455,15 @@ pub(crate) mod avx512 {
                 _mm512_and_si512(_mm512_movm_epi8(bits), fifth),
             );
             let w = _mm512_sub_epi8(codes, offset);
-            step::<T>(w, halves(f16(a.d.0), f16(b.d.0)), 64 * p, xs, &mut acc);
+            step::<T>(
+                w,
+                halves(f16(a.d.0), f16(b.d.0)),
+                64 * p,
+                xs,
+                &mut acc[p % 2],
+            );
         }
-        finish(&acc, out);
+        finish(&pair_sum(acc), out);
         odd_tail(blocks, xs, out);
     }
 
@@ -623,6 +644,13 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// The two sets of sums of the even and odd blocks added.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn pair_sum<const T: usize>(acc: [[__m256; T]; 2]) -> [__m256; T] {
+        std::array::from_fn(|t| _mm256_add_ps(acc[0][t], acc[1][t]))
+    }
+
     /// Lanes 0-3 `a`, lanes 4-7 `b`: the scales of two groups of 16 values.
     #[inline]
     #[target_feature(enable = "avx")]
@@ -639,12 +667,20 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_rows<const T: usize>(blocks: &[BlockQ8_0], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let mut acc = [_mm256_setzero_ps(); T];
+        // Even and odd blocks into separate sums: a block's step is short, and one chain
+        // of multiply-adds would wait on itself.
+        let mut acc = [[_mm256_setzero_ps(); T]; 2];
         for (b, block) in blocks.iter().enumerate() {
             let w = _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i);
-            step::<T>(w, _mm256_set1_ps(f16(block.d.0)), 32 * b, xs, &mut acc);
+            step::<T>(
+                w,
+                _mm256_set1_ps(f16(block.d.0)),
+                32 * b,
+                xs,
+                &mut acc[b % 2],
+            );
         }
-        finish(&acc, out);
+        finish(&pair_sum(acc), out);
     }
 
     /// Q5_0: the nibbles (low: values 0-15, high: 16-31) with the fifth bits spread to one
@@ -666,7 +702,7 @@ pub(crate) mod avx2 {
         );
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let (fifth, offset) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(16));
-        let mut acc = [_mm256_setzero_ps(); T];
+        let mut acc = [[_mm256_setzero_ps(); T]; 2];
         for (b, block) in blocks.iter().enumerate() {
             let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
@@ -675,9 +711,15 @@ pub(crate) mod avx2 {
             let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
             let codes = _mm256_or_si256(codes, _mm256_and_si256(set, fifth));
             let w = _mm256_sub_epi8(codes, offset);
-            step::<T>(w, _mm256_set1_ps(f16(block.d.0)), 32 * b, xs, &mut acc);
+            step::<T>(
+                w,
+                _mm256_set1_ps(f16(block.d.0)),
+                32 * b,
+                xs,
+                &mut acc[b % 2],
+            );
         }
-        finish(&acc, out);
+        finish(&pair_sum(acc), out);
     }
 
     /// Q4_K: per super-block, 32 bytes of nibbles give two sub-blocks (low nibbles, then
