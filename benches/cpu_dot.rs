@@ -1,9 +1,11 @@
 //! `cargo bench --bench cpu_dot`: one CPU core's row dot of every weight format, the
 //! hand-vectorised path (where a format has one) against the scalar reference, as GB/s of
-//! weights read from cache-warm rows of 2048 values.
+//! weights read from cache-warm rows of 2048 values; and for the formats with 8-bit codes
+//! the dot of `--matmul q8` (activations in 8 bits), vectorised and by its definition.
 
 use std::time::Instant;
 
+use glm_flash::formats::int8::{self, Q8Rows};
 use glm_flash::formats::FORMATS;
 use glm_flash::sampler::SplitMix64;
 
@@ -14,9 +16,14 @@ fn main() {
     let mut uniform = || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
     let values: Vec<f32> = (0..ROWS * COLS).map(|_| uniform()).collect();
     let x: Vec<f32> = (0..COLS).map(|_| uniform()).collect();
+    let x8 = Q8Rows::quantize(&x, COLS);
     println!(
-        "{:<6} {:>12} {:>12} {:>8}",
-        "format", "dot GB/s", "scalar GB/s", "speedup"
+        "8-bit dots: {}",
+        int8::vectorised().unwrap_or("the portable definition only")
+    );
+    println!(
+        "{:<6} {:>12} {:>12} {:>8} {:>12} {:>12}",
+        "format", "dot GB/s", "scalar GB/s", "speedup", "q8 GB/s", "q8 def GB/s"
     );
     for f in &FORMATS {
         let mut bytes = Vec::new();
@@ -39,8 +46,15 @@ fn main() {
         };
         let fast = time(&|row| f.dot(row, &x));
         let scalar = time(&|row| f.dot_scalar(row, &x));
+        let q8 = if f.has_dot_q8() {
+            let fast = time(&|row| f.dot_q8(row, x8.row(0)));
+            let def = time(&|row| f.dot_q8_scalar(row, x8.row(0)));
+            format!("{fast:>12.2} {def:>12.2}")
+        } else {
+            format!("{:>12} {:>12}", "-", "-")
+        };
         println!(
-            "{:<6} {fast:>12.2} {scalar:>12.2} {:>7.2}x",
+            "{:<6} {fast:>12.2} {scalar:>12.2} {:>7.2}x {q8}",
             f.ty.name(),
             fast / scalar
         );

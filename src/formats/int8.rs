@@ -227,6 +227,51 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
     acc
 }
 
+/// Q4_0 and Q5_0 as the vectorised 8-bit dots read them: a block's scale, its 16 bytes of
+/// nibbles (low: values 0-15, high: 16-31), Q5_0's fifth bits (bit i for value i), and the
+/// offset subtracted from every code.
+#[cfg(target_arch = "x86_64")]
+trait Nibbles: Block {
+    const OFFSET: i8;
+    fn scale_bits(&self) -> [u8; 2];
+    fn nibbles(&self) -> &[u8; 16];
+    fn fifth_bits(&self) -> u32;
+}
+
+/// The offset of a slice's format (named where the type is only `impl Nibbles`).
+#[cfg(target_arch = "x86_64")]
+fn nibble_offset<B: Nibbles>(_: &[B]) -> i8 {
+    B::OFFSET
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Nibbles for super::BlockQ4_0 {
+    const OFFSET: i8 = 8;
+    fn scale_bits(&self) -> [u8; 2] {
+        self.d.0
+    }
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.qs
+    }
+    fn fifth_bits(&self) -> u32 {
+        0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Nibbles for super::BlockQ5_0 {
+    const OFFSET: i8 = 16;
+    fn scale_bits(&self) -> [u8; 2] {
+        self.d.0
+    }
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.qs
+    }
+    fn fifth_bits(&self) -> u32 {
+        u32::from_le_bytes(self.qh)
+    }
+}
+
 /// A kernel of `T` activation rows called with `out.len()` (1 to [`DOT_Q8_TOKENS`]) rows.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_row_count {
@@ -272,10 +317,10 @@ pub fn vectorised() -> Option<&'static str> {
 /// the 8-bit dots of the formats the downloaded files are mostly made of.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::Q8Row;
+    use super::{nibble_offset, Nibbles, Q8Row};
     use crate::formats::kquants::scales_and_mins;
     use crate::formats::Block;
-    use crate::formats::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use crate::formats::{BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
     /// AVX-512 F/BW/VL, VNNI and F16C.
@@ -427,41 +472,44 @@ pub(crate) mod avx512 {
         odd_tail(blocks, xs, out);
     }
 
-    /// Q5_0, two blocks per step: each block's 16 bytes of nibbles (low: values 0-15, high:
-    /// 16-31) and its 32 fifth bits as a byte mask; codes minus 16.
+    /// Q4_0 and Q5_0, two blocks per step: each block's 16 bytes of nibbles (low: values
+    /// 0-15, high: 16-31) and Q5_0's 32 fifth bits as a byte mask; codes minus the offset.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q4_0(blocks: &[BlockQ4_0], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(nibble_rows, blocks, xs, out)
+    }
+
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
-        by_row_count!(q5_0_rows, blocks, xs, out)
+        by_row_count!(nibble_rows, blocks, xs, out)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn q5_0_rows<const T: usize>(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
+    unsafe fn nibble_rows<const T: usize>(blocks: &[impl Nibbles], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
         let nibble = _mm_set1_epi8(0x0F);
-        let (fifth, offset) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
-        let nibbles = |block: &BlockQ5_0| {
-            let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
+        let offset = nibble_offset(blocks);
+        let (fifth, offset) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(offset));
+        let nibbles = |qs: &[u8; 16]| {
+            let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
             _mm256_set_m128i(hi, _mm_and_si128(q, nibble))
         };
+        // Even and odd steps into separate sums: a step is short, and one chain of
+        // multiply-adds would wait on itself.
         let mut acc = [[_mm512_setzero_ps(); T]; 2];
         let pairs = blocks.len() / 2;
         for p in 0..pairs {
             let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
-            let bits = u32::from_le_bytes(a.qh) as u64 | (u32::from_le_bytes(b.qh) as u64) << 32;
+            let bits = a.fifth_bits() as u64 | (b.fifth_bits() as u64) << 32;
             let codes = _mm512_or_si512(
-                join(nibbles(a), nibbles(b)),
+                join(nibbles(a.nibbles()), nibbles(b.nibbles())),
                 _mm512_and_si512(_mm512_movm_epi8(bits), fifth),
             );
             let w = _mm512_sub_epi8(codes, offset);
-            step::<T>(
-                w,
-                halves(f16(a.d.0), f16(b.d.0)),
-                64 * p,
-                xs,
-                &mut acc[p % 2],
-            );
+            let f = halves(f16(a.scale_bits()), f16(b.scale_bits()));
+            step::<T>(w, f, 64 * p, xs, &mut acc[p % 2]);
         }
         finish(&pair_sum(acc), out);
         odd_tail(blocks, xs, out);
@@ -589,9 +637,9 @@ pub(crate) mod avx512 {
 /// activations, so each step's activation scale is a single broadcast.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{Q8Row, ACT_BLOCK};
+    use super::{nibble_offset, Nibbles, Q8Row, ACT_BLOCK};
     use crate::formats::kquants::scales_and_mins;
-    use crate::formats::{Block, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use crate::formats::{Block, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
     /// AVX2, FMA and F16C.
@@ -683,41 +731,42 @@ pub(crate) mod avx2 {
         finish(&pair_sum(acc), out);
     }
 
-    /// Q5_0: the nibbles (low: values 0-15, high: 16-31) with the fifth bits spread to one
-    /// byte each; codes minus 16.
+    /// Q4_0 and Q5_0: the nibbles (low: values 0-15, high: 16-31) with Q5_0's fifth bits
+    /// spread to one byte each; codes minus the offset.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_0(blocks: &[BlockQ4_0], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(nibble_rows, blocks, xs, out)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
-        by_row_count!(q5_0_rows, blocks, xs, out)
+        by_row_count!(nibble_rows, blocks, xs, out)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q5_0_rows<const T: usize>(blocks: &[BlockQ5_0], xs: &[Q8Row], out: &mut [f32]) {
+    unsafe fn nibble_rows<const T: usize>(blocks: &[impl Nibbles], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
         let nibble = _mm_set1_epi8(0x0F);
-        // Byte i of a vector takes byte i / 8 of qh and tests its bit i % 8.
+        // Byte i of a vector takes byte i / 8 of the fifth bits and tests its bit i % 8.
         let spread = _mm256_setr_epi8(
             0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
             3, 3, 3,
         );
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let (fifth, offset) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(16));
+        let offset = nibble_offset(blocks);
+        let (fifth, offset) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(offset));
         let mut acc = [[_mm256_setzero_ps(); T]; 2];
         for (b, block) in blocks.iter().enumerate() {
-            let q = _mm_loadu_si128(block.qs.as_ptr() as *const __m128i);
+            let q = _mm_loadu_si128(block.nibbles().as_ptr() as *const __m128i);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
             let codes = _mm256_set_m128i(hi, _mm_and_si128(q, nibble));
-            let qh = _mm256_shuffle_epi8(_mm256_set1_epi32(i32::from_le_bytes(block.qh)), spread);
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+            let bits = _mm256_shuffle_epi8(_mm256_set1_epi32(block.fifth_bits() as i32), spread);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, bit), bit);
             let codes = _mm256_or_si256(codes, _mm256_and_si256(set, fifth));
             let w = _mm256_sub_epi8(codes, offset);
-            step::<T>(
-                w,
-                _mm256_set1_ps(f16(block.d.0)),
-                32 * b,
-                xs,
-                &mut acc[b % 2],
-            );
+            let f = _mm256_set1_ps(f16(block.scale_bits()));
+            step::<T>(w, f, 32 * b, xs, &mut acc[b % 2]);
         }
         finish(&pair_sum(acc), out);
     }
@@ -815,5 +864,9 @@ pub(crate) mod avx2 {
     }
 
     // Every kernel above reads whole blocks of 32: no odd tail (a row's blocks need not pair).
-    const _: () = assert!(BlockQ8_0::VALUES == ACT_BLOCK && BlockQ5_0::VALUES == ACT_BLOCK);
+    const _: () = assert!(
+        BlockQ8_0::VALUES == ACT_BLOCK
+            && BlockQ5_0::VALUES == ACT_BLOCK
+            && BlockQ4_0::VALUES == ACT_BLOCK
+    );
 }

@@ -639,6 +639,7 @@ fn every_vectorised_8_bit_dot_matches_the_definition() {
             "AVX-512 VNNI",
             vec![
                 (GgmlType::Q8_0, kernel(avx512::dot_q8_0)),
+                (GgmlType::Q4_0, kernel(avx512::dot_q4_0)),
                 (GgmlType::Q5_0, kernel(avx512::dot_q5_0)),
                 (GgmlType::Q4_K, kernel(avx512::dot_q4_k)),
                 (GgmlType::Q6_K, kernel(avx512::dot_q6_k)),
@@ -650,6 +651,7 @@ fn every_vectorised_8_bit_dot_matches_the_definition() {
             "AVX2",
             vec![
                 (GgmlType::Q8_0, kernel(avx2::dot_q8_0)),
+                (GgmlType::Q4_0, kernel(avx2::dot_q4_0)),
                 (GgmlType::Q5_0, kernel(avx2::dot_q5_0)),
                 (GgmlType::Q4_K, kernel(avx2::dot_q4_k)),
                 (GgmlType::Q6_K, kernel(avx2::dot_q6_k)),
