@@ -457,6 +457,26 @@ impl Block for BlockQ5K {
             qs,
         }
     }
+
+    #[inline]
+    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+        simd_dequantize(blocks, out)
+    }
+
+    #[inline]
+    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+        simd_dot(blocks, x)
+    }
+
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        simd_rows::<Self>().is_some()
+    }
+
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        simd_dot_tokens(blocks, x, stride, out)
+    }
 }
 
 impl Block for BlockQ6K {
@@ -572,7 +592,7 @@ pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
 /// Activation rows the vectorised K-quant dots take at once.
 const SIMD_ROWS: usize = 4;
 
-/// The formats with vectorised decodes on x86_64 (Q4_K and Q6_K), at both widths.
+/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K and Q6_K), at both widths.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
 #[cfg(target_arch = "x86_64")]
@@ -600,7 +620,7 @@ fn simd_rows<B: Vectorised>() -> Option<SimdRows<B>> {
 #[cfg(test)]
 pub(super) type Variants<B> = Vec<(&'static str, SimdRows<B>)>;
 
-/// Every vectorised dot of `B` (Q4_K or Q6_K) this CPU runs (the tests check each, not
+/// Every vectorised dot of `B` (Q4_K, Q5_K or Q6_K) this CPU runs (the tests check each, not
 /// only the widest).
 #[cfg(test)]
 pub(super) fn simd_variants<B: Vectorised>() -> Variants<B> {
@@ -690,8 +710,54 @@ pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec
 /// time, shared by both widths below.
 #[cfg(target_arch = "x86_64")]
 mod codes {
-    use super::{BlockQ4K, BlockQ6K};
+    use super::{BlockQ4K, BlockQ5K, BlockQ6K};
+    use crate::formats::F16Bits;
     use std::arch::x86_64::*;
+
+    /// Q4_K and Q5_K, whose super-blocks share the header (`d`, `dmin`, 8 scales and mins)
+    /// and the order of their codes: one vectorised decode serves both.
+    pub trait WithMins {
+        fn header(&self) -> (F16Bits, F16Bits, &[u8; 12]);
+        /// The codes of sub-blocks 2p and 2p + 1 (32 each).
+        unsafe fn pair_codes(&self, pair: usize) -> [__m256i; 2];
+    }
+
+    impl WithMins for BlockQ4K {
+        fn header(&self) -> (F16Bits, F16Bits, &[u8; 12]) {
+            (self.d, self.dmin, &self.scales)
+        }
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn pair_codes(&self, pair: usize) -> [__m256i; 2] {
+            q4_k(self, pair)
+        }
+    }
+
+    impl WithMins for BlockQ5K {
+        fn header(&self) -> (F16Bits, F16Bits, &[u8; 12]) {
+            (self.d, self.dmin, &self.scales)
+        }
+        /// Q4_K's nibbles with the fifth bit of sub-block `sub` (bit `sub` of `qh[l]`).
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn pair_codes(&self, pair: usize) -> [__m256i; 2] {
+            let mask = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let v = _mm256_loadu_si256(self.qs.as_ptr().add(32 * pair) as *const __m256i);
+            let h = _mm256_loadu_si256(self.qh.as_ptr() as *const __m256i);
+            let fifth = |sub: usize| {
+                let bits = _mm256_srl_epi16(h, _mm_cvtsi32_si128(sub as i32));
+                _mm256_slli_epi16(_mm256_and_si256(bits, one), 4)
+            };
+            [
+                _mm256_or_si256(_mm256_and_si256(v, mask), fifth(2 * pair)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                    fifth(2 * pair + 1),
+                ),
+            ]
+        }
+    }
 
     /// Q4_K's codes in `qs` bytes 32p..32p+32: sub-block 2p (low nibbles), then 2p + 1.
     #[inline]
@@ -742,7 +808,7 @@ mod codes {
 /// independent 8-lane sums).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{codes, scales_and_mins, BlockQ4K, BlockQ6K};
+    use super::{codes, scales_and_mins, BlockQ6K};
     use std::arch::x86_64::*;
 
     /// A format whose rows this width decodes into [`Sums`].
@@ -817,14 +883,15 @@ mod avx2 {
         }
     }
 
-    impl Decode for BlockQ4K {
+    impl<B: codes::WithMins> Decode for B {
         #[inline(always)]
         unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
             for (i, b) in blocks.iter().enumerate() {
-                let (d, dmin) = (b.d.get(), b.dmin.get());
-                let (sc, m) = scales_and_mins(&b.scales);
+                let (d, dmin, scales) = b.header();
+                let (d, dmin) = (d.get(), dmin.get());
+                let (sc, m) = scales_and_mins(scales);
                 for pair in 0..4 {
-                    for (half, codes) in codes::q4_k(b, pair).into_iter().enumerate() {
+                    for (half, codes) in b.pair_codes(pair).into_iter().enumerate() {
                         let sub = 2 * pair + half;
                         let dl = _mm256_set1_ps(d * sc[sub] as f32);
                         let ml = _mm256_set1_ps(dmin * m[sub] as f32);
@@ -865,7 +932,7 @@ mod avx2 {
 /// (the batched forward's dequantization).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{codes, scales_and_mins, BlockQ4K, BlockQ6K};
+    use super::{codes, scales_and_mins, BlockQ6K};
     use std::arch::x86_64::*;
 
     /// A format whose rows this width decodes.
@@ -957,14 +1024,15 @@ mod avx512 {
         B::decode(blocks, &mut Store(out.as_mut_ptr()));
     }
 
-    impl Decode for BlockQ4K {
+    impl<B: codes::WithMins> Decode for B {
         #[inline(always)]
         unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
             for (i, b) in blocks.iter().enumerate() {
-                let (d, dmin) = (b.d.get(), b.dmin.get());
-                let (sc, m) = scales_and_mins(&b.scales);
+                let (d, dmin, scales) = b.header();
+                let (d, dmin) = (d.get(), dmin.get());
+                let (sc, m) = scales_and_mins(scales);
                 for pair in 0..4 {
-                    for (half, codes) in codes::q4_k(b, pair).into_iter().enumerate() {
+                    for (half, codes) in b.pair_codes(pair).into_iter().enumerate() {
                         let sub = 2 * pair + half;
                         let dl = _mm512_set1_ps(d * sc[sub] as f32);
                         let ml = _mm512_set1_ps(dmin * m[sub] as f32);
