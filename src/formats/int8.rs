@@ -318,9 +318,10 @@ pub fn vectorised() -> Option<&'static str> {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use super::{nibble_offset, Nibbles, Q8Row};
+    use crate::formats::kquants::codes::WithMins;
     use crate::formats::kquants::scales_and_mins;
     use crate::formats::Block;
-    use crate::formats::{BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use crate::formats::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
     /// AVX-512 F/BW/VL, VNNI and F16C.
@@ -519,14 +520,23 @@ pub(crate) mod avx512 {
     /// their high nibbles: two sub-blocks each), the mins from the activations' sums.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
-        by_row_count!(q4_k_rows, blocks, xs, out)
+        by_row_count!(with_mins_rows, blocks, xs, out)
+    }
+
+    /// Q5_K: as Q4_K, the codes with their fifth bit.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q5_k(blocks: &[BlockQ5K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(with_mins_rows, blocks, xs, out)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn q4_k_rows<const T: usize>(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
+    unsafe fn with_mins_rows<const T: usize>(
+        blocks: &[impl WithMins],
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         let mut mins = [_mm256_setzero_ps(); T];
         // Lanes 0-7 sub-block 2j's scale, lanes 8-15 sub-block 2j + 1's.
@@ -557,15 +567,13 @@ pub(crate) mod avx512 {
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
         };
         for (b, block) in blocks.iter().enumerate() {
-            let (d, dmin) = (f16(block.d.0), f16(block.dmin.0));
-            let (sc, m) = scales_and_mins(&block.scales);
+            let (d, dmin, scale_bytes) = block.header();
+            let (d, dmin) = (f16(d.0), f16(dmin.0));
+            let (sc, m) = scales_and_mins(scale_bytes);
             let scales = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(d), widen(sc)));
             for (j, pair) in pairs.iter().enumerate() {
-                let q = _mm256_loadu_si256(block.qs.as_ptr().add(32 * j) as *const __m256i);
-                let w = join(
-                    _mm256_and_si256(q, nibble),
-                    _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble),
-                );
+                let [low, high] = block.pair_codes(j);
+                let w = join(low, high);
                 let f = _mm512_permutexvar_ps(*pair, scales);
                 step_unsigned::<T>(w, f, 256 * b + 64 * j, xs, &mut acc);
             }
@@ -638,8 +646,9 @@ pub(crate) mod avx512 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::{nibble_offset, Nibbles, Q8Row, ACT_BLOCK};
+    use crate::formats::kquants::codes::WithMins;
     use crate::formats::kquants::scales_and_mins;
-    use crate::formats::{Block, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use crate::formats::{Block, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
     /// AVX2, FMA and F16C.
@@ -775,14 +784,23 @@ pub(crate) mod avx2 {
     /// high); the mins from the activations' sums.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_k(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
-        by_row_count!(q4_k_rows, blocks, xs, out)
+        by_row_count!(with_mins_rows, blocks, xs, out)
+    }
+
+    /// Q5_K: as Q4_K, the codes with their fifth bit.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_k(blocks: &[BlockQ5K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(with_mins_rows, blocks, xs, out)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_k_rows<const T: usize>(blocks: &[BlockQ4K], xs: &[Q8Row], out: &mut [f32]) {
+    unsafe fn with_mins_rows<const T: usize>(
+        blocks: &[impl WithMins],
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut mins = [_mm256_setzero_ps(); T];
         let widen = |bytes: [u8; 8]| {
@@ -790,14 +808,13 @@ pub(crate) mod avx2 {
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
         };
         for (b, block) in blocks.iter().enumerate() {
-            let (d, dmin) = (f16(block.d.0), f16(block.dmin.0));
-            let (sc, m) = scales_and_mins(&block.scales);
+            let (d, dmin, scale_bytes) = block.header();
+            let (d, dmin) = (f16(d.0), f16(dmin.0));
+            let (sc, m) = scales_and_mins(scale_bytes);
             for j in 0..4 {
-                let q = _mm256_loadu_si256(block.qs.as_ptr().add(32 * j) as *const __m256i);
+                let [low, high] = block.pair_codes(j);
                 let at = 256 * b + 64 * j;
-                let low = _mm256_and_si256(q, nibble);
                 step::<T>(low, _mm256_set1_ps(d * sc[2 * j] as f32), at, xs, &mut acc);
-                let high = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
                 step::<T>(
                     high,
                     _mm256_set1_ps(d * sc[2 * j + 1] as f32),

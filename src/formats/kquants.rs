@@ -440,6 +440,54 @@ impl Block for BlockQ5K {
         }
     }
 
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 0,
+        integer_rows: 8,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        let (sc, m) = scales_and_mins(&self.scales);
+        for (sub, c) in codes.chunks_exact_mut(32).enumerate() {
+            (scale[sub], min[sub]) = (d * sc[sub] as f32, dmin * m[sub] as f32);
+            let (byte, high) = nibble_slot(32 * sub);
+            let shift = if high { 4 } else { 0 };
+            for ((c, &q), &h) in c.iter_mut().zip(&self.qs[byte..byte + 32]).zip(&self.qh) {
+                *c = ((q >> shift) & 0x0F) | (((h >> sub) & 1) << 4);
+            }
+        }
+    }
+
+    #[inline]
+    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
+        let mut out = [0f32];
+        Self::dot_q8_tokens(blocks, &[x], &mut out);
+        out[0]
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::int8::{avx2, avx512, check_rows};
+            if avx512::available() {
+                check_rows(blocks.len() * Self::VALUES, xs, out);
+                // SAFETY: the CPU has the features the function is compiled for; every row
+                // holds the values the blocks do.
+                return unsafe { avx512::dot_q5_k(blocks, xs, out) };
+            }
+            if avx2::available() {
+                check_rows(blocks.len() * Self::VALUES, xs, out);
+                // SAFETY: as above.
+                return unsafe { avx2::dot_q5_k(blocks, xs, out) };
+            }
+        }
+        for (x, o) in xs.iter().zip(out.iter_mut()) {
+            *o = super::int8::dot_scalar(blocks, *x);
+        }
+    }
+
     fn quantize(values: &[f32]) -> Self {
         let (d, dmin, sc, m, codes) = quantize_with_mins::<8>(values, 6, 31);
         let mut qs = [0u8; 128];
@@ -709,7 +757,7 @@ pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec
 /// The codes of the two formats that carry most bytes of a Q4_K_M file, 32 bytes at a
 /// time, shared by both widths below.
 #[cfg(target_arch = "x86_64")]
-mod codes {
+pub(super) mod codes {
     use super::{BlockQ4K, BlockQ5K, BlockQ6K};
     use crate::formats::F16Bits;
     use std::arch::x86_64::*;
