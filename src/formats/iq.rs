@@ -93,6 +93,17 @@ impl Block for BlockIQ4NL {
     }
 }
 
+impl BlockIQ4XS {
+    /// The signed 6-bit scale of run `ib` (0..8): 4 low bits from `scales_l`, 2 high from
+    /// `scales_h`, minus 32.
+    #[inline]
+    pub fn run_scale(&self, ib: usize) -> i32 {
+        let high = u16::from_le_bytes(self.scales_h);
+        let low = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F;
+        (low | ((((high >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32
+    }
+}
+
 impl Block for BlockIQ4XS {
     const TYPE: GgmlType = GgmlType::IQ4_XS;
     const VALUES: usize = QK_K;
@@ -101,12 +112,33 @@ impl Block for BlockIQ4XS {
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
         let d = self.d.get();
-        let high = u16::from_le_bytes(self.scales_h);
         for (ib, run) in out.chunks_exact_mut(32).enumerate() {
-            let low = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F;
-            let ls = (low | ((((high >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32;
-            decode_run(d * ls as f32, &self.qs[16 * ib..16 * ib + 16], run);
+            decode_run(
+                d * self.run_scale(ib) as f32,
+                &self.qs[16 * ib..16 * ib + 16],
+                run,
+            );
         }
+    }
+
+    #[inline]
+    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+        super::kquants::simd_dequantize(blocks, out)
+    }
+
+    #[inline]
+    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+        super::kquants::simd_dot(blocks, x)
+    }
+
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        super::kquants::simd_rows::<Self>().is_some()
+    }
+
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        super::kquants::simd_dot_tokens(blocks, x, stride, out)
     }
 
     fn quantize(values: &[f32]) -> Self {

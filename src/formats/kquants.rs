@@ -640,7 +640,8 @@ pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
 /// Activation rows the vectorised K-quant dots take at once.
 const SIMD_ROWS: usize = 4;
 
-/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K and Q6_K), at both widths.
+/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K, Q6_K and IQ4_XS), at both
+/// widths.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
 #[cfg(target_arch = "x86_64")]
@@ -651,7 +652,7 @@ pub(super) trait Vectorised {}
 impl<B> Vectorised for B {}
 
 /// The widest vectorised dot of `B` this CPU runs, if any.
-fn simd_rows<B: Vectorised>() -> Option<SimdRows<B>> {
+pub(super) fn simd_rows<B: Vectorised>() -> Option<SimdRows<B>> {
     #[cfg(target_arch = "x86_64")]
     {
         if super::x86::has_avx512() {
@@ -668,7 +669,7 @@ fn simd_rows<B: Vectorised>() -> Option<SimdRows<B>> {
 #[cfg(test)]
 pub(super) type Variants<B> = Vec<(&'static str, SimdRows<B>)>;
 
-/// Every vectorised dot of `B` (Q4_K, Q5_K or Q6_K) this CPU runs (the tests check each, not
+/// Every vectorised dot of `B` (Q4_K, Q5_K, Q6_K or IQ4_XS) this CPU runs (the tests check each, not
 /// only the widest).
 #[cfg(test)]
 pub(super) fn simd_variants<B: Vectorised>() -> Variants<B> {
@@ -687,7 +688,7 @@ pub(super) fn simd_variants<B: Vectorised>() -> Variants<B> {
 
 /// `Block::dequantize_blocks` of a vectorised format: AVX-512 where the CPU has it (the
 /// same bits), else block by block.
-fn simd_dequantize<B: Block + Vectorised>(blocks: &[B], out: &mut [f32]) {
+pub(super) fn simd_dequantize<B: Block + Vectorised>(blocks: &[B], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::x86::has_avx512() {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -699,7 +700,7 @@ fn simd_dequantize<B: Block + Vectorised>(blocks: &[B], out: &mut [f32]) {
 }
 
 /// `Block::dot` of a vectorised format, through [`simd_rows`] where the CPU has one.
-fn simd_dot<B: Block + Vectorised>(blocks: &[B], x: &[f32]) -> f32 {
+pub(super) fn simd_dot<B: Block + Vectorised>(blocks: &[B], x: &[f32]) -> f32 {
     match simd_rows::<B>() {
         Some(rows) => {
             let mut out = [0f32];
@@ -713,7 +714,12 @@ fn simd_dot<B: Block + Vectorised>(blocks: &[B], x: &[f32]) -> f32 {
 
 /// `Block::dot_tokens` of a vectorised format, [`SIMD_ROWS`] rows at a time (the per-row
 /// dot without a vectorised version).
-fn simd_dot_tokens<B: Block + Vectorised>(blocks: &[B], x: &[f32], stride: usize, out: &mut [f32]) {
+pub(super) fn simd_dot_tokens<B: Block + Vectorised>(
+    blocks: &[B],
+    x: &[f32],
+    stride: usize,
+    out: &mut [f32],
+) {
     let n = B::VALUES * blocks.len();
     match simd_rows::<B>() {
         Some(rows) => {
@@ -759,8 +765,22 @@ pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec
 #[cfg(target_arch = "x86_64")]
 pub(super) mod codes {
     use super::{BlockQ4K, BlockQ5K, BlockQ6K};
-    use crate::formats::F16Bits;
+    use crate::formats::{BlockIQ4XS, F16Bits, IQ4_LEVELS};
     use std::arch::x86_64::*;
+
+    /// IQ4_XS's run `ib` (32 values: the low nibbles of its 16 bytes, then the high) as
+    /// their levels plus 128, unsigned bytes (the decoders widen bytes as unsigned).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn iq4_xs(b: &BlockIQ4XS, ib: usize) -> __m256i {
+        let biased: [u8; 16] = std::array::from_fn(|i| (IQ4_LEVELS[i] as u8) ^ 0x80);
+        let table = _mm_loadu_si128(biased.as_ptr() as *const __m128i);
+        let mask = _mm_set1_epi8(0x0F);
+        let q = _mm_loadu_si128(b.qs.as_ptr().add(16 * ib) as *const __m128i);
+        let lo = _mm_shuffle_epi8(table, _mm_and_si128(q, mask));
+        let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(q, 4), mask));
+        _mm256_set_m128i(hi, lo)
+    }
 
     /// Q4_K and Q5_K, whose super-blocks share the header (`d`, `dmin`, 8 scales and mins)
     /// and the order of their codes: one vectorised decode serves both.
@@ -857,6 +877,7 @@ pub(super) mod codes {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{codes, scales_and_mins, BlockQ6K};
+    use crate::formats::BlockIQ4XS;
     use std::arch::x86_64::*;
 
     /// A format whose rows this width decodes into [`Sums`].
@@ -953,6 +974,23 @@ mod avx2 {
         }
     }
 
+    impl Decode for BlockIQ4XS {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            let bias = _mm256_set1_epi32(128);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                for ib in 0..8 {
+                    let dl = _mm256_set1_ps(d * b.run_scale(ib) as f32);
+                    for (g, q) in widen4(codes::iq4_xs(b, ib)).into_iter().enumerate() {
+                        let level = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
+                        sums.add(_mm256_mul_ps(dl, level), 256 * i + 32 * ib + 8 * g, g);
+                    }
+                }
+            }
+        }
+    }
+
     impl Decode for BlockQ6K {
         #[inline(always)]
         unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
@@ -981,6 +1019,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{codes, scales_and_mins, BlockQ6K};
+    use crate::formats::BlockIQ4XS;
     use std::arch::x86_64::*;
 
     /// A format whose rows this width decodes.
@@ -1088,6 +1127,23 @@ mod avx512 {
                             let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
                             sink.take(w, 256 * i + 32 * sub + 16 * g, g);
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    impl Decode for BlockIQ4XS {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            let bias = _mm512_set1_epi32(128);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                for ib in 0..8 {
+                    let dl = _mm512_set1_ps(d * b.run_scale(ib) as f32);
+                    for (g, q) in widen2(codes::iq4_xs(b, ib)).into_iter().enumerate() {
+                        let level = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, bias));
+                        sink.take(_mm512_mul_ps(dl, level), 256 * i + 32 * ib + 16 * g, g);
                     }
                 }
             }

@@ -130,6 +130,7 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
     let mut rng = SplitMix64(13);
     check::<BlockQ4K>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ5K>(&kquants::simd_variants(), &mut rng);
+    check::<BlockIQ4XS>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ6K>(&kquants::simd_variants(), &mut rng);
 }
 
