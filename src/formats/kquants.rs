@@ -640,8 +640,8 @@ pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
 /// Activation rows the vectorised K-quant dots take at once.
 const SIMD_ROWS: usize = 4;
 
-/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K, Q6_K and IQ4_XS), at both
-/// widths.
+/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL and
+/// MXFP4), at both widths.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
 #[cfg(target_arch = "x86_64")]
@@ -669,7 +669,7 @@ pub(super) fn simd_rows<B: Vectorised>() -> Option<SimdRows<B>> {
 #[cfg(test)]
 pub(super) type Variants<B> = Vec<(&'static str, SimdRows<B>)>;
 
-/// Every vectorised dot of `B` (Q4_K, Q5_K, Q6_K or IQ4_XS) this CPU runs (the tests check each, not
+/// Every vectorised dot of `B` (a format with a vectorised decode) this CPU runs (the tests check each, not
 /// only the widest).
 #[cfg(test)]
 pub(super) fn simd_variants<B: Vectorised>() -> Variants<B> {
@@ -773,13 +773,50 @@ pub(super) mod codes {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn iq4_xs(b: &BlockIQ4XS, ib: usize) -> __m256i {
-        let biased: [u8; 16] = std::array::from_fn(|i| (IQ4_LEVELS[i] as u8) ^ 0x80);
+        levels(&IQ4_LEVELS, &b.qs[16 * ib..16 * ib + 16])
+    }
+
+    /// 16 bytes of nibbles (low: values 0-15, high: 16-31) as `table`'s levels plus 128,
+    /// unsigned bytes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn levels(table: &[i8; 16], qs: &[u8]) -> __m256i {
+        debug_assert!(qs.len() >= 16);
+        let biased: [u8; 16] = std::array::from_fn(|i| (table[i] as u8) ^ 0x80);
         let table = _mm_loadu_si128(biased.as_ptr() as *const __m128i);
         let mask = _mm_set1_epi8(0x0F);
-        let q = _mm_loadu_si128(b.qs.as_ptr().add(16 * ib) as *const __m128i);
+        let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
         let lo = _mm_shuffle_epi8(table, _mm_and_si128(q, mask));
         let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(q, 4), mask));
         _mm256_set_m128i(hi, lo)
+    }
+
+    /// IQ4_NL and MXFP4: blocks of 32 values, each a level of a 16-entry table times the
+    /// block's scale.
+    pub trait TableBlock {
+        const LEVELS: [i8; 16];
+        fn scale(&self) -> f32;
+        fn nibbles(&self) -> &[u8; 16];
+    }
+
+    impl TableBlock for crate::formats::BlockIQ4NL {
+        const LEVELS: [i8; 16] = IQ4_LEVELS;
+        fn scale(&self) -> f32 {
+            self.d.get()
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
+    }
+
+    impl TableBlock for crate::formats::BlockMXFP4 {
+        const LEVELS: [i8; 16] = crate::formats::MXFP4_LEVELS;
+        fn scale(&self) -> f32 {
+            self.scale()
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
     }
 
     /// Q4_K and Q5_K, whose super-blocks share the header (`d`, `dmin`, 8 scales and mins)
@@ -991,6 +1028,35 @@ mod avx2 {
         }
     }
 
+    /// IQ4_NL and MXFP4: each value the level times the block's scale (the product
+    /// `dequantize` takes, commuted, so the same bits).
+    #[inline(always)]
+    unsafe fn decode_table<B: codes::TableBlock, const T: usize>(blocks: &[B], sums: &mut Sums<T>) {
+        let bias = _mm256_set1_epi32(128);
+        for (i, b) in blocks.iter().enumerate() {
+            let d = _mm256_set1_ps(b.scale());
+            let levels = codes::levels(&B::LEVELS, b.nibbles());
+            for (g, q) in widen4(levels).into_iter().enumerate() {
+                let level = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
+                sums.add(_mm256_mul_ps(d, level), 32 * i + 8 * g, g);
+            }
+        }
+    }
+
+    impl Decode for crate::formats::BlockIQ4NL {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            decode_table(blocks, sums)
+        }
+    }
+
+    impl Decode for crate::formats::BlockMXFP4 {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            decode_table(blocks, sums)
+        }
+    }
+
     impl Decode for BlockQ6K {
         #[inline(always)]
         unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
@@ -1106,8 +1172,8 @@ mod avx512 {
 
     /// `out` = the values of `blocks` (256 each), the same bits as their `dequantize`.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn dequantize<B: Decode>(blocks: &[B], out: &mut [f32]) {
-        assert!(out.len() >= 256 * blocks.len());
+    pub unsafe fn dequantize<B: Decode + crate::formats::Block>(blocks: &[B], out: &mut [f32]) {
+        assert!(out.len() >= B::VALUES * blocks.len());
         B::decode(blocks, &mut Store(out.as_mut_ptr()));
     }
 
@@ -1147,6 +1213,35 @@ mod avx512 {
                     }
                 }
             }
+        }
+    }
+
+    /// IQ4_NL and MXFP4: each value the level times the block's scale (the product
+    /// `dequantize` takes, commuted, so the same bits).
+    #[inline(always)]
+    unsafe fn decode_table<B: codes::TableBlock, W: Take>(blocks: &[B], sink: &mut W) {
+        let bias = _mm512_set1_epi32(128);
+        for (i, b) in blocks.iter().enumerate() {
+            let d = _mm512_set1_ps(b.scale());
+            let levels = codes::levels(&B::LEVELS, b.nibbles());
+            for (g, q) in widen2(levels).into_iter().enumerate() {
+                let level = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, bias));
+                sink.take(_mm512_mul_ps(d, level), 32 * i + 16 * g, g);
+            }
+        }
+    }
+
+    impl Decode for crate::formats::BlockIQ4NL {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            decode_table(blocks, sink)
+        }
+    }
+
+    impl Decode for crate::formats::BlockMXFP4 {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            decode_table(blocks, sink)
         }
     }
 

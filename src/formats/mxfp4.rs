@@ -29,6 +29,14 @@ fn e8m0_half(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
+impl BlockMXFP4 {
+    /// The block's scale: half of 2^(e - 127).
+    #[inline]
+    pub fn scale(&self) -> f32 {
+        e8m0_half(self.e)
+    }
+}
+
 impl Block for BlockMXFP4 {
     const TYPE: GgmlType = GgmlType::MXFP4;
     const VALUES: usize = 32;
@@ -66,6 +74,26 @@ impl Block for BlockMXFP4 {
             e,
             qs: std::array::from_fn(|j| code(values[j]) | (code(values[j + 16]) << 4)),
         }
+    }
+
+    #[inline]
+    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+        super::kquants::simd_dequantize(blocks, out)
+    }
+
+    #[inline]
+    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+        super::kquants::simd_dot(blocks, x)
+    }
+
+    #[inline]
+    fn has_dot_tokens() -> bool {
+        super::kquants::simd_rows::<Self>().is_some()
+    }
+
+    #[inline]
+    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+        super::kquants::simd_dot_tokens(blocks, x, stride, out)
     }
 }
 

@@ -131,6 +131,8 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
     check::<BlockQ4K>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ5K>(&kquants::simd_variants(), &mut rng);
     check::<BlockIQ4XS>(&kquants::simd_variants(), &mut rng);
+    check::<BlockIQ4NL>(&kquants::simd_variants(), &mut rng);
+    check::<BlockMXFP4>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ6K>(&kquants::simd_variants(), &mut rng);
 }
 
