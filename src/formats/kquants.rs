@@ -2,6 +2,10 @@
 //! small integer scale (and minimum) that multiplies the super-block's f16 `d` (and `dmin`).
 //! Decoding follows ggml's `dequantize_row_q{2..6}_K` operation for operation, so the values
 //! are bit-identical to ggml's.
+//!
+//! The vectorised decodes here (AVX2 and AVX-512: weights decoded in registers into the
+//! sums of up to four activation rows, or to memory) also serve the formats whose values are
+//! a table's levels times a scale: IQ4_XS, IQ4_NL and MXFP4 (`codes::levels`).
 
 use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
