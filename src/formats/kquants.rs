@@ -5,7 +5,7 @@
 //!
 //! The vectorised decodes here (AVX2 and AVX-512: weights decoded in registers into the
 //! sums of up to four activation rows, or to memory) also serve the formats whose values are
-//! a table's levels times a scale: IQ4_XS, IQ4_NL and MXFP4 (`codes::levels`).
+//! a table's levels times a scale: IQ4_XS, IQ4_NL, MXFP4 and Q4_0 (`codes::levels`).
 
 use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
@@ -644,8 +644,8 @@ pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
 /// Activation rows the vectorised K-quant dots take at once.
 const SIMD_ROWS: usize = 4;
 
-/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL and
-/// MXFP4), at both widths.
+/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL, MXFP4
+/// and Q4_0), at both widths.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
 #[cfg(target_arch = "x86_64")]
@@ -795,8 +795,8 @@ pub(super) mod codes {
         _mm256_set_m128i(hi, lo)
     }
 
-    /// IQ4_NL and MXFP4: blocks of 32 values, each a level of a 16-entry table times the
-    /// block's scale.
+    /// IQ4_NL, MXFP4 and Q4_0: blocks of 32 values, each a level of a 16-entry table times
+    /// the block's scale.
     pub trait TableBlock {
         const LEVELS: [i8; 16];
         fn scale(&self) -> f32;
@@ -805,6 +805,17 @@ pub(super) mod codes {
 
     impl TableBlock for crate::formats::BlockIQ4NL {
         const LEVELS: [i8; 16] = IQ4_LEVELS;
+        fn scale(&self) -> f32 {
+            self.d.get()
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
+    }
+
+    impl TableBlock for crate::formats::BlockQ4_0 {
+        /// Q4_0's codes minus 8, as a table.
+        const LEVELS: [i8; 16] = [-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7];
         fn scale(&self) -> f32 {
             self.d.get()
         }
@@ -1061,6 +1072,13 @@ mod avx2 {
         }
     }
 
+    impl Decode for crate::formats::BlockQ4_0 {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            decode_table(blocks, sums)
+        }
+    }
+
     impl Decode for BlockQ6K {
         #[inline(always)]
         unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
@@ -1243,6 +1261,13 @@ mod avx512 {
     }
 
     impl Decode for crate::formats::BlockMXFP4 {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            decode_table(blocks, sink)
+        }
+    }
+
+    impl Decode for crate::formats::BlockQ4_0 {
         #[inline(always)]
         unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
             decode_table(blocks, sink)

@@ -133,6 +133,7 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
     check::<BlockIQ4XS>(&kquants::simd_variants(), &mut rng);
     check::<BlockIQ4NL>(&kquants::simd_variants(), &mut rng);
     check::<BlockMXFP4>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ4_0>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ6K>(&kquants::simd_variants(), &mut rng);
 }
 
