@@ -227,6 +227,80 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
     acc
 }
 
+/// A vectorised 8-bit dot: one weight row against 1 to [`DOT_Q8_TOKENS`] activation rows,
+/// one sum per row of `out`; unsafe to call on a CPU without its features or with rows that
+/// do not hold the weight row's values ([`check_rows`]).
+pub type Kernel<B> = unsafe fn(&[B], &[Q8Row], &mut [f32]);
+
+/// The formats with hand-vectorised 8-bit dots: their kernels per instruction set, in one
+/// place for every format (a new kernel is a line below).
+pub trait IntKernels: Block {
+    /// AVX-512 VNNI, then AVX2.
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2];
+}
+
+impl IntKernels for super::BlockQ8_0 {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q8_0, avx2::dot_q8_0];
+}
+
+impl IntKernels for super::BlockQ4_0 {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q4_0, avx2::dot_q4_0];
+}
+
+impl IntKernels for super::BlockQ5_0 {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q5_0, avx2::dot_q5_0];
+}
+
+impl IntKernels for super::BlockQ4K {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q4_k, avx2::dot_q4_k];
+}
+
+impl IntKernels for super::BlockQ5K {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q5_k, avx2::dot_q5_k];
+}
+
+impl IntKernels for super::BlockQ6K {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q6_k, avx2::dot_q6_k];
+}
+
+/// The kernel of `B` for the widest instruction set this CPU has, if any.
+pub fn kernel<B: IntKernels>() -> Option<Kernel<B>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            return Some(B::KERNELS[0]);
+        }
+        if avx2::available() {
+            return Some(B::KERNELS[1]);
+        }
+    }
+    None
+}
+
+/// [`Block::dot_q8_tokens`] of a format with vectorised kernels: the widest this CPU runs,
+/// else the definition row by row.
+pub fn dot_rows<B: IntKernels>(blocks: &[B], xs: &[Q8Row], out: &mut [f32]) {
+    match kernel::<B>() {
+        Some(kernel) => {
+            check_rows(blocks.len() * B::VALUES, xs, out);
+            // SAFETY: `kernel` returned it for this CPU; every row holds the blocks' values.
+            unsafe { kernel(blocks, xs, out) }
+        }
+        None => {
+            for (x, o) in xs.iter().zip(out.iter_mut()) {
+                *o = dot_scalar(blocks, *x);
+            }
+        }
+    }
+}
+
 /// Q4_0 and Q5_0 as the vectorised 8-bit dots read them: a block's scale, its 16 bytes of
 /// nibbles (low: values 0-15, high: 16-31), Q5_0's fifth bits (bit i for value i), and the
 /// offset subtracted from every code.

@@ -360,32 +360,8 @@ impl Block for BlockQ4K {
     }
 
     #[inline]
-    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
-        let mut out = [0f32];
-        Self::dot_q8_tokens(blocks, &[x], &mut out);
-        out[0]
-    }
-
-    #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::int8::{avx2, avx512, check_rows};
-            if avx512::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: the CPU has the features the function is compiled for; every row
-                // holds the values the blocks do.
-                return unsafe { avx512::dot_q4_k(blocks, xs, out) };
-            }
-            if avx2::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: as above.
-                return unsafe { avx2::dot_q4_k(blocks, xs, out) };
-            }
-        }
-        for (x, o) in xs.iter().zip(out.iter_mut()) {
-            *o = super::int8::dot_scalar(blocks, *x);
-        }
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     fn quantize(values: &[f32]) -> Self {
@@ -464,32 +440,8 @@ impl Block for BlockQ5K {
     }
 
     #[inline]
-    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
-        let mut out = [0f32];
-        Self::dot_q8_tokens(blocks, &[x], &mut out);
-        out[0]
-    }
-
-    #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::int8::{avx2, avx512, check_rows};
-            if avx512::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: the CPU has the features the function is compiled for; every row
-                // holds the values the blocks do.
-                return unsafe { avx512::dot_q5_k(blocks, xs, out) };
-            }
-            if avx2::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: as above.
-                return unsafe { avx2::dot_q5_k(blocks, xs, out) };
-            }
-        }
-        for (x, o) in xs.iter().zip(out.iter_mut()) {
-            *o = super::int8::dot_scalar(blocks, *x);
-        }
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     fn quantize(values: &[f32]) -> Self {
@@ -571,32 +523,8 @@ impl Block for BlockQ6K {
     }
 
     #[inline]
-    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
-        let mut out = [0f32];
-        Self::dot_q8_tokens(blocks, &[x], &mut out);
-        out[0]
-    }
-
-    #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::int8::{avx2, avx512, check_rows};
-            if avx512::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: the CPU has the features the function is compiled for; every row
-                // holds the values the blocks do.
-                return unsafe { avx512::dot_q6_k(blocks, xs, out) };
-            }
-            if avx2::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: as above.
-                return unsafe { avx2::dot_q6_k(blocks, xs, out) };
-            }
-        }
-        for (x, o) in xs.iter().zip(out.iter_mut()) {
-            *o = super::int8::dot_scalar(blocks, *x);
-        }
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     fn quantize(values: &[f32]) -> Self {
@@ -777,16 +705,27 @@ pub(super) mod codes {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn iq4_xs(b: &BlockIQ4XS, ib: usize) -> __m256i {
-        levels(&IQ4_LEVELS, &b.qs[16 * ib..16 * ib + 16])
+        const IQ4_BIASED: [u8; 16] = biased(IQ4_LEVELS);
+        levels(&IQ4_BIASED, &b.qs[16 * ib..16 * ib + 16])
     }
 
-    /// 16 bytes of nibbles (low: values 0-15, high: 16-31) as `table`'s levels plus 128,
-    /// unsigned bytes.
+    /// A table of levels plus 128, as unsigned bytes (evaluated at compile time).
+    pub const fn biased(levels: [i8; 16]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            out[i] = (levels[i] as u8) ^ 0x80;
+            i += 1;
+        }
+        out
+    }
+
+    /// 16 bytes of nibbles (low: values 0-15, high: 16-31) as the levels of `biased` (a
+    /// table from [`biased`]), unsigned bytes.
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn levels(table: &[i8; 16], qs: &[u8]) -> __m256i {
+    pub unsafe fn levels(biased: &[u8; 16], qs: &[u8]) -> __m256i {
         debug_assert!(qs.len() >= 16);
-        let biased: [u8; 16] = std::array::from_fn(|i| (table[i] as u8) ^ 0x80);
         let table = _mm_loadu_si128(biased.as_ptr() as *const __m128i);
         let mask = _mm_set1_epi8(0x0F);
         let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
@@ -799,6 +738,7 @@ pub(super) mod codes {
     /// the block's scale.
     pub trait TableBlock {
         const LEVELS: [i8; 16];
+        const BIASED: [u8; 16] = biased(Self::LEVELS);
         fn scale(&self) -> f32;
         fn nibbles(&self) -> &[u8; 16];
     }
@@ -1050,7 +990,7 @@ mod avx2 {
         let bias = _mm256_set1_epi32(128);
         for (i, b) in blocks.iter().enumerate() {
             let d = _mm256_set1_ps(b.scale());
-            let levels = codes::levels(&B::LEVELS, b.nibbles());
+            let levels = codes::levels(&B::BIASED, b.nibbles());
             for (g, q) in widen4(levels).into_iter().enumerate() {
                 let level = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
                 sums.add(_mm256_mul_ps(d, level), 32 * i + 8 * g, g);
@@ -1245,7 +1185,7 @@ mod avx512 {
         let bias = _mm512_set1_epi32(128);
         for (i, b) in blocks.iter().enumerate() {
             let d = _mm512_set1_ps(b.scale());
-            let levels = codes::levels(&B::LEVELS, b.nibbles());
+            let levels = codes::levels(&B::BIASED, b.nibbles());
             for (g, q) in widen2(levels).into_iter().enumerate() {
                 let level = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, bias));
                 sink.take(_mm512_mul_ps(d, level), 32 * i + 16 * g, g);

@@ -110,19 +110,22 @@ pub trait Block: bytemuck::Pod + Send + Sync {
         unreachable!("{} has no 8-bit codes", Self::TYPE)
     }
 
-    /// The 8-bit mode's dot of a row with activations in 8 bits: the hand-vectorised
-    /// version where a format has one and the CPU supports it, else [`int8::dot_scalar`].
+    /// The 8-bit mode's dot of a row with activations in 8 bits ([`Block::dot_q8_tokens`]
+    /// of one row).
     #[inline]
     fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
-        int8::dot_scalar(blocks, x)
+        let mut out = [0f32];
+        Self::dot_q8_tokens(blocks, &[x], &mut out);
+        out[0]
     }
 
-    /// [`Block::dot_q8`] of one row with up to [`int8::DOT_Q8_TOKENS`] activation rows at
-    /// once, each weight decoded once for all of them. This default: one row at a time.
+    /// The 8-bit dot of one row with up to [`int8::DOT_Q8_TOKENS`] activation rows at once:
+    /// [`int8::dot_rows`] where a format has vectorised kernels ([`int8::IntKernels`]), each
+    /// weight decoded once for all the rows; this default, [`int8::dot_scalar`] per row.
     #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
         for (x, o) in xs.iter().zip(out.iter_mut()) {
-            *o = Self::dot_q8(blocks, *x);
+            *o = int8::dot_scalar(blocks, *x);
         }
     }
 }

@@ -51,32 +51,8 @@ impl Block for BlockQ8_0 {
     }
 
     #[inline]
-    fn dot_q8(blocks: &[Self], x: Q8Row) -> f32 {
-        let mut out = [0f32];
-        Self::dot_q8_tokens(blocks, &[x], &mut out);
-        out[0]
-    }
-
-    #[inline]
     fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::int8::{avx2, avx512, check_rows};
-            if avx512::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: the CPU has the features the function is compiled for; every row
-                // holds the values the blocks do.
-                return unsafe { avx512::dot_q8_0(blocks, xs, out) };
-            }
-            if avx2::available() {
-                check_rows(blocks.len() * Self::VALUES, xs, out);
-                // SAFETY: as above.
-                return unsafe { avx2::dot_q8_0(blocks, xs, out) };
-            }
-        }
-        for (x, o) in xs.iter().zip(out.iter_mut()) {
-            *o = super::int8::dot_scalar(blocks, *x);
-        }
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     #[inline]

@@ -528,37 +528,57 @@ fn dot_q8_error_against_the_exact_dot_is_small() {
 /// the f32 scaling), on rows of odd block counts too.
 #[test]
 fn dot_q8_tokens_matches_one_row_at_a_time() {
-    use int8::{Q8Rows, DOT_Q8_TOKENS};
     let mut rng = SplitMix64(19);
     for f in FORMATS.iter().filter(|f| f.has_dot_q8()) {
-        for n_values in [192usize, 2304, 2336] {
-            if !n_values.is_multiple_of(f.block_values) {
-                continue;
-            }
-            let bytes = random_blocks(f, n_values / f.block_values, &mut rng);
-            let x: Vec<f32> = (0..DOT_Q8_TOKENS * n_values)
-                .map(|_| uniform(&mut rng))
-                .collect();
-            let xq = Q8Rows::quantize(&x, n_values);
-            let mut w = vec![0f32; n_values];
-            f.dequantize(&bytes, &mut w);
-            for rows in 1..=DOT_Q8_TOKENS {
-                let xs: Vec<_> = (0..rows).map(|t| xq.row(t)).collect();
-                let mut out = vec![f32::NAN; rows];
-                f.dot_q8_tokens(&bytes, &xs, &mut out);
-                for (t, &got) in out.iter().enumerate() {
-                    let one = f.dot_q8(&bytes, xq.row(t));
-                    let scale: f32 = w
-                        .iter()
-                        .zip(xq.row(t).dequantize())
-                        .map(|(a, b)| (a * b).abs())
-                        .sum();
-                    assert!(
-                        (got - one).abs() <= 1e-6 * scale,
-                        "{} row {t} of {rows}: {got} vs {one}",
-                        f.ty
-                    );
-                }
+        check_q8_rows(
+            f,
+            &[192, 2304, 2336],
+            &mut rng,
+            &f.ty.name(),
+            |bytes, xs, out| f.dot_q8_tokens(bytes, xs, out),
+            |bytes, x| f.dot_q8(bytes, x),
+        );
+    }
+}
+
+/// For rows of `f` of each size in `sizes` (random blocks; sizes that are not whole blocks
+/// skipped) and 1 to DOT_Q8_TOKENS activation rows: every sum of `many` equals `one` of its
+/// row within 1e-6 of `Σ |w·x|` (the same integer sums, scaled and added in another order).
+fn check_q8_rows(
+    f: &WeightFormat,
+    sizes: &[usize],
+    rng: &mut SplitMix64,
+    label: &str,
+    many: impl Fn(&[u8], &[int8::Q8Row], &mut [f32]),
+    one: impl Fn(&[u8], int8::Q8Row) -> f32,
+) {
+    use int8::{Q8Rows, DOT_Q8_TOKENS};
+    for &n_values in sizes {
+        if !n_values.is_multiple_of(f.block_values) {
+            continue;
+        }
+        let bytes = random_blocks(f, n_values / f.block_values, rng);
+        let x: Vec<f32> = (0..DOT_Q8_TOKENS * n_values)
+            .map(|_| uniform(rng))
+            .collect();
+        let xq = Q8Rows::quantize(&x, n_values);
+        let mut w = vec![0f32; n_values];
+        f.dequantize(&bytes, &mut w);
+        for rows in 1..=DOT_Q8_TOKENS {
+            let xs: Vec<_> = (0..rows).map(|t| xq.row(t)).collect();
+            let mut out = vec![f32::NAN; rows];
+            many(&bytes, &xs, &mut out);
+            for (t, &got) in out.iter().enumerate() {
+                let want = one(&bytes, xq.row(t));
+                let scale: f32 = w
+                    .iter()
+                    .zip(xq.row(t).dequantize())
+                    .map(|(a, b)| (a * b).abs())
+                    .sum();
+                assert!(
+                    (got - want).abs() <= 1e-6 * scale,
+                    "{label} row {t} of {rows}, {n_values} values: {got} vs {want}"
+                );
             }
         }
     }
@@ -631,79 +651,41 @@ fn non_finite_activations_stay_nan_in_8_bits() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn every_vectorised_8_bit_dot_matches_the_definition() {
-    use int8::{avx2, avx512, Q8Row, Q8Rows, DOT_Q8_TOKENS};
-    /// A kernel over a row's bytes; the rows are checked before every call.
-    type Run = Box<dyn Fn(&[u8], &[Q8Row], &mut [f32])>;
-    fn kernel<B: Block>(f: unsafe fn(&[B], &[Q8Row], &mut [f32])) -> Run {
-        // SAFETY: called only where the CPU has the kernel's features (checked below), on
-        // rows checked by `check_rows`.
-        Box::new(move |bytes, xs, out| unsafe { f(bytemuck::cast_slice(bytes), xs, out) })
-    }
-    let mut sets: Vec<(&str, Vec<(GgmlType, Run)>)> = Vec::new();
-    if avx512::available() {
-        sets.push((
-            "AVX-512 VNNI",
-            vec![
-                (GgmlType::Q8_0, kernel(avx512::dot_q8_0)),
-                (GgmlType::Q4_0, kernel(avx512::dot_q4_0)),
-                (GgmlType::Q5_0, kernel(avx512::dot_q5_0)),
-                (GgmlType::Q4_K, kernel(avx512::dot_q4_k)),
-                (GgmlType::Q5_K, kernel(avx512::dot_q5_k)),
-                (GgmlType::Q6_K, kernel(avx512::dot_q6_k)),
-            ],
-        ));
-    }
-    if avx2::available() {
-        sets.push((
-            "AVX2",
-            vec![
-                (GgmlType::Q8_0, kernel(avx2::dot_q8_0)),
-                (GgmlType::Q4_0, kernel(avx2::dot_q4_0)),
-                (GgmlType::Q5_0, kernel(avx2::dot_q5_0)),
-                (GgmlType::Q4_K, kernel(avx2::dot_q4_k)),
-                (GgmlType::Q5_K, kernel(avx2::dot_q5_k)),
-                (GgmlType::Q6_K, kernel(avx2::dot_q6_k)),
-            ],
-        ));
-    }
-    println!(
-        "8-bit dots tested: {:?}",
-        sets.iter().map(|s| s.0).collect::<Vec<_>>()
-    );
-    let mut rng = SplitMix64(37);
-    for (isa, kernels) in &sets {
-        for (ty, run) in kernels {
-            let f = of(*ty).unwrap();
-            for n_values in [256usize, 2304, 2336] {
-                if !n_values.is_multiple_of(f.block_values) {
-                    continue;
-                }
-                let bytes = random_blocks(f, n_values / f.block_values, &mut rng);
-                let x: Vec<f32> = (0..DOT_Q8_TOKENS * n_values)
-                    .map(|_| uniform(&mut rng))
-                    .collect();
-                let xq = Q8Rows::quantize(&x, n_values);
-                let mut w = vec![0f32; n_values];
-                f.dequantize(&bytes, &mut w);
-                for rows in 1..=DOT_Q8_TOKENS {
-                    let xs: Vec<_> = (0..rows).map(|t| xq.row(t)).collect();
-                    let mut out = vec![f32::NAN; rows];
-                    int8::check_rows(n_values, &xs, &out);
-                    run(&bytes, &xs, &mut out);
-                    for (t, &got) in out.iter().enumerate() {
-                        let want = f.dot_q8_scalar(&bytes, xq.row(t));
-                        let scale: f32 = w
-                            .iter()
-                            .zip(xq.row(t).dequantize())
-                            .map(|(a, b)| (a * b).abs())
-                            .sum();
-                        assert!(
-                            (got - want).abs() <= 1e-6 * scale,
-                            "{isa} {ty} row {t} of {rows}, {n_values} values: {got} vs {want}"
-                        );
-                    }
-                }
+    use int8::{avx2, avx512, IntKernels};
+    fn check<B: IntKernels>(rng: &mut SplitMix64) {
+        let f = of(B::TYPE).unwrap();
+        let isas = [
+            ("AVX-512 VNNI", avx512::available()),
+            ("AVX2", avx2::available()),
+        ];
+        for ((isa, runs), kernel) in isas.into_iter().zip(B::KERNELS) {
+            if !runs {
+                continue;
             }
+            check_q8_rows(
+                f,
+                &[256, 2304, 2336],
+                rng,
+                &format!("{isa} {}", f.ty),
+                |bytes, xs, out| {
+                    int8::check_rows(f.block_values * bytes.len() / f.block_bytes, xs, out);
+                    // SAFETY: the CPU has the kernel's features (`runs`); rows checked.
+                    unsafe { kernel(bytemuck::cast_slice(bytes), xs, out) }
+                },
+                |bytes, x| f.dot_q8_scalar(bytes, x),
+            );
         }
     }
+    println!(
+        "8-bit dots tested: AVX-512 VNNI {}, AVX2 {}",
+        avx512::available(),
+        avx2::available()
+    );
+    let mut rng = SplitMix64(37);
+    check::<BlockQ8_0>(&mut rng);
+    check::<BlockQ4_0>(&mut rng);
+    check::<BlockQ5_0>(&mut rng);
+    check::<BlockQ4K>(&mut rng);
+    check::<BlockQ5K>(&mut rng);
+    check::<BlockQ6K>(&mut rng);
 }
