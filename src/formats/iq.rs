@@ -92,25 +92,7 @@ impl Block for BlockIQ4NL {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        super::kquants::simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        super::kquants::simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        super::kquants::simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        super::kquants::simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 }
 
 impl BlockIQ4XS {
@@ -141,25 +123,7 @@ impl Block for BlockIQ4XS {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        super::kquants::simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        super::kquants::simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        super::kquants::simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        super::kquants::simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 
     fn quantize(values: &[f32]) -> Self {
         let scales: Vec<f32> = values.chunks_exact(32).map(run_scale).collect();

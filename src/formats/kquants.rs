@@ -379,25 +379,7 @@ impl Block for BlockQ4K {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 }
 
 impl Block for BlockQ5K {
@@ -462,25 +444,7 @@ impl Block for BlockQ5K {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 }
 
 impl Block for BlockQ6K {
@@ -544,25 +508,7 @@ impl Block for BlockQ6K {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 }
 
 /// A vectorised dot of one weight row against 1 to [`SIMD_ROWS`] activation rows, `stride`

@@ -132,25 +132,7 @@ impl Block for BlockQ4_0 {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        super::kquants::simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        super::kquants::simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        super::kquants::simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        super::kquants::simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 }
 
 impl Block for BlockQ4_1 {

@@ -12,6 +12,32 @@
 //! (Q2_K to Q6_K), `iq` (IQ4_NL, IQ4_XS), `mxfp4`. A new format: its block in the family's
 //! file (or a new one), and one line in [`FORMATS`].
 
+/// Inside a format's `impl Block`: its row decode and dots through the vectorised decode it
+/// implements (`kquants::Vectorised`), at the widest width this CPU runs.
+macro_rules! vectorised_rows {
+    () => {
+        #[inline]
+        fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
+            crate::formats::kquants::simd_dequantize(blocks, out)
+        }
+
+        #[inline]
+        fn dot(blocks: &[Self], x: &[f32]) -> f32 {
+            crate::formats::kquants::simd_dot(blocks, x)
+        }
+
+        #[inline]
+        fn has_dot_tokens() -> bool {
+            crate::formats::kquants::simd_rows::<Self>().is_some()
+        }
+
+        #[inline]
+        fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
+            crate::formats::kquants::simd_dot_tokens(blocks, x, stride, out)
+        }
+    };
+}
+
 mod float;
 pub mod int8;
 mod iq;
@@ -507,16 +533,12 @@ fn dot_q8_row<B: Block>(bytes: &[u8], x: Q8Row) -> f32 {
 
 fn dot_q8_tokens_row<B: Block>(bytes: &[u8], xs: &[Q8Row], out: &mut [f32]) {
     let blocks: &[B] = bytemuck::cast_slice(bytes);
-    let n = blocks.len() * B::VALUES;
-    assert!(
-        !out.is_empty()
-            && out.len() <= int8::DOT_Q8_TOKENS
-            && xs.len() == out.len()
-            && xs.iter().all(|x| x.qs.len() == n && x.biased.len() == n)
-            && std::mem::size_of_val(blocks) == bytes.len(),
-        "dot_q8_tokens: {} rows for a row of {n} values",
-        xs.len()
+    assert_eq!(
+        std::mem::size_of_val(blocks),
+        bytes.len(),
+        "dot_q8_tokens: part of a block"
     );
+    int8::check_rows(blocks.len() * B::VALUES, xs, out);
     B::dot_q8_tokens(blocks, xs, out)
 }
 

@@ -76,25 +76,7 @@ impl Block for BlockMXFP4 {
         }
     }
 
-    #[inline]
-    fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {
-        super::kquants::simd_dequantize(blocks, out)
-    }
-
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        super::kquants::simd_dot(blocks, x)
-    }
-
-    #[inline]
-    fn has_dot_tokens() -> bool {
-        super::kquants::simd_rows::<Self>().is_some()
-    }
-
-    #[inline]
-    fn dot_tokens(blocks: &[Self], x: &[f32], stride: usize, out: &mut [f32]) {
-        super::kquants::simd_dot_tokens(blocks, x, stride, out)
-    }
+    vectorised_rows!();
 }
 
 /// The GPU layout: the codes to `quants`, the exponent bytes to `scales` (the 17-byte block
