@@ -59,7 +59,7 @@ enum Command {
     Logits(LogitsArgs),
     /// Print the token ids of a text (special-token text becomes the special token).
     Tokenize(TokenizeArgs),
-    /// Write a GGUF of the GLM-4.7-Flash layout with random Q8_0 weights.
+    /// Write a GGUF of the GLM-4.7-Flash layout with random weights, in the type mix of a file type.
     Synth(SynthArgs),
     /// Time decode (at a cache depth) and prefill on a backend.
     Bench(BenchArgs),

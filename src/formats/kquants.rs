@@ -5,7 +5,8 @@
 //!
 //! The vectorised decodes here (AVX2 and AVX-512: weights decoded in registers into the
 //! sums of up to four activation rows, or to memory) also serve the formats whose values are
-//! a table's levels times a scale: IQ4_XS, IQ4_NL, MXFP4 and Q4_0 (`codes::levels`).
+//! a table's levels times a scale (IQ4_XS, IQ4_NL, MXFP4 and Q4_0: `codes::levels`) and the
+//! other legacy formats (Q4_1, Q5_0, Q5_1: `codes::Affine32`).
 
 use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
@@ -246,6 +247,18 @@ fn quantize_symmetric(
 
 // ---------------------------------------------------------------------------------------
 
+impl BlockQ2K {
+    /// Each sub-block's `d · scale` and `dmin · min`.
+    #[inline(always)]
+    fn sub_scales(&self) -> ([f32; 16], [f32; 16]) {
+        let (d, dmin) = (self.d.get(), self.dmin.get());
+        (
+            std::array::from_fn(|i| d * (self.scales[i] & 0x0F) as f32),
+            std::array::from_fn(|i| dmin * (self.scales[i] >> 4) as f32),
+        )
+    }
+}
+
 impl Block for BlockQ2K {
     const TYPE: GgmlType = GgmlType::Q2_K;
     const VALUES: usize = QK_K;
@@ -253,12 +266,11 @@ impl Block for BlockQ2K {
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
-        let (d, dmin) = (self.d.get(), self.dmin.get());
+        let (dls, mls) = self.sub_scales();
         for (v, o) in out.chunks_exact_mut(16).enumerate() {
             // Sub-block v: 16 values at the same shift of 16 consecutive bytes.
             let (byte, shift, sub) = two_bit_slot(16 * v);
-            let sc = self.scales[sub];
-            let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
+            let (dl, ml) = (dls[sub], mls[sub]);
             for (o, &q) in o.iter_mut().zip(&self.qs[byte..byte + 16]) {
                 *o = dl * ((q >> shift) & 3) as f32 - ml;
             }
@@ -279,6 +291,8 @@ impl Block for BlockQ2K {
             dmin,
         }
     }
+
+    vectorised_rows!();
 }
 
 impl Block for BlockQ3K {
@@ -319,6 +333,8 @@ impl Block for BlockQ3K {
             d,
         }
     }
+
+    vectorised_rows!();
 }
 
 impl Block for BlockQ4K {
@@ -518,8 +534,8 @@ pub(super) type SimdRows<B> = unsafe fn(&[B], &[f32], usize, &mut [f32]);
 /// Activation rows the vectorised K-quant dots take at once.
 const SIMD_ROWS: usize = 4;
 
-/// The formats with vectorised decodes on x86_64 (Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL, MXFP4
-/// and Q4_0), at both widths.
+/// The formats with vectorised decodes on x86_64 (every quantized one but Q8_0, which has its
+/// own), at both widths.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
 #[cfg(target_arch = "x86_64")]
@@ -638,12 +654,11 @@ pub(super) fn pack_gpu_q6_k(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec
     }
 }
 
-/// The codes of the two formats that carry most bytes of a Q4_K_M file, 32 bytes at a
-/// time, shared by both widths below.
+/// Each vectorised format's codes, 32 bytes at a time, shared by both widths below.
 #[cfg(target_arch = "x86_64")]
 pub(super) mod codes {
-    use super::{BlockQ4K, BlockQ5K, BlockQ6K};
-    use crate::formats::{BlockIQ4XS, F16Bits, IQ4_LEVELS};
+    use super::{BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
+    use crate::formats::{BlockIQ4XS, BlockQ4_1, BlockQ5_0, BlockQ5_1, F16Bits, IQ4_LEVELS};
     use std::arch::x86_64::*;
 
     /// IQ4_XS's run `ib` (32 values: the low nibbles of its 16 bytes, then the high) as
@@ -713,7 +728,7 @@ pub(super) mod codes {
     impl TableBlock for crate::formats::BlockMXFP4 {
         const LEVELS: [i8; 16] = crate::formats::MXFP4_LEVELS;
         fn scale(&self) -> f32 {
-            self.scale()
+            crate::formats::BlockMXFP4::scale(self)
         }
         fn nibbles(&self) -> &[u8; 16] {
             &self.qs
@@ -762,6 +777,109 @@ pub(super) mod codes {
                     fifth(2 * pair + 1),
                 ),
             ]
+        }
+    }
+
+    /// Q2_K's and Q3_K's low two bits of run `run` of half `half` (32 values: sub-blocks
+    /// 8 half + 2 run and the next): bits 2 run and 2 run + 1 of `qs[32 half..32 half + 32]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn two_bits(qs: &[u8; 64], half: usize, run: usize) -> __m256i {
+        let v = _mm256_loadu_si256(qs.as_ptr().add(32 * half) as *const __m256i);
+        let shifted = _mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * run as i32));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(3))
+    }
+
+    /// Q3_K's codes (offset 4 not yet taken) of the same run: the two low bits, and bit
+    /// 4 half + run of `hmask[l]` as the third (set: no offset, so the code is 4 higher).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q3_k(b: &BlockQ3K, half: usize, run: usize) -> __m256i {
+        let h = _mm256_loadu_si256(b.hmask.as_ptr() as *const __m256i);
+        let bit = _mm256_srl_epi16(h, _mm_cvtsi32_si128((4 * half + run) as i32));
+        let third = _mm256_slli_epi16(_mm256_and_si256(bit, _mm256_set1_epi8(1)), 2);
+        _mm256_or_si256(two_bits(&b.qs, half, run), third)
+    }
+
+    /// 16 bytes of nibbles as 32 codes in value order: the low nibbles (values 0-15), then
+    /// the high (16-31).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+        let mask = _mm_set1_epi8(0x0F);
+        let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+        let lo = _mm_and_si128(q, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// The fifth bits of a legacy Q5 block: byte `i` is 16 where bit `i` of `qh` is set.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn fifth_bits(qh: u32) -> __m256i {
+        let all = _mm256_set1_epi32(qh as i32);
+        // Byte i takes byte i / 8 of qh (each 128-bit lane holds all four), then its bit i % 8.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let bytes = _mm256_and_si256(_mm256_shuffle_epi8(all, spread), bit);
+        _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(16))
+    }
+
+    /// Q4_1, Q5_0 and Q5_1: blocks of 32 codes (a nibble, and for the Q5 formats bit `i` of
+    /// `qh` as the fifth bit of value `i`), each value `(code - OFFSET) · d`, plus the block's
+    /// minimum `m` for the `_1` formats (the operations of their `dequantize`).
+    pub trait Affine32 {
+        const OFFSET: i32;
+        const HAS_MIN: bool;
+        /// `d` and the minimum `m` added (0 where not [`Affine32::HAS_MIN`]).
+        fn scale_min(&self) -> (f32, f32);
+        fn nibbles(&self) -> &[u8; 16];
+        /// The fifth bits (0 for Q4_1).
+        fn fifth(&self) -> u32;
+    }
+
+    impl Affine32 for BlockQ4_1 {
+        const OFFSET: i32 = 0;
+        const HAS_MIN: bool = true;
+        fn scale_min(&self) -> (f32, f32) {
+            (self.d.get(), self.m.get())
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
+        fn fifth(&self) -> u32 {
+            0
+        }
+    }
+
+    impl Affine32 for BlockQ5_0 {
+        const OFFSET: i32 = 16;
+        const HAS_MIN: bool = false;
+        fn scale_min(&self) -> (f32, f32) {
+            (self.d.get(), 0.0)
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
+        fn fifth(&self) -> u32 {
+            u32::from_le_bytes(self.qh)
+        }
+    }
+
+    impl Affine32 for BlockQ5_1 {
+        const OFFSET: i32 = 0;
+        const HAS_MIN: bool = true;
+        fn scale_min(&self) -> (f32, f32) {
+            (self.d.get(), self.m.get())
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
+        fn fifth(&self) -> u32 {
+            u32::from_le_bytes(self.qh)
         }
     }
 
@@ -814,8 +932,8 @@ pub(super) mod codes {
 /// independent 8-lane sums).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{codes, scales_and_mins, BlockQ6K};
-    use crate::formats::BlockIQ4XS;
+    use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};
+    use crate::formats::{BlockIQ4XS, BlockQ4_1, BlockQ5_0, BlockQ5_1};
     use std::arch::x86_64::*;
 
     /// A format whose rows this width decodes into [`Sums`].
@@ -965,6 +1083,93 @@ mod avx2 {
         }
     }
 
+    /// Q4_1, Q5_0 and Q5_1: `(code - offset) · d`, plus `m` for the `_1` formats.
+    #[inline(always)]
+    unsafe fn decode_affine<B: codes::Affine32, const T: usize>(blocks: &[B], sums: &mut Sums<T>) {
+        let offset = _mm256_set1_epi32(B::OFFSET);
+        for (i, b) in blocks.iter().enumerate() {
+            let (d, m) = b.scale_min();
+            let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+            let codes = codes::nibbles(b.nibbles());
+            let codes = _mm256_or_si256(codes, codes::fifth_bits(b.fifth()));
+            for (g, q) in widen4(codes).into_iter().enumerate() {
+                let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
+                let mut w = _mm256_mul_ps(q, d);
+                if B::HAS_MIN {
+                    w = _mm256_add_ps(w, m);
+                }
+                sums.add(w, 32 * i + 8 * g, g);
+            }
+        }
+    }
+
+    impl Decode for BlockQ4_1 {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            decode_affine(blocks, sums)
+        }
+    }
+
+    impl Decode for BlockQ5_0 {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            decode_affine(blocks, sums)
+        }
+    }
+
+    impl Decode for BlockQ5_1 {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            decode_affine(blocks, sums)
+        }
+    }
+
+    /// Q2_K: each value `d · scale · code - dmin · min` of its sub-block of 16.
+    impl Decode for BlockQ2K {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            for (i, b) in blocks.iter().enumerate() {
+                let (dl, ml) = b.sub_scales();
+                for half in 0..2 {
+                    for run in 0..4 {
+                        let codes = codes::two_bits(&b.qs, half, run);
+                        for (g, q) in widen4(codes).into_iter().enumerate() {
+                            let sub = 8 * half + 2 * run + g / 2;
+                            let (dl, ml) = (_mm256_set1_ps(dl[sub]), _mm256_set1_ps(ml[sub]));
+                            let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
+                            sums.add(w, 256 * i + 128 * half + 32 * run + 8 * g, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q3_K: each value `d · scale · (code - 4)` of its sub-block of 16.
+    impl Decode for BlockQ3K {
+        #[inline(always)]
+        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
+            let offset = _mm256_set1_epi32(4);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                let scales = q3_scales(&b.scales);
+                for half in 0..2 {
+                    for run in 0..4 {
+                        for (g, q) in widen4(codes::q3_k(b, half, run)).into_iter().enumerate() {
+                            let dl = _mm256_set1_ps(d * scales[8 * half + 2 * run + g / 2] as f32);
+                            let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
+                            sums.add(
+                                _mm256_mul_ps(dl, q),
+                                256 * i + 128 * half + 32 * run + 8 * g,
+                                g,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     impl Decode for BlockQ6K {
         #[inline(always)]
         unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
@@ -992,8 +1197,8 @@ mod avx2 {
 /// (the batched forward's dequantization).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{codes, scales_and_mins, BlockQ6K};
-    use crate::formats::BlockIQ4XS;
+    use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};
+    use crate::formats::{BlockIQ4XS, BlockQ4_1, BlockQ5_0, BlockQ5_1};
     use std::arch::x86_64::*;
 
     /// A format whose rows this width decodes.
@@ -1157,6 +1362,91 @@ mod avx512 {
         #[inline(always)]
         unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
             decode_table(blocks, sink)
+        }
+    }
+
+    /// Q4_1, Q5_0 and Q5_1: `(code - offset) · d`, plus `m` for the `_1` formats.
+    #[inline(always)]
+    unsafe fn decode_affine<B: codes::Affine32, W: Take>(blocks: &[B], sink: &mut W) {
+        let offset = _mm512_set1_epi32(B::OFFSET);
+        let sixteen = _mm512_set1_epi32(16);
+        for (i, b) in blocks.iter().enumerate() {
+            let (d, m) = b.scale_min();
+            let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+            let fifth = b.fifth();
+            for (g, q) in widen2(codes::nibbles(b.nibbles())).into_iter().enumerate() {
+                let q = _mm512_mask_or_epi32(q, (fifth >> (16 * g)) as u16, q, sixteen);
+                let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
+                let mut w = _mm512_mul_ps(q, d);
+                if B::HAS_MIN {
+                    w = _mm512_add_ps(w, m);
+                }
+                sink.take(w, 32 * i + 16 * g, g);
+            }
+        }
+    }
+
+    impl Decode for BlockQ4_1 {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            decode_affine(blocks, sink)
+        }
+    }
+
+    impl Decode for BlockQ5_0 {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            decode_affine(blocks, sink)
+        }
+    }
+
+    impl Decode for BlockQ5_1 {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            decode_affine(blocks, sink)
+        }
+    }
+
+    /// Q2_K: each value `d · scale · code - dmin · min` of its sub-block of 16.
+    impl Decode for BlockQ2K {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            for (i, b) in blocks.iter().enumerate() {
+                let (dl, ml) = b.sub_scales();
+                for half in 0..2 {
+                    for run in 0..4 {
+                        let codes = codes::two_bits(&b.qs, half, run);
+                        for (g, q) in widen2(codes).into_iter().enumerate() {
+                            let sub = 8 * half + 2 * run + g;
+                            let (dl, ml) = (_mm512_set1_ps(dl[sub]), _mm512_set1_ps(ml[sub]));
+                            let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
+                            sink.take(w, 256 * i + 128 * half + 32 * run + 16 * g, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q3_K: each value `d · scale · (code - 4)` of its sub-block of 16.
+    impl Decode for BlockQ3K {
+        #[inline(always)]
+        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
+            let offset = _mm512_set1_epi32(4);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                let scales = q3_scales(&b.scales);
+                for half in 0..2 {
+                    for run in 0..4 {
+                        for (g, q) in widen2(codes::q3_k(b, half, run)).into_iter().enumerate() {
+                            let dl = _mm512_set1_ps(d * scales[8 * half + 2 * run + g] as f32);
+                            let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
+                            let at = 256 * i + 128 * half + 32 * run + 16 * g;
+                            sink.take(_mm512_mul_ps(dl, q), at, g);
+                        }
+                    }
+                }
+            }
         }
     }
 

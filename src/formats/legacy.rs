@@ -162,6 +162,8 @@ impl Block for BlockQ4_1 {
             qs: pack_nibbles(&q),
         }
     }
+
+    vectorised_rows!();
 }
 
 impl Block for BlockQ5_0 {
@@ -214,15 +216,7 @@ impl Block for BlockQ5_0 {
         }
     }
 
-    #[inline]
-    fn dot(blocks: &[Self], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx512() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx512::dot_q5_0(blocks, &x[..32 * blocks.len()]) };
-        }
-        super::dot_scalar(blocks, x)
-    }
+    vectorised_rows!();
 }
 
 impl Block for BlockQ5_1 {
@@ -255,6 +249,8 @@ impl Block for BlockQ5_1 {
             qs: pack_nibbles(&q),
         }
     }
+
+    vectorised_rows!();
 }
 
 /// The GPU layouts (see [`GpuLayout`]): the nibbles to `quants`; `d` (and `m`, `qh`) to
@@ -295,45 +291,5 @@ pub(super) fn pack_gpu(
             }
         }
         _ => unreachable!("{} is not a legacy layout", layout.name()),
-    }
-}
-
-/// Q5_0 (the fallback type of `attn_k_b` in Q4_K_M files), sixteen lanes wide: each value
-/// decoded with the same operations as `dequantize` (so to the same bits) and multiplied
-/// into two independent sums.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::BlockQ5_0;
-    use std::arch::x86_64::*;
-
-    /// The 32 five-bit codes of a block as i32, values 0..16 then 16..32: a nibble of `qs`
-    /// with bit j of `qh` as its fifth bit.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn codes(b: &BlockQ5_0) -> [__m512i; 2] {
-        let q = _mm_loadu_si128(b.qs.as_ptr() as *const __m128i);
-        let nibbles = _mm_set1_epi8(0x0F);
-        let lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, nibbles));
-        let hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nibbles));
-        let qh = u32::from_le_bytes(b.qh);
-        let fifth = _mm512_set1_epi32(16);
-        [
-            _mm512_or_si512(lo, _mm512_maskz_mov_epi32(qh as u16, fifth)),
-            _mm512_or_si512(hi, _mm512_maskz_mov_epi32((qh >> 16) as u16, fifth)),
-        ]
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_q5_0(blocks: &[BlockQ5_0], x: &[f32]) -> f32 {
-        let offset = _mm512_set1_epi32(16);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for (b, xs) in blocks.iter().zip(x.chunks_exact(32)) {
-            let d = _mm512_set1_ps(b.d.get());
-            for (g, c) in codes(b).into_iter().enumerate() {
-                let w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, offset)), d);
-                acc[g] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs.as_ptr().add(16 * g)), acc[g]);
-            }
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
     }
 }

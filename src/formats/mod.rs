@@ -64,9 +64,23 @@ use int8::{Codes, Q8Row};
 pub struct F16Bits(pub [u8; 2]);
 
 impl F16Bits {
+    /// The value as f32 (exact: every f16 is an f32). Written out rather than through
+    /// `half`, whose conversion asks the CPU for F16C on every call: for a block of 32
+    /// values the call cost as much as decoding them. Normal values move their exponent,
+    /// subnormals scale their integer mantissa, infinities and NaNs keep theirs.
     #[inline]
     pub fn get(self) -> f32 {
-        half::f16::from_bits(u16::from_le_bytes(self.0)).to_f32()
+        let h = u16::from_le_bytes(self.0) as u32;
+        let sign = (h & 0x8000) << 16;
+        let magnitude = h & 0x7FFF;
+        let bits = if magnitude >= 0x7C00 {
+            (magnitude << 13) | 0x7F80_0000
+        } else if magnitude >= 0x0400 {
+            (magnitude << 13) + ((127 - 15) << 23)
+        } else {
+            (magnitude as f32 * (1.0 / (1 << 24) as f32)).to_bits()
+        };
+        f32::from_bits(bits | sign)
     }
 
     /// Round to nearest even, as ggml's `GGML_FP32_TO_FP16`.
@@ -165,15 +179,26 @@ pub const GROUP: usize = 256;
 /// The reference dot: `Σ dequantized value · x` in f32, each group of [`GROUP`] values decoded
 /// into a buffer and multiplied into 8 independent sums (which the compiler vectorises).
 pub fn dot_scalar<B: Block>(blocks: &[B], x: &[f32]) -> f32 {
+    dot_decoded(blocks, x, |group, out| {
+        for (b, out) in group.iter().zip(out.chunks_exact_mut(B::VALUES)) {
+            b.dequantize(out);
+        }
+    })
+}
+
+/// [`dot_scalar`]'s sums, each group of [`GROUP`] values decoded by `decode` (blocks, out).
+pub(crate) fn dot_decoded<B: Block>(
+    blocks: &[B],
+    x: &[f32],
+    decode: impl Fn(&[B], &mut [f32]),
+) -> f32 {
     let per_group = GROUP / B::VALUES;
     let mut buf = [0f32; GROUP];
     let mut acc = [0f32; 8];
     let mut tail = 0f32;
     for (group, xs) in blocks.chunks(per_group).zip(x.chunks(GROUP)) {
         let n = group.len() * B::VALUES;
-        for (b, out) in group.iter().zip(buf.chunks_exact_mut(B::VALUES)) {
-            b.dequantize(out);
-        }
+        decode(group, &mut buf[..n]);
         let (w, x) = (&buf[..n], &xs[..n]);
         for (w8, x8) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
             for k in 0..8 {

@@ -21,6 +21,24 @@ fn random_blocks(f: &WeightFormat, blocks: usize, rng: &mut SplitMix64) -> Vec<u
     out
 }
 
+/// Every f16 bit pattern decodes as `half` decodes it (NaNs as NaNs).
+#[test]
+fn f16_bits_decode_as_half() {
+    for bits in 0..=u16::MAX {
+        let got = F16Bits(bits.to_le_bytes()).get();
+        let want = half::f16::from_bits(bits).to_f32();
+        if want.is_nan() {
+            assert!(got.is_nan(), "{bits:#06x}: {got}");
+        } else {
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{bits:#06x}: {got} vs {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn table_agrees_with_the_container() {
     assert_eq!(FORMATS.len(), 16);
@@ -134,6 +152,11 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
     check::<BlockIQ4NL>(&kquants::simd_variants(), &mut rng);
     check::<BlockMXFP4>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ4_0>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ4_1>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ5_0>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ5_1>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ2K>(&kquants::simd_variants(), &mut rng);
+    check::<BlockQ3K>(&kquants::simd_variants(), &mut rng);
     check::<BlockQ6K>(&kquants::simd_variants(), &mut rng);
 }
 
