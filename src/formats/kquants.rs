@@ -537,9 +537,9 @@ const SIMD_ROWS: usize = 4;
 /// The formats with vectorised decodes on x86_64 (every quantized one but Q8_0, which has its
 /// own), at both widths.
 #[cfg(target_arch = "x86_64")]
-pub(super) trait Vectorised: avx2::Decode + avx512::Decode {}
+pub(super) trait Vectorised: decode::Decode {}
 #[cfg(target_arch = "x86_64")]
-impl<B: avx2::Decode + avx512::Decode> Vectorised for B {}
+impl<B: decode::Decode> Vectorised for B {}
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) trait Vectorised {}
 #[cfg(not(target_arch = "x86_64"))]
@@ -828,6 +828,14 @@ pub(super) mod codes {
         _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(16))
     }
 
+    /// A legacy block's 32 codes in value order: its nibbles with `fifth`'s bits as the
+    /// fifth bits.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn with_fifth(qs: &[u8; 16], fifth: u32) -> __m256i {
+        _mm256_or_si256(nibbles(qs), fifth_bits(fifth))
+    }
+
     /// Q4_1, Q5_0 and Q5_1: blocks of 32 codes (a nibble, and for the Q5 formats bit `i` of
     /// `qh` as the fifth bit of value `i`), each value `(code - OFFSET) · d`, plus the block's
     /// minimum `m` for the `_1` formats (the operations of their `dequantize`).
@@ -927,49 +935,282 @@ pub(super) mod codes {
     }
 }
 
-/// Eight lanes: each weight decoded with the same f32 operations as `dequantize` (so to the
-/// same bits) and multiplied into the sums of up to four activation rows (one row: four
-/// independent 8-lane sums).
+/// Each vectorised format's decode, written once for both widths: weights decoded with the
+/// same f32 operations as `dequantize` (so to the same bits), a vector of [`Width::LANES`]
+/// at a time, handed to a [`Take`] (the sums of up to four activation rows, or memory).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod decode {
     use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};
     use crate::formats::{BlockIQ4XS, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+    use std::arch::x86_64::__m256i;
+
+    /// One SIMD width: its vectors and the operations the decodes use. Every method is
+    /// inlined into the width's `#[target_feature]` entry points (`avx2::dot`, ...).
+    pub trait Width {
+        /// `LANES` f32 values.
+        type F: Copy;
+        /// `LANES` i32 values.
+        type I: Copy;
+        const LANES: usize;
+        unsafe fn splat(v: f32) -> Self::F;
+        unsafe fn splat_i32(v: i32) -> Self::I;
+        /// The 32 / `LANES` groups of a run of 32 values.
+        type Groups: IntoIterator<Item = Self::I>;
+        /// Each group of `LANES` bytes of `codes` (32 unsigned bytes), widened to i32.
+        unsafe fn widen(codes: __m256i) -> Self::Groups;
+        /// `(a - b)` as f32.
+        unsafe fn minus_f32(a: Self::I, b: Self::I) -> Self::F;
+        unsafe fn to_f32(a: Self::I) -> Self::F;
+        unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+        unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
+        unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+    }
+
+    /// Where a row's decoded weights go, a vector at a time.
+    pub trait Take<W: Width> {
+        /// Weights `w` of values `at..at + LANES` of the row, the `g`-th group of their run
+        /// of 32.
+        unsafe fn take(&mut self, w: W::F, at: usize, g: usize);
+    }
+
+    /// A format with a vectorised decode.
+    pub trait Decode: Sized {
+        /// Feeds every weight of `blocks` to `sink`, in order.
+        unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S);
+    }
+
+    /// The 16-value sub-block of group `g` within a run of 32 values (the run's first or
+    /// second sub-block).
+    #[inline(always)]
+    fn sub16<W: Width>(g: usize) -> usize {
+        W::LANES * g / 16
+    }
+
+    /// Q4_K and Q5_K: `d · scale · code - dmin · min` of each sub-block of 32.
+    impl<B: codes::WithMins> Decode for B {
+        #[inline(always)]
+        unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
+            for (i, b) in blocks.iter().enumerate() {
+                let (d, dmin, scales) = b.header();
+                let (d, dmin) = (d.get(), dmin.get());
+                let (sc, m) = scales_and_mins(scales);
+                for pair in 0..4 {
+                    for (half, codes) in b.pair_codes(pair).into_iter().enumerate() {
+                        let sub = 2 * pair + half;
+                        let dl = W::splat(d * sc[sub] as f32);
+                        let ml = W::splat(dmin * m[sub] as f32);
+                        for (g, q) in W::widen(codes).into_iter().enumerate() {
+                            let w = W::sub(W::mul(dl, W::to_f32(q)), ml);
+                            sink.take(w, 256 * i + 32 * sub + W::LANES * g, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// IQ4_XS: each run of 32 its scale times the levels.
+    impl Decode for BlockIQ4XS {
+        #[inline(always)]
+        unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
+            let bias = W::splat_i32(128);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                for ib in 0..8 {
+                    let dl = W::splat(d * b.run_scale(ib) as f32);
+                    for (g, q) in W::widen(codes::iq4_xs(b, ib)).into_iter().enumerate() {
+                        let level = W::minus_f32(q, bias);
+                        sink.take(W::mul(dl, level), 256 * i + 32 * ib + W::LANES * g, g);
+                    }
+                }
+            }
+        }
+    }
+
+    /// IQ4_NL, MXFP4 and Q4_0: each value the level times the block's scale (the product
+    /// `dequantize` takes, commuted, so the same bits).
+    #[inline(always)]
+    unsafe fn decode_table<B: codes::TableBlock, W: Width, S: Take<W>>(blocks: &[B], sink: &mut S) {
+        let bias = W::splat_i32(128);
+        for (i, b) in blocks.iter().enumerate() {
+            let d = W::splat(b.scale());
+            for (g, q) in W::widen(codes::levels(&B::BIASED, b.nibbles()))
+                .into_iter()
+                .enumerate()
+            {
+                sink.take(W::mul(d, W::minus_f32(q, bias)), 32 * i + W::LANES * g, g);
+            }
+        }
+    }
+
+    /// Q4_1, Q5_0 and Q5_1: `(code - offset) · d`, plus `m` for the `_1` formats.
+    #[inline(always)]
+    unsafe fn decode_affine<B: codes::Affine32, W: Width, S: Take<W>>(blocks: &[B], sink: &mut S) {
+        let offset = W::splat_i32(B::OFFSET);
+        for (i, b) in blocks.iter().enumerate() {
+            let (d, m) = b.scale_min();
+            let (d, m) = (W::splat(d), W::splat(m));
+            let codes = codes::with_fifth(b.nibbles(), b.fifth());
+            for (g, q) in W::widen(codes).into_iter().enumerate() {
+                let mut w = W::mul(W::minus_f32(q, offset), d);
+                if B::HAS_MIN {
+                    w = W::add(w, m);
+                }
+                sink.take(w, 32 * i + W::LANES * g, g);
+            }
+        }
+    }
+
+    /// The formats of 32-value blocks, each through its family's decode.
+    macro_rules! decode_through {
+        ($family:ident: $($block:ty),*) => {$(
+            impl Decode for $block {
+                #[inline(always)]
+                unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
+                    $family(blocks, sink)
+                }
+            }
+        )*};
+    }
+    decode_through!(decode_table: crate::formats::BlockIQ4NL, crate::formats::BlockMXFP4, crate::formats::BlockQ4_0);
+    decode_through!(decode_affine: BlockQ4_1, BlockQ5_0, BlockQ5_1);
+
+    /// Q2_K: each value `d · scale · code - dmin · min` of its sub-block of 16.
+    impl Decode for BlockQ2K {
+        #[inline(always)]
+        unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
+            for (i, b) in blocks.iter().enumerate() {
+                let (dl, ml) = b.sub_scales();
+                for half in 0..2 {
+                    for run in 0..4 {
+                        let sub = 8 * half + 2 * run;
+                        let dl = [W::splat(dl[sub]), W::splat(dl[sub + 1])];
+                        let ml = [W::splat(ml[sub]), W::splat(ml[sub + 1])];
+                        for (g, q) in W::widen(codes::two_bits(&b.qs, half, run))
+                            .into_iter()
+                            .enumerate()
+                        {
+                            let (dl, ml) = (dl[sub16::<W>(g)], ml[sub16::<W>(g)]);
+                            let w = W::sub(W::mul(dl, W::to_f32(q)), ml);
+                            sink.take(w, 256 * i + 128 * half + 32 * run + W::LANES * g, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q3_K: each value `d · scale · (code - 4)` of its sub-block of 16.
+    impl Decode for BlockQ3K {
+        #[inline(always)]
+        unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
+            let offset = W::splat_i32(4);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                let scales = q3_scales(&b.scales);
+                for half in 0..2 {
+                    for run in 0..4 {
+                        for (g, q) in W::widen(codes::q3_k(b, half, run)).into_iter().enumerate() {
+                            let sub = 8 * half + 2 * run + sub16::<W>(g);
+                            let dl = W::splat(d * scales[sub] as f32);
+                            let at = 256 * i + 128 * half + 32 * run + W::LANES * g;
+                            sink.take(W::mul(dl, W::minus_f32(q, offset)), at, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q6_K: each value `d · scale · (code - 32)` of its sub-block of 16.
+    impl Decode for BlockQ6K {
+        #[inline(always)]
+        unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
+            let offset = W::splat_i32(32);
+            for (i, b) in blocks.iter().enumerate() {
+                let d = b.d.get();
+                for half in 0..2 {
+                    for (quarter, codes) in codes::q6_k(b, half).into_iter().enumerate() {
+                        for (g, q) in W::widen(codes).into_iter().enumerate() {
+                            let sub = 8 * half + sub16::<W>(g) + 2 * quarter;
+                            let dl = W::splat(d * b.scales[sub] as f32);
+                            let at = 256 * i + 128 * half + 32 * quarter + W::LANES * g;
+                            sink.take(W::mul(dl, W::minus_f32(q, offset)), at, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Eight lanes, into the sums of up to four activation rows (one row: four independent
+/// 8-lane sums).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::decode::{Decode, Take, Width};
     use std::arch::x86_64::*;
 
-    /// A format whose rows this width decodes into [`Sums`].
-    pub trait Decode: Sized {
-        /// Feeds every weight of `blocks` to `sums`, 8 at a time.
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>);
+    pub struct Avx2;
+
+    impl Width for Avx2 {
+        type F = __m256;
+        type I = __m256i;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> __m256 {
+            _mm256_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn splat_i32(v: i32) -> __m256i {
+            _mm256_set1_epi32(v)
+        }
+        type Groups = [__m256i; 4];
+        #[inline(always)]
+        unsafe fn widen(codes: __m256i) -> [__m256i; 4] {
+            let lo = _mm256_castsi256_si128(codes);
+            let hi = _mm256_extracti128_si256(codes, 1);
+            [
+                _mm256_cvtepu8_epi32(lo),
+                _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                _mm256_cvtepu8_epi32(hi),
+                _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn minus_f32(a: __m256i, b: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_sub_epi32(a, b))
+        }
+        #[inline(always)]
+        unsafe fn to_f32(a: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            _mm256_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
     }
 
-    /// The four groups of 8 codes in 32 bytes, each widened to 8 i32 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn widen4(codes: __m256i) -> [__m256i; 4] {
-        let lo = _mm256_castsi256_si128(codes);
-        let hi = _mm256_extracti128_si256(codes, 1);
-        [
-            _mm256_cvtepu8_epi32(lo),
-            _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
-            _mm256_cvtepu8_epi32(hi),
-            _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
-        ]
-    }
-
-    /// The sums of up to 4 activation rows (`x`, `x + stride`, ...) against one weight row,
-    /// fed 8 decoded weights at a time: group `g` of a run of 32 goes to sum `g % (4 / T)`
-    /// of each row, so one row keeps 4 independent sums (as the plain dot always had) and 4
-    /// rows one each.
-    pub struct Sums<const T: usize> {
+    /// The sums of up to 4 activation rows (`x`, `x + stride`, ...) against one weight row:
+    /// group `g` of a run of 32 goes to sum `g % (4 / T)` of each row, so one row keeps 4
+    /// independent sums and 4 rows one each.
+    struct Sums<const T: usize> {
         acc: [[__m256; 4]; T],
         x: *const f32,
         stride: usize,
     }
 
-    impl<const T: usize> Sums<T> {
-        /// Weights `w` of values `at..at + 8` of the row, the `g`-th group of their run.
+    impl<const T: usize> Take<Avx2> for Sums<T> {
         #[inline(always)]
-        unsafe fn add(&mut self, w: __m256, at: usize, g: usize) {
+        unsafe fn take(&mut self, w: __m256, at: usize, g: usize) {
             for (t, acc) in self.acc.iter_mut().enumerate() {
                 let x = _mm256_loadu_ps(self.x.add(t * self.stride + at));
                 let a = &mut acc[g % (4 / T)];
@@ -1002,226 +1243,62 @@ mod avx2 {
             x: x.as_ptr(),
             stride,
         };
-        B::decode(blocks, &mut sums);
+        B::decode::<Avx2, _>(blocks, &mut sums);
         for (o, acc) in out.iter_mut().zip(&sums.acc) {
             *o = super::super::x86::sum_lanes(*acc);
         }
     }
-
-    impl<B: codes::WithMins> Decode for B {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            for (i, b) in blocks.iter().enumerate() {
-                let (d, dmin, scales) = b.header();
-                let (d, dmin) = (d.get(), dmin.get());
-                let (sc, m) = scales_and_mins(scales);
-                for pair in 0..4 {
-                    for (half, codes) in b.pair_codes(pair).into_iter().enumerate() {
-                        let sub = 2 * pair + half;
-                        let dl = _mm256_set1_ps(d * sc[sub] as f32);
-                        let ml = _mm256_set1_ps(dmin * m[sub] as f32);
-                        for (g, q) in widen4(codes).into_iter().enumerate() {
-                            let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
-                            sums.add(w, 256 * i + 32 * sub + 8 * g, g);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    impl Decode for BlockIQ4XS {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            let bias = _mm256_set1_epi32(128);
-            for (i, b) in blocks.iter().enumerate() {
-                let d = b.d.get();
-                for ib in 0..8 {
-                    let dl = _mm256_set1_ps(d * b.run_scale(ib) as f32);
-                    for (g, q) in widen4(codes::iq4_xs(b, ib)).into_iter().enumerate() {
-                        let level = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
-                        sums.add(_mm256_mul_ps(dl, level), 256 * i + 32 * ib + 8 * g, g);
-                    }
-                }
-            }
-        }
-    }
-
-    /// IQ4_NL and MXFP4: each value the level times the block's scale (the product
-    /// `dequantize` takes, commuted, so the same bits).
-    #[inline(always)]
-    unsafe fn decode_table<B: codes::TableBlock, const T: usize>(blocks: &[B], sums: &mut Sums<T>) {
-        let bias = _mm256_set1_epi32(128);
-        for (i, b) in blocks.iter().enumerate() {
-            let d = _mm256_set1_ps(b.scale());
-            let levels = codes::levels(&B::BIASED, b.nibbles());
-            for (g, q) in widen4(levels).into_iter().enumerate() {
-                let level = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
-                sums.add(_mm256_mul_ps(d, level), 32 * i + 8 * g, g);
-            }
-        }
-    }
-
-    impl Decode for crate::formats::BlockIQ4NL {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            decode_table(blocks, sums)
-        }
-    }
-
-    impl Decode for crate::formats::BlockMXFP4 {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            decode_table(blocks, sums)
-        }
-    }
-
-    impl Decode for crate::formats::BlockQ4_0 {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            decode_table(blocks, sums)
-        }
-    }
-
-    /// Q4_1, Q5_0 and Q5_1: `(code - offset) · d`, plus `m` for the `_1` formats.
-    #[inline(always)]
-    unsafe fn decode_affine<B: codes::Affine32, const T: usize>(blocks: &[B], sums: &mut Sums<T>) {
-        let offset = _mm256_set1_epi32(B::OFFSET);
-        for (i, b) in blocks.iter().enumerate() {
-            let (d, m) = b.scale_min();
-            let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
-            let codes = codes::nibbles(b.nibbles());
-            let codes = _mm256_or_si256(codes, codes::fifth_bits(b.fifth()));
-            for (g, q) in widen4(codes).into_iter().enumerate() {
-                let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
-                let mut w = _mm256_mul_ps(q, d);
-                if B::HAS_MIN {
-                    w = _mm256_add_ps(w, m);
-                }
-                sums.add(w, 32 * i + 8 * g, g);
-            }
-        }
-    }
-
-    impl Decode for BlockQ4_1 {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            decode_affine(blocks, sums)
-        }
-    }
-
-    impl Decode for BlockQ5_0 {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            decode_affine(blocks, sums)
-        }
-    }
-
-    impl Decode for BlockQ5_1 {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            decode_affine(blocks, sums)
-        }
-    }
-
-    /// Q2_K: each value `d · scale · code - dmin · min` of its sub-block of 16.
-    impl Decode for BlockQ2K {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            for (i, b) in blocks.iter().enumerate() {
-                let (dl, ml) = b.sub_scales();
-                for half in 0..2 {
-                    for run in 0..4 {
-                        let codes = codes::two_bits(&b.qs, half, run);
-                        for (g, q) in widen4(codes).into_iter().enumerate() {
-                            let sub = 8 * half + 2 * run + g / 2;
-                            let (dl, ml) = (_mm256_set1_ps(dl[sub]), _mm256_set1_ps(ml[sub]));
-                            let w = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(q)), ml);
-                            sums.add(w, 256 * i + 128 * half + 32 * run + 8 * g, g);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Q3_K: each value `d · scale · (code - 4)` of its sub-block of 16.
-    impl Decode for BlockQ3K {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            let offset = _mm256_set1_epi32(4);
-            for (i, b) in blocks.iter().enumerate() {
-                let d = b.d.get();
-                let scales = q3_scales(&b.scales);
-                for half in 0..2 {
-                    for run in 0..4 {
-                        for (g, q) in widen4(codes::q3_k(b, half, run)).into_iter().enumerate() {
-                            let dl = _mm256_set1_ps(d * scales[8 * half + 2 * run + g / 2] as f32);
-                            let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
-                            sums.add(
-                                _mm256_mul_ps(dl, q),
-                                256 * i + 128 * half + 32 * run + 8 * g,
-                                g,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    impl Decode for BlockQ6K {
-        #[inline(always)]
-        unsafe fn decode<const T: usize>(blocks: &[Self], sums: &mut Sums<T>) {
-            let offset = _mm256_set1_epi32(32);
-            for (i, b) in blocks.iter().enumerate() {
-                let d = b.d.get();
-                for half in 0..2 {
-                    for (quarter, codes) in codes::q6_k(b, half).into_iter().enumerate() {
-                        for (g, q) in widen4(codes).into_iter().enumerate() {
-                            let sub = 8 * half + g / 2 + 2 * quarter;
-                            let dl = _mm256_set1_ps(d * b.scales[sub] as f32);
-                            let q = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, offset));
-                            let at = 256 * i + 128 * half + 32 * quarter + 8 * g;
-                            sums.add(_mm256_mul_ps(dl, q), at, g);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
-/// As the AVX2 versions, sixteen lanes wide: the same decode (the same bits), into the
-/// sums of up to four activation rows (one row: two independent 16-lane sums), or to memory
-/// (the batched forward's dequantization).
+/// Sixteen lanes, into the sums of up to four activation rows (one row: two independent
+/// 16-lane sums), or to memory (the batched forward's dequantization).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};
-    use crate::formats::{BlockIQ4XS, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+    use super::decode::{Decode, Take, Width};
     use std::arch::x86_64::*;
 
-    /// A format whose rows this width decodes.
-    pub trait Decode: Sized {
-        /// Feeds every weight of `blocks` to `sink`, 16 at a time.
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W);
-    }
+    pub struct Avx512;
 
-    /// Where a row's decoded weights go, 16 at a time: into sums ([`Sums`]) or to memory
-    /// ([`Store`]), so each format's decode loop is written once.
-    pub trait Take {
-        /// Weights `w` of values `at..at + 16` of the row, the `g`-th group of their run.
-        unsafe fn take(&mut self, w: __m512, at: usize, g: usize);
-    }
-
-    /// 32 codes (bytes) widened to two groups of 16 i32 lanes.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2")]
-    unsafe fn widen2(codes: __m256i) -> [__m512i; 2] {
-        [
-            _mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)),
-            _mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)),
-        ]
+    impl Width for Avx512 {
+        type F = __m512;
+        type I = __m512i;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> __m512 {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn splat_i32(v: i32) -> __m512i {
+            _mm512_set1_epi32(v)
+        }
+        type Groups = [__m512i; 2];
+        #[inline(always)]
+        unsafe fn widen(codes: __m256i) -> [__m512i; 2] {
+            [
+                _mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)),
+                _mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn minus_f32(a: __m512i, b: __m512i) -> __m512 {
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(a, b))
+        }
+        #[inline(always)]
+        unsafe fn to_f32(a: __m512i) -> __m512 {
+            _mm512_cvtepi32_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            _mm512_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            _mm512_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
     }
 
     /// The sums of T activation rows against one weight row: one row alternates two sums,
@@ -1232,7 +1309,7 @@ mod avx512 {
         stride: usize,
     }
 
-    impl<const T: usize> Take for Sums<T> {
+    impl<const T: usize> Take<Avx512> for Sums<T> {
         #[inline(always)]
         unsafe fn take(&mut self, w: __m512, at: usize, g: usize) {
             let i = if T == 1 { g % 2 } else { 0 };
@@ -1246,7 +1323,7 @@ mod avx512 {
     /// The decoded values themselves.
     struct Store(*mut f32);
 
-    impl Take for Store {
+    impl Take<Avx512> for Store {
         #[inline(always)]
         unsafe fn take(&mut self, w: __m512, at: usize, _g: usize) {
             _mm512_storeu_ps(self.0.add(at), w);
@@ -1277,197 +1354,16 @@ mod avx512 {
             x: x.as_ptr(),
             stride,
         };
-        B::decode(blocks, &mut sums);
+        B::decode::<Avx512, _>(blocks, &mut sums);
         for (o, acc) in out.iter_mut().zip(&sums.acc) {
             *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         }
     }
 
-    /// `out` = the values of `blocks` (256 each), the same bits as their `dequantize`.
+    /// `out` = the values of `blocks`, the same bits as their `dequantize`.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn dequantize<B: Decode + crate::formats::Block>(blocks: &[B], out: &mut [f32]) {
         assert!(out.len() >= B::VALUES * blocks.len());
-        B::decode(blocks, &mut Store(out.as_mut_ptr()));
-    }
-
-    impl<B: codes::WithMins> Decode for B {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            for (i, b) in blocks.iter().enumerate() {
-                let (d, dmin, scales) = b.header();
-                let (d, dmin) = (d.get(), dmin.get());
-                let (sc, m) = scales_and_mins(scales);
-                for pair in 0..4 {
-                    for (half, codes) in b.pair_codes(pair).into_iter().enumerate() {
-                        let sub = 2 * pair + half;
-                        let dl = _mm512_set1_ps(d * sc[sub] as f32);
-                        let ml = _mm512_set1_ps(dmin * m[sub] as f32);
-                        for (g, q) in widen2(codes).into_iter().enumerate() {
-                            let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
-                            sink.take(w, 256 * i + 32 * sub + 16 * g, g);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    impl Decode for BlockIQ4XS {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            let bias = _mm512_set1_epi32(128);
-            for (i, b) in blocks.iter().enumerate() {
-                let d = b.d.get();
-                for ib in 0..8 {
-                    let dl = _mm512_set1_ps(d * b.run_scale(ib) as f32);
-                    for (g, q) in widen2(codes::iq4_xs(b, ib)).into_iter().enumerate() {
-                        let level = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, bias));
-                        sink.take(_mm512_mul_ps(dl, level), 256 * i + 32 * ib + 16 * g, g);
-                    }
-                }
-            }
-        }
-    }
-
-    /// IQ4_NL and MXFP4: each value the level times the block's scale (the product
-    /// `dequantize` takes, commuted, so the same bits).
-    #[inline(always)]
-    unsafe fn decode_table<B: codes::TableBlock, W: Take>(blocks: &[B], sink: &mut W) {
-        let bias = _mm512_set1_epi32(128);
-        for (i, b) in blocks.iter().enumerate() {
-            let d = _mm512_set1_ps(b.scale());
-            let levels = codes::levels(&B::BIASED, b.nibbles());
-            for (g, q) in widen2(levels).into_iter().enumerate() {
-                let level = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, bias));
-                sink.take(_mm512_mul_ps(d, level), 32 * i + 16 * g, g);
-            }
-        }
-    }
-
-    impl Decode for crate::formats::BlockIQ4NL {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            decode_table(blocks, sink)
-        }
-    }
-
-    impl Decode for crate::formats::BlockMXFP4 {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            decode_table(blocks, sink)
-        }
-    }
-
-    impl Decode for crate::formats::BlockQ4_0 {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            decode_table(blocks, sink)
-        }
-    }
-
-    /// Q4_1, Q5_0 and Q5_1: `(code - offset) · d`, plus `m` for the `_1` formats.
-    #[inline(always)]
-    unsafe fn decode_affine<B: codes::Affine32, W: Take>(blocks: &[B], sink: &mut W) {
-        let offset = _mm512_set1_epi32(B::OFFSET);
-        let sixteen = _mm512_set1_epi32(16);
-        for (i, b) in blocks.iter().enumerate() {
-            let (d, m) = b.scale_min();
-            let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
-            let fifth = b.fifth();
-            for (g, q) in widen2(codes::nibbles(b.nibbles())).into_iter().enumerate() {
-                let q = _mm512_mask_or_epi32(q, (fifth >> (16 * g)) as u16, q, sixteen);
-                let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                let mut w = _mm512_mul_ps(q, d);
-                if B::HAS_MIN {
-                    w = _mm512_add_ps(w, m);
-                }
-                sink.take(w, 32 * i + 16 * g, g);
-            }
-        }
-    }
-
-    impl Decode for BlockQ4_1 {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            decode_affine(blocks, sink)
-        }
-    }
-
-    impl Decode for BlockQ5_0 {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            decode_affine(blocks, sink)
-        }
-    }
-
-    impl Decode for BlockQ5_1 {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            decode_affine(blocks, sink)
-        }
-    }
-
-    /// Q2_K: each value `d · scale · code - dmin · min` of its sub-block of 16.
-    impl Decode for BlockQ2K {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            for (i, b) in blocks.iter().enumerate() {
-                let (dl, ml) = b.sub_scales();
-                for half in 0..2 {
-                    for run in 0..4 {
-                        let codes = codes::two_bits(&b.qs, half, run);
-                        for (g, q) in widen2(codes).into_iter().enumerate() {
-                            let sub = 8 * half + 2 * run + g;
-                            let (dl, ml) = (_mm512_set1_ps(dl[sub]), _mm512_set1_ps(ml[sub]));
-                            let w = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_cvtepi32_ps(q)), ml);
-                            sink.take(w, 256 * i + 128 * half + 32 * run + 16 * g, g);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Q3_K: each value `d · scale · (code - 4)` of its sub-block of 16.
-    impl Decode for BlockQ3K {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            let offset = _mm512_set1_epi32(4);
-            for (i, b) in blocks.iter().enumerate() {
-                let d = b.d.get();
-                let scales = q3_scales(&b.scales);
-                for half in 0..2 {
-                    for run in 0..4 {
-                        for (g, q) in widen2(codes::q3_k(b, half, run)).into_iter().enumerate() {
-                            let dl = _mm512_set1_ps(d * scales[8 * half + 2 * run + g] as f32);
-                            let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                            let at = 256 * i + 128 * half + 32 * run + 16 * g;
-                            sink.take(_mm512_mul_ps(dl, q), at, g);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    impl Decode for BlockQ6K {
-        #[inline(always)]
-        unsafe fn decode<W: Take>(blocks: &[Self], sink: &mut W) {
-            let offset = _mm512_set1_epi32(32);
-            for (i, b) in blocks.iter().enumerate() {
-                let d = b.d.get();
-                for half in 0..2 {
-                    for (quarter, codes) in codes::q6_k(b, half).into_iter().enumerate() {
-                        for (g, q) in widen2(codes).into_iter().enumerate() {
-                            let sub = 8 * half + g + 2 * quarter;
-                            let dl = _mm512_set1_ps(d * b.scales[sub] as f32);
-                            let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                            let at = 256 * i + 128 * half + 32 * quarter + 16 * g;
-                            sink.take(_mm512_mul_ps(dl, q), at, g);
-                        }
-                    }
-                }
-            }
-        }
+        B::decode::<Avx512, _>(blocks, &mut Store(out.as_mut_ptr()));
     }
 }
