@@ -1,6 +1,8 @@
 //! llama.cpp's file types (`general.file_type`) and the type `llama-quantize` gives each
 //! tensor of this architecture at each, so synthetic models carry the mixes real files do.
 //!
+//! F16 and BF16 files keep every matrix but the router in their type.
+//!
 //! The rules, as llama.cpp's `llama_tensor_get_type` applies them to `deepseek2` files:
 //! 1-D tensors (norms, the selection bias) and the router `ffn_gate_inp` stay F32; `output`
 //! becomes Q6_K (Q8_0 when its rows are not whole blocks of the file's type, unchanged at
@@ -21,6 +23,8 @@ use crate::gguf::GgmlType;
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileType {
+    F16,
+    BF16,
     Q8_0,
     Q4_0,
     Q2_K,
@@ -33,7 +37,9 @@ pub enum FileType {
 }
 
 impl FileType {
-    pub const ALL: [FileType; 9] = [
+    pub const ALL: [FileType; 11] = [
+        FileType::F16,
+        FileType::BF16,
         FileType::Q8_0,
         FileType::Q4_0,
         FileType::Q2_K,
@@ -48,6 +54,7 @@ impl FileType {
     /// The `general.file_type` value (llama.cpp's `LLAMA_FTYPE_MOSTLY_*`).
     pub fn id(self) -> u32 {
         match self {
+            FileType::F16 => 1,
             FileType::Q4_0 => 2,
             FileType::Q8_0 => 7,
             FileType::Q2_K => 10,
@@ -56,6 +63,7 @@ impl FileType {
             FileType::Q6_K => 18,
             FileType::IQ4_NL => 25,
             FileType::IQ4_XS => 30,
+            FileType::BF16 => 32,
             FileType::MXFP4_MOE => 38,
         }
     }
@@ -66,6 +74,8 @@ impl FileType {
 
     pub fn name(self) -> &'static str {
         match self {
+            FileType::F16 => "F16",
+            FileType::BF16 => "BF16",
             FileType::Q8_0 => "Q8_0",
             FileType::Q4_0 => "Q4_0",
             FileType::Q2_K => "Q2_K",
@@ -88,6 +98,8 @@ impl FileType {
     /// The type most tensors get.
     fn base(self) -> GgmlType {
         match self {
+            FileType::F16 => GgmlType::F16,
+            FileType::BF16 => GgmlType::BF16,
             FileType::Q8_0 => GgmlType::Q8_0,
             FileType::Q4_0 => GgmlType::Q4_0,
             FileType::Q2_K => GgmlType::Q2_K,
@@ -107,6 +119,10 @@ impl FileType {
             return GgmlType::F32;
         }
         let base = self.base();
+        if matches!(self, FileType::F16 | FileType::BF16) {
+            // llama-quantize applies its per-tensor choices to quantized types only.
+            return base;
+        }
         let row = dims[0];
         let chosen = if self == FileType::MXFP4_MOE {
             if dims.len() > 2 && dims[2] > 1 && name != "output.weight" {

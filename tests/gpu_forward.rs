@@ -329,29 +329,17 @@ fn gpu_kquant_cases_with_split_bindings_and_workgroup_reductions() {
     );
 }
 
-/// The tiny model with its matrices requantized to IQ4_XS, IQ4_NL and MXFP4 as the
-/// IQ4_XS and MXFP4_MOE files mix them (MXFP4 routed experts beside Q8_0 shared ones, IQ4_XS
-/// attention and embedding, an IQ4_NL LM head and dense FFN): every matrix stays in its own
-/// format's layout on the GPU (none as f32), and the logits match the CPU's on the same
-/// weights.
-#[test]
-fn gpu_iq4_and_mxfp4_model_matches_cpu() {
-    use common::model_file::ModelFile;
+/// The tiny model with each Q8_0 matrix `pick` names a type for requantized to it (from
+/// its decoded values); the types it took.
+fn tiny_requantized(
+    pick: impl Fn(&common::model_file::Tensor) -> Option<GgmlType>,
+) -> (common::model_file::ModelFile, Vec<GgmlType>) {
     let tiny = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
-    let mut m = ModelFile::read(&tiny);
+    let mut m = common::model_file::ModelFile::read(&tiny);
     let q8 = glm_flash::formats::of(GgmlType::Q8_0).unwrap();
     let mut changed = Vec::new();
     for t in m.tensors.iter_mut().filter(|t| t.ty == GgmlType::Q8_0) {
-        let n = &t.name;
-        let ty = if n.contains("_exps") {
-            GgmlType::MXFP4
-        } else if n == "output.weight" || n.contains("ffn_gate.") || n.contains("ffn_up.") {
-            GgmlType::IQ4_NL
-        } else if t.dims[0] % 256 == 0 && !n.contains("shexp") {
-            GgmlType::IQ4_XS
-        } else {
-            continue;
-        };
+        let Some(ty) = pick(t) else { continue };
         let mut values = vec![0f32; t.data.len() / q8.block_bytes * q8.block_values];
         q8.dequantize(&t.data, &mut values);
         t.data.clear();
@@ -361,32 +349,81 @@ fn gpu_iq4_and_mxfp4_model_matches_cpu() {
         t.ty = ty;
         changed.push(ty);
     }
-    for ty in [GgmlType::MXFP4, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
-        assert!(changed.contains(&ty), "no tensor became {ty}");
-    }
-    let file = m.parse("iq4_mxfp4.gguf");
+    (m, changed)
+}
+
+/// Every matrix of `file` whose type is in `types` keeps its own layout on the GPU (none
+/// goes up as f32), and the GPU's logits (f32 cache) match the CPU's on the same weights.
+fn gpu_matches_cpu_in_own_layouts(file: &GgufFile, types: &[GgmlType], label: &str) {
     let planned = glm_flash::gpu::upload::planned_forms(&file.tensors);
     for (t, form) in file.tensors.iter().zip(&planned) {
-        if changed.contains(&t.ggml_type) {
-            assert_eq!(form.unwrap().0.name(), t.ggml_type.name(), "{}", t.name);
+        if types.contains(&t.ggml_type) {
+            assert_eq!(
+                form.unwrap().0.name(),
+                t.ggml_type.name(),
+                "{label}: {}",
+                t.name
+            );
         }
     }
-    let cfg = Config::from_gguf(&file).unwrap();
-    let weights = Weights::from_gguf(&file, &cfg).unwrap();
+    let cfg = Config::from_gguf(file).unwrap();
+    let weights = Weights::from_gguf(file, &cfg).unwrap();
     let tokens = &load_case("tiny-q8_0.short").tokens[..12];
     let mut gpu = GpuBackend::new(&cfg, &weights, 64, &f32_cache()).unwrap();
     let mut cpu = CpuBackend::new(&cfg, &weights, 64, 0).unwrap();
     let got = gpu.feed_logits(tokens, 0, Rows::All).unwrap();
     let want = cpu.feed_logits(tokens, 0, Rows::All).unwrap();
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU logits");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{label}: non-finite GPU logits"
+    );
     let max = rel_l2_rows(&want, &got, cfg.vocab)
         .into_iter()
         .fold(0f64, f64::max);
-    assert!(max <= F32_TOLERANCE, "GPU vs CPU rel L2 {max:.3e}");
+    println!("{label}: GPU vs CPU max rel L2 per row {max:.3e}");
+    assert!(max <= F32_TOLERANCE, "{label}: GPU vs CPU rel L2 {max:.3e}");
+}
+
+/// The tiny model with its matrices requantized to IQ4_XS, IQ4_NL and MXFP4 as the
+/// IQ4_XS and MXFP4_MOE files mix them (MXFP4 routed experts beside Q8_0 shared ones, IQ4_XS
+/// attention and embedding, an IQ4_NL LM head and dense FFN): every matrix stays in its own
+/// format's layout on the GPU (none as f32), and the logits match the CPU's on the same
+/// weights.
+#[test]
+fn gpu_iq4_and_mxfp4_model_matches_cpu() {
+    let (m, changed) = tiny_requantized(|t| {
+        let n = &t.name;
+        if n.contains("_exps") {
+            Some(GgmlType::MXFP4)
+        } else if n == "output.weight" || n.contains("ffn_gate.") || n.contains("ffn_up.") {
+            Some(GgmlType::IQ4_NL)
+        } else if t.dims[0] % 256 == 0 && !n.contains("shexp") {
+            Some(GgmlType::IQ4_XS)
+        } else {
+            None
+        }
+    });
+    let types = [GgmlType::MXFP4, GgmlType::IQ4_NL, GgmlType::IQ4_XS];
+    for ty in types {
+        assert!(changed.contains(&ty), "no tensor became {ty}");
+    }
+    gpu_matches_cpu_in_own_layouts(&m.parse("iq4_mxfp4.gguf"), &types, "IQ4/MXFP4");
+}
+
+/// The tiny model as an F16 file and as a BF16 file (every matrix in that type, as
+/// llama-quantize writes them): the GPU keeps the 16-bit values as they are (half the bytes
+/// of f32) and computes the CPU's logits.
+#[test]
+fn gpu_f16_and_bf16_models_match_cpu() {
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        let (m, changed) = tiny_requantized(|_| Some(ty));
+        assert!(changed.len() > 20, "{ty}: {} matrices", changed.len());
+        gpu_matches_cpu_in_own_layouts(&m.parse("16-bit.gguf"), &[ty], &ty.name());
+    }
 }
 
 /// A stacked GPU matrix whose parts differ in type (here the shared expert's down projection
-/// made F16 under Q8_0 routed experts) is split by format (a Q8_0 chunk, then an f32 one):
+/// made F16 under Q8_0 routed experts) is split by format (a Q8_0 chunk, then an F16 one):
 /// the logits still match the CPU's on the same weights.
 #[test]
 fn gpu_mixed_type_stack_matches_cpu() {

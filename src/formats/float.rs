@@ -1,4 +1,4 @@
-//! Unquantized formats: one value per "block". The GPU keeps them as f32.
+//! Unquantized formats: one value per "block". The GPU keeps each as the file stores it.
 
 use super::{Block, F16Bits, GpuLayout, GROUP};
 use crate::gguf::GgmlType;
@@ -32,7 +32,7 @@ const _: () = assert!(std::mem::size_of::<BlockF16>() == 2);
 impl Block for BlockF16 {
     const TYPE: GgmlType = GgmlType::F16;
     const VALUES: usize = 1;
-    const GPU: Option<GpuLayout> = Some(GpuLayout::F32);
+    const GPU: Option<GpuLayout> = Some(GpuLayout::F16);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {
@@ -75,7 +75,7 @@ const _: () = assert!(std::mem::size_of::<BlockBF16>() == 2);
 impl Block for BlockBF16 {
     const TYPE: GgmlType = GgmlType::BF16;
     const VALUES: usize = 1;
-    const GPU: Option<GpuLayout> = Some(GpuLayout::F32);
+    const GPU: Option<GpuLayout> = Some(GpuLayout::BF16);
 
     #[inline]
     fn dequantize(&self, out: &mut [f32]) {

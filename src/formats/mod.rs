@@ -222,8 +222,13 @@ pub(crate) fn dot_decoded<B: Block>(
 /// percent of the file's: decoding is bound by memory bandwidth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GpuLayout {
-    /// Values decoded to f32 at upload (`quants` only).
+    /// f32 values (`quants` only): F32 tensors, and the rows of different layouts read
+    /// together, decoded at upload.
     F32,
+    /// The file's f16 values as they are, two per u32 (`quants` only).
+    F16,
+    /// The file's bf16 values as they are, two per u32 (`quants` only).
+    BF16,
     /// Q8_0 blocks split in two arrays: the int8 quants (4 per u32, row-major) and the f16
     /// block scales (2 per u32, row-major).
     Q8_0,
@@ -260,8 +265,10 @@ pub enum GpuLayout {
 
 impl GpuLayout {
     /// Every layout (the tests and the WGSL checks walk them).
-    pub const ALL: [GpuLayout; 14] = [
+    pub const ALL: [GpuLayout; 16] = [
         GpuLayout::F32,
+        GpuLayout::F16,
+        GpuLayout::BF16,
         GpuLayout::Q8_0,
         GpuLayout::Q4_0,
         GpuLayout::Q4_1,
@@ -280,6 +287,8 @@ impl GpuLayout {
     pub fn name(self) -> &'static str {
         match self {
             GpuLayout::F32 => "F32",
+            GpuLayout::F16 => "F16",
+            GpuLayout::BF16 => "BF16",
             GpuLayout::Q8_0 => "Q8_0",
             GpuLayout::Q4_0 => "Q4_0",
             GpuLayout::Q4_1 => "Q4_1",
@@ -304,6 +313,8 @@ impl GpuLayout {
     fn ty(self) -> Option<GgmlType> {
         Some(match self {
             GpuLayout::F32 => return None,
+            GpuLayout::F16 => GgmlType::F16,
+            GpuLayout::BF16 => GgmlType::BF16,
             GpuLayout::Q8_0 => GgmlType::Q8_0,
             GpuLayout::Q4_0 => GgmlType::Q4_0,
             GpuLayout::Q4_1 => GgmlType::Q4_1,
@@ -333,7 +344,7 @@ impl GpuLayout {
     /// agree).
     pub fn unit_values(self) -> usize {
         16 * match self {
-            GpuLayout::F32 | GpuLayout::Q8_0 => 1,
+            GpuLayout::F32 | GpuLayout::F16 | GpuLayout::BF16 | GpuLayout::Q8_0 => 1,
             GpuLayout::Q2K | GpuLayout::Q3K => 4,
             _ => 2,
         }
@@ -343,6 +354,7 @@ impl GpuLayout {
     fn block_arrays(self) -> (u64, u64) {
         match self {
             GpuLayout::F32 => (4, 0),
+            GpuLayout::F16 | GpuLayout::BF16 => (2, 0),
             GpuLayout::Q8_0 => (32, 2),
             GpuLayout::Q4_0 => (16, 2),
             GpuLayout::Q4_1 => (16, 4),
@@ -399,7 +411,9 @@ impl GpuLayout {
             GpuLayout::Q4_0 | GpuLayout::Q4_1 | GpuLayout::Q5_0 | GpuLayout::Q5_1 => {
                 legacy::pack_gpu(self, bytes, quants, scales)
             }
-            GpuLayout::Q2K | GpuLayout::Q4K | GpuLayout::Q5K => quants.extend_from_slice(bytes),
+            GpuLayout::F16 | GpuLayout::BF16 | GpuLayout::Q2K | GpuLayout::Q4K | GpuLayout::Q5K => {
+                quants.extend_from_slice(bytes)
+            }
             GpuLayout::Q3K => kquants::pack_gpu_q3_k(bytes, quants, scales),
             GpuLayout::Q6K => kquants::pack_gpu_q6_k(bytes, quants, scales),
             GpuLayout::IQ4NL => iq::pack_gpu_iq4_nl(bytes, quants, scales),

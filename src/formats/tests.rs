@@ -285,6 +285,20 @@ fn gpu_layouts_pack_and_count_bytes() {
     f16.dequantize(&bytes, &mut want);
     assert_eq!(arrays[0], bytemuck::cast_slice::<f32, u8>(&want));
     assert_eq!(GpuLayout::F32.matrix_bytes(3, 64), 3 * 256);
+
+    // F16 and BF16 keep the file's bytes: half of f32's.
+    for (ty, layout) in [
+        (GgmlType::F16, GpuLayout::F16),
+        (GgmlType::BF16, GpuLayout::BF16),
+    ] {
+        let f = of(ty).unwrap();
+        assert_eq!(f.gpu, Some(layout));
+        let bytes = random_blocks(f, 64, &mut rng);
+        let mut arrays = [Vec::new(), Vec::new()];
+        layout.pack_row(f, &bytes, &mut arrays, &mut scratch);
+        assert_eq!(arrays, [bytes, Vec::new()], "{ty}");
+        assert_eq!(layout.matrix_bytes(3, 64), 3 * 128);
+    }
 }
 
 /// Every GPU layout packs a row into exactly the bytes it counts, each array a whole number

@@ -110,6 +110,8 @@ impl TileMath {
 pub fn weights_library(layout: GpuLayout) -> &'static str {
     match layout {
         GpuLayout::F32 => include_str!("kernels/lib/weights_f32.wgsl"),
+        GpuLayout::F16 => include_str!("kernels/lib/weights_f16.wgsl"),
+        GpuLayout::BF16 => include_str!("kernels/lib/weights_bf16.wgsl"),
         GpuLayout::Q8_0 => include_str!("kernels/lib/weights_q8_0.wgsl"),
         GpuLayout::Q4_0 => include_str!("kernels/lib/weights_q4_0.wgsl"),
         GpuLayout::Q4_1 => include_str!("kernels/lib/weights_q4_1.wgsl"),

@@ -50,14 +50,14 @@ pub fn check_within(label: &str, got: &[f32], want: &[f32], tol: f32) {
     );
 }
 
-/// A format of every GPU layout (F16 stands for the f32 layout).
+/// The format of every GPU layout.
 pub fn gpu_types() -> Vec<GgmlType> {
     GpuLayout::ALL
         .iter()
         .map(|&l| {
             formats::FORMATS
                 .iter()
-                .find(|f| f.gpu == Some(l) && f.ty != GgmlType::F32)
+                .find(|f| f.gpu == Some(l))
                 .unwrap_or_else(|| panic!("no format of layout {}", l.name()))
                 .ty
         })
