@@ -265,6 +265,16 @@ impl IntKernels for super::BlockQ5K {
     const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q5_k, avx2::dot_q5_k];
 }
 
+impl IntKernels for super::BlockQ2K {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q2_k, avx2::dot_q2_k];
+}
+
+impl IntKernels for super::BlockQ3K {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q3_k, avx2::dot_q3_k];
+}
+
 impl IntKernels for super::BlockQ6K {
     #[cfg(target_arch = "x86_64")]
     const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q6_k, avx2::dot_q6_k];
@@ -393,9 +403,10 @@ pub fn vectorised() -> Option<&'static str> {
 pub(crate) mod avx512 {
     use super::{nibble_offset, Nibbles, Q8Row};
     use crate::formats::kquants::codes::WithMins;
-    use crate::formats::kquants::scales_and_mins;
+    use crate::formats::kquants::{codes, q3_scales, scales_and_mins};
     use crate::formats::Block;
-    use crate::formats::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use crate::formats::BlockQ8_0;
+    use crate::formats::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K};
     use std::arch::x86_64::*;
 
     /// AVX-512 F/BW/VL, VNNI and F16C.
@@ -669,6 +680,82 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// Q2_K: per half super-block two steps of 64 values (four runs of two-bit codes, a
+    /// scale per 16); the mins from the activations' sums per 16.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q2_k(blocks: &[BlockQ2K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q2_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn q2_k_rows<const T: usize>(blocks: &[BlockQ2K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut mins = [_mm512_setzero_ps(); T];
+        // Lane s takes the activations' scale of sub-block s's block of 32.
+        let dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        for (b, block) in blocks.iter().enumerate() {
+            let (dl, ml) = block.sub_scales();
+            for half in 0..2 {
+                for k in 0..2 {
+                    let w = join(
+                        codes::two_bits(&block.qs, half, 2 * k),
+                        codes::two_bits(&block.qs, half, 2 * k + 1),
+                    );
+                    let at = 128 * half + 64 * k;
+                    step_unsigned::<T>(w, quarters(&dl[at / 16..]), 256 * b + at, xs, &mut acc);
+                }
+            }
+            let mf = _mm512_loadu_ps(ml.as_ptr());
+            for t in 0..T {
+                let x = &xs[t];
+                let sums = _mm512_loadu_si512(x.sums.as_ptr().add(16 * b) as *const _);
+                let dx = _mm512_castps256_ps512(_mm256_loadu_ps(x.d.as_ptr().add(8 * b)));
+                let dsums = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_permutexvar_ps(dup, dx));
+                mins[t] = _mm512_fmadd_ps(mf, dsums, mins[t]);
+            }
+        }
+        finish(&acc, out);
+        for (o, min) in out.iter_mut().zip(mins) {
+            *o -= _mm512_reduce_add_ps(min);
+        }
+    }
+
+    /// Q3_K: per half super-block two steps of 64 values (four runs of three-bit codes);
+    /// codes minus 4; a scale per 16.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_q3_k(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q3_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn q3_k_rows<const T: usize>(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let offset = _mm512_set1_epi8(4);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut f = [0f32; 16];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = f16(block.d.0);
+            for (f, sc) in f.iter_mut().zip(q3_scales(&block.scales)) {
+                *f = d * sc as f32;
+            }
+            for half in 0..2 {
+                for k in 0..2 {
+                    let codes = join(
+                        codes::q3_k(block, half, 2 * k),
+                        codes::q3_k(block, half, 2 * k + 1),
+                    );
+                    let at = 128 * half + 64 * k;
+                    let w = _mm512_sub_epi8(codes, offset);
+                    step::<T>(w, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
+                }
+            }
+        }
+        finish(&acc, out);
+    }
+
     /// Q6_K: per half super-block two steps of 64 values built from 32 bytes of low
     /// nibbles twice and 32 bytes of high bit pairs; codes minus 32; a scale per 16.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
@@ -680,7 +767,6 @@ pub(crate) mod avx512 {
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let (nibble, pair) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
         let offset = _mm512_set1_epi8(32);
         let mut acc = [_mm512_setzero_ps(); T];
         let mut f = [0f32; 16];
@@ -690,19 +776,7 @@ pub(crate) mod avx512 {
                 *f = d * sc as f32;
             }
             for n in 0..2 {
-                let ql = block.ql.as_ptr().add(64 * n);
-                let lo = _mm256_loadu_si256(ql as *const __m256i);
-                let hi = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                let h = _mm256_loadu_si256(block.qh.as_ptr().add(32 * n) as *const __m256i);
-                // The two high bits of each value, moved to bits 4-5.
-                let h1 = _mm256_slli_epi16(_mm256_and_si256(h, pair), 4);
-                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), pair), 4);
-                let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), pair), 4);
-                let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), pair), 4);
-                let q1 = _mm256_or_si256(_mm256_and_si256(lo, nibble), h1);
-                let q2 = _mm256_or_si256(_mm256_and_si256(hi, nibble), h2);
-                let q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), h3);
-                let q4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), h4);
+                let [q1, q2, q3, q4] = codes::q6_k(block, n);
                 for (c, codes) in [join(q1, q2), join(q3, q4)].into_iter().enumerate() {
                     let at = 128 * n + 64 * c;
                     let w = _mm512_sub_epi8(codes, offset);
@@ -721,8 +795,9 @@ pub(crate) mod avx512 {
 pub(crate) mod avx2 {
     use super::{nibble_offset, Nibbles, Q8Row, ACT_BLOCK};
     use crate::formats::kquants::codes::WithMins;
-    use crate::formats::kquants::scales_and_mins;
-    use crate::formats::{Block, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0};
+    use crate::formats::kquants::{codes, q3_scales, scales_and_mins};
+    use crate::formats::{Block, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0};
+    use crate::formats::{BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
     /// AVX2, FMA and F16C.
@@ -911,6 +986,83 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// Q2_K: per super-block eight runs of 32 two-bit codes (a scale per 16); the mins
+    /// from the activations' sums per 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q2_k(blocks: &[BlockQ2K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q2_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q2_k_rows<const T: usize>(blocks: &[BlockQ2K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut mins = [_mm256_setzero_ps(); T];
+        // Lane s of half h takes the activations' scale of sub-block 8h + s's block of 32.
+        let dup = [
+            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
+            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
+        ];
+        for (b, block) in blocks.iter().enumerate() {
+            let (dl, ml) = block.sub_scales();
+            for half in 0..2 {
+                for run in 0..4 {
+                    let w = codes::two_bits(&block.qs, half, run);
+                    let at = 128 * half + 32 * run;
+                    let f = halves(dl[at / 16], dl[at / 16 + 1]);
+                    step::<T>(w, f, 256 * b + at, xs, &mut acc);
+                }
+            }
+            for t in 0..T {
+                let x = &xs[t];
+                let dx = _mm256_loadu_ps(x.d.as_ptr().add(8 * b));
+                for (h, dup) in dup.iter().enumerate() {
+                    let sums = _mm256_loadu_si256(x.sums.as_ptr().add(16 * b + 8 * h) as *const _);
+                    let dsums =
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_permutevar8x32_ps(dx, *dup));
+                    let mf = _mm256_loadu_ps(ml.as_ptr().add(8 * h));
+                    mins[t] = _mm256_fmadd_ps(mf, dsums, mins[t]);
+                }
+            }
+        }
+        finish(&acc, out);
+        let mut min_sums = [0f32; T];
+        finish(&mins, &mut min_sums);
+        for (o, min) in out.iter_mut().zip(min_sums) {
+            *o -= min;
+        }
+    }
+
+    /// Q3_K: per super-block eight runs of 32 three-bit codes; codes minus 4; a scale per
+    /// 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q3_k(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(q3_k_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q3_k_rows<const T: usize>(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let offset = _mm256_set1_epi8(4);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = f16(block.d.0);
+            let scales = q3_scales(&block.scales);
+            for half in 0..2 {
+                for run in 0..4 {
+                    let at = 128 * half + 32 * run;
+                    let sub = at / 16;
+                    let f = halves(d * scales[sub] as f32, d * scales[sub + 1] as f32);
+                    let w = _mm256_sub_epi8(codes::q3_k(block, half, run), offset);
+                    step::<T>(w, f, 256 * b + at, xs, &mut acc);
+                }
+            }
+        }
+        finish(&acc, out);
+    }
+
     /// Q6_K: per half super-block, four runs of 32 values from the low nibbles and high bit
     /// pairs; codes minus 32; a scale per 16.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -922,28 +1074,13 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let (nibble, pair) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
         let offset = _mm256_set1_epi8(32);
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, block) in blocks.iter().enumerate() {
             let d = f16(block.d.0);
             let scale = |g: usize| d * block.scales[g] as f32;
             for n in 0..2 {
-                let ql = block.ql.as_ptr().add(64 * n);
-                let lo = _mm256_loadu_si256(ql as *const __m256i);
-                let hi = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                let h = _mm256_loadu_si256(block.qh.as_ptr().add(32 * n) as *const __m256i);
-                let h1 = _mm256_slli_epi16(_mm256_and_si256(h, pair), 4);
-                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), pair), 4);
-                let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), pair), 4);
-                let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), pair), 4);
-                let runs = [
-                    _mm256_or_si256(_mm256_and_si256(lo, nibble), h1),
-                    _mm256_or_si256(_mm256_and_si256(hi, nibble), h2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), h3),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), h4),
-                ];
-                for (r, codes) in runs.into_iter().enumerate() {
+                for (r, codes) in codes::q6_k(block, n).into_iter().enumerate() {
                     let at = 128 * n + 32 * r;
                     let f = halves(scale(at / 16), scale(at / 16 + 1));
                     let w = _mm256_sub_epi8(codes, offset);

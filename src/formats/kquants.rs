@@ -140,7 +140,7 @@ fn pack_scales_and_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
 
 /// Q3_K: the 16 signed scales (ggml unpacks them the same way with 32-bit masks).
 #[inline]
-fn q3_scales(s: &[u8; 12]) -> [i32; 16] {
+pub(super) fn q3_scales(s: &[u8; 12]) -> [i32; 16] {
     std::array::from_fn(|i| {
         let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
         let high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
@@ -250,7 +250,7 @@ fn quantize_symmetric(
 impl BlockQ2K {
     /// Each sub-block's `d · scale` and `dmin · min`.
     #[inline(always)]
-    fn sub_scales(&self) -> ([f32; 16], [f32; 16]) {
+    pub(super) fn sub_scales(&self) -> ([f32; 16], [f32; 16]) {
         let (d, dmin) = (self.d.get(), self.dmin.get());
         (
             std::array::from_fn(|i| d * (self.scales[i] & 0x0F) as f32),
@@ -275,6 +275,28 @@ impl Block for BlockQ2K {
                 *o = dl * ((q >> shift) & 3) as f32 - ml;
             }
         }
+    }
+
+    const CODES: Option<Codes> = Some(Codes {
+        group: 16,
+        offset: 0,
+        integer_rows: 8,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let (dl, ml) = self.sub_scales();
+        for (v, c) in codes.chunks_exact_mut(16).enumerate() {
+            let (byte, shift, sub) = two_bit_slot(16 * v);
+            (scale[v], min[v]) = (dl[sub], ml[sub]);
+            for (c, &q) in c.iter_mut().zip(&self.qs[byte..byte + 16]) {
+                *c = (q >> shift) & 3;
+            }
+        }
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     fn quantize(values: &[f32]) -> Self {
@@ -315,6 +337,30 @@ impl Block for BlockQ3K {
                 *o = dl * (low - offset) as f32;
             }
         }
+    }
+
+    const CODES: Option<Codes> = Some(Codes {
+        group: 16,
+        offset: 4,
+        integer_rows: 8,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let d = self.d.get();
+        let scales = q3_scales(&self.scales);
+        for (v, c) in codes.chunks_exact_mut(16).enumerate() {
+            let (byte, shift, sub) = two_bit_slot(16 * v);
+            (scale[v], min[v]) = (d * scales[sub] as f32, 0.0);
+            let (mask, bit) = (&self.hmask[(16 * v) % 32..][..16], v / 2);
+            for ((c, &q), &h) in c.iter_mut().zip(&self.qs[byte..byte + 16]).zip(mask) {
+                *c = ((q >> shift) & 3) | (((h >> bit) & 1) << 2);
+            }
+        }
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     fn quantize(values: &[f32]) -> Self {

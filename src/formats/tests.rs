@@ -407,7 +407,7 @@ fn wgsl_iq4_polynomial_rounds_to_the_table() {
 }
 
 /// The formats the CPU's 8-bit mode multiplies in integers: the types of the Q8_0, Q4_0,
-/// Q4_K_M, Q5_K_M and Q6_K files (the Q4_K_M file's `attn_k_b` is Q5_0).
+/// Q2_K, Q4_K_M, Q5_K_M and Q6_K files (the Q4_K_M file's `attn_k_b` is Q5_0).
 #[test]
 fn the_8_bit_mode_covers_the_common_file_types() {
     let with_codes: Vec<String> = FORMATS
@@ -415,7 +415,10 @@ fn the_8_bit_mode_covers_the_common_file_types() {
         .filter(|f| f.has_dot_q8())
         .map(|f| f.ty.name())
         .collect();
-    assert_eq!(with_codes, ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]);
+    assert_eq!(
+        with_codes,
+        ["Q8_0", "Q4_0", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+    );
 }
 
 /// Activations in 8 bits: each value within half a step of its code times the block's
@@ -492,6 +495,8 @@ fn decode_codes(f: &WeightFormat, bytes: &[u8], out: &mut [f32]) {
         GgmlType::Q8_0 => run::<BlockQ8_0>(bytes, out),
         GgmlType::Q4_0 => run::<BlockQ4_0>(bytes, out),
         GgmlType::Q5_0 => run::<BlockQ5_0>(bytes, out),
+        GgmlType::Q2_K => run::<BlockQ2K>(bytes, out),
+        GgmlType::Q3_K => run::<BlockQ3K>(bytes, out),
         GgmlType::Q4_K => run::<BlockQ4K>(bytes, out),
         GgmlType::Q5_K => run::<BlockQ5K>(bytes, out),
         GgmlType::Q6_K => run::<BlockQ6K>(bytes, out),
@@ -722,6 +727,8 @@ fn every_vectorised_8_bit_dot_matches_the_definition() {
     check::<BlockQ8_0>(&mut rng);
     check::<BlockQ4_0>(&mut rng);
     check::<BlockQ5_0>(&mut rng);
+    check::<BlockQ2K>(&mut rng);
+    check::<BlockQ3K>(&mut rng);
     check::<BlockQ4K>(&mut rng);
     check::<BlockQ5K>(&mut rng);
     check::<BlockQ6K>(&mut rng);
