@@ -38,8 +38,6 @@ pub enum FileType {
 
 impl FileType {
     pub const ALL: [FileType; 11] = [
-        FileType::F16,
-        FileType::BF16,
         FileType::Q8_0,
         FileType::Q4_0,
         FileType::Q2_K,
@@ -49,6 +47,8 @@ impl FileType {
         FileType::IQ4_NL,
         FileType::IQ4_XS,
         FileType::MXFP4_MOE,
+        FileType::F16,
+        FileType::BF16,
     ];
 
     /// The `general.file_type` value (llama.cpp's `LLAMA_FTYPE_MOSTLY_*`).

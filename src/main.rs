@@ -545,7 +545,7 @@ struct SynthArgs {
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
     /// File type: the per-tensor type mix llama-quantize writes for this model
-    /// (f16, bf16, q8_0, q4_0, q2_k, q4_k_m, q5_k_m, q6_k, iq4_nl, iq4_xs, mxfp4_moe).
+    /// (q8_0, q4_0, q2_k, q4_k_m, q5_k_m, q6_k, iq4_nl, iq4_xs, mxfp4_moe, f16, bf16).
     #[arg(long, value_name = "TYPE", default_value = "q8_0", value_parser = parse_ftype)]
     ftype: FileType,
     /// Output GGUF file.
