@@ -171,23 +171,39 @@ fn attention(
     let n_ctx = pos + n;
     debug_assert_eq!(cache.len(), n_ctx * row);
 
-    // Per head: absorb k_b into q, attend over the latent cache, expand with v_b.
+    // Per head: absorb k_b into q, the query in latent space, [q_nope_absorbed | q_pe].
+    let absorbed: Vec<Vec<f32>> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let q_nope: Vec<f32> = (0..n)
+                .flat_map(|i| &q[(i * heads + h) * head_dim..][..nope])
+                .copied()
+                .collect();
+            mul(&layer.attn_k_b.rows(h * kv, kv), &q_nope, math)
+        })
+        .collect();
+    let mut query = vec![0f32; n * heads * row];
+    for (r, qr) in query.chunks_exact_mut(row).enumerate() {
+        let (i, h) = (r / heads, r % heads);
+        qr[..kv].copy_from_slice(&absorbed[h][i * kv..][..kv]);
+        qr[kv..].copy_from_slice(&q[r * head_dim + nope..][..rope_dims]);
+    }
+    // Every head against the same latent rows (MLA is multi-query): the cache is read once
+    // for all of them.
+    let kqv = attend(cfg, cache, &query, pos, heads);
+    // kqv_out[h] = v_b[h] · kqv[h]
     let per_head: Vec<Vec<f32>> = (0..heads)
         .into_par_iter()
         .map(|h| {
-            let q_head = |i: usize| &q[(i * heads + h) * head_dim..][..head_dim];
-            // q_nope_absorbed = k_b[h] · q_nope: the query in latent space
-            let q_nope: Vec<f32> = (0..n).flat_map(|i| &q_head(i)[..nope]).copied().collect();
-            let q_nope_absorbed = mul(&layer.attn_k_b.rows(h * kv, kv), &q_nope, math);
-            // [q_nope_absorbed | q_pe] against every cache row [latent | k_pe]
-            let mut query = vec![0f32; n * row];
-            for (i, qr) in query.chunks_exact_mut(row).enumerate() {
-                qr[..kv].copy_from_slice(&q_nope_absorbed[i * kv..][..kv]);
-                qr[kv..].copy_from_slice(&q_head(i)[nope..]);
-            }
-            let kqv = attend(cfg, cache, &query, pos);
-            // kqv_out[h] = v_b[h] · kqv
-            mul(&layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head), &kqv, math)
+            let kqv_h: Vec<f32> = (0..n)
+                .flat_map(|i| &kqv[(i * heads + h) * kv..][..kv])
+                .copied()
+                .collect();
+            mul(
+                &layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head),
+                &kqv_h,
+                math,
+            )
         })
         .collect();
     let mut kqv_out = vec![0f32; n * heads * cfg.v_head];
@@ -199,32 +215,105 @@ fn attention(
     mul(&layer.attn_output, &kqv_out, math)
 }
 
-/// Cache positions one step of [`attend`] scores: its scores (`[tokens][KEY_BLOCK]`) and the
+/// Cache positions one step of [`scan`] scores: its scores (`[rows][KEY_BLOCK]`) and the
 /// latents they weigh stay in cache, and memory does not grow with the context.
 const KEY_BLOCK: usize = 256;
 
-/// One head's attention for a block of queries (`[tokens][kv_lora + rope]`, token `i` at
+/// The attention of a block of query rows (`[tokens][heads][kv_lora + rope]`, token `i` at
 /// position `pos + i`) over the cache, causal: softmax(scale · query · cache row) weighting
-/// the latents, `[tokens][kv_lora]`. The cache goes by in blocks with a running maximum and
-/// sum per query (the softmax rescaled as a larger score arrives), so only one block of
-/// scores exists at a time.
-fn attend(cfg: &Config, cache: &[f32], query: &[f32], pos: usize) -> Vec<f32> {
+/// the latents, `[tokens][heads][kv_lora]`. The work is split into tasks of a few tokens'
+/// rows by a range of the cache's blocks, enough of them to keep every thread busy (one
+/// token: the cache split between the threads); each task keeps a running maximum and sum
+/// per row ([`scan`]), and the tasks of a token group are merged as the GPU merges its
+/// splits: weights `exp(m_s - M)`, the contexts summed and divided by the summed sums.
+fn attend(cfg: &Config, cache: &[f32], query: &[f32], pos: usize, heads: usize) -> Vec<f32> {
+    let (row, kv) = (cfg.cache_row(), cfg.kv_lora_rank);
+    let n = query.len() / (row * heads);
+    let blocks = (pos + n).div_ceil(KEY_BLOCK);
+    let threads = rayon::current_num_threads();
+    // Several token groups per thread (later tokens see more keys: the groups even out),
+    // and the keys split when there are too few groups.
+    let group = n.div_ceil(4 * threads).max(1);
+    let groups = n.div_ceil(group);
+    let splits = threads.div_ceil(groups).clamp(1, blocks);
+    let per_split = blocks.div_ceil(splits);
+    let tasks: Vec<(usize, usize)> = (0..groups)
+        .flat_map(|g| (0..splits).map(move |s| (g, s)))
+        .collect();
+    let partials: Vec<Partial> = tasks
+        .into_par_iter()
+        .map(|(g, s)| {
+            let tokens = g * group..(n.min((g + 1) * group));
+            let keys = (s * per_split * KEY_BLOCK)..((s + 1) * per_split * KEY_BLOCK);
+            let rows = &query[tokens.start * heads * row..tokens.end * heads * row];
+            scan(cfg, cache, rows, pos + tokens.start, heads, keys)
+        })
+        .collect();
+    let mut kqv = vec![0f32; n * heads * kv];
+    for (g, parts) in partials.chunks(splits).enumerate() {
+        let out = &mut kqv[g * group * heads * kv..];
+        for (r, out) in out
+            .chunks_exact_mut(kv)
+            .take(parts[0].max.len())
+            .enumerate()
+        {
+            let m = parts.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.max[r]));
+            let mut sum = 0f32;
+            for p in parts {
+                let w = (p.max[r] - m).exp();
+                if w == 0.0 {
+                    continue;
+                }
+                sum += w * p.sum[r];
+                for (o, &c) in out.iter_mut().zip(&p.kqv[r * kv..][..kv]) {
+                    *o += w * c;
+                }
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+    kqv
+}
+
+/// One task's share of [`attend`]: per query row the running maximum of its scaled scores,
+/// the sum of `exp(score - max)`, and the latents weighted by those, not yet divided.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    kqv: Vec<f32>,
+}
+
+/// Query rows (`[tokens][heads][row]`, the first token at position `pos`) against the cache
+/// positions `keys` (cut at the last one any row sees), a block of [`KEY_BLOCK`] at a time:
+/// one block of scores exists at a time, the softmax rescaled as a larger score arrives.
+fn scan(
+    cfg: &Config,
+    cache: &[f32],
+    query: &[f32],
+    pos: usize,
+    heads: usize,
+    keys: std::ops::Range<usize>,
+) -> Partial {
     let (row, kv, scale) = (cfg.cache_row(), cfg.kv_lora_rank, cfg.attn_scale());
-    let n = query.len() / row;
-    let n_ctx = pos + n;
-    let mut max = vec![f32::NEG_INFINITY; n];
-    let mut sum = vec![0f32; n];
-    let mut kqv = vec![0f32; n * kv];
-    let mut kq = vec![0f32; n * KEY_BLOCK.min(n_ctx)];
-    for t0 in (0..n_ctx).step_by(KEY_BLOCK) {
-        let block = KEY_BLOCK.min(n_ctx - t0);
+    let m = query.len() / row;
+    let last_seen = pos + m / heads;
+    let mut p = Partial {
+        max: vec![f32::NEG_INFINITY; m],
+        sum: vec![0f32; m],
+        kqv: vec![0f32; m * kv],
+    };
+    let end = keys.end.min(last_seen);
+    let mut kq = vec![0f32; m * KEY_BLOCK];
+    for t0 in (keys.start..end).step_by(KEY_BLOCK) {
+        let block = KEY_BLOCK.min(end - t0);
         let cache_rows = RowsOf {
             data: &cache[t0 * row..],
             rows: block,
             stride: row,
         };
-        // kq[i][t] = query[i] · cache[t0 + t]
-        let kq = &mut kq[..n * block];
+        // kq[r][t] = query[r] · cache[t0 + t]
+        let kq = &mut kq[..m * block];
         gemm_nt(
             cache_rows,
             RowsOf::packed(query, row),
@@ -236,41 +325,37 @@ fn attend(cfg: &Config, cache: &[f32], query: &[f32], pos: usize) -> Vec<f32> {
                 accumulate: false,
             },
         );
-        for (i, scores) in kq.chunks_exact_mut(block).enumerate() {
-            // Token i sees positions up to pos + i.
-            let seen = (pos + i + 1).saturating_sub(t0).min(block);
+        for (r, scores) in kq.chunks_exact_mut(block).enumerate() {
+            // Row r's token sees positions up to its own.
+            let seen = (pos + r / heads + 1).saturating_sub(t0).min(block);
             let (seen, future) = scores.split_at_mut(seen);
             future.fill(0.0);
             if seen.is_empty() {
                 continue;
             }
             seen.iter_mut().for_each(|s| *s *= scale);
-            let new_max = seen.iter().fold(max[i], |m, &s| m.max(s));
-            let rescale = (max[i] - new_max).exp();
+            let new_max = seen.iter().fold(p.max[r], |m, &s| m.max(s));
+            let rescale = (p.max[r] - new_max).exp();
             let mut block_sum = 0f32;
             for s in seen.iter_mut() {
                 *s = (*s - new_max).exp();
                 block_sum += *s;
             }
-            sum[i] = sum[i] * rescale + block_sum;
-            kqv[i * kv..][..kv].iter_mut().for_each(|c| *c *= rescale);
-            max[i] = new_max;
+            p.sum[r] = p.sum[r] * rescale + block_sum;
+            p.kqv[r * kv..][..kv].iter_mut().for_each(|c| *c *= rescale);
+            p.max[r] = new_max;
         }
-        // kqv[i] += Σ_t kq[i][t] · latent[t0 + t]
+        // kqv[r] += Σ_t kq[r][t] · latent[t0 + t]
         gemm_nn(
             RowsOf::packed(kq, block),
             cache_rows,
             block,
             kv,
-            &mut kqv,
+            &mut p.kqv,
             kv,
         );
     }
-    for (c, &s) in kqv.chunks_exact_mut(kv).zip(&sum) {
-        let inv = 1.0 / s;
-        c.iter_mut().for_each(|v| *v *= inv);
-    }
-    kqv
+    p
 }
 
 /// SwiGLU FFN of a block of rows: `down · (silu(gate · h) * (up · h))`.
@@ -436,5 +521,63 @@ impl Backend for CpuBackend<'_> {
             Want::Hidden(Rows::All) => Output::Hidden(rows),
             _ => last,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::SplitMix64;
+
+    /// [`attend`] against the softmax and weighted sum in f64, row by row, with the cache
+    /// cut into several key blocks: one token (the keys split between threads), a block of
+    /// tokens after a cached prefix (token groups, some keys past a token's position), on
+    /// one thread and on three (other splits and groups); within 1e-5 of the largest value,
+    /// no NaN.
+    #[test]
+    fn attend_matches_f64_softmax_over_split_keys() {
+        let cfg = crate::synth::Preset::Tiny.config();
+        let (row, kv, heads) = (cfg.cache_row(), cfg.kv_lora_rank, cfg.n_heads);
+        let mut rng = SplitMix64(5);
+        let mut uniform = || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (pos, n) in [(1000, 1), (700, 37), (0, 5)] {
+                let cache: Vec<f32> = (0..(pos + n) * row).map(|_| 2.0 * uniform()).collect();
+                let query: Vec<f32> = (0..n * heads * row).map(|_| 2.0 * uniform()).collect();
+                let got = pool.install(|| attend(&cfg, &cache, &query, pos, heads));
+                assert_eq!(got.len(), n * heads * kv);
+                for (r, q) in query.chunks_exact(row).enumerate() {
+                    let seen = pos + r / heads + 1;
+                    let scores: Vec<f64> = cache
+                        .chunks_exact(row)
+                        .take(seen)
+                        .map(|k| {
+                            let s: f64 = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            s * cfg.attn_scale() as f64
+                        })
+                        .collect();
+                    let m = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+                    let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let sum: f64 = w.iter().sum();
+                    for c in 0..kv {
+                        let want: f64 = w
+                            .iter()
+                            .zip(cache.chunks_exact(row))
+                            .map(|(w, k)| w * k[c] as f64)
+                            .sum::<f64>()
+                            / sum;
+                        let g = got[r * kv + c];
+                        assert!(
+                            (g as f64 - want).abs() <= 1e-5 * 2.0,
+                            "{threads} threads, pos {pos}, {n} tokens, row {r} col {c}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
