@@ -394,7 +394,7 @@ const TRANSPOSE_COLS: usize = 16;
 
 /// `out[c * out_stride + r] = m[r * stride + c]` for `r < rows`, `c < cols`, over the cores
 /// in blocks of [`TRANSPOSE_COLS`] columns (each source row read in short runs).
-pub(crate) fn transpose_strided(
+fn transpose_strided(
     m: &[f32],
     stride: usize,
     rows: usize,
