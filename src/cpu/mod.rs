@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ops_common::CacheType;
 use crate::weights::{DenseFfn, Ffn, Layer, Matrix, MoeFfn, Weights};
 pub use matmul::CpuMath;
-use matmul::{gemm_nn, matmul, RowsOf};
+use matmul::{gemm_nn, matmul, transpose_block, RowsOf};
 use ops::{rmsnorm, rmsnorm_inplace, rope};
 
 /// Tokens one pass of [`forward`] takes at most. Activations are sized by it, not by the
@@ -274,24 +274,6 @@ fn attend(cfg: &Config, cache: &[f32], query: &[f32], pos: usize, heads: usize) 
         }
     }
     kqv
-}
-
-/// `out[c * rows + r] = m[r * cols + c]`: a block of cache rows transposed on the calling
-/// thread (each attention task holds one), in tiles that stay in L1.
-fn transpose_block(m: &[f32], cols: usize, rows: usize, out: &mut [f32]) {
-    const TILE: usize = 16;
-    for r0 in (0..rows).step_by(TILE) {
-        let rn = TILE.min(rows - r0);
-        for c0 in (0..cols).step_by(TILE) {
-            let cn = TILE.min(cols - c0);
-            for r in r0..r0 + rn {
-                let src = &m[r * cols + c0..][..cn];
-                for (c, &v) in src.iter().enumerate() {
-                    out[(c0 + c) * rows + r] = v;
-                }
-            }
-        }
-    }
 }
 
 /// One task's share of [`attend`]: per query row the running maximum of its scaled scores,
