@@ -222,8 +222,9 @@ enum MatmulArg {
     /// f32 FMAs, no tensor cores.
     Fma,
     /// CPU only: activations rounded to 8 bits per 32 values and multiplied as integers by
-    /// the weights' codes (Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), as llama.cpp's CPU backend does:
-    /// faster; the error it adds is measured in BENCHMARKS.md.
+    /// the weights' codes (every quantized type but Q4_1 and Q5_1), as llama.cpp's CPU
+    /// backend does: faster;
+    /// the error it adds is measured in BENCHMARKS.md.
     Q8,
 }
 

@@ -275,6 +275,21 @@ impl IntKernels for super::BlockQ3K {
     const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q3_k, avx2::dot_q3_k];
 }
 
+impl IntKernels for super::BlockIQ4NL {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_iq4_nl, avx2::dot_iq4_nl];
+}
+
+impl IntKernels for super::BlockMXFP4 {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_mxfp4, avx2::dot_mxfp4];
+}
+
+impl IntKernels for super::BlockIQ4XS {
+    #[cfg(target_arch = "x86_64")]
+    const KERNELS: [Kernel<Self>; 2] = [avx512::dot_iq4_xs, avx2::dot_iq4_xs];
+}
+
 impl IntKernels for super::BlockQ6K {
     #[cfg(target_arch = "x86_64")]
     const KERNELS: [Kernel<Self>; 2] = [avx512::dot_q6_k, avx2::dot_q6_k];
@@ -356,6 +371,13 @@ impl Nibbles for super::BlockQ5_0 {
     }
 }
 
+/// The biased level table of a slice's format (named where the type is only `impl
+/// TableBlock`).
+#[cfg(target_arch = "x86_64")]
+fn biased_levels<B: super::kquants::codes::TableBlock>(_: &[B]) -> [u8; 16] {
+    B::BIASED
+}
+
 /// A kernel of `T` activation rows called with `out.len()` (1 to [`DOT_Q8_TOKENS`]) rows.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_row_count {
@@ -401,11 +423,11 @@ pub fn vectorised() -> Option<&'static str> {
 /// the 8-bit dots of the formats the downloaded files are mostly made of.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::{nibble_offset, Nibbles, Q8Row};
-    use crate::formats::kquants::codes::WithMins;
+    use super::{biased_levels, nibble_offset, Nibbles, Q8Row};
+    use crate::formats::kquants::codes::{TableBlock, WithMins};
     use crate::formats::kquants::{codes, q3_scales, scales_and_mins};
     use crate::formats::Block;
-    use crate::formats::BlockQ8_0;
+    use crate::formats::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ8_0};
     use crate::formats::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K};
     use std::arch::x86_64::*;
 
@@ -680,6 +702,70 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// IQ4_NL and MXFP4, two blocks per step: each nibble's level from the format's table,
+    /// signed; a scale per block.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_iq4_nl(blocks: &[BlockIQ4NL], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(table_rows, blocks, xs, out)
+    }
+
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_mxfp4(blocks: &[BlockMXFP4], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(table_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn table_rows<const T: usize>(
+        blocks: &[impl TableBlock + Block],
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let table = biased_levels(blocks);
+        let flip = _mm512_set1_epi8(-128);
+        // Even and odd steps into separate sums, as Q8_0's.
+        let mut acc = [[_mm512_setzero_ps(); T]; 2];
+        for p in 0..blocks.len() / 2 {
+            let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
+            let levels = join(
+                codes::levels(&table, a.nibbles()),
+                codes::levels(&table, b.nibbles()),
+            );
+            let w = _mm512_xor_si512(levels, flip);
+            step::<T>(w, halves(a.scale(), b.scale()), 64 * p, xs, &mut acc[p % 2]);
+        }
+        finish(&pair_sum(acc), out);
+        odd_tail(blocks, xs, out);
+    }
+
+    /// IQ4_XS: per super-block four steps of two runs of 32 levels, signed; a scale per run.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn dot_iq4_xs(blocks: &[BlockIQ4XS], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(iq4_xs_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn iq4_xs_rows<const T: usize>(blocks: &[BlockIQ4XS], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = f16(block.d.0);
+            for j in 0..4 {
+                let levels = join(codes::iq4_xs(block, 2 * j), codes::iq4_xs(block, 2 * j + 1));
+                let w = _mm512_xor_si512(levels, flip);
+                let f = halves(
+                    d * block.run_scale(2 * j) as f32,
+                    d * block.run_scale(2 * j + 1) as f32,
+                );
+                step::<T>(w, f, 256 * b + 64 * j, xs, &mut acc);
+            }
+        }
+        finish(&acc, out);
+    }
+
     /// Q2_K: per half super-block two steps of 64 values (four runs of two-bit codes, a
     /// scale per 16); the mins from the activations' sums per 16.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
@@ -793,11 +879,13 @@ pub(crate) mod avx512 {
 /// activations, so each step's activation scale is a single broadcast.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
+    use super::biased_levels;
     use super::{nibble_offset, Nibbles, Q8Row, ACT_BLOCK};
+    use crate::formats::kquants::codes::TableBlock;
     use crate::formats::kquants::codes::WithMins;
     use crate::formats::kquants::{codes, q3_scales, scales_and_mins};
     use crate::formats::{Block, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0};
-    use crate::formats::{BlockQ6K, BlockQ8_0};
+    use crate::formats::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ6K, BlockQ8_0};
     use std::arch::x86_64::*;
 
     /// AVX2, FMA and F16C.
@@ -984,6 +1072,60 @@ pub(crate) mod avx2 {
         for (o, min) in out.iter_mut().zip(min_sums) {
             *o -= min;
         }
+    }
+
+    /// IQ4_NL and MXFP4: each nibble's level from the format's table, signed; a scale per
+    /// block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_iq4_nl(blocks: &[BlockIQ4NL], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(table_rows, blocks, xs, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_mxfp4(blocks: &[BlockMXFP4], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(table_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn table_rows<const T: usize>(
+        blocks: &[impl TableBlock],
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let table = biased_levels(blocks);
+        let flip = _mm256_set1_epi8(-128);
+        let mut acc = [[_mm256_setzero_ps(); T]; 2];
+        for (b, block) in blocks.iter().enumerate() {
+            let w = _mm256_xor_si256(codes::levels(&table, block.nibbles()), flip);
+            let f = _mm256_set1_ps(block.scale());
+            step::<T>(w, f, 32 * b, xs, &mut acc[b % 2]);
+        }
+        finish(&pair_sum(acc), out);
+    }
+
+    /// IQ4_XS: per super-block eight runs of 32 levels, signed; a scale per run.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_iq4_xs(blocks: &[BlockIQ4XS], xs: &[Q8Row], out: &mut [f32]) {
+        by_row_count!(iq4_xs_rows, blocks, xs, out)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn iq4_xs_rows<const T: usize>(blocks: &[BlockIQ4XS], xs: &[Q8Row], out: &mut [f32]) {
+        let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
+        let flip = _mm256_set1_epi8(-128);
+        let mut acc = [[_mm256_setzero_ps(); T]; 2];
+        for (b, block) in blocks.iter().enumerate() {
+            let d = f16(block.d.0);
+            for ib in 0..8 {
+                let w = _mm256_xor_si256(codes::iq4_xs(block, ib), flip);
+                let f = _mm256_set1_ps(d * block.run_scale(ib) as f32);
+                step::<T>(w, f, 256 * b + 32 * ib, xs, &mut acc[ib % 2]);
+            }
+        }
+        finish(&pair_sum(acc), out);
     }
 
     /// Q2_K: per super-block eight runs of 32 two-bit codes (a scale per 16); the mins

@@ -3,6 +3,7 @@
 //! 6-bit sub-block scale (IQ4_XS, super-blocks of 256 in 8 sub-blocks of 32). Low nibbles hold
 //! values 0..16 of a 32-value run, high nibbles 16..32.
 
+use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout, QK_K};
 use crate::gguf::GgmlType;
 
@@ -40,6 +41,16 @@ fn decode_run(d: f32, qs: &[u8], out: &mut [f32]) {
     for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
         *l = d * IQ4_LEVELS[(q & 0x0F) as usize] as f32;
         *h = d * IQ4_LEVELS[(q >> 4) as usize] as f32;
+    }
+}
+
+/// The 8-bit mode's codes of a run of 32: each value's level plus 128 (the offset its
+/// [`Codes`] subtracts), values 0..16 from the low nibbles, 16..32 from the high.
+fn level_codes(qs: &[u8], codes: &mut [u8]) {
+    let (lo, hi) = codes.split_at_mut(16);
+    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
+        *l = (IQ4_LEVELS[(q & 0x0F) as usize] as u8) ^ 0x80;
+        *h = (IQ4_LEVELS[(q >> 4) as usize] as u8) ^ 0x80;
     }
 }
 
@@ -84,6 +95,22 @@ impl Block for BlockIQ4NL {
         decode_run(self.d.get(), &self.qs, out);
     }
 
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 128,
+        integer_rows: 1,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        level_codes(&self.qs, codes);
+        (scale[0], min[0]) = (self.d.get(), 0.0);
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        super::int8::dot_rows(blocks, xs, out)
+    }
+
     fn quantize(values: &[f32]) -> Self {
         let d = F16Bits::from_f32(run_scale(values));
         BlockIQ4NL {
@@ -121,6 +148,25 @@ impl Block for BlockIQ4XS {
                 run,
             );
         }
+    }
+
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 128,
+        integer_rows: 8,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let d = self.d.get();
+        for (ib, c) in codes.chunks_exact_mut(32).enumerate() {
+            level_codes(&self.qs[16 * ib..16 * ib + 16], c);
+            (scale[ib], min[ib]) = (d * self.run_scale(ib) as f32, 0.0);
+        }
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     vectorised_rows!();

@@ -2,6 +2,7 @@
 //! stored as an 8-bit exponent (e8m0). ggml keeps the e2m1 levels doubled as integers and
 //! halves the scale. Low nibbles hold values 0..16, high nibbles 16..32.
 
+use super::int8::{Codes, Q8Row};
 use super::{Block, GpuLayout};
 use crate::gguf::GgmlType;
 
@@ -50,6 +51,27 @@ impl Block for BlockMXFP4 {
             *l = MXFP4_LEVELS[(q & 0x0F) as usize] as f32 * d;
             *h = MXFP4_LEVELS[(q >> 4) as usize] as f32 * d;
         }
+    }
+
+    /// The levels plus 128 (the offset [`Codes`] subtracts), the scale the block's.
+    const CODES: Option<Codes> = Some(Codes {
+        group: 32,
+        offset: 128,
+        integer_rows: 1,
+    });
+
+    fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+        let (lo, hi) = codes.split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&self.qs) {
+            *l = (MXFP4_LEVELS[(q & 0x0F) as usize] as u8) ^ 0x80;
+            *h = (MXFP4_LEVELS[(q >> 4) as usize] as u8) ^ 0x80;
+        }
+        (scale[0], min[0]) = (e8m0_half(self.e), 0.0);
+    }
+
+    #[inline]
+    fn dot_q8_tokens(blocks: &[Self], xs: &[Q8Row], out: &mut [f32]) {
+        super::int8::dot_rows(blocks, xs, out)
     }
 
     /// ggml's `quantize_row_mxfp4_ref`: exponent `floor(log2(amax)) - 2`, nearest level.

@@ -407,7 +407,8 @@ fn wgsl_iq4_polynomial_rounds_to_the_table() {
 }
 
 /// The formats the CPU's 8-bit mode multiplies in integers: the types of the Q8_0, Q4_0,
-/// Q2_K, Q4_K_M, Q5_K_M and Q6_K files (the Q4_K_M file's `attn_k_b` is Q5_0).
+/// Q2_K, Q4_K_M, Q5_K_M, Q6_K, IQ4_NL, IQ4_XS and MXFP4_MOE files (the Q4_K_M file's
+/// `attn_k_b` is Q5_0).
 #[test]
 fn the_8_bit_mode_covers_the_common_file_types() {
     let with_codes: Vec<String> = FORMATS
@@ -417,7 +418,10 @@ fn the_8_bit_mode_covers_the_common_file_types() {
         .collect();
     assert_eq!(
         with_codes,
-        ["Q8_0", "Q4_0", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+        [
+            "Q8_0", "Q4_0", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+            "MXFP4"
+        ]
     );
 }
 
@@ -500,6 +504,9 @@ fn decode_codes(f: &WeightFormat, bytes: &[u8], out: &mut [f32]) {
         GgmlType::Q4_K => run::<BlockQ4K>(bytes, out),
         GgmlType::Q5_K => run::<BlockQ5K>(bytes, out),
         GgmlType::Q6_K => run::<BlockQ6K>(bytes, out),
+        GgmlType::IQ4_NL => run::<BlockIQ4NL>(bytes, out),
+        GgmlType::IQ4_XS => run::<BlockIQ4XS>(bytes, out),
+        GgmlType::MXFP4 => run::<BlockMXFP4>(bytes, out),
         other => panic!("{other} has no codes"),
     }
 }
@@ -732,4 +739,7 @@ fn every_vectorised_8_bit_dot_matches_the_definition() {
     check::<BlockQ4K>(&mut rng);
     check::<BlockQ5K>(&mut rng);
     check::<BlockQ6K>(&mut rng);
+    check::<BlockIQ4NL>(&mut rng);
+    check::<BlockIQ4XS>(&mut rng);
+    check::<BlockMXFP4>(&mut rng);
 }
