@@ -223,8 +223,7 @@ enum MatmulArg {
     Fma,
     /// CPU only: activations rounded to 8 bits per 32 values and multiplied as integers by
     /// the weights' codes (every quantized type but Q4_1 and Q5_1), as llama.cpp's CPU
-    /// backend does: faster;
-    /// the error it adds is measured in BENCHMARKS.md.
+    /// backend does: faster; the error it adds is measured in BENCHMARKS.md.
     Q8,
 }
 
