@@ -307,8 +307,10 @@ fn scan(
         kqv: vec![0f32; m * kv],
     };
     let end = keys.end.min(last_seen);
-    let mut kq = vec![0f32; m * KEY_BLOCK];
-    let mut keys_t = vec![0f32; row * KEY_BLOCK];
+    // Buffers for the largest block this task scores (a short context needs less).
+    let most = KEY_BLOCK.min(end.saturating_sub(keys.start));
+    let mut kq = vec![0f32; m * most];
+    let mut keys_t = vec![0f32; row * most];
     for t0 in (keys.start..end).step_by(KEY_BLOCK) {
         let block = KEY_BLOCK.min(end - t0);
         let cache_rows = RowsOf {
@@ -549,7 +551,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            for (pos, n) in [(1000, 1), (700, 37), (0, 5)] {
+            for (pos, n) in [(1000, 1), (700, 37), (0, 5), (300, 200)] {
                 let cache: Vec<f32> = (0..(pos + n) * row).map(|_| 2.0 * uniform()).collect();
                 let query: Vec<f32> = (0..n * heads * row).map(|_| 2.0 * uniform()).collect();
                 let got = pool.install(|| attend(&cfg, &cache, &query, pos, heads));
