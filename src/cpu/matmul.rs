@@ -428,16 +428,12 @@ fn transpose_strided(
 pub fn transpose_block(m: &[f32], cols: usize, rows: usize, out: &mut [f32]) {
     const TILE: usize = 16;
     assert!(m.len() >= rows * cols && out.len() >= rows * cols);
-    #[cfg(target_arch = "x86_64")]
-    let fast = simd::has_avx512();
-    #[cfg(not(target_arch = "x86_64"))]
-    let fast = false;
     for r0 in (0..rows).step_by(TILE) {
         let rn = TILE.min(rows - r0);
         for c0 in (0..cols).step_by(TILE) {
             let cn = TILE.min(cols - c0);
             #[cfg(target_arch = "x86_64")]
-            if fast && rn == TILE && cn == TILE {
+            if rn == TILE && cn == TILE && simd::has_avx512() {
                 // SAFETY: the CPU has AVX-512F; the tile's 16 rows of 16 values lie within
                 // `m` and its 16 columns within `out` (asserted above).
                 unsafe {
@@ -450,7 +446,6 @@ pub fn transpose_block(m: &[f32], cols: usize, rows: usize, out: &mut [f32]) {
                 };
                 continue;
             }
-            let _ = fast;
             for r in r0..r0 + rn {
                 for (c, &v) in m[r * cols + c0..][..cn].iter().enumerate() {
                     out[(c0 + c) * rows + r] = v;

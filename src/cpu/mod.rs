@@ -175,10 +175,7 @@ fn attention(
     let absorbed: Vec<Vec<f32>> = (0..heads)
         .into_par_iter()
         .map(|h| {
-            let q_nope: Vec<f32> = (0..n)
-                .flat_map(|i| &q[(i * heads + h) * head_dim..][..nope])
-                .copied()
-                .collect();
+            let q_nope = head_slices(&q, heads, h, head_dim, nope);
             mul(&layer.attn_k_b.rows(h * kv, kv), &q_nope, math)
         })
         .collect();
@@ -195,10 +192,7 @@ fn attention(
     let per_head: Vec<Vec<f32>> = (0..heads)
         .into_par_iter()
         .map(|h| {
-            let kqv_h: Vec<f32> = (0..n)
-                .flat_map(|i| &kqv[(i * heads + h) * kv..][..kv])
-                .copied()
-                .collect();
+            let kqv_h = head_slices(&kqv, heads, h, kv, kv);
             mul(
                 &layer.attn_v_b.rows(h * cfg.v_head, cfg.v_head),
                 &kqv_h,
@@ -213,6 +207,15 @@ fn attention(
         }
     }
     mul(&layer.attn_output, &kqv_out, math)
+}
+
+/// Head `h`'s first `take` values of each token's row of `x` (`[tokens][heads][width]`),
+/// one after another.
+fn head_slices(x: &[f32], heads: usize, h: usize, width: usize, take: usize) -> Vec<f32> {
+    x.chunks_exact(heads * width)
+        .flat_map(|token| &token[h * width..][..take])
+        .copied()
+        .collect()
 }
 
 /// Cache positions one step of [`scan`] scores: its scores (`[rows][KEY_BLOCK]`) and the

@@ -326,49 +326,11 @@ pub fn dot_rows<B: IntKernels>(blocks: &[B], xs: &[Q8Row], out: &mut [f32]) {
     }
 }
 
-/// Q4_0 and Q5_0 as the vectorised 8-bit dots read them: a block's scale, its 16 bytes of
-/// nibbles (low: values 0-15, high: 16-31), Q5_0's fifth bits (bit i for value i), and the
-/// offset subtracted from every code.
+/// The code offset of a slice's legacy format (named where the type is only `impl
+/// Affine32`).
 #[cfg(target_arch = "x86_64")]
-trait Nibbles: Block {
-    const OFFSET: i8;
-    fn scale_bits(&self) -> [u8; 2];
-    fn nibbles(&self) -> &[u8; 16];
-    fn fifth_bits(&self) -> u32;
-}
-
-/// The offset of a slice's format (named where the type is only `impl Nibbles`).
-#[cfg(target_arch = "x86_64")]
-fn nibble_offset<B: Nibbles>(_: &[B]) -> i8 {
-    B::OFFSET
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Nibbles for super::BlockQ4_0 {
-    const OFFSET: i8 = 8;
-    fn scale_bits(&self) -> [u8; 2] {
-        self.d.0
-    }
-    fn nibbles(&self) -> &[u8; 16] {
-        &self.qs
-    }
-    fn fifth_bits(&self) -> u32 {
-        0
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Nibbles for super::BlockQ5_0 {
-    const OFFSET: i8 = 16;
-    fn scale_bits(&self) -> [u8; 2] {
-        self.d.0
-    }
-    fn nibbles(&self) -> &[u8; 16] {
-        &self.qs
-    }
-    fn fifth_bits(&self) -> u32 {
-        u32::from_le_bytes(self.qh)
-    }
+fn nibble_offset<B: super::kquants::codes::Affine32>(_: &[B]) -> i8 {
+    B::OFFSET as i8
 }
 
 /// The biased level table of a slice's format (named where the type is only `impl
@@ -423,8 +385,8 @@ pub fn vectorised() -> Option<&'static str> {
 /// the 8-bit dots of the formats the downloaded files are mostly made of.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::{biased_levels, nibble_offset, Nibbles, Q8Row};
-    use crate::formats::kquants::codes::{TableBlock, WithMins};
+    use super::{biased_levels, nibble_offset, Q8Row};
+    use crate::formats::kquants::codes::{Affine32, TableBlock, WithMins};
     use crate::formats::kquants::{codes, q3_scales, scales_and_mins};
     use crate::formats::Block;
     use crate::formats::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ8_0};
@@ -594,29 +556,27 @@ pub(crate) mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn nibble_rows<const T: usize>(blocks: &[impl Nibbles], xs: &[Q8Row], out: &mut [f32]) {
+    unsafe fn nibble_rows<const T: usize>(
+        blocks: &[impl Affine32 + Block],
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let nibble = _mm_set1_epi8(0x0F);
         let offset = nibble_offset(blocks);
         let (fifth, offset) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(offset));
-        let nibbles = |qs: &[u8; 16]| {
-            let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
-            _mm256_set_m128i(hi, _mm_and_si128(q, nibble))
-        };
         // Even and odd steps into separate sums: a step is short, and one chain of
         // multiply-adds would wait on itself.
         let mut acc = [[_mm512_setzero_ps(); T]; 2];
         let pairs = blocks.len() / 2;
         for p in 0..pairs {
             let (a, b) = (&blocks[2 * p], &blocks[2 * p + 1]);
-            let bits = a.fifth_bits() as u64 | (b.fifth_bits() as u64) << 32;
+            let bits = a.fifth() as u64 | (b.fifth() as u64) << 32;
             let codes = _mm512_or_si512(
-                join(nibbles(a.nibbles()), nibbles(b.nibbles())),
+                join(codes::nibbles(a.nibbles()), codes::nibbles(b.nibbles())),
                 _mm512_and_si512(_mm512_movm_epi8(bits), fifth),
             );
             let w = _mm512_sub_epi8(codes, offset);
-            let f = halves(f16(a.scale_bits()), f16(b.scale_bits()));
+            let f = halves(f16(a.scales().0 .0), f16(b.scales().0 .0));
             step::<T>(w, f, 64 * p, xs, &mut acc[p % 2]);
         }
         finish(&pair_sum(acc), out);
@@ -879,10 +839,8 @@ pub(crate) mod avx512 {
 /// activations, so each step's activation scale is a single broadcast.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::biased_levels;
-    use super::{nibble_offset, Nibbles, Q8Row, ACT_BLOCK};
-    use crate::formats::kquants::codes::TableBlock;
-    use crate::formats::kquants::codes::WithMins;
+    use super::{biased_levels, nibble_offset, Q8Row, ACT_BLOCK};
+    use crate::formats::kquants::codes::{Affine32, TableBlock, WithMins};
     use crate::formats::kquants::{codes, q3_scales, scales_and_mins};
     use crate::formats::{Block, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0};
     use crate::formats::{BlockIQ4NL, BlockIQ4XS, BlockMXFP4, BlockQ6K, BlockQ8_0};
@@ -991,27 +949,14 @@ pub(crate) mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibble_rows<const T: usize>(blocks: &[impl Nibbles], xs: &[Q8Row], out: &mut [f32]) {
+    unsafe fn nibble_rows<const T: usize>(blocks: &[impl Affine32], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let nibble = _mm_set1_epi8(0x0F);
-        // Byte i of a vector takes byte i / 8 of the fifth bits and tests its bit i % 8.
-        let spread = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
-        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let offset = nibble_offset(blocks);
-        let (fifth, offset) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(offset));
+        let offset = _mm256_set1_epi8(nibble_offset(blocks));
         let mut acc = [[_mm256_setzero_ps(); T]; 2];
         for (b, block) in blocks.iter().enumerate() {
-            let q = _mm_loadu_si128(block.nibbles().as_ptr() as *const __m128i);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), nibble);
-            let codes = _mm256_set_m128i(hi, _mm_and_si128(q, nibble));
-            let bits = _mm256_shuffle_epi8(_mm256_set1_epi32(block.fifth_bits() as i32), spread);
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, bit), bit);
-            let codes = _mm256_or_si256(codes, _mm256_and_si256(set, fifth));
+            let codes = codes::with_fifth(block.nibbles(), block.fifth());
             let w = _mm256_sub_epi8(codes, offset);
-            let f = _mm256_set1_ps(f16(block.scale_bits()));
+            let f = _mm256_set1_ps(f16(block.scales().0 .0));
             step::<T>(w, f, 32 * b, xs, &mut acc[b % 2]);
         }
         finish(&pair_sum(acc), out);

@@ -44,13 +44,14 @@ fn decode_run(d: f32, qs: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The 8-bit mode's codes of a run of 32: each value's level plus 128 (the offset its
-/// [`Codes`] subtracts), values 0..16 from the low nibbles, 16..32 from the high.
-fn level_codes(qs: &[u8], codes: &mut [u8]) {
+/// The 8-bit mode's codes of a run of 32 nibbles indexing `levels` (IQ4's, MXFP4's): each
+/// value's level plus 128 (the offset its [`Codes`] subtracts), values 0..16 from the low
+/// nibbles, 16..32 from the high.
+pub(super) fn level_codes(levels: &[i8; 16], qs: &[u8], codes: &mut [u8]) {
     let (lo, hi) = codes.split_at_mut(16);
     for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
-        *l = (IQ4_LEVELS[(q & 0x0F) as usize] as u8) ^ 0x80;
-        *h = (IQ4_LEVELS[(q >> 4) as usize] as u8) ^ 0x80;
+        *l = (levels[(q & 0x0F) as usize] as u8) ^ 0x80;
+        *h = (levels[(q >> 4) as usize] as u8) ^ 0x80;
     }
 }
 
@@ -102,7 +103,7 @@ impl Block for BlockIQ4NL {
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
-        level_codes(&self.qs, codes);
+        level_codes(&IQ4_LEVELS, &self.qs, codes);
         (scale[0], min[0]) = (self.d.get(), 0.0);
     }
 
@@ -159,7 +160,7 @@ impl Block for BlockIQ4XS {
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
         let d = self.d.get();
         for (ib, c) in codes.chunks_exact_mut(32).enumerate() {
-            level_codes(&self.qs[16 * ib..16 * ib + 16], c);
+            level_codes(&IQ4_LEVELS, &self.qs[16 * ib..16 * ib + 16], c);
             (scale[ib], min[ib]) = (d * self.run_scale(ib) as f32, 0.0);
         }
     }

@@ -882,24 +882,40 @@ pub(super) mod codes {
         _mm256_or_si256(nibbles(qs), fifth_bits(fifth))
     }
 
-    /// Q4_1, Q5_0 and Q5_1: blocks of 32 codes (a nibble, and for the Q5 formats bit `i` of
+    /// The legacy formats: blocks of 32 codes (a nibble, and for the Q5 formats bit `i` of
     /// `qh` as the fifth bit of value `i`), each value `(code - OFFSET) · d`, plus the block's
-    /// minimum `m` for the `_1` formats (the operations of their `dequantize`).
+    /// minimum `m` for the `_1` formats (the operations of their `dequantize`). The exact
+    /// decode reads Q4_0 through its level table instead; the 8-bit dots read Q4_0 and Q5_0
+    /// through this.
     pub trait Affine32 {
         const OFFSET: i32;
         const HAS_MIN: bool;
-        /// `d` and the minimum `m` added (0 where not [`Affine32::HAS_MIN`]).
-        fn scale_min(&self) -> (f32, f32);
+        /// `d` and the minimum `m` added (zero where not [`Affine32::HAS_MIN`]), as stored.
+        fn scales(&self) -> (F16Bits, F16Bits);
         fn nibbles(&self) -> &[u8; 16];
-        /// The fifth bits (0 for Q4_1).
+        /// The fifth bits (0 for the 4-bit formats).
         fn fifth(&self) -> u32;
+    }
+
+    impl Affine32 for crate::formats::BlockQ4_0 {
+        const OFFSET: i32 = 8;
+        const HAS_MIN: bool = false;
+        fn scales(&self) -> (F16Bits, F16Bits) {
+            (self.d, F16Bits::default())
+        }
+        fn nibbles(&self) -> &[u8; 16] {
+            &self.qs
+        }
+        fn fifth(&self) -> u32 {
+            0
+        }
     }
 
     impl Affine32 for BlockQ4_1 {
         const OFFSET: i32 = 0;
         const HAS_MIN: bool = true;
-        fn scale_min(&self) -> (f32, f32) {
-            (self.d.get(), self.m.get())
+        fn scales(&self) -> (F16Bits, F16Bits) {
+            (self.d, self.m)
         }
         fn nibbles(&self) -> &[u8; 16] {
             &self.qs
@@ -912,8 +928,8 @@ pub(super) mod codes {
     impl Affine32 for BlockQ5_0 {
         const OFFSET: i32 = 16;
         const HAS_MIN: bool = false;
-        fn scale_min(&self) -> (f32, f32) {
-            (self.d.get(), 0.0)
+        fn scales(&self) -> (F16Bits, F16Bits) {
+            (self.d, F16Bits::default())
         }
         fn nibbles(&self) -> &[u8; 16] {
             &self.qs
@@ -926,8 +942,8 @@ pub(super) mod codes {
     impl Affine32 for BlockQ5_1 {
         const OFFSET: i32 = 0;
         const HAS_MIN: bool = true;
-        fn scale_min(&self) -> (f32, f32) {
-            (self.d.get(), self.m.get())
+        fn scales(&self) -> (F16Bits, F16Bits) {
+            (self.d, self.m)
         }
         fn nibbles(&self) -> &[u8; 16] {
             &self.qs
@@ -1094,7 +1110,8 @@ mod decode {
     unsafe fn decode_affine<B: codes::Affine32, W: Width, S: Take<W>>(blocks: &[B], sink: &mut S) {
         let offset = W::splat_i32(B::OFFSET);
         for (i, b) in blocks.iter().enumerate() {
-            let (d, m) = b.scale_min();
+            let (d, m) = b.scales();
+            let (d, m) = (d.get(), m.get());
             let (d, m) = (W::splat(d), W::splat(m));
             let codes = codes::with_fifth(b.nibbles(), b.fifth());
             for (g, q) in W::widen(codes).into_iter().enumerate() {

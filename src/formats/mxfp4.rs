@@ -61,11 +61,7 @@ impl Block for BlockMXFP4 {
     });
 
     fn codes(&self, codes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
-        let (lo, hi) = codes.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&self.qs) {
-            *l = (MXFP4_LEVELS[(q & 0x0F) as usize] as u8) ^ 0x80;
-            *h = (MXFP4_LEVELS[(q >> 4) as usize] as u8) ^ 0x80;
-        }
+        super::iq::level_codes(&MXFP4_LEVELS, &self.qs, codes);
         (scale[0], min[0]) = (e8m0_half(self.e), 0.0);
     }
 
