@@ -798,11 +798,27 @@ fn cooperative_batched_attention_matches_cpu() {
                 let d = attn_batch_coop::dispatch(&ctx, &p, &cfg, &a, &q_parts);
                 run_grids(&ctx, &[(&d, attn_batch_coop::grid(&cfg, n))]);
                 let want = attention_cpu(&cfg, &stored, &q_abs, &q, pos, n);
+                // Each query value enters as two f16 parts, about 21 bits of it: a score's
+                // error is up to 2^-21 of Σ|q|·|k| (|k| < 1 here) times the scale, and an
+                // output's, relative to the largest, about that through the softmax. Rows
+                // holding 1e4-sized values reach 1e-3 (measured on an H200); ordinary ones
+                // stay within TOL.
+                let score_bound = q_abs
+                    .chunks_exact(kv)
+                    .zip(q.chunks_exact(head_dim))
+                    .map(|(a, b)| a.iter().chain(&b[nope..]).map(|v| v.abs()).sum::<f32>())
+                    .fold(0f32, f32::max)
+                    * cfg.attn_scale()
+                    * 2f32.powi(-21);
                 check_within(
                     &label,
                     &ctx.read_f32(&kqv, n * heads * kv).unwrap(),
                     &want,
-                    TOL,
+                    if wide {
+                        TOL.max(2.0 * score_bound)
+                    } else {
+                        TOL
+                    },
                 );
             }
         }
