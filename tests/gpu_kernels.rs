@@ -13,8 +13,7 @@ use glm_flash::formats;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::cache::{decode_rows, encode_rows};
 use glm_flash::gpu::kernels::{
-    argmax, attn_combine, attn_merge_v_b, attn_partial, embed, ffn_down, ffn_gate_up, matvec,
-    TokenParams,
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
 use glm_flash::gpu::pipelines::{run, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
@@ -288,32 +287,10 @@ fn attention_matches_cpu_up_to_long_contexts() {
     let kv_norm = rng.vec(kv);
     let variants = attn_partial::variants(&cfg);
     assert_eq!(variants, [6, 3, 2], "all heads, half, a fifth");
-    // v_b for the merge fused with it: rows of 32 units in Q8_0 (the whole workgroup per
-    // row quad), of 16 in Q4_K (lane groups); 36 rows per head, not a multiple of a
-    // workgroup's rows.
-    let v_head = 36;
-    let v_b_bytes: Vec<(GgmlType, Vec<u8>)> = [GgmlType::Q8_0, GgmlType::Q4_K]
+    let devices = contexts()
         .into_iter()
-        .map(|ty| (ty, quantized(&mut rng, ty, heads * v_head, kv)))
-        .collect();
-    let v_bs: Vec<(GgmlType, Matrix)> = v_b_bytes
-        .iter()
-        .map(|(ty, data)| {
-            let m = Matrix {
-                name: "v_b",
-                ty: *ty,
-                rows: heads * v_head,
-                cols: kv,
-                data,
-            };
-            (*ty, m)
-        })
-        .collect();
-    cfg.v_head = v_head;
-    let devices = [
-        ("workgroup reductions".to_string(), self::ctx(None, true)),
-        ("device defaults".to_string(), self::ctx(None, false)),
-    ];
+        .take(1)
+        .chain([("device defaults".to_string(), self::ctx(None, false))]);
     for (label, ctx) in devices {
         let p = Pipelines::new();
         let (q_abs_b, q_b, kv_a_b, kv_norm_b) = (
@@ -418,54 +395,6 @@ fn attention_matches_cpu_up_to_long_contexts() {
                         &ctx.read_f32(&kqv, heads * kv).unwrap(),
                         &want,
                     );
-
-                    // The merge fused with v_b, where the schedule runs it (the widest
-                    // variant): the same cache row, and v_b times the CPU's context.
-                    if v > 0 || !attn_merge_v_b::runs_at(pos) {
-                        continue;
-                    }
-                    let cache_b = storage_init(&ctx, "cache", &init_bytes[..bytes]);
-                    let a = attn_partial::Attention {
-                        cache: &cache_b,
-                        ..a
-                    };
-                    let dp = attn_partial::dispatch(&ctx, &p, &cfg, max_context, &a, heads_wg);
-                    for (ty, v_b) in &v_bs {
-                        let gm =
-                            GpuMatrix::from_matrix(&ctx, "v_b", v_b, &mut Uploader::new(0, None))
-                                .unwrap();
-                        let kqv_out = poison(&ctx, heads * v_head);
-                        let m = attn_merge_v_b::MergeVb {
-                            v_b: &gm,
-                            kv_a: &kv_a_b,
-                            kv_norm: &kv_norm_b,
-                            kqv_out: &kqv_out,
-                        };
-                        let dm = attn_merge_v_b::dispatch(&ctx, &p, &cfg, max_context, &a, &m)
-                            .expect("v_b is one binding");
-                        let mut enc = ctx.device.create_command_encoder(&Default::default());
-                        {
-                            let mut pass = enc.begin_compute_pass(&Default::default());
-                            dp.record_sized(&mut pass, attn_partial::grid(&cfg, pos, heads_wg));
-                            dm.record(&mut pass);
-                        }
-                        ctx.queue.submit([enc.finish()]);
-                        let got_bytes = ctx.read_bytes(&cache_b, bytes as u64).unwrap();
-                        check_within(
-                            &format!("{row_label}, merged with v_b {ty}"),
-                            &decode_rows(cache_type, &got_bytes)[pos * row..],
-                            &new,
-                            row_tol,
-                        );
-                        let want_out: Vec<f32> = (0..heads * v_head)
-                            .map(|r| v_b.dot_row(r, &want[(r / v_head) * kv..][..kv]))
-                            .collect();
-                        check(
-                            &format!("attention merged with v_b {ty}, n_ctx {n_ctx} {label}"),
-                            &ctx.read_f32(&kqv_out, heads * v_head).unwrap(),
-                            &want_out,
-                        );
-                    }
                 }
             }
         }

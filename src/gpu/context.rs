@@ -152,9 +152,7 @@ pub struct Requirements {
 /// these, and the binding test holds every pipeline the engine creates to them. Raise a
 /// number here when a kernel needs more.
 pub const MINIMUM: Requirements = Requirements {
-    // attn_merge_v_b: the attention's inputs, the cache, v_b's two arrays and its output.
-    // (Metal allows 31, Vulkan and DX12 drivers thousands; WebGPU's default is 8.)
-    storage_buffers_per_stage: 10,
+    storage_buffers_per_stage: 8,
     uniform_buffers_per_stage: 2,
     bindings_per_group: 30,
     invocations_per_workgroup: 256,
@@ -326,8 +324,8 @@ pub fn default_adapter() -> Option<wgpu::AdapterInfo> {
     best_adapter(&instance()).ok().map(|a| a.get_info())
 }
 
-/// Which limit of `l` is below [`MINIMUM`], if one is: "allows 8 storage buffers per stage,
-/// the kernels need 10".
+/// Which limit of `l` is below [`MINIMUM`], if one is: "allows 7 storage buffers per stage,
+/// the kernels need 8".
 pub fn below_minimum(l: &wgpu::Limits) -> Option<String> {
     let m = MINIMUM;
     let checks = [
@@ -607,17 +605,16 @@ mod tests {
     fn an_adapter_below_the_minimum_is_refused_naming_the_limit() {
         let enough = wgpu::Limits {
             max_compute_workgroup_storage_size: 32768,
-            max_storage_buffers_per_shader_stage: 10,
             ..Default::default()
         };
         assert_eq!(below_minimum(&enough), None);
-        let webgpu_default = wgpu::Limits {
-            max_storage_buffers_per_shader_stage: 8,
+        let seven = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 7,
             ..enough.clone()
         };
         assert_eq!(
-            below_minimum(&webgpu_default).as_deref(),
-            Some("allows 8 storage buffers per stage, the kernels need 10")
+            below_minimum(&seven).as_deref(),
+            Some("allows 7 storage buffers per stage, the kernels need 8")
         );
         let small = wgpu::Limits {
             max_compute_workgroup_storage_size: 16384,

@@ -8,8 +8,7 @@ use crate::error::Result;
 use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::{
-    argmax, attn_combine, attn_merge_v_b, attn_partial, embed, ffn_down, ffn_gate_up, matvec,
-    TokenParams,
+    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
 };
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::resident::{GpuLayer, GpuModel};
@@ -58,9 +57,6 @@ struct LayerDispatches {
     attn_partial: Vec<Dispatch>,
     attn_combine: Dispatch,
     attn_v_b: Vec<Dispatch>,
-    /// attn_combine and attn_v_b in one, for tokens with few splits (where v_b is one
-    /// binding): `attn_merge_v_b::runs_at`.
-    attn_merge_v_b: Option<Dispatch>,
     attn_output: Vec<Dispatch>,
     /// MoE only: the router mat-vec (ffn_gate_up chooses the experts from its output).
     ffn_moe_logits: Vec<Dispatch>,
@@ -192,8 +188,7 @@ impl Schedule {
         })
     }
 
-    /// Dispatches one token at a short context records per layer (without the head), in
-    /// layer order.
+    /// Dispatches one token records per layer (without the head), in layer order.
     pub fn dispatches_per_layer(&self) -> Vec<usize> {
         self.layers.iter().map(LayerDispatches::count).collect()
     }
@@ -228,7 +223,6 @@ impl Schedule {
         // The attention's variant and grid follow the context: the same for every layer.
         let variant = attn_partial::choose(cfg, &self.attn_variants, pos);
         let attn_grid = attn_partial::grid(cfg, pos, self.attn_variants[variant]);
-        let merge_in_v_b = attn_merge_v_b::runs_at(pos);
         rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
             // Attention: MLA over the latent cache, k_b absorbed into q.
@@ -241,17 +235,10 @@ impl Schedule {
             // Scores with rope(q_pe), softmax and context per split of the cached positions
             rec.run_sized("kq_partial", &l.attn_partial[variant], attn_grid);
             // cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)];
-            // kqv[h] = Σ_t p[h][t] · latent[t] over the splits and pos;
+            // kqv[h] = Σ_t p[h][t] · latent[t] over the splits and pos
+            rec.run("kqv", std::slice::from_ref(&l.attn_combine));
             // kqv_out[h] = v_b[h] · kqv[h]
-            match &l.attn_merge_v_b {
-                Some(merged) if merge_in_v_b => {
-                    rec.run("kqv+kqv_out", std::slice::from_ref(merged));
-                }
-                _ => {
-                    rec.run("kqv", std::slice::from_ref(&l.attn_combine));
-                    rec.run("kqv_out", &l.attn_v_b);
-                }
-            }
+            rec.run("kqv_out", &l.attn_v_b);
             // x += attn_output · kqv_out
             rec.run("attn_out", &l.attn_output);
             // Feed-forward. MoE: router · rmsnorm(x) * ffn_norm
@@ -372,19 +359,6 @@ impl LayerDispatches {
                     kv_norm: &l.attn_kv_a_norm,
                 },
             ),
-            attn_merge_v_b: attn_merge_v_b::dispatch(
-                ctx,
-                p,
-                cfg,
-                max_context,
-                &attention,
-                &attn_merge_v_b::MergeVb {
-                    v_b: &l.attn_v_b,
-                    kv_a: &a.qkv_a,
-                    kv_norm: &l.attn_kv_a_norm,
-                    kqv_out: &a.kqv_out,
-                },
-            ),
             attn_v_b: mv(
                 &l.attn_v_b,
                 matvec::Matvec {
@@ -449,18 +423,12 @@ impl LayerDispatches {
         }
     }
 
-    /// Dispatches at short contexts (a token of more splits than `attn_merge_v_b` takes
-    /// records the merge and v_b apart: one more).
     fn count(&self) -> usize {
-        let merge_and_v_b = match self.attn_merge_v_b {
-            Some(_) => 1,
-            None => 1 + self.attn_v_b.len(),
-        };
         self.attn_qkv_a.len()
             + self.attn_q_b.len()
             + self.q_nope_absorbed.len()
-            + 1 // attn_partial
-            + merge_and_v_b
+            + 2 // attn_partial, attn_combine
+            + self.attn_v_b.len()
             + self.attn_output.len()
             + self.ffn_moe_logits.len()
             + self.ffn_gate_up.len()

@@ -33,8 +33,6 @@ pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
 pub const ROPE: &str = include_str!("kernels/lib/rope.wgsl");
 /// `store4`, `as_stored`: values written to the latent cache as it stores them.
 pub const CACHE_STORE: &str = include_str!("kernels/lib/cache_store.wgsl");
-/// `merge_weights`: the token's own cache row and the weights merging the attention's splits.
-pub const ATTN_MERGE: &str = include_str!("kernels/lib/attn_merge.wgsl");
 /// `choose_experts`, `chosen_weight`: the MoE router's selection rule.
 pub const ROUTE: &str = include_str!("kernels/lib/route.wgsl");
 /// `multiply_tiles` of the batched mat-mul: f32 FMAs, or cooperative matrices.

@@ -48,7 +48,7 @@ pub const SHADER: Shader = Shader {
     reduces: true,
     lanes: false,
     weights: WeightAccess::None,
-    libraries: &[shader::ROPE, shader::CACHE_STORE, shader::ATTN_MERGE],
+    libraries: &[shader::ROPE, shader::CACHE_STORE],
     cooperative: false,
 };
 

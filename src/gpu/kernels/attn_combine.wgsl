@@ -1,11 +1,17 @@
 // Absorbed MLA attention, second pass: the token's own position, and the merge of the splits
-// of attn_partial.wgsl (which attends the tok.pos positions cached before it) into each
-// head's softmax-weighted latent context kqv[h] (lib/attn_merge.wgsl: the token's cache row,
-// its score and the weights of the splits). At contexts of few splits the decode schedule
-// runs attn_merge_v_b.wgsl instead, which merges and multiplies by v_b in one dispatch.
+// of attn_partial.wgsl (which attends the tok.pos positions cached before it).
+// First the token's cache row, from kv_a = [q_a | kv_cmpr | k_pe]:
+//   row = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)]   as the cache stores it (f16 or f32)
+// which one workgroup writes to cache[pos] and every workgroup uses at once (nothing reads
+// cache[pos] in this dispatch); its score for head h: s = (q_abs[h] · latent + rope(q_pe[h])
+// · k_pe) * scale. Then, over the splits c and the token:
+//   M = max(s, max_c m_c),  L = exp(s - M) + Σ_c exp(m_c - M) l_c,
+//   kqv[h] = (exp(s - M) latent + Σ_c exp(m_c - M) ctx_c) / L
+// RoPE rotates consecutive pairs (x0, x1), (x2, x3), ... by the angles of pos, whose
+// (cos, sin) the host computes in f64.
 // Launcher: src/gpu/kernels/attn_combine.rs. Prepended from Rust: MAX_SPLITS (splits per
 // head at most), MAX_ROW4 (the largest row, kv + rope, in vec4), SPLIT_LANES and struct
-// Token. Appended: a reduce_*.wgsl, lib/rope.wgsl, lib/cache_store.wgsl, lib/attn_merge.wgsl.
+// Token. Appended: a reduce_*.wgsl, lib/rope.wgsl and lib/cache_store.wgsl.
 // Grid: (heads, kv / (4 * QUADS)): a workgroup takes QUADS vec4 columns of one head, with
 // SPLIT_LANES invocations per column each summing every SPLIT_LANES-th split (so many loads
 // are in flight at once however many splits there are). Each workgroup recomputes the row,
@@ -52,6 +58,10 @@ struct Params {
 /// [positions][kv + rope], f16 pairs or f32 bits; row pos is written here
 @group(0) @binding(9) var<storage, read_write> cache: array<vec2<u32>>;
 
+/// exp(m_c - M) of every split.
+var<workgroup> split_weight: array<f32, MAX_SPLITS>;
+/// The token's row as the cache stores it.
+var<workgroup> row: array<vec4<f32>, MAX_ROW4>;
 /// Each invocation's share of its column's weighted sum.
 var<workgroup> lane_sums: array<vec4<f32>, WG>;
 
@@ -61,13 +71,61 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let quad = wid.y * QUADS + lid % QUADS;
     let lane = lid / QUADS;
 
-    // The token's row (workgroup (0, 0) writes it to the cache) and the splits' weights.
-    let w = merge_weights(h, lid, wid.x == 0u && wid.y == 0u);
-    let own = w.x;
-    let inv_l = w.y;
-    let splits = split_count();
+    // The token's row; workgroup (0, 0) writes it to the cache.
+    var ss = 0.0;
+    for (var j = lid; j < KV4; j += WG) {
+        let v = kv_a[p.kv_offset4 + j];
+        ss += dot(v, v);
+    }
+    let inv = inverseSqrt(reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x / f32(4u * KV4) + p.eps);
+    let writer = wid.x == 0u && wid.y == 0u;
+    for (var j = lid; j < ROW4; j += WG) {
+        var v: vec4<f32>;
+        if (j < KV4) {
+            v = kv_a[p.kv_offset4 + j] * inv * kv_norm[j];
+        } else {
+            v = rotate2(kv_a[p.kv_offset4 + j], rope_cs[j - KV4]);
+        }
+        if (writer) {
+            row[j] = store4(tok.pos * ROW4 + j, v);
+        } else {
+            row[j] = as_stored(v);
+        }
+    }
+    workgroupBarrier();
+
+    // Head h's score of the token's own position.
+    var sd = 0.0;
+    for (var j = lid; j < ROW4; j += WG) {
+        var qv: vec4<f32>;
+        if (j < KV4) {
+            qv = q_abs[h * KV4 + j];
+        } else {
+            qv = rotate2(q[(h * p.head_dim + p.nope) / 4u + j - KV4], rope_cs[j - KV4]);
+        }
+        sd += dot(qv, row[j]);
+    }
+    let s = reduce_sum4(vec4<f32>(sd, 0.0, 0.0, 0.0), lid).x * p.scale;
+
+    // Merge the splits with the token.
+    let splits = (tok.pos + tok.attn_split - 1u) / tok.attn_split;
     let stride = KV4 + 1u;
-    let head = split_at(h, 0u);
+    let head = h * p.max_splits * stride;
+    var m = s;
+    for (var c = lid; c < splits; c += WG) {
+        m = max(m, partial[head + c * stride + KV4].x);
+    }
+    let big_m = reduce_max4(vec4<f32>(m), lid).x;
+    var l = 0.0;
+    for (var c = lid; c < splits; c += WG) {
+        let ml = partial[head + c * stride + KV4];
+        let w = exp(ml.x - big_m);
+        split_weight[c] = w;
+        l += w * ml.y;
+    }
+    let own = exp(s - big_m);
+    let inv_l = 1.0 / (reduce_sum4(vec4<f32>(l, 0.0, 0.0, 0.0), lid).x + own);
+    workgroupBarrier();
     // This lane's splits, four per step with independent sums: four loads in flight.
     let col = min(quad, KV4 - 1u);
     var a0 = vec4<f32>(0.0);

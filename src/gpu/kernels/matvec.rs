@@ -79,7 +79,7 @@ fn rows_per_lane_group(rows: usize) -> usize {
 /// of the workgroup idle (at most a quarter of it busy), the fewest powers of two that give
 /// each a unit (at least 8), where the device's lanes reach that far; else the whole
 /// workgroup. (Rows of 17 to 32 units measured slower in lane groups: BENCHMARKS.md.)
-pub fn lanes_per_quad(ctx: &GpuContext, units: usize) -> usize {
+fn lanes_per_quad(ctx: &GpuContext, units: usize) -> usize {
     let lanes = units.next_power_of_two().max(8);
     if lanes <= WORKGROUP_SIZE as usize / 4 && lanes <= ctx.lane_limit as usize {
         lanes

@@ -9,7 +9,6 @@ pub mod argmax;
 pub mod attn_batch;
 pub mod attn_batch_coop;
 pub mod attn_combine;
-pub mod attn_merge_v_b;
 pub mod attn_partial;
 pub mod embed;
 pub mod ffn_down;
@@ -34,7 +33,6 @@ pub fn all_shaders() -> Vec<Shader> {
         matvec::SHADER,
         attn_partial::SHADER,
         attn_combine::SHADER,
-        attn_merge_v_b::SHADER,
         ffn_gate_up::SHADER,
         ffn_down::SHADER,
         argmax::SHADER,
