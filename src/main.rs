@@ -498,6 +498,10 @@ struct ServeArgs {
 struct InfoArgs {
     #[command(flatten)]
     model: ModelArg,
+    /// Context length to size the GPU memory for [default: 4096, or the model's context
+    /// length if shorter].
+    #[arg(short = 'c', long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
+    ctx: Option<usize>,
 }
 
 #[derive(Args)]
@@ -1270,9 +1274,22 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     no_gpu.sort();
     no_gpu.dedup();
     line(if no_gpu.is_empty() {
+        let ctx = a.ctx.unwrap_or(DEFAULT_CTX.min(cfg.context_length));
+        let cache_bytes = |t: CacheType| gpu::cache::planned_bytes(&cfg, ctx, t);
+        if ctx > cfg.context_length {
+            problems.push(format!(
+                "--ctx {ctx} is over the model's context length: the largest context is {} tokens",
+                cfg.context_length
+            ));
+        }
         format!(
-            "gpu: {:.2} GB of weights ({gpu_total} bytes)",
-            gpu_total as f64 / 1e9
+            "gpu: {:.2} GB of weights ({gpu_total} bytes); at --ctx {ctx} a latent cache of {} \
+             in f16 (the default), {:.2} GB with the weights ({} in f32, {:.2} GB)",
+            gpu_total as f64 / 1e9,
+            gpu::cache::human_bytes(cache_bytes(CacheType::F16)),
+            (gpu_total + cache_bytes(CacheType::F16)) as f64 / 1e9,
+            gpu::cache::human_bytes(cache_bytes(CacheType::F32)),
+            (gpu_total + cache_bytes(CacheType::F32)) as f64 / 1e9,
         )
     } else {
         format!(

@@ -179,6 +179,30 @@ fn info_prints_the_fixture_hyper_parameters() {
     assert_eq!(param(&small2, "experts / used / shared"), "8 / 4 / 1");
 }
 
+/// `info --ctx N` sizes the GPU's latent cache for N positions: every layer's buffer holds
+/// whole tiles of 64 positions of the 64 + 32 latent values (tiny: 4 layers), 2 bytes each
+/// in f16; a context past the model's own length is refused by name.
+#[test]
+fn info_sizes_the_gpu_cache_for_a_context() {
+    let model = fixture("tiny-q8_0.gguf");
+    let (stdout, _) = ok(&["info", "-m", path_str(&model), "--ctx", "100"]);
+    let f16_bytes = (4 * 128 * (64 + 32) * 2) as f64;
+    let (f16, f32) = (f16_bytes / 1e3, 2.0 * f16_bytes / 1e3);
+    assert!(
+        stdout.contains(&format!(
+            "at --ctx 100 a latent cache of {f16:.1} kB in f16"
+        )) && stdout.contains(&format!("({f32:.1} kB in f32")),
+        "{stdout}"
+    );
+    let err = fails(&["info", "-m", path_str(&model), "--ctx", "300000"]);
+    assert!(
+        err.contains(
+            "--ctx 300000 is over the model's context length: the largest context is 202752 tokens"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn logits_match_the_reference() {
     let case = load_case("tiny-q8_0.short");

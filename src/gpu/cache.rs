@@ -30,6 +30,17 @@ fn row_bytes(cfg: &Config, t: CacheType) -> u64 {
     (cfg.cache_row() * t.bytes()) as u64
 }
 
+/// Bytes of one layer's buffer for `positions` positions (whole tiles).
+fn layer_bytes(cfg: &Config, positions: usize, t: CacheType) -> u64 {
+    positions.next_multiple_of(POSITION_TILE) as u64 * row_bytes(cfg, t)
+}
+
+/// Bytes of every layer's cache of `positions` positions, as [`LatentCaches::allocate`]
+/// takes them.
+pub fn planned_bytes(cfg: &Config, positions: usize, t: CacheType) -> u64 {
+    layer_bytes(cfg, positions, t) * cfg.n_layers as u64
+}
+
 /// The most positions one layer's buffer may hold on this device (its binding and buffer
 /// limits).
 pub fn max_positions(ctx: &GpuContext, cfg: &Config, t: CacheType) -> usize {
@@ -56,8 +67,8 @@ impl LatentCaches {
         positions: usize,
         t: CacheType,
     ) -> Result<LatentCaches> {
-        let per_layer = positions.next_multiple_of(POSITION_TILE) as u64 * row_bytes(cfg, t);
-        let bytes = per_layer * cfg.n_layers as u64;
+        let per_layer = layer_bytes(cfg, positions, t);
+        let bytes = planned_bytes(cfg, positions, t);
         let fits = max_positions(ctx, cfg, t);
         let what = || {
             format!(
