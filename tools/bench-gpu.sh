@@ -2,6 +2,8 @@
 # Full-size benchmark on a GPU machine without a Rust toolchain or a Vulkan loader:
 #   - prebuilt binaries in .bin/: cargo build --release && mkdir -p .bin &&
 #     cp target/release/glm-flash .bin/ && strip .bin/glm-flash && git rev-parse HEAD > .bin/COMMIT
+#     (and, for the dispatch floor, cargo build --release --example dispatch_floor &&
+#     cp target/release/examples/dispatch_floor .bin/ && strip .bin/dispatch_floor)
 #   - the Vulkan loader (libvulkan1) and glvnd .debs in .gl/ (the NVIDIA ICD lives in
 #     libGLX_nvidia, which needs glvnd's dispatch libraries); they are unpacked into / below.
 # Writes a synthetic full-size GLM-4.7-Flash Q8_0 file, then runs decode at depths 128,
@@ -25,6 +27,9 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
 fi
 
 "$BIN" devices | tee "$OUT/devices.txt"
+if [ -x .bin/dispatch_floor ]; then
+    .bin/dispatch_floor 470 30 | tee "$OUT/dispatch-floor.txt"
+fi
 cp .bin/COMMIT "$OUT/commit.txt" 2>/dev/null || echo "unknown (no .bin/COMMIT)" > "$OUT/commit.txt"
 
 if [ ! -f "$MODEL" ]; then
