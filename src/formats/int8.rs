@@ -809,28 +809,44 @@ pub(crate) mod avx512 {
         by_row_count!(q6_k_rows, blocks, xs, out)
     }
 
+    /// The codes (0-63) multiply the signed activations as they are; their offset of 32
+    /// comes off once per super-block, as `32 · Σ_g scale_g · dx_g · Σ codes_g` over the 16
+    /// groups of 16 values (the activations' sums per 16 are stored beside them).
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let offset = _mm512_set1_epi8(32);
         let mut acc = [_mm512_setzero_ps(); T];
+        let mut offsets = [_mm512_setzero_ps(); T];
+        // Group g of 16 values lies in activation block g / 2.
+        let group_block = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
         let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
-            let d = f16(block.d.0);
-            for (f, &sc) in f.iter_mut().zip(&block.scales) {
-                *f = d * sc as f32;
-            }
+            let sc = _mm_loadu_si128(block.scales.as_ptr() as *const __m128i);
+            let scales = _mm512_mul_ps(
+                _mm512_set1_ps(f16(block.d.0)),
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)),
+            );
+            _mm512_storeu_ps(f.as_mut_ptr(), scales);
             for n in 0..2 {
                 let [q1, q2, q3, q4] = codes::q6_k(block, n);
                 for (c, codes) in [join(q1, q2), join(q3, q4)].into_iter().enumerate() {
                     let at = 128 * n + 64 * c;
-                    let w = _mm512_sub_epi8(codes, offset);
-                    step::<T>(w, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
+                    step_unsigned::<T>(codes, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
                 }
+            }
+            for t in 0..T {
+                let sums = _mm512_loadu_si512(xs[t].sums.as_ptr().add(16 * b) as *const _);
+                let d = _mm256_loadu_ps(xs[t].d.as_ptr().add(8 * b));
+                let dx = _mm512_permutexvar_ps(group_block, _mm512_castps256_ps512(d));
+                let weighted = _mm512_mul_ps(scales, dx);
+                offsets[t] = _mm512_fmadd_ps(weighted, _mm512_cvtepi32_ps(sums), offsets[t]);
             }
         }
         finish(&acc, out);
+        for (o, offset) in out.iter_mut().zip(offsets) {
+            *o -= 32.0 * _mm512_reduce_add_ps(offset);
+        }
     }
 }
 
