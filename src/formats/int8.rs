@@ -768,8 +768,9 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// Q3_K: per half super-block two steps of 64 values (four runs of three-bit codes);
-    /// codes minus 4; a scale per 16.
+    /// Q3_K: per half super-block two steps of 64 values (four runs of three-bit codes,
+    /// multiplied unsigned; their offset of 4 comes off once per super-block through
+    /// [`group_offsets`]); a scale per 16.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn dot_q3_k(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
         by_row_count!(q3_k_rows, blocks, xs, out)
@@ -779,8 +780,8 @@ pub(crate) mod avx512 {
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn q3_k_rows<const T: usize>(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let offset = _mm512_set1_epi8(4);
         let mut acc = [_mm512_setzero_ps(); T];
+        let mut offsets = [_mm512_setzero_ps(); T];
         let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
             let d = f16(block.d.0);
@@ -794,32 +795,30 @@ pub(crate) mod avx512 {
                         codes::q3_k(block, half, 2 * k + 1),
                     );
                     let at = 128 * half + 64 * k;
-                    let w = _mm512_sub_epi8(codes, offset);
-                    step::<T>(w, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
+                    step_unsigned::<T>(codes, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
                 }
             }
+            group_offsets(_mm512_loadu_ps(f.as_ptr()), b, xs, &mut offsets);
         }
-        finish(&acc, out);
+        finish_offset(&acc, &offsets, 4.0, out);
     }
 
     /// Q6_K: per half super-block two steps of 64 values built from 32 bytes of low
-    /// nibbles twice and 32 bytes of high bit pairs; codes minus 32; a scale per 16.
+    /// nibbles twice and 32 bytes of high bit pairs; codes multiplied unsigned, their offset
+    /// of 32 off once per super-block; a scale per 16.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         by_row_count!(q6_k_rows, blocks, xs, out)
     }
 
     /// The codes (0-63) multiply the signed activations as they are; their offset of 32
-    /// comes off once per super-block, as `32 · Σ_g scale_g · dx_g · Σ codes_g` over the 16
-    /// groups of 16 values (the activations' sums per 16 are stored beside them).
+    /// comes off once per super-block ([`group_offsets`]).
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
         let mut acc = [_mm512_setzero_ps(); T];
         let mut offsets = [_mm512_setzero_ps(); T];
-        // Group g of 16 values lies in activation block g / 2.
-        let group_block = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
         let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
             let sc = _mm_loadu_si128(block.scales.as_ptr() as *const __m128i);
@@ -835,17 +834,47 @@ pub(crate) mod avx512 {
                     step_unsigned::<T>(codes, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
                 }
             }
-            for t in 0..T {
-                let sums = _mm512_loadu_si512(xs[t].sums.as_ptr().add(16 * b) as *const _);
-                let d = _mm256_loadu_ps(xs[t].d.as_ptr().add(8 * b));
-                let dx = _mm512_permutexvar_ps(group_block, _mm512_castps256_ps512(d));
-                let weighted = _mm512_mul_ps(scales, dx);
-                offsets[t] = _mm512_fmadd_ps(weighted, _mm512_cvtepi32_ps(sums), offsets[t]);
-            }
+            group_offsets(scales, b, xs, &mut offsets);
         }
-        finish(&acc, out);
-        for (o, offset) in out.iter_mut().zip(offsets) {
-            *o -= 32.0 * _mm512_reduce_add_ps(offset);
+        finish_offset(&acc, &offsets, 32.0, out);
+    }
+
+    /// For the formats of a scale per 16 values whose codes carry an offset (Q3_K, Q6_K),
+    /// multiplied unsigned: adds super-block `b`'s `Σ_g scale_g · dx_g · Σ codes_g` over its
+    /// 16 groups (`scales` a lane each; the activations' sums per 16 are stored beside them)
+    /// to each row's `offsets`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn group_offsets<const T: usize>(
+        scales: __m512,
+        b: usize,
+        xs: &[Q8Row; T],
+        offsets: &mut [__m512; T],
+    ) {
+        // Group g of 16 values lies in activation block g / 2.
+        let group_block = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        for (offset, x) in offsets.iter_mut().zip(xs) {
+            debug_assert!(16 * b + 16 <= x.sums.len() && 8 * b + 8 <= x.d.len());
+            let sums = _mm512_loadu_si512(x.sums.as_ptr().add(16 * b) as *const _);
+            let d = _mm256_loadu_ps(x.d.as_ptr().add(8 * b));
+            let dx = _mm512_permutexvar_ps(group_block, _mm512_castps256_ps512(d));
+            let weighted = _mm512_mul_ps(scales, dx);
+            *offset = _mm512_fmadd_ps(weighted, _mm512_cvtepi32_ps(sums), *offset);
+        }
+    }
+
+    /// Each row's sum of lanes less `offset` times its [`group_offsets`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_offset<const T: usize>(
+        acc: &[__m512; T],
+        offsets: &[__m512; T],
+        offset: f32,
+        out: &mut [f32],
+    ) {
+        finish(acc, out);
+        for (o, sums) in out.iter_mut().zip(offsets) {
+            *o -= offset * _mm512_reduce_add_ps(*sums);
         }
     }
 }
