@@ -928,6 +928,69 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// As [`step`] for codes that are unsigned bytes below 128 already: they are the
+    /// unsigned operand of `vpmaddubsw` as they are (no pair leaves i16: 2 · 127 · 127).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn step_unsigned<const T: usize>(
+        w: __m256i,
+        f: __m256,
+        at: usize,
+        xs: &[Q8Row; T],
+        acc: &mut [__m256; T],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        for t in 0..T {
+            let x = &xs[t];
+            debug_assert!(at + 32 <= x.qs.len());
+            let q = _mm256_loadu_si256(x.qs.as_ptr().add(at) as *const __m256i);
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones));
+            let dx = _mm256_set1_ps(x.d[at / ACT_BLOCK]);
+            acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(f, dx), acc[t]);
+        }
+    }
+
+    /// As the AVX-512 `group_offsets`: adds super-block `b`'s `Σ_g scale_g · dx_g · Σ
+    /// codes_g` over its 16 groups of 16 (`scales[g]`) to each row's `offsets`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn group_offsets<const T: usize>(
+        scales: &[f32; 16],
+        b: usize,
+        xs: &[Q8Row; T],
+        offsets: &mut [__m256; T],
+    ) {
+        // Groups 8h..8h + 8 lie in activation blocks 4h..4h + 4, two groups a block.
+        let group_block = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        for (offset, x) in offsets.iter_mut().zip(xs) {
+            debug_assert!(16 * b + 16 <= x.sums.len() && 8 * b + 8 <= x.d.len());
+            for h in 0..2 {
+                let sums = _mm256_loadu_si256(x.sums.as_ptr().add(16 * b + 8 * h) as *const _);
+                let d = _mm_loadu_ps(x.d.as_ptr().add(8 * b + 4 * h));
+                let dx = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), group_block);
+                let weighted = _mm256_mul_ps(_mm256_loadu_ps(scales.as_ptr().add(8 * h)), dx);
+                *offset = _mm256_fmadd_ps(weighted, _mm256_cvtepi32_ps(sums), *offset);
+            }
+        }
+    }
+
+    /// Each row's sum of lanes less `offset` times its [`group_offsets`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish_offset<const T: usize>(
+        acc: &[__m256; T],
+        offsets: &[__m256; T],
+        offset: f32,
+        out: &mut [f32],
+    ) {
+        finish(acc, out);
+        let mut sums = [0f32; T];
+        finish(offsets, &mut sums);
+        for (o, s) in out.iter_mut().zip(sums) {
+            *o -= offset * s;
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn finish<const T: usize>(acc: &[__m256; T], out: &mut [f32]) {
@@ -1166,8 +1229,8 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// Q3_K: per super-block eight runs of 32 three-bit codes; codes minus 4; a scale per
-    /// 16.
+    /// Q3_K: per super-block eight runs of 32 three-bit codes, multiplied unsigned, their
+    /// offset of 4 off once per super-block; a scale per 16.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q3_k(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
         by_row_count!(q3_k_rows, blocks, xs, out)
@@ -1177,26 +1240,30 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q3_k_rows<const T: usize>(blocks: &[BlockQ3K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let offset = _mm256_set1_epi8(4);
         let mut acc = [_mm256_setzero_ps(); T];
+        let mut offsets = [_mm256_setzero_ps(); T];
+        let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
             let d = f16(block.d.0);
-            let scales = q3_scales(&block.scales);
+            for (f, sc) in f.iter_mut().zip(q3_scales(&block.scales)) {
+                *f = d * sc as f32;
+            }
             for half in 0..2 {
                 for run in 0..4 {
                     let at = 128 * half + 32 * run;
                     let sub = at / 16;
-                    let f = halves(d * scales[sub] as f32, d * scales[sub + 1] as f32);
-                    let w = _mm256_sub_epi8(codes::q3_k(block, half, run), offset);
-                    step::<T>(w, f, 256 * b + at, xs, &mut acc);
+                    let w = codes::q3_k(block, half, run);
+                    step_unsigned::<T>(w, halves(f[sub], f[sub + 1]), 256 * b + at, xs, &mut acc);
                 }
             }
+            group_offsets(&f, b, xs, &mut offsets);
         }
-        finish(&acc, out);
+        finish_offset(&acc, &offsets, 4.0, out);
     }
 
     /// Q6_K: per half super-block, four runs of 32 values from the low nibbles and high bit
-    /// pairs; codes minus 32; a scale per 16.
+    /// pairs; codes multiplied unsigned, their offset of 32 off once per super-block; a scale
+    /// per 16.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q6_k(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         by_row_count!(q6_k_rows, blocks, xs, out)
@@ -1206,21 +1273,24 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let offset = _mm256_set1_epi8(32);
         let mut acc = [_mm256_setzero_ps(); T];
+        let mut offsets = [_mm256_setzero_ps(); T];
+        let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
             let d = f16(block.d.0);
-            let scale = |g: usize| d * block.scales[g] as f32;
+            for (f, &sc) in f.iter_mut().zip(&block.scales) {
+                *f = d * sc as f32;
+            }
             for n in 0..2 {
                 for (r, codes) in codes::q6_k(block, n).into_iter().enumerate() {
                     let at = 128 * n + 32 * r;
-                    let f = halves(scale(at / 16), scale(at / 16 + 1));
-                    let w = _mm256_sub_epi8(codes, offset);
-                    step::<T>(w, f, 256 * b + at, xs, &mut acc);
+                    let fs = halves(f[at / 16], f[at / 16 + 1]);
+                    step_unsigned::<T>(codes, fs, 256 * b + at, xs, &mut acc);
                 }
             }
+            group_offsets(&f, b, xs, &mut offsets);
         }
-        finish(&acc, out);
+        finish_offset(&acc, &offsets, 32.0, out);
     }
 
     // Every kernel above reads whole blocks of 32: no odd tail (a row's blocks need not pair).
