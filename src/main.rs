@@ -1278,15 +1278,17 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     }
     no_gpu.sort();
     no_gpu.dedup();
+    // The context `run` would take (the same rule and refusal), to size the cache for.
+    let ctx = a.ctx.unwrap_or(DEFAULT_CTX.min(cfg.context_length));
+    let sized = BackendOptions {
+        ctx,
+        ..Default::default()
+    };
+    if let Err(e) = engine::context_size(&sized, &cfg, 0) {
+        problems.push(e.to_string());
+    }
     line(if no_gpu.is_empty() {
-        let ctx = a.ctx.unwrap_or(DEFAULT_CTX.min(cfg.context_length));
         let cache_bytes = |t: CacheType| gpu::cache::planned_bytes(&cfg, ctx, t);
-        if ctx > cfg.context_length {
-            problems.push(format!(
-                "--ctx {ctx} is over the model's context length: the largest context is {} tokens",
-                cfg.context_length
-            ));
-        }
         format!(
             "gpu: {:.2} GB of weights ({gpu_total} bytes); at --ctx {ctx} a latent cache of {} \
              in f16 (the default), {:.2} GB with the weights ({} in f32, {:.2} GB)",
