@@ -1,6 +1,5 @@
 //! `cargo bench`: dispatch counts of the simple and the fused schedule for the full
-//! GLM-4.7-Flash shape, the fixed cost of a dispatch, the attention kernels alone at
-//! contexts 512 and 8192, then decode
+//! GLM-4.7-Flash shape, the attention kernels alone at contexts 512 and 8192, then decode
 //! and prefill on the CPU and the GPU side by side, with the GPU time and GB/s of every
 //! kernel role (the mat-vec shapes).
 //!
@@ -8,6 +7,7 @@
 //!     cargo bench --bench decode -- FILE.gguf # any model
 //!
 //! The default model is written once to target/bench-full-4layers.gguf (about 2.6 GB).
+//! What a dispatch itself costs on an adapter: `cargo run --release --example dispatch_floor`.
 
 use std::path::PathBuf;
 
@@ -15,16 +15,14 @@ use glm_flash::bench::{self, BenchOptions};
 use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::ftype::FileType;
-use glm_flash::gguf::GgmlType;
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::cache::encode_rows;
-use glm_flash::gpu::kernels::{attn_combine, attn_partial, embed, TokenParams};
-use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
-use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, Uploader};
+use glm_flash::gpu::kernels::{attn_combine, attn_partial, TokenParams};
+use glm_flash::gpu::pipelines::Pipelines;
+use glm_flash::gpu::upload::{storage_f32, storage_init, uniform};
 use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions};
 use glm_flash::ops_common::CacheType;
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
-use glm_flash::weights::Matrix;
 use glm_flash::weights::Weights;
 
 /// Dispatches of one token if every op of the CPU reference's forward were its own dispatch.
@@ -123,52 +121,6 @@ fn attention_kernels(ctx: &GpuContext) {
     }
 }
 
-/// The fixed GPU cost of a dispatch on this device: 200 dispatches of the smallest kernel
-/// (the embedding copy of one 2048-float row) in one pass, each writing the same buffer
-/// (wgpu puts a barrier between them, as between the dependent steps of a token), and
-/// each writing a buffer of its own (no barriers).
-fn dispatch_floor(ctx: &GpuContext) {
-    const DISPATCHES: usize = 200;
-    let rows = vec![0.5f32; 4 * 2048];
-    let table = Matrix {
-        name: "table",
-        ty: GgmlType::F32,
-        rows: 4,
-        cols: 2048,
-        data: bytemuck::cast_slice(&rows),
-    };
-    let pipes = Pipelines::new();
-    let table = GpuMatrix::from_matrix(ctx, "table", &table, &mut Uploader::new(0, None)).unwrap();
-    let id = storage_init(ctx, "token_id", &1u32.to_le_bytes());
-    let outputs: Vec<wgpu::Buffer> = (0..DISPATCHES)
-        .map(|_| storage_f32(ctx, "x", &[0.0; 2048]))
-        .collect();
-    let copies: Vec<Dispatch> = outputs
-        .iter()
-        .map(|x| embed::dispatches(ctx, &pipes, &table, &id, x).remove(0))
-        .collect();
-    let time = |pick: &dyn Fn(usize) -> usize| {
-        let start = std::time::Instant::now();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for i in 0..DISPATCHES {
-                copies[pick(i)].record(&mut pass);
-            }
-        }
-        ctx.queue.submit([enc.finish()]);
-        ctx.wait().unwrap();
-        start.elapsed().as_secs_f64() / DISPATCHES as f64 * 1e6
-    };
-    time(&|_| 0); // pipeline and first-use costs
-    let chained = time(&|_| 0);
-    let apart = time(&|i| i);
-    println!(
-        "dispatch floor: {chained:.1} us per dispatch when each depends on the one before \
-         (barrier), {apart:.1} us when none does ({DISPATCHES} embedding copies in one pass)"
-    );
-}
-
 fn default_model() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-full-4layers.gguf");
     if !path.exists() {
@@ -239,7 +191,6 @@ fn main() {
     match GpuBackend::new(&cfg, &weights, need.max(64), &GpuOptions::default()) {
         Ok(mut gpu) => {
             println!("== GPU kernels alone, {}", gpu.context().describe());
-            dispatch_floor(gpu.context());
             attention_kernels(gpu.context());
             let per_layer = gpu.stats().dispatches_per_layer.clone();
             let report = bench::run(&mut gpu, &cfg, &weights, &opts).unwrap();
