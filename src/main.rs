@@ -189,8 +189,13 @@ enum BackendKind {
     Auto,
 }
 
-/// The context when `--ctx` is not given (or the model's own, if shorter).
+/// The context when `--ctx` is not given (or the model's own, if shorter: [`default_ctx`]).
 const DEFAULT_CTX: usize = 4096;
+
+/// The context a command takes for `cfg` without `--ctx`.
+fn default_ctx(cfg: &Config) -> usize {
+    DEFAULT_CTX.min(cfg.context_length).max(1)
+}
 
 #[derive(Args)]
 struct BackendArgs {
@@ -690,7 +695,7 @@ fn make_backend<'a>(
     };
     let mut opts = args.options();
     if args.ctx.is_none() {
-        opts.ctx = opts.ctx.min(cfg.context_length).max(1);
+        opts.ctx = default_ctx(cfg);
     }
     let opened = engine::open_backend(&opts, cfg, weights, min_ctx, Some(&mut progress));
     if let Some(bar) = bar {
@@ -1279,7 +1284,7 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     no_gpu.sort();
     no_gpu.dedup();
     // The context `run` would take (the same rule and refusal), to size the cache for.
-    let ctx = a.ctx.unwrap_or(DEFAULT_CTX.min(cfg.context_length));
+    let ctx = a.ctx.unwrap_or_else(|| default_ctx(&cfg));
     let sized = BackendOptions {
         ctx,
         ..Default::default()
