@@ -1,8 +1,8 @@
 //! The CPU's 8-bit mode (`--matmul q8`: activations rounded to 8 bits per 32 values, integer
 //! dots where a format has codes) against the float64 references of every fixture case,
-//! fed token by token (the integer dots) and as one batch (f32 products of the rounded
-//! activations): the error it adds is measured and printed, and bounded by llama.cpp's own
-//! on the same files. The two ways compute the same sums up to f32 rounding (the kernel
+//! fed token by token (the integer dots) and as one batch (the many-row integer product
+//! where the format and CPU have one, else f32 products of the rounded activations): the
+//! error it adds is measured and printed, and bounded by llama.cpp's own on the same files. The two ways compute the same sums up to f32 rounding (the kernel
 //! tests check that); here they can still differ by 1e-2 after a row where that rounding
 //! flips an expert choice at a near-tie, since later rows attend to its cache row.
 mod common;

@@ -227,6 +227,122 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
     acc
 }
 
+/// Tokens per vector of [`Q8Lanes`]: the 16 lanes of an AVX-512 register.
+pub const LANES: usize = 16;
+
+/// Activation rows in 8 bits (the codes and scales of [`Q8Rows`]) laid out for a product of
+/// many weight rows at once with the tokens as vector lanes: for every four values of a row,
+/// one u32 per token holding their codes plus 128 (unsigned bytes, the first value in the
+/// low byte); for every block, one scale per token. The tokens are padded to whole vectors
+/// of [`LANES`] with codes 0 and scale 0.
+pub struct Q8Lanes {
+    cols: usize,
+    tokens: usize,
+    padded: usize,
+    /// `[cols / 4][padded]`.
+    biased: Vec<u32>,
+    /// `[cols / ACT_BLOCK][padded]`.
+    d: Vec<f32>,
+}
+
+impl Q8Lanes {
+    /// `x` is `[tokens][cols]`, `cols` a multiple of [`ACT_BLOCK`].
+    pub fn quantize(x: &[f32], cols: usize) -> Q8Lanes {
+        use rayon::prelude::*;
+        assert!(
+            cols.is_multiple_of(ACT_BLOCK) && x.len().is_multiple_of(cols),
+            "8-bit activations: rows of {cols} values in {} values",
+            x.len()
+        );
+        let tokens = x.len() / cols;
+        let padded = tokens.div_ceil(LANES) * LANES;
+        let mut lanes = Q8Lanes {
+            cols,
+            tokens,
+            padded,
+            biased: vec![0x8080_8080; cols / 4 * padded],
+            d: vec![0.0; cols / ACT_BLOCK * padded],
+        };
+        // One task per block of values: its rows of both arrays are its own.
+        lanes
+            .biased
+            .par_chunks_mut(ACT_BLOCK / 4 * padded)
+            .zip(lanes.d.par_chunks_mut(padded))
+            .enumerate()
+            .for_each(|(b, (biased, d))| {
+                for t in 0..tokens {
+                    let xs = &x[t * cols + b * ACT_BLOCK..][..ACT_BLOCK];
+                    let scale = block_scale(xs);
+                    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    d[t] = scale;
+                    for (i, four) in xs.chunks_exact(4).enumerate() {
+                        let code = |v: f32| ((round_even(v * id) as i8) as u8) ^ 0x80;
+                        biased[i * padded + t] = u32::from_le_bytes([
+                            code(four[0]),
+                            code(four[1]),
+                            code(four[2]),
+                            code(four[3]),
+                        ]);
+                    }
+                }
+            });
+        lanes
+    }
+
+    /// Values per token.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Tokens and padding: the stride of a product's `[rows][padded]` output.
+    pub fn padded(&self) -> usize {
+        self.padded
+    }
+
+    /// Value `i` of token `t` as its code stands for it (`d · q`; 0 for padding).
+    pub fn value(&self, t: usize, i: usize) -> f32 {
+        let word = self.biased[i / 4 * self.padded + t];
+        let code = ((word >> (8 * (i % 4))) as u8 ^ 0x80) as i8;
+        self.d[i / ACT_BLOCK * self.padded + t] * code as f32
+    }
+}
+
+/// The 8-bit product of whole Q8_0 weight rows (`blocks`) with activations as lanes:
+/// `out[r * x.padded() + t]` = row `r` · token `t`, exactly the integer sums of
+/// [`dot_scalar`] per block, scaled and summed in f32. Only where [`wide_available`].
+pub fn wide_q8_0(blocks: &[super::BlockQ8_0], x: &Q8Lanes, out: &mut [f32]) {
+    let per_row = x.cols / ACT_BLOCK;
+    assert!(
+        per_row > 0
+            && blocks.len().is_multiple_of(per_row)
+            && out.len() == blocks.len() / per_row * x.padded,
+        "8-bit wide product: {} blocks, rows of {} values, {} outputs for {} lanes",
+        blocks.len(),
+        x.cols,
+        out.len(),
+        x.padded
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU has the features; the shapes were checked above.
+        return unsafe { avx512::wide_q8_0(blocks, per_row, x, out) };
+    }
+    unreachable!("wide_q8_0 without AVX-512 VNNI")
+}
+
+/// Whether this CPU runs the many-row 8-bit products ([`wide_q8_0`]).
+pub fn wide_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return true;
+    }
+    false
+}
+
 /// A vectorised 8-bit dot: one weight row against 1 to [`DOT_Q8_TOKENS`] activation rows,
 /// one sum per row of `out`; unsafe to call on a CPU without its features or with rows that
 /// do not hold the weight row's values ([`check_rows`]).
@@ -540,6 +656,98 @@ pub(crate) mod avx512 {
         }
         finish(&pair_sum(acc), out);
         odd_tail(blocks, xs, out);
+    }
+
+    /// Weight rows of a [`wide_q8_0`] group, and vectors of tokens per step: a 64-token
+    /// slab in one pass, so each row's `128 · Σ w` serves four vectors (4 rows x 2 vectors
+    /// measured the same).
+    const WIDE_ROWS: usize = 2;
+    const WIDE_VECTORS: usize = 4;
+
+    /// [`super::wide_q8_0`]: the rows in groups of [`WIDE_ROWS`], the tokens in slabs of up
+    /// to [`WIDE_VECTORS`] vectors.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub unsafe fn wide_q8_0(
+        blocks: &[BlockQ8_0],
+        per_row: usize,
+        x: &super::Q8Lanes,
+        out: &mut [f32],
+    ) {
+        let rows = blocks.len() / per_row;
+        let vectors = x.padded / super::LANES;
+        // Rows past the end (the last group's) compute into a scratch row.
+        let mut spare = [0f32; super::LANES * WIDE_VECTORS];
+        for g in (0..rows).step_by(WIDE_ROWS) {
+            let w: [*const BlockQ8_0; WIDE_ROWS] =
+                std::array::from_fn(|r| blocks.as_ptr().add((g + r).min(rows - 1) * per_row));
+            for v0 in (0..vectors).step_by(WIDE_VECTORS) {
+                let lane0 = v0 * super::LANES;
+                let o: [*mut f32; WIDE_ROWS] = std::array::from_fn(|r| {
+                    if g + r < rows {
+                        out.as_mut_ptr().add((g + r) * x.padded + lane0)
+                    } else {
+                        spare.as_mut_ptr()
+                    }
+                });
+                match (vectors - v0).min(WIDE_VECTORS) {
+                    1 => wide_group::<1>(w, per_row, x, lane0, o),
+                    2 => wide_group::<2>(w, per_row, x, lane0, o),
+                    3 => wide_group::<3>(w, per_row, x, lane0, o),
+                    _ => wide_group::<4>(w, per_row, x, lane0, o),
+                }
+            }
+        }
+    }
+
+    /// Rows `w` (each `per_row` blocks) against `V` vectors of tokens from `lane0`: per block,
+    /// each row's four codes at a time broadcast against the tokens' four codes plus 128
+    /// (`vpdpbusd`, exact in i32), less 128 · Σ w (the same instruction on 128s); then the
+    /// block's sum scaled by the row's and the tokens' scales into f32 sums.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn wide_group<const V: usize>(
+        w: [*const BlockQ8_0; WIDE_ROWS],
+        per_row: usize,
+        x: &super::Q8Lanes,
+        lane0: usize,
+        out: [*mut f32; WIDE_ROWS],
+    ) {
+        let padded = x.padded;
+        let bias = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); V]; WIDE_ROWS];
+        for b in 0..per_row {
+            let mut sums = [[_mm512_setzero_si512(); V]; WIDE_ROWS];
+            let mut offsets = [_mm512_setzero_si512(); WIDE_ROWS];
+            let xb = x.biased.as_ptr().add(b * 8 * padded + lane0);
+            for k in 0..8 {
+                let xv: [__m512i; V] = std::array::from_fn(|v| {
+                    _mm512_loadu_si512(xb.add(k * padded + v * super::LANES) as *const _)
+                });
+                for r in 0..WIDE_ROWS {
+                    let codes = (*w[r].add(b)).qs.as_ptr().add(4 * k) as *const i32;
+                    let wv = _mm512_set1_epi32(codes.read_unaligned());
+                    offsets[r] = _mm512_dpbusd_epi32(offsets[r], bias, wv);
+                    for v in 0..V {
+                        sums[r][v] = _mm512_dpbusd_epi32(sums[r][v], xv[v], wv);
+                    }
+                }
+            }
+            let dx: [__m512; V] = std::array::from_fn(|v| {
+                _mm512_loadu_ps(x.d.as_ptr().add(b * padded + lane0 + v * super::LANES))
+            });
+            for r in 0..WIDE_ROWS {
+                let dw = _mm512_set1_ps(f16((*w[r].add(b)).d.0));
+                for v in 0..V {
+                    let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r][v], offsets[r]));
+                    acc[r][v] = _mm512_fmadd_ps(s, _mm512_mul_ps(dw, dx[v]), acc[r][v]);
+                }
+            }
+        }
+        for (o, acc) in out.iter().zip(&acc) {
+            for (v, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(v * super::LANES), *a);
+            }
+        }
     }
 
     /// Q4_0 and Q5_0, two blocks per step: each block's 16 bytes of nibbles (low: values

@@ -56,7 +56,7 @@ pub use mxfp4::{BlockMXFP4, MXFP4_LEVELS};
 pub use q8_0::BlockQ8_0;
 
 use crate::gguf::GgmlType;
-use int8::{Codes, Q8Row};
+use int8::{Codes, Q8Lanes, Q8Row};
 
 /// An f16 as stored in a block: two little-endian bytes (alignment 1).
 #[repr(transparent)]
@@ -157,6 +157,19 @@ pub trait Block: bytemuck::Pod + Send + Sync {
         let mut out = [0f32];
         Self::dot_q8_tokens(blocks, &[x], &mut out);
         out[0]
+    }
+
+    /// Whether [`Block::dot_q8_wide`] has a kernel for this format on this CPU.
+    #[inline]
+    fn has_dot_q8_wide() -> bool {
+        false
+    }
+
+    /// The 8-bit mode's product of whole weight rows (`blocks`) with many activation rows at
+    /// once, the tokens as vector lanes: `out[r * x.padded() + t]`, each block's integer sum
+    /// exactly [`int8::dot_scalar`]'s. Called only where [`Block::has_dot_q8_wide`].
+    fn dot_q8_wide(_blocks: &[Self], _x: &Q8Lanes, _out: &mut [f32]) {
+        unreachable!("{} has no many-row 8-bit product", Self::TYPE)
     }
 
     /// The 8-bit dot of one row with up to [`int8::DOT_Q8_TOKENS`] activation rows at once:
@@ -443,6 +456,8 @@ pub struct WeightFormat {
     dot_q8: Option<fn(&[u8], Q8Row) -> f32>,
     dot_q8_tokens: Option<DotQ8Tokens>,
     q8_integer_rows: usize,
+    has_dot_q8_wide: fn() -> bool,
+    dot_q8_wide: fn(&[u8], &Q8Lanes, &mut [f32]),
     dot_q8_scalar: Option<fn(&[u8], Q8Row) -> f32>,
     quantize: fn(&[f32], &mut Vec<u8>),
 }
@@ -514,6 +529,18 @@ impl WeightFormat {
             .expect("dot_q8 of a format without codes"))(bytes, xs, out)
     }
 
+    /// Whether [`Self::dot_q8_wide`] has a kernel for this format on this CPU.
+    pub fn has_dot_q8_wide(&self) -> bool {
+        (self.has_dot_q8_wide)()
+    }
+
+    /// The 8-bit product of whole weight rows (`bytes`) with the activation rows of `x`:
+    /// `out[r * x.padded() + t]` = [`Self::dot_q8`] of row `r` and token `t` (summed in
+    /// another order). Only where [`Self::has_dot_q8_wide`].
+    pub fn dot_q8_wide(&self, bytes: &[u8], x: &Q8Lanes, out: &mut [f32]) {
+        (self.dot_q8_wide)(bytes, x, out)
+    }
+
     /// [`Self::dot_q8`] by its definition, [`int8::dot_scalar`].
     pub fn dot_q8_scalar(&self, bytes: &[u8], x: Q8Row) -> f32 {
         (self
@@ -581,6 +608,16 @@ fn dot_q8_tokens_row<B: Block>(bytes: &[u8], xs: &[Q8Row], out: &mut [f32]) {
     B::dot_q8_tokens(blocks, xs, out)
 }
 
+fn dot_q8_wide_rows<B: Block>(bytes: &[u8], x: &Q8Lanes, out: &mut [f32]) {
+    let blocks: &[B] = bytemuck::cast_slice(bytes);
+    assert_eq!(
+        std::mem::size_of_val(blocks),
+        bytes.len(),
+        "dot_q8_wide: part of a block"
+    );
+    B::dot_q8_wide(blocks, x, out)
+}
+
 fn dot_q8_scalar_row<B: Block>(bytes: &[u8], x: Q8Row) -> f32 {
     int8::dot_scalar(blocks::<B>(bytes, x.qs.len()), x)
 }
@@ -622,6 +659,8 @@ const fn entry<B: Block>() -> WeightFormat {
             Some(c) => c.integer_rows,
             None => 0,
         },
+        has_dot_q8_wide: B::has_dot_q8_wide,
+        dot_q8_wide: dot_q8_wide_rows::<B>,
         dot_q8_scalar: match B::CODES {
             Some(_) => Some(dot_q8_scalar_row::<B>),
             None => None,

@@ -743,3 +743,81 @@ fn every_vectorised_8_bit_dot_matches_the_definition() {
     check::<BlockIQ4XS>(&mut rng);
     check::<BlockMXFP4>(&mut rng);
 }
+
+/// The many-row 8-bit product, where this CPU runs one, equals the one-row 8-bit dot of
+/// every (row, token) within 1e-6 of `Σ |w·x|` (the same integer sums, scaled and added in
+/// another order): row counts that are not whole groups, token counts from one vector to
+/// several slabs with a partial last vector, rows of odd block counts; a non-finite
+/// activation gives NaN for its token only, and the padding lanes hold no NaN.
+#[test]
+fn many_row_8_bit_product_matches_the_one_row_dot() {
+    use int8::{Q8Lanes, Q8Rows};
+    let mut rng = SplitMix64(31);
+    let formats: Vec<_> = FORMATS.iter().filter(|f| f.has_dot_q8_wide()).collect();
+    assert_eq!(formats.is_empty(), !int8::wide_available());
+    for f in formats {
+        for (rows, cols, tokens) in [
+            (1, 32, 1),
+            (7, 96, 9),
+            (5, 2048, 16),
+            (9, 224, 33),
+            (13, 64, 70),
+        ] {
+            let bytes = random_blocks(f, rows * cols / f.block_values, &mut rng);
+            let mut x: Vec<f32> = (0..tokens * cols)
+                .map(|i| uniform(&mut rng) * if i % 11 == 0 { 6.0 } else { 1.0 })
+                .collect();
+            let nan_token = tokens / 2;
+            if tokens > 1 {
+                x[nan_token * cols + cols - 1] = f32::NAN;
+            }
+            let lanes = Q8Lanes::quantize(&x, cols);
+            let rows8 = Q8Rows::quantize(&x, cols);
+            for t in 0..tokens {
+                let want = rows8.row(t).dequantize();
+                for (i, w) in want.iter().enumerate() {
+                    let got = lanes.value(t, i);
+                    assert!(
+                        got.to_bits() == w.to_bits() || (got.is_nan() && w.is_nan()),
+                        "{} lanes value {i} of token {t}: {got} vs {w}",
+                        f.ty
+                    );
+                }
+            }
+            let padded = lanes.padded();
+            let mut out = vec![f32::NAN; rows * padded];
+            let row_bytes = bytes.len() / rows;
+            f.dot_q8_wide(&bytes, &lanes, &mut out);
+            for r in 0..rows {
+                let row = &bytes[r * row_bytes..][..row_bytes];
+                let mut w = vec![0f32; cols];
+                f.dequantize(row, &mut w);
+                for t in 0..padded {
+                    let got = out[r * padded + t];
+                    let label = format!(
+                        "{} row {r} of {rows}, token {t} of {tokens}, {cols} values",
+                        f.ty
+                    );
+                    if t >= tokens {
+                        assert!(got.is_finite(), "{label}: padding {got}");
+                        continue;
+                    }
+                    let want = f.dot_q8_scalar(row, rows8.row(t));
+                    if tokens > 1 && t == nan_token {
+                        assert!(got.is_nan() && want.is_nan(), "{label}: {got} vs {want}");
+                        continue;
+                    }
+                    let scale: f32 = w
+                        .iter()
+                        .zip(rows8.row(t).dequantize())
+                        .map(|(a, b)| (a * b).abs())
+                        .sum();
+                    assert!(
+                        (got - want).abs() <= 1e-6 * scale,
+                        "{label}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
