@@ -55,8 +55,9 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32], math: CpuMath) {
         } else if tokens > FUSED_TOKENS && m.format().has_dot_q8_wide() {
             matmul_q8_wide(m, x, out);
         } else {
-            // The same products in f32 on the values the codes stand for: with many rows
-            // the blocked f32 product below is faster than integer dots.
+            // The same products in f32 on the values the codes stand for: with more rows
+            // than a multi-row integer dot takes, and no many-row integer product for the
+            // format, the blocked f32 product below is the faster.
             let mut rounded = x.to_vec();
             rounded.par_chunks_mut(cols).for_each(round_to_8_bits);
             matmul(m, &rounded, out, CpuMath::Exact);
@@ -1234,13 +1235,19 @@ mod tests {
     #[test]
     fn q8_matmul_equals_the_8_bit_dot_for_every_token_count() {
         use crate::formats::int8::Q8Rows;
-        for (rows, cols) in [(37, 64), (50, 1056)] {
-            let format = formats::of(GgmlType::Q8_0).unwrap();
+        let shapes = [
+            (GgmlType::Q8_0, 37, 64),
+            (GgmlType::Q8_0, 50, 1056),
+            (GgmlType::Q4_K, 21, 1280),
+            (GgmlType::Q6_K, 9, 512),
+        ];
+        for (ty, rows, cols) in shapes {
+            let format = formats::of(ty).unwrap();
             let mut bytes = Vec::new();
             format.quantize(&values(rows * cols, 5), &mut bytes);
             let m = Matrix {
-                name: "q8_0 test",
-                ty: GgmlType::Q8_0,
+                name: "8-bit test",
+                ty,
                 rows,
                 cols,
                 data: &bytes,
@@ -1263,7 +1270,7 @@ mod tests {
                         let got = out[t * rows + r];
                         assert!(
                             (got - want).abs() <= 1e-5 * scale,
-                            "{rows}x{cols}, {tokens} tokens, row {r}, token {t}: {got} vs {want}"
+                            "{ty} {rows}x{cols}, {tokens} tokens, row {r}, token {t}: {got} vs {want}"
                         );
                     }
                 }

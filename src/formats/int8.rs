@@ -29,8 +29,10 @@ pub struct Codes {
     pub group: usize,
     /// Subtracted from every code (so signed codes are stored as unsigned bytes).
     pub offset: u8,
-    /// Activation rows up to which the mode multiplies this format in integers; more go
-    /// through the f32 products on the rounded activations. 1 where the format's f32
+    /// Activation rows up to which the mode multiplies this format in one-row integer
+    /// dots; more go through the many-row integer product where the format has one
+    /// ([`WideCodes`], from 9 rows on), else the f32 products on the rounded activations.
+    /// 1 where the format's f32
     /// multi-row dot was as fast as its integer one for an expert's few rows
     /// (BENCHMARKS.md), 8 (an expert's share of a 64-token prompt and more) where its
     /// integer dot was faster.
@@ -231,18 +233,20 @@ pub fn dot_scalar<B: Block>(blocks: &[B], x: Q8Row) -> f32 {
 pub const LANES: usize = 16;
 
 /// Activation rows in 8 bits (the codes and scales of [`Q8Rows`]) laid out for a product of
-/// many weight rows at once with the tokens as vector lanes: for every four values of a row,
-/// one u32 per token holding their codes plus 128 (unsigned bytes, the first value in the
-/// low byte); for every block, one scale per token. The tokens are padded to whole vectors
-/// of [`LANES`] with codes 0 and scale 0.
+/// many weight rows at once, the tokens as vector lanes: for every four values of a row, one
+/// u32 per token holding their codes (signed bytes, the first value in the low byte); for
+/// every block, one scale per token; for every [`SUM_GROUP`] values, the sum of the codes per
+/// token. The tokens are padded to whole vectors of [`LANES`] with codes and scales of 0.
 pub struct Q8Lanes {
     cols: usize,
     tokens: usize,
     padded: usize,
     /// `[cols / 4][padded]`.
-    biased: Vec<u32>,
+    codes: Vec<u32>,
     /// `[cols / ACT_BLOCK][padded]`.
     d: Vec<f32>,
+    /// `[cols / SUM_GROUP][padded]`.
+    sums: Vec<i32>,
 }
 
 impl Q8Lanes {
@@ -260,29 +264,35 @@ impl Q8Lanes {
             cols,
             tokens,
             padded,
-            biased: vec![0x8080_8080; cols / 4 * padded],
+            codes: vec![0; cols / 4 * padded],
             d: vec![0.0; cols / ACT_BLOCK * padded],
+            sums: vec![0; cols / SUM_GROUP * padded],
         };
-        // One task per block of values: its rows of both arrays are its own.
+        let per_block = ACT_BLOCK / SUM_GROUP;
+        // One task per block of values: its rows of the three arrays are its own.
         lanes
-            .biased
+            .codes
             .par_chunks_mut(ACT_BLOCK / 4 * padded)
             .zip(lanes.d.par_chunks_mut(padded))
+            .zip(lanes.sums.par_chunks_mut(per_block * padded))
             .enumerate()
-            .for_each(|(b, (biased, d))| {
+            .for_each(|(b, ((codes, d), sums))| {
                 for t in 0..tokens {
                     let xs = &x[t * cols + b * ACT_BLOCK..][..ACT_BLOCK];
                     let scale = block_scale(xs);
                     let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
                     d[t] = scale;
-                    for (i, four) in xs.chunks_exact(4).enumerate() {
-                        let code = |v: f32| ((round_even(v * id) as i8) as u8) ^ 0x80;
-                        biased[i * padded + t] = u32::from_le_bytes([
-                            code(four[0]),
-                            code(four[1]),
-                            code(four[2]),
-                            code(four[3]),
+                    let q: [i8; ACT_BLOCK] = std::array::from_fn(|i| round_even(xs[i] * id) as i8);
+                    for (i, four) in q.chunks_exact(4).enumerate() {
+                        codes[i * padded + t] = u32::from_le_bytes([
+                            four[0] as u8,
+                            four[1] as u8,
+                            four[2] as u8,
+                            four[3] as u8,
                         ]);
+                    }
+                    for (s, group) in q.chunks_exact(SUM_GROUP).enumerate() {
+                        sums[s * padded + t] = group.iter().map(|&c| c as i32).sum();
                     }
                 }
             });
@@ -305,23 +315,136 @@ impl Q8Lanes {
 
     /// Value `i` of token `t` as its code stands for it (`d · q`; 0 for padding).
     pub fn value(&self, t: usize, i: usize) -> f32 {
-        let word = self.biased[i / 4 * self.padded + t];
-        let code = ((word >> (8 * (i % 4))) as u8 ^ 0x80) as i8;
+        let word = self.codes[i / 4 * self.padded + t];
+        let code = (word >> (8 * (i % 4))) as u8 as i8;
         self.d[i / ACT_BLOCK * self.padded + t] * code as f32
+    }
+
+    /// The sum of token `t`'s codes over the [`SUM_GROUP`] values from `i`.
+    pub fn code_sum(&self, t: usize, i: usize) -> i32 {
+        self.sums[i / SUM_GROUP * self.padded + t]
     }
 }
 
-/// The 8-bit product of whole Q8_0 weight rows (`blocks`) with activations as lanes:
-/// `out[r * x.padded() + t]` = row `r` · token `t`, exactly the integer sums of
-/// [`dot_scalar`] per block, scaled and summed in f32. Only where [`wide_available`].
-pub fn wide_q8_0(blocks: &[super::BlockQ8_0], x: &Q8Lanes, out: &mut [f32]) {
-    let per_row = x.cols / ACT_BLOCK;
+/// How the many-row 8-bit product ([`wide_rows`]) reads a format: each block unpacked with
+/// vector instructions into what [`Block::codes`] defines (unsigned codes in value order,
+/// and per group its scale and min), the format's [`Codes`] saying the group and offset.
+pub trait WideCodes: Block {
+    /// Whether the format has mins (else that term is left out).
+    const MINS: bool;
+
+    /// The block's codes into `codes[..VALUES]`, its groups' scales and mins into `scale`
+    /// and `min`: the same values as [`Block::codes`], which this default calls.
+    ///
+    /// # Safety
+    /// A format's vectorised version needs AVX2 and F16C (the product runs only on CPUs
+    /// with AVX-512 VNNI, which have both).
+    #[inline]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        self.codes(&mut codes[..Self::VALUES], scale, min)
+    }
+}
+
+impl WideCodes for super::BlockQ8_0 {
+    const MINS: bool = false;
+
+    /// The signed bytes plus 128.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use std::arch::x86_64::*;
+        let q = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
+        let biased = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
+        _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, biased);
+        (scale[0], min[0]) = (avx512::f16(self.d.0), 0.0);
+    }
+}
+
+/// Q4_K and Q5_K: their codes by pairs of sub-blocks, `d · scale` and `dmin · min` each.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn unpack_with_mins(
+    block: &impl super::kquants::codes::WithMins,
+    codes: &mut [u8; 256],
+    scale: &mut [f32; 16],
+    min: &mut [f32; 16],
+) {
+    use std::arch::x86_64::*;
+    for pair in 0..4 {
+        let [low, high] = block.pair_codes(pair);
+        let at = codes.as_mut_ptr().add(64 * pair) as *mut __m256i;
+        _mm256_storeu_si256(at, low);
+        _mm256_storeu_si256(at.add(1), high);
+    }
+    let (d, dmin, bytes) = block.header();
+    let (d, dmin) = (avx512::f16(d.0), avx512::f16(dmin.0));
+    let (sc, m) = super::kquants::scales_and_mins(bytes);
+    for j in 0..8 {
+        (scale[j], min[j]) = (d * sc[j] as f32, dmin * m[j] as f32);
+    }
+}
+
+impl WideCodes for super::BlockQ4K {
+    const MINS: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        unpack_with_mins(self, codes, scale, min)
+    }
+}
+
+impl WideCodes for super::BlockQ5K {
+    const MINS: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        unpack_with_mins(self, codes, scale, min)
+    }
+}
+
+impl WideCodes for super::BlockQ6K {
+    const MINS: bool = false;
+
+    /// Six-bit codes by quarters of 32 values, a scale per 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use std::arch::x86_64::*;
+        for half in 0..2 {
+            let quarters = super::kquants::codes::q6_k(self, half);
+            for (i, q) in quarters.into_iter().enumerate() {
+                let at = codes.as_mut_ptr().add(128 * half + 32 * i) as *mut __m256i;
+                _mm256_storeu_si256(at, q);
+            }
+        }
+        let d = avx512::f16(self.d.0);
+        for (g, &sc) in self.scales.iter().enumerate() {
+            (scale[g], min[g]) = (d * sc as f32, 0.0);
+        }
+    }
+}
+
+/// The 8-bit product of whole weight rows (`blocks`, rows of `x.cols()` values) with the
+/// activations as lanes: `out[r * x.padded() + t]` = row `r` · token `t`, each group's
+/// integer sum exactly [`dot_scalar`]'s, scaled and summed in f32. Only where
+/// [`wide_available`].
+pub fn wide_rows<B: WideCodes>(blocks: &[B], x: &Q8Lanes, out: &mut [f32]) {
+    let per_row = x.cols / B::VALUES;
     assert!(
         per_row > 0
+            && x.cols.is_multiple_of(B::VALUES)
             && blocks.len().is_multiple_of(per_row)
             && out.len() == blocks.len() / per_row * x.padded,
-        "8-bit wide product: {} blocks, rows of {} values, {} outputs for {} lanes",
+        "8-bit wide product: {} blocks of {}, rows of {} values, {} outputs for {} lanes",
         blocks.len(),
+        B::TYPE,
         x.cols,
         out.len(),
         x.padded
@@ -329,12 +452,12 @@ pub fn wide_q8_0(blocks: &[super::BlockQ8_0], x: &Q8Lanes, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         // SAFETY: the CPU has the features; the shapes were checked above.
-        return unsafe { avx512::wide_q8_0(blocks, per_row, x, out) };
+        return unsafe { avx512::wide::<B>(blocks, per_row, x, out) };
     }
-    unreachable!("wide_q8_0 without AVX-512 VNNI")
+    unreachable!("the many-row 8-bit product without AVX-512 VNNI")
 }
 
-/// Whether this CPU runs the many-row 8-bit products ([`wide_q8_0`]).
+/// Whether this CPU runs the many-row 8-bit product ([`wide_rows`]).
 pub fn wide_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
@@ -524,7 +647,7 @@ pub(crate) mod avx512 {
 
     #[inline]
     #[target_feature(enable = "f16c")]
-    unsafe fn f16(bits: [u8; 2]) -> f32 {
+    pub(super) unsafe fn f16(bits: [u8; 2]) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(bits))))
     }
 
@@ -658,17 +781,16 @@ pub(crate) mod avx512 {
         odd_tail(blocks, xs, out);
     }
 
-    /// Weight rows of a [`wide_q8_0`] group, and vectors of tokens per step: a 64-token
-    /// slab in one pass, so each row's `128 · Σ w` serves four vectors (4 rows x 2 vectors
-    /// measured the same).
+    /// Weight rows of a [`wide`] group, and vectors of tokens per step: a 64-token slab in
+    /// one pass (4 rows x 2 vectors measured the same).
     const WIDE_ROWS: usize = 2;
     const WIDE_VECTORS: usize = 4;
 
-    /// [`super::wide_q8_0`]: the rows in groups of [`WIDE_ROWS`], the tokens in slabs of up
+    /// [`super::wide_rows`]: the rows in groups of [`WIDE_ROWS`], the tokens in slabs of up
     /// to [`WIDE_VECTORS`] vectors.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn wide_q8_0(
-        blocks: &[BlockQ8_0],
+    pub unsafe fn wide<B: super::WideCodes>(
+        blocks: &[B],
         per_row: usize,
         x: &super::Q8Lanes,
         out: &mut [f32],
@@ -678,8 +800,8 @@ pub(crate) mod avx512 {
         // Rows past the end (the last group's) compute into a scratch row.
         let mut spare = [0f32; super::LANES * WIDE_VECTORS];
         for g in (0..rows).step_by(WIDE_ROWS) {
-            let w: [*const BlockQ8_0; WIDE_ROWS] =
-                std::array::from_fn(|r| blocks.as_ptr().add((g + r).min(rows - 1) * per_row));
+            let w: [&[B]; WIDE_ROWS] =
+                std::array::from_fn(|r| &blocks[(g + r).min(rows - 1) * per_row..][..per_row]);
             for v0 in (0..vectors).step_by(WIDE_VECTORS) {
                 let lane0 = v0 * super::LANES;
                 let o: [*mut f32; WIDE_ROWS] = std::array::from_fn(|r| {
@@ -690,62 +812,93 @@ pub(crate) mod avx512 {
                     }
                 });
                 match (vectors - v0).min(WIDE_VECTORS) {
-                    1 => wide_group::<1>(w, per_row, x, lane0, o),
-                    2 => wide_group::<2>(w, per_row, x, lane0, o),
-                    3 => wide_group::<3>(w, per_row, x, lane0, o),
-                    _ => wide_group::<4>(w, per_row, x, lane0, o),
+                    1 => wide_group::<B, 1>(w, x, lane0, o),
+                    2 => wide_group::<B, 2>(w, x, lane0, o),
+                    3 => wide_group::<B, 3>(w, x, lane0, o),
+                    _ => wide_group::<B, 4>(w, x, lane0, o),
                 }
             }
         }
     }
 
-    /// Rows `w` (each `per_row` blocks) against `V` vectors of tokens from `lane0`: per block,
-    /// each row's four codes at a time broadcast against the tokens' four codes plus 128
-    /// (`vpdpbusd`, exact in i32), less 128 · Σ w (the same instruction on 128s); then the
-    /// block's sum scaled by the row's and the tokens' scales into f32 sums.
+    /// Rows `w` against `V` vectors of tokens from `lane0`. Per block, each row's codes are
+    /// unpacked once; per group, each row's four codes at a time are broadcast against the
+    /// tokens' four codes (`vpdpbusd`: unsigned codes times signed activations, exact in
+    /// i32), less `offset · Σ q`; then scaled by the row's and the tokens' scales into f32
+    /// sums, less the row's min times the tokens' `d · Σ q`.
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn wide_group<const V: usize>(
-        w: [*const BlockQ8_0; WIDE_ROWS],
-        per_row: usize,
+    unsafe fn wide_group<B: super::WideCodes, const V: usize>(
+        w: [&[B]; WIDE_ROWS],
         x: &super::Q8Lanes,
         lane0: usize,
         out: [*mut f32; WIDE_ROWS],
     ) {
+        use super::{ACT_BLOCK, LANES, SUM_GROUP};
+        let form = B::CODES.expect("a wide format has codes");
+        let (group, offset) = (form.group, _mm512_set1_epi32(form.offset as i32));
         let padded = x.padded;
-        let bias = _mm512_set1_epi8(-128);
+        let lanes =
+            |data: *const u32, row: usize, v: usize| data.add(row * padded + lane0 + v * LANES);
+        let mut codes = [[0u8; 256]; WIDE_ROWS];
+        let mut scale = [[0f32; 16]; WIDE_ROWS];
+        let mut min = [[0f32; 16]; WIDE_ROWS];
         let mut acc = [[_mm512_setzero_ps(); V]; WIDE_ROWS];
-        for b in 0..per_row {
-            let mut sums = [[_mm512_setzero_si512(); V]; WIDE_ROWS];
-            let mut offsets = [_mm512_setzero_si512(); WIDE_ROWS];
-            let xb = x.biased.as_ptr().add(b * 8 * padded + lane0);
-            for k in 0..8 {
-                let xv: [__m512i; V] = std::array::from_fn(|v| {
-                    _mm512_loadu_si512(xb.add(k * padded + v * super::LANES) as *const _)
-                });
-                for r in 0..WIDE_ROWS {
-                    let codes = (*w[r].add(b)).qs.as_ptr().add(4 * k) as *const i32;
-                    let wv = _mm512_set1_epi32(codes.read_unaligned());
-                    offsets[r] = _mm512_dpbusd_epi32(offsets[r], bias, wv);
-                    for v in 0..V {
-                        sums[r][v] = _mm512_dpbusd_epi32(sums[r][v], xv[v], wv);
+        for b in 0..w[0].len() {
+            for (r, row) in w.iter().enumerate() {
+                row[b].unpack(&mut codes[r], &mut scale[r], &mut min[r]);
+            }
+            for gi in 0..B::VALUES / group {
+                let at = b * B::VALUES + gi * group;
+                let mut sums = [[_mm512_setzero_si512(); V]; WIDE_ROWS];
+                for k in 0..group / 4 {
+                    let xv: [__m512i; V] = std::array::from_fn(|v| {
+                        _mm512_loadu_si512(lanes(x.codes.as_ptr(), at / 4 + k, v) as *const _)
+                    });
+                    for r in 0..WIDE_ROWS {
+                        let four = codes[r].as_ptr().add(gi * group + 4 * k) as *const i32;
+                        let wv = _mm512_set1_epi32(four.read_unaligned());
+                        for v in 0..V {
+                            sums[r][v] = _mm512_dpbusd_epi32(sums[r][v], wv, xv[v]);
+                        }
                     }
                 }
-            }
-            let dx: [__m512; V] = std::array::from_fn(|v| {
-                _mm512_loadu_ps(x.d.as_ptr().add(b * padded + lane0 + v * super::LANES))
-            });
-            for r in 0..WIDE_ROWS {
-                let dw = _mm512_set1_ps(f16((*w[r].add(b)).d.0));
-                for v in 0..V {
-                    let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r][v], offsets[r]));
-                    acc[r][v] = _mm512_fmadd_ps(s, _mm512_mul_ps(dw, dx[v]), acc[r][v]);
+                // The tokens' scales and code sums over the group.
+                let dx: [__m512; V] = std::array::from_fn(|v| {
+                    _mm512_loadu_ps(
+                        lanes(x.d.as_ptr() as *const u32, at / ACT_BLOCK, v) as *const f32
+                    )
+                });
+                let qsum: [__m512i; V] = std::array::from_fn(|v| {
+                    let sum = |s: usize| {
+                        _mm512_loadu_si512(lanes(x.sums.as_ptr() as *const u32, s, v) as *const _)
+                    };
+                    let mut q = sum(at / SUM_GROUP);
+                    for s in 1..group / SUM_GROUP {
+                        q = _mm512_add_epi32(q, sum(at / SUM_GROUP + s));
+                    }
+                    q
+                });
+                let off: [__m512i; V] =
+                    std::array::from_fn(|v| _mm512_mullo_epi32(qsum[v], offset));
+                let dq: [__m512; V] =
+                    std::array::from_fn(|v| _mm512_mul_ps(dx[v], _mm512_cvtepi32_ps(qsum[v])));
+                for r in 0..WIDE_ROWS {
+                    let sc = _mm512_set1_ps(scale[r][gi]);
+                    let mn = _mm512_set1_ps(min[r][gi]);
+                    for v in 0..V {
+                        let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r][v], off[v]));
+                        acc[r][v] = _mm512_fmadd_ps(exact, _mm512_mul_ps(sc, dx[v]), acc[r][v]);
+                        if B::MINS {
+                            acc[r][v] = _mm512_fnmadd_ps(mn, dq[v], acc[r][v]);
+                        }
+                    }
                 }
             }
         }
         for (o, acc) in out.iter().zip(&acc) {
             for (v, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(o.add(v * super::LANES), *a);
+                _mm512_storeu_ps(o.add(v * LANES), *a);
             }
         }
     }

@@ -384,6 +384,8 @@ impl Block for BlockQ3K {
 }
 
 impl Block for BlockQ4K {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q4_K;
     const VALUES: usize = QK_K;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q4K);
@@ -445,6 +447,8 @@ impl Block for BlockQ4K {
 }
 
 impl Block for BlockQ5K {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q5_K;
     const VALUES: usize = QK_K;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q5K);
@@ -510,6 +514,8 @@ impl Block for BlockQ5K {
 }
 
 impl Block for BlockQ6K {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q6_K;
     const VALUES: usize = QK_K;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q6K);

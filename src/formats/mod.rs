@@ -12,6 +12,20 @@
 //! (Q2_K to Q6_K), `iq` (IQ4_NL, IQ4_XS), `mxfp4`. A new format: its block in the family's
 //! file (or a new one), and one line in [`FORMATS`].
 
+/// Inside a format's `impl Block` when it implements `int8::WideCodes`: the 8-bit mode's
+/// many-row product where this CPU runs it.
+macro_rules! wide_8_bit {
+    () => {
+        fn has_dot_q8_wide() -> bool {
+            super::int8::wide_available()
+        }
+
+        fn dot_q8_wide(blocks: &[Self], x: &super::int8::Q8Lanes, out: &mut [f32]) {
+            super::int8::wide_rows(blocks, x, out)
+        }
+    };
+}
+
 /// Inside a format's `impl Block`: its row decode and dots through the vectorised decode it
 /// implements (`kquants::Vectorised`), at the widest width this CPU runs.
 macro_rules! vectorised_rows {

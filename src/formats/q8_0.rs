@@ -1,6 +1,6 @@
 //! Q8_0: blocks of 32 values, one f16 scale `d` and 32 signed bytes; value = `d · q`.
 
-use super::int8::{Codes, Q8Lanes, Q8Row};
+use super::int8::{Codes, Q8Row};
 use super::{Block, F16Bits, GpuLayout};
 use crate::gguf::GgmlType;
 
@@ -55,13 +55,7 @@ impl Block for BlockQ8_0 {
         super::int8::dot_rows(blocks, xs, out)
     }
 
-    fn has_dot_q8_wide() -> bool {
-        super::int8::wide_available()
-    }
-
-    fn dot_q8_wide(blocks: &[Self], x: &Q8Lanes, out: &mut [f32]) {
-        super::int8::wide_q8_0(blocks, x, out)
-    }
+    wide_8_bit!();
 
     #[inline]
     fn dequantize_blocks(blocks: &[Self], out: &mut [f32]) {

@@ -756,13 +756,8 @@ fn many_row_8_bit_product_matches_the_one_row_dot() {
     let formats: Vec<_> = FORMATS.iter().filter(|f| f.has_dot_q8_wide()).collect();
     assert_eq!(formats.is_empty(), !int8::wide_available());
     for f in formats {
-        for (rows, cols, tokens) in [
-            (1, 32, 1),
-            (7, 96, 9),
-            (5, 2048, 16),
-            (9, 224, 33),
-            (13, 64, 70),
-        ] {
+        for (rows, blocks, tokens) in [(1, 1, 1), (7, 3, 9), (5, 64, 16), (9, 7, 33), (13, 2, 70)] {
+            let cols = blocks * f.block_values;
             let bytes = random_blocks(f, rows * cols / f.block_values, &mut rng);
             let mut x: Vec<f32> = (0..tokens * cols)
                 .map(|i| uniform(&mut rng) * if i % 11 == 0 { 6.0 } else { 1.0 })
@@ -820,4 +815,52 @@ fn many_row_8_bit_product_matches_the_one_row_dot() {
             }
         }
     }
+}
+
+/// Each format's vectorised unpacking for the many-row 8-bit product gives exactly the codes,
+/// scales and mins of its definition (`Block::codes`) on random blocks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn wide_unpacking_equals_the_codes_definition() {
+    use int8::WideCodes;
+    fn check<B: WideCodes>(rng: &mut SplitMix64) {
+        let f = of(B::TYPE).unwrap();
+        let groups = B::VALUES / B::CODES.unwrap().group;
+        let bytes = random_blocks(f, 64, rng);
+        for block in bytemuck::cast_slice::<u8, B>(&bytes) {
+            let (mut codes, mut scale, mut min) = ([0u8; 256], [0f32; 16], [0f32; 16]);
+            block.codes(&mut codes[..B::VALUES], &mut scale, &mut min);
+            let (mut got_codes, mut got_scale, mut got_min) = ([0u8; 256], [0f32; 16], [0f32; 16]);
+            // SAFETY: the CPU has AVX2 and F16C (checked below).
+            unsafe { block.unpack(&mut got_codes, &mut got_scale, &mut got_min) };
+            assert_eq!(
+                &got_codes[..B::VALUES],
+                &codes[..B::VALUES],
+                "{} codes",
+                B::TYPE
+            );
+            for g in 0..groups {
+                assert_eq!(
+                    got_scale[g].to_bits(),
+                    scale[g].to_bits(),
+                    "{} scale {g}",
+                    B::TYPE
+                );
+                assert_eq!(
+                    got_min[g].to_bits(),
+                    min[g].to_bits(),
+                    "{} min {g}",
+                    B::TYPE
+                );
+            }
+        }
+    }
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
+        return;
+    }
+    let mut rng = SplitMix64(37);
+    check::<BlockQ8_0>(&mut rng);
+    check::<BlockQ4K>(&mut rng);
+    check::<BlockQ5K>(&mut rng);
+    check::<BlockQ6K>(&mut rng);
 }
