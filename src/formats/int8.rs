@@ -431,6 +431,149 @@ impl WideCodes for super::BlockQ6K {
     }
 }
 
+/// The blocks of 32 values without mins (Q4_0, Q5_0, IQ4_NL, MXFP4): their 32 codes
+/// stored, the block's scale.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_block_32(
+    block: std::arch::x86_64::__m256i,
+    d: f32,
+    codes: &mut [u8; 256],
+    scale: &mut [f32; 16],
+    min: &mut [f32; 16],
+) {
+    use std::arch::x86_64::*;
+    _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, block);
+    (scale[0], min[0]) = (d, 0.0);
+}
+
+impl WideCodes for super::BlockQ4_0 {
+    const MINS: bool = false;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        store_block_32(
+            super::kquants::codes::nibbles(&self.qs),
+            self.d.get(),
+            codes,
+            scale,
+            min,
+        )
+    }
+}
+
+impl WideCodes for super::BlockQ5_0 {
+    const MINS: bool = false;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let fifth = u32::from_le_bytes(self.qh);
+        let block = super::kquants::codes::with_fifth(&self.qs, fifth);
+        store_block_32(block, self.d.get(), codes, scale, min)
+    }
+}
+
+impl WideCodes for super::BlockIQ4NL {
+    const MINS: bool = false;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use super::kquants::codes::{levels, TableBlock};
+        store_block_32(
+            levels(&Self::BIASED, &self.qs),
+            self.d.get(),
+            codes,
+            scale,
+            min,
+        )
+    }
+}
+
+impl WideCodes for super::BlockMXFP4 {
+    const MINS: bool = false;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use super::kquants::codes::{levels, TableBlock};
+        store_block_32(
+            levels(&Self::BIASED, &self.qs),
+            self.scale(),
+            codes,
+            scale,
+            min,
+        )
+    }
+}
+
+impl WideCodes for super::BlockIQ4XS {
+    const MINS: bool = false;
+
+    /// Eight runs of 32 levels, a scale each.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use std::arch::x86_64::*;
+        let d = self.d.get();
+        for ib in 0..8 {
+            let run = super::kquants::codes::iq4_xs(self, ib);
+            _mm256_storeu_si256(codes.as_mut_ptr().add(32 * ib) as *mut __m256i, run);
+            (scale[ib], min[ib]) = (d * self.run_scale(ib) as f32, 0.0);
+        }
+    }
+}
+
+impl WideCodes for super::BlockQ2K {
+    const MINS: bool = true;
+
+    /// Two-bit codes by runs of 32 values, a scale and min per 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use std::arch::x86_64::*;
+        for half in 0..2 {
+            for run in 0..4 {
+                let at = codes.as_mut_ptr().add(128 * half + 32 * run) as *mut __m256i;
+                _mm256_storeu_si256(at, super::kquants::codes::two_bits(&self.qs, half, run));
+            }
+        }
+        (*scale, *min) = self.sub_scales();
+    }
+}
+
+impl WideCodes for super::BlockQ3K {
+    const MINS: bool = false;
+
+    /// Three-bit codes by runs of 32 values, a scale per 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        use std::arch::x86_64::*;
+        for half in 0..2 {
+            for run in 0..4 {
+                let at = codes.as_mut_ptr().add(128 * half + 32 * run) as *mut __m256i;
+                _mm256_storeu_si256(at, super::kquants::codes::q3_k(self, half, run));
+            }
+        }
+        let d = self.d.get();
+        let scales = super::kquants::q3_scales(&self.scales);
+        for g in 0..16 {
+            (scale[g], min[g]) = (d * scales[g] as f32, 0.0);
+        }
+    }
+}
+
 /// The 8-bit product of whole weight rows (`blocks`, rows of `x.cols()` values) with the
 /// activations as lanes: `out[r * x.padded() + t]` = row `r` · token `t`, each group's
 /// integer sum exactly [`dot_scalar`]'s, scaled and summed in f32. Only where

@@ -87,6 +87,8 @@ fn run_scale(values: &[f32]) -> f32 {
 }
 
 impl Block for BlockIQ4NL {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::IQ4_NL;
     const VALUES: usize = 32;
     const GPU: Option<GpuLayout> = Some(GpuLayout::IQ4NL);
@@ -135,6 +137,8 @@ impl BlockIQ4XS {
 }
 
 impl Block for BlockIQ4XS {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::IQ4_XS;
     const VALUES: usize = QK_K;
     const GPU: Option<GpuLayout> = Some(GpuLayout::IQ4XS);

@@ -260,6 +260,8 @@ impl BlockQ2K {
 }
 
 impl Block for BlockQ2K {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q2_K;
     const VALUES: usize = QK_K;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q2K);
@@ -318,6 +320,8 @@ impl Block for BlockQ2K {
 }
 
 impl Block for BlockQ3K {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q3_K;
     const VALUES: usize = QK_K;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q3K);

@@ -88,6 +88,8 @@ fn inverse(d: f32) -> f32 {
 }
 
 impl Block for BlockQ4_0 {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q4_0;
     const VALUES: usize = 32;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q4_0);
@@ -167,6 +169,8 @@ impl Block for BlockQ4_1 {
 }
 
 impl Block for BlockQ5_0 {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::Q5_0;
     const VALUES: usize = 32;
     const GPU: Option<GpuLayout> = Some(GpuLayout::Q5_0);

@@ -39,6 +39,8 @@ impl BlockMXFP4 {
 }
 
 impl Block for BlockMXFP4 {
+    wide_8_bit!();
+
     const TYPE: GgmlType = GgmlType::MXFP4;
     const VALUES: usize = 32;
     const GPU: Option<GpuLayout> = Some(GpuLayout::MXFP4);

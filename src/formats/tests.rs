@@ -197,6 +197,8 @@ fn row_decode_equals_the_block_decode_bit_for_bit() {
     check::<BlockIQ4NL>(&mut rng);
     check::<BlockIQ4XS>(&mut rng);
     check::<BlockMXFP4>(&mut rng);
+    check::<BlockQ2K>(&mut rng);
+    check::<BlockQ3K>(&mut rng);
 }
 
 /// Quantizing and decoding gives the values back within what the bits allow: relative RMS
@@ -863,4 +865,9 @@ fn wide_unpacking_equals_the_codes_definition() {
     check::<BlockQ4K>(&mut rng);
     check::<BlockQ5K>(&mut rng);
     check::<BlockQ6K>(&mut rng);
+    check::<BlockQ4_0>(&mut rng);
+    check::<BlockQ5_0>(&mut rng);
+    check::<BlockIQ4NL>(&mut rng);
+    check::<BlockIQ4XS>(&mut rng);
+    check::<BlockMXFP4>(&mut rng);
 }
