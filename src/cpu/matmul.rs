@@ -140,6 +140,7 @@ pub fn matmul(m: &Matrix, x: &[f32], out: &mut [f32], math: CpuMath) {
 fn matmul_q8(m: &Matrix, x: &Q8Rows, out: &mut [f32]) {
     let (rows, tokens, format) = (m.rows, x.len(), m.format());
     if tokens == 1 {
+        let x = x.row(0);
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(task, out)| {
@@ -148,7 +149,7 @@ fn matmul_q8(m: &Matrix, x: &Q8Rows, out: &mut [f32]) {
                     if row + 1 < rows {
                         prefetch(m.row(row + 1));
                     }
-                    *o = format.dot_q8(m.row(row), x.row(0));
+                    *o = format.dot_q8(m.row(row), x);
                 }
             });
         return;
