@@ -90,6 +90,8 @@ pub struct BackendOptions {
     pub tile_math: TileMath,
     /// CPU: how weights multiply activations (the GPU refuses [`CpuMath::Q8`]).
     pub cpu_math: CpuMath,
+    /// GPU: prompt tokens per batched pass (`None`: `gpu::batch::DEFAULT_CHUNK`).
+    pub batch: Option<usize>,
 }
 
 impl Default for BackendOptions {
@@ -102,6 +104,7 @@ impl Default for BackendOptions {
             cache_type: None,
             tile_math: TileMath::default(),
             cpu_math: CpuMath::Exact,
+            batch: None,
         }
     }
 }
@@ -229,6 +232,7 @@ fn gpu<'a>(
         adapter: opts.adapter,
         cache_type: opts.cache_type.unwrap_or(CacheType::F16),
         tile_math: opts.tile_math,
+        prefill_chunk: opts.batch,
         ..Default::default()
     };
     let mut backend = GpuBackend::with_progress(cfg, weights, ctx, &gpu_opts, progress)?;

@@ -13,9 +13,6 @@ use crate::error::{Error, Result};
 use crate::sampler::{Sampler, SamplerOptions};
 use crate::tokenizer::Tokenizer;
 
-/// Prompt tokens fed per backend call, so an interrupt is noticed during a long prefill.
-const PREFILL_CHUNK: usize = 256;
-
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
@@ -145,7 +142,8 @@ pub fn generate(
             timings.prompt_secs = t0.elapsed().as_secs_f64();
             return result(Vec::new(), StopReason::Interrupted, timings, pos);
         }
-        let end = (pos + PREFILL_CHUNK).min(prompt.len());
+        // A piece per backend call, so an interrupt is noticed during a long prefill.
+        let end = (pos + backend.prompt_piece()).min(prompt.len());
         let chunk = &prompt[pos..end];
         if end < prompt.len() {
             backend.feed(chunk, pos, Want::Nothing)?;

@@ -220,6 +220,11 @@ struct BackendArgs {
     /// adapters do; elsewhere f32 FMAs). CPU: exact f32 products, or q8.
     #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
     matmul: MatmulArg,
+    /// GPU: prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default:
+    /// 512]. A larger pass multiplies each expert's weights by more tokens at once, for
+    /// more activation memory.
+    #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
+    batch: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -283,6 +288,7 @@ impl BackendArgs {
                 MatmulArg::Q8 => CpuMath::Q8,
                 _ => CpuMath::Exact,
             },
+            batch: self.batch,
         }
     }
 

@@ -494,6 +494,11 @@ impl Backend for GpuBackend {
         self.max_context
     }
 
+    /// A whole chunk of the batched schedule.
+    fn prompt_piece(&self) -> usize {
+        self.batch.chunk
+    }
+
     fn cache_len(&self) -> usize {
         self.cache_len
     }
