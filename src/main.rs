@@ -221,8 +221,8 @@ struct BackendArgs {
     #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
     matmul: MatmulArg,
     /// GPU: prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default:
-    /// 512]. A larger pass multiplies each expert's weights by more tokens at once, for
-    /// more activation memory.
+    /// 2048]. A larger pass multiplies each expert's weights by more tokens at once, for
+    /// more activation memory (about 280 KB per token).
     #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     batch: Option<usize>,
 }
