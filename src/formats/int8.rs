@@ -532,6 +532,24 @@ impl WideCodes for super::BlockIQ4XS {
     }
 }
 
+/// Q2_K's and Q3_K's codes: two halves of four runs of 32 values, run `(half, run)` of
+/// them as `codes_of` gives it.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_runs(
+    codes: &mut [u8; 256],
+    codes_of: impl Fn(usize, usize) -> std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    for half in 0..2 {
+        for run in 0..4 {
+            let at = codes.as_mut_ptr().add(128 * half + 32 * run) as *mut __m256i;
+            _mm256_storeu_si256(at, codes_of(half, run));
+        }
+    }
+}
+
 impl WideCodes for super::BlockQ2K {
     const MINS: bool = true;
 
@@ -540,13 +558,9 @@ impl WideCodes for super::BlockQ2K {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        use std::arch::x86_64::*;
-        for half in 0..2 {
-            for run in 0..4 {
-                let at = codes.as_mut_ptr().add(128 * half + 32 * run) as *mut __m256i;
-                _mm256_storeu_si256(at, super::kquants::codes::two_bits(&self.qs, half, run));
-            }
-        }
+        store_runs(codes, |half, run| {
+            super::kquants::codes::two_bits(&self.qs, half, run)
+        });
         (*scale, *min) = self.sub_scales();
     }
 }
@@ -559,13 +573,9 @@ impl WideCodes for super::BlockQ3K {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn unpack(&self, codes: &mut [u8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        use std::arch::x86_64::*;
-        for half in 0..2 {
-            for run in 0..4 {
-                let at = codes.as_mut_ptr().add(128 * half + 32 * run) as *mut __m256i;
-                _mm256_storeu_si256(at, super::kquants::codes::q3_k(self, half, run));
-            }
-        }
+        store_runs(codes, |half, run| {
+            super::kquants::codes::q3_k(self, half, run)
+        });
         let d = self.d.get();
         let scales = super::kquants::q3_scales(&self.scales);
         for g in 0..16 {
