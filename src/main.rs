@@ -518,6 +518,10 @@ struct InfoArgs {
     /// length if shorter].
     #[arg(short = 'c', long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     ctx: Option<usize>,
+    /// Prompt tokens per GPU pass to size the activations for [default: 2048, or the
+    /// context if shorter].
+    #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
+    batch: Option<usize>,
 }
 
 #[derive(Args)]
@@ -1300,14 +1304,18 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     }
     line(if no_gpu.is_empty() {
         let cache_bytes = |t: CacheType| gpu::cache::planned_bytes(&cfg, ctx, t);
+        let chunk = a.batch.unwrap_or(gpu::batch::DEFAULT_CHUNK).min(ctx);
+        let act = gpu::batch::activation_bytes(&cfg, chunk);
         format!(
             "gpu: {:.2} GB of weights ({gpu_total} bytes); at --ctx {ctx} a latent cache of {} \
-             in f16 (the default), {:.2} GB with the weights ({} in f32, {:.2} GB)",
+             in f16 (the default), and {} of activations for prompt chunks of {chunk} tokens \
+             (--batch): {:.2} GB in all ({} in f32, {:.2} GB)",
             gpu_total as f64 / 1e9,
             gpu::cache::human_bytes(cache_bytes(CacheType::F16)),
-            (gpu_total + cache_bytes(CacheType::F16)) as f64 / 1e9,
+            gpu::cache::human_bytes(act),
+            (gpu_total + cache_bytes(CacheType::F16) + act) as f64 / 1e9,
             gpu::cache::human_bytes(cache_bytes(CacheType::F32)),
-            (gpu_total + cache_bytes(CacheType::F32)) as f64 / 1e9,
+            (gpu_total + cache_bytes(CacheType::F32) + act) as f64 / 1e9,
         )
     } else {
         format!(

@@ -181,7 +181,8 @@ fn info_prints_the_fixture_hyper_parameters() {
 
 /// `info --ctx N` sizes the GPU's latent cache for N positions: every layer's buffer holds
 /// whole tiles of 64 positions of the 64 + 32 latent values (tiny: 4 layers), 2 bytes each
-/// in f16; a context past the model's own length is refused by name.
+/// in f16; and the activations of a prompt chunk, in proportion to its tokens; a context
+/// past the model's own length is refused by name.
 #[test]
 fn info_sizes_the_gpu_cache_for_a_context() {
     let model = fixture("tiny-q8_0.gguf");
@@ -194,6 +195,34 @@ fn info_sizes_the_gpu_cache_for_a_context() {
         )) && stdout.contains(&format!("({f32:.1} kB in f32")),
         "{stdout}"
     );
+    // The prompt chunk is the context when shorter than the default, or `--batch`; its
+    // activations grow with its tokens.
+    let activations = |stdout: &str, chunk: usize| -> f64 {
+        let end = stdout
+            .find(&format!(
+                " of activations for prompt chunks of {chunk} tokens"
+            ))
+            .unwrap_or_else(|| panic!("no chunk of {chunk} tokens in {stdout}"));
+        let words: Vec<&str> = stdout[..end].split_whitespace().rev().take(2).collect();
+        let scale = match words[0] {
+            "kB" => 1e3,
+            "MB" => 1e6,
+            unit => panic!("unit {unit} in {stdout}"),
+        };
+        words[1].parse::<f64>().unwrap() * scale
+    };
+    let (batched, _) = ok(&[
+        "info",
+        "-m",
+        path_str(&model),
+        "--ctx",
+        "100",
+        "--batch",
+        "20",
+    ]);
+    let (full, small) = (activations(&stdout, 100), activations(&batched, 20));
+    // Printed to two or three digits.
+    assert!((full / small - 5.0).abs() < 0.2, "{full} against {small}");
     let err = fails(&["info", "-m", path_str(&model), "--ctx", "300000"]);
     assert!(
         err.contains(

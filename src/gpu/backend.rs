@@ -113,7 +113,7 @@ impl GpuBackend {
             e => e,
         })?;
         let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model, &caches)?;
-        let chunk = batch::chunk_tokens(&ctx, cfg, &model, max_context, opts.prefill_chunk)?;
+        let chunk = batch::chunk_tokens(&ctx, cfg, max_context, opts.prefill_chunk)?;
         let batch = BatchSchedule::new(&ctx, &pipelines, cfg, chunk, &model, &caches)?;
         let staging = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {

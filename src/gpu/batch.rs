@@ -178,9 +178,23 @@ struct Widths {
 }
 
 impl Widths {
-    fn new(cfg: &Config, model: &GpuModel) -> Widths {
+    /// From the blueprint alone (`info` sizes a chunk before any upload): the GPU model
+    /// stacks each MoE layer's routed and shared experts as `slots` of `expert_ffn`, and a
+    /// dense layer's FFN as one slot of `dense_ffn`.
+    fn new(cfg: &Config) -> Widths {
         let heads = cfg.n_heads;
-        let slots = moe_shape(model).map_or(1, |s| s.1);
+        let moe = cfg.n_dense_layers < cfg.n_layers;
+        let slots = if moe {
+            cfg.n_experts_used + cfg.n_shared_experts
+        } else {
+            1
+        };
+        let dense_act = if cfg.n_dense_layers > 0 {
+            cfg.dense_ffn
+        } else {
+            0
+        };
+        let moe_act = if moe { slots * cfg.expert_ffn } else { 0 };
         Widths {
             hidden: cfg.hidden,
             qkv_a: cfg.q_lora_rank + cfg.cache_row(),
@@ -190,12 +204,7 @@ impl Widths {
             kqv_out: heads * cfg.v_head,
             router: cfg.n_experts.max(1),
             route: 2 * slots,
-            act: model
-                .layers
-                .iter()
-                .map(|l| l.ffn.slots * l.ffn.width)
-                .max()
-                .unwrap_or(1),
+            act: dense_act.max(moe_act).max(1),
             down: slots * cfg.hidden,
             rope: cfg.qk_rope,
             q_parts: heads * cfg.cache_row(),
@@ -225,12 +234,16 @@ impl Widths {
     }
 }
 
+/// Bytes of the activations of a chunk of `tokens` tokens.
+pub fn activation_bytes(cfg: &Config, tokens: usize) -> u64 {
+    4 * Widths::new(cfg).all().iter().sum::<usize>() as u64 * tokens as u64
+}
+
 /// Tokens per chunk: `requested` (or [`DEFAULT_CHUNK`]), cut to the context and so that
 /// every activation fits one binding of the device and all of them the budget.
 pub fn chunk_tokens(
     ctx: &GpuContext,
     cfg: &Config,
-    model: &GpuModel,
     max_context: usize,
     requested: Option<usize>,
 ) -> Result<usize> {
@@ -238,9 +251,9 @@ pub fn chunk_tokens(
     if want == 0 {
         return Err(Error::Input("a prefill chunk of 0 tokens".into()));
     }
-    let widths = Widths::new(cfg, model).all();
+    let widths = Widths::new(cfg).all();
     let largest = 4 * *widths.iter().max().unwrap() as u64;
-    let total = 4 * widths.iter().sum::<usize>() as u64;
+    let total = activation_bytes(cfg, 1);
     // Grids of one workgroup per token stay within the per-dimension limit.
     let grid = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let fit = (ctx.max_binding / largest).min(ACTIVATION_BUDGET / total) as usize;
@@ -280,7 +293,7 @@ impl BatchSchedule {
                 moe_group::MAX_GROUPS
             )));
         }
-        let widths = Widths::new(cfg, model);
+        let widths = Widths::new(cfg);
         // The cooperative attention where it runs and agrees with the f32 kernel here.
         let coop_attention = attn_batch_coop::runs(ctx, cfg, caches.cache_type)
             && match attn_batch_coop::check_against_fma(ctx, p, cfg) {
