@@ -780,6 +780,10 @@ fn many_row_8_bit_product_matches_the_one_row_dot() {
                         f.ty
                     );
                 }
+                for i in (0..cols).step_by(int8::SUM_GROUP) {
+                    let want = rows8.row(t).code_sum(i, int8::SUM_GROUP);
+                    assert_eq!(lanes.code_sum(t, i), want, "code sum {i} of token {t}");
+                }
             }
             let padded = lanes.padded();
             let mut out = vec![f32::NAN; rows * padded];
