@@ -8,8 +8,8 @@ use crate::backend::{
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::gpu::batch::{self, BatchSchedule, Head};
-use crate::gpu::cache::LatentCaches;
+use crate::gpu::batch::{self, BatchSchedule, ChunkBuffers, Head};
+use crate::gpu::cache::{self, LatentCaches};
 use crate::gpu::context::{self, GpuContext, GpuOptions};
 use crate::gpu::kernels::{attn_combine, attn_partial, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
@@ -99,22 +99,34 @@ impl GpuBackend {
                 "the GPU attention cannot run this model: {why}"
             )));
         }
-        // The caches first: a context that does not fit is refused before the long upload.
+        // The caches and the prompt chunk's activations first: a context or chunk that does
+        // not fit is refused before the long upload.
         let caches = LatentCaches::allocate(&ctx, cfg, max_context, opts.cache_type)?;
         let total = GpuModel::file_bytes(cfg, w);
         let mut up = Uploader::new(total, progress);
         let pipelines = Pipelines::new();
         let act = Activations::new(&ctx, cfg, max_context)?;
+        let chunk = batch::chunk_tokens(&ctx, cfg, max_context, opts.prefill_chunk)?;
+        let chunk_buffers = ChunkBuffers::allocate(&ctx, &pipelines, cfg, chunk, opts.cache_type)
+            .map_err(|e| match e {
+            Error::Gpu(why) if why.starts_with("out of GPU memory") => Error::Gpu(format!(
+                "{why} (the activations of prompt chunks of {chunk} tokens take {}; a \
+                     smaller --batch needs less)",
+                cache::human_bytes(batch::activation_bytes(cfg, chunk))
+            )),
+            e => e,
+        })?;
         let model = GpuModel::upload(&ctx, cfg, w, &mut up).map_err(|e| match e {
             Error::Gpu(why) if why.starts_with("out of GPU memory") => Error::Gpu(format!(
-                "{why} (the {} takes room a smaller --ctx would leave)",
-                caches.describe()
+                "{why} (the {} and {} of activations for prompt chunks of {chunk} tokens take \
+                 room a smaller --ctx or --batch would leave)",
+                caches.describe(),
+                cache::human_bytes(batch::activation_bytes(cfg, chunk))
             )),
             e => e,
         })?;
         let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model, &caches)?;
-        let chunk = batch::chunk_tokens(&ctx, cfg, max_context, opts.prefill_chunk)?;
-        let batch = BatchSchedule::new(&ctx, &pipelines, cfg, chunk, &model, &caches)?;
+        let batch = BatchSchedule::new(&ctx, &pipelines, cfg, chunk_buffers, &model, &caches)?;
         let staging = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),

@@ -240,7 +240,8 @@ pub fn activation_bytes(cfg: &Config, tokens: usize) -> u64 {
 }
 
 /// Tokens per chunk: `requested` (or [`DEFAULT_CHUNK`]), cut to the context and so that
-/// every activation fits one binding of the device and all of them the budget.
+/// every activation fits one binding and one buffer of the device and all of them the
+/// budget.
 pub fn chunk_tokens(
     ctx: &GpuContext,
     cfg: &Config,
@@ -256,32 +257,53 @@ pub fn chunk_tokens(
     let total = activation_bytes(cfg, 1);
     // Grids of one workgroup per token stay within the per-dimension limit.
     let grid = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let fit = (ctx.max_binding / largest).min(ACTIVATION_BUDGET / total) as usize;
+    let per_buffer = ctx.max_binding.min(ctx.max_buffer);
+    let fit = (per_buffer / largest).min(ACTIVATION_BUDGET / total) as usize;
     Ok(want.min(max_context).min(fit).min(grid).max(1))
 }
 
-impl BatchSchedule {
-    /// The dispatches of a chunk of up to `chunk` tokens ([`chunk_tokens`]) over the
-    /// weights of `model` and the caches.
-    pub fn new(
+/// A chunk's activations, allocated before the weights are uploaded (so a chunk that does
+/// not fit is refused before the long upload, as the caches are), with the choices made
+/// for them: the routing's shape, the LM head's rows per pass, and whether the attention
+/// runs on cooperative matrices (its query parts then have a buffer).
+pub struct ChunkBuffers {
+    chunk: usize,
+    logit_rows: usize,
+    routing: Routing,
+    act: Activations,
+}
+
+impl ChunkBuffers {
+    /// The buffers of a chunk of up to `chunk` tokens ([`chunk_tokens`]) of `cfg`'s model.
+    pub fn allocate(
         ctx: &GpuContext,
         p: &Pipelines,
         cfg: &Config,
         chunk: usize,
-        model: &GpuModel,
-        caches: &LatentCaches,
-    ) -> Result<BatchSchedule> {
+        cache_type: CacheType,
+    ) -> Result<ChunkBuffers> {
         if let Some(why) = attn_batch::unsupported(cfg) {
             return Err(Error::Gpu(format!(
                 "the GPU attention cannot run this model: {why}"
             )));
         }
         let vocab_bytes = 4 * cfg.vocab as u64;
-        let logit_rows = (LOGITS_BUDGET.min(ctx.max_binding) / vocab_bytes).max(1) as usize;
+        let per_buffer = ctx.max_binding.min(ctx.max_buffer);
+        let logit_rows = (LOGITS_BUDGET.min(per_buffer) / vocab_bytes).max(1) as usize;
         let logit_rows = logit_rows.min(chunk);
+        // The GPU model stacks each MoE layer's routed then shared experts (resident.rs).
+        let moe = cfg.n_dense_layers < cfg.n_layers;
         let routing = Routing {
-            experts: moe_shape(model).map_or(1, |s| s.0),
-            slots: moe_shape(model).map_or(1, |s| s.1),
+            experts: if moe {
+                cfg.n_experts + cfg.n_shared_experts
+            } else {
+                1
+            },
+            slots: if moe {
+                cfg.n_experts_used + cfg.n_shared_experts
+            } else {
+                1
+            },
             max_tokens: chunk,
         };
         let wg = crate::gpu::context::WORKGROUP_SIZE as usize;
@@ -293,9 +315,8 @@ impl BatchSchedule {
                 moe_group::MAX_GROUPS
             )));
         }
-        let widths = Widths::new(cfg);
         // The cooperative attention where it runs and agrees with the f32 kernel here.
-        let coop_attention = attn_batch_coop::runs(ctx, cfg, caches.cache_type)
+        let coop_attention = attn_batch_coop::runs(ctx, cfg, cache_type)
             && match attn_batch_coop::check_against_fma(ctx, p, cfg) {
                 Ok(()) => true,
                 Err(why) => {
@@ -309,12 +330,45 @@ impl BatchSchedule {
         let act = Activations::new(
             ctx,
             cfg,
-            &widths,
+            &Widths::new(cfg),
             chunk,
             logit_rows,
             &routing,
             coop_attention,
         )?;
+        Ok(ChunkBuffers {
+            chunk,
+            logit_rows,
+            routing,
+            act,
+        })
+    }
+}
+
+impl BatchSchedule {
+    /// The dispatches of a chunk over its buffers, the weights of `model` and the caches.
+    pub fn new(
+        ctx: &GpuContext,
+        p: &Pipelines,
+        cfg: &Config,
+        buffers: ChunkBuffers,
+        model: &GpuModel,
+        caches: &LatentCaches,
+    ) -> Result<BatchSchedule> {
+        let ChunkBuffers {
+            chunk,
+            logit_rows,
+            routing,
+            act,
+        } = buffers;
+        let uploaded = moe_shape(model).unwrap_or((1, 1));
+        if uploaded != (routing.experts, routing.slots) {
+            return Err(Error::Gpu(format!(
+                "the uploaded model stacks {} experts, {} per token, where its blueprint \
+                 says {} and {}",
+                uploaded.0, uploaded.1, routing.experts, routing.slots
+            )));
+        }
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_ids, &act.x);
         let layers = model
             .layers
