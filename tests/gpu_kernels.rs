@@ -797,6 +797,43 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
     }
 }
 
+/// Short rows of Q4_0 and Q5_0 (192 values: `attn_k_b`'s) go up widened into the Q8_0
+/// layout and dot as the CPU dots the stored blocks.
+#[test]
+fn widened_short_rows_dot_as_the_cpu() {
+    let mut rng = Rng(15);
+    let (rows, cols) = (150, 192);
+    let x = rng.vec(cols);
+    for ty in [GgmlType::Q4_0, GgmlType::Q5_0] {
+        let bytes = random_rows(&mut rng, ty, rows, cols);
+        let m = Matrix {
+            name: "short rows",
+            ty,
+            rows,
+            cols,
+            data: &bytes,
+        };
+        for (label, ctx) in contexts() {
+            let p = Pipelines::new();
+            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+            assert!(gm.chunks.iter().all(|c| c.format.name() == "Q8_0"), "{ty}");
+            let xb = storage_f32(&ctx, "x", &x);
+            let got = plain_matvec(&ctx, &p, &gm, &xb, rows);
+            for (r, &g) in got.iter().enumerate() {
+                let want = m.dot_row(r, &x);
+                let mut w = vec![0f32; cols];
+                m.dequantize_row(r, &mut w);
+                let size: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                assert!(g.is_finite(), "{ty} row {r} {label}: {g}");
+                assert!(
+                    (g - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
+                    "{ty} row {r} {label}: {g} vs {want} (size {size})"
+                );
+            }
+        }
+    }
+}
+
 /// Raw rows of IQ4_NL, IQ4_XS and MXFP4 (512 values each) at extreme scales, every code in
 /// every row: IQ4 `d` of ±1, the largest f16, f16 subnormals (IQ4_XS files hold many: its
 /// `d` is the block's largest value / 4064), the smallest normal f16 and 0, every IQ4_XS
@@ -948,10 +985,12 @@ fn mixed_type_stacks_split_by_format() {
             .iter()
             .map(|c| (c.row_start, c.format.name()))
             .collect();
+        // Q5_0's rows of 256 values go up widened into the Q8_0 layout
+        // (`formats::WIDEN_BELOW`).
         for (start, name) in [
             (0, "Q4_K"),
             (40, "Q6_K"),
-            (64, "Q5_0"),
+            (64, "Q8_0"),
             (76, "IQ4_XS"),
             (96, "MXFP4"),
             (112, "IQ4_NL"),

@@ -259,6 +259,20 @@ impl Block for BlockQ5_1 {
 
 /// The GPU layouts (see [`GpuLayout`]): the nibbles to `quants`; `d` (and `m`, `qh`) to
 /// `scales`.
+/// Rows of Q4_0 or Q5_0 in the Q8_0 layout's arrays (`GpuLayout::Q8_0`): each block's codes
+/// less their offset as int8, and its scale as the same f16 (`d` converts back exactly), so
+/// every value decodes to the same bits.
+pub(super) fn pack_widened<B: Block>(bytes: &[u8], quants: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    let offset = B::CODES.expect("a widened format has codes").offset as i16;
+    let (mut codes, mut scale, mut min) = ([0u8; 32], [0f32; 1], [0f32; 1]);
+    for b in bytemuck::cast_slice::<u8, B>(bytes) {
+        b.codes(&mut codes[..B::VALUES], &mut scale, &mut min);
+        debug_assert!(B::VALUES == 32 && min[0] == 0.0);
+        quants.extend(codes.iter().map(|&c| (c as i16 - offset) as i8 as u8));
+        scales.extend_from_slice(&F16Bits::from_f32(scale[0]).0);
+    }
+}
+
 pub(super) fn pack_gpu(
     layout: GpuLayout,
     bytes: &[u8],

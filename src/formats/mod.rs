@@ -409,8 +409,9 @@ impl GpuLayout {
         rows as u64 * (cols / self.block_values()) as u64 * (q + s)
     }
 
-    /// Appends one stored row (`bytes`, in `format`) to the layout's arrays. `scratch` is
-    /// reused between rows by the caller.
+    /// Appends one stored row (`bytes`, in `format`: the layout's own, or Q4_0 and Q5_0
+    /// widened into Q8_0's, [`gpu_layout`]) to the layout's arrays. `scratch` is reused
+    /// between rows by the caller.
     pub fn pack_row(
         self,
         format: &WeightFormat,
@@ -425,16 +426,21 @@ impl GpuLayout {
             quants.extend_from_slice(bytemuck::cast_slice(scratch));
             return;
         }
-        assert_eq!(
-            Some(format.ty),
-            self.ty(),
+        let widened =
+            self == GpuLayout::Q8_0 && matches!(format.ty, GgmlType::Q4_0 | GgmlType::Q5_0);
+        assert!(
+            Some(format.ty) == self.ty() || widened,
             "{} rows do not pack as {}",
             format.ty,
             self.name()
         );
         match self {
             GpuLayout::F32 => unreachable!("handled above"),
-            GpuLayout::Q8_0 => q8_0::pack_split(bytes, quants, scales),
+            GpuLayout::Q8_0 => match format.ty {
+                GgmlType::Q4_0 => legacy::pack_widened::<BlockQ4_0>(bytes, quants, scales),
+                GgmlType::Q5_0 => legacy::pack_widened::<BlockQ5_0>(bytes, quants, scales),
+                _ => q8_0::pack_split(bytes, quants, scales),
+            },
             GpuLayout::Q4_0 | GpuLayout::Q4_1 | GpuLayout::Q5_0 | GpuLayout::Q5_1 => {
                 legacy::pack_gpu(self, bytes, quants, scales)
             }
@@ -718,8 +724,25 @@ pub fn gpu_form(ty: GgmlType, dims: &[u64]) -> Option<(GpuLayout, u64)> {
         return Some((GpuLayout::F32, 4 * cols as u64));
     }
     let rows = dims[1..].iter().product::<u64>() as usize;
-    let layout = of(ty)?.gpu?;
+    let layout = gpu_layout(ty, cols)?;
     Some((layout, layout.matrix_bytes(rows, cols)))
+}
+
+/// Rows shorter than this many values of the 32-value formats without a minimum (Q4_0,
+/// Q5_0) go to the GPU widened into the Q8_0 layout, exactly: each block's codes less their
+/// offset as int8, with the same scale. A short row keeps few of a mat-vec's invocations
+/// busy with 32-value units where Q8_0's are 16 (`attn_k_b`'s rows of 192 values in the
+/// Q4_K_M files; BENCHMARKS.md has the measurement); it costs 0.375 byte per value more.
+pub const WIDEN_BELOW: usize = 512;
+
+/// The layout a matrix of `ty` with rows of `cols` values takes on the GPU: its format's own,
+/// or Q8_0's for short rows of Q4_0 and Q5_0 ([`WIDEN_BELOW`]).
+pub fn gpu_layout(ty: GgmlType, cols: usize) -> Option<GpuLayout> {
+    let own = of(ty)?.gpu?;
+    Some(match own {
+        GpuLayout::Q4_0 | GpuLayout::Q5_0 if cols < WIDEN_BELOW => GpuLayout::Q8_0,
+        _ => own,
+    })
 }
 
 /// "F32, F16, ..." for error messages.

@@ -875,3 +875,34 @@ fn wide_unpacking_equals_the_codes_definition() {
     check::<BlockIQ4XS>(&mut rng);
     check::<BlockMXFP4>(&mut rng);
 }
+
+/// Short rows of Q4_0 and Q5_0 go to the GPU widened into the Q8_0 layout, and every value
+/// decodes from it to the same bits as from the block (extreme scales included); longer
+/// rows and other formats keep their own layout.
+#[test]
+fn widened_rows_decode_exactly() {
+    assert_eq!(gpu_layout(GgmlType::Q5_0, 192), Some(GpuLayout::Q8_0));
+    assert_eq!(gpu_layout(GgmlType::Q4_0, 32), Some(GpuLayout::Q8_0));
+    assert_eq!(
+        gpu_layout(GgmlType::Q5_0, WIDEN_BELOW),
+        Some(GpuLayout::Q5_0)
+    );
+    assert_eq!(gpu_layout(GgmlType::Q5_1, 192), Some(GpuLayout::Q5_1));
+    assert_eq!(gpu_layout(GgmlType::Q4_K, 256), Some(GpuLayout::Q4K));
+    let mut rng = SplitMix64(41);
+    for ty in [GgmlType::Q4_0, GgmlType::Q5_0] {
+        let f = of(ty).unwrap();
+        let bytes = random_blocks(f, 64, &mut rng);
+        let mut want = vec![0f32; 64 * 32];
+        f.dequantize(&bytes, &mut want);
+        let mut arrays = [Vec::new(), Vec::new()];
+        GpuLayout::Q8_0.pack_row(f, &bytes, &mut arrays, &mut Vec::new());
+        let [quants, scales] = arrays;
+        assert_eq!((quants.len(), scales.len()), (64 * 32, 64 * 2), "{ty}");
+        for (i, w) in want.iter().enumerate() {
+            let d = F16Bits([scales[2 * (i / 32)], scales[2 * (i / 32) + 1]]).get();
+            let got = d * quants[i] as i8 as f32;
+            assert_eq!(got.to_bits(), w.to_bits(), "{ty} value {i}: {got} vs {w}");
+        }
+    }
+}

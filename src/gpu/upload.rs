@@ -45,11 +45,10 @@ pub fn check_formats(w: &Weights) -> Result<()> {
     }
 }
 
-/// The GPU layout of a matrix's own type.
+/// The GPU layout of a matrix: its type's own, or the widened one of short rows
+/// (`formats::gpu_layout`).
 fn layout_of(m: &Matrix) -> Result<Format> {
-    formats::of(m.ty)
-        .and_then(|f| f.gpu)
-        .ok_or_else(|| unsupported(m))
+    formats::gpu_layout(m.ty, m.cols).ok_or_else(|| unsupported(m))
 }
 
 /// What each tensor of a file becomes on the GPU (in file order): its layout and bytes, or
