@@ -77,11 +77,8 @@ pub trait Backend {
 
     /// Prompt tokens a caller feeding a long prompt in pieces (to notice an interrupt
     /// between them) should feed per call: one batched pass of the backend, since a smaller
-    /// piece multiplies each weight by fewer tokens. This default suits a backend with no
-    /// such pass size (the CPU's forward takes a block of any size at once).
-    fn prompt_piece(&self) -> usize {
-        256
-    }
+    /// piece multiplies each weight by fewer tokens.
+    fn prompt_piece(&self) -> usize;
 
     /// Benchmarks only (`glm-flash bench`): fills positions `0..positions` of every
     /// layer's cache with the rows of `block` (`[rows][kv_lora + rope]`, repeated), stored

@@ -90,7 +90,8 @@ pub struct BackendOptions {
     pub tile_math: TileMath,
     /// CPU: how weights multiply activations (the GPU refuses [`CpuMath::Q8`]).
     pub cpu_math: CpuMath,
-    /// GPU: prompt tokens per batched pass (`None`: `gpu::batch::DEFAULT_CHUNK`).
+    /// Prompt tokens per batched pass (`None`: `gpu::batch::DEFAULT_CHUNK` on the GPU, 256 on
+    /// the CPU).
     pub batch: Option<usize>,
 }
 
@@ -207,11 +208,13 @@ fn cpu<'a>(
     ctx: usize,
 ) -> Result<Box<dyn Backend + 'a>> {
     let cache = opts.cache_type.unwrap_or(CacheType::F32);
-    Ok(Box::new(
-        CpuBackend::new(cfg, weights, ctx, opts.threads)?
-            .with_cache_type(cache)
-            .with_math(opts.cpu_math),
-    ))
+    let mut backend = CpuBackend::new(cfg, weights, ctx, opts.threads)?
+        .with_cache_type(cache)
+        .with_math(opts.cpu_math);
+    if let Some(tokens) = opts.batch {
+        backend = backend.with_prompt_piece(tokens);
+    }
+    Ok(Box::new(backend))
 }
 
 fn gpu<'a>(

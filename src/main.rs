@@ -220,9 +220,9 @@ struct BackendArgs {
     /// adapters do; elsewhere f32 FMAs). CPU: exact f32 products, or q8.
     #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
     matmul: MatmulArg,
-    /// GPU: prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default:
-    /// 2048]. A larger pass multiplies each expert's weights by more tokens at once, for
-    /// more activation memory (about 280 KB per token).
+    /// Prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default: 2048 on
+    /// the GPU, 256 on the CPU]. A larger pass multiplies each expert's weights by more
+    /// tokens at once, for more activation memory (on the GPU about 280 KB per token).
     #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     batch: Option<usize>,
 }

@@ -596,6 +596,9 @@ mod tests {
         fn max_context(&self) -> usize {
             1 << 16
         }
+        fn prompt_piece(&self) -> usize {
+            256
+        }
 
         fn cache_len(&self) -> usize {
             self.cache_len

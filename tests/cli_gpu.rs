@@ -1,5 +1,6 @@
 //! `glm-flash run --backend gpu` prints the same greedy text as `--backend cpu` on every
-//! fixture model (each with its default cache: f16 on the GPU, f32 on the CPU), and
+//! fixture model (each with its default cache: f16 on the GPU, f32 on the CPU), with the
+//! prompt in one pass or in passes of 2 tokens, and
 //! `logits --backend gpu --cache-type f32` matches the reference. Needs a GPU adapter
 //! (lavapipe in CI): without one the GPU runs fail, and so does this test.
 mod common;
@@ -35,12 +36,18 @@ fn gpu_greedy_text_equals_cpu_on_every_fixture_model() {
                 "--temp",
                 "0",
             ];
-            stdout_of(&[&args[..], &["--backend", backend]].concat())
+            let backend: Vec<&str> = backend.split(' ').collect();
+            stdout_of(&[&args[..], &["--backend"], &backend[..]].concat())
         };
         let (cpu, gpu) = (run("cpu"), run("gpu"));
         println!("{model}: {gpu:?}");
         assert!(!cpu.trim().is_empty(), "{model}: no text generated");
         assert_eq!(gpu, cpu, "{model}: GPU and CPU greedy text differ");
+        // The prompt fed in passes of 2 tokens (`--batch`) gives the same text.
+        for backend in ["cpu", "gpu"] {
+            let pieces = run(&format!("{backend} --batch 2"));
+            assert_eq!(pieces, cpu, "{model}: {backend} in passes of 2 tokens");
+        }
     }
 }
 

@@ -34,8 +34,14 @@ pub struct CpuBackend<'a> {
     cache_type: CacheType,
     /// How weights multiply activations ([`CpuMath::Exact`] unless [`CpuBackend::with_math`]).
     math: CpuMath,
+    /// Prompt tokens callers feed per call ([`Backend::prompt_piece`]).
+    prompt_piece: usize,
     pool: rayon::ThreadPool,
 }
+
+/// Prompt tokens per call unless [`CpuBackend::with_prompt_piece`] says otherwise: the
+/// forward takes any block at once, so this only spaces the chances to interrupt.
+const PROMPT_PIECE: usize = 256;
 
 impl<'a> CpuBackend<'a> {
     /// `threads` = 0 uses every core.
@@ -57,6 +63,7 @@ impl<'a> CpuBackend<'a> {
             max_context: max_context.min(cfg.context_length),
             cache_type: CacheType::F32,
             math: CpuMath::Exact,
+            prompt_piece: PROMPT_PIECE,
             pool,
         })
     }
@@ -70,6 +77,12 @@ impl<'a> CpuBackend<'a> {
     /// Multiplies as `math` says ([`CpuMath::Q8`]: activations in 8 bits, faster).
     pub fn with_math(mut self, math: CpuMath) -> Self {
         self.math = math;
+        self
+    }
+
+    /// Has callers feed long prompts `tokens` at a time (at least 1).
+    pub fn with_prompt_piece(mut self, tokens: usize) -> Self {
+        self.prompt_piece = tokens.max(1);
         self
     }
 }
@@ -456,6 +469,10 @@ impl Backend for CpuBackend<'_> {
 
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    fn prompt_piece(&self) -> usize {
+        self.prompt_piece
     }
 
     fn cache_type(&self) -> CacheType {
