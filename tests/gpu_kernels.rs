@@ -745,6 +745,22 @@ fn plain_matvec(
     ctx.read_f32(&out, rows).unwrap()
 }
 
+/// Each row's GPU dot `got[r]` is finite and equals the CPU's dot of row `r` of `m` with `x`
+/// within TOL of the row's own scale, `Σ |w x|`.
+fn check_rows_against_cpu(m: &Matrix, x: &[f32], got: &[f32], label: &str) {
+    for (r, &g) in got.iter().enumerate() {
+        let want = m.dot_row(r, x);
+        let mut w = vec![0f32; m.cols];
+        m.dequantize_row(r, &mut w);
+        let size: f32 = w.iter().zip(x).map(|(a, b)| (a * b).abs()).sum();
+        assert!(g.is_finite(), "{label} row {r}: {g}");
+        assert!(
+            (g - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
+            "{label} row {r}: {g} vs {want} (size {size})"
+        );
+    }
+}
+
 /// Per layout: the GPU's dot products against the CPU's on random rows split across
 /// bindings, with both reduction variants, and the embedding row against `dequantize_row`.
 /// Rows are compared one by one (each against its own magnitude).
@@ -767,20 +783,8 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
             let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
             assert!(gm.chunks.len() > 1, "{ty}: the matrix must be split");
             let xb = storage_f32(&ctx, "x", &x);
-            let out = plain_matvec(&ctx, &p, &gm, &xb, rows);
-            let got = out;
-            for (r, &g) in got.iter().enumerate() {
-                let want = m.dot_row(r, &x);
-                // The row's own scale: Σ |w x|.
-                let mut w = vec![0f32; cols];
-                m.dequantize_row(r, &mut w);
-                let size: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-                assert!(g.is_finite(), "{ty} row {r} {label}: {g}");
-                assert!(
-                    (g - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
-                    "{ty} row {r} {label}: {g} vs {want} (size {size})"
-                );
-            }
+            let got = plain_matvec(&ctx, &p, &gm, &xb, rows);
+            check_rows_against_cpu(&m, &x, &got, &format!("{ty} {label}"));
             for token in [0usize, 2, 77, rows - 1] {
                 let id = storage_init(&ctx, "token_id", &(token as u32).to_le_bytes());
                 let xo = poison(&ctx, cols);
@@ -819,17 +823,7 @@ fn widened_short_rows_dot_as_the_cpu() {
             assert!(gm.chunks.iter().all(|c| c.format.name() == "Q8_0"), "{ty}");
             let xb = storage_f32(&ctx, "x", &x);
             let got = plain_matvec(&ctx, &p, &gm, &xb, rows);
-            for (r, &g) in got.iter().enumerate() {
-                let want = m.dot_row(r, &x);
-                let mut w = vec![0f32; cols];
-                m.dequantize_row(r, &mut w);
-                let size: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-                assert!(g.is_finite(), "{ty} row {r} {label}: {g}");
-                assert!(
-                    (g - want).abs() <= TOL * size.max(1e-30) + f32::MIN_POSITIVE,
-                    "{ty} row {r} {label}: {g} vs {want} (size {size})"
-                );
-            }
+            check_rows_against_cpu(&m, &x, &got, &format!("{ty} {label}"));
         }
     }
 }
