@@ -1304,7 +1304,7 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     }
     line(if no_gpu.is_empty() {
         let cache_bytes = |t: CacheType| gpu::cache::planned_bytes(&cfg, ctx, t);
-        let chunk = a.batch.unwrap_or(gpu::batch::DEFAULT_CHUNK).min(ctx);
+        let chunk = gpu::batch::planned_chunk(a.batch, ctx);
         let act = gpu::batch::activation_bytes(&cfg, chunk);
         format!(
             "gpu: {:.2} GB of weights ({gpu_total} bytes); at --ctx {ctx} a latent cache of {} \

@@ -299,11 +299,6 @@ impl Q8Lanes {
         lanes
     }
 
-    /// Values per token.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
     pub fn tokens(&self) -> usize {
         self.tokens
     }
@@ -584,7 +579,7 @@ impl WideCodes for super::BlockQ3K {
     }
 }
 
-/// The 8-bit product of whole weight rows (`blocks`, rows of `x.cols()` values) with the
+/// The 8-bit product of whole weight rows (`blocks`, rows of as many values as `x`'s) with the
 /// activations as lanes: `out[r * x.padded() + t]` = row `r` · token `t`, each group's
 /// integer sum exactly [`dot_scalar`]'s, scaled and summed in f32. Only where
 /// [`wide_available`].

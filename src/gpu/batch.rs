@@ -248,10 +248,10 @@ pub fn chunk_tokens(
     max_context: usize,
     requested: Option<usize>,
 ) -> Result<usize> {
-    let want = requested.unwrap_or(DEFAULT_CHUNK);
-    if want == 0 {
+    if requested == Some(0) {
         return Err(Error::Input("a prefill chunk of 0 tokens".into()));
     }
+    let want = planned_chunk(requested, max_context);
     let widths = Widths::new(cfg).all();
     let largest = 4 * *widths.iter().max().unwrap() as u64;
     let total = activation_bytes(cfg, 1);
@@ -259,7 +259,13 @@ pub fn chunk_tokens(
     let grid = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let per_buffer = ctx.max_binding.min(ctx.max_buffer);
     let fit = (per_buffer / largest).min(ACTIVATION_BUDGET / total) as usize;
-    Ok(want.min(max_context).min(fit).min(grid).max(1))
+    Ok(want.min(fit).min(grid).max(1))
+}
+
+/// Tokens per chunk before the device's limits ([`chunk_tokens`] cuts it to those):
+/// `requested` or [`DEFAULT_CHUNK`], at most the context.
+pub fn planned_chunk(requested: Option<usize>, max_context: usize) -> usize {
+    requested.unwrap_or(DEFAULT_CHUNK).min(max_context).max(1)
 }
 
 /// A chunk's activations, allocated before the weights are uploaded (so a chunk that does
