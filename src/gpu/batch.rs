@@ -23,8 +23,8 @@ use crate::ops_common::CacheType;
 
 /// Tokens per chunk unless the caller says otherwise: each expert's weights are decoded
 /// once per tile of its tokens, so the more tokens a chunk gives an expert, the less that
-/// costs per token (BENCHMARKS.md: 4096 tokens 31% faster in chunks of 2048 than of 512 on
-/// the H200); the activations take about 280 KB per token of the full model.
+/// costs per token (BENCHMARKS.md compares chunk sizes); the activations take about 280 KB
+/// per token of the full model.
 pub const DEFAULT_CHUNK: usize = 2048;
 
 /// Bytes of all activations of a chunk at most (the chunk is cut to fit).
@@ -148,6 +148,19 @@ pub struct BatchSchedule {
     head_rows: Vec<Dispatch>,
 }
 
+/// The experts each MoE layer stacks on the GPU (routed, then shared: resident.rs) and the
+/// slots per token, from the blueprint; (1, 1) for a model without MoE layers.
+fn moe_stack(cfg: &Config) -> (usize, usize) {
+    if cfg.n_dense_layers < cfg.n_layers {
+        (
+            cfg.n_experts + cfg.n_shared_experts,
+            cfg.n_experts_used + cfg.n_shared_experts,
+        )
+    } else {
+        (1, 1)
+    }
+}
+
 /// The routed and shared experts and the slots per token of the model's MoE layers, if any.
 fn moe_shape(model: &GpuModel) -> Option<(usize, usize)> {
     model.layers.iter().find_map(|l| {
@@ -184,11 +197,7 @@ impl Widths {
     fn new(cfg: &Config) -> Widths {
         let heads = cfg.n_heads;
         let moe = cfg.n_dense_layers < cfg.n_layers;
-        let slots = if moe {
-            cfg.n_experts_used + cfg.n_shared_experts
-        } else {
-            1
-        };
+        let slots = moe_stack(cfg).1;
         let dense_act = if cfg.n_dense_layers > 0 {
             cfg.dense_ffn
         } else {
@@ -297,19 +306,10 @@ impl ChunkBuffers {
         let per_buffer = ctx.max_binding.min(ctx.max_buffer);
         let logit_rows = (LOGITS_BUDGET.min(per_buffer) / vocab_bytes).max(1) as usize;
         let logit_rows = logit_rows.min(chunk);
-        // The GPU model stacks each MoE layer's routed then shared experts (resident.rs).
-        let moe = cfg.n_dense_layers < cfg.n_layers;
+        let (experts, slots) = moe_stack(cfg);
         let routing = Routing {
-            experts: if moe {
-                cfg.n_experts + cfg.n_shared_experts
-            } else {
-                1
-            },
-            slots: if moe {
-                cfg.n_experts_used + cfg.n_shared_experts
-            } else {
-                1
-            },
+            experts,
+            slots,
             max_tokens: chunk,
         };
         let wg = crate::gpu::context::WORKGROUP_SIZE as usize;
