@@ -207,8 +207,9 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
 }
 
 /// The kernels written for cooperative matrices (run where the cooperative tiles run,
-/// with subgroups): they validate with the capability, not without it, translate to SPIR-V
-/// with every bool override, and use the workgroup memory their launchers declare.
+/// with subgroups), with the f16 parts of either cooperative tile math: they validate with
+/// the capability, not without it, translate to SPIR-V with every bool override, and use
+/// the workgroup memory their launchers declare.
 #[test]
 fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
     use glm_flash::gpu::kernels::attn_batch_coop;
@@ -221,9 +222,16 @@ fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
         .filter(|s| s.cooperative)
         .collect();
     assert_eq!(coop.len(), declared.len());
-    for shader in coop {
-        let label = shader.name;
-        let src = shader.module_source(caps(true), GpuLayout::F32);
+    for (shader, tiles) in coop
+        .iter()
+        .flat_map(|s| [(s, TileMath::Split), (s, TileMath::F16)])
+    {
+        let with = ShaderCaps {
+            subgroups: true,
+            tiles,
+        };
+        let label = &format!("{} {tiles:?}", shader.name);
+        let src = shader.module_source(with, GpuLayout::F32);
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&src)));
         let (caps, ops) = capabilities(true);
@@ -253,7 +261,7 @@ fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
                 .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e:?}"));
             assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
         }
-        let (_, bytes) = declared.iter().find(|(n, _)| *n == label).unwrap();
+        let (_, bytes) = declared.iter().find(|(n, _)| *n == shader.name).unwrap();
         assert_eq!(
             common::kernel_fit::workgroup_bytes(&module),
             *bytes,

@@ -14,7 +14,7 @@ use crate::ops_common::CacheType;
 /// Each layer's buffer holds whole tiles of this many positions (the zeros past the last
 /// one included): the cooperative attention reads whole tiles of keys, masking the ones
 /// past the context, and must not read past the buffer.
-pub const POSITION_TILE: usize = 64;
+pub const POSITION_TILE: usize = 128;
 
 /// Every layer's latent cache.
 pub struct LatentCaches {

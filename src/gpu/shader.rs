@@ -228,9 +228,9 @@ impl Shader {
             };
             let _ = writeln!(s, "const TM: u32 = {}u;", tiles.tile_rows());
             let _ = writeln!(s, "const BK: u32 = {}u;", tiles.step_columns());
-            if cooperative {
-                let _ = writeln!(s, "const PARTS: u32 = {}u;", tiles.parts());
-            }
+        }
+        if cooperative {
+            let _ = writeln!(s, "const PARTS: u32 = {}u;", caps.tiles.parts());
         }
         for st in self.structs {
             s.push_str(&st.declaration());

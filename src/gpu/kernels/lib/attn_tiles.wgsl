@@ -7,45 +7,53 @@
 // and q_parts (array<f16>, read_write), and three functions the loop calls:
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
 //   emit_row(qr, m, l)         row qr's running max and sum (l in units of P_SCALE)
-//   emit(qr, col, o, l)        column col of row qr's context, Σ 2^15 exp(s - m) latent
+//   emit(qr, col, o, l)        column col of row qr's context, Σ P_SCALE exp(s - m) latent
 // Query row qr = t * HEADS + h is head h of token t; q_abs is [rows][kv], q
 // [rows][nope + rope] (q_pe not yet roped), rope_cs [tokens][rope / 2] (cos, sin).
 //
 // A workgroup takes QR = 32 query rows (two blocks of 16) and walks its keys in tiles of
-// KT = 64 with an online softmax, each key read once for all its rows (MLA is multi-query
+// KT = 128 with an online softmax, each key read once for all its rows (MLA is multi-query
 // over the latent). The cache values are f16 already, so they enter the products exactly;
-// the f32 operands enter as two f16 parts each (hi, and the rest lo), which keeps about 21
-// bits of them, against f32's 24:
+// the f32 operands enter as PARTS f16 parts each (the batched mat-mul's `TileMath`, prepended
+// from Rust). With two (hi, and the rest lo) they keep about 21 bits, against f32's 24; with
+// one, each is rounded to f16 (11 bits, llama.cpp's precision) and the lo products are
+// skipped:
 //   queries: scaled per row by a power of two that puts the row's largest value in
 //            [2^13, 2^14), so no part leaves f16's range whatever the values; hi is the
 //            scaled value with its mantissa cut to f16's 10 bits (a bit mask), lo the rest
-//            times 2^11. Written once per workgroup to its region of `q_parts`, which the
-//            score products read as row-major A matrices;
-//   scores:  subgroup sg multiplies row block sg % 2 by key block sg / 2 over the row,
-//            hi and lo into two accumulators, then through workgroup memory to s_hi, s_lo;
-//   softmax: LANES = 8 invocations per row update its running max m and sum l. The weights
-//            exp(s - m) <= 1 enter as parts of 2^15 exp(s - m) (hi cut, lo the rest,
-//            unscaled: both multiply the same latents into one accumulator), and l sums the
-//            weights as the parts carry them, so the normalisation matches the products;
+//            (below 2^3, and subnormal only where it is under 2^-27 of the row's largest:
+//            it needs no scale of its own); one part: the scaled value rounded. Written
+//            once per workgroup to its region of `q_parts`, which the score products read as
+//            row-major A matrices;
+//   scores:  subgroup sg multiplies row block sg % 2 by key blocks sg / 2 and 4 + sg / 2
+//            over the row (each query block loaded once for both), hi and lo products into
+//            one accumulator per key block, then through workgroup memory to s_tile;
+//   softmax: LANES = 8 invocations per row update its reference max m and sum l. m moves
+//            only when a tile's scores pass it by more than GROWTH (8 ln 2), so the weights
+//            exp(s - m) stay below 256 and the context is rarely rescaled (any of the 32
+//            rows' max growing at all would rescale about every other tile). The weights
+//            enter as parts of 2^7 exp(s - m) (hi cut, lo the rest, unscaled: both multiply
+//            the same latents into one accumulator; or rounded, with one part), and l sums
+//            the weights as the parts carry them, so the normalisation matches the products;
 //   context: subgroup sg owns CB blocks of 16 latent columns (from 16 * CB * (sg / 2))
 //            of row block sg % 2, transposed (columns x rows: the cache rows are then
 //            column-major A blocks, the weights column-major B blocks), in accumulators;
-//            when a row's max grows, they go through workgroup memory to be rescaled (rare
-//            after the first tiles).
+//            when a row's m moves, they go through workgroup memory to be rescaled (rare
+//            after the first tile).
 // Keys at or past a row's key_end weigh 0; the cache buffer holds whole tiles of positions
 // (src/gpu/cache.rs), so a tile never reads past it.
 
 /// Strides: QS of the scores (f32, between keys), PS of the weights (f16, between rows).
 const QS: u32 = QR + 4u;
 const PS: u32 = KT + 8u;
-const LO_SCALE: f32 = 2048.0;
-/// The weights' scale in the context products (see above).
-const P_SCALE: f32 = 32768.0;
+/// The weights' scale in the context products, and how far a score may pass the reference
+/// max before it moves (see above): 256 P_SCALE stays within f16's range.
+const P_SCALE: f32 = 128.0;
+const GROWTH: f32 = 5.545177;
 
-/// [key][row] scores of the tile, the hi and lo products; s_hi is also each subgroup's
-/// 16 x 16 block on its way to being rescaled or written (256 floats from sg * 256).
-var<workgroup> s_hi: array<f32, KT * QS>;
-var<workgroup> s_lo: array<f32, KT * QS>;
+/// [key][row] scores of the tile; also each subgroup's 16 x 16 block of the context on its
+/// way to being rescaled or written (256 floats from sg * 256).
+var<workgroup> s_tile: array<f32, KT * QS>;
 /// [row][key] the parts of the tile's weights.
 var<workgroup> p_hi: array<f16, QR * PS>;
 var<workgroup> p_lo: array<f16, QR * PS>;
@@ -90,9 +98,13 @@ fn prepare_queries(lid: u32, q0: u32, rows: u32, base: u32) {
     for (var d = lane; d < ROW / 4u; d += LANES) {
         let v = query4(qr, d) * s;
         for (var i = 0u; i < 4u; i++) {
+            if (PARTS == 1u) {
+                q_parts[row + 4u * d + i] = f16(v[i]);
+                continue;
+            }
             let hi = hi_part(v[i]);
             q_parts[row + 4u * d + i] = f16(hi);
-            q_parts[row + QR * ROW + 4u * d + i] = f16((v[i] - hi) * LO_SCALE);
+            q_parts[row + QR * ROW + 4u * d + i] = f16(v[i] - hi);
         }
     }
     if (lane == 0u) {
@@ -127,23 +139,56 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     var o7 = coop_mat16x16<f32, C>();
     let qa = base + 16u * rb * ROW;
     for (var t0 = k0; t0 < k1; t0 += KT) {
-        // Scores of rows 16 rb.., keys t0 + 16 kb..
-        var sh = coop_mat16x16<f32, C>();
-        var sl_acc = coop_mat16x16<f32, C>();
-        let kr = (t0 + 16u * kb) * ROW;
-        for (var d = 0u; d < ROW; d += 16u) {
-            let k = coopLoad<coop_mat16x16<f16, B>>(&cache[kr + d], ROW);
-            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
-            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
-            sh = coopMultiplyAdd(a_hi, k, sh);
-            sl_acc = coopMultiplyAdd(a_lo, k, sl_acc);
+        // Scores of rows 16 rb.. and keys t0 + 16 kb.. and t0 + 64 + 16 kb.., each query
+        // block loaded once for both key blocks; hi and lo products into one accumulator.
+        var s0 = coop_mat16x16<f32, C>();
+        var s1 = coop_mat16x16<f32, C>();
+        let kr0 = (t0 + 16u * kb) * ROW;
+        let kr1 = kr0 + 64u * ROW;
+        // Two blocks of 16 values per pass, all their loads issued before the products, so
+        // the loads' latencies overlap; then the rest, if any.
+        var d = 0u;
+        while (d + 32u <= ROW) {
+            let k00 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr0 + d], ROW);
+            let k01 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr0 + d + 16u], ROW);
+            let k10 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr1 + d], ROW);
+            let k11 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr1 + d + 16u], ROW);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d + 16u], ROW);
+            if (PARTS == 2u) {
+                let lo = qa + QR * ROW + d;
+                let l0 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[lo], ROW);
+                let l1 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[lo + 16u], ROW);
+                s0 = coopMultiplyAdd(l0, k00, s0);
+                s0 = coopMultiplyAdd(l1, k01, s0);
+                s1 = coopMultiplyAdd(l0, k10, s1);
+                s1 = coopMultiplyAdd(l1, k11, s1);
+            }
+            s0 = coopMultiplyAdd(a0, k00, s0);
+            s0 = coopMultiplyAdd(a1, k01, s0);
+            s1 = coopMultiplyAdd(a0, k10, s1);
+            s1 = coopMultiplyAdd(a1, k11, s1);
+            d += 32u;
+        }
+        while (d < ROW) {
+            let k0 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr0 + d], ROW);
+            let k1 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr1 + d], ROW);
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
+            if (PARTS == 2u) {
+                let l = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
+                s0 = coopMultiplyAdd(l, k0, s0);
+                s1 = coopMultiplyAdd(l, k1, s1);
+            }
+            s0 = coopMultiplyAdd(a, k0, s0);
+            s1 = coopMultiplyAdd(a, k1, s1);
+            d += 16u;
         }
         if (lid == 0u) {
             rescale = 0u;
         }
         let at = 16u * kb * QS + 16u * rb;
-        coopStore(sh, &s_hi[at], QS);
-        coopStore(sl_acc, &s_lo[at], QS);
+        coopStore(s0, &s_tile[at], QS);
+        coopStore(s1, &s_tile[at + 64u * QS], QS);
         workgroupBarrier();
 
         // Online softmax of row sr over the tile.
@@ -151,15 +196,22 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         var tile_max = -3.0e38;
         for (var i = 0u; i < KT / LANES; i++) {
             let k = sl + LANES * i;
-            let v = (s_hi[k * QS + sr] + s_lo[k * QS + sr] / LO_SCALE) * unscale[sr];
+            let v = s_tile[k * QS + sr] * unscale[sr];
             sc[i] = select(-3.0e38, v, t0 + k < end);
             tile_max = max(tile_max, sc[i]);
         }
-        let new_m = max(m, lane_max(vec4<f32>(tile_max), lid).x);
+        let top = lane_max(vec4<f32>(tile_max), lid).x;
+        let new_m = select(m, top, top > m + GROWTH);
         let c = exp(m - new_m);
         var sum = 0.0;
         for (var i = 0u; i < KT / LANES; i++) {
             let w = exp(sc[i] - new_m) * P_SCALE;
+            if (PARTS == 1u) {
+                let rounded = f16(w);
+                p_hi[sr * PS + sl + LANES * i] = rounded;
+                sum += f32(rounded);
+                continue;
+            }
             let hi = hi_part(w);
             let lo = f16(w - hi);
             p_hi[sr * PS + sl + LANES * i] = f16(hi);
@@ -190,14 +242,14 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
                     case 7u: { o = o7; }
                     default: {}
                 }
-                coopStore(o, &s_hi[sg * 256u], 16u);
+                coopStore(o, &s_tile[sg * 256u], 16u);
                 workgroupBarrier();
                 for (var i = 0u; i < 8u; i++) {
                     let e = lane + 32u * i;
-                    s_hi[sg * 256u + e] *= corr[16u * rb + e / 16u];
+                    s_tile[sg * 256u + e] *= corr[16u * rb + e / 16u];
                 }
                 workgroupBarrier();
-                o = coopLoad<coop_mat16x16<f32, C>>(&s_hi[sg * 256u], 16u);
+                o = coopLoad<coop_mat16x16<f32, C>>(&s_tile[sg * 256u], 16u);
                 switch j {
                     case 0u: { o0 = o; }
                     case 1u: { o1 = o; }
@@ -217,39 +269,35 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         // (column-major B blocks of the [row][key] tile).
         for (var kk = 0u; kk < KT; kk += 16u) {
             let p_h = coopLoad<coop_mat16x16<f16, B>>(&p_hi[16u * rb * PS + kk], PS);
-            let p_l = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rb * PS + kk], PS);
+            // The subgroup's latent blocks of these 16 keys, all loads issued before the
+            // products (a block past CB repeats the last, and is not multiplied).
             let v = (t0 + kk) * ROW + col0;
-            if (CB > 0u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v], ROW);
-                o0 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o0));
-            }
-            if (CB > 1u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u], ROW);
-                o1 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o1));
-            }
-            if (CB > 2u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 32u], ROW);
-                o2 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o2));
-            }
-            if (CB > 3u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 48u], ROW);
-                o3 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o3));
-            }
-            if (CB > 4u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 64u], ROW);
-                o4 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o4));
-            }
-            if (CB > 5u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 80u], ROW);
-                o5 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o5));
-            }
-            if (CB > 6u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 96u], ROW);
-                o6 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o6));
-            }
-            if (CB > 7u) {
-                let a = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 112u], ROW);
-                o7 = coopMultiplyAdd(a, p_l, coopMultiplyAdd(a, p_h, o7));
+            let a0 = coopLoad<coop_mat16x16<f16, A>>(&cache[v], ROW);
+            let a1 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(1u, CB - 1u)], ROW);
+            let a2 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(2u, CB - 1u)], ROW);
+            let a3 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(3u, CB - 1u)], ROW);
+            let a4 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(4u, CB - 1u)], ROW);
+            let a5 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(5u, CB - 1u)], ROW);
+            let a6 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(6u, CB - 1u)], ROW);
+            let a7 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(7u, CB - 1u)], ROW);
+            o0 = coopMultiplyAdd(a0, p_h, o0);
+            if (CB > 1u) { o1 = coopMultiplyAdd(a1, p_h, o1); }
+            if (CB > 2u) { o2 = coopMultiplyAdd(a2, p_h, o2); }
+            if (CB > 3u) { o3 = coopMultiplyAdd(a3, p_h, o3); }
+            if (CB > 4u) { o4 = coopMultiplyAdd(a4, p_h, o4); }
+            if (CB > 5u) { o5 = coopMultiplyAdd(a5, p_h, o5); }
+            if (CB > 6u) { o6 = coopMultiplyAdd(a6, p_h, o6); }
+            if (CB > 7u) { o7 = coopMultiplyAdd(a7, p_h, o7); }
+            if (PARTS == 2u) {
+                let p_l = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rb * PS + kk], PS);
+                o0 = coopMultiplyAdd(a0, p_l, o0);
+                if (CB > 1u) { o1 = coopMultiplyAdd(a1, p_l, o1); }
+                if (CB > 2u) { o2 = coopMultiplyAdd(a2, p_l, o2); }
+                if (CB > 3u) { o3 = coopMultiplyAdd(a3, p_l, o3); }
+                if (CB > 4u) { o4 = coopMultiplyAdd(a4, p_l, o4); }
+                if (CB > 5u) { o5 = coopMultiplyAdd(a5, p_l, o5); }
+                if (CB > 6u) { o6 = coopMultiplyAdd(a6, p_l, o6); }
+                if (CB > 7u) { o7 = coopMultiplyAdd(a7, p_l, o7); }
             }
         }
         workgroupBarrier(); // the next tile overwrites the scores and weights
@@ -276,13 +324,13 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
             case 7u: { o = o7; }
             default: {}
         }
-        coopStore(o, &s_hi[sg * 256u], 16u);
+        coopStore(o, &s_tile[sg * 256u], 16u);
         workgroupBarrier();
         for (var i = 0u; i < 8u; i++) {
             let e = lane + 32u * i;
             let r = 16u * rb + e / 16u;
             if (q0 + r < rows) {
-                emit(q0 + r, col0 + 16u * j + e % 16u, s_hi[sg * 256u + e], row_l[r]);
+                emit(q0 + r, col0 + 16u * j + e % 16u, s_tile[sg * 256u + e], row_l[r]);
             }
         }
         workgroupBarrier();
