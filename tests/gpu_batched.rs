@@ -716,8 +716,9 @@ fn batched_attention_matches_cpu() {
 
 /// The batched attention on cooperative matrices (f16 cache) against the CPU twin, where
 /// the adapter has them (it says so where it does not): the real per-head dims with all 20
-/// heads and tiny ones; batches after no prefix, after prefixes that cross key tiles and
-/// reach hundreds of keys (the running max grows across tiles, so the context is rescaled);
+/// heads, tiny ones, and latents of 128 and 384 (each way the context's accumulators are
+/// shared out); batches after no prefix, after prefixes that cross key tiles and reach
+/// hundreds of keys (the running max grows across tiles, so the context is rescaled);
 /// queries of ordinary size, and rows whose values span 1e-6..1e4 (each row's parts are
 /// scaled to its own largest value); and the engine's load-time check agrees.
 #[test]
@@ -751,7 +752,7 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
     let real = small_config(512, 64, 192, 20);
     assert_eq!(attn_batch_coop::check_against_fma(ctx, &p, &real), Ok(()));
     let mut rng = Rng(31);
-    let shapes = [(512, 64, 192, 20), (64, 32, 96, 5)];
+    let shapes = [(512, 64, 192, 20), (64, 32, 96, 5), (128, 32, 64, 3), (384, 64, 128, 4)];
     let batches = [(0, 37), (70, 9), (333, 66), (0, 1), (1000, 3)];
     for (kv, rope, nope, heads) in shapes {
         let cfg = small_config(kv, rope, nope, heads);

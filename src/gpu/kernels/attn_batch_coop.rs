@@ -64,17 +64,18 @@ pub const SHADER: Shader = Shader {
 };
 
 /// Why the kernel cannot run this model's attention, if it cannot: each subgroup owns
-/// kv / 64 blocks of 16 latent columns (at most 8), and rows are whole blocks of 16.
+/// kv / 64 accumulators of 16 latent columns (at most 8; one, or half of them for each of
+/// the two row blocks), and rows are whole blocks of 16.
 pub fn unsupported(cfg: &Config) -> Option<String> {
     let (kv, rope) = (cfg.kv_lora_rank, cfg.qk_rope);
-    let ok = kv.is_multiple_of(64)
+    let ok = (kv == 64 || kv.is_multiple_of(128))
         && kv <= 512
         && rope.is_multiple_of(16)
         && cfg.qk_nope.is_multiple_of(4);
     (!ok).then(|| {
         format!(
-            "the cooperative attention needs kv_lora_rank {kv} to be a multiple of 64 up to \
-             512, rope {rope} a multiple of 16 and nope {} of 4",
+            "the cooperative attention needs kv_lora_rank {kv} to be 64 or a multiple of 128 \
+             up to 512, rope {rope} a multiple of 16 and nope {} of 4",
             cfg.qk_nope
         )
     })

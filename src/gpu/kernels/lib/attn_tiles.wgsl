@@ -2,7 +2,7 @@
 // subgroups of 32, over an f16 latent cache: the loop of attn_batch_coop.wgsl (a batch's
 // queries), which appends it. A kernel that attends other rows over other keys (one token's
 // heads over a split of the cache) says which through the three functions below. The kernel
-// declares the overrides HEADS, KV, ROW (kv + rope) and CB (KV / 64),
+// declares the overrides HEADS, KV, ROW (kv + rope) and CB (KV / 64: 1 or even),
 // `p` (with head_dim, nope and scale), the bindings q_abs, q, rope_cs, cache (array<f16>)
 // and q_parts (array<f16>, read_write), and three functions the loop calls:
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
@@ -35,9 +35,11 @@
 //            enter as parts of 2^7 exp(s - m) (hi cut, lo the rest, unscaled: both multiply
 //            the same latents into one accumulator; or rounded, with one part), and l sums
 //            the weights as the parts carry them, so the normalisation matches the products;
-//   context: subgroup sg owns CB blocks of 16 latent columns (from 16 * CB * (sg / 2))
-//            of row block sg % 2, transposed (columns x rows: the cache rows are then
-//            column-major A blocks, the weights column-major B blocks), in accumulators;
+//   context: subgroup sg owns CB / 2 blocks of 16 latent columns (from 8 CB sg) of both
+//            row blocks, each latent block loaded once for both (where CB is 1: one block,
+//            from 16 (sg / 2), of row block sg % 2), transposed (columns x rows: the cache
+//            rows are then column-major A blocks, the weights column-major B blocks), in CB
+//            accumulators;
 //            when a row's m moves, they go through workgroup memory to be rescaled (rare
 //            after the first tile).
 // Keys at or past a row's key_end weigh 0; the cache buffer holds whole tiles of positions
@@ -112,6 +114,23 @@ fn prepare_queries(lid: u32, q0: u32, rows: u32, base: u32) {
     }
 }
 
+/// Latent column blocks of 16 per subgroup in the context phase: CB / 2 for both row blocks,
+/// or one block of one row block where CB is 1.
+fn col_blocks() -> u32 {
+    return max(CB / 2u, 1u);
+}
+
+/// The row block of the subgroup's context accumulator j: accumulators alternate between
+/// the two row blocks (where CB is 1, the subgroup's one accumulator takes sg % 2).
+fn acc_rows(j: u32, sg: u32) -> u32 {
+    return select(j % 2u, sg % 2u, CB == 1u);
+}
+
+/// The first latent column of the subgroup's context accumulator j.
+fn acc_col(j: u32, sg: u32) -> u32 {
+    return 16u * (col_blocks() * select(sg, sg / 2u, CB == 1u) + j / 2u);
+}
+
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), with the
 /// workgroup's region of q_parts from `base`, and emits each row's context and softmax
 /// state. Call from uniform control flow.
@@ -122,7 +141,6 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     let lane = lid % 32u;
     let rb = sg % 2u;
     let kb = sg / 2u;
-    let col0 = 16u * CB * (sg / 2u);
     // Softmax: row sr, `sl` within its LANES, keys sl + LANES i; the end of its keys.
     let sr = lid / LANES;
     let sl = lid % LANES;
@@ -246,7 +264,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
                 workgroupBarrier();
                 for (var i = 0u; i < 8u; i++) {
                     let e = lane + 32u * i;
-                    s_tile[sg * 256u + e] *= corr[16u * rb + e / 16u];
+                    s_tile[sg * 256u + e] *= corr[16u * acc_rows(j, sg) + e / 16u];
                 }
                 workgroupBarrier();
                 o = coopLoad<coop_mat16x16<f32, C>>(&s_tile[sg * 256u], 16u);
@@ -267,37 +285,40 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         // Context, transposed (each block is latent columns x query rows): add the tile's
         // keys' latents (column-major A blocks of the cache rows) times its weights
         // (column-major B blocks of the [row][key] tile).
+        // Row blocks a and b of the weights (both the subgroup's where CB is 1).
+        let rows_a = acc_rows(0u, sg);
+        let rows_b = acc_rows(1u, sg);
+        let col0 = acc_col(0u, sg);
         for (var kk = 0u; kk < KT; kk += 16u) {
-            let p_h = coopLoad<coop_mat16x16<f16, B>>(&p_hi[16u * rb * PS + kk], PS);
-            // The subgroup's latent blocks of these 16 keys, all loads issued before the
-            // products (a block past CB repeats the last, and is not multiplied).
+            let pa = coopLoad<coop_mat16x16<f16, B>>(&p_hi[16u * rows_a * PS + kk], PS);
+            let pb = coopLoad<coop_mat16x16<f16, B>>(&p_hi[16u * rows_b * PS + kk], PS);
+            // The subgroup's latent blocks of these 16 keys, each loaded once for both row
+            // blocks, all loads issued before the products (a block past the subgroup's repeats the
+            // last, and is not multiplied).
             let v = (t0 + kk) * ROW + col0;
             let a0 = coopLoad<coop_mat16x16<f16, A>>(&cache[v], ROW);
-            let a1 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(1u, CB - 1u)], ROW);
-            let a2 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(2u, CB - 1u)], ROW);
-            let a3 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(3u, CB - 1u)], ROW);
-            let a4 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(4u, CB - 1u)], ROW);
-            let a5 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(5u, CB - 1u)], ROW);
-            let a6 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(6u, CB - 1u)], ROW);
-            let a7 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(7u, CB - 1u)], ROW);
-            o0 = coopMultiplyAdd(a0, p_h, o0);
-            if (CB > 1u) { o1 = coopMultiplyAdd(a1, p_h, o1); }
-            if (CB > 2u) { o2 = coopMultiplyAdd(a2, p_h, o2); }
-            if (CB > 3u) { o3 = coopMultiplyAdd(a3, p_h, o3); }
-            if (CB > 4u) { o4 = coopMultiplyAdd(a4, p_h, o4); }
-            if (CB > 5u) { o5 = coopMultiplyAdd(a5, p_h, o5); }
-            if (CB > 6u) { o6 = coopMultiplyAdd(a6, p_h, o6); }
-            if (CB > 7u) { o7 = coopMultiplyAdd(a7, p_h, o7); }
+            let a1 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(1u, col_blocks() - 1u)], ROW);
+            let a2 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(2u, col_blocks() - 1u)], ROW);
+            let a3 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(3u, col_blocks() - 1u)], ROW);
+            o0 = coopMultiplyAdd(a0, pa, o0);
+            if (CB > 1u) { o1 = coopMultiplyAdd(a0, pb, o1); }
+            if (CB > 2u) { o2 = coopMultiplyAdd(a1, pa, o2); }
+            if (CB > 3u) { o3 = coopMultiplyAdd(a1, pb, o3); }
+            if (CB > 4u) { o4 = coopMultiplyAdd(a2, pa, o4); }
+            if (CB > 5u) { o5 = coopMultiplyAdd(a2, pb, o5); }
+            if (CB > 6u) { o6 = coopMultiplyAdd(a3, pa, o6); }
+            if (CB > 7u) { o7 = coopMultiplyAdd(a3, pb, o7); }
             if (PARTS == 2u) {
-                let p_l = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rb * PS + kk], PS);
-                o0 = coopMultiplyAdd(a0, p_l, o0);
-                if (CB > 1u) { o1 = coopMultiplyAdd(a1, p_l, o1); }
-                if (CB > 2u) { o2 = coopMultiplyAdd(a2, p_l, o2); }
-                if (CB > 3u) { o3 = coopMultiplyAdd(a3, p_l, o3); }
-                if (CB > 4u) { o4 = coopMultiplyAdd(a4, p_l, o4); }
-                if (CB > 5u) { o5 = coopMultiplyAdd(a5, p_l, o5); }
-                if (CB > 6u) { o6 = coopMultiplyAdd(a6, p_l, o6); }
-                if (CB > 7u) { o7 = coopMultiplyAdd(a7, p_l, o7); }
+                let la = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rows_a * PS + kk], PS);
+                let lb = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rows_b * PS + kk], PS);
+                o0 = coopMultiplyAdd(a0, la, o0);
+                if (CB > 1u) { o1 = coopMultiplyAdd(a0, lb, o1); }
+                if (CB > 2u) { o2 = coopMultiplyAdd(a1, la, o2); }
+                if (CB > 3u) { o3 = coopMultiplyAdd(a1, lb, o3); }
+                if (CB > 4u) { o4 = coopMultiplyAdd(a2, la, o4); }
+                if (CB > 5u) { o5 = coopMultiplyAdd(a2, lb, o5); }
+                if (CB > 6u) { o6 = coopMultiplyAdd(a3, la, o6); }
+                if (CB > 7u) { o7 = coopMultiplyAdd(a3, lb, o7); }
             }
         }
         workgroupBarrier(); // the next tile overwrites the scores and weights
@@ -328,9 +349,9 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         workgroupBarrier();
         for (var i = 0u; i < 8u; i++) {
             let e = lane + 32u * i;
-            let r = 16u * rb + e / 16u;
+            let r = 16u * acc_rows(j, sg) + e / 16u;
             if (q0 + r < rows) {
-                emit(q0 + r, col0 + 16u * j + e % 16u, s_tile[sg * 256u + e], row_l[r]);
+                emit(q0 + r, acc_col(j, sg) + e % 16u, s_tile[sg * 256u + e], row_l[r]);
             }
         }
         workgroupBarrier();
