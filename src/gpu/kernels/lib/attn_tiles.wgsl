@@ -51,12 +51,12 @@ const PS: u32 = KT + 8u;
 /// The weights' scale in the context products, and how far a score may pass the reference
 /// max before it moves (see above): 256 P_SCALE stays within f16's range.
 const P_SCALE: f32 = 128.0;
-const GROWTH: f32 = 5.545177;
+const GROWTH: f32 = 5.545177; // 8 ln 2
 
 /// [key][row] scores of the tile; also each subgroup's 16 x 16 block of the context on its
 /// way to being rescaled or written (256 floats from sg * 256).
 var<workgroup> s_tile: array<f32, KT * QS>;
-/// [row][key] the parts of the tile's weights.
+/// [row][key] the parts of the tile's weights (p_lo unused with one part).
 var<workgroup> p_hi: array<f16, QR * PS>;
 var<workgroup> p_lo: array<f16, QR * PS>;
 /// Per row: the scores' factor (attention scale over the query's), exp(m_before - m_after)
@@ -64,7 +64,7 @@ var<workgroup> p_lo: array<f16, QR * PS>;
 var<workgroup> unscale: array<f32, QR>;
 var<workgroup> corr: array<f32, QR>;
 var<workgroup> row_l: array<f32, QR>;
-/// Set when a row's max grew in this tile (all writers write 1).
+/// Set when a row's reference max moved in this tile (all writers write 1).
 var<workgroup> rescale: u32;
 
 /// hi of a value (f16's 10 mantissa bits, 0 below f16's normal range).
@@ -93,7 +93,8 @@ fn prepare_queries(lid: u32, q0: u32, rows: u32, base: u32) {
         top = max(top, abs(query4(qr, d)));
     }
     let most = lane_max(top, lid);
-    // most * s in [2^13, 2^14): hi and lo * 2^11 stay below f16's largest value.
+    // most * s in [2^13, 2^14): hi (or the rounded value) stays within f16's range, lo
+    // below 2^3.
     let e = frexp(max(max(most.x, most.y), max(most.z, most.w))).exp;
     let s = ldexp(1.0, clamp(14 - e, -100, 100));
     let row = base + r * ROW;
