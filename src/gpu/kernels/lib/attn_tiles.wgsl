@@ -56,9 +56,8 @@ const GROWTH: f32 = 5.545177; // 8 ln 2
 /// [key][row] scores of the tile; also each subgroup's 16 x 16 block of the context on its
 /// way to being rescaled or written (256 floats from sg * 256).
 var<workgroup> s_tile: array<f32, KT * QS>;
-/// [row][key] the parts of the tile's weights (p_lo unused with one part).
-var<workgroup> p_hi: array<f16, QR * PS>;
-var<workgroup> p_lo: array<f16, QR * PS>;
+/// [part][row][key] the parts of the tile's weights (the lo part unused with one).
+var<workgroup> p_parts: array<f16, 2u * QR * PS>;
 /// Per row: the scores' factor (attention scale over the query's), exp(m_before - m_after)
 /// of this tile, and at the end l.
 var<workgroup> unscale: array<f32, QR>;
@@ -227,14 +226,14 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
             let w = exp(sc[i] - new_m) * P_SCALE;
             if (PARTS == 1u) {
                 let rounded = f16(w);
-                p_hi[sr * PS + sl + LANES * i] = rounded;
+                p_parts[sr * PS + sl + LANES * i] = rounded;
                 sum += f32(rounded);
                 continue;
             }
             let hi = hi_part(w);
             let lo = f16(w - hi);
-            p_hi[sr * PS + sl + LANES * i] = f16(hi);
-            p_lo[sr * PS + sl + LANES * i] = lo;
+            p_parts[sr * PS + sl + LANES * i] = f16(hi);
+            p_parts[QR * PS + sr * PS + sl + LANES * i] = lo;
             sum += hi + f32(lo);
         }
         l = l * c + lane_sum(vec4<f32>(sum, 0.0, 0.0, 0.0), lid).x;
@@ -291,35 +290,27 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         let rows_b = acc_rows(1u, sg);
         let col0 = acc_col(0u, sg);
         for (var kk = 0u; kk < KT; kk += 16u) {
-            let pa = coopLoad<coop_mat16x16<f16, B>>(&p_hi[16u * rows_a * PS + kk], PS);
-            let pb = coopLoad<coop_mat16x16<f16, B>>(&p_hi[16u * rows_b * PS + kk], PS);
             // The subgroup's latent blocks of these 16 keys, each loaded once for both row
-            // blocks, all loads issued before the products (a block past the subgroup's repeats the
-            // last, and is not multiplied).
+            // blocks (a block past the subgroup's last repeats it, and is not multiplied).
             let v = (t0 + kk) * ROW + col0;
+            let last = col_blocks() - 1u;
             let a0 = coopLoad<coop_mat16x16<f16, A>>(&cache[v], ROW);
-            let a1 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(1u, col_blocks() - 1u)], ROW);
-            let a2 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(2u, col_blocks() - 1u)], ROW);
-            let a3 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(3u, col_blocks() - 1u)], ROW);
-            o0 = coopMultiplyAdd(a0, pa, o0);
-            if (CB > 1u) { o1 = coopMultiplyAdd(a0, pb, o1); }
-            if (CB > 2u) { o2 = coopMultiplyAdd(a1, pa, o2); }
-            if (CB > 3u) { o3 = coopMultiplyAdd(a1, pb, o3); }
-            if (CB > 4u) { o4 = coopMultiplyAdd(a2, pa, o4); }
-            if (CB > 5u) { o5 = coopMultiplyAdd(a2, pb, o5); }
-            if (CB > 6u) { o6 = coopMultiplyAdd(a3, pa, o6); }
-            if (CB > 7u) { o7 = coopMultiplyAdd(a3, pb, o7); }
-            if (PARTS == 2u) {
-                let la = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rows_a * PS + kk], PS);
-                let lb = coopLoad<coop_mat16x16<f16, B>>(&p_lo[16u * rows_b * PS + kk], PS);
-                o0 = coopMultiplyAdd(a0, la, o0);
-                if (CB > 1u) { o1 = coopMultiplyAdd(a0, lb, o1); }
-                if (CB > 2u) { o2 = coopMultiplyAdd(a1, la, o2); }
-                if (CB > 3u) { o3 = coopMultiplyAdd(a1, lb, o3); }
-                if (CB > 4u) { o4 = coopMultiplyAdd(a2, la, o4); }
-                if (CB > 5u) { o5 = coopMultiplyAdd(a2, lb, o5); }
-                if (CB > 6u) { o6 = coopMultiplyAdd(a3, la, o6); }
-                if (CB > 7u) { o7 = coopMultiplyAdd(a3, lb, o7); }
+            let a1 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(1u, last)], ROW);
+            let a2 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(2u, last)], ROW);
+            let a3 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(3u, last)], ROW);
+            // Times each part of the weights of row blocks a and b: hi, then lo.
+            for (var part = 0u; part < PARTS; part++) {
+                let at = part * QR * PS + kk;
+                let pa = coopLoad<coop_mat16x16<f16, B>>(&p_parts[at + 16u * rows_a * PS], PS);
+                let pb = coopLoad<coop_mat16x16<f16, B>>(&p_parts[at + 16u * rows_b * PS], PS);
+                o0 = coopMultiplyAdd(a0, pa, o0);
+                if (CB > 1u) { o1 = coopMultiplyAdd(a0, pb, o1); }
+                if (CB > 2u) { o2 = coopMultiplyAdd(a1, pa, o2); }
+                if (CB > 3u) { o3 = coopMultiplyAdd(a1, pb, o3); }
+                if (CB > 4u) { o4 = coopMultiplyAdd(a2, pa, o4); }
+                if (CB > 5u) { o5 = coopMultiplyAdd(a2, pb, o5); }
+                if (CB > 6u) { o6 = coopMultiplyAdd(a3, pa, o6); }
+                if (CB > 7u) { o7 = coopMultiplyAdd(a3, pb, o7); }
             }
         }
         workgroupBarrier(); // the next tile overwrites the scores and weights
