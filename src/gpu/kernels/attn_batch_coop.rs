@@ -139,10 +139,10 @@ pub fn grid(cfg: &Config, n: usize) -> [u32; 3] {
 
 /// Runs this kernel and `attn_batch.wgsl` (f32 FMAs) on one small batch that crosses key
 /// tiles (3 tokens after 150 cached positions, random values) and compares them within
-/// [`error_bound`] of the device's tile math: the
-/// engine calls it once at load and keeps the f32 kernel where they disagree, since no
-/// test machine without cooperative matrices can run this one, and drivers differ in how
-/// they lay out cooperative loads. Err says by how much they differ.
+/// [`error_bound`] of the device's tile math: the engine calls it once at load and keeps
+/// the f32 kernel where they disagree, since no test machine without cooperative matrices
+/// can run this one, and drivers differ in how they lay out cooperative loads. Err says by
+/// how much they differ.
 pub fn check_against_fma(
     ctx: &GpuContext,
     pipes: &Pipelines,
