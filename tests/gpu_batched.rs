@@ -752,7 +752,12 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
     let real = small_config(512, 64, 192, 20);
     assert_eq!(attn_batch_coop::check_against_fma(ctx, &p, &real), Ok(()));
     let mut rng = Rng(31);
-    let shapes = [(512, 64, 192, 20), (64, 32, 96, 5), (128, 32, 64, 3), (384, 64, 128, 4)];
+    let shapes = [
+        (512, 64, 192, 20),
+        (64, 32, 96, 5),
+        (128, 32, 64, 3),
+        (384, 64, 128, 4),
+    ];
     let batches = [(0, 37), (70, 9), (333, 66), (0, 1), (1000, 3)];
     for (kv, rope, nope, heads) in shapes {
         let cfg = small_config(kv, rope, nope, heads);
@@ -784,10 +789,7 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
                 let mut padded = stored.clone();
                 padded.resize((pos + n).next_multiple_of(POSITION_TILE) * row, 0.0);
                 let cache = storage_init(ctx, "cache", &encode_rows(CacheType::F16, &padded));
-                let (qa_b, q_b) = (
-                    storage_f32(ctx, "q_abs", &q_abs),
-                    storage_f32(ctx, "q", &q),
-                );
+                let (qa_b, q_b) = (storage_f32(ctx, "q_abs", &q_abs), storage_f32(ctx, "q", &q));
                 let rope_b = storage_init(
                     ctx,
                     "rope",

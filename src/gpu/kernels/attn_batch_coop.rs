@@ -217,7 +217,12 @@ pub fn check_against_fma(
     let score_sum = q_abs
         .chunks_exact(kv)
         .zip(q.chunks_exact(head_dim))
-        .map(|(a, b)| a.iter().chain(&b[cfg.qk_nope..]).map(|v| v.abs()).sum::<f32>())
+        .map(|(a, b)| {
+            a.iter()
+                .chain(&b[cfg.qk_nope..])
+                .map(|v| v.abs())
+                .sum::<f32>()
+        })
         .fold(0f32, f32::max)
         * cfg.attn_scale();
     let tol = CHECK_TOL.max(error_bound(ctx.tiles.parts(), score_sum));
