@@ -818,13 +818,7 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
                 // (`attn_batch_coop::error_bound`): with two, about 21 bits of it, so rows
                 // holding 1e4-sized values reach 1e-3 (measured on an H200) and ordinary
                 // ones stay within TOL; with one, f16's 11 bits.
-                let score_sum = q_abs
-                    .chunks_exact(kv)
-                    .zip(q.chunks_exact(head_dim))
-                    .map(|(a, b)| a.iter().chain(&b[nope..]).map(|v| v.abs()).sum::<f32>())
-                    .fold(0f32, f32::max)
-                    * cfg.attn_scale();
-                let bound = attn_batch_coop::error_bound(parts, score_sum);
+                let bound = attn_batch_coop::error_bound(parts, &cfg, &q_abs, &q);
                 check_within(
                     &label,
                     &ctx.read_f32(&kqv, n * heads * kv).unwrap(),

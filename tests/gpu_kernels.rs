@@ -778,17 +778,12 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
             cols,
             data: &bytes,
         };
-        for (label, ctx) in contexts() {
-            let p = Pipelines::new();
-            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+        matvec_as_the_cpu_on_every_context(&m, &x, |ctx, p, gm, label| {
             assert!(gm.chunks.len() > 1, "{ty}: the matrix must be split");
-            let xb = storage_f32(&ctx, "x", &x);
-            let got = plain_matvec(&ctx, &p, &gm, &xb, rows);
-            check_rows_against_cpu(&m, &x, &got, &format!("{ty} {label}"));
             for token in [0usize, 2, 77, rows - 1] {
-                let id = storage_init(&ctx, "token_id", &(token as u32).to_le_bytes());
-                let xo = poison(&ctx, cols);
-                run(&ctx, &embed::dispatches(&ctx, &p, &gm, &id, &xo)).unwrap();
+                let id = storage_init(ctx, "token_id", &(token as u32).to_le_bytes());
+                let xo = poison(ctx, cols);
+                run(ctx, &embed::dispatches(ctx, p, gm, &id, &xo)).unwrap();
                 let mut want = vec![0f32; cols];
                 m.dequantize_row(token, &mut want);
                 check(
@@ -797,7 +792,24 @@ fn every_gpu_layout_dots_and_decodes_as_the_cpu() {
                     &want,
                 );
             }
-        }
+        });
+    }
+}
+
+/// `m` uploaded on every test context, its GPU dots with `x` checked against the CPU's
+/// ([`check_rows_against_cpu`]); `also` checks more of each upload.
+fn matvec_as_the_cpu_on_every_context(
+    m: &Matrix,
+    x: &[f32],
+    mut also: impl FnMut(&GpuContext, &Pipelines, &GpuMatrix, &str),
+) {
+    for (label, ctx) in contexts() {
+        let p = Pipelines::new();
+        let gm = GpuMatrix::from_matrix(&ctx, "m", m, &mut Uploader::new(0, None)).unwrap();
+        let xb = storage_f32(&ctx, "x", x);
+        let got = plain_matvec(&ctx, &p, &gm, &xb, m.rows);
+        check_rows_against_cpu(m, x, &got, &format!("{} {label}", m.ty));
+        also(&ctx, &p, &gm, &label);
     }
 }
 
@@ -817,14 +829,9 @@ fn widened_short_rows_dot_as_the_cpu() {
             cols,
             data: &bytes,
         };
-        for (label, ctx) in contexts() {
-            let p = Pipelines::new();
-            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+        matvec_as_the_cpu_on_every_context(&m, &x, |_, _, gm, _| {
             assert!(gm.chunks.iter().all(|c| c.format.name() == "Q8_0"), "{ty}");
-            let xb = storage_f32(&ctx, "x", &x);
-            let got = plain_matvec(&ctx, &p, &gm, &xb, rows);
-            check_rows_against_cpu(&m, &x, &got, &format!("{ty} {label}"));
-        }
+        });
     }
 }
 

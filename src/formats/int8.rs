@@ -89,11 +89,8 @@ impl Q8Rows {
             .zip(rows.qs.chunks_exact_mut(ACT_BLOCK))
             .enumerate()
         {
-            let d = block_scale(xs);
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = round_even(v * id) as i8;
-            }
+            let (d, q) = quantize_block(xs);
+            qs.copy_from_slice(&q);
             rows.d[b] = d;
             rows.dsums[b] = d * qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
             for (s, q16) in qs.chunks_exact(SUM_GROUP).enumerate() {
@@ -191,12 +188,19 @@ fn round_even(y: f32) -> f32 {
 /// for, in place: the same values as [`Q8Rows::quantize`] then [`Q8Row::dequantize`].
 pub fn round_to_8_bits(row: &mut [f32]) {
     for xs in row.chunks_exact_mut(ACT_BLOCK) {
-        let d = block_scale(xs);
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for v in xs {
-            *v = d * round_even(*v * id);
+        let (d, q) = quantize_block(xs);
+        for (v, q) in xs.iter_mut().zip(q) {
+            *v = d * q as f32;
         }
     }
+}
+
+/// One block of [`ACT_BLOCK`] activations in 8 bits: its scale and codes (what every
+/// layout of them holds).
+fn quantize_block(xs: &[f32]) -> (f32, [i8; ACT_BLOCK]) {
+    let d = block_scale(xs);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (d, std::array::from_fn(|i| round_even(xs[i] * id) as i8))
 }
 
 /// The definition of the 8-bit dot: per group of a block, the exact integer
@@ -278,11 +282,8 @@ impl Q8Lanes {
             .enumerate()
             .for_each(|(b, ((codes, d), sums))| {
                 for t in 0..tokens {
-                    let xs = &x[t * cols + b * ACT_BLOCK..][..ACT_BLOCK];
-                    let scale = block_scale(xs);
-                    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    let (scale, q) = quantize_block(&x[t * cols + b * ACT_BLOCK..][..ACT_BLOCK]);
                     d[t] = scale;
-                    let q: [i8; ACT_BLOCK] = std::array::from_fn(|i| round_even(xs[i] * id) as i8);
                     for (i, four) in q.chunks_exact(4).enumerate() {
                         codes[i * padded + t] = u32::from_le_bytes([
                             four[0] as u8,

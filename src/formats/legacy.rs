@@ -257,8 +257,6 @@ impl Block for BlockQ5_1 {
     vectorised_rows!();
 }
 
-/// The GPU layouts (see [`GpuLayout`]): the nibbles to `quants`; `d` (and `m`, `qh`) to
-/// `scales`.
 /// Rows of Q4_0 or Q5_0 in the Q8_0 layout's arrays (`GpuLayout::Q8_0`): each block's codes
 /// less their offset as int8, and its scale as the same f16 (`d` converts back exactly), so
 /// every value decodes to the same bits.
@@ -273,6 +271,8 @@ pub(super) fn pack_widened<B: Block>(bytes: &[u8], quants: &mut Vec<u8>, scales:
     }
 }
 
+/// The GPU layouts (see [`GpuLayout`]): the nibbles to `quants`; `d` (and `m`, `qh`) to
+/// `scales`.
 pub(super) fn pack_gpu(
     layout: GpuLayout,
     bytes: &[u8],

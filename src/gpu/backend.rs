@@ -107,23 +107,24 @@ impl GpuBackend {
         let pipelines = Pipelines::new();
         let act = Activations::new(&ctx, cfg, max_context)?;
         let chunk = batch::chunk_tokens(&ctx, cfg, max_context, opts.prefill_chunk)?;
+        let chunk_bytes = cache::human_bytes(batch::activation_bytes(cfg, chunk));
         let chunk_buffers = ChunkBuffers::allocate(&ctx, &pipelines, cfg, chunk, opts.cache_type)
-            .map_err(|e| match e {
-            Error::Gpu(why) if why.starts_with("out of GPU memory") => Error::Gpu(format!(
-                "{why} (the activations of prompt chunks of {chunk} tokens take {}; a \
-                     smaller --batch needs less)",
-                cache::human_bytes(batch::activation_bytes(cfg, chunk))
-            )),
-            e => e,
+            .map_err(|e| {
+            upload::with_memory_hint(e, || {
+                format!(
+                    "the activations of prompt chunks of {chunk} tokens take {chunk_bytes}; \
+                         a smaller --batch needs less"
+                )
+            })
         })?;
-        let model = GpuModel::upload(&ctx, cfg, w, &mut up).map_err(|e| match e {
-            Error::Gpu(why) if why.starts_with("out of GPU memory") => Error::Gpu(format!(
-                "{why} (the {} and {} of activations for prompt chunks of {chunk} tokens take \
-                 room a smaller --ctx or --batch would leave)",
-                caches.describe(),
-                cache::human_bytes(batch::activation_bytes(cfg, chunk))
-            )),
-            e => e,
+        let model = GpuModel::upload(&ctx, cfg, w, &mut up).map_err(|e| {
+            upload::with_memory_hint(e, || {
+                format!(
+                    "the {} and {chunk_bytes} of activations for prompt chunks of {chunk} tokens \
+                     take room a smaller --ctx or --batch would leave",
+                    caches.describe()
+                )
+            })
         })?;
         let schedule = Schedule::new(&ctx, &pipelines, cfg, max_context, act, &model, &caches)?;
         let batch = BatchSchedule::new(&ctx, &pipelines, cfg, chunk_buffers, &model, &caches)?;

@@ -149,16 +149,13 @@ pub struct BatchSchedule {
 }
 
 /// The experts each MoE layer stacks on the GPU (routed, then shared: resident.rs) and the
-/// slots per token, from the blueprint; (1, 1) for a model without MoE layers.
-fn moe_stack(cfg: &Config) -> (usize, usize) {
-    if cfg.n_dense_layers < cfg.n_layers {
-        (
-            cfg.n_experts + cfg.n_shared_experts,
-            cfg.n_experts_used + cfg.n_shared_experts,
-        )
-    } else {
-        (1, 1)
-    }
+/// slots per token, from the blueprint, if the model has MoE layers: what [`moe_shape`]
+/// finds in the uploaded model.
+fn moe_stack(cfg: &Config) -> Option<(usize, usize)> {
+    (cfg.n_dense_layers < cfg.n_layers).then_some((
+        cfg.n_experts + cfg.n_shared_experts,
+        cfg.n_experts_used + cfg.n_shared_experts,
+    ))
 }
 
 /// The routed and shared experts and the slots per token of the model's MoE layers, if any.
@@ -196,14 +193,13 @@ impl Widths {
     /// dense layer's FFN as one slot of `dense_ffn`.
     fn new(cfg: &Config) -> Widths {
         let heads = cfg.n_heads;
-        let moe = cfg.n_dense_layers < cfg.n_layers;
-        let slots = moe_stack(cfg).1;
+        let slots = moe_stack(cfg).map_or(1, |(_, slots)| slots);
         let dense_act = if cfg.n_dense_layers > 0 {
             cfg.dense_ffn
         } else {
             0
         };
-        let moe_act = if moe { slots * cfg.expert_ffn } else { 0 };
+        let moe_act = moe_stack(cfg).map_or(0, |(_, slots)| slots * cfg.expert_ffn);
         Widths {
             hidden: cfg.hidden,
             qkv_a: cfg.q_lora_rank + cfg.cache_row(),
@@ -306,7 +302,7 @@ impl ChunkBuffers {
         let per_buffer = ctx.max_binding.min(ctx.max_buffer);
         let logit_rows = (LOGITS_BUDGET.min(per_buffer) / vocab_bytes).max(1) as usize;
         let logit_rows = logit_rows.min(chunk);
-        let (experts, slots) = moe_stack(cfg);
+        let (experts, slots) = moe_stack(cfg).unwrap_or((1, 1));
         let routing = Routing {
             experts,
             slots,
@@ -367,12 +363,12 @@ impl BatchSchedule {
             routing,
             act,
         } = buffers;
-        let uploaded = moe_shape(model).unwrap_or((1, 1));
-        if uploaded != (routing.experts, routing.slots) {
+        if moe_shape(model) != moe_stack(cfg) {
             return Err(Error::Gpu(format!(
-                "the uploaded model stacks {} experts, {} per token, where its blueprint \
-                 says {} and {}",
-                uploaded.0, uploaded.1, routing.experts, routing.slots
+                "the uploaded model stacks (experts, per token) {:?} where its blueprint says \
+                 {:?}",
+                moe_shape(model),
+                moe_stack(cfg)
             )));
         }
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_ids, &act.x);

@@ -171,9 +171,23 @@ pub fn create_checked(
     match pollster::block_on(scope.pop()) {
         None => Ok(buffer),
         Some(e) => Err(Error::Gpu(format!(
-            "out of GPU memory uploading {label} ({size} bytes) to {}: {e}",
+            "{OUT_OF_MEMORY} uploading {label} ({size} bytes) to {}: {e}",
             ctx.describe()
         ))),
+    }
+}
+
+/// How an allocation that did not fit begins its error.
+const OUT_OF_MEMORY: &str = "out of GPU memory";
+
+/// `e` with `hint` (what took the room, what would leave some) added where the GPU ran out
+/// of memory; any other error as it is.
+pub fn with_memory_hint(e: Error, hint: impl FnOnce() -> String) -> Error {
+    match e {
+        Error::Gpu(why) if why.starts_with(OUT_OF_MEMORY) => {
+            Error::Gpu(format!("{why} ({})", hint()))
+        }
+        e => e,
     }
 }
 

@@ -213,19 +213,7 @@ pub fn check_against_fma(
     let read = |b| ctx.read_f32(b, n * heads * kv).map_err(|e| e.to_string());
     let (want, got) = (read(&outputs[0])?, read(&outputs[1])?);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-    // The cache values are below 1, so a score's sum of |q·k| is at most its row's Σ|q|.
-    let score_sum = q_abs
-        .chunks_exact(kv)
-        .zip(q.chunks_exact(head_dim))
-        .map(|(a, b)| {
-            a.iter()
-                .chain(&b[cfg.qk_nope..])
-                .map(|v| v.abs())
-                .sum::<f32>()
-        })
-        .fold(0f32, f32::max)
-        * cfg.attn_scale();
-    let tol = CHECK_TOL.max(error_bound(ctx.tiles.parts(), score_sum));
+    let tol = CHECK_TOL.max(error_bound(ctx.tiles.parts(), cfg, &q_abs, &q));
     let worst = want
         .iter()
         .zip(&got)
@@ -252,12 +240,22 @@ pub fn check_against_fma(
 const CHECK_TOL: f32 = 1e-4;
 
 /// How far this kernel's outputs may be from exact sums, relative to the largest latent
-/// value, when the queries and the softmax weights enter as `parts` f16 parts (the tile
-/// math's): each such value carries a relative error u (2^-21 with two parts, f16's 2^-11
-/// with one). A score then moves by up to u·`score_sum` (its Σ|q·k| times the attention
-/// scale), which scales its weight by about 1 ± that; the weights' own parts add u; and an
-/// average of latents moves by twice its weights' relative error.
-pub fn error_bound(parts: u32, score_sum: f32) -> f32 {
+/// value, for queries `q_abs` and `q` (as the kernel reads them, q_pe not yet roped) over
+/// cache values below 1 in magnitude, when the queries and the softmax weights enter as
+/// `parts` f16 parts (the tile math's): each such value carries a relative error u (2^-21
+/// with two parts, f16's 2^-11 with one). A score then moves by up to u·Σ|q·k| times the
+/// attention scale, Σ|q·k| at most the row's Σ|q| (roping a pair raises its |x| + |y| by
+/// at most √2), which scales its weight by about 1 ± that; the weights' own parts add u; and
+/// an average of latents moves by twice its weights' relative error.
+pub fn error_bound(parts: u32, cfg: &Config, q_abs: &[f32], q: &[f32]) -> f32 {
+    let (kv, nope, head_dim) = (cfg.kv_lora_rank, cfg.qk_nope, cfg.qk_nope + cfg.qk_rope);
+    let l1 = |v: &[f32]| v.iter().map(|v| v.abs()).sum::<f32>();
+    let score_sum = q_abs
+        .chunks_exact(kv)
+        .zip(q.chunks_exact(head_dim))
+        .map(|(a, b)| l1(a) + std::f32::consts::SQRT_2 * l1(&b[nope..]))
+        .fold(0f32, f32::max)
+        * cfg.attn_scale();
     let u = if parts >= 2 {
         2f32.powi(-21)
     } else {
