@@ -190,16 +190,17 @@ pub fn run(
             let seconds = start.elapsed().as_secs_f64();
             stream_in_cache = depth + tokens;
             let chunk_stats = backend.instrumented().and_then(|i| i.last_chunk_stats());
-            // The same prompt again from the same depth, its last chunk timed per dispatch.
-            if opts.profile {
+            // The same prompt again from the same depth, its last chunk timed per dispatch
+            // (where the backend can time dispatches; it leaves the cache as it was).
+            let kernels = if opts.profile && backend.instrumented().is_some() {
                 backend.truncate(depth)?;
-            }
-            let kernels = match (opts.profile, backend.instrumented()) {
-                (true, Some(inst)) => Some(kernel_times(
+                let inst = backend.instrumented().expect("instrumented, checked above");
+                Some(kernel_times(
                     inst.profile_prompt(&stream[depth..], depth)?,
                     |_| None,
-                )),
-                _ => None,
+                ))
+            } else {
+                None
             };
             prefill.push(PrefillReport {
                 depth,
