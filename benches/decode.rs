@@ -1,5 +1,5 @@
 //! `cargo bench`: dispatch counts of the simple and the fused schedule for the full
-//! GLM-4.7-Flash shape, the attention kernels alone at contexts 512 and 8192, then decode
+//! GLM-4.7-Flash shape, the attention kernels alone at contexts 512 to 32768, then decode
 //! and prefill on the CPU and the GPU side by side, with the GPU time and GB/s of every
 //! kernel role (the mat-vec shapes).
 //!
@@ -16,11 +16,11 @@ use glm_flash::config::Config;
 use glm_flash::cpu::CpuBackend;
 use glm_flash::ftype::FileType;
 use glm_flash::gguf::GgufFile;
-use glm_flash::gpu::cache::encode_rows;
-use glm_flash::gpu::kernels::{attn_combine, attn_partial, TokenParams};
+use glm_flash::gpu::cache::{encode_rows, POSITION_TILE};
+use glm_flash::gpu::kernels::{attn_combine, attn_partial, attn_partial_coop, TokenParams};
 use glm_flash::gpu::pipelines::Pipelines;
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform};
-use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions};
+use glm_flash::gpu::{GpuBackend, GpuContext, GpuOptions, TileMath};
 use glm_flash::ops_common::CacheType;
 use glm_flash::synth::{Preset, SynthModel, SynthOptions};
 use glm_flash::weights::Weights;
@@ -40,11 +40,14 @@ fn simple_schedule(cfg: &Config) -> (usize, usize, usize) {
     (dense, moe, token)
 }
 
-/// The attention of one layer (attn_partial, which also appends the token's cache row, and
-/// attn_combine) on the full shape at a given context, with an f32 and an f16 cache,
-/// repeated in one pass: time per layer and GB/s of the cache (counted once).
-fn attention_kernels(ctx: &GpuContext) {
-    const REPEATS: usize = 50;
+/// The attention of one layer (attn_partial, or the cooperative attn_partial_coop where it
+/// runs, then attn_combine, which also appends the token's cache row) on the full shape at a
+/// given context, with an f32 and an f16 cache, repeated in one pass: time per layer and
+/// GB/s of the cache (counted once), for each kernel and split the engine might choose; the
+/// f32 kernel only where `lanes`. Every repeat reads the same cache, so one that fits the
+/// GPU's L2 is read from there (a token's layers each read their own: `glm-flash bench`).
+fn attention_kernels(ctx: &GpuContext, lanes: bool) {
+    const REPEATS: usize = 20;
     let cfg = Preset::Full.config();
     let mut seed = 1u32;
     let mut values = |n: usize| -> Vec<f32> {
@@ -56,15 +59,24 @@ fn attention_kernels(ctx: &GpuContext) {
             .collect()
     };
     let pipes = Pipelines::new();
-    for n_ctx in [512usize, 8192] {
+    let tiles = attn_partial_coop::runs(ctx, &cfg, CacheType::F16)
+        && match attn_partial_coop::check_against_fma(ctx, &pipes, &cfg) {
+            Ok(()) => true,
+            Err(why) => {
+                println!("attention: {why}; the cooperative kernel is not timed");
+                false
+            }
+        };
+    for n_ctx in [512usize, 4096, 16384, 32768] {
         for cache_type in [CacheType::F32, CacheType::F16] {
+            if !lanes && cache_type == CacheType::F32 {
+                continue;
+            }
             let pos = n_ctx - 1;
             let b = |label: &str, data: Vec<f32>| storage_f32(ctx, label, &data);
-            let cache = storage_init(
-                ctx,
-                "cache",
-                &encode_rows(cache_type, &values(n_ctx * cfg.cache_row())),
-            );
+            let mut rows = values(n_ctx * cfg.cache_row());
+            rows.resize(n_ctx.next_multiple_of(POSITION_TILE) * cfg.cache_row(), 0.0);
+            let cache = storage_init(ctx, "cache", &encode_rows(cache_type, &rows));
             let q_abs = b("q_abs", values(cfg.n_heads * cfg.kv_lora_rank));
             let q = b("q", values(cfg.n_heads * (cfg.qk_nope + cfg.qk_rope)));
             let kv_a = b("kv_a", values(cfg.q_lora_rank + cfg.cache_row()));
@@ -73,50 +85,85 @@ fn attention_kernels(ctx: &GpuContext) {
             let rope_cs = b("rope_cs", table.concat());
             let partial = b("partial", vec![0.0; attn_partial::partial_len(&cfg, n_ctx)]);
             let kqv = b("kqv", vec![0.0; cfg.n_heads * cfg.kv_lora_rank]);
-            let token = uniform(ctx, "token", &TokenParams::new(pos));
-            let a = attn_partial::Attention {
-                token: &token,
-                q_abs: &q_abs,
-                q: &q,
-                cache: &cache,
-                cache_type,
-                rope_cs: &rope_cs,
-                partial: &partial,
-            };
+            let q_parts = b("q_parts", vec![0.0; attn_partial_coop::q_parts_words(&cfg)]);
             let c = attn_combine::Combine {
                 kqv: &kqv,
                 kv_a: &kv_a,
                 kv_norm: &kv_norm,
             };
+            // (what, positions per split, on cooperative matrices)
+            let mut plans = Vec::new();
             let variants = attn_partial::variants(&cfg);
             let heads_wg = variants[attn_partial::choose(&cfg, &variants, pos)];
-            let grid = attn_partial::grid(&cfg, pos, heads_wg);
-            let scores = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg);
-            let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);
-            let run = |repeats: usize| {
-                let start = std::time::Instant::now();
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    for _ in 0..repeats {
-                        scores.record_sized(&mut pass, grid);
-                        merge.record(&mut pass);
-                    }
+            if lanes {
+                let what = format!("f32, {heads_wg} heads per workgroup");
+                plans.push((what, attn_partial::split_len(pos), false));
+            }
+            if tiles && cache_type == CacheType::F16 {
+                for target in [64, 128, 256] {
+                    let split = attn_partial_coop::split_len(pos, target);
+                    let what = format!("{}, {target} splits at most", ctx.tiles.describe());
+                    plans.push((what, split, true));
                 }
-                ctx.queue.submit([enc.finish()]);
-                ctx.wait().unwrap();
-                start.elapsed().as_secs_f64()
-            };
-            run(1); // pipelines and first-use costs
-            let seconds = run(REPEATS) / REPEATS as f64;
-            let bytes = (n_ctx * cfg.cache_row() * cache_type.bytes()) as f64;
-            println!(
-                "attention @ context {n_ctx:>5}, {} cache, {heads_wg} heads per workgroup: {:>8.1} us per layer (2 dispatches), cache {:.1} MB at {:.1} GB/s",
-                cache_type.name(),
-                seconds * 1e6,
-                bytes / 1e6,
-                bytes / seconds / 1e9
-            );
+            }
+            for (what, split, cooperative) in &plans {
+                let token = uniform(ctx, "token", &TokenParams::new(pos, *split));
+                let a = attn_partial::Attention {
+                    token: &token,
+                    q_abs: &q_abs,
+                    q: &q,
+                    cache: &cache,
+                    cache_type,
+                    rope_cs: &rope_cs,
+                    partial: &partial,
+                };
+                // The dispatches with their grids.
+                let mut dispatches = Vec::new();
+                if *cooperative {
+                    let [prepare, attend] =
+                        attn_partial_coop::dispatches(ctx, &pipes, &cfg, n_ctx, &a, &q_parts);
+                    let grid = prepare.workgroups;
+                    dispatches.push((prepare, grid));
+                    dispatches.push((attend, attn_partial_coop::grid(&cfg, pos, *split)));
+                } else {
+                    let d = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg);
+                    dispatches.push((d, attn_partial::grid(&cfg, pos, *split, heads_wg)));
+                }
+                let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);
+                let grid = merge.workgroups;
+                dispatches.push((merge, grid));
+                let run = |repeats: usize| {
+                    let start = std::time::Instant::now();
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        for _ in 0..repeats {
+                            for (d, grid) in &dispatches {
+                                d.record_sized(&mut pass, *grid);
+                            }
+                        }
+                    }
+                    ctx.queue.submit([enc.finish()]);
+                    ctx.wait().unwrap();
+                    start.elapsed().as_secs_f64()
+                };
+                // Pipelines, first-use costs, and the GPU's clocks up from idle.
+                let warm = std::time::Instant::now();
+                while warm.elapsed().as_secs_f64() < 0.2 {
+                    run(REPEATS);
+                }
+                let seconds = run(REPEATS) / REPEATS as f64;
+                let bytes = (n_ctx * cfg.cache_row() * cache_type.bytes()) as f64;
+                println!(
+                    "attention @ context {n_ctx:>5}, {} cache, {what} ({} splits): {:>8.1} us per layer ({} dispatches), cache {:.1} MB at {:.1} GB/s",
+                    cache_type.name(),
+                    attn_partial::splits(pos, *split),
+                    seconds * 1e6,
+                    dispatches.len(),
+                    bytes / 1e6,
+                    bytes / seconds / 1e9
+                );
+            }
         }
     }
 }
@@ -191,7 +238,15 @@ fn main() {
     match GpuBackend::new(&cfg, &weights, need.max(64), &GpuOptions::default()) {
         Ok(mut gpu) => {
             println!("== GPU kernels alone, {}", gpu.context().describe());
-            attention_kernels(gpu.context());
+            attention_kernels(gpu.context(), true);
+            if gpu.context().tiles == TileMath::Split {
+                let f16 = GpuContext::new(&GpuOptions {
+                    tile_math: TileMath::F16,
+                    ..Default::default()
+                })
+                .unwrap();
+                attention_kernels(&f16, false);
+            }
             let per_layer = gpu.stats().dispatches_per_layer.clone();
             let report = bench::run(&mut gpu, &cfg, &weights, &opts).unwrap();
             let moe_layer = per_layer

@@ -18,8 +18,8 @@ use glm_flash::cpu::ops;
 use glm_flash::gguf::{GgmlType, GgufFile};
 use glm_flash::gpu::cache::{decode_rows, encode_rows, POSITION_TILE};
 use glm_flash::gpu::kernels::{
-    attn_batch, attn_batch_coop, attn_partial, kv_rows, matmul, moe_combine, moe_group, moe_route,
-    rms_norm, BatchParams,
+    attn_batch, attn_batch_coop, attn_combine, attn_partial, attn_partial_coop, kv_rows, matmul,
+    moe_combine, moe_group, moe_route, rms_norm, BatchParams, TokenParams,
 };
 use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
 use glm_flash::gpu::upload::{storage_f32, storage_init, uniform, GpuMatrix, RowRef, Uploader};
@@ -723,6 +723,14 @@ fn batched_attention_matches_cpu() {
 /// scaled to its own largest value); and the engine's load-time check agrees.
 #[test]
 fn cooperative_batched_attention_matches_cpu() {
+    for ctx in &cooperative_attention_contexts("batched") {
+        cooperative_attention_matches_cpu_with(ctx);
+    }
+}
+
+/// The contexts of each cooperative tile math, where the cooperative attention kernels run
+/// the real dims; none (saying so) without cooperative matrices and subgroups.
+fn cooperative_attention_contexts(which: &str) -> Vec<GpuContext> {
     let real = small_config(512, 64, 192, 20);
     let contexts: Vec<GpuContext> = tile_variants(None)
         .into_iter()
@@ -731,17 +739,48 @@ fn cooperative_batched_attention_matches_cpu() {
         .collect();
     if contexts.is_empty() {
         println!(
-            "no cooperative matrices with subgroups here: the cooperative attention is not run"
+            "no cooperative matrices with subgroups here: the cooperative {which} attention is \
+             not run"
         );
-        return;
     }
-    for ctx in &contexts {
-        cooperative_attention_matches_cpu_with(ctx);
+    contexts
+}
+
+/// `n` random query values: of ordinary size, or where `wide`, spanning 1e-6..1e4 within
+/// each row (each row's parts are scaled to its own largest value).
+fn query_values(rng: &mut Rng, n: usize, wide: bool) -> Vec<f32> {
+    rng.vec(n)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match (wide, i % 7) {
+            (false, _) => 4.0 * v,
+            (true, 0) => 1e4 * v,
+            (true, 1) => 1e-6 * v,
+            (true, _) => v,
+        })
+        .collect()
+}
+
+/// The tolerance of a cooperative attention's outputs (`attn_batch_coop::error_bound`):
+/// with two parts, about 21 bits of each query value and weight, so rows holding 1e4-sized
+/// values reach 1e-3 (measured on an H200) and ordinary ones stay within TOL; with one,
+/// f16's 11 bits.
+fn cooperative_tolerance(
+    ctx: &GpuContext,
+    cfg: &Config,
+    q_abs: &[f32],
+    q: &[f32],
+    wide: bool,
+) -> f32 {
+    let parts = ctx.tiles.parts();
+    if wide || parts == 1 {
+        TOL.max(attn_batch_coop::error_bound(parts, cfg, q_abs, q))
+    } else {
+        TOL
     }
 }
 
 fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
-    let parts = ctx.tiles.parts();
     println!(
         "running the cooperative attention with {} on {}",
         ctx.tiles.describe(),
@@ -764,24 +803,8 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
         let (row, head_dim) = (cfg.cache_row(), nope + rope);
         for &(pos, n) in &batches {
             for wide in [false, true] {
-                let spread = |v: f32, i: usize| match (wide, i % 7) {
-                    (false, _) => 4.0 * v,
-                    (true, 0) => 1e4 * v,
-                    (true, 1) => 1e-6 * v,
-                    (true, _) => v,
-                };
-                let q_abs: Vec<f32> = rng
-                    .vec(n * heads * kv)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| spread(v, i))
-                    .collect();
-                let q: Vec<f32> = rng
-                    .vec(n * heads * head_dim)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| spread(v, i))
-                    .collect();
+                let q_abs = query_values(&mut rng, n * heads * kv, wide);
+                let q = query_values(&mut rng, n * heads * head_dim, wide);
                 let mut stored = rng.vec((pos + n) * row);
                 CacheType::F16.round(&mut stored);
                 let label = format!("kv {kv} heads {heads} pos {pos} n {n} wide {wide}");
@@ -814,20 +837,108 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
                 let d = attn_batch_coop::dispatch(ctx, &p, &cfg, &a, &q_parts);
                 run_grids(ctx, &[(&d, attn_batch_coop::grid(&cfg, n))]);
                 let want = attention_cpu(&cfg, &stored, &q_abs, &q, pos, n);
-                // Each query value and softmax weight enters as the tile math's f16 parts
-                // (`attn_batch_coop::error_bound`): with two, about 21 bits of it, so rows
-                // holding 1e4-sized values reach 1e-3 (measured on an H200) and ordinary
-                // ones stay within TOL; with one, f16's 11 bits.
-                let bound = attn_batch_coop::error_bound(parts, &cfg, &q_abs, &q);
                 check_within(
                     &label,
                     &ctx.read_f32(&kqv, n * heads * kv).unwrap(),
                     &want,
-                    if wide || parts == 1 {
-                        TOL.max(bound)
-                    } else {
-                        TOL
-                    },
+                    cooperative_tolerance(ctx, &cfg, &q_abs, &q, wide),
+                );
+            }
+        }
+    }
+}
+
+/// A token's attention on cooperative matrices (attn_partial_coop's queries and splits,
+/// merged by attn_combine, which appends the token's own row) against the CPU, where the
+/// adapter has them (it says so where it does not): the real per-head dims with all 20
+/// heads, 40 heads (two row blocks), latents of 64 and 384; no cached position (one empty
+/// split), one, a tile and around it, hundreds and thousands; splits of one tile, of several
+/// and the engine's own; queries of ordinary size and rows spanning 1e-6..1e4; and the
+/// engine's load-time check agrees.
+#[test]
+fn cooperative_decode_attention_matches_cpu() {
+    for ctx in &cooperative_attention_contexts("decode") {
+        println!(
+            "running the cooperative decode attention with {} on {}",
+            ctx.tiles.describe(),
+            ctx.describe()
+        );
+        cooperative_decode_attention_matches_cpu_with(ctx);
+    }
+}
+
+fn cooperative_decode_attention_matches_cpu_with(ctx: &GpuContext) {
+    let p = Pipelines::new();
+    let real = small_config(512, 64, 192, 20);
+    assert_eq!(attn_partial_coop::check_against_fma(ctx, &p, &real), Ok(()));
+    let mut rng = Rng(37);
+    let max_context = 5000;
+    for (kv, rope, nope, heads) in [(512, 64, 192, 20), (64, 32, 96, 40), (384, 64, 128, 4)] {
+        let cfg = small_config(kv, rope, nope, heads);
+        let (row, head_dim) = (cfg.cache_row(), nope + rope);
+        let kv_a = rng.vec(cfg.q_lora_rank + row);
+        let kv_norm = rng.vec(kv);
+        let (kv_a_b, kv_norm_b) = (
+            storage_f32(ctx, "kv_a", &kv_a),
+            storage_f32(ctx, "kv_norm", &kv_norm),
+        );
+        for pos in [0, 1, 127, 128, 129, 300, 4999] {
+            let splits = [
+                POSITION_TILE,
+                3 * POSITION_TILE,
+                attn_partial_coop::split_len(pos, attn_partial_coop::TARGET_SPLITS),
+            ];
+            for (split, wide) in splits.into_iter().zip([false, true, false]) {
+                let q_abs = query_values(&mut rng, heads * kv, wide);
+                let q = query_values(&mut rng, heads * head_dim, wide);
+                let mut stored = rng.vec((pos + 1).next_multiple_of(POSITION_TILE) * row);
+                CacheType::F16.round(&mut stored);
+                let label = format!("kv {kv} heads {heads} pos {pos} split {split} wide {wide}");
+                let cache = storage_init(ctx, "cache", &encode_rows(CacheType::F16, &stored));
+                let (qa_b, q_b) = (storage_f32(ctx, "q_abs", &q_abs), storage_f32(ctx, "q", &q));
+                let table = attn_partial::rope_table(pos, rope, cfg.rope_base);
+                let rope_b = storage_init(ctx, "rope", bytemuck::cast_slice(&table));
+                let token = uniform(ctx, "token", &TokenParams::new(pos, split));
+                let partial = poison(ctx, attn_partial::partial_len(&cfg, max_context));
+                let q_parts = poison(ctx, attn_partial_coop::q_parts_words(&cfg));
+                let kqv = poison(ctx, heads * kv);
+                let a = attn_partial::Attention {
+                    token: &token,
+                    q_abs: &qa_b,
+                    q: &q_b,
+                    cache: &cache,
+                    cache_type: CacheType::F16,
+                    rope_cs: &rope_b,
+                    partial: &partial,
+                };
+                let merge = attn_combine::Combine {
+                    kqv: &kqv,
+                    kv_a: &kv_a_b,
+                    kv_norm: &kv_norm_b,
+                };
+                let [prepare, attend] =
+                    attn_partial_coop::dispatches(ctx, &p, &cfg, max_context, &a, &q_parts);
+                let combine = attn_combine::dispatch(ctx, &p, &cfg, max_context, &a, &merge);
+                run_grids(
+                    ctx,
+                    &[
+                        (&prepare, prepare.workgroups),
+                        (&attend, attn_partial_coop::grid(&cfg, pos, split)),
+                        (&combine, combine.workgroups),
+                    ],
+                );
+                // Over the rows the cache now holds (the token's own, written by the merge,
+                // is checked by the f32 kernel's tests).
+                let bytes = ctx
+                    .read_bytes(&cache, ((pos + 1) * row * 2) as u64)
+                    .unwrap();
+                let rows = decode_rows(CacheType::F16, &bytes);
+                let want = attention_cpu(&cfg, &rows, &q_abs, &q, pos, 1);
+                check_within(
+                    &label,
+                    &ctx.read_f32(&kqv, heads * kv).unwrap(),
+                    &want,
+                    cooperative_tolerance(ctx, &cfg, &q_abs, &q, wide),
                 );
             }
         }

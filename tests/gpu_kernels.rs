@@ -328,7 +328,8 @@ fn attention_matches_cpu_up_to_long_contexts() {
                     let cache_b = storage_init(&ctx, "cache", &init_bytes[..bytes]);
                     let partial = poison(&ctx, attn_partial::partial_len(&cfg, max_context));
                     let kqv = poison(&ctx, heads * kv);
-                    let tok = uniform(&ctx, "token", &TokenParams::new(pos));
+                    let split = attn_partial::split_len(pos);
+                    let tok = uniform(&ctx, "token", &TokenParams::new(pos, split));
                     let table = attn_partial::rope_table(pos, rope, cfg.rope_base);
                     let cs = storage_init(&ctx, "rope", bytemuck::cast_slice(&table));
                     let a = attn_partial::Attention {
@@ -350,7 +351,7 @@ fn attention_matches_cpu_up_to_long_contexts() {
                     let mut enc = ctx.device.create_command_encoder(&Default::default());
                     {
                         let mut pass = enc.begin_compute_pass(&Default::default());
-                        dp.record_sized(&mut pass, attn_partial::grid(&cfg, pos, heads_wg));
+                        dp.record_sized(&mut pass, attn_partial::grid(&cfg, pos, split, heads_wg));
                         dc.record(&mut pass);
                     }
                     ctx.queue.submit([enc.finish()]);

@@ -212,11 +212,18 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
 /// the workgroup memory their launchers declare.
 #[test]
 fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
-    use glm_flash::gpu::kernels::attn_batch_coop;
-    let declared = [(
-        attn_batch_coop::SHADER.name,
-        attn_batch_coop::WORKGROUP_BYTES,
-    )];
+    use glm_flash::gpu::kernels::{attn_batch_coop, attn_partial_coop};
+    // Both attention kernels keep the workgroup memory of lib/attn_tiles.wgsl.
+    let declared = [
+        (
+            attn_batch_coop::SHADER.name,
+            attn_batch_coop::WORKGROUP_BYTES,
+        ),
+        (
+            attn_partial_coop::SHADER.name,
+            attn_batch_coop::WORKGROUP_BYTES,
+        ),
+    ];
     let coop: Vec<Shader> = all_shaders()
         .into_iter()
         .filter(|s| s.cooperative)

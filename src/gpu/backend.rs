@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::batch::{self, BatchSchedule, ChunkBuffers, Head};
 use crate::gpu::cache::{self, LatentCaches};
 use crate::gpu::context::{self, GpuContext, GpuOptions};
-use crate::gpu::kernels::{attn_combine, attn_partial, ffn_gate_up};
+use crate::gpu::kernels::{attn_combine, attn_partial, attn_partial_coop, ffn_gate_up};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
@@ -105,7 +105,21 @@ impl GpuBackend {
         let total = GpuModel::file_bytes(cfg, w);
         let mut up = Uploader::new(total, progress);
         let pipelines = Pipelines::new();
-        let act = Activations::new(&ctx, cfg, max_context)?;
+        // The cooperative attention for long contexts where it runs, pays with this tile
+        // math, and agrees with the f32 kernel here.
+        let tiles = attn_partial_coop::runs(&ctx, cfg, opts.cache_type)
+            && attn_partial_coop::from_positions(ctx.tiles).is_some()
+            && match attn_partial_coop::check_against_fma(&ctx, &pipelines, cfg) {
+                Ok(()) => true,
+                Err(why) => {
+                    log::warn!(
+                        "{why} on {}: the attention at long contexts runs in f32",
+                        ctx.describe()
+                    );
+                    false
+                }
+            };
+        let act = Activations::new(&ctx, cfg, max_context, tiles)?;
         let chunk = batch::chunk_tokens(&ctx, cfg, max_context, opts.prefill_chunk)?;
         let chunk_bytes = cache::human_bytes(batch::activation_bytes(cfg, chunk));
         let chunk_buffers = ChunkBuffers::allocate(&ctx, &pipelines, cfg, chunk, opts.cache_type)
@@ -487,7 +501,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {}{}{}, {}",
+            "gpu: {}{}{}{}, {}",
             self.ctx.describe(),
             if self.ctx.subgroups {
                 ", subgroups"
@@ -498,6 +512,11 @@ impl Backend for GpuBackend {
                 TileMath::Fma => "",
                 TileMath::Split => ", cooperative-matrix prefill",
                 TileMath::F16 => ", cooperative-matrix prefill in f16",
+            },
+            if self.schedule.cooperative_attention() {
+                " and long-context attention"
+            } else {
+                ""
             },
             self.caches.describe()
         )

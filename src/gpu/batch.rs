@@ -183,7 +183,8 @@ struct Widths {
     act: usize,
     down: usize,
     rope: usize,
-    /// The cooperative attention's query parts (two f16 per cache-row value and head).
+    /// The cooperative attention's query parts (two f16 per cache-row value and head), and
+    /// their scales (at most one word per head).
     q_parts: usize,
 }
 
@@ -212,7 +213,7 @@ impl Widths {
             act: dense_act.max(moe_act).max(1),
             down: slots * cfg.hidden,
             rope: cfg.qk_rope,
-            q_parts: heads * cfg.cache_row(),
+            q_parts: heads * (cfg.cache_row() + 1),
         }
     }
 

@@ -7,8 +7,10 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::attn_partial::{Kernel, Kernels};
 use crate::gpu::kernels::{
-    argmax, attn_combine, attn_partial, embed, ffn_down, ffn_gate_up, matvec, TokenParams,
+    argmax, attn_combine, attn_partial, attn_partial_coop, embed, ffn_down, ffn_gate_up, matvec,
+    TokenParams,
 };
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::resident::{GpuLayer, GpuModel};
@@ -25,8 +27,10 @@ pub struct Activations {
     q: wgpu::Buffer,
     /// [heads][kv_lora]
     q_nope_absorbed: wgpu::Buffer,
-    /// [heads][chunks][2 + kv_lora] per chunk of positions: max, sum, context
+    /// [heads][splits][kv_lora + 4] per split of the positions: context, then max and sum
     attn_partial: wgpu::Buffer,
+    /// The token's queries as the cooperative attention's f16 parts, where it runs.
+    q_parts: Option<wgpu::Buffer>,
     /// [heads][kv_lora] softmax-weighted latent context
     kqv: wgpu::Buffer,
     /// [heads][v_head]
@@ -55,6 +59,8 @@ struct LayerDispatches {
     q_nope_absorbed: Vec<Dispatch>,
     /// One per variant of the kernel (heads per workgroup): `attn_partial::variants`.
     attn_partial: Vec<Dispatch>,
+    /// The cooperative attention's two dispatches (queries, splits), where it runs.
+    attn_partial_coop: Option<[Dispatch; 2]>,
     attn_combine: Dispatch,
     attn_v_b: Vec<Dispatch>,
     attn_output: Vec<Dispatch>,
@@ -138,8 +144,8 @@ pub struct Schedule {
     layers: Vec<LayerDispatches>,
     result_output: Vec<Dispatch>,
     result_argmax: Vec<Dispatch>,
-    /// Heads per workgroup of each attention variant (`LayerDispatches::attn_partial`).
-    attn_variants: Vec<usize>,
+    /// The attention kernels, and which one each context gets.
+    attn_kernels: Kernels,
 }
 
 impl Schedule {
@@ -153,6 +159,10 @@ impl Schedule {
         model: &GpuModel,
         caches: &LatentCaches,
     ) -> Result<Schedule> {
+        let tiles_from = act
+            .q_parts
+            .as_ref()
+            .and_then(|_| attn_partial_coop::from_positions(ctx.tiles));
         let embed = embed::dispatches(ctx, p, &model.token_embd, &act.token_id, &act.x);
         let layers = model
             .layers
@@ -184,8 +194,13 @@ impl Schedule {
             layers,
             result_output,
             result_argmax,
-            attn_variants: attn_partial::variants(cfg),
+            attn_kernels: Kernels::new(cfg, tiles_from),
         })
+    }
+
+    /// Whether long contexts' attention runs on cooperative matrices.
+    pub fn cooperative_attention(&self) -> bool {
+        self.attn_kernels.tiles_from.is_some()
     }
 
     /// Dispatches one token records per layer (without the head), in layer order.
@@ -210,7 +225,7 @@ impl Schedule {
             ctx.queue
                 .write_buffer(&act.token_id, 0, bytemuck::bytes_of(&token));
         }
-        let params = TokenParams::new(pos);
+        let params = TokenParams::new(pos, self.attn_kernels.plan(cfg, pos).split);
         ctx.queue
             .write_buffer(&act.token, 0, bytemuck::bytes_of(&params));
         let rope = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
@@ -220,9 +235,8 @@ impl Schedule {
 
     /// Records the token at `pos` through every layer, and the head when `read` wants it.
     pub fn record(&self, rec: &mut Recorder, cfg: &Config, pos: usize, read: Readback) {
-        // The attention's variant and grid follow the context: the same for every layer.
-        let variant = attn_partial::choose(cfg, &self.attn_variants, pos);
-        let attn_grid = attn_partial::grid(cfg, pos, self.attn_variants[variant]);
+        // The attention's kernel and grid follow the context: the same for every layer.
+        let attn = self.attn_kernels.plan(cfg, pos);
         rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
             // Attention: MLA over the latent cache, k_b absorbed into q.
@@ -233,7 +247,14 @@ impl Schedule {
             // q_nope_absorbed[h] = k_b[h] · q_nope[h]
             rec.run("q_nope_absorbed", &l.q_nope_absorbed);
             // Scores with rope(q_pe), softmax and context per split of the cached positions
-            rec.run_sized("kq_partial", &l.attn_partial[variant], attn_grid);
+            match (attn.kernel, &l.attn_partial_coop) {
+                (Kernel::Lanes(v), _) => rec.run_sized("kq_partial", &l.attn_partial[v], attn.grid),
+                (Kernel::Tiles, Some([queries, splits])) => {
+                    rec.run("kq_queries", std::slice::from_ref(queries));
+                    rec.run_sized("kq_partial", splits, attn.grid);
+                }
+                (Kernel::Tiles, None) => unreachable!("tiles are planned only where they run"),
+            }
             // cache[pos] = [rmsnorm(kv_cmpr) * kv_norm | rope(k_pe)];
             // kqv[h] = Σ_t p[h][t] · latent[t] over the splits and pos
             rec.run("kqv", std::slice::from_ref(&l.attn_combine));
@@ -257,7 +278,14 @@ impl Schedule {
 }
 
 impl Activations {
-    pub fn new(ctx: &GpuContext, cfg: &Config, max_context: usize) -> Result<Activations> {
+    /// With the cooperative attention's buffer where `tiles` (it runs, pays at some context
+    /// with the device's tile math, and agrees with the f32 kernel on this device).
+    pub fn new(
+        ctx: &GpuContext,
+        cfg: &Config,
+        max_context: usize,
+        tiles: bool,
+    ) -> Result<Activations> {
         let heads = cfg.n_heads;
         let head_dim = cfg.qk_nope + cfg.qk_rope;
         let slots = cfg.n_experts_used + cfg.n_shared_experts;
@@ -270,6 +298,10 @@ impl Activations {
             q: buf("q", heads * head_dim)?,
             q_nope_absorbed: buf("q_nope_absorbed", heads * cfg.kv_lora_rank)?,
             attn_partial: buf("attn_partial", attn_partial::partial_len(cfg, max_context))?,
+            q_parts: match tiles {
+                true => Some(buf("q_parts", attn_partial_coop::q_parts_words(cfg))?),
+                false => None,
+            },
             kqv: buf("kqv", heads * cfg.kv_lora_rank)?,
             kqv_out: buf("kqv_out", heads * cfg.v_head)?,
             ffn_moe_logits: buf("ffn_moe_logits", cfg.n_experts.max(1))?,
@@ -347,6 +379,9 @@ impl LayerDispatches {
                     attn_partial::dispatch(ctx, p, cfg, max_context, &attention, heads_wg)
                 })
                 .collect(),
+            attn_partial_coop: a.q_parts.as_ref().map(|q_parts| {
+                attn_partial_coop::dispatches(ctx, p, cfg, max_context, &attention, q_parts)
+            }),
             attn_combine: attn_combine::dispatch(
                 ctx,
                 p,
@@ -427,7 +462,7 @@ impl LayerDispatches {
         self.attn_qkv_a.len()
             + self.attn_q_b.len()
             + self.q_nope_absorbed.len()
-            + 2 // attn_partial, attn_combine
+            + 2 // attn_partial, attn_combine (and the cooperative one's queries at long contexts)
             + self.attn_v_b.len()
             + self.attn_output.len()
             + self.ffn_moe_logits.len()

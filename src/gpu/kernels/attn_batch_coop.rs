@@ -91,10 +91,15 @@ pub fn runs(ctx: &GpuContext, cfg: &Config, cache_type: CacheType) -> bool {
         && unsupported(cfg).is_none()
 }
 
-/// u32 words of the scratch of a batch of up to `tokens`: per workgroup its queries' two
-/// f16 parts.
+/// f16 values of one workgroup's prepared queries (`query_region()` in
+/// lib/attn_tiles.wgsl): [part][QR][kv + rope] parts, then a scale per row.
+pub fn query_region(cfg: &Config) -> usize {
+    2 * QR * cfg.cache_row() + QR
+}
+
+/// u32 words of the scratch of a batch of up to `tokens`: per workgroup its queries' parts.
 pub fn q_parts_words(cfg: &Config, tokens: usize) -> usize {
-    grid(cfg, tokens)[0] as usize * 2 * QR * cfg.cache_row() / 2
+    (grid(cfg, tokens)[0] as usize * query_region(cfg)).div_ceil(2)
 }
 
 /// The dispatch; its grid is set per batch ([`grid`]). `q_parts` holds
@@ -154,16 +159,7 @@ pub fn check_against_fma(
     let (pos, n) = (150, 3);
     let (heads, kv, row) = (cfg.n_heads, cfg.kv_lora_rank, cfg.cache_row());
     let head_dim = cfg.qk_nope + cfg.qk_rope;
-    // Values in [-1, 1) from a fixed linear congruential sequence.
-    let mut state = 0x2545_f491_u32;
-    let mut values = |count: usize, scale: f32| -> Vec<f32> {
-        (0..count)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                scale * ((state >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
-            })
-            .collect()
-    };
+    let mut values = check_values();
     let q_abs = values(n * heads * kv, 1.0);
     let q = values(n * heads * head_dim, 4.0);
     let mut cache = values((pos + n) * row, 1.0);
@@ -212,11 +208,37 @@ pub fn check_against_fma(
     ctx.queue.submit([enc.finish()]);
     let read = |b| ctx.read_f32(b, n * heads * kv).map_err(|e| e.to_string());
     let (want, got) = (read(&outputs[0])?, read(&outputs[1])?);
+    let bound = error_bound(ctx.tiles.parts(), cfg, &q_abs, &q);
+    agree("the cooperative batched attention", &want, &got, bound)
+}
+
+/// The load-time checks' values: in [-1, 1) times a scale, from a fixed linear
+/// congruential sequence.
+pub(crate) fn check_values() -> impl FnMut(usize, f32) -> Vec<f32> {
+    let mut state = 0x2545_f491_u32;
+    move |count, scale| {
+        (0..count)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                scale * ((state >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+            })
+            .collect()
+    }
+}
+
+/// Whether a cooperative kernel's outputs `got` agree with the f32 kernel's `want` within
+/// `bound` (and at least [`CHECK_TOL`]) of the largest value; Err names the kernel and says
+/// by how much they differ.
+pub(crate) fn agree(
+    kernel: &str,
+    want: &[f32],
+    got: &[f32],
+    bound: f32,
+) -> std::result::Result<(), String> {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-    let tol = CHECK_TOL.max(error_bound(ctx.tiles.parts(), cfg, &q_abs, &q));
     let worst = want
         .iter()
-        .zip(&got)
+        .zip(got)
         .map(|(w, g)| (w - g).abs())
         .fold(0f32, |m, e| {
             if e.is_nan() || m.is_nan() {
@@ -225,12 +247,11 @@ pub fn check_against_fma(
                 m.max(e)
             }
         });
-    if worst <= tol * scale {
+    if worst <= CHECK_TOL.max(bound) * scale {
         Ok(())
     } else {
         Err(format!(
-            "the cooperative attention differs from the f32 kernel by {worst:e} (values up to \
-             {scale:e})"
+            "{kernel} differs from the f32 kernel by {worst:e} (values up to {scale:e})"
         ))
     }
 }

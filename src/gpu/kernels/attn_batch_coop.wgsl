@@ -35,7 +35,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> rope_cs: array<vec4<f32>>;
 /// [positions][kv + rope] f16
 @group(0) @binding(5) var<storage, read> cache: array<f16>;
-/// Per workgroup [part][QR][ROW]: the f16 parts of its queries.
+/// Per workgroup its queries' f16 parts and scales (`query_region()` values).
 @group(0) @binding(6) var<storage, read_write> q_parts: array<f16>;
 /// [tokens][heads][kv] out
 @group(0) @binding(7) var<storage, read_write> kqv: array<f32>;
@@ -56,5 +56,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let q0 = wid.x * QR;
     // Keys up to the last row's own position.
     let n_keys = batch.pos + (min(q0 + QR, rows) - 1u) / HEADS + 1u;
-    attend(lid, q0, rows, wid.x * 2u * QR * ROW, 0u, n_keys);
+    let base = wid.x * query_region();
+    prepare_queries(lid, q0, rows, base);
+    storageBarrier();
+    attend(lid, q0, rows, base, 0u, n_keys);
 }

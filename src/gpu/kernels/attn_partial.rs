@@ -100,11 +100,11 @@ wgsl_struct! {
 }
 
 impl TokenParams {
-    /// The token at `pos`.
-    pub fn new(pos: usize) -> TokenParams {
+    /// The token at `pos`, its attention in splits of `split` positions ([`Plan::split`]).
+    pub fn new(pos: usize, split: usize) -> TokenParams {
         TokenParams {
             pos: pos as u32,
-            attn_split: split_len(pos) as u32,
+            attn_split: split as u32,
             ..Default::default()
         }
     }
@@ -126,10 +126,10 @@ pub fn split_len(cached: usize) -> usize {
     cached.div_ceil(MAX_SPLITS).next_multiple_of(TILE).max(TILE)
 }
 
-/// Splits over `cached` positions: the x extent of the grid (one empty split when nothing
-/// is cached, so a dispatch never has zero workgroups).
-pub fn splits(cached: usize) -> usize {
-    cached.div_ceil(split_len(cached)).max(1)
+/// Splits of `split` positions over `cached` positions: the x extent of the grid (one empty
+/// split when nothing is cached, so a dispatch never has zero workgroups).
+pub fn splits(cached: usize, split: usize) -> usize {
+    cached.div_ceil(split).max(1)
 }
 
 /// The most splits any token up to `max_context` has: the partial buffer's stride between
@@ -166,14 +166,78 @@ pub fn variants(cfg: &Config) -> Vec<usize> {
 /// Which of `variants` ([`variants`], computed once at load) the token at `pos` runs: the
 /// widest whose grid has [`TARGET_WORKGROUPS`], else the narrowest.
 pub fn choose(cfg: &Config, v: &[usize], pos: usize) -> usize {
+    let splits = splits(pos, split_len(pos));
     v.iter()
-        .position(|&h| splits(pos) * cfg.n_heads.div_ceil(h) >= TARGET_WORKGROUPS)
+        .position(|&h| splits * cfg.n_heads.div_ceil(h) >= TARGET_WORKGROUPS)
         .unwrap_or(v.len() - 1)
 }
 
-/// The grid of the token at `pos` with `heads_wg` heads per workgroup: `[splits, head groups, 1]`.
-pub fn grid(cfg: &Config, pos: usize, heads_wg: usize) -> [u32; 3] {
-    [splits(pos) as u32, cfg.n_heads.div_ceil(heads_wg) as u32, 1]
+/// The grid of the token at `pos` in splits of `split` with `heads_wg` heads per workgroup:
+/// `[splits, head groups, 1]`.
+pub fn grid(cfg: &Config, pos: usize, split: usize, heads_wg: usize) -> [u32; 3] {
+    [
+        splits(pos, split) as u32,
+        cfg.n_heads.div_ceil(heads_wg) as u32,
+        1,
+    ]
+}
+
+/// The kernel that runs a token's attention over its cached positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// This kernel's variant `i` of [`Kernels::lanes`].
+    Lanes(usize),
+    /// `attn_partial_coop.wgsl`, on cooperative matrices.
+    Tiles,
+}
+
+/// A token's attention: its kernel, its positions per split ([`TokenParams::attn_split`])
+/// and its grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub kernel: Kernel,
+    pub split: usize,
+    pub grid: [u32; 3],
+}
+
+/// The attention kernels a device runs for a model (decided once at load), and which one
+/// each context gets.
+#[derive(Clone, Debug)]
+pub struct Kernels {
+    /// Heads per workgroup of each variant of this kernel: [`variants`].
+    pub lanes: Vec<usize>,
+    /// Cached positions from which the cooperative kernel runs, where it does
+    /// (`attn_partial_coop::from_positions`).
+    pub tiles_from: Option<usize>,
+}
+
+impl Kernels {
+    pub fn new(cfg: &Config, tiles_from: Option<usize>) -> Kernels {
+        Kernels {
+            lanes: variants(cfg),
+            tiles_from,
+        }
+    }
+
+    /// The attention of the token at `pos`.
+    pub fn plan(&self, cfg: &Config, pos: usize) -> Plan {
+        use crate::gpu::kernels::attn_partial_coop as coop;
+        if self.tiles_from.is_some_and(|from| pos >= from) {
+            let split = coop::split_len(pos, coop::TARGET_SPLITS);
+            return Plan {
+                kernel: Kernel::Tiles,
+                split,
+                grid: coop::grid(cfg, pos, split),
+            };
+        }
+        let v = choose(cfg, &self.lanes, pos);
+        let split = split_len(pos);
+        Plan {
+            kernel: Kernel::Lanes(v),
+            split,
+            grid: grid(cfg, pos, split, self.lanes[v]),
+        }
+    }
 }
 
 /// Why the kernel cannot run this model's attention, if it cannot.
@@ -253,6 +317,42 @@ pub fn dispatch(
         &[
             &params, a.token, a.q_abs, a.q, a.cache, a.rope_cs, a.partial,
         ],
-        grid(cfg, 0, heads_wg),
+        grid(cfg, 0, TILE, heads_wg),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every plan's splits cover the cached positions in whole tiles of its kernel, fit the
+    /// partial buffer of a context holding the token, and are as many as the grid has; the
+    /// cooperative kernel takes the long contexts only where it runs.
+    #[test]
+    fn plans_split_the_positions_within_the_partial_buffer() {
+        let cfg = crate::synth::Preset::Full.config();
+        for tiles_from in [None, Some(16384), Some(0)] {
+            let kernels = Kernels::new(&cfg, tiles_from);
+            for pos in (0..70_000).step_by(97).chain([2047, 2048, 32768, 202_751]) {
+                let plan = kernels.plan(&cfg, pos);
+                let tile = match plan.kernel {
+                    Kernel::Tiles => crate::gpu::cache::POSITION_TILE,
+                    Kernel::Lanes(_) => TILE,
+                };
+                let splits = splits(pos, plan.split);
+                assert_eq!(
+                    plan.kernel == Kernel::Tiles,
+                    tiles_from.is_some_and(|from| pos >= from),
+                    "pos {pos}"
+                );
+                assert!(
+                    plan.split > 0 && plan.split.is_multiple_of(tile),
+                    "pos {pos}"
+                );
+                assert!(splits * plan.split >= pos, "pos {pos}: positions left out");
+                assert!(splits <= max_splits(pos + 1), "pos {pos}: {splits} splits");
+                assert_eq!(plan.grid[0] as usize, splits, "pos {pos}");
+            }
+        }
+    }
 }

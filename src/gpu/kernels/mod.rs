@@ -10,6 +10,7 @@ pub mod attn_batch;
 pub mod attn_batch_coop;
 pub mod attn_combine;
 pub mod attn_partial;
+pub mod attn_partial_coop;
 pub mod embed;
 pub mod ffn_down;
 pub mod ffn_gate_up;
@@ -41,6 +42,7 @@ pub fn all_shaders() -> Vec<Shader> {
         kv_rows::SHADER,
         attn_batch::SHADER,
         attn_batch_coop::SHADER,
+        attn_partial_coop::SHADER,
         moe_route::SHADER,
         moe_group::SHADER,
         moe_combine::SHADER,
