@@ -1,6 +1,8 @@
 //! Launcher of `attn_partial.wgsl`: scores, softmax and latent context of a group of heads
 //! over one split of the cached positions, each cache row read once for the whole group.
-//! Reference: `cpu::attention` (its per-head loop, and `ops::rope` on q_pe).
+//! Reference: `cpu::attention` (its per-head loop, and `ops::rope` on q_pe). Also where a
+//! token's attention is planned ([`Kernels::plan`]): this kernel's variant, or the
+//! cooperative one (`attn_partial_coop`) at long contexts, and the split of the positions.
 
 use crate::config::Config;
 use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
