@@ -1,0 +1,316 @@
+//! Which cooperative-matrix loads from workgroup memory this adapter gets right: the step
+//! from the mat-mul's tiles (loads from workgroup memory, which pass) to the attention's
+//! staged keys (wrong on NVIDIA's Vulkan driver, cause not found; BENCHMARKS.md).
+//!
+//! Each variant is one workgroup of eight subgroups; subgroup `sg` multiplies a 16 x 64
+//! matrix A (small integers) by the 64 values of keys 16 sg..16 sg + 15 of a [128 keys][64]
+//! table (small integers, exact in f16) as B blocks, and stores its 16 x 16 result: every
+//! sum is an exact integer, so a right load gives exactly the CPU's sums. The variants move
+//! one step at a time from B loaded straight from storage to the attention kernel's pattern:
+//! keys copied into workgroup memory (at the kernel's strides, copied as f16 values or as
+//! 16-byte words), A loaded row-major, in slabs of 32 values with barriers inside a loop,
+//! beside the kernel's other workgroup arrays, the result stored through workgroup memory.
+//!
+//! `cargo run --release --example coop_loads` (an adapter with cooperative matrices; others
+//! only validate the variants' WGSL with naga).
+use glm_flash::gpu::{GpuContext, GpuOptions};
+
+const KEYS: usize = 128;
+const VALUES: usize = 64;
+const ROWS: usize = 16;
+
+/// One variant of the kernel.
+struct Variant {
+    what: &'static str,
+    /// B from the staged copy in workgroup memory (else straight from storage).
+    staged: bool,
+    /// Stride of the staged keys (f16 values).
+    stride: u32,
+    /// The copy reads 16-byte words of the keys and unpacks them (else single f16 values).
+    words: bool,
+    /// A loaded row-major (`coopLoadT`, as the attention's score products do).
+    a_row_major: bool,
+    /// Copy and multiply 32 values at a time, barriers inside the loop.
+    slabs: bool,
+    /// The attention's other workgroup arrays declared and used (an f32 score tile before
+    /// the staged keys, f16 weights after them: about 46 KB in all).
+    beside: bool,
+    /// The result stored to workgroup memory, then copied out (as the attention's scores).
+    through_workgroup: bool,
+}
+
+const fn variant(what: &'static str, staged: bool, stride: u32) -> Variant {
+    Variant {
+        what,
+        staged,
+        stride,
+        words: false,
+        a_row_major: false,
+        slabs: false,
+        beside: false,
+        through_workgroup: false,
+    }
+}
+
+fn variants() -> Vec<Variant> {
+    vec![
+        variant("B from storage", false, 0),
+        variant("staged, stride 64", true, 64),
+        variant("staged, stride 72", true, 72),
+        Variant {
+            words: true,
+            ..variant("staged, stride 72, copied as words", true, 72)
+        },
+        Variant {
+            a_row_major: true,
+            ..variant("staged, stride 72, A row-major", true, 72)
+        },
+        Variant {
+            beside: true,
+            ..variant("staged, stride 72, beside the other arrays", true, 72)
+        },
+        Variant {
+            slabs: true,
+            ..variant("staged in slabs of 32, stride 40", true, 40)
+        },
+        Variant {
+            slabs: true,
+            beside: true,
+            a_row_major: true,
+            through_workgroup: true,
+            ..variant("as the attention: slabs, stride 40, A row-major, beside, stored through workgroup memory", true, 40)
+        },
+        Variant {
+            beside: true,
+            a_row_major: true,
+            through_workgroup: true,
+            ..variant("as the attention, B from storage", false, 0)
+        },
+    ]
+}
+
+fn source(v: &Variant) -> String {
+    let slab = if v.slabs { 32 } else { VALUES };
+    let stage_len = KEYS as u32 * v.stride.max(1);
+    let beside = if v.beside {
+        "var<workgroup> s_tile: array<f32, 4608>;\nvar<workgroup> p_parts: array<f16, 8704>;\n"
+    } else {
+        ""
+    };
+    let copy = if v.words {
+        "let w = keys_words[(key * 64u + dv) / 8u];
+                for (var e = 0u; e < 4u; e++) {
+                    let h = unpack2x16float(w[e]);
+                    stage[at + 2u * e] = f16(h.x);
+                    stage[at + 2u * e + 1u] = f16(h.y);
+                }"
+    } else {
+        "for (var j = 0u; j < 8u; j++) {
+                    stage[at + j] = keys[key * 64u + dv + j];
+                }"
+    };
+    let stage_copy = if v.staged {
+        format!(
+            "workgroupBarrier();
+            for (var i = lid; i < 128u * SLAB / 8u; i += 256u) {{
+                let key = i / (SLAB / 8u);
+                let dv = dc + 8u * (i % (SLAB / 8u));
+                let at = key * SK + dv - dc;
+                {copy}
+            }}
+            workgroupBarrier();"
+        )
+    } else {
+        String::new()
+    };
+    let b_load = if v.staged {
+        "coopLoad<coop_mat16x16<f16, B>>(&stage[16u * sg * SK + d], SK)"
+    } else {
+        "coopLoad<coop_mat16x16<f16, B>>(&keys[16u * sg * 64u + dc + d], 64u)"
+    };
+    let a_load = if v.a_row_major {
+        "coopLoadT<coop_mat16x16<f16, A>>(&a_row[dc + d], 64u)"
+    } else {
+        "coopLoad<coop_mat16x16<f16, A>>(&a_col[(dc + d) * 16u], 16u)"
+    };
+    let store = if v.through_workgroup {
+        "coopStore(s, &s_tile[sg * 256u], 16u);
+    workgroupBarrier();
+    for (var i = lid % 32u; i < 256u; i += 32u) {
+        out[sg * 256u + i] = s_tile[sg * 256u + i];
+    }"
+    } else {
+        "coopStore(s, &out[sg * 256u], 16u);"
+    };
+    let touch_beside = if v.beside {
+        "if (lid == 0u) { s_tile[4607] = 0.0; p_parts[8703] = f16(0.0); }
+    workgroupBarrier();
+    if (lid == 999u) { out[0] = s_tile[4607] + f32(p_parts[8703]); }"
+    } else {
+        ""
+    };
+    format!(
+        "enable f16;
+enable wgpu_cooperative_matrix;
+const SK: u32 = {sk}u;
+const SLAB: u32 = {slab}u;
+@group(0) @binding(0) var<storage, read> keys: array<f16>;
+@group(0) @binding(1) var<storage, read> keys_words: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> a_col: array<f16>;
+@group(0) @binding(3) var<storage, read> a_row: array<f16>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+{beside}var<workgroup> stage: array<f16, {stage_len}>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {{
+    let sg = lid / 32u;
+    // Every binding and array used, so the automatic layout holds them all.
+    if (lid == 999u) {{
+        out[0] = f32(keys[0]) + f32(keys_words[0].x) + f32(a_col[0]) + f32(a_row[0]);
+        stage[0] = f16(0.0);
+    }}
+    {touch_beside}
+    var s = coop_mat16x16<f32, C>();
+    for (var dc = 0u; dc < 64u; dc += SLAB) {{
+        {stage_copy}
+        for (var d = 0u; d < SLAB; d += 16u) {{
+            let a = {a_load};
+            let b = {b_load};
+            s = coopMultiplyAdd(a, b, s);
+        }}
+    }}
+    {store}
+}}
+",
+        sk = v.stride.max(1),
+    )
+}
+
+/// Each variant's WGSL through naga's validation (with the cooperative-matrix capability)
+/// and its SPIR-V writer: what an adapter without cooperative matrices can check.
+fn validate_all() {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    for v in variants() {
+        let src = source(&v);
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{}: {}", v.what, e.emit_to_string(&src)));
+        let caps = Capabilities::SHADER_FLOAT16
+            | Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | Capabilities::COOPERATIVE_MATRIX;
+        let info = Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", v.what, e.emit_to_string(&src)));
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e:?}", v.what));
+        println!("{:<100} valid", v.what);
+    }
+}
+
+fn main() {
+    let ctx = GpuContext::new(&GpuOptions::default()).expect("a GPU adapter");
+    if !ctx.tiles.cooperative() {
+        println!(
+            "{}: no cooperative matrices; the variants' WGSL through naga only:",
+            ctx.describe()
+        );
+        validate_all();
+        return;
+    }
+    println!("{}", ctx.describe());
+    // Small integers: every product and sum exact in f16 inputs and f32 sums.
+    let int = |i: usize, m: usize| ((i * 7919 + 13) % (2 * m + 1)) as f32 - m as f32;
+    let keys: Vec<f32> = (0..KEYS * VALUES).map(|i| int(i, 4)).collect();
+    let a: Vec<f32> = (0..ROWS * VALUES).map(|i| int(i * 31 + 5, 2)).collect(); // [row][d]
+    let a_col: Vec<f32> = (0..ROWS * VALUES)
+        .map(|i| a[(i % ROWS) * VALUES + i / ROWS])
+        .collect(); // [d][row]
+                    // out[sg][key][row] = Σ_d a[row][d] keys[16 sg + key][d] (column-major 16 x 16 blocks)
+    let want: Vec<f32> = (0..8 * 256)
+        .map(|i| {
+            let (sg, key, row) = (i / 256, (i % 256) / 16, i % 16);
+            (0..VALUES)
+                .map(|d| a[row * VALUES + d] * keys[(16 * sg + key) * VALUES + d])
+                .sum()
+        })
+        .collect();
+    let halves = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect()
+    };
+    use wgpu::util::DeviceExt;
+    let d = &ctx.device;
+    let buffer = |label: &str, bytes: &[u8]| {
+        d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let keys_b = buffer("keys", &halves(&keys));
+    let a_col_b = buffer("a_col", &halves(&a_col));
+    let a_row_b = buffer("a_row", &halves(&a));
+    for v in variants() {
+        let out = buffer("out", bytemuck::cast_slice(&vec![f32::NAN; 8 * 256]));
+        // As the engine makes its pipelines (src/gpu/pipelines.rs): bounds checks on, loop
+        // bounding off, workgroup memory not zeroed.
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(v.what),
+            source: wgpu::ShaderSource::Wgsl(source(&v).into()),
+        };
+        // SAFETY: every loop of these kernels ends (constant bounds and steps).
+        let module = unsafe { d.create_shader_module_trusted(desc, checks) };
+        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(v.what),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let entries: Vec<wgpu::BindGroupEntry> = [&keys_b, &keys_b, &a_col_b, &a_row_b, &out]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let group = d.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(v.what),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut enc = d.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        ctx.queue.submit([enc.finish()]);
+        let got = ctx.read_f32(&out, 8 * 256).expect("read back");
+        let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) });
+        println!(
+            "{:<100} {}",
+            v.what,
+            if wrong == 0 {
+                "right".to_string()
+            } else {
+                format!("WRONG: {wrong} of 2048 values, worst by {worst}")
+            }
+        );
+    }
+}
