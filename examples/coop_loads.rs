@@ -252,12 +252,8 @@ fn main() {
     let a_row_b = buffer("a_row", &halves(&a));
     for v in variants() {
         let out = buffer("out", bytemuck::cast_slice(&vec![f32::NAN; 8 * 256]));
-        // As the engine makes its pipelines (src/gpu/pipelines.rs): bounds checks on, loop
-        // bounding off, workgroup memory not zeroed.
-        let checks = wgpu::ShaderRuntimeChecks {
-            force_loop_bounding: false,
-            ..wgpu::ShaderRuntimeChecks::checked()
-        };
+        // As the engine makes its pipelines: its runtime checks, workgroup memory not zeroed.
+        let checks = glm_flash::gpu::pipelines::runtime_checks();
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(v.what),
             source: wgpu::ShaderSource::Wgsl(source(&v).into()),

@@ -27,6 +27,18 @@ struct PipelineKey {
     constants: Vec<Constant>,
 }
 
+/// The checks wgpu adds to every kernel of the engine. Bounds checks stay on. wgpu's loop
+/// bounding (a 64-bit counter added to every loop, against drivers that miscompile infinite
+/// loops) is off: it hides trip counts from the driver's compiler, and attention keeps its
+/// per-head accumulators in registers only when its loops over pipeline-constant head
+/// counts are unrolled. Only for modules whose every loop ends (creating one is `unsafe`).
+pub fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
+    wgpu::ShaderRuntimeChecks {
+        force_loop_bounding: false,
+        ..wgpu::ShaderRuntimeChecks::checked()
+    }
+}
+
 /// A compute pipeline with its bind group layout.
 #[derive(Clone)]
 pub struct Kernel {
@@ -136,18 +148,10 @@ impl Pipelines {
                     .into(),
             ),
         };
-        // Bounds checks stay on. wgpu's loop bounding (a 64-bit counter added to every loop,
-        // against drivers that miscompile infinite loops) is off: it hides trip counts from
-        // the driver's compiler, and attention keeps its per-head accumulators in registers
-        // only when its loops over pipeline-constant head counts are unrolled.
-        let checks = wgpu::ShaderRuntimeChecks {
-            force_loop_bounding: false,
-            ..wgpu::ShaderRuntimeChecks::checked()
-        };
         // SAFETY: every loop of our kernels ends: its counter moves by a constant step (or a
         // shift) towards a bound that is a size far below 2^32 (a uniform, an override or a
         // constant).
-        let module = unsafe { device.create_shader_module_trusted(desc, checks) };
+        let module = unsafe { device.create_shader_module_trusted(desc, runtime_checks()) };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
             .bindings
             .iter()

@@ -10,7 +10,7 @@ use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
 use crate::gpu::kernels::attn_batch::{AttnBatch, Params};
 use crate::gpu::kernels::matmul::BatchParams;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{self, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, Constant, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::CacheType;
 
@@ -30,10 +30,22 @@ const _: () = assert!(KT == 128 && LANES <= MIN_SUBGROUP as usize);
 pub const WORKGROUP_BYTES: u32 =
     (KT * (QR + 4) * 4 + 2 * QR * (KT + 8) * 2 + 3 * QR * 4 + 16) as u32;
 
+/// The overrides `lib/attn_tiles.wgsl` asks of the kernels that append it (this one and
+/// `attn_partial_coop`): heads, kv and kv + rope, and kv / 64.
 pub const HEADS: Override<u32> = Override::new("HEADS");
 pub const KV: Override<u32> = Override::new("KV");
 pub const ROW: Override<u32> = Override::new("ROW");
 pub const CB: Override<u32> = Override::new("CB");
+
+/// The values of those overrides for a model.
+pub fn tile_constants(cfg: &Config) -> [Constant; 4] {
+    [
+        HEADS.set(cfg.n_heads as u32),
+        KV.set(cfg.kv_lora_rank as u32),
+        ROW.set(cfg.cache_row() as u32),
+        CB.set((cfg.kv_lora_rank / 64) as u32),
+    ]
+}
 
 pub const SHADER: Shader = Shader {
     name: "attn_batch_coop",
@@ -122,13 +134,7 @@ pub fn dispatch(
             _pad0: 0,
         },
     );
-    let constants = [
-        HEADS.set(cfg.n_heads as u32),
-        KV.set(cfg.kv_lora_rank as u32),
-        ROW.set(cfg.cache_row() as u32),
-        CB.set((cfg.kv_lora_rank / 64) as u32),
-    ];
-    pipes.get(ctx, SHADER, &constants).dispatch(
+    pipes.get(ctx, SHADER, &tile_constants(cfg)).dispatch(
         ctx,
         &[
             &params, a.batch, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.kqv,

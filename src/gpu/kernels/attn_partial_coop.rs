@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::attn_batch_coop::{self, AWG, KT, LANES, QR};
+use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KT, KV, LANES, QR, ROW};
 use crate::gpu::kernels::attn_combine;
 use crate::gpu::kernels::attn_partial::{self, Attention, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
@@ -34,10 +34,8 @@ pub fn from_positions(tiles: TileMath) -> Option<usize> {
     }
 }
 
-pub const HEADS: Override<u32> = Override::new("HEADS");
-pub const KV: Override<u32> = Override::new("KV");
-pub const ROW: Override<u32> = Override::new("ROW");
-pub const CB: Override<u32> = Override::new("CB");
+/// The pipeline prepares the token's queries (else it attends); the others are
+/// `attn_batch_coop`'s.
 pub const PREPARE: Override<bool> = Override::new("PREPARE");
 
 pub const SHADER: Shader = Shader {
@@ -139,13 +137,8 @@ pub fn dispatches(
         &params, a.token, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.partial,
     ];
     [true, false].map(|prepare| {
-        let constants = [
-            HEADS.set(cfg.n_heads as u32),
-            KV.set(cfg.kv_lora_rank as u32),
-            ROW.set(cfg.cache_row() as u32),
-            CB.set((cfg.kv_lora_rank / 64) as u32),
-            PREPARE.set(prepare),
-        ];
+        let [heads, kv, row, cb] = attn_batch_coop::tile_constants(cfg);
+        let constants = [heads, kv, row, cb, PREPARE.set(prepare)];
         // PREPARE: a subgroup of 32 per query row.
         let grid = if prepare {
             [row_blocks(cfg) * (QR * 32 / AWG) as u32, 1, 1]
