@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::gpu::batch::{self, BatchSchedule, ChunkBuffers, Head};
 use crate::gpu::cache::{self, LatentCaches};
 use crate::gpu::context::{self, GpuContext, GpuOptions};
-use crate::gpu::kernels::{attn_combine, attn_partial, attn_partial_coop, ffn_gate_up};
+use crate::gpu::kernels::{
+    attn_batch_coop, attn_combine, attn_partial, attn_partial_coop, ffn_gate_up,
+};
 use crate::gpu::pipelines::{PipelineInfo, Pipelines};
 use crate::gpu::resident::GpuModel;
 use crate::gpu::schedule::{Activations, Feed, Readback, Recorder, Schedule};
@@ -109,16 +111,9 @@ impl GpuBackend {
         // math, and agrees with the f32 kernel here.
         let tiles = attn_partial_coop::runs(&ctx, cfg, opts.cache_type)
             && attn_partial_coop::from_positions(ctx.tiles).is_some()
-            && match attn_partial_coop::check_against_fma(&ctx, &pipelines, cfg) {
-                Ok(()) => true,
-                Err(why) => {
-                    log::warn!(
-                        "{why} on {}: the attention at long contexts runs in f32",
-                        ctx.describe()
-                    );
-                    false
-                }
-            };
+            && attn_batch_coop::passes(&ctx, "the attention at long contexts", || {
+                attn_partial_coop::check_against_fma(&ctx, &pipelines, cfg)
+            });
         let act = Activations::new(&ctx, cfg, max_context, tiles)?;
         let chunk = batch::chunk_tokens(&ctx, cfg, max_context, opts.prefill_chunk)?;
         let chunk_bytes = cache::human_bytes(batch::activation_bytes(cfg, chunk));

@@ -320,16 +320,9 @@ impl ChunkBuffers {
         }
         // The cooperative attention where it runs and agrees with the f32 kernel here.
         let coop_attention = attn_batch_coop::runs(ctx, cfg, cache_type)
-            && match attn_batch_coop::check_against_fma(ctx, p, cfg) {
-                Ok(()) => true,
-                Err(why) => {
-                    log::warn!(
-                        "{why} on {}: the batched attention runs in f32",
-                        ctx.describe()
-                    );
-                    false
-                }
-            };
+            && attn_batch_coop::passes(ctx, "the batched attention", || {
+                attn_batch_coop::check_against_fma(ctx, p, cfg)
+            });
         let act = Activations::new(
             ctx,
             cfg,

@@ -37,6 +37,14 @@ pub const KV: Override<u32> = Override::new("KV");
 pub const ROW: Override<u32> = Override::new("ROW");
 pub const CB: Override<u32> = Override::new("CB");
 
+/// The sizes `lib/attn_tiles.wgsl` asks of the kernels that append it, prepended to them.
+pub const TILE_CONSTS: &[(&str, u32)] = &[
+    ("AWG", AWG as u32),
+    ("QR", QR as u32),
+    ("KT", KT as u32),
+    ("LANES", LANES as u32),
+];
+
 /// The values of those overrides for a model.
 pub fn tile_constants(cfg: &Config) -> [Constant; 4] {
     [
@@ -61,12 +69,7 @@ pub const SHADER: Shader = Shader {
         Slot::ReadWrite,
     ],
     overrides: &[HEADS.decl(), KV.decl(), ROW.decl(), CB.decl()],
-    consts: &[
-        ("AWG", AWG as u32),
-        ("QR", QR as u32),
-        ("KT", KT as u32),
-        ("LANES", LANES as u32),
-    ],
+    consts: TILE_CONSTS,
     structs: &[&BatchParams::LAYOUT],
     reduces: false,
     lanes: true,
@@ -259,6 +262,23 @@ pub(crate) fn agree(
         Err(format!(
             "{kernel} differs from the f32 kernel by {worst:e} (values up to {scale:e})"
         ))
+    }
+}
+
+/// Whether a cooperative attention kernel that runs here may be used: its load-time check
+/// (`check`, run only if asked for) agrees with the f32 kernel; else a warning says how far
+/// off it was and that `role` runs in f32.
+pub fn passes(
+    ctx: &GpuContext,
+    role: &str,
+    check: impl FnOnce() -> std::result::Result<(), String>,
+) -> bool {
+    match check() {
+        Ok(()) => true,
+        Err(why) => {
+            log::warn!("{why} on {}: {role} runs in f32", ctx.describe());
+            false
+        }
     }
 }
 

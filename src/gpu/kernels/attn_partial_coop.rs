@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KT, KV, LANES, QR, ROW};
+use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KT, KV, QR, ROW};
 use crate::gpu::kernels::attn_combine;
 use crate::gpu::kernels::attn_partial::{self, Attention, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
@@ -58,12 +58,7 @@ pub const SHADER: Shader = Shader {
         CB.decl(),
         PREPARE.decl(),
     ],
-    consts: &[
-        ("AWG", AWG as u32),
-        ("QR", QR as u32),
-        ("KT", KT as u32),
-        ("LANES", LANES as u32),
-    ],
+    consts: attn_batch_coop::TILE_CONSTS,
     structs: &[&TokenParams::LAYOUT],
     reduces: false,
     lanes: true,

@@ -100,8 +100,8 @@ fn query_top(qr: u32, lane: u32, lanes: u32) -> vec4<f32> {
     return top;
 }
 
-/// The e of a row whose values reach `top` (per lane): most * 2^e in [2^13, 2^14), so hi
-/// (or the rounded value) stays within f16's range, and lo below 2^3.
+/// The e of a row whose values reach `top` (per lane): its largest magnitude times 2^e in
+/// [2^13, 2^14), so hi (or the rounded value) stays within f16's range, and lo below 2^3.
 fn query_exponent(top: vec4<f32>) -> i32 {
     return clamp(14 - frexp(max(max(top.x, top.y), max(top.z, top.w))).exp, -100, 100);
 }
