@@ -1,6 +1,5 @@
 //! Which cooperative-matrix loads from workgroup memory this adapter gets right: the step
-//! from the mat-mul's tiles (loads from workgroup memory, which pass) to the attention's
-//! staged keys (wrong on NVIDIA's Vulkan driver, cause not found; BENCHMARKS.md).
+//! from the mat-mul's tiles (loads from workgroup memory) to the attention's staged keys.
 //!
 //! Each variant is one workgroup of eight subgroups; subgroup `sg` multiplies a 16 x 64
 //! matrix A (small integers) by the 64 values of keys 16 sg..16 sg + 15 of a [128 keys][64]
@@ -9,10 +8,13 @@
 //! one step at a time from B loaded straight from storage to the attention kernel's pattern:
 //! keys copied into workgroup memory (at the kernel's strides, copied as f16 values or as
 //! 16-byte words), A loaded row-major, in slabs of 32 values with barriers inside a loop,
-//! beside the kernel's other workgroup arrays, the result stored through workgroup memory.
+//! beside the kernel's other workgroup arrays, the result stored through workgroup memory,
+//! and padded with another array up to the 48 KiB most drivers allow (wgpu does not check
+//! that limit: the last variant passes it, and a driver may hang on it).
 //!
-//! `cargo run --release --example coop_loads` (an adapter with cooperative matrices; others
-//! only validate the variants' WGSL with naga).
+//! `cargo run --release --example coop_loads [N]` (an adapter with cooperative matrices;
+//! others only validate the variants' WGSL with naga). With N it runs variant N alone, so a
+//! variant that hangs the device takes only its own process with it.
 use glm_flash::gpu::{GpuContext, GpuOptions};
 
 const KEYS: usize = 128;
@@ -37,6 +39,32 @@ struct Variant {
     beside: bool,
     /// The result stored to workgroup memory, then copied out (as the attention's scores).
     through_workgroup: bool,
+    /// Another workgroup array, touched but otherwise unused, bringing the kernel's
+    /// workgroup memory to this many bytes (0: none).
+    pad_to: u32,
+}
+
+impl Variant {
+    /// The bytes of workgroup memory the kernel declares, less the padding array.
+    fn declared_bytes(&self) -> u32 {
+        let stage = KEYS as u32 * self.stride.max(1) * 2;
+        let beside = if self.beside { 4608 * 4 + 8704 * 2 } else { 0 };
+        let through = if self.through_workgroup && !self.beside {
+            8 * 256 * 4
+        } else {
+            0
+        };
+        stage + beside + through
+    }
+
+    /// The bytes of workgroup memory the kernel declares in all.
+    fn workgroup_bytes(&self) -> u32 {
+        self.declared_bytes().max(self.pad_to)
+    }
+
+    fn pad_words(&self) -> u32 {
+        self.pad_to.saturating_sub(self.declared_bytes()) / 4
+    }
 }
 
 const fn variant(what: &'static str, staged: bool, stride: u32) -> Variant {
@@ -49,6 +77,16 @@ const fn variant(what: &'static str, staged: bool, stride: u32) -> Variant {
         slabs: false,
         beside: false,
         through_workgroup: false,
+        pad_to: 0,
+    }
+}
+
+/// A variant padded with another workgroup array to `kib` KiB in all.
+fn padded(what: &'static str, base: Variant, kib: u32) -> Variant {
+    Variant {
+        what,
+        pad_to: kib * 1024,
+        ..base
     }
 }
 
@@ -64,10 +102,6 @@ fn variants() -> Vec<Variant> {
         Variant {
             a_row_major: true,
             ..variant("staged, stride 72, A row-major", true, 72)
-        },
-        Variant {
-            beside: true,
-            ..variant("staged, stride 72, beside the other arrays", true, 72)
         },
         Variant {
             slabs: true,
@@ -86,17 +120,36 @@ fn variants() -> Vec<Variant> {
             through_workgroup: true,
             ..variant("as the attention, B from storage", false, 0)
         },
+        padded("staged, stride 72, 32 KiB in all", variant("", true, 72), 32),
+        padded("staged, stride 72, 40 KiB in all", variant("", true, 72), 40),
+        padded("staged, stride 72, 44 KiB in all", variant("", true, 72), 44),
+        padded("staged, stride 72, 46 KiB in all", variant("", true, 72), 46),
+        padded("staged, stride 72, 47 KiB in all", variant("", true, 72), 47),
+        padded("staged, stride 72, 48 KiB in all", variant("", true, 72), 48),
+        padded("B from storage, 47 KiB in all", variant("", false, 0), 47),
+        padded("B from storage, 48 KiB in all", variant("", false, 0), 48),
+        // Over the 48 KiB most drivers allow; wgpu does not check it, NVIDIA's driver hangs.
+        Variant {
+            beside: true,
+            ..variant("staged, stride 72, beside the other arrays", true, 72)
+        },
     ]
 }
 
 fn source(v: &Variant) -> String {
     let slab = if v.slabs { 32 } else { VALUES };
     let stage_len = KEYS as u32 * v.stride.max(1);
-    let beside = if v.beside {
+    let mut beside = if v.beside {
         "var<workgroup> s_tile: array<f32, 4608>;\nvar<workgroup> p_parts: array<f16, 8704>;\n"
+            .to_string()
+    } else if v.through_workgroup {
+        "var<workgroup> s_tile: array<f32, 2048>;\n".to_string()
     } else {
-        ""
+        String::new()
     };
+    if v.pad_words() > 0 {
+        beside += &format!("var<workgroup> pad: array<u32, {}>;\n", v.pad_words());
+    }
     let copy = if v.words {
         "let w = keys_words[(key * 64u + dv) / 8u];
                 for (var e = 0u; e < 4u; e++) {
@@ -142,13 +195,24 @@ fn source(v: &Variant) -> String {
     } else {
         "coopStore(s, &out[sg * 256u], 16u);"
     };
-    let touch_beside = if v.beside {
+    let mut touch_beside = if v.beside {
         "if (lid == 0u) { s_tile[4607] = 0.0; p_parts[8703] = f16(0.0); }
     workgroupBarrier();
     if (lid == 999u) { out[0] = s_tile[4607] + f32(p_parts[8703]); }"
+            .to_string()
     } else {
-        ""
+        String::new()
     };
+    if v.pad_words() > 0 {
+        // Every word written and read, so no compiler drops the array.
+        touch_beside += &format!(
+            "
+    for (var i = lid; i < {n}u; i += 256u) {{ pad[i] = i; }}
+    workgroupBarrier();
+    if (pad[(lid * 97u) % {n}u] == 0xffffffffu) {{ out[1] = 1.0; }}",
+            n = v.pad_words()
+        );
+    }
     format!(
         "enable f16;
 enable wgpu_cooperative_matrix;
@@ -202,7 +266,7 @@ fn validate_all() {
             .unwrap_or_else(|e| panic!("{}: {}", v.what, e.emit_to_string(&src)));
         naga::back::spv::write_vec(&module, &info, &Default::default(), None)
             .unwrap_or_else(|e| panic!("{}: SPIR-V: {e:?}", v.what));
-        println!("{:<100} valid", v.what);
+        println!("{:<90} {:>6} B valid", v.what, v.workgroup_bytes());
     }
 }
 
@@ -216,7 +280,17 @@ fn main() {
         validate_all();
         return;
     }
-    println!("{}", ctx.describe());
+    println!(
+        "{}; {} bytes of workgroup memory",
+        ctx.describe(),
+        ctx.device.limits().max_compute_workgroup_storage_size
+    );
+    // `coop_loads N` runs variant N alone: a variant that hangs the device then takes
+    // only its own process with it.
+    let only: Option<usize> = std::env::args().nth(1).map(|a| {
+        a.parse()
+            .unwrap_or_else(|_| panic!("{a:?}: expected a variant's number"))
+    });
     // Small integers: every product and sum exact in f16 inputs and f32 sums.
     let int = |i: usize, m: usize| ((i * 7919 + 13) % (2 * m + 1)) as f32 - m as f32;
     let keys: Vec<f32> = (0..KEYS * VALUES).map(|i| int(i, 4)).collect();
@@ -250,7 +324,10 @@ fn main() {
     let keys_b = buffer("keys", &halves(&keys));
     let a_col_b = buffer("a_col", &halves(&a_col));
     let a_row_b = buffer("a_row", &halves(&a));
-    for v in variants() {
+    for (n, v) in variants().into_iter().enumerate() {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
         let out = buffer("out", bytemuck::cast_slice(&vec![f32::NAN; 8 * 256]));
         // As the engine makes its pipelines: its runtime checks, workgroup memory not zeroed.
         let checks = glm_flash::gpu::pipelines::runtime_checks();
@@ -300,8 +377,9 @@ fn main() {
             .map(|(g, w)| (g - w).abs())
             .fold(0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) });
         println!(
-            "{:<100} {}",
+            "{n:>2} {:<90} {:>6} B {}",
             v.what,
+            v.workgroup_bytes(),
             if wrong == 0 {
                 "right".to_string()
             } else {
