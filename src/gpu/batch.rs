@@ -22,13 +22,15 @@ use crate::gpu::upload::{self, storage_zeroed, GpuMatrix};
 use crate::ops_common::CacheType;
 
 /// Tokens per chunk unless the caller says otherwise: each expert's weights are decoded
-/// once per tile of its tokens, so the more tokens a chunk gives an expert, the less that
-/// costs per token (BENCHMARKS.md compares chunk sizes); the activations take about 280 KB
-/// per token of the full model.
-pub const DEFAULT_CHUNK: usize = 2048;
+/// once per tile of its tokens and every chunk's dispatches wait on the one before, so
+/// the more tokens a chunk gives an expert, the less that costs per token (BENCHMARKS.md
+/// compares chunk sizes); the activations take about 280 KB per token of the full model,
+/// 1.15 GB at this size.
+pub const DEFAULT_CHUNK: usize = 4096;
 
-/// Bytes of all activations of a chunk at most (the chunk is cut to fit).
-const ACTIVATION_BUDGET: u64 = 1 << 30;
+/// Bytes of all activations of a chunk at most (the chunk is cut to fit): room for
+/// [`DEFAULT_CHUNK`] tokens of the full model.
+const ACTIVATION_BUDGET: u64 = 2 << 30;
 
 /// Bytes of the logits one pass of the LM head writes for [`Head::Rows`] at most: more rows
 /// go through it in several passes.
