@@ -119,8 +119,16 @@ pub fn weights_library(layout: GpuLayout) -> &'static str {
         GpuLayout::Q5_1 => include_str!("kernels/lib/weights_q5_1.wgsl"),
         GpuLayout::Q2K => include_str!("kernels/lib/weights_q2_k.wgsl"),
         GpuLayout::Q3K => include_str!("kernels/lib/weights_q3_k.wgsl"),
-        GpuLayout::Q4K => include_str!("kernels/lib/weights_q4_k.wgsl"),
-        GpuLayout::Q5K => include_str!("kernels/lib/weights_q5_k.wgsl"),
+        GpuLayout::Q4K => concat!(
+            include_str!("kernels/lib/weights_q4_k.wgsl"),
+            "\n",
+            include_str!("kernels/lib/scales_k4.wgsl")
+        ),
+        GpuLayout::Q5K => concat!(
+            include_str!("kernels/lib/weights_q5_k.wgsl"),
+            "\n",
+            include_str!("kernels/lib/scales_k4.wgsl")
+        ),
         GpuLayout::Q6K => include_str!("kernels/lib/weights_q6_k.wgsl"),
         GpuLayout::IQ4NL => concat!(
             include_str!("kernels/lib/weights_iq4_nl.wgsl"),

@@ -2,7 +2,8 @@
 // 144-byte super-blocks as they are, 9 vec4 each, row-major: vec4 0 is `d | dmin` (f16
 // pair) and the 12 bytes of 6-bit scales and mins; vec4 1..8 the 128 bytes of nibbles. Byte
 // 32p + l of the nibbles holds value 64p + l (low nibble, sub-block 2p) and 64p + 32 + l
-// (high nibble, sub-block 2p + 1). Value = d * scale * q - dmin * min, per sub-block of 32.
+// (high nibble, sub-block 2p + 1). Value = d * scale * q - dmin * min, per sub-block of 32
+// (`k4_scales`: lib/scales_k4.wgsl, appended after this).
 // A unit is one vec4 of nibbles (k = 0..7 of a super-block): 16 values of sub-block 2p and
 // the 16 of sub-block 2p + 1 at the same offsets, p = k / 2.
 
@@ -23,27 +24,11 @@ fn nibbles_hi(w: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
 }
 
-/// (d * scale, dmin * min) of sub-blocks 2p and 2p + 1 from a super-block's first vec4
-/// (ggml's get_scale_min_k4, four bytes at a time).
-fn q4_k_scales(head: vec4<u32>, p: u32) -> vec4<f32> {
-    let dm = unpack2x16float(head.x);
-    var sc = head.y & 0x3f3f3f3fu;
-    var mn = head.z & 0x3f3f3f3fu;
-    if (p >= 2u) {
-        sc = (head.w & 0x0f0f0f0fu) | ((head.y >> 2u) & 0x30303030u);
-        mn = ((head.w >> 4u) & 0x0f0f0f0fu) | ((head.z >> 2u) & 0x30303030u);
-    }
-    let shift = 16u * (p % 2u);
-    let s = (vec2<u32>(sc >> shift, sc >> (shift + 8u))) & vec2<u32>(255u);
-    let m = (vec2<u32>(mn >> shift, mn >> (shift + 8u))) & vec2<u32>(255u);
-    return vec4<f32>(dm.x * f32(s.x), dm.y * f32(m.x), dm.x * f32(s.y), dm.y * f32(m.y));
-}
-
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     let block = 9u * (row * (units / 8u) + u / 8u);
     let head = quants[block];
     let q = quants[block + 1u + u % 8u];
-    let s = q4_k_scales(head, (u % 8u) / 2u);
+    let s = k4_scales(head, (u % 8u) / 2u);
     let lo = vec4<f32>(s.x);
     let lm = vec4<f32>(s.y);
     let hi = vec4<f32>(s.z);
@@ -62,7 +47,7 @@ fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     let block = 9u * (row * (units / 8u) + u / 8u);
     let head = quants[block];
     let q = quants[block + 1u + u % 8u];
-    let s = q4_k_scales(head, (u % 8u) / 2u);
+    let s = k4_scales(head, (u % 8u) / 2u);
     let qx_lo = dot(nibbles_lo(q.x), x[0]) + dot(nibbles_lo(q.y), x[1])
         + dot(nibbles_lo(q.z), x[2]) + dot(nibbles_lo(q.w), x[3]);
     let qx_hi = dot(nibbles_hi(q.x), x[4]) + dot(nibbles_hi(q.y), x[5])

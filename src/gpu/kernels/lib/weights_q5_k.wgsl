@@ -1,7 +1,8 @@
 // Weight layout Q5_K (see dot_rows4.wgsl for the interface): `quants` holds the file's
 // 176-byte super-blocks as they are, 11 vec4 each, row-major: vec4 0 as Q4_K's (`d | dmin`,
 // 6-bit scales and mins), vec4 1..2 the 32 bytes `qh` (bit s of byte l: the fifth bit of
-// value 32s + l), vec4 3..10 the nibbles laid out as Q4_K's. Units as Q4_K's.
+// value 32s + l), vec4 3..10 the nibbles laid out as Q4_K's. Units as Q4_K's; the scales
+// from `k4_scales` (lib/scales_k4.wgsl, appended after this).
 
 const UNIT_RUNS: u32 = 2u;
 alias Unit = array<vec4<f32>, 8>;
@@ -20,21 +21,6 @@ fn q5_k_codes(w: u32, shift: u32, h: u32, bit: u32) -> vec4<f32> {
     return vec4<f32>(low | high);
 }
 
-/// (d * scale, dmin * min) of sub-blocks 2p and 2p + 1, as lib/weights_q4_k.wgsl.
-fn q5_k_scales(head: vec4<u32>, p: u32) -> vec4<f32> {
-    let dm = unpack2x16float(head.x);
-    var sc = head.y & 0x3f3f3f3fu;
-    var mn = head.z & 0x3f3f3f3fu;
-    if (p >= 2u) {
-        sc = (head.w & 0x0f0f0f0fu) | ((head.y >> 2u) & 0x30303030u);
-        mn = ((head.w >> 4u) & 0x0f0f0f0fu) | ((head.z >> 2u) & 0x30303030u);
-    }
-    let shift = 16u * (p % 2u);
-    let s = (vec2<u32>(sc >> shift, sc >> (shift + 8u))) & vec2<u32>(255u);
-    let m = (vec2<u32>(mn >> shift, mn >> (shift + 8u))) & vec2<u32>(255u);
-    return vec4<f32>(dm.x * f32(s.x), dm.y * f32(m.x), dm.x * f32(s.y), dm.y * f32(m.y));
-}
-
 /// The 32 codes of unit u (run 0, then run 1) and its scales.
 fn q5_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> vec4<f32> {
     let block = 11u * (row * (units / 8u) + u / 8u);
@@ -51,7 +37,7 @@ fn q5_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> vec4<f
     (*codes)[5] = q5_k_codes(q.y, 4u, h.y, 2u * p + 1u);
     (*codes)[6] = q5_k_codes(q.z, 4u, h.z, 2u * p + 1u);
     (*codes)[7] = q5_k_codes(q.w, 4u, h.w, 2u * p + 1u);
-    return q5_k_scales(head, p);
+    return k4_scales(head, p);
 }
 
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
