@@ -1114,7 +1114,8 @@ pub(crate) mod avx512 {
         out: &mut [f32],
     ) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let mut acc = [_mm512_setzero_ps(); T];
+        // Even and odd steps into separate sums, as Q8_0's.
+        let mut acc = [[_mm512_setzero_ps(); T]; 2];
         let mut mins = [_mm256_setzero_ps(); T];
         // Lanes 0-7 sub-block 2j's scale, lanes 8-15 sub-block 2j + 1's.
         let pair_of = |j: i32| {
@@ -1152,7 +1153,7 @@ pub(crate) mod avx512 {
                 let [low, high] = block.pair_codes(j);
                 let w = join(low, high);
                 let f = _mm512_permutexvar_ps(*pair, scales);
-                step_unsigned::<T>(w, f, 256 * b + 64 * j, xs, &mut acc);
+                step_unsigned::<T>(w, f, 256 * b + 64 * j, xs, &mut acc[j % 2]);
             }
             // Σ over the 8 sub-blocks of dmin · m · (the activations' d · Σ codes).
             let mf = _mm256_mul_ps(_mm256_set1_ps(dmin), widen(m));
@@ -1161,7 +1162,7 @@ pub(crate) mod avx512 {
                 mins[t] = _mm256_fmadd_ps(mf, dsums, mins[t]);
             }
         }
-        finish(&acc, out);
+        finish(&pair_sum(acc), out);
         for (o, min) in out.iter_mut().zip(mins) {
             *o -= crate::formats::x86::sum_lanes([
                 min,
@@ -1327,7 +1328,8 @@ pub(crate) mod avx512 {
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let mut acc = [_mm512_setzero_ps(); T];
+        // The two steps of each half into separate sums, as Q8_0's.
+        let mut acc = [[_mm512_setzero_ps(); T]; 2];
         let mut offsets = [_mm512_setzero_ps(); T];
         let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
@@ -1341,12 +1343,18 @@ pub(crate) mod avx512 {
                 let [q1, q2, q3, q4] = codes::q6_k(block, n);
                 for (c, codes) in [join(q1, q2), join(q3, q4)].into_iter().enumerate() {
                     let at = 128 * n + 64 * c;
-                    step_unsigned::<T>(codes, quarters(&f[at / 16..]), 256 * b + at, xs, &mut acc);
+                    step_unsigned::<T>(
+                        codes,
+                        quarters(&f[at / 16..]),
+                        256 * b + at,
+                        xs,
+                        &mut acc[c],
+                    );
                 }
             }
             group_offsets(scales, b, xs, &mut offsets);
         }
-        finish_offset(&acc, &offsets, 32.0, out);
+        finish_offset(&pair_sum(acc), &offsets, 32.0, out);
     }
 
     /// For the formats of a scale per 16 values whose codes carry an offset (Q3_K, Q6_K),
