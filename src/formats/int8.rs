@@ -1791,7 +1791,8 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q6_k_rows<const T: usize>(blocks: &[BlockQ6K], xs: &[Q8Row], out: &mut [f32]) {
         let xs: &[Q8Row; T] = xs.try_into().expect("one activation row per output");
-        let mut acc = [_mm256_setzero_ps(); T];
+        // Even and odd steps into separate sums, as Q8_0's.
+        let mut acc = [[_mm256_setzero_ps(); T]; 2];
         let mut offsets = [_mm256_setzero_ps(); T];
         let mut f = [0f32; 16];
         for (b, block) in blocks.iter().enumerate() {
@@ -1803,12 +1804,12 @@ pub(crate) mod avx2 {
                 for (r, codes) in codes::q6_k(block, n).into_iter().enumerate() {
                     let at = 128 * n + 32 * r;
                     let fs = halves(f[at / 16], f[at / 16 + 1]);
-                    step_unsigned::<T>(codes, fs, 256 * b + at, xs, &mut acc);
+                    step_unsigned::<T>(codes, fs, 256 * b + at, xs, &mut acc[r % 2]);
                 }
             }
             group_offsets(&f, b, xs, &mut offsets);
         }
-        finish_offset(&acc, &offsets, 32.0, out);
+        finish_offset(&pair_sum(acc), &offsets, 32.0, out);
     }
 
     // Every kernel above reads whole blocks of 32: no odd tail (a row's blocks need not pair).
