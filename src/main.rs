@@ -220,7 +220,7 @@ struct BackendArgs {
     /// adapters do; elsewhere f32 FMAs). CPU: exact f32 products, or q8.
     #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
     matmul: MatmulArg,
-    /// Prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default: 2048 on
+    /// Prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default: 4096 on
     /// the GPU, 256 on the CPU]. A larger pass multiplies each expert's weights by more
     /// tokens at once, for more activation memory (on the GPU about 280 KB per token).
     #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
@@ -518,7 +518,7 @@ struct InfoArgs {
     /// length if shorter].
     #[arg(short = 'c', long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     ctx: Option<usize>,
-    /// Prompt tokens per GPU pass to size the activations for [default: 2048, or the
+    /// Prompt tokens per GPU pass to size the activations for [default: 4096, or the
     /// context if shorter].
     #[arg(long, value_name = "N", value_parser = positive, allow_negative_numbers = true)]
     batch: Option<usize>,

@@ -230,6 +230,18 @@ fn info_sizes_the_gpu_cache_for_a_context() {
         ),
         "{err}"
     );
+    // Without --batch or a shorter context, the chunk the GPU takes by default, as the help
+    // of `--batch` says.
+    let (stdout, _) = ok(&["info", "-m", path_str(&model), "--ctx", "8192"]);
+    let chunk = glm_flash::gpu::batch::DEFAULT_CHUNK;
+    activations(&stdout, chunk);
+    for command in ["run", "info"] {
+        let (help, _) = ok(&[command, "--help"]);
+        // The first default after the flag is its own.
+        let after_flag = &help[help.find("--batch <N>").expect("a --batch flag")..];
+        let default = &after_flag[after_flag.find("[default: ").expect("a default")..];
+        assert!(default.starts_with(&format!("[default: {chunk}")), "{help}");
+    }
 }
 
 #[test]
