@@ -200,9 +200,13 @@ fn load_step(lid: u32, s: u32) {
             }
         }
     }
+    // Inputs of tokens past the tile's end are not stored: only their own results read
+    // them, and those are never written.
     for (var m = 0u; m < X_LOADS; m++) {
-        let jv = x_load(lid + m * MWG);
-        tile_put_x(4u * jv.y, jv.x, staged_x[m]);
+        if (t.x_at[m] != NO_TOKEN) {
+            let jv = x_load(lid + m * MWG);
+            tile_put_x(4u * jv.y, jv.x, staged_x[m]);
+        }
     }
     if (s + 1u < t.steps) {
         fetch_step(lid, s + 1u);
