@@ -141,17 +141,7 @@ fn matmul_q8(m: &Matrix, x: &Q8Rows, out: &mut [f32]) {
     let (rows, tokens, format) = (m.rows, x.len(), m.format());
     if tokens == 1 {
         let x = x.row(0);
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, out)| {
-                for (r, o) in out.iter_mut().enumerate() {
-                    let row = task * ROWS_PER_TASK + r;
-                    if row + 1 < rows {
-                        prefetch(m.row(row + 1));
-                    }
-                    *o = format.dot_q8(m.row(row), x);
-                }
-            });
+        row_dots(m, out, |row| format.dot_q8(row, x));
         return;
     }
     let mut out_t = vec![0f32; rows * tokens];
@@ -375,6 +365,25 @@ unsafe fn wide_rows<L: Lanes, const R: usize, const V: usize>(
             }
         }
     }
+}
+
+/// `out[r] = dot(row r of m)` for every row, [`ROWS_PER_TASK`] rows per task over the
+/// cores, the next row prefetched while a row is multiplied (a decode's mat-vecs, where
+/// reading the weights is the work); the row size computed once, not per row.
+pub(crate) fn row_dots(m: &Matrix, out: &mut [f32], dot: impl Fn(&[u8]) -> f32 + Sync) {
+    debug_assert_eq!(out.len(), m.rows);
+    let (rb, data) = (m.row_bytes(), m.data);
+    out.par_chunks_mut(ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (r, o) in out.iter_mut().enumerate() {
+                let at = (task * ROWS_PER_TASK + r) * rb;
+                if let Some(next) = data.get(at + rb..at + 2 * rb) {
+                    prefetch(next);
+                }
+                *o = dot(&data[at..at + rb]);
+            }
+        });
 }
 
 /// Asks for `bytes` to be brought into cache while other work runs: the next weight row

@@ -1,8 +1,6 @@
 //! The reference ops. Each GPU kernel is checked against the function of the same name here.
 
-use rayon::prelude::*;
-
-use crate::cpu::matmul::prefetch;
+use crate::cpu::matmul::row_dots;
 use crate::ops_common::rope_angle;
 use crate::weights::Matrix;
 
@@ -28,25 +26,11 @@ pub fn rmsnorm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Rows per rayon task: large enough to amortise scheduling, small enough to balance.
-const ROWS_PER_TASK: usize = 16;
-
 /// `out[r] = m[r] · x` for every row, over the machine's cores.
 pub fn matvec(m: &Matrix, x: &[f32], out: &mut [f32]) {
     debug_assert_eq!(x.len(), m.cols);
-    debug_assert_eq!(out.len(), m.rows);
     let format = m.format();
-    out.par_chunks_mut(ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(chunk, outs)| {
-            for (i, o) in outs.iter_mut().enumerate() {
-                let row = chunk * ROWS_PER_TASK + i;
-                if row + 1 < m.rows {
-                    prefetch(m.row(row + 1));
-                }
-                *o = format.dot(m.row(row), x);
-            }
-        });
+    row_dots(m, out, |row| format.dot(row, x));
 }
 
 /// RoPE on consecutive pairs (x0,x1), (x2,x3), ... by [`rope_angle`] (llama.cpp's rope
