@@ -13,7 +13,8 @@
 //! that limit: the last variant passes it, and a driver may hang on it).
 //!
 //! `cargo run --release --example coop_loads [N]` (an adapter with cooperative matrices;
-//! others only validate the variants' WGSL with naga). With N it runs variant N alone, so a
+//! others only validate the variants' WGSL with naga). Without N it runs every variant
+//! within the device's workgroup memory; with N, variant N alone (over the limit too), so a
 //! variant that hangs the device takes only its own process with it.
 use glm_flash::gpu::{GpuContext, GpuOptions};
 
@@ -326,6 +327,15 @@ fn main() {
     let a_row_b = buffer("a_row", &halves(&a));
     for (n, v) in variants().into_iter().enumerate() {
         if only.is_some_and(|o| o != n) {
+            continue;
+        }
+        let limit = ctx.device.limits().max_compute_workgroup_storage_size;
+        if only.is_none() && v.workgroup_bytes() > limit {
+            println!(
+                "{n:>2} {:<90} {:>6} B skipped: over the device's {limit} (run it alone: {n})",
+                v.what,
+                v.workgroup_bytes()
+            );
             continue;
         }
         let out = buffer("out", bytemuck::cast_slice(&vec![f32::NAN; 8 * 256]));
