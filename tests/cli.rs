@@ -234,7 +234,7 @@ fn info_sizes_the_gpu_cache_for_a_context() {
     // of `--batch` says.
     let (stdout, _) = ok(&["info", "-m", path_str(&model), "--ctx", "8192"]);
     let chunk = glm_flash::gpu::batch::DEFAULT_CHUNK;
-    activations(&stdout, chunk);
+    assert!(activations(&stdout, chunk) > 0.0, "{stdout}");
     for command in ["run", "info"] {
         let (help, _) = ok(&[command, "--help"]);
         // The first default after the flag is its own.

@@ -105,6 +105,18 @@ impl TileMath {
     }
 }
 
+/// A weight library of `kernels/lib/` followed by the helper library it calls (shared by
+/// two layouts).
+macro_rules! with_helper {
+    ($library:literal, $helper:literal) => {
+        concat!(
+            include_str!(concat!("kernels/lib/", $library)),
+            "\n",
+            include_str!(concat!("kernels/lib/", $helper))
+        )
+    };
+}
+
 /// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
 /// `kernels/lib/dot_rows4.wgsl`).
 pub fn weights_library(layout: GpuLayout) -> &'static str {
@@ -119,27 +131,11 @@ pub fn weights_library(layout: GpuLayout) -> &'static str {
         GpuLayout::Q5_1 => include_str!("kernels/lib/weights_q5_1.wgsl"),
         GpuLayout::Q2K => include_str!("kernels/lib/weights_q2_k.wgsl"),
         GpuLayout::Q3K => include_str!("kernels/lib/weights_q3_k.wgsl"),
-        GpuLayout::Q4K => concat!(
-            include_str!("kernels/lib/weights_q4_k.wgsl"),
-            "\n",
-            include_str!("kernels/lib/scales_k4.wgsl")
-        ),
-        GpuLayout::Q5K => concat!(
-            include_str!("kernels/lib/weights_q5_k.wgsl"),
-            "\n",
-            include_str!("kernels/lib/scales_k4.wgsl")
-        ),
+        GpuLayout::Q4K => with_helper!("weights_q4_k.wgsl", "scales_k4.wgsl"),
+        GpuLayout::Q5K => with_helper!("weights_q5_k.wgsl", "scales_k4.wgsl"),
         GpuLayout::Q6K => include_str!("kernels/lib/weights_q6_k.wgsl"),
-        GpuLayout::IQ4NL => concat!(
-            include_str!("kernels/lib/weights_iq4_nl.wgsl"),
-            "\n",
-            include_str!("kernels/lib/levels_iq4.wgsl")
-        ),
-        GpuLayout::IQ4XS => concat!(
-            include_str!("kernels/lib/weights_iq4_xs.wgsl"),
-            "\n",
-            include_str!("kernels/lib/levels_iq4.wgsl")
-        ),
+        GpuLayout::IQ4NL => with_helper!("weights_iq4_nl.wgsl", "levels_iq4.wgsl"),
+        GpuLayout::IQ4XS => with_helper!("weights_iq4_xs.wgsl", "levels_iq4.wgsl"),
         GpuLayout::MXFP4 => include_str!("kernels/lib/weights_mxfp4.wgsl"),
     }
 }
