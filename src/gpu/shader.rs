@@ -117,6 +117,14 @@ macro_rules! with_helper {
     };
 }
 
+/// Whether `layout`'s library has a raw form of its units (`Raw`, `unit_raw`,
+/// `raw_values`: the words a unit decodes from, which the batched mat-mul holds between
+/// fetching a step's weights and storing them); the others get
+/// `kernels/lib/raw_units.wgsl`, which holds the decoded values.
+fn has_raw_units(layout: GpuLayout) -> bool {
+    matches!(layout, GpuLayout::Q8_0 | GpuLayout::Q4K | GpuLayout::Q6K)
+}
+
 /// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
 /// `kernels/lib/dot_rows4.wgsl`).
 pub fn weights_library(layout: GpuLayout) -> &'static str {
@@ -261,6 +269,9 @@ impl Shader {
         }
         if self.weights.reads_weights() {
             append(weights_library(weights));
+        }
+        if self.weights == WeightAccess::Tiles && !has_raw_units(weights) {
+            append(include_str!("kernels/lib/raw_units.wgsl"));
         }
         match self.weights {
             WeightAccess::RowDots => append(DOT_ROWS4),

@@ -2,7 +2,9 @@
 //   y[j][col(r)] (+)= Σ_c W[r][c] · x[xrow(j)][in + g * group_stride + c]
 // for the global rows r of this chunk and the tokens j of the batch, g = r / group_rows.
 // Launcher: src/gpu/kernels/matmul.rs. Appended: the chunk's weight layout library
-// (lib/weights_<layout>.wgsl: `unit_values`, `unit_run`), so one source serves every layout.
+// (lib/weights_<layout>.wgsl: `unit_values`, `unit_run`, and `Raw`, `unit_raw`,
+// `raw_values` where the layout has a raw form of its units, else lib/raw_units.wgsl), so
+// one source serves every layout.
 // Prepended from Rust: TN, MWG, the tile library's TM and BK (`TileMath`), and struct Batch.
 //
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
@@ -92,8 +94,9 @@ const W_UNITS: u32 = BK / (16u * UNIT_RUNS);
 const W_LOADS: u32 = (TM * W_UNITS + MWG - 1u) / MWG;
 const NO_TOKEN: u32 = 0xffffffffu;
 var<private> t: Tile;
-/// The next step's weights and inputs, between `fetch_step` and `load_step`.
-var<private> staged_w: array<Unit, W_LOADS>;
+/// The next step's weights (as the words they decode from: `unit_raw`) and inputs,
+/// between `fetch_step` and `load_step`.
+var<private> staged_w: array<Raw, W_LOADS>;
 var<private> staged_x: array<vec4<f32>, X_LOADS>;
 
 fn silu(v: f32) -> f32 {
@@ -195,8 +198,9 @@ fn load_step(lid: u32, s: u32) {
         let i = lid + m * MWG;
         if (i < TM * W_UNITS) {
             let ru = w_load(i);
+            let v = raw_values(staged_w[m], s * W_UNITS + ru.y);
             for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
-                tile_put_w(ru.y * unit_len + 4u * q, ru.x, staged_w[m][q]);
+                tile_put_w(ru.y * unit_len + 4u * q, ru.x, v[q]);
             }
         }
     }
@@ -213,16 +217,16 @@ fn load_step(lid: u32, s: u32) {
     }
 }
 
-/// Step s's weights (decoded) and inputs into registers.
+/// Step s's weights (the words they decode from) and inputs into registers.
 fn fetch_step(lid: u32, s: u32) {
     let unit_len = 16u * UNIT_RUNS;
     for (var m = 0u; m < W_LOADS; m++) {
         let i = lid + m * MWG;
         let ru = w_load(i);
         let u = s * W_UNITS + ru.y;
-        var v: Unit;
+        var v: Raw;
         if (i < TM * W_UNITS && t.r0 + ru.x < t.r_end && u < t.units) {
-            v = unit_values(t.r0 + ru.x - p.row_start, t.units, u);
+            v = unit_raw(t.r0 + ru.x - p.row_start, t.units, u);
         }
         staged_w[m] = v;
     }

@@ -24,11 +24,25 @@ fn nibbles_hi(w: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
 }
 
-fn unit_values(row: u32, units: u32, u: u32) -> Unit {
+/// A unit as the words it decodes from: the batched mat-mul holds these (8 registers, not
+/// the 32 values) while the step before is multiplied. Zeros decode to zeros.
+struct Raw {
+    head: vec4<u32>,
+    q: vec4<u32>,
+}
+
+fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
     let block = 9u * (row * (units / 8u) + u / 8u);
-    let head = quants[block];
-    let q = quants[block + 1u + u % 8u];
-    let s = k4_scales(head, (u % 8u) / 2u);
+    return Raw(quants[block], quants[block + 1u + u % 8u]);
+}
+
+fn unit_values(row: u32, units: u32, u: u32) -> Unit {
+    return raw_values(unit_raw(row, units, u), u);
+}
+
+fn raw_values(r: Raw, u: u32) -> Unit {
+    let q = r.q;
+    let s = k4_scales(r.head, (u % 8u) / 2u);
     let lo = vec4<f32>(s.x);
     let lm = vec4<f32>(s.y);
     let hi = vec4<f32>(s.z);

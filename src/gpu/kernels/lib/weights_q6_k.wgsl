@@ -53,15 +53,42 @@ fn q6_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> vec2<f
     return vec2<f32>(d * q6_k_scale(block, sub), d * q6_k_scale(block, sub + 4u));
 }
 
+/// A unit as the words it decodes from and its two runs' factors: the batched mat-mul
+/// holds these (10 registers, not the 32 values) while the step before is multiplied. Zeros
+/// decode to zeros.
+struct Raw {
+    q: vec4<u32>,
+    h: vec4<u32>,
+    s: vec2<f32>,
+}
+
+fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
+    let block = row * (units / 8u) + u / 8u;
+    let j = u % 8u;
+    let h = j / 4u;
+    let a = j % 2u;
+    let l16 = (j / 2u) % 2u;
+    let d = bitcast<f32>(scales[5u * block + 4u]);
+    let sub = 8u * h + l16 + 2u * a;
+    return Raw(
+        quants[12u * block + 4u * h + 2u * a + l16],
+        quants[12u * block + 8u + 2u * h + l16],
+        vec2<f32>(d * q6_k_scale(block, sub), d * q6_k_scale(block, sub + 4u)),
+    );
+}
+
+fn raw_values(r: Raw, u: u32) -> Unit {
+    let bit = 2u * ((u % 8u) % 2u);
+    return Unit(
+        r.s.x * q6_k_codes(r.q.x, 0u, r.h.x, bit), r.s.x * q6_k_codes(r.q.y, 0u, r.h.y, bit),
+        r.s.x * q6_k_codes(r.q.z, 0u, r.h.z, bit), r.s.x * q6_k_codes(r.q.w, 0u, r.h.w, bit),
+        r.s.y * q6_k_codes(r.q.x, 4u, r.h.x, bit + 4u), r.s.y * q6_k_codes(r.q.y, 4u, r.h.y, bit + 4u),
+        r.s.y * q6_k_codes(r.q.z, 4u, r.h.z, bit + 4u), r.s.y * q6_k_codes(r.q.w, 4u, r.h.w, bit + 4u),
+    );
+}
+
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
-    var c: Unit;
-    let s = q6_k_unit(row, units, u, &c);
-    var v: Unit;
-    for (var i = 0u; i < 4u; i++) {
-        v[i] = s.x * c[i];
-        v[i + 4u] = s.y * c[i + 4u];
-    }
-    return v;
+    return raw_values(unit_raw(row, units, u), u);
 }
 
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {

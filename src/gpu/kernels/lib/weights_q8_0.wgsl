@@ -20,10 +20,23 @@ fn q8_scale(i: u32) -> f32 {
     return unpack2x16float(scales[i / 2u])[i % 2u];
 }
 
+/// A unit as the words it decodes from: the batched mat-mul holds these (5 registers, not
+/// the 16 values) while the step before is multiplied. Zeros decode to zeros.
+struct Raw {
+    q: vec4<u32>,
+    d: f32,
+}
+
+fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
+    return Raw(quants[row * units + u], q8_scale(row * (units / 2u) + u / 2u));
+}
+
+fn raw_values(r: Raw, u: u32) -> Unit {
+    return Unit(r.d * q8(r.q.x), r.d * q8(r.q.y), r.d * q8(r.q.z), r.d * q8(r.q.w));
+}
+
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
-    let q = quants[row * units + u];
-    let d = q8_scale(row * (units / 2u) + u / 2u);
-    return Unit(d * q8(q.x), d * q8(q.y), d * q8(q.z), d * q8(q.w));
+    return raw_values(unit_raw(row, units, u), u);
 }
 
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {

@@ -1,0 +1,13 @@
+// The batched mat-mul's fetch of a weight unit for layouts without a raw form of their own
+// (appended after the layout's library by src/gpu/shader.rs): what it holds between
+// fetching a step's weights and storing them into the tiles is the decoded values.
+
+alias Raw = Unit;
+
+fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
+    return unit_values(row, units, u);
+}
+
+fn raw_values(r: Raw, u: u32) -> Unit {
+    return r;
+}
