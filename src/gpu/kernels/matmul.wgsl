@@ -199,8 +199,8 @@ fn load_step(lid: u32, s: u32) {
         if (i < TM * W_UNITS) {
             let ru = w_load(i);
             let v = raw_values(staged_w[m], s * W_UNITS + ru.y);
-            for (var q = 0u; q < 4u * UNIT_RUNS; q++) {
-                tile_put_w(ru.y * unit_len + 4u * q, ru.x, v[q]);
+            for (var q = 0u; q < 2u * UNIT_RUNS; q++) {
+                tile_put_w(ru.y * unit_len + 8u * q, ru.x, v[2u * q], v[2u * q + 1u]);
             }
         }
     }

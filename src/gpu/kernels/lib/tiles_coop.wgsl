@@ -22,10 +22,9 @@
 // tokens, so no subgroup multiplies the zeros past the tile's end.
 
 /// matmul.wgsl's loaders. Weights: neighbouring invocations take the same unit of
-/// neighbouring rows and store a column's values side by side in the [k][row] tile, so the
-/// 32 lanes of a store write 16 neighbouring words (f16 stores along k of a 16-byte-aligned
-/// [row][k] tile land 32 lanes in at most 8 banks). Inputs: neighbouring invocations read
-/// neighbouring columns of one token, whole stretches of memory, into the [token][k] tile.
+/// neighbouring rows and store its values along k into the [row][k] tile, 4 f16 a store.
+/// Inputs: neighbouring invocations read neighbouring columns of one token, whole stretches
+/// of memory, into the [token][k] tile, 4 f16 a store.
 const W_ALONG_K: bool = false;
 const X_ALONG_K: bool = true;
 
@@ -36,18 +35,19 @@ const W_SCALE: f32 = 0.5;
 const SPLIT_LIMIT: f32 = 32752.0;
 const F16_LIMIT: f32 = 65520.0;
 const LO_SCALE: f32 = 2048.0;
-/// Strides of the tiles in f16, padded by 8 (rows stay 16-byte aligned for the cooperative
-/// loads): SW between columns k of the weights, SA between tokens of the inputs.
-const SW: u32 = TM + 8u;
-const SA: u32 = BK + 8u;
+/// Strides of the tiles' rows in vec4<f16>, padded by 8 f16 (rows stay 16-byte aligned for
+/// the cooperative loads, which count strides in the elements of the array they read): SW
+/// between rows of the weights, SA between tokens of the inputs.
+const SW: u32 = BK / 4u + 2u;
+const SA: u32 = BK / 4u + 2u;
 /// Where the lo parts start in the tiles.
-const W_LO: u32 = BK * SW;
+const W_LO: u32 = TM * SW;
 const X_LO: u32 = TN * SA;
 
-/// [part][k][row]: the parts of the weights of the step (column-major As of stride SW).
-var<workgroup> w_tile: array<f16, PARTS * BK * SW>;
-/// [part][token][k]: the parts of the inputs of the step (column-major Bs of stride SA).
-var<workgroup> x_tile: array<f16, PARTS * TN * SA>;
+/// [part][row][k]: the parts of the weights of the step (row-major As).
+var<workgroup> w_tile: array<vec4<f16>, PARTS * TM * SW>;
+/// [part][token][k]: the parts of the inputs of the step (column-major Bs).
+var<workgroup> x_tile: array<vec4<f16>, PARTS * TN * SA>;
 /// Set when a value of the tile's steps is at or above its limit (all writers write 1).
 var<workgroup> out_of_range: u32;
 /// The tile's tokens, for a uniform choice of blocks.
@@ -71,25 +71,26 @@ fn split(s: vec4<f32>) -> array<vec4<f16>, 2> {
     return array<vec4<f16>, 2>(vec4<f16>(hi), vec4<f16>((s - hi) * LO_SCALE));
 }
 
-fn tile_put_w(k: u32, r: u32, v: vec4<f32>) {
-    let parts = split(v * W_SCALE);
-    let at = k * SW + r;
-    for (var i = 0u; i < 4u; i++) {
-        w_tile[at + i * SW] = parts[0][i];
-        if (PARTS == 2u) {
-            w_tile[W_LO + at + i * SW] = parts[1][i];
-        }
+/// Columns k..k+7 (k a multiple of 8) of tile row r: a, then b.
+fn tile_put_w(k: u32, r: u32, a: vec4<f32>, b: vec4<f32>) {
+    let pa = split(a * W_SCALE);
+    let pb = split(b * W_SCALE);
+    let at = r * SW + k / 4u;
+    w_tile[at] = pa[0];
+    w_tile[at + 1u] = pb[0];
+    if (PARTS == 2u) {
+        w_tile[W_LO + at] = pa[1];
+        w_tile[W_LO + at + 1u] = pb[1];
     }
 }
 
+/// Columns k..k+3 (k a multiple of 4) of tile token j.
 fn tile_put_x(k: u32, j: u32, v: vec4<f32>) {
     let parts = split(v * X_SCALE);
-    let at = j * SA + k;
-    for (var i = 0u; i < 4u; i++) {
-        x_tile[at + i] = parts[0][i];
-        if (PARTS == 2u) {
-            x_tile[X_LO + at + i] = parts[1][i];
-        }
+    let at = j * SA + k / 4u;
+    x_tile[at] = parts[0];
+    if (PARTS == 2u) {
+        x_tile[X_LO + at] = parts[1];
     }
 }
 
@@ -121,15 +122,15 @@ fn multiply_tiles(lid: u32, steps: u32) {
         load_step(lid, s);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += 16u) {
-            let ia = kk * SW + m0;
-            let ib0 = n0 * SA + kk;
+            let ia = m0 * SW + kk / 4u;
+            let ib0 = n0 * SA + kk / 4u;
             let ib1 = ib0 + 16u * SA;
-            let a0 = coopLoad<coop_mat16x16<f16, A>>(&w_tile[ia], SW);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[ia], SW);
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib0], SA);
             h00 = coopMultiplyAdd(a0, b0, h00);
             if (PARTS == 2u) {
                 // Two parts (one row block, TM = 64): hi·hi, and lo·hi + hi·lo apart.
-                let a_lo = coopLoad<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], SW);
+                let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[W_LO + ia], SW);
                 let b_lo0 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[X_LO + ib0], SA);
                 l00 = coopMultiplyAdd(a_lo, b0, l00);
                 l00 = coopMultiplyAdd(a0, b_lo0, l00);
@@ -146,7 +147,7 @@ fn multiply_tiles(lid: u32, steps: u32) {
                 let b1 = coopLoad<coop_mat16x16<f16, B>>(&x_tile[ib1], SA);
                 h01 = coopMultiplyAdd(a0, b1, h01);
                 if (rb == 2u) {
-                    let a1 = coopLoad<coop_mat16x16<f16, A>>(&w_tile[ia + 16u], SW);
+                    let a1 = coopLoadT<coop_mat16x16<f16, A>>(&w_tile[ia + 16u * SW], SW);
                     h10 = coopMultiplyAdd(a1, b0, h10);
                     h11 = coopMultiplyAdd(a1, b1, h11);
                 }

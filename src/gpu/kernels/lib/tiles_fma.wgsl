@@ -12,12 +12,12 @@ var<workgroup> w_tile: array<vec4<f32>, BK * TM / 4u>;
 /// [k][token quad]: the inputs of step column k for tokens 4q..4q+3.
 var<workgroup> x_tile: array<vec4<f32>, BK * TN / 4u>;
 
-/// Columns k..k+3 of tile row r.
-fn tile_put_w(k: u32, r: u32, v: vec4<f32>) {
-    w_tile[k * (TM / 4u) + r / 4u][r % 4u] = v.x;
-    w_tile[(k + 1u) * (TM / 4u) + r / 4u][r % 4u] = v.y;
-    w_tile[(k + 2u) * (TM / 4u) + r / 4u][r % 4u] = v.z;
-    w_tile[(k + 3u) * (TM / 4u) + r / 4u][r % 4u] = v.w;
+/// Columns k..k+7 of tile row r (a, then b).
+fn tile_put_w(k: u32, r: u32, a: vec4<f32>, b: vec4<f32>) {
+    for (var i = 0u; i < 4u; i++) {
+        w_tile[(k + i) * (TM / 4u) + r / 4u][r % 4u] = a[i];
+        w_tile[(k + 4u + i) * (TM / 4u) + r / 4u][r % 4u] = b[i];
+    }
 }
 
 /// Columns k..k+3 of tile token j.
