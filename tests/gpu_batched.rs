@@ -242,6 +242,55 @@ fn matmul_inputs_beyond_f16_range_match_cpu() {
     }
 }
 
+/// Weights beyond what the cooperative tiles' f16 parts carry (a row of values up to 1e6,
+/// past f16's 65504 once scaled): the tiles holding that row are computed unit by unit
+/// (`dot_direct`), and every variant matches the CPU within its bound.
+#[test]
+fn matmul_weights_beyond_f16_range_match_cpu() {
+    let mut rng = Rng(26);
+    let (rows, cols, n) = (70, 256, 40);
+    let large_row = 9;
+    let x = rng.vec(n * cols);
+    for (variant, ctx, tol) in tile_variants(None) {
+        let p = Pipelines::new();
+        let xb = storage_f32(&ctx, "x", &x);
+        let nb = batch(&ctx, n, 0, 0);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let mut values = rng.vec(rows * cols);
+            values[large_row * cols..][..cols]
+                .iter_mut()
+                .for_each(|v| *v *= 1e6);
+            let mut bytes = Vec::new();
+            glm_flash::formats::of(ty).unwrap().quantize(&values, &mut bytes);
+            let m = matrix(ty, rows, cols, &bytes);
+            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+            let y = poison(&ctx, n * rows);
+            let spec = matmul::Matmul {
+                batch: &nb,
+                x: &xb,
+                x_stride: cols,
+                in_offset: 0,
+                groups: None,
+                y: &y,
+                y_stride: rows,
+                accumulate: false,
+                swiglu: false,
+                experts: None,
+            };
+            run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
+            let got = ctx.read_f32(&y, n * rows).unwrap();
+            for j in 0..n {
+                let xj = &x[j * cols..][..cols];
+                for r in 0..rows {
+                    let label = format!("{variant}: {ty} large weights, token {j} row {r}");
+                    let size = dot_size(&m, r, xj);
+                    check_dot(&label, got[j * rows + r], m.dot_row(r, xj), size, tol);
+                }
+            }
+        }
+    }
+}
+
 /// Per-head groups as k_b and v_b use them: heads of 44 rows (not whole tiles), each reading
 /// its own slice of the token's input, 96 columns (a step and a half of 64), in the legacy
 /// layouts whose blocks divide 96, with the rows split across bindings (chunks that start
