@@ -40,8 +40,9 @@ const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
 /// Workgroup memory of the cooperative tiles of `tiles`: the f16 parts of a step's columns
-/// of the tile's weight rows and of 64 tokens (each row's columns padded by 8), one 16 x 16 f32 block per subgroup, and two u32 (a flag and the
-/// tile's tokens; a driver may give each variable 16 bytes).
+/// of the tile's weight rows and of 64 tokens (each row's columns padded by 8), one 16 x 16
+/// f32 block per subgroup, and two u32 (a flag and the tile's tokens; a driver may give
+/// each variable 16 bytes).
 pub const fn cooperative_workgroup_bytes(tiles: TileMath) -> u32 {
     let (rows, k) = (tiles.tile_rows(), tiles.step_columns());
     tiles.parts() * (rows + 64) * (k + 8) * 2 + 8 * 256 * 4 + 2 * 16

@@ -139,7 +139,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 /// (tile row, unit of the step) of weight load i. W_ALONG_K (the tile library's choice):
 /// neighbouring invocations read neighbouring units of a row, one stretch of memory;
-/// else the same unit of neighbouring rows, which [k][row] tiles store without conflicts.
+/// else the same unit of neighbouring rows, whose stores into tiles with padded rows fall
+/// in different banks.
 fn w_load(i: u32) -> vec2<u32> {
     if (W_ALONG_K) {
         return vec2<u32>(i / W_UNITS, i % W_UNITS);
