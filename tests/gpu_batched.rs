@@ -261,7 +261,9 @@ fn matmul_weights_beyond_f16_range_match_cpu() {
                 .iter_mut()
                 .for_each(|v| *v *= 1e6);
             let mut bytes = Vec::new();
-            glm_flash::formats::of(ty).unwrap().quantize(&values, &mut bytes);
+            glm_flash::formats::of(ty)
+                .unwrap()
+                .quantize(&values, &mut bytes);
             let m = matrix(ty, rows, cols, &bytes);
             let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
             let y = poison(&ctx, n * rows);

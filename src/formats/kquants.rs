@@ -1007,9 +1007,9 @@ pub(super) mod codes {
     }
 }
 
-/// Each vectorised format's decode, written once for both widths: weights decoded with the
-/// same f32 operations as `dequantize` (so to the same bits), a vector of [`Width::LANES`]
-/// at a time, handed to a [`Take`] (the sums of up to four activation rows, or memory).
+/// Each vectorised format's decode, written once for both widths: weights decoded to the
+/// bits of `dequantize` (its f32 operations, or a fused one where its product is exact), a
+/// vector of [`Width::LANES`] at a time, handed to a [`Take`] (the sums of up to four activation rows, or memory).
 #[cfg(target_arch = "x86_64")]
 mod decode {
     use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};
@@ -1034,8 +1034,12 @@ mod decode {
         unsafe fn minus_f32(a: Self::I, b: Self::I) -> Self::F;
         unsafe fn to_f32(a: Self::I) -> Self::F;
         unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
-        unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
-        unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+        /// `a · b - c` and `a · b + c` in one instruction each, rounded once. The decodes
+        /// use them only where `a · b` is exact in f32 (a scale of at most 17 significant
+        /// bits times a code of at most 5), so they give the bits of a multiply followed by
+        /// a subtract or add, as `dequantize` computes them.
+        unsafe fn mul_sub(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+        unsafe fn mul_add(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     }
 
     /// Where a row's decoded weights go, a vector at a time.
@@ -1072,7 +1076,7 @@ mod decode {
                         let dl = W::splat(d * sc[sub] as f32);
                         let ml = W::splat(dmin * m[sub] as f32);
                         for (g, q) in W::widen(codes).into_iter().enumerate() {
-                            let w = W::sub(W::mul(dl, W::to_f32(q)), ml);
+                            let w = W::mul_sub(dl, W::to_f32(q), ml);
                             sink.take(w, 256 * i + 32 * sub + W::LANES * g, g);
                         }
                     }
@@ -1125,10 +1129,12 @@ mod decode {
             let (d, m) = (W::splat(d), W::splat(m));
             let codes = codes::with_fifth(b.nibbles(), b.fifth());
             for (g, q) in W::widen(codes).into_iter().enumerate() {
-                let mut w = W::mul(W::minus_f32(q, offset), d);
-                if B::HAS_MIN {
-                    w = W::add(w, m);
-                }
+                let q = W::minus_f32(q, offset);
+                let w = if B::HAS_MIN {
+                    W::mul_add(q, d, m)
+                } else {
+                    W::mul(q, d)
+                };
                 sink.take(w, 32 * i + W::LANES * g, g);
             }
         }
@@ -1164,7 +1170,7 @@ mod decode {
                             .enumerate()
                         {
                             let (dl, ml) = (dl[sub16::<W>(g)], ml[sub16::<W>(g)]);
-                            let w = W::sub(W::mul(dl, W::to_f32(q)), ml);
+                            let w = W::mul_sub(dl, W::to_f32(q), ml);
                             sink.take(w, 256 * i + 128 * half + 32 * run + W::LANES * g, g);
                         }
                     }
@@ -1263,12 +1269,12 @@ mod avx2 {
             _mm256_mul_ps(a, b)
         }
         #[inline(always)]
-        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
-            _mm256_sub_ps(a, b)
+        unsafe fn mul_sub(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmsub_ps(a, b, c)
         }
         #[inline(always)]
-        unsafe fn add(a: __m256, b: __m256) -> __m256 {
-            _mm256_add_ps(a, b)
+        unsafe fn mul_add(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
         }
     }
 
@@ -1365,12 +1371,12 @@ mod avx512 {
             _mm512_mul_ps(a, b)
         }
         #[inline(always)]
-        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
-            _mm512_sub_ps(a, b)
+        unsafe fn mul_sub(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmsub_ps(a, b, c)
         }
         #[inline(always)]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            _mm512_add_ps(a, b)
+        unsafe fn mul_add(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
         }
     }
 

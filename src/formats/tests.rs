@@ -166,9 +166,9 @@ fn every_vectorised_k_quant_dot_matches_the_decoded_values() {
 fn row_decode_equals_the_block_decode_bit_for_bit() {
     fn check<B: Block>(rng: &mut SplitMix64) {
         let f = of(B::TYPE).unwrap();
-        let bytes = random_blocks(f, 9, rng);
+        let bytes = random_blocks(f, 64, rng);
         let blocks: &[B] = bytemuck::cast_slice(&bytes);
-        let mut row = vec![f32::NAN; 9 * B::VALUES];
+        let mut row = vec![f32::NAN; 64 * B::VALUES];
         B::dequantize_blocks(blocks, &mut row);
         let mut one = vec![0f32; B::VALUES];
         for (b, got) in blocks.iter().zip(row.chunks_exact(B::VALUES)) {
