@@ -36,8 +36,10 @@ const SPLIT_LIMIT: f32 = 32752.0;
 const F16_LIMIT: f32 = 65520.0;
 const LO_SCALE: f32 = 2048.0;
 /// Strides of the tiles' rows in vec4<f16>, padded by 8 f16 (rows stay 16-byte aligned for
-/// the cooperative loads, which count strides in the elements of the array they read): SW
-/// between rows of the weights, SA between tokens of the inputs.
+/// the cooperative loads, which count strides in the elements of the array they read, as
+/// SPIR-V defines them; naga's Metal translation takes scalar arrays only, moot while Metal
+/// offers 8x8 matrices and these tiles need 16x16): SW between rows of the weights, SA
+/// between tokens of the inputs.
 const SW: u32 = BK / 4u + 2u;
 const SA: u32 = BK / 4u + 2u;
 /// Where the lo parts start in the tiles.
