@@ -192,6 +192,42 @@ fn matmul_matches_cpu_in_every_layout() {
     }
 }
 
+/// A plain mat-mul of `bytes` (`rows` x `cols` of `ty`) by the `n` rows of `x`, in every tile
+/// variant, against the CPU's row dots within each variant's bound.
+fn check_plain_matmul(what: &str, ty: GgmlType, bytes: &[u8], rows: usize, x: &[f32], n: usize) {
+    let cols = x.len() / n;
+    let m = matrix(ty, rows, cols, bytes);
+    for (variant, ctx, tol) in tile_variants(None) {
+        let p = Pipelines::new();
+        let xb = storage_f32(&ctx, "x", x);
+        let nb = batch(&ctx, n, 0, 0);
+        let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
+        let y = poison(&ctx, n * rows);
+        let spec = matmul::Matmul {
+            batch: &nb,
+            x: &xb,
+            x_stride: cols,
+            in_offset: 0,
+            groups: None,
+            y: &y,
+            y_stride: rows,
+            accumulate: false,
+            swiglu: false,
+            experts: None,
+        };
+        run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
+        let got = ctx.read_f32(&y, n * rows).unwrap();
+        for j in 0..n {
+            let xj = &x[j * cols..][..cols];
+            for r in 0..rows {
+                let label = format!("{variant}: {ty} {what}, token {j} row {r}");
+                let size = dot_size(&m, r, xj);
+                check_dot(&label, got[j * rows + r], m.dot_row(r, xj), size, tol);
+            }
+        }
+    }
+}
+
 /// Inputs beyond what the cooperative tiles' f16 parts carry (up to 1e8: past f16's 65504,
 /// past the split's 2047) in the first token tile only: the tiles holding them are computed
 /// unit by unit (`dot_direct`), the second token tile through the tiles as usual, and every
@@ -207,38 +243,9 @@ fn matmul_inputs_beyond_f16_range_match_cpu() {
         }
     }
     x[40 * cols + 5] = 3e4;
-    for (variant, ctx, tol) in tile_variants(None) {
-        let p = Pipelines::new();
-        let xb = storage_f32(&ctx, "x", &x);
-        let nb = batch(&ctx, n, 0, 0);
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
-            let bytes = random_rows(&mut rng, ty, rows, cols);
-            let m = matrix(ty, rows, cols, &bytes);
-            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
-            let y = poison(&ctx, n * rows);
-            let spec = matmul::Matmul {
-                batch: &nb,
-                x: &xb,
-                x_stride: cols,
-                in_offset: 0,
-                groups: None,
-                y: &y,
-                y_stride: rows,
-                accumulate: false,
-                swiglu: false,
-                experts: None,
-            };
-            run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
-            let got = ctx.read_f32(&y, n * rows).unwrap();
-            for j in 0..n {
-                let xj = &x[j * cols..][..cols];
-                for r in 0..rows {
-                    let label = format!("{variant}: {ty} large inputs, token {j} row {r}");
-                    let size = dot_size(&m, r, xj);
-                    check_dot(&label, got[j * rows + r], m.dot_row(r, xj), size, tol);
-                }
-            }
-        }
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let bytes = random_rows(&mut rng, ty, rows, cols);
+        check_plain_matmul("large inputs", ty, &bytes, rows, &x, n);
     }
 }
 
@@ -251,45 +258,16 @@ fn matmul_weights_beyond_f16_range_match_cpu() {
     let (rows, cols, n) = (70, 256, 40);
     let large_row = 9;
     let x = rng.vec(n * cols);
-    for (variant, ctx, tol) in tile_variants(None) {
-        let p = Pipelines::new();
-        let xb = storage_f32(&ctx, "x", &x);
-        let nb = batch(&ctx, n, 0, 0);
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-            let mut values = rng.vec(rows * cols);
-            values[large_row * cols..][..cols]
-                .iter_mut()
-                .for_each(|v| *v *= 1e6);
-            let mut bytes = Vec::new();
-            glm_flash::formats::of(ty)
-                .unwrap()
-                .quantize(&values, &mut bytes);
-            let m = matrix(ty, rows, cols, &bytes);
-            let gm = GpuMatrix::from_matrix(&ctx, "m", &m, &mut Uploader::new(0, None)).unwrap();
-            let y = poison(&ctx, n * rows);
-            let spec = matmul::Matmul {
-                batch: &nb,
-                x: &xb,
-                x_stride: cols,
-                in_offset: 0,
-                groups: None,
-                y: &y,
-                y_stride: rows,
-                accumulate: false,
-                swiglu: false,
-                experts: None,
-            };
-            run_matmul(&ctx, &matmul::dispatches(&ctx, &p, &gm, &spec), n);
-            let got = ctx.read_f32(&y, n * rows).unwrap();
-            for j in 0..n {
-                let xj = &x[j * cols..][..cols];
-                for r in 0..rows {
-                    let label = format!("{variant}: {ty} large weights, token {j} row {r}");
-                    let size = dot_size(&m, r, xj);
-                    check_dot(&label, got[j * rows + r], m.dot_row(r, xj), size, tol);
-                }
-            }
-        }
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let mut values = rng.vec(rows * cols);
+        values[large_row * cols..][..cols]
+            .iter_mut()
+            .for_each(|v| *v *= 1e6);
+        let mut bytes = Vec::new();
+        glm_flash::formats::of(ty)
+            .unwrap()
+            .quantize(&values, &mut bytes);
+        check_plain_matmul("large weights", ty, &bytes, rows, &x, n);
     }
 }
 
