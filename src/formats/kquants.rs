@@ -1014,7 +1014,7 @@ pub(super) mod codes {
 mod decode {
     use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};
     use crate::formats::{BlockIQ4XS, BlockQ4_1, BlockQ5_0, BlockQ5_1};
-    use std::arch::x86_64::__m256i;
+    use std::arch::x86_64::{__m256i, _mm256_set1_epi8, _mm256_sub_epi8};
 
     /// One SIMD width: its vectors and the operations the decodes use. Every method is
     /// inlined into the width's `#[target_feature]` entry points (`avx2::dot`, ...).
@@ -1025,13 +1025,12 @@ mod decode {
         type I: Copy;
         const LANES: usize;
         unsafe fn splat(v: f32) -> Self::F;
-        unsafe fn splat_i32(v: i32) -> Self::I;
         /// The 32 / `LANES` groups of a run of 32 values.
         type Groups: IntoIterator<Item = Self::I>;
         /// Each group of `LANES` bytes of `codes` (32 unsigned bytes), widened to i32.
         unsafe fn widen(codes: __m256i) -> Self::Groups;
-        /// `(a - b)` as f32.
-        unsafe fn minus_f32(a: Self::I, b: Self::I) -> Self::F;
+        /// The same for signed bytes.
+        unsafe fn widen_signed(codes: __m256i) -> Self::Groups;
         unsafe fn to_f32(a: Self::I) -> Self::F;
         unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
         /// `a · b - c` and `a · b + c` in one instruction each, rounded once. The decodes
@@ -1062,6 +1061,14 @@ mod decode {
         W::LANES * g / 16
     }
 
+    /// 32 codes less `offset` (each difference in -128..=127, so a byte subtraction that
+    /// wraps gives it), widened to i32 groups: one subtraction per 32 values, not one per
+    /// group.
+    #[inline(always)]
+    unsafe fn levels<W: Width>(codes: __m256i, offset: i32) -> W::Groups {
+        W::widen_signed(_mm256_sub_epi8(codes, _mm256_set1_epi8(offset as i8)))
+    }
+
     /// Q4_K and Q5_K: `d · scale · code - dmin · min` of each sub-block of 32.
     impl<B: codes::WithMins> Decode for B {
         #[inline(always)]
@@ -1089,13 +1096,15 @@ mod decode {
     impl Decode for BlockIQ4XS {
         #[inline(always)]
         unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
-            let bias = W::splat_i32(128);
             for (i, b) in blocks.iter().enumerate() {
                 let d = b.d.get();
                 for ib in 0..8 {
                     let dl = W::splat(d * b.run_scale(ib) as f32);
-                    for (g, q) in W::widen(codes::iq4_xs(b, ib)).into_iter().enumerate() {
-                        let level = W::minus_f32(q, bias);
+                    for (g, q) in levels::<W>(codes::iq4_xs(b, ib), 128)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let level = W::to_f32(q);
                         sink.take(W::mul(dl, level), 256 * i + 32 * ib + W::LANES * g, g);
                     }
                 }
@@ -1107,14 +1116,13 @@ mod decode {
     /// `dequantize` takes, commuted, so the same bits).
     #[inline(always)]
     unsafe fn decode_table<B: codes::TableBlock, W: Width, S: Take<W>>(blocks: &[B], sink: &mut S) {
-        let bias = W::splat_i32(128);
         for (i, b) in blocks.iter().enumerate() {
             let d = W::splat(b.scale());
-            for (g, q) in W::widen(codes::levels(&B::BIASED, b.nibbles()))
+            for (g, q) in levels::<W>(codes::levels(&B::BIASED, b.nibbles()), 128)
                 .into_iter()
                 .enumerate()
             {
-                sink.take(W::mul(d, W::minus_f32(q, bias)), 32 * i + W::LANES * g, g);
+                sink.take(W::mul(d, W::to_f32(q)), 32 * i + W::LANES * g, g);
             }
         }
     }
@@ -1122,14 +1130,13 @@ mod decode {
     /// Q4_1, Q5_0 and Q5_1: `(code - offset) · d`, plus `m` for the `_1` formats.
     #[inline(always)]
     unsafe fn decode_affine<B: codes::Affine32, W: Width, S: Take<W>>(blocks: &[B], sink: &mut S) {
-        let offset = W::splat_i32(B::OFFSET);
         for (i, b) in blocks.iter().enumerate() {
             let (d, m) = b.scales();
             let (d, m) = (d.get(), m.get());
             let (d, m) = (W::splat(d), W::splat(m));
             let codes = codes::with_fifth(b.nibbles(), b.fifth());
-            for (g, q) in W::widen(codes).into_iter().enumerate() {
-                let q = W::minus_f32(q, offset);
+            for (g, q) in levels::<W>(codes, B::OFFSET).into_iter().enumerate() {
+                let q = W::to_f32(q);
                 let w = if B::HAS_MIN {
                     W::mul_add(q, d, m)
                 } else {
@@ -1183,17 +1190,17 @@ mod decode {
     impl Decode for BlockQ3K {
         #[inline(always)]
         unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
-            let offset = W::splat_i32(4);
             for (i, b) in blocks.iter().enumerate() {
                 let d = b.d.get();
                 let scales = q3_scales(&b.scales);
                 for half in 0..2 {
                     for run in 0..4 {
-                        for (g, q) in W::widen(codes::q3_k(b, half, run)).into_iter().enumerate() {
+                        let codes = codes::q3_k(b, half, run);
+                        for (g, q) in levels::<W>(codes, 4).into_iter().enumerate() {
                             let sub = 8 * half + 2 * run + sub16::<W>(g);
                             let dl = W::splat(d * scales[sub] as f32);
                             let at = 256 * i + 128 * half + 32 * run + W::LANES * g;
-                            sink.take(W::mul(dl, W::minus_f32(q, offset)), at, g);
+                            sink.take(W::mul(dl, W::to_f32(q)), at, g);
                         }
                     }
                 }
@@ -1205,16 +1212,15 @@ mod decode {
     impl Decode for BlockQ6K {
         #[inline(always)]
         unsafe fn decode<W: Width, S: Take<W>>(blocks: &[Self], sink: &mut S) {
-            let offset = W::splat_i32(32);
             for (i, b) in blocks.iter().enumerate() {
                 let d = b.d.get();
                 for half in 0..2 {
                     for (quarter, codes) in codes::q6_k(b, half).into_iter().enumerate() {
-                        for (g, q) in W::widen(codes).into_iter().enumerate() {
+                        for (g, q) in levels::<W>(codes, 32).into_iter().enumerate() {
                             let sub = 8 * half + sub16::<W>(g) + 2 * quarter;
                             let dl = W::splat(d * b.scales[sub] as f32);
                             let at = 256 * i + 128 * half + 32 * quarter + W::LANES * g;
-                            sink.take(W::mul(dl, W::minus_f32(q, offset)), at, g);
+                            sink.take(W::mul(dl, W::to_f32(q)), at, g);
                         }
                     }
                 }
@@ -1240,10 +1246,6 @@ mod avx2 {
         unsafe fn splat(v: f32) -> __m256 {
             _mm256_set1_ps(v)
         }
-        #[inline(always)]
-        unsafe fn splat_i32(v: i32) -> __m256i {
-            _mm256_set1_epi32(v)
-        }
         type Groups = [__m256i; 4];
         #[inline(always)]
         unsafe fn widen(codes: __m256i) -> [__m256i; 4] {
@@ -1257,8 +1259,15 @@ mod avx2 {
             ]
         }
         #[inline(always)]
-        unsafe fn minus_f32(a: __m256i, b: __m256i) -> __m256 {
-            _mm256_cvtepi32_ps(_mm256_sub_epi32(a, b))
+        unsafe fn widen_signed(codes: __m256i) -> [__m256i; 4] {
+            let lo = _mm256_castsi256_si128(codes);
+            let hi = _mm256_extracti128_si256(codes, 1);
+            [
+                _mm256_cvtepi8_epi32(lo),
+                _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)),
+                _mm256_cvtepi8_epi32(hi),
+                _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)),
+            ]
         }
         #[inline(always)]
         unsafe fn to_f32(a: __m256i) -> __m256 {
@@ -1346,10 +1355,6 @@ mod avx512 {
         unsafe fn splat(v: f32) -> __m512 {
             _mm512_set1_ps(v)
         }
-        #[inline(always)]
-        unsafe fn splat_i32(v: i32) -> __m512i {
-            _mm512_set1_epi32(v)
-        }
         type Groups = [__m512i; 2];
         #[inline(always)]
         unsafe fn widen(codes: __m256i) -> [__m512i; 2] {
@@ -1359,8 +1364,11 @@ mod avx512 {
             ]
         }
         #[inline(always)]
-        unsafe fn minus_f32(a: __m512i, b: __m512i) -> __m512 {
-            _mm512_cvtepi32_ps(_mm512_sub_epi32(a, b))
+        unsafe fn widen_signed(codes: __m256i) -> [__m512i; 2] {
+            [
+                _mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)),
+                _mm512_cvtepi8_epi32(_mm256_extracti128_si256(codes, 1)),
+            ]
         }
         #[inline(always)]
         unsafe fn to_f32(a: __m512i) -> __m512 {
