@@ -58,10 +58,9 @@ fn raw_values(r: Raw, u: u32) -> Unit {
 /// Σ (d·sc·q - dmin·m) x = d·sc Σ q x - dmin·m Σ x per run (the sums of x are the same for
 /// the four rows of dot_rows4).
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
-    let block = 9u * (row * (units / 8u) + u / 8u);
-    let head = quants[block];
-    let q = quants[block + 1u + u % 8u];
-    let s = k4_scales(head, (u % 8u) / 2u);
+    let r = unit_raw(row, units, u);
+    let q = r.q;
+    let s = k4_scales(r.head, (u % 8u) / 2u);
     let qx_lo = dot(nibbles_lo(q.x), x[0]) + dot(nibbles_lo(q.y), x[1])
         + dot(nibbles_lo(q.z), x[2]) + dot(nibbles_lo(q.w), x[3]);
     let qx_hi = dot(nibbles_hi(q.x), x[4]) + dot(nibbles_hi(q.y), x[5])

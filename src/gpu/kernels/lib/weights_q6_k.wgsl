@@ -31,28 +31,6 @@ fn q6_k_scale(block: u32, i: u32) -> f32 {
     return f32(bitcast<i32>(w << (24u - 8u * (i % 4u))) >> 24u);
 }
 
-/// The 32 codes (minus 32) of unit u, run 0 then run 1; returns d * scale of both runs.
-fn q6_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> vec2<f32> {
-    let block = row * (units / 8u) + u / 8u;
-    let j = u % 8u;
-    let h = j / 4u;
-    let a = j % 2u;
-    let l16 = (j / 2u) % 2u;
-    let q = quants[12u * block + 4u * h + 2u * a + l16];
-    let hb = quants[12u * block + 8u + 2u * h + l16];
-    let d = bitcast<f32>(scales[5u * block + 4u]);
-    let sub = 8u * h + l16 + 2u * a;
-    (*codes)[0] = q6_k_codes(q.x, 0u, hb.x, 2u * a);
-    (*codes)[1] = q6_k_codes(q.y, 0u, hb.y, 2u * a);
-    (*codes)[2] = q6_k_codes(q.z, 0u, hb.z, 2u * a);
-    (*codes)[3] = q6_k_codes(q.w, 0u, hb.w, 2u * a);
-    (*codes)[4] = q6_k_codes(q.x, 4u, hb.x, 2u * a + 4u);
-    (*codes)[5] = q6_k_codes(q.y, 4u, hb.y, 2u * a + 4u);
-    (*codes)[6] = q6_k_codes(q.z, 4u, hb.z, 2u * a + 4u);
-    (*codes)[7] = q6_k_codes(q.w, 4u, hb.w, 2u * a + 4u);
-    return vec2<f32>(d * q6_k_scale(block, sub), d * q6_k_scale(block, sub + 4u));
-}
-
 /// A unit as the words it decodes from and its two runs' factors: the batched mat-mul
 /// holds these (10 registers, not the 32 values) while the step before is multiplied. Zeros
 /// decode to zeros.
@@ -77,13 +55,23 @@ fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
     );
 }
 
-fn raw_values(r: Raw, u: u32) -> Unit {
+/// The 32 codes (minus 32) of unit u, run 0 then run 1.
+fn raw_codes(r: Raw, u: u32) -> Unit {
     let bit = 2u * ((u % 8u) % 2u);
     return Unit(
-        r.s.x * q6_k_codes(r.q.x, 0u, r.h.x, bit), r.s.x * q6_k_codes(r.q.y, 0u, r.h.y, bit),
-        r.s.x * q6_k_codes(r.q.z, 0u, r.h.z, bit), r.s.x * q6_k_codes(r.q.w, 0u, r.h.w, bit),
-        r.s.y * q6_k_codes(r.q.x, 4u, r.h.x, bit + 4u), r.s.y * q6_k_codes(r.q.y, 4u, r.h.y, bit + 4u),
-        r.s.y * q6_k_codes(r.q.z, 4u, r.h.z, bit + 4u), r.s.y * q6_k_codes(r.q.w, 4u, r.h.w, bit + 4u),
+        q6_k_codes(r.q.x, 0u, r.h.x, bit), q6_k_codes(r.q.y, 0u, r.h.y, bit),
+        q6_k_codes(r.q.z, 0u, r.h.z, bit), q6_k_codes(r.q.w, 0u, r.h.w, bit),
+        q6_k_codes(r.q.x, 4u, r.h.x, bit + 4u), q6_k_codes(r.q.y, 4u, r.h.y, bit + 4u),
+        q6_k_codes(r.q.z, 4u, r.h.z, bit + 4u), q6_k_codes(r.q.w, 4u, r.h.w, bit + 4u),
+    );
+}
+
+fn raw_values(r: Raw, u: u32) -> Unit {
+    let c = raw_codes(r, u);
+    let s = r.s;
+    return Unit(
+        s.x * c[0], s.x * c[1], s.x * c[2], s.x * c[3],
+        s.y * c[4], s.y * c[5], s.y * c[6], s.y * c[7],
     );
 }
 
@@ -92,8 +80,9 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
 }
 
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
-    var c: Unit;
-    let s = q6_k_unit(row, units, u, &c);
+    let r = unit_raw(row, units, u);
+    let c = raw_codes(r, u);
+    let s = r.s;
     return s.x * (dot(c[0], x[0]) + dot(c[1], x[1]) + dot(c[2], x[2]) + dot(c[3], x[3]))
         + s.y * (dot(c[4], x[4]) + dot(c[5], x[5]) + dot(c[6], x[6]) + dot(c[7], x[7]));
 }

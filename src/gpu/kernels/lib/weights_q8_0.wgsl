@@ -40,7 +40,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
 }
 
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
-    let q = quants[row * units + u];
-    let d = q8_scale(row * (units / 2u) + u / 2u);
-    return d * (dot(q8(q.x), x[0]) + dot(q8(q.y), x[1]) + dot(q8(q.z), x[2]) + dot(q8(q.w), x[3]));
+    let r = unit_raw(row, units, u);
+    let q = r.q;
+    return r.d * (dot(q8(q.x), x[0]) + dot(q8(q.y), x[1]) + dot(q8(q.z), x[2]) + dot(q8(q.w), x[3]));
 }
