@@ -4,7 +4,10 @@
 // Launcher: src/gpu/kernels/matmul.rs. Appended: the chunk's weight layout library
 // (lib/weights_<layout>.wgsl: `unit_values`, `unit_run`, and `Raw`, `unit_raw`,
 // `raw_values` where the layout has a raw form of its units, else lib/raw_units.wgsl), so
-// one source serves every layout.
+// one source serves every layout. `raw_values(r, u, scale)` decodes unit u's values times
+// `scale`, a power of two (the tile library's W_SCALE), so scaling costs no work per value;
+// `raw_bound(r, u)` bounds their magnitude from the unit's scales, so the tiles' range is
+// checked once per unit (`tile_note_bound`), not per value.
 // Prepended from Rust: TN, MWG, the tile library's TM and BK (`TileMath`), and struct Batch.
 //
 // Tiles: a workgroup of MWG invocations computes TM rows x TN tokens. Per step of BK
@@ -199,7 +202,9 @@ fn load_step(lid: u32, s: u32) {
         let i = lid + m * MWG;
         if (i < TM * W_UNITS) {
             let ru = w_load(i);
-            let v = raw_values(staged_w[m], s * W_UNITS + ru.y);
+            let u = s * W_UNITS + ru.y;
+            tile_note_bound(raw_bound(staged_w[m], u) * W_SCALE);
+            let v = raw_values(staged_w[m], u, W_SCALE);
             for (var q = 0u; q < 2u * UNIT_RUNS; q++) {
                 tile_put_w(ru.y * unit_len + 8u * q, ru.x, v[2u * q], v[2u * q + 1u]);
             }

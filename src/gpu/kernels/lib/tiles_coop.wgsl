@@ -28,6 +28,8 @@
 const W_ALONG_K: bool = false;
 const X_ALONG_K: bool = true;
 
+/// Powers of two the inputs and weights are scaled by in the tiles (matmul.wgsl scales the
+/// weights as it decodes them).
 const X_SCALE: f32 = 16.0;
 const W_SCALE: f32 = 0.5;
 /// At or above this (after the scale), lo may overflow f16 (two parts), or the value
@@ -57,26 +59,30 @@ var<workgroup> tile_tokens: u32;
 /// One 16x16 f32 block per subgroup, column-major: accumulators on their way to `write_pair`.
 var<workgroup> c_out: array<f32, 8u * 256u>;
 
-/// The parts of s (hi, lo; or s rounded, and zeros), noting a value out of their range.
+/// Notes a tile value whose magnitude may reach `bound`: at or above the parts' range, the
+/// tile's results are computed from the buffers instead.
+fn tile_note_bound(bound: f32) {
+    if (bound >= select(SPLIT_LIMIT, F16_LIMIT, PARTS == 1u)) {
+        out_of_range = 1u;
+    }
+}
+
+/// The parts of s (hi, lo; or s rounded, and zeros), for s within their range
+/// (`tile_note_bound`).
 fn split(s: vec4<f32>) -> array<vec4<f16>, 2> {
     if (PARTS == 1u) {
-        if (any(abs(s) >= vec4<f32>(F16_LIMIT))) {
-            out_of_range = 1u;
-        }
         return array<vec4<f16>, 2>(vec4<f16>(s), vec4<f16>(0.0));
-    }
-    if (any(abs(s) >= vec4<f32>(SPLIT_LIMIT))) {
-        out_of_range = 1u;
     }
     let cut = bitcast<vec4<f32>>(bitcast<vec4<u32>>(s) & vec4<u32>(0xffffe000u));
     let hi = select(cut, vec4<f32>(0.0), abs(s) < vec4<f32>(1.0 / 16384.0));
     return array<vec4<f16>, 2>(vec4<f16>(hi), vec4<f16>((s - hi) * LO_SCALE));
 }
 
-/// Columns k..k+7 (k a multiple of 8) of tile row r: a, then b.
+/// Columns k..k+7 (k a multiple of 8) of tile row r, already scaled by W_SCALE and their
+/// bound noted: a, then b.
 fn tile_put_w(k: u32, r: u32, a: vec4<f32>, b: vec4<f32>) {
-    let pa = split(a * W_SCALE);
-    let pb = split(b * W_SCALE);
+    let pa = split(a);
+    let pb = split(b);
     let at = r * SW + k / 4u;
     w_tile[at] = pa[0];
     w_tile[at + 1u] = pb[0];
@@ -88,6 +94,8 @@ fn tile_put_w(k: u32, r: u32, a: vec4<f32>, b: vec4<f32>) {
 
 /// Columns k..k+3 (k a multiple of 4) of tile token j.
 fn tile_put_x(k: u32, j: u32, v: vec4<f32>) {
+    let s = abs(v * X_SCALE);
+    tile_note_bound(max(max(s.x, s.y), max(s.z, s.w)));
     let parts = split(v * X_SCALE);
     let at = j * SA + k / 4u;
     x_tile[at] = parts[0];

@@ -6,6 +6,9 @@
 /// the stores below fall in distinct banks.
 const W_ALONG_K: bool = false;
 const X_ALONG_K: bool = false;
+/// The weights enter the tiles as they are, and f32 holds any value.
+const W_SCALE: f32 = 1.0;
+fn tile_note_bound(bound: f32) {}
 
 /// [k][row quad]: the weights of step column k for rows 4q..4q+3.
 var<workgroup> w_tile: array<vec4<f32>, BK * TM / 4u>;

@@ -37,12 +37,18 @@ fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
 }
 
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
-    return raw_values(unit_raw(row, units, u), u);
+    return raw_values(unit_raw(row, units, u), u, 1.0);
 }
 
-fn raw_values(r: Raw, u: u32) -> Unit {
+/// |value| <= 15 · 63 |d| + 63 |dmin| (codes to 15, 6-bit scales and mins).
+fn raw_bound(r: Raw, u: u32) -> f32 {
+    let dm = abs(unpack2x16float(r.head.x));
+    return 945.0 * dm.x + 63.0 * dm.y;
+}
+
+fn raw_values(r: Raw, u: u32, scale: f32) -> Unit {
     let q = r.q;
-    let s = k4_scales(r.head, (u % 8u) / 2u);
+    let s = k4_scales(r.head, (u % 8u) / 2u) * scale;
     let lo = vec4<f32>(s.x);
     let lm = vec4<f32>(s.y);
     let hi = vec4<f32>(s.z);

@@ -55,6 +55,11 @@ fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
     );
 }
 
+/// |value| <= 32 |d · scale| per run (codes from -32 to 31).
+fn raw_bound(r: Raw, u: u32) -> f32 {
+    return 32.0 * max(abs(r.s.x), abs(r.s.y));
+}
+
 /// The 32 codes (minus 32) of unit u, run 0 then run 1.
 fn raw_codes(r: Raw, u: u32) -> Unit {
     let bit = 2u * ((u % 8u) % 2u);
@@ -66,9 +71,9 @@ fn raw_codes(r: Raw, u: u32) -> Unit {
     );
 }
 
-fn raw_values(r: Raw, u: u32) -> Unit {
+fn raw_values(r: Raw, u: u32, scale: f32) -> Unit {
     let c = raw_codes(r, u);
-    let s = r.s;
+    let s = r.s * scale;
     return Unit(
         s.x * c[0], s.x * c[1], s.x * c[2], s.x * c[3],
         s.y * c[4], s.y * c[5], s.y * c[6], s.y * c[7],
@@ -76,7 +81,7 @@ fn raw_values(r: Raw, u: u32) -> Unit {
 }
 
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
-    return raw_values(unit_raw(row, units, u), u);
+    return raw_values(unit_raw(row, units, u), u, 1.0);
 }
 
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {

@@ -31,12 +31,18 @@ fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
     return Raw(quants[row * units + u], q8_scale(row * (units / 2u) + u / 2u));
 }
 
-fn raw_values(r: Raw, u: u32) -> Unit {
-    return Unit(r.d * q8(r.q.x), r.d * q8(r.q.y), r.d * q8(r.q.z), r.d * q8(r.q.w));
+/// |value| <= 128 |d| (codes from -128 to 127).
+fn raw_bound(r: Raw, u: u32) -> f32 {
+    return 128.0 * abs(r.d);
+}
+
+fn raw_values(r: Raw, u: u32, scale: f32) -> Unit {
+    let d = r.d * scale;
+    return Unit(d * q8(r.q.x), d * q8(r.q.y), d * q8(r.q.z), d * q8(r.q.w));
 }
 
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
-    return raw_values(unit_raw(row, units, u), u);
+    return raw_values(unit_raw(row, units, u), u, 1.0);
 }
 
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
