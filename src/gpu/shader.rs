@@ -269,6 +269,11 @@ impl Shader {
         }
         if self.weights.reads_weights() {
             append(weights_library(weights));
+            append(if self.weights == WeightAccess::Tiles {
+                include_str!("kernels/lib/codes_mantissa.wgsl")
+            } else {
+                include_str!("kernels/lib/codes_convert.wgsl")
+            });
         }
         if self.weights == WeightAccess::Tiles && !has_raw_units(weights) {
             append(include_str!("kernels/lib/raw_units.wgsl"));

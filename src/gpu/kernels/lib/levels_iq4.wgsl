@@ -6,7 +6,7 @@
 
 /// The levels of four codes (each < 16).
 fn iq4_levels4(codes: vec4<u32>) -> vec4<f32> {
-    let c = vec4<f32>(codes);
+    let c = codes_f32(codes, 0.0);
     var p = fma(vec4<f32>(0.0015860428102314472), c, vec4<f32>(0.03108643926680088));
     p = fma(p, c, vec4<f32>(-1.37192702293396));
     p = fma(p, c, vec4<f32>(24.173830032348633));

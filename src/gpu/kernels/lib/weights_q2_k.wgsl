@@ -36,10 +36,10 @@ fn q2_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> array<
     var s: array<vec2<f32>, 4>;
     for (var r = 0u; r < 4u; r++) {
         let shift = bytes + vec4<u32>(2u * r);
-        (*codes)[4u * r] = vec4<f32>((vec4<u32>(q.x) >> shift) & vec4<u32>(3u));
-        (*codes)[4u * r + 1u] = vec4<f32>((vec4<u32>(q.y) >> shift) & vec4<u32>(3u));
-        (*codes)[4u * r + 2u] = vec4<f32>((vec4<u32>(q.z) >> shift) & vec4<u32>(3u));
-        (*codes)[4u * r + 3u] = vec4<f32>((vec4<u32>(q.w) >> shift) & vec4<u32>(3u));
+        (*codes)[4u * r] = codes_f32((vec4<u32>(q.x) >> shift) & vec4<u32>(3u), 0.0);
+        (*codes)[4u * r + 1u] = codes_f32((vec4<u32>(q.y) >> shift) & vec4<u32>(3u), 0.0);
+        (*codes)[4u * r + 2u] = codes_f32((vec4<u32>(q.z) >> shift) & vec4<u32>(3u), 0.0);
+        (*codes)[4u * r + 3u] = codes_f32((vec4<u32>(q.w) >> shift) & vec4<u32>(3u), 0.0);
         // Sub-block byte 8h + 2r + l16: word 2h + r / 2, byte (2r + l16) % 4.
         let b = (sc[r / 2u] >> (8u * ((2u * r + l16) % 4u))) & 255u;
         s[r] = vec2<f32>(dm.x * f32(b & 15u), dm.y * f32(b >> 4u));

@@ -39,11 +39,10 @@ fn q3_k_unit(row: u32, units: u32, u: u32, codes: ptr<function, Unit>) -> vec4<f
     for (var r = 0u; r < 4u; r++) {
         let shift = bytes + vec4<u32>(2u * r);
         let bit = bytes + vec4<u32>(4u * h + r);
-        let four = vec4<i32>(4);
         for (var w = 0u; w < 4u; w++) {
-            let low = bitcast<vec4<i32>>((vec4<u32>(q[w]) >> shift) & vec4<u32>(3u));
-            let no_offset = bitcast<vec4<i32>>((vec4<u32>(m[w]) >> bit) & vec4<u32>(1u));
-            (*codes)[4u * r + w] = vec4<f32>(low - four + four * no_offset);
+            let low = (vec4<u32>(q[w]) >> shift) & vec4<u32>(3u);
+            let no_offset = (vec4<u32>(m[w]) >> bit) & vec4<u32>(1u);
+            (*codes)[4u * r + w] = codes_f32(low | (no_offset << vec4<u32>(2u)), 4.0);
         }
         ds[r] = d * q3_k_scale(s, 8u * h + 2u * r + l16);
     }

@@ -13,7 +13,7 @@ fn unit_run(u: u32, k: u32) -> u32 {
 /// Codes of values 4i..4i+3 (lo) or 16 + 4i.. (hi) of a block: nibbles of `w` from bit
 /// `shift` of each byte.
 fn q4_1_codes(w: u32, shift: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u));
+    return codes_f32((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u), 0.0);
 }
 
 /// The 32 codes of block `u` of `row` (values 0..16, then 16..32); returns (d, m).

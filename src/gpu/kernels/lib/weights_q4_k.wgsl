@@ -17,11 +17,11 @@ fn unit_run(u: u32, k: u32) -> u32 {
 
 /// The low nibbles of a u32's four bytes, and the high ones.
 fn nibbles_lo(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+    return codes_f32((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u), 0.0);
 }
 
 fn nibbles_hi(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+    return codes_f32((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u), 0.0);
 }
 
 /// A unit as the words it decodes from: the batched mat-mul holds these (8 registers, not

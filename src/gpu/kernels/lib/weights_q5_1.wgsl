@@ -15,7 +15,7 @@ fn unit_run(u: u32, k: u32) -> u32 {
 fn q5_1_codes(w: u32, shift: u32, qh: u32, bit: u32) -> vec4<f32> {
     let low = (vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u);
     let high = ((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(bit))) & vec4<u32>(1u)) << vec4<u32>(4u);
-    return vec4<f32>(low | high);
+    return codes_f32(low | high, 0.0);
 }
 
 /// The 32 codes of block `u` of `row` (values 0..16, then 16..32); returns (d, m).

@@ -18,7 +18,7 @@ fn q5_k_codes(w: u32, shift: u32, h: u32, bit: u32) -> vec4<f32> {
     let bytes = vec4<u32>(0u, 8u, 16u, 24u);
     let low = (vec4<u32>(w) >> (bytes + vec4<u32>(shift))) & vec4<u32>(15u);
     let high = ((vec4<u32>(h) >> (bytes + vec4<u32>(bit))) & vec4<u32>(1u)) << vec4<u32>(4u);
-    return vec4<f32>(low | high);
+    return codes_f32(low | high, 0.0);
 }
 
 /// The 32 codes of unit u (run 0, then run 1) and its scales.

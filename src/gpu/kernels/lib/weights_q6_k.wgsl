@@ -22,7 +22,7 @@ fn q6_k_codes(w: u32, shift: u32, h: u32, bit: u32) -> vec4<f32> {
     let bytes = vec4<u32>(0u, 8u, 16u, 24u);
     let low = (vec4<u32>(w) >> (bytes + vec4<u32>(shift))) & vec4<u32>(15u);
     let high = ((vec4<u32>(h) >> (bytes + vec4<u32>(bit))) & vec4<u32>(3u)) << vec4<u32>(4u);
-    return vec4<f32>(bitcast<vec4<i32>>(low | high) - vec4<i32>(32));
+    return codes_f32(low | high, 32.0);
 }
 
 /// The signed scale byte `i` of super-block `block`'s scales.

@@ -12,7 +12,8 @@ fn unit_run(u: u32, k: u32) -> u32 {
 
 /// Four signed bytes of a u32 as floats.
 fn q8(w: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u));
+    let biased = vec4<u32>(w ^ 0x80808080u) >> vec4<u32>(0u, 8u, 16u, 24u);
+    return codes_f32(biased & vec4<u32>(255u), 128.0);
 }
 
 /// The f16 scale `i` of the scales array.

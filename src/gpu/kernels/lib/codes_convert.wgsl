@@ -1,0 +1,8 @@
+// Small unsigned integer codes as floats, for the row dots and unit decodes (appended after
+// the weight library by src/gpu/shader.rs): by conversion. The row dots wait on memory, not
+// on arithmetic, and measured faster this way than through lib/codes_mantissa.wgsl's extra
+// OR and subtraction (BENCHMARKS.md).
+
+fn codes_f32(c: vec4<u32>, offset: f32) -> vec4<f32> {
+    return vec4<f32>(c) - vec4<f32>(offset);
+}
