@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds of glm-flash timed in turn in one call on a GPU machine, beside llama.cpp. Machines
+# of one kind differ by up to a quarter, so two builds are only compared within one call,
+# round by round. Set-up as tools/bench-gpu.sh: the Vulkan loader and glvnd .debs in .gl/;
+# each build a stripped binary .bin/glm-flash-NAME, or .bin/glm-flash-NAME.gz.
+#
+#   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
+#                        [--llama DIR] NAME...
+#
+# The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
+# every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
+# first round with --profile), then decode at depths 128 and 4096. No new run starts after
+# S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
+# llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
+# Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
+# $OUT/runs.tgz: a call brings back only a few files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/glm-flash-compare}
+FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --ftype) FTYPE=$2; shift 2 ;;
+        --layers) LAYERS=$2; shift 2 ;;
+        --preset) PRESET=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --seconds) SECONDS_MAX=$2; shift 2 ;;
+        --llama) LLAMA=$2; shift 2 ;;
+        -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+[ $# -ge 1 ] || { echo "compare-gpu.sh: name at least one build (.bin/glm-flash-NAME)" >&2; exit 2; }
+BUILDS=("$@")
+
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+
+if ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+
+RUNS=$(mktemp -d)
+BIN=$(mktemp -d)
+for name in "${BUILDS[@]}"; do
+    if [ -f ".bin/glm-flash-$name.gz" ]; then
+        gunzip -c ".bin/glm-flash-$name.gz" > "$BIN/$name"
+    elif [ -f ".bin/glm-flash-$name" ]; then
+        cp ".bin/glm-flash-$name" "$BIN/$name"
+    else
+        echo "compare-gpu.sh: no .bin/glm-flash-$name[.gz]" >&2; exit 2
+    fi
+    chmod +x "$BIN/$name"
+done
+mkdir -p "$OUT"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+cp .bin/COMMIT "$RUNS/commit.txt" 2>/dev/null || true
+"$BIN/${BUILDS[0]}" devices > "$RUNS/devices.txt" 2>&1 || true
+
+MODEL=$(mktemp -u /tmp/compare-XXXXXX.gguf)
+synth=("$BIN/${BUILDS[0]}" synth --preset "$PRESET" --ftype "$FTYPE" --out "$MODEL")
+[ -n "$LAYERS" ] && synth+=(--layers "$LAYERS")
+"${synth[@]}" > "$RUNS/synth.txt" 2>&1
+echo "model: $PRESET ${LAYERS:+$LAYERS layers }$FTYPE, written in $(elapsed) s" >> "$SUMMARY"
+
+# One bench run; its tok/s figures (column 7 of prefill lines, 5 of decode lines) go to the
+# summary.
+bench() {
+    local round=$1 name=$2 test=$3; shift 3
+    local log="$RUNS/r$round-$name-$test.txt"
+    timeout 120 "$BIN/$name" bench -m "$MODEL" --backend gpu "$@" > "$log" 2>&1 || true
+    local rates
+    rates=$(awk '/^prefill/ {printf "%s ", $7} /^decode/ {printf "%s ", $5}' "$log")
+    echo "round $round  $name  $test: ${rates:-failed (see $(basename "$log"))}" >> "$SUMMARY"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    profile=""
+    [ "$round" = 1 ] && profile=--profile
+    for name in "${BUILDS[@]}"; do
+        for math in split f16; do
+            [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 3
+            bench "$round" "$name" "prefill-$math" --prefill 512,4096 --prefill-depth 0 \
+                --depth 0 --decode 2 --warmup 1 --matmul "$math" $profile
+        done
+        [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 2
+        bench "$round" "$name" decode --prefill 0 --depth 128,4096 --decode 64 --warmup 4
+    done
+done
+
+if [ -n "$LLAMA" ] && [ "$(elapsed)" -lt "$SECONDS_MAX" ]; then
+    timeout 150 "$LLAMA/llama.sh" llama-bench -m "$MODEL" -ngl 99 -r 2 -p 512,4096 -n 128 \
+        > "$RUNS/llama.txt" 2>&1 || true
+    grep -E '^\|' "$RUNS/llama.txt" >> "$SUMMARY" || echo "llama.cpp: failed (see llama.txt)" >> "$SUMMARY"
+fi
+echo "ended at $(elapsed) s" >> "$SUMMARY"
+rm -f "$MODEL"
+tar czf "$OUT/runs.tgz" -C "$RUNS" .
+cat "$SUMMARY"
