@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::matmul::MatmulDispatch;
 use crate::gpu::kernels::moe_group::Routing;
 use crate::gpu::kernels::{
     argmax, attn_batch, attn_batch_coop, attn_partial, embed, kv_rows, matmul, matvec, moe_combine,
@@ -102,16 +103,16 @@ struct Activations {
 enum FfnDispatches {
     /// gate/up with SwiGLU over the tokens, down added to the residual.
     Dense {
-        gate_up: Vec<Dispatch>,
-        down: Vec<Dispatch>,
+        gate_up: Vec<MatmulDispatch>,
+        down: Vec<MatmulDispatch>,
     },
     /// Router, route, grouping, the expert-indexed gate/up and down, the weighted sum.
     Moe {
-        router: Vec<Dispatch>,
+        router: Vec<MatmulDispatch>,
         route: Dispatch,
         group: Dispatch,
-        gate_up: Vec<Dispatch>,
-        down: Vec<Dispatch>,
+        gate_up: Vec<MatmulDispatch>,
+        down: Vec<MatmulDispatch>,
         combine: Dispatch,
     },
 }
@@ -119,16 +120,16 @@ enum FfnDispatches {
 /// The dispatches of one layer, in the order they run.
 struct LayerDispatches {
     attn_norm: Dispatch,
-    attn_qkv_a: Vec<Dispatch>,
+    attn_qkv_a: Vec<MatmulDispatch>,
     q_a_norm: Dispatch,
-    attn_q_b: Vec<Dispatch>,
-    q_nope_absorbed: Vec<Dispatch>,
+    attn_q_b: Vec<MatmulDispatch>,
+    q_nope_absorbed: Vec<MatmulDispatch>,
     kv_rows: Dispatch,
     attn: Dispatch,
     /// The attention's grid for a chunk of n tokens (of the kernel `attn` runs).
     attn_grid: fn(&Config, usize) -> [u32; 3],
-    attn_v_b: Vec<Dispatch>,
-    attn_output: Vec<Dispatch>,
+    attn_v_b: Vec<MatmulDispatch>,
+    attn_output: Vec<MatmulDispatch>,
     ffn_norm: Dispatch,
     ffn: FfnDispatches,
 }
@@ -147,7 +148,7 @@ pub struct BatchSchedule {
     head_last: Vec<Dispatch>,
     head_argmax: Vec<Dispatch>,
     /// Logits of several rows (a mat-mul).
-    head_rows: Vec<Dispatch>,
+    head_rows: Vec<MatmulDispatch>,
 }
 
 /// The experts each MoE layer stacks on the GPU (routed, then shared: resident.rs) and the
@@ -486,9 +487,9 @@ impl BatchSchedule {
     /// Records a chunk of `n` tokens through every layer.
     pub fn record_layers(&self, rec: &mut Recorder, cfg: &Config, n: usize) {
         let rows = [n as u32, 1, 1];
-        let mm = |rec: &mut Recorder, name, ds: &[Dispatch]| {
+        let mm = |rec: &mut Recorder, name, ds: &[MatmulDispatch]| {
             for d in ds {
-                rec.run_sized(name, d, matmul::grid(d, n));
+                rec.run_sized(name, &d.dispatch, d.grid(n));
             }
         };
         for d in &self.embed {
@@ -545,7 +546,7 @@ impl BatchSchedule {
         match (head, logits) {
             (_, Some(n)) => {
                 for d in &self.head_rows {
-                    rec.run_sized("result_output", d, matmul::grid(d, n));
+                    rec.run_sized("result_output", &d.dispatch, d.grid(n));
                 }
             }
             (Head::Last | Head::Argmax, None) => rec.run("result_output", &self.head_last),
@@ -781,7 +782,9 @@ impl FfnDispatches {
         let experts = |gather| {
             Some(matmul::Experts {
                 pairs: &a.pairs,
+                tiles_at: routing.tiles_at(),
                 experts: routing.experts,
+                slots: routing.slots,
                 gather,
             })
         };

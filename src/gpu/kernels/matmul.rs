@@ -4,6 +4,7 @@
 //! Reference: `cpu::matmul::matmul` (each output a `Matrix::dot_row`), `ops::swiglu`.
 
 use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::moe_group::tile_slots;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
 use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, TileMath, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
@@ -81,18 +82,41 @@ wgsl_struct! {
         y_stride: u32,
         first_group: u32,
         experts: u32,
-        _pad0: u32,
+        tiles_at: u32,
     }
 }
 
 /// The expert-indexed form: group g of the matrix is expert g, run over its pairs.
 pub struct Experts<'a> {
-    /// `[experts] counts, [experts] offsets, [pairs] token of each pair` (moe_group).
+    /// `[experts] counts, [experts] offsets, [pairs] token of each pair`, and the tile list
+    /// at `tiles_at` (moe_group).
     pub pairs: &'a wgpu::Buffer,
+    pub tiles_at: usize,
     /// Experts in the list (routed and shared): the matrix's groups.
     pub experts: usize,
+    /// Pairs per token: a batch of n tokens has n * slots pairs.
+    pub slots: usize,
     /// The input row of a pair is its token (else the pair's own row).
     pub gather: bool,
+}
+
+/// A mat-mul dispatch and how its grid follows the batch ([`MatmulDispatch::grid`]).
+pub struct MatmulDispatch {
+    pub dispatch: Dispatch,
+    /// Expert-indexed: (pairs per token, experts in the list).
+    experts: Option<(usize, usize)>,
+}
+
+impl MatmulDispatch {
+    /// The grid for a batch of `n` tokens: row tiles x groups x token tiles, or for experts
+    /// row tiles x 1 x the entries of the tile list that n tokens' pairs can fill.
+    pub fn grid(&self, n: usize) -> [u32; 3] {
+        let [row_tiles, groups, _] = self.dispatch.workgroups;
+        match self.experts {
+            None => [row_tiles, groups, n.div_ceil(TN).max(1) as u32],
+            Some((slots, experts)) => [row_tiles, 1, tile_slots(n * slots, experts) as u32],
+        }
+    }
 }
 
 /// How one mat-mul reads its input and writes its output.
@@ -114,8 +138,13 @@ pub struct Matmul<'a> {
 }
 
 /// One dispatch per chunk of `m`, its grid `[row tiles, groups, 1]`: the token tiles are set
-/// per batch ([`grid`]).
-pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matmul) -> Vec<Dispatch> {
+/// per batch ([`MatmulDispatch::grid`]).
+pub fn dispatches(
+    ctx: &GpuContext,
+    pipes: &Pipelines,
+    m: &GpuMatrix,
+    a: &Matmul,
+) -> Vec<MatmulDispatch> {
     let (group_rows, group_stride) = match (&a.groups, &a.experts) {
         (Some(g), _) => *g,
         (None, Some(e)) => (m.rows / e.experts, 0),
@@ -172,7 +201,7 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matmul
                     y_stride: a.y_stride as u32,
                     first_group: first_group as u32,
                     experts: a.experts.as_ref().map_or(0, |e| e.experts as u32),
-                    _pad0: 0,
+                    tiles_at: a.experts.as_ref().map_or(0, |e| e.tiles_at as u32),
                 },
             );
             let pairs = a.experts.as_ref().map_or(&ctx.dummy, |e| e.pairs);
@@ -180,20 +209,14 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matmul
             let tiles = group_rows
                 .min(c.rows)
                 .div_ceil(ctx.tiles.tile_rows() as usize);
-            kernel.dispatch(
-                ctx,
-                &[&params, a.batch, &c.quants, &c.scales, a.x, a.y, pairs],
-                [tiles as u32, (last_group - first_group + 1) as u32, 1],
-            )
+            MatmulDispatch {
+                dispatch: kernel.dispatch(
+                    ctx,
+                    &[&params, a.batch, &c.quants, &c.scales, a.x, a.y, pairs],
+                    [tiles as u32, (last_group - first_group + 1) as u32, 1],
+                ),
+                experts: a.experts.as_ref().map(|e| (e.slots, e.experts)),
+            }
         })
         .collect()
-}
-
-/// The grid of `d` (one of [`dispatches`]) for a batch of `n` tokens.
-pub fn grid(d: &Dispatch, n: usize) -> [u32; 3] {
-    [
-        d.workgroups[0],
-        d.workgroups[1],
-        n.div_ceil(TN).max(1) as u32,
-    ]
 }

@@ -25,15 +25,18 @@
 // loaded in the same order.
 //
 // Rows: the workgroup (x, y, z) takes rows of group first_group + y, tile x of the part of
-// that group inside this chunk, and tokens z * TN... A group's rows read the input at
+// that group inside this chunk, and tokens z * TN... (EXPERTS: the group and tokens of
+// entry z of the tile list, y being 0). A group's rows read the input at
 // in + g * group_stride: per-head mat-muls (k_b, v_b: one group per head) and experts (one
 // group per expert); a plain mat-mul is one group of all rows.
 // Output column: (r - g * group_rows) (/ 2 with SWIGLU) + g * out_group_stride.
 //
 // EXPERTS (mul_mat_id): group g is expert g; its tokens are entries offsets[g] ..
 // offsets[g] + counts[g] of the expert-sorted pair list (moe_group.wgsl), written to those
-// rows of y; the input row is the pair's token (GATHER) or the pair itself. Tiles past an
-// expert's count exit at once. Else the tokens are 0..batch.n, rows of x and y alike.
+// rows of y; the input row is the pair's token (GATHER) or the pair itself. The workgroups
+// take the tiles moe_group lists (`tiles_at`), so only tiles with pairs are launched, not
+// every expert times the batch's tiles; those past the list, or of experts outside this
+// chunk of rows, exit at once. Else the tokens are 0..batch.n, rows of x and y alike.
 // SWIGLU: rows 2i and 2i + 1 are a gate and up pair (as ffn_gate_up stacks them); the
 // output is silu(gate) * up at column i. ACCUMULATE: y += result (the residual add).
 
@@ -58,9 +61,9 @@ struct Params {
     y_stride: u32,
     first_group: u32,
     /// EXPERTS: groups in the pair list (counts at 0, offsets at `experts`, the pairs'
-    /// tokens at 2 * `experts`).
+    /// tokens at 2 * `experts`), and where its tile list starts.
     experts: u32,
-    _pad0: u32,
+    tiles_at: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,7 +72,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
-/// EXPERTS only: [experts] counts, [experts] offsets, [pairs] token of each pair.
+/// EXPERTS only: [experts] counts, [experts] offsets, [pairs] token of each pair, and at
+/// `tiles_at` the tile list (moe_group.wgsl).
 @group(0) @binding(6) var<storage, read> pairs: array<u32>;
 
 /// The workgroup's tile, set once by `main` for `load_step` and `write_pair`.
@@ -96,6 +100,8 @@ const X_LOADS: u32 = TN * BK / 4u / MWG;
 const W_UNITS: u32 = BK / (16u * UNIT_RUNS);
 const W_LOADS: u32 = (TM * W_UNITS + MWG - 1u) / MWG;
 const NO_TOKEN: u32 = 0xffffffffu;
+/// A tile list's entries past its last tile.
+const NO_TILE: u32 = 0xffffffffu;
 var<private> t: Tile;
 /// The next step's weights (as the words they decode from: `unit_raw`) and inputs,
 /// between `fetch_step` and `load_step`.
@@ -108,17 +114,23 @@ fn silu(v: f32) -> f32 {
 
 @compute @workgroup_size(MWG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let g = p.first_group + wid.y;
-    let group_end = min((g + 1u) * p.group_rows, p.row_start + p.rows);
-    let r0 = max(g * p.group_rows, p.row_start) + wid.x * TM;
+    var g = p.first_group + wid.y;
+    var j0 = wid.z * TN;
     var count = batch.n;
     var base = 0u;
+    // Uniform across the workgroup (workgroup ids, uniforms, read-only storage).
     if (EXPERTS) {
+        let tile = pairs[p.tiles_at + wid.z];
+        g = tile & 0xffffu;
+        j0 = (tile >> 16u) * TN;
+        if (tile == NO_TILE || g < p.first_group || g * p.group_rows >= p.row_start + p.rows) {
+            return;
+        }
         count = pairs[g];
         base = pairs[p.experts + g];
     }
-    let j0 = wid.z * TN;
-    // Uniform across the workgroup (workgroup ids, uniforms, read-only storage).
+    let group_end = min((g + 1u) * p.group_rows, p.row_start + p.rows);
+    let r0 = max(g * p.group_rows, p.row_start) + wid.x * TM;
     if (r0 >= group_end || j0 >= count) {
         return;
     }
