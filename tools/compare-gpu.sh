@@ -2,7 +2,8 @@
 # Builds of glm-flash timed in turn in one call on a GPU machine, beside llama.cpp. Machines
 # of one kind differ by up to a quarter, so two builds are only compared within one call,
 # round by round. Set-up as tools/bench-gpu.sh: the Vulkan loader and glvnd .debs in .gl/;
-# each build a stripped binary .bin/glm-flash-NAME, or .bin/glm-flash-NAME.gz.
+# each build a stripped binary .bin/glm-flash-NAME, or .bin/glm-flash-NAME.gz (and, for
+# its kernels' registers, .bin/pipeline_stats-NAME[.gz]).
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--llama DIR] NAME...
@@ -62,6 +63,20 @@ SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
 cp .bin/COMMIT "$RUNS/commit.txt" 2>/dev/null || true
 "$BIN/${BUILDS[0]}" devices > "$RUNS/devices.txt" 2>&1 || true
+# Each build's kernels as the driver compiles them (registers, memory), where given as
+# .bin/pipeline_stats-NAME[.gz] (examples/pipeline_stats.rs built from that build).
+for name in "${BUILDS[@]}"; do
+    stats=".bin/pipeline_stats-$name"
+    if [ -f "$stats.gz" ]; then
+        gunzip -c "$stats.gz" > "$BIN/stats-$name"
+    elif [ -f "$stats" ]; then
+        cp "$stats" "$BIN/stats-$name"
+    else
+        continue
+    fi
+    chmod +x "$BIN/stats-$name"
+    timeout 120 "$BIN/stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
+done
 
 MODEL=$(mktemp -u /tmp/compare-XXXXXX.gguf)
 synth=("$BIN/${BUILDS[0]}" synth --preset "$PRESET" --ftype "$FTYPE" --out "$MODEL")
