@@ -98,6 +98,12 @@ pub fn dispatch(
     pairs: &wgpu::Buffer,
 ) -> Dispatch {
     assert!(r.experts <= MAX_GROUPS, "{} experts", r.experts);
+    // A tile list entry holds the expert and its tile in 16 bits each.
+    assert!(
+        r.max_tokens.div_ceil(TN) <= 1 << 16,
+        "{} tokens per batch",
+        r.max_tokens
+    );
     let params = uniform(
         ctx,
         "moe_group params",
