@@ -102,6 +102,18 @@ fn run_grids(ctx: &GpuContext, ds: &[(&Dispatch, [u32; 3])]) {
     ctx.wait().unwrap();
 }
 
+/// The expert mat-muls' tile list (moe_group.wgsl's layout) for experts with `counts` pairs:
+/// expert e's tile k of TN pairs as e | k << 16, in the experts' order, then entries of no
+/// tile (all bits set) to `len`.
+fn tile_list(counts: &[usize], len: usize) -> Vec<u32> {
+    let mut list: Vec<u32> = Vec::new();
+    for (e, &c) in counts.iter().enumerate() {
+        list.extend((0..c.div_ceil(matmul::TN)).map(|k| (e | k << 16) as u32));
+    }
+    list.resize(len, u32::MAX);
+    list
+}
+
 fn run_matmul(ctx: &GpuContext, ds: &[matmul::MatmulDispatch], n: usize) {
     let grids: Vec<_> = ds.iter().map(|d| (&d.dispatch, d.grid(n))).collect();
     run_grids(ctx, &grids);
@@ -376,17 +388,13 @@ fn matmul_swiglu_and_expert_indexed_match_cpu() {
     let mut pairs: Vec<u32> = counts.iter().map(|&c| c as u32).collect();
     pairs.extend(offsets.iter().map(|&o| o as u32));
     pairs.extend(tokens.iter().map(|&t| t as u32));
-    // The tile list (moe_group.wgsl's layout): expert e's tile k as e | k << 16, then
-    // entries of no tile up to the most n tokens of `slots` pairs can need.
+    // The tile list, as long as n tokens of `slots` pairs can need.
     let slots = n_pairs.div_ceil(n);
     let tiles_at = pairs.len();
-    for (e, &c) in counts.iter().enumerate() {
-        pairs.extend((0..c.div_ceil(matmul::TN)).map(|k| (e | k << 16) as u32));
-    }
-    pairs.resize(
-        tiles_at + moe_group::tile_slots(n * slots, experts),
-        u32::MAX,
-    );
+    pairs.extend(tile_list(
+        &counts,
+        moe_group::tile_slots(n * slots, experts),
+    ));
 
     for (variant, ctx, tol) in tile_variants(Some(16 << 10)) {
         let p = Pipelines::new();
@@ -1124,14 +1132,8 @@ fn moe_group_matches_cpu_grouping() {
             places.iter().enumerate().all(|(i, &q)| q as usize == i),
             "places are a permutation"
         );
-        // The tile list: every expert's tiles of TN pairs in the experts' order, then none.
-        let mut want_tiles: Vec<u32> = Vec::new();
-        for (e, want) in tokens_of.iter().enumerate() {
-            let tiles = want.len().div_ceil(matmul::TN);
-            want_tiles.extend((0..tiles).map(|k| (e | k << 16) as u32));
-        }
-        let slots_all = routing.pairs_len() - routing.tiles_at();
-        want_tiles.resize(slots_all, u32::MAX);
+        let counts: Vec<usize> = tokens_of.iter().map(Vec::len).collect();
+        let want_tiles = tile_list(&counts, routing.pairs_len() - routing.tiles_at());
         assert_eq!(
             &got[routing.tiles_at()..routing.pairs_len()],
             &want_tiles[..],

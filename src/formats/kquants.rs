@@ -1009,7 +1009,8 @@ pub(super) mod codes {
 
 /// Each vectorised format's decode, written once for both widths: weights decoded to the
 /// bits of `dequantize` (its f32 operations, or a fused one where its product is exact), a
-/// vector of [`Width::LANES`] at a time, handed to a [`Take`] (the sums of up to four activation rows, or memory).
+/// vector of [`Width::LANES`] at a time, handed to a [`Take`] (the sums of up to four
+/// activation rows, or memory).
 #[cfg(target_arch = "x86_64")]
 mod decode {
     use super::{codes, q3_scales, scales_and_mins, BlockQ2K, BlockQ3K, BlockQ6K};

@@ -8,3 +8,9 @@
 fn codes_f32(c: vec4<u32>, offset: f32) -> vec4<f32> {
     return bitcast<vec4<f32>>(c | vec4<u32>(0x4b000000u)) - vec4<f32>(8388608.0 + offset);
 }
+
+/// The four signed bytes of `w` (byte 0 first): biased to unsigned codes, less the bias.
+fn signed_bytes_f32(w: u32) -> vec4<f32> {
+    let biased = vec4<u32>(w ^ 0x80808080u) >> vec4<u32>(0u, 8u, 16u, 24u);
+    return codes_f32(biased & vec4<u32>(255u), 128.0);
+}

@@ -94,9 +94,10 @@ fn tile_put_w(k: u32, r: u32, a: vec4<f32>, b: vec4<f32>) {
 
 /// Columns k..k+3 (k a multiple of 4) of tile token j.
 fn tile_put_x(k: u32, j: u32, v: vec4<f32>) {
-    let s = abs(v * X_SCALE);
-    tile_note_bound(max(max(s.x, s.y), max(s.z, s.w)));
-    let parts = split(v * X_SCALE);
+    let s = v * X_SCALE;
+    let m = abs(s);
+    tile_note_bound(max(max(m.x, m.y), max(m.z, m.w)));
+    let parts = split(s);
     let at = j * SA + k / 4u;
     x_tile[at] = parts[0];
     if (PARTS == 2u) {

@@ -1,19 +1,14 @@
 // Weight layout Q8_0 (see dot_rows4.wgsl for the interface): `quants` holds the int8 quants,
 // 4 per u32 (element 4i in the low byte), so 16 per vec4<u32>, row-major; `scales` holds the
 // f16 block scales, two per u32 (even index in the low half), row-major. Value = scale *
-// quant. A unit is one vec4 of quants: 16 values, half a block.
+// quant (`signed_bytes_f32`: the codes library shader.rs appends). A unit is one vec4 of
+// quants: 16 values, half a block.
 
 const UNIT_RUNS: u32 = 1u;
 alias Unit = array<vec4<f32>, 4>;
 
 fn unit_run(u: u32, k: u32) -> u32 {
     return 16u * u;
-}
-
-/// Four signed bytes of a u32 as floats.
-fn q8(w: u32) -> vec4<f32> {
-    let biased = vec4<u32>(w ^ 0x80808080u) >> vec4<u32>(0u, 8u, 16u, 24u);
-    return codes_f32(biased & vec4<u32>(255u), 128.0);
 }
 
 /// The f16 scale `i` of the scales array.
@@ -39,7 +34,10 @@ fn raw_bound(r: Raw, u: u32) -> f32 {
 
 fn raw_values(r: Raw, u: u32, scale: f32) -> Unit {
     let d = r.d * scale;
-    return Unit(d * q8(r.q.x), d * q8(r.q.y), d * q8(r.q.z), d * q8(r.q.w));
+    return Unit(
+        d * signed_bytes_f32(r.q.x), d * signed_bytes_f32(r.q.y),
+        d * signed_bytes_f32(r.q.z), d * signed_bytes_f32(r.q.w),
+    );
 }
 
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
@@ -49,5 +47,6 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
 fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     let r = unit_raw(row, units, u);
     let q = r.q;
-    return r.d * (dot(q8(q.x), x[0]) + dot(q8(q.y), x[1]) + dot(q8(q.z), x[2]) + dot(q8(q.w), x[3]));
+    return r.d * (dot(signed_bytes_f32(q.x), x[0]) + dot(signed_bytes_f32(q.y), x[1])
+        + dot(signed_bytes_f32(q.z), x[2]) + dot(signed_bytes_f32(q.w), x[3]));
 }
