@@ -103,10 +103,11 @@ const NO_TOKEN: u32 = 0xffffffffu;
 /// A tile list's entries past its last tile.
 const NO_TILE: u32 = 0xffffffffu;
 var<private> t: Tile;
-/// The next step's weights (as the words they decode from: `unit_raw`) and inputs,
-/// between `fetch_step` and `load_step`.
+/// The next step's weights (as the words they decode from: `unit_raw`), between
+/// `fetch_step` and `load_step`. The inputs are loaded in `load_step` itself: every row
+/// tile reads them, so they come from the L2, and their loads overlap the weights' decode;
+/// held across the products as well, the expert mat-muls ran slower.
 var<private> staged_w: array<Raw, W_LOADS>;
-var<private> staged_x: array<vec4<f32>, X_LOADS>;
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
@@ -202,12 +203,17 @@ fn dot_direct(rl: u32, jl: u32) -> f32 {
     return sum;
 }
 
-/// Step s's weights and inputs into the tiles (rows and tokens past the ends as zeros),
-/// from registers the previous call filled; then step s + 1's into those registers, so its
-/// loads are in flight while the tile library multiplies step s.
+/// Step s's weights and inputs into the tiles (rows and tokens past the ends as zeros):
+/// the inputs' loads issued first, so they are in flight while the weights decode from
+/// registers the previous call filled; then step s + 1's weights into those registers, so
+/// their loads are in flight while the tile library multiplies step s.
 fn load_step(lid: u32, s: u32) {
     if (s == 0u) {
         fetch_step(lid, 0u);
+    }
+    var xs: array<vec4<f32>, X_LOADS>;
+    for (var m = 0u; m < X_LOADS; m++) {
+        xs[m] = step_input(lid, m, s);
     }
     let unit_len = 16u * UNIT_RUNS;
     for (var m = 0u; m < W_LOADS; m++) {
@@ -227,7 +233,7 @@ fn load_step(lid: u32, s: u32) {
     for (var m = 0u; m < X_LOADS; m++) {
         if (t.x_at[m] != NO_TOKEN) {
             let jv = x_load(lid + m * MWG);
-            tile_put_x(4u * jv.y, jv.x, staged_x[m]);
+            tile_put_x(4u * jv.y, jv.x, xs[m]);
         }
     }
     if (s + 1u < t.steps) {
@@ -235,9 +241,8 @@ fn load_step(lid: u32, s: u32) {
     }
 }
 
-/// Step s's weights (the words they decode from) and inputs into registers.
+/// Step s's weights (the words they decode from) into registers.
 fn fetch_step(lid: u32, s: u32) {
-    let unit_len = 16u * UNIT_RUNS;
     for (var m = 0u; m < W_LOADS; m++) {
         let i = lid + m * MWG;
         let ru = w_load(i);
@@ -248,16 +253,18 @@ fn fetch_step(lid: u32, s: u32) {
         }
         staged_w[m] = v;
     }
-    for (var m = 0u; m < X_LOADS; m++) {
-        let k = 4u * x_load(lid + m * MWG).y;
-        let u = s * W_UNITS + k / unit_len;
-        var xv = vec4<f32>(0.0);
-        if (t.x_at[m] != NO_TOKEN && u < t.units) {
-            let c = unit_run(u, (k % unit_len) / 16u) + k % 16u;
-            xv = x[(t.x_at[m] + c) / 4u];
-        }
-        staged_x[m] = xv;
+}
+
+/// Input load m of step s (zeros past the batch's tokens and the row's units).
+fn step_input(lid: u32, m: u32, s: u32) -> vec4<f32> {
+    let unit_len = 16u * UNIT_RUNS;
+    let k = 4u * x_load(lid + m * MWG).y;
+    let u = s * W_UNITS + k / unit_len;
+    if (t.x_at[m] == NO_TOKEN || u >= t.units) {
+        return vec4<f32>(0.0);
     }
+    let c = unit_run(u, (k % unit_len) / 16u) + k % 16u;
+    return x[(t.x_at[m] + c) / 4u];
 }
 
 /// The results of tile rows rl and rl + 1 (rl even) for tile token jl: written to y, as a
