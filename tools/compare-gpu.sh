@@ -3,7 +3,8 @@
 # of one kind differ by up to a quarter, so two builds are only compared within one call,
 # round by round. Set-up as tools/bench-gpu.sh: the Vulkan loader and glvnd .debs in .gl/;
 # each build a stripped binary .bin/glm-flash-NAME, or .bin/glm-flash-NAME.gz (and, for
-# its kernels' registers, .bin/pipeline_stats-NAME[.gz]).
+# its kernels' registers, .bin/pipeline_stats-NAME[.gz]; for its parity on this GPU's
+# cooperative matrices, its tests/gpu_batched.rs binary as .bin/gpu_batched-NAME[.gz]).
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--llama DIR] NAME...
@@ -63,19 +64,31 @@ SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
 cp .bin/COMMIT "$RUNS/commit.txt" 2>/dev/null || true
 "$BIN/${BUILDS[0]}" devices > "$RUNS/devices.txt" 2>&1 || true
-# Each build's kernels as the driver compiles them (registers, memory), where given as
-# .bin/pipeline_stats-NAME[.gz] (examples/pipeline_stats.rs built from that build).
-for name in "${BUILDS[@]}"; do
-    stats=".bin/pipeline_stats-$name"
-    if [ -f "$stats.gz" ]; then
-        gunzip -c "$stats.gz" > "$BIN/stats-$name"
-    elif [ -f "$stats" ]; then
-        cp "$stats" "$BIN/stats-$name"
+# Copies .bin/TOOL-NAME[.gz] to $BIN/TOOL-NAME; false where the build has none.
+unpack() {
+    local from=".bin/$1-$2" to="$BIN/$1-$2"
+    if [ -f "$from.gz" ]; then
+        gunzip -c "$from.gz" > "$to"
+    elif [ -f "$from" ]; then
+        cp "$from" "$to"
     else
-        continue
+        return 1
     fi
-    chmod +x "$BIN/stats-$name"
-    timeout 120 "$BIN/stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
+    chmod +x "$to"
+}
+for name in "${BUILDS[@]}"; do
+    # Its kernels as the driver compiles them (registers, memory): examples/pipeline_stats.rs.
+    if unpack pipeline_stats "$name"; then
+        timeout 120 "$BIN/pipeline_stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
+    fi
+    # Its batched kernels against their CPU twins on this GPU (the tests that need no
+    # fixture files: mat-muls, routing, the cooperative attention); the test binary finds
+    # its crate's tests/ folder by the path it was built in.
+    if unpack gpu_batched "$name"; then
+        log="$RUNS/tests-$name.txt"
+        timeout 300 "$BIN/gpu_batched-$name" matmul moe cooperative > "$log" 2>&1 || true
+        echo "tests $name: $(grep -E '^test result' "$log" || echo "no result (see $(basename "$log"))")" >> "$SUMMARY"
+    fi
 done
 
 MODEL=$(mktemp -u /tmp/compare-XXXXXX.gguf)
