@@ -5,6 +5,7 @@
 # each build a stripped binary .bin/glm-flash-NAME, or .bin/glm-flash-NAME.gz (and, for
 # its kernels' registers, .bin/pipeline_stats-NAME[.gz]; for its parity on this GPU's
 # cooperative matrices, its tests/gpu_batched.rs binary as .bin/gpu_batched-NAME[.gz]).
+# tools/build-for-gpu.sh REV NAME builds all three for a commit.
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--llama DIR] NAME...
