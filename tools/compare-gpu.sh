@@ -8,11 +8,13 @@
 # tools/build-for-gpu.sh REV NAME builds all three for a commit.
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
-#                        [--llama DIR] NAME...
+#                        [--decode-depths D,D] [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
 # every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
-# first round with --profile), then decode at depths 128 and 4096. No new run starts after
+# first round with --profile), then decode at depths 128 and 4096 (or --decode-depths; with
+# `--matmul f16`, which leaves short contexts as they are and from 28672 positions runs the
+# decode attention on the cooperative matrices). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
-FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA=""
+FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --seconds) SECONDS_MAX=$2; shift 2 ;;
         --llama) LLAMA=$2; shift 2 ;;
+        --decode-depths) DECODE_DEPTHS=$2; shift 2 ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -119,7 +122,8 @@ for round in $(seq 1 "$ROUNDS"); do
                 --depth 0 --decode 2 --warmup 1 --matmul "$math" $profile
         done
         [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 2
-        bench "$round" "$name" decode --prefill 0 --depth 128,4096 --decode 64 --warmup 4
+        bench "$round" "$name" decode --prefill 0 --depth "$DECODE_DEPTHS" --decode 64 --warmup 4 \
+            --matmul f16 $profile
     done
 done
 
