@@ -568,9 +568,10 @@ fn rms_norm_rows_match_cpu() {
     }
 }
 
+/// The built-in model's configuration with the attention's shape replaced (made in memory,
+/// so the kernel tests need no fixture file and run wherever the test binary is copied).
 fn small_config(kv: usize, rope: usize, nope: usize, heads: usize) -> Config {
-    let file = GgufFile::open(common::fixture("tiny-q8_0.gguf")).unwrap();
-    let mut cfg = Config::from_gguf(&file).unwrap();
+    let mut cfg = Config::from_gguf(&glm_flash::synth::builtin_model()).unwrap();
     (cfg.kv_lora_rank, cfg.qk_rope, cfg.qk_nope, cfg.n_heads) = (kv, rope, nope, heads);
     cfg
 }
