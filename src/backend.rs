@@ -206,6 +206,9 @@ impl std::ops::AddAssign for TokenStats {
 #[derive(Clone, Debug)]
 pub struct TokenProfile {
     pub dispatches: Vec<(&'static str, f64)>,
+    /// The positions the profiled dispatches computed (first, count): the decoded token, or
+    /// a batched feed's last chunk.
+    pub positions: (usize, usize),
 }
 
 impl TokenProfile {

@@ -47,6 +47,47 @@ pub struct KernelTime {
     /// Bytes of weights (or cache) these dispatches read, where known.
     pub bytes: Option<u64>,
     pub gb_per_s: Option<f64>,
+    /// Multiply-adds these dispatches compute, where known (a prompt's products).
+    pub multiply_adds: Option<u64>,
+    /// Twice the multiply-adds per second, in 10^12: what tensor-core rates are quoted in.
+    pub tflop_per_s: Option<f64>,
+}
+
+/// Multiply-adds of a batched role over the positions `first..first + n`, summed over the
+/// layers: the products of the role's matrices for every token (each expert slot's for
+/// the MoE ones, the shared expert among them), or for the attention (`kqv`) each token's
+/// scores and latent context over its keys (itself and those before it). None for roles
+/// that are not such products.
+pub fn role_multiply_adds(cfg: &Config, role: &str, first: usize, n: usize) -> Option<u64> {
+    let (n, layers) = (n as u64, cfg.n_layers as u64);
+    let moe_layers = (cfg.n_layers - cfg.n_dense_layers.min(cfg.n_layers)) as u64;
+    let dense_layers = layers - moe_layers;
+    let heads = cfg.n_heads as u64;
+    let (hidden, kv, rope) = (
+        cfg.hidden as u64,
+        cfg.kv_lora_rank as u64,
+        cfg.qk_rope as u64,
+    );
+    let slots = (cfg.n_experts_used + cfg.n_shared_experts) as u64;
+    let per_token = match role {
+        "q_a+kv_cmpr_pe" => layers * hidden * (cfg.q_lora_rank as u64 + kv + rope),
+        "q" => layers * cfg.q_lora_rank as u64 * heads * (cfg.qk_nope as u64 + rope),
+        "q_nope_absorbed" => layers * heads * cfg.qk_nope as u64 * kv,
+        "kqv_out" => layers * heads * kv * cfg.v_head as u64,
+        "attn_out" => layers * heads * cfg.v_head as u64 * hidden,
+        "ffn_gate_up" => dense_layers * 2 * cfg.dense_ffn as u64 * hidden,
+        "ffn_down" => dense_layers * cfg.dense_ffn as u64 * hidden,
+        "ffn_moe_logits" => moe_layers * cfg.n_experts as u64 * hidden,
+        "ffn_moe_gate_up" => moe_layers * slots * 2 * cfg.expert_ffn as u64 * hidden,
+        "ffn_moe_down" => moe_layers * slots * cfg.expert_ffn as u64 * hidden,
+        "kqv" => {
+            // Keys of positions first..first + n: first + 1 up to first + n.
+            let keys = n * (2 * first as u64 + n + 1) / 2;
+            return Some(layers * heads * (2 * kv + rope) * keys);
+        }
+        _ => return None,
+    };
+    Some(per_token * n)
 }
 
 /// Bytes one token's dispatches of a profiled role read: the weights of its mat-vecs
@@ -195,9 +236,12 @@ pub fn run(
             let kernels = if opts.profile && backend.instrumented().is_some() {
                 backend.truncate(depth)?;
                 let inst = backend.instrumented().expect("instrumented, checked above");
+                let profile = inst.profile_prompt(&stream[depth..], depth)?;
+                let (first, n) = profile.positions;
                 Some(kernel_times(
-                    inst.profile_prompt(&stream[depth..], depth)?,
+                    profile,
                     |_| None,
+                    |kernel| role_multiply_adds(cfg, kernel, first, n),
                 ))
             } else {
                 None
@@ -225,23 +269,27 @@ pub fn run(
     })
 }
 
-/// A profile summed per kernel, slowest first, with the bytes each kernel moves where
-/// `bytes` knows them.
+/// A profile summed per kernel, slowest first, with the bytes each kernel moves and the
+/// multiply-adds it computes where `bytes` and `multiply_adds` know them.
 fn kernel_times(
     profile: TokenProfile,
     bytes: impl Fn(&'static str) -> Option<u64>,
+    multiply_adds: impl Fn(&'static str) -> Option<u64>,
 ) -> Vec<KernelTime> {
     profile
         .by_kernel()
         .into_iter()
         .map(|(kernel, dispatches, t)| {
             let bytes = bytes(kernel);
+            let multiply_adds = multiply_adds(kernel);
             KernelTime {
                 kernel,
                 dispatches,
                 microseconds: t * 1e6,
                 bytes,
                 gb_per_s: bytes.map(|b| b as f64 / t / 1e9),
+                multiply_adds,
+                tflop_per_s: multiply_adds.map(|m| 2.0 * m as f64 / t / 1e12),
             }
         })
         .collect()
@@ -290,9 +338,11 @@ fn decode_at(
     let pos = depth + steps;
     let cache_type = backend.cache_type();
     let kernels = match (opts.profile, backend.instrumented()) {
-        (true, Some(inst)) => Some(kernel_times(inst.profile_token(token, pos)?, |kernel| {
-            role_bytes(cfg, w, kernel, pos + 1, cache_type)
-        })),
+        (true, Some(inst)) => Some(kernel_times(
+            inst.profile_token(token, pos)?,
+            |kernel| role_bytes(cfg, w, kernel, pos + 1, cache_type),
+            |_| None,
+        )),
         _ => None,
     };
     let total: f64 = times.iter().sum();
@@ -321,6 +371,13 @@ fn kernel_lines<'a>(kernels: impl Iterator<Item = &'a KernelTime>) -> String {
         );
         if let (Some(b), Some(g)) = (k.bytes, k.gb_per_s) {
             s += &format!("  {:>9.1} MB  {:>8.1} GB/s", b as f64 / 1e6, g);
+        }
+        if let (Some(m), Some(f)) = (k.multiply_adds, k.tflop_per_s) {
+            s += &format!(
+                "  {:>10.2} G multiply-adds  {:>7.2} TFLOP/s",
+                m as f64 / 1e9,
+                f
+            );
         }
         s += "\n";
     }
@@ -364,5 +421,46 @@ impl BenchReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Preset;
+
+    /// The multiply-adds of the batched roles at GLM-4.7-Flash's own shape (47 layers, the
+    /// first dense; 20 heads; latent 512, rope 64, nope 192, v 256; 4 of 64 experts and one
+    /// shared, each 1536 wide; hidden 2048), written out from the model's products.
+    #[test]
+    fn role_multiply_adds_follow_the_model_products() {
+        let cfg = Preset::Full.config();
+        let n = 4096u64;
+        let of = |role, first, n| role_multiply_adds(&cfg, role, first, n as usize);
+        assert_eq!(of("attn_out", 0, n), Some(47 * 20 * 256 * 2048 * n));
+        assert_eq!(of("q_nope_absorbed", 0, n), Some(47 * 20 * 192 * 512 * n));
+        assert_eq!(of("kqv_out", 0, n), Some(47 * 20 * 512 * 256 * n));
+        assert_eq!(
+            of("q_a+kv_cmpr_pe", 0, n),
+            Some(47 * 2048 * (768 + 512 + 64) * n)
+        );
+        assert_eq!(of("q", 0, n), Some(47 * 768 * 20 * 256 * n));
+        assert_eq!(of("ffn_gate_up", 0, n), Some(2 * 10240 * 2048 * n));
+        assert_eq!(of("ffn_down", 0, n), Some(10240 * 2048 * n));
+        assert_eq!(of("ffn_moe_logits", 0, n), Some(46 * 64 * 2048 * n));
+        assert_eq!(
+            of("ffn_moe_gate_up", 0, n),
+            Some(46 * 5 * 2 * 1536 * 2048 * n)
+        );
+        assert_eq!(of("ffn_moe_down", 0, n), Some(46 * 5 * 1536 * 2048 * n));
+        // Token t of a prompt from an empty cache attends to t + 1 keys; each key costs
+        // the scores over [latent | rope] and the context over the latent, for 20 heads.
+        assert_eq!(
+            of("kqv", 0, n),
+            Some(47 * 20 * (512 + 64 + 512) * (n * (n + 1) / 2))
+        );
+        // A decoded token at position 100 attends to 101 keys.
+        assert_eq!(of("kqv", 100, 1), Some(47 * 20 * 1088 * 101));
+        assert_eq!(of("kv_cache", 0, n), None);
     }
 }

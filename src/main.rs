@@ -605,7 +605,8 @@ struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// After each decode run, time every dispatch of one token, and after each prefill every
-    /// dispatch of its last chunk; print the time per kernel (GPU with timestamp queries only).
+    /// dispatch of its last chunk; print the time per kernel, with GB/s for a token's
+    /// mat-vecs and TFLOP/s for a chunk's products (GPU with timestamp queries only).
     #[arg(long)]
     profile: bool,
     #[command(flatten)]

@@ -202,7 +202,7 @@ impl GpuBackend {
         let submitted = self.submit(Feed::Id(token), pos, Readback::Argmax, 0, profile)?;
         self.read_back(Readback::Argmax, 0, submitted)?;
         self.cache_len += 1;
-        self.dispatch_times(&queries, &names)
+        self.dispatch_times(&queries, &names, (pos, 1))
     }
 
     /// Feeds `tokens` at `pos` in chunks, the last one with a timestamp after every
@@ -217,7 +217,7 @@ impl GpuBackend {
         let mut names = Vec::new();
         self.chunk(&tokens[last..], Want::Argmax, Some((&queries, &mut names)))?;
         self.cache_len += tokens.len() - last;
-        self.dispatch_times(&queries, &names)
+        self.dispatch_times(&queries, &names, (pos + last, tokens.len() - last))
     }
 
     /// The checks every feed makes (`backend::check_feed`) against this backend's cache.
@@ -254,6 +254,7 @@ impl GpuBackend {
         &self,
         queries: &wgpu::QuerySet,
         names: &[&'static str],
+        positions: (usize, usize),
     ) -> Result<TokenProfile> {
         let size = 8 * (names.len() as u64 + 1);
         let resolved = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -272,7 +273,10 @@ impl GpuBackend {
             .zip(ticks.windows(2))
             .map(|(&n, w)| (n, w[1].saturating_sub(w[0]) as f64 * period))
             .collect();
-        Ok(TokenProfile { dispatches })
+        Ok(TokenProfile {
+            dispatches,
+            positions,
+        })
     }
 
     /// Records and submits one token; an argmax readback goes to `argmax_staging[slot]`.
