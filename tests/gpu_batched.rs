@@ -568,10 +568,10 @@ fn rms_norm_rows_match_cpu() {
     }
 }
 
-/// The built-in model's configuration with the attention's shape replaced (made in memory,
-/// so the kernel tests need no fixture file and run wherever the test binary is copied).
+/// The tiny fixture's configuration (`synth::Preset::Tiny`, no file read, so the kernel
+/// tests run wherever the test binary is copied) with the attention's shape replaced.
 fn small_config(kv: usize, rope: usize, nope: usize, heads: usize) -> Config {
-    let mut cfg = Config::from_gguf(&glm_flash::synth::builtin_model()).unwrap();
+    let mut cfg = glm_flash::synth::Preset::Tiny.config();
     (cfg.kv_lora_rank, cfg.qk_rope, cfg.qk_nope, cfg.n_heads) = (kv, rope, nope, heads);
     cfg
 }
