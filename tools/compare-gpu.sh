@@ -8,13 +8,14 @@
 # tools/build-for-gpu.sh REV NAME builds all three for a commit.
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
-#                        [--decode-depths D,D] [--llama DIR] NAME...
+#                        [--decode-depths D,D] [--decode-matmul M,M] [--no-prefill]
+#                        [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
 # every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
-# first round with --profile), then decode at depths 128 and 4096 (or --decode-depths; with
-# `--matmul f16`, which leaves short contexts as they are and from 28672 positions runs the
-# decode attention on the cooperative matrices). No new run starts after
+# first round with --profile; none with --no-prefill), then decode at depths 128 and 4096
+# (or --decode-depths) with `--matmul f16` (or each of --decode-matmul: the tile math picks
+# the decode attention's kernel at long contexts). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
@@ -23,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
 FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
+DECODE_MATMUL=f16 PREFILL=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -32,6 +34,8 @@ while [ $# -gt 0 ]; do
         --seconds) SECONDS_MAX=$2; shift 2 ;;
         --llama) LLAMA=$2; shift 2 ;;
         --decode-depths) DECODE_DEPTHS=$2; shift 2 ;;
+        --decode-matmul) DECODE_MATMUL=$2; shift 2 ;;
+        --no-prefill) PREFILL=0; shift ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -117,13 +121,16 @@ for round in $(seq 1 "$ROUNDS"); do
     [ "$round" = 1 ] && profile=--profile
     for name in "${BUILDS[@]}"; do
         for math in split f16; do
+            [ "$PREFILL" = 1 ] || break
             [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 3
             bench "$round" "$name" "prefill-$math" --prefill 512,4096 --prefill-depth 0 \
                 --depth 0 --decode 2 --warmup 1 --matmul "$math" $profile
         done
-        [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 2
-        bench "$round" "$name" decode --prefill 0 --depth "$DECODE_DEPTHS" --decode 64 --warmup 4 \
-            --matmul f16 $profile
+        for math in ${DECODE_MATMUL//,/ }; do
+            [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 3
+            bench "$round" "$name" "decode-$math" --prefill 0 --depth "$DECODE_DEPTHS" --decode 64 \
+                --warmup 4 --matmul "$math" $profile
+        done
     done
 done
 
