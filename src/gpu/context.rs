@@ -48,18 +48,25 @@ pub const fn cooperative_workgroup_bytes(tiles: TileMath) -> u32 {
     tiles.parts() * (rows + 64) * (k + 8) * 2 + 8 * 256 * 4 + 2 * 16
 }
 
-/// The most any cooperative kernel takes (either tile variant, the batched attention):
-/// what the device check asks for.
+/// The most any cooperative kernel takes (either tile variant, either attention): what the
+/// device check asks for.
 pub const COOPERATIVE_WORKGROUP_BYTES: u32 = {
-    let split = cooperative_workgroup_bytes(TileMath::Split);
-    let f16 = cooperative_workgroup_bytes(TileMath::F16);
-    let tiles = if split > f16 { split } else { f16 };
-    let attention = crate::gpu::kernels::attn_batch_coop::WORKGROUP_BYTES;
-    if tiles > attention {
-        tiles
-    } else {
-        attention
+    let mut most = 0;
+    let takes = [
+        cooperative_workgroup_bytes(TileMath::Split),
+        cooperative_workgroup_bytes(TileMath::F16),
+        crate::gpu::kernels::attn_batch_coop::WORKGROUP_BYTES,
+        crate::gpu::kernels::attn_partial_coop::workgroup_bytes(TileMath::Split),
+        crate::gpu::kernels::attn_partial_coop::workgroup_bytes(TileMath::F16),
+    ];
+    let mut i = 0;
+    while i < takes.len() {
+        if takes[i] > most {
+            most = takes[i];
+        }
+        i += 1;
     }
+    most
 };
 
 /// Why the adapter cannot run the cooperative tiles, if it cannot.

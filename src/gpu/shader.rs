@@ -40,6 +40,8 @@ pub const TILES_FMA: &str = include_str!("kernels/lib/tiles_fma.wgsl");
 pub const TILES_COOP: &str = include_str!("kernels/lib/tiles_coop.wgsl");
 /// `attend`: attention tiles on cooperative matrices over an f16 cache.
 pub const ATTN_TILES: &str = include_str!("kernels/lib/attn_tiles.wgsl");
+/// `prepare_queries`, `P_SCALE`, `acc_col`: what the cooperative attentions share.
+pub const ATTN_COMMON: &str = include_str!("kernels/lib/attn_common.wgsl");
 
 /// What of the device a module may use: it picks the libraries appended (a choice of
 /// source, as naga validates a whole module against the device's capabilities).

@@ -15,9 +15,13 @@ pub fn layouts(shader: &Shader) -> Vec<GpuLayout> {
 
 /// Why `shader` (its module for a device with or without subgroups, for every weight
 /// layout) would not run on the smallest accepted adapter: one line per limit it exceeds.
-/// A kernel written for cooperative matrices runs where the cooperative tiles do: its
-/// workgroup memory is held to what their device check asks for.
+/// A kernel written for cooperative matrices runs where the cooperative tiles do, which have
+/// subgroups: its workgroup memory is held to what their device check asks for, and it is
+/// never built without subgroups.
 pub fn exceeds_minimum(shader: &Shader, subgroups: bool) -> Vec<String> {
+    if shader.cooperative && !subgroups {
+        return Vec::new();
+    }
     layouts(shader)
         .into_iter()
         .flat_map(|l| exceeds_minimum_for(shader, subgroups, l))

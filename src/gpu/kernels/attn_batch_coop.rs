@@ -74,7 +74,7 @@ pub const SHADER: Shader = Shader {
     reduces: false,
     lanes: true,
     weights: WeightAccess::None,
-    libraries: &[shader::ROPE, shader::ATTN_TILES],
+    libraries: &[shader::ROPE, shader::ATTN_COMMON, shader::ATTN_TILES],
     cooperative: true,
 };
 

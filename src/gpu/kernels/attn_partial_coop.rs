@@ -1,14 +1,16 @@
 //! Launcher of `attn_partial_coop.wgsl`: the first pass of a token's attention
 //! (`attn_partial.wgsl`'s partial buffer, merged by `attn_combine.wgsl`) on cooperative
 //! matrices, for an f16 cache on devices that have them, with the f16 parts of the batched
-//! mat-mul's tile math. The heads are the rows of `lib/attn_tiles.wgsl`'s query blocks, and
-//! splits of whole key tiles spread the positions over the GPU. Two dispatches: the token's
-//! queries prepared once, then the splits. Reference: `cpu::attention` (its per-head
-//! `attend` and `ops::rope` on q_pe).
+//! mat-mul's tile math. The heads are the rows of the query blocks (`lib/attn_common.wgsl`),
+//! and splits of whole tiles of [`KD`] keys spread the positions over the GPU, each tile
+//! staged in workgroup memory with its loads issued a tile ahead. Two dispatches: the
+//! token's queries prepared once, then the splits. Reference: `cpu::attention` (its
+//! per-head `attend` and `ops::rope` on q_pe).
 
 use crate::config::Config;
+use crate::gpu::cache::POSITION_TILE;
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KT, KV, QR, ROW};
+use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KV, LANES, QR, ROW};
 use crate::gpu::kernels::attn_combine;
 use crate::gpu::kernels::attn_partial::{self, Attention, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
@@ -16,21 +18,35 @@ use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, TileMath, We
 use crate::gpu::upload::uniform;
 use crate::ops_common::CacheType;
 
-/// Splits a token's positions are spread over (at most; each split whole tiles of KT): about
-/// one workgroup per compute unit of a large GPU, each with a tile or two, and few partial
-/// sums to merge.
+/// Keys per tile staged in workgroup memory: two blocks of 16.
+pub const KD: usize = 32;
+/// The widest latent the staging holds, and the words of eight f16 values each invocation
+/// holds of a tile in flight.
+const MAX_KV: usize = 512;
+const STAGED: usize = KD * MAX_KV / 8 / AWG;
+const _: () = assert!(POSITION_TILE.is_multiple_of(KD));
+
+/// Splits a token's positions are spread over (at most; each split whole tiles of KD): about
+/// one workgroup per compute unit of a large GPU, and few partial sums to merge.
 pub const TARGET_SPLITS: usize = 128;
+
+/// Workgroup memory with `tiles`' parts of the weights: the staged latents (f16, [key][kv],
+/// padded by 8), the two halves' scores (f32, [key][row], rows padded by 4), the weights'
+/// parts (f16, [row][key], keys padded by 8), two floats per row and a flag (a driver may
+/// give each variable 16 bytes).
+pub const fn workgroup_bytes(tiles: TileMath) -> u32 {
+    let parts = tiles.parts() as usize;
+    (KD * (MAX_KV + 8) * 2 + 2 * KD * (QR + 4) * 4 + parts * QR * (KD + 8) * 2 + 2 * QR * 4 + 16)
+        as u32
+}
 
 /// Cached positions from which a token's attention runs here rather than in
 /// `attn_partial.wgsl` with the tile math `tiles`, or None where it does not pay at any
-/// context measured. A workgroup takes tens of microseconds per tile of 128 keys whatever
-/// the context, so the f32 kernel is faster up to tens of thousands of positions; with
-/// f16-rounded values this kernel is ahead at 32768 and behind at 16384, and with two parts
-/// per value (three products per pair of blocks) it is not ahead at 32768 (BENCHMARKS.md).
+/// context measured.
 pub fn from_positions(tiles: TileMath) -> Option<usize> {
     match tiles {
-        TileMath::F16 => Some(28 * 1024),
-        TileMath::Split | TileMath::Fma => None,
+        TileMath::F16 | TileMath::Split => Some(2048),
+        TileMath::Fma => None,
     }
 }
 
@@ -50,6 +66,7 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
         Slot::ReadWrite,
+        Slot::Read,
     ],
     overrides: &[
         HEADS.decl(),
@@ -58,12 +75,19 @@ pub const SHADER: Shader = Shader {
         CB.decl(),
         PREPARE.decl(),
     ],
-    consts: attn_batch_coop::TILE_CONSTS,
+    consts: &[
+        ("AWG", AWG as u32),
+        ("QR", QR as u32),
+        ("KD", KD as u32),
+        ("KS", (MAX_KV + 8) as u32),
+        ("LANES", LANES as u32),
+        ("STAGED", STAGED as u32),
+    ],
     structs: &[&TokenParams::LAYOUT],
     reduces: false,
     lanes: true,
     weights: WeightAccess::None,
-    libraries: &[shader::ROPE, shader::ATTN_TILES],
+    libraries: &[shader::ROPE, shader::ATTN_COMMON],
     cooperative: true,
 };
 
@@ -76,15 +100,30 @@ wgsl_struct! {
     }
 }
 
-/// Whether a token's attention can run on this kernel: as the batched cooperative
-/// attention ([`attn_batch_coop::runs`]).
+/// Why the kernel cannot run this model's attention, if it cannot: as the batched
+/// cooperative attention ([`attn_batch_coop::unsupported`]), and the rope values are one or
+/// two blocks of 16 in each half of the scores.
+pub fn unsupported(cfg: &Config) -> Option<String> {
+    attn_batch_coop::unsupported(cfg).or_else(|| {
+        (![32, 64].contains(&cfg.qk_rope)).then(|| {
+            format!(
+                "the cooperative decode attention needs rope 32 or 64, not {}",
+                cfg.qk_rope
+            )
+        })
+    })
+}
+
+/// Whether a token's attention can run on this kernel: the batched cooperative attention
+/// runs ([`attn_batch_coop::runs`]; the device check counts this kernel's workgroup memory
+/// too) and the model fits this kernel.
 pub fn runs(ctx: &GpuContext, cfg: &Config, cache_type: CacheType) -> bool {
-    attn_batch_coop::runs(ctx, cfg, cache_type)
+    attn_batch_coop::runs(ctx, cfg, cache_type) && unsupported(cfg).is_none()
 }
 
 /// Positions per split over `cached` positions: whole tiles, at most `target` splits.
 pub fn split_len(cached: usize, target: usize) -> usize {
-    cached.div_ceil(target).next_multiple_of(KT).max(KT)
+    cached.div_ceil(target).next_multiple_of(KD).max(KD)
 }
 
 /// Row blocks of QR heads.
@@ -117,7 +156,7 @@ pub fn dispatches(
     a: &Attention,
     q_parts: &wgpu::Buffer,
 ) -> [Dispatch; 2] {
-    assert!(attn_batch_coop::unsupported(cfg).is_none() && a.cache_type == CacheType::F16);
+    assert!(unsupported(cfg).is_none() && a.cache_type == CacheType::F16);
     let params = uniform(
         ctx,
         "attn_partial_coop params",
@@ -129,7 +168,7 @@ pub fn dispatches(
         },
     );
     let buffers = [
-        &params, a.token, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.partial,
+        &params, a.token, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.partial, a.cache,
     ];
     [true, false].map(|prepare| {
         let [heads, kv, row, cb] = attn_batch_coop::tile_constants(cfg);
@@ -138,7 +177,7 @@ pub fn dispatches(
         let grid = if prepare {
             [row_blocks(cfg) * (QR * 32 / AWG) as u32, 1, 1]
         } else {
-            grid(cfg, 0, KT)
+            grid(cfg, 0, KD)
         };
         pipes
             .get(ctx, SHADER, &constants)
@@ -166,7 +205,7 @@ pub fn check_against_fma(
     let q_abs = values(heads * kv, 1.0);
     let q = values(heads * head_dim, 4.0);
     let mut cache = values(pos * row, 1.0);
-    cache.resize((pos + 1).next_multiple_of(KT) * row, 0.0);
+    cache.resize((pos + 1).next_multiple_of(POSITION_TILE) * row, 0.0);
     let kv_a = values(cfg.q_lora_rank + row, 1.0);
     let kv_norm = values(kv, 1.0);
     let table = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
@@ -181,7 +220,7 @@ pub fn check_against_fma(
         storage_f32(ctx, "check kv_norm", &kv_norm),
     );
     let lanes = attn_partial::variants(cfg)[0];
-    let splits = [attn_partial::split_len(pos), KT];
+    let splits = [attn_partial::split_len(pos), 4 * KD];
     let mut outputs = Vec::new();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     for (tiles, split) in [false, true].into_iter().zip(splits) {

@@ -1,33 +1,21 @@
 // Attention tiles on cooperative matrices of 16x16x16 f16 inputs and f32 accumulators, in
 // subgroups of 32, over an f16 latent cache: the loop of attn_batch_coop.wgsl (a batch's
-// queries) and attn_partial_coop.wgsl (one token's heads over a split of the cache), which
-// append it. The kernel declares the overrides HEADS, KV, ROW (kv + rope) and CB (KV / 64:
-// 1 or even), `p` (with head_dim, nope and scale), the bindings q_abs, q, rope_cs, cache
-// (array<f16>) and q_parts (array<f16>, read_write), and three functions the loop calls:
+// queries), which appends it after lib/attn_queries.wgsl. The kernel declares the overrides
+// HEADS, KV, ROW (kv + rope) and CB (KV / 64: 1 or even), `p` (with head_dim, nope and
+// scale), the bindings q_abs, q, rope_cs, cache (array<f16>) and q_parts (array<f16>,
+// read_write), and three functions the loop calls:
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
 //   emit_row(qr, m, l)         row qr's running max and sum (l in units of P_SCALE)
 //   emit(qr, col, o, l)        column col of row qr's context, Σ P_SCALE exp(s - m) latent
-// Query row qr = t * HEADS + h is head h of token t; q_abs is [rows][kv], q
-// [rows][nope + rope] (q_pe not yet roped), rope_cs [tokens][rope / 2] (cos, sin).
 //
-// Two steps, which may run in one workgroup (storageBarrier between) or in two dispatches
-// (one token's queries prepared once for every split):
-//   prepare_queries  writes QR = 32 query rows (two blocks of 16) as f16 parts to a region
-//                    of q_parts (`query_region()` f16 values), with each row's scale;
+// Two steps, which run in one workgroup (storageBarrier between):
+//   prepare_queries  (lib/attn_queries.wgsl) writes QR = 32 query rows (two blocks of 16)
+//                    as f16 parts to a region of q_parts, with each row's scale;
 //   attend           walks the rows' keys in tiles of KT = 128 with an online softmax,
 //                    each key read once for all its rows (MLA is multi-query over the
 //                    latent).
-// The cache values are f16 already, so they enter the products exactly; the f32 operands
-// enter as PARTS f16 parts each (the batched mat-mul's `TileMath`, prepended from Rust).
-// With two (hi, and the rest lo) they keep about 21 bits, against f32's 24; with one, each
-// is rounded to f16 (11 bits, llama.cpp's precision) and the lo products are skipped:
-//   queries: scaled per row by a power of two 2^e that puts the row's largest value in
-//            [2^13, 2^14), so no part leaves f16's range whatever the values; hi is the
-//            scaled value with its mantissa cut to f16's 10 bits (a bit mask), lo the rest
-//            (below 2^3, and subnormal only where it is under 2^-27 of the row's largest:
-//            it needs no scale of its own); one part: the scaled value rounded. The region
-//            holds [part][QR][ROW] row-major A matrices for the score products, then each
-//            row's e (an integer, exact in f16);
+// The cache values are f16 already, so they enter the products exactly; the queries enter
+// as their PARTS parts, the lo products skipped with one:
 //   scores:  subgroup sg multiplies row block sg % 2 by key blocks sg / 2 and 4 + sg / 2
 //            over the row (each query block loaded once for both), hi and lo products into
 //            one accumulator per key block, then through workgroup memory to s_tile;
@@ -51,11 +39,6 @@
 /// Strides: QS of the scores (f32, between keys), PS of the weights (f16, between rows).
 const QS: u32 = QR + 4u;
 const PS: u32 = KT + 8u;
-/// The weights' scale in the context products, and how far a score may pass the reference
-/// max before it moves (see above): 256 P_SCALE stays within f16's range.
-const P_SCALE: f32 = 128.0;
-const GROWTH: f32 = 5.545177; // 8 ln 2
-
 /// [key][row] scores of the tile; also each subgroup's 16 x 16 block of the context on its
 /// way to being rescaled or written (256 floats from sg * 256).
 var<workgroup> s_tile: array<f32, KT * QS>;
@@ -68,92 +51,6 @@ var<workgroup> corr: array<f32, QR>;
 var<workgroup> row_l: array<f32, QR>;
 /// Set when a row's reference max moved in this tile (all writers write 1).
 var<workgroup> rescale: u32;
-
-/// hi of a value (f16's 10 mantissa bits, 0 below f16's normal range).
-fn hi_part(v: f32) -> f32 {
-    let cut = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);
-    return select(cut, 0.0, abs(v) < 1.0 / 16384.0);
-}
-
-/// Values 4d..4d+3 of query row qr (the batch's last row for rows past it).
-fn query4(qr: u32, d: u32) -> vec4<f32> {
-    let kv4 = KV / 4u;
-    if (d < kv4) {
-        return q_abs[qr * kv4 + d];
-    }
-    let pe = q[(qr * p.head_dim + p.nope) / 4u + d - kv4];
-    return rotate2(pe, rope_cs[(qr / HEADS) * ((ROW - KV) / 4u) + d - kv4]);
-}
-
-/// f16 values of a workgroup's region of q_parts: [part][QR][ROW], then [QR] scales.
-fn query_region() -> u32 {
-    return 2u * QR * ROW + QR;
-}
-
-/// The largest magnitude of each lane of query row qr's values 4d.. for d = lane,
-/// lane + lanes, ...
-fn query_top(qr: u32, lane: u32, lanes: u32) -> vec4<f32> {
-    var top = vec4<f32>(0.0);
-    for (var d = lane; d < ROW / 4u; d += lanes) {
-        top = max(top, abs(query4(qr, d)));
-    }
-    return top;
-}
-
-/// The e of a row whose values reach `top` (per lane): its largest magnitude times 2^e in
-/// [2^13, 2^14), so hi (or the rounded value) stays within f16's range, and lo below 2^3.
-fn query_exponent(top: vec4<f32>) -> i32 {
-    return clamp(14 - frexp(max(max(top.x, top.y), max(top.z, top.w))).exp, -100, 100);
-}
-
-/// Writes query row qr, scaled by 2^e, as row r of the region of q_parts from `base`: the
-/// parts of its values 4d.. for d = lane, lane + lanes, ..., and (lane 0) e.
-fn put_query_row(base: u32, r: u32, qr: u32, e: i32, lane: u32, lanes: u32) {
-    let s = ldexp(1.0, e);
-    let row = base + r * ROW;
-    for (var d = lane; d < ROW / 4u; d += lanes) {
-        let v = query4(qr, d) * s;
-        for (var i = 0u; i < 4u; i++) {
-            if (PARTS == 1u) {
-                q_parts[row + 4u * d + i] = f16(v[i]);
-                continue;
-            }
-            let hi = hi_part(v[i]);
-            q_parts[row + 4u * d + i] = f16(hi);
-            q_parts[row + QR * ROW + 4u * d + i] = f16(v[i] - hi);
-        }
-    }
-    if (lane == 0u) {
-        q_parts[base + 2u * QR * ROW + r] = f16(f32(e));
-    }
-}
-
-/// Writes query rows q0.. (of `rows`; past the last, it repeats) to the region of q_parts
-/// from `base`, LANES invocations per row.
-fn prepare_queries(lid: u32, q0: u32, rows: u32, base: u32) {
-    let r = lid / LANES;
-    let lane = lid % LANES;
-    let qr = min(q0 + r, rows - 1u);
-    let e = query_exponent(lane_max(query_top(qr, lane, LANES), lid));
-    put_query_row(base, r, qr, e, lane, LANES);
-}
-
-/// Latent column blocks of 16 per subgroup in the context phase: CB / 2 for both row blocks,
-/// or one block of one row block where CB is 1.
-fn col_blocks() -> u32 {
-    return max(CB / 2u, 1u);
-}
-
-/// The row block of the subgroup's context accumulator j: accumulators alternate between
-/// the two row blocks (where CB is 1, the subgroup's one accumulator takes sg % 2).
-fn acc_rows(j: u32, sg: u32) -> u32 {
-    return select(j % 2u, sg % 2u, CB == 1u);
-}
-
-/// The first latent column of the subgroup's context accumulator j.
-fn acc_col(j: u32, sg: u32) -> u32 {
-    return 16u * (col_blocks() * select(sg, sg / 2u, CB == 1u) + j / 2u);
-}
 
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), their queries
 /// prepared in the region of q_parts from `base`, and emits each row's context and softmax
