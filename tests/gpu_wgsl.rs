@@ -213,15 +213,7 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
 #[test]
 fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
     use glm_flash::gpu::kernels::{attn_batch_coop, attn_partial_coop};
-    // The workgroup memory each declares with either tile math.
-    let declared = |name: &str, tiles: TileMath| -> u32 {
-        if name == attn_batch_coop::SHADER.name {
-            attn_batch_coop::WORKGROUP_BYTES
-        } else {
-            assert_eq!(name, attn_partial_coop::SHADER.name);
-            attn_partial_coop::workgroup_bytes(tiles)
-        }
-    };
+    // Both attention kernels keep the workgroup memory of lib/attn_tiles.wgsl.
     let coop: Vec<Shader> = all_shaders()
         .into_iter()
         .filter(|s| s.cooperative)
@@ -266,7 +258,7 @@ fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
                 .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e:?}"));
             assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
         }
-        let bytes = declared(shader.name, tiles);
+        let bytes = attn_batch_coop::workgroup_bytes(tiles);
         assert_eq!(
             common::kernel_fit::workgroup_bytes(&module),
             bytes,

@@ -55,9 +55,8 @@ pub const COOPERATIVE_WORKGROUP_BYTES: u32 = {
     let takes = [
         cooperative_workgroup_bytes(TileMath::Split),
         cooperative_workgroup_bytes(TileMath::F16),
-        crate::gpu::kernels::attn_batch_coop::WORKGROUP_BYTES,
-        crate::gpu::kernels::attn_partial_coop::workgroup_bytes(TileMath::Split),
-        crate::gpu::kernels::attn_partial_coop::workgroup_bytes(TileMath::F16),
+        crate::gpu::kernels::attn_batch_coop::workgroup_bytes(TileMath::Split),
+        crate::gpu::kernels::attn_batch_coop::workgroup_bytes(TileMath::F16),
     ];
     let mut i = 0;
     while i < takes.len() {

@@ -10,7 +10,7 @@ use crate::gpu::context::{GpuContext, MIN_SUBGROUP};
 use crate::gpu::kernels::attn_batch::{AttnBatch, Params};
 use crate::gpu::kernels::matmul::BatchParams;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{self, Constant, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, Constant, Override, Shader, Slot, TileMath, WeightAccess};
 use crate::gpu::upload::uniform;
 use crate::ops_common::CacheType;
 
@@ -18,17 +18,25 @@ use crate::ops_common::CacheType;
 pub const AWG: usize = 256;
 /// Query rows ((token, head) pairs) per workgroup: two blocks of 16.
 pub const QR: usize = 32;
-/// Keys per tile: eight blocks of 16, the cache's tile of positions.
-pub const KT: usize = POSITION_TILE;
+/// Keys per tile staged in workgroup memory: two blocks of 16.
+pub const KD: usize = 32;
 /// Invocations per query row when its queries are split and its softmax updated.
 pub const LANES: usize = AWG / QR;
-const _: () = assert!(KT == 128 && LANES <= MIN_SUBGROUP as usize);
+/// The widest latent the staging holds, and the words of eight f16 values each invocation
+/// holds of a tile in flight.
+const MAX_KV: usize = 512;
+const STAGED: usize = KD * MAX_KV / 8 / AWG;
+const _: () = assert!(POSITION_TILE.is_multiple_of(KD) && LANES <= MIN_SUBGROUP as usize);
 
-/// Workgroup memory: the scores (f32, [key][row], rows padded by 4), the hi and lo weights
-/// (f16, [row][key], keys padded by 8), three floats per row and a flag (a driver may give
-/// each variable 16 bytes).
-pub const WORKGROUP_BYTES: u32 =
-    (KT * (QR + 4) * 4 + 2 * QR * (KT + 8) * 2 + 3 * QR * 4 + 16) as u32;
+/// Workgroup memory of `lib/attn_tiles.wgsl` with `tiles`' parts of the weights: the staged
+/// latents (f16, [key][kv], padded by 8), the two halves' scores (f32, [key][row], rows
+/// padded by 4), the weights' parts (f16, [row][key], keys padded by 8), three floats per
+/// row and a flag (a driver may give each variable 16 bytes).
+pub const fn workgroup_bytes(tiles: TileMath) -> u32 {
+    let parts = tiles.parts() as usize;
+    (KD * (MAX_KV + 8) * 2 + 2 * KD * (QR + 4) * 4 + parts * QR * (KD + 8) * 2 + 3 * QR * 4 + 16)
+        as u32
+}
 
 /// The overrides `lib/attn_tiles.wgsl` asks of the kernels that append it (this one and
 /// `attn_partial_coop`): heads, kv and kv + rope, and kv / 64.
@@ -37,12 +45,16 @@ pub const KV: Override<u32> = Override::new("KV");
 pub const ROW: Override<u32> = Override::new("ROW");
 pub const CB: Override<u32> = Override::new("CB");
 
-/// The sizes `lib/attn_tiles.wgsl` asks of the kernels that append it, prepended to them.
+/// The sizes `lib/attn_tiles.wgsl` asks of the kernels that append it, prepended to them;
+/// KS is the stride of the staged latents, the widest latent plus 8 (16 bytes past a
+/// multiple of 128, so a block's 16 rows fall on different banks).
 pub const TILE_CONSTS: &[(&str, u32)] = &[
     ("AWG", AWG as u32),
     ("QR", QR as u32),
-    ("KT", KT as u32),
+    ("KD", KD as u32),
+    ("KS", (MAX_KV + 8) as u32),
     ("LANES", LANES as u32),
+    ("STAGED", STAGED as u32),
 ];
 
 /// The values of those overrides for a model.
@@ -67,6 +79,7 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
         Slot::ReadWrite,
+        Slot::Read,
     ],
     overrides: &[HEADS.decl(), KV.decl(), ROW.decl(), CB.decl()],
     consts: TILE_CONSTS,
@@ -140,7 +153,7 @@ pub fn dispatch(
     pipes.get(ctx, SHADER, &tile_constants(cfg)).dispatch(
         ctx,
         &[
-            &params, a.batch, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.kqv,
+            &params, a.batch, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.kqv, a.cache,
         ],
         [1, 1, 1],
     )
@@ -172,7 +185,7 @@ pub fn check_against_fma(
     let q_abs = values(n * heads * kv, 1.0);
     let q = values(n * heads * head_dim, 4.0);
     let mut cache = values((pos + n) * row, 1.0);
-    cache.resize((pos + n).next_multiple_of(KT) * row, 0.0);
+    cache.resize((pos + n).next_multiple_of(POSITION_TILE) * row, 0.0);
     let rope: Vec<[f32; 2]> = (pos..pos + n)
         .flat_map(|p| attn_partial::rope_table(p, cfg.qk_rope, cfg.rope_base))
         .collect();

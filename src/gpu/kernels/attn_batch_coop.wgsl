@@ -7,8 +7,8 @@
 // A workgroup takes 32 query rows (all heads of neighbouring tokens) over the keys up to
 // its last row's position.
 // Launcher: src/gpu/kernels/attn_batch_coop.rs. Appended: lanes_subgroup.wgsl,
-// lib/rope.wgsl and lib/attn_tiles.wgsl. Prepended from Rust: the f16 and
-// cooperative-matrix enables, AWG, QR, KT, LANES and struct Batch.
+// lib/rope.wgsl, lib/attn_common.wgsl and lib/attn_tiles.wgsl. Prepended from Rust: the f16
+// and cooperative-matrix enables, AWG, QR, KD, KS, LANES, STAGED, PARTS and struct Batch.
 
 /// Heads of the model, kv and kv + rope (a cache row), rope / 4.
 override HEADS: u32 = 20u;
@@ -39,6 +39,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> q_parts: array<f16>;
 /// [tokens][heads][kv] out
 @group(0) @binding(7) var<storage, read_write> kqv: array<f32>;
+/// The cache again, as words of eight f16 values, for the staging loads.
+@group(0) @binding(8) var<storage, read> cache_words: array<vec4<u32>>;
 
 fn key_end(qr: u32) -> u32 {
     return batch.pos + qr / HEADS + 1u;

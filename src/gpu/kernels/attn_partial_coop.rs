@@ -1,16 +1,15 @@
 //! Launcher of `attn_partial_coop.wgsl`: the first pass of a token's attention
 //! (`attn_partial.wgsl`'s partial buffer, merged by `attn_combine.wgsl`) on cooperative
 //! matrices, for an f16 cache on devices that have them, with the f16 parts of the batched
-//! mat-mul's tile math. The heads are the rows of the query blocks (`lib/attn_common.wgsl`),
-//! and splits of whole tiles of [`KD`] keys spread the positions over the GPU, each tile
-//! staged in workgroup memory with its loads issued a tile ahead. Two dispatches: the
-//! token's queries prepared once, then the splits. Reference: `cpu::attention` (its
+//! mat-mul's tile math. The heads are the rows of `lib/attn_tiles.wgsl`'s query blocks, and
+//! splits of whole tiles of [`KD`] keys spread the positions over the GPU. Two dispatches:
+//! the token's queries prepared once, then the splits. Reference: `cpu::attention` (its
 //! per-head `attend` and `ops::rope` on q_pe).
 
 use crate::config::Config;
 use crate::gpu::cache::POSITION_TILE;
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KV, LANES, QR, ROW};
+use crate::gpu::kernels::attn_batch_coop::{self, AWG, CB, HEADS, KD, KV, QR, ROW};
 use crate::gpu::kernels::attn_combine;
 use crate::gpu::kernels::attn_partial::{self, Attention, TokenParams};
 use crate::gpu::pipelines::{Dispatch, Pipelines};
@@ -18,27 +17,9 @@ use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, TileMath, We
 use crate::gpu::upload::uniform;
 use crate::ops_common::CacheType;
 
-/// Keys per tile staged in workgroup memory: two blocks of 16.
-pub const KD: usize = 32;
-/// The widest latent the staging holds, and the words of eight f16 values each invocation
-/// holds of a tile in flight.
-const MAX_KV: usize = 512;
-const STAGED: usize = KD * MAX_KV / 8 / AWG;
-const _: () = assert!(POSITION_TILE.is_multiple_of(KD));
-
 /// Splits a token's positions are spread over (at most; each split whole tiles of KD): about
 /// one workgroup per compute unit of a large GPU, and few partial sums to merge.
 pub const TARGET_SPLITS: usize = 128;
-
-/// Workgroup memory with `tiles`' parts of the weights: the staged latents (f16, [key][kv],
-/// padded by 8), the two halves' scores (f32, [key][row], rows padded by 4), the weights'
-/// parts (f16, [row][key], keys padded by 8), two floats per row and a flag (a driver may
-/// give each variable 16 bytes).
-pub const fn workgroup_bytes(tiles: TileMath) -> u32 {
-    let parts = tiles.parts() as usize;
-    (KD * (MAX_KV + 8) * 2 + 2 * KD * (QR + 4) * 4 + parts * QR * (KD + 8) * 2 + 2 * QR * 4 + 16)
-        as u32
-}
 
 /// Cached positions from which a token's attention runs here rather than in
 /// `attn_partial.wgsl` with the tile math `tiles`, or None where it does not pay at any
@@ -75,19 +56,12 @@ pub const SHADER: Shader = Shader {
         CB.decl(),
         PREPARE.decl(),
     ],
-    consts: &[
-        ("AWG", AWG as u32),
-        ("QR", QR as u32),
-        ("KD", KD as u32),
-        ("KS", (MAX_KV + 8) as u32),
-        ("LANES", LANES as u32),
-        ("STAGED", STAGED as u32),
-    ],
+    consts: attn_batch_coop::TILE_CONSTS,
     structs: &[&TokenParams::LAYOUT],
     reduces: false,
     lanes: true,
     weights: WeightAccess::None,
-    libraries: &[shader::ROPE, shader::ATTN_COMMON],
+    libraries: &[shader::ROPE, shader::ATTN_COMMON, shader::ATTN_TILES],
     cooperative: true,
 };
 

@@ -1,49 +1,57 @@
 // Attention tiles on cooperative matrices of 16x16x16 f16 inputs and f32 accumulators, in
 // subgroups of 32, over an f16 latent cache: the loop of attn_batch_coop.wgsl (a batch's
-// queries), which appends it after lib/attn_queries.wgsl. The kernel declares the overrides
-// HEADS, KV, ROW (kv + rope) and CB (KV / 64: 1 or even), `p` (with head_dim, nope and
-// scale), the bindings q_abs, q, rope_cs, cache (array<f16>) and q_parts (array<f16>,
-// read_write), and three functions the loop calls:
+// queries) and attn_partial_coop.wgsl (one token's heads over a split of the cache), which
+// append it after lib/attn_common.wgsl. The kernel declares the overrides HEADS, KV, ROW
+// (kv + rope) and CB (KV / 64: 1 or even), `p` (with head_dim, nope and scale), the
+// bindings q_abs, q, rope_cs, cache (array<f16>), cache_words (the same buffer as
+// array<vec4<u32>>) and q_parts (array<f16>, read_write), and three functions the loop
+// calls:
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
 //   emit_row(qr, m, l)         row qr's running max and sum (l in units of P_SCALE)
 //   emit(qr, col, o, l)        column col of row qr's context, Σ P_SCALE exp(s - m) latent
+// Prepended from Rust: AWG, QR, KD, KS, LANES, STAGED and PARTS.
 //
-// Two steps, which run in one workgroup (storageBarrier between):
-//   prepare_queries  (lib/attn_queries.wgsl) writes QR = 32 query rows (two blocks of 16)
-//                    as f16 parts to a region of q_parts, with each row's scale;
-//   attend           walks the rows' keys in tiles of KT = 128 with an online softmax,
-//                    each key read once for all its rows (MLA is multi-query over the
-//                    latent).
-// The cache values are f16 already, so they enter the products exactly; the queries enter
-// as their PARTS parts, the lo products skipped with one:
-//   scores:  subgroup sg multiplies row block sg % 2 by key blocks sg / 2 and 4 + sg / 2
-//            over the row (each query block loaded once for both), hi and lo products into
-//            one accumulator per key block, then through workgroup memory to s_tile;
-//   softmax: LANES = 8 invocations per row update its reference max m and sum l. m moves
-//            only when a tile's scores pass it by more than GROWTH (8 ln 2), so the weights
-//            exp(s - m) stay below 256 and the context is rarely rescaled (any of the 32
-//            rows' max growing at all would rescale about every other tile). The weights
-//            enter as parts of 2^7 exp(s - m) (hi cut, lo the rest, unscaled: both multiply
-//            the same latents into one accumulator; or rounded, with one part), and l sums
-//            the weights as the parts carry them, so the normalisation matches the products;
-//   context: subgroup sg owns CB / 2 blocks of 16 latent columns (from 8 CB sg) of both
-//            row blocks, each latent block loaded once for both (where CB is 1: one block,
-//            from 16 (sg / 2), of row block sg % 2), transposed (columns x rows: the cache
-//            rows are then column-major A blocks, the weights column-major B blocks), in CB
-//            accumulators;
-//            when a row's m moves, they go through workgroup memory to be rescaled (rare
-//            after the first tile).
+// `attend` walks QR = 32 query rows (two blocks of 16, prepared by lib/attn_common.wgsl)
+// over their keys in tiles of KD = 32 with an online softmax, each key read once for all
+// the rows (MLA is multi-query over the latent). The speed of a token's attention is the
+// speed the cache is read at, so each tile is staged in workgroup memory with wide loads
+// issued a tile ahead: every invocation holds its share of the next tile's latents in
+// registers while the current one is multiplied, and a workgroup waits for memory about
+// once rather than at every product. The cache values are f16 already, so they enter the
+// products exactly; the queries enter as their PARTS parts, the lo products skipped with
+// one. Per tile:
+//   stage:    the tile's latents (their first KV values) into k_tile; the rope values stay
+//             in the cache, their blocks loaded a tile ahead as cooperative matrices;
+//   scores:   subgroup sg takes row block sg % 2, key block (sg / 2) % 2 and side sg / 4 of
+//             the row (half its latent blocks and half its rope blocks), its query parts
+//             into one accumulator, stored to its side's scores in s_half;
+//   softmax:  LANES = 8 invocations per row add the halves and update the row's reference
+//             max m and sum l. m moves only when a tile's scores pass it by more than GROWTH
+//             (8 ln 2), so the weights exp(s - m) stay below 256 and the context is rarely
+//             rescaled. The weights enter as parts of P_SCALE exp(s - m) (hi cut, lo the
+//             rest: both multiply the same latents into one accumulator; or rounded, with
+//             one part), and l sums the weights as the parts carry them, so the
+//             normalisation matches the products;
+//   context:  subgroup sg's CB accumulators (acc_rows, acc_col) add the tile's latents
+//             (column-major A blocks of k_tile) times the weights (column-major B blocks of
+//             the [row][key] weights), transposed (latent columns x query rows); where a
+//             row's m moved they go through workgroup memory to be rescaled first.
 // Keys at or past a row's key_end weigh 0; the cache buffer holds whole tiles of positions
 // (src/gpu/cache.rs), so a tile never reads past it.
 
 /// Strides: QS of the scores (f32, between keys), PS of the weights (f16, between rows).
+/// KS, of the staged latents (f16, between keys), is the widest latent plus 8: 16 bytes past
+/// a multiple of 128, so a block's 16 rows fall on different banks.
 const QS: u32 = QR + 4u;
-const PS: u32 = KT + 8u;
-/// [key][row] scores of the tile; also each subgroup's 16 x 16 block of the context on its
-/// way to being rescaled or written (256 floats from sg * 256).
-var<workgroup> s_tile: array<f32, KT * QS>;
-/// [part][row][key] the parts of the tile's weights (the lo part unused with one).
-var<workgroup> p_parts: array<f16, 2u * QR * PS>;
+const PS: u32 = KD + 8u;
+
+/// [key][column] the first KV values of the tile's keys.
+var<workgroup> k_tile: array<f16, KD * KS>;
+/// [side][key][row] the scores over each half of the row; also each subgroup's 16 x 16
+/// block of the context on its way to being rescaled or written (256 floats from sg * 256).
+var<workgroup> s_half: array<f32, 2u * KD * QS>;
+/// [part][row][key] the parts of the tile's weights.
+var<workgroup> p_parts: array<f16, PARTS * QR * PS>;
 /// Per row: the scores' factor (attention scale over the query's), exp(m_before - m_after)
 /// of this tile, and at the end l.
 var<workgroup> unscale: array<f32, QR>;
@@ -51,6 +59,49 @@ var<workgroup> corr: array<f32, QR>;
 var<workgroup> row_l: array<f32, QR>;
 /// Set when a row's reference max moved in this tile (all writers write 1).
 var<workgroup> rescale: u32;
+
+/// Words of eight latent values in a tile, and this invocation's unit u of them.
+fn tile_words() -> u32 {
+    return KD * KV / 8u;
+}
+
+fn word_of(lid: u32, u: u32) -> u32 {
+    return lid + AWG * u;
+}
+
+/// Loads this invocation's share of the latents of keys t0.. (STAGED words at most).
+fn stage_load(lid: u32, t0: u32) -> array<vec4<u32>, STAGED> {
+    var words: array<vec4<u32>, STAGED>;
+    for (var u = 0u; u < STAGED; u++) {
+        let w = word_of(lid, u);
+        if (w < tile_words()) {
+            let key = w / (KV / 8u);
+            words[u] = cache_words[((t0 + key) * ROW) / 8u + w % (KV / 8u)];
+        }
+    }
+    return words;
+}
+
+/// Stores a share `stage_load` gave to k_tile.
+fn stage_store(lid: u32, words: array<vec4<u32>, STAGED>) {
+    for (var u = 0u; u < STAGED; u++) {
+        let w = word_of(lid, u);
+        if (w < tile_words()) {
+            let at = (w / (KV / 8u)) * KS + 8u * (w % (KV / 8u));
+            for (var i = 0u; i < 4u; i++) {
+                let pair = unpack2x16float(words[u][i]);
+                k_tile[at + 2u * i] = f16(pair.x);
+                k_tile[at + 2u * i + 1u] = f16(pair.y);
+            }
+        }
+    }
+}
+
+/// The index in `cache` of the first rope block of keys t0 + 16 kb.. that side `side` of the
+/// row takes (the rope blocks are split between the halves; its second, if any, follows).
+fn rope_at(t0: u32, kb: u32, side: u32) -> u32 {
+    return (t0 + 16u * kb) * ROW + KV + 16u * side * ((ROW - KV) / 32u);
+}
 
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), their queries
 /// prepared in the region of q_parts from `base`, and emits each row's context and softmax
@@ -62,11 +113,15 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     let sg = lid / 32u;
     let lane = lid % 32u;
     let rb = sg % 2u;
-    let kb = sg / 2u;
+    let kb = (sg / 2u) % 2u;
+    let side = sg / 4u;
     // Softmax: row sr, `sl` within its LANES, keys sl + LANES i; the end of its keys.
     let sr = lid / LANES;
     let sl = lid % LANES;
     let end = key_end(min(q0 + sr, rows - 1u));
+    // Blocks of 16 columns of each half of the row: latent, then rope.
+    let latent_blocks = KV / 32u;
+    let rope_blocks = (ROW - KV) / 32u;
     var m = -3.0e38;
     var l = 0.0;
     var o0 = coop_mat16x16<f32, C>();
@@ -78,65 +133,65 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
     let qa = base + 16u * rb * ROW;
-    for (var t0 = k0; t0 < k1; t0 += KT) {
-        // Scores of rows 16 rb.. and keys t0 + 16 kb.. and t0 + 64 + 16 kb.., each query
-        // block loaded once for both key blocks; hi and lo products into one accumulator.
-        var s0 = coop_mat16x16<f32, C>();
-        var s1 = coop_mat16x16<f32, C>();
-        let kr0 = (t0 + 16u * kb) * ROW;
-        let kr1 = kr0 + 64u * ROW;
-        // Two blocks of 16 values per pass, all their loads issued before the products, so
-        // the loads' latencies overlap; then the rest, if any.
-        var d = 0u;
-        while (d + 32u <= ROW) {
-            let k00 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr0 + d], ROW);
-            let k01 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr0 + d + 16u], ROW);
-            let k10 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr1 + d], ROW);
-            let k11 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr1 + d + 16u], ROW);
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d + 16u], ROW);
-            if (PARTS == 2u) {
-                let lo = qa + QR * ROW + d;
-                let l0 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[lo], ROW);
-                let l1 = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[lo + 16u], ROW);
-                s0 = coopMultiplyAdd(l0, k00, s0);
-                s0 = coopMultiplyAdd(l1, k01, s0);
-                s1 = coopMultiplyAdd(l0, k10, s1);
-                s1 = coopMultiplyAdd(l1, k11, s1);
-            }
-            s0 = coopMultiplyAdd(a0, k00, s0);
-            s0 = coopMultiplyAdd(a1, k01, s0);
-            s1 = coopMultiplyAdd(a0, k10, s1);
-            s1 = coopMultiplyAdd(a1, k11, s1);
-            d += 32u;
-        }
-        while (d < ROW) {
-            let k0 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr0 + d], ROW);
-            let k1 = coopLoad<coop_mat16x16<f16, B>>(&cache[kr1 + d], ROW);
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
-            if (PARTS == 2u) {
-                let l = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
-                s0 = coopMultiplyAdd(l, k0, s0);
-                s1 = coopMultiplyAdd(l, k1, s1);
-            }
-            s0 = coopMultiplyAdd(a, k0, s0);
-            s1 = coopMultiplyAdd(a, k1, s1);
-            d += 16u;
-        }
+    // The first tile's latents and rope blocks, in flight before the loop.
+    var words = stage_load(lid, k0);
+    var rope0 = coopLoad<coop_mat16x16<f16, B>>(&cache[rope_at(k0, kb, side)], ROW);
+    var rope1 = coopLoad<coop_mat16x16<f16, B>>(
+        &cache[rope_at(k0, kb, side) + 16u * min(1u, rope_blocks - 1u)],
+        ROW,
+    );
+    for (var t0 = k0; t0 < k1; t0 += KD) {
+        stage_store(lid, words);
+        // The next tile's loads (this tile's again after the last: never past the buffer)
+        // fly while this one is multiplied.
+        let next = select(t0, t0 + KD, t0 + KD < k1);
+        words = stage_load(lid, next);
+        let r0 = rope0;
+        let r1 = rope1;
+        rope0 = coopLoad<coop_mat16x16<f16, B>>(&cache[rope_at(next, kb, side)], ROW);
+        rope1 = coopLoad<coop_mat16x16<f16, B>>(
+            &cache[rope_at(next, kb, side) + 16u * min(1u, rope_blocks - 1u)],
+            ROW,
+        );
         if (lid == 0u) {
             rescale = 0u;
         }
-        let at = 16u * kb * QS + 16u * rb;
-        coopStore(s0, &s_tile[at], QS);
-        coopStore(s1, &s_tile[at + 64u * QS], QS);
+        workgroupBarrier();
+
+        // Scores of rows 16 rb.. and keys 16 kb.. over the subgroup's side of the row.
+        var s = coop_mat16x16<f32, C>();
+        for (var i = 0u; i < latent_blocks; i++) {
+            let d = 16u * (side * latent_blocks + i);
+            let k = coopLoad<coop_mat16x16<f16, B>>(&k_tile[16u * kb * KS + d], KS);
+            if (PARTS == 2u) {
+                let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
+                s = coopMultiplyAdd(lo, k, s);
+            }
+            let hi = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
+            s = coopMultiplyAdd(hi, k, s);
+        }
+        for (var i = 0u; i < min(rope_blocks, 2u); i++) {
+            let d = KV + 16u * (side * rope_blocks + i);
+            var k = r0;
+            if (i == 1u) {
+                k = r1;
+            }
+            if (PARTS == 2u) {
+                let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
+                s = coopMultiplyAdd(lo, k, s);
+            }
+            let hi = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
+            s = coopMultiplyAdd(hi, k, s);
+        }
+        coopStore(s, &s_half[side * KD * QS + 16u * kb * QS + 16u * rb], QS);
         workgroupBarrier();
 
         // Online softmax of row sr over the tile.
-        var sc: array<f32, KT / LANES>;
+        var sc: array<f32, KD / LANES>;
         var tile_max = -3.0e38;
-        for (var i = 0u; i < KT / LANES; i++) {
+        for (var i = 0u; i < KD / LANES; i++) {
             let k = sl + LANES * i;
-            let v = s_tile[k * QS + sr] * unscale[sr];
+            let v = (s_half[k * QS + sr] + s_half[KD * QS + k * QS + sr]) * unscale[sr];
             sc[i] = select(-3.0e38, v, t0 + k < end);
             tile_max = max(tile_max, sc[i]);
         }
@@ -144,18 +199,19 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         let new_m = select(m, top, top > m + GROWTH);
         let c = exp(m - new_m);
         var sum = 0.0;
-        for (var i = 0u; i < KT / LANES; i++) {
+        for (var i = 0u; i < KD / LANES; i++) {
             let w = exp(sc[i] - new_m) * P_SCALE;
+            let at = sr * PS + sl + LANES * i;
             if (PARTS == 1u) {
                 let rounded = f16(w);
-                p_parts[sr * PS + sl + LANES * i] = rounded;
+                p_parts[at] = rounded;
                 sum += f32(rounded);
                 continue;
             }
             let hi = hi_part(w);
             let lo = f16(w - hi);
-            p_parts[sr * PS + sl + LANES * i] = f16(hi);
-            p_parts[QR * PS + sr * PS + sl + LANES * i] = lo;
+            p_parts[at] = f16(hi);
+            p_parts[QR * PS + at] = lo;
             sum += hi + f32(lo);
         }
         l = l * c + lane_sum(vec4<f32>(sum, 0.0, 0.0, 0.0), lid).x;
@@ -182,14 +238,14 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
                     case 7u: { o = o7; }
                     default: {}
                 }
-                coopStore(o, &s_tile[sg * 256u], 16u);
+                coopStore(o, &s_half[sg * 256u], 16u);
                 workgroupBarrier();
                 for (var i = 0u; i < 8u; i++) {
                     let e = lane + 32u * i;
-                    s_tile[sg * 256u + e] *= corr[16u * acc_rows(j, sg) + e / 16u];
+                    s_half[sg * 256u + e] *= corr[16u * acc_rows(j, sg) + e / 16u];
                 }
                 workgroupBarrier();
-                o = coopLoad<coop_mat16x16<f32, C>>(&s_tile[sg * 256u], 16u);
+                o = coopLoad<coop_mat16x16<f32, C>>(&s_half[sg * 256u], 16u);
                 switch j {
                     case 0u: { o0 = o; }
                     case 1u: { o1 = o; }
@@ -205,22 +261,18 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         }
 
         // Context, transposed (each block is latent columns x query rows): add the tile's
-        // keys' latents (column-major A blocks of the cache rows) times its weights
-        // (column-major B blocks of the [row][key] tile).
-        // Row blocks a and b of the weights (both the subgroup's where CB is 1).
+        // latents (column-major A blocks of k_tile) times its weights (column-major B
+        // blocks of the [row][key] weights).
         let rows_a = acc_rows(0u, sg);
         let rows_b = acc_rows(1u, sg);
         let col0 = acc_col(0u, sg);
-        for (var kk = 0u; kk < KT; kk += 16u) {
-            // The subgroup's latent blocks of these 16 keys, each loaded once for both row
-            // blocks (a block past the subgroup's last repeats it, and is not multiplied).
-            let v = (t0 + kk) * ROW + col0;
+        for (var kk = 0u; kk < KD; kk += 16u) {
+            let v = kk * KS + col0;
             let last = col_blocks() - 1u;
-            let a0 = coopLoad<coop_mat16x16<f16, A>>(&cache[v], ROW);
-            let a1 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(1u, last)], ROW);
-            let a2 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(2u, last)], ROW);
-            let a3 = coopLoad<coop_mat16x16<f16, A>>(&cache[v + 16u * min(3u, last)], ROW);
-            // Times each part of the weights of row blocks a and b: hi, then lo.
+            let a0 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v], KS);
+            let a1 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 16u * min(1u, last)], KS);
+            let a2 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 16u * min(2u, last)], KS);
+            let a3 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 16u * min(3u, last)], KS);
             for (var part = 0u; part < PARTS; part++) {
                 let at = part * QR * PS + kk;
                 let pa = coopLoad<coop_mat16x16<f16, B>>(&p_parts[at + 16u * rows_a * PS], PS);
@@ -235,7 +287,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
                 if (CB > 7u) { o7 = coopMultiplyAdd(a3, pb, o7); }
             }
         }
-        workgroupBarrier(); // the next tile overwrites the scores and weights
+        workgroupBarrier(); // the next tile overwrites the latents, scores and weights
     }
 
     if (sl == 0u) {
@@ -259,13 +311,13 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
             case 7u: { o = o7; }
             default: {}
         }
-        coopStore(o, &s_tile[sg * 256u], 16u);
+        coopStore(o, &s_half[sg * 256u], 16u);
         workgroupBarrier();
         for (var i = 0u; i < 8u; i++) {
             let e = lane + 32u * i;
             let r = 16u * acc_rows(j, sg) + e / 16u;
             if (q0 + r < rows) {
-                emit(q0 + r, acc_col(j, sg) + e % 16u, s_tile[sg * 256u + e], row_l[r]);
+                emit(q0 + r, acc_col(j, sg) + e % 16u, s_half[sg * 256u + e], row_l[r]);
             }
         }
         workgroupBarrier();
