@@ -937,7 +937,7 @@ fn cooperative_decode_attention_matches_cpu_with(ctx: &GpuContext) {
         );
         for pos in [0, 1, 127, 128, 129, 300, 4999] {
             let splits = [
-                attn_partial_coop::KD,
+                attn_batch_coop::KD,
                 3 * POSITION_TILE,
                 attn_partial_coop::split_len(pos, attn_partial_coop::TARGET_SPLITS),
             ];
