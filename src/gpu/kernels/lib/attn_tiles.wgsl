@@ -21,7 +21,7 @@
 // products exactly; the queries enter as their PARTS parts, the lo products skipped with
 // one. Per tile:
 //   stage:    the tile's latents (their first KV values) into k_tile; the rope values stay
-//             in the cache, their blocks loaded a tile ahead as cooperative matrices;
+//             in the cache, their blocks loaded from there as cooperative matrices;
 //   scores:   subgroup sg takes row block sg % 2, key block (sg / 2) % 2 and side sg / 4 of
 //             the row (half its latent blocks and half its rope blocks), its query parts
 //             into one accumulator, stored to its side's scores in s_half;
@@ -40,13 +40,15 @@
 // (src/gpu/cache.rs), so a tile never reads past it.
 
 /// Strides: QS of the scores (f32, between keys), PS of the weights (f16, between rows).
-/// KS, of the staged latents (f16, between keys), is the widest latent plus 8: 16 bytes past
-/// a multiple of 128, so a block's 16 rows fall on different banks.
+/// KS, of the staged latents (f16 values between keys; the array holds them four to an
+/// element, as the mat-mul's tiles do, and its loads count in elements), is the widest
+/// latent plus 8: 16 bytes past a multiple of 128, so a block's 16 rows fall on different
+/// banks.
 const QS: u32 = QR + 4u;
 const PS: u32 = KD + 8u;
 
-/// [key][column] the first KV values of the tile's keys.
-var<workgroup> k_tile: array<f16, KD * KS>;
+/// [key][column / 4] the first KV values of the tile's keys.
+var<workgroup> k_tile: array<vec4<f16>, KD * KS / 4u>;
 /// [side][key][row] the scores over each half of the row; also each subgroup's 16 x 16
 /// block of the context on its way to being rescaled or written (256 floats from sg * 256).
 var<workgroup> s_half: array<f32, 2u * KD * QS>;
@@ -69,30 +71,28 @@ fn word_of(lid: u32, u: u32) -> u32 {
     return lid + AWG * u;
 }
 
-/// Loads this invocation's share of the latents of keys t0.. (STAGED words at most).
-fn stage_load(lid: u32, t0: u32) -> array<vec4<u32>, STAGED> {
-    var words: array<vec4<u32>, STAGED>;
+/// Loads this invocation's share of the latents of keys t0.. into `words`.
+fn stage_load(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32, t0: u32) {
     for (var u = 0u; u < STAGED; u++) {
         let w = word_of(lid, u);
         if (w < tile_words()) {
             let key = w / (KV / 8u);
-            words[u] = cache_words[((t0 + key) * ROW) / 8u + w % (KV / 8u)];
+            (*words)[u] = cache_words[((t0 + key) * ROW) / 8u + w % (KV / 8u)];
         }
     }
-    return words;
 }
 
-/// Stores a share `stage_load` gave to k_tile.
-fn stage_store(lid: u32, words: array<vec4<u32>, STAGED>) {
+/// Stores the share `stage_load` put in `words` to k_tile, four values at a time.
+fn stage_store(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32) {
     for (var u = 0u; u < STAGED; u++) {
         let w = word_of(lid, u);
         if (w < tile_words()) {
-            let at = (w / (KV / 8u)) * KS + 8u * (w % (KV / 8u));
-            for (var i = 0u; i < 4u; i++) {
-                let pair = unpack2x16float(words[u][i]);
-                k_tile[at + 2u * i] = f16(pair.x);
-                k_tile[at + 2u * i + 1u] = f16(pair.y);
-            }
+            let at = ((w / (KV / 8u)) * KS + 8u * (w % (KV / 8u))) / 4u;
+            let word = (*words)[u];
+            let lo = vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y));
+            let hi = vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w));
+            k_tile[at] = vec4<f16>(lo);
+            k_tile[at + 1u] = vec4<f16>(hi);
         }
     }
 }
@@ -133,24 +133,17 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
     let qa = base + 16u * rb * ROW;
-    // The first tile's latents and rope blocks, in flight before the loop.
-    var words = stage_load(lid, k0);
-    var rope0 = coopLoad<coop_mat16x16<f16, B>>(&cache[rope_at(k0, kb, side)], ROW);
-    var rope1 = coopLoad<coop_mat16x16<f16, B>>(
-        &cache[rope_at(k0, kb, side) + 16u * min(1u, rope_blocks - 1u)],
-        ROW,
-    );
+    // The first tile's latents in flight before the loop; each tile's stored, then the
+    // next one's loaded (this tile's again after the last: never past the buffer), so
+    // they fly while this one is multiplied.
+    var words: array<vec4<u32>, STAGED>;
+    stage_load(&words, lid, k0);
     for (var t0 = k0; t0 < k1; t0 += KD) {
-        stage_store(lid, words);
-        // The next tile's loads (this tile's again after the last: never past the buffer)
-        // fly while this one is multiplied.
-        let next = select(t0, t0 + KD, t0 + KD < k1);
-        words = stage_load(lid, next);
-        let r0 = rope0;
-        let r1 = rope1;
-        rope0 = coopLoad<coop_mat16x16<f16, B>>(&cache[rope_at(next, kb, side)], ROW);
-        rope1 = coopLoad<coop_mat16x16<f16, B>>(
-            &cache[rope_at(next, kb, side) + 16u * min(1u, rope_blocks - 1u)],
+        stage_store(&words, lid);
+        stage_load(&words, lid, select(t0, t0 + KD, t0 + KD < k1));
+        let r0 = coopLoad<coop_mat16x16<f16, B>>(&cache[rope_at(t0, kb, side)], ROW);
+        let r1 = coopLoad<coop_mat16x16<f16, B>>(
+            &cache[rope_at(t0, kb, side) + 16u * min(1u, rope_blocks - 1u)],
             ROW,
         );
         if (lid == 0u) {
@@ -162,7 +155,8 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         var s = coop_mat16x16<f32, C>();
         for (var i = 0u; i < latent_blocks; i++) {
             let d = 16u * (side * latent_blocks + i);
-            let k = coopLoad<coop_mat16x16<f16, B>>(&k_tile[16u * kb * KS + d], KS);
+            let at = (16u * kb * KS + d) / 4u;
+            let k = coopLoad<coop_mat16x16<f16, B>>(&k_tile[at], KS / 4u);
             if (PARTS == 2u) {
                 let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
                 s = coopMultiplyAdd(lo, k, s);
@@ -267,12 +261,13 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         let rows_b = acc_rows(1u, sg);
         let col0 = acc_col(0u, sg);
         for (var kk = 0u; kk < KD; kk += 16u) {
-            let v = kk * KS + col0;
+            // In k_tile's elements of four values: a block of 16 columns is 4 of them.
+            let v = (kk * KS + col0) / 4u;
             let last = col_blocks() - 1u;
-            let a0 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v], KS);
-            let a1 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 16u * min(1u, last)], KS);
-            let a2 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 16u * min(2u, last)], KS);
-            let a3 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 16u * min(3u, last)], KS);
+            let a0 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v], KS / 4u);
+            let a1 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 4u * min(1u, last)], KS / 4u);
+            let a2 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 4u * min(2u, last)], KS / 4u);
+            let a3 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 4u * min(3u, last)], KS / 4u);
             for (var part = 0u; part < PARTS; part++) {
                 let at = part * QR * PS + kk;
                 let pa = coopLoad<coop_mat16x16<f16, B>>(&p_parts[at + 16u * rows_a * PS], PS);
