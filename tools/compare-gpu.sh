@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
 FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
-DECODE_MATMUL=f16 PREFILL=1
+PREFILL_MATMUL="split f16" DECODE_MATMUL=f16
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --llama) LLAMA=$2; shift 2 ;;
         --decode-depths) DECODE_DEPTHS=$2; shift 2 ;;
         --decode-matmul) DECODE_MATMUL=$2; shift 2 ;;
-        --no-prefill) PREFILL=0; shift ;;
+        --no-prefill) PREFILL_MATMUL=""; shift ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -120,8 +120,7 @@ for round in $(seq 1 "$ROUNDS"); do
     profile=""
     [ "$round" = 1 ] && profile=--profile
     for name in "${BUILDS[@]}"; do
-        for math in split f16; do
-            [ "$PREFILL" = 1 ] || break
+        for math in $PREFILL_MATMUL; do
             [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 3
             bench "$round" "$name" "prefill-$math" --prefill 512,4096 --prefill-depth 0 \
                 --depth 0 --decode 2 --warmup 1 --matmul "$math" $profile
