@@ -15,6 +15,9 @@
 //!            by 16 columns, each position's 16 values together), loaded at stride 16;
 //!   staged   each tile copied into workgroup memory in 16-byte words, a tile ahead, and
 //!            loaded from there (vec4<f16> elements, rows padded to 584 values);
+//!   rows_held, staged_held   as rows and staged, with the subgroup's 18 query blocks
+//!            loaded once before the tiles and held (the decode attention's queries are the
+//!            same for every tile), so only the keys are loaded per product;
 //!   cached   every tile multiplies the first tile's keys (from the L1/L2): the products
 //!            and query loads without the cache's traffic, a ceiling;
 //!   stream   no products: every invocation adds its share of each tile's 16-byte words,
@@ -51,16 +54,20 @@ enum Variant {
     Ahead,
     Blocks,
     Staged,
+    RowsHeld,
+    StagedHeld,
     Cached,
     Stream,
 }
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 8] = [
     Variant::Stream,
     Variant::Rows,
     Variant::Ahead,
     Variant::Blocks,
     Variant::Staged,
+    Variant::RowsHeld,
+    Variant::StagedHeld,
     Variant::Cached,
 ];
 
@@ -71,9 +78,21 @@ impl Variant {
             Variant::Ahead => "ahead",
             Variant::Blocks => "blocks",
             Variant::Staged => "staged",
+            Variant::RowsHeld => "rows_held",
+            Variant::StagedHeld => "staged_held",
             Variant::Cached => "cached",
             Variant::Stream => "stream",
         }
+    }
+
+    /// Keys copied into workgroup memory a tile ahead.
+    fn staged(self) -> bool {
+        matches!(self, Variant::Staged | Variant::StagedHeld)
+    }
+
+    /// The subgroup's query blocks loaded once and held.
+    fn held(self) -> bool {
+        matches!(self, Variant::RowsHeld | Variant::StagedHeld)
     }
 
     /// Where value `col` of position `pos` lies in the cache buffer.
@@ -89,13 +108,15 @@ impl Variant {
     /// The expression loading key block `16 kb..` of the tile from t0 at column d.
     fn key_load(self) -> &'static str {
         match self {
-            Variant::Rows | Variant::Ahead => {
+            Variant::Rows | Variant::Ahead | Variant::RowsHeld => {
                 "coopLoad<coop_mat16x16<f16, B>>(&cache[(t0 + 16u * kb) * ROW + d], ROW)"
             }
             Variant::Blocks => {
                 "coopLoad<coop_mat16x16<f16, B>>(&cache[(((t0 + 16u * kb) / 16u) * (ROW / 16u) + d / 16u) * 256u], 16u)"
             }
-            Variant::Staged => "coopLoad<coop_mat16x16<f16, B>>(&k_tile[(16u * kb * KS + d) / 4u], KS / 4u)",
+            Variant::Staged | Variant::StagedHeld => {
+                "coopLoad<coop_mat16x16<f16, B>>(&k_tile[(16u * kb * KS + d) / 4u], KS / 4u)"
+            }
             Variant::Cached => "coopLoad<coop_mat16x16<f16, B>>(&cache[(16u * kb) * ROW + d], ROW)",
             Variant::Stream => "",
         }
@@ -139,7 +160,7 @@ fn word_at(t0: u32, lid: u32, u: u32) -> u32 {{
 "
         .to_string()
     } else {
-        let (prologue, stage) = if v == Variant::Staged {
+        let (prologue, stage) = if v.staged() {
             (
                 "    var words: array<vec4<u32>, STAGED>;
     stage_load(&words, lid, t_begin * KD);
@@ -154,20 +175,36 @@ fn word_at(t0: u32, lid: u32, u: u32) -> u32 {{
             ("", "")
         };
         // The products over the subgroup's 18 column blocks: one load pair then its
-        // product at a time, or (ahead) six blocks' loads first.
-        let group = if v == Variant::Ahead { 6 } else { 1 };
+        // product at a time, or (ahead) six blocks' loads first, or (held) the 18 query
+        // blocks loaded before the tiles and the loop over blocks written out.
+        let blocks = ROW / 32;
+        let group = match v {
+            Variant::Ahead => 6,
+            _ if v.held() => blocks,
+            _ => 1,
+        };
+        let key = |j: usize| {
+            v.key_load()
+                .replace("+ d]", &format!("+ d{j}]"))
+                .replace("d / 16u", &format!("d{j} / 16u"))
+                .replace("KS + d)", &format!("KS + d{j})"))
+        };
+        let query = |d: &str| {
+            format!("coopLoadT<coop_mat16x16<f16, A>>(&queries[16u * rb * ROW + {d}], ROW)")
+        };
+        let mut held = String::new();
         let mut products = String::new();
         for j in 0..group {
-            products += &format!(
-                "            let d{j} = 16u * (side * (ROW / 32u) + i + {j}u);
-            let k{j} = {};
-            let q{j} = coopLoadT<coop_mat16x16<f16, A>>(&queries[16u * rb * ROW + d{j}], ROW);
-",
-                v.key_load()
-                    .replace("+ d]", &format!("+ d{j}]"))
-                    .replace("d / 16u", &format!("d{j} / 16u"))
-                    .replace("KS + d)", &format!("KS + d{j})"))
-            );
+            products += &format!("            let d{j} = 16u * (side * {blocks}u + i + {j}u);\n");
+            products += &format!("            let k{j} = {};\n", key(j));
+            if v.held() {
+                held += &format!(
+                    "    let q{j} = {};\n",
+                    query(&format!("16u * (side * {blocks}u + {j}u)"))
+                );
+            } else {
+                products += &format!("            let q{j} = {};\n", query(&format!("d{j}")));
+            }
         }
         for j in 0..group {
             products += &format!("            s = coopMultiplyAdd(q{j}, k{j}, s);\n");
@@ -178,9 +215,9 @@ fn word_at(t0: u32, lid: u32, u: u32) -> u32 {{
     let kb = (sg / 2u) % 2u;
     let side = sg / 4u;
     var s = coop_mat16x16<f32, C>();
-{prologue}    for (var t = t_begin; t < t_end; t++) {{
+{held}{prologue}    for (var t = t_begin; t < t_end; t++) {{
         let t0 = t * KD;
-{stage}        for (var i = 0u; i < ROW / 32u; i += {group}u) {{
+{stage}        for (var i = 0u; i < {blocks}u; i += {group}u) {{
 {products}        }}
     }}
     coopStore(s, &out[(wg.x * 8u + sg) * 256u], 16u);
@@ -189,7 +226,7 @@ fn word_at(t0: u32, lid: u32, u: u32) -> u32 {{
     };
     // Only the staged variant declares the tile: workgroup memory bounds how many
     // workgroups an SM holds.
-    let staging = if v == Variant::Staged {
+    let staging = if v.staged() {
         "var<workgroup> k_tile: array<vec4<f16>, KD * KS / 4u>;
 
 fn stage_load(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32, t0: u32) {
@@ -259,7 +296,7 @@ fn validate_all() {
                 .unwrap_or_else(|e| panic!("{}: overrides: {e:?}", v.name()));
         naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
             .unwrap_or_else(|e| panic!("{}: SPIR-V: {e:?}", v.name()));
-        println!("{:<8} valid", v.name());
+        println!("{:<11} valid", v.name());
     }
 }
 
@@ -415,7 +452,7 @@ fn main() {
                 }
             };
             println!(
-                "{:<8} {workgroups:5} workgroups: {:8.1} us a dispatch, {:7.1} GB/s of the cache; {check}",
+                "{:<11} {workgroups:5} workgroups: {:8.1} us a dispatch, {:7.1} GB/s of the cache; {check}",
                 v.name(),
                 t * 1e6,
                 bytes as f64 / t / 1e9,
