@@ -9,13 +9,15 @@
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--decode-depths D,D] [--decode-matmul M,M] [--no-prefill]
-#                        [--llama DIR] NAME...
+#                        [--no-checks] [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
 # every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
 # first round with --profile; none with --no-prefill), then decode at depths 128 and 4096
 # (or --decode-depths) with `--matmul f16` (or each of --decode-matmul: the tile math picks
-# the decode attention's kernel at long contexts). No new run starts after
+# the decode attention's kernel at long contexts). Before the model, each build's register
+# counts and GPU tests run (longer than writing the model; --no-checks skips them for builds
+# already checked on this kind of card). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
@@ -24,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
 FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
-PREFILL_MATMUL="split f16" DECODE_MATMUL=f16
+PREFILL_MATMUL="split f16" DECODE_MATMUL=f16 CHECKS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
         --decode-depths) DECODE_DEPTHS=$2; shift 2 ;;
         --decode-matmul) DECODE_MATMUL=$2; shift 2 ;;
         --no-prefill) PREFILL_MATMUL=""; shift ;;
+        --no-checks) CHECKS=0; shift ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -85,6 +88,7 @@ unpack() {
     chmod +x "$to"
 }
 for name in "${BUILDS[@]}"; do
+    [ "$CHECKS" = 1 ] || break
     # Its kernels as the driver compiles them (registers, memory): examples/pipeline_stats.rs.
     if unpack pipeline_stats "$name"; then
         timeout 120 "$BIN/pipeline_stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
