@@ -30,7 +30,8 @@
 //! workgroups, the median time of a dispatch and the cache's bytes over it.
 use std::time::Instant;
 
-use glm_flash::gpu::{GpuContext, GpuOptions};
+mod cooperative;
+use cooperative::small_int;
 
 /// Values per cached position (latent 512 + rope 64), and their 16-wide column blocks.
 const ROW: usize = 576;
@@ -269,40 +270,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 
 fn validate_all() {
-    use naga::valid::{Capabilities, ValidationFlags, Validator};
     for v in VARIANTS {
-        let src = source(v);
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("{}: {}", v.name(), e.emit_to_string(&src)));
-        let caps = Capabilities::SHADER_FLOAT16
-            | Capabilities::SHADER_FLOAT16_IN_FLOAT32
-            | Capabilities::COOPERATIVE_MATRIX;
-        let info = Validator::new(ValidationFlags::all(), caps)
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", v.name(), e.emit_to_string(&src)));
-        let options = naga::back::spv::Options::default();
-        let pipeline = naga::back::spv::PipelineOptions {
-            shader_stage: naga::ShaderStage::Compute,
-            entry_point: "main".into(),
-        };
-        let constants = [
-            ("WORKGROUPS".to_string(), 132.0),
-            ("TILES".to_string(), 1024.0),
-        ]
-        .into_iter()
-        .collect();
-        let (module, info) =
-            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                .unwrap_or_else(|e| panic!("{}: overrides: {e:?}", v.name()));
-        naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e:?}", v.name()));
+        cooperative::validate(
+            v.name(),
+            &source(v),
+            &[("WORKGROUPS", 132.0), ("TILES", 1024.0)],
+        );
         println!("{:<11} valid", v.name());
     }
-}
-
-/// A small integer for index i, in -m..=m: exact in f16, its products' sums exact in f32.
-fn int(i: usize, m: usize) -> f32 {
-    ((i.wrapping_mul(7919) + 13) % (2 * m + 1)) as f32 - m as f32
 }
 
 fn main() {
@@ -314,15 +289,9 @@ fn main() {
         print!("{}", source(*v));
         return;
     }
-    let ctx = GpuContext::new(&GpuOptions::default()).expect("a GPU adapter");
-    if !ctx.tiles.cooperative() {
-        println!(
-            "{}: no cooperative matrices; the variants' WGSL through naga only:",
-            ctx.describe()
-        );
-        validate_all();
+    let Some(ctx) = cooperative::context_or_validate(validate_all) else {
         return;
-    }
+    };
     let limits = ctx.device.limits();
     let fit = limits
         .max_storage_buffer_binding_size
@@ -337,14 +306,14 @@ fn main() {
         bytes as f64 / 1e6
     );
 
-    // The buffer's value at index i is int(i, 2); each layout reads its own keys from it.
+    // The buffer's value at index i is small_int(i, 2); each layout reads its own keys from it.
     let f16_of: Vec<u16> = (0..5)
         .map(|k| half::f16::from_f32(k as f32 - 2.0).to_bits())
         .collect();
     let cache_bits: Vec<u16> = (0..positions * ROW)
-        .map(|i| f16_of[(int(i, 2) + 2.0) as usize])
+        .map(|i| f16_of[(small_int(i, 2) + 2.0) as usize])
         .collect();
-    let queries: Vec<f32> = (0..QR * ROW).map(|i| int(i * 31 + 5, 2)).collect(); // [row][col]
+    let queries: Vec<f32> = (0..QR * ROW).map(|i| small_int(i * 31 + 5, 2)).collect(); // [row][col]
     let query_bits: Vec<u16> = queries
         .iter()
         .map(|x| half::f16::from_f32(*x).to_bits())
@@ -361,7 +330,6 @@ fn main() {
     let cache_b = buffer("cache", bytemuck::cast_slice(&cache_bits));
     let queries_b = buffer("queries", bytemuck::cast_slice(&query_bits));
     drop(cache_bits);
-    let value = |i: usize| int(i, 2);
 
     for v in VARIANTS {
         let desc = wgpu::ShaderModuleDescriptor {
@@ -436,7 +404,7 @@ fn main() {
                                 let pos = t0 + 16 * kb + key;
                                 for col in side * ROW / 2..(side + 1) * ROW / 2 {
                                     sum += queries[(16 * rb + row) * ROW + col]
-                                        * value(v.index(pos, col));
+                                        * small_int(v.index(pos, col), 2);
                                 }
                             }
                             if got[(w * 8 + sg) * 256 + e] != sum {
