@@ -87,21 +87,22 @@ unpack() {
     fi
     chmod +x "$to"
 }
-for name in "${BUILDS[@]}"; do
-    [ "$CHECKS" = 1 ] || break
-    # Its kernels as the driver compiles them (registers, memory): examples/pipeline_stats.rs.
-    if unpack pipeline_stats "$name"; then
-        timeout 120 "$BIN/pipeline_stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
-    fi
-    # Its batched kernels against their CPU twins on this GPU (the tests that need no
-    # fixture files: mat-muls, routing, the cooperative attention); the test binary finds
-    # its crate's tests/ folder by the path it was built in.
-    if unpack gpu_batched "$name"; then
-        log="$RUNS/tests-$name.txt"
-        timeout 300 "$BIN/gpu_batched-$name" matmul moe cooperative > "$log" 2>&1 || true
-        echo "tests $name: $(grep -E '^test result' "$log" || echo "no result (see $(basename "$log"))")" >> "$SUMMARY"
-    fi
-done
+if [ "$CHECKS" = 1 ]; then
+    for name in "${BUILDS[@]}"; do
+        # Its kernels as the driver compiles them (registers, memory): examples/pipeline_stats.rs.
+        if unpack pipeline_stats "$name"; then
+            timeout 120 "$BIN/pipeline_stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
+        fi
+        # Its batched kernels against their CPU twins on this GPU (the tests that need no
+        # fixture files: mat-muls, routing, the cooperative attention); the test binary finds
+        # its crate's tests/ folder by the path it was built in.
+        if unpack gpu_batched "$name"; then
+            log="$RUNS/tests-$name.txt"
+            timeout 300 "$BIN/gpu_batched-$name" matmul moe cooperative > "$log" 2>&1 || true
+            echo "tests $name: $(grep -E '^test result' "$log" || echo "no result (see $(basename "$log"))")" >> "$SUMMARY"
+        fi
+    done
+fi
 
 MODEL=$(mktemp -u /tmp/compare-XXXXXX.gguf)
 synth=("$BIN/${BUILDS[0]}" synth --preset "$PRESET" --ftype "$FTYPE" --out "$MODEL")
