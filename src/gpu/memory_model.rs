@@ -215,10 +215,10 @@ pub fn make_shared_accesses_coherent(words: &[u32]) -> Result<Vec<u32>, Unsuppor
                     i.operands = with_access(&i.operands, at, MAKE_POINTER_AVAILABLE, scope)?;
                 }
             }
-            op::COPY_MEMORY | op::COPY_MEMORY_SIZED => {
-                if i.operands[..2].iter().any(|p| shared.get(p) == Some(&true)) {
-                    return Err(Unsupported("OpCopyMemory on shared memory".into()));
-                }
+            op::COPY_MEMORY | op::COPY_MEMORY_SIZED
+                if i.operands[..2].iter().any(|p| shared.get(p) == Some(&true)) =>
+            {
+                return Err(Unsupported("OpCopyMemory on shared memory".into()));
             }
             _ => {}
         }
