@@ -16,7 +16,8 @@
 //! others only validate the variants' WGSL with naga). Without N it runs every variant
 //! within the device's workgroup memory; with N, variant N alone (over the limit too), so a
 //! variant that hangs the device takes only its own process with it.
-use glm_flash::gpu::{GpuContext, GpuOptions};
+mod cooperative;
+use cooperative::small_int;
 
 const KEYS: usize = 128;
 const VALUES: usize = 64;
@@ -251,36 +252,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
     )
 }
 
-/// Each variant's WGSL through naga's validation (with the cooperative-matrix capability)
-/// and its SPIR-V writer: what an adapter without cooperative matrices can check.
 fn validate_all() {
-    use naga::valid::{Capabilities, ValidationFlags, Validator};
     for v in variants() {
-        let src = source(&v);
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("{}: {}", v.what, e.emit_to_string(&src)));
-        let caps = Capabilities::SHADER_FLOAT16
-            | Capabilities::SHADER_FLOAT16_IN_FLOAT32
-            | Capabilities::COOPERATIVE_MATRIX;
-        let info = Validator::new(ValidationFlags::all(), caps)
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", v.what, e.emit_to_string(&src)));
-        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
-            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e:?}", v.what));
+        cooperative::validate(v.what, &source(&v), &[]);
         println!("{:<90} {:>6} B valid", v.what, v.workgroup_bytes());
     }
 }
 
 fn main() {
-    let ctx = GpuContext::new(&GpuOptions::default()).expect("a GPU adapter");
-    if !ctx.tiles.cooperative() {
-        println!(
-            "{}: no cooperative matrices; the variants' WGSL through naga only:",
-            ctx.describe()
-        );
-        validate_all();
+    let Some(ctx) = cooperative::context_or_validate(validate_all) else {
         return;
-    }
+    };
     println!(
         "{}; {} bytes of workgroup memory",
         ctx.describe(),
@@ -292,10 +274,10 @@ fn main() {
         a.parse()
             .unwrap_or_else(|_| panic!("{a:?}: expected a variant's number"))
     });
-    // Small integers: every product and sum exact in f16 inputs and f32 sums.
-    let int = |i: usize, m: usize| ((i * 7919 + 13) % (2 * m + 1)) as f32 - m as f32;
-    let keys: Vec<f32> = (0..KEYS * VALUES).map(|i| int(i, 4)).collect();
-    let a: Vec<f32> = (0..ROWS * VALUES).map(|i| int(i * 31 + 5, 2)).collect(); // [row][d]
+    let keys: Vec<f32> = (0..KEYS * VALUES).map(|i| small_int(i, 4)).collect();
+    let a: Vec<f32> = (0..ROWS * VALUES)
+        .map(|i| small_int(i * 31 + 5, 2))
+        .collect(); // [row][d]
     let a_col: Vec<f32> = (0..ROWS * VALUES)
         .map(|i| a[(i % ROWS) * VALUES + i / ROWS])
         .collect(); // [d][row]

@@ -10,7 +10,7 @@
 //! (attention, the dense FFN or the chosen experts, the shared expert, the LM head) over
 //! its time.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -32,7 +32,8 @@ pub struct BenchOptions {
     /// from every depth.
     pub prefill_depths: Vec<usize>,
     /// Untimed decode steps before timing; when above 0, an untimed prefill of the smallest
-    /// size also runs first (the first touch of the weights is not what is measured).
+    /// size also runs first (the first touch of the weights is not what is measured), and
+    /// untimed decoding for at least DECODE_WARM_UP before the first depth.
     pub warmup: usize,
     /// After each decode run, time every dispatch of one more token (GPU only).
     pub profile: bool,
@@ -256,6 +257,9 @@ pub fn run(
             });
         }
     }
+    if opts.warmup > 0 && !opts.depths.is_empty() {
+        warm_up_decode(backend, cfg, opts)?;
+    }
     let decode = opts
         .depths
         .iter()
@@ -304,6 +308,24 @@ fn synthetic_rows(rows: usize, row: usize) -> Vec<f32> {
             (s >> 8) as f32 / (1 << 23) as f32 - 1.0
         })
         .collect()
+}
+
+/// The least time untimed decode runs before the first timed depth. A GPU that has been
+/// idle (loading the model) raises its clocks only under sustained work: with a few warm-up
+/// steps alone, the first depth of a run timed slow while its profile, taken after its
+/// timed tokens, did not.
+const DECODE_WARM_UP: Duration = Duration::from_secs(1);
+
+/// Decodes from an empty cache, untimed, runs of `warmup + decode` steps (the positions every
+/// timed run takes from depth 0), until DECODE_WARM_UP has passed.
+fn warm_up_decode(backend: &mut dyn Backend, cfg: &Config, opts: &BenchOptions) -> Result<()> {
+    let start = Instant::now();
+    let token = token_stream(1, cfg.vocab)[0];
+    while start.elapsed() < DECODE_WARM_UP {
+        backend.truncate(0)?;
+        backend.decode_greedy(token, 0, opts.warmup + opts.decode_tokens, &mut |_| true)?;
+    }
+    Ok(())
 }
 
 /// Fills the cache to `depth` with synthetic rows (untimed), then times decode steps one by one.

@@ -135,6 +135,15 @@ fn every_kernel_validates_and_translates_to_msl() {
     }
 }
 
+/// On Vulkan the engine writes a cooperative module's SPIR-V itself, its workgroup memory
+/// made coherent (`glm_flash::gpu::memory_model`); this checks that it can for `src`, so no
+/// kernel falls back to wgpu's SPIR-V on the device.
+fn coherent_spirv_is_written(label: &str, src: &str) {
+    let words = glm_flash::gpu::pipelines::coherent_spirv(src, &[])
+        .unwrap_or_else(|e| panic!("{label}: coherent SPIR-V: {e}"));
+    assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
+}
+
 /// The batched mat-mul's cooperative tiles (f16 parts, or f16-rounded values, in 16x16
 /// cooperative matrices), in every weight layout: they validate with the capability, not
 /// without it, translate to SPIR-V (what Vulkan drivers get) with every bool override, and
@@ -197,6 +206,7 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
                     .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e:?}"));
                 assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
             }
+            coherent_spirv_is_written(&label, &src);
             assert_eq!(
                 common::kernel_fit::workgroup_bytes(&module),
                 cooperative_workgroup_bytes(tiles),
@@ -258,6 +268,7 @@ fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
                 .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e:?}"));
             assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
         }
+        coherent_spirv_is_written(label, &src);
         let bytes = attn_batch_coop::workgroup_bytes(tiles);
         assert_eq!(
             common::kernel_fit::workgroup_bytes(&module),

@@ -9,13 +9,15 @@
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--decode-depths D,D] [--decode-matmul M,M] [--no-prefill]
-#                        [--llama DIR] NAME...
+#                        [--no-checks] [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
 # every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
 # first round with --profile; none with --no-prefill), then decode at depths 128 and 4096
 # (or --decode-depths) with `--matmul f16` (or each of --decode-matmul: the tile math picks
-# the decode attention's kernel at long contexts). No new run starts after
+# the decode attention's kernel at long contexts). Before the model, each build's register
+# counts and GPU tests run (longer than writing the model; --no-checks skips them for builds
+# already checked on this kind of card). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
@@ -24,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
 FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
-DECODE_MATMUL=f16 PREFILL=1
+PREFILL_MATMUL="split f16" DECODE_MATMUL=f16 CHECKS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -35,7 +37,8 @@ while [ $# -gt 0 ]; do
         --llama) LLAMA=$2; shift 2 ;;
         --decode-depths) DECODE_DEPTHS=$2; shift 2 ;;
         --decode-matmul) DECODE_MATMUL=$2; shift 2 ;;
-        --no-prefill) PREFILL=0; shift ;;
+        --no-prefill) PREFILL_MATMUL=""; shift ;;
+        --no-checks) CHECKS=0; shift ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -84,26 +87,30 @@ unpack() {
     fi
     chmod +x "$to"
 }
-for name in "${BUILDS[@]}"; do
-    # Its kernels as the driver compiles them (registers, memory): examples/pipeline_stats.rs.
-    if unpack pipeline_stats "$name"; then
-        timeout 120 "$BIN/pipeline_stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
-    fi
-    # Its batched kernels against their CPU twins on this GPU (the tests that need no
-    # fixture files: mat-muls, routing, the cooperative attention); the test binary finds
-    # its crate's tests/ folder by the path it was built in.
-    if unpack gpu_batched "$name"; then
-        log="$RUNS/tests-$name.txt"
-        timeout 300 "$BIN/gpu_batched-$name" matmul moe cooperative > "$log" 2>&1 || true
-        echo "tests $name: $(grep -E '^test result' "$log" || echo "no result (see $(basename "$log"))")" >> "$SUMMARY"
-    fi
-done
+if [ "$CHECKS" = 1 ]; then
+    for name in "${BUILDS[@]}"; do
+        # Its kernels as the driver compiles them (registers, memory): examples/pipeline_stats.rs.
+        if unpack pipeline_stats "$name"; then
+            timeout 120 "$BIN/pipeline_stats-$name" > "$RUNS/pipeline-stats-$name.txt" 2>&1 || true
+        fi
+        # Its batched kernels against their CPU twins on this GPU (the tests that need no
+        # fixture files: mat-muls, routing, the cooperative attention); the test binary finds
+        # its crate's tests/ folder by the path it was built in.
+        if unpack gpu_batched "$name"; then
+            log="$RUNS/tests-$name.txt"
+            timeout 300 "$BIN/gpu_batched-$name" matmul moe cooperative > "$log" 2>&1 || true
+            echo "tests $name: $(grep -E '^test result' "$log" || echo "no result (see $(basename "$log"))")" >> "$SUMMARY"
+        fi
+    done
+fi
 
 MODEL=$(mktemp -u /tmp/compare-XXXXXX.gguf)
 synth=("$BIN/${BUILDS[0]}" synth --preset "$PRESET" --ftype "$FTYPE" --out "$MODEL")
 [ -n "$LAYERS" ] && synth+=(--layers "$LAYERS")
+BEFORE_SYNTH=$(elapsed)
 "${synth[@]}" > "$RUNS/synth.txt" 2>&1
-echo "model: $PRESET ${LAYERS:+$LAYERS layers }$FTYPE, written in $(elapsed) s" >> "$SUMMARY"
+echo "model: $PRESET ${LAYERS:+$LAYERS layers }$FTYPE, written in $(( $(elapsed) - BEFORE_SYNTH )) s" \
+    "($(elapsed) s since the start: the builds' register counts and tests before it)" >> "$SUMMARY"
 
 # One bench run; its tok/s figures (column 7 of prefill lines, 5 of decode lines) go to the
 # summary.
@@ -120,8 +127,7 @@ for round in $(seq 1 "$ROUNDS"); do
     profile=""
     [ "$round" = 1 ] && profile=--profile
     for name in "${BUILDS[@]}"; do
-        for math in split f16; do
-            [ "$PREFILL" = 1 ] || break
+        for math in $PREFILL_MATMUL; do
             [ "$(elapsed)" -lt "$SECONDS_MAX" ] || break 3
             bench "$round" "$name" "prefill-$math" --prefill 512,4096 --prefill-depth 0 \
                 --depth 0 --decode 2 --warmup 1 --matmul "$math" $profile

@@ -183,6 +183,10 @@ pub struct GpuContext {
     /// How the batched mat-mul multiplies its tiles (f32 FMAs where the device has no
     /// cooperative matrices it can use).
     pub tiles: TileMath,
+    /// Kernels with cooperative matrices go to the driver as SPIR-V the engine writes (naga,
+    /// then `memory_model`'s pass, through wgpu's passthrough), their shared memory coherent
+    /// under the Vulkan memory model those modules declare; else through wgpu as WGSL.
+    pub coherent_spirv: bool,
     /// The most consecutive invocations `lane_sum` may span: the smallest subgroup where
     /// kernels reduce with subgroups (shuffles stay inside one), else the workgroup.
     pub lane_limit: u32,
@@ -441,6 +445,17 @@ impl GpuContext {
             // it on such devices).
             experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
         }
+        // naga writes cooperative modules under the Vulkan memory model with every access
+        // private, so that no barrier orders one invocation's workgroup stores before
+        // another's loads; the engine writes their SPIR-V itself where it can pass it through.
+        let coherent_spirv = cooperative
+            && info.backend == wgpu::Backend::Vulkan
+            && adapter
+                .features()
+                .contains(wgpu::Features::PASSTHROUGH_SHADERS);
+        if coherent_spirv {
+            features |= wgpu::Features::PASSTHROUGH_SHADERS;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("glm-flash"),
             required_features: features,
@@ -506,6 +521,7 @@ impl GpuContext {
             max_buffer,
             subgroups,
             tiles,
+            coherent_spirv,
             lane_limit,
             failure,
         })

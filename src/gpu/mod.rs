@@ -21,6 +21,7 @@ pub mod batch;
 pub mod cache;
 pub mod context;
 pub mod kernels;
+pub mod memory_model;
 pub mod pipelines;
 pub mod resident;
 pub mod schedule;

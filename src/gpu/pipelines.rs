@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
+use crate::gpu::memory_model;
 use crate::gpu::shader::{Constant, GpuLayout, Shader, Slot};
 
 /// A created pipeline as the registry records it.
@@ -37,6 +38,60 @@ pub fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
         force_loop_bounding: false,
         ..wgpu::ShaderRuntimeChecks::checked()
     }
+}
+
+/// Whether a module's source multiplies cooperative matrices.
+fn uses_cooperative_matrices(source: &str) -> bool {
+    source.contains("enable wgpu_cooperative_matrix;")
+}
+
+/// The SPIR-V of a cooperative module with these override values, as wgpu's Vulkan backend
+/// would write it (its bounds checks, no loop bounding, no zeroing of workgroup memory), its
+/// shared memory then made coherent by `memory_model`.
+pub fn coherent_spirv(
+    source: &str,
+    constants: &[Constant],
+) -> std::result::Result<Vec<u32>, String> {
+    use naga::back::spv;
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("{:?}", e.into_inner()))?;
+    let mut values = naga::back::PipelineConstants::default();
+    for c in constants {
+        values.insert(c.name.to_string(), c.value.as_f64());
+    }
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, "main")),
+        &values,
+    )
+    .map_err(|e| e.to_string())?;
+    let restrict = naga::proc::BoundsCheckPolicy::Restrict;
+    let options = spv::Options {
+        lang_version: (1, 5),
+        flags: spv::WriterFlags::empty(),
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index: restrict,
+            buffer: restrict,
+            image_load: restrict,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        },
+        zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
+        force_loop_bounding: runtime_checks().force_loop_bounding,
+        ..spv::Options::default()
+    };
+    let pipeline = spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    let words =
+        spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| e.to_string())?;
+    memory_model::make_shared_accesses_coherent(&words).map_err(|e| e.to_string())
 }
 
 /// A compute pipeline with its bind group layout.
@@ -135,23 +190,53 @@ impl Pipelines {
                 c.value.ty()
             );
         }
-        let wgpu_constants: Vec<(&str, f64)> = constants
-            .iter()
-            .map(|c| (c.name, c.value.as_f64()))
-            .collect();
         let device = &ctx.device;
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(
-                shader
-                    .module_source(ctx.caps(), weights.unwrap_or(GpuLayout::F32))
-                    .into(),
-            ),
+        let source = shader.module_source(ctx.caps(), weights.unwrap_or(GpuLayout::F32));
+        // Cooperative modules as SPIR-V written here where the device takes it (overrides
+        // then set in the module); every other module through wgpu, overrides at creation.
+        let coherent = if ctx.coherent_spirv && uses_cooperative_matrices(&source) {
+            match coherent_spirv(&source, constants) {
+                Ok(words) => Some(words),
+                Err(why) => {
+                    log::warn!("{}: through wgpu's SPIR-V ({why})", shader.name);
+                    None
+                }
+            }
+        } else {
+            None
         };
-        // SAFETY: every loop of our kernels ends: its counter moves by a constant step (or a
-        // shift) towards a bound that is a size far below 2^32 (a uniform, an override or a
-        // constant).
-        let module = unsafe { device.create_shader_module_trusted(desc, runtime_checks()) };
+        let wgpu_constants: Vec<(&str, f64)> = match coherent {
+            Some(_) => Vec::new(),
+            None => constants
+                .iter()
+                .map(|c| (c.name, c.value.as_f64()))
+                .collect(),
+        };
+        let module = match &coherent {
+            // SAFETY: naga wrote the SPIR-V from a module it validated, for the device's
+            // features (the same module creates through wgpu elsewhere); the pass only adds
+            // memory operands; the pipeline's layout is explicit, as below.
+            Some(words) => unsafe {
+                device.create_shader_module_passthrough(wgpu::ShaderModuleDescriptorPassthrough {
+                    label: Some(shader.name),
+                    entry_points: std::borrow::Cow::Borrowed(&[]),
+                    spirv: Some(std::borrow::Cow::Borrowed(words)),
+                    ..Default::default()
+                })
+            },
+            // SAFETY: every loop of our kernels ends: its counter moves by a constant step
+            // (or a shift) towards a bound that is a size far below 2^32 (a uniform, an
+            // override or a constant).
+            None => unsafe {
+                device.create_shader_module_trusted(
+                    wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    },
+                    runtime_checks(),
+                )
+            },
+        };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
             .bindings
             .iter()
