@@ -67,6 +67,107 @@ fn poison(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     storage_f32(ctx, "poisoned output", &vec![f32::NAN; n])
 }
 
+/// On Vulkan the cooperative kernels reach the driver as SPIR-V the engine writes
+/// (`coherent_spirv`, through wgpu's passthrough), their overrides set in the module and
+/// their pipelines laid out by the engine: a small kernel with an override and workgroup
+/// memory, made that way, gives the CPU's result on this adapter. (The cooperative kernels
+/// themselves run this way only where the adapter has cooperative matrices; their parity
+/// tests are in gpu_batched.rs.)
+#[test]
+fn kernels_written_as_spirv_run_with_their_overrides() {
+    use glm_flash::gpu::pipelines::{coherent_spirv, passthrough_module};
+    use glm_flash::gpu::shader::{Constant, Value};
+    let ctx = ctx(None, true);
+    if !ctx.features.contains(wgpu::Features::PASSTHROUGH_SHADERS) {
+        eprintln!(
+            "skipped: {} takes no SPIR-V passthrough (not Vulkan)",
+            ctx.describe()
+        );
+        return;
+    }
+    let source = "override SHIFT: u32;
+@group(0) @binding(0) var<storage, read> input: array<f32>;
+@group(0) @binding(1) var<storage, read_write> output: array<f32>;
+var<workgroup> tile: array<f32, 64>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    tile[lid] = input[wg.x * 64u + lid];
+    workgroupBarrier();
+    output[wg.x * 64u + lid] = tile[63u - lid] + f32(SHIFT);
+}
+";
+    let shift = 1000;
+    let spirv = coherent_spirv(
+        source,
+        &[Constant {
+            name: "SHIFT",
+            value: Value::U32(shift),
+        }],
+    )
+    .unwrap();
+    assert_eq!(spirv.workgroup_size, [64, 1, 1]);
+    let device = &ctx.device;
+    let module = passthrough_module(device, "reverse", &spirv);
+    let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: None,
+        entries: &[entry(0, true), entry(1, false)],
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: None,
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let n = 64 * 5;
+    let input: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+    let (inb, outb) = (storage_f32(&ctx, "input", &input), poison(&ctx, n));
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: inb.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: outb.as_entire_binding(),
+            },
+        ],
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups((n / 64) as u32, 1, 1);
+    }
+    ctx.queue.submit([enc.finish()]);
+    let got = ctx.read_f32(&outb, n).unwrap();
+    ctx.check().unwrap();
+    let want: Vec<f32> = (0..n)
+        .map(|i| input[(i / 64) * 64 + 63 - i % 64] + shift as f32)
+        .collect();
+    assert_eq!(got, want);
+}
+
 fn tiny_config() -> Config {
     Config::from_gguf(&GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap()).unwrap()
 }

@@ -448,14 +448,14 @@ impl GpuContext {
         // naga writes cooperative modules under the Vulkan memory model with every access
         // private, so that no barrier orders one invocation's workgroup stores before
         // another's loads; the engine writes their SPIR-V itself where it can pass it through.
-        let coherent_spirv = cooperative
-            && info.backend == wgpu::Backend::Vulkan
+        let passthrough = info.backend == wgpu::Backend::Vulkan
             && adapter
                 .features()
                 .contains(wgpu::Features::PASSTHROUGH_SHADERS);
-        if coherent_spirv {
+        if passthrough {
             features |= wgpu::Features::PASSTHROUGH_SHADERS;
         }
+        let coherent_spirv = cooperative && passthrough;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("glm-flash"),
             required_features: features,

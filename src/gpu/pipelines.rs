@@ -45,13 +45,18 @@ fn uses_cooperative_matrices(source: &str) -> bool {
     source.contains("enable wgpu_cooperative_matrix;")
 }
 
-/// The SPIR-V of a cooperative module with these override values, as wgpu's Vulkan backend
-/// would write it (its bounds checks, no loop bounding, no zeroing of workgroup memory), its
-/// shared memory then made coherent by `memory_model`.
-pub fn coherent_spirv(
-    source: &str,
-    constants: &[Constant],
-) -> std::result::Result<Vec<u32>, String> {
+/// A module's SPIR-V for one pipeline (its overrides set), and its entry point's workgroup
+/// size.
+pub struct Spirv {
+    pub words: Vec<u32>,
+    pub workgroup_size: [u32; 3],
+}
+
+/// The SPIR-V of a module with these override values, as wgpu's Vulkan backend would write
+/// it (its bounds checks, no loop bounding, no zeroing of workgroup memory), its shared
+/// memory then made coherent by `memory_model` where it declares the Vulkan memory model
+/// (the cooperative modules).
+pub fn coherent_spirv(source: &str, constants: &[Constant]) -> std::result::Result<Spirv, String> {
     use naga::back::spv;
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
     let info = naga::valid::Validator::new(
@@ -91,7 +96,37 @@ pub fn coherent_spirv(
     };
     let words =
         spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| e.to_string())?;
-    memory_model::make_shared_accesses_coherent(&words).map_err(|e| e.to_string())
+    let workgroup_size = module
+        .entry_points
+        .iter()
+        .find(|e| e.name == "main")
+        .map(|e| e.workgroup_size)
+        .ok_or("no entry point main")?;
+    Ok(Spirv {
+        words: memory_model::make_shared_accesses_coherent(&words).map_err(|e| e.to_string())?,
+        workgroup_size,
+    })
+}
+
+/// A shader module of SPIR-V written by [`coherent_spirv`], given to the driver as it is
+/// (the device needs `PASSTHROUGH_SHADERS`); its pipelines need an explicit layout and no
+/// override values.
+pub fn passthrough_module(device: &wgpu::Device, label: &str, spirv: &Spirv) -> wgpu::ShaderModule {
+    let [x, y, z] = spirv.workgroup_size;
+    // SAFETY: naga wrote the SPIR-V from a module it validated, for the features the
+    // engine's device has (the same sources create through wgpu's WGSL path); the pass
+    // after it only adds memory operands.
+    unsafe {
+        device.create_shader_module_passthrough(wgpu::ShaderModuleDescriptorPassthrough {
+            label: Some(label),
+            entry_points: std::borrow::Cow::Owned(vec![wgpu::PassthroughShaderEntryPoint {
+                name: "main".into(),
+                workgroup_size: (x, y, z),
+            }]),
+            spirv: Some(std::borrow::Cow::Borrowed(&spirv.words)),
+            ..Default::default()
+        })
+    }
 }
 
 /// A compute pipeline with its bind group layout.
@@ -196,7 +231,7 @@ impl Pipelines {
         // then set in the module); every other module through wgpu, overrides at creation.
         let coherent = if ctx.coherent_spirv && uses_cooperative_matrices(&source) {
             match coherent_spirv(&source, constants) {
-                Ok(words) => Some(words),
+                Ok(spirv) => Some(spirv),
                 Err(why) => {
                     log::warn!("{}: through wgpu's SPIR-V ({why})", shader.name);
                     None
@@ -213,17 +248,7 @@ impl Pipelines {
                 .collect(),
         };
         let module = match &coherent {
-            // SAFETY: naga wrote the SPIR-V from a module it validated, for the device's
-            // features (the same module creates through wgpu elsewhere); the pass only adds
-            // memory operands; the pipeline's layout is explicit, as below.
-            Some(words) => unsafe {
-                device.create_shader_module_passthrough(wgpu::ShaderModuleDescriptorPassthrough {
-                    label: Some(shader.name),
-                    entry_points: std::borrow::Cow::Borrowed(&[]),
-                    spirv: Some(std::borrow::Cow::Borrowed(words)),
-                    ..Default::default()
-                })
-            },
+            Some(spirv) => passthrough_module(device, shader.name, spirv),
             // SAFETY: every loop of our kernels ends: its counter moves by a constant step
             // (or a shift) towards a bound that is a size far below 2^32 (a uniform, an
             // override or a constant).
