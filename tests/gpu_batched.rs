@@ -905,9 +905,9 @@ fn cooperative_attention_matches_cpu_with(ctx: &GpuContext) {
 /// merged by attn_combine, which appends the token's own row) against the CPU, where the
 /// adapter has them (it says so where it does not): the real per-head dims with all 20
 /// heads, 40 heads (two row blocks), latents of 64 and 384; no cached position (one empty
-/// split), one, a tile and around it, hundreds and thousands; splits of one tile, of several
-/// and the engine's own; queries of ordinary size and rows spanning 1e-6..1e4; and the
-/// engine's load-time check agrees.
+/// split), one, a tile and around it, hundreds and thousands; splits of the shortest length
+/// (the f32 kernel's tile, two of this one's), of several and the engine's own; queries of
+/// ordinary size and rows spanning 1e-6..1e4; and the engine's load-time check agrees.
 #[test]
 fn cooperative_decode_attention_matches_cpu() {
     for ctx in &cooperative_attention_contexts("decode") {
@@ -937,7 +937,7 @@ fn cooperative_decode_attention_matches_cpu_with(ctx: &GpuContext) {
         );
         for pos in [0, 1, 127, 128, 129, 300, 4999] {
             let splits = [
-                attn_batch_coop::KD,
+                attn_partial::TILE,
                 3 * POSITION_TILE,
                 attn_partial_coop::split_len(pos, attn_partial_coop::TARGET_SPLITS),
             ];

@@ -338,7 +338,7 @@ mod tests {
             for pos in (0..70_000).step_by(97).chain([2047, 2048, 32768, 202_751]) {
                 let plan = kernels.plan(&cfg, pos);
                 let tile = match plan.kernel {
-                    Kernel::Tiles => crate::gpu::cache::POSITION_TILE,
+                    Kernel::Tiles => crate::gpu::kernels::attn_batch_coop::KD,
                     Kernel::Lanes(_) => TILE,
                 };
                 let splits = splits(pos, plan.split);

@@ -95,9 +95,15 @@ pub fn runs(ctx: &GpuContext, cfg: &Config, cache_type: CacheType) -> bool {
     attn_batch_coop::runs(ctx, cfg, cache_type) && unsupported(cfg).is_none()
 }
 
-/// Positions per split over `cached` positions: whole tiles, at most `target` splits.
+/// Positions per split over `cached` positions: whole tiles, at most `target` splits, and
+/// at least the f32 kernel's tile, which the partial buffer's splits are counted in
+/// ([`attn_partial::max_splits`]).
 pub fn split_len(cached: usize, target: usize) -> usize {
-    cached.div_ceil(target).next_multiple_of(KD).max(KD)
+    const _: () = assert!(attn_partial::TILE.is_multiple_of(KD));
+    cached
+        .div_ceil(target)
+        .next_multiple_of(KD)
+        .max(attn_partial::TILE)
 }
 
 /// Row blocks of QR heads.
