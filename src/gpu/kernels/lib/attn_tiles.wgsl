@@ -141,11 +141,6 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     for (var t0 = k0; t0 < k1; t0 += KD) {
         stage_store(&words, lid);
         stage_load(&words, lid, select(t0, t0 + KD, t0 + KD < k1));
-        let r0 = coopLoad<coop_mat16x16<f16, B>>(&cache[rope_at(t0, kb, side)], ROW);
-        let r1 = coopLoad<coop_mat16x16<f16, B>>(
-            &cache[rope_at(t0, kb, side) + 16u * min(1u, rope_blocks - 1u)],
-            ROW,
-        );
         if (lid == 0u) {
             rescale = 0u;
         }
@@ -166,10 +161,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         }
         for (var i = 0u; i < min(rope_blocks, 2u); i++) {
             let d = KV + 16u * (side * rope_blocks + i);
-            var k = r0;
-            if (i == 1u) {
-                k = r1;
-            }
+            let k = coopLoad<coop_mat16x16<f16, B>>(&cache[(t0 + 16u * kb) * ROW + d], ROW);
             if (PARTS == 2u) {
                 let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
                 s = coopMultiplyAdd(lo, k, s);
