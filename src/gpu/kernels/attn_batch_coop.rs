@@ -55,6 +55,7 @@ pub const TILE_CONSTS: &[(&str, u32)] = &[
     ("KS", (MAX_KV + 8) as u32),
     ("LANES", LANES as u32),
     ("STAGED", STAGED as u32),
+    ("HELD", (MAX_KV / 32 + 2) as u32),
 ];
 
 /// The values of those overrides for a model.

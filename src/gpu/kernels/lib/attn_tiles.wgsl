@@ -9,7 +9,7 @@
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
 //   emit_row(qr, m, l)         row qr's running max and sum (l in units of P_SCALE)
 //   emit(qr, col, o, l)        column col of row qr's context, Σ P_SCALE exp(s - m) latent
-// Prepended from Rust: AWG, QR, KD, KS, LANES, STAGED and PARTS.
+// Prepended from Rust: AWG, QR, KD, KS, LANES, STAGED, HELD and PARTS.
 //
 // `attend` walks QR = 32 query rows (two blocks of 16, prepared by lib/attn_common.wgsl)
 // over their keys in tiles of KD = 32 with an online softmax, each key read once for all
@@ -138,6 +138,18 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     // they fly while this one is multiplied.
     var words: array<vec4<u32>, STAGED>;
     stage_load(&words, lid, k0);
+    // The hi parts of the subgroup's query blocks (its side's latent blocks, then its rope
+    // blocks), the same for every tile: held rather than loaded again per tile.
+    var held: array<coop_mat16x16<f16, A>, HELD>;
+    for (var i = 0u; i < latent_blocks; i++) {
+        held[i] = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + 16u * (side * latent_blocks + i)], ROW);
+    }
+    for (var i = 0u; i < rope_blocks; i++) {
+        held[latent_blocks + i] = coopLoadT<coop_mat16x16<f16, A>>(
+            &q_parts[qa + KV + 16u * (side * rope_blocks + i)],
+            ROW,
+        );
+    }
     for (var t0 = k0; t0 < k1; t0 += KD) {
         stage_store(&words, lid);
         stage_load(&words, lid, select(t0, t0 + KD, t0 + KD < k1));
@@ -156,8 +168,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
                 let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
                 s = coopMultiplyAdd(lo, k, s);
             }
-            let hi = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
-            s = coopMultiplyAdd(hi, k, s);
+            s = coopMultiplyAdd(held[i], k, s);
         }
         for (var i = 0u; i < min(rope_blocks, 2u); i++) {
             let d = KV + 16u * (side * rope_blocks + i);
@@ -166,8 +177,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
                 let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
                 s = coopMultiplyAdd(lo, k, s);
             }
-            let hi = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + d], ROW);
-            s = coopMultiplyAdd(hi, k, s);
+            s = coopMultiplyAdd(held[latent_blocks + i], k, s);
         }
         coopStore(s, &s_half[side * KD * QS + 16u * kb * QS + 16u * rb], QS);
         workgroupBarrier();
