@@ -52,12 +52,31 @@ pub struct Spirv {
     pub workgroup_size: [u32; 3],
 }
 
-/// The SPIR-V of a module with these override values, as wgpu's Vulkan backend would write
-/// it (its bounds checks, no loop bounding, no zeroing of workgroup memory), its shared
-/// memory then made coherent by `memory_model` where it declares the Vulkan memory model
-/// (the cooperative modules).
+/// The SPIR-V of a cooperative module with these override values as the engine gives it
+/// to a Vulkan driver: [`vulkan_spirv`] with SPIR-V 1.5 (the Vulkan memory model is core
+/// there) and bounds checks on storage indices (whether the device checks them itself is
+/// not known here).
 pub fn coherent_spirv(source: &str, constants: &[Constant]) -> std::result::Result<Spirv, String> {
+    let mut values = naga::back::PipelineConstants::default();
+    for c in constants {
+        values.insert(c.name.to_string(), c.value.as_f64());
+    }
+    vulkan_spirv(source, &values, (1, 5), true)
+}
+
+/// A module's SPIR-V with these override values, as wgpu's Vulkan backend writes it for the
+/// engine's kernels (index bounds checks, and storage-buffer checks where `buffer_checks`,
+/// as wgpu adds them on devices without robust buffer access 2; no loop bounding; workgroup
+/// memory not zeroed), its shared memory then made coherent by `memory_model` where it
+/// declares the Vulkan memory model (the cooperative modules).
+pub fn vulkan_spirv(
+    source: &str,
+    constants: &naga::back::PipelineConstants,
+    lang_version: (u8, u8),
+    buffer_checks: bool,
+) -> std::result::Result<Spirv, String> {
     use naga::back::spv;
+    use naga::proc::BoundsCheckPolicy::{Restrict, Unchecked};
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -65,26 +84,21 @@ pub fn coherent_spirv(source: &str, constants: &[Constant]) -> std::result::Resu
     )
     .validate(&module)
     .map_err(|e| format!("{:?}", e.into_inner()))?;
-    let mut values = naga::back::PipelineConstants::default();
-    for c in constants {
-        values.insert(c.name.to_string(), c.value.as_f64());
-    }
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         &module,
         &info,
         Some((naga::ShaderStage::Compute, "main")),
-        &values,
+        constants,
     )
     .map_err(|e| e.to_string())?;
-    let restrict = naga::proc::BoundsCheckPolicy::Restrict;
     let options = spv::Options {
-        lang_version: (1, 5),
+        lang_version,
         flags: spv::WriterFlags::empty(),
         bounds_check_policies: naga::proc::BoundsCheckPolicies {
-            index: restrict,
-            buffer: restrict,
-            image_load: restrict,
-            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+            index: Restrict,
+            buffer: if buffer_checks { Restrict } else { Unchecked },
+            image_load: Restrict,
+            binding_array: Unchecked,
         },
         zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
         force_loop_bounding: runtime_checks().force_loop_bounding,
