@@ -86,14 +86,28 @@ fn parse(words: &[u32]) -> Result<(Vec<u32>, Vec<Instruction>), Unsupported> {
     Ok((words[..5].to_vec(), out))
 }
 
+/// Of a load or store: the operand holding its pointer, where its memory operands start,
+/// and what makes it coherent (a load sees what others made available, a store makes its
+/// value available). Load: type, result, pointer, [mask]; store: pointer, object, [mask];
+/// the cooperative ones have a layout and a stride before the mask.
+fn memory_access(opcode: u16) -> Option<(usize, usize, u32)> {
+    match opcode {
+        op::LOAD => Some((2, 3, MAKE_POINTER_VISIBLE)),
+        op::COOPERATIVE_MATRIX_LOAD => Some((2, 5, MAKE_POINTER_VISIBLE)),
+        op::STORE => Some((0, 2, MAKE_POINTER_AVAILABLE)),
+        op::COOPERATIVE_MATRIX_STORE => Some((0, 4, MAKE_POINTER_AVAILABLE)),
+        _ => None,
+    }
+}
+
 /// The memory operands of a load or store from `at` in `operands` (absent: none), with
 /// `add` set, non-private, at workgroup scope: the mask, Aligned's literal, then the scope
 /// of MakePointerAvailable and of MakePointerVisible, in the order of their bits.
 fn with_access(operands: &[u32], at: usize, add: u32, scope: u32) -> Result<Vec<u32>, Unsupported> {
-    let mut out = operands[..at.min(operands.len())].to_vec();
+    let mut out = operands[..at].to_vec();
     let (mask, mut rest) = match operands.get(at) {
         Some(&m) => (m, &operands[at + 1..]),
-        None => (0, &operands[operands.len()..]),
+        None => (0, &[][..]),
     };
     if mask & (MAKE_POINTER_AVAILABLE | MAKE_POINTER_VISIBLE) != 0 {
         // Already written for the model: leave the access alone.
@@ -193,34 +207,23 @@ pub fn make_shared_accesses_coherent(words: &[u32]) -> Result<Vec<u32>, Unsuppor
                     shared.insert(id, s);
                 }
             }
-            op::LOAD | op::COOPERATIVE_MATRIX_LOAD => {
-                let pointer = i.operands[2];
-                if shared.get(&pointer) == Some(&true) {
-                    // Load: type, result, pointer, [mask]; cooperative: ..., layout, stride.
-                    let at = if i.op == op::LOAD { 3 } else { 5 };
-                    if i.operands.len() < at {
-                        return Err(Unsupported("cooperative load without a stride".into()));
-                    }
-                    i.operands = with_access(&i.operands, at, MAKE_POINTER_VISIBLE, scope)?;
-                }
-            }
-            op::STORE | op::COOPERATIVE_MATRIX_STORE => {
-                let pointer = i.operands[0];
-                if shared.get(&pointer) == Some(&true) {
-                    // Store: pointer, object, [mask]; cooperative: ..., layout, stride.
-                    let at = if i.op == op::STORE { 2 } else { 4 };
-                    if i.operands.len() < at {
-                        return Err(Unsupported("cooperative store without a stride".into()));
-                    }
-                    i.operands = with_access(&i.operands, at, MAKE_POINTER_AVAILABLE, scope)?;
-                }
-            }
             op::COPY_MEMORY | op::COPY_MEMORY_SIZED
                 if i.operands[..2].iter().any(|p| shared.get(p) == Some(&true)) =>
             {
                 return Err(Unsupported("OpCopyMemory on shared memory".into()));
             }
-            _ => {}
+            _ => {
+                let Some((pointer, at, add)) = memory_access(i.op) else {
+                    continue;
+                };
+                if shared.get(&i.operands[pointer]) != Some(&true) {
+                    continue;
+                }
+                if i.operands.len() < at {
+                    return Err(Unsupported(format!("op {} without its stride", i.op)));
+                }
+                i.operands = with_access(&i.operands, at, add, scope)?;
+            }
         }
     }
 
