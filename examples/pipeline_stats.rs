@@ -359,7 +359,7 @@ impl Driver {
         }
         // As the engine: cooperative kernels as its own SPIR-V (coherent workgroup memory,
         // storage indices checked), the others as wgpu writes them for this device.
-        let cooperative = src.contains("enable wgpu_cooperative_matrix;");
+        let cooperative = shader.uses_cooperative_matrices(caps);
         let buffer_checks = cooperative || !self.robust_buffers;
         let lang_version = if cooperative { (1, 5) } else { self.spirv };
         glm_flash::gpu::pipelines::vulkan_spirv(&src, &constants, lang_version, buffer_checks)

@@ -40,11 +40,6 @@ pub fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
     }
 }
 
-/// Whether a module's source multiplies cooperative matrices.
-fn uses_cooperative_matrices(source: &str) -> bool {
-    source.contains("enable wgpu_cooperative_matrix;")
-}
-
 /// A module's SPIR-V for one pipeline (its overrides set), and its entry point's workgroup
 /// size.
 pub struct Spirv {
@@ -243,7 +238,7 @@ impl Pipelines {
         let source = shader.module_source(ctx.caps(), weights.unwrap_or(GpuLayout::F32));
         // Cooperative modules as SPIR-V written here where the device takes it (overrides
         // then set in the module); every other module through wgpu, overrides at creation.
-        let coherent = if ctx.coherent_spirv && uses_cooperative_matrices(&source) {
+        let coherent = if ctx.coherent_spirv && shader.uses_cooperative_matrices(ctx.caps()) {
             match coherent_spirv(&source, constants) {
                 Ok(spirv) => Some(spirv),
                 Err(why) => {
