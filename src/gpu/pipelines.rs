@@ -271,6 +271,28 @@ impl Pipelines {
                 )
             },
         };
+        let kernel = Kernel::new(ctx, shader, &module, &wgpu_constants);
+        self.registry.lock().unwrap().push(PipelineInfo {
+            shader,
+            weights,
+            constants: constants.to_vec(),
+        });
+        self.cache.lock().unwrap().insert(key, kernel.clone());
+        kernel
+    }
+}
+
+impl Kernel {
+    /// The pipeline of `shader` from `module` (its source made for the device, as WGSL or
+    /// SPIR-V) with these override values (none for passthrough SPIR-V, which has them set),
+    /// laid out by the shader's bindings.
+    pub fn new(
+        ctx: &GpuContext,
+        shader: Shader,
+        module: &wgpu::ShaderModule,
+        constants: &[(&str, f64)],
+    ) -> Kernel {
+        let device = &ctx.device;
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
             .bindings
             .iter()
@@ -307,30 +329,21 @@ impl Pipelines {
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(shader.name),
             layout: Some(&pipeline_layout),
-            module: &module,
+            module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &wgpu_constants,
+                constants,
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
         });
-        let kernel = Kernel {
+        Kernel {
             shader,
             pipeline,
             layout,
-        };
-        self.registry.lock().unwrap().push(PipelineInfo {
-            shader,
-            weights,
-            constants: constants.to_vec(),
-        });
-        self.cache.lock().unwrap().insert(key, kernel.clone());
-        kernel
+        }
     }
-}
 
-impl Kernel {
     /// A dispatch of this kernel over `buffers` (in binding order) with grid `workgroups`.
     pub fn dispatch(
         &self,
