@@ -32,6 +32,7 @@ use std::time::Instant;
 
 mod cooperative;
 use cooperative::small_int;
+use glm_flash::gpu::upload::storage_init;
 
 /// Values per cached position (latent 512 + rope 64), and their 16-wide column blocks.
 const ROW: usize = 576;
@@ -318,17 +319,9 @@ fn main() {
         .iter()
         .map(|x| half::f16::from_f32(*x).to_bits())
         .collect();
-    use wgpu::util::DeviceExt;
     let d = &ctx.device;
-    let buffer = |label: &str, bytes: &[u8]| {
-        d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
-    };
-    let cache_b = buffer("cache", bytemuck::cast_slice(&cache_bits));
-    let queries_b = buffer("queries", bytemuck::cast_slice(&query_bits));
+    let cache_b = storage_init(&ctx, "cache", bytemuck::cast_slice(&cache_bits));
+    let queries_b = storage_init(&ctx, "queries", bytemuck::cast_slice(&query_bits));
     drop(cache_bits);
 
     for v in VARIANTS {
@@ -353,7 +346,7 @@ fn main() {
                 cache: None,
             });
             let out_len = workgroups * 8 * 256;
-            let out = buffer("out", bytemuck::cast_slice(&vec![f32::NAN; out_len]));
+            let out = storage_init(&ctx, "out", bytemuck::cast_slice(&vec![f32::NAN; out_len]));
             let group = d.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(v.name()),
                 layout: &pipeline.get_bind_group_layout(0),

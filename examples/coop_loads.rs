@@ -18,6 +18,7 @@
 //! variant that hangs the device takes only its own process with it.
 mod cooperative;
 use cooperative::small_int;
+use glm_flash::gpu::upload::storage_init;
 
 const KEYS: usize = 128;
 const VALUES: usize = 64;
@@ -295,18 +296,10 @@ fn main() {
             .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
             .collect()
     };
-    use wgpu::util::DeviceExt;
     let d = &ctx.device;
-    let buffer = |label: &str, bytes: &[u8]| {
-        d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
-    };
-    let keys_b = buffer("keys", &halves(&keys));
-    let a_col_b = buffer("a_col", &halves(&a_col));
-    let a_row_b = buffer("a_row", &halves(&a));
+    let keys_b = storage_init(&ctx, "keys", &halves(&keys));
+    let a_col_b = storage_init(&ctx, "a_col", &halves(&a_col));
+    let a_row_b = storage_init(&ctx, "a_row", &halves(&a));
     for (n, v) in variants().into_iter().enumerate() {
         if only.is_some_and(|o| o != n) {
             continue;
@@ -320,7 +313,7 @@ fn main() {
             );
             continue;
         }
-        let out = buffer("out", bytemuck::cast_slice(&vec![f32::NAN; 8 * 256]));
+        let out = storage_init(&ctx, "out", bytemuck::cast_slice(&vec![f32::NAN; 8 * 256]));
         // As the engine makes its pipelines: its runtime checks, workgroup memory not zeroed.
         let checks = glm_flash::gpu::pipelines::runtime_checks();
         let desc = wgpu::ShaderModuleDescriptor {

@@ -1,9 +1,11 @@
 //! What the Vulkan driver's compiler makes of each kernel: its registers, memory and the
 //! other statistics the driver reports through `VK_KHR_pipeline_executable_properties`.
 //! wgpu does not expose them, so this talks to Vulkan through ash (the binding wgpu's own
-//! Vulkan backend uses), on SPIR-V that naga writes with the options wgpu uses for the
-//! engine's kernels (index bounds checks, buffer checks unless the device has
-//! `robustBufferAccess2`, no loop bounding, workgroup memory not zeroed). Registers decide
+//! Vulkan backend uses), on the SPIR-V the engine's device gets: naga's with the options
+//! wgpu uses for the engine's kernels (index bounds checks, buffer checks unless the device
+//! has `robustBufferAccess2`, no loop bounding, workgroup memory not zeroed), and for the
+//! cooperative kernels the engine's own (`pipelines::vulkan_spirv`: buffer checks, workgroup
+//! memory coherent). Registers decide
 //! how many workgroups a GPU core keeps in flight, which the timings alone cannot show.
 //!
 //! `cargo run --release --example pipeline_stats [WORD...]`: one line per kernel variant
@@ -331,7 +333,7 @@ impl Driver {
         Ok(out.join(", "))
     }
 
-    /// The kernel's SPIR-V as wgpu would write it for this device.
+    /// The kernel's SPIR-V as the engine's device gets it.
     fn spirv_words(
         &self,
         shader: &Shader,
@@ -339,13 +341,8 @@ impl Driver {
         layout: GpuLayout,
         overrides_on: bool,
     ) -> Result<Vec<u32>, String> {
-        use naga::valid::{Capabilities, ValidationFlags, Validator};
         let src = shader.module_source(caps, layout);
         let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
-            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-            .validate(&module)
-            .map_err(|e| format!("validation: {e:?}"))?;
         let mut constants = naga::back::PipelineConstants::default();
         for (_, o) in module.overrides.iter() {
             let is_bool = matches!(
@@ -360,29 +357,13 @@ impl Driver {
                 constants.insert(name, if overrides_on { 1.0 } else { 0.0 });
             }
         }
-        let (module, info) =
-            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                .map_err(|e| format!("overrides: {e}"))?;
-        let buffer = if self.robust_buffers {
-            naga::proc::BoundsCheckPolicy::Unchecked
-        } else {
-            naga::proc::BoundsCheckPolicy::Restrict
-        };
-        let options = naga::back::spv::Options {
-            lang_version: self.spirv,
-            bounds_check_policies: naga::proc::BoundsCheckPolicies {
-                index: naga::proc::BoundsCheckPolicy::Restrict,
-                buffer,
-                image_load: naga::proc::BoundsCheckPolicy::Restrict,
-                binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
-            },
-            zero_initialize_workgroup_memory:
-                naga::back::spv::ZeroInitializeWorkgroupMemoryMode::None,
-            force_loop_bounding: false,
-            ..Default::default()
-        };
-        naga::back::spv::write_vec(&module, &info, &options, None)
-            .map_err(|e| format!("SPIR-V: {e:?}"))
+        // As the engine: cooperative kernels as its own SPIR-V (coherent workgroup memory,
+        // storage indices checked), the others as wgpu writes them for this device.
+        let cooperative = shader.uses_cooperative_matrices(caps);
+        let buffer_checks = cooperative || !self.robust_buffers;
+        let lang_version = if cooperative { (1, 5) } else { self.spirv };
+        glm_flash::gpu::pipelines::vulkan_spirv(&src, &constants, lang_version, buffer_checks)
+            .map(|spirv| spirv.words)
     }
 }
 

@@ -75,8 +75,10 @@ fn poison(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
 /// tests are in gpu_batched.rs.)
 #[test]
 fn kernels_written_as_spirv_run_with_their_overrides() {
-    use glm_flash::gpu::pipelines::{coherent_spirv, passthrough_module};
-    use glm_flash::gpu::shader::{Constant, Value};
+    use glm_flash::gpu::pipelines::{coherent_spirv, passthrough_module, Kernel};
+    use glm_flash::gpu::shader::{
+        Constant, OverrideDecl, Scalar, Shader, Slot, Value, WeightAccess,
+    };
     let ctx = ctx(None, true);
     if !ctx.features.contains(wgpu::Features::PASSTHROUGH_SHADERS) {
         eprintln!(
@@ -85,7 +87,9 @@ fn kernels_written_as_spirv_run_with_their_overrides() {
         );
         return;
     }
-    let source = "override SHIFT: u32;
+    const REVERSE: Shader = Shader {
+        name: "reverse",
+        source: "override SHIFT: u32;
 @group(0) @binding(0) var<storage, read> input: array<f32>;
 @group(0) @binding(1) var<storage, read_write> output: array<f32>;
 var<workgroup> tile: array<f32, 64>;
@@ -95,10 +99,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     workgroupBarrier();
     output[wg.x * 64u + lid] = tile[63u - lid] + f32(SHIFT);
 }
-";
+",
+        bindings: &[Slot::Read, Slot::ReadWrite],
+        overrides: &[OverrideDecl {
+            name: "SHIFT",
+            ty: Scalar::U32,
+        }],
+        consts: &[],
+        structs: &[],
+        reduces: false,
+        lanes: false,
+        weights: WeightAccess::None,
+        libraries: &[],
+        cooperative: false,
+    };
     let shift = 1000;
     let spirv = coherent_spirv(
-        source,
+        REVERSE.source,
         &[Constant {
             name: "SHIFT",
             value: Value::U32(shift),
@@ -106,60 +123,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     )
     .unwrap();
     assert_eq!(spirv.workgroup_size, [64, 1, 1]);
-    let device = &ctx.device;
-    let module = passthrough_module(device, "reverse", &spirv);
-    let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: None,
-        entries: &[entry(0, true), entry(1, false)],
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: None,
-        bind_group_layouts: &[Some(&layout)],
-        immediate_size: 0,
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: None,
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
+    let module = passthrough_module(&ctx.device, REVERSE.name, &spirv);
+    let kernel = Kernel::new(&ctx, REVERSE, &module, &[]);
     let n = 64 * 5;
     let input: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
     let (inb, outb) = (storage_f32(&ctx, "input", &input), poison(&ctx, n));
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &layout,
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: inb.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: outb.as_entire_binding(),
-            },
-        ],
-    });
-    let mut enc = device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups((n / 64) as u32, 1, 1);
-    }
-    ctx.queue.submit([enc.finish()]);
+    run(
+        &ctx,
+        &[kernel.dispatch(&ctx, &[&inb, &outb], [(n / 64) as u32, 1, 1])],
+    )
+    .unwrap();
     let got = ctx.read_f32(&outb, n).unwrap();
     ctx.check().unwrap();
     let want: Vec<f32> = (0..n)

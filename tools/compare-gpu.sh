@@ -9,7 +9,7 @@
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--decode-depths D,D] [--decode-matmul M,M] [--no-prefill]
-#                        [--no-checks] [--llama DIR] NAME...
+#                        [--no-checks] [--tests-only] [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
 # every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
@@ -17,7 +17,8 @@
 # (or --decode-depths) with `--matmul f16` (or each of --decode-matmul: the tile math picks
 # the decode attention's kernel at long contexts). Before the model, each build's register
 # counts and GPU tests run (longer than writing the model; --no-checks skips them for builds
-# already checked on this kind of card). No new run starts after
+# already checked on this kind of card; --tests-only runs only those tests, for builds that
+# may have nothing but their .bin/gpu_batched-NAME[.gz]). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
 FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
-PREFILL_MATMUL="split f16" DECODE_MATMUL=f16 CHECKS=1
+PREFILL_MATMUL="split f16" DECODE_MATMUL=f16 CHECKS=1 TESTS_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
         --decode-matmul) DECODE_MATMUL=$2; shift 2 ;;
         --no-prefill) PREFILL_MATMUL=""; shift ;;
         --no-checks) CHECKS=0; shift ;;
+        --tests-only) TESTS_ONLY=1; shift ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -61,6 +63,7 @@ fi
 RUNS=$(mktemp -d)
 BIN=$(mktemp -d)
 for name in "${BUILDS[@]}"; do
+    [ "$TESTS_ONLY" = 1 ] && break
     if [ -f ".bin/glm-flash-$name.gz" ]; then
         gunzip -c ".bin/glm-flash-$name.gz" > "$BIN/$name"
     elif [ -f ".bin/glm-flash-$name" ]; then
@@ -74,7 +77,7 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
 cp .bin/COMMIT "$RUNS/commit.txt" 2>/dev/null || true
-"$BIN/${BUILDS[0]}" devices > "$RUNS/devices.txt" 2>&1 || true
+[ "$TESTS_ONLY" = 1 ] || "$BIN/${BUILDS[0]}" devices > "$RUNS/devices.txt" 2>&1 || true
 # Copies .bin/TOOL-NAME[.gz] to $BIN/TOOL-NAME; false where the build has none.
 unpack() {
     local from=".bin/$1-$2" to="$BIN/$1-$2"
@@ -100,8 +103,16 @@ if [ "$CHECKS" = 1 ]; then
             log="$RUNS/tests-$name.txt"
             timeout 300 "$BIN/gpu_batched-$name" matmul moe cooperative > "$log" 2>&1 || true
             echo "tests $name: $(grep -E '^test result' "$log" || echo "no result (see $(basename "$log"))")" >> "$SUMMARY"
+            grep -E "differs|FAILED" "$log" >> "$SUMMARY" || true
+        elif [ "$TESTS_ONLY" = 1 ]; then
+            echo "tests $name: no .bin/gpu_batched-$name[.gz]" >> "$SUMMARY"
         fi
     done
+fi
+if [ "$TESTS_ONLY" = 1 ]; then
+    echo "ended at $(elapsed) s" >> "$SUMMARY"
+    tar czf "$OUT/runs.tgz" -C "$RUNS" .
+    exit 0
 fi
 
 MODEL=$(mktemp -u /tmp/compare-XXXXXX.gguf)

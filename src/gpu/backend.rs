@@ -500,7 +500,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
         format!(
-            "gpu: {}{}{}{}, {}",
+            "gpu: {}{}{}{}{}, {}",
             self.ctx.describe(),
             if self.ctx.subgroups {
                 ", subgroups"
@@ -514,6 +514,11 @@ impl Backend for GpuBackend {
             },
             if self.schedule.cooperative_attention() {
                 " and long-context attention"
+            } else {
+                ""
+            },
+            if self.ctx.coherent_spirv {
+                " (SPIR-V written by the engine, workgroup memory coherent)"
             } else {
                 ""
             },

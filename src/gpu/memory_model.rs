@@ -86,14 +86,28 @@ fn parse(words: &[u32]) -> Result<(Vec<u32>, Vec<Instruction>), Unsupported> {
     Ok((words[..5].to_vec(), out))
 }
 
+/// Of a load or store: the operand holding its pointer, where its memory operands start,
+/// and what makes it coherent (a load sees what others made available, a store makes its
+/// value available). Load: type, result, pointer, [mask]; store: pointer, object, [mask];
+/// the cooperative ones have a layout and a stride before the mask.
+fn memory_access(opcode: u16) -> Option<(usize, usize, u32)> {
+    match opcode {
+        op::LOAD => Some((2, 3, MAKE_POINTER_VISIBLE)),
+        op::COOPERATIVE_MATRIX_LOAD => Some((2, 5, MAKE_POINTER_VISIBLE)),
+        op::STORE => Some((0, 2, MAKE_POINTER_AVAILABLE)),
+        op::COOPERATIVE_MATRIX_STORE => Some((0, 4, MAKE_POINTER_AVAILABLE)),
+        _ => None,
+    }
+}
+
 /// The memory operands of a load or store from `at` in `operands` (absent: none), with
 /// `add` set, non-private, at workgroup scope: the mask, Aligned's literal, then the scope
 /// of MakePointerAvailable and of MakePointerVisible, in the order of their bits.
 fn with_access(operands: &[u32], at: usize, add: u32, scope: u32) -> Result<Vec<u32>, Unsupported> {
-    let mut out = operands[..at.min(operands.len())].to_vec();
+    let mut out = operands[..at].to_vec();
     let (mask, mut rest) = match operands.get(at) {
         Some(&m) => (m, &operands[at + 1..]),
-        None => (0, &operands[operands.len()..]),
+        None => (0, &[][..]),
     };
     if mask & (MAKE_POINTER_AVAILABLE | MAKE_POINTER_VISIBLE) != 0 {
         // Already written for the model: leave the access alone.
@@ -193,34 +207,23 @@ pub fn make_shared_accesses_coherent(words: &[u32]) -> Result<Vec<u32>, Unsuppor
                     shared.insert(id, s);
                 }
             }
-            op::LOAD | op::COOPERATIVE_MATRIX_LOAD => {
-                let pointer = i.operands[2];
-                if shared.get(&pointer) == Some(&true) {
-                    // Load: type, result, pointer, [mask]; cooperative: ..., layout, stride.
-                    let at = if i.op == op::LOAD { 3 } else { 5 };
-                    if i.operands.len() < at {
-                        return Err(Unsupported("cooperative load without a stride".into()));
-                    }
-                    i.operands = with_access(&i.operands, at, MAKE_POINTER_VISIBLE, scope)?;
-                }
-            }
-            op::STORE | op::COOPERATIVE_MATRIX_STORE => {
-                let pointer = i.operands[0];
-                if shared.get(&pointer) == Some(&true) {
-                    // Store: pointer, object, [mask]; cooperative: ..., layout, stride.
-                    let at = if i.op == op::STORE { 2 } else { 4 };
-                    if i.operands.len() < at {
-                        return Err(Unsupported("cooperative store without a stride".into()));
-                    }
-                    i.operands = with_access(&i.operands, at, MAKE_POINTER_AVAILABLE, scope)?;
-                }
-            }
             op::COPY_MEMORY | op::COPY_MEMORY_SIZED
                 if i.operands[..2].iter().any(|p| shared.get(p) == Some(&true)) =>
             {
                 return Err(Unsupported("OpCopyMemory on shared memory".into()));
             }
-            _ => {}
+            _ => {
+                let Some((pointer, at, add)) = memory_access(i.op) else {
+                    continue;
+                };
+                if shared.get(&i.operands[pointer]) != Some(&true) {
+                    continue;
+                }
+                if i.operands.len() < at {
+                    return Err(Unsupported(format!("op {} without its stride", i.op)));
+                }
+                i.operands = with_access(&i.operands, at, add, scope)?;
+            }
         }
     }
 
@@ -258,8 +261,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 }
 ";
 
-    fn spirv() -> Vec<u32> {
-        let module = naga::front::wgsl::parse_str(SOURCE).unwrap();
+    /// `source` as naga writes it (SPIR-V 1.5).
+    fn spirv(source: &str) -> Vec<u32> {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::all(),
@@ -283,7 +287,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
     #[test]
     fn shared_accesses_become_non_private_and_coherent_at_workgroup_scope() {
-        let before = spirv();
+        let before = spirv(SOURCE);
         let (_, old) = parse(&before).unwrap();
         assert!(
             old.iter()
@@ -373,7 +377,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
     #[test]
     fn modules_without_the_vulkan_memory_model_pass_unchanged() {
-        let module = naga::front::wgsl::parse_str(
+        let words = spirv(
             "var<workgroup> t: array<f32, 64>;
 @group(0) @binding(0) var<storage, read_write> o: array<f32>;
 @compute @workgroup_size(64)
@@ -382,15 +386,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     o[lid] = t[63u - lid];
 }",
-        )
-        .unwrap();
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::all(),
-        )
-        .validate(&module)
-        .unwrap();
-        let words = naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap();
+        );
         assert_eq!(make_shared_accesses_coherent(&words).unwrap(), words);
     }
 
@@ -398,7 +394,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     fn malformed_input_is_refused() {
         assert!(make_shared_accesses_coherent(&[1, 2, 3]).is_err());
         // The first instruction's word count past the module's end.
-        let mut words = spirv();
+        let mut words = spirv(SOURCE);
         words[5] = (words.len() as u32) << 16 | (words[5] & 0xffff);
         assert!(make_shared_accesses_coherent(&words).is_err());
     }

@@ -40,11 +40,6 @@ pub fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
     }
 }
 
-/// Whether a module's source multiplies cooperative matrices.
-fn uses_cooperative_matrices(source: &str) -> bool {
-    source.contains("enable wgpu_cooperative_matrix;")
-}
-
 /// A module's SPIR-V for one pipeline (its overrides set), and its entry point's workgroup
 /// size.
 pub struct Spirv {
@@ -52,12 +47,31 @@ pub struct Spirv {
     pub workgroup_size: [u32; 3],
 }
 
-/// The SPIR-V of a module with these override values, as wgpu's Vulkan backend would write
-/// it (its bounds checks, no loop bounding, no zeroing of workgroup memory), its shared
-/// memory then made coherent by `memory_model` where it declares the Vulkan memory model
-/// (the cooperative modules).
+/// The SPIR-V of a cooperative module with these override values as the engine gives it
+/// to a Vulkan driver: [`vulkan_spirv`] with SPIR-V 1.5 (the Vulkan memory model is core
+/// there) and bounds checks on storage indices (whether the device checks them itself is
+/// not known here).
 pub fn coherent_spirv(source: &str, constants: &[Constant]) -> std::result::Result<Spirv, String> {
+    let mut values = naga::back::PipelineConstants::default();
+    for c in constants {
+        values.insert(c.name.to_string(), c.value.as_f64());
+    }
+    vulkan_spirv(source, &values, (1, 5), true)
+}
+
+/// A module's SPIR-V with these override values, as wgpu's Vulkan backend writes it for the
+/// engine's kernels (index bounds checks, and storage-buffer checks where `buffer_checks`,
+/// as wgpu adds them on devices without robust buffer access 2; no loop bounding; workgroup
+/// memory not zeroed), its shared memory then made coherent by `memory_model` where it
+/// declares the Vulkan memory model (the cooperative modules).
+pub fn vulkan_spirv(
+    source: &str,
+    constants: &naga::back::PipelineConstants,
+    lang_version: (u8, u8),
+    buffer_checks: bool,
+) -> std::result::Result<Spirv, String> {
     use naga::back::spv;
+    use naga::proc::BoundsCheckPolicy::{Restrict, Unchecked};
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -65,26 +79,21 @@ pub fn coherent_spirv(source: &str, constants: &[Constant]) -> std::result::Resu
     )
     .validate(&module)
     .map_err(|e| format!("{:?}", e.into_inner()))?;
-    let mut values = naga::back::PipelineConstants::default();
-    for c in constants {
-        values.insert(c.name.to_string(), c.value.as_f64());
-    }
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         &module,
         &info,
         Some((naga::ShaderStage::Compute, "main")),
-        &values,
+        constants,
     )
     .map_err(|e| e.to_string())?;
-    let restrict = naga::proc::BoundsCheckPolicy::Restrict;
     let options = spv::Options {
-        lang_version: (1, 5),
+        lang_version,
         flags: spv::WriterFlags::empty(),
         bounds_check_policies: naga::proc::BoundsCheckPolicies {
-            index: restrict,
-            buffer: restrict,
-            image_load: restrict,
-            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+            index: Restrict,
+            buffer: if buffer_checks { Restrict } else { Unchecked },
+            image_load: Restrict,
+            binding_array: Unchecked,
         },
         zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
         force_loop_bounding: runtime_checks().force_loop_bounding,
@@ -229,7 +238,7 @@ impl Pipelines {
         let source = shader.module_source(ctx.caps(), weights.unwrap_or(GpuLayout::F32));
         // Cooperative modules as SPIR-V written here where the device takes it (overrides
         // then set in the module); every other module through wgpu, overrides at creation.
-        let coherent = if ctx.coherent_spirv && uses_cooperative_matrices(&source) {
+        let coherent = if ctx.coherent_spirv && shader.uses_cooperative_matrices(ctx.caps()) {
             match coherent_spirv(&source, constants) {
                 Ok(spirv) => Some(spirv),
                 Err(why) => {
@@ -262,6 +271,28 @@ impl Pipelines {
                 )
             },
         };
+        let kernel = Kernel::new(ctx, shader, &module, &wgpu_constants);
+        self.registry.lock().unwrap().push(PipelineInfo {
+            shader,
+            weights,
+            constants: constants.to_vec(),
+        });
+        self.cache.lock().unwrap().insert(key, kernel.clone());
+        kernel
+    }
+}
+
+impl Kernel {
+    /// The pipeline of `shader` from `module` (its source made for the device, as WGSL or
+    /// SPIR-V) with these override values (none for passthrough SPIR-V, which has them set),
+    /// laid out by the shader's bindings.
+    pub fn new(
+        ctx: &GpuContext,
+        shader: Shader,
+        module: &wgpu::ShaderModule,
+        constants: &[(&str, f64)],
+    ) -> Kernel {
+        let device = &ctx.device;
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
             .bindings
             .iter()
@@ -298,30 +329,21 @@ impl Pipelines {
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(shader.name),
             layout: Some(&pipeline_layout),
-            module: &module,
+            module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &wgpu_constants,
+                constants,
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
         });
-        let kernel = Kernel {
+        Kernel {
             shader,
             pipeline,
             layout,
-        };
-        self.registry.lock().unwrap().push(PipelineInfo {
-            shader,
-            weights,
-            constants: constants.to_vec(),
-        });
-        self.cache.lock().unwrap().insert(key, kernel.clone());
-        kernel
+        }
     }
-}
 
-impl Kernel {
     /// A dispatch of this kernel over `buffers` (in binding order) with grid `workgroups`.
     pub fn dispatch(
         &self,

@@ -219,12 +219,17 @@ impl Slot {
 }
 
 impl Shader {
+    /// Whether the module made for `caps` multiplies cooperative matrices: the kernels
+    /// written for them, and the batched mat-mul where the device's tiles are cooperative.
+    pub fn uses_cooperative_matrices(&self, caps: ShaderCaps) -> bool {
+        self.cooperative || (caps.tiles.cooperative() && self.weights == WeightAccess::Tiles)
+    }
+
     /// The complete module source for a device with `caps`, reading weights in `weights`
     /// (for a kernel that reads weights; ignored by others): the Rust-side declarations, the
     /// kernel, then the libraries it uses.
     pub fn module_source(&self, caps: ShaderCaps, weights: GpuLayout) -> String {
-        let cooperative =
-            self.cooperative || (caps.tiles.cooperative() && self.weights == WeightAccess::Tiles);
+        let cooperative = self.uses_cooperative_matrices(caps);
         let mut s = String::new();
         if cooperative {
             s.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
