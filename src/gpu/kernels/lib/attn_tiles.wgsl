@@ -21,10 +21,12 @@
 // products exactly; the queries enter as their PARTS parts, the lo products skipped with
 // one. Per tile:
 //   stage:    the tile's latents (their first KV values) into k_tile; the rope values stay
-//             in the cache, their blocks loaded from there as cooperative matrices;
+//             in the cache, their blocks loaded from there where they are multiplied;
 //   scores:   subgroup sg takes row block sg % 2, key block (sg / 2) % 2 and side sg / 4 of
 //             the row (half its latent blocks and half its rope blocks), its query parts
-//             into one accumulator, stored to its side's scores in s_half;
+//             into one accumulator, stored to its side's scores in s_half. The hi parts of
+//             its query blocks are the same for every tile: loaded once before the loop and
+//             held;
 //   softmax:  LANES = 8 invocations per row add the halves and update the row's reference
 //             max m and sum l. m moves only when a tile's scores pass it by more than GROWTH
 //             (8 ln 2), so the weights exp(s - m) stay below 256 and the context is rarely
@@ -95,12 +97,6 @@ fn stage_store(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32) {
             k_tile[at + 1u] = vec4<f16>(hi);
         }
     }
-}
-
-/// The index in `cache` of the first rope block of keys t0 + 16 kb.. that side `side` of the
-/// row takes (the rope blocks are split between the halves; its second, if any, follows).
-fn rope_at(t0: u32, kb: u32, side: u32) -> u32 {
-    return (t0 + 16u * kb) * ROW + KV + 16u * side * ((ROW - KV) / 32u);
 }
 
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), their queries
