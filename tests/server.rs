@@ -258,6 +258,64 @@ fn greedy_completion_equals_the_cli_streamed_or_not() {
     );
 }
 
+/// A request's penalties reach the choice of tokens as the same flags of `glm-flash run`
+/// do: a presence penalty of 100 over the whole context (no token may repeat; greedy
+/// "Hello" repeats some of its first 60 tokens without it) and the
+/// three penalties over a window, each against the CLI; without them the reply is the
+/// server's greedy default.
+#[test]
+fn penalties_from_the_request_equal_the_cli() {
+    let prompt = "Hello";
+    let c = client(builtin());
+    let served = |extra: Value| {
+        let mut body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c.ok("/v1/completions", &body)["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let plain = run_cli(&["-p", prompt, "-n", "60"]);
+    assert_eq!(served(json!({})), plain);
+    let no_repeats = run_cli(&[
+        "-p",
+        prompt,
+        "-n",
+        "60",
+        "--presence-penalty",
+        "100",
+        "--repeat-last-n",
+        "-1",
+    ]);
+    assert_ne!(no_repeats, plain, "the penalty changed nothing");
+    assert_eq!(
+        served(json!({"presence_penalty": 100, "repeat_last_n": -1})),
+        no_repeats
+    );
+    let mixed = run_cli(&[
+        "-p",
+        prompt,
+        "-n",
+        "60",
+        "--repeat-penalty",
+        "1.5",
+        "--frequency-penalty",
+        "0.5",
+        "--presence-penalty",
+        "-0.25",
+        "--repeat-last-n",
+        "8",
+    ]);
+    assert_ne!(mixed, plain, "the penalties changed nothing");
+    assert_eq!(
+        served(json!({"repeat_penalty": 1.5, "frequency_penalty": 0.5,
+                      "presence_penalty": -0.25, "repeat_last_n": 8})),
+        mixed
+    );
+}
+
 #[test]
 fn greedy_chat_equals_the_cli_with_the_thinking_split() {
     let model = fixture("small2-q8_0.gguf");
@@ -530,6 +588,27 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         400,
         Some("top_p"),
         "(0, 1]",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "repeat_penalty": 0})),
+        400,
+        Some("repeat_penalty"),
+        "above 0",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "repeat_last_n": -2})),
+        400,
+        Some("repeat_last_n"),
+        "-1 (the whole context)",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "presence_penalty": 1e39}),
+        ),
+        400,
+        Some("presence_penalty"),
+        "a number",
     );
     expect(
         c.post(chat, &json!({"messages": user("hi"), "n": 2})),
