@@ -30,6 +30,7 @@ fn options(model: Option<PathBuf>) -> ServeOptions {
         host: "127.0.0.1".into(),
         port: 0,
         api_key: None,
+        cors_origins: Vec::new(),
         parallel: 1,
         defaults: Defaults {
             max_tokens: 16,
@@ -697,6 +698,86 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         "/v1/completions",
         &json!({"prompt": "Still there?", "max_tokens": 2}),
     );
+}
+
+/// `--cors-origin`: a browser's preflight from an allowed origin is answered before the key
+/// is asked for, that origin's requests (refusals too) carry the header that lets its page
+/// read them, and another origin's, or any origin's on a server without the flag, do not;
+/// `*` lets any origin in.
+/// An origin that is not one is refused before the model loads.
+#[test]
+fn cors_origins_may_call_from_a_browser() {
+    let page = "http://localhost:3000";
+    let mut opts = options(None);
+    opts.api_key = Some("s3cret".into());
+    opts.cors_origins = vec![page.into(), "https://app.example".into()];
+    let server = Server::start(opts).unwrap();
+    let url = |path: &str| format!("http://{}{path}", server.addr());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let allowed = |resp: &ureq::http::Response<ureq::Body>| {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    let pre = agent
+        .options(url("/v1/chat/completions"))
+        .header("Origin", page)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(pre.status().as_u16(), 200);
+    assert_eq!(allowed(&pre).as_deref(), Some(page));
+    let header = |name: &str| pre.headers()[name].to_str().unwrap().to_lowercase();
+    assert!(header("access-control-allow-methods").contains("post"));
+    assert!(header("access-control-allow-headers").contains("authorization"));
+
+    let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
+    let post = |origin: &str, key: Option<&str>| {
+        let mut req = agent
+            .post(url("/v1/completions"))
+            .header("Origin", origin)
+            .header("Content-Type", "application/json");
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        req.send(body.as_bytes()).unwrap()
+    };
+    let ok = post(page, Some("s3cret"));
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(allowed(&ok).as_deref(), Some(page));
+    let refused = post(page, None);
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(allowed(&refused).as_deref(), Some(page));
+    let other = post("http://elsewhere.example", Some("s3cret"));
+    assert_eq!(other.status().as_u16(), 200);
+    assert_eq!(allowed(&other), None);
+
+    let plain = agent
+        .get(format!("http://{}/health", builtin().addr()))
+        .header("Origin", page)
+        .call()
+        .unwrap();
+    assert_eq!(allowed(&plain), None);
+
+    for bad in [
+        "localhost:3000",
+        "http://localhost:3000/app",
+        "http://",
+        "ftp://x",
+    ] {
+        let mut opts = options(None);
+        opts.cors_origins = vec![bad.into()];
+        let err = Server::start(opts).err().expect(bad).to_string();
+        assert!(err.contains("--cors-origin") && err.contains(bad), "{err}");
+    }
 }
 
 #[test]
