@@ -497,6 +497,10 @@ struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every /v1 request.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
+    /// Let web pages from ORIGIN (such as http://localhost:3000) call the server from a
+    /// browser; repeat for several, `*` for any.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     /// Sequence slots: conversations whose cached prefix is kept between requests.
     #[arg(long, value_name = "N", default_value_t = 1)]
     parallel: usize,
@@ -1182,6 +1186,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         host: a.host.clone(),
         port: a.port,
         api_key: a.api_key.clone(),
+        cors_origins: a.cors_origins.clone(),
         parallel: a.parallel,
         defaults: Defaults {
             max_tokens: a.sampling.max_tokens,
@@ -1197,6 +1202,9 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     }
     if !server.addr().ip().is_loopback() && a.api_key.is_none() {
         eprintln!("warning: listening beyond this machine without --api-key: anyone who can reach it may use it");
+    }
+    if a.cors_origins.iter().any(|o| o == "*") && a.api_key.is_none() {
+        eprintln!("warning: --cors-origin '*' without --api-key: any web page open in a browser here may use the server");
     }
     eprintln!(
         "serving {} at http://{}/v1 (Ctrl-C stops)",

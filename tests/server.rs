@@ -30,6 +30,7 @@ fn options(model: Option<PathBuf>) -> ServeOptions {
         host: "127.0.0.1".into(),
         port: 0,
         api_key: None,
+        cors_origins: Vec::new(),
         parallel: 1,
         defaults: Defaults {
             max_tokens: 16,
@@ -255,6 +256,64 @@ fn greedy_completion_equals_the_cli_streamed_or_not() {
     assert_eq!(
         c.ok("/v1/completions", &one)["choices"][0]["text"],
         want.as_str()
+    );
+}
+
+/// A request's penalties reach the choice of tokens as the same flags of `glm-flash run`
+/// do: a presence penalty of 100 over the whole context (no token may repeat; greedy
+/// "Hello" repeats some of its first 60 tokens without it) and the
+/// three penalties over a window, each against the CLI; without them the reply is the
+/// server's greedy default.
+#[test]
+fn penalties_from_the_request_equal_the_cli() {
+    let prompt = "Hello";
+    let c = client(builtin());
+    let served = |extra: Value| {
+        let mut body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c.ok("/v1/completions", &body)["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let plain = run_cli(&["-p", prompt, "-n", "60"]);
+    assert_eq!(served(json!({})), plain);
+    let no_repeats = run_cli(&[
+        "-p",
+        prompt,
+        "-n",
+        "60",
+        "--presence-penalty",
+        "100",
+        "--repeat-last-n",
+        "-1",
+    ]);
+    assert_ne!(no_repeats, plain, "the penalty changed nothing");
+    assert_eq!(
+        served(json!({"presence_penalty": 100, "repeat_last_n": -1})),
+        no_repeats
+    );
+    let mixed = run_cli(&[
+        "-p",
+        prompt,
+        "-n",
+        "60",
+        "--repeat-penalty",
+        "1.5",
+        "--frequency-penalty",
+        "0.5",
+        "--presence-penalty",
+        "-0.25",
+        "--repeat-last-n",
+        "8",
+    ]);
+    assert_ne!(mixed, plain, "the penalties changed nothing");
+    assert_eq!(
+        served(json!({"repeat_penalty": 1.5, "frequency_penalty": 0.5,
+                      "presence_penalty": -0.25, "repeat_last_n": 8})),
+        mixed
     );
 }
 
@@ -532,6 +591,27 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         "(0, 1]",
     );
     expect(
+        c.post(chat, &json!({"messages": user("hi"), "repeat_penalty": 0})),
+        400,
+        Some("repeat_penalty"),
+        "above 0",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "repeat_last_n": -2})),
+        400,
+        Some("repeat_last_n"),
+        "-1 (the whole context)",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "presence_penalty": 1e39}),
+        ),
+        400,
+        Some("presence_penalty"),
+        "a number",
+    );
+    expect(
         c.post(chat, &json!({"messages": user("hi"), "n": 2})),
         400,
         Some("n"),
@@ -618,6 +698,86 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         "/v1/completions",
         &json!({"prompt": "Still there?", "max_tokens": 2}),
     );
+}
+
+/// `--cors-origin`: a browser's preflight from an allowed origin is answered before the key
+/// is asked for, that origin's requests (refusals too) carry the header that lets its page
+/// read them, and another origin's, or any origin's on a server without the flag, do not;
+/// `*` lets any origin in.
+/// An origin that is not one is refused before the model loads.
+#[test]
+fn cors_origins_may_call_from_a_browser() {
+    let page = "http://localhost:3000";
+    let mut opts = options(None);
+    opts.api_key = Some("s3cret".into());
+    opts.cors_origins = vec![page.into(), "https://app.example".into()];
+    let server = Server::start(opts).unwrap();
+    let url = |path: &str| format!("http://{}{path}", server.addr());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let allowed = |resp: &ureq::http::Response<ureq::Body>| {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    let pre = agent
+        .options(url("/v1/chat/completions"))
+        .header("Origin", page)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(pre.status().as_u16(), 200);
+    assert_eq!(allowed(&pre).as_deref(), Some(page));
+    let header = |name: &str| pre.headers()[name].to_str().unwrap().to_lowercase();
+    assert!(header("access-control-allow-methods").contains("post"));
+    assert!(header("access-control-allow-headers").contains("authorization"));
+
+    let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
+    let post = |origin: &str, key: Option<&str>| {
+        let mut req = agent
+            .post(url("/v1/completions"))
+            .header("Origin", origin)
+            .header("Content-Type", "application/json");
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        req.send(body.as_bytes()).unwrap()
+    };
+    let ok = post(page, Some("s3cret"));
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(allowed(&ok).as_deref(), Some(page));
+    let refused = post(page, None);
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(allowed(&refused).as_deref(), Some(page));
+    let other = post("http://elsewhere.example", Some("s3cret"));
+    assert_eq!(other.status().as_u16(), 200);
+    assert_eq!(allowed(&other), None);
+
+    let plain = agent
+        .get(format!("http://{}/health", builtin().addr()))
+        .header("Origin", page)
+        .call()
+        .unwrap();
+    assert_eq!(allowed(&plain), None);
+
+    for bad in [
+        "localhost:3000",
+        "http://localhost:3000/app",
+        "http://",
+        "ftp://x",
+    ] {
+        let mut opts = options(None);
+        opts.cors_origins = vec![bad.into()];
+        let err = Server::start(opts).err().expect(bad).to_string();
+        assert!(err.contains("--cors-origin") && err.contains(bad), "{err}");
+    }
 }
 
 #[test]

@@ -17,12 +17,13 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::BackendOptions;
 use crate::error::{Error, Result};
@@ -47,6 +48,9 @@ pub struct ServeOptions {
     pub port: u16,
     /// When set, `/v1/*` requests need `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// Origins whose web pages may call the server from a browser (CORS); `*` for any.
+    /// Empty: none (browsers keep other sites' pages from reading the replies).
+    pub cors_origins: Vec<String>,
     /// Sequence slots: conversations whose cached prefix is kept (see README).
     pub parallel: usize,
     /// Used where a request does not say.
@@ -81,6 +85,7 @@ impl Server {
         if opts.parallel == 0 {
             return Err(Error::Input("--parallel must be at least 1".into()));
         }
+        let cors = cors_layer(&opts.cors_origins)?;
         let engine = Engine::start(&opts)?;
         let info = engine.info().clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -93,12 +98,15 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind(&bind))
             .map_err(|e| Error::io(&bind, e))?;
         let addr = listener.local_addr().map_err(|e| Error::io(&bind, e))?;
-        let app = router(Arc::new(App {
-            engine,
-            api_key: opts.api_key.clone(),
-            defaults: opts.defaults.clone(),
-            created: openai::unix_time(),
-        }));
+        let app = router(
+            Arc::new(App {
+                engine,
+                api_key: opts.api_key.clone(),
+                defaults: opts.defaults.clone(),
+                created: openai::unix_time(),
+            }),
+            cors,
+        );
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("glm-flash http".into())
@@ -185,19 +193,67 @@ struct App {
     created: u64,
 }
 
-fn router(app: Arc<App>) -> Router {
+fn router(app: Arc<App>, cors: Option<CorsLayer>) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(models))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
-    Router::new()
+    let app_router = Router::new()
         .route("/health", get(health))
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Outermost, so that preflights are answered before routing and authorisation (a
+    // browser sends no key with them) and every reply, errors too, carries the headers.
+    match cors {
+        Some(cors) => app_router.layer(cors),
+        None => app_router,
+    }
+    .with_state(app)
+}
+
+/// The CORS layer for `origins` (`*`: any), or None when no origin is allowed.
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .map(|o| origin_header(o))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(3600)),
+    ))
+}
+
+/// An origin as a browser sends it: scheme, host and optional port, no path.
+fn origin_header(origin: &str) -> Result<HeaderValue> {
+    let bad = || {
+        Error::Input(format!(
+            "--cors-origin {origin:?}: expected an origin such as http://localhost:3000 \
+             (scheme, host and port, no path) or *"
+        ))
+    };
+    let host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    if host.is_empty() || host.contains(['/', '?', '#']) || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    HeaderValue::from_str(origin).map_err(|_| bad())
 }
 
 /// `Authorization: Bearer KEY` when the server has a key.

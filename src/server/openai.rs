@@ -125,6 +125,9 @@ struct RequestBody {
     logprobs: Option<Value>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
+    /// llama-server's repeat penalty (1 = off) and its window (-1: the whole context).
+    repeat_penalty: Option<f32>,
+    repeat_last_n: Option<i64>,
     response_format: Option<Value>,
     echo: Option<bool>,
     suffix: Option<String>,
@@ -355,17 +358,6 @@ fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions>
     {
         return Err(ApiError::invalid("logprobs", "not supported yet"));
     }
-    for (field, value) in [
-        ("frequency_penalty", body.frequency_penalty),
-        ("presence_penalty", body.presence_penalty),
-    ] {
-        if value.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::invalid(
-                field,
-                "penalties are not supported yet (only 0)",
-            ));
-        }
-    }
     if let Some(f) = &body.response_format {
         if f.get("type").and_then(Value::as_str) != Some("text") {
             return Err(ApiError::invalid(
@@ -428,6 +420,32 @@ fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions>
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |t| t.as_nanos() as u64),
     };
+    for (field, value) in [
+        ("frequency_penalty", body.frequency_penalty),
+        ("presence_penalty", body.presence_penalty),
+    ] {
+        if value.is_some_and(|v| !v.is_finite()) {
+            return Err(ApiError::invalid(field, "expected a number"));
+        }
+    }
+    let repeat_penalty = body.repeat_penalty.unwrap_or(d.repeat_penalty);
+    if !(repeat_penalty.is_finite() && repeat_penalty > 0.0) {
+        return Err(ApiError::invalid(
+            "repeat_penalty",
+            format!("{repeat_penalty}: expected a value above 0 (1 = off)"),
+        ));
+    }
+    let penalty_last_n = match body.repeat_last_n {
+        None => d.penalty_last_n,
+        Some(-1) => usize::MAX,
+        Some(n) if n >= 0 => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "repeat_last_n",
+                format!("{n}: expected -1 (the whole context), 0 (off) or more"),
+            ))
+        }
+    };
     Ok(GenerateOptions {
         max_new_tokens,
         sampler: SamplerOptions {
@@ -436,8 +454,10 @@ fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions>
             top_p,
             min_p,
             seed,
-            // The repetition penalties of `serve`'s command line.
-            ..d.clone()
+            repeat_penalty,
+            presence_penalty: body.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: body.frequency_penalty.unwrap_or(d.frequency_penalty),
+            penalty_last_n,
         },
         stop_tokens: app.engine.info().tokenizer.stop_tokens(),
         stop_strings: stop_strings(body.stop.as_ref())?,
