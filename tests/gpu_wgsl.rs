@@ -222,7 +222,7 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
 /// the workgroup memory their launchers declare.
 #[test]
 fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
-    use glm_flash::gpu::kernels::{attn_batch_coop, attn_partial_coop};
+    use glm_flash::gpu::kernels::attn_batch_coop;
     // Both attention kernels keep the workgroup memory of lib/attn_tiles.wgsl.
     let coop: Vec<Shader> = all_shaders()
         .into_iter()
