@@ -61,8 +61,10 @@ var<workgroup> p_parts: array<f16, PARTS * QR * PS>;
 var<workgroup> unscale: array<f32, QR>;
 var<workgroup> corr: array<f32, QR>;
 var<workgroup> row_l: array<f32, QR>;
-/// Set when a row's reference max moved in this tile (all writers write 1).
-var<workgroup> rescale: u32;
+/// Set when a row's reference max moved in this tile (all writers write 1); element 0 of
+/// four, so that every workgroup variable here is a multiple of 16 bytes: the driver lays
+/// them out in an order of its own, and cooperative loads from k_tile need it 16-byte aligned.
+var<workgroup> rescale: array<u32, 4>;
 
 /// Words of eight latent values in a tile, and this invocation's unit u of them.
 fn tile_words() -> u32 {
@@ -150,7 +152,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         stage_store(&words, lid);
         stage_load(&words, lid, select(t0, t0 + KD, t0 + KD < k1));
         if (lid == 0u) {
-            rescale = 0u;
+            rescale[0] = 0u;
         }
         workgroupBarrier();
 
@@ -211,13 +213,13 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         if (sl == 0u) {
             corr[sr] = c;
             if (c != 1.0 && t0 > k0) {
-                rescale = 1u;
+                rescale[0] = 1u;
             }
         }
         workgroupBarrier();
 
         // Rescale the context where a max grew (after the first tile: it is still 0).
-        if (workgroupUniformLoad(&rescale) != 0u) {
+        if (workgroupUniformLoad(&rescale[0]) != 0u) {
             for (var j = 0u; j < CB; j++) {
                 var o = o0;
                 switch j {
