@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::sampler::TokenLogprob;
 use crate::tool_calls::{Piece, ToolCallParser};
 
 /// The official GLM-4.7-Flash chat template, for files that carry none.
@@ -327,6 +328,9 @@ pub enum ReplyEvent {
     Thinking(String),
     Answer(String),
     ToolCall(ToolCall),
+    /// A generated token's log-probability, when the options ask for them: one per token,
+    /// whatever part of the reply its text falls in, before that text.
+    Logprob(TokenLogprob),
 }
 
 /// Splits a reply, as it streams in, into thinking, answer and tool calls: the thinking

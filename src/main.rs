@@ -917,6 +917,7 @@ impl ReplyPrinter {
                 c.name,
                 serde_json::Value::Object(c.arguments.clone())
             ),
+            ReplyEvent::Logprob(_) => Ok(()),
         };
         if let Err(e) = res.and_then(|_| out.flush()) {
             self.error.get_or_insert(e);
@@ -971,6 +972,7 @@ fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer, chat: bool) -> Gene
         stop_tokens: tokenizer.stop_tokens(),
         stop_strings: s.stop.clone(),
         special_text: chat,
+        logprobs: None,
     }
 }
 

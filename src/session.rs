@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use crate::backend::Backend;
 use crate::chat::{ends_in_thinking, ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
 use crate::error::Result;
-use crate::generate::{generate, GenerateOptions, Generation};
+use crate::generate::{generate, GenerateOptions, Generated, Generation};
 use crate::tokenizer::Tokenizer;
 
 /// A backend and what its cache holds.
@@ -104,14 +104,14 @@ impl<'a> Session<'a> {
     }
 
     /// Generates a continuation of `prompt`, feeding only what the cache does not hold yet.
-    /// `on_text` receives the text as it is produced; `interrupt` stops at the next token.
-    /// This is the one place that feeds the backend.
+    /// `on_generated` receives the text as it is produced (see [`generate`]); `interrupt`
+    /// stops at the next token. This is the one place that feeds the backend.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         opts: &GenerateOptions,
         interrupt: Option<&AtomicBool>,
-        on_text: &mut dyn FnMut(&str),
+        on_generated: &mut dyn FnMut(Generated),
     ) -> Result<Completion> {
         let reused = self.reusable_prefix(prompt);
         let result = generate(
@@ -121,7 +121,7 @@ impl<'a> Session<'a> {
             reused,
             opts,
             interrupt,
-            on_text,
+            on_generated,
         );
         match result {
             Ok(generation) => {
@@ -162,14 +162,18 @@ impl<'a> Session<'a> {
                     ReplyEvent::Thinking(t) => reply.1.push_str(t),
                     ReplyEvent::Answer(t) => reply.2.push_str(t),
                     ReplyEvent::ToolCall(c) => reply.3.push(c.clone()),
+                    ReplyEvent::Logprob(_) => {}
                 }
                 on_event(&e);
             }
         };
         let mut text = String::new();
-        let completion = self.generate(prompt, opts, interrupt, &mut |piece| {
-            text.push_str(piece);
-            take(parser.push(piece));
+        let completion = self.generate(prompt, opts, interrupt, &mut |g| match g {
+            Generated::Text(piece) => {
+                text.push_str(piece);
+                take(parser.push(piece));
+            }
+            Generated::Logprob(l) => take(vec![ReplyEvent::Logprob(l.clone())]),
         })?;
         take(parser.finish());
         reply.0 = text;
@@ -363,6 +367,7 @@ mod tests {
             stop_tokens: model.tokenizer.stop_tokens(),
             stop_strings: Vec::new(),
             special_text: true,
+            logprobs: None,
         }
     }
 
@@ -709,6 +714,7 @@ mod tests {
             stop_tokens: tokenizer.stop_tokens(),
             stop_strings: Vec::new(),
             special_text: true,
+            logprobs: None,
         };
         let mut events = Vec::new();
         let reply = session

@@ -620,6 +620,30 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
     expect(
         c.post(
             chat,
+            &json!({"messages": user("hi"), "logprobs": true, "top_logprobs": 21}),
+        ),
+        400,
+        Some("top_logprobs"),
+        "from 0 to 20",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "top_logprobs": 2})),
+        400,
+        Some("top_logprobs"),
+        "needs \"logprobs\": true",
+    );
+    expect(
+        c.post(
+            "/v1/completions",
+            &json!({"prompt": "hi", "logprobs": true}),
+        ),
+        400,
+        Some("logprobs"),
+        "from 0 to 20",
+    );
+    expect(
+        c.post(
+            chat,
             &json!({"messages": user("hi"), "tool_choice": "required"}),
         ),
         400,
@@ -698,6 +722,135 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         "/v1/completions",
         &json!({"prompt": "Still there?", "max_tokens": 2}),
     );
+}
+
+/// The tokens' log-probabilities, whole and streamed: one entry per completion token, the
+/// same either way and in both endpoints' shapes; asking for them changes no token; greedy
+/// choices are each position's most likely token; the tokens' bytes make up the text. (That
+/// the values are the model's log-softmax is held against teacher-forced logits in the
+/// library's tests.)
+#[test]
+fn logprobs_come_with_every_token_whole_or_streamed() {
+    let c = client(builtin());
+    let prompt = "The lighthouse keeper";
+    let plain = c.ok(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 10, "temperature": 0}),
+    );
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+
+    // Completions: {tokens, token_logprobs, top_logprobs, text_offset}.
+    let body = json!({"prompt": prompt, "max_tokens": 10, "temperature": 0, "logprobs": 2});
+    let r = c.ok("/v1/completions", &body);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["text"], plain["choices"][0]["text"]);
+    let lp = &choice["logprobs"];
+    let n = r["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), n, "{lp}");
+    // Control tokens (`<|...|>`) are named, but leave no text in a completion.
+    let control = |t: &str| t.starts_with("<|") && t.ends_with("|>");
+    let text: String = tokens.iter().filter(|t| !control(t)).copied().collect();
+    assert_eq!(text, choice["text"].as_str().unwrap());
+    let mut offset = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(lp["text_offset"][i], offset, "{lp}");
+        offset += if control(token) {
+            0
+        } else {
+            token.chars().count()
+        };
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 2, "{lp}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(chosen <= 0.0 && chosen == best, "token {i} of greedy: {lp}");
+    }
+    let streamed: Vec<Value> = c
+        .stream("/v1/completions", &body)
+        .iter()
+        .filter(|e| !e["choices"][0]["logprobs"].is_null())
+        .map(|e| e["choices"][0]["logprobs"].clone())
+        .collect();
+    let joined = |key: &str| -> Vec<Value> {
+        streamed
+            .iter()
+            .flat_map(|l| l[key].as_array().unwrap().clone())
+            .collect()
+    };
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(joined(key), *lp[key].as_array().unwrap(), "{key}");
+    }
+
+    // Chat: {"content": [{token, logprob, bytes, top_logprobs}]}.
+    let body = json!({"messages": user("Why is the sky blue?"), "max_tokens": 12,
+                      "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let r = c.ok("/v1/chat/completions", &body);
+    let content = r["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        content.len() as u64,
+        r["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let mut bytes = Vec::new();
+    for entry in &content {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{entry}");
+        assert_eq!(top[0]["token"], entry["token"], "greedy: {entry}");
+        assert_eq!(top[0]["logprob"], entry["logprob"], "{entry}");
+        assert!(top[0]["logprob"].as_f64() >= top[2]["logprob"].as_f64());
+        bytes.extend(
+            entry["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    let message = &r["choices"][0]["message"];
+    let text = String::from_utf8_lossy(&bytes);
+    let reasoning = message["reasoning_content"].as_str().unwrap_or_default();
+    let answer = message["content"].as_str().unwrap();
+    assert!(
+        text.contains(reasoning.trim()) && text.contains(answer.trim()),
+        "{text:?} against {message}"
+    );
+    let mut streamed = Vec::new();
+    for e in c.stream("/v1/chat/completions", &body) {
+        if let Some(more) = e["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(more.iter().cloned());
+        }
+    }
+    // The same tokens; the values to float32 rounding (this request reuses the slot's
+    // cache, so its last prompt token is fed alone rather than with the prompt).
+    assert_eq!(streamed.len(), content.len());
+    let same = |a: &Value, b: &Value| {
+        assert_eq!((&a["token"], &a["bytes"]), (&b["token"], &b["bytes"]));
+        let (x, y) = (
+            a["logprob"].as_f64().unwrap(),
+            b["logprob"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-5, "{a} against {b}");
+    };
+    for (a, b) in streamed.iter().zip(&content) {
+        same(a, b);
+        let (ta, tb) = (
+            a["top_logprobs"].as_array().unwrap(),
+            b["top_logprobs"].as_array().unwrap(),
+        );
+        assert_eq!(ta.len(), tb.len());
+        ta.iter().zip(tb).for_each(|(a, b)| same(a, b));
+    }
 }
 
 /// `--cors-origin`: a browser's preflight from an allowed origin is answered before the key
