@@ -6,6 +6,7 @@
 //! logits. Text is streamed through a callback as whole UTF-8 characters, with each token's
 //! log-probability when asked for.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -29,6 +30,18 @@ pub struct GenerateOptions {
     /// Stream each generated token's log-probability with this many of the most likely
     /// alternatives ([`Generated::Logprob`]); `None`: none.
     pub logprobs: Option<usize>,
+    /// Tokens the reply must go on with at some point, whatever the model would choose.
+    pub forced: Option<Forced>,
+}
+
+/// Tokens a reply must go on with: right after the first `after` it generates (the end of
+/// its thinking, say), or from its start when `after` is `None`. They count as generated
+/// and stream as text like any other; the model goes on from them. This is how a request
+/// that requires a tool call gets one: the call's opening is forced once the thinking ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forced {
+    pub after: Option<u32>,
+    pub ids: Vec<u32>,
 }
 
 /// What [`generate`] streams as it goes.
@@ -136,6 +149,14 @@ pub fn generate(
     // Penalties and log-probabilities need the logits: only a plain greedy choice can stay
     // on the backend.
     let greedy = opts.sampler.is_greedy() && !opts.sampler.penalizes() && opts.logprobs.is_none();
+    // Forced tokens still to come, and the token that queues them.
+    let mut forced = VecDeque::new();
+    let mut trigger = None;
+    match &opts.forced {
+        Some(Forced { after: None, ids }) => forced.extend(ids),
+        Some(Forced { after, .. }) => trigger = *after,
+        None => {}
+    }
     let mut timings = Timings {
         prompt_tokens: prompt.len() - start,
         ..Default::default()
@@ -165,7 +186,8 @@ pub fn generate(
         if end < prompt.len() {
             backend.feed(chunk, pos, Want::Nothing)?;
         } else {
-            (next, logprob) = choose(backend, &mut sampler, greedy, opts, chunk, pos)?;
+            let force = forced.pop_front();
+            (next, logprob) = choose(backend, &mut sampler, greedy, opts, chunk, pos, force)?;
         }
         pos = end;
     }
@@ -210,7 +232,7 @@ pub fn generate(
         None
     };
     let mut stop = accept(next, logprob, pos);
-    if stop.is_none() && greedy {
+    if stop.is_none() && greedy && opts.forced.is_none() {
         // The backend chains the argmaxes itself (on the GPU without a round trip).
         backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
             (next, pos) = (id, pos + 1);
@@ -223,7 +245,12 @@ pub fn generate(
         if let Some(stop) = stop {
             break stop;
         }
-        (next, logprob) = choose(backend, &mut sampler, false, opts, &[next], pos)?;
+        if trigger == Some(next) {
+            forced.extend(opts.forced.iter().flat_map(|f| &f.ids));
+            trigger = None;
+        }
+        let force = forced.pop_front();
+        (next, logprob) = choose(backend, &mut sampler, greedy, opts, &[next], pos, force)?;
         pos += 1;
         timings.decode_tokens += 1;
         stop = accept(next, logprob, pos);
@@ -298,8 +325,9 @@ impl<'a> StopStrings<'a> {
     }
 }
 
-/// Feeds `tokens` at `pos` and picks the token that follows them: on the backend when
-/// `greedy`, else from the logits, with its log-probability when the options ask for it.
+/// Feeds `tokens` at `pos` and picks the token that follows them: `forced` when given, else
+/// on the backend when `greedy`, else from the logits; with its log-probability when the
+/// options ask for it.
 fn choose(
     backend: &mut dyn Backend,
     sampler: &mut Sampler,
@@ -307,7 +335,17 @@ fn choose(
     opts: &GenerateOptions,
     tokens: &[u32],
     pos: usize,
+    forced: Option<u32>,
 ) -> Result<(u32, Option<TokenLogprob>)> {
+    if let Some(id) = forced {
+        sampler.remember(&[id]);
+        let Some(top) = opts.logprobs else {
+            backend.feed(tokens, pos, Want::Nothing)?;
+            return Ok((id, None));
+        };
+        let logits = backend.feed_logits(tokens, pos, Rows::Last)?;
+        return Ok((id, Some(sampler::logprobs(&logits, id, top))));
+    }
     if greedy {
         return Ok((backend.feed_argmax(tokens, pos)?, None));
     }
@@ -383,6 +421,7 @@ mod tests {
             stop_strings: vec![],
             special_text: true,
             logprobs: None,
+            forced: None,
         }
     }
 
@@ -517,6 +556,55 @@ mod tests {
                     assert_eq!(lp.top[0].0, id);
                 }
             }
+        }
+    }
+
+    /// Forced tokens come right after their trigger (or first, without one) as generated
+    /// tokens, with their text and log-probabilities, and the model goes on from them as it
+    /// would from a prompt that ended with them.
+    #[test]
+    fn forced_tokens_follow_their_trigger_and_the_model_goes_on_from_them() {
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let prompt = tok.encode("The sea").unwrap();
+        let forced_ids = tok.encode(" the lighthouse keeper").unwrap();
+        let generate_ids = |prompt: &[u32], o: &GenerateOptions| {
+            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+            let (mut text, mut logprobs) = (String::new(), 0);
+            let g = generate(&mut cpu, &tok, prompt, 0, o, None, &mut |g| match g {
+                Generated::Text(t) => text.push_str(t),
+                Generated::Logprob(_) => logprobs += 1,
+            })
+            .unwrap();
+            assert_eq!(tok.decode(&g.ids).unwrap(), text);
+            (g.ids, logprobs)
+        };
+        let (plain, _) = generate_ids(&prompt, &opts(8, SamplerOptions::greedy()));
+        let trigger = plain[2];
+        let k = plain.iter().position(|&t| t == trigger).unwrap();
+        for after in [Some(trigger), None] {
+            let o = GenerateOptions {
+                forced: Some(Forced {
+                    after,
+                    ids: forced_ids.clone(),
+                }),
+                logprobs: Some(1),
+                ..opts(k + 1 + forced_ids.len() + 4, SamplerOptions::greedy())
+            };
+            let (ids, logprobs) = generate_ids(&prompt, &o);
+            assert_eq!(logprobs, ids.len());
+            let at = if after.is_some() { k + 1 } else { 0 };
+            assert_eq!(ids[..at], plain[..at]);
+            assert_eq!(ids[at..at + forced_ids.len()], forced_ids[..], "{after:?}");
+            let before_rest = at + forced_ids.len();
+            let fed: Vec<u32> = prompt.iter().chain(&ids[..before_rest]).copied().collect();
+            let (rest, _) = generate_ids(
+                &fed,
+                &opts(ids.len() - before_rest, SamplerOptions::greedy()),
+            );
+            assert_eq!(ids[before_rest..], rest[..], "{after:?}");
         }
     }
 

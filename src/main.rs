@@ -973,6 +973,7 @@ fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer, chat: bool) -> Gene
         stop_strings: s.stop.clone(),
         special_text: chat,
         logprobs: None,
+        forced: None,
     }
 }
 

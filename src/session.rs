@@ -368,6 +368,7 @@ mod tests {
             stop_strings: Vec::new(),
             special_text: true,
             logprobs: None,
+            forced: None,
         }
     }
 
@@ -715,6 +716,7 @@ mod tests {
             stop_strings: Vec::new(),
             special_text: true,
             logprobs: None,
+            forced: None,
         };
         let mut events = Vec::new();
         let reply = session

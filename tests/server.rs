@@ -479,6 +479,44 @@ fn tools_and_tool_results_reach_the_template_like_transformers() {
     assert!(r["usage"]["prompt_tokens"].as_u64().unwrap() < want as u64);
 }
 
+/// `tool_choice` "required" or a named function: the reply's call is opened for the model
+/// (`\n<tool_call>` and the name, as the template writes a call) and it writes the rest.
+/// The fixture's random weights make no sense of it, so the tokens (seen through their
+/// log-probabilities) are what is checked: they start with the opening, thinking off; with
+/// thinking on, they do not start with it (it waits for the end of the thinking).
+#[test]
+fn a_required_tool_call_is_opened_for_the_model() {
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    ]);
+    let tokens = |choice: Value, thinking: bool| -> String {
+        let body = json!({"messages": user("What is the weather in Paris?"), "tools": tools,
+                          "tool_choice": choice, "max_tokens": 8, "temperature": 0,
+                          "logprobs": true, "enable_thinking": thinking});
+        let r = client(small2()).ok("/v1/chat/completions", &body);
+        let content = r["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(content.len(), 8, "{r}");
+        content
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect()
+    };
+    let named = json!({"type": "function", "function": {"name": "get_time"}});
+    let text = tokens(named.clone(), false);
+    assert!(text.starts_with("\n<tool_call>get_time"), "{text:?}");
+    let text = tokens(json!("required"), false);
+    assert!(text.starts_with("\n<tool_call>"), "{text:?}");
+    let text = tokens(json!("auto"), false);
+    assert!(!text.starts_with("\n<tool_call>"), "{text:?}");
+    let text = tokens(named, true);
+    assert!(!text.starts_with("\n<tool_call>"), "{text:?}");
+}
+
 #[test]
 fn a_conversation_that_goes_on_reuses_its_slot() {
     let mut opts = options(Some(fixture("small2-q8_0.gguf")));
@@ -648,7 +686,28 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         ),
         400,
         Some("tool_choice"),
-        "auto",
+        "needs tools",
+    );
+    let weather = json!([{"type": "function", "function": {"name": "get_weather",
+                          "parameters": {"type": "object"}}}]);
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "tools": weather,
+                    "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
+        ),
+        400,
+        Some("tool_choice.function.name"),
+        "no tool is named \"get_time\"",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "tools": weather, "tool_choice": "always"}),
+        ),
+        400,
+        Some("tool_choice"),
+        "\"required\"",
     );
     expect(
         c.post(

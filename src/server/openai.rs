@@ -23,9 +23,10 @@ use super::logprobs::{self, LogprobsWriter};
 use super::worker::{Event, Job, Summary};
 use super::{body_bytes, App};
 use crate::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
-use crate::generate::{GenerateOptions, StopReason};
+use crate::generate::{Forced, GenerateOptions, StopReason};
 use crate::sampler::{SamplerOptions, TokenLogprob};
 use crate::session::RenderedPrompt;
+use crate::tokenizer::Tokenizer;
 
 /// Most stop strings a request may give.
 const MAX_STOP_STRINGS: usize = 16;
@@ -293,8 +294,21 @@ fn arguments(value: Option<Value>, field: &str) -> ApiResult<Map<String, Value>>
     }
 }
 
-/// The tools the template gets (none when `tool_choice` is "none").
-fn tools(body: &RequestBody) -> ApiResult<Vec<Value>> {
+/// What `tool_choice` asks of the reply.
+#[derive(Debug, PartialEq)]
+enum ToolChoice {
+    /// The model decides ("auto", the default).
+    Auto,
+    /// "none": the template gets no tools.
+    None,
+    /// "required": at least one call, to any tool.
+    Required,
+    /// `{"type": "function", "function": {"name": ...}}`: a call to that tool.
+    Named(String),
+}
+
+/// The tools the template gets (none when `tool_choice` is "none"), and the choice.
+fn tools(body: &RequestBody) -> ApiResult<(Vec<Value>, ToolChoice)> {
     let tools = body.tools.clone().unwrap_or_default();
     for (i, t) in tools.iter().enumerate() {
         let name = t.pointer("/function/name").and_then(Value::as_str);
@@ -305,15 +319,73 @@ fn tools(body: &RequestBody) -> ApiResult<Vec<Value>> {
             ));
         }
     }
-    match &body.tool_choice {
-        None | Some(Value::Null) => Ok(tools),
-        Some(Value::String(s)) if s == "auto" => Ok(tools),
-        Some(Value::String(s)) if s == "none" => Ok(Vec::new()),
-        Some(_) => Err(ApiError::invalid(
+    let choice = match &body.tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "none" => return Ok((Vec::new(), ToolChoice::None)),
+        Some(Value::String(s)) if s == "required" => ToolChoice::Required,
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = v.pointer("/function/name").and_then(Value::as_str);
+            let name = name.ok_or_else(|| ApiError::invalid("tool_choice.function.name", "missing"))?;
+            ToolChoice::Named(name.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "expected \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            ))
+        }
+    };
+    match &choice {
+        ToolChoice::Required if tools.is_empty() => Err(ApiError::invalid(
             "tool_choice",
-            "only \"auto\" and \"none\" are supported (glm-flash cannot force a call yet)",
+            "\"required\" needs tools to call",
         )),
+        ToolChoice::Named(name)
+            if !tools
+                .iter()
+                .any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name)) =>
+        {
+            Err(ApiError::invalid(
+                "tool_choice.function.name",
+                format!("no tool is named {name:?}"),
+            ))
+        }
+        _ => Ok((tools, choice)),
     }
+}
+
+/// The opening of the tool call a request requires (`tool_choice` "required" or a named
+/// function), forced once the reply's thinking is over (at once when it has none): the
+/// template's `\n<tool_call>`, and the function's name when it is given. The model writes
+/// the arguments.
+fn required_call(
+    tokenizer: &Tokenizer,
+    choice: &ToolChoice,
+    thinking_open: bool,
+) -> ApiResult<Option<Forced>> {
+    let name = match choice {
+        ToolChoice::Required => "",
+        ToolChoice::Named(name) => name,
+        ToolChoice::Auto | ToolChoice::None => return Ok(None),
+    };
+    let token = |text: &str| {
+        tokenizer.id_of(text).ok_or_else(|| {
+            ApiError::invalid(
+                "tool_choice",
+                format!("the model's vocabulary has no {text} token to force a call with"),
+            )
+        })
+    };
+    token("<tool_call>")?;
+    let after = match thinking_open {
+        true => Some(token("</think>")?),
+        false => None,
+    };
+    let ids = tokenizer
+        .encode(&format!("\n<tool_call>{name}"))
+        .map_err(|e| ApiError::invalid("tool_choice", e))?;
+    Ok(Some(Forced { after, ids }))
 }
 
 /// Whether the reply starts with thinking: `chat_template_kwargs.enable_thinking`, else
@@ -464,6 +536,8 @@ fn generate_options(body: &RequestBody, app: &App, kind: Kind) -> ApiResult<Gene
         // is text, as `glm-flash run` prints it.
         special_text: kind == Kind::Chat,
         logprobs: logprobs::requested(kind, body.logprobs.as_ref(), body.top_logprobs.as_ref())?,
+        // Set by the chat endpoint when the request requires a tool call.
+        forced: None,
     })
 }
 
@@ -546,9 +620,9 @@ async fn chat(
         .take()
         .ok_or_else(|| ApiError::invalid("messages", "missing"))?;
     let messages = chat_messages(messages)?;
-    let tools = tools(&body)?;
+    let (tools, tool_choice) = tools(&body)?;
     let thinking = thinking(&body, app.defaults.thinking)?;
-    let opts = generate_options(&body, app, Kind::Chat)?;
+    let mut opts = generate_options(&body, app, Kind::Chat)?;
     let info = app.engine.info();
     let prompt = RenderedPrompt::chat(
         &info.tokenizer,
@@ -561,6 +635,7 @@ async fn chat(
     )
     .map_err(|e| ApiError::invalid("messages", e))?;
     check_context(prompt.ids.len(), info.context, "messages")?;
+    opts.forced = required_call(&info.tokenizer, &tool_choice, prompt.thinking_open)?;
     let parser = prompt.parser(&tools);
     let shape = Shape::new(app, Kind::Chat, &opts);
     let reply = queue(app, prompt.ids, parser, opts)?;
