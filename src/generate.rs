@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::backend::{Backend, Rows, Want};
 use crate::error::{Error, Result};
+use crate::json_output::{self, JsonState, JsonValue};
 use crate::sampler::{self, Sampler, SamplerOptions, TokenLogprob};
 use crate::tokenizer::Tokenizer;
 
@@ -30,18 +31,75 @@ pub struct GenerateOptions {
     /// Stream each generated token's log-probability with this many of the most likely
     /// alternatives ([`Generated::Logprob`]); `None`: none.
     pub logprobs: Option<usize>,
-    /// Tokens the reply must go on with at some point, whatever the model would choose.
-    pub forced: Option<Forced>,
+    /// What the answer must start with or be.
+    pub answer: AnswerRules,
 }
 
-/// Tokens a reply must go on with: right after the first `after` it generates (the end of
-/// its thinking, say), or from its start when `after` is `None`. They count as generated
-/// and stream as text like any other; the model goes on from them. This is how a request
-/// that requires a tool call gets one: the call's opening is forced once the thinking ends.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Forced {
+/// Rules for the answer: the part of a reply after its thinking (all of it when it has
+/// none). The default has none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnswerRules {
+    /// The token that ends the thinking and starts the answer (its first occurrence);
+    /// `None`: the answer is the whole reply.
     pub after: Option<u32>,
-    pub ids: Vec<u32>,
+    /// Tokens the answer starts with, whatever the model would choose. They count as
+    /// generated and stream as text like any other, and the model goes on from them: how a
+    /// request that requires a tool call gets one (its opening is forced).
+    pub starts_with: Vec<u32>,
+    /// The answer is one JSON value: each token is chosen among those that keep it JSON
+    /// ([`crate::json_output`]), and the reply ends once the value is whole.
+    pub json: Option<JsonValue>,
+}
+
+impl AnswerRules {
+    /// The model chooses every token freely.
+    pub fn is_free(&self) -> bool {
+        self.starts_with.is_empty() && self.json.is_none()
+    }
+}
+
+/// The answer's rules as generation goes: waiting for the answer to start, then its forced
+/// tokens, with its JSON read as it comes.
+struct Answer<'a> {
+    rules: &'a AnswerRules,
+    started: bool,
+    forced: VecDeque<u32>,
+    json: Option<JsonState>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(rules: &'a AnswerRules) -> Self {
+        let mut answer = Answer {
+            rules,
+            started: false,
+            forced: VecDeque::new(),
+            json: None,
+        };
+        if rules.after.is_none() {
+            answer.start();
+        }
+        answer
+    }
+
+    fn start(&mut self) {
+        self.started = true;
+        self.forced.extend(&self.rules.starts_with);
+        self.json = self.rules.json.map(JsonState::new);
+    }
+
+    /// Follows the token just generated; says when it completed the answer's JSON value.
+    fn generated(&mut self, id: u32, tokenizer: &Tokenizer) -> Option<StopReason> {
+        if !self.started {
+            if self.rules.after == Some(id) {
+                self.start();
+            }
+            return None;
+        }
+        let json = self.json.as_mut()?;
+        // Tokens were chosen to keep it JSON, so this holds (forced ones aside).
+        json.push_all(tokenizer.token_bytes(id).unwrap_or_default());
+        json.finished().then_some(StopReason::AnswerComplete)
+    }
 }
 
 /// What [`generate`] streams as it goes.
@@ -62,6 +120,8 @@ pub enum StopReason {
     /// The text reached `stop_strings[i]`.
     StopString(usize),
     MaxTokens,
+    /// The answer's JSON value is whole ([`AnswerRules::json`]).
+    AnswerComplete,
     /// The backend's context is full.
     ContextFull,
     Interrupted,
@@ -149,14 +209,7 @@ pub fn generate(
     // Penalties and log-probabilities need the logits: only a plain greedy choice can stay
     // on the backend.
     let greedy = opts.sampler.is_greedy() && !opts.sampler.penalizes() && opts.logprobs.is_none();
-    // Forced tokens still to come, and the token that queues them.
-    let mut forced = VecDeque::new();
-    let mut trigger = None;
-    match &opts.forced {
-        Some(Forced { after: None, ids }) => forced.extend(ids),
-        Some(Forced { after, .. }) => trigger = *after,
-        None => {}
-    }
+    let mut answer = Answer::new(&opts.answer);
     let mut timings = Timings {
         prompt_tokens: prompt.len() - start,
         ..Default::default()
@@ -186,8 +239,8 @@ pub fn generate(
         if end < prompt.len() {
             backend.feed(chunk, pos, Want::Nothing)?;
         } else {
-            let force = forced.pop_front();
-            (next, logprob) = choose(backend, &mut sampler, greedy, opts, chunk, pos, force)?;
+            let (b, s) = (&mut *backend, &mut sampler);
+            (next, logprob) = choose(b, s, greedy, opts, &mut answer, tokenizer, chunk, pos)?;
         }
         pos = end;
     }
@@ -231,8 +284,8 @@ pub fn generate(
         }
         None
     };
-    let mut stop = accept(next, logprob, pos);
-    if stop.is_none() && greedy && opts.forced.is_none() {
+    let mut stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
+    if stop.is_none() && greedy && opts.answer.is_free() {
         // The backend chains the argmaxes itself (on the GPU without a round trip).
         backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
             (next, pos) = (id, pos + 1);
@@ -245,15 +298,11 @@ pub fn generate(
         if let Some(stop) = stop {
             break stop;
         }
-        if trigger == Some(next) {
-            forced.extend(opts.forced.iter().flat_map(|f| &f.ids));
-            trigger = None;
-        }
-        let force = forced.pop_front();
-        (next, logprob) = choose(backend, &mut sampler, greedy, opts, &[next], pos, force)?;
+        let (b, s) = (&mut *backend, &mut sampler);
+        (next, logprob) = choose(b, s, greedy, opts, &mut answer, tokenizer, &[next], pos)?;
         pos += 1;
         timings.decode_tokens += 1;
-        stop = accept(next, logprob, pos);
+        stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
     };
     timings.decode_secs = t1.elapsed().as_secs_f64();
     timings.generated_tokens = ids.len();
@@ -325,19 +374,22 @@ impl<'a> StopStrings<'a> {
     }
 }
 
-/// Feeds `tokens` at `pos` and picks the token that follows them: `forced` when given, else
-/// on the backend when `greedy`, else from the logits; with its log-probability when the
-/// options ask for it.
+/// Feeds `tokens` at `pos` and picks the token that follows them: the answer's next forced
+/// token if any, else on the backend when `greedy` (and the answer is not JSON), else from
+/// the logits (those that keep the answer JSON, when it must be); with its log-probability
+/// when the options ask for it.
+#[allow(clippy::too_many_arguments)]
 fn choose(
     backend: &mut dyn Backend,
     sampler: &mut Sampler,
     greedy: bool,
     opts: &GenerateOptions,
+    answer: &mut Answer,
+    tokenizer: &Tokenizer,
     tokens: &[u32],
     pos: usize,
-    forced: Option<u32>,
 ) -> Result<(u32, Option<TokenLogprob>)> {
-    if let Some(id) = forced {
+    if let Some(id) = answer.forced.pop_front() {
         sampler.remember(&[id]);
         let Some(top) = opts.logprobs else {
             backend.feed(tokens, pos, Want::Nothing)?;
@@ -346,11 +398,22 @@ fn choose(
         let logits = backend.feed_logits(tokens, pos, Rows::Last)?;
         return Ok((id, Some(sampler::logprobs(&logits, id, top))));
     }
-    if greedy {
+    if greedy && answer.json.is_none() {
         return Ok((backend.feed_argmax(tokens, pos)?, None));
     }
     let logits = backend.feed_logits(tokens, pos, Rows::Last)?;
-    let id = sampler.sample(&logits);
+    let id = match &answer.json {
+        None => sampler.sample(&logits),
+        Some(json) => {
+            let mut allowed = logits.clone();
+            if json_output::mask_logits(json, tokenizer, &opts.stop_tokens, &mut allowed) == 0 {
+                return Err(Error::Input(
+                    "no token of the vocabulary continues the JSON answer".into(),
+                ));
+            }
+            sampler.sample(&allowed)
+        }
+    };
     Ok((
         id,
         opts.logprobs.map(|top| sampler::logprobs(&logits, id, top)),
@@ -421,7 +484,7 @@ mod tests {
             stop_strings: vec![],
             special_text: true,
             logprobs: None,
-            forced: None,
+            answer: Default::default(),
         }
     }
 
@@ -586,10 +649,11 @@ mod tests {
         let k = plain.iter().position(|&t| t == trigger).unwrap();
         for after in [Some(trigger), None] {
             let o = GenerateOptions {
-                forced: Some(Forced {
+                answer: AnswerRules {
                     after,
-                    ids: forced_ids.clone(),
-                }),
+                    starts_with: forced_ids.clone(),
+                    json: None,
+                },
                 logprobs: Some(1),
                 ..opts(k + 1 + forced_ids.len() + 4, SamplerOptions::greedy())
             };
@@ -606,6 +670,70 @@ mod tests {
             );
             assert_eq!(ids[before_rest..], rest[..], "{after:?}");
         }
+    }
+
+    /// A JSON answer: what is generated is always JSON or the start of it (whatever the
+    /// sampler draws from the random model), whole when the reply ends for it; an answer
+    /// whose forced start is a whole object ends right there.
+    #[test]
+    fn a_json_answer_stays_json_and_ends_when_whole() {
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let prompt = tok.encode("The sea").unwrap();
+        let json_reply = |sampler: SamplerOptions, value: JsonValue, starts_with: &str| {
+            let o = GenerateOptions {
+                answer: AnswerRules {
+                    after: None,
+                    starts_with: tok.encode(starts_with).unwrap(),
+                    json: Some(value),
+                },
+                stop_tokens: tok.stop_tokens(),
+                ..opts(40, sampler)
+            };
+            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+            let mut text = String::new();
+            let g = generate(
+                &mut cpu,
+                &tok,
+                &prompt,
+                0,
+                &o,
+                None,
+                &mut text_into(&mut text),
+            );
+            (g.unwrap(), text)
+        };
+        let samplers = (1..4).map(|seed| SamplerOptions {
+            seed,
+            top_k: 0,
+            min_p: 0.0,
+            ..Default::default()
+        });
+        for sampler in samplers.chain([SamplerOptions::greedy()]) {
+            for value in [JsonValue::Object, JsonValue::Any] {
+                let (g, text) = json_reply(sampler.clone(), value, "");
+                let mut state = JsonState::new(value);
+                assert!(state.push_all(text.as_bytes()), "{value:?}: {text:?}");
+                let parsed = serde_json::from_str::<serde_json::Value>(&text);
+                match g.stop {
+                    StopReason::AnswerComplete => assert!(parsed.is_ok(), "{text:?}"),
+                    StopReason::StopToken(_) => assert!(state.complete(), "{text:?}"),
+                    StopReason::MaxTokens => assert_eq!(g.ids.len(), 40),
+                    other => panic!("{other:?}: {text:?}"),
+                }
+            }
+        }
+        let (g, text) = json_reply(
+            SamplerOptions::greedy(),
+            JsonValue::Object,
+            "{\"a\": [1, 2]}",
+        );
+        assert_eq!(
+            (g.stop, text.as_str()),
+            (StopReason::AnswerComplete, "{\"a\": [1, 2]}")
+        );
     }
 
     #[test]

@@ -179,11 +179,12 @@ pub fn candidates(logits: &[f32], opts: &SamplerOptions) -> Vec<Candidate> {
             }
         }
     }
-    // min-p: relative to the most likely token, which is always kept.
+    // min-p: relative to the most likely token, which is always kept; and no token whose
+    // probability is 0 (a logit of -inf: one the JSON output rules out, say).
     let floor = opts.min_p as f64 * probs[0];
     keep = probs[..keep]
         .iter()
-        .take_while(|&&p| p >= floor)
+        .take_while(|&&p| p >= floor && p > 0.0)
         .count()
         .max(1);
 

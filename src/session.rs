@@ -13,8 +13,9 @@ use serde_json::Value as Json;
 
 use crate::backend::Backend;
 use crate::chat::{ends_in_thinking, ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
-use crate::error::Result;
-use crate::generate::{generate, GenerateOptions, Generated, Generation};
+use crate::error::{Error, Result};
+use crate::generate::{generate, AnswerRules, GenerateOptions, Generated, Generation};
+use crate::json_output::JsonValue;
 use crate::tokenizer::Tokenizer;
 
 /// A backend and what its cache holds.
@@ -212,6 +213,43 @@ impl RenderedPrompt {
     pub fn parser(&self, tools: &[Json]) -> ReplyParser {
         ReplyParser::chat(self.thinking_open, tools)
     }
+
+    /// The rules of the reply's answer: it starts once the thinking is over (at once when
+    /// the prompt opens none); it is held to `json` when given; and when `call` is given
+    /// (`Some("")` a call to any tool, `Some(name)` to that one) it starts with the call's
+    /// opening as the template writes one, `\n<tool_call>` and the name, the model writing
+    /// the arguments.
+    pub fn answer_rules(
+        &self,
+        tokenizer: &Tokenizer,
+        call: Option<&str>,
+        json: Option<JsonValue>,
+    ) -> Result<AnswerRules> {
+        if call.is_none() && json.is_none() {
+            return Ok(AnswerRules::default());
+        }
+        let token = |text: &str| {
+            tokenizer.id_of(text).ok_or_else(|| {
+                Error::Input(format!(
+                    "the model's vocabulary has no {text} token to find the answer by"
+                ))
+            })
+        };
+        let mut starts_with = Vec::new();
+        if let Some(name) = call {
+            token("<tool_call>")?;
+            starts_with = tokenizer.encode(&format!("\n<tool_call>{name}"))?;
+        }
+        let after = match self.thinking_open {
+            true => Some(token("</think>")?),
+            false => None,
+        };
+        Ok(AnswerRules {
+            after,
+            starts_with,
+            json,
+        })
+    }
 }
 
 /// A chat reply, and how many of the oldest exchanges the history dropped to make room.
@@ -368,7 +406,7 @@ mod tests {
             stop_strings: Vec::new(),
             special_text: true,
             logprobs: None,
-            forced: None,
+            answer: Default::default(),
         }
     }
 
@@ -716,7 +754,7 @@ mod tests {
             stop_strings: Vec::new(),
             special_text: true,
             logprobs: None,
-            forced: None,
+            answer: Default::default(),
         };
         let mut events = Vec::new();
         let reply = session

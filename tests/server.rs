@@ -517,6 +517,60 @@ fn a_required_tool_call_is_opened_for_the_model() {
     assert!(!text.starts_with("\n<tool_call>"), "{text:?}");
 }
 
+/// `response_format: {"type": "json_object"}`: the answer is a JSON object or, cut by
+/// `max_tokens`, the start of one (the fixture's weights are random; every token is
+/// drawn from those that keep it JSON), through both endpoints, whole or streamed. A schema
+/// is refused, as is a JSON answer that must also be a tool call.
+#[test]
+fn a_json_answer_is_json() {
+    let json_prefix = |text: &str| -> bool {
+        let mut state =
+            glm_flash::json_output::JsonState::new(glm_flash::json_output::JsonValue::Object);
+        state.push_all(text.as_bytes())
+    };
+    let c = client(small2());
+    let format = json!({"type": "json_object"});
+    for seed in 0..3 {
+        let body = json!({"messages": user("Describe Paris as JSON."), "max_tokens": 24,
+                          "temperature": 1, "seed": seed, "response_format": format,
+                          "enable_thinking": false});
+        let r = c.ok("/v1/chat/completions", &body);
+        let choice = &r["choices"][0];
+        let content = choice["message"]["content"].as_str().unwrap();
+        assert!(json_prefix(content), "{content:?}");
+        if choice["finish_reason"] == "stop" {
+            serde_json::from_str::<Value>(content).unwrap();
+        }
+        let (_, streamed, _) = chat_deltas(&c.stream("/v1/chat/completions", &body));
+        assert_eq!(streamed, content);
+    }
+    let body = json!({"prompt": "Paris:", "max_tokens": 24, "response_format": format});
+    let r = c.ok("/v1/completions", &body);
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    assert!(json_prefix(text), "{text:?}");
+
+    let chat = "/v1/chat/completions";
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": {}}});
+    let (status, e) = c.post(
+        chat,
+        &json!({"messages": user("hi"), "response_format": schema}),
+    );
+    assert_eq!(
+        (status, &e["error"]["param"]),
+        (400, &json!("response_format")),
+        "{e}"
+    );
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let body = json!({"messages": user("hi"), "response_format": format, "tools": tools,
+                      "tool_choice": "required"});
+    let (status, e) = c.post(chat, &body);
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("exclude"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_conversation_that_goes_on_reuses_its_slot() {
     let mut opts = options(Some(fixture("small2-q8_0.gguf")));

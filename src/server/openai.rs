@@ -23,7 +23,8 @@ use super::logprobs::{self, LogprobsWriter};
 use super::worker::{Event, Job, Summary};
 use super::{body_bytes, App};
 use crate::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
-use crate::generate::{Forced, GenerateOptions, StopReason};
+use crate::generate::{AnswerRules, GenerateOptions, StopReason};
+use crate::json_output::JsonValue;
 use crate::sampler::{SamplerOptions, TokenLogprob};
 use crate::session::RenderedPrompt;
 use crate::tokenizer::Tokenizer;
@@ -355,37 +356,53 @@ fn tools(body: &RequestBody) -> ApiResult<(Vec<Value>, ToolChoice)> {
     }
 }
 
-/// The opening of the tool call a request requires (`tool_choice` "required" or a named
-/// function), forced once the reply's thinking is over (at once when it has none): the
-/// template's `\n<tool_call>`, and the function's name when it is given. The model writes
-/// the arguments.
-fn required_call(
+/// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}`, an
+/// answer held to one JSON object.
+fn json_answer(format: Option<&Value>) -> ApiResult<Option<JsonValue>> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(JsonValue::Object)),
+        Some("json_schema") => Err(ApiError::invalid(
+            "response_format",
+            "json_schema is not supported yet ({\"type\": \"json_object\"} holds the answer to a JSON object, without a schema)",
+        )),
+        _ => Err(ApiError::invalid(
+            "response_format",
+            "expected {\"type\": \"text\"} or {\"type\": \"json_object\"}",
+        )),
+    }
+}
+
+/// The rules of a chat reply's answer ([`RenderedPrompt::answer_rules`]): a JSON answer
+/// (`response_format`) or one that is a tool call (`tool_choice` "required" or a named
+/// function), not both.
+fn chat_answer(
     tokenizer: &Tokenizer,
+    prompt: &RenderedPrompt,
     choice: &ToolChoice,
-    thinking_open: bool,
-) -> ApiResult<Option<Forced>> {
-    let name = match choice {
-        ToolChoice::Required => "",
-        ToolChoice::Named(name) => name,
-        ToolChoice::Auto | ToolChoice::None => return Ok(None),
+    json: Option<JsonValue>,
+) -> ApiResult<AnswerRules> {
+    let call = match choice {
+        ToolChoice::Required => Some(""),
+        ToolChoice::Named(name) => Some(name.as_str()),
+        ToolChoice::Auto | ToolChoice::None => None,
     };
-    let token = |text: &str| {
-        tokenizer.id_of(text).ok_or_else(|| {
-            ApiError::invalid(
-                "tool_choice",
-                format!("the model's vocabulary has no {text} token to force a call with"),
-            )
-        })
+    let field = match (call, json) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "a JSON answer and a required tool call exclude each other",
+            ))
+        }
+        (Some(_), None) => "tool_choice",
+        _ => "response_format",
     };
-    token("<tool_call>")?;
-    let after = match thinking_open {
-        true => Some(token("</think>")?),
-        false => None,
-    };
-    let ids = tokenizer
-        .encode(&format!("\n<tool_call>{name}"))
-        .map_err(|e| ApiError::invalid("tool_choice", e))?;
-    Ok(Some(Forced { after, ids }))
+    prompt
+        .answer_rules(tokenizer, call, json)
+        .map_err(|e| ApiError::invalid(field, e))
 }
 
 /// Whether the reply starts with thinking: `chat_template_kwargs.enable_thinking`, else
@@ -428,14 +445,6 @@ fn generate_options(body: &RequestBody, app: &App, kind: Kind) -> ApiResult<Gene
             "n",
             format!("{n} choices asked; only 1 is supported"),
         ));
-    }
-    if let Some(f) = &body.response_format {
-        if f.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::invalid(
-                "response_format",
-                "only {\"type\": \"text\"} is supported",
-            ));
-        }
     }
     let (field, max) = match (body.max_completion_tokens, body.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
@@ -536,8 +545,11 @@ fn generate_options(body: &RequestBody, app: &App, kind: Kind) -> ApiResult<Gene
         // is text, as `glm-flash run` prints it.
         special_text: kind == Kind::Chat,
         logprobs: logprobs::requested(kind, body.logprobs.as_ref(), body.top_logprobs.as_ref())?,
-        // Set by the chat endpoint when the request requires a tool call.
-        forced: None,
+        // The chat endpoint adds where the answer starts and a required tool call.
+        answer: AnswerRules {
+            json: json_answer(body.response_format.as_ref())?,
+            ..AnswerRules::default()
+        },
     })
 }
 
@@ -635,7 +647,7 @@ async fn chat(
     )
     .map_err(|e| ApiError::invalid("messages", e))?;
     check_context(prompt.ids.len(), info.context, "messages")?;
-    opts.forced = required_call(&info.tokenizer, &tool_choice, prompt.thinking_open)?;
+    opts.answer = chat_answer(&info.tokenizer, &prompt, &tool_choice, opts.answer.json)?;
     let parser = prompt.parser(&tools);
     let shape = Shape::new(app, Kind::Chat, &opts);
     let reply = queue(app, prompt.ids, parser, opts)?;
