@@ -1047,6 +1047,7 @@ fn cmd_run(a: RunArgs) -> Result<Done> {
             tools: &[],
             add_generation_prompt: true,
             enable_thinking: !a.style.no_think,
+            template_kwargs: None,
         };
         let prompt = RenderedPrompt::chat(tokenizer, &chat)?;
         let parser = prompt.parser(&[]);

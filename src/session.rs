@@ -386,6 +386,7 @@ impl Chat {
                 tools: &self.tools,
                 add_generation_prompt: true,
                 enable_thinking: self.thinking,
+                template_kwargs: None,
             },
         )
     }
@@ -606,6 +607,7 @@ mod tests {
             tools: &chat.tools,
             add_generation_prompt: true,
             enable_thinking: false,
+            template_kwargs: None,
         }
         .render(model.tokenizer.chat_template())
         .unwrap();
@@ -709,6 +711,7 @@ mod tests {
                 tools: &tools,
                 add_generation_prompt,
                 enable_thinking: true,
+                template_kwargs: None,
             }
             .render(tokenizer.chat_template())
             .unwrap()
@@ -720,6 +723,7 @@ mod tests {
                 tools: &tools,
                 add_generation_prompt: true,
                 enable_thinking: true,
+                template_kwargs: None,
             },
         )
         .unwrap();

@@ -571,6 +571,25 @@ fn a_json_answer_is_json() {
     );
 }
 
+/// `chat_template_kwargs` reach the template: GLM-4.7's `clear_thinking: false` keeps an
+/// earlier turn's thinking in the prompt, so the prompt is longer by it.
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    let messages = json!([
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "They greet me."},
+        {"role": "user", "content": "How are you?"}
+    ]);
+    let prompt_tokens = |kwargs: Value| {
+        let body = json!({"messages": messages, "max_tokens": 1, "chat_template_kwargs": kwargs});
+        let r = client(small2()).ok("/v1/chat/completions", &body);
+        r["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let cleared = prompt_tokens(json!({}));
+    assert!(prompt_tokens(json!({"clear_thinking": false})) > cleared);
+    assert_eq!(prompt_tokens(json!({"clear_thinking": true})), cleared);
+}
+
 #[test]
 fn a_conversation_that_goes_on_reuses_its_slot() {
     let mut opts = options(Some(fixture("small2-q8_0.gguf")));

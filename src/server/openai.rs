@@ -643,6 +643,7 @@ async fn chat(
             tools: &tools,
             add_generation_prompt: true,
             enable_thinking: thinking,
+            template_kwargs: body.chat_template_kwargs.as_ref(),
         },
     )
     .map_err(|e| ApiError::invalid("messages", e))?;
