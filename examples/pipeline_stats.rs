@@ -359,11 +359,13 @@ impl Driver {
         }
         // As the engine: cooperative kernels as its own SPIR-V (coherent workgroup memory,
         // storage indices checked), the others as wgpu writes them for this device.
-        let cooperative = shader.uses_cooperative_matrices(caps);
-        let buffer_checks = cooperative || !self.robust_buffers;
-        let lang_version = if cooperative { (1, 5) } else { self.spirv };
-        glm_flash::gpu::pipelines::vulkan_spirv(&src, &constants, lang_version, buffer_checks)
-            .map(|spirv| spirv.words)
+        use glm_flash::gpu::pipelines::{coherent_spirv, vulkan_spirv};
+        let spirv = if shader.uses_cooperative_matrices(caps) {
+            coherent_spirv(&src, &constants)
+        } else {
+            vulkan_spirv(&src, &constants, self.spirv, !self.robust_buffers)
+        };
+        spirv.map(|spirv| spirv.words)
     }
 }
 

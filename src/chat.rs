@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::sampler::TokenLogprob;
 use crate::tool_calls::{Piece, ToolCallParser};
 
 /// The official GLM-4.7-Flash chat template, for files that carry none.
@@ -53,6 +54,9 @@ pub struct ChatPrompt<'a> {
     /// End with an open assistant turn for the model to fill.
     pub add_generation_prompt: bool,
     pub enable_thinking: bool,
+    /// More variables for the template, as given (llama-server's `chat_template_kwargs`,
+    /// such as GLM-4.7's `clear_thinking`); the fields above win over them.
+    pub template_kwargs: Option<&'a serde_json::Map<String, Json>>,
 }
 
 impl ChatPrompt<'_> {
@@ -62,13 +66,29 @@ impl ChatPrompt<'_> {
     pub fn render(&self, template: Option<&str>) -> Result<String> {
         #[derive(Serialize)]
         struct Context<'a> {
+            #[serde(flatten)]
+            kwargs: Option<&'a serde_json::Map<String, Json>>,
             messages: &'a [ChatMessage],
             add_generation_prompt: bool,
             enable_thinking: bool,
             /// `None` without tools, as transformers passes it.
             tools: Option<&'a [Json]>,
         }
+        // The named fields are written after the kwargs, so a key of both takes theirs.
+        let kwargs = self.template_kwargs.map(|k| {
+            let mut k = k.clone();
+            for named in [
+                "messages",
+                "add_generation_prompt",
+                "enable_thinking",
+                "tools",
+            ] {
+                k.remove(named);
+            }
+            k
+        });
         let context = Context {
+            kwargs: kwargs.as_ref(),
             messages: self.messages,
             add_generation_prompt: self.add_generation_prompt,
             enable_thinking: self.enable_thinking,
@@ -327,6 +347,9 @@ pub enum ReplyEvent {
     Thinking(String),
     Answer(String),
     ToolCall(ToolCall),
+    /// A generated token's log-probability, when the options ask for them: one per token,
+    /// whatever part of the reply its text falls in, before that text.
+    Logprob(TokenLogprob),
 }
 
 /// Splits a reply, as it streams in, into thinking, answer and tool calls: the thinking
@@ -481,6 +504,53 @@ mod tests {
             [ReplyEvent::Answer("a</think>b".into())]
         );
         assert!(p.finish().is_empty());
+    }
+
+    /// Template kwargs reach the template beside the named variables, which win over them;
+    /// GLM-4.7's `clear_thinking: false` keeps the thinking of earlier turns.
+    #[test]
+    fn template_kwargs_reach_the_template() {
+        let messages = [
+            ChatMessage::new("user", "Hi"),
+            ChatMessage {
+                reasoning_content: Some("They greet me.".into()),
+                ..ChatMessage::new("assistant", "Hello!")
+            },
+            ChatMessage::new("user", "How are you?"),
+        ];
+        let kwargs: serde_json::Map<String, Json> =
+            serde_json::from_value(serde_json::json!({"greeting": "hey", "messages": "x"}))
+                .unwrap();
+        let render = |template_kwargs: Option<&serde_json::Map<String, Json>>, template| {
+            let prompt = ChatPrompt {
+                messages: &messages,
+                tools: &[],
+                add_generation_prompt: true,
+                enable_thinking: true,
+                template_kwargs,
+            };
+            prompt.render(template).unwrap()
+        };
+        let custom = "{{ greeting }} {{ messages | length }}";
+        assert_eq!(render(Some(&kwargs), Some(custom)), "hey 3");
+        let official = |kwargs: serde_json::Value| {
+            let kwargs = serde_json::from_value(kwargs).unwrap();
+            render(Some(&kwargs), None)
+        };
+        let kept = official(serde_json::json!({"clear_thinking": false}));
+        assert!(
+            kept.contains("<think>They greet me.</think>Hello!"),
+            "{kept}"
+        );
+        let cleared = render(None, None);
+        assert!(
+            cleared.contains("</think>Hello!") && !cleared.contains("greet"),
+            "{cleared}"
+        );
+        assert_eq!(
+            official(serde_json::json!({"clear_thinking": true})),
+            cleared
+        );
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! token, a stop string, the token limit, the end of the context or an interrupt.
 //!
 //! Greedy decoding asks the backend for the argmax only (the GPU then reads back one id
-//! instead of a 150K-float row); sampling asks for the logits. Text is streamed through a
-//! callback as whole UTF-8 characters.
+//! instead of a 150K-float row); sampling, penalties and log-probabilities ask for the
+//! logits. Text is streamed through a callback as whole UTF-8 characters, with each token's
+//! log-probability when asked for.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::backend::{Backend, Rows, Want};
 use crate::error::{Error, Result};
-use crate::sampler::{Sampler, SamplerOptions};
+use crate::json_output::{self, JsonState, JsonValue};
+use crate::sampler::{self, Sampler, SamplerOptions, TokenLogprob};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug)]
@@ -25,6 +28,89 @@ pub struct GenerateOptions {
     /// Control tokens (`<think>`, `<|assistant|>`...) reach the text as their markup, for a
     /// chat reply's parser; when false they are left out, as plain completion prints text.
     pub special_text: bool,
+    /// Stream each generated token's log-probability with this many of the most likely
+    /// alternatives ([`Generated::Logprob`]); `None`: none.
+    pub logprobs: Option<usize>,
+    /// What the answer must start with or be.
+    pub answer: AnswerRules,
+}
+
+/// Rules for the answer: the part of a reply after its thinking (all of it when it has
+/// none). The default has none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnswerRules {
+    /// The token that ends the thinking and starts the answer (its first occurrence);
+    /// `None`: the answer is the whole reply.
+    pub after: Option<u32>,
+    /// Tokens the answer starts with, whatever the model would choose. They count as
+    /// generated and stream as text like any other, and the model goes on from them: how a
+    /// request that requires a tool call gets one (its opening is forced).
+    pub starts_with: Vec<u32>,
+    /// The answer is one JSON value: each token is chosen among those that keep it JSON
+    /// ([`crate::json_output`]), and the reply ends once the value is whole.
+    pub json: Option<JsonValue>,
+}
+
+impl AnswerRules {
+    /// The model chooses every token freely.
+    pub fn is_free(&self) -> bool {
+        self.starts_with.is_empty() && self.json.is_none()
+    }
+}
+
+/// The answer's rules as generation goes: waiting for the answer to start, then its forced
+/// tokens, with its JSON read as it comes.
+struct Answer<'a> {
+    rules: &'a AnswerRules,
+    started: bool,
+    forced: VecDeque<u32>,
+    json: Option<JsonState>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(rules: &'a AnswerRules) -> Self {
+        let mut answer = Answer {
+            rules,
+            started: false,
+            forced: VecDeque::new(),
+            json: None,
+        };
+        if rules.after.is_none() {
+            answer.start();
+        }
+        answer
+    }
+
+    fn start(&mut self) {
+        self.started = true;
+        self.forced.extend(&self.rules.starts_with);
+        self.json = self.rules.json.map(JsonState::new);
+    }
+
+    /// Follows the token just generated; says when it completed the answer's JSON value.
+    fn generated(&mut self, id: u32, tokenizer: &Tokenizer) -> Option<StopReason> {
+        if !self.started {
+            if self.rules.after == Some(id) {
+                self.start();
+            }
+            return None;
+        }
+        let json = self.json.as_mut()?;
+        // Tokens were chosen to keep it JSON, so this holds (forced ones aside).
+        json.push_all(tokenizer.token_bytes(id).unwrap_or_default());
+        json.finished().then_some(StopReason::AnswerComplete)
+    }
+}
+
+/// What [`generate`] streams as it goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Generated<'a> {
+    /// Text that has settled: whole characters, none of a stop string. It lags the tokens
+    /// while it may still be the start of one.
+    Text(&'a str),
+    /// The token just generated, with its log-probability ([`GenerateOptions::logprobs`]);
+    /// one per token of [`Generation::ids`], in order, each before any of its text.
+    Logprob(&'a TokenLogprob),
 }
 
 /// Why generation ended.
@@ -34,6 +120,8 @@ pub enum StopReason {
     /// The text reached `stop_strings[i]`.
     StopString(usize),
     MaxTokens,
+    /// The answer's JSON value is whole ([`AnswerRules::json`]).
+    AnswerComplete,
     /// The backend's context is full.
     ContextFull,
     Interrupted,
@@ -83,8 +171,9 @@ pub struct Generation {
 
 /// Generates a continuation of `prompt`. The first `cached` prompt tokens are already in
 /// the backend's cache (an earlier turn of a chat) and are not fed again; whatever the
-/// cache holds after them is dropped. `on_text` receives the text as it is produced;
-/// `interrupt`, when set, stops at the next token.
+/// cache holds after them is dropped. `on_generated` receives the text as it is produced
+/// (and the tokens' log-probabilities when asked for); `interrupt`, when set, stops at the
+/// next token.
 pub fn generate(
     backend: &mut dyn Backend,
     tokenizer: &Tokenizer,
@@ -92,7 +181,7 @@ pub fn generate(
     cached: usize,
     opts: &GenerateOptions,
     interrupt: Option<&AtomicBool>,
-    on_text: &mut dyn FnMut(&str),
+    on_generated: &mut dyn FnMut(Generated),
 ) -> Result<Generation> {
     let ctx = backend.max_context();
     if prompt.is_empty() {
@@ -117,8 +206,10 @@ pub fn generate(
     backend.truncate(start)?;
     let mut sampler = Sampler::new(opts.sampler.clone());
     sampler.remember(prompt);
-    // Penalties need the logits: only a plain greedy choice can stay on the backend.
-    let greedy = opts.sampler.is_greedy() && !opts.sampler.penalizes();
+    // Penalties and log-probabilities need the logits: only a plain greedy choice can stay
+    // on the backend.
+    let greedy = opts.sampler.is_greedy() && !opts.sampler.penalizes() && opts.logprobs.is_none();
+    let mut answer = Answer::new(&opts.answer);
     let mut timings = Timings {
         prompt_tokens: prompt.len() - start,
         ..Default::default()
@@ -134,7 +225,7 @@ pub fn generate(
 
     // Prefill, in chunks; only the last chunk's last row matters.
     let t0 = Instant::now();
-    let mut next = 0;
+    let (mut next, mut logprob) = (0, None);
     let mut pos = start;
     while pos < prompt.len() {
         if interrupted() {
@@ -148,7 +239,8 @@ pub fn generate(
         if end < prompt.len() {
             backend.feed(chunk, pos, Want::Nothing)?;
         } else {
-            next = choose(backend, &mut sampler, greedy, chunk, pos)?;
+            let (b, s) = (&mut *backend, &mut sampler);
+            (next, logprob) = choose(b, s, greedy, opts, &mut answer, tokenizer, chunk, pos)?;
         }
         pos = end;
     }
@@ -160,7 +252,7 @@ pub fn generate(
     let t1 = Instant::now();
     // Takes the chosen token `next` (not yet fed; `pos` is where it would go), or says why
     // generation stops.
-    let mut accept = |next: u32, pos: usize| {
+    let mut accept = |next: u32, logprob: Option<TokenLogprob>, pos: usize| {
         if opts.max_new_tokens == 0 {
             return Some(StopReason::MaxTokens);
         }
@@ -168,13 +260,16 @@ pub fn generate(
             return Some(StopReason::StopToken(next));
         }
         ids.push(next);
+        if let Some(logprob) = &logprob {
+            on_generated(Generated::Logprob(logprob));
+        }
         let piece = if opts.special_text || !tokenizer.is_control(next) {
             decoder.push(next)
         } else {
             String::new()
         };
         let (text, hit) = stop_strings.push(&piece);
-        on_text(&text);
+        on_generated(Generated::Text(&text));
         if let Some(i) = hit {
             return Some(StopReason::StopString(i));
         }
@@ -189,13 +284,13 @@ pub fn generate(
         }
         None
     };
-    let mut stop = accept(next, pos);
-    if stop.is_none() && greedy {
+    let mut stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
+    if stop.is_none() && greedy && opts.answer.is_free() {
         // The backend chains the argmaxes itself (on the GPU without a round trip).
         backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
             (next, pos) = (id, pos + 1);
             timings.decode_tokens += 1;
-            stop = accept(id, pos);
+            stop = accept(id, None, pos);
             stop.is_none()
         })?;
     }
@@ -203,10 +298,11 @@ pub fn generate(
         if let Some(stop) = stop {
             break stop;
         }
-        next = sampler.sample(&backend.feed_logits(&[next], pos, Rows::Last)?);
+        let (b, s) = (&mut *backend, &mut sampler);
+        (next, logprob) = choose(b, s, greedy, opts, &mut answer, tokenizer, &[next], pos)?;
         pos += 1;
         timings.decode_tokens += 1;
-        stop = accept(next, pos);
+        stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
     };
     timings.decode_secs = t1.elapsed().as_secs_f64();
     timings.generated_tokens = ids.len();
@@ -217,7 +313,7 @@ pub fn generate(
             None => rest.push_str(&stop_strings.flush()),
         }
         if !rest.is_empty() {
-            on_text(&rest);
+            on_generated(Generated::Text(&rest));
         }
     }
     result(ids, stop, timings, pos)
@@ -278,19 +374,50 @@ impl<'a> StopStrings<'a> {
     }
 }
 
-/// Feeds `tokens` at `pos` and picks the token that follows them.
+/// Feeds `tokens` at `pos` and picks the token that follows them: the answer's next forced
+/// token if any, else on the backend when `greedy` (and the answer is not JSON), else from
+/// the logits (those that keep the answer JSON, when it must be); with its log-probability
+/// when the options ask for it.
+#[allow(clippy::too_many_arguments)]
 fn choose(
     backend: &mut dyn Backend,
     sampler: &mut Sampler,
     greedy: bool,
+    opts: &GenerateOptions,
+    answer: &mut Answer,
+    tokenizer: &Tokenizer,
     tokens: &[u32],
     pos: usize,
-) -> Result<u32> {
-    if greedy {
-        backend.feed_argmax(tokens, pos)
-    } else {
-        Ok(sampler.sample(&backend.feed_logits(tokens, pos, Rows::Last)?))
+) -> Result<(u32, Option<TokenLogprob>)> {
+    if let Some(id) = answer.forced.pop_front() {
+        sampler.remember(&[id]);
+        let Some(top) = opts.logprobs else {
+            backend.feed(tokens, pos, Want::Nothing)?;
+            return Ok((id, None));
+        };
+        let logits = backend.feed_logits(tokens, pos, Rows::Last)?;
+        return Ok((id, Some(sampler::logprobs(&logits, id, top))));
     }
+    if greedy && answer.json.is_none() {
+        return Ok((backend.feed_argmax(tokens, pos)?, None));
+    }
+    let logits = backend.feed_logits(tokens, pos, Rows::Last)?;
+    let id = match &answer.json {
+        None => sampler.sample(&logits),
+        Some(json) => {
+            let mut allowed = logits.clone();
+            if json_output::mask_logits(json, tokenizer, &opts.stop_tokens, &mut allowed) == 0 {
+                return Err(Error::Input(
+                    "no token of the vocabulary continues the JSON answer".into(),
+                ));
+            }
+            sampler.sample(&allowed)
+        }
+    };
+    Ok((
+        id,
+        opts.logprobs.map(|top| sampler::logprobs(&logits, id, top)),
+    ))
 }
 
 #[cfg(test)]
@@ -301,12 +428,14 @@ mod tests {
     use crate::synth::builtin_model;
     use crate::weights::Weights;
 
-    fn run(
+    /// The built-in model's continuation of `prompt` on the CPU: the generation, its text
+    /// and what it streamed of log-probabilities.
+    fn run_with_logprobs(
         prompt: &str,
         ctx: usize,
         opts: &GenerateOptions,
         interrupt: Option<&AtomicBool>,
-    ) -> Result<(Generation, String)> {
+    ) -> Result<(Generation, String, Vec<TokenLogprob>)> {
         let file = builtin_model();
         let cfg = Config::from_gguf(&file).unwrap();
         let w = Weights::from_gguf(&file, &cfg).unwrap();
@@ -314,15 +443,37 @@ mod tests {
         let mut cpu = CpuBackend::new(&cfg, &w, ctx, 1).unwrap();
         let ids = tok.encode(prompt).unwrap();
         let mut text = String::new();
-        let g = generate(&mut cpu, &tok, &ids, 0, opts, interrupt, &mut |t| {
-            text.push_str(t)
+        let mut logprobs = Vec::new();
+        let g = generate(&mut cpu, &tok, &ids, 0, opts, interrupt, &mut |g| match g {
+            Generated::Text(t) => text.push_str(t),
+            Generated::Logprob(l) => logprobs.push(l.clone()),
         })?;
         assert_eq!(
             tok.decode(&g.ids).unwrap(),
             text,
             "streamed text = decode(ids)"
         );
+        Ok((g, text, logprobs))
+    }
+
+    fn run(
+        prompt: &str,
+        ctx: usize,
+        opts: &GenerateOptions,
+        interrupt: Option<&AtomicBool>,
+    ) -> Result<(Generation, String)> {
+        let (g, text, logprobs) = run_with_logprobs(prompt, ctx, opts, interrupt)?;
+        assert!(logprobs.is_empty());
         Ok((g, text))
+    }
+
+    /// Collects only the text of what [`generate`] streams.
+    fn text_into(text: &mut String) -> impl FnMut(Generated) + '_ {
+        |g| {
+            if let Generated::Text(t) = g {
+                text.push_str(t)
+            }
+        }
     }
 
     fn opts(n: usize, sampler: SamplerOptions) -> GenerateOptions {
@@ -332,6 +483,8 @@ mod tests {
             stop_tokens: vec![],
             stop_strings: vec![],
             special_text: true,
+            logprobs: None,
+            answer: Default::default(),
         }
     }
 
@@ -373,7 +526,7 @@ mod tests {
             let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
             let mut text = String::new();
             gens.push(
-                generate(&mut cpu, &tok, &ids, 0, &o, None, &mut |t| text.push_str(t)).unwrap(),
+                generate(&mut cpu, &tok, &ids, 0, &o, None, &mut text_into(&mut text)).unwrap(),
             );
             texts.push(text);
         }
@@ -417,6 +570,170 @@ mod tests {
             let row = &logits[(prompt.len() - 1 + i) * cfg.vocab..][..cfg.vocab];
             assert_eq!(crate::ops_common::argmax(row), id, "token {i}");
         }
+    }
+
+    /// Asking for log-probabilities changes no choice (greedy leaves the backend's argmax
+    /// for the logits), streams one per generated token, and each is the log-softmax of that
+    /// token's teacher-forced logits, computed here in f64.
+    #[test]
+    fn logprobs_are_those_of_the_teacher_forced_logits() {
+        let seeded = SamplerOptions {
+            seed: 5,
+            ..Default::default()
+        };
+        for sampler in [SamplerOptions::greedy(), seeded] {
+            let (plain, _) = run("The sea", 64, &opts(6, sampler.clone()), None).unwrap();
+            let o = GenerateOptions {
+                logprobs: Some(3),
+                ..opts(6, sampler.clone())
+            };
+            let (g, _, logprobs) = run_with_logprobs("The sea", 64, &o, None).unwrap();
+            assert_eq!(g.ids, plain.ids);
+            assert_eq!(logprobs.len(), g.ids.len());
+
+            let file = builtin_model();
+            let cfg = Config::from_gguf(&file).unwrap();
+            let w = Weights::from_gguf(&file, &cfg).unwrap();
+            let tok = Tokenizer::from_gguf(&file).unwrap();
+            let prompt = tok.encode("The sea").unwrap();
+            let all: Vec<u32> = prompt.iter().chain(&g.ids).copied().collect();
+            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+            let logits = cpu.feed_logits(&all, 0, Rows::All).unwrap();
+            for (i, (lp, &id)) in logprobs.iter().zip(&g.ids).enumerate() {
+                let row = &logits[(prompt.len() - 1 + i) * cfg.vocab..][..cfg.vocab];
+                let log_z = row.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+                let want = |t: u32| row[t as usize] as f64 - log_z;
+                assert_eq!(lp.id, id);
+                assert!(
+                    (lp.logprob as f64 - want(id)).abs() < 1e-5,
+                    "token {i}: {lp:?}"
+                );
+                assert_eq!(lp.top.len(), 3);
+                let mut by_logit: Vec<u32> = (0..cfg.vocab as u32).collect();
+                by_logit.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+                for (&(t, l), &want_t) in lp.top.iter().zip(&by_logit) {
+                    assert_eq!(t, want_t, "token {i}: {lp:?}");
+                    assert!((l as f64 - want(t)).abs() < 1e-5, "token {i}: {lp:?}");
+                }
+                if sampler.is_greedy() {
+                    assert_eq!(lp.top[0].0, id);
+                }
+            }
+        }
+    }
+
+    /// Forced tokens come right after their trigger (or first, without one) as generated
+    /// tokens, with their text and log-probabilities, and the model goes on from them as it
+    /// would from a prompt that ended with them.
+    #[test]
+    fn forced_tokens_follow_their_trigger_and_the_model_goes_on_from_them() {
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let prompt = tok.encode("The sea").unwrap();
+        let forced_ids = tok.encode(" the lighthouse keeper").unwrap();
+        let generate_ids = |prompt: &[u32], o: &GenerateOptions| {
+            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+            let (mut text, mut logprobs) = (String::new(), 0);
+            let g = generate(&mut cpu, &tok, prompt, 0, o, None, &mut |g| match g {
+                Generated::Text(t) => text.push_str(t),
+                Generated::Logprob(_) => logprobs += 1,
+            })
+            .unwrap();
+            assert_eq!(tok.decode(&g.ids).unwrap(), text);
+            (g.ids, logprobs)
+        };
+        let (plain, _) = generate_ids(&prompt, &opts(8, SamplerOptions::greedy()));
+        let trigger = plain[2];
+        let k = plain.iter().position(|&t| t == trigger).unwrap();
+        for after in [Some(trigger), None] {
+            let o = GenerateOptions {
+                answer: AnswerRules {
+                    after,
+                    starts_with: forced_ids.clone(),
+                    json: None,
+                },
+                logprobs: Some(1),
+                ..opts(k + 1 + forced_ids.len() + 4, SamplerOptions::greedy())
+            };
+            let (ids, logprobs) = generate_ids(&prompt, &o);
+            assert_eq!(logprobs, ids.len());
+            let at = if after.is_some() { k + 1 } else { 0 };
+            assert_eq!(ids[..at], plain[..at]);
+            assert_eq!(ids[at..at + forced_ids.len()], forced_ids[..], "{after:?}");
+            let before_rest = at + forced_ids.len();
+            let fed: Vec<u32> = prompt.iter().chain(&ids[..before_rest]).copied().collect();
+            let (rest, _) = generate_ids(
+                &fed,
+                &opts(ids.len() - before_rest, SamplerOptions::greedy()),
+            );
+            assert_eq!(ids[before_rest..], rest[..], "{after:?}");
+        }
+    }
+
+    /// A JSON answer: what is generated is always JSON or the start of it (whatever the
+    /// sampler draws from the random model), whole when the reply ends for it; an answer
+    /// whose forced start is a whole object ends right there.
+    #[test]
+    fn a_json_answer_stays_json_and_ends_when_whole() {
+        let file = builtin_model();
+        let cfg = Config::from_gguf(&file).unwrap();
+        let w = Weights::from_gguf(&file, &cfg).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let prompt = tok.encode("The sea").unwrap();
+        let json_reply = |sampler: SamplerOptions, value: JsonValue, starts_with: &str| {
+            let o = GenerateOptions {
+                answer: AnswerRules {
+                    after: None,
+                    starts_with: tok.encode(starts_with).unwrap(),
+                    json: Some(value),
+                },
+                stop_tokens: tok.stop_tokens(),
+                ..opts(40, sampler)
+            };
+            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
+            let mut text = String::new();
+            let g = generate(
+                &mut cpu,
+                &tok,
+                &prompt,
+                0,
+                &o,
+                None,
+                &mut text_into(&mut text),
+            );
+            (g.unwrap(), text)
+        };
+        let samplers = (1..4).map(|seed| SamplerOptions {
+            seed,
+            top_k: 0,
+            min_p: 0.0,
+            ..Default::default()
+        });
+        for sampler in samplers.chain([SamplerOptions::greedy()]) {
+            for value in [JsonValue::Object, JsonValue::Any] {
+                let (g, text) = json_reply(sampler.clone(), value, "");
+                let mut state = JsonState::new(value);
+                assert!(state.push_all(text.as_bytes()), "{value:?}: {text:?}");
+                let parsed = serde_json::from_str::<serde_json::Value>(&text);
+                match g.stop {
+                    StopReason::AnswerComplete => assert!(parsed.is_ok(), "{text:?}"),
+                    StopReason::StopToken(_) => assert!(state.complete(), "{text:?}"),
+                    StopReason::MaxTokens => assert_eq!(g.ids.len(), 40),
+                    other => panic!("{other:?}: {text:?}"),
+                }
+            }
+        }
+        let (g, text) = json_reply(
+            SamplerOptions::greedy(),
+            JsonValue::Object,
+            "{\"a\": [1, 2]}",
+        );
+        assert_eq!(
+            (g.stop, text.as_str()),
+            (StopReason::AnswerComplete, "{\"a\": [1, 2]}")
+        );
     }
 
     #[test]
@@ -495,9 +812,15 @@ mod tests {
         let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
         let ids = tok.encode("The sea").unwrap();
         let mut streamed = String::new();
-        let g = generate(&mut cpu, &tok, &ids, 0, &o, None, &mut |t| {
-            streamed.push_str(t)
-        })
+        let g = generate(
+            &mut cpu,
+            &tok,
+            &ids,
+            0,
+            &o,
+            None,
+            &mut text_into(&mut streamed),
+        )
         .unwrap();
         assert_eq!(g.stop, StopReason::StopString(1));
         assert_eq!(streamed, text[..cut], "stop {stop:?} in {text:?}");

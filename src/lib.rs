@@ -22,6 +22,7 @@ pub mod ftype;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod json_output;
 pub mod ops_common;
 pub mod sampler;
 pub mod server;

@@ -28,9 +28,10 @@ use glm_flash::engine::{self, BackendOptions, Model};
 use glm_flash::error::{Error, Result};
 use glm_flash::formats;
 use glm_flash::ftype::FileType;
-use glm_flash::generate::{GenerateOptions, StopReason};
+use glm_flash::generate::{AnswerRules, GenerateOptions, StopReason};
 use glm_flash::gguf::GgufFile;
 use glm_flash::gpu::{self, TileMath};
+use glm_flash::json_output::JsonValue;
 use glm_flash::ops_common::CacheType;
 use glm_flash::sampler::SamplerOptions;
 use glm_flash::server::{Defaults, ServeOptions, Server};
@@ -462,9 +463,29 @@ struct RunArgs {
     /// thinking, answer and tool calls), prompt and generated token ids, stop reason, timings.
     #[arg(long)]
     json: bool,
+    /// Hold the answer (with --chat, what follows the thinking) to one JSON value (`json`)
+    /// or object (`json-object`): each token is chosen among those that keep it JSON, and
+    /// the reply ends once the value is whole.
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<AnswerFormat>,
     /// Print the backend, the prompt and generated token ids, and the stop reason on stderr.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AnswerFormat {
+    Json,
+    JsonObject,
+}
+
+impl AnswerFormat {
+    fn value(self) -> JsonValue {
+        match self {
+            AnswerFormat::Json => JsonValue::Any,
+            AnswerFormat::JsonObject => JsonValue::Object,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -917,6 +938,7 @@ impl ReplyPrinter {
                 c.name,
                 serde_json::Value::Object(c.arguments.clone())
             ),
+            ReplyEvent::Logprob(_) => Ok(()),
         };
         if let Err(e) = res.and_then(|_| out.flush()) {
             self.error.get_or_insert(e);
@@ -971,6 +993,8 @@ fn generate_options(s: &SamplingArgs, tokenizer: &Tokenizer, chat: bool) -> Gene
         stop_tokens: tokenizer.stop_tokens(),
         stop_strings: s.stop.clone(),
         special_text: chat,
+        logprobs: None,
+        answer: Default::default(),
     }
 }
 
@@ -990,6 +1014,7 @@ fn stop_json(stop: StopReason, opts: &GenerateOptions) -> serde_json::Value {
             json!({"reason": "stop_string", "string": opts.stop_strings[i]})
         }
         StopReason::MaxTokens => json!({"reason": "max_tokens"}),
+        StopReason::AnswerComplete => json!({"reason": "answer_complete"}),
         StopReason::ContextFull => json!({"reason": "context_full"}),
         StopReason::Interrupted => json!({"reason": "interrupted"}),
     }
@@ -1010,7 +1035,8 @@ fn cmd_run(a: RunArgs) -> Result<Done> {
     }
     let model = open_or_builtin(a.model.as_deref())?;
     let tokenizer = model.tokenizer.as_ref();
-    let (prompt, parser) = if a.chat {
+    let json = a.format.map(AnswerFormat::value);
+    let (prompt, parser, answer) = if a.chat {
         let mut messages = Vec::new();
         if let Some(s) = &a.style.system {
             messages.push(ChatMessage::new("system", s.clone()));
@@ -1021,14 +1047,23 @@ fn cmd_run(a: RunArgs) -> Result<Done> {
             tools: &[],
             add_generation_prompt: true,
             enable_thinking: !a.style.no_think,
+            template_kwargs: None,
         };
         let prompt = RenderedPrompt::chat(tokenizer, &chat)?;
         let parser = prompt.parser(&[]);
-        (prompt.ids, parser)
+        let answer = prompt.answer_rules(tokenizer, None, json)?;
+        (prompt.ids, parser, answer)
     } else {
-        (tokenizer.encode(&text)?, ReplyParser::plain())
+        let answer = AnswerRules {
+            json,
+            ..AnswerRules::default()
+        };
+        (tokenizer.encode(&text)?, ReplyParser::plain(), answer)
     };
-    let opts = generate_options(&a.sampling, tokenizer, a.chat);
+    let opts = GenerateOptions {
+        answer,
+        ..generate_options(&a.sampling, tokenizer, a.chat)
+    };
     let interrupt = Interrupt::install()?;
     let weights = model.weights()?;
     let backend = make_backend(&a.backend, &model.config, &weights, 0)?;

@@ -179,11 +179,12 @@ pub fn candidates(logits: &[f32], opts: &SamplerOptions) -> Vec<Candidate> {
             }
         }
     }
-    // min-p: relative to the most likely token, which is always kept.
+    // min-p: relative to the most likely token, which is always kept; and no token whose
+    // probability is 0 (a logit of -inf: one the JSON output rules out, say).
     let floor = opts.min_p as f64 * probs[0];
     keep = probs[..keep]
         .iter()
-        .take_while(|&&p| p >= floor)
+        .take_while(|&&p| p >= floor && p > 0.0)
         .count()
         .max(1);
 
@@ -196,6 +197,54 @@ pub fn candidates(logits: &[f32], opts: &SamplerOptions) -> Vec<Candidate> {
             prob: (p / kept_mass) as f32,
         })
         .collect()
+}
+
+/// The most alternatives [`logprobs`] reports per token (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A generated token's log-probability under the model, and the most likely tokens at its
+/// place: the log-softmax of the raw logits, before penalties, temperature and filters (what
+/// OpenAI's `logprobs` and llama-server report).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens, most likely first (ties by lower id).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `id`'s log-probability in `logits`, with the `top` most likely tokens (at most
+/// [`MAX_TOP_LOGPROBS`]). The sum runs in f64 from the largest logit, so no term overflows;
+/// a NaN logit counts as impossible (-inf).
+pub fn logprobs(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    assert!(!logits.is_empty(), "no logits");
+    let finite = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
+    let max = logits
+        .iter()
+        .map(|&l| finite(l))
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (finite(l) as f64 - max).exp()).sum();
+    let log_z = max + sum.ln();
+    let logprob = |i: u32| (finite(logits[i as usize]) as f64 - log_z) as f32;
+    // The best `top` by a running insertion: cheap for 20 of a 150K vocabulary.
+    let top = top.min(MAX_TOP_LOGPROBS).min(logits.len());
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            let l = finite(l);
+            if best.len() == top && l <= best[top - 1].1 {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
+    }
+    TokenLogprob {
+        id,
+        logprob: logprob(id),
+        top: best.into_iter().map(|(i, _)| (i, logprob(i))).collect(),
+    }
 }
 
 /// SplitMix64: tiny, fast, and the same sequence everywhere for a given seed.
@@ -496,6 +545,33 @@ mod tests {
             .unwrap_err()
             .contains("frequency"));
         assert!(penalties(1.1, -0.5, 0.5, 64).validate().is_ok());
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_most_likely_first() {
+        let probs = [0.1, 0.4, 0.05, 0.4, 0.05];
+        // Shifted far past where exp overflows in f32: the log-softmax does not move.
+        for shift in [0.0f32, 500.0] {
+            let logits: Vec<f32> = logits_of(&probs).iter().map(|l| l + shift).collect();
+            let lp = logprobs(&logits, 2, 3);
+            let tol = if shift == 0.0 { 1e-6 } else { 1e-4 };
+            assert!((lp.logprob - 0.05f32.ln()).abs() < tol, "{lp:?}");
+            // Ties go to the lower id: 1 before 3, then 0.
+            let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+            assert_eq!(ids, [1, 3, 0], "{lp:?}");
+            for (&(id, l), p) in lp.top.iter().zip([0.4f32, 0.4, 0.1]) {
+                assert!((l - p.ln()).abs() < tol, "token {id}: {l} against ln {p}");
+            }
+        }
+        // A NaN logit is impossible, and never among the most likely; top is capped by the
+        // vocabulary and by MAX_TOP_LOGPROBS; 0 asks for none.
+        let lp = logprobs(&[0.0, f32::NAN, 0.0], 1, 50);
+        assert_eq!(lp.logprob, f32::NEG_INFINITY);
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!((lp.top[0].0, lp.top[1].0, lp.top[2].0), (0, 2, 1));
+        assert!((lp.top[0].1 - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(logprobs(&[0.0; 100], 7, 50).top.len(), MAX_TOP_LOGPROBS);
+        assert!(logprobs(&[1.0, 2.0], 0, 0).top.is_empty());
     }
 
     #[test]

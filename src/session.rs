@@ -13,8 +13,9 @@ use serde_json::Value as Json;
 
 use crate::backend::Backend;
 use crate::chat::{ends_in_thinking, ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
-use crate::error::Result;
-use crate::generate::{generate, GenerateOptions, Generation};
+use crate::error::{Error, Result};
+use crate::generate::{generate, AnswerRules, GenerateOptions, Generated, Generation};
+use crate::json_output::JsonValue;
 use crate::tokenizer::Tokenizer;
 
 /// A backend and what its cache holds.
@@ -104,14 +105,14 @@ impl<'a> Session<'a> {
     }
 
     /// Generates a continuation of `prompt`, feeding only what the cache does not hold yet.
-    /// `on_text` receives the text as it is produced; `interrupt` stops at the next token.
-    /// This is the one place that feeds the backend.
+    /// `on_generated` receives the text as it is produced (see [`generate`]); `interrupt`
+    /// stops at the next token. This is the one place that feeds the backend.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         opts: &GenerateOptions,
         interrupt: Option<&AtomicBool>,
-        on_text: &mut dyn FnMut(&str),
+        on_generated: &mut dyn FnMut(Generated),
     ) -> Result<Completion> {
         let reused = self.reusable_prefix(prompt);
         let result = generate(
@@ -121,7 +122,7 @@ impl<'a> Session<'a> {
             reused,
             opts,
             interrupt,
-            on_text,
+            on_generated,
         );
         match result {
             Ok(generation) => {
@@ -162,14 +163,18 @@ impl<'a> Session<'a> {
                     ReplyEvent::Thinking(t) => reply.1.push_str(t),
                     ReplyEvent::Answer(t) => reply.2.push_str(t),
                     ReplyEvent::ToolCall(c) => reply.3.push(c.clone()),
+                    ReplyEvent::Logprob(_) => {}
                 }
                 on_event(&e);
             }
         };
         let mut text = String::new();
-        let completion = self.generate(prompt, opts, interrupt, &mut |piece| {
-            text.push_str(piece);
-            take(parser.push(piece));
+        let completion = self.generate(prompt, opts, interrupt, &mut |g| match g {
+            Generated::Text(piece) => {
+                text.push_str(piece);
+                take(parser.push(piece));
+            }
+            Generated::Logprob(l) => take(vec![ReplyEvent::Logprob(l.clone())]),
         })?;
         take(parser.finish());
         reply.0 = text;
@@ -207,6 +212,43 @@ impl RenderedPrompt {
     /// The parser for the reply to this prompt.
     pub fn parser(&self, tools: &[Json]) -> ReplyParser {
         ReplyParser::chat(self.thinking_open, tools)
+    }
+
+    /// The rules of the reply's answer: it starts once the thinking is over (at once when
+    /// the prompt opens none); it is held to `json` when given; and when `call` is given
+    /// (`Some("")` a call to any tool, `Some(name)` to that one) it starts with the call's
+    /// opening as the template writes one, `\n<tool_call>` and the name, the model writing
+    /// the arguments.
+    pub fn answer_rules(
+        &self,
+        tokenizer: &Tokenizer,
+        call: Option<&str>,
+        json: Option<JsonValue>,
+    ) -> Result<AnswerRules> {
+        if call.is_none() && json.is_none() {
+            return Ok(AnswerRules::default());
+        }
+        let token = |text: &str| {
+            tokenizer.id_of(text).ok_or_else(|| {
+                Error::Input(format!(
+                    "the model's vocabulary has no {text} token to find the answer by"
+                ))
+            })
+        };
+        let mut starts_with = Vec::new();
+        if let Some(name) = call {
+            token("<tool_call>")?;
+            starts_with = tokenizer.encode(&format!("\n<tool_call>{name}"))?;
+        }
+        let after = match self.thinking_open {
+            true => Some(token("</think>")?),
+            false => None,
+        };
+        Ok(AnswerRules {
+            after,
+            starts_with,
+            json,
+        })
     }
 }
 
@@ -344,6 +386,7 @@ impl Chat {
                 tools: &self.tools,
                 add_generation_prompt: true,
                 enable_thinking: self.thinking,
+                template_kwargs: None,
             },
         )
     }
@@ -363,6 +406,8 @@ mod tests {
             stop_tokens: model.tokenizer.stop_tokens(),
             stop_strings: Vec::new(),
             special_text: true,
+            logprobs: None,
+            answer: Default::default(),
         }
     }
 
@@ -562,6 +607,7 @@ mod tests {
             tools: &chat.tools,
             add_generation_prompt: true,
             enable_thinking: false,
+            template_kwargs: None,
         }
         .render(model.tokenizer.chat_template())
         .unwrap();
@@ -665,6 +711,7 @@ mod tests {
                 tools: &tools,
                 add_generation_prompt,
                 enable_thinking: true,
+                template_kwargs: None,
             }
             .render(tokenizer.chat_template())
             .unwrap()
@@ -676,6 +723,7 @@ mod tests {
                 tools: &tools,
                 add_generation_prompt: true,
                 enable_thinking: true,
+                template_kwargs: None,
             },
         )
         .unwrap();
@@ -709,6 +757,8 @@ mod tests {
             stop_tokens: tokenizer.stop_tokens(),
             stop_strings: Vec::new(),
             special_text: true,
+            logprobs: None,
+            answer: Default::default(),
         };
         let mut events = Vec::new();
         let reply = session

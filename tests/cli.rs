@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use common::*;
 use glm_flash::gguf::{GgufWriter, Value};
+use glm_flash::json_output::{JsonState, JsonValue};
 
 fn glm_flash(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_glm-flash"))
@@ -317,6 +318,74 @@ fn greedy_run_continues_like_the_reference() {
     assert_eq!(
         verbose_ids(&stderr, "generated ids: "),
         tokens[n_prompt..n_prompt + 8]
+    );
+}
+
+/// `run --format`: the text is JSON, or its start when `-n` cut it; a whole value ends the
+/// reply there (its stop reason says so, or a stop token once it is whole); with `--chat`
+/// the answer after the thinking is held to it. An unknown format is a usage error.
+#[test]
+fn run_format_holds_the_answer_to_json() {
+    for (format, object) in [("json-object", true), ("json", false)] {
+        for seed in ["1", "2"] {
+            let (stdout, _) = ok(&[
+                "run",
+                "-p",
+                "Paris",
+                "--format",
+                format,
+                "-n",
+                "40",
+                "--seed",
+                seed,
+                "--backend",
+                "cpu",
+                "--json",
+            ]);
+            let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            let text = out["text"].as_str().unwrap();
+            let parsed = serde_json::from_str::<serde_json::Value>(text);
+            match out["stop"]["reason"].as_str().unwrap() {
+                "answer_complete" | "stop_token" => {
+                    assert_eq!(parsed.unwrap().is_object(), object, "{text:?}")
+                }
+                "max_tokens" => {
+                    let value = if object {
+                        JsonValue::Object
+                    } else {
+                        JsonValue::Any
+                    };
+                    assert!(JsonState::new(value).push_all(text.as_bytes()), "{text:?}")
+                }
+                other => panic!("{other}: {text:?}"),
+            }
+        }
+    }
+    let (stdout, _) = ok(&[
+        "run",
+        "-m",
+        path_str(&fixture("small2-q8_0.gguf")),
+        "--chat",
+        "--no-think",
+        "-p",
+        "Paris as JSON",
+        "--format",
+        "json-object",
+        "-n",
+        "12",
+        "--seed",
+        "1",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let content = out["content"].as_str().unwrap();
+    let mut state = JsonState::new(JsonValue::Object);
+    assert!(state.push_all(content.as_bytes()), "{out}");
+    usage_error(
+        &["run", "-p", "x", "--format", "xml"],
+        "invalid value 'xml' for '--format <FORMAT>'",
     );
 }
 

@@ -75,10 +75,8 @@ fn poison(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
 /// tests are in gpu_batched.rs.)
 #[test]
 fn kernels_written_as_spirv_run_with_their_overrides() {
-    use glm_flash::gpu::pipelines::{coherent_spirv, passthrough_module, Kernel};
-    use glm_flash::gpu::shader::{
-        Constant, OverrideDecl, Scalar, Shader, Slot, Value, WeightAccess,
-    };
+    use glm_flash::gpu::pipelines::{coherent_spirv, naga_constants, passthrough_module, Kernel};
+    use glm_flash::gpu::shader::{Override, Shader, Slot, WeightAccess};
     let ctx = ctx(None, true);
     if !ctx.features.contains(wgpu::Features::PASSTHROUGH_SHADERS) {
         eprintln!(
@@ -87,6 +85,7 @@ fn kernels_written_as_spirv_run_with_their_overrides() {
         );
         return;
     }
+    const SHIFT: Override<u32> = Override::new("SHIFT");
     const REVERSE: Shader = Shader {
         name: "reverse",
         source: "override SHIFT: u32;
@@ -101,10 +100,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
 }
 ",
         bindings: &[Slot::Read, Slot::ReadWrite],
-        overrides: &[OverrideDecl {
-            name: "SHIFT",
-            ty: Scalar::U32,
-        }],
+        overrides: &[SHIFT.decl()],
         consts: &[],
         structs: &[],
         reduces: false,
@@ -114,14 +110,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         cooperative: false,
     };
     let shift = 1000;
-    let spirv = coherent_spirv(
-        REVERSE.source,
-        &[Constant {
-            name: "SHIFT",
-            value: Value::U32(shift),
-        }],
-    )
-    .unwrap();
+    let spirv = coherent_spirv(REVERSE.source, &naga_constants(&[SHIFT.set(shift)])).unwrap();
     assert_eq!(spirv.workgroup_size, [64, 1, 1]);
     let module = passthrough_module(&ctx.device, REVERSE.name, &spirv);
     let kernel = Kernel::new(&ctx, REVERSE, &module, &[]);

@@ -139,7 +139,7 @@ fn every_kernel_validates_and_translates_to_msl() {
 /// made coherent (`glm_flash::gpu::memory_model`); this checks that it can for `src`, so no
 /// kernel falls back to wgpu's SPIR-V on the device.
 fn coherent_spirv_is_written(label: &str, src: &str) {
-    let spirv = glm_flash::gpu::pipelines::coherent_spirv(src, &[])
+    let spirv = glm_flash::gpu::pipelines::coherent_spirv(src, &Default::default())
         .unwrap_or_else(|e| panic!("{label}: coherent SPIR-V: {e}"));
     assert_eq!(spirv.words[0], 0x0723_0203, "{label}: not a SPIR-V module");
 }

@@ -479,6 +479,117 @@ fn tools_and_tool_results_reach_the_template_like_transformers() {
     assert!(r["usage"]["prompt_tokens"].as_u64().unwrap() < want as u64);
 }
 
+/// `tool_choice` "required" or a named function: the reply's call is opened for the model
+/// (`\n<tool_call>` and the name, as the template writes a call) and it writes the rest.
+/// The fixture's random weights make no sense of it, so the tokens (seen through their
+/// log-probabilities) are what is checked: they start with the opening, thinking off; with
+/// thinking on, they do not start with it (it waits for the end of the thinking).
+#[test]
+fn a_required_tool_call_is_opened_for_the_model() {
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    ]);
+    let tokens = |choice: Value, thinking: bool| -> String {
+        let body = json!({"messages": user("What is the weather in Paris?"), "tools": tools,
+                          "tool_choice": choice, "max_tokens": 8, "temperature": 0,
+                          "logprobs": true, "enable_thinking": thinking});
+        let r = client(small2()).ok("/v1/chat/completions", &body);
+        let content = r["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(content.len(), 8, "{r}");
+        content
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect()
+    };
+    let named = json!({"type": "function", "function": {"name": "get_time"}});
+    let text = tokens(named.clone(), false);
+    assert!(text.starts_with("\n<tool_call>get_time"), "{text:?}");
+    let text = tokens(json!("required"), false);
+    assert!(text.starts_with("\n<tool_call>"), "{text:?}");
+    let text = tokens(json!("auto"), false);
+    assert!(!text.starts_with("\n<tool_call>"), "{text:?}");
+    let text = tokens(named, true);
+    assert!(!text.starts_with("\n<tool_call>"), "{text:?}");
+}
+
+/// `response_format: {"type": "json_object"}`: the answer is a JSON object or, cut by
+/// `max_tokens`, the start of one (the fixture's weights are random; every token is
+/// drawn from those that keep it JSON), through both endpoints, whole or streamed. A schema
+/// is refused, as is a JSON answer that must also be a tool call.
+#[test]
+fn a_json_answer_is_json() {
+    let json_prefix = |text: &str| -> bool {
+        let mut state =
+            glm_flash::json_output::JsonState::new(glm_flash::json_output::JsonValue::Object);
+        state.push_all(text.as_bytes())
+    };
+    let c = client(small2());
+    let format = json!({"type": "json_object"});
+    for seed in 0..3 {
+        let body = json!({"messages": user("Describe Paris as JSON."), "max_tokens": 24,
+                          "temperature": 1, "seed": seed, "response_format": format,
+                          "enable_thinking": false});
+        let r = c.ok("/v1/chat/completions", &body);
+        let choice = &r["choices"][0];
+        let content = choice["message"]["content"].as_str().unwrap();
+        assert!(json_prefix(content), "{content:?}");
+        if choice["finish_reason"] == "stop" {
+            serde_json::from_str::<Value>(content).unwrap();
+        }
+        let (_, streamed, _) = chat_deltas(&c.stream("/v1/chat/completions", &body));
+        assert_eq!(streamed, content);
+    }
+    let body = json!({"prompt": "Paris:", "max_tokens": 24, "response_format": format});
+    let r = c.ok("/v1/completions", &body);
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    assert!(json_prefix(text), "{text:?}");
+
+    let chat = "/v1/chat/completions";
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": {}}});
+    let (status, e) = c.post(
+        chat,
+        &json!({"messages": user("hi"), "response_format": schema}),
+    );
+    assert_eq!(
+        (status, &e["error"]["param"]),
+        (400, &json!("response_format")),
+        "{e}"
+    );
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let body = json!({"messages": user("hi"), "response_format": format, "tools": tools,
+                      "tool_choice": "required"});
+    let (status, e) = c.post(chat, &body);
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("exclude"),
+        "{e}"
+    );
+}
+
+/// `chat_template_kwargs` reach the template: GLM-4.7's `clear_thinking: false` keeps an
+/// earlier turn's thinking in the prompt, so the prompt is longer by it.
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    let messages = json!([
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "They greet me."},
+        {"role": "user", "content": "How are you?"}
+    ]);
+    let prompt_tokens = |kwargs: Value| {
+        let body = json!({"messages": messages, "max_tokens": 1, "chat_template_kwargs": kwargs});
+        let r = client(small2()).ok("/v1/chat/completions", &body);
+        r["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let cleared = prompt_tokens(json!({}));
+    assert!(prompt_tokens(json!({"clear_thinking": false})) > cleared);
+    assert_eq!(prompt_tokens(json!({"clear_thinking": true})), cleared);
+}
+
 #[test]
 fn a_conversation_that_goes_on_reuses_its_slot() {
     let mut opts = options(Some(fixture("small2-q8_0.gguf")));
@@ -620,11 +731,56 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
     expect(
         c.post(
             chat,
+            &json!({"messages": user("hi"), "logprobs": true, "top_logprobs": 21}),
+        ),
+        400,
+        Some("top_logprobs"),
+        "from 0 to 20",
+    );
+    expect(
+        c.post(chat, &json!({"messages": user("hi"), "top_logprobs": 2})),
+        400,
+        Some("top_logprobs"),
+        "needs \"logprobs\": true",
+    );
+    expect(
+        c.post(
+            "/v1/completions",
+            &json!({"prompt": "hi", "logprobs": true}),
+        ),
+        400,
+        Some("logprobs"),
+        "from 0 to 20",
+    );
+    expect(
+        c.post(
+            chat,
             &json!({"messages": user("hi"), "tool_choice": "required"}),
         ),
         400,
         Some("tool_choice"),
-        "auto",
+        "needs tools",
+    );
+    let weather = json!([{"type": "function", "function": {"name": "get_weather",
+                          "parameters": {"type": "object"}}}]);
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "tools": weather,
+                    "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
+        ),
+        400,
+        Some("tool_choice.function.name"),
+        "no tool is named \"get_time\"",
+    );
+    expect(
+        c.post(
+            chat,
+            &json!({"messages": user("hi"), "tools": weather, "tool_choice": "always"}),
+        ),
+        400,
+        Some("tool_choice"),
+        "\"required\"",
     );
     expect(
         c.post(
@@ -698,6 +854,135 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         "/v1/completions",
         &json!({"prompt": "Still there?", "max_tokens": 2}),
     );
+}
+
+/// The tokens' log-probabilities, whole and streamed: one entry per completion token, the
+/// same either way and in both endpoints' shapes; asking for them changes no token; greedy
+/// choices are each position's most likely token; the tokens' bytes make up the text. (That
+/// the values are the model's log-softmax is held against teacher-forced logits in the
+/// library's tests.)
+#[test]
+fn logprobs_come_with_every_token_whole_or_streamed() {
+    let c = client(builtin());
+    let prompt = "The lighthouse keeper";
+    let plain = c.ok(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 10, "temperature": 0}),
+    );
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+
+    // Completions: {tokens, token_logprobs, top_logprobs, text_offset}.
+    let body = json!({"prompt": prompt, "max_tokens": 10, "temperature": 0, "logprobs": 2});
+    let r = c.ok("/v1/completions", &body);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["text"], plain["choices"][0]["text"]);
+    let lp = &choice["logprobs"];
+    let n = r["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), n, "{lp}");
+    // Control tokens (`<|...|>`) are named, but leave no text in a completion.
+    let control = |t: &str| t.starts_with("<|") && t.ends_with("|>");
+    let text: String = tokens.iter().filter(|t| !control(t)).copied().collect();
+    assert_eq!(text, choice["text"].as_str().unwrap());
+    let mut offset = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(lp["text_offset"][i], offset, "{lp}");
+        offset += if control(token) {
+            0
+        } else {
+            token.chars().count()
+        };
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 2, "{lp}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(chosen <= 0.0 && chosen == best, "token {i} of greedy: {lp}");
+    }
+    let streamed: Vec<Value> = c
+        .stream("/v1/completions", &body)
+        .iter()
+        .filter(|e| !e["choices"][0]["logprobs"].is_null())
+        .map(|e| e["choices"][0]["logprobs"].clone())
+        .collect();
+    let joined = |key: &str| -> Vec<Value> {
+        streamed
+            .iter()
+            .flat_map(|l| l[key].as_array().unwrap().clone())
+            .collect()
+    };
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(joined(key), *lp[key].as_array().unwrap(), "{key}");
+    }
+
+    // Chat: {"content": [{token, logprob, bytes, top_logprobs}]}.
+    let body = json!({"messages": user("Why is the sky blue?"), "max_tokens": 12,
+                      "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let r = c.ok("/v1/chat/completions", &body);
+    let content = r["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        content.len() as u64,
+        r["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let mut bytes = Vec::new();
+    for entry in &content {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{entry}");
+        assert_eq!(top[0]["token"], entry["token"], "greedy: {entry}");
+        assert_eq!(top[0]["logprob"], entry["logprob"], "{entry}");
+        assert!(top[0]["logprob"].as_f64() >= top[2]["logprob"].as_f64());
+        bytes.extend(
+            entry["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    let message = &r["choices"][0]["message"];
+    let text = String::from_utf8_lossy(&bytes);
+    let reasoning = message["reasoning_content"].as_str().unwrap_or_default();
+    let answer = message["content"].as_str().unwrap();
+    assert!(
+        text.contains(reasoning.trim()) && text.contains(answer.trim()),
+        "{text:?} against {message}"
+    );
+    let mut streamed = Vec::new();
+    for e in c.stream("/v1/chat/completions", &body) {
+        if let Some(more) = e["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(more.iter().cloned());
+        }
+    }
+    // The same tokens; the values to float32 rounding (this request reuses the slot's
+    // cache, so its last prompt token is fed alone rather than with the prompt).
+    assert_eq!(streamed.len(), content.len());
+    let same = |a: &Value, b: &Value| {
+        assert_eq!((&a["token"], &a["bytes"]), (&b["token"], &b["bytes"]));
+        let (x, y) = (
+            a["logprob"].as_f64().unwrap(),
+            b["logprob"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-5, "{a} against {b}");
+    };
+    for (a, b) in streamed.iter().zip(&content) {
+        same(a, b);
+        let (ta, tb) = (
+            a["top_logprobs"].as_array().unwrap(),
+            b["top_logprobs"].as_array().unwrap(),
+        );
+        assert_eq!(ta.len(), tb.len());
+        ta.iter().zip(tb).for_each(|(a, b)| same(a, b));
+    }
 }
 
 /// `--cors-origin`: a browser's preflight from an allowed origin is answered before the key

@@ -228,6 +228,8 @@ fn chat_templates_render_as_transformers() {
                     enable_thinking: kwargs
                         .get("enable_thinking")
                         .is_none_or(|v| v.as_bool().unwrap()),
+                    // Its named fields among them change nothing.
+                    template_kwargs: Some(kwargs),
                 };
                 let text = prompt.render(Some(template)).unwrap();
                 assert_eq!(text, expected_text, "{name}: ChatPrompt::render");

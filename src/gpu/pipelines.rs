@@ -51,12 +51,19 @@ pub struct Spirv {
 /// to a Vulkan driver: [`vulkan_spirv`] with SPIR-V 1.5 (the Vulkan memory model is core
 /// there) and bounds checks on storage indices (whether the device checks them itself is
 /// not known here).
-pub fn coherent_spirv(source: &str, constants: &[Constant]) -> std::result::Result<Spirv, String> {
-    let mut values = naga::back::PipelineConstants::default();
-    for c in constants {
-        values.insert(c.name.to_string(), c.value.as_f64());
-    }
-    vulkan_spirv(source, &values, (1, 5), true)
+pub fn coherent_spirv(
+    source: &str,
+    constants: &naga::back::PipelineConstants,
+) -> std::result::Result<Spirv, String> {
+    vulkan_spirv(source, constants, (1, 5), true)
+}
+
+/// Override values as naga takes them.
+pub fn naga_constants(constants: &[Constant]) -> naga::back::PipelineConstants {
+    constants
+        .iter()
+        .map(|c| (c.name.to_string(), c.value.as_f64()))
+        .collect()
 }
 
 /// A module's SPIR-V with these override values, as wgpu's Vulkan backend writes it for the
@@ -239,7 +246,7 @@ impl Pipelines {
         // Cooperative modules as SPIR-V written here where the device takes it (overrides
         // then set in the module); every other module through wgpu, overrides at creation.
         let coherent = if ctx.coherent_spirv && shader.uses_cooperative_matrices(ctx.caps()) {
-            match coherent_spirv(&source, constants) {
+            match coherent_spirv(&source, &naga_constants(constants)) {
                 Ok(spirv) => Some(spirv),
                 Err(why) => {
                     log::warn!("{}: through wgpu's SPIR-V ({why})", shader.name);

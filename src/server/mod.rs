@@ -6,6 +6,7 @@
 //! (one JSON object, or server-sent events). A new endpoint is a route in [`router`] and a
 //! handler beside the others.
 
+mod logprobs;
 mod openai;
 mod worker;
 

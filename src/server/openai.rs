@@ -19,12 +19,15 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc as tokio_mpsc;
 
+use super::logprobs::{self, LogprobsWriter};
 use super::worker::{Event, Job, Summary};
 use super::{body_bytes, App};
 use crate::chat::{ChatMessage, ChatPrompt, ReplyEvent, ReplyParser, ToolCall};
-use crate::generate::{GenerateOptions, StopReason};
-use crate::sampler::SamplerOptions;
+use crate::generate::{AnswerRules, GenerateOptions, StopReason};
+use crate::json_output::JsonValue;
+use crate::sampler::{SamplerOptions, TokenLogprob};
 use crate::session::RenderedPrompt;
+use crate::tokenizer::Tokenizer;
 
 /// Most stop strings a request may give.
 const MAX_STOP_STRINGS: usize = 16;
@@ -34,7 +37,8 @@ const MAX_STOP_STRINGS: usize = 16;
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    param: Option<String>,
+    /// The request field the error is about.
+    pub(super) param: Option<String>,
     code: Option<&'static str>,
 }
 
@@ -122,7 +126,10 @@ struct RequestBody {
     /// The GLM API's way: `{"type": "disabled"}`.
     thinking: Option<Value>,
     n: Option<i64>,
+    /// Chat: true or false; completions: how many alternatives per token.
     logprobs: Option<Value>,
+    /// Chat: how many alternatives per token.
+    top_logprobs: Option<Value>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     /// llama-server's repeat penalty (1 = off) and its window (-1: the whole context).
@@ -288,8 +295,21 @@ fn arguments(value: Option<Value>, field: &str) -> ApiResult<Map<String, Value>>
     }
 }
 
-/// The tools the template gets (none when `tool_choice` is "none").
-fn tools(body: &RequestBody) -> ApiResult<Vec<Value>> {
+/// What `tool_choice` asks of the reply.
+#[derive(Debug, PartialEq)]
+enum ToolChoice {
+    /// The model decides ("auto", the default).
+    Auto,
+    /// "none": the template gets no tools.
+    None,
+    /// "required": at least one call, to any tool.
+    Required,
+    /// `{"type": "function", "function": {"name": ...}}`: a call to that tool.
+    Named(String),
+}
+
+/// The tools the template gets (none when `tool_choice` is "none"), and the choice.
+fn tools(body: &RequestBody) -> ApiResult<(Vec<Value>, ToolChoice)> {
     let tools = body.tools.clone().unwrap_or_default();
     for (i, t) in tools.iter().enumerate() {
         let name = t.pointer("/function/name").and_then(Value::as_str);
@@ -300,15 +320,89 @@ fn tools(body: &RequestBody) -> ApiResult<Vec<Value>> {
             ));
         }
     }
-    match &body.tool_choice {
-        None | Some(Value::Null) => Ok(tools),
-        Some(Value::String(s)) if s == "auto" => Ok(tools),
-        Some(Value::String(s)) if s == "none" => Ok(Vec::new()),
-        Some(_) => Err(ApiError::invalid(
+    let choice = match &body.tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "none" => return Ok((Vec::new(), ToolChoice::None)),
+        Some(Value::String(s)) if s == "required" => ToolChoice::Required,
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = v.pointer("/function/name").and_then(Value::as_str);
+            let name = name.ok_or_else(|| ApiError::invalid("tool_choice.function.name", "missing"))?;
+            ToolChoice::Named(name.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "expected \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            ))
+        }
+    };
+    match &choice {
+        ToolChoice::Required if tools.is_empty() => Err(ApiError::invalid(
             "tool_choice",
-            "only \"auto\" and \"none\" are supported (glm-flash cannot force a call yet)",
+            "\"required\" needs tools to call",
+        )),
+        ToolChoice::Named(name)
+            if !tools
+                .iter()
+                .any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name)) =>
+        {
+            Err(ApiError::invalid(
+                "tool_choice.function.name",
+                format!("no tool is named {name:?}"),
+            ))
+        }
+        _ => Ok((tools, choice)),
+    }
+}
+
+/// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}`, an
+/// answer held to one JSON object.
+fn json_answer(format: Option<&Value>) -> ApiResult<Option<JsonValue>> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(JsonValue::Object)),
+        Some("json_schema") => Err(ApiError::invalid(
+            "response_format",
+            "json_schema is not supported yet ({\"type\": \"json_object\"} holds the answer to a JSON object, without a schema)",
+        )),
+        _ => Err(ApiError::invalid(
+            "response_format",
+            "expected {\"type\": \"text\"} or {\"type\": \"json_object\"}",
         )),
     }
+}
+
+/// The rules of a chat reply's answer ([`RenderedPrompt::answer_rules`]): a JSON answer
+/// (`response_format`) or one that is a tool call (`tool_choice` "required" or a named
+/// function), not both.
+fn chat_answer(
+    tokenizer: &Tokenizer,
+    prompt: &RenderedPrompt,
+    choice: &ToolChoice,
+    json: Option<JsonValue>,
+) -> ApiResult<AnswerRules> {
+    let call = match choice {
+        ToolChoice::Required => Some(""),
+        ToolChoice::Named(name) => Some(name.as_str()),
+        ToolChoice::Auto | ToolChoice::None => None,
+    };
+    let field = match (call, json) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "a JSON answer and a required tool call exclude each other",
+            ))
+        }
+        (Some(_), None) => "tool_choice",
+        _ => "response_format",
+    };
+    prompt
+        .answer_rules(tokenizer, call, json)
+        .map_err(|e| ApiError::invalid(field, e))
 }
 
 /// Whether the reply starts with thinking: `chat_template_kwargs.enable_thinking`, else
@@ -342,29 +436,15 @@ fn thinking(body: &RequestBody, default: bool) -> ApiResult<bool> {
     }
 }
 
-/// Sampling, limits and stop strings, from the request and the server's defaults.
-fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions> {
+/// Sampling, limits, stop strings and log-probabilities, from the request (to the endpoint
+/// of `kind`) and the server's defaults.
+fn generate_options(body: &RequestBody, app: &App, kind: Kind) -> ApiResult<GenerateOptions> {
     let defaults = &app.defaults;
     if let Some(n) = body.n.filter(|&n| n != 1) {
         return Err(ApiError::invalid(
             "n",
             format!("{n} choices asked; only 1 is supported"),
         ));
-    }
-    if body
-        .logprobs
-        .as_ref()
-        .is_some_and(|v| !(v.is_null() || *v == Value::Bool(false)))
-    {
-        return Err(ApiError::invalid("logprobs", "not supported yet"));
-    }
-    if let Some(f) = &body.response_format {
-        if f.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::invalid(
-                "response_format",
-                "only {\"type\": \"text\"} is supported",
-            ));
-        }
     }
     let (field, max) = match (body.max_completion_tokens, body.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
@@ -461,9 +541,15 @@ fn generate_options(body: &RequestBody, app: &App) -> ApiResult<GenerateOptions>
         },
         stop_tokens: app.engine.info().tokenizer.stop_tokens(),
         stop_strings: stop_strings(body.stop.as_ref())?,
-        // Set by the endpoint: a chat reply's parser reads the thinking and tool-call
-        // markup; a plain completion is text, as `glm-flash run` prints it.
-        special_text: false,
+        // A chat reply's parser reads the thinking and tool-call markup; a plain completion
+        // is text, as `glm-flash run` prints it.
+        special_text: kind == Kind::Chat,
+        logprobs: logprobs::requested(kind, body.logprobs.as_ref(), body.top_logprobs.as_ref())?,
+        // The chat endpoint adds where the answer starts and a required tool call.
+        answer: AnswerRules {
+            json: json_answer(body.response_format.as_ref())?,
+            ..AnswerRules::default()
+        },
     })
 }
 
@@ -546,12 +632,9 @@ async fn chat(
         .take()
         .ok_or_else(|| ApiError::invalid("messages", "missing"))?;
     let messages = chat_messages(messages)?;
-    let tools = tools(&body)?;
+    let (tools, tool_choice) = tools(&body)?;
     let thinking = thinking(&body, app.defaults.thinking)?;
-    let opts = GenerateOptions {
-        special_text: true,
-        ..generate_options(&body, app)?
-    };
+    let mut opts = generate_options(&body, app, Kind::Chat)?;
     let info = app.engine.info();
     let prompt = RenderedPrompt::chat(
         &info.tokenizer,
@@ -560,13 +643,15 @@ async fn chat(
             tools: &tools,
             add_generation_prompt: true,
             enable_thinking: thinking,
+            template_kwargs: body.chat_template_kwargs.as_ref(),
         },
     )
     .map_err(|e| ApiError::invalid("messages", e))?;
     check_context(prompt.ids.len(), info.context, "messages")?;
+    opts.answer = chat_answer(&info.tokenizer, &prompt, &tool_choice, opts.answer.json)?;
     let parser = prompt.parser(&tools);
+    let shape = Shape::new(app, Kind::Chat, &opts);
     let reply = queue(app, prompt.ids, parser, opts)?;
-    let shape = Shape::new(app, Kind::Chat);
     Ok(match body.stream.unwrap_or(false) {
         true => stream(reply, shape, include_usage(&body)),
         false => whole(reply, shape).await?,
@@ -610,7 +695,7 @@ async fn complete(
             ))
         }
     };
-    let opts = generate_options(&body, app)?;
+    let opts = generate_options(&body, app, Kind::Completion)?;
     let info = app.engine.info();
     let ids = info
         .tokenizer
@@ -620,8 +705,8 @@ async fn complete(
         return Err(ApiError::invalid("prompt", "empty"));
     }
     check_context(ids.len(), info.context, "prompt")?;
+    let shape = Shape::new(app, Kind::Completion, &opts);
     let reply = queue(app, ids, ReplyParser::plain(), opts)?;
-    let shape = Shape::new(app, Kind::Completion);
     Ok(match body.stream.unwrap_or(false) {
         true => stream(reply, shape, include_usage(&body)),
         false => whole(reply, shape).await?,
@@ -682,8 +767,9 @@ fn engine_gone() -> ApiError {
         .with_code("unavailable")
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
+/// Which endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
     Chat,
     Completion,
 }
@@ -694,6 +780,8 @@ struct Shape {
     id: String,
     created: u64,
     model: String,
+    /// When the request asked for log-probabilities.
+    logprobs: Option<LogprobsWriter>,
 }
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
@@ -705,7 +793,7 @@ pub fn unix_time() -> u64 {
 }
 
 impl Shape {
-    fn new(app: &App, kind: Kind) -> Shape {
+    fn new(app: &App, kind: Kind, opts: &GenerateOptions) -> Shape {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed);
         let prefix = match kind {
             Kind::Chat => "chatcmpl",
@@ -716,6 +804,18 @@ impl Shape {
             id: format!("{prefix}-{:x}{n:06x}", app.created),
             created: unix_time(),
             model: app.engine.info().model_name.clone(),
+            logprobs: opts
+                .logprobs
+                .map(|_| LogprobsWriter::new(app.engine.info().tokenizer.clone(), kind)),
+        }
+    }
+
+    /// A choice's `logprobs` for `tokens`: null when none were asked for, or when a chunk
+    /// of a stream carries none.
+    fn logprobs(&mut self, tokens: &[TokenLogprob], chunk: bool) -> Value {
+        match &mut self.logprobs {
+            Some(w) if !(chunk && tokens.is_empty()) => w.write(tokens),
+            _ => Value::Null,
         }
     }
 
@@ -753,29 +853,40 @@ impl Shape {
         })
     }
 
-    /// A stream chunk with one piece of the reply.
-    fn piece(&self, event: &ReplyEvent, tool_index: usize) -> Value {
+    /// A stream chunk with one piece of the reply (text or a tool call), and the
+    /// log-probabilities of the tokens generated since the chunk before.
+    fn piece(&mut self, event: &ReplyEvent, tool_index: usize, tokens: &[TokenLogprob]) -> Value {
+        let logprobs = self.logprobs(tokens, true);
         let choice = match (self.kind, event) {
             (Kind::Completion, ReplyEvent::Answer(t) | ReplyEvent::Thinking(t)) => {
-                json!({"index": 0, "text": t, "logprobs": null, "finish_reason": null})
+                json!({"index": 0, "text": t, "logprobs": logprobs, "finish_reason": null})
             }
-            (Kind::Chat, ReplyEvent::Thinking(t)) => delta(json!({"reasoning_content": t})),
-            (Kind::Chat, ReplyEvent::Answer(t)) => delta(json!({"content": t})),
-            (_, ReplyEvent::ToolCall(c)) => {
-                delta(json!({"tool_calls": [self.tool_call(tool_index, c)]}))
+            (Kind::Chat, ReplyEvent::Thinking(t)) => {
+                delta(json!({"reasoning_content": t}), logprobs)
             }
+            (Kind::Chat, ReplyEvent::Answer(t)) => delta(json!({"content": t}), logprobs),
+            (_, ReplyEvent::ToolCall(c)) => delta(
+                json!({"tool_calls": [self.tool_call(tool_index, c)]}),
+                logprobs,
+            ),
+            // The stream sends a token's log-probability with the next piece instead.
+            (Kind::Completion, ReplyEvent::Logprob(_)) => {
+                json!({"index": 0, "text": "", "logprobs": logprobs, "finish_reason": null})
+            }
+            (Kind::Chat, ReplyEvent::Logprob(_)) => delta(json!({}), logprobs),
         };
         self.wrap(true, json!([choice]), None)
     }
 
-    /// The chunk that ends the stream's choice.
-    fn last_piece(&self, finish: &str) -> Value {
+    /// The chunk that ends the stream's choice, with the log-probabilities not sent yet.
+    fn last_piece(&mut self, finish: &str, tokens: &[TokenLogprob]) -> Value {
+        let logprobs = self.logprobs(tokens, true);
         let choice = match self.kind {
             Kind::Chat => {
-                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": {}, "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Completion => {
-                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "text": "", "logprobs": logprobs, "finish_reason": finish})
             }
         };
         self.wrap(true, json!([choice]), None)
@@ -783,16 +894,18 @@ impl Shape {
 
     /// The whole reply.
     fn whole(
-        &self,
+        &mut self,
         reasoning: &str,
         content: &str,
         calls: &[ToolCall],
+        tokens: &[TokenLogprob],
         summary: &Summary,
     ) -> Value {
         let finish = finish_reason(summary.stop, !calls.is_empty());
+        let logprobs = self.logprobs(tokens, false);
         let choice = match self.kind {
             Kind::Completion => {
-                json!({"index": 0, "text": content, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "text": content, "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Chat => {
                 // OpenAI's content is null when the reply is only tool calls.
@@ -812,15 +925,15 @@ impl Shape {
                         .collect();
                     message["tool_calls"] = json!(calls);
                 }
-                json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish})
             }
         };
         self.wrap(false, json!([choice]), Some(usage(summary)))
     }
 }
 
-fn delta(delta: Value) -> Value {
-    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null})
+fn delta(delta: Value, logprobs: Value) -> Value {
+    json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": null})
 }
 
 fn usage(s: &Summary) -> Value {
@@ -841,13 +954,15 @@ fn finish_reason(stop: StopReason, tool_calls: bool) -> &'static str {
 }
 
 /// Waits for the whole reply and sends it as one JSON object.
-async fn whole(mut pending: Pending, shape: Shape) -> ApiResult<Response> {
+async fn whole(mut pending: Pending, mut shape: Shape) -> ApiResult<Response> {
     let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
+    let mut tokens = Vec::new();
     let summary = loop {
         match pending.events.recv().await {
             Some(Event::Piece(ReplyEvent::Thinking(t))) => reasoning.push_str(&t),
             Some(Event::Piece(ReplyEvent::Answer(t))) => content.push_str(&t),
             Some(Event::Piece(ReplyEvent::ToolCall(c))) => calls.push(c),
+            Some(Event::Piece(ReplyEvent::Logprob(l))) => tokens.push(l),
             Some(Event::Done(s)) => break s,
             Some(Event::Failed(msg)) => {
                 return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg))
@@ -855,11 +970,14 @@ async fn whole(mut pending: Pending, shape: Shape) -> ApiResult<Response> {
             None => return Err(engine_gone()),
         }
     };
-    Ok(axum::Json(shape.whole(&reasoning, &content, &calls, &summary)).into_response())
+    let reply = shape.whole(&reasoning, &content, &calls, &tokens, &summary);
+    Ok(axum::Json(reply).into_response())
 }
 
 /// Streams the reply as server-sent events: a first chunk with the role (chat), one chunk
-/// per piece, a last chunk with the finish reason, the usage if asked, then `[DONE]`.
+/// per piece, a last chunk with the finish reason, the usage if asked, then `[DONE]`. Each
+/// chunk carries the log-probabilities (if asked) of the tokens generated since the one
+/// before.
 fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
     struct State {
         pending: Pending,
@@ -867,12 +985,14 @@ fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
         include_usage: bool,
         out: VecDeque<SseEvent>,
         tool_calls: usize,
+        /// Log-probabilities not yet sent.
+        tokens: Vec<TokenLogprob>,
         over: bool,
     }
     let data = |v: Value| SseEvent::default().data(v.to_string());
     let mut out = VecDeque::new();
     if shape.kind == Kind::Chat {
-        let first = delta(json!({"role": "assistant", "content": ""}));
+        let first = delta(json!({"role": "assistant", "content": ""}), Value::Null);
         out.push_back(data(shape.wrap(true, json!([first]), None)));
     }
     let state = State {
@@ -881,6 +1001,7 @@ fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
         include_usage,
         out,
         tool_calls: 0,
+        tokens: Vec::new(),
         over: false,
     };
     let events = futures_util::stream::unfold(state, move |mut st| async move {
@@ -892,13 +1013,17 @@ fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
                 return None;
             }
             match st.pending.events.recv().await {
+                Some(Event::Piece(ReplyEvent::Logprob(l))) => st.tokens.push(l),
                 Some(Event::Piece(p)) => {
-                    st.out.push_back(data(st.shape.piece(&p, st.tool_calls)));
+                    let tokens = std::mem::take(&mut st.tokens);
+                    st.out
+                        .push_back(data(st.shape.piece(&p, st.tool_calls, &tokens)));
                     st.tool_calls += matches!(p, ReplyEvent::ToolCall(_)) as usize;
                 }
                 Some(Event::Done(s)) => {
                     let finish = finish_reason(s.stop, st.tool_calls > 0);
-                    st.out.push_back(data(st.shape.last_piece(finish)));
+                    let tokens = std::mem::take(&mut st.tokens);
+                    st.out.push_back(data(st.shape.last_piece(finish, &tokens)));
                     if st.include_usage {
                         let u = st.shape.wrap(true, json!([]), Some(usage(&s)));
                         st.out.push_back(data(u));
@@ -935,6 +1060,7 @@ mod tests {
             id: "chatcmpl-1".into(),
             created: 7,
             model: "m.gguf".into(),
+            logprobs: None,
         }
     }
 
@@ -959,8 +1085,8 @@ mod tests {
 
     #[test]
     fn openai_reply_with_only_tool_calls() {
-        let r =
-            shape(Kind::Chat).whole("plan", "", &[weather()], &summary(StopReason::StopToken(9)));
+        let stop = summary(StopReason::StopToken(9));
+        let r = shape(Kind::Chat).whole("plan", "", &[weather()], &[], &stop);
         let choice = &r["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         let m = &choice["message"];
@@ -979,7 +1105,7 @@ mod tests {
                                       "prompt_tokens_details": {"cached_tokens": 2}})
         );
         // The same call streamed: one delta with the whole call, at its index.
-        let chunk = shape(Kind::Chat).piece(&ReplyEvent::ToolCall(weather()), 1);
+        let chunk = shape(Kind::Chat).piece(&ReplyEvent::ToolCall(weather()), 1, &[]);
         assert_eq!(chunk["object"], "chat.completion.chunk");
         let delta = &chunk["choices"][0]["delta"]["tool_calls"][0];
         assert_eq!(delta["index"], 1);
