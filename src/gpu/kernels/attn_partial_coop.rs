@@ -23,10 +23,14 @@ pub const TARGET_SPLITS: usize = 128;
 
 /// Cached positions from which a token's attention runs here rather than in
 /// `attn_partial.wgsl` with the tile math `tiles`, or None where it does not pay at any
-/// context measured.
+/// context measured. Its fixed cost (the queries' dispatch, a staged tile per workgroup)
+/// is repaid where the cache is long: from about 8K positions with f16-rounded values, and
+/// about 16K with two parts per value, whose lo products take a third more time
+/// (BENCHMARKS.md).
 pub fn from_positions(tiles: TileMath) -> Option<usize> {
     match tiles {
-        TileMath::F16 | TileMath::Split => Some(2048),
+        TileMath::F16 => Some(8 * 1024),
+        TileMath::Split => Some(16 * 1024),
         TileMath::Fma => None,
     }
 }
