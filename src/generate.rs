@@ -558,18 +558,29 @@ mod tests {
         let (b, _) = run("The sea", 64, &opts(6, s(1)), None).unwrap();
         assert_eq!(a.ids, b.ids);
         // Teacher-forced logits give the same greedy choices.
+        let rows = teacher_forced("The sea", &greedy.ids);
+        for (i, (row, &id)) in rows.iter().zip(&greedy.ids).enumerate() {
+            assert_eq!(crate::ops_common::argmax(row), id, "token {i}");
+        }
+    }
+
+    /// The built-in model's logits for `prompt` followed by `ids`, fed in one batch: row i
+    /// is the one that chose `ids[i]`.
+    fn teacher_forced(prompt: &str, ids: &[u32]) -> Vec<Vec<f32>> {
         let file = builtin_model();
         let cfg = Config::from_gguf(&file).unwrap();
         let w = Weights::from_gguf(&file, &cfg).unwrap();
         let tok = Tokenizer::from_gguf(&file).unwrap();
-        let prompt = tok.encode("The sea").unwrap();
-        let all: Vec<u32> = prompt.iter().chain(&greedy.ids).copied().collect();
+        let prompt = tok.encode(prompt).unwrap();
+        let all: Vec<u32> = prompt.iter().chain(ids).copied().collect();
         let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
         let logits = cpu.feed_logits(&all, 0, Rows::All).unwrap();
-        for (i, &id) in greedy.ids.iter().enumerate() {
-            let row = &logits[(prompt.len() - 1 + i) * cfg.vocab..][..cfg.vocab];
-            assert_eq!(crate::ops_common::argmax(row), id, "token {i}");
-        }
+        logits
+            .chunks(cfg.vocab)
+            .skip(prompt.len() - 1)
+            .take(ids.len())
+            .map(<[f32]>::to_vec)
+            .collect()
     }
 
     /// Asking for log-probabilities changes no choice (greedy leaves the backend's argmax
@@ -591,16 +602,8 @@ mod tests {
             assert_eq!(g.ids, plain.ids);
             assert_eq!(logprobs.len(), g.ids.len());
 
-            let file = builtin_model();
-            let cfg = Config::from_gguf(&file).unwrap();
-            let w = Weights::from_gguf(&file, &cfg).unwrap();
-            let tok = Tokenizer::from_gguf(&file).unwrap();
-            let prompt = tok.encode("The sea").unwrap();
-            let all: Vec<u32> = prompt.iter().chain(&g.ids).copied().collect();
-            let mut cpu = CpuBackend::new(&cfg, &w, 64, 1).unwrap();
-            let logits = cpu.feed_logits(&all, 0, Rows::All).unwrap();
-            for (i, (lp, &id)) in logprobs.iter().zip(&g.ids).enumerate() {
-                let row = &logits[(prompt.len() - 1 + i) * cfg.vocab..][..cfg.vocab];
+            let rows = teacher_forced("The sea", &g.ids);
+            for (i, ((lp, &id), row)) in logprobs.iter().zip(&g.ids).zip(&rows).enumerate() {
                 let log_z = row.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
                 let want = |t: u32| row[t as usize] as f64 - log_z;
                 assert_eq!(lp.id, id);
@@ -609,7 +612,7 @@ mod tests {
                     "token {i}: {lp:?}"
                 );
                 assert_eq!(lp.top.len(), 3);
-                let mut by_logit: Vec<u32> = (0..cfg.vocab as u32).collect();
+                let mut by_logit: Vec<u32> = (0..row.len() as u32).collect();
                 by_logit.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
                 for (&(t, l), &want_t) in lp.top.iter().zip(&by_logit) {
                     assert_eq!(t, want_t, "token {i}: {lp:?}");
