@@ -723,10 +723,10 @@ fn bad_requests_get_openai_errors_and_the_server_goes_on() {
         "a number",
     );
     expect(
-        c.post(chat, &json!({"messages": user("hi"), "n": 2})),
+        c.post(chat, &json!({"messages": user("hi"), "n": 17})),
         400,
         Some("n"),
-        "only 1",
+        "1 to 16",
     );
     expect(
         c.post(
@@ -983,6 +983,74 @@ fn logprobs_come_with_every_token_whole_or_streamed() {
         assert_eq!(ta.len(), tb.len());
         ta.iter().zip(tb).for_each(|(a, b)| same(a, b));
     }
+}
+
+/// `n` choices: each is the reply a request of one choice gets with the seed plus its
+/// index, whole or streamed (chunks tagged with their choice, each chat choice opened with
+/// its role); the usage counts the prompt once and every choice's tokens.
+#[test]
+fn several_choices_are_the_replies_of_their_seeds() {
+    let c = client(builtin());
+    let body = json!({"prompt": "The lighthouse keeper", "max_tokens": 8, "temperature": 1,
+                      "seed": 7, "n": 3});
+    let r = c.ok("/v1/completions", &body);
+    let choices = r["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{r}");
+    let mut completion_tokens = 0;
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        let one = json!({"prompt": "The lighthouse keeper", "max_tokens": 8, "temperature": 1,
+                         "seed": 7 + i});
+        let alone = c.ok("/v1/completions", &one);
+        assert_eq!(choice["text"], alone["choices"][0]["text"], "choice {i}");
+        completion_tokens += alone["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert_ne!(choices[0]["text"], choices[1]["text"]);
+    assert_eq!(r["usage"]["completion_tokens"], completion_tokens);
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        c.ok(
+            "/v1/completions",
+            &json!({"prompt": "The lighthouse keeper", "max_tokens": 1})
+        )["usage"]["prompt_tokens"]
+    );
+    let mut streamed = vec![String::new(); 3];
+    for e in c.stream("/v1/completions", &body) {
+        let choice = &e["choices"][0];
+        streamed[choice["index"].as_u64().unwrap() as usize] += choice["text"].as_str().unwrap();
+    }
+    for (i, text) in streamed.iter().enumerate() {
+        assert_eq!(choices[i]["text"], text.as_str(), "choice {i}");
+    }
+
+    let body = json!({"messages": user("Hi"), "max_tokens": 6, "temperature": 1, "seed": 3,
+                      "n": 2, "stream_options": {"include_usage": true}});
+    let whole = c.ok("/v1/chat/completions", &body);
+    let events = c.stream("/v1/chat/completions", &body);
+    for i in 0..2 {
+        let mine: Vec<Value> = events
+            .iter()
+            .filter(|e| e["choices"][0]["index"] == i)
+            .cloned()
+            .collect();
+        assert_eq!(mine[0]["choices"][0]["delta"]["role"], "assistant");
+        let (reasoning, content, finish) = chat_deltas(&mine);
+        let message = &whole["choices"][i]["message"];
+        assert_eq!(
+            reasoning,
+            message["reasoning_content"].as_str().unwrap_or_default()
+        );
+        assert_eq!(content, message["content"].as_str().unwrap());
+        assert_eq!(
+            finish,
+            whole["choices"][i]["finish_reason"].as_str().unwrap()
+        );
+    }
+    let usage = &events.last().unwrap()["usage"];
+    assert_eq!(
+        usage["completion_tokens"],
+        whole["usage"]["completion_tokens"]
+    );
 }
 
 /// `--cors-origin`: a browser's preflight from an allowed origin is answered before the key

@@ -78,6 +78,11 @@ impl LogprobsWriter {
         }
     }
 
+    /// A writer for the next choice: the same tokenizer and shape, text offsets from 0.
+    pub fn fresh(&self) -> Self {
+        LogprobsWriter::new(self.tokenizer.clone(), self.kind)
+    }
+
     /// The `logprobs` object of a choice that carries `tokens`.
     pub fn write(&mut self, tokens: &[TokenLogprob]) -> Value {
         match self.kind {

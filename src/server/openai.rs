@@ -31,6 +31,8 @@ use crate::tokenizer::Tokenizer;
 
 /// Most stop strings a request may give.
 const MAX_STOP_STRINGS: usize = 16;
+/// Most choices (`n`) a request may ask for: each is generated in turn.
+const MAX_CHOICES: usize = 16;
 
 /// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -356,6 +358,18 @@ fn tools(body: &RequestBody) -> ApiResult<(Vec<Value>, ToolChoice)> {
     }
 }
 
+/// How many choices the request asks for (`n`, 1 by default).
+fn choices(body: &RequestBody) -> ApiResult<usize> {
+    match body.n {
+        None => Ok(1),
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::invalid(
+            "n",
+            format!("{n}: expected 1 to {MAX_CHOICES} choices"),
+        )),
+    }
+}
+
 /// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}`, an
 /// answer held to one JSON object.
 fn json_answer(format: Option<&Value>) -> ApiResult<Option<JsonValue>> {
@@ -440,12 +454,6 @@ fn thinking(body: &RequestBody, default: bool) -> ApiResult<bool> {
 /// of `kind`) and the server's defaults.
 fn generate_options(body: &RequestBody, app: &App, kind: Kind) -> ApiResult<GenerateOptions> {
     let defaults = &app.defaults;
-    if let Some(n) = body.n.filter(|&n| n != 1) {
-        return Err(ApiError::invalid(
-            "n",
-            format!("{n} choices asked; only 1 is supported"),
-        ));
-    }
     let (field, max) = match (body.max_completion_tokens, body.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
@@ -649,9 +657,9 @@ async fn chat(
     .map_err(|e| ApiError::invalid("messages", e))?;
     check_context(prompt.ids.len(), info.context, "messages")?;
     opts.answer = chat_answer(&info.tokenizer, &prompt, &tool_choice, opts.answer.json)?;
-    let parser = prompt.parser(&tools);
     let shape = Shape::new(app, Kind::Chat, &opts);
-    let reply = queue(app, prompt.ids, parser, opts)?;
+    let n = choices(&body)?;
+    let reply = queue(app, &prompt.ids, || prompt.parser(&tools), &opts, n)?;
     Ok(match body.stream.unwrap_or(false) {
         true => stream(reply, shape, include_usage(&body)),
         false => whole(reply, shape).await?,
@@ -706,7 +714,8 @@ async fn complete(
     }
     check_context(ids.len(), info.context, "prompt")?;
     let shape = Shape::new(app, Kind::Completion, &opts);
-    let reply = queue(app, ids, ReplyParser::plain(), opts)?;
+    let n = choices(&body)?;
+    let reply = queue(app, &ids, ReplyParser::plain, &opts, n)?;
     Ok(match body.stream.unwrap_or(false) {
         true => stream(reply, shape, include_usage(&body)),
         false => whole(reply, shape).await?,
@@ -738,28 +747,38 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Queues the `n` choices of a request, one job each: the engine generates them in turn,
+/// each after the first continuing the prompt already in the slot's cache. Choice i samples
+/// with the request's seed plus i, so choices differ unless they are greedy.
 fn queue(
     app: &App,
-    prompt: Vec<u32>,
-    parser: ReplyParser,
-    opts: GenerateOptions,
-) -> ApiResult<Pending> {
-    let (events, rx) = tokio_mpsc::unbounded_channel();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let job = Job {
-        prompt,
-        parser,
-        opts,
-        cancel: cancel.clone(),
-        events,
-    };
-    if !app.engine.submit(job) {
-        return Err(engine_gone());
-    }
-    Ok(Pending {
-        events: rx,
-        _cancel: CancelOnDrop(cancel),
-    })
+    prompt: &[u32],
+    parser: impl Fn() -> ReplyParser,
+    opts: &GenerateOptions,
+    n: usize,
+) -> ApiResult<VecDeque<Pending>> {
+    (0..n)
+        .map(|i| {
+            let (events, rx) = tokio_mpsc::unbounded_channel();
+            let cancel = Arc::new(AtomicBool::new(false));
+            let mut opts = opts.clone();
+            opts.sampler.seed = opts.sampler.seed.wrapping_add(i as u64);
+            let job = Job {
+                prompt: prompt.to_vec(),
+                parser: parser(),
+                opts,
+                cancel: cancel.clone(),
+                events,
+            };
+            if !app.engine.submit(job) {
+                return Err(engine_gone());
+            }
+            Ok(Pending {
+                events: rx,
+                _cancel: CancelOnDrop(cancel),
+            })
+        })
+        .collect()
 }
 
 fn engine_gone() -> ApiError {
@@ -774,12 +793,14 @@ pub enum Kind {
     Completion,
 }
 
-/// What every reply object of one request carries.
+/// What every reply object of one request carries, and which choice is being written.
 struct Shape {
     kind: Kind,
     id: String,
     created: u64,
     model: String,
+    /// The index of the choice being written.
+    choice: usize,
     /// When the request asked for log-probabilities.
     logprobs: Option<LogprobsWriter>,
 }
@@ -804,10 +825,30 @@ impl Shape {
             id: format!("{prefix}-{:x}{n:06x}", app.created),
             created: unix_time(),
             model: app.engine.info().model_name.clone(),
+            choice: 0,
             logprobs: opts
                 .logprobs
                 .map(|_| LogprobsWriter::new(app.engine.info().tokenizer.clone(), kind)),
         }
+    }
+
+    /// Moves on to the next choice (its text offsets count from 0 again).
+    fn next_choice(&mut self) {
+        self.choice += 1;
+        if let Some(w) = &mut self.logprobs {
+            *w = w.fresh();
+        }
+    }
+
+    /// A chat chunk's choice: a delta, with the log-probabilities of its tokens.
+    fn delta(&self, delta: Value, logprobs: Value) -> Value {
+        json!({"index": self.choice, "delta": delta, "logprobs": logprobs, "finish_reason": null})
+    }
+
+    /// The chunk that opens a chat choice in a stream: the role.
+    fn role_piece(&self) -> Value {
+        let first = self.delta(json!({"role": "assistant", "content": ""}), Value::Null);
+        self.wrap(true, json!([first]), None)
     }
 
     /// A choice's `logprobs` for `tokens`: null when none were asked for, or when a chunk
@@ -857,23 +898,24 @@ impl Shape {
     /// log-probabilities of the tokens generated since the chunk before.
     fn piece(&mut self, event: &ReplyEvent, tool_index: usize, tokens: &[TokenLogprob]) -> Value {
         let logprobs = self.logprobs(tokens, true);
+        let index = self.choice;
         let choice = match (self.kind, event) {
             (Kind::Completion, ReplyEvent::Answer(t) | ReplyEvent::Thinking(t)) => {
-                json!({"index": 0, "text": t, "logprobs": logprobs, "finish_reason": null})
+                json!({"index": index, "text": t, "logprobs": logprobs, "finish_reason": null})
             }
             (Kind::Chat, ReplyEvent::Thinking(t)) => {
-                delta(json!({"reasoning_content": t}), logprobs)
+                self.delta(json!({"reasoning_content": t}), logprobs)
             }
-            (Kind::Chat, ReplyEvent::Answer(t)) => delta(json!({"content": t}), logprobs),
-            (_, ReplyEvent::ToolCall(c)) => delta(
+            (Kind::Chat, ReplyEvent::Answer(t)) => self.delta(json!({"content": t}), logprobs),
+            (_, ReplyEvent::ToolCall(c)) => self.delta(
                 json!({"tool_calls": [self.tool_call(tool_index, c)]}),
                 logprobs,
             ),
             // The stream sends a token's log-probability with the next piece instead.
             (Kind::Completion, ReplyEvent::Logprob(_)) => {
-                json!({"index": 0, "text": "", "logprobs": logprobs, "finish_reason": null})
+                json!({"index": index, "text": "", "logprobs": logprobs, "finish_reason": null})
             }
-            (Kind::Chat, ReplyEvent::Logprob(_)) => delta(json!({}), logprobs),
+            (Kind::Chat, ReplyEvent::Logprob(_)) => self.delta(json!({}), logprobs),
         };
         self.wrap(true, json!([choice]), None)
     }
@@ -881,31 +923,33 @@ impl Shape {
     /// The chunk that ends the stream's choice, with the log-probabilities not sent yet.
     fn last_piece(&mut self, finish: &str, tokens: &[TokenLogprob]) -> Value {
         let logprobs = self.logprobs(tokens, true);
+        let index = self.choice;
         let choice = match self.kind {
             Kind::Chat => {
-                json!({"index": 0, "delta": {}, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "delta": {}, "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Completion => {
-                json!({"index": 0, "text": "", "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "text": "", "logprobs": logprobs, "finish_reason": finish})
             }
         };
         self.wrap(true, json!([choice]), None)
     }
 
-    /// The whole reply.
-    fn whole(
+    /// The current choice of a whole reply.
+    fn whole_choice(
         &mut self,
         reasoning: &str,
         content: &str,
         calls: &[ToolCall],
         tokens: &[TokenLogprob],
-        summary: &Summary,
+        stop: StopReason,
     ) -> Value {
-        let finish = finish_reason(summary.stop, !calls.is_empty());
+        let finish = finish_reason(stop, !calls.is_empty());
         let logprobs = self.logprobs(tokens, false);
-        let choice = match self.kind {
+        let index = self.choice;
+        match self.kind {
             Kind::Completion => {
-                json!({"index": 0, "text": content, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "text": content, "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Chat => {
                 // OpenAI's content is null when the reply is only tool calls.
@@ -925,24 +969,38 @@ impl Shape {
                         .collect();
                     message["tool_calls"] = json!(calls);
                 }
-                json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
             }
-        };
-        self.wrap(false, json!([choice]), Some(usage(summary)))
+        }
     }
 }
 
-fn delta(delta: Value, logprobs: Value) -> Value {
-    json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": null})
+/// The token counts of a request's choices: the prompt (counted once, its cached part as
+/// the first choice found it) and every choice's completion.
+#[derive(Default)]
+struct Usage {
+    prompt_tokens: usize,
+    cached_tokens: usize,
+    completion_tokens: usize,
 }
 
-fn usage(s: &Summary) -> Value {
-    json!({
-        "prompt_tokens": s.prompt_tokens,
-        "completion_tokens": s.completion_tokens,
-        "total_tokens": s.prompt_tokens + s.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
-    })
+impl Usage {
+    fn add(&mut self, s: &Summary, first: bool) {
+        if first {
+            self.prompt_tokens = s.prompt_tokens;
+            self.cached_tokens = s.cached_tokens;
+        }
+        self.completion_tokens += s.completion_tokens;
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
 }
 
 fn finish_reason(stop: StopReason, tool_calls: bool) -> &'static str {
@@ -953,36 +1011,46 @@ fn finish_reason(stop: StopReason, tool_calls: bool) -> &'static str {
     }
 }
 
-/// Waits for the whole reply and sends it as one JSON object.
-async fn whole(mut pending: Pending, mut shape: Shape) -> ApiResult<Response> {
-    let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
-    let mut tokens = Vec::new();
-    let summary = loop {
-        match pending.events.recv().await {
-            Some(Event::Piece(ReplyEvent::Thinking(t))) => reasoning.push_str(&t),
-            Some(Event::Piece(ReplyEvent::Answer(t))) => content.push_str(&t),
-            Some(Event::Piece(ReplyEvent::ToolCall(c))) => calls.push(c),
-            Some(Event::Piece(ReplyEvent::Logprob(l))) => tokens.push(l),
-            Some(Event::Done(s)) => break s,
-            Some(Event::Failed(msg)) => {
-                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg))
+/// Waits for every choice of the reply and sends them as one JSON object.
+async fn whole(pendings: VecDeque<Pending>, mut shape: Shape) -> ApiResult<Response> {
+    let mut choices = Vec::new();
+    let mut usage = Usage::default();
+    for mut pending in pendings {
+        let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
+        let mut tokens = Vec::new();
+        let summary = loop {
+            match pending.events.recv().await {
+                Some(Event::Piece(ReplyEvent::Thinking(t))) => reasoning.push_str(&t),
+                Some(Event::Piece(ReplyEvent::Answer(t))) => content.push_str(&t),
+                Some(Event::Piece(ReplyEvent::ToolCall(c))) => calls.push(c),
+                Some(Event::Piece(ReplyEvent::Logprob(l))) => tokens.push(l),
+                Some(Event::Done(s)) => break s,
+                Some(Event::Failed(msg)) => {
+                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg))
+                }
+                None => return Err(engine_gone()),
             }
-            None => return Err(engine_gone()),
-        }
-    };
-    let reply = shape.whole(&reasoning, &content, &calls, &tokens, &summary);
+        };
+        usage.add(&summary, choices.is_empty());
+        choices.push(shape.whole_choice(&reasoning, &content, &calls, &tokens, summary.stop));
+        shape.next_choice();
+    }
+    let reply = shape.wrap(false, json!(choices), Some(usage.json()));
     Ok(axum::Json(reply).into_response())
 }
 
-/// Streams the reply as server-sent events: a first chunk with the role (chat), one chunk
-/// per piece, a last chunk with the finish reason, the usage if asked, then `[DONE]`. Each
-/// chunk carries the log-probabilities (if asked) of the tokens generated since the one
-/// before.
-fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
+/// Streams the reply as server-sent events, choice after choice: a first chunk with the
+/// role (chat), one chunk per piece, a last chunk with the finish reason; then the usage if
+/// asked, and `[DONE]`. Each chunk carries the log-probabilities (if asked) of the tokens
+/// generated since the one before.
+fn stream(mut pendings: VecDeque<Pending>, shape: Shape, include_usage: bool) -> Response {
     struct State {
         pending: Pending,
+        /// The choices after this one.
+        pendings: VecDeque<Pending>,
         shape: Shape,
         include_usage: bool,
+        usage: Usage,
         out: VecDeque<SseEvent>,
         tool_calls: usize,
         /// Log-probabilities not yet sent.
@@ -992,13 +1060,14 @@ fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
     let data = |v: Value| SseEvent::default().data(v.to_string());
     let mut out = VecDeque::new();
     if shape.kind == Kind::Chat {
-        let first = delta(json!({"role": "assistant", "content": ""}), Value::Null);
-        out.push_back(data(shape.wrap(true, json!([first]), None)));
+        out.push_back(data(shape.role_piece()));
     }
     let state = State {
-        pending,
+        pending: pendings.pop_front().expect("at least one choice"),
+        pendings,
         shape,
         include_usage,
+        usage: Usage::default(),
         out,
         tool_calls: 0,
         tokens: Vec::new(),
@@ -1024,8 +1093,18 @@ fn stream(pending: Pending, shape: Shape, include_usage: bool) -> Response {
                     let finish = finish_reason(s.stop, st.tool_calls > 0);
                     let tokens = std::mem::take(&mut st.tokens);
                     st.out.push_back(data(st.shape.last_piece(finish, &tokens)));
+                    st.usage.add(&s, st.shape.choice == 0);
+                    if let Some(next) = st.pendings.pop_front() {
+                        st.pending = next;
+                        st.shape.next_choice();
+                        st.tool_calls = 0;
+                        if st.shape.kind == Kind::Chat {
+                            st.out.push_back(data(st.shape.role_piece()));
+                        }
+                        continue;
+                    }
                     if st.include_usage {
-                        let u = st.shape.wrap(true, json!([]), Some(usage(&s)));
+                        let u = st.shape.wrap(true, json!([]), Some(st.usage.json()));
                         st.out.push_back(data(u));
                     }
                     st.out.push_back(SseEvent::default().data("[DONE]"));
@@ -1060,6 +1139,7 @@ mod tests {
             id: "chatcmpl-1".into(),
             created: 7,
             model: "m.gguf".into(),
+            choice: 0,
             logprobs: None,
         }
     }
@@ -1085,8 +1165,12 @@ mod tests {
 
     #[test]
     fn openai_reply_with_only_tool_calls() {
-        let stop = summary(StopReason::StopToken(9));
-        let r = shape(Kind::Chat).whole("plan", "", &[weather()], &[], &stop);
+        let s = summary(StopReason::StopToken(9));
+        let mut usage = Usage::default();
+        usage.add(&s, true);
+        let mut reply_shape = shape(Kind::Chat);
+        let choice = reply_shape.whole_choice("plan", "", &[weather()], &[], s.stop);
+        let r = reply_shape.wrap(false, json!([choice]), Some(usage.json()));
         let choice = &r["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         let m = &choice["message"];
