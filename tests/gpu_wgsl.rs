@@ -212,6 +212,11 @@ fn cooperative_tiles_validate_translate_to_spirv_and_fit_their_budget() {
                 cooperative_workgroup_bytes(tiles),
                 "{label}: workgroup memory"
             );
+            assert_eq!(
+                common::kernel_fit::unaligned_workgroup_variables(&module),
+                Vec::<String>::new(),
+                "{label}: workgroup variables that may misalign the cooperative ones"
+            );
         }
     }
 }
@@ -269,6 +274,11 @@ fn cooperative_kernels_validate_translate_to_spirv_and_declare_their_memory() {
             assert_eq!(words[0], 0x0723_0203, "{label}: not a SPIR-V module");
         }
         coherent_spirv_is_written(label, &src);
+        assert_eq!(
+            common::kernel_fit::unaligned_workgroup_variables(&module),
+            Vec::<String>::new(),
+            "{label}: workgroup variables that may misalign the cooperative ones"
+        );
         let bytes = attn_batch_coop::workgroup_bytes(tiles);
         assert_eq!(
             common::kernel_fit::workgroup_bytes(&module),

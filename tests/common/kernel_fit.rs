@@ -40,6 +40,28 @@ pub fn workgroup_bytes(module: &naga::Module) -> u32 {
         .sum()
 }
 
+/// The workgroup variables of `module` whose size is not a multiple of 16 bytes, by name.
+/// Vulkan leaves their placement to the driver and cooperative-matrix loads and stores
+/// need 16-byte aligned addresses, so in a kernel with cooperative matrices one such
+/// variable can misalign those laid out after it (it did, on an NVIDIA driver).
+pub fn unaligned_workgroup_variables(module: &naga::Module) -> Vec<String> {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).unwrap();
+    module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+        .filter(|(_, g)| layouter[g.ty].size % 16 != 0)
+        .map(|(_, g)| {
+            format!(
+                "{} ({} bytes)",
+                g.name.as_deref().unwrap_or("?"),
+                layouter[g.ty].size
+            )
+        })
+        .collect()
+}
+
 fn exceeds_minimum_for(shader: &Shader, subgroups: bool, weights: GpuLayout) -> Vec<String> {
     let caps = ShaderCaps {
         subgroups,

@@ -53,9 +53,12 @@ var<workgroup> w_tile: array<vec4<f16>, PARTS * TM * SW>;
 /// [part][token][k]: the parts of the inputs of the step (column-major Bs).
 var<workgroup> x_tile: array<vec4<f16>, PARTS * TN * SA>;
 /// Set when a value of the tile's steps is at or above its limit (all writers write 1).
-var<workgroup> out_of_range: u32;
+/// This flag and the next are element 0 of four, so that every workgroup variable here is
+/// a multiple of 16 bytes: the driver lays them out in an order of its own, and the
+/// cooperative loads and stores need the tiles 16-byte aligned.
+var<workgroup> out_of_range: array<u32, 4>;
 /// The tile's tokens, for a uniform choice of blocks.
-var<workgroup> tile_tokens: u32;
+var<workgroup> tile_tokens: array<u32, 4>;
 /// One 16x16 f32 block per subgroup, column-major: accumulators on their way to `write_pair`.
 var<workgroup> c_out: array<f32, 8u * 256u>;
 
@@ -63,7 +66,7 @@ var<workgroup> c_out: array<f32, 8u * 256u>;
 /// tile's results are computed from the buffers instead.
 fn tile_note_bound(bound: f32) {
     if (bound >= select(SPLIT_LIMIT, F16_LIMIT, PARTS == 1u)) {
-        out_of_range = 1u;
+        out_of_range[0] = 1u;
     }
 }
 
@@ -109,14 +112,14 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let sg = lid / 32u;
     let lane = lid % 32u;
     if (lid == 0u) {
-        out_of_range = 0u;
-        tile_tokens = t.j_end - t.j0;
+        out_of_range[0] = 0u;
+        tile_tokens[0] = t.j_end - t.j0;
     }
     // The subgroup's blocks of 16 x 16, the same shape for all (cooperative operations need
     // uniform control flow): rb row blocks from row m0 times cb token blocks from token n0.
     // The eight subgroups cover TM x 64, or TM x 32 for a tile of at most 32 tokens (an
     // expert's, often), so no subgroup multiplies the zeros past the tile's end.
-    let small = workgroupUniformLoad(&tile_tokens) <= TN / 2u;
+    let small = workgroupUniformLoad(&tile_tokens[0]) <= TN / 2u;
     let per_subgroup = (TM / 16u) * select(TN / 16u, TN / 32u, small) / 8u;
     let cb = min(per_subgroup, 2u);
     let rb = per_subgroup / cb;
@@ -171,7 +174,7 @@ fn multiply_tiles(lid: u32, steps: u32) {
     let out = sg * 256u;
     let stride_c = 16u;
     let unscale = 1.0 / (X_SCALE * W_SCALE);
-    let direct = workgroupUniformLoad(&out_of_range) != 0u;
+    let direct = workgroupUniformLoad(&out_of_range[0]) != 0u;
     for (var r = 0u; r < rb; r++) {
         for (var c = 0u; c < cb; c++) {
             let mb = m0 + 16u * r;
