@@ -51,13 +51,6 @@ pub struct AnswerRules {
     pub json: Option<JsonValue>,
 }
 
-impl AnswerRules {
-    /// The model chooses every token freely.
-    pub fn is_free(&self) -> bool {
-        self.starts_with.is_empty() && self.json.is_none()
-    }
-}
-
 /// The answer's rules as generation goes: waiting for the answer to start, then its forced
 /// tokens, with its JSON read as it comes.
 struct Answer<'a> {
@@ -85,6 +78,12 @@ impl<'a> Answer<'a> {
         self.started = true;
         self.forced.extend(&self.rules.starts_with);
         self.json = self.rules.json.map(JsonState::new);
+    }
+
+    /// The answer has started and holds the choice of its tokens (forced ones to come, or
+    /// JSON): they cannot be chosen by the backend's own argmax.
+    fn constrains(&self) -> bool {
+        self.started && (!self.forced.is_empty() || self.json.is_some())
     }
 
     /// Follows the token just generated; says when it completed the answer's JSON value.
@@ -285,13 +284,14 @@ pub fn generate(
         None
     };
     let mut stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
-    if stop.is_none() && greedy && opts.answer.is_free() {
-        // The backend chains the argmaxes itself (on the GPU without a round trip).
+    if stop.is_none() && greedy && !answer.constrains() {
+        // The backend chains the argmaxes itself (on the GPU without a round trip), until
+        // an answer with rules starts (the thinking before it stays on the backend).
         backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
             (next, pos) = (id, pos + 1);
             timings.decode_tokens += 1;
-            stop = accept(id, None, pos);
-            stop.is_none()
+            stop = accept(id, None, pos).or_else(|| answer.generated(id, tokenizer));
+            stop.is_none() && !answer.constrains()
         })?;
     }
     let mut stop = loop {
@@ -650,18 +650,24 @@ mod tests {
         let (plain, _) = generate_ids(&prompt, &opts(8, SamplerOptions::greedy()));
         let trigger = plain[2];
         let k = plain.iter().position(|&t| t == trigger).unwrap();
-        for after in [Some(trigger), None] {
+        // With log-probabilities every token comes from the logits; without, the thinking
+        // before the trigger is chained on the backend and handed back where it starts.
+        for (after, logprobs) in [
+            (Some(trigger), Some(1)),
+            (Some(trigger), None),
+            (None, None),
+        ] {
             let o = GenerateOptions {
                 answer: AnswerRules {
                     after,
                     starts_with: forced_ids.clone(),
                     json: None,
                 },
-                logprobs: Some(1),
+                logprobs,
                 ..opts(k + 1 + forced_ids.len() + 4, SamplerOptions::greedy())
             };
-            let (ids, logprobs) = generate_ids(&prompt, &o);
-            assert_eq!(logprobs, ids.len());
+            let (ids, streamed) = generate_ids(&prompt, &o);
+            assert_eq!(streamed, if logprobs.is_some() { ids.len() } else { 0 });
             let at = if after.is_some() { k + 1 } else { 0 };
             assert_eq!(ids[..at], plain[..at]);
             assert_eq!(ids[at..at + forced_ids.len()], forced_ids[..], "{after:?}");
