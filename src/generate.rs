@@ -35,6 +35,14 @@ pub struct GenerateOptions {
     pub answer: AnswerRules,
 }
 
+impl GenerateOptions {
+    /// A plain greedy choice, which can stay on the backend (its argmax); penalties and
+    /// log-probabilities need the logits.
+    fn plain_greedy(&self) -> bool {
+        self.sampler.is_greedy() && !self.sampler.penalizes() && self.logprobs.is_none()
+    }
+}
+
 /// Rules for the answer: the part of a reply after its thinking (all of it when it has
 /// none). The default has none.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -205,9 +213,6 @@ pub fn generate(
     backend.truncate(start)?;
     let mut sampler = Sampler::new(opts.sampler.clone());
     sampler.remember(prompt);
-    // Penalties and log-probabilities need the logits: only a plain greedy choice can stay
-    // on the backend.
-    let greedy = opts.sampler.is_greedy() && !opts.sampler.penalizes() && opts.logprobs.is_none();
     let mut answer = Answer::new(&opts.answer);
     let mut timings = Timings {
         prompt_tokens: prompt.len() - start,
@@ -239,7 +244,7 @@ pub fn generate(
             backend.feed(chunk, pos, Want::Nothing)?;
         } else {
             let (b, s) = (&mut *backend, &mut sampler);
-            (next, logprob) = choose(b, s, greedy, opts, &mut answer, tokenizer, chunk, pos)?;
+            (next, logprob) = choose(b, s, opts, &mut answer, tokenizer, chunk, pos)?;
         }
         pos = end;
     }
@@ -284,7 +289,7 @@ pub fn generate(
         None
     };
     let mut stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
-    if stop.is_none() && greedy && !answer.constrains() {
+    if stop.is_none() && opts.plain_greedy() && !answer.constrains() {
         // The backend chains the argmaxes itself (on the GPU without a round trip), until
         // an answer with rules starts (the thinking before it stays on the backend).
         backend.decode_greedy(next, pos, usize::MAX, &mut |id| {
@@ -299,7 +304,7 @@ pub fn generate(
             break stop;
         }
         let (b, s) = (&mut *backend, &mut sampler);
-        (next, logprob) = choose(b, s, greedy, opts, &mut answer, tokenizer, &[next], pos)?;
+        (next, logprob) = choose(b, s, opts, &mut answer, tokenizer, &[next], pos)?;
         pos += 1;
         timings.decode_tokens += 1;
         stop = accept(next, logprob, pos).or_else(|| answer.generated(next, tokenizer));
@@ -375,14 +380,12 @@ impl<'a> StopStrings<'a> {
 }
 
 /// Feeds `tokens` at `pos` and picks the token that follows them: the answer's next forced
-/// token if any, else on the backend when `greedy` (and the answer is not JSON), else from
-/// the logits (those that keep the answer JSON, when it must be); with its log-probability
-/// when the options ask for it.
-#[allow(clippy::too_many_arguments)]
+/// token if any, else on the backend for a plain greedy choice (and an answer that is not
+/// JSON), else from the logits (those that keep the answer JSON, when it must be); with its
+/// log-probability when the options ask for it.
 fn choose(
     backend: &mut dyn Backend,
     sampler: &mut Sampler,
-    greedy: bool,
     opts: &GenerateOptions,
     answer: &mut Answer,
     tokenizer: &Tokenizer,
@@ -398,7 +401,7 @@ fn choose(
         let logits = backend.feed_logits(tokens, pos, Rows::Last)?;
         return Ok((id, Some(sampler::logprobs(&logits, id, top))));
     }
-    if greedy && answer.json.is_none() {
+    if opts.plain_greedy() && answer.json.is_none() {
         return Ok((backend.feed_argmax(tokens, pos)?, None));
     }
     let logits = backend.feed_logits(tokens, pos, Rows::Last)?;

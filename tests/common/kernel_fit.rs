@@ -28,15 +28,23 @@ pub fn exceeds_minimum(shader: &Shader, subgroups: bool) -> Vec<String> {
         .collect()
 }
 
-/// Bytes of workgroup memory `module` declares (each variable rounded up to 16 bytes).
-pub fn workgroup_bytes(module: &naga::Module) -> u32 {
+/// The workgroup variables `module` declares: name and size in bytes.
+fn workgroup_variables(module: &naga::Module) -> Vec<(String, u32)> {
     let mut layouter = naga::proc::Layouter::default();
     layouter.update(module.to_ctx()).unwrap();
     module
         .global_variables
         .iter()
         .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
-        .map(|(_, g)| layouter[g.ty].size.next_multiple_of(16))
+        .map(|(_, g)| (g.name.clone().unwrap_or_default(), layouter[g.ty].size))
+        .collect()
+}
+
+/// Bytes of workgroup memory `module` declares (each variable rounded up to 16 bytes).
+pub fn workgroup_bytes(module: &naga::Module) -> u32 {
+    workgroup_variables(module)
+        .iter()
+        .map(|(_, size)| size.next_multiple_of(16))
         .sum()
 }
 
@@ -45,20 +53,10 @@ pub fn workgroup_bytes(module: &naga::Module) -> u32 {
 /// need 16-byte aligned addresses, so in a kernel with cooperative matrices one such
 /// variable can misalign those laid out after it (it did, on an NVIDIA driver).
 pub fn unaligned_workgroup_variables(module: &naga::Module) -> Vec<String> {
-    let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).unwrap();
-    module
-        .global_variables
-        .iter()
-        .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
-        .filter(|(_, g)| layouter[g.ty].size % 16 != 0)
-        .map(|(_, g)| {
-            format!(
-                "{} ({} bytes)",
-                g.name.as_deref().unwrap_or("?"),
-                layouter[g.ty].size
-            )
-        })
+    workgroup_variables(module)
+        .into_iter()
+        .filter(|(_, size)| size % 16 != 0)
+        .map(|(name, size)| format!("{name} ({size} bytes)"))
         .collect()
 }
 
