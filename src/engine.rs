@@ -86,7 +86,8 @@ pub struct BackendOptions {
     /// How the latent cache stores rows (`None`: f16 on the GPU, f32 on the CPU).
     pub cache_type: Option<CacheType>,
     /// GPU: how the batched mat-mul multiplies its tiles where the device has cooperative
-    /// matrices (f32 FMAs elsewhere).
+    /// matrices (f32 FMAs elsewhere). The default is the exact split, what the parity tests
+    /// hold to the f32 bar; the command line runs f16, as llama.cpp does.
     pub tile_math: TileMath,
     /// CPU: how weights multiply activations (the GPU refuses [`CpuMath::Q8`]).
     pub cpu_math: CpuMath,

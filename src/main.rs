@@ -216,11 +216,12 @@ struct BackendArgs {
     /// How the latent cache stores values (default: f16 on the GPU, f32 on the CPU).
     #[arg(long, value_enum, value_name = "TYPE")]
     cache_type: Option<CacheTypeArg>,
-    /// How weights multiply activations. GPU: split, f16 or fma, for prompt chunks where the
-    /// adapter has cooperative matrices (tensor cores; `glm-flash devices` says which
-    /// adapters do; elsewhere f32 FMAs). CPU: exact f32 products, or q8.
-    #[arg(long, value_enum, value_name = "MATH", default_value = "split")]
-    matmul: MatmulArg,
+    /// How weights multiply activations. GPU: f16, split or fma, for prompt chunks (and a
+    /// long context's attention) where the adapter has cooperative matrices (tensor cores;
+    /// `glm-flash devices` says which adapters do; elsewhere f32 FMAs). CPU: exact f32
+    /// products, or q8 [default: f16 on the GPU, as llama.cpp; exact on the CPU].
+    #[arg(long, value_enum, value_name = "MATH")]
+    matmul: Option<MatmulArg>,
     /// Prompt tokens in one batched pass, as llama.cpp's `--ubatch-size` [default: 4096 on
     /// the GPU, 256 on the CPU]. A larger pass multiplies each expert's weights by more
     /// tokens at once, for more activation memory (on the GPU about 280 KB per token).
@@ -230,11 +231,12 @@ struct BackendArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum MatmulArg {
-    /// Tensor cores on two f16 parts of each f32 value: about 21 bits, three products.
-    Split,
-    /// Tensor cores on values rounded to f16: one product, faster, f16's precision (as
-    /// llama.cpp); the error it adds is measured in BENCHMARKS.md.
+    /// Tensor cores on values rounded to f16: one product, f16's precision (as llama.cpp);
+    /// the error it adds is measured in BENCHMARKS.md.
     F16,
+    /// Tensor cores on two f16 parts of each f32 value: about 21 bits, three products, the
+    /// logits within 4e-5 of the f32 path's; slower.
+    Split,
     /// f32 FMAs, no tensor cores.
     Fma,
     /// CPU only: activations rounded to 8 bits per 32 values and multiplied as integers by
@@ -284,9 +286,9 @@ impl BackendArgs {
             threads: self.threads,
             ctx: self.ctx.unwrap_or(DEFAULT_CTX),
             cache_type: self.cache_type.map(CacheType::from),
-            tile_math: self.matmul.into(),
+            tile_math: self.matmul.unwrap_or(MatmulArg::F16).into(),
             cpu_math: match self.matmul {
-                MatmulArg::Q8 => CpuMath::Q8,
+                Some(MatmulArg::Q8) => CpuMath::Q8,
                 _ => CpuMath::Exact,
             },
             batch: self.batch,

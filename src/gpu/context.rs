@@ -297,7 +297,7 @@ fn describe_adapter(i: usize, a: &wgpu::Adapter) -> Vec<String> {
             "    cooperative matrices: {}; batched mat-mul tiles: {}",
             cooperative_shapes(a),
             match cooperative_unfit(a) {
-                None => "cooperative (f16 parts of f32; --matmul f16: f16-rounded values)".to_string(),
+                None => "cooperative (f16-rounded values; --matmul split: f16 parts of f32)".to_string(),
                 Some(why) => format!("f32 FMAs ({why})"),
             }
         ),
