@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::backend::{Backend, Rows, Want};
 use crate::error::{Error, Result};
-use crate::json_output::{self, JsonState, JsonValue};
+use crate::json_output::{JsonState, JsonValue, TokenMasks};
 use crate::sampler::{self, Sampler, SamplerOptions, TokenLogprob};
 use crate::tokenizer::Tokenizer;
 
@@ -66,15 +66,19 @@ struct Answer<'a> {
     started: bool,
     forced: VecDeque<u32>,
     json: Option<JsonState>,
+    /// The tokens each recent JSON state allows.
+    masks: TokenMasks,
 }
 
 impl<'a> Answer<'a> {
-    fn new(rules: &'a AnswerRules) -> Self {
+    /// The rules of a reply that ends at `stop_tokens`.
+    fn new(rules: &'a AnswerRules, stop_tokens: &[u32]) -> Self {
         let mut answer = Answer {
             rules,
             started: false,
             forced: VecDeque::new(),
             json: None,
+            masks: TokenMasks::new(stop_tokens),
         };
         if rules.after.is_none() {
             answer.start();
@@ -213,7 +217,7 @@ pub fn generate(
     backend.truncate(start)?;
     let mut sampler = Sampler::new(opts.sampler.clone());
     sampler.remember(prompt);
-    let mut answer = Answer::new(&opts.answer);
+    let mut answer = Answer::new(&opts.answer, &opts.stop_tokens);
     let mut timings = Timings {
         prompt_tokens: prompt.len() - start,
         ..Default::default()
@@ -409,7 +413,7 @@ fn choose(
         None => sampler.sample(&logits),
         Some(json) => {
             let mut allowed = logits.clone();
-            if json_output::mask_logits(json, tokenizer, &opts.stop_tokens, &mut allowed) == 0 {
+            if answer.masks.mask(json, tokenizer, &mut allowed) == 0 {
                 return Err(Error::Input(
                     "no token of the vocabulary continues the JSON answer".into(),
                 ));

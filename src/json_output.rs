@@ -272,40 +272,121 @@ impl JsonState {
     }
 }
 
-/// Sets to -inf the logit of every token that cannot come next: while the value is not
-/// whole, those whose bytes leave JSON, the control tokens and the stop tokens; once it
-/// is, all but the stop tokens. Returns how many tokens are left.
-pub fn mask_logits(
-    state: &JsonState,
-    tokenizer: &Tokenizer,
-    stop_tokens: &[u32],
-    logits: &mut [f32],
-) -> usize {
-    let complete = state.complete();
-    let mut left = 0;
-    for (id, logit) in logits.iter_mut().enumerate() {
-        let id = id as u32;
-        let allowed = if stop_tokens.contains(&id) {
-            complete
-        } else if tokenizer.is_control(id) {
-            false
-        } else {
-            let bytes = tokenizer.token_bytes(id).unwrap_or_default();
-            let mut s = *state;
-            !bytes.is_empty() && s.push_all(bytes)
-        };
-        if allowed {
-            left += 1;
-        } else {
-            *logit = f32::NEG_INFINITY;
+/// States whose allowed tokens [`TokenMasks`] keeps.
+const RECENT_STATES: usize = 16;
+
+/// Which tokens may come next from a state, for the states met most recently. Walking a
+/// 150K-token vocabulary through the automaton takes milliseconds, about a decoded token's
+/// time on a GPU; a reply stays in one state for many tokens (inside a string, a number,
+/// between the same keys), so each recent state is walked once.
+pub struct TokenMasks {
+    stop_tokens: Vec<u32>,
+    /// (state, a bit per token: it may come next), the most recently used last.
+    recent: Vec<(JsonState, Vec<u64>)>,
+}
+
+impl TokenMasks {
+    /// Masks for a reply that ends at `stop_tokens`.
+    pub fn new(stop_tokens: &[u32]) -> Self {
+        TokenMasks {
+            stop_tokens: stop_tokens.to_vec(),
+            recent: Vec::new(),
         }
     }
-    left
+
+    /// Sets to -inf the logit of every token that cannot come next from `state`: while the
+    /// value is not whole, those whose bytes leave JSON, the control tokens and the stop
+    /// tokens; once it is, all but the stop tokens. Returns how many tokens are left.
+    pub fn mask(&mut self, state: &JsonState, tokenizer: &Tokenizer, logits: &mut [f32]) -> usize {
+        match self.recent.iter().position(|(s, _)| s == state) {
+            Some(i) => {
+                let hit = self.recent.remove(i);
+                self.recent.push(hit);
+            }
+            None => {
+                if self.recent.len() == RECENT_STATES {
+                    self.recent.remove(0);
+                }
+                let allowed = self.allowed(state, tokenizer, logits.len());
+                self.recent.push((*state, allowed));
+            }
+        }
+        let allowed = &self.recent[self.recent.len() - 1].1;
+        let mut left = 0;
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if allowed[id / 64] >> (id % 64) & 1 == 1 {
+                left += 1;
+            } else {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        left
+    }
+
+    /// One bit per token of a `vocab`-token vocabulary: whether it may come next.
+    fn allowed(&self, state: &JsonState, tokenizer: &Tokenizer, vocab: usize) -> Vec<u64> {
+        let complete = state.complete();
+        let mut bits = vec![0u64; vocab.div_ceil(64)];
+        for id in 0..vocab {
+            let token = id as u32;
+            let allowed = if self.stop_tokens.contains(&token) {
+                complete
+            } else if tokenizer.is_control(token) {
+                false
+            } else {
+                let bytes = tokenizer.token_bytes(token).unwrap_or_default();
+                let mut s = *state;
+                !bytes.is_empty() && s.push_all(bytes)
+            };
+            bits[id / 64] |= (allowed as u64) << (id % 64);
+        }
+        bits
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept masks are the masks: along a reply's states (many repeated, more distinct
+    /// ones than are kept), masking with one `TokenMasks` gives the logits a fresh walk of
+    /// the vocabulary gives, and a token is left exactly when its bytes continue the JSON
+    /// (a stop token exactly when the value is whole).
+    #[test]
+    fn kept_token_masks_equal_a_fresh_walk() {
+        let file = crate::synth::builtin_model();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let stop = [2u32];
+        let vocab = tok.vocab_size();
+        let text = r#"{"a": "some text here", "b": [1, 22, 333, -4.5e6], "c": {"d": [true, false, null], "e": "\u00e9\n"}, "f": [[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]], "g": "more text"}"#;
+        let mut kept = TokenMasks::new(&stop);
+        let mut state = JsonState::new(JsonValue::Object);
+        let mut distinct = Vec::new();
+        for &b in text.as_bytes() {
+            let mut got = vec![0.5f32; vocab];
+            let mut want = vec![0.5f32; vocab];
+            let left = kept.mask(&state, &tok, &mut got);
+            assert_eq!(left, TokenMasks::new(&stop).mask(&state, &tok, &mut want));
+            assert_eq!(got, want, "after {:?}", state);
+            for (id, &logit) in got.iter().enumerate() {
+                let id = id as u32;
+                let continues = if stop.contains(&id) {
+                    state.complete()
+                } else {
+                    let bytes = tok.token_bytes(id).unwrap();
+                    let mut s = state;
+                    !tok.is_control(id) && !bytes.is_empty() && s.push_all(bytes)
+                };
+                assert_eq!(logit == 0.5, continues, "token {id} after {:?}", state);
+            }
+            if !distinct.contains(&state) {
+                distinct.push(state);
+            }
+            assert!(state.push(b));
+        }
+        assert!(distinct.len() > RECENT_STATES, "{} states", distinct.len());
+        assert!(state.finished());
+    }
 
     fn reads(value: JsonValue, text: &str) -> Option<bool> {
         let mut s = JsonState::new(value);
