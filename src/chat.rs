@@ -74,7 +74,7 @@ impl ChatPrompt<'_> {
             /// `None` without tools, as transformers passes it.
             tools: Option<&'a [Json]>,
         }
-        // The named fields are written after the kwargs, so a key of both takes theirs.
+        // A key of both is the named field's: it is taken out of the kwargs.
         let kwargs = self.template_kwargs.map(|k| {
             let mut k = k.clone();
             for named in [

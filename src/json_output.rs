@@ -81,7 +81,8 @@ impl Num {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JsonState {
     expect: Expect,
-    /// Open containers, innermost at bit `depth - 1`: 1 for an object, 0 for an array.
+    /// Open containers, innermost at bit `depth - 1`: 1 for an object, 0 for an array; the
+    /// bits from `depth` on are 0.
     stack: u128,
     depth: u32,
     only_object: bool,
@@ -254,7 +255,7 @@ impl JsonState {
         if self.depth == MAX_DEPTH {
             return false;
         }
-        self.stack = (self.stack & !(1 << self.depth)) | ((object as u128) << self.depth);
+        self.stack |= (object as u128) << self.depth;
         self.depth += 1;
         self.expect = match object {
             true => Expect::KeyOrEnd,
@@ -268,6 +269,9 @@ impl JsonState {
             return false;
         }
         self.depth -= 1;
+        // No bit past the depth stays set: states that read alike compare equal (what
+        // TokenMasks keeps its masks by).
+        self.stack &= !(1 << self.depth);
         self.expect = Expect::Next;
         true
     }
@@ -353,6 +357,22 @@ impl TokenMasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is left of closed containers leaves no trace: the states inside an array after
+    /// an inner object and after an inner array are one state.
+    #[test]
+    fn states_that_read_alike_are_equal() {
+        let after = |text: &str| {
+            let mut s = JsonState::new(JsonValue::Any);
+            assert!(s.push_all(text.as_bytes()), "{text}");
+            s
+        };
+        assert_eq!(after("[{}, "), after("[[], "));
+        assert_eq!(
+            after(r#"{"a": {"b": [1]}, "c": "#),
+            after(r#"{"a": [[2]], "c": "#)
+        );
+    }
 
     /// The kept masks are the masks: along a reply's states (many repeated, more distinct
     /// ones than are kept), masking with one `TokenMasks` gives the logits a fresh walk of

@@ -103,8 +103,7 @@ impl LogprobsWriter {
                 let (mut texts, mut logprobs, mut tops, mut offsets) =
                     (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for t in tokens {
-                    let bytes = self.bytes(t.id).to_vec();
-                    texts.push(String::from_utf8_lossy(&bytes).into_owned());
+                    texts.push(self.text(t.id));
                     logprobs.push(t.logprob);
                     let top: Map<String, Value> = t
                         .top
@@ -113,10 +112,9 @@ impl LogprobsWriter {
                         .collect();
                     tops.push(top);
                     // Control tokens leave no text in a completion.
-                    let text = if self.tokenizer.is_control(t.id) {
-                        &[][..]
-                    } else {
-                        &bytes
+                    let text = match self.tokenizer.is_control(t.id) {
+                        true => &[][..],
+                        false => self.tokenizer.token_bytes(t.id).unwrap_or_default(),
                     };
                     offsets.push(self.offset.advance(text));
                 }
