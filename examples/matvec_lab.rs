@@ -318,45 +318,46 @@ fn main() {
             "\n{ty} {rows} x {cols} ({what}): {:.2} MB, {copies} copies",
             bytes as f64 / 1e6
         );
-        let matvec_dispatches = |shader: Shader, lanes: u32, rows_per: u32, with_cols: bool| {
-            let mut constants = vec![
-                matvec::NORM.set(false),
-                matvec::ACCUMULATE.set(false),
-                matvec::ROWS.set(rows_per),
-                matvec::LANES.set(lanes),
-            ];
-            if with_cols {
-                constants.push(COLS.set(cols as u32));
-            }
-            let kernel = pipes.get_for(&ctx, shader, layout, &constants);
-            let per_wg = rows_per as usize * 64 / lanes as usize;
-            let workgroups = rows.div_ceil(per_wg) as u32;
-            // groups_x is the grid's x extent: one row of workgroups here.
-            let params = uniform(
-                &ctx,
-                "params",
-                &[
-                    rows as u32,
-                    cols as u32,
-                    0,
-                    0,
-                    rows as u32,
-                    0,
-                    0f32.to_bits(),
-                    workgroups,
-                ],
-            );
-            let ds: Vec<Dispatch> = (0..copies)
-                .map(|c| {
-                    kernel.dispatch(
-                        &ctx,
-                        &[&params, &quants[c], &scales[c], &x_buf, &x_buf, &out],
-                        [workgroups, 1, 1],
-                    )
-                })
-                .collect();
-            (ds, workgroups)
-        };
+        let matvec_dispatches =
+            |shader: Shader, lanes: u32, rows_per: u32, with_cols: bool, norm: bool| {
+                let mut constants = vec![
+                    matvec::NORM.set(norm),
+                    matvec::ACCUMULATE.set(false),
+                    matvec::ROWS.set(rows_per),
+                    matvec::LANES.set(lanes),
+                ];
+                if with_cols {
+                    constants.push(COLS.set(cols as u32));
+                }
+                let kernel = pipes.get_for(&ctx, shader, layout, &constants);
+                let per_wg = rows_per as usize * 64 / lanes as usize;
+                let workgroups = rows.div_ceil(per_wg) as u32;
+                // groups_x is the grid's x extent: one row of workgroups here.
+                let params = uniform(
+                    &ctx,
+                    "params",
+                    &[
+                        rows as u32,
+                        cols as u32,
+                        0,
+                        0,
+                        rows as u32,
+                        0,
+                        1e-6f32.to_bits(),
+                        workgroups,
+                    ],
+                );
+                let ds: Vec<Dispatch> = (0..copies)
+                    .map(|c| {
+                        kernel.dispatch(
+                            &ctx,
+                            &[&params, &quants[c], &scales[c], &x_buf, &x_buf, &out],
+                            [workgroups, 1, 1],
+                        )
+                    })
+                    .collect();
+                (ds, workgroups)
+            };
         let check = |ds: &[Dispatch], reference: &[f32]| -> f64 {
             glm_flash::gpu::pipelines::run(&ctx, [&ds[0]]).expect("runs");
             let got = ctx.read_f32(&out, rows).expect("reads");
@@ -375,7 +376,7 @@ fn main() {
                 })
                 .fold(0.0, f64::max)
         };
-        let (engine, engine_wgs) = matvec_dispatches(matvec::SHADER, 64, 4, false);
+        let (engine, engine_wgs) = matvec_dispatches(matvec::SHADER, 64, 4, false, false);
         let engine_err = check(&engine, &cpu);
         let empty = lab.raw_dispatches(EMPTY, &[], &quants, &sink, engine_wgs);
         let floor = lab.per_dispatch(&empty);
@@ -394,54 +395,19 @@ fn main() {
             lab.per_dispatch(&engine),
             Some(engine_err),
         );
-        {
-            // The same with the RMSNorm prologue (x as its own norm weight): its extra cost.
-            let kernel = pipes.get_for(
-                &ctx,
-                matvec::SHADER,
-                layout,
-                &[
-                    matvec::NORM.set(true),
-                    matvec::ACCUMULATE.set(false),
-                    matvec::ROWS.set(4),
-                    matvec::LANES.set(64),
-                ],
-            );
-            let params = uniform(
-                &ctx,
-                "params",
-                &[
-                    rows as u32,
-                    cols as u32,
-                    0,
-                    0,
-                    rows as u32,
-                    0,
-                    1e-6f32.to_bits(),
-                    engine_wgs,
-                ],
-            );
-            let ds: Vec<Dispatch> = (0..copies)
-                .map(|c| {
-                    kernel.dispatch(
-                        &ctx,
-                        &[&params, &quants[c], &scales[c], &x_buf, &x_buf, &out],
-                        [engine_wgs, 1, 1],
-                    )
-                })
-                .collect();
-            report(
-                "engine+norm".into(),
-                engine_wgs,
-                lab.per_dispatch(&ds),
-                None,
-            );
-        }
+        // The same with the RMSNorm prologue (x as its own norm weight): its extra cost.
+        let (normed, _) = matvec_dispatches(matvec::SHADER, 64, 4, false, true);
+        report(
+            "engine+norm".into(),
+            engine_wgs,
+            lab.per_dispatch(&normed),
+            None,
+        );
         for (lanes, rows_per) in [(64u32, 8u32), (64, 16), (32, 4), (32, 8), (32, 16), (16, 4)] {
             if lanes < 64 && lanes > ctx.lane_limit {
                 continue;
             }
-            let (ds, wgs) = matvec_dispatches(matvec::SHADER, lanes, rows_per, false);
+            let (ds, wgs) = matvec_dispatches(matvec::SHADER, lanes, rows_per, false, false);
             let err = check(&ds, &cpu);
             report(
                 format!("engine {lanes}/{rows_per}"),
@@ -466,7 +432,7 @@ fn main() {
             if lanes < 64 && lanes > ctx.lane_limit {
                 continue;
             }
-            let (ds, wgs) = matvec_dispatches(ahead_shader, lanes, rows_per, true);
+            let (ds, wgs) = matvec_dispatches(ahead_shader, lanes, rows_per, true, false);
             let err = check(&ds, &engine_out);
             report(
                 format!("ahead {lanes}/{rows_per}"),
