@@ -9,6 +9,8 @@
 //! - `ahead L/R`: the same rows and lanes with the column count a pipeline constant, every
 //!   row of the lane group accumulated inside one loop over the units (all their loads
 //!   together) and reduced once at the end.
+//! - `weights L/R`: `ahead` with every unit multiplying the first unit's inputs: the
+//!   weights' loads and arithmetic without the input's loads (results not checked).
 //! - `stream V`: no arithmetic, each invocation XORs V vec4 words of the matrix: what
 //!   reading the same bytes in a dispatch of that many workgroups costs.
 //! - `empty`: a kernel that returns at once on `engine 64/4`'s grid: the dispatch's own cost
@@ -271,6 +273,20 @@ fn main() {
         ])) as &'static [OverrideDecl],
         ..matvec::SHADER
     };
+    // `ahead` with every unit multiplying the first unit's inputs (held in registers): the
+    // weights' loads and arithmetic without the input's (its results are not checked).
+    let weights_only_shader = Shader {
+        name: "matvec_ahead_weights_only",
+        source: Box::leak(
+            AHEAD
+                .replace(
+                    "let xs = unit_input(0u, u);",
+                    "let xs = unit_input(0u, 0u);",
+                )
+                .into_boxed_str(),
+        ),
+        ..ahead_shader
+    };
     let shapes: [(GgmlType, usize, usize, &str); 7] = [
         (GgmlType::Q4_K, 12288, 2048, "gate/up of 4 experts + shared"),
         (GgmlType::Q4_K, 10240, 1536, "down of 4 experts + shared"),
@@ -439,6 +455,15 @@ fn main() {
                 wgs,
                 lab.per_dispatch(&ds),
                 Some(err),
+            );
+        }
+        for (lanes, rows_per) in [(64u32, 4u32), (64, 16)] {
+            let (ds, wgs) = matvec_dispatches(weights_only_shader, lanes, rows_per, true, false);
+            report(
+                format!("weights {lanes}/{rows_per}"),
+                wgs,
+                lab.per_dispatch(&ds),
+                None,
             );
         }
         let words = bytes.div_ceil(16) as u32;
