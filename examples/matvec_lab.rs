@@ -35,32 +35,11 @@ const COPY_BYTES: usize = 192 << 20;
 
 const COLS: Override<u32> = Override::new("COLS");
 
-/// `matvec.wgsl` with its dot loop replaced: COLS a constant, all ROWS rows accumulated per
-/// unit, one reduction per quad at the end.
-const AHEAD: &str = r#"
-override ROWS: u32 = 4u;
-override LANES: u32 = WG;
-override NORM: bool = false;
-override ACCUMULATE: bool = false;
+/// The entry point that replaces `matvec.wgsl`'s (its declarations kept): COLS a
+/// constant, all ROWS rows accumulated per unit, one reduction per quad at the end.
+const AHEAD_MAIN: &str = r#"
 override COLS: u32 = 2048u;
-const AWG: u32 = WG;
 const MAX_QUADS: u32 = 4u;
-
-struct Params {
-    rows: u32, cols: u32, row_offset: u32, in_offset: u32,
-    group_rows: u32, group_stride: u32, eps: f32, groups_x: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> quants: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> scales: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-
-fn input4(base: u32, j: u32) -> vec4<f32> {
-    return x[base + j];
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -261,9 +240,15 @@ fn main() {
         rounds,
     };
     let pipes = Pipelines::new();
+    let declarations = matvec::SHADER
+        .source
+        .split("@compute")
+        .next()
+        .expect("matvec.wgsl has an entry point");
+    let ahead: &'static str = Box::leak(format!("{declarations}{AHEAD_MAIN}").into_boxed_str());
     let ahead_shader = Shader {
         name: "matvec_ahead",
-        source: AHEAD,
+        source: ahead,
         overrides: Box::leak(Box::new([
             matvec::NORM.decl(),
             matvec::ACCUMULATE.decl(),
@@ -278,7 +263,7 @@ fn main() {
     let weights_only_shader = Shader {
         name: "matvec_ahead_weights_only",
         source: Box::leak(
-            AHEAD
+            ahead
                 .replace(
                     "let xs = unit_input(0u, u);",
                     "let xs = unit_input(0u, 0u);",
@@ -334,49 +319,51 @@ fn main() {
             "\n{ty} {rows} x {cols} ({what}): {:.2} MB, {copies} copies",
             bytes as f64 / 1e6
         );
-        let matvec_dispatches =
-            |shader: Shader, lanes: u32, rows_per: u32, with_cols: bool, norm: bool| {
-                let mut constants = vec![
-                    matvec::NORM.set(norm),
-                    matvec::ACCUMULATE.set(false),
-                    matvec::ROWS.set(rows_per),
-                    matvec::LANES.set(lanes),
-                ];
-                if with_cols {
-                    constants.push(COLS.set(cols as u32));
-                }
-                let kernel = pipes.get_for(&ctx, shader, layout, &constants);
-                let per_wg = rows_per as usize * 64 / lanes as usize;
-                let workgroups = rows.div_ceil(per_wg) as u32;
-                // groups_x is the grid's x extent: one row of workgroups here.
-                let params = uniform(
-                    &ctx,
-                    "params",
-                    &[
-                        rows as u32,
-                        cols as u32,
-                        0,
-                        0,
-                        rows as u32,
-                        0,
-                        1e-6f32.to_bits(),
-                        workgroups,
-                    ],
-                );
-                let ds: Vec<Dispatch> = (0..copies)
-                    .map(|c| {
-                        kernel.dispatch(
-                            &ctx,
-                            &[&params, &quants[c], &scales[c], &x_buf, &x_buf, &out],
-                            [workgroups, 1, 1],
-                        )
-                    })
-                    .collect();
-                (ds, workgroups)
-            };
-        let check = |ds: &[Dispatch], reference: &[f32]| -> f64 {
+        let matvec_dispatches = |shader: Shader, lanes: u32, rows_per: u32, norm: bool| {
+            let mut constants = vec![
+                matvec::NORM.set(norm),
+                matvec::ACCUMULATE.set(false),
+                matvec::ROWS.set(rows_per),
+                matvec::LANES.set(lanes),
+            ];
+            if shader.overrides.contains(&COLS.decl()) {
+                constants.push(COLS.set(cols as u32));
+            }
+            let kernel = pipes.get_for(&ctx, shader, layout, &constants);
+            let per_wg = rows_per as usize * 64 / lanes as usize;
+            let workgroups = rows.div_ceil(per_wg) as u32;
+            // groups_x is the grid's x extent: one row of workgroups here.
+            let params = uniform(
+                &ctx,
+                "params",
+                &[
+                    rows as u32,
+                    cols as u32,
+                    0,
+                    0,
+                    rows as u32,
+                    0,
+                    1e-6f32.to_bits(),
+                    workgroups,
+                ],
+            );
+            let ds: Vec<Dispatch> = (0..copies)
+                .map(|c| {
+                    kernel.dispatch(
+                        &ctx,
+                        &[&params, &quants[c], &scales[c], &x_buf, &x_buf, &out],
+                        [workgroups, 1, 1],
+                    )
+                })
+                .collect();
+            (ds, workgroups)
+        };
+        let first_output = |ds: &[Dispatch]| -> Vec<f32> {
             glm_flash::gpu::pipelines::run(&ctx, [&ds[0]]).expect("runs");
-            let got = ctx.read_f32(&out, rows).expect("reads");
+            ctx.read_f32(&out, rows).expect("reads")
+        };
+        // Largest difference relative to the reference's largest value (a NaN is infinite).
+        let max_err = |got: &[f32], reference: &[f32]| -> f64 {
             let scale = reference
                 .iter()
                 .fold(0f32, |m, v| m.max(v.abs()))
@@ -392,8 +379,8 @@ fn main() {
                 })
                 .fold(0.0, f64::max)
         };
-        let (engine, engine_wgs) = matvec_dispatches(matvec::SHADER, 64, 4, false, false);
-        let engine_err = check(&engine, &cpu);
+        let (engine, engine_wgs) = matvec_dispatches(matvec::SHADER, 64, 4, false);
+        let engine_out = first_output(&engine);
         let empty = lab.raw_dispatches(EMPTY, &[], &quants, &sink, engine_wgs);
         let floor = lab.per_dispatch(&empty);
         println!("  empty ({engine_wgs} workgroups): {floor:7.2} us per dispatch");
@@ -409,63 +396,56 @@ fn main() {
             "engine 64/4".into(),
             engine_wgs,
             lab.per_dispatch(&engine),
-            Some(engine_err),
+            Some(max_err(&engine_out, &cpu)),
         );
         // The same with the RMSNorm prologue (x as its own norm weight): its extra cost.
-        let (normed, _) = matvec_dispatches(matvec::SHADER, 64, 4, false, true);
+        let (normed, _) = matvec_dispatches(matvec::SHADER, 64, 4, true);
         report(
             "engine+norm".into(),
             engine_wgs,
             lab.per_dispatch(&normed),
             None,
         );
-        for (lanes, rows_per) in [(64u32, 8u32), (64, 16), (32, 4), (32, 8), (32, 16), (16, 4)] {
-            if lanes < 64 && lanes > ctx.lane_limit {
-                continue;
-            }
-            let (ds, wgs) = matvec_dispatches(matvec::SHADER, lanes, rows_per, false, false);
-            let err = check(&ds, &cpu);
-            report(
-                format!("engine {lanes}/{rows_per}"),
-                wgs,
-                lab.per_dispatch(&ds),
-                Some(err),
-            );
-        }
-        let engine_out = {
-            glm_flash::gpu::pipelines::run(&ctx, [&engine[0]]).expect("runs");
-            ctx.read_f32(&out, rows).expect("reads")
-        };
-        for (lanes, rows_per) in [
-            (64u32, 4u32),
-            (64, 8),
-            (64, 16),
-            (32, 4),
-            (32, 8),
-            (32, 16),
-            (16, 8),
-        ] {
-            if lanes < 64 && lanes > ctx.lane_limit {
-                continue;
-            }
-            let (ds, wgs) = matvec_dispatches(ahead_shader, lanes, rows_per, true, false);
-            let err = check(&ds, &engine_out);
-            report(
-                format!("ahead {lanes}/{rows_per}"),
-                wgs,
-                lab.per_dispatch(&ds),
-                Some(err),
-            );
-        }
-        for (lanes, rows_per) in [(64u32, 4u32), (64, 16)] {
-            let (ds, wgs) = matvec_dispatches(weights_only_shader, lanes, rows_per, true, false);
-            report(
-                format!("weights {lanes}/{rows_per}"),
-                wgs,
-                lab.per_dispatch(&ds),
-                None,
-            );
-        }
+        // One variant at several lane-group sizes (lanes / rows), each checked against
+        // `reference` where given; lane groups narrower than the workgroup need subgroups
+        // that wide.
+        let sweep =
+            |what: &str, shader: Shader, sizes: &[(u32, u32)], reference: Option<&[f32]>| {
+                for &(lanes, rows_per) in sizes {
+                    if lanes < 64 && lanes > ctx.lane_limit {
+                        continue;
+                    }
+                    let (ds, wgs) = matvec_dispatches(shader, lanes, rows_per, false);
+                    let err = reference.map(|r| max_err(&first_output(&ds), r));
+                    report(
+                        format!("{what} {lanes}/{rows_per}"),
+                        wgs,
+                        lab.per_dispatch(&ds),
+                        err,
+                    );
+                }
+            };
+        sweep(
+            "engine",
+            matvec::SHADER,
+            &[(64, 8), (64, 16), (32, 4), (32, 8), (32, 16), (16, 4)],
+            Some(&cpu),
+        );
+        sweep(
+            "ahead",
+            ahead_shader,
+            &[
+                (64, 4),
+                (64, 8),
+                (64, 16),
+                (32, 4),
+                (32, 8),
+                (32, 16),
+                (16, 8),
+            ],
+            Some(&engine_out),
+        );
+        sweep("weights", weights_only_shader, &[(64, 4), (64, 16)], None);
         let words = bytes.div_ceil(16) as u32;
         for v in [1u32, 4, 16] {
             let wgs = words.div_ceil(64 * v);
