@@ -4,20 +4,15 @@
 //! comes from memory, not the L2.
 //!
 //! Variants, each over the same rows:
-//! - `engine L/R`: `matvec.wgsl` as the engine builds it, LANES = L invocations sharing a
-//!   lane group of R rows (the engine uses 64/4 below 32768 rows).
-//! - `ahead L/R`: the same rows and lanes with the column count a pipeline constant, every
-//!   row of the lane group accumulated inside one loop over the units (all their loads
-//!   together) and reduced once at the end.
-//! - `weights L/R`: `ahead` with every unit multiplying the first unit's inputs: the
-//!   weights' loads and arithmetic without the input's loads (results not checked).
+//! - `engine L/R`: `matvec.wgsl` as the engine builds it, lane groups of L invocations
+//!   (GROUP_LANES) sharing R rows (the engine's choice first: about one invocation per unit of
+//!   a row, 4 rows below 32768 rows), then other sizes. Each is checked against the CPU's dot
+//!   of the same rows (max relative difference printed).
+//! - `engine+norm`: the engine's choice with the RMSNorm prologue: its extra cost.
 //! - `stream V`: no arithmetic, each invocation XORs V vec4 words of the matrix: what
 //!   reading the same bytes in a dispatch of that many workgroups costs.
-//! - `empty`: a kernel that returns at once on `engine 64/4`'s grid: the dispatch's own cost
+//! - `empty`: a kernel that returns at once on the engine's grid: the dispatch's own cost
 //!   (subtracted from the others to give the body's time and GB/s).
-//!
-//! `ahead` is checked against `engine` on the first copy (max relative difference printed),
-//! and `engine` against the CPU's dot of the same rows.
 //!
 //! `cargo run --release --example matvec_lab [chain] [rounds]`
 use std::time::Instant;
@@ -26,55 +21,11 @@ use glm_flash::formats;
 use glm_flash::gguf::GgmlType;
 use glm_flash::gpu::kernels::matvec;
 use glm_flash::gpu::pipelines::{Dispatch, Pipelines};
-use glm_flash::gpu::shader::{Override, OverrideDecl, Shader};
 use glm_flash::gpu::upload::{storage_f32, storage_init, storage_zeroed, uniform};
 use glm_flash::gpu::{GpuContext, GpuOptions};
 
 /// Bytes of matrix copies per shape: well above any L2.
 const COPY_BYTES: usize = 192 << 20;
-
-const COLS: Override<u32> = Override::new("COLS");
-
-/// The entry point that replaces `matvec.wgsl`'s (its declarations kept): COLS a
-/// constant, all ROWS rows accumulated per unit, one reduction per quad at the end.
-const AHEAD_MAIN: &str = r#"
-override COLS: u32 = 2048u;
-const MAX_QUADS: u32 = 4u;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let lane = lid % LANES;
-    let lane_group = (wid.x + wid.y * p.groups_x) * (WG / LANES) + lid / LANES;
-    let first_rows = lane_group * ROWS;
-    let units = COLS / (16u * UNIT_RUNS);
-    var acc: array<vec4<f32>, MAX_QUADS>;
-    for (var i = 0u; i < (units + LANES - 1u) / LANES; i++) {
-        let u = lane + i * LANES;
-        if (u < units) {
-            let xs = unit_input(0u, u);
-            for (var g = 0u; g < ROWS / 4u; g++) {
-                let rows = min(vec4<u32>(first_rows + 4u * g) + vec4<u32>(0u, 1u, 2u, 3u),
-                    vec4<u32>(p.rows - 1u));
-                acc[g] += vec4<f32>(
-                    unit_dot(rows.x, units, u, xs), unit_dot(rows.y, units, u, xs),
-                    unit_dot(rows.z, units, u, xs), unit_dot(rows.w, units, u, xs));
-            }
-        }
-    }
-    for (var g = 0u; g < ROWS / 4u; g++) {
-        var total: vec4<f32>;
-        if (LANES == WG) {
-            total = reduce_sum4(acc[g], lid);
-        } else {
-            total = lane_sum(acc[g], lid);
-        }
-        let first = first_rows + 4u * g;
-        if (lane < 4u && first + lane < p.rows) {
-            out[first + lane] = total[lane];
-        }
-    }
-}
-"#;
 
 const STREAM: &str = r#"
 override V: u32 = 4u;
@@ -240,38 +191,6 @@ fn main() {
         rounds,
     };
     let pipes = Pipelines::new();
-    let declarations = matvec::SHADER
-        .source
-        .split("@compute")
-        .next()
-        .expect("matvec.wgsl has an entry point");
-    let ahead: &'static str = Box::leak(format!("{declarations}{AHEAD_MAIN}").into_boxed_str());
-    let ahead_shader = Shader {
-        name: "matvec_ahead",
-        source: ahead,
-        overrides: Box::leak(Box::new([
-            matvec::NORM.decl(),
-            matvec::ACCUMULATE.decl(),
-            matvec::ROWS.decl(),
-            matvec::LANES.decl(),
-            COLS.decl(),
-        ])) as &'static [OverrideDecl],
-        ..matvec::SHADER
-    };
-    // `ahead` with every unit multiplying the first unit's inputs (held in registers): the
-    // weights' loads and arithmetic without the input's (its results are not checked).
-    let weights_only_shader = Shader {
-        name: "matvec_ahead_weights_only",
-        source: Box::leak(
-            ahead
-                .replace(
-                    "let xs = unit_input(0u, u);",
-                    "let xs = unit_input(0u, 0u);",
-                )
-                .into_boxed_str(),
-        ),
-        ..ahead_shader
-    };
     let shapes: [(GgmlType, usize, usize, &str); 7] = [
         (GgmlType::Q4_K, 12288, 2048, "gate/up of 4 experts + shared"),
         (GgmlType::Q4_K, 10240, 1536, "down of 4 experts + shared"),
@@ -319,18 +238,16 @@ fn main() {
             "\n{ty} {rows} x {cols} ({what}): {:.2} MB, {copies} copies",
             bytes as f64 / 1e6
         );
-        let matvec_dispatches = |shader: Shader, lanes: u32, rows_per: u32, norm: bool| {
-            let mut constants = vec![
+        let matvec_dispatches = |lanes: u32, rows_per: u32, norm: bool| {
+            let constants = [
                 matvec::NORM.set(norm),
                 matvec::ACCUMULATE.set(false),
                 matvec::ROWS.set(rows_per),
-                matvec::LANES.set(lanes),
+                matvec::GROUP_LANES.set(lanes),
+                matvec::LANES.set(lanes.min(ctx.lane_limit)),
             ];
-            if shader.overrides.contains(&COLS.decl()) {
-                constants.push(COLS.set(cols as u32));
-            }
-            let kernel = pipes.get_for(&ctx, shader, layout, &constants);
-            let per_wg = rows_per as usize * 64 / lanes as usize;
+            let kernel = pipes.get_for(&ctx, matvec::SHADER, layout, &constants);
+            let per_wg = rows_per as usize * matvec::WORKGROUP / lanes as usize;
             let workgroups = rows.div_ceil(per_wg) as u32;
             // groups_x is the grid's x extent: one row of workgroups here.
             let params = uniform(
@@ -379,8 +296,8 @@ fn main() {
                 })
                 .fold(0.0, f64::max)
         };
-        let (engine, engine_wgs) = matvec_dispatches(matvec::SHADER, 64, 4, false);
-        let engine_out = first_output(&engine);
+        let lanes = matvec::group_lanes(cols / layout.unit_values()) as u32;
+        let (engine, engine_wgs) = matvec_dispatches(lanes, 4, false);
         let empty = lab.raw_dispatches(EMPTY, &[], &quants, &sink, engine_wgs);
         let floor = lab.per_dispatch(&empty);
         println!("  empty ({engine_wgs} workgroups): {floor:7.2} us per dispatch");
@@ -393,59 +310,34 @@ fn main() {
             );
         };
         report(
-            "engine 64/4".into(),
+            format!("engine {lanes}/4"),
             engine_wgs,
             lab.per_dispatch(&engine),
-            Some(max_err(&engine_out, &cpu)),
+            Some(max_err(&first_output(&engine), &cpu)),
         );
         // The same with the RMSNorm prologue (x as its own norm weight): its extra cost.
-        let (normed, _) = matvec_dispatches(matvec::SHADER, 64, 4, true);
+        let (normed, _) = matvec_dispatches(lanes, 4, true);
         report(
             "engine+norm".into(),
             engine_wgs,
             lab.per_dispatch(&normed),
             None,
         );
-        // One variant at several lane-group sizes (lanes / rows), each checked against
-        // `reference` where given; lane groups narrower than the workgroup need subgroups
-        // that wide.
-        let sweep =
-            |what: &str, shader: Shader, sizes: &[(u32, u32)], reference: Option<&[f32]>| {
-                for &(lanes, rows_per) in sizes {
-                    if lanes < 64 && lanes > ctx.lane_limit {
-                        continue;
-                    }
-                    let (ds, wgs) = matvec_dispatches(shader, lanes, rows_per, false);
-                    let err = reference.map(|r| max_err(&first_output(&ds), r));
-                    report(
-                        format!("{what} {lanes}/{rows_per}"),
-                        wgs,
-                        lab.per_dispatch(&ds),
-                        err,
-                    );
+        for group in [32u32, 64, 128, 256] {
+            for rows_per in [4u32, 8, 16] {
+                if (group, rows_per) == (lanes, 4) {
+                    continue;
                 }
-            };
-        sweep(
-            "engine",
-            matvec::SHADER,
-            &[(64, 8), (64, 16), (32, 4), (32, 8), (32, 16), (16, 4)],
-            Some(&cpu),
-        );
-        sweep(
-            "ahead",
-            ahead_shader,
-            &[
-                (64, 4),
-                (64, 8),
-                (64, 16),
-                (32, 4),
-                (32, 8),
-                (32, 16),
-                (16, 8),
-            ],
-            Some(&engine_out),
-        );
-        sweep("weights", weights_only_shader, &[(64, 4), (64, 16)], None);
+                let (ds, wgs) = matvec_dispatches(group, rows_per, false);
+                let err = max_err(&first_output(&ds), &cpu);
+                report(
+                    format!("engine {group}/{rows_per}"),
+                    wgs,
+                    lab.per_dispatch(&ds),
+                    Some(err),
+                );
+            }
+        }
         let words = bytes.div_ceil(16) as u32;
         for v in [1u32, 4, 16] {
             let wgs = words.div_ceil(64 * v);

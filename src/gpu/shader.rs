@@ -33,6 +33,8 @@ pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
 pub const ROPE: &str = include_str!("kernels/lib/rope.wgsl");
 /// `store4`, `as_stored`: values written to the latent cache as it stores them.
 pub const CACHE_STORE: &str = include_str!("kernels/lib/cache_store.wgsl");
+/// `group_sums`: sums over lane groups wider than a subgroup (after a lane library).
+pub const GROUP_SUMS: &str = include_str!("kernels/lib/group_sums.wgsl");
 /// `choose_experts`, `chosen_weight`: the MoE router's selection rule.
 pub const ROUTE: &str = include_str!("kernels/lib/route.wgsl");
 /// `multiply_tiles` of the batched mat-mul: f32 FMAs, or cooperative matrices.
@@ -171,7 +173,7 @@ pub struct Shader {
     pub lanes: bool,
     /// What the kernel reads of weight chunks (`quants`, `scales`).
     pub weights: WeightAccess,
-    /// Helpers shared by several kernels (`kernels/lib/*.wgsl`: [`ROPE`], [`ROUTE`],
+    /// Helpers shared by several kernels (`kernels/lib/*.wgsl`: [`ROPE`], [`ROUTE`], [`GROUP_SUMS`],
     /// [`CACHE_STORE`]), appended as they are.
     pub libraries: &'static [&'static str],
     /// Written for cooperative matrices (the f16 and cooperative-matrix enables are

@@ -4,7 +4,7 @@
 
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -18,15 +18,22 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    overrides: &[],
-    consts: &[],
+    overrides: &[LANES.decl()],
+    consts: &[("AWG", WORKGROUP as u32)],
     structs: &[],
-    reduces: true,
-    lanes: false,
+    reduces: false,
+    lanes: true,
     weights: WeightAccess::RowDots,
-    libraries: &[],
+    libraries: &[shader::GROUP_SUMS],
     cooperative: false,
 };
+
+/// Invocations per workgroup (four output rows): enough to give each (slot, unit) pair of
+/// five 1536-column Q4_K experts about one invocation.
+pub const WORKGROUP: usize = 256;
+
+/// Invocations one lane_sum adds: the device's smallest subgroup.
+pub const LANES: Override<u32> = Override::new("LANES");
 
 wgsl_struct! {
     struct Params as "Params" {
@@ -58,7 +65,8 @@ pub fn dispatches(
         .chunks
         .iter()
         .map(|c| {
-            let kernel = pipes.get_for(ctx, SHADER, c.format, &[]);
+            let lanes = ctx.lane_limit.min(WORKGROUP as u32);
+            let kernel = pipes.get_for(ctx, SHADER, c.format, &[LANES.set(lanes)]);
             let params = uniform(
                 ctx,
                 "ffn_down params",

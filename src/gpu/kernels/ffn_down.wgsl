@@ -1,7 +1,8 @@
 // Down projection of every expert a token uses, weighted and summed into the residual:
 //   x[r] += Σ_s w[s] * (down_e · act[s])[r],  e = route ids[s]
 // in one dispatch per chunk of the stack. Launcher: src/gpu/kernels/ffn_down.rs.
-// Appended: a reduce_*.wgsl, the chunk's weight layout library and dot_rows4.wgsl.
+// Appended: a lanes_*.wgsl, lib/group_sums.wgsl, the chunk's weight layout library and
+// dot_rows4.wgsl.
 //
 // The stack holds each expert's [hidden][ffn] rows one after another (global row
 // e * hidden + r), shared experts after the routed ones. `route` holds the ids of the slots,
@@ -9,7 +10,12 @@
 // holds global rows [row_start, row_start + rows); slots whose rows lie elsewhere add
 // nothing here (their chunk's dispatch adds them). Each chunk has one weight layout (the
 // shared expert's chunk may differ from the routed experts').
-// Each workgroup computes 4 output rows.
+// Each workgroup computes 4 output rows: its AWG invocations (prepended from the launcher)
+// take the (slot, unit) pairs of all slots in turn, so every slot's loads are in flight at
+// once, and the sums meet in workgroup memory (group_sums).
+
+/// Invocations summed by lane_sum: the device's smallest subgroup, at most AWG.
+override LANES: u32 = 8u;
 
 
 struct Params {
@@ -37,12 +43,15 @@ fn input4(base: u32, j: u32) -> vec4<f32> {
     return act[base + j];
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(AWG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let first = wid.x * 4u;
     let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let units = p.ffn / (16u * UNIT_RUNS);
     var acc = vec4<f32>(0.0);
-    for (var s = 0u; s < p.slots; s++) {
+    for (var i = lid; i < p.slots * units; i += AWG) {
+        let s = i / units;
+        let u = i % units;
         let expert = route[s];
         let weight = bitcast<f32>(route[p.slots + s]);
         let global = vec4<u32>(expert * p.hidden + first) + lanes;
@@ -50,11 +59,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
         if (any(inside)) {
             let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-            let part = dot_rows4(local, p.ffn, s * p.ffn / 4u, lid, WG);
+            let xs = unit_input(s * p.ffn / 4u, u);
+            let part = vec4<f32>(
+                unit_dot(local.x, units, u, xs),
+                unit_dot(local.y, units, u, xs),
+                unit_dot(local.z, units, u, xs),
+                unit_dot(local.w, units, u, xs),
+            );
             acc += select(vec4<f32>(0.0), weight * part, inside);
         }
     }
-    let total = reduce_sum4(acc, lid);
+    let total = group_sums(acc, 0.0, AWG, lid).rows;
     if (lid < 4u && first + lid < p.hidden) {
         x[first + lid] += total[lid];
     }

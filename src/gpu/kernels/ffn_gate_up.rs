@@ -23,30 +23,39 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
     ],
     overrides: &[
-        PAIRS.decl(),
+        LANES.decl(),
         ROUTED.decl(),
         EXPERTS.decl(),
         TOP_K.decl(),
         NORM_WEIGHTS.decl(),
         WEIGHT_SCALE.decl(),
     ],
-    consts: &[("MAX_EXPERTS", MAX_EXPERTS as u32)],
+    consts: &[
+        ("MAX_EXPERTS", MAX_EXPERTS as u32),
+        ("AWG", WORKGROUP as u32),
+        ("QUAD_LANES", QUAD_LANES as u32),
+    ],
     structs: &[],
-    reduces: true,
-    lanes: false,
+    reduces: false,
+    lanes: true,
     weights: WeightAccess::RowDots,
-    libraries: &[shader::ROUTE],
+    libraries: &[shader::ROUTE, shader::GROUP_SUMS],
     cooperative: false,
 };
 
 /// The kernel keeps per-expert state in workgroup arrays of this size.
 pub const MAX_EXPERTS: usize = 256;
 
-/// Gate/up pairs each workgroup computes (set as the kernel's PAIRS): the norm prologue and
-/// the routing are paid once per PAIRS pairs. BENCHMARKS.md has the measured alternatives.
-pub const PAIRS_PER_WORKGROUP: u32 = 8;
+/// Invocations per workgroup. Each workgroup chooses the experts once and computes
+/// WORKGROUP / QUAD_LANES row quads (two gate/up pairs each) at once, so the routing is paid
+/// once per PAIRS_PER_WORKGROUP pairs while every quad has lanes of its own.
+pub const WORKGROUP: usize = 256;
+/// Invocations sharing a row quad: a unit of each row apiece for 2048-column Q4_K rows.
+pub const QUAD_LANES: usize = 64;
+pub const PAIRS_PER_WORKGROUP: usize = 2 * WORKGROUP / QUAD_LANES;
 
-pub const PAIRS: Override<u32> = Override::new("PAIRS");
+/// Invocations one lane_sum adds: QUAD_LANES, or the device's smallest subgroup if fewer.
+pub const LANES: Override<u32> = Override::new("LANES");
 /// The kernel chooses the experts from the router logits (MoE layers).
 pub const ROUTED: Override<bool> = Override::new("ROUTED");
 pub const EXPERTS: Override<u32> = Override::new("EXPERTS");
@@ -100,7 +109,7 @@ pub fn dispatches(
     route: &wgpu::Buffer,
     act: &wgpu::Buffer,
 ) -> Vec<Dispatch> {
-    let mut constants = vec![PAIRS.set(PAIRS_PER_WORKGROUP)];
+    let mut constants = vec![LANES.set(ctx.lane_limit.min(QUAD_LANES as u32))];
     let (logits, bias) = match *choice {
         Route::Fixed => (&ctx.dummy, &ctx.dummy),
         Route::Router {
@@ -145,7 +154,7 @@ pub fn dispatches(
                     &params, &c.quants, &c.scales, x, norm_w, route, act, logits, bias,
                 ],
                 [
-                    ffn.div_ceil(PAIRS_PER_WORKGROUP as usize) as u32,
+                    ffn.div_ceil(PAIRS_PER_WORKGROUP) as u32,
                     slots as u32,
                     1,
                 ],

@@ -1,6 +1,6 @@
 // SwiGLU gate/up of every expert a token uses, in one dispatch per chunk of the stack:
 //   act[s][i] = silu(gate_e · h)[i] * (up_e · h)[i],  e = route ids[s],  h = rmsnorm(x) * norm_w
-// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a reduce_*.wgsl, the chunk's weight
+// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a lanes_*.wgsl, lib/group_sums.wgsl, the chunk's weight
 // layout library and dot_rows4.wgsl.
 //
 // The stack interleaves gate and up rows: row 2i of expert e is gate row i, row 2i + 1 is up
@@ -9,7 +9,8 @@
 // lists which experts run (ids, then f32 weights used by ffn_down). A chunk holds global rows
 // [row_start, row_start + rows); pairs outside it are skipped (another dispatch does them).
 // Each chunk has one weight layout (chunks of a stack may differ). Each workgroup computes PAIRS pairs of one
-// slot, two at a time (four rows: one per vec4 lane), after one norm prologue and routing.
+// slot after one routing: a lane group of QUAD_LANES invocations per two pairs (four rows:
+// one per vec4 lane), all at once, and one sum of the input's squares for the norm.
 //
 // ROUTED (MoE layers): every workgroup first chooses the experts from the router logits
 // (lib/route.wgsl, appended: cpu::ops::route exactly). Shared experts follow as slots
@@ -17,11 +18,16 @@
 // ffn_down. Recomputing the choice in every workgroup (64 logits from L2 and 64 x 64
 // comparisons) is cheaper than a dispatch of its own.
 
-/// Pairs per workgroup, a multiple of 2.
-override PAIRS: u32 = 2u;
+// Prepended from src/gpu/kernels/ffn_gate_up.rs: AWG (invocations per workgroup) and
+// QUAD_LANES (invocations sharing a row quad); MAX_EXPERTS (the largest expert count its
+// workgroup arrays hold).
+/// Row quads per workgroup: each takes two pairs.
+const QUADS: u32 = AWG / QUAD_LANES;
+const PAIRS: u32 = 2u * QUADS;
+/// Invocations summed by lane_sum: QUAD_LANES, or the device's smallest subgroup if fewer.
+override LANES: u32 = QUAD_LANES;
 override ROUTED: bool = false;
-// EXPERTS, TOP_K, NORM_WEIGHTS, WEIGHT_SCALE: lib/route.wgsl. MAX_EXPERTS (the largest
-// expert count its workgroup arrays hold) is prepended from src/gpu/kernels/ffn_gate_up.rs.
+// EXPERTS, TOP_K, NORM_WEIGHTS, WEIGHT_SCALE: lib/route.wgsl.
 
 struct Params {
     /// Width of one expert (pairs per expert).
@@ -83,7 +89,7 @@ fn slot_expert(slot: u32, slots: u32, first_workgroup: bool, lid: u32) -> u32 {
 }
 
 /// Grid: (ceil(ffn / PAIRS), slots).
-@compute @workgroup_size(WG)
+@compute @workgroup_size(AWG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -91,31 +97,31 @@ fn main(
 ) {
     let slot = wid.y;
     let expert = slot_expert(slot, groups.y, wid.x == 0u && wid.y == 0u, lid);
+    let quad = lid / QUAD_LANES;
+    let first_pair = wid.x * PAIRS + 2u * quad;
+    // lanes: gate of pair 0, up of pair 0, gate of pair 1, up of pair 1
+    let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+    let global = vec4<u32>(expert * 2u * p.ffn + 2u * first_pair) + lanes;
+    let inside = (vec4<u32>(first_pair) + lanes / 2u < vec4<u32>(p.ffn))
+        & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
+    var acc = vec4<f32>(0.0);
+    if (any(inside)) {
+        let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
+        acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid % QUAD_LANES, QUAD_LANES), inside);
+    }
+    // The norm's sum of squares after the products, so their weight loads go first.
     var ss = 0.0;
-    for (var j = lid; j < p.cols / 4u; j += WG) {
+    for (var j = lid; j < p.cols / 4u; j += AWG) {
         ss += dot(x[j], x[j]);
     }
-    let s = reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x;
-    let scale = inverseSqrt(s / f32(p.cols) + p.eps);
-    for (var g = 0u; g < PAIRS; g += 2u) {
-        let first_pair = wid.x * PAIRS + g;
-        // lanes: gate of pair 0, up of pair 0, gate of pair 1, up of pair 1
-        let lanes = vec4<u32>(0u, 1u, 2u, 3u);
-        let global = vec4<u32>(expert * 2u * p.ffn + 2u * first_pair) + lanes;
-        let inside = (vec4<u32>(first_pair) + lanes / 2u < vec4<u32>(p.ffn))
-            & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
-        var acc = vec4<f32>(0.0);
-        if (any(inside)) {
-            let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-            acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid, WG), inside);
-        }
-        let total = reduce_sum4(acc, lid) * scale;
-        if (lid < 2u) {
-            let pair = first_pair + lid;
-            let global = expert * 2u * p.ffn + 2u * pair;
-            if (pair < p.ffn && global >= p.row_start && global < p.row_start + p.rows) {
-                act[slot * p.ffn + pair] = silu(total[2u * lid]) * total[2u * lid + 1u];
-            }
+    let sums = group_sums(acc, ss, QUAD_LANES, lid);
+    let lane = lid % QUAD_LANES;
+    if (lane < 2u) {
+        let total = sums.rows * inverseSqrt(sums.squares / f32(p.cols) + p.eps);
+        let pair = first_pair + lane;
+        let global = expert * 2u * p.ffn + 2u * pair;
+        if (pair < p.ffn && global >= p.row_start && global < p.row_start + p.rows) {
+            act[slot * p.ffn + pair] = silu(total[2u * lane]) * total[2u * lane + 1u];
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Launcher of `matvec.wgsl`: `out (+)= W · input`, with an optional RMSNorm prologue
 //! and per-head batching. Reference: `cpu::ops::matvec` (and `rmsnorm` for the prologue).
 
-use crate::gpu::context::{GpuContext, WORKGROUP_SIZE};
+use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{grid, Dispatch, Pipelines};
-use crate::gpu::shader::{wgsl_struct, Override, Shader, Slot, WeightAccess};
+use crate::gpu::shader::{self, wgsl_struct, Override, Shader, Slot, WeightAccess};
 use crate::gpu::upload::{uniform, GpuMatrix};
 
 pub const SHADER: Shader = Shader {
@@ -17,13 +17,19 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
     ],
-    overrides: &[NORM.decl(), ACCUMULATE.decl(), ROWS.decl(), LANES.decl()],
-    consts: &[],
+    overrides: &[
+        NORM.decl(),
+        ACCUMULATE.decl(),
+        ROWS.decl(),
+        GROUP_LANES.decl(),
+        LANES.decl(),
+    ],
+    consts: &[("AWG", WORKGROUP as u32)],
     structs: &[],
-    reduces: true,
+    reduces: false,
     lanes: true,
     weights: WeightAccess::RowDots,
-    libraries: &[],
+    libraries: &[shader::GROUP_SUMS],
     cooperative: false,
 };
 
@@ -33,8 +39,14 @@ pub const NORM: Override<bool> = Override::new("NORM");
 pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
 /// Rows per lane group: 16 for the LM head's row count, 4 otherwise.
 pub const ROWS: Override<u32> = Override::new("ROWS");
-/// Invocations sharing a row quad: the workgroup, or fewer for short rows.
+/// Invocations sharing a row quad: about one per unit of a row.
+pub const GROUP_LANES: Override<u32> = Override::new("GROUP_LANES");
+/// Invocations one lane_sum adds: GROUP_LANES, or the device's smallest subgroup if fewer.
 pub const LANES: Override<u32> = Override::new("LANES");
+
+/// Invocations per workgroup: lane groups of rows up to 256 units have theirs in one
+/// workgroup, and short rows' lane groups share one.
+pub const WORKGROUP: usize = 256;
 
 wgsl_struct! {
     struct Params as "Params" {
@@ -75,17 +87,10 @@ fn rows_per_lane_group(rows: usize) -> usize {
     }
 }
 
-/// Invocations sharing a row quad for rows of `units` units: for rows that would leave most
-/// of the workgroup idle (at most a quarter of it busy), the fewest powers of two that give
-/// each a unit (at least 8), where the device's lanes reach that far; else the whole
-/// workgroup. (Rows of 17 to 32 units measured slower in lane groups: BENCHMARKS.md.)
-fn lanes_per_quad(ctx: &GpuContext, units: usize) -> usize {
-    let lanes = units.next_power_of_two().max(8);
-    if lanes <= WORKGROUP_SIZE as usize / 4 && lanes <= ctx.lane_limit as usize {
-        lanes
-    } else {
-        WORKGROUP_SIZE as usize
-    }
+/// Invocations sharing a row quad for rows of `units` units: one per unit (a power of two,
+/// at least 8, at most the workgroup), so a row's loads are all in flight at once.
+pub fn group_lanes(units: usize) -> usize {
+    units.next_power_of_two().clamp(8, WORKGROUP)
 }
 
 pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec) -> Vec<Dispatch> {
@@ -107,8 +112,8 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
         .iter()
         .map(|c| {
             let rows_per_group = rows_per_lane_group(c.rows);
-            let lanes = lanes_per_quad(ctx, m.cols / c.format.unit_values());
-            let rows_per_wg = rows_per_group * WORKGROUP_SIZE as usize / lanes;
+            let lanes = group_lanes(m.cols / c.format.unit_values());
+            let rows_per_wg = rows_per_group * WORKGROUP / lanes;
             let kernel = pipes.get_for(
                 ctx,
                 SHADER,
@@ -117,7 +122,8 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
                     NORM.set(a.norm.is_some()),
                     ACCUMULATE.set(a.accumulate),
                     ROWS.set(rows_per_group as u32),
-                    LANES.set(lanes as u32),
+                    GROUP_LANES.set(lanes as u32),
+                    LANES.set((lanes as u32).min(ctx.lane_limit)),
                 ],
             );
             let (workgroups, groups_x) = grid(ctx, c.rows.div_ceil(rows_per_wg));

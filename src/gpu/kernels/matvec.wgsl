@@ -1,25 +1,27 @@
 // Mat-vec over one chunk of a weight matrix: out[row_offset + r] (+)= W[r] · input, for the
-// `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a reduce_*.wgsl,
-// a lanes_*.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which says
-// how `quants` and `scales` hold the rows; written by src/gpu/upload.rs), lib/dot_rows4.wgsl.
+// `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a lanes_*.wgsl,
+// lib/group_sums.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which says how `quants` and
+// `scales` hold the rows; written by src/gpu/upload.rs), lib/dot_rows4.wgsl.
 //
 // input = x[in + g * group_stride .. + cols] for rows of group g = global row / group_rows
 // (per-head batched mat-vecs: k_b, v_b; a plain mat-vec has one group).
 // Prologue NORM: input = rmsnorm(x) * norm_w, with 1/rms applied to the finished dot product.
 // Epilogue ACCUMULATE: out += result (the residual add); else out = result.
-// The workgroup's invocations form lane groups of LANES; each lane group computes ROWS
-// consecutive rows, 4 at a time (one per vec4 lane), its lanes sharing the units of the
-// rows. Large matrices use more rows per lane group so the NORM prologue and the workgroup
-// start are paid once per ROWS rows, not per 4. Rows shorter than the workgroup (k_b's 192
-// columns are 6 units of Q5_0) get lane groups sized to them, so the invocations stay busy.
+// The workgroup's AWG invocations (prepended from the launcher) form lane groups of
+// GROUP_LANES, about one per unit of a row; each lane group computes ROWS consecutive rows,
+// 4 at a time (one per vec4 lane), its lanes sharing the units of the rows, so a row's units
+// are all in flight at once. A lane group's sums meet through subgroup shuffles (lane_sum
+// over LANES) and, where the group is wider than that, in workgroup memory (group_sums:
+// lib/group_sums.wgsl, appended); the NORM prologue's sum of squares is taken after the
+// first products (their weight loads go first) and meets the same way. Large matrices use more rows per lane group (the LM head).
 
 override ROWS: u32 = 4u;
-/// WG, or a power of two the launcher keeps within the device's lane limit.
-override LANES: u32 = WG;
+/// Invocations per lane group: a power of two, at most AWG.
+override GROUP_LANES: u32 = AWG;
+/// Invocations one lane_sum adds: GROUP_LANES, or the device's smallest subgroup if fewer.
+override LANES: u32 = 8u;
 override NORM: bool = false;
 override ACCUMULATE: bool = false;
-/// The lane library's name for the workgroup size.
-const AWG: u32 = WG;
 
 struct Params {
     rows: u32,
@@ -50,22 +52,12 @@ fn input4(base: u32, j: u32) -> vec4<f32> {
     return x[base + j];
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(AWG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let lane = lid % LANES;
-    let lane_group = (wid.x + wid.y * p.groups_x) * (WG / LANES) + lid / LANES;
+    let lane = lid % GROUP_LANES;
+    let lane_group = (wid.x + wid.y * p.groups_x) * (AWG / GROUP_LANES) + lid / GROUP_LANES;
     let first_rows = lane_group * ROWS;
     var scale = 1.0;
-    if (NORM) {
-        let base = p.in_offset / 4u;
-        var ss = 0.0;
-        for (var j = lid; j < p.cols / 4u; j += WG) {
-            let v = x[base + j];
-            ss += dot(v, v);
-        }
-        let s = reduce_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), lid).x;
-        scale = inverseSqrt(s / f32(p.cols) + p.eps);
-    }
     for (var g = 0u; g < ROWS; g += 4u) {
         let first = first_rows + g;
         // Rows past the end repeat the last row; their results are not written.
@@ -73,12 +65,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // The four rows share a group (the launcher checks groups are whole fours).
         let group = (p.row_offset + rows.x) / p.group_rows;
         let base = (p.in_offset + group * p.group_stride) / 4u;
-        let part = dot_rows4(rows, p.cols, base, lane, LANES);
+        let part = dot_rows4(rows, p.cols, base, lane, GROUP_LANES);
         var total: vec4<f32>;
-        if (LANES == WG) {
-            total = reduce_sum4(part, lid);
-        } else {
+        if (GROUP_LANES == LANES && !NORM) {
             total = lane_sum(part, lid);
+        } else {
+            var squares = 0.0;
+            if (NORM && g == 0u) {
+                let x_base = p.in_offset / 4u;
+                for (var j = lid; j < p.cols / 4u; j += AWG) {
+                    let v = x[x_base + j];
+                    squares += dot(v, v);
+                }
+            }
+            let sums = group_sums(part, squares, GROUP_LANES, lid);
+            total = sums.rows;
+            if (NORM && g == 0u) {
+                scale = inverseSqrt(sums.squares / f32(p.cols) + p.eps);
+            }
         }
         total *= scale;
         if (lane < 4u && first + lane < p.rows) {

@@ -4,8 +4,8 @@
 // order without a sort; weights are the unbiased s of those, divided by their sum (clamped
 // below at 6.1e-5) when NORM_WEIGHTS, times WEIGHT_SCALE. Appended by src/gpu/shader.rs
 // to the kernels that list it (shader::ROUTE: ffn_gate_up for one token, moe_route for a
-// batch). The kernel declares `logits` and `bias` (array<f32>) and MAX_EXPERTS is
-// prepended. The routing numbers are pipeline constants: lavapipe recompiles a shader at
+// batch). The kernel declares `logits` and `bias` (array<f32>) and its workgroup size AWG,
+// and MAX_EXPERTS is prepended. The routing numbers are pipeline constants: lavapipe recompiles a shader at
 // every bind when uniforms steer its loops (see examples/lavapipe_uniform_inlining.rs).
 
 override EXPERTS: u32 = 1u;
@@ -24,7 +24,7 @@ var<workgroup> chosen: array<u32, MAX_EXPERTS>;
 /// uniform control flow (every invocation of the workgroup).
 fn choose_experts(base: u32, lid: u32) {
     let groups4 = (EXPERTS + 3u) / 4u;
-    for (var g = lid; g < groups4; g += WG) {
+    for (var g = lid; g < groups4; g += AWG) {
         var v = vec4<f32>(-3.4e38);
         for (var j = 0u; j < 4u; j++) {
             let e = 4u * g + j;
@@ -36,7 +36,7 @@ fn choose_experts(base: u32, lid: u32) {
         scores[g] = v;
     }
     workgroupBarrier();
-    for (var e = lid; e < EXPERTS; e += WG) {
+    for (var e = lid; e < EXPERTS; e += AWG) {
         let mine = vec4<f32>(scores[e / 4u][e % 4u]);
         var beaten_by = vec4<u32>(0u);
         for (var g = 0u; g < groups4; g++) {
