@@ -154,11 +154,7 @@ pub fn dispatches(
                 &[
                     &params, &c.quants, &c.scales, x, norm_w, route, act, logits, bias,
                 ],
-                [
-                    ffn.div_ceil(PAIRS_PER_WORKGROUP) as u32,
-                    slots as u32,
-                    1,
-                ],
+                [ffn.div_ceil(PAIRS_PER_WORKGROUP) as u32, slots as u32, 1],
             )
         })
         .collect()
