@@ -173,8 +173,8 @@ pub struct Shader {
     pub lanes: bool,
     /// What the kernel reads of weight chunks (`quants`, `scales`).
     pub weights: WeightAccess,
-    /// Helpers shared by several kernels (`kernels/lib/*.wgsl`: [`ROPE`], [`ROUTE`], [`GROUP_SUMS`],
-    /// [`CACHE_STORE`]), appended as they are.
+    /// Helpers shared by several kernels (`kernels/lib/*.wgsl`: [`ROPE`], [`ROUTE`],
+    /// [`GROUP_SUMS`], [`CACHE_STORE`]), appended as they are.
     pub libraries: &'static [&'static str],
     /// Written for cooperative matrices (the f16 and cooperative-matrix enables are
     /// prepended): built only where the device has them ([`ShaderCaps::tiles`]).

@@ -59,13 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
         if (any(inside)) {
             let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-            let xs = unit_input(s * p.ffn / 4u, u);
-            let part = vec4<f32>(
-                unit_dot(local.x, units, u, xs),
-                unit_dot(local.y, units, u, xs),
-                unit_dot(local.z, units, u, xs),
-                unit_dot(local.w, units, u, xs),
-            );
+            let part = unit_dots4(local, units, u, s * p.ffn / 4u);
             acc += select(vec4<f32>(0.0), weight * part, inside);
         }
     }

@@ -1,7 +1,7 @@
 // SwiGLU gate/up of every expert a token uses, in one dispatch per chunk of the stack:
 //   act[s][i] = silu(gate_e · h)[i] * (up_e · h)[i],  e = route ids[s],  h = rmsnorm(x) * norm_w
-// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a lanes_*.wgsl, lib/group_sums.wgsl, the chunk's weight
-// layout library and dot_rows4.wgsl.
+// Launcher: src/gpu/kernels/ffn_gate_up.rs. Appended: a lanes_*.wgsl, lib/group_sums.wgsl,
+// the chunk's weight layout library and dot_rows4.wgsl.
 //
 // The stack interleaves gate and up rows: row 2i of expert e is gate row i, row 2i + 1 is up
 // row i (global row e * 2 * ffn + 2i), so a pair never straddles a chunk. Shared experts are
@@ -107,7 +107,8 @@ fn main(
     var acc = vec4<f32>(0.0);
     if (any(inside)) {
         let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-        acc = select(vec4<f32>(0.0), dot_rows4(local, p.cols, 0u, lid % QUAD_LANES, QUAD_LANES), inside);
+        let part = dot_rows4(local, p.cols, 0u, lid % QUAD_LANES, QUAD_LANES);
+        acc = select(vec4<f32>(0.0), part, inside);
     }
     // The norm's sum of squares after the products, so their weight loads go first.
     var ss = 0.0;

@@ -1,7 +1,8 @@
 // Mat-vec over one chunk of a weight matrix: out[row_offset + r] (+)= W[r] · input, for the
 // `rows` rows of this chunk. Launcher: src/gpu/kernels/matvec.rs. Appended: a lanes_*.wgsl,
-// lib/group_sums.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which says how `quants` and
-// `scales` hold the rows; written by src/gpu/upload.rs), lib/dot_rows4.wgsl.
+// lib/group_sums.wgsl, the chunk's weight layout library (lib/weights_<layout>.wgsl, which
+// says how `quants` and `scales` hold the rows; written by src/gpu/upload.rs),
+// lib/dot_rows4.wgsl.
 //
 // input = x[in + g * group_stride .. + cols] for rows of group g = global row / group_rows
 // (per-head batched mat-vecs: k_b, v_b; a plain mat-vec has one group).
@@ -13,7 +14,8 @@
 // are all in flight at once. A lane group's sums meet through subgroup shuffles (lane_sum
 // over LANES) and, where the group is wider than that, in workgroup memory (group_sums:
 // lib/group_sums.wgsl, appended); the NORM prologue's sum of squares is taken after the
-// first products (their weight loads go first) and meets the same way. Large matrices use more rows per lane group (the LM head).
+// first products (their weight loads go first) and meets the same way. Large matrices use
+// more rows per lane group (the LM head).
 
 override ROWS: u32 = 4u;
 /// Invocations per lane group: a power of two, at most AWG.

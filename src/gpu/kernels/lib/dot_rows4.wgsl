@@ -29,18 +29,24 @@ fn unit_input(base: u32, u: u32) -> Unit {
     return x;
 }
 
+/// rows[k] · input over unit `u` alone, k = 0..3 (rows of `units` units, local to the
+/// binding; the input the slice at vec4 `base`).
+fn unit_dots4(rows: vec4<u32>, units: u32, u: u32, base: u32) -> vec4<f32> {
+    let x = unit_input(base, u);
+    return vec4<f32>(
+        unit_dot(rows.x, units, u, x),
+        unit_dot(rows.y, units, u, x),
+        unit_dot(rows.z, units, u, x),
+        unit_dot(rows.w, units, u, x),
+    );
+}
+
 /// This invocation's share of rows[k] · input for k = 0..3 (rows are local to the binding).
 fn dot_rows4(rows: vec4<u32>, cols: u32, base: u32, lane: u32, lanes: u32) -> vec4<f32> {
     let units = cols / (16u * UNIT_RUNS);
     var acc = vec4<f32>(0.0);
     for (var u = lane; u < units; u += lanes) {
-        let x = unit_input(base, u);
-        acc += vec4<f32>(
-            unit_dot(rows.x, units, u, x),
-            unit_dot(rows.y, units, u, x),
-            unit_dot(rows.z, units, u, x),
-            unit_dot(rows.w, units, u, x),
-        );
+        acc += unit_dots4(rows, units, u, base);
     }
     return acc;
 }

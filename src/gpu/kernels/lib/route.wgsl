@@ -5,8 +5,9 @@
 // below at 6.1e-5) when NORM_WEIGHTS, times WEIGHT_SCALE. Appended by src/gpu/shader.rs
 // to the kernels that list it (shader::ROUTE: ffn_gate_up for one token, moe_route for a
 // batch). The kernel declares `logits` and `bias` (array<f32>) and its workgroup size AWG,
-// and MAX_EXPERTS is prepended. The routing numbers are pipeline constants: lavapipe recompiles a shader at
-// every bind when uniforms steer its loops (see examples/lavapipe_uniform_inlining.rs).
+// and MAX_EXPERTS is prepended. The routing numbers are pipeline constants: lavapipe
+// recompiles a shader at every bind when uniforms steer its loops (see
+// examples/lavapipe_uniform_inlining.rs).
 
 override EXPERTS: u32 = 1u;
 override TOP_K: u32 = 1u;
