@@ -296,7 +296,7 @@ fn main() {
                 })
                 .fold(0.0, f64::max)
         };
-        let lanes = matvec::group_lanes(cols / layout.unit_values()) as u32;
+        let lanes = matvec::group_lanes(cols / layout.dot_values()) as u32;
         let (engine, engine_wgs) = matvec_dispatches(lanes, 4, false);
         let empty = lab.raw_dispatches(EMPTY, &[], &quants, &sink, engine_wgs);
         let floor = lab.per_dispatch(&empty);

@@ -417,19 +417,26 @@ fn every_kernel_fits_the_smallest_accepted_adapter() {
     }
 }
 
-/// The launchers size lane groups by a row's units (`GpuLayout::unit_values`): it must be
-/// 16 values per run of the layout library's `UNIT_RUNS`.
+/// The launchers size lane groups by a row's dot units (`GpuLayout::dot_values`): it must be
+/// 16 values per run of the layout library's `DOT_RUNS` (a number, or `UNIT_RUNS`).
 #[test]
-fn every_layouts_unit_matches_its_library() {
+fn every_layouts_dot_unit_matches_its_library() {
     for layout in GpuLayout::ALL {
         let lib = glm_flash::gpu::shader::weights_library(layout);
-        let runs: usize = lib
-            .lines()
-            .find_map(|l| l.strip_prefix("const UNIT_RUNS: u32 = "))
-            .and_then(|v| v.strip_suffix("u;"))
-            .unwrap_or_else(|| panic!("{}: no UNIT_RUNS", layout.name()))
-            .parse()
-            .unwrap();
-        assert_eq!(layout.unit_values(), 16 * runs, "{}", layout.name());
+        let constant = |name: &str| {
+            lib.lines()
+                .find_map(|l| l.strip_prefix(&format!("const {name}: u32 = ")))
+                .and_then(|v| v.strip_suffix(';'))
+                .unwrap_or_else(|| panic!("{}: no {name}", layout.name()))
+                .to_string()
+        };
+        let dot_runs = constant("DOT_RUNS");
+        let runs = if dot_runs == "UNIT_RUNS" {
+            constant("UNIT_RUNS")
+        } else {
+            dot_runs
+        };
+        let runs: usize = runs.strip_suffix('u').unwrap().parse().unwrap();
+        assert_eq!(layout.dot_values(), 16 * runs, "{}", layout.name());
     }
 }

@@ -366,12 +366,17 @@ impl GpuLayout {
         }
     }
 
-    /// Values in one unit of a row, the share one invocation reads at a time in the GPU
-    /// kernels: 16 times the layout library's `UNIT_RUNS` (`tests/gpu_wgsl.rs` checks the two
+    /// Values in one dot unit of a row, the share one invocation reads at a time in the GPU
+    /// mat-vecs: 16 times the layout library's `DOT_RUNS` (`tests/gpu_wgsl.rs` checks the two
     /// agree).
-    pub fn unit_values(self) -> usize {
+    pub fn dot_values(self) -> usize {
         16 * match self {
-            GpuLayout::F32 | GpuLayout::F16 | GpuLayout::BF16 | GpuLayout::Q8_0 => 1,
+            GpuLayout::F32
+            | GpuLayout::F16
+            | GpuLayout::BF16
+            | GpuLayout::Q8_0
+            | GpuLayout::Q4K
+            | GpuLayout::Q6K => 1,
             GpuLayout::Q2K | GpuLayout::Q3K => 4,
             _ => 2,
         }

@@ -129,7 +129,7 @@ fn has_raw_units(layout: GpuLayout) -> bool {
     matches!(layout, GpuLayout::Q8_0 | GpuLayout::Q4K | GpuLayout::Q6K)
 }
 
-/// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
+/// The WGSL library that reads weights kept in `layout` (`unit_values`, `dot_unit`; see
 /// `kernels/lib/dot_rows4.wgsl`).
 pub fn weights_library(layout: GpuLayout) -> &'static str {
     match layout {

@@ -11,7 +11,7 @@
 // nothing here (their chunk's dispatch adds them). Each chunk has one weight layout (the
 // shared expert's chunk may differ from the routed experts').
 // Each workgroup computes 4 output rows: its AWG invocations (prepended from the launcher)
-// take the (slot, unit) pairs of all slots in turn, so every slot's loads are in flight at
+// take the (slot, dot unit) pairs of all slots in turn, so every slot's loads are in flight at
 // once, and the sums meet in workgroup memory (group_sums).
 
 /// Invocations summed by lane_sum: the device's smallest subgroup, at most AWG.
@@ -47,11 +47,11 @@ fn input4(base: u32, j: u32) -> vec4<f32> {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let first = wid.x * 4u;
     let lanes = vec4<u32>(0u, 1u, 2u, 3u);
-    let units = p.ffn / (16u * UNIT_RUNS);
+    let dots = p.ffn / (16u * DOT_RUNS);
     var acc = vec4<f32>(0.0);
-    for (var i = lid; i < p.slots * units; i += AWG) {
-        let s = i / units;
-        let u = i % units;
+    for (var i = lid; i < p.slots * dots; i += AWG) {
+        let s = i / dots;
+        let d = i % dots;
         let expert = route[s];
         let weight = bitcast<f32>(route[p.slots + s]);
         let global = vec4<u32>(expert * p.hidden + first) + lanes;
@@ -59,7 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             & (global >= vec4<u32>(p.row_start)) & (global < vec4<u32>(p.row_start + p.rows));
         if (any(inside)) {
             let local = select(vec4<u32>(0u), global - vec4<u32>(p.row_start), inside);
-            let part = unit_dots4(local, units, u, s * p.ffn / 4u);
+            let part = dot_units4(local, dots, d, s * p.ffn / 4u);
             acc += select(vec4<f32>(0.0), weight * part, inside);
         }
     }

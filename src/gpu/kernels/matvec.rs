@@ -112,7 +112,7 @@ pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec
         .iter()
         .map(|c| {
             let rows_per_group = rows_per_lane_group(c.rows);
-            let lanes = group_lanes(m.cols / c.format.unit_values());
+            let lanes = group_lanes(m.cols / c.format.dot_values());
             let rows_per_wg = rows_per_group * WORKGROUP / lanes;
             let kernel = pipes.get_for(
                 ctx,

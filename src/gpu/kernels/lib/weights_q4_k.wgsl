@@ -5,7 +5,9 @@
 // (high nibble, sub-block 2p + 1). Value = d * scale * q - dmin * min, per sub-block of 32
 // (`k4_scales`: lib/scales_k4.wgsl, appended after this).
 // A unit is one vec4 of nibbles (k = 0..7 of a super-block): 16 values of sub-block 2p and
-// the 16 of sub-block 2p + 1 at the same offsets, p = k / 2.
+// the 16 of sub-block 2p + 1 at the same offsets, p = k / 2. A dot unit is one of its runs
+// (its low or its high nibbles): the two of a unit are adjacent, read by adjacent
+// invocations in one memory transaction.
 
 const UNIT_RUNS: u32 = 2u;
 alias Unit = array<vec4<f32>, 8>;
@@ -15,13 +17,18 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 256u * (u / 8u) + 64u * (j / 2u) + 16u * (j % 2u) + 32u * k;
 }
 
-/// The low nibbles of a u32's four bytes, and the high ones.
-fn nibbles_lo(w: u32) -> vec4<f32> {
-    return codes_f32((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u), 0.0);
+const DOT_RUNS: u32 = 1u;
+alias DotUnit = array<vec4<f32>, 4>;
+
+/// Dot unit d is run d % 2 of unit d / 2.
+fn dot_run(d: u32, k: u32) -> u32 {
+    return unit_run(d / 2u, d % 2u);
 }
 
-fn nibbles_hi(w: u32) -> vec4<f32> {
-    return codes_f32((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u), 0.0);
+/// The nibbles of a u32's four bytes from bit `shift` of each (0: the low ones, 4: the high).
+fn nibbles(w: u32, shift: u32) -> vec4<f32> {
+    let bits = vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift);
+    return codes_f32((vec4<u32>(w) >> bits) & vec4<u32>(15u), 0.0);
 }
 
 /// A unit as the words it decodes from: the batched mat-mul holds these (8 registers, not
@@ -54,25 +61,23 @@ fn raw_values(r: Raw, u: u32, scale: f32) -> Unit {
     let hi = vec4<f32>(s.z);
     let hm = vec4<f32>(s.w);
     return Unit(
-        lo * nibbles_lo(q.x) - lm, lo * nibbles_lo(q.y) - lm,
-        lo * nibbles_lo(q.z) - lm, lo * nibbles_lo(q.w) - lm,
-        hi * nibbles_hi(q.x) - hm, hi * nibbles_hi(q.y) - hm,
-        hi * nibbles_hi(q.z) - hm, hi * nibbles_hi(q.w) - hm,
+        lo * nibbles(q.x, 0u) - lm, lo * nibbles(q.y, 0u) - lm,
+        lo * nibbles(q.z, 0u) - lm, lo * nibbles(q.w, 0u) - lm,
+        hi * nibbles(q.x, 4u) - hm, hi * nibbles(q.y, 4u) - hm,
+        hi * nibbles(q.z, 4u) - hm, hi * nibbles(q.w, 4u) - hm,
     );
 }
 
-/// Σ (d·sc·q - dmin·m) x = d·sc Σ q x - dmin·m Σ x per run (the sums of x are the same for
-/// the four rows of dot_rows4).
-fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
-    let r = unit_raw(row, units, u);
-    let q = r.q;
-    let s = k4_scales(r.head, (u % 8u) / 2u);
-    let qx_lo = dot(nibbles_lo(q.x), x[0]) + dot(nibbles_lo(q.y), x[1])
-        + dot(nibbles_lo(q.z), x[2]) + dot(nibbles_lo(q.w), x[3]);
-    let qx_hi = dot(nibbles_hi(q.x), x[4]) + dot(nibbles_hi(q.y), x[5])
-        + dot(nibbles_hi(q.z), x[6]) + dot(nibbles_hi(q.w), x[7]);
-    let one = vec4<f32>(1.0);
-    let x_lo = dot((x[0] + x[1]) + (x[2] + x[3]), one);
-    let x_hi = dot((x[4] + x[5]) + (x[6] + x[7]), one);
-    return s.x * qx_lo - s.y * x_lo + s.z * qx_hi - s.w * x_hi;
+/// Σ (d·sc·q - dmin·m) x = d·sc Σ q x - dmin·m Σ x over dot unit d's run (the sum of x is
+/// the same for the four rows of dot_rows4).
+fn dot_unit(row: u32, dots: u32, d: u32, x: DotUnit) -> f32 {
+    let u = d / 2u;
+    let r = unit_raw(row, dots / 2u, u);
+    let s4 = k4_scales(r.head, (u % 8u) / 2u);
+    let s = select(s4.xy, s4.zw, d % 2u == 1u);
+    let shift = 4u * (d % 2u);
+    let qx = dot(nibbles(r.q.x, shift), x[0]) + dot(nibbles(r.q.y, shift), x[1])
+        + dot(nibbles(r.q.z, shift), x[2]) + dot(nibbles(r.q.w, shift), x[3]);
+    let xs = dot((x[0] + x[1]) + (x[2] + x[3]), vec4<f32>(1.0));
+    return s.x * qx - s.y * xs;
 }

@@ -6,7 +6,8 @@
 // 2q. Value = d * scale * (q - 32), per sub-block of 16.
 // A unit (j = 0..7 of a super-block: h = j / 4, a = j % 2, l0 = 16 * ((j / 2) % 2)) is one
 // vec4 of `ql` and one of `qh`: runs 128h + 32a + l0 and 128h + 32a + 64 + l0. The two units
-// with a = 0, 1 read the same `qh` vec4 (adjacent invocations: one memory transaction).
+// with a = 0, 1 read the same `qh` vec4 (adjacent invocations: one memory transaction). A
+// dot unit is one run of a unit (the two of a unit are adjacent, as above).
 
 const UNIT_RUNS: u32 = 2u;
 alias Unit = array<vec4<f32>, 8>;
@@ -40,18 +41,36 @@ struct Raw {
     s: vec2<f32>,
 }
 
-fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
+/// Where unit u of `row` lies: its super-block, its `ql` and `qh` vec4s (quants indices) and
+/// the scale index of its run 0 (run 1's is 4 more).
+struct Q6kPlace {
+    block: u32,
+    q: u32,
+    h: u32,
+    sub: u32,
+}
+
+fn q6_k_place(row: u32, units: u32, u: u32) -> Q6kPlace {
     let block = row * (units / 8u) + u / 8u;
     let j = u % 8u;
     let h = j / 4u;
     let a = j % 2u;
     let l16 = (j / 2u) % 2u;
-    let d = bitcast<f32>(scales[5u * block + 4u]);
-    let sub = 8u * h + l16 + 2u * a;
+    return Q6kPlace(
+        block,
+        12u * block + 4u * h + 2u * a + l16,
+        12u * block + 8u + 2u * h + l16,
+        8u * h + l16 + 2u * a,
+    );
+}
+
+fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
+    let at = q6_k_place(row, units, u);
+    let d = bitcast<f32>(scales[5u * at.block + 4u]);
     return Raw(
-        quants[12u * block + 4u * h + 2u * a + l16],
-        quants[12u * block + 8u + 2u * h + l16],
-        vec2<f32>(d * q6_k_scale(block, sub), d * q6_k_scale(block, sub + 4u)),
+        quants[at.q],
+        quants[at.h],
+        vec2<f32>(d * q6_k_scale(at.block, at.sub), d * q6_k_scale(at.block, at.sub + 4u)),
     );
 }
 
@@ -84,10 +103,24 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return raw_values(unit_raw(row, units, u), u, 1.0);
 }
 
-fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
-    let r = unit_raw(row, units, u);
-    let c = raw_codes(r, u);
-    let s = r.s;
-    return s.x * (dot(c[0], x[0]) + dot(c[1], x[1]) + dot(c[2], x[2]) + dot(c[3], x[3]))
-        + s.y * (dot(c[4], x[4]) + dot(c[5], x[5]) + dot(c[6], x[6]) + dot(c[7], x[7]));
+const DOT_RUNS: u32 = 1u;
+alias DotUnit = array<vec4<f32>, 4>;
+
+/// Dot unit d is run d % 2 of unit d / 2.
+fn dot_run(d: u32, k: u32) -> u32 {
+    return unit_run(d / 2u, d % 2u);
+}
+
+fn dot_unit(row: u32, dots: u32, d: u32, x: DotUnit) -> f32 {
+    let k = d % 2u;
+    let at = q6_k_place(row, dots / 2u, d / 2u);
+    let q = quants[at.q];
+    let h = quants[at.h];
+    let s = bitcast<f32>(scales[5u * at.block + 4u]) * q6_k_scale(at.block, at.sub + 4u * k);
+    let shift = 4u * k;
+    let bit = 2u * ((d / 2u) % 2u) + shift;
+    return s * (dot(q6_k_codes(q.x, shift, h.x, bit), x[0])
+        + dot(q6_k_codes(q.y, shift, h.y, bit), x[1])
+        + dot(q6_k_codes(q.z, shift, h.z, bit), x[2])
+        + dot(q6_k_codes(q.w, shift, h.w, bit), x[3]));
 }
