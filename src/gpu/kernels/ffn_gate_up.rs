@@ -50,8 +50,8 @@ pub const MAX_EXPERTS: usize = 256;
 /// WORKGROUP / QUAD_LANES row quads (two gate/up pairs each) at once, so the routing is paid
 /// once per PAIRS_PER_WORKGROUP pairs while every quad has lanes of its own.
 pub const WORKGROUP: usize = 256;
-/// Invocations sharing a row quad: a unit of each row apiece for 2048-column Q4_K rows
-/// (lane groups of 32 measured slower: BENCHMARKS.md).
+/// Invocations sharing a row quad: two dot units of each row apiece for 2048-column Q4_K and
+/// Q8_0 rows (lane groups of 32 measured slower: BENCHMARKS.md).
 pub const QUAD_LANES: usize = 64;
 pub const PAIRS_PER_WORKGROUP: usize = 2 * WORKGROUP / QUAD_LANES;
 

@@ -39,7 +39,7 @@ pub const NORM: Override<bool> = Override::new("NORM");
 pub const ACCUMULATE: Override<bool> = Override::new("ACCUMULATE");
 /// Rows per lane group: 16 for the LM head's row count, 4 otherwise.
 pub const ROWS: Override<u32> = Override::new("ROWS");
-/// Invocations sharing a row quad: about one per unit of a row.
+/// Invocations sharing a row quad: about one per dot unit of a row.
 pub const GROUP_LANES: Override<u32> = Override::new("GROUP_LANES");
 /// Invocations one lane_sum adds: GROUP_LANES, or the device's smallest subgroup if fewer.
 pub const LANES: Override<u32> = Override::new("LANES");
@@ -87,10 +87,10 @@ fn rows_per_lane_group(rows: usize) -> usize {
     }
 }
 
-/// Invocations sharing a row quad for rows of `units` units: one per unit (a power of two,
-/// at least 8, at most the workgroup), so a row's loads are all in flight at once.
-pub fn group_lanes(units: usize) -> usize {
-    units.next_power_of_two().clamp(8, WORKGROUP)
+/// Invocations sharing a row quad for rows of `dots` dot units: one per dot unit (a power of
+/// two, at least 8, at most the workgroup), so a row's loads are all in flight at once.
+pub fn group_lanes(dots: usize) -> usize {
+    dots.next_power_of_two().clamp(8, WORKGROUP)
 }
 
 pub fn dispatches(ctx: &GpuContext, pipes: &Pipelines, m: &GpuMatrix, a: &Matvec) -> Vec<Dispatch> {

@@ -9,13 +9,13 @@
 // Prologue NORM: input = rmsnorm(x) * norm_w, with 1/rms applied to the finished dot product.
 // Epilogue ACCUMULATE: out += result (the residual add); else out = result.
 // The workgroup's AWG invocations (prepended from the launcher) form lane groups of
-// GROUP_LANES, about one per unit of a row; each lane group computes ROWS consecutive rows,
-// 4 at a time (one per vec4 lane), its lanes sharing the units of the rows, so a row's units
-// are all in flight at once. A lane group's sums meet through subgroup shuffles (lane_sum
-// over LANES) and, where the group is wider than that, in workgroup memory (group_sums:
-// lib/group_sums.wgsl, appended); the NORM prologue's sum of squares is taken after the
-// first products (their weight loads go first) and meets the same way. Large matrices use
-// more rows per lane group (the LM head).
+// GROUP_LANES, about one per dot unit of a row (lib/dot_rows4.wgsl); each lane group computes
+// ROWS consecutive rows, 4 at a time (one per vec4 lane), its lanes sharing the dot units of
+// the rows, so a row's loads are all in flight at once. A lane group's sums meet through
+// subgroup shuffles (lane_sum over LANES) and, where the group is wider than that, in
+// workgroup memory (group_sums: lib/group_sums.wgsl, appended); the NORM prologue's sum of
+// squares is taken after the first products (their weight loads go first) and meets the
+// same way. Large matrices use more rows per lane group (the LM head).
 
 override ROWS: u32 = 4u;
 /// Invocations per lane group: a power of two, at most AWG.
