@@ -417,26 +417,27 @@ fn every_kernel_fits_the_smallest_accepted_adapter() {
     }
 }
 
-/// The launchers size lane groups by a row's dot units (`GpuLayout::dot_values`): it must be
-/// 16 values per run of the layout library's `DOT_RUNS` (a number, or `UNIT_RUNS`).
+/// The launchers size the mat-mul's steps by a row's units (`GpuLayout::unit_values`) and the
+/// mat-vecs' lane groups by its dot units (`GpuLayout::dot_values`): 16 values per run of the
+/// library's `UNIT_RUNS` and `DOT_RUNS` (the library's own, or lib/dot_whole_units.wgsl's).
 #[test]
-fn every_layouts_dot_unit_matches_its_library() {
+fn every_layouts_units_match_its_library() {
+    let runs = |lib: &str, name: &str| -> Option<String> {
+        lib.lines()
+            .find_map(|l| l.strip_prefix(&format!("const {name}: u32 = ")))
+            .map(|v| v.trim_end_matches(';').trim_end_matches('u').to_string())
+    };
     for layout in GpuLayout::ALL {
         let lib = glm_flash::gpu::shader::weights_library(layout);
-        let constant = |name: &str| {
-            lib.lines()
-                .find_map(|l| l.strip_prefix(&format!("const {name}: u32 = ")))
-                .and_then(|v| v.strip_suffix(';'))
-                .unwrap_or_else(|| panic!("{}: no {name}", layout.name()))
-                .to_string()
+        let unit_runs: usize = runs(lib, "UNIT_RUNS")
+            .unwrap_or_else(|| panic!("{}: no UNIT_RUNS", layout.name()))
+            .parse()
+            .unwrap();
+        assert_eq!(layout.unit_values(), 16 * unit_runs, "{}", layout.name());
+        let dot_runs = match runs(lib, "DOT_RUNS") {
+            Some(own) => own.parse().unwrap(),
+            None => unit_runs,
         };
-        let dot_runs = constant("DOT_RUNS");
-        let runs = if dot_runs == "UNIT_RUNS" {
-            constant("UNIT_RUNS")
-        } else {
-            dot_runs
-        };
-        let runs: usize = runs.strip_suffix('u').unwrap().parse().unwrap();
-        assert_eq!(layout.dot_values(), 16 * runs, "{}", layout.name());
+        assert_eq!(layout.dot_values(), 16 * dot_runs, "{}", layout.name());
     }
 }

@@ -366,19 +366,23 @@ impl GpuLayout {
         }
     }
 
-    /// Values in one dot unit of a row, the share one invocation reads at a time in the GPU
-    /// mat-vecs: 16 times the layout library's `DOT_RUNS` (`tests/gpu_wgsl.rs` checks the two
-    /// agree).
-    pub fn dot_values(self) -> usize {
+    /// Values in one unit of a row, the share the batched mat-mul decodes at a time: 16 times
+    /// the layout library's `UNIT_RUNS` (`tests/gpu_wgsl.rs` checks the two agree).
+    pub fn unit_values(self) -> usize {
         16 * match self {
-            GpuLayout::F32
-            | GpuLayout::F16
-            | GpuLayout::BF16
-            | GpuLayout::Q8_0
-            | GpuLayout::Q4K
-            | GpuLayout::Q6K => 1,
+            GpuLayout::F32 | GpuLayout::F16 | GpuLayout::BF16 | GpuLayout::Q8_0 => 1,
             GpuLayout::Q2K | GpuLayout::Q3K => 4,
             _ => 2,
+        }
+    }
+
+    /// Values in one dot unit of a row, the share one invocation of the mat-vecs reads at a
+    /// time: one run of 16 where the layout's library cuts its units for them (Q4_K, Q6_K),
+    /// else the whole unit (`kernels/lib/dot_whole_units.wgsl`).
+    pub fn dot_values(self) -> usize {
+        match self {
+            GpuLayout::Q4K | GpuLayout::Q6K => 16,
+            _ => self.unit_values(),
         }
     }
 

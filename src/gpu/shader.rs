@@ -29,6 +29,8 @@ pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wg
 pub const LANES_SUBGROUP: &str = include_str!("kernels/lib/lanes_subgroup.wgsl");
 pub const LANES_WORKGROUP: &str = include_str!("kernels/lib/lanes_workgroup.wgsl");
 pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
+/// The mat-vecs' dot units as whole units, for the layouts that do not cut their own.
+pub const DOT_WHOLE_UNITS: &str = include_str!("kernels/lib/dot_whole_units.wgsl");
 /// `rotate2`: RoPE on two pairs.
 pub const ROPE: &str = include_str!("kernels/lib/rope.wgsl");
 /// `store4`, `as_stored`: values written to the latent cache as it stores them.
@@ -129,7 +131,7 @@ fn has_raw_units(layout: GpuLayout) -> bool {
     matches!(layout, GpuLayout::Q8_0 | GpuLayout::Q4K | GpuLayout::Q6K)
 }
 
-/// The WGSL library that reads weights kept in `layout` (`unit_values`, `dot_unit`; see
+/// The WGSL library that reads weights kept in `layout` (`unit_values`, `unit_dot`; see
 /// `kernels/lib/dot_rows4.wgsl`).
 pub fn weights_library(layout: GpuLayout) -> &'static str {
     match layout {
@@ -288,7 +290,12 @@ impl Shader {
             append(include_str!("kernels/lib/raw_units.wgsl"));
         }
         match self.weights {
-            WeightAccess::RowDots => append(DOT_ROWS4),
+            WeightAccess::RowDots => {
+                if weights.dot_values() == weights.unit_values() {
+                    append(DOT_WHOLE_UNITS);
+                }
+                append(DOT_ROWS4);
+            }
             WeightAccess::Tiles => append(if cooperative { TILES_COOP } else { TILES_FMA }),
             WeightAccess::None | WeightAccess::Units => {}
         }

@@ -6,14 +6,18 @@
 //
 // The layout library (lib/weights_<layout>.wgsl) cuts each row into units, the share of a
 // row the batched mat-mul decodes at a time: UNIT_RUNS runs of 16 consecutive values, run k
-// of unit u starting at column `unit_run(u, k)`. For the mat-vecs it cuts them into dot
-// units, the share one invocation reads at a time: DOT_RUNS runs (1, or UNIT_RUNS where a
-// unit is not worth splitting), dot unit d's run k at column `dot_run(d, k)`. It defines
+// of unit u starting at column `unit_run(u, k)`. For the mat-vecs the rows are cut into dot
+// units, the share one invocation reads at a time: DOT_RUNS runs, dot unit d's run k at
+// column `dot_run(d, k)`. The layout library defines
 //   alias Unit = array<vec4<f32>, 4 * UNIT_RUNS>   a unit's values (or inputs), run by run
 //   fn unit_values(row, units, u) -> Unit           the decoded values (embed, mat-mul)
+// and either its own dot units (Q4_K, Q6_K: one run each)
+//   const DOT_RUNS, fn dot_run(d, k)
 //   alias DotUnit = array<vec4<f32>, 4 * DOT_RUNS>  a dot unit's inputs, run by run
 //   fn dot_unit(row, dots, d, x: DotUnit) -> f32    Σ value · x over dot unit d
-// where `row` is local to the binding, `units` the units per row and `dots` the dot units.
+// or `fn unit_dot(row, units, u, x: Unit) -> f32`, and lib/dot_whole_units.wgsl makes its
+// units the dot units. `row` is local to the binding; `units` and `dots` count a row's units
+// and dot units.
 // Smaller dot units give a row more invocations, each with fewer loads and less decoding
 // (the mat-vecs wait on their loads: BENCHMARKS.md); larger units suit the mat-mul, whose
 // registers hold a step's weights as the words they decode from.

@@ -9,14 +9,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 16u * u;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// Four values from two u32 of bf16 pairs.
 fn bf16x4(w: vec2<u32>) -> vec4<f32> {
     let hi = vec4<u32>(w.x, w.x, w.y, w.y);
@@ -30,7 +22,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return Unit(bf16x4(a.xy), bf16x4(a.zw), bf16x4(b.xy), bf16x4(b.zw));
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     let w = unit_values(row, units, u);
     return dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3]);
 }

@@ -9,14 +9,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 16u * u;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// Four values from two u32 of f16 pairs.
 fn f16x4(w: vec2<u32>) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
@@ -29,7 +21,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return Unit(f16x4(a.xy), f16x4(a.zw), f16x4(b.xy), f16x4(b.zw));
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     let w = unit_values(row, units, u);
     return dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3]);
 }

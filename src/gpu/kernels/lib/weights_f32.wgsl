@@ -8,14 +8,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 16u * u;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     let i = 4u * (row * units + u);
     return Unit(
@@ -26,7 +18,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     );
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     let w = unit_values(row, units, u);
     return dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3]);
 }

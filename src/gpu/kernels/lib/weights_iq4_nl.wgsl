@@ -10,14 +10,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 32u * u + 16u * k;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// The 32 levels of block `u` of `row`; returns d.
 fn iq4_nl_unit(row: u32, units: u32, u: u32, levels: ptr<function, Unit>) -> f32 {
     let b = row * units + u;
@@ -35,7 +27,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return v;
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     var l: Unit;
     let d = iq4_nl_unit(row, units, u, &l);
     return d * iq4_dot(l, x);

@@ -11,14 +11,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 32u * u + 16u * k;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// The doubled e2m1 values of four codes (ggml's kvalues_mxfp4), built as f32 bits: for
 /// exponent bits e > 0 the code's exponent and mantissa bits placed in an f32's give
 /// 2^e * (1 + m / 2); e = 0 gives m. Bit 3 is the sign (code 8 gives -0.0, equal to the
@@ -62,7 +54,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return v;
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     var l: Unit;
     let k = mxfp4_unit(row, units, u, &l);
     return ldexp((dot(l[0], x[0]) + dot(l[1], x[1]) + dot(l[2], x[2]) + dot(l[3], x[3]))

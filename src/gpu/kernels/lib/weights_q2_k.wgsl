@@ -14,14 +14,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 256u * (u / 4u) + 128u * (j / 2u) + 16u * (j % 2u) + 32u * k;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 fn q2_k_word(i: u32) -> u32 {
     return quants[i / 4u][i % 4u];
 }
@@ -65,7 +57,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return v;
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     var c: Unit;
     let s = q2_k_unit(row, units, u, &c);
     var total = 0.0;

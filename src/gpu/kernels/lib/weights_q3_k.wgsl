@@ -15,14 +15,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 256u * (u / 4u) + 128u * (j / 2u) + 16u * (j % 2u) + 32u * k;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// Signed scale `i` of a super-block (ggml's unpacking: low nibbles in bytes 0..7, the
 /// high bit pairs in bytes 8..11).
 fn q3_k_scale(s: vec3<u32>, i: u32) -> f32 {
@@ -67,7 +59,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return v;
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     var c: Unit;
     let s = q3_k_unit(row, units, u, &c);
     var total = 0.0;

@@ -10,14 +10,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 32u * u + 16u * k;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// Codes of values 4i..4i+3 (lo) or 16 + 4i.. (hi) of a block: nibbles of `w` from bit
 /// `shift` of each byte.
 fn q4_1_codes(w: u32, shift: u32) -> vec4<f32> {
@@ -50,7 +42,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return v;
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     var c: Unit;
     let dm = q4_1_unit(row, units, u, &c);
     let qx = (dot(c[0], x[0]) + dot(c[1], x[1]) + dot(c[2], x[2]) + dot(c[3], x[3]))

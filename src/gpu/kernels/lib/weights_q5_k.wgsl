@@ -12,14 +12,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 256u * (u / 8u) + 64u * (j / 2u) + 16u * (j % 2u) + 32u * k;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// The codes of four values: nibbles of `w` from bit `shift` of each byte, fifth bits from
 /// bit `bit` of each byte of `h`.
 fn q5_k_codes(w: u32, shift: u32, h: u32, bit: u32) -> vec4<f32> {
@@ -59,7 +51,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return v;
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     var c: Unit;
     let s = q5_k_unit(row, units, u, &c);
     let qx_lo = dot(c[0], x[0]) + dot(c[1], x[1]) + dot(c[2], x[2]) + dot(c[3], x[3]);

@@ -11,14 +11,6 @@ fn unit_run(u: u32, k: u32) -> u32 {
     return 16u * u;
 }
 
-/// The mat-vecs' dot units are whole units.
-const DOT_RUNS: u32 = UNIT_RUNS;
-alias DotUnit = Unit;
-
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d, k);
-}
-
 /// The f16 scale `i` of the scales array.
 fn q8_scale(i: u32) -> f32 {
     return unpack2x16float(scales[i / 2u])[i % 2u];
@@ -52,7 +44,7 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return raw_values(unit_raw(row, units, u), u, 1.0);
 }
 
-fn dot_unit(row: u32, units: u32, u: u32, x: Unit) -> f32 {
+fn unit_dot(row: u32, units: u32, u: u32, x: Unit) -> f32 {
     let r = unit_raw(row, units, u);
     let q = r.q;
     return r.d * (dot(signed_bytes_f32(q.x), x[0]) + dot(signed_bytes_f32(q.y), x[1])
