@@ -419,25 +419,30 @@ fn every_kernel_fits_the_smallest_accepted_adapter() {
 
 /// The launchers size the mat-mul's steps by a row's units (`GpuLayout::unit_values`) and the
 /// mat-vecs' lane groups by its dot units (`GpuLayout::dot_values`): 16 values per run of the
-/// library's `UNIT_RUNS` and `DOT_RUNS` (the library's own, or lib/dot_whole_units.wgsl's).
+/// library's `UNIT_RUNS`, and a library dots whole units (`unit_dot`) where the dot unit is
+/// the unit, single runs (`run_dot`) where it is 16 values of a longer unit.
 #[test]
 fn every_layouts_units_match_its_library() {
-    let runs = |lib: &str, name: &str| -> Option<String> {
-        lib.lines()
-            .find_map(|l| l.strip_prefix(&format!("const {name}: u32 = ")))
-            .map(|v| v.trim_end_matches(';').trim_end_matches('u').to_string())
-    };
     for layout in GpuLayout::ALL {
         let lib = glm_flash::gpu::shader::weights_library(layout);
-        let unit_runs: usize = runs(lib, "UNIT_RUNS")
+        let unit_runs: usize = lib
+            .lines()
+            .find_map(|l| l.strip_prefix("const UNIT_RUNS: u32 = "))
+            .and_then(|v| v.strip_suffix("u;"))
             .unwrap_or_else(|| panic!("{}: no UNIT_RUNS", layout.name()))
             .parse()
             .unwrap();
         assert_eq!(layout.unit_values(), 16 * unit_runs, "{}", layout.name());
-        let dot_runs = match runs(lib, "DOT_RUNS") {
-            Some(own) => own.parse().unwrap(),
-            None => unit_runs,
+        let by_runs = layout.dot_values() != layout.unit_values();
+        if by_runs {
+            assert_eq!(layout.dot_values(), 16, "{}", layout.name());
+        }
+        let (has, lacks) = if by_runs {
+            ("fn run_dot(", "fn unit_dot(")
+        } else {
+            ("fn unit_dot(", "fn run_dot(")
         };
-        assert_eq!(layout.dot_values(), 16 * dot_runs, "{}", layout.name());
+        assert!(lib.contains(has), "{}: no {has}", layout.name());
+        assert!(!lib.contains(lacks), "{}: {lacks} unused", layout.name());
     }
 }

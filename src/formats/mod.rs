@@ -377,8 +377,9 @@ impl GpuLayout {
     }
 
     /// Values in one dot unit of a row, the share one invocation of the mat-vecs reads at a
-    /// time: one run of 16 where the layout's library cuts its units for them (Q4_K, Q6_K),
-    /// else the whole unit (`kernels/lib/dot_whole_units.wgsl`).
+    /// time: one run of 16 where the layout's library dots run by run (`run_dot`: Q4_K, Q6_K;
+    /// `kernels/lib/dot_runs.wgsl`), else the whole unit (`unit_dot`;
+    /// `kernels/lib/dot_whole_units.wgsl`).
     pub fn dot_values(self) -> usize {
         match self {
             GpuLayout::Q4K | GpuLayout::Q6K => 16,

@@ -29,8 +29,10 @@ pub const REDUCE_WORKGROUP: &str = include_str!("kernels/lib/reduce_workgroup.wg
 pub const LANES_SUBGROUP: &str = include_str!("kernels/lib/lanes_subgroup.wgsl");
 pub const LANES_WORKGROUP: &str = include_str!("kernels/lib/lanes_workgroup.wgsl");
 pub const DOT_ROWS4: &str = include_str!("kernels/lib/dot_rows4.wgsl");
-/// The mat-vecs' dot units as whole units, for the layouts that do not cut their own.
+/// The mat-vecs' dot units: a layout's whole units (its `unit_dot`), or single runs of them
+/// (its `run_dot`), as [`GpuLayout::dot_values`] says.
 pub const DOT_WHOLE_UNITS: &str = include_str!("kernels/lib/dot_whole_units.wgsl");
+pub const DOT_RUNS: &str = include_str!("kernels/lib/dot_runs.wgsl");
 /// `rotate2`: RoPE on two pairs.
 pub const ROPE: &str = include_str!("kernels/lib/rope.wgsl");
 /// `store4`, `as_stored`: values written to the latent cache as it stores them.
@@ -280,6 +282,12 @@ impl Shader {
         }
         if self.weights.reads_weights() {
             append(weights_library(weights));
+            // Its dot over the mat-vecs' dot units (a `run_dot` uses the `Run` this defines).
+            append(if weights.dot_values() == weights.unit_values() {
+                DOT_WHOLE_UNITS
+            } else {
+                DOT_RUNS
+            });
             append(if self.weights == WeightAccess::Tiles {
                 include_str!("kernels/lib/codes_mantissa.wgsl")
             } else {
@@ -291,9 +299,6 @@ impl Shader {
         }
         match self.weights {
             WeightAccess::RowDots => {
-                if weights.dot_values() == weights.unit_values() {
-                    append(DOT_WHOLE_UNITS);
-                }
                 append(DOT_ROWS4);
             }
             WeightAccess::Tiles => append(if cooperative { TILES_COOP } else { TILES_FMA }),

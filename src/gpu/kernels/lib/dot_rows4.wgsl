@@ -11,13 +11,15 @@
 // column `dot_run(d, k)`. The layout library defines
 //   alias Unit = array<vec4<f32>, 4 * UNIT_RUNS>   a unit's values (or inputs), run by run
 //   fn unit_values(row, units, u) -> Unit           the decoded values (embed, mat-mul)
-// and either its own dot units (Q4_K, Q6_K: one run each)
+// and either `fn unit_dot(row, units, u, x: Unit) -> f32` (Σ value · x over unit u: its dot
+// units are its units, lib/dot_whole_units.wgsl) or `fn run_dot(row, runs, r, x: Run) -> f32`
+// (over run r of the row, `Run` 4 vec4s: its dot units are single runs, lib/dot_runs.wgsl),
+// as `GpuLayout::dot_values` chooses. Either of those libraries, appended before this, gives
 //   const DOT_RUNS, fn dot_run(d, k)
 //   alias DotUnit = array<vec4<f32>, 4 * DOT_RUNS>  a dot unit's inputs, run by run
 //   fn dot_unit(row, dots, d, x: DotUnit) -> f32    Σ value · x over dot unit d
-// or `fn unit_dot(row, units, u, x: Unit) -> f32`, and lib/dot_whole_units.wgsl makes its
-// units the dot units. `row` is local to the binding; `units` and `dots` count a row's units
-// and dot units.
+// `row` is local to the binding; `units`, `runs` and `dots` count a row's units, runs and
+// dot units.
 // Smaller dot units give a row more invocations, each with fewer loads and less decoding
 // (the mat-vecs wait on their loads: BENCHMARKS.md); larger units suit the mat-mul, whose
 // registers hold a step's weights as the words they decode from.

@@ -6,7 +6,7 @@
 // (`k4_scales`: lib/scales_k4.wgsl, appended after this).
 // A unit is one vec4 of nibbles (k = 0..7 of a super-block): 16 values of sub-block 2p and
 // the 16 of sub-block 2p + 1 at the same offsets, p = k / 2. A dot unit is one of its runs
-// (its low or its high nibbles): the two of a unit are adjacent, read by adjacent
+// (its low or its high nibbles, `run_dot`): the two of a unit are adjacent, read by adjacent
 // invocations in one memory transaction.
 
 const UNIT_RUNS: u32 = 2u;
@@ -15,14 +15,6 @@ alias Unit = array<vec4<f32>, 8>;
 fn unit_run(u: u32, k: u32) -> u32 {
     let j = u % 8u;
     return 256u * (u / 8u) + 64u * (j / 2u) + 16u * (j % 2u) + 32u * k;
-}
-
-const DOT_RUNS: u32 = 1u;
-alias DotUnit = array<vec4<f32>, 4>;
-
-/// Dot unit d is run d % 2 of unit d / 2.
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d / 2u, d % 2u);
 }
 
 /// The nibbles of a u32's four bytes from bit `shift` of each (0: the low ones, 4: the high).
@@ -68,16 +60,17 @@ fn raw_values(r: Raw, u: u32, scale: f32) -> Unit {
     );
 }
 
-/// Σ (d·sc·q - dmin·m) x = d·sc Σ q x - dmin·m Σ x over dot unit d's run (the sum of x is
-/// the same for the four rows of dot_rows4).
-fn dot_unit(row: u32, dots: u32, d: u32, x: DotUnit) -> f32 {
-    let u = d / 2u;
-    let r = unit_raw(row, dots / 2u, u);
-    let s4 = k4_scales(r.head, (u % 8u) / 2u);
-    let s = select(s4.xy, s4.zw, d % 2u == 1u);
-    let shift = 4u * (d % 2u);
-    let qx = dot(nibbles(r.q.x, shift), x[0]) + dot(nibbles(r.q.y, shift), x[1])
-        + dot(nibbles(r.q.z, shift), x[2]) + dot(nibbles(r.q.w, shift), x[3]);
+/// Σ (d·sc·q - dmin·m) x = d·sc Σ q x - dmin·m Σ x over run `r` of the row, run r % 2 of unit
+/// r / 2 (the sum of x is the same for the four rows of dot_rows4).
+fn run_dot(row: u32, runs: u32, r: u32, x: Run) -> f32 {
+    let u = r / 2u;
+    let raw = unit_raw(row, runs / 2u, u);
+    let s4 = k4_scales(raw.head, (u % 8u) / 2u);
+    let s = select(s4.xy, s4.zw, r % 2u == 1u);
+    let shift = 4u * (r % 2u);
+    let q = raw.q;
+    let qx = dot(nibbles(q.x, shift), x[0]) + dot(nibbles(q.y, shift), x[1])
+        + dot(nibbles(q.z, shift), x[2]) + dot(nibbles(q.w, shift), x[3]);
     let xs = dot((x[0] + x[1]) + (x[2] + x[3]), vec4<f32>(1.0));
     return s.x * qx - s.y * xs;
 }

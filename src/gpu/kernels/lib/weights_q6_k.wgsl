@@ -7,7 +7,7 @@
 // A unit (j = 0..7 of a super-block: h = j / 4, a = j % 2, l0 = 16 * ((j / 2) % 2)) is one
 // vec4 of `ql` and one of `qh`: runs 128h + 32a + l0 and 128h + 32a + 64 + l0. The two units
 // with a = 0, 1 read the same `qh` vec4 (adjacent invocations: one memory transaction). A
-// dot unit is one run of a unit (the two of a unit are adjacent, as above).
+// dot unit is one run of a unit (`run_dot`; the two of a unit are adjacent, as above).
 
 const UNIT_RUNS: u32 = 2u;
 alias Unit = array<vec4<f32>, 8>;
@@ -103,22 +103,15 @@ fn unit_values(row: u32, units: u32, u: u32) -> Unit {
     return raw_values(unit_raw(row, units, u), u, 1.0);
 }
 
-const DOT_RUNS: u32 = 1u;
-alias DotUnit = array<vec4<f32>, 4>;
-
-/// Dot unit d is run d % 2 of unit d / 2.
-fn dot_run(d: u32, k: u32) -> u32 {
-    return unit_run(d / 2u, d % 2u);
-}
-
-fn dot_unit(row: u32, dots: u32, d: u32, x: DotUnit) -> f32 {
-    let k = d % 2u;
-    let at = q6_k_place(row, dots / 2u, d / 2u);
+/// Σ value · x over run `r` of the row, run r % 2 of unit r / 2.
+fn run_dot(row: u32, runs: u32, r: u32, x: Run) -> f32 {
+    let k = r % 2u;
+    let at = q6_k_place(row, runs / 2u, r / 2u);
     let q = quants[at.q];
     let h = quants[at.h];
     let s = bitcast<f32>(scales[5u * at.block + 4u]) * q6_k_scale(at.block, at.sub + 4u * k);
     let shift = 4u * k;
-    let bit = 2u * ((d / 2u) % 2u) + shift;
+    let bit = 2u * ((r / 2u) % 2u) + shift;
     return s * (dot(q6_k_codes(q.x, shift, h.x, bit), x[0])
         + dot(q6_k_codes(q.y, shift, h.y, bit), x[1])
         + dot(q6_k_codes(q.z, shift, h.z, bit), x[2])
