@@ -64,14 +64,15 @@ fn q6_k_place(row: u32, units: u32, u: u32) -> Q6kPlace {
     );
 }
 
+/// d * scale of run k of the unit at `at`.
+fn q6_k_run_scale(at: Q6kPlace, k: u32) -> f32 {
+    return bitcast<f32>(scales[5u * at.block + 4u]) * q6_k_scale(at.block, at.sub + 4u * k);
+}
+
 fn unit_raw(row: u32, units: u32, u: u32) -> Raw {
     let at = q6_k_place(row, units, u);
-    let d = bitcast<f32>(scales[5u * at.block + 4u]);
-    return Raw(
-        quants[at.q],
-        quants[at.h],
-        vec2<f32>(d * q6_k_scale(at.block, at.sub), d * q6_k_scale(at.block, at.sub + 4u)),
-    );
+    let s = vec2<f32>(q6_k_run_scale(at, 0u), q6_k_run_scale(at, 1u));
+    return Raw(quants[at.q], quants[at.h], s);
 }
 
 /// |value| <= 32 |d · scale| per run (codes from -32 to 31).
@@ -109,7 +110,7 @@ fn run_dot(row: u32, runs: u32, r: u32, x: Run) -> f32 {
     let at = q6_k_place(row, runs / 2u, r / 2u);
     let q = quants[at.q];
     let h = quants[at.h];
-    let s = bitcast<f32>(scales[5u * at.block + 4u]) * q6_k_scale(at.block, at.sub + 4u * k);
+    let s = q6_k_run_scale(at, k);
     let shift = 4u * k;
     let bit = 2u * ((r / 2u) % 2u) + shift;
     return s * (dot(q6_k_codes(q.x, shift, h.x, bit), x[0])
