@@ -5,8 +5,8 @@
 //!
 //! Variants, each over the same rows:
 //! - `engine L/R`: `matvec.wgsl` as the engine builds it, lane groups of L invocations
-//!   (GROUP_LANES) sharing R rows (the engine's choice first: about one invocation per unit of
-//!   a row, 4 rows below 32768 rows), then other sizes. Each is checked against the CPU's dot
+//!   (GROUP_LANES) sharing R rows (the engine's choice first: about one invocation per dot unit
+//!   of a row, 4 rows below 32768 rows), then other sizes. Each is checked against the CPU's dot
 //!   of the same rows (max relative difference printed).
 //! - `engine+norm`: the engine's choice with the RMSNorm prologue: its extra cost.
 //! - `stream V`: no arithmetic, each invocation XORs V vec4 words of the matrix: what

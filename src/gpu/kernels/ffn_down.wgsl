@@ -63,7 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             acc += select(vec4<f32>(0.0), weight * part, inside);
         }
     }
-    let total = group_sums(acc, 0.0, AWG, lid).rows;
+    let total = group_sums(acc, 0.0, false, AWG, lid).rows;
     if (lid < 4u && first + lid < p.hidden) {
         x[first + lid] += total[lid];
     }

@@ -115,7 +115,7 @@ fn main(
     for (var j = lid; j < p.cols / 4u; j += AWG) {
         ss += dot(x[j], x[j]);
     }
-    let sums = group_sums(acc, ss, QUAD_LANES, lid);
+    let sums = group_sums(acc, ss, true, QUAD_LANES, lid);
     let lane = lid % QUAD_LANES;
     if (lane < 2u) {
         let total = sums.rows * inverseSqrt(sums.squares / f32(p.cols) + p.eps);

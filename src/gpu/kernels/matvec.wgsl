@@ -72,17 +72,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (GROUP_LANES == LANES && !NORM) {
             total = lane_sum(part, lid);
         } else {
+            // The norm's squares once, with the first rows.
+            let norm = NORM && g == 0u;
             var squares = 0.0;
-            if (NORM && g == 0u) {
+            if (norm) {
                 let x_base = p.in_offset / 4u;
                 for (var j = lid; j < p.cols / 4u; j += AWG) {
                     let v = x[x_base + j];
                     squares += dot(v, v);
                 }
             }
-            let sums = group_sums(part, squares, GROUP_LANES, lid);
+            let sums = group_sums(part, squares, norm, GROUP_LANES, lid);
             total = sums.rows;
-            if (NORM && g == 0u) {
+            if (norm) {
                 scale = inverseSqrt(sums.squares / f32(p.cols) + p.eps);
             }
         }

@@ -14,10 +14,14 @@ struct GroupSums {
 }
 
 /// `rows` summed over each group of `group` consecutive invocations (a multiple of LANES)
-/// and `squares` over the workgroup, with one pair of barriers.
-fn group_sums(rows: vec4<f32>, squares: f32, group: u32, lid: u32) -> GroupSums {
+/// and, where `norm` (uniform over the workgroup), `squares` over the workgroup, with one pair
+/// of barriers. Without `norm` the result's `squares` is 0 and nothing is spent on them.
+fn group_sums(rows: vec4<f32>, squares: f32, norm: bool, group: u32, lid: u32) -> GroupSums {
     let r = lane_sum(rows, lid);
-    let s = lane_sum(vec4<f32>(squares, 0.0, 0.0, 0.0), lid).x;
+    var s = 0.0;
+    if (norm) {
+        s = lane_sum(vec4<f32>(squares, 0.0, 0.0, 0.0), lid).x;
+    }
     workgroupBarrier(); // a previous call may still be reading the parts
     if (lid % LANES == 0u) {
         group_parts[lid / LANES] = r;
@@ -30,8 +34,10 @@ fn group_sums(rows: vec4<f32>, squares: f32, group: u32, lid: u32) -> GroupSums 
     for (var i = 1u; i < parts; i++) {
         sums.rows += group_parts[first + i];
     }
-    for (var i = 0u; i < AWG / LANES; i++) {
-        sums.squares += square_parts[i];
+    if (norm) {
+        for (var i = 0u; i < AWG / LANES; i++) {
+            sums.squares += square_parts[i];
+        }
     }
     return sums;
 }
