@@ -8,12 +8,13 @@
 # tools/build-for-gpu.sh REV NAME builds all three for a commit.
 #
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
-#                        [--decode-depths D,D] [--decode-matmul M,M] [--no-prefill]
+#                        [--decode-depths D,D] [--decode-matmul M,M]
+#                        [--prefill-matmul M,M] [--no-prefill]
 #                        [--no-checks] [--tests-only] [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
-# every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (the
-# first round with --profile; none with --no-prefill), then decode at depths 128 and 4096
+# every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (or
+# each of --prefill-matmul; the first round with --profile; none with --no-prefill), then decode at depths 128 and 4096
 # (or --decode-depths) with `--matmul f16` (or each of --decode-matmul: the tile math picks
 # the decode attention's kernel at long contexts). Before the model, each build's register
 # counts and GPU tests run (longer than writing the model; --no-checks skips them for builds
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
         --llama) LLAMA=$2; shift 2 ;;
         --decode-depths) DECODE_DEPTHS=$2; shift 2 ;;
         --decode-matmul) DECODE_MATMUL=$2; shift 2 ;;
+        --prefill-matmul) PREFILL_MATMUL=${2//,/ }; shift 2 ;;
         --no-prefill) PREFILL_MATMUL=""; shift ;;
         --no-checks) CHECKS=0; shift ;;
         --tests-only) TESTS_ONLY=1; shift ;;
