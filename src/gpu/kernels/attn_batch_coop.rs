@@ -22,20 +22,24 @@ pub const QR: usize = 32;
 pub const KD: usize = 32;
 /// Invocations per query row when its queries are split and its softmax updated.
 pub const LANES: usize = AWG / QR;
-/// The widest latent the staging holds, and the words of eight f16 values each invocation
-/// holds of a tile in flight.
+/// The widest latent and rope the staging holds, and the words of eight f16 values each
+/// invocation holds of a tile in flight.
 const MAX_KV: usize = 512;
-const STAGED: usize = KD * MAX_KV / 8 / AWG;
+const MAX_ROPE: usize = 64;
+const STAGED: usize = (KD * (MAX_KV + MAX_ROPE) / 8).div_ceil(AWG);
 const _: () = assert!(POSITION_TILE.is_multiple_of(KD) && LANES <= MIN_SUBGROUP as usize);
 
 /// Workgroup memory of `lib/attn_tiles.wgsl` with `tiles`' parts of the weights: the staged
 /// latents (f16, [key][kv], padded by 8), the two halves' scores (f32, [key][row], rows
-/// padded by 4), the weights' parts (f16, [row][key], keys padded by 8), three floats per
-/// row and a flag (a driver may give each variable 16 bytes).
+/// padded by 4), the staged rope values (f16, [key][rope], padded by 8) sharing an array
+/// with the weights' parts (f16, [row][key], keys padded by 8), three floats per row and a
+/// flag (a driver may give each variable 16 bytes).
 pub const fn workgroup_bytes(tiles: TileMath) -> u32 {
     let parts = tiles.parts() as usize;
-    (KD * (MAX_KV + 8) * 2 + 2 * KD * (QR + 4) * 4 + parts * QR * (KD + 8) * 2 + 3 * QR * 4 + 16)
-        as u32
+    let rope = KD * (MAX_ROPE + 8);
+    let weights = parts * QR * (KD + 8);
+    let rope_or_parts = if rope > weights { rope } else { weights };
+    (KD * (MAX_KV + 8) * 2 + 2 * KD * (QR + 4) * 4 + rope_or_parts * 2 + 3 * QR * 4 + 16) as u32
 }
 
 /// The overrides `lib/attn_tiles.wgsl` asks of the kernels that append it (this one and
@@ -46,16 +50,17 @@ pub const ROW: Override<u32> = Override::new("ROW");
 pub const CB: Override<u32> = Override::new("CB");
 
 /// The sizes `lib/attn_tiles.wgsl` asks of the kernels that append it, prepended to them;
-/// KS is the stride of the staged latents, the widest latent plus 8 (16 bytes past a
-/// multiple of 128, so a block's 16 rows fall on different banks).
+/// KS and RS are the strides of the staged latents and rope values, the widest of each plus
+/// 8 (16 bytes past a multiple of 128, so a block's 16 rows fall on different banks).
 pub const TILE_CONSTS: &[(&str, u32)] = &[
     ("AWG", AWG as u32),
     ("QR", QR as u32),
     ("KD", KD as u32),
     ("KS", (MAX_KV + 8) as u32),
+    ("RS", (MAX_ROPE + 8) as u32),
     ("LANES", LANES as u32),
     ("STAGED", STAGED as u32),
-    ("HELD", (MAX_KV / 32 + 2) as u32),
+    ("HELD", (MAX_KV / 32 + MAX_ROPE / 32) as u32),
 ];
 
 /// The values of those overrides for a model.
@@ -98,13 +103,13 @@ pub const SHADER: Shader = Shader {
 pub fn unsupported(cfg: &Config) -> Option<String> {
     let (kv, rope) = (cfg.kv_lora_rank, cfg.qk_rope);
     let ok = (kv == 64 || kv.is_multiple_of(128))
-        && kv <= 512
-        && rope.is_multiple_of(16)
+        && kv <= MAX_KV
+        && [32, MAX_ROPE].contains(&rope)
         && cfg.qk_nope.is_multiple_of(4);
     (!ok).then(|| {
         format!(
             "the cooperative attention needs kv_lora_rank {kv} to be 64 or a multiple of 128 \
-             up to 512, rope {rope} a multiple of 16 and nope {} of 4",
+             up to {MAX_KV}, rope {rope} to be 32 or {MAX_ROPE} and nope {} a multiple of 4",
             cfg.qk_nope
         )
     })

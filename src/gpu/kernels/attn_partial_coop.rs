@@ -79,17 +79,9 @@ wgsl_struct! {
 }
 
 /// Why the kernel cannot run this model's attention, if it cannot: as the batched
-/// cooperative attention ([`attn_batch_coop::unsupported`]), and the rope values are one or
-/// two blocks of 16 in each half of the scores.
+/// cooperative attention ([`attn_batch_coop::unsupported`]), whose tile loop it shares.
 pub fn unsupported(cfg: &Config) -> Option<String> {
-    attn_batch_coop::unsupported(cfg).or_else(|| {
-        (![32, 64].contains(&cfg.qk_rope)).then(|| {
-            format!(
-                "the cooperative decode attention needs rope 32 or 64, not {}",
-                cfg.qk_rope
-            )
-        })
-    })
+    attn_batch_coop::unsupported(cfg)
 }
 
 /// Whether a token's attention can run on this kernel: the batched cooperative attention

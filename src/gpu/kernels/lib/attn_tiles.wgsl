@@ -9,7 +9,7 @@
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
 //   emit_row(qr, m, l)         row qr's running max and sum (l in units of P_SCALE)
 //   emit(qr, col, o, l)        column col of row qr's context, Σ P_SCALE exp(s - m) latent
-// Prepended from Rust: AWG, QR, KD, KS, LANES, STAGED, HELD and PARTS.
+// Prepended from Rust: AWG, QR, KD, KS, RS, LANES, STAGED, HELD and PARTS.
 //
 // `attend` walks QR = 32 query rows (two blocks of 16, prepared by lib/attn_common.wgsl)
 // over their keys in tiles of KD = 32 with an online softmax, each key read once for all
@@ -20,8 +20,11 @@
 // once rather than at every product. The cache values are f16 already, so they enter the
 // products exactly; the queries enter as their PARTS parts, the lo products skipped with
 // one. Per tile:
-//   stage:    the tile's latents (their first KV values) into k_tile; the rope values stay
-//             in the cache, their blocks loaded from there where they are multiplied;
+//   stage:    the tile's cache rows: their latents (the first KV values) into k_tile, their
+//             rope values into rope_or_parts, which holds the weights' parts once the
+//             scores are taken (the softmax writes them after the barrier that ends the
+//             score products, and the next tile is stored after the one that ends the
+//             context products);
 //   scores:   subgroup sg takes row block sg % 2, key block (sg / 2) % 2 and side sg / 4 of
 //             the row (half its latent blocks and half its rope blocks), its query parts
 //             into one accumulator, stored to its side's scores in s_half. The hi parts of
@@ -42,10 +45,10 @@
 // (src/gpu/cache.rs), so a tile never reads past it.
 
 /// Strides: QS of the scores (f32, between keys), PS of the weights (f16, between rows).
-/// KS, of the staged latents (f16 values between keys; the array holds them four to an
-/// element, as the mat-mul's tiles do, and its loads count in elements), is the widest
-/// latent plus 8: 16 bytes past a multiple of 128, so a block's 16 rows fall on different
-/// banks.
+/// KS and RS, of the staged latents and rope values (f16 values between keys; the arrays
+/// hold them four to an element, as the mat-mul's tiles do, and their loads count in
+/// elements), are the widest latent and rope plus 8: 16 bytes past a multiple of 128, so a
+/// block's 16 rows fall on different banks.
 const QS: u32 = QR + 4u;
 const PS: u32 = KD + 8u;
 
@@ -54,8 +57,9 @@ var<workgroup> k_tile: array<vec4<f16>, KD * KS / 4u>;
 /// [side][key][row] the scores over each half of the row; also each subgroup's 16 x 16
 /// block of the context on its way to being rescaled or written (256 floats from sg * 256).
 var<workgroup> s_half: array<f32, 2u * KD * QS>;
-/// [part][row][key] the parts of the tile's weights.
-var<workgroup> p_parts: array<f16, PARTS * QR * PS>;
+/// [key][column / 4] the tile's rope values while its scores are taken, then [part][row]
+/// [key] the parts of its weights (f16 values at `weight_at`).
+var<workgroup> rope_or_parts: array<vec4<f16>, max(KD * RS, PARTS * QR * PS) / 4u>;
 /// Per row: the scores' factor (attention scale over the query's), exp(m_before - m_after)
 /// of this tile, and at the end l.
 var<workgroup> unscale: array<f32, QR>;
@@ -66,39 +70,54 @@ var<workgroup> row_l: array<f32, QR>;
 /// them out in an order of its own, and cooperative loads from k_tile need it 16-byte aligned.
 var<workgroup> rescale: array<u32, 4>;
 
-/// Words of eight latent values in a tile, and this invocation's unit u of them.
+/// Words of eight cache values in a tile, and this invocation's unit u of them.
 fn tile_words() -> u32 {
-    return KD * KV / 8u;
+    return KD * ROW / 8u;
 }
 
 fn word_of(lid: u32, u: u32) -> u32 {
     return lid + AWG * u;
 }
 
-/// Loads this invocation's share of the latents of keys t0.. into `words`.
+/// Loads this invocation's share of the cache rows of keys t0.. into `words` (the rows
+/// are contiguous: a tile is one run of words).
 fn stage_load(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32, t0: u32) {
     for (var u = 0u; u < STAGED; u++) {
         let w = word_of(lid, u);
         if (w < tile_words()) {
-            let key = w / (KV / 8u);
-            (*words)[u] = cache_words[((t0 + key) * ROW) / 8u + w % (KV / 8u)];
+            (*words)[u] = cache_words[(t0 * ROW) / 8u + w];
         }
     }
 }
 
-/// Stores the share `stage_load` put in `words` to k_tile, four values at a time.
+/// Stores the share `stage_load` put in `words`, four values at a time: latents to k_tile,
+/// rope values to rope_or_parts.
 fn stage_store(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32) {
     for (var u = 0u; u < STAGED; u++) {
         let w = word_of(lid, u);
         if (w < tile_words()) {
-            let at = ((w / (KV / 8u)) * KS + 8u * (w % (KV / 8u))) / 4u;
+            let key = w / (ROW / 8u);
+            let column = 8u * (w % (ROW / 8u));
             let word = (*words)[u];
-            let lo = vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y));
-            let hi = vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w));
-            k_tile[at] = vec4<f16>(lo);
-            k_tile[at + 1u] = vec4<f16>(hi);
+            let lo = vec4<f16>(vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y)));
+            let hi = vec4<f16>(vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w)));
+            if (column < KV) {
+                let at = (key * KS + column) / 4u;
+                k_tile[at] = lo;
+                k_tile[at + 1u] = hi;
+            } else {
+                let at = (key * RS + column - KV) / 4u;
+                rope_or_parts[at] = lo;
+                rope_or_parts[at + 1u] = hi;
+            }
         }
     }
+}
+
+/// Where f16 value `i` of the weights' parts ([part][row][key]) is in rope_or_parts: the
+/// element, and the value within it.
+fn weight_at(i: u32) -> vec2<u32> {
+    return vec2<u32>(i / 4u, i % 4u);
 }
 
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), their queries
@@ -169,9 +188,11 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
             s = coopMultiplyAdd(held[i], k, s);
         }
         for (var i = 0u; i < min(rope_blocks, 2u); i++) {
-            let d = KV + 16u * (side * rope_blocks + i);
-            let k = coopLoad<coop_mat16x16<f16, B>>(&cache[(t0 + 16u * kb) * ROW + d], ROW);
+            let r = 16u * (side * rope_blocks + i);
+            let at = (16u * kb * RS + r) / 4u;
+            let k = coopLoad<coop_mat16x16<f16, B>>(&rope_or_parts[at], RS / 4u);
             if (PARTS == 2u) {
+                let d = KV + r;
                 let lo = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + QR * ROW + d], ROW);
                 s = coopMultiplyAdd(lo, k, s);
             }
@@ -195,17 +216,18 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         var sum = 0.0;
         for (var i = 0u; i < KD / LANES; i++) {
             let w = exp(sc[i] - new_m) * P_SCALE;
-            let at = sr * PS + sl + LANES * i;
+            let at = weight_at(sr * PS + sl + LANES * i);
             if (PARTS == 1u) {
                 let rounded = f16(w);
-                p_parts[at] = rounded;
+                rope_or_parts[at.x][at.y] = rounded;
                 sum += f32(rounded);
                 continue;
             }
             let hi = hi_part(w);
             let lo = f16(w - hi);
-            p_parts[at] = f16(hi);
-            p_parts[QR * PS + at] = lo;
+            let lo_at = weight_at(QR * PS + sr * PS + sl + LANES * i);
+            rope_or_parts[at.x][at.y] = f16(hi);
+            rope_or_parts[lo_at.x][lo_at.y] = lo;
             sum += hi + f32(lo);
         }
         l = l * c + lane_sum(vec4<f32>(sum, 0.0, 0.0, 0.0), lid).x;
@@ -269,9 +291,16 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
             let a2 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 4u * min(2u, last)], KS / 4u);
             let a3 = coopLoad<coop_mat16x16<f16, A>>(&k_tile[v + 4u * min(3u, last)], KS / 4u);
             for (var part = 0u; part < PARTS; part++) {
-                let at = part * QR * PS + kk;
-                let pa = coopLoad<coop_mat16x16<f16, B>>(&p_parts[at + 16u * rows_a * PS], PS);
-                let pb = coopLoad<coop_mat16x16<f16, B>>(&p_parts[at + 16u * rows_b * PS], PS);
+                // In elements of four values, as k_tile's.
+                let at = (part * QR * PS + kk) / 4u;
+                let pa = coopLoad<coop_mat16x16<f16, B>>(
+                    &rope_or_parts[at + 4u * rows_a * PS],
+                    PS / 4u,
+                );
+                let pb = coopLoad<coop_mat16x16<f16, B>>(
+                    &rope_or_parts[at + 4u * rows_b * PS],
+                    PS / 4u,
+                );
                 o0 = coopMultiplyAdd(a0, pa, o0);
                 if (CB > 1u) { o1 = coopMultiplyAdd(a0, pb, o1); }
                 if (CB > 2u) { o2 = coopMultiplyAdd(a1, pa, o2); }
