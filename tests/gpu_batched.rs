@@ -969,17 +969,14 @@ fn cooperative_decode_attention_matches_cpu_with(ctx: &GpuContext) {
                     kv_a: &kv_a_b,
                     kv_norm: &kv_norm_b,
                 };
-                let [prepare, attend] =
-                    attn_partial_coop::dispatches(ctx, &p, &cfg, max_context, &a, &q_parts);
+                let token = attn_partial_coop::dispatches(ctx, &p, &cfg, max_context, &a, &q_parts);
                 let combine = attn_combine::dispatch(ctx, &p, &cfg, max_context, &a, &merge);
-                run_grids(
-                    ctx,
-                    &[
-                        (&prepare, prepare.workgroups),
-                        (&attend, attn_partial_coop::grid(&cfg, pos, split)),
-                        (&combine, combine.workgroups),
-                    ],
-                );
+                let prepare = token.prepare.iter().map(|d| (d, d.workgroups));
+                let attend = (&token.attend, attn_partial_coop::grid(&cfg, pos, split));
+                let grids: Vec<_> = prepare
+                    .chain([attend, (&combine, combine.workgroups)])
+                    .collect();
+                run_grids(ctx, &grids);
                 // Over the rows the cache now holds (the token's own, written by the merge,
                 // is checked by the f32 kernel's tests).
                 let bytes = ctx

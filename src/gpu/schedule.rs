@@ -59,8 +59,8 @@ struct LayerDispatches {
     q_nope_absorbed: Vec<Dispatch>,
     /// One per variant of the kernel (heads per workgroup): `attn_partial::variants`.
     attn_partial: Vec<Dispatch>,
-    /// The cooperative attention's two dispatches (queries, splits), where it runs.
-    attn_partial_coop: Option<[Dispatch; 2]>,
+    /// The cooperative attention's dispatches, where it runs.
+    attn_partial_coop: Option<attn_partial_coop::TokenDispatches>,
     attn_combine: Dispatch,
     attn_v_b: Vec<Dispatch>,
     attn_output: Vec<Dispatch>,
@@ -249,9 +249,11 @@ impl Schedule {
             // Scores with rope(q_pe), softmax and context per split of the cached positions
             match (attn.kernel, &l.attn_partial_coop) {
                 (Kernel::Lanes(v), _) => rec.run_sized("kq_partial", &l.attn_partial[v], attn.grid),
-                (Kernel::Tiles, Some([queries, splits])) => {
-                    rec.run("kq_queries", std::slice::from_ref(queries));
-                    rec.run_sized("kq_partial", splits, attn.grid);
+                (Kernel::Tiles, Some(coop)) => {
+                    if let Some(queries) = &coop.prepare {
+                        rec.run("kq_queries", std::slice::from_ref(queries));
+                    }
+                    rec.run_sized("kq_partial", &coop.attend, attn.grid);
                 }
                 (Kernel::Tiles, None) => unreachable!("tiles are planned only where they run"),
             }
@@ -462,7 +464,7 @@ impl LayerDispatches {
         self.attn_qkv_a.len()
             + self.attn_q_b.len()
             + self.q_nope_absorbed.len()
-            + 2 // attn_partial, attn_combine (and the cooperative one's queries at long contexts)
+            + 2 // attn_partial, attn_combine (and, with two parts, the cooperative one's queries at long contexts)
             + self.attn_v_b.len()
             + self.attn_output.len()
             + self.ffn_moe_logits.len()

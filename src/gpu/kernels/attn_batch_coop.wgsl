@@ -16,6 +16,8 @@ override KV: u32 = 512u;
 override ROW: u32 = 576u;
 /// Latent column blocks of 16 per subgroup in the context phase: KV / 64.
 override CB: u32 = 8u;
+/// A row block's queries are prepared in q_parts (by the workgroup itself, before `attend`).
+const QUERIES_IN_WORKGROUP: bool = false;
 
 struct Params {
     /// Stride of q between (token, head) rows (nope + rope) and offset of q_pe in a row.

@@ -121,9 +121,18 @@ pub fn q_parts_words(cfg: &Config) -> usize {
     (row_blocks(cfg) as usize * attn_batch_coop::query_region(cfg)).div_ceil(2)
 }
 
-/// The two dispatches of a token, recorded in order: its queries prepared into `q_parts`
-/// ([`q_parts_words`]), then the attention of every split (its grid set per token: [`grid`],
-/// with the split of the token's [`TokenParams`]).
+/// A token's dispatches, recorded in order.
+pub struct TokenDispatches {
+    /// With two parts per query value: the token's queries prepared into `q_parts`
+    /// ([`q_parts_words`]) for every split to load. With one, each workgroup of `attend`
+    /// writes its own to workgroup memory.
+    pub prepare: Option<Dispatch>,
+    /// The attention of every split (its grid set per token: [`grid`], with the split of
+    /// the token's [`TokenParams`]).
+    pub attend: Dispatch,
+}
+
+/// The dispatches of a token: [`TokenDispatches`].
 pub fn dispatches(
     ctx: &GpuContext,
     pipes: &Pipelines,
@@ -131,7 +140,7 @@ pub fn dispatches(
     max_context: usize,
     a: &Attention,
     q_parts: &wgpu::Buffer,
-) -> [Dispatch; 2] {
+) -> TokenDispatches {
     assert!(unsupported(cfg).is_none() && a.cache_type == CacheType::F16);
     let params = uniform(
         ctx,
@@ -146,19 +155,19 @@ pub fn dispatches(
     let buffers = [
         &params, a.token, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.partial, a.cache,
     ];
-    [true, false].map(|prepare| {
+    let pipeline = |prepare: bool, grid| {
         let [heads, kv, row, cb] = attn_batch_coop::tile_constants(cfg);
         let constants = [heads, kv, row, cb, PREPARE.set(prepare)];
-        // PREPARE: a subgroup of 32 per query row.
-        let grid = if prepare {
-            [row_blocks(cfg) * (QR * 32 / AWG) as u32, 1, 1]
-        } else {
-            grid(cfg, 0, KD)
-        };
         pipes
             .get(ctx, SHADER, &constants)
             .dispatch(ctx, &buffers, grid)
-    })
+    };
+    TokenDispatches {
+        // A subgroup of 32 per query row.
+        prepare: (ctx.tiles.parts() == 2)
+            .then(|| pipeline(true, [row_blocks(cfg) * (QR * 32 / AWG) as u32, 1, 1])),
+        attend: pipeline(false, grid(cfg, 0, KD)),
+    }
 }
 
 /// Runs this kernel and `attn_partial.wgsl` (f32 FMAs), each merged by `attn_combine.wgsl`,
@@ -224,9 +233,11 @@ pub fn check_against_fma(
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             if tiles {
-                let [prepare, attend] = dispatches(ctx, pipes, cfg, pos + 1, &a, &q_parts);
-                prepare.record(&mut pass);
-                attend.record_sized(&mut pass, grid(cfg, pos, split));
+                let token = dispatches(ctx, pipes, cfg, pos + 1, &a, &q_parts);
+                if let Some(prepare) = &token.prepare {
+                    prepare.record(&mut pass);
+                }
+                token.attend.record_sized(&mut pass, grid(cfg, pos, split));
             } else {
                 let d = attn_partial::dispatch(ctx, pipes, cfg, pos + 1, &a, lanes);
                 d.record_sized(&mut pass, attn_partial::grid(cfg, pos, split, lanes));

@@ -6,9 +6,11 @@
 //   partial[h][c] = [ctx[kv] | m, l, 0, 0],  ctx = Σ exp(s - m) latent, l = Σ exp(s - m)
 // for a reference max m (the running max as attend keeps it, so ctx / l and m + ln l are
 // those of the exact max). An empty split (tok.pos = 0) writes ctx = 0, m = -3e38, l = 0.
-// Two pipelines of this module run per token: PREPARE writes the token's queries as f16
-// parts to q_parts once (grid: a workgroup per 8 query rows), then the attention reads them
-// from every split (grid: splits x row blocks).
+// With two parts per query value, two pipelines of this module run per token: PREPARE
+// writes the token's queries as f16 parts to q_parts once (grid: a workgroup per 8 query
+// rows), then the attention reads them from every split (grid: splits x row blocks). With
+// one, each workgroup of the attention writes its rows' queries to workgroup memory itself
+// (`share_queries`), and no preparation runs.
 // Launcher: src/gpu/kernels/attn_partial_coop.rs. Appended: lanes_subgroup.wgsl,
 // lib/rope.wgsl, lib/attn_common.wgsl and lib/attn_tiles.wgsl. Prepended from Rust: the
 // f16 and cooperative-matrix enables, AWG, QR, KD, KS, LANES, STAGED, PARTS and struct
@@ -22,6 +24,8 @@ override ROW: u32 = 576u;
 override CB: u32 = 8u;
 /// This pipeline prepares the queries (else it attends).
 override PREPARE: bool = false;
+/// With one part per query value, each workgroup writes its queries to workgroup memory.
+const QUERIES_IN_WORKGROUP: bool = PARTS == 1u;
 
 struct Params {
     /// Stride of q between heads (nope + rope) and offset of q_pe within a head.
@@ -86,5 +90,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     split = wid.x;
     let k0 = wid.x * tok.attn_split;
     keys_end = min(k0 + tok.attn_split, tok.pos);
+    // With one part the workgroup writes its own queries to workgroup memory (no dispatch
+    // before, no q_parts); with two, the lo parts are loaded per tile from q_parts.
+    if (QUERIES_IN_WORKGROUP) {
+        share_queries(lid, wid.y * QR, HEADS);
+    }
     attend(lid, wid.y * QR, HEADS, wid.y * query_region(), k0, keys_end);
 }

@@ -2,7 +2,8 @@
 // subgroups of 32, over an f16 latent cache: the loop of attn_batch_coop.wgsl (a batch's
 // queries) and attn_partial_coop.wgsl (one token's heads over a split of the cache), which
 // append it after lib/attn_common.wgsl. The kernel declares the overrides HEADS, KV, ROW
-// (kv + rope) and CB (KV / 64: 1 or even), `p` (with head_dim, nope and scale), the
+// (kv + rope) and CB (KV / 64: 1 or even), the constant QUERIES_IN_WORKGROUP (whether it
+// calls `share_queries` before `attend`), `p` (with head_dim, nope and scale), the
 // bindings q_abs, q, rope_cs, cache (array<f16>), cache_words (the same buffer as
 // array<vec4<u32>>) and q_parts (array<f16>, read_write), and three functions the loop
 // calls:
@@ -120,11 +121,57 @@ fn weight_at(i: u32) -> vec2<u32> {
     return vec2<u32>(i / 4u, i % 4u);
 }
 
+/// Writes query rows q0.. (of `rows`; past the last, it repeats) to workgroup memory as
+/// one f16 part each (PARTS = 1), transposed ([column][row]): the latent columns to k_tile,
+/// the rope columns to rope_or_parts, and each row's factor to unscale. Invocation r of
+/// each group of 32 takes row r, group g a share of the row's columns; the row's largest
+/// magnitude is combined across the groups through s_half. `attend` (with QUERIES_IN_WORKGROUP)
+/// then loads the queries from there, before its first tile is staged over them. Call from
+/// uniform control flow.
+fn share_queries(lid: u32, q0: u32, rows: u32) {
+    let groups = AWG / 32u;
+    let g = lid / 32u;
+    let r = lid % 32u;
+    let qr = min(q0 + r, rows - 1u);
+    let share = (ROW / 4u + groups - 1u) / groups;
+    let d0 = g * share;
+    let d1 = min(d0 + share, ROW / 4u);
+    var top = vec4<f32>(0.0);
+    for (var d = d0; d < d1; d++) {
+        top = max(top, abs(query4(qr, d)));
+    }
+    s_half[g * QR + r] = max(max(top.x, top.y), max(top.z, top.w));
+    workgroupBarrier();
+    var row_top = 0.0;
+    for (var i = 0u; i < groups; i++) {
+        row_top = max(row_top, s_half[i * QR + r]);
+    }
+    let e = query_exponent(vec4<f32>(row_top));
+    if (g == 0u) {
+        unscale[r] = ldexp(p.scale, -e);
+    }
+    let scale = ldexp(1.0, e);
+    for (var d = d0; d < d1; d++) {
+        let v = query4(qr, d) * scale;
+        for (var i = 0u; i < 4u; i++) {
+            let c = 4u * d + i;
+            if (c < KV) {
+                let at = c * QR + r;
+                k_tile[at / 4u][at % 4u] = f16(v[i]);
+            } else {
+                let at = (c - KV) * QR + r;
+                rope_or_parts[at / 4u][at % 4u] = f16(v[i]);
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), their queries
-/// prepared in the region of q_parts from `base`, and emits each row's context and softmax
-/// state. Call from uniform control flow.
+/// written by `share_queries` where QUERIES_IN_WORKGROUP, else prepared in the region of q_parts from
+/// `base`, and emits each row's context and softmax state. Call from uniform control flow.
 fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
-    if (lid < QR) {
+    if (!QUERIES_IN_WORKGROUP && lid < QR) {
         unscale[lid] = ldexp(p.scale, -i32(q_parts[base + 2u * QR * ROW + lid]));
     }
     let sg = lid / 32u;
@@ -158,14 +205,26 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     // The hi parts of the subgroup's query blocks (its side's latent blocks, then its rope
     // blocks), the same for every tile: held rather than loaded again per tile.
     var held: array<coop_mat16x16<f16, A>, HELD>;
-    for (var i = 0u; i < latent_blocks; i++) {
-        held[i] = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[qa + 16u * (side * latent_blocks + i)], ROW);
-    }
-    for (var i = 0u; i < rope_blocks; i++) {
-        held[latent_blocks + i] = coopLoadT<coop_mat16x16<f16, A>>(
-            &q_parts[qa + KV + 16u * (side * rope_blocks + i)],
-            ROW,
-        );
+    if (QUERIES_IN_WORKGROUP) {
+        // Column-major blocks of the transposed queries, in elements of four values.
+        for (var i = 0u; i < latent_blocks; i++) {
+            let at = (16u * (side * latent_blocks + i) * QR + 16u * rb) / 4u;
+            held[i] = coopLoad<coop_mat16x16<f16, A>>(&k_tile[at], QR / 4u);
+        }
+        for (var i = 0u; i < rope_blocks; i++) {
+            let at = (16u * (side * rope_blocks + i) * QR + 16u * rb) / 4u;
+            held[latent_blocks + i] = coopLoad<coop_mat16x16<f16, A>>(&rope_or_parts[at], QR / 4u);
+        }
+        workgroupBarrier(); // the first tile is staged over them
+    } else {
+        for (var i = 0u; i < latent_blocks; i++) {
+            let at = qa + 16u * (side * latent_blocks + i);
+            held[i] = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[at], ROW);
+        }
+        for (var i = 0u; i < rope_blocks; i++) {
+            let at = qa + KV + 16u * (side * rope_blocks + i);
+            held[latent_blocks + i] = coopLoadT<coop_mat16x16<f16, A>>(&q_parts[at], ROW);
+        }
     }
     for (var t0 = k0; t0 < k1; t0 += KD) {
         stage_store(&words, lid);
