@@ -85,7 +85,6 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
         Slot::ReadWrite,
-        Slot::Read,
     ],
     overrides: &[HEADS.decl(), KV.decl(), ROW.decl(), CB.decl()],
     consts: TILE_CONSTS,
@@ -159,7 +158,7 @@ pub fn dispatch(
     pipes.get(ctx, SHADER, &tile_constants(cfg)).dispatch(
         ctx,
         &[
-            &params, a.batch, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.kqv, a.cache,
+            &params, a.batch, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.kqv,
         ],
         [1, 1, 1],
     )

@@ -35,14 +35,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
 /// [tokens][rope / 2] (cos, sin) of each token's angles, two pairs per vec4
 @group(0) @binding(4) var<storage, read> rope_cs: array<vec4<f32>>;
-/// [positions][kv + rope] f16
-@group(0) @binding(5) var<storage, read> cache: array<f16>;
+/// [positions][kv + rope] f16, as words of eight values (a cache row is whole words)
+@group(0) @binding(5) var<storage, read> cache: array<vec4<u32>>;
 /// Per workgroup its queries' f16 parts and scales (`query_region()` values).
 @group(0) @binding(6) var<storage, read_write> q_parts: array<f16>;
 /// [tokens][heads][kv] out
 @group(0) @binding(7) var<storage, read_write> kqv: array<f32>;
-/// The cache again, as words of eight f16 values, for the staging loads.
-@group(0) @binding(8) var<storage, read> cache_words: array<vec4<u32>>;
 
 fn key_end(qr: u32) -> u32 {
     return batch.pos + qr / HEADS + 1u;

@@ -51,7 +51,6 @@ pub const SHADER: Shader = Shader {
         Slot::Read,
         Slot::ReadWrite,
         Slot::ReadWrite,
-        Slot::Read,
     ],
     overrides: &[
         HEADS.decl(),
@@ -153,7 +152,7 @@ pub fn dispatches(
         },
     );
     let buffers = [
-        &params, a.token, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.partial, a.cache,
+        &params, a.token, a.q_abs, a.q, a.rope_cs, a.cache, q_parts, a.partial,
     ];
     let pipeline = |prepare: bool, grid| {
         let [heads, kv, row, cb] = attn_batch_coop::tile_constants(cfg);

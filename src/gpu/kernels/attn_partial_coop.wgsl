@@ -44,14 +44,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
 /// [rope / 2] (cos, sin) of the token's angles, two pairs per vec4
 @group(0) @binding(4) var<storage, read> rope_cs: array<vec4<f32>>;
-/// [positions][kv + rope] f16
-@group(0) @binding(5) var<storage, read> cache: array<f16>;
+/// [positions][kv + rope] f16, as words of eight values (a cache row is whole words)
+@group(0) @binding(5) var<storage, read> cache: array<vec4<u32>>;
 /// Per row block its queries' f16 parts and scales (`query_region()` values).
 @group(0) @binding(6) var<storage, read_write> q_parts: array<f16>;
 /// [heads][max_splits][kv + 4]: ctx, then (m, l, 0, 0)
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;
-/// The cache again, as words of eight f16 values, for the staging loads.
-@group(0) @binding(8) var<storage, read> cache_words: array<vec4<u32>>;
 
 /// The workgroup's split, and the end of its keys.
 var<private> split: u32;

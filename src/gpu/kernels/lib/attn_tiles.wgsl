@@ -4,9 +4,8 @@
 // append it after lib/attn_common.wgsl. The kernel declares the overrides HEADS, KV, ROW
 // (kv + rope) and CB (KV / 64: 1 or even), the constant QUERIES_IN_WORKGROUP (whether it
 // calls `share_queries` before `attend`), `p` (with head_dim, nope and scale), the
-// bindings q_abs, q, rope_cs, cache (array<f16>), cache_words (the same buffer as
-// array<vec4<u32>>) and q_parts (array<f16>, read_write), and three functions the loop
-// calls:
+// bindings q_abs, q, rope_cs, cache (array<vec4<u32>>: words of eight f16 values) and
+// q_parts (array<f16>, read_write), and three functions the loop calls:
 //   key_end(qr) -> u32         the end (exclusive) of query row qr's keys
 //   emit_row(qr, m, l)         row qr's running max and sum (l in units of P_SCALE)
 //   emit(qr, col, o, l)        column col of row qr's context, Σ P_SCALE exp(s - m) latent
@@ -86,7 +85,7 @@ fn stage_load(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32, t0: u32)
     for (var u = 0u; u < STAGED; u++) {
         let w = word_of(lid, u);
         if (w < tile_words()) {
-            (*words)[u] = cache_words[(t0 * ROW) / 8u + w];
+            (*words)[u] = cache[(t0 * ROW) / 8u + w];
         }
     }
 }
