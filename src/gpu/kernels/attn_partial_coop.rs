@@ -2,9 +2,10 @@
 //! (`attn_partial.wgsl`'s partial buffer, merged by `attn_combine.wgsl`) on cooperative
 //! matrices, for an f16 cache on devices that have them, with the f16 parts of the batched
 //! mat-mul's tile math. The heads are the rows of `lib/attn_tiles.wgsl`'s query blocks, and
-//! splits of whole tiles of [`KD`] keys spread the positions over the GPU. Two dispatches:
-//! the token's queries prepared once, then the splits. Reference: `cpu::attention` (its
-//! per-head `attend` and `ops::rope` on q_pe).
+//! splits of whole tiles of [`KD`] keys spread the positions over the GPU. One dispatch
+//! with one f16 part per query value (each workgroup writes its queries to workgroup
+//! memory); with two, the token's queries are prepared once by a dispatch before the
+//! splits. Reference: `cpu::attention` (its per-head `attend` and `ops::rope` on q_pe).
 
 use crate::config::Config;
 use crate::gpu::cache::POSITION_TILE;
@@ -23,8 +24,8 @@ pub const TARGET_SPLITS: usize = 128;
 
 /// Cached positions from which a token's attention runs here rather than in
 /// `attn_partial.wgsl` with the tile math `tiles`, or None where it does not pay at any
-/// context measured. Its fixed cost (the queries' dispatch, a staged tile per workgroup)
-/// is repaid where the cache is long: from about 8K positions with f16-rounded values, and
+/// context measured. Its fixed cost (the queries, a staged tile per workgroup) is
+/// repaid where the cache is long: from about 8K positions with f16-rounded values, and
 /// about 16K with two parts per value, whose lo products take a third more time
 /// (BENCHMARKS.md).
 pub fn from_positions(tiles: TileMath) -> Option<usize> {
