@@ -625,8 +625,9 @@ struct BenchArgs {
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0,512",
           value_parser = count, allow_negative_numbers = true)]
     prefill_depth: Vec<usize>,
-    /// Untimed decode steps first (and, when above 0, one untimed prefill and at least a
-    /// second of untimed decoding before the first depth, so a GPU has raised its clocks).
+    /// Untimed decode steps first (and, when above 0, at least a second of untimed prefills
+    /// before the first prefill and of untimed decoding before the first depth, so a GPU
+    /// has raised its clocks).
     #[arg(long, value_name = "N", default_value = "2", value_parser = count, allow_negative_numbers = true)]
     warmup: usize,
     /// Also write the report as JSON to this file.
