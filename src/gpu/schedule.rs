@@ -464,7 +464,9 @@ impl LayerDispatches {
         self.attn_qkv_a.len()
             + self.attn_q_b.len()
             + self.q_nope_absorbed.len()
-            + 2 // attn_partial, attn_combine (and, with two parts, the cooperative one's queries at long contexts)
+            // attn_partial, attn_combine (and, with two parts, the cooperative one's queries
+            // at long contexts)
+            + 2
             + self.attn_v_b.len()
             + self.attn_output.len()
             + self.ffn_moe_logits.len()

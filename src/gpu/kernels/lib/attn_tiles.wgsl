@@ -167,8 +167,9 @@ fn share_queries(lid: u32, q0: u32, rows: u32) {
 }
 
 /// Attends query rows q0.. (of `rows`) over keys k0..k1 (k0 a whole tile), their queries
-/// written by `share_queries` where QUERIES_IN_WORKGROUP, else prepared in the region of q_parts from
-/// `base`, and emits each row's context and softmax state. Call from uniform control flow.
+/// written by `share_queries` where QUERIES_IN_WORKGROUP, else prepared in the region of
+/// q_parts from `base`, and emits each row's context and softmax state. Call from uniform
+/// control flow.
 fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
     if (!QUERIES_IN_WORKGROUP && lid < QR) {
         unscale[lid] = ldexp(p.scale, -i32(q_parts[base + 2u * QR * ROW + lid]));
