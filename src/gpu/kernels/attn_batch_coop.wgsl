@@ -8,7 +8,8 @@
 // its last row's position.
 // Launcher: src/gpu/kernels/attn_batch_coop.rs. Appended: lanes_subgroup.wgsl,
 // lib/rope.wgsl, lib/attn_common.wgsl and lib/attn_tiles.wgsl. Prepended from Rust: the f16
-// and cooperative-matrix enables, AWG, QR, KD, KS, LANES, STAGED, PARTS and struct Batch.
+// and cooperative-matrix enables, AWG, QR, KD, KS, RS, LANES, STAGED, HELD, PARTS and
+// struct Batch.
 
 /// Heads of the model, kv and kv + rope (a cache row), rope / 4.
 override HEADS: u32 = 20u;

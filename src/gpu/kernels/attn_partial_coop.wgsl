@@ -13,8 +13,8 @@
 // (`share_queries`), and no preparation runs.
 // Launcher: src/gpu/kernels/attn_partial_coop.rs. Appended: lanes_subgroup.wgsl,
 // lib/rope.wgsl, lib/attn_common.wgsl and lib/attn_tiles.wgsl. Prepended from Rust: the
-// f16 and cooperative-matrix enables, AWG, QR, KD, KS, LANES, STAGED, PARTS and struct
-// Token.
+// f16 and cooperative-matrix enables, AWG, QR, KD, KS, RS, LANES, STAGED, HELD, PARTS and
+// struct Token.
 
 /// Heads of the model, kv and kv + rope (a cache row).
 override HEADS: u32 = 20u;
