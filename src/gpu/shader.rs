@@ -298,9 +298,7 @@ impl Shader {
             append(include_str!("kernels/lib/raw_units.wgsl"));
         }
         match self.weights {
-            WeightAccess::RowDots => {
-                append(DOT_ROWS4);
-            }
+            WeightAccess::RowDots => append(DOT_ROWS4),
             WeightAccess::Tiles => append(if cooperative { TILES_COOP } else { TILES_FMA }),
             WeightAccess::None | WeightAccess::Units => {}
         }

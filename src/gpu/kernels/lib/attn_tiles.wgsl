@@ -58,7 +58,7 @@ var<workgroup> k_tile: array<vec4<f16>, KD * KS / 4u>;
 /// block of the context on its way to being rescaled or written (256 floats from sg * 256).
 var<workgroup> s_half: array<f32, 2u * KD * QS>;
 /// [key][column / 4] the tile's rope values while its scores are taken, then [part][row]
-/// [key] the parts of its weights (f16 values at `weight_at`).
+/// [key] the parts of its weights (f16 values at `value_at`).
 var<workgroup> rope_or_parts: array<vec4<f16>, max(KD * RS, PARTS * QR * PS) / 4u>;
 /// Per row: the scores' factor (attention scale over the query's), exp(m_before - m_after)
 /// of this tile, and at the end l.
@@ -114,16 +114,15 @@ fn stage_store(words: ptr<function, array<vec4<u32>, STAGED>>, lid: u32) {
     }
 }
 
-/// Where f16 value `i` of the weights' parts ([part][row][key]) is in rope_or_parts: the
-/// element, and the value within it.
-fn weight_at(i: u32) -> vec2<u32> {
+/// Where f16 value `i` of an array of vec4<f16> is: the element, and the value within it.
+fn value_at(i: u32) -> vec2<u32> {
     return vec2<u32>(i / 4u, i % 4u);
 }
 
 /// Writes query rows q0.. (of `rows`; past the last, it repeats) to workgroup memory as
 /// one f16 part each (PARTS = 1), transposed ([column][row]): the latent columns to k_tile,
 /// the rope columns to rope_or_parts, and each row's factor to unscale. Invocation r of
-/// each group of 32 takes row r, group g a share of the row's columns; the row's largest
+/// each group of 32 takes row r, group g its vec4s g, g + AWG / 32, ...; the row's largest
 /// magnitude is combined across the groups through s_half. `attend` (with QUERIES_IN_WORKGROUP)
 /// then loads the queries from there, before its first tile is staged over them. Call from
 /// uniform control flow.
@@ -132,13 +131,7 @@ fn share_queries(lid: u32, q0: u32, rows: u32) {
     let g = lid / 32u;
     let r = lid % 32u;
     let qr = min(q0 + r, rows - 1u);
-    let share = (ROW / 4u + groups - 1u) / groups;
-    let d0 = g * share;
-    let d1 = min(d0 + share, ROW / 4u);
-    var top = vec4<f32>(0.0);
-    for (var d = d0; d < d1; d++) {
-        top = max(top, abs(query4(qr, d)));
-    }
+    let top = query_top(qr, g, groups);
     s_half[g * QR + r] = max(max(top.x, top.y), max(top.z, top.w));
     workgroupBarrier();
     var row_top = 0.0;
@@ -150,16 +143,16 @@ fn share_queries(lid: u32, q0: u32, rows: u32) {
         unscale[r] = ldexp(p.scale, -e);
     }
     let scale = ldexp(1.0, e);
-    for (var d = d0; d < d1; d++) {
+    for (var d = g; d < ROW / 4u; d += groups) {
         let v = query4(qr, d) * scale;
         for (var i = 0u; i < 4u; i++) {
             let c = 4u * d + i;
             if (c < KV) {
-                let at = c * QR + r;
-                k_tile[at / 4u][at % 4u] = f16(v[i]);
+                let at = value_at(c * QR + r);
+                k_tile[at.x][at.y] = f16(v[i]);
             } else {
-                let at = (c - KV) * QR + r;
-                rope_or_parts[at / 4u][at % 4u] = f16(v[i]);
+                let at = value_at((c - KV) * QR + r);
+                rope_or_parts[at.x][at.y] = f16(v[i]);
             }
         }
     }
@@ -275,7 +268,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
         var sum = 0.0;
         for (var i = 0u; i < KD / LANES; i++) {
             let w = exp(sc[i] - new_m) * P_SCALE;
-            let at = weight_at(sr * PS + sl + LANES * i);
+            let at = value_at(sr * PS + sl + LANES * i);
             if (PARTS == 1u) {
                 let rounded = f16(w);
                 rope_or_parts[at.x][at.y] = rounded;
@@ -284,7 +277,7 @@ fn attend(lid: u32, q0: u32, rows: u32, base: u32, k0: u32, k1: u32) {
             }
             let hi = hi_part(w);
             let lo = f16(w - hi);
-            let lo_at = weight_at(QR * PS + sr * PS + sl + LANES * i);
+            let lo_at = value_at(QR * PS + sr * PS + sl + LANES * i);
             rope_or_parts[at.x][at.y] = f16(hi);
             rope_or_parts[lo_at.x][lo_at.y] = lo;
             sum += hi + f32(lo);
