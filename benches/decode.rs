@@ -118,23 +118,19 @@ fn attention_kernels(ctx: &GpuContext, lanes: bool) {
                     partial: &partial,
                 };
                 // The dispatches with their grids.
-                let mut dispatches = Vec::new();
-                if *cooperative {
-                    let coop =
-                        attn_partial_coop::dispatches(ctx, &pipes, &cfg, n_ctx, &a, &q_parts);
-                    if let Some(prepare) = coop.prepare {
-                        let grid = prepare.workgroups;
-                        dispatches.push((prepare, grid));
-                    }
-                    let grid = attn_partial_coop::grid(&cfg, pos, *split);
-                    dispatches.push((coop.attend, grid));
-                } else {
-                    let d = attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg);
+                let coop = cooperative
+                    .then(|| attn_partial_coop::dispatches(ctx, &pipes, &cfg, n_ctx, &a, &q_parts));
+                let lanes = (!cooperative)
+                    .then(|| attn_partial::dispatch(ctx, &pipes, &cfg, n_ctx, &a, heads_wg));
+                let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);
+                let mut dispatches = match &coop {
+                    Some(coop) => coop.with_grids(attn_partial_coop::grid(&cfg, pos, *split)),
+                    None => Vec::new(),
+                };
+                if let Some(d) = &lanes {
                     dispatches.push((d, attn_partial::grid(&cfg, pos, *split, heads_wg)));
                 }
-                let merge = attn_combine::dispatch(ctx, &pipes, &cfg, n_ctx, &a, &c);
-                let grid = merge.workgroups;
-                dispatches.push((merge, grid));
+                dispatches.push((&merge, merge.workgroups));
                 let run = |repeats: usize| {
                     let start = std::time::Instant::now();
                     let mut enc = ctx.device.create_command_encoder(&Default::default());

@@ -971,11 +971,8 @@ fn cooperative_decode_attention_matches_cpu_with(ctx: &GpuContext) {
                 };
                 let token = attn_partial_coop::dispatches(ctx, &p, &cfg, max_context, &a, &q_parts);
                 let combine = attn_combine::dispatch(ctx, &p, &cfg, max_context, &a, &merge);
-                let prepare = token.prepare.iter().map(|d| (d, d.workgroups));
-                let attend = (&token.attend, attn_partial_coop::grid(&cfg, pos, split));
-                let grids: Vec<_> = prepare
-                    .chain([attend, (&combine, combine.workgroups)])
-                    .collect();
+                let mut grids = token.with_grids(attn_partial_coop::grid(&cfg, pos, split));
+                grids.push((&combine, combine.workgroups));
                 run_grids(ctx, &grids);
                 // Over the rows the cache now holds (the token's own, written by the merge,
                 // is checked by the f32 kernel's tests).

@@ -132,6 +132,15 @@ pub struct TokenDispatches {
     pub attend: Dispatch,
 }
 
+impl TokenDispatches {
+    /// Each dispatch in order with the grid it runs: the preparation's own, then `attend`'s
+    /// for this token ([`grid`]).
+    pub fn with_grids(&self, attend: [u32; 3]) -> Vec<(&Dispatch, [u32; 3])> {
+        let prepare = self.prepare.iter().map(|d| (d, d.workgroups));
+        prepare.chain([(&self.attend, attend)]).collect()
+    }
+}
+
 /// The dispatches of a token: [`TokenDispatches`].
 pub fn dispatches(
     ctx: &GpuContext,
@@ -234,10 +243,9 @@ pub fn check_against_fma(
             let mut pass = enc.begin_compute_pass(&Default::default());
             if tiles {
                 let token = dispatches(ctx, pipes, cfg, pos + 1, &a, &q_parts);
-                if let Some(prepare) = &token.prepare {
-                    prepare.record(&mut pass);
+                for (d, workgroups) in token.with_grids(grid(cfg, pos, split)) {
+                    d.record_sized(&mut pass, workgroups);
                 }
-                token.attend.record_sized(&mut pass, grid(cfg, pos, split));
             } else {
                 let d = attn_partial::dispatch(ctx, pipes, cfg, pos + 1, &a, lanes);
                 d.record_sized(&mut pass, attn_partial::grid(cfg, pos, split, lanes));
