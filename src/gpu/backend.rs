@@ -290,14 +290,15 @@ impl GpuBackend {
     ) -> Result<wgpu::SubmissionIndex> {
         self.ctx.check()?;
         let (ctx, cfg) = (&self.ctx, &self.cfg);
-        self.schedule.write_inputs(ctx, cfg, feed, pos);
+        let attn = self.schedule.plan(cfg, pos);
+        self.schedule.write_inputs(ctx, cfg, feed, pos, &attn);
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("token"),
             });
         let mut rec = Recorder::begin(&mut enc, profile.as_ref().map(|(q, _)| *q));
-        self.schedule.record(&mut rec, cfg, pos, read);
+        self.schedule.record(&mut rec, &attn, read);
         let (dispatches, names) = rec.finish();
         if let (Some(names), Some((_, out))) = (names, profile) {
             *out = names;

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::gpu::cache::LatentCaches;
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::attn_partial::{Kernel, Kernels};
+use crate::gpu::kernels::attn_partial::{Kernel, Kernels, Plan};
 use crate::gpu::kernels::{
     argmax, attn_combine, attn_partial, attn_partial_coop, embed, ffn_down, ffn_gate_up, matvec,
     TokenParams,
@@ -218,14 +218,28 @@ impl Schedule {
         &self.act.token_id
     }
 
-    /// Queues the writes of the per-token inputs of the token at `pos`.
-    pub fn write_inputs(&self, ctx: &GpuContext, cfg: &Config, feed: Feed, pos: usize) {
+    /// The attention of the token at `pos` (its kernel, split and grid follow the context):
+    /// planned once per token, for its inputs and its recording.
+    pub fn plan(&self, cfg: &Config, pos: usize) -> Plan {
+        self.attn_kernels.plan(cfg, pos)
+    }
+
+    /// Queues the writes of the per-token inputs of the token at `pos`, whose attention is
+    /// `attn`.
+    pub fn write_inputs(
+        &self,
+        ctx: &GpuContext,
+        cfg: &Config,
+        feed: Feed,
+        pos: usize,
+        attn: &Plan,
+    ) {
         let act = &self.act;
         if let Feed::Id(token) = feed {
             ctx.queue
                 .write_buffer(&act.token_id, 0, bytemuck::bytes_of(&token));
         }
-        let params = TokenParams::new(pos, self.attn_kernels.plan(cfg, pos).split);
+        let params = TokenParams::new(pos, attn.split);
         ctx.queue
             .write_buffer(&act.token, 0, bytemuck::bytes_of(&params));
         let rope = attn_partial::rope_table(pos, cfg.qk_rope, cfg.rope_base);
@@ -233,10 +247,9 @@ impl Schedule {
             .write_buffer(&act.rope_cs, 0, bytemuck::cast_slice(&rope));
     }
 
-    /// Records the token at `pos` through every layer, and the head when `read` wants it.
-    pub fn record(&self, rec: &mut Recorder, cfg: &Config, pos: usize, read: Readback) {
-        // The attention's kernel and grid follow the context: the same for every layer.
-        let attn = self.attn_kernels.plan(cfg, pos);
+    /// Records a token whose attention is `attn` (the same for every layer) through every
+    /// layer, and the head when `read` wants it.
+    pub fn record(&self, rec: &mut Recorder, attn: &Plan, read: Readback) {
         rec.run("inp_embd", &self.embed); // x = token_embd[token]
         for l in &self.layers {
             // Attention: MLA over the latent cache, k_b absorbed into q.
