@@ -19,7 +19,8 @@ if [ "$WHAT" = bin ]; then
   (cd "$TREE" && CARGO_TARGET_DIR=$TARGET cargo build --release --bin glm-flash)
   pack "$TARGET/release/glm-flash" glm-flash
 else
-  TEST=$(cd "$TREE" && CARGO_TARGET_DIR=$TARGET cargo test --release --test "$TEST_NAME" --no-run --message-format=json 2>/dev/null | sed -n "s/.*\"executable\":\"\([^\"]*$TEST_NAME[^\"]*\)\".*/\1/p" | tail -1)
+  TEST=$(cd "$TREE" && CARGO_TARGET_DIR=$TARGET cargo test --release --test "$TEST_NAME" --no-run --message-format=json 2>/dev/null | sed -n "s/.*\"executable\":\"\([^\"]*$TEST_NAME[^\"]*\)\".*/\1/p" | tail -1) || true
+  [ -n "$TEST" ] || { echo "build-one-for-gpu.sh: no test binary tests/$TEST_NAME.rs at $REV" >&2; exit 1; }
   pack "$TEST" "$TEST_NAME"
 fi
 echo "$NAME: $COMMIT ($(git -C "$TREE" log -1 --format=%s | cut -c1-80))" >> .bin/COMMIT
