@@ -10,7 +10,7 @@
 #   tools/compare-gpu.sh [--ftype T] [--layers N] [--preset P] [--rounds R] [--seconds S]
 #                        [--decode-depths D,D] [--decode-matmul M,M]
 #                        [--prefill-matmul M,M] [--no-prefill]
-#                        [--no-checks] [--tests-only] [--llama DIR] NAME...
+#                        [--no-checks] [--tests-only] [--roles R,R] [--llama DIR] NAME...
 #
 # The first build writes the synthetic model (default: full size, q4_k_m). Each round runs
 # every build in turn: prefill of 512 and 4096 tokens with `--matmul split` and `f16` (or
@@ -22,13 +22,15 @@
 # may have nothing but their .bin/gpu_batched-NAME[.gz]). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
+# --roles names profile roles (e.g. kq_partial,ffn_gate_up) whose lines from the profiled
+# first round go to the summary under each of its runs, depth by depth.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
 # $OUT/runs.tgz: a call brings back only a few files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm-flash-compare}
 FTYPE=q4_k_m LAYERS="" PRESET=full ROUNDS=3 SECONDS_MAX=450 LLAMA="" DECODE_DEPTHS=128,4096
-PREFILL_MATMUL="split f16" DECODE_MATMUL=f16 CHECKS=1 TESTS_ONLY=0
+PREFILL_MATMUL="split f16" DECODE_MATMUL=f16 CHECKS=1 TESTS_ONLY=0 ROLES=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --ftype) FTYPE=$2; shift 2 ;;
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
         --no-prefill) PREFILL_MATMUL=""; shift ;;
         --no-checks) CHECKS=0; shift ;;
         --tests-only) TESTS_ONLY=1; shift ;;
+        --roles) ROLES=$2; shift 2 ;;
         -*) echo "compare-gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -134,6 +137,11 @@ bench() {
     local rates
     rates=$(awk '/^prefill/ {printf "%s ", $7} /^decode/ {printf "%s ", $5}' "$log")
     echo "round $round  $name  $test: ${rates:-failed (see $(basename "$log"))}" >> "$SUMMARY"
+    if [ -n "$ROLES" ] && [ "$round" = 1 ]; then
+        # Each depth's (or prompt's) rate, then the named roles of its profile.
+        awk -v roles="${ROLES//,/|}" '/^(prefill|decode)/ {print "    " $0} \
+            $1 ~ "^(" roles ")$" {print "        " $0}' "$log" >> "$SUMMARY"
+    fi
 }
 
 for round in $(seq 1 "$ROUNDS"); do
