@@ -22,8 +22,8 @@
 # may have nothing but their .bin/gpu_batched-NAME[.gz]). No new run starts after
 # S seconds (default 450), so the call ends inside its limit. With --llama (a copy of the
 # llama.cpp peer bundle, holding llama.sh), llama-bench runs on the same file last.
-# --roles names profile roles (e.g. kq_partial,ffn_gate_up) whose lines from the profiled
-# first round go to the summary under each of its runs, depth by depth.
+# --roles names profile roles (e.g. kq_partial,ffn_gate_up) whose lines from each profiled
+# run (the first round's) go to the summary under it, depth by depth.
 # Writes $OUT/summary.txt (a line per run: round, build, test, tok/s) and every log in
 # $OUT/runs.tgz: a call brings back only a few files.
 set -euo pipefail
@@ -137,7 +137,7 @@ bench() {
     local rates
     rates=$(awk '/^prefill/ {printf "%s ", $7} /^decode/ {printf "%s ", $5}' "$log")
     echo "round $round  $name  $test: ${rates:-failed (see $(basename "$log"))}" >> "$SUMMARY"
-    if [ -n "$ROLES" ] && [ "$round" = 1 ]; then
+    if [ -n "$ROLES" ] && [[ " $* " == *" --profile "* ]]; then
         # Each depth's (or prompt's) rate, then the named roles of its profile.
         awk -v roles="${ROLES//,/|}" '/^(prefill|decode)/ {print "    " $0} \
             $1 ~ "^(" roles ")$" {print "        " $0}' "$log" >> "$SUMMARY"
